@@ -1,0 +1,44 @@
+"""carkinetics: differentiable mechanistic models of CAR T-cell therapy in SLE (JAX + diffrax + equinox).
+
+The public API is exactly what this module exports. Time is in days (day 0 = CAR-T infusion).
+"""
+
+import importlib.metadata
+
+from ._dosing import (
+    AbstractDose as AbstractDose,
+    Bolus as Bolus,
+    FractionalKill as FractionalKill,
+    Infusion as Infusion,
+    Regimen as Regimen,
+    ResolvedRegimen as ResolvedRegimen,
+    resolve_regimen as resolve_regimen,
+)
+from ._model import AbstractKineticModel as AbstractKineticModel, state_index as state_index
+from ._nonmem import read_nonmem_events as read_nonmem_events, write_nonmem_events as write_nonmem_events
+from ._parameters import (
+    CONFIDENCE_TAGS as CONFIDENCE_TAGS,
+    Parameter as Parameter,
+    ParameterSpace as ParameterSpace,
+    ParameterTable as ParameterTable,
+    ParamInfo as ParamInfo,
+    get_parameter as get_parameter,
+    param as param,
+    parameter_table as parameter_table,
+    parameters as parameters,
+    replace as replace,
+    validate_parameters as validate_parameters,
+)
+from ._regimens import (
+    bsa_dubois as bsa_dubois,
+    bsa_mosteller as bsa_mosteller,
+    car_t_infusion as car_t_infusion,
+    cyclophosphamide as cyclophosphamide,
+    fludarabine as fludarabine,
+)
+from ._simulate import RESULTS as RESULTS, Solution as Solution, simulate as simulate
+
+try:
+    __version__ = importlib.metadata.version("carkinetics")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"

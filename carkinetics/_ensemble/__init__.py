@@ -1,0 +1,1 @@
+"""Batched ensemble solver core (see issue 8)."""

@@ -1,0 +1,259 @@
+"""`simulate`: integrate a kinetic model under a dosing regimen and return named trajectories."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._custom_types import Array, Float, Int, Times, TimesLike
+from ._dosing import AbstractDose, Regimen, resolve_regimen
+from ._model import AbstractKineticModel
+from ._parameters import floats_to_arrays, validate_parameters
+
+#: Solver outcomes (diffrax's enumeration): `RESULTS.successful`, `RESULTS.max_steps_reached`, ...
+RESULTS = diffrax.RESULTS
+
+
+class Solution(eqx.Module):
+    """The result of [`carkinetics.simulate`][].
+
+    **Fields / properties:**
+
+    - `ts`: save times (days), shape `(T,)`.
+    - `ys`: the model's `State` NamedTuple, each field an array of shape `(T,)` (e.g. `sol.ys.central`).
+    - `observables`: the model's `Observables` NamedTuple, each field of shape `(T,)`.
+    - `y_array`, `obs_array`: the same as `(T, n_states)` / `(T, n_observables)` arrays.
+    - `result`: a `carkinetics.RESULTS` member (`RESULTS.successful` on success); `ok` is the boolean view.
+    - `num_steps`, `num_accepted_steps`, `num_rejected_steps`: integrator step counts over all segments.
+    - `state_units`, `observable_units`: units by name.
+
+    Under `jax.vmap` every field gains a leading batch axis.
+    """
+
+    ts: Times
+    y_array: Float[Array, "times states"]
+    obs_array: Float[Array, "times observables"]
+    result: Any
+    num_steps: Int[Array, ""]
+    num_accepted_steps: Int[Array, ""]
+    num_rejected_steps: Int[Array, ""]
+    model_class: type = eqx.field(static=True)
+
+    @property
+    def ys(self):
+        return self.model_class.State(*jnp.moveaxis(self.y_array, -1, 0))
+
+    @property
+    def observables(self):
+        return self.model_class.Observables(*jnp.moveaxis(self.obs_array, -1, 0))
+
+    @property
+    def ok(self) -> Array:
+        return self.result == RESULTS.successful
+
+    @property
+    def state_units(self):
+        return dict(self.model_class.state_units)
+
+    @property
+    def observable_units(self):
+        return dict(self.model_class.observable_units)
+
+    def to_columns(self) -> dict[str, np.ndarray]:
+        """Tidy columns (`time`, every state, every observable) as NumPy arrays, e.g. for CSV export."""
+        cols = {"time": np.asarray(self.ts)}
+        for i, n in enumerate(self.model_class.state_names()):
+            cols[n] = np.asarray(self.y_array[..., i])
+        for i, n in enumerate(self.model_class.observable_names()):
+            cols[n] = np.asarray(self.obs_array[..., i])
+        return cols
+
+
+def _validate_ts(ts: Any) -> Array:
+    if isinstance(ts, jax.core.Tracer):
+        ts = jnp.asarray(ts)
+        if ts.ndim != 1 or ts.shape[0] == 0:
+            raise ValueError(f"`ts` must be a non-empty 1-D array of save times (days), got shape {ts.shape}.")
+        bad = ~jnp.all(jnp.isfinite(ts)) | jnp.any(jnp.diff(ts) < 0)
+        return eqx.error_if(ts, bad, "`ts` must be finite and sorted in non-decreasing order.")
+    arr = np.asarray(ts, dtype=float)
+    if arr.ndim != 1 or arr.shape[0] == 0:
+        raise ValueError(f"`ts` must be a non-empty 1-D array of save times (days), got shape {arr.shape}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`ts` must be finite, got non-finite values at positions {np.flatnonzero(~np.isfinite(arr)).tolist()}.")
+    if np.any(np.diff(arr) < 0):
+        i = int(np.flatnonzero(np.diff(arr) < 0)[0])
+        raise ValueError(f"`ts` must be sorted in non-decreasing order; ts[{i}] = {arr[i]} > ts[{i + 1}] = {arr[i + 1]}.")
+    return jnp.asarray(arr)
+
+
+def simulate(
+    model: AbstractKineticModel,
+    regimen: Regimen | AbstractDose | None,
+    ts: TimesLike,
+    *,
+    t0: float | None = None,
+    solver: diffrax.AbstractSolver | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    dt0: float | None = None,
+    max_steps: int = 100_000,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    throw: bool = True,
+) -> Solution:
+    """Integrate `model` under `regimen` and save states and observables at `ts`.
+
+    The horizon is split at every dose event, infusion start/end and declared model breakpoint; boluses and
+    fractional kills are applied as jumps (`y <- mult * y + add`) at their times, infusions are constant inputs
+    within each segment, so the adaptive step controller never steps across a discontinuity. Segments are
+    integrated in a `lax.scan` (no Python loop over doses inside JIT). Saved values are right-continuous: a
+    save time equal to a dose time reports the state just *after* the dose.
+
+    **Arguments:**
+
+    - `model`: an [`carkinetics.AbstractKineticModel`][].
+    - `regimen`: a [`carkinetics.Regimen`][], a single dose, or `None` for no doses.
+    - `ts`: save times in days, 1-D, sorted, finite.
+    - `t0`: start time (days). Default: the earlier of `ts[0]` and the first event. It must not be later than
+      `ts[0]` or than any event.
+    - `solver`: a diffrax solver; default `diffrax.Tsit5()`. Use `diffrax.Kvaerno5()` for stiff models.
+    - `rtol`, `atol`: tolerances of the PID step-size controller.
+    - `dt0`: initial step (days); default chosen automatically.
+    - `max_steps`: maximum steps per segment.
+    - `adjoint`: a diffrax adjoint; default `RecursiveCheckpointAdjoint()` (reverse mode). Pass
+      `diffrax.ForwardMode()` for forward-mode (`jax.jvp`/`jax.jacfwd`) differentiation.
+    - `throw`: raise if the solver fails. With `throw=False` the failure is reported in `Solution.result`
+      (use this under `vmap` in sweeps; failed members should be masked by `Solution.ok`).
+
+    **Returns:** a [`carkinetics.Solution`][].
+
+    **Raises:** `ValueError` naming the argument for malformed input; a runtime error (`throw=True`) if the
+    solver fails.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import carkinetics as ck
+    from carkinetics.models import OneCompartmentPK
+
+    model = OneCompartmentPK(cl=5.0, v=50.0)                # L/h-free units: L/d and L
+    regimen = ck.Regimen([ck.Bolus(0.0, 100.0, "central")])  # 100 mg IV at day 0
+    sol = ck.simulate(model, regimen, jnp.linspace(0.0, 10.0, 11))
+    sol.observables.concentration                           # mg/L at each day
+    ```
+    """
+    if not isinstance(model, AbstractKineticModel):
+        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
+    if regimen is None:
+        regimen = Regimen()
+    elif isinstance(regimen, AbstractDose):
+        regimen = Regimen((regimen,))
+    elif not isinstance(regimen, Regimen):
+        raise ValueError(f"`regimen` must be a Regimen, a dose or None, got {type(regimen).__name__}.")
+    if solver is None:
+        solver = diffrax.Tsit5()
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise ValueError(f"`solver` must be a diffrax solver instance such as diffrax.Tsit5(), got {solver!r}.")
+    if adjoint is None:
+        adjoint = diffrax.RecursiveCheckpointAdjoint()
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol > 0):
+            raise ValueError(f"`{name}` must be a positive finite number, got {tol!r}.")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    if dt0 is not None and (not np.isfinite(dt0) or dt0 <= 0):
+        raise ValueError(f"`dt0` must be a positive number of days or None, got {dt0!r}.")
+
+    ts = _validate_ts(ts)
+    # Unknown state names are structural: fail here, at the boundary, with the valid names.
+    names = model.state_names()
+    unknown = sorted(regimen.state_names() - set(names))
+    if unknown:
+        raise ValueError(f"Unknown state(s) {unknown} in `regimen`; valid states of {type(model).__name__} are {list(names)}.")
+    if t0 is not None and not isinstance(t0, jax.core.Tracer):
+        first_ev = regimen.first_time()
+        if not isinstance(ts, jax.core.Tracer) and float(t0) > float(ts[0]):
+            raise ValueError(f"`t0` = {t0} is later than the first save time ts[0] = {float(ts[0])}; save times before "
+                             "the start of the simulation are invalid.")
+        if first_ev is not None and not isinstance(first_ev, jax.core.Tracer) and float(first_ev) < float(t0):
+            raise ValueError(f"`t0` = {t0} is later than the first dose event at t = {float(first_ev)}; "
+                             "start the simulation at or before the first dose.")
+    model = validate_parameters(floats_to_arrays(model))
+    t0_arr = None if t0 is None else jnp.asarray(t0, dtype=ts.dtype)
+    return _simulate(model, regimen, ts, t0_arr, solver, float(rtol), float(atol),
+                     None if dt0 is None else float(dt0), max_steps, adjoint, throw)
+
+
+@eqx.filter_jit
+def _simulate(model, regimen, ts, t0, solver, rtol, atol, dt0, max_steps, adjoint, throw) -> Solution:
+    names = model.state_names()
+    n_states = len(names)
+    rr = resolve_regimen(regimen, names)
+    dtype = ts.dtype
+    t_end = ts[-1]
+    if t0 is None:
+        t0 = jnp.minimum(ts[0], jnp.min(rr.jump_times, initial=jnp.inf))
+        t0 = jnp.minimum(t0, jnp.min(rr.inf_start, initial=jnp.inf))
+    else:
+        bad = (t0 > ts[0]) | (jnp.min(rr.jump_times, initial=jnp.inf) < t0) | (jnp.min(rr.inf_start, initial=jnp.inf) < t0)
+        t0 = eqx.error_if(t0, bad, "`t0` is later than ts[0] or than a dose event.")
+    model_bps = model.breakpoints().astype(dtype)
+    n_other = rr.inf_start.shape[0] * 2 + model_bps.shape[0]
+    bps = jnp.concatenate([rr.jump_times.astype(dtype), rr.inf_start, rr.inf_end, model_bps]).astype(dtype)
+    mult = jnp.concatenate([rr.jump_mult, jnp.ones((n_other, n_states))]).astype(dtype)
+    add = jnp.concatenate([rr.jump_add, jnp.zeros((n_other, n_states))]).astype(dtype)
+    # Events after the horizon do nothing (they must not alter the value saved at t_end).
+    late = bps > t_end
+    mult = jnp.where(late[:, None], 1.0, mult)
+    add = jnp.where(late[:, None], 0.0, add)
+    order = jnp.argsort(bps, stable=True)
+    bps = jnp.clip(bps[order], t0, t_end)
+    starts = jnp.concatenate([t0[None], bps])
+    ends = jnp.concatenate([bps, t_end[None]])
+    mult = jnp.concatenate([jnp.ones((1, n_states), dtype), mult[order]])
+    add = jnp.concatenate([jnp.zeros((1, n_states), dtype), add[order]])
+    mid = 0.5 * (starts + ends)
+    active = (rr.inf_start[None, :] <= mid[:, None]) & (mid[:, None] < rr.inf_end[None, :])  # (K, I)
+    rates = (active.astype(dtype) @ rr.inf_rate.astype(dtype)).astype(dtype)  # (K, S)
+    n_seg = starts.shape[0]
+    is_last = jnp.arange(n_seg) == n_seg - 1
+
+    term = diffrax.ODETerm(lambda t, y, rate: model.vector_field_flat(t, y, None) + rate)
+    controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    y0 = model.initial_state_flat().astype(dtype)
+
+    def segment(carry, seg):
+        y, out, result, nsteps, nacc, nrej = carry
+        s, e, m, a, rate, last = seg
+        failed = result != RESULTS.successful
+        e = jnp.where(failed, s, e)  # after a failure, do no more work
+        y = m * y + a
+        sol = diffrax.diffeqsolve(
+            term, solver, s, e, dt0, y, args=rate,
+            saveat=diffrax.SaveAt(ts=jnp.clip(ts, s, e), t1=True),
+            stepsize_controller=controller, max_steps=max_steps, adjoint=adjoint, throw=False,
+        )
+        mask = (ts >= s) & ((ts < e) | (last & (ts <= e)))
+        out = jnp.where(mask[:, None], sol.ys[:-1], out)
+        result = RESULTS.where(failed, result, sol.result)
+        st = sol.stats
+        i32 = jnp.int32
+        return (sol.ys[-1], out, result, nsteps + st["num_steps"].astype(i32),
+                nacc + st["num_accepted_steps"].astype(i32), nrej + st["num_rejected_steps"].astype(i32)), None
+
+    zero = jnp.array(0, dtype=jnp.int32)
+    init = (y0, jnp.full((ts.shape[0], n_states), jnp.nan, dtype), RESULTS.successful, zero, zero, zero)
+    (y_end, out, result, nsteps, nacc, nrej), _ = jax.lax.scan(
+        segment, init, (starts, ends, mult, add, rates, is_last)
+    )
+    del y_end
+    obs = jax.vmap(model.observe_flat)(ts, out)
+    if throw:
+        out = result.error_if(out, result != RESULTS.successful)
+    return Solution(ts, out, obs, result, nsteps, nacc, nrej, type(model))
