@@ -1,0 +1,1 @@
+"""Interop: SBML/Antimony export, PEtab-style tables, NONMEM-style data."""

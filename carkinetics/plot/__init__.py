@@ -1,0 +1,1 @@
+"""Figures (matplotlib). One private module per feature; public functions re-exported here."""
