@@ -37,6 +37,7 @@ from ._regimens import (
     fludarabine as fludarabine,
 )
 from ._simulate import RESULTS as RESULTS, Solution as Solution, simulate as simulate
+from . import metrics as metrics
 
 try:
     __version__ = importlib.metadata.version("carkinetics")
