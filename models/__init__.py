@@ -4,3 +4,4 @@
 """
 
 from .pk import OneCompartmentPK as OneCompartmentPK, TwoCompartmentPK as TwoCompartmentPK
+from .stein_2019 import Stein2019CK as Stein2019CK, stein_closed_form as stein_closed_form
