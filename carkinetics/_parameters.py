@@ -180,15 +180,19 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def _fmt(arr: np.ndarray) -> str:
+    return repr(float(arr)) if arr.ndim == 0 else np.array2string(arr, precision=6)
+
+
 def _check_concrete_value(name: str, value: Any, info: ParamInfo) -> None:
     if not _is_concrete(value):
         return
     arr = np.asarray(value, dtype=float)
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"Parameter {name!r} must be finite, got {value!r} {info.unit}.")
+        raise ValueError(f"Parameter {name!r} must be finite, got {_fmt(arr)} {info.unit}.")
     if np.any(arr < info.lower) or np.any(arr > info.upper):
         raise ValueError(
-            f"Parameter {name!r} = {value!r} {info.unit} is outside its declared bounds "
+            f"Parameter {name!r} = {_fmt(arr)} {info.unit} is outside its declared bounds "
             f"[{info.lower}, {info.upper}] ({info.description})."
         )
 
