@@ -38,6 +38,19 @@ from ._regimens import (
 )
 from ._simulate import RESULTS as RESULTS, Solution as Solution, simulate as simulate
 from . import metrics as metrics
+from ._shapley import (
+    GroupSwaps as GroupSwaps,
+    MechanismGroup as MechanismGroup,
+    ShapleyResult as ShapleyResult,
+    coalition_masks as coalition_masks,
+    evaluate_coalitions as evaluate_coalitions,
+    one_group_swaps as one_group_swaps,
+    shapley_attribution as shapley_attribution,
+    shapley_from_values as shapley_from_values,
+    shapley_matrix as shapley_matrix,
+    shapley_values as shapley_values,
+    swap as swap,
+)
 
 try:
     __version__ = importlib.metadata.version("carkinetics")
