@@ -51,6 +51,13 @@ from ._shapley import (
     shapley_values as shapley_values,
     swap as swap,
 )
+from ._sweep import (
+    SweepResult as SweepResult,
+    observable_metrics as observable_metrics,
+    sweep as sweep,
+    sweep_model as sweep_model,
+    vmap_evaluator as vmap_evaluator,
+)
 
 try:
     __version__ = importlib.metadata.version("carkinetics")

@@ -8,3 +8,20 @@ from ._sbml import (
     to_sbml as to_sbml,
     write_sbml as write_sbml,
 )
+from ._observations import (
+    Observations as Observations,
+    observations_from_solution as observations_from_solution,
+    read_nonmem_observations as read_nonmem_observations,
+    write_nonmem_dataset as write_nonmem_dataset,
+)
+from ._petab import (
+    PetabCondition as PetabCondition,
+    PetabMeasurement as PetabMeasurement,
+    PetabObservable as PetabObservable,
+    PetabParameter as PetabParameter,
+    PetabProblem as PetabProblem,
+    parameter_id as parameter_id,
+    petab_parameters_from_model as petab_parameters_from_model,
+    read_petab as read_petab,
+    write_petab as write_petab,
+)
