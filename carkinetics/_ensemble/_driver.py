@@ -1,0 +1,371 @@
+"""`simulate_ensemble`: integrate a batch of models of one class, each with its own steps and dose events.
+
+Design (issue 8). All `N` members advance together in one while loop, in batch-last layout (`(S, N)`
+states): every iteration takes one step of the chosen method for every live member, each with its own
+time `t_i`, step size `dt_i`, segment index and position in the save-time list. A member's horizon is split at
+its own dose events, infusion starts/ends and model breakpoints exactly as in [`carkinetics.simulate`][]; a
+step never crosses the end of the member's current segment, and on reaching it the member applies its next
+jump (`y <- mult * y + add`), switches its infusion input and restarts its step size. Save times are written
+from the method's dense output, at most `saves_per_step` per step (a step is shortened so that no more fall
+inside it), so the loop body has no inner loop and the same body serves forward mode (`lax` while loop)
+and reverse mode (checkpointed while loop, `equinox.internal.while_loop`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import TimesLike
+from .._dosing import AbstractDose, Regimen, resolve_regimen
+from .._model import AbstractKineticModel
+from .._parameters import floats_to_arrays, validate_parameters
+from .._simulate import RESULTS, Solution, _validate_ts
+from .base import AbstractEnsembleMethod
+from .tsit5 import EnsembleTsit5
+
+_OK, _MAX_STEPS, _DT_MIN = 0, 1, 2
+
+
+def _batch_size(model: Any) -> int:
+    leaves = [x for x in jax.tree_util.tree_leaves(model) if eqx.is_array(x)]
+    if not leaves:
+        raise ValueError("`model` has no array leaves; give every parameter a leading batch axis of size N "
+                         "(e.g. build the models with `jax.vmap`).")
+    bad = [x.shape for x in leaves if x.ndim == 0]
+    if bad:
+        raise ValueError("Every array leaf of `model` must carry a leading batch axis of size N, but some are "
+                         "scalars; build the batch with `jax.vmap(make_model)(values)` or "
+                         "`jax.tree.map(lambda x: jnp.broadcast_to(x, (N,) + x.shape), model)`.")
+    n = leaves[0].shape[0]
+    shapes = sorted({x.shape[0] for x in leaves})
+    if len(shapes) != 1:
+        raise ValueError(f"The array leaves of `model` have different leading (batch) sizes {shapes}; they must "
+                         "all equal the ensemble size N.")
+    return int(n)
+
+
+def _batch_regimen(regimen: Regimen, n: int) -> Regimen:
+    def bcast(x):
+        x = jnp.asarray(x)
+        if x.ndim == 0:
+            return jnp.broadcast_to(x, (n,))
+        if x.shape[0] != n:
+            raise ValueError(f"A batched `regimen` must have leading batch size N = {n} (the model's), got a leaf "
+                             f"of shape {x.shape}.")
+        return x
+
+    return jax.tree_util.tree_map(bcast, regimen)
+
+
+def simulate_ensemble(
+    model: AbstractKineticModel,
+    regimen: Regimen | AbstractDose | None,
+    ts: TimesLike,
+    *,
+    method: AbstractEnsembleMethod | None = None,
+    t0: float | None = None,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    max_steps: int = 100_000,
+    saves_per_step: int = 8,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+    throw: bool = False,
+) -> Solution:
+    """Integrate a batch of `N` models of one class under per-member (or shared) regimens, all at once.
+
+    The batched counterpart of [`carkinetics.simulate`][] with the same semantics (segments split at every dose
+    event, infusion start/end and model breakpoint; jumps applied at event times; right-continuous saves) but a
+    solver written for batches: states are stored batch-last, every member has its own adaptive step size and its
+    own event schedule, and save times are filled from each method's dense output. It is much faster than
+    `jax.vmap(ck.simulate)` because no member waits on a per-member `while` loop of its own (see
+    `benchmarks/README.md` for measured speed-ups).
+
+    **Arguments:**
+
+    - `model`: a carkinetics model whose array leaves all carry a leading batch axis of size `N`, e.g.
+      `jax.vmap(lambda cl: OneCompartmentPK(cl=cl))(cls)` or
+      `jax.tree.map(lambda x: jnp.broadcast_to(x, (N,) + x.shape), model)`.
+    - `regimen`: a [`carkinetics.Regimen`][], a dose or `None`; either unbatched (shared by all members) or
+      with every leaf batched along a leading axis of size `N` (e.g. `jax.vmap(lambda a: ck.Regimen(...))(amounts)`).
+    - `ts`: save times in days, 1-D, sorted, finite, shared by all members.
+    - `method`: [`carkinetics.EnsembleTsit5`][] (default, non-stiff) or [`carkinetics.EnsembleRodas5`][] (stiff).
+    - `t0`: start time (days); default per member: the earlier of `ts[0]` and its first event.
+    - `rtol`, `atol`: tolerances of the per-member step-size controller (RMS norm of
+      `error / (atol + rtol * max(|y0|, |y1|))`, as diffrax's `PIDController`).
+    - `max_steps`: maximum number of steps (accepted + rejected) per member over the whole horizon.
+    - `saves_per_step`: at most this many save times are written per step (a step is shortened so that no more
+      fall inside it); a static tuning knob, 8 suits daily saves.
+    - `adjoint`: `None` or `diffrax.RecursiveCheckpointAdjoint(checkpoints=...)` (default; reverse mode via a
+      checkpointed while loop), or `diffrax.ForwardMode()` (forward mode: `jax.jvp`/`jax.jacfwd`).
+    - `throw`: raise if any member fails. Default `False`: failures are reported per member in
+      `Solution.result` (mask with `Solution.ok`); a failed member's unsaved outputs are NaN.
+
+    **Returns:** a [`carkinetics.Solution`][] whose fields have a leading batch axis of size `N` (as
+    `jax.vmap(ck.simulate)` would give): `ts (N, T)`, `y_array (N, T, S)`, `obs_array (N, T, O)`, `result (N,)`,
+    step counts `(N,)`.
+
+    **Raises:** `ValueError` naming the argument for malformed input.
+
+    **Example:**
+
+    ```python
+    import jax, jax.numpy as jnp
+    import carkinetics as ck
+    from carkinetics.models import OneCompartmentPK
+
+    models = jax.vmap(lambda cl: OneCompartmentPK(cl=cl, v=46.5))(jnp.linspace(50.0, 200.0, 1000))
+    regimen = ck.Bolus(0.0, 1800.0, "central")              # shared by all members
+    sol = ck.simulate_ensemble(models, regimen, jnp.linspace(0.0, 2.0, 49))
+    sol.observables.concentration.shape                    # (1000, 49), mg/L
+    ```
+    """
+    if not isinstance(model, AbstractKineticModel):
+        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
+    if regimen is None:
+        regimen = Regimen()
+    elif isinstance(regimen, AbstractDose):
+        regimen = Regimen((regimen,))
+    elif not isinstance(regimen, Regimen):
+        raise ValueError(f"`regimen` must be a Regimen, a dose or None, got {type(regimen).__name__}.")
+    if method is None:
+        method = EnsembleTsit5()
+    if not isinstance(method, AbstractEnsembleMethod):
+        raise ValueError("`method` must be an ensemble method such as ck.EnsembleTsit5() or ck.EnsembleRodas5(), "
+                         f"got {method!r}.")
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol > 0):
+            raise ValueError(f"`{name}` must be a positive finite number, got {tol!r}.")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    if isinstance(saves_per_step, bool) or not isinstance(saves_per_step, int) or saves_per_step < 1:
+        raise ValueError(f"`saves_per_step` must be a positive int, got {saves_per_step!r}.")
+    if adjoint is None:
+        adjoint = diffrax.RecursiveCheckpointAdjoint()
+    if isinstance(adjoint, diffrax.ForwardMode):
+        kind, checkpoints = "lax", None
+    elif isinstance(adjoint, diffrax.RecursiveCheckpointAdjoint):
+        kind, checkpoints = "checkpointed", adjoint.checkpoints
+    else:
+        raise ValueError("`adjoint` must be None, diffrax.RecursiveCheckpointAdjoint() or diffrax.ForwardMode(), "
+                         f"got {adjoint!r}.")
+    ts = _validate_ts(ts)
+    names = model.state_names()
+    unknown = sorted(regimen.state_names() - set(names))
+    if unknown:
+        raise ValueError(f"Unknown state(s) {unknown} in `regimen`; valid states of {type(model).__name__} are "
+                         f"{list(names)}.")
+    if t0 is not None and not isinstance(t0, jax.core.Tracer) and not isinstance(ts, jax.core.Tracer):
+        if float(t0) > float(ts[0]):
+            raise ValueError(f"`t0` = {t0} is later than the first save time ts[0] = {float(ts[0])}; save times "
+                             "before the start of the simulation are invalid.")
+    model = validate_parameters(floats_to_arrays(model))
+    n = _batch_size(model)
+    regimen = _batch_regimen(regimen, n)
+    t0_arr = None if t0 is None else jnp.asarray(t0, dtype=ts.dtype)
+    return _simulate_ensemble(model, regimen, ts, t0_arr, method, float(rtol), float(atol), max_steps,
+                              saves_per_step, kind, checkpoints, throw)
+
+
+def _member_schedule(model, regimen, ts, t0):
+    """One member's segments (as `ck.simulate` builds them): ends (K,), jumps (K, S) and infusion rates (K, S)."""
+    names = model.state_names()
+    n_states = len(names)
+    rr = resolve_regimen(regimen, names)
+    dtype = ts.dtype
+    t_end = ts[-1]
+    if t0 is None:
+        t0 = jnp.minimum(ts[0], jnp.min(rr.jump_times, initial=jnp.inf))
+        t0 = jnp.minimum(t0, jnp.min(rr.inf_start, initial=jnp.inf))
+    else:
+        bad = (t0 > ts[0]) | (jnp.min(rr.jump_times, initial=jnp.inf) < t0) | (jnp.min(rr.inf_start, initial=jnp.inf) < t0)
+        t0 = eqx.error_if(t0, bad, "`t0` is later than ts[0] or than a dose event.")
+    t0 = t0.astype(dtype)
+    model_bps = model.breakpoints().astype(dtype)
+    n_other = rr.inf_start.shape[0] * 2 + model_bps.shape[0]
+    bps = jnp.concatenate([rr.jump_times.astype(dtype), rr.inf_start.astype(dtype), rr.inf_end.astype(dtype),
+                           model_bps])
+    mult = jnp.concatenate([rr.jump_mult, jnp.ones((n_other, n_states))]).astype(dtype)
+    add = jnp.concatenate([rr.jump_add, jnp.zeros((n_other, n_states))]).astype(dtype)
+    late = bps > t_end  # events after the horizon do nothing
+    mult = jnp.where(late[:, None], 1.0, mult)
+    add = jnp.where(late[:, None], 0.0, add)
+    order = jnp.argsort(bps, stable=True)
+    bps = jnp.clip(bps[order], t0, t_end)
+    starts = jnp.concatenate([t0[None], bps])
+    ends = jnp.concatenate([bps, t_end[None]])
+    mult = jnp.concatenate([jnp.ones((1, n_states), dtype), mult[order]])
+    add = jnp.concatenate([jnp.zeros((1, n_states), dtype), add[order]])
+    mid = 0.5 * (starts + ends)
+    active = (rr.inf_start[None, :] <= mid[:, None]) & (mid[:, None] < rr.inf_end[None, :])
+    rates = (active.astype(dtype) @ rr.inf_rate.astype(dtype)).astype(dtype)
+    y0 = model.initial_state_flat().astype(dtype)
+    return t0, ends, mult, add, rates, y0
+
+
+def _rms(x):
+    return jnp.sqrt(jnp.mean(x * x, axis=0))
+
+
+@eqx.filter_jit
+def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, kind, checkpoints,
+                       throw) -> Solution:
+    n_states = len(model.state_names())
+    n = _batch_size(model)
+    n_t = ts.shape[0]
+    dtype = ts.dtype
+    m_saves = saves_per_step
+    members = jnp.arange(n)
+
+    t_start, ends, mult, add, rates, y0 = eqx.filter_vmap(
+        lambda m, r: _member_schedule(m, r, ts, t0), in_axes=(eqx.if_array(0), eqx.if_array(0))
+    )(model, regimen)
+    n_seg = ends.shape[1]
+    y0 = y0.T  # (S, N)
+
+    vf = eqx.filter_vmap(lambda m, t, y: m.vector_field_flat(t, y, None), in_axes=(eqx.if_array(0), 0, 1),
+                         out_axes=1)
+
+    def field(rate):
+        return lambda t, y: vf(model, t, y) + rate
+
+    def seg_gather(arr, k):  # arr (N, K, ...) -> member k's entry, batch-last
+        out = jnp.take_along_axis(arr, k.reshape((n, 1) + (1,) * (arr.ndim - 2)), axis=1)[:, 0]
+        return out.T if out.ndim == 2 else out
+
+    q = method.error_order
+
+    def initial_dt(f, t, y, f0):
+        scale = atol + rtol * jnp.abs(y)
+        d0 = _rms(y / scale)
+        d1 = _rms(f0 / scale)
+        h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / jnp.where(d1 > 0, d1, 1.0))
+        f1 = f(t + h0, y + h0[None, :] * f0)
+        d2 = _rms((f1 - f0) / scale) / h0
+        dmax = jnp.maximum(d1, d2)
+        h1 = jnp.where(dmax <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
+                       (0.01 / jnp.where(dmax > 0, dmax, 1.0)) ** (1.0 / q))
+        h = jnp.minimum(100 * h0, h1)
+        return jnp.where(jnp.isfinite(h) & (h > 0), h, 1e-6).astype(dtype)
+
+    def start_segment(rate, t, y):
+        f = field(rate)
+        f0 = f(t, y)
+        return method.init(f, t, y, f0), initial_dt(f, t, y, f0)
+
+    rate0 = rates[:, 0].T
+    cache0, dt0 = start_segment(rate0, t_start, y0)
+    zero_i = jnp.zeros((n,), jnp.int32)
+    out0 = jnp.full((n, n_t, n_states), jnp.nan, dtype)
+    init = (t_start, y0, dt0, zero_i, zero_i, cache0, rate0, jnp.zeros((n,), bool), zero_i, zero_i, zero_i, out0)
+
+    def live_of(done, fail):
+        return ~done & (fail == _OK)
+
+    def cond_fun(c):
+        _, _, _, _, idx, _, _, done, fail, _, _, _ = c
+        return jnp.any((fail == _OK) & (~done | (idx < n_t)))
+
+    def body_fun(c):
+        t, y, dt, k, idx, cache, rate, done, fail, nacc, nrej, out = c
+        live = live_of(done, fail)
+        f = field(rate)
+        seg_end = seg_gather(ends, k)
+        nxt = idx + m_saves
+        save_bound = jnp.where(nxt < n_t, ts[jnp.minimum(nxt, n_t - 1)], jnp.inf)
+        bound = jnp.minimum(seg_end, save_bound)
+        remaining = jnp.maximum(bound - t, 0.0)
+        truncated = dt >= remaining
+        dt_eff = jnp.where(truncated, remaining, dt)
+        zero = dt_eff <= 0
+        stepping = live & ~zero
+        # Members that do not step this iteration compute on safe values (no NaN can leak into gradients).
+        h = jnp.where(stepping, dt_eff, 1e-3).astype(dtype)
+        ys = jnp.where(live[None, :], y, y0)
+        y1, y_err, dense, cache1 = method.step(f, t, ys, h, cache)
+        scale = atol + rtol * jnp.maximum(jnp.abs(ys), jnp.abs(y1))
+        err = _rms(y_err / scale)
+        finite = jnp.all(jnp.isfinite(y1), axis=0) & jnp.isfinite(err)
+        err = jnp.where(finite, err, jnp.inf)
+        accept = live & (zero | (err <= 1.0))
+        reject = live & ~accept
+        t_new = jnp.where(truncated, bound, t + dt_eff)
+
+        # Saves: dense output for save times inside [t, t_new); members already done flush their last state.
+        flush = done & (fail == _OK)
+        count = zero_i
+        for j in range(m_saves):
+            s_j = idx + j
+            in_range = s_j < n_t
+            ts_j = ts[jnp.minimum(s_j, n_t - 1)]
+            want = (accept & ~zero & in_range & (ts_j < t_new)) | (flush & in_range)
+
+            def value(ts_j=ts_j):
+                theta = jnp.clip((ts_j - t) / h, 0.0, 1.0)
+                yi = method.interpolate(dense, ys, y1, theta)
+                return jnp.where(flush[None, :], y, yi)
+
+            val = jax.lax.cond(jnp.any(want), value, lambda: jnp.zeros_like(y))
+            out = out.at[members, jnp.where(want, s_j, n_t)].set(val.T, mode="drop")
+            count = count + want.astype(jnp.int32)
+        idx = idx + count
+
+        # Advance accepted members; apply the next jump at the end of a segment.
+        t = jnp.where(accept, t_new, t)
+        y = jnp.where(accept[None, :], y1, y)
+        cache = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b) if a.ndim == 1 else
+                                       jnp.where(accept[None, :], a, b) if a.ndim == 2 else a, cache1, cache)
+        at_end = accept & (t >= seg_end)
+        advance = at_end & (k < n_seg - 1)
+        finished = at_end & (k == n_seg - 1)
+        k = k + advance.astype(jnp.int32)
+        y = jnp.where(advance[None, :], seg_gather(mult, k) * y + seg_gather(add, k), y)
+        rate = jnp.where(advance[None, :], seg_gather(rates, k), rate)
+        done = done | finished
+
+        # Step-size control (per member).
+        safe_err = jnp.where(err > 0, err, 1.0)
+        factor = jnp.where(err > 0, 0.9 * safe_err ** (-1.0 / q), 10.0)
+        factor = jnp.clip(jnp.where(jnp.isfinite(factor), factor, 0.2), 0.2, 10.0)
+        proposal = dt_eff * factor
+        dt_new = jnp.where(reject, proposal, dt)
+        dt_new = jnp.where(accept & ~zero & ~truncated, proposal, dt_new)
+        dt_new = jnp.where(accept & ~zero & truncated & (factor >= 1.0), jnp.maximum(dt, proposal), dt_new)
+        dt_new = jnp.where(accept & ~zero & truncated & (factor < 1.0), proposal, dt_new)
+
+        def restart():
+            ysafe = jnp.where(advance[None, :], y, y0)
+            c0, d0 = start_segment(rate, t, ysafe)
+            return c0, d0
+
+        cache_r, dt_r = jax.lax.cond(jnp.any(advance), restart, lambda: (cache, dt_new))
+        cache = jax.tree_util.tree_map(lambda a, b: jnp.where(advance, a, b) if a.ndim == 1 else
+                                       jnp.where(advance[None, :], a, b) if a.ndim == 2 else a, cache_r, cache)
+        dt_new = jnp.where(advance, dt_r, dt_new)
+
+        nacc = nacc + (accept & ~zero).astype(jnp.int32)
+        nrej = nrej + reject.astype(jnp.int32)
+        too_many = live & ~done & (nacc + nrej >= max_steps)
+        tiny = live & ~done & reject & (dt_new < 1e3 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(t), 1.0))
+        fail = jnp.where(too_many, _MAX_STEPS, jnp.where(tiny, _DT_MIN, fail))
+        return t, y, dt_new, k, idx, cache, rate, done, fail, nacc, nrej, out
+
+    loop_bound = max_steps + n_seg + 2 * n_t + 4
+    final = eqxi.while_loop(cond_fun, body_fun, init, max_steps=loop_bound, buffers=lambda c: c[-1], kind=kind,
+                            checkpoints=checkpoints)
+    _, _, _, _, _, _, _, _, fail, nacc, nrej, out = final
+    result = jax.vmap(lambda fl: RESULTS.where(fl == _MAX_STEPS, RESULTS.max_steps_reached,
+                                               RESULTS.where(fl == _DT_MIN, RESULTS.dt_min_reached,
+                                                             RESULTS.successful)))(fail)
+    obs = eqx.filter_vmap(lambda m, yy: jax.vmap(m.observe_flat)(ts, yy), in_axes=(eqx.if_array(0), 0))(model, out)
+    if throw:
+        out = eqx.error_if(out, jnp.any(fail != _OK), "simulate_ensemble: at least one member failed (maximum "
+                           "number of steps reached or step size underflow); use throw=False and Solution.ok.")
+    ts_b = jnp.broadcast_to(ts, (n, n_t))
+    return Solution(ts_b, out, obs, result, nacc + nrej, nacc, nrej, type(model))
