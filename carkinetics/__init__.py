@@ -51,6 +51,12 @@ from ._shapley import (
     shapley_values as shapley_values,
     swap as swap,
 )
+from ._ensemble import (
+    AbstractEnsembleMethod as AbstractEnsembleMethod,
+    EnsembleRodas5 as EnsembleRodas5,
+    EnsembleTsit5 as EnsembleTsit5,
+    simulate_ensemble as simulate_ensemble,
+)
 from ._sweep import (
     SweepResult as SweepResult,
     observable_metrics as observable_metrics,
