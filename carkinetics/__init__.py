@@ -64,6 +64,19 @@ from ._sweep import (
     sweep_model as sweep_model,
     vmap_evaluator as vmap_evaluator,
 )
+from ._gsa import (
+    GSAProblem as GSAProblem,
+    MorrisResult as MorrisResult,
+    SobolResult as SobolResult,
+    gsa_problem as gsa_problem,
+    model_function as model_function,
+    morris_analysis as morris_analysis,
+    morris_indices as morris_indices,
+    morris_sample as morris_sample,
+    saltelli_sample as saltelli_sample,
+    sobol_analysis as sobol_analysis,
+    sobol_indices as sobol_indices,
+)
 
 try:
     __version__ = importlib.metadata.version("carkinetics")

@@ -614,7 +614,8 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
     ```python
     import carkinetics as ck
     from carkinetics.models import OneCompartmentPK
-    text = ck.io.to_antimony(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"))
+    import carkinetics.io as cio
+    text = cio.to_antimony(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"))
     assert "central' = " in text
     ```
     """
@@ -689,7 +690,8 @@ def to_sbml(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.AbstractDos
     ```python
     import carkinetics as ck
     from carkinetics.models import TwoCompartmentPK
-    sbml = ck.io.to_sbml(TwoCompartmentPK(), ck.Bolus(0.0, 100.0, "central"))
+    import carkinetics.io as cio
+    sbml = cio.to_sbml(TwoCompartmentPK(), ck.Bolus(0.0, 100.0, "central"))
     assert "<sbml" in sbml
     ```
     """
