@@ -51,6 +51,13 @@ from ._shapley import (
     shapley_values as shapley_values,
     swap as swap,
 )
+from ._translate import (
+    DEFAULT_SPREAD as DEFAULT_SPREAD,
+    TranslationMap as TranslationMap,
+    differing_parameters as differing_parameters,
+    sample_parameters as sample_parameters,
+    translation_map as translation_map,
+)
 from ._ensemble import (
     AbstractEnsembleMethod as AbstractEnsembleMethod,
     EnsembleRodas5 as EnsembleRodas5,

@@ -6,3 +6,9 @@ from ._timecourse import (
     save_figure as save_figure,
     vpc_bands as vpc_bands,
 )
+
+from ._translation import (
+    attribution_waterfall as attribution_waterfall,
+    attribution_waterfalls as attribution_waterfalls,
+    translation_heatmap as translation_heatmap,
+)

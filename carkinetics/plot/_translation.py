@@ -1,0 +1,135 @@
+"""Figures of the translation map: mechanism x metric heatmap and per-metric attribution waterfalls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib.pyplot as plt  # imported lazily: `import carkinetics.plot` stays cheap
+
+    return plt
+
+
+def translation_heatmap(tmap: Any, *, ax: Any = None, annotate: bool = True) -> Any:
+    """Heatmap of a [`carkinetics.TranslationMap`][]: mechanism groups (rows) x metrics (columns).
+
+    The colour is the share of each metric's gap attributed to the group (Shapley value over the sum of
+    |Shapley values| of the metric, from -1 to 1; red: the group moves the metric towards the `b` value in the
+    positive direction, blue: negative). Annotations give the share in percent; `*` marks a material attribution
+    that rests on unverified (`M`-tagged) parameters, `?` one whose sign is not robust to parameter uncertainty.
+
+    **Arguments:**
+
+    - `tmap`: a [`carkinetics.TranslationMap`][].
+    - `ax`: a matplotlib `Axes` (default: a new figure).
+    - `annotate`: write the percentages into the cells.
+
+    **Returns:** the matplotlib `Figure`.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp, carkinetics as ck, carkinetics.plot
+    from carkinetics.models import OneCompartmentPK
+    groups = [ck.MechanismGroup("clearance", ("cl",)), ck.MechanismGroup("volume", ("v",))]
+    tm = ck.translation_map(lambda m: {"t_half": jnp.log(2.0) * m.v / m.cl, "cmax": 100.0 / m.v},
+                            OneCompartmentPK(cl=2.0, v=0.5), OneCompartmentPK(), groups)
+    fig = ck.plot.translation_heatmap(tm)
+    ```
+    """
+    plt = _plt()
+    share = tmap.share()
+    flags = tmap.m_flags()
+    unsure = tmap.sign_uncertain()
+    g, k = share.shape
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.2 + 1.15 * k, 1.0 + 0.45 * g), constrained_layout=True)
+    else:
+        fig = ax.figure
+    im = ax.imshow(share, cmap="RdBu_r", vmin=-1.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(k))
+    ax.set_xticklabels([f"{n}\n[{u}]" if u else n for n, u in zip(tmap.metric_names, tmap.metric_units)],
+                       rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(g))
+    ax.set_yticklabels(tmap.group_names, fontsize=8)
+    if annotate:
+        for i in range(g):
+            for j in range(k):
+                txt = f"{100 * share[i, j]:.0f}" + ("*" if flags[i, j] else "") + ("?" if unsure[i, j] else "")
+                ax.text(j, i, txt, ha="center", va="center", fontsize=7,
+                        color="white" if abs(share[i, j]) > 0.6 else "black")
+    a, b = tmap.labels
+    ax.set_title(f"Share of the {a} -> {b} gap by mechanism (%)\n* rests on M-tagged parameters, "
+                 "? sign not robust", fontsize=9)
+    fig.colorbar(im, ax=ax, label="Shapley share of gap", shrink=0.8)
+    return fig
+
+
+def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
+    """Waterfall of one metric: from the `a` value, one step per mechanism (its Shapley value), to the `b` value.
+
+    Steps are ordered by size; error bars give the sample interval of each Shapley value (if the map has
+    samples), hatched bars rest on `M`-tagged parameters.
+
+    **Arguments:**
+
+    - `tmap`: a [`carkinetics.TranslationMap`][].
+    - `metric`: the name of one of `tmap.metric_names`.
+    - `ax`: a matplotlib `Axes` (default: a new figure).
+
+    **Returns:** the matplotlib `Figure`.
+    """
+    if metric not in tmap.metric_names:
+        raise ValueError(f"Unknown metric {metric!r}; the map has {list(tmap.metric_names)}.")
+    plt = _plt()
+    k = tmap.metric_names.index(metric)
+    phi = tmap.shapley[:, k]
+    lo, hi = tmap.intervals()
+    flags = tmap.m_flags()[:, k]
+    order = np.argsort(-np.abs(phi))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.5 + 0.55 * (len(phi) + 2), 3.6), constrained_layout=True)
+    else:
+        fig = ax.figure
+    a_lab, b_lab = tmap.labels
+    level = float(tmap.value_a[k])
+    ax.bar(0, level, color="0.55", width=0.7)
+    labels = [a_lab]
+    for pos, g in enumerate(order, start=1):
+        d = float(phi[g])
+        ax.bar(pos, d, bottom=level, color="tab:red" if d >= 0 else "tab:blue", width=0.7,
+               hatch="//" if flags[g] else None, edgecolor="black" if flags[g] else None, linewidth=0.5)
+        if tmap.n_samples:
+            top = level + d
+            ax.errorbar(pos, top, yerr=[[max(d - lo[g, k], 0.0)], [max(hi[g, k] - d, 0.0)]], color="black",
+                        capsize=2, lw=0.8)
+        level += d
+        labels.append(tmap.group_names[g])
+    ax.bar(len(order) + 1, float(tmap.value_b[k]), color="0.3", width=0.7)
+    labels.append(b_lab)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    unit = tmap.metric_units[k]
+    ax.set_ylabel(f"{metric} [{unit}]" if unit else metric, fontsize=8)
+    ax.set_title(f"{metric}: {a_lab} -> {b_lab}", fontsize=9)
+    ax.axhline(0.0, color="black", lw=0.5)
+    return fig
+
+
+def attribution_waterfalls(tmap: Any, *, ncols: int = 3) -> Any:
+    """All per-metric waterfalls of a [`carkinetics.TranslationMap`][] in one figure (see `attribution_waterfall`)."""
+    plt = _plt()
+    n = len(tmap.metric_names)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    g = len(tmap.group_names)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * (1.2 + 0.5 * (g + 2)), nrows * 3.4),
+                             constrained_layout=True, squeeze=False)
+    for i, metric in enumerate(tmap.metric_names):
+        attribution_waterfall(tmap, metric, ax=axes[i // ncols][i % ncols])
+    for j in range(n, nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    return fig
