@@ -85,6 +85,55 @@ from ._gsa import (
     sobol_indices as sobol_indices,
 )
 
+from ._targets import (
+    QUANTITIES as QUANTITIES,
+    UNITS as UNITS,
+    AbstractStatistic as AbstractStatistic,
+    CrossingTime as CrossingTime,
+    FoldChange as FoldChange,
+    HalfLife as HalfLife,
+    PeakHeight as PeakHeight,
+    PeakTime as PeakTime,
+    TargetRow as TargetRow,
+    TargetTable as TargetTable,
+    TimeAbove as TimeAbove,
+    TimeBelow as TimeBelow,
+    ValueAt as ValueAt,
+    convert_unit as convert_unit,
+    load_targets as load_targets,
+    validate_target_row as validate_target_row,
+)
+from ._observation import (
+    AbstractObservationModel as AbstractObservationModel,
+    CensoredError as CensoredError,
+    LogNormalError as LogNormalError,
+    NormalError as NormalError,
+)
+from ._calibrate import (
+    PRIOR_SD as PRIOR_SD,
+    CalibrationProblem as CalibrationProblem,
+    FitResult as FitResult,
+    SummaryData as SummaryData,
+    TimeCourseData as TimeCourseData,
+    fit as fit,
+    make_starts as make_starts,
+    summary_target as summary_target,
+    timecourse_target as timecourse_target,
+)
+from ._identifiability import (
+    IdentifiabilityWarning as IdentifiabilityWarning,
+    LaplaceResult as LaplaceResult,
+    Profile as Profile,
+    laplace as laplace,
+    profile_likelihood as profile_likelihood,
+)
+from ._fitio import (
+    apply_fit as apply_fit,
+    load_fit as load_fit,
+    read_fit_provenance as read_fit_provenance,
+    save_fit as save_fit,
+)
+
 try:
     __version__ = importlib.metadata.version("carkinetics")
 except importlib.metadata.PackageNotFoundError:  # running from a source tree without installation

@@ -1,0 +1,526 @@
+"""Calibration: targets bound to a model, priors from confidence tags, and multistart optax optimisation.
+
+The workflow:
+
+1. Bind data to model outputs: [`carkinetics.TimeCourseData`][] (observations of one observable at given days)
+   and [`carkinetics.SummaryData`][] (a published summary number compared with a differentiable statistic of a
+   simulation, e.g. `TimeBelow("b_blood", 1.0)` vs "B-cell reappearance 110 ± 32 d"). The helpers
+   [`carkinetics.summary_target`][] and [`carkinetics.timecourse_target`][] build them from validated target rows
+   (unit conversion, spread -> error model).
+2. Build a [`carkinetics.CalibrationProblem`][]: the model, the regimen, the targets, the names of the parameters
+   to estimate (all others stay fixed), and priors from the confidence tags (see `PRIOR_SD`). The problem works in
+   the unconstrained space of [`carkinetics.ParameterSpace`][] (log / logit transforms from the declared bounds);
+   `problem.loss(z)` is the negative log posterior.
+3. [`carkinetics.fit`][] runs Adam then L-BFGS (optax) from several starts, vmapped over the starts in one
+   compiled program, and returns a [`carkinetics.FitResult`][] with per-start convergence information.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._custom_types import Array, Float
+from ._model import AbstractKineticModel
+from ._observation import AbstractObservationModel, CensoredError, LogNormalError, NormalError
+from ._parameters import ParameterSpace, parameters
+from ._simulate import simulate
+from ._targets import AbstractStatistic, TargetRow, convert_unit, statistic_times, unit_dimension
+
+#: Prior standard deviation on the unconstrained (log / logit) scale, by confidence tag. A published value read in
+#: the primary source (`R`) is trusted to about ±30 % (1 sd), a recalled one (`M`) only to a factor ~e.
+PRIOR_SD: dict[str, float] = {"R": 0.3, "R2": 0.5, "D": 0.5, "M": 1.0, "A": 1.5, "F": 1.0}
+
+#: Default log-scale error for summary targets published without a spread, by confidence tag.
+DEFAULT_LOG_SIGMA: dict[str, float] = {"R": 0.2, "R2": 0.3, "D": 0.3, "M": 0.5, "A": 0.5, "F": 0.3}
+
+_Z_CLIP = 40.0  # |z| beyond this maps to values at the edge of float range; clipped for safety
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Targets bound to model outputs
+
+
+class TimeCourseData(eqx.Module):
+    """Observations of one model observable at given days, with an observation (error) model.
+
+    **Fields:** `observable` (name), `times` (days, shape `(N,)`), `values` (observable unit, `(N,)`), `error`
+    (an observation model), `ids` (labels of the data points, for tables), `label` (legend text).
+    """
+
+    observable: str = eqx.field(static=True)
+    times: Float[Array, " N"]
+    values: Float[Array, " N"]
+    error: AbstractObservationModel
+    ids: tuple[str, ...] = eqx.field(static=True, default=())
+    label: str = eqx.field(static=True, default="")
+
+    def __check_init__(self):
+        t, v = np.shape(self.times), np.shape(self.values)
+        if len(t) != 1 or t != v or t[0] == 0:
+            raise ValueError(f"`times` and `values` must be non-empty 1-D arrays of equal length, got shapes {t} and {v}.")
+
+
+class SummaryData(eqx.Module):
+    """A published summary number compared with a differentiable statistic of the simulation.
+
+    **Fields:** `statistic` (an `AbstractStatistic`), `value` (in `unit`), `error` (observation model in `unit`),
+    `target_id`, `unit`, and `interval` (the reported spread as `(low, high)` in `unit`, or `None`), used to
+    check that a calibrated model hits the target within its spread.
+    """
+
+    statistic: AbstractStatistic
+    value: Any
+    error: AbstractObservationModel
+    target_id: str = eqx.field(static=True, default="")
+    unit: str = eqx.field(static=True, default="")
+    interval: tuple[float, float] | None = eqx.field(static=True, default=None)
+
+
+def _model_class(model: Any) -> type:
+    return model if isinstance(model, type) else type(model)
+
+
+def summary_target(row: TargetRow, statistic: AbstractStatistic, model: Any, *,
+                   error: AbstractObservationModel | None = None) -> SummaryData:
+    """Bind a published summary row to a statistic of `model`'s simulation.
+
+    The row's unit must have the statistic's dimension (time for `TimeBelow`, the observable's for `PeakHeight`,
+    ...); the value and spread are converted to the statistic's unit. Default error model: normal with the
+    reported spread's sd (`row.sigma()`); for a published lower/upper bound a censored normal with sd = 10 % of
+    the bound; without a spread a log-normal error with `DEFAULT_LOG_SIGMA[row.tag]`.
+
+    **Raises:** `ValueError` for an unknown observable or a unit of the wrong dimension.
+    """
+    cls = _model_class(model)
+    if statistic.observable not in cls.observable_units:
+        raise ValueError(f"Statistic observable {statistic.observable!r} is not an observable of {cls.__name__}; "
+                         f"observables are {sorted(cls.observable_units)}.")
+    unit = statistic.unit(cls.observable_units[statistic.observable])
+    if unit_dimension(row.unit) != unit_dimension(unit):
+        raise ValueError(f"Target {row.target_id!r} is in {row.unit!r} ({unit_dimension(row.unit)}) but "
+                         f"{type(statistic).__name__} of {statistic.observable!r} is in {unit!r} ({unit_dimension(unit)}).")
+    value = float(convert_unit(row.value, row.unit, unit))
+    iv = row.interval()
+    interval = None if iv is None else tuple(float(convert_unit(x, row.unit, unit)) for x in iv)
+    if error is None:
+        sigma = row.sigma()
+        if row.measure in ("lower_bound", "upper_bound"):
+            base = NormalError(0.1 * abs(value) if value != 0 else 1.0)
+            error = CensoredError(base, uloq=value) if row.measure == "lower_bound" else CensoredError(base, lloq=value)
+        elif math.isfinite(sigma):
+            error = NormalError(float(convert_unit(sigma, row.unit, unit)))
+        elif value > 0:
+            error = LogNormalError(DEFAULT_LOG_SIGMA[row.tag])
+        else:
+            raise ValueError(f"Target {row.target_id!r} has no spread and a non-positive value; pass `error`.")
+    return SummaryData(statistic, jnp.asarray(value, dtype=float), error, row.target_id, unit, interval)
+
+
+def timecourse_target(rows: Sequence[TargetRow], observable: str, model: Any, *,
+                      error: AbstractObservationModel | None = None, label: str = "") -> TimeCourseData:
+    """Bind time-course rows (each with a `time`) of one observable to `model`'s observable.
+
+    Values are converted to the observable's unit. Default error: log-normal with `DEFAULT_LOG_SIGMA` of the
+    least certain tag among the rows.
+    """
+    cls = _model_class(model)
+    if observable not in cls.observable_units:
+        raise ValueError(f"{observable!r} is not an observable of {cls.__name__}; observables are "
+                         f"{sorted(cls.observable_units)}.")
+    if len(rows) == 0:
+        raise ValueError("`rows` is empty; a time course needs at least one row with a time.")
+    unit = cls.observable_units[observable]
+    times, values = [], []
+    for r in rows:
+        if math.isnan(r.time):
+            raise ValueError(f"Target {r.target_id!r} has no time; a time course needs a day for each row.")
+        times.append(r.time)
+        values.append(float(convert_unit(r.value, r.unit, unit)))
+    if error is None:
+        error = LogNormalError(max(DEFAULT_LOG_SIGMA[r.tag] for r in rows))
+    return TimeCourseData(observable, jnp.asarray(times, dtype=float), jnp.asarray(values, dtype=float), error,
+                          tuple(r.target_id for r in rows), label)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The problem
+
+
+class CalibrationProblem(eqx.Module):
+    """A model, a regimen, targets, and the parameters to estimate, with priors; `loss(z)` is differentiable.
+
+    **Arguments:**
+
+    - `model`: an [`carkinetics.AbstractKineticModel`][]; its current values are the fixed values and the
+      prior centres.
+    - `regimen`: a [`carkinetics.Regimen`][] (or a dose, or `None`).
+    - `targets`: a sequence of [`carkinetics.TimeCourseData`][] / [`carkinetics.SummaryData`][].
+    - `estimate`: dotted names of the parameters to estimate; all others stay fixed.
+    - `priors`: `"tags"` (default) for normal priors on the unconstrained scale centred at the current values with
+      sd `PRIOR_SD[tag]`; `None` for flat priors (pure maximum likelihood); or a mapping name -> sd (names not
+      listed get a flat prior).
+    - `t_end`: last simulated day (default: the last data/statistic time, at least 1 day after infusion).
+    - `n_grid`: number of uniformly spaced grid points (data and statistic times are added to the grid).
+    - `t0`: start of the simulation (default: the first dose event or the first grid time).
+    - `solver`, `rtol`, `atol`, `max_steps`: passed to [`carkinetics.simulate`][].
+    - `failure_loss`: loss assigned when the solver fails (such points are rejected by the optimisers).
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp, carkinetics as ck
+    from carkinetics.models import Stein2019CK
+    model = Stein2019CK()
+    data = ck.TimeCourseData("transgene", jnp.array([7.0, 28.0]), jnp.array([9000.0, 1500.0]),
+                             ck.LogNormalError(0.3))
+    problem = ck.CalibrationProblem(model, None, [data], ["alpha", "cmax"])
+    problem.loss(problem.z0)
+    ```
+    """
+
+    model: AbstractKineticModel
+    regimen: Any
+    space: ParameterSpace
+    targets: tuple[Any, ...]
+    ts: Float[Array, " T"]
+    prior_mean: Float[Array, " n"]
+    prior_weight: Float[Array, " n"]
+    obs_index: tuple[int, ...] = eqx.field(static=True)
+    t0: float | None = eqx.field(static=True)
+    solver: Any = eqx.field(static=True)
+    rtol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+    failure_loss: float = eqx.field(static=True)
+
+    def __init__(self, model: AbstractKineticModel, regimen: Any, targets: Sequence[Any], estimate: Sequence[str], *,
+                 priors: str | Mapping[str, float] | None = "tags", t_end: float | None = None, n_grid: int = 300,
+                 t0: float | None = None, solver: Any = None, rtol: float = 1e-6, atol: float = 1e-8,
+                 max_steps: int = 4096, failure_loss: float = 1e10):
+        if not isinstance(model, AbstractKineticModel):
+            raise ValueError(f"`model` must be an AbstractKineticModel, got {type(model).__name__}.")
+        targets = tuple(targets)
+        if not targets:
+            raise ValueError("`targets` is empty; a calibration needs at least one target.")
+        if isinstance(estimate, str) or len(estimate) == 0:
+            raise ValueError(f"`estimate` must be a non-empty sequence of parameter names, got {estimate!r}.")
+        if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 2:
+            raise ValueError(f"`n_grid` must be an int >= 2, got {n_grid!r}.")
+        names = model.observable_names()
+        obs_index, times = [], []
+        for tg in targets:
+            if isinstance(tg, TimeCourseData):
+                obs, tt = tg.observable, [float(x) for x in np.asarray(tg.times)]
+            elif isinstance(tg, SummaryData):
+                obs, tt = tg.statistic.observable, statistic_times([tg.statistic])
+            else:
+                raise ValueError(f"Each target must be a TimeCourseData or SummaryData, got {type(tg).__name__}.")
+            if obs not in names:
+                raise ValueError(f"Target observable {obs!r} is not an observable of {type(model).__name__}; "
+                                 f"observables are {list(names)}.")
+            obs_index.append(names.index(obs))
+            times.extend(tt)
+        self.space = ParameterSpace(model, list(estimate))
+        allp = parameters(model)
+        z0 = np.asarray(self.space.to_vector(model))
+        if priors is None:
+            sd = np.full(len(estimate), np.inf)
+        elif isinstance(priors, str):
+            if priors != "tags":
+                raise ValueError(f"`priors` must be 'tags', None or a mapping name -> sd, got {priors!r}.")
+            sd = np.array([PRIOR_SD[allp[n].info.tag] for n in estimate])
+        elif isinstance(priors, Mapping):
+            unknown = sorted(set(priors) - set(estimate))
+            if unknown:
+                raise ValueError(f"`priors` names {unknown} that are not estimated; estimated are {list(estimate)}.")
+            sd = np.array([float(priors.get(n, np.inf)) for n in estimate])
+            if np.any(sd <= 0):
+                raise ValueError(f"Prior sds must be positive, got {dict(priors)}.")
+        else:
+            raise ValueError(f"`priors` must be 'tags', None or a mapping name -> sd, got {type(priors).__name__}.")
+        self.prior_mean = jnp.asarray(z0)
+        self.prior_weight = jnp.asarray(np.where(np.isfinite(sd), 1.0 / np.where(np.isfinite(sd), sd, 1.0) ** 2, 0.0))
+        first_event = None if regimen is None or not hasattr(regimen, "first_time") else regimen.first_time()
+        start = 0.0 if first_event is None else min(0.0, float(first_event))
+        if t0 is not None:
+            start = float(t0)
+        if times and min(times) < start:
+            start = min(times)
+        stop = max([1.0, *times]) if t_end is None else float(t_end)
+        if stop <= start:
+            raise ValueError(f"`t_end` ({stop}) must be later than the simulation start ({start}).")
+        grid = np.union1d(np.linspace(start, stop, n_grid), np.clip(np.asarray(times, float), start, stop))
+        self.model = model
+        self.regimen = regimen
+        self.targets = targets
+        self.ts = jnp.asarray(grid)
+        self.obs_index = tuple(obs_index)
+        self.t0 = None if t0 is None else float(t0)
+        self.solver = diffrax.Tsit5() if solver is None else solver
+        self.rtol, self.atol, self.max_steps = float(rtol), float(atol), int(max_steps)
+        self.failure_loss = float(failure_loss)
+
+    # ---- parameter space helpers -------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.space.names
+
+    @property
+    def z0(self) -> Float[Array, " n"]:
+        """Unconstrained vector of the model's current values (the prior centre)."""
+        return self.prior_mean
+
+    def to_model(self, z: Float[Array, " n"]) -> AbstractKineticModel:
+        """The model with the estimated parameters set from the unconstrained vector `z`."""
+        return self.space.to_model(self.model, jnp.clip(z, -_Z_CLIP, _Z_CLIP))
+
+    def values(self, z: Float[Array, " n"]) -> Float[Array, " n"]:
+        """Natural-unit values of the estimated parameters at `z`."""
+        return self.space.values(self.to_model(z))
+
+    def to_vector(self, values: Mapping[str, float]) -> Float[Array, " n"]:
+        """Unconstrained vector from a mapping name -> natural value (missing names: current model values)."""
+        return self.space.to_vector(self.model.replace({k: float(v) for k, v in values.items() if k in self.names}))
+
+    # ---- simulation and predictions -----------------------------------------------------------------------------
+
+    def simulate(self, z: Float[Array, " n"]):
+        """Simulate at the problem's grid with parameters `z` (`throw=False`; check `.ok`)."""
+        return simulate(self.to_model(z), self.regimen, self.ts, t0=self.t0, solver=self.solver, rtol=self.rtol,
+                        atol=self.atol, max_steps=self.max_steps, throw=False)
+
+    def predict_from_solution(self, sol) -> tuple[Array, ...]:
+        """Model predictions for every target (arrays for time courses, scalars for summaries)."""
+        out = []
+        for tg, i in zip(self.targets, self.obs_index):
+            traj = sol.obs_array[:, i]
+            if isinstance(tg, TimeCourseData):
+                out.append(jnp.interp(tg.times, self.ts, traj))
+            else:
+                out.append(tg.statistic(self.ts, traj))
+        return tuple(out)
+
+    def predictions(self, z: Float[Array, " n"]) -> tuple[Array, ...]:
+        """Predictions for every target at `z` (failed solves give `nan`)."""
+        sol = self.simulate(z)
+        return tuple(jnp.where(sol.ok, p, jnp.nan) for p in self.predict_from_solution(sol))
+
+    # ---- objective ---------------------------------------------------------------------------------------------
+
+    def _data_terms(self, z):
+        sol = self.simulate(z)
+        terms = []
+        for tg, pred in zip(self.targets, self.predict_from_solution(sol)):
+            obs = tg.values if isinstance(tg, TimeCourseData) else tg.value
+            safe = jnp.where(sol.ok & jnp.isfinite(pred), pred, 1.0)
+            terms.append(tg.error.nll(safe, obs))
+        return jnp.stack(terms), sol.ok
+
+    def data_nll(self, z: Float[Array, " n"]) -> Array:
+        """Negative log-likelihood of all targets at `z` (`failure_loss` if the solver fails)."""
+        terms, ok = self._data_terms(z)
+        total = jnp.sum(terms)
+        return jnp.where(ok & jnp.isfinite(total), total, self.failure_loss)
+
+    def target_nll(self, z: Float[Array, " n"]) -> Array:
+        """Per-target negative log-likelihoods at `z`, shape `(n_targets,)`."""
+        return self._data_terms(z)[0]
+
+    def prior_nll(self, z: Float[Array, " n"]) -> Array:
+        """Negative log prior (up to a constant): `0.5 * sum(w * (z - z_prior)^2)`, `w = 1/sd^2` (0 if flat)."""
+        return 0.5 * jnp.sum(self.prior_weight * (z - self.prior_mean) ** 2)
+
+    def loss(self, z: Float[Array, " n"]) -> Array:
+        """Negative log posterior (data + prior) at the unconstrained vector `z`."""
+        return self.data_nll(z) + self.prior_nll(z)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Optimisation
+
+
+_TRACES = {"multistart": 0, "grad_batch": 0, "profile": 0}
+
+
+def _safe_value_and_grad(fn, z):
+    val, g = jax.value_and_grad(fn)(z)
+    ok = jnp.isfinite(val) & jnp.all(jnp.isfinite(g))
+    return val, jnp.where(ok, g, 0.0), ok
+
+
+@eqx.filter_jit
+def _run_multistart(problem: CalibrationProblem, z_starts, adam_steps: int, lbfgs_steps: int, learning_rate,
+                    mask):
+    _TRACES["multistart"] += 1
+    fn = problem.loss
+
+    def one(z0):
+        sched = optax.cosine_decay_schedule(learning_rate, max(adam_steps, 1), alpha=0.05)
+        adam = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(sched))
+
+        def adam_step(carry, _):
+            z, state = carry
+            val, g, ok = _safe_value_and_grad(fn, z)
+            upd, state = adam.update(g * mask, state, z)
+            z_new = optax.apply_updates(z, upd)
+            return (jnp.where(ok, z_new, z), state), val
+
+        (z, _), hist_a = jax.lax.scan(adam_step, (z0, adam.init(z0)), None, length=adam_steps)
+        lbfgs = optax.lbfgs()
+        vg = optax.value_and_grad_from_state(fn)
+
+        def lbfgs_step(carry, _):
+            z, state = carry
+            val, g = vg(z, state=state)
+            ok = jnp.isfinite(val) & jnp.all(jnp.isfinite(g))
+            g = jnp.where(ok, g, 0.0) * mask
+            upd, new_state = lbfgs.update(g, state, z, value=val, grad=g, value_fn=fn)
+            z_new = optax.apply_updates(z, upd * mask)
+            good = ok & jnp.all(jnp.isfinite(z_new))
+            z = jnp.where(good, z_new, z)
+            state = jax.tree_util.tree_map(lambda a, b: jnp.where(good, a, b), new_state, state)
+            return (z, state), val
+
+        (z, _), hist_l = jax.lax.scan(lbfgs_step, (z, lbfgs.init(z)), None, length=lbfgs_steps)
+        val, g, _ = _safe_value_and_grad(fn, z)
+        return z, val, jnp.linalg.norm(g * mask), jnp.concatenate([hist_a, hist_l, val[None]])
+
+    return jax.vmap(one)(z_starts)
+
+
+class FitResult(eqx.Module):
+    """The outcome of [`carkinetics.fit`][].
+
+    **Fields:** `problem`; `z` (best unconstrained vector) and `loss` (its negative log posterior); per start:
+    `z_starts`, `z_final`, `losses`, `grad_norms`, `converged` and `history` (loss after every iteration,
+    shape `(starts, iterations + 1)`); `best` (index of the best start); `gtol`, `ftol` (convergence criteria).
+
+    **Properties / methods:** `model` (fitted model), `values()` (name -> value), `parameter_table()`,
+    `convergence_report()`, `n_agree` (starts within `ftol` of the best loss).
+    """
+
+    problem: CalibrationProblem
+    z: Float[Array, " n"]
+    loss: Array
+    z_starts: Float[Array, "S n"]
+    z_final: Float[Array, "S n"]
+    losses: Float[Array, " S"]
+    grad_norms: Float[Array, " S"]
+    converged: Any
+    history: Float[Array, "S K"]
+    best: int = eqx.field(static=True)
+    gtol: float = eqx.field(static=True)
+    ftol: float = eqx.field(static=True)
+
+    @property
+    def model(self) -> AbstractKineticModel:
+        return self.problem.to_model(self.z)
+
+    def values(self) -> dict[str, float]:
+        """Fitted values (natural units) by parameter name."""
+        return {n: float(v) for n, v in zip(self.problem.names, np.asarray(self.problem.values(self.z)))}
+
+    @property
+    def n_agree(self) -> int:
+        """Number of starts whose final loss is within `ftol * max(1, |best|)` of the best."""
+        tol = self.ftol * max(1.0, abs(float(self.loss)))
+        return int(np.sum(np.abs(np.asarray(self.losses) - float(self.loss)) <= tol))
+
+    def parameter_table(self, sd_z: Any = None) -> str:
+        """Markdown table: parameter, prior centre, fitted value, unit, prior tag (fitted values are tag F)."""
+        allp = parameters(self.problem.model)
+        start = np.asarray(self.problem.values(self.problem.z0))
+        fitted = np.asarray(self.problem.values(self.z))
+        head = "| parameter | prior centre / default | fitted [F] | unit | tag of default | sd (z scale) |\n|---|---|---|---|---|---|"
+        rows = []
+        for k, n in enumerate(self.problem.names):
+            sd = "" if sd_z is None else f"{float(np.asarray(sd_z)[k]):.3g}"
+            rows.append(f"| {n} | {start[k]:.5g} | {fitted[k]:.5g} | {allp[n].info.unit} | {allp[n].info.tag} | {sd} |")
+        return "\n".join([head, *rows])
+
+    def convergence_report(self) -> str:
+        """Per-start final loss, gradient norm and convergence flag, plus the agreement of the starts."""
+        lines = [f"multistart: {len(np.asarray(self.losses))} starts, best loss {float(self.loss):.6g} (start {self.best}), "
+                 f"{self.n_agree} starts within ftol={self.ftol:g} of the best, "
+                 f"{int(np.sum(np.asarray(self.converged)))} converged (|grad| <= {self.gtol:g} or "
+                 f"relative loss change <= {self.ftol:g} over the last 5 iterations)",
+                 "| start | final loss | grad norm | converged |", "|---|---|---|---|"]
+        for i, (l, g, c) in enumerate(zip(np.asarray(self.losses), np.asarray(self.grad_norms),
+                                          np.asarray(self.converged))):
+            lines.append(f"| {i}{' *' if i == self.best else ''} | {l:.6g} | {g:.3g} | {bool(c)} |")
+        return "\n".join(lines)
+
+
+def make_starts(problem: CalibrationProblem, key: Any, n_starts: int, *, scale: float = 0.5,
+                include_default: bool = True) -> Float[Array, "S n"]:
+    """Starting points: the prior centre (if `include_default`) plus normal perturbations of sd `scale` on the
+    unconstrained scale (a factor ~e^±scale for log-transformed parameters)."""
+    if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
+        raise ValueError(f"`n_starts` must be a positive int, got {n_starts!r}.")
+    if not (isinstance(scale, (int, float)) and scale >= 0):
+        raise ValueError(f"`scale` must be a non-negative number, got {scale!r}.")
+    z0 = problem.z0
+    noise = scale * jax.random.normal(key, (n_starts, z0.shape[0]), dtype=z0.dtype)
+    if include_default:
+        noise = noise.at[0].set(0.0)
+    return z0[None, :] + noise
+
+
+def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, starts: Any = None,
+        start_scale: float = 0.5, adam_steps: int = 200, lbfgs_steps: int = 50, learning_rate: float = 0.05,
+        gtol: float = 1e-3, ftol: float = 1e-6) -> FitResult:
+    """Minimise `problem.loss` from several starts (vmapped): Adam (cosine-decayed) then L-BFGS (optax).
+
+    **Arguments:**
+
+    - `problem`: a [`carkinetics.CalibrationProblem`][].
+    - `key`: PRNG key for the starts (default `jax.random.key(0)`); ignored if `starts` is given.
+    - `n_starts`, `start_scale`: number of starts and their spread (see [`carkinetics.make_starts`][]).
+    - `starts`: explicit unconstrained starting points, shape `(S, n)`.
+    - `adam_steps`, `lbfgs_steps`, `learning_rate`: optimiser budget (fixed iteration counts, so that all starts
+      run in one compiled, vmapped program).
+    - `gtol`, `ftol`: convergence criteria for the report: gradient norm on the unconstrained scale, and relative
+      change of the loss over the last 5 iterations.
+
+    **Returns:** a [`carkinetics.FitResult`][].
+
+    **Example:**
+
+    ```python
+    res = ck.fit(problem, n_starts=4, adam_steps=100, lbfgs_steps=30)
+    print(res.convergence_report()); res.values()
+    ```
+    """
+    for name, v in (("adam_steps", adam_steps), ("lbfgs_steps", lbfgs_steps)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"`{name}` must be a non-negative int, got {v!r}.")
+    if adam_steps + lbfgs_steps == 0:
+        raise ValueError("`adam_steps + lbfgs_steps` must be positive.")
+    if not (learning_rate > 0 and math.isfinite(learning_rate)):
+        raise ValueError(f"`learning_rate` must be positive, got {learning_rate!r}.")
+    if starts is None:
+        starts = make_starts(problem, jax.random.key(0) if key is None else key, n_starts, scale=start_scale)
+    starts = jnp.asarray(starts, dtype=problem.z0.dtype)
+    if starts.ndim != 2 or starts.shape[1] != problem.z0.shape[0]:
+        raise ValueError(f"`starts` must have shape (S, {problem.z0.shape[0]}), got {starts.shape}.")
+    mask = jnp.ones_like(problem.z0)
+    z_final, losses, gnorms, hist = _run_multistart(problem, starts, adam_steps, lbfgs_steps,
+                                                    jnp.asarray(learning_rate, problem.z0.dtype), mask)
+    losses_np = np.asarray(losses)
+    best = int(np.nanargmin(np.where(np.isfinite(losses_np), losses_np, np.inf)))
+    h = np.asarray(hist)
+    tail = h[:, -6:]
+    rel = np.abs(tail.max(axis=1) - tail.min(axis=1)) / np.maximum(1.0, np.abs(tail[:, -1]))
+    converged = (np.asarray(gnorms) <= gtol) | (rel <= ftol)
+    return FitResult(problem, z_final[best], losses[best], starts, z_final, losses, gnorms, jnp.asarray(converged),
+                     hist, best, float(gtol), float(ftol))
