@@ -1,0 +1,193 @@
+"""The command line: outputs match the library, user mistakes give one-line errors and exit code 2."""
+
+import csv
+import importlib
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import carkinetics as ck
+from carkinetics import cli
+from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
+
+REGIMEN_TOML = """
+[[bolus]]
+time = 0.0
+amount = 100.0
+state = "central"
+ii = 1.0
+addl = 2
+
+[[infusion]]
+start = 0.5
+state = "peripheral"
+amount = 20.0
+duration = 0.25
+"""
+
+
+def _regimen():
+    return ck.Regimen([ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2),
+                       ck.Infusion(0.5, "peripheral", amount=20.0, duration=0.25)])
+
+
+def _read_tidy(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "reg.toml").write_text(REGIMEN_TOML)
+    (tmp_path / "params.toml").write_text('[parameters]\ncl = 150.0\n')
+    return tmp_path
+
+
+def test_simulate_writes_tidy_csv_matching_the_library(files, capsys):
+    out = files / "out"
+    rc = cli.main(["simulate", "--regimen", str(files / "reg.toml"), "--params", str(files / "params.toml"),
+                   "--t-end", "3", "--points", "31", "--out", str(out), "--quiet"])
+    assert rc == cli.EXIT_OK
+    assert f"output folder: {out}" in capsys.readouterr().out
+    rows = _read_tidy(out / "simulation.csv")
+    ref = ck.simulate(TwoCompartmentPK(cl=150.0), _regimen(), jnp.linspace(0.0, 3.0, 31))
+    conc = [r for r in rows if r["name"] == "concentration"]
+    assert len(conc) == 31 and {r["unit"] for r in conc} == {"mg/L"} and {r["kind"] for r in conc} == {"observable"}
+    np.testing.assert_allclose([float(r["value"]) for r in conc], np.asarray(ref.observables.concentration), rtol=1e-12)
+    assert len(rows) == 31 * 3  # two states + one observable, long format
+    with open(out / "simulation.png", "rb") as fh:
+        assert fh.read(4) == b"\x89PNG"
+    params = _read_tidy(out / "parameters.csv")
+    assert float(next(p for p in params if p["parameter"] == "cl")["value"]) == 150.0
+
+
+def test_events_csv_gives_the_same_result_as_toml(files):
+    ck.write_nonmem_events(_regimen(), str(files / "ev.csv"), TwoCompartmentPK.state_names())
+    for flag, src, out in (("--events", "ev.csv", "a"), ("--regimen", "reg.toml", "b")):
+        assert cli.main(["simulate", flag, str(files / src), "--t-end", "2", "--points", "21",
+                         "--out", str(files / out), "--quiet"]) == 0
+    a = [float(r["value"]) for r in _read_tidy(files / "a" / "simulation.csv")]
+    b = [float(r["value"]) for r in _read_tidy(files / "b" / "simulation.csv")]
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "Nope"], "--model 'Nope' is not a model of carkinetics.models"),
+        (["--params", "{dir}/bad_params.toml"], "Parameter 'cl' = -1.0 L/d is outside its declared bounds"),
+        (["--params", "{dir}/missing.toml"], "does not exist"),
+        (["--regimen", "{dir}/bad_key.toml"], "unknown key(s) ['amout']"),
+        (["--regimen", "{dir}/bad_state.toml"], "unknown state(s) ['blood']"),
+        (["--regimen", "{dir}/broken.toml"], "is not valid TOML"),
+        (["--t-end", "-1"], "--t-end (-1.0) must be later than --t-start (0.0)"),
+        (["--outputs", "concentration,nope"], "--outputs: unknown name(s) ['nope']"),
+    ],
+)
+def test_user_mistakes_exit_2_without_traceback(files, capsys, argv, message):
+    (files / "bad_params.toml").write_text("[parameters]\ncl = -1\n")
+    (files / "bad_key.toml").write_text('[[bolus]]\ntime = 0\namout = 1\nstate = "central"\n')
+    (files / "bad_state.toml").write_text('[[bolus]]\ntime = 0\namount = 1\nstate = "blood"\n')
+    (files / "broken.toml").write_text("[[bolus]\n")
+    argv = [a.format(dir=files) for a in argv]
+    rc = cli.main(["simulate", *argv, "--out", str(files / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_USAGE
+    assert message in err and "Traceback" not in err
+    assert err.startswith("carkinetics simulate: error: ")
+
+
+def test_bad_arguments_and_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["simulate", "--points", "many"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("demo", "simulate", "sweep", "calibrate", "translate", "bench"):
+        assert cmd in out
+    assert "exit codes: 0 success; 2 bad arguments" in " ".join(out.split())
+
+
+def test_unavailable_feature_exits_3(files, capsys, monkeypatch):
+    import carkinetics.models as models
+
+    monkeypatch.delattr(models, "erlangen_regimen", raising=False)
+    rc = cli.main(["simulate", "--regimen", "erlangen", "--out", str(files / "o"), "--quiet"])
+    assert rc == cli.EXIT_UNAVAILABLE
+    assert "needs carkinetics.models.erlangen_regimen" in capsys.readouterr().err
+
+
+def test_solver_failure_exits_4(files, capsys, monkeypatch):
+    real = ck.simulate
+    monkeypatch.setattr(ck, "simulate", lambda *a, **k: real(*a, **{**k, "max_steps": 2}))
+    rc = cli.main(["simulate", "--regimen", str(files / "reg.toml"), "--out", str(files / "o"), "--quiet"])
+    assert rc == cli.EXIT_NUMERICAL
+    assert "max steps reached" in capsys.readouterr().err
+
+
+def test_sweep_auc_matches_closed_form(files):
+    (files / "bolus.toml").write_text('[[bolus]]\ntime = 0.0\namount = 100.0\nstate = "central"\n')
+    (files / "ranges.toml").write_text('[sweep]\nn = 6\nseed = 1\nmetrics = ["concentration_auc"]\n'
+                                       '[ranges]\ncl = [50.0, 200.0]\n')
+    rc = cli.main(["sweep", "--model", "OneCompartmentPK", "--regimen", str(files / "bolus.toml"),
+                   "--ranges", str(files / "ranges.toml"), "--t-end", "2", "--points", "801",
+                   "--out", str(files / "sw"), "--quiet"])
+    assert rc == 0
+    rows = _read_tidy(files / "sw" / "sweep.csv")
+    assert len(rows) == 6 and list(rows[0]) == ["member", "cl", "concentration_auc"]
+    v = float(OneCompartmentPK().v)
+    for r in rows:
+        cl = float(r["cl"])
+        assert 50.0 <= cl <= 200.0
+        exact = 100.0 / cl * (1.0 - np.exp(-cl / v * 2.0))  # mg*d/L, AUC over days 0..2
+        assert float(r["concentration_auc"]) == pytest.approx(exact, rel=1e-4)  # trapezoid rule on 801 points
+    assert os.path.getsize(files / "sw" / "sweep.png") > 1000
+
+
+def test_bench_reports_steps_of_the_library(files):
+    rc = cli.main(["bench", "--regimen", str(files / "reg.toml"), "--repeats", "2", "--t-end", "3",
+                   "--out", str(files / "b"), "--quiet"])
+    assert rc == 0
+    row = _read_tidy(files / "b" / "bench.csv")[0]
+    ref = ck.simulate(TwoCompartmentPK(), _regimen(), jnp.linspace(0.0, 3.0, 281))
+    assert int(row["num_steps"]) == int(ref.num_steps) and row["all_ok"] == "True"
+    assert row["device"] == "cpu" and row["dtype"] == "float64"
+    assert 0.0 < float(row["best_s"]) <= float(row["median_s"])
+
+
+def _expected_skipped():
+    skipped = []
+    done = set()
+    for step in cli.DEMO_STEPS:
+        ok = all(hasattr(importlib.import_module(m), a) for m, a in step.requires) and all(
+            d in done for d in step.depends_on)
+        if ok:
+            done.add(step.title)
+        else:
+            skipped.append(step.title)
+    return skipped
+
+
+def test_demo_quick_report_and_skips(tmp_path, capsys):
+    rc = cli.main(["demo", "--quick", "--out", str(tmp_path), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == cli.EXIT_OK
+    assert out.strip().endswith(f"output folder: {tmp_path}")
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 1 and "src=\"http" not in html
+    expected = _expected_skipped()
+    for title in expected:
+        assert f"Step &#x27;{title}&#x27; is left out of this demo" in html
+        assert f"note: Step '{title}' is left out" in out
+    assert html.count("is left out of this demo") == len(expected)
+    assert os.path.exists(tmp_path / "lymphodepletion_pk.png")
+
+
+@pytest.mark.slow
+def test_demo_full(tmp_path):
+    assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == cli.EXIT_OK
+    assert (tmp_path / "report.html").stat().st_size > 10_000

@@ -1,0 +1,49 @@
+"""The self-contained HTML report: embedded images, escaped text, validated inputs."""
+
+import base64
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+
+from carkinetics.models import OneCompartmentPK
+from carkinetics.report import Report
+
+
+def test_report_is_self_contained_and_escaped(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    png = tmp_path / "f.png"
+    fig.savefig(png)
+    rep = Report("A <title>", subtitle="sub & title")
+    rep.heading("Section").text("first <b>paragraph</b>\n\nsecond").figure(str(png), "caption 1").figure(fig, "c2")
+    rep.table(["a", "b"], [["x", 1.23456789], ["y", 3]], caption="tab")
+    rep.parameter_table(OneCompartmentPK())
+    rep.note("skipped step", kind="skipped")
+    path = rep.write(tmp_path / "sub" / "report.html")
+    html = open(path, encoding="utf-8").read()
+    imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(imgs) == 2
+    with open(png, "rb") as fh:
+        assert base64.b64decode(imgs[0]) == fh.read()  # the file itself, byte for byte
+    assert "&lt;b&gt;paragraph&lt;/b&gt;" in html and "<b>" not in html
+    assert "<td class=\"num\">1.235</td>" in html  # 4 significant digits
+    assert "Ahmed JH et al., Front Pharmacol 2020;11:406" in html  # parameter sources are shown
+    assert 'class="note skipped"' in html
+    assert not re.search(r'(src|href)="(http|//)', html)  # nothing loaded from elsewhere
+    plt.close(fig)
+
+
+def test_report_rejects_bad_input(tmp_path):
+    rep = Report("t")
+    with pytest.raises(ValueError, match="does not exist"):
+        rep.figure(str(tmp_path / "none.png"))
+    with pytest.raises(ValueError, match="Row 0 of the table has 1 cells for 2 headers"):
+        rep.table(["a", "b"], [["x"]])
+    with pytest.raises(ValueError, match="`kind` must be one of"):
+        rep.note("x", kind="fancy")
+    with pytest.raises(ValueError, match="`title` must be a non-empty string"):
+        Report("")
