@@ -24,7 +24,8 @@ def test_report_is_self_contained_and_escaped(tmp_path):
     rep.parameter_table(OneCompartmentPK())
     rep.note("skipped step", kind="skipped")
     path = rep.write(tmp_path / "sub" / "report.html")
-    html = open(path, encoding="utf-8").read()
+    with open(path, encoding="utf-8") as fh:
+        html = fh.read()
     imgs = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert len(imgs) == 2
     with open(png, "rb") as fh:
