@@ -58,6 +58,16 @@ from ._translate import (
     sample_parameters as sample_parameters,
     translation_map as translation_map,
 )
+from .translate_map import (
+    SLEArm as SLEArm,
+    SLEMetrics as SLEMetrics,
+    SLEProtocol as SLEProtocol,
+    gap_groups as gap_groups,
+    mouse_protocol as mouse_protocol,
+    sle_scenarios as sle_scenarios,
+    sle_translation_map as sle_translation_map,
+    write_translation_report as write_translation_report,
+)
 from ._ensemble import (
     AbstractEnsembleMethod as AbstractEnsembleMethod,
     EnsembleRodas5 as EnsembleRodas5,
