@@ -81,6 +81,14 @@ from ._sweep import (
     sweep_model as sweep_model,
     vmap_evaluator as vmap_evaluator,
 )
+from ._population import (
+    CovariateEffect as CovariateEffect,
+    Population as Population,
+    percentile_bands as percentile_bands,
+    sample_covariates as sample_covariates,
+    sample_posterior as sample_posterior,
+    virtual_population as virtual_population,
+)
 from ._gsa import (
     GSAProblem as GSAProblem,
     MorrisResult as MorrisResult,
