@@ -534,19 +534,122 @@ def _sweep_figure(samples: dict, metrics: dict, path: str, max_metrics: int = 4)
 def _cmd_calibrate(args) -> int:
     import carkinetics.io as cio
 
-    ok, why = _feature("carkinetics", "calibrate")
+    ok, why = _feature("carkinetics", "fit", "CalibrationProblem", "TimeCourseData")
     if not ok:
-        raise Unavailable(f"carkinetics calibrate needs ck.calibrate: {why}.")
+        raise Unavailable(f"carkinetics calibrate needs ck.fit and ck.CalibrationProblem: {why}.")
     model = _apply_parameters(_resolve_model(args.model, args.preset), args.params)
+    regimen = _resolve_regimen(args.regimen, args.events, model)
     try:
         problem = cio.read_petab(args.petab, model=model)
     except ValueError as err:
         raise UserError(str(err)) from None
-    return _calibrate_petab(args, model, problem)
+    if args.starts < 1:
+        raise UserError(f"--starts must be at least 1, got {args.starts}.")
+    return _calibrate_petab(args, model, regimen, problem)
 
 
-def _calibrate_petab(args, model, problem) -> int:  # replaced below when ck.calibrate's interface is known
-    raise Unavailable("Calibration from PEtab tables is not wired to ck.calibrate in this installation.")
+def petab_targets(problem, model, condition_id: str):
+    """`ck.TimeCourseData` targets of one PEtab condition (one per observable).
+
+    `lin` observables get a normal error with the numeric `noiseFormula` as sd (data unit); `log`/`log10` ones a
+    log-normal error with the `noiseFormula` as sd of the natural / decadic log (converted to natural log).
+    """
+    import math
+
+    import jax.numpy as jnp
+
+    import carkinetics as ck
+
+    targets = []
+    for o in problem.observables:
+        rows = [m for m in problem.measurements if m.observable_id == o.observable_id and m.condition_id == condition_id]
+        if not rows:
+            continue
+        if o.formula not in model.observable_names():
+            raise UserError(f"observables.tsv: {o.observable_id!r} maps to {o.formula!r}, a state; calibration "
+                            f"fits observables ({list(model.observable_names())}).")
+        try:
+            sigma = float(o.noise_formula)
+        except ValueError:
+            raise UserError(f"observables.tsv: noiseFormula {o.noise_formula!r} of {o.observable_id!r} must be a "
+                            "number for carkinetics calibrate (estimated noise parameters are not supported).") from None
+        if o.noise_distribution != "normal":
+            raise UserError(f"observables.tsv: noiseDistribution {o.noise_distribution!r} of {o.observable_id!r} "
+                            "is not supported by carkinetics calibrate (use normal).")
+        error = ck.NormalError(sigma) if o.transformation == "lin" else ck.LogNormalError(
+            sigma * (math.log(10.0) if o.transformation == "log10" else 1.0))
+        rows.sort(key=lambda m: m.time)
+        targets.append(ck.TimeCourseData(o.formula, jnp.asarray([m.time for m in rows]),
+                                         jnp.asarray([m.measurement for m in rows]), error,
+                                         tuple(f"{o.observable_id}@{m.time:g}" for m in rows), o.name or o.formula))
+    return targets
+
+
+def _calibrate_petab(args, model, regimen, problem) -> int:
+    import jax
+    import numpy as np
+
+    import carkinetics as ck
+    import carkinetics.io as cio
+    from carkinetics.plot import plot_timecourse, save_figure
+
+    used = sorted({m.condition_id for m in problem.measurements})
+    if len(used) != 1:
+        raise UserError(f"{args.petab}: carkinetics calibrate fits one simulation condition at a time; the "
+                        f"measurements use {used}. Split the problem per condition.")
+    cond = used[0]
+    model = problem.apply(model, cond)
+    ids = {cio.parameter_id(n): n for n in ck.parameters(model)}
+    estimate = [ids[p.parameter_id] for p in problem.parameters if p.estimate and p.parameter_id in ids]
+    if not estimate:
+        raise UserError(f"{args.petab}: no parameter of {type(model).__name__} has estimate = 1 in parameters.tsv.")
+    targets = petab_targets(problem, model, cond)
+    out = _out_dir(args.out)
+    prog = Progress(3, "calibrate", enabled=not args.quiet)
+    prog.step(f"building the problem ({len(estimate)} parameters, {len(problem.measurements)} measurements)")
+    try:
+        cp = ck.CalibrationProblem(model, regimen, targets, estimate, priors=None, **{
+            k: v for k, v in _simulate_kwargs(model).items() if k in ("solver", "rtol", "atol", "max_steps")})
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    prog.advance()
+    prog.step(f"multistart fit ({args.starts} starts, compiled once)")
+    res = ck.fit(cp, key=jax.random.key(args.seed), n_starts=args.starts)
+    prog.advance()
+    prog.step("writing results")
+    fitted = res.values()
+    path = os.path.join(out, "fitted_parameters.csv")
+    allp = ck.parameters(model)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["parameter", "start_value", "fitted_value", "unit", "tag", "lower_petab", "upper_petab",
+                    "within_petab_bounds"])
+        bounds = {p.parameter_id: (p.lower, p.upper) for p in problem.parameters}
+        for n in estimate:
+            lo, hi = bounds[cio.parameter_id(n)]
+            v = fitted[n]
+            w.writerow([n, repr(float(np.asarray(allp[n].value))), repr(v), allp[n].info.unit, "F", lo, hi,
+                        bool(lo <= v <= hi)])
+    with open(os.path.join(out, "convergence.md"), "w") as fh:
+        fh.write(res.convergence_report() + "\n\n" + res.parameter_table() + "\n")
+    sol = _run_simulation(res.model, regimen, np.asarray(cp.ts))
+    data = {}
+    for o in problem.observables:
+        try:
+            t, v = problem.measurement_arrays(cond, o.observable_id)
+        except ValueError:
+            continue
+        data[o.formula] = (t, v)
+    fig = plot_timecourse(sol, list(data), data=data, title=f"fit to {os.path.basename(os.path.abspath(args.petab))} "
+                                                           f"(fitted values are tag F)")
+    png = save_figure(fig, os.path.join(out, "fit.png"))
+    prog.advance()
+    prog.close()
+    print(res.convergence_report().splitlines()[0])
+    for n in estimate:
+        print(f"  {n} = {fitted[n]:.6g} {allp[n].info.unit} [F]")
+    print(f"wrote {path}\nwrote {png}\noutput folder: {out}")
+    return EXIT_OK
 
 
 def _cmd_translate(args) -> int:
@@ -881,13 +984,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="fit model parameters to a PEtab-style problem",
                        description="Read a PEtab-style problem (measurements.tsv, parameters.tsv, conditions.tsv, "
-                                   "observables.tsv) and fit the parameters marked estimate = 1; writes the fitted "
-                                   "values (tagged F) and fit diagnostics.",
+                                   "observables.tsv; one simulation condition) and fit the parameters marked "
+                                   "estimate = 1 by maximum likelihood (multistart Adam + L-BFGS); writes "
+                                   "fitted_parameters.csv (values tagged F), convergence.md and fit.png (data vs "
+                                   "fitted trajectories).",
                        epilog=_EPILOG, formatter_class=fmt)
     _add_model_args(p)
     _add_regimen_args(p)
     p.add_argument("--petab", metavar="DIR", required=True, help="folder with the four PEtab TSV tables")
     p.add_argument("--starts", type=int, default=4, help="multistart count (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the multistart points (default 0)")
     p.add_argument("--out", default="carkinetics_calibrate", help="output folder (default: ./carkinetics_calibrate)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_calibrate)

@@ -191,3 +191,46 @@ def test_demo_quick_report_and_skips(tmp_path, capsys):
 def test_demo_full(tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == cli.EXIT_OK
     assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def _write_petab_problem(folder, conditions=("c0",)):
+    import carkinetics.io as cio
+
+    true = OneCompartmentPK(cl=100.0)
+    ts = np.array([0.1, 0.25, 0.5, 1.0, 1.5])
+    sol = ck.simulate(true, ck.Bolus(0.0, 100.0, "central"), ts)
+    meas = tuple(cio.PetabMeasurement("conc", conditions[i % len(conditions)], float(t), float(v))
+                 for i, (t, v) in enumerate(zip(ts, np.asarray(sol.observables.concentration))))
+    prob = cio.PetabProblem(meas, cio.petab_parameters_from_model(OneCompartmentPK(), estimate=["cl"]),
+                            tuple(cio.PetabCondition(c, "", {}) for c in conditions),
+                            (cio.PetabObservable("conc", "plasma", "concentration", "log10", "0.05", "normal"),))
+    cio.write_petab(prob, folder)
+    return prob
+
+
+def test_petab_targets_map_noise_and_transform(tmp_path):
+    prob = _write_petab_problem(tmp_path)
+    (tg,) = cli.petab_targets(prob, OneCompartmentPK(), "c0")
+    assert tg.observable == "concentration" and isinstance(tg.error, ck.LogNormalError)
+    assert float(tg.error.sigma) == pytest.approx(0.05 * np.log(10.0), rel=1e-15)  # log10 sd -> natural-log sd
+    np.testing.assert_array_equal(np.asarray(tg.times), [0.1, 0.25, 0.5, 1.0, 1.5])
+
+
+def test_calibrate_rejects_several_conditions(tmp_path, capsys):
+    _write_petab_problem(tmp_path / "p", conditions=("a", "b"))
+    rc = cli.main(["calibrate", "--model", "OneCompartmentPK", "--petab", str(tmp_path / "p"),
+                   "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == cli.EXIT_USAGE
+    assert "fits one simulation condition at a time; the measurements use ['a', 'b']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_calibrate_recovers_clearance(tmp_path):
+    _write_petab_problem(tmp_path / "p")
+    (tmp_path / "b.toml").write_text('[[bolus]]\ntime = 0.0\namount = 100.0\nstate = "central"\n')
+    rc = cli.main(["calibrate", "--model", "OneCompartmentPK", "--petab", str(tmp_path / "p"), "--regimen",
+                   str(tmp_path / "b.toml"), "--starts", "2", "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == 0
+    row = _read_tidy(tmp_path / "o" / "fitted_parameters.csv")[0]
+    assert row["parameter"] == "cl" and row["tag"] == "F"
+    assert float(row["fitted_value"]) == pytest.approx(100.0, rel=1e-4)  # noise-free data generated with cl = 100

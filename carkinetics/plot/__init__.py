@@ -12,3 +12,14 @@ from ._translation import (
     attribution_waterfalls as attribution_waterfalls,
     translation_heatmap as translation_heatmap,
 )
+
+from ._gsa import (
+    plot_morris as plot_morris,
+    plot_sobol as plot_sobol,
+    plot_sobol_timecourse as plot_sobol_timecourse,
+)
+from ._vpc import (
+    VPCStatistics as VPCStatistics,
+    plot_vpc_percentiles as plot_vpc_percentiles,
+    vpc_statistics as vpc_statistics,
+)
