@@ -75,6 +75,7 @@ from ._ensemble import (
     simulate_ensemble as simulate_ensemble,
 )
 from ._sweep import (
+    EnsembleEvaluator as EnsembleEvaluator,
     SweepResult as SweepResult,
     observable_metrics as observable_metrics,
     sweep as sweep,
