@@ -10,6 +10,7 @@ expansion. Several parameters were tuned by hand to these targets (tag A in the 
 import logging
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -219,3 +220,66 @@ def test_no_retrace_with_new_parameter_values(human, caplog):
         sol.y_array.block_until_ready()
     compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage() and "_simulate" in r.getMessage()]
     assert compiled == []
+
+
+def test_returning_b_cells_are_naive_and_llpc_spared(human):
+    model, ts, sol = human
+    ys = sol.ys
+    i0, i200 = 0, int(np.argmin(np.abs(ts - 200.0)))
+    blood_mem = model.bcell.f_blood * np.asarray(ys.b_memory)
+    frac_mem = blood_mem / (np.asarray(ys.b_blood) + blood_mem)
+    assert frac_mem[i0] == pytest.approx(float(model.bcell.mem_frac0), rel=1e-9)
+    assert frac_mem[i200] < 0.05  # returning cells are naive (Mackensen 2022 [R])
+    # CD19- LLPC are not killed: they only lose their plasmablast input and decay at d_llpc
+    i90 = int(np.argmin(np.abs(ts - 90.0)))
+    expected = math.exp(-float(model.humoral.d_llpc) * 96.0)  # day -6 to 90 at most
+    assert float(ys.llpc[i90]) >= expected - 1e-6
+
+
+def test_vmap_over_parameters_matches_single_runs(human):
+    model, ts, sol = human
+    reg = erlangen_regimen(model)
+    ks = jnp.array([0.02, float(model.humoral.k_igg)])
+
+    def run(k):
+        m = eqx.tree_at(lambda x: x.humoral.k_igg, model, k)
+        s = simulate_default(m, reg, jnp.asarray(ts), throw=False)
+        return s.observables.anti_dsdna, s.ok
+
+    anti, ok = jax.vmap(run)(ks)
+    assert bool(jnp.all(ok))
+    np.testing.assert_allclose(np.asarray(anti[1]), _obs(sol, "anti_dsdna"), rtol=1e-6)
+    i90 = int(np.argmin(np.abs(ts - 90.0)))
+    assert float(anti[0][i90]) > float(anti[1][i90])  # slower IgG clearance -> slower fall
+
+
+@pytest.mark.slow
+def test_gradient_matches_finite_difference():
+    model = SLECarTModel()
+    reg = erlangen_regimen(model)
+    ts = jnp.linspace(-6.0, 30.0, 37)
+
+    def f(k):
+        m = eqx.tree_at(lambda x: x.humoral.k_igg, model, k)
+        return simulate_default(m, reg, ts).observables.anti_dsdna[-1]
+
+    k0, h = float(model.humoral.k_igg), 1e-5
+    fd = (f(k0 + h) - f(k0 - h)) / (2 * h)
+    assert float(jax.grad(f)(k0)) == pytest.approx(float(fd), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_default_solver_agrees_with_kvaerno5_and_plain_simulate():
+    import diffrax
+
+    model = SLECarTModel()
+    reg = erlangen_regimen(model)
+    ts = human_default_ts(365.0)
+    ref = simulate_default(model, reg, ts, rtol=1e-10, atol=1e-10, max_steps=200_000)
+    plain = ck.simulate(model, reg, ts)  # the core defaults (Tsit5, rtol 1e-6, atol 1e-8) work as well
+    kv = simulate_default(model, reg, ts, solver=diffrax.Kvaerno5())
+    dflt = simulate_default(model, reg, ts)
+    r = np.asarray(ref.obs_array)
+    for sol, tol in ((plain, 5e-3), (kv, 1e-2), (dflt, 5e-3)):
+        err = np.max(np.abs(np.asarray(sol.obs_array) - r) / (np.abs(r) + 1e-3))
+        assert err < tol, err
