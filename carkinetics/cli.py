@@ -729,6 +729,7 @@ class DemoContext:
     out: str
     quick: bool
     report: Any
+    progress: bool = True
     files: list[str] = dataclasses.field(default_factory=list)
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -830,6 +831,112 @@ def _step_mouse(ctx: DemoContext) -> None:
     ctx.report.figure(save_figure(fig, ctx.path("human_vs_mouse.png")), "Human and mouse courses side by side.")
 
 
+#: Parameters and metrics of the demo's sensitivity step (ranges: half to double the preset value).
+_SOBOL_PARAMETERS = ("car.rho", "car.alpha", "car.k_kill", "bcell.d_pb")
+
+
+class _DemoMetrics:
+    """Metrics of the sensitivity step (a plain callable traced under vmap by ck.model_function)."""
+
+    def __init__(self, t_end: float, b_threshold: float):
+        self.t_end = t_end
+        self.b_threshold = b_threshold  # cells/uL: 5 % of the untreated blood B-cell count
+
+    def __call__(self, sol):
+        import jax.numpy as jnp
+
+        import carkinetics as ck
+
+        obs = sol.observables
+        return {
+            "CAR-T peak [log10 cells/uL]": jnp.log10(ck.metrics.cmax(sol.ts, obs.car_blood, t_start=0.0)),
+            "B aplasia [d below 5% of baseline]": ck.metrics.time_below(sol.ts, obs.b_blood, self.b_threshold,
+                                                                        t_start=0.0),
+            f"anti-dsDNA day {self.t_end:g} [rel.]": ck.metrics.value_at(sol.ts, obs.anti_dsdna, self.t_end),
+        }
+
+
+def _step_sensitivity(ctx: DemoContext) -> None:
+    import jax
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    import carkinetics as ck
+    from carkinetics.models import erlangen_regimen, load_preset
+    from carkinetics.plot import plot_sobol, save_figure
+
+    model = load_preset("human")
+    t_end = 90.0 if ctx.quick else 180.0
+    ts = np.arange(-6.0, t_end + 0.25, 0.5)
+    names = list(_SOBOL_PARAMETERS)
+    bounds = [[0.5 * float(model.get(n)), 2.0 * float(model.get(n))] for n in names]
+    problem = {"names": names, "bounds": bounds}
+    metrics = _DemoMetrics(t_end, 0.05 * float(model.get("bcell.b_blood0")))
+    fn = ck.model_function(model, erlangen_regimen(model), ts, names, metrics, **_simulate_kwargs(model))
+    n = 8 if ctx.quick else 32
+    indices, x, res = ck.sobol_analysis(fn, problem, n, key=jax.random.key(0), has_ok=True, progress=ctx.progress)
+    metric_names = list(indices)
+    fig, axes = plt.subplots(1, len(metric_names), figsize=(4.4 * len(metric_names), 3.4), squeeze=False)
+    rows = []
+    for ax, m in zip(axes[0], metric_names):
+        plot_sobol(indices[m], ax=ax, title=m)
+        for i, p in enumerate(names):
+            rows.append([m, p, float(indices[m].S1[i]), float(indices[m].S1_conf[i]), float(indices[m].ST[i]),
+                         float(indices[m].ST_conf[i])])
+    fig.tight_layout()
+    png = save_figure(fig, ctx.path("sensitivity_sobol.png"))
+    with open(ctx.path("sensitivity_sobol.csv"), "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["metric", "parameter", "S1", "S1_conf", "ST", "ST_conf"])
+        w.writerows(rows)
+    ctx.report.text(
+        f"Sobol indices of three outcomes of the human Erlangen course for {len(names)} parameters, each varied "
+        f"uniformly from half to double its preset value (Saltelli design, {n} base samples, "
+        f"{x.shape[0]} simulations, {int(res.n_failed)} failed). "
+        + ("This is a small illustrative sweep: with so few samples the confidence intervals are wide."
+           if ctx.quick else "")
+    )
+    ctx.report.figure(png, "First-order (S1) and total (ST) Sobol indices with bootstrap 95% intervals.")
+    ctx.report.table(["metric", "parameter", "S1", "±", "ST", "±"], rows)
+
+
+def _step_translation(ctx: DemoContext) -> None:
+    import carkinetics as ck
+    from carkinetics.plot import attribution_waterfalls, save_figure, translation_heatmap
+
+    gaps = ["G1", "G3", "G4", "G6"] if ctx.quick else ["G1", "G2", "G3", "G4", "G5", "G6"]
+    t_end = 120.0 if ctx.quick else 365.0
+    tm = ck.sle_translation_map("mouse_nzbw", "human", gaps=gaps, t_end=t_end)
+    tm.to_csv(ctx.path("translation_map.csv"))
+    heat = save_figure(translation_heatmap(tm), ctx.path("translation_heatmap.png"))
+    water = save_figure(attribution_waterfalls(tm, ncols=4), ctx.path("translation_waterfalls.png"))
+    ctx.report.text(
+        f"Which mechanisms explain the difference between the NZB/W mouse and the human course (days 0 to "
+        f"{t_end:g})? Mechanism groups {', '.join(gaps)} (gap ids of the presets) are swapped between the two "
+        f"presets and each metric's gap is attributed exactly (Shapley values over all {2 ** len(tm.group_names)} "
+        "group subsets); parameters that differ but belong to none of these groups form 'ungrouped'."
+    )
+    ctx.report.figure(heat, "Share of each metric's mouse-to-human gap by mechanism group.")
+    ctx.report.figure(water, "Attribution waterfalls: from the mouse value, one step per mechanism, to the human value.")
+    ctx.report.code(tm.narrative())
+
+
+def _step_sbml(ctx: DemoContext) -> None:
+    import carkinetics.io as cio
+    from carkinetics.models import erlangen_regimen, load_preset
+
+    model = load_preset("human")
+    path = ctx.path("sle_human_erlangen.xml")
+    cio.write_sbml(model, path, erlangen_regimen(model))
+    with open(ctx.path("sle_human_erlangen.antimony"), "w") as fh:
+        fh.write(cio.to_antimony(model, erlangen_regimen(model)))
+    ctx.report.text(
+        f"The human preset with the Erlangen regimen as SBML ({os.path.basename(path)}) and Antimony, for "
+        "libroadrunner, COPASI or AMICI users: states as rate rules, observables as assignment rules, every "
+        "parameter named (dots become underscores), doses as events. Time unit: day."
+    )
+
+
 def _step_parameters(ctx: DemoContext) -> None:
     if "human" not in ctx.results:
         return
@@ -844,6 +951,13 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
              (("carkinetics.models", "load_preset"), ("carkinetics.models", "erlangen_regimen")), _step_human),
     DemoStep("Mouse counterpart",
              (("carkinetics.models", "load_preset"), ("carkinetics.models", "mouse_regimen")), _step_mouse),
+    DemoStep("Sensitivity sweep (Sobol indices)",
+             (("carkinetics", "sobol_analysis"), ("carkinetics", "model_function"), ("carkinetics.plot", "plot_sobol"),
+              ("carkinetics.models", "load_preset"), ("carkinetics.models", "erlangen_regimen")), _step_sensitivity),
+    DemoStep("Translation map: mouse to human",
+             (("carkinetics", "sle_translation_map"), ("carkinetics.plot", "translation_heatmap"),
+              ("carkinetics.plot", "attribution_waterfalls")), _step_translation),
+    DemoStep("Export to SBML", (("carkinetics.models", "load_preset"), ("antimony", "loadAntimonyString")), _step_sbml),
     DemoStep("Parameters of the human preset", (("carkinetics.models", "load_preset"),), _step_parameters,
              depends_on=("Human SLE course under the Erlangen regimen",)),
 )
@@ -859,7 +973,7 @@ def run_demo(out: str, *, quick: bool = False, steps: Sequence[DemoStep] = DEMO_
     rep = Report("carkinetics demo: CAR T-cell therapy in SLE",
                  subtitle=f"carkinetics {ck.__version__}, {'quick' if quick else 'full'} run on "
                           f"{jax.devices()[0].platform}, float64")
-    ctx = DemoContext(out=out, quick=quick, report=rep)
+    ctx = DemoContext(out=out, quick=quick, report=rep, progress=progress)
     skipped, failed, done = [], [], []
     prog = Progress(len(steps), "demo", enabled=progress)
     for step in steps:

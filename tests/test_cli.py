@@ -163,8 +163,13 @@ def _expected_skipped():
     skipped = []
     done = set()
     for step in cli.DEMO_STEPS:
-        ok = all(hasattr(importlib.import_module(m), a) for m, a in step.requires) and all(
-            d in done for d in step.depends_on)
+        ok = True
+        for m, a in step.requires:
+            try:
+                ok &= hasattr(importlib.import_module(m), a)
+            except ImportError:
+                ok = False
+        ok &= all(d in done for d in step.depends_on)
         if ok:
             done.add(step.title)
         else:
@@ -172,19 +177,51 @@ def _expected_skipped():
     return skipped
 
 
-def test_demo_quick_report_and_skips(tmp_path, capsys):
+def _boom(ctx):
+    raise RuntimeError("broken feature")
+
+
+def test_demo_framework_skips_missing_features_and_reports_failures(tmp_path):
+    steps = (
+        cli.DEMO_STEPS[0],  # lymphodepletion PK: always available
+        cli.DemoStep("Future feature", (("carkinetics", "no_such_feature_yet"),), _boom),
+        cli.DemoStep("Depends on the future", (), _boom, depends_on=("Future feature",)),
+        cli.DemoStep("Broken step", (), _boom),
+    )
+    path, skipped, failed = cli.run_demo(str(tmp_path), quick=True, steps=steps, progress=False)
+    assert skipped == [
+        "Step 'Future feature' is left out of this demo: carkinetics.no_such_feature_yet is not in this installation.",
+        "Step 'Depends on the future' is left out of this demo: it needs the step 'Future feature', which did not run.",
+    ]
+    assert failed == ["Step 'Broken step' failed: RuntimeError: broken feature"]
+    with open(path, encoding="utf-8") as fh:
+        html = fh.read()
+    assert html.count('class="note skipped"') == 2 and html.count('class="note warning"') == 1
+    assert html.count("data:image/png;base64,") == 1 and "src=\"http" not in html
+    with open(tmp_path / "lymphodepletion_fludarabine.csv", newline="") as fh:
+        conc = [float(r["value"]) for r in csv.DictReader(fh) if r["name"] == "concentration"]
+    # three 45.4 mg infusions (25 mg/m2 x 1.82 m2): the peak lies between 1 and 2 mg/L for V1 = 39 L
+    assert 1.0 < max(conc) < 2.0
+
+
+@pytest.mark.slow
+def test_demo_quick_cli(tmp_path, capsys):
     rc = cli.main(["demo", "--quick", "--out", str(tmp_path), "--quiet"])
     out = capsys.readouterr().out
     assert rc == cli.EXIT_OK
     assert out.strip().endswith(f"output folder: {tmp_path}")
-    html = (tmp_path / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 1 and "src=\"http" not in html
+    with open(tmp_path / "report.html", encoding="utf-8") as fh:
+        html = fh.read()
     expected = _expected_skipped()
     for title in expected:
-        assert f"Step &#x27;{title}&#x27; is left out of this demo" in html
         assert f"note: Step '{title}' is left out" in out
     assert html.count("is left out of this demo") == len(expected)
-    assert os.path.exists(tmp_path / "lymphodepletion_pk.png")
+    assert html.count("data:image/png;base64,") >= 7 - len(expected)
+    if "Sensitivity sweep (Sobol indices)" not in expected:
+        with open(tmp_path / "sensitivity_sobol.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == 3 * len(cli._SOBOL_PARAMETERS)
+        assert all(np.isfinite(float(r["ST"])) for r in rows)
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ def test_timecourse_panels_units_and_overlay(tmp_path):
     fig = plot_timecourse([s1, s2], ["concentration", "central", "peripheral"], labels=["CL 192", "CL 96"],
                           data=data, title="two-compartment PK")
     axes = [a for a in fig.axes if a.get_visible()]
-    assert [a.get_ylabel() for a in axes] == ["concentration (mg/L)", "central (mg)", "peripheral (mg)"]
+    assert [a.get_ylabel() for a in axes] == ["concentration [mg/L]", "central [mg]", "peripheral [mg]"]
     # two simulated lines + the data markers on the first panel; the 100-fold decay is shown on a log axis
     first = axes[0]
     assert len(first.lines) == 4  # 2 solutions, data, the day-0 marker line
@@ -60,7 +60,7 @@ def test_vpc_bands_are_quantiles_and_plot(tmp_path):
     assert np.all(bands[0] <= bands[1]) and np.all(bands[1] <= bands[2])
     fig = plot_vpc(ts, samples, name="fraction", unit="1", mask=ok, data=(ts[::5], np.exp(-0.3 * ts[::5])))
     ax = fig.axes[0]
-    assert ax.get_ylabel() == "fraction (1)" and "n = 391" in ax.get_title()
+    assert ax.get_ylabel() == "fraction [1]" and "n = 391" in ax.get_title()
     np.testing.assert_allclose(ax.lines[0].get_ydata(), bands[1], rtol=1e-12)
     _png_ok(save_figure(fig, str(tmp_path / "vpc.png")))
     with pytest.raises(ValueError, match=r"must have shape \(N, 21\)"):

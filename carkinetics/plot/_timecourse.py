@@ -131,7 +131,7 @@ def plot_timecourse(
             if ylim_floor is not None:
                 ax.set_ylim(bottom=ylim_floor)
         ax.set_title(name, fontsize=10)
-        ax.set_ylabel(f"{name} ({unit})" if unit else name, fontsize=9)
+        ax.set_ylabel(f"{name} [{unit}]" if unit else name, fontsize=9)
         ax.set_xlabel(TIME_LABEL, fontsize=9)
         ax.axvline(0.0, color="0.7", lw=0.8, ls=":")
         ax.grid(alpha=0.3)
@@ -230,7 +230,7 @@ def plot_vpc(
     if use_log:
         ax.set_yscale("log")
     ax.set_xlabel(TIME_LABEL)
-    ax.set_ylabel(f"{name} ({unit})" if unit else name)
+    ax.set_ylabel(f"{name} [{unit}]" if unit else name)
     n = int(np.sum(np.asarray(mask, bool))) if mask is not None else x.shape[0]
     ax.set_title(f"VPC: {name} (n = {n} simulated)" if name else f"VPC (n = {n} simulated)", fontsize=10)
     ax.grid(alpha=0.3)
