@@ -23,7 +23,7 @@ N_b0 = f_blood N₀, N_t0 = N₀ − N_b0:
     PB₀   = pb_blood0 V_blood / f_blood_pb;    k_mpb = d_pb PB₀ / M₀
 
 Returning cells are naive: memory B recovers only through the slow naive → memory input (time constant
-1/((1 − s_m) d_m) ≈ 1 y), so plasmablasts (made from memory B) and anti-dsDNA stay low after B cells return.
+1/((1 − s_m) d_m) ≈ 2 y with the human values), so plasmablasts (made from memory B) and anti-dsDNA stay low after B cells return.
 Blood B count = (N_b + f_blood M)/V_blood; plasmablasts per µL = f_blood_pb PB/V_blood.
 
 | parameter | default | unit | tag | source |

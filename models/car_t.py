@@ -35,6 +35,7 @@ Observable: CAR-T cells per µL blood = (E_b + f (M + X)) / V_blood.
 | k_mem | 0.00124 | 1/d | D | F_B (α − β) = 0.0079 × 0.1568 (Stein 2019) |
 | rho, K_stim, b7, b15, k_kill, K_kill, q_kill, k_act, k_exh, d_exh, k_out | see class | | A | tuned to SLE targets |
 | f_blood | 0.033 | 1 | D | Hosseini 2020 T-cell partitions |
+| cap | 2 | 1 | A | shared T-cell niche (Kimmel 2021 [R qualitative]) |
 | k_rej, t_rej, w_rej | 1.3, 70, 10 | 1/d, d, d | A | tuned to B-cell return at ~110 d (Mackensen 2022 [R]) |
 
 **References:** Stein AM et al., CPT Pharmacometrics Syst Pharmacol 2019;8:285; Kirouac DC et al., Nat Biotechnol

@@ -20,7 +20,7 @@ differentiable-almost-everywhere index in [0, 4]).
 |---|---|---|---|---|
 | k_il6 | 50 | 1/d | D | IL-6 t½ 20 min (Hosseini 2020 [R]) |
 | il6_0 | 3 | pg/mL | M | SLE baseline IL-6 a few pg/mL |
-| g_il6, k_my, k_damp, k_cd40 | see class | | A | tuned to grade-1 CRS (kinetics.md §7 #7) |
+| g_il6, k_my, k_damp, k_cd40, n_my | see class | | A | tuned to grade-1 CRS (kinetics.md §7 #7) |
 | il6_g0..il6_g4 | 10, 40, 200, 1000, 5000 | pg/mL | A | carkinetics mapping (severe CRS ~10³ pg/mL [M]) |
 | toci_cl, toci_v | 0.3, 6.4 | L/d, L | M | tocilizumab label (linear CL ~12.5 mL/h, Vss ~6.4 L) |
 

@@ -35,6 +35,11 @@ Time is days after CAR-T infusion (day 0); lymphodepletion is on negative days.
 | activity | 1 | disease activity relative to untreated |
 | damage | 1 | irreversible damage (SDI units) |
 
+**Observables** (units in `SLECarTModel.observable_units`): `car_blood`, `b_blood`, `t_blood`, `nk_blood`,
+`lymphocytes`, `plasmablasts` (cells/µL blood); `car_total`, `cd19_total` (cells); `anti_dsdna`, `vaccine_igg`
+(relative to baseline); `il6`, `il7`, `il15` (pg/mL); `crs_grade` (0-4); `sledai`; `proteinuria` (g/g);
+`damage` (SDI); `flu_conc`, `cy_conc`, `toci_conc` (mg/L); `flu_auc` (mg·h/L).
+
 **Solver.** IL-6 clearance (50/d) and the drug PK (hours) are fast, the B-cell return is slow (months).
 `SLECarTModel.default_solver()` returns `diffrax.Tsit5()` and `DEFAULT_TOLERANCES` = (rtol 1e-6, atol 1e-6); see
 `simulate_default` and the docstring of `default_solver` for the comparison that chose them.

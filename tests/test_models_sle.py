@@ -283,3 +283,23 @@ def test_default_solver_agrees_with_kvaerno5_and_plain_simulate():
     for sol, tol in ((plain, 5e-3), (kv, 1e-2), (dflt, 5e-3)):
         err = np.max(np.abs(np.asarray(sol.obs_array) - r) / (np.abs(r) + 1e-3))
         assert err < tol, err
+
+
+def test_mouse_mrl_lpr_preset_runs_with_long_aplasia(mouse):
+    _, ts, _ = mouse
+    model = load_preset("mouse_mrl_lpr")
+    sol = simulate_default(model, mouse_regimen(model), jnp.asarray(ts))  # same structure: no recompilation
+    assert bool(sol.ok)
+    b = _obs(sol, "b_blood") / float(model.bcell.b_blood0)
+    assert np.all(b[(ts >= 14.0) & (ts <= 400.0)] < 0.10)
+    y = np.asarray(sol.y_array)
+    assert np.all(y >= -1e-6 * np.maximum(np.abs(y).max(axis=0), 1.0))
+
+
+def test_observable_and_dose_state_names_are_stable():
+    required = {"car_blood", "b_blood", "t_blood", "plasmablasts", "anti_dsdna", "vaccine_igg", "il6", "il7", "il15",
+                "crs_grade", "sledai", "damage", "flu_conc", "cy_conc"}
+    assert required <= set(SLECarTModel.observable_names())
+    assert {"flu_central", "cy_central", "car_effector", "toci_central"} <= set(SLECarTModel.state_names())
+    assert set(SLECarTModel.state_units) == set(SLECarTModel.state_names())
+    assert set(SLECarTModel.observable_units) == set(SLECarTModel.observable_names())
