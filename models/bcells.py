@@ -67,8 +67,8 @@ class BCellParams(eqx.Module):
         tag="A", upper=1.0)
     mem_frac0: float = ck.param(0.3, unit="1", description="memory fraction of B cells before treatment",
                                 source="typical adult memory B fraction 20-40%", tag="M", upper=1.0)
-    k_mat: float = ck.param(0.25, unit="1/d", description="maturation rate of CD19+ marrow precursors to naive B",
-                            source="pre-B to immature B transit of a few days", tag="M")
+    k_mat: float = ck.param(0.1, unit="1/d", description="exit rate of CD19+ marrow precursors (pro-B to immature B) as naive B",
+                            source="CD19+ B-lineage residence in marrow of ~1-2 weeks (pro-B to immature B)", tag="M")
     k_bout: float = ck.param(5.0, unit="1/d", description="rate at which naive B cells leave blood for lymphoid tissue",
                              source="blood residence of recirculating lymphocytes ~hours", tag="M")
     pb_blood0: float = ck.param(5.0, unit="cells/uL", description="untreated blood plasmablast count (active SLE)",
