@@ -215,13 +215,14 @@ class SLECarTModel(ck.AbstractKineticModel):
 
         | solver, rtol = atol | compile + run | run (new values) | steps | max rel. error |
         |---|---|---|---|---|
-        | Tsit5, 1e-6 (default) | 9.2 s | 0.44 s | 6,627 | 1.4e-3 |
-        | Tsit5, 1e-4 | 8.1 s | 0.45 s | 6,676 | 9.6e-2 |
-        | Kvaerno5, 1e-6 | 28.0 s | 0.41 s | 1,374 | 3.7e-3 |
-        | Kvaerno5, 1e-4 | 28.5 s | 0.21 s | 558 | 7.0e-2 |
+        | Tsit5, 1e-6 (default) | 9.0 s | 0.40 s | 6,608 | 6.5e-5 |
+        | Tsit5, 1e-4 | 8.9 s | 0.46 s | 6,676 | 1.3e-2 |
+        | Kvaerno5, 1e-6 | 29.5 s | 0.52 s | 1,323 | 2.9e-3 |
+        | Kvaerno5, 1e-4 | 31.4 s | 0.18 s | 518 | 6.3e-2 |
 
         Tsit5's step count is set by stability (looser tolerances do not reduce it), its run time equals
-        Kvaerno5's, and it compiles three times faster; hence the default. Prefer `diffrax.Kvaerno5()` for
+        Kvaerno5's, and it compiles three times faster; hence the default. (Second-call times are single
+        measurements, not minima of repeats.) Prefer `diffrax.Kvaerno5()` for
         parameter values with much faster rates or for long repeated runs where compile time does not matter.
         """
         return diffrax.Tsit5()
