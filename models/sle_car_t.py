@@ -62,6 +62,7 @@ from typing import NamedTuple
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
 import carkinetics as ck
 
@@ -344,12 +345,6 @@ class SLECarTModel(ck.AbstractKineticModel):
 # Regimens and simulation helpers
 
 
-def bsa(model: SLECarTModel | None = None) -> float:
-    """Body surface area (m², Mosteller) of the model's body group (default: the human preset)."""
-    model = SLECarTModel() if model is None else model
-    return ck.bsa_mosteller(float(model.body.weight_kg), float(model.body.height_cm))
-
-
 def erlangen_regimen(model: SLECarTModel | None = None, *, weight_kg: float = 70.0, height_cm: float = 170.0,
                      car_t_per_kg: float = 1e6) -> ck.Regimen:
     """The Erlangen/RESET regimen: Flu 25 mg/m² on days −5, −4, −3 + Cy 1,000 mg/m² on day −3 + CAR-T on day 0.
@@ -425,8 +420,6 @@ def human_default_ts(t_end: float = 365.0) -> jnp.ndarray:
     """Save times for the human default scenario: every 0.25 d from day −6 to 30, then daily to `t_end`."""
     if not t_end > 30.0:
         raise ValueError(f"`t_end` must be later than day 30, got {t_end!r}.")
-    import numpy as np
-
     early = np.arange(-6.0, 30.0, 0.25)
     late = np.arange(30.0, float(t_end) + 0.5, 1.0)
     return jnp.asarray(np.concatenate([early, late]))
