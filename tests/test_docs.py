@@ -103,3 +103,15 @@ def test_all_blocks_run(tmp_path):
     if not pages:
         pytest.skip("no page has slow blocks")
     _run_pages(pages, tmp_path, timeout=3000)
+
+
+def test_readme_keeps_the_two_commands():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        text = fh.read()
+    assert "```bash\npip install -e . && carkinetics demo\n```" in text
+    assert "```bash\npip install -e \".[test]\" && python -m pytest\n```" in text
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as fh:
+        assert 'pip install -q -e ".[test]" && python -m pytest' in fh.read()
+    # the console script named in the first command exists
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as fh:
+        assert 'carkinetics = "carkinetics.cli:main"' in fh.read()
