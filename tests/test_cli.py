@@ -272,3 +272,28 @@ def test_calibrate_recovers_clearance(tmp_path):
     row = _read_tidy(tmp_path / "o" / "fitted_parameters.csv")[0]
     assert row["parameter"] == "cl" and row["tag"] == "F"
     assert float(row["fitted_value"]) == pytest.approx(100.0, rel=1e-4)  # noise-free data generated with cl = 100
+
+
+def test_translate_rejects_unknown_preset(tmp_path, capsys):
+    rc = cli.main(["translate", "--mouse", "rat", "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    if rc == cli.EXIT_UNAVAILABLE:  # the translation map is not part of this installation
+        assert "needs ck.write_translation_report" in err
+    else:
+        assert rc == cli.EXIT_USAGE and "Unknown preset 'rat'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["tidy", "nonmem"])
+def test_simulate_reads_data_to_overlay(files, kind):
+    if kind == "tidy":
+        (files / "data.csv").write_text("time,name,value\n0.5,concentration,1.1\n1.0,concentration,0.4\n")
+    else:
+        (files / "data.csv").write_text("ID,TIME,AMT,CMT,EVID,DV,MDV\n1,0,100,1,1,.,1\n1,0.5,.,1,0,1.1,0\n"
+                                        "1,1.0,.,1,0,0.4,0\n")
+    data = cli._read_data(str(files / "data.csv"), TwoCompartmentPK())
+    t, v = data.select("concentration")
+    np.testing.assert_array_equal(t, [0.5, 1.0])
+    np.testing.assert_array_equal(v, [1.1, 0.4])
+    (files / "bad.csv").write_text("when,what\n1,2\n")
+    with pytest.raises(cli.UserError, match=r"expected NONMEM-style columns \(TIME, DV, CMT\) or tidy columns"):
+        cli._read_data(str(files / "bad.csv"), TwoCompartmentPK())
