@@ -210,7 +210,10 @@ def _member_schedule(model, regimen, ts, t0):
 
 
 def _rms(x):
-    return jnp.sqrt(jnp.mean(x * x, axis=0))
+    # A safe square root: the derivative of sqrt at 0 is infinite and would turn masked gradients into NaN.
+    ms = jnp.mean(x * x, axis=0)
+    pos = ms > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, ms, 1.0)), 0.0)
 
 
 @eqx.filter_jit
@@ -262,7 +265,9 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
     rate0 = rates[:, 0].T
     cache0, dt0 = start_segment(rate0, t_start, y0)
     zero_i = jnp.zeros((n,), jnp.int32)
-    out0 = jnp.full((n, n_t, n_states), jnp.nan, dtype)
+    # One scratch slot (index T) receives the writes of members that save nothing this iteration: out-of-bounds
+    # "drop" writes would be transposed into NaN-filled gathers under reverse mode.
+    out0 = jnp.zeros((n, n_t + 1, n_states), dtype)
     init = (t_start, y0, dt0, zero_i, zero_i, cache0, rate0, jnp.zeros((n,), bool), zero_i, zero_i, zero_i, out0)
 
     def live_of(done, fail):
@@ -312,7 +317,7 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
                 return jnp.where(flush[None, :], y, yi)
 
             val = jax.lax.cond(jnp.any(want), value, lambda: jnp.zeros_like(y))
-            out = out.at[members, jnp.where(want, s_j, n_t)].set(val.T, mode="drop")
+            out = out.at[members, jnp.where(want, s_j, n_t)].set(val.T)
             count = count + want.astype(jnp.int32)
         idx = idx + count
 
@@ -359,7 +364,12 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
     loop_bound = max_steps + n_seg + 2 * n_t + 4
     final = eqxi.while_loop(cond_fun, body_fun, init, max_steps=loop_bound, buffers=lambda c: c[-1], kind=kind,
                             checkpoints=checkpoints)
-    _, _, _, _, _, _, _, _, fail, nacc, nrej, out = final
+    _, _, _, _, idx, _, _, _, fail, nacc, nrej, out = final
+    # Save times a failed member never reached are NaN (masked after the loop: a NaN-initialised buffer would
+    # leak NaN into reverse-mode gradients).
+    out = out[:, :n_t]
+    unsaved = jnp.arange(n_t)[None, :] >= idx[:, None]
+    out = jnp.where(unsaved[:, :, None], jnp.nan, out)
     result = jax.vmap(lambda fl: RESULTS.where(fl == _MAX_STEPS, RESULTS.max_steps_reached,
                                                RESULTS.where(fl == _DT_MIN, RESULTS.dt_min_reached,
                                                              RESULTS.successful)))(fail)
