@@ -44,6 +44,7 @@ from ._shapley import (
     ShapleyResult as ShapleyResult,
     coalition_masks as coalition_masks,
     evaluate_coalitions as evaluate_coalitions,
+    evaluate_models as evaluate_models,
     one_group_swaps as one_group_swaps,
     shapley_attribution as shapley_attribution,
     shapley_from_values as shapley_from_values,
@@ -58,7 +59,7 @@ from ._translate import (
     sample_parameters as sample_parameters,
     translation_map as translation_map,
 )
-from .translate_map import (
+from ._translate_sle import (
     SLEArm as SLEArm,
     SLEMetrics as SLEMetrics,
     SLEProtocol as SLEProtocol,

@@ -8,8 +8,9 @@ from `model_a`. For a scalar (or pytree-valued) output `f(model)` the *game* is 
 
     phi_i = sum over S not containing i of  |S|! (G - |S| - 1)! / G!  * (v(S + {i}) - v(S)).
 
-All `2**G` coalition models are evaluated in one jitted batch (`jax.lax.map` over chunks of `jax.vmap`); the
-Shapley values are then a fixed linear map of the coalition values (a `(G, 2**G)` matrix in closed form), so
+All `2**G` coalition models are built as one batched pytree (per parameter leaf `where(mask, value_b, value_a)`)
+and evaluated by `eqx.filter_vmap` under one `eqx.filter_jit`, in chunks of a fixed size (one compilation serves
+any number of groups, coalitions and parameter samples); the Shapley values are then a fixed linear map of the coalition values (a `(G, 2**G)` matrix in closed form), so
 efficiency (`sum_i phi_i = v(all) - v(none)`) holds to floating-point round-off.
 """
 
@@ -373,14 +374,52 @@ def shapley_values(
 
 
 @eqx.filter_jit
-def _coalition_values(f, model_a, names, leaf_group, vals_a, vals_b, masks, sample_idx, batch_size):
-    def one(x):
-        mask, s = x
-        new = [jnp.where(mask[g], b[s], a[s]) if g >= 0 else a[s] for a, b, g in zip(vals_a, vals_b, leaf_group)]
-        model = eqx.tree_at(lambda m: [_getter(n)(m) for n in names], model_a, new) if names else model_a
-        return f(model)
+def _evaluate_batch(f, models):
+    return eqx.filter_vmap(f)(models)
 
-    return jax.lax.map(one, (masks, sample_idx), batch_size=batch_size)
+
+def _batched(model: Any, names: tuple[str, ...], values: Mapping[str, np.ndarray], size: int) -> Any:
+    """`model` with every array leaf given a leading axis of `size` and the named parameters set from `values`."""
+    base = jax.tree_util.tree_map(
+        lambda x: jnp.broadcast_to(jnp.asarray(x), (size, *jnp.shape(x))) if eqx.is_array(x) else x, model)
+    if not names:
+        return base
+    return eqx.tree_at(lambda m: [_getter(n)(m) for n in names], base, [jnp.asarray(values[n]) for n in names])
+
+
+def evaluate_models(f: Callable[[Any], Any], model: Any, values: Mapping[str, Any], *,
+                    batch_size: int | None = None) -> Any:
+    """Evaluate `f` on copies of `model` whose named parameters take the given batched values.
+
+    **Arguments:**
+
+    - `f`: `f(model) -> pytree of arrays`, traceable by `jax.vmap`.
+    - `model`: the template model.
+    - `values`: mapping from dotted parameter name to an array with a leading axis of common length `N`.
+    - `batch_size`: models per vectorised call. Chunks are padded to exactly `batch_size`, so any `N` (and any
+      choice of parameters) reuses one compilation per `f`, model structure and `batch_size`. `None`: one call
+      with all `N`.
+
+    **Returns:** the pytree of outputs with leading axis `N`.
+    """
+    batch_size = _check_batch_size(batch_size)
+    model = floats_to_arrays(model)
+    names = tuple(values)
+    arrays = {n: np.asarray(v) for n, v in values.items()}
+    sizes = {n: a.shape[0] if a.ndim else None for n, a in arrays.items()}
+    if any(v is None for v in sizes.values()) or len(set(sizes.values())) > 1:
+        raise ValueError(f"All `values` need a leading axis of the same length, got shapes "
+                         f"{ {n: a.shape for n, a in arrays.items()} }.")
+    if not names:
+        raise ValueError("`values` must name at least one parameter to batch over.")
+    n_total = next(iter(sizes.values()))
+    chunk = n_total if batch_size is None else batch_size
+    outs = []
+    for start in range(0, n_total, chunk):
+        idx = np.minimum(np.arange(start, start + chunk), n_total - 1)  # pad by repeating the last member
+        batch = _batched(model, names, {n: a[idx] for n, a in arrays.items()}, chunk)
+        outs.append(_evaluate_batch(f, batch))
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs)[:n_total], *outs)
 
 
 def _n_samples(samples: Mapping[str, Any] | None, what: str) -> int | None:
@@ -422,7 +461,11 @@ def evaluate_coalitions(
     - `samples_a`, `samples_b`: optional parameter samples, mappings from dotted name to an array with a
       leading sample axis of common length `S` (see [`carkinetics.sample_parameters`][]). Sampled values
       replace the model's value in every coalition; a parameter outside every group is taken from `samples_a`.
-    - `batch_size`: evaluations per vectorised chunk (`None`: all at once).
+    - `batch_size`: evaluations per vectorised call; chunks are padded to `batch_size` so that one compilation
+      serves any number of groups, coalitions and samples (`None`: one call with all of them).
+
+    The coalition models are built as one batched pytree, per parameter leaf `where(mask, value_b, value_a)`,
+    and evaluated by `eqx.filter_vmap(f)` under one `eqx.filter_jit` (see [`carkinetics.evaluate_models`][]).
 
     **Returns:** the pytree of outputs with leading axes `(K,)`, or `(K, S)` with samples.
     """
@@ -449,20 +492,28 @@ def evaluate_coalitions(
                          "`model_a`; sample them in `samples_a` instead.")
     names = tuple(dict.fromkeys([*grouped, *samples_a]))
     s = n_samples or 1
-
-    def batched(value, sampled):
-        v = jnp.asarray(value if sampled is None else sampled)
-        return v if sampled is not None else jnp.broadcast_to(v, (s, *v.shape))
-
-    vals_a = tuple(batched(_getter(n)(model_a), samples_a.get(n)) for n in names)
-    vals_b = tuple(batched(_getter(n)(model_b), samples_b.get(n)) if n in grouped else vals_a[i]
-                   for i, n in enumerate(names))
-    leaf_group = tuple(grouped.get(n, -1) for n in names)
     k = masks.shape[0]
-    flat_masks = jnp.asarray(np.repeat(masks, s, axis=0))
-    flat_idx = jnp.asarray(np.tile(np.arange(s), k))
-    out = _coalition_values(f, model_a, names, leaf_group, vals_a, vals_b, flat_masks, flat_idx,
-                            _check_batch_size(batch_size))
+    flat_masks = np.repeat(masks, s, axis=0)  # evaluation e = coalition e // s, sample e % s
+    flat_idx = np.tile(np.arange(s), k)
+
+    def sampled(model, samples, n):
+        v = np.asarray(samples[n]) if n in samples else np.asarray(_getter(n)(model))[None]
+        return v[flat_idx] if n in samples else np.broadcast_to(v, (k * s, *v.shape[1:]))
+
+    values = {}
+    for n in names:
+        a = sampled(model_a, samples_a, n)
+        if n in grouped:
+            b = sampled(model_b, samples_b, n)
+            take_b = flat_masks[:, grouped[n]].reshape(-1, *([1] * (a.ndim - 1)))
+            values[n] = np.where(take_b, b, a)
+        else:
+            values[n] = a
+    if not names:  # no parameters at all: every coalition is model_a
+        out = _evaluate_batch(f, _batched(model_a, (), {}, 1))
+        out = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (k * s, *v.shape[1:])), out)
+    else:
+        out = evaluate_models(f, model_a, values, batch_size=batch_size)
     shape = (k,) if n_samples is None else (k, s)
     return jax.tree_util.tree_map(lambda v: v.reshape(*shape, *v.shape[1:]), out)
 

@@ -12,6 +12,7 @@ GROUPS = [
     ck.MechanismGroup("G2 volume", ("v1", "v2"), description="distribution volumes", gap="G2"),
 ]
 UNITS = {"cmax": "mg/L", "auc": "mg d/L", "log10_trough": "log10 mg/L"}
+BATCH = 8  # one chunk size for the module: `_metrics` compiles once
 
 
 def _metrics(model):
@@ -26,7 +27,7 @@ HUMAN = TwoCompartmentPK(cl=192.0, v1=39.0, q=206.4, v2=20.0)
 
 
 def test_map_efficiency_ungrouped_and_order():
-    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"))
+    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"), batch_size=BATCH)
     # q differs but is in no group: it is collected into an extra group, so the map explains the whole gap
     assert tm.group_names == ("G1 clearance", "G2 volume", "ungrouped")
     assert tm.metric_names == ("cmax", "auc", "log10_trough")  # order of `units`
@@ -41,7 +42,7 @@ def test_map_efficiency_ungrouped_and_order():
 
 
 def test_without_ungrouped_the_parameters_stay_at_a():
-    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, include_ungrouped=False)
+    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, include_ungrouped=False, batch_size=BATCH)
     assert tm.group_names == ("G1 clearance", "G2 volume")
     expected = _metrics(HUMAN.replace(q=float(MOUSE.q)))
     k = tm.metric_names.index("auc")
@@ -49,7 +50,7 @@ def test_without_ungrouped_the_parameters_stay_at_a():
 
 
 def test_samples_reproducible_and_intervals_cover_point():
-    kw = dict(units=UNITS, n_samples=16, seed=3, batch_size=32)
+    kw = dict(units=UNITS, n_samples=16, seed=3, batch_size=BATCH)
     tm1 = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, **kw)
     tm2 = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, **kw)
     tm3 = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, **{**kw, "seed": 4})
@@ -82,7 +83,7 @@ def test_sample_parameters_spread_by_tag_and_bounds(getkey):
 
 def test_m_flags_and_narrative():
     tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"),
-                            tags_a={"v1": "M"})
+                            tags_a={"v1": "M"}, batch_size=BATCH)
     flags = tm.m_flags()
     assert tm.group_m_parameters == ((), ("v1",), ())
     k = tm.metric_names.index("cmax")
@@ -93,7 +94,8 @@ def test_m_flags_and_narrative():
 
 
 def test_tables(tmp_path):
-    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"), n_samples=4)
+    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"), n_samples=4,
+                            batch_size=BATCH)
     path = tmp_path / "map.csv"
     tm.to_csv(str(path))
     lines = path.read_text().strip().splitlines()
@@ -110,7 +112,7 @@ def test_figures(tmp_path):
     matplotlib.use("Agg")
     import carkinetics.plot
 
-    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, n_samples=4)
+    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, n_samples=4, batch_size=BATCH)
     fig = ck.plot.translation_heatmap(tm)
     image = fig.axes[0].images[0].get_array()
     np.testing.assert_allclose(np.asarray(image), tm.share())  # the heatmap shows the shares
