@@ -360,7 +360,7 @@ def _safe_value_and_grad(fn, z):
 
 @eqx.filter_jit
 def _run_multistart(problem: CalibrationProblem, z_starts, adam_steps: int, lbfgs_steps: int, learning_rate,
-                    mask):
+                    mask, linesearch: str):
     _TRACES["multistart"] += 1
     fn = problem.loss
 
@@ -375,8 +375,15 @@ def _run_multistart(problem: CalibrationProblem, z_starts, adam_steps: int, lbfg
             z_new = optax.apply_updates(z, upd)
             return (jnp.where(ok, z_new, z), state), val
 
-        (z, _), hist_a = jax.lax.scan(adam_step, (z0, adam.init(z0)), None, length=adam_steps)
-        lbfgs = optax.lbfgs()
+        hist_a = jnp.zeros((0,), z0.dtype)
+        z = z0
+        if adam_steps > 0:  # static: no Adam program is traced for an L-BFGS-only fit
+            (z, _), hist_a = jax.lax.scan(adam_step, (z0, adam.init(z0)), None, length=adam_steps)
+        if linesearch == "zoom":
+            lbfgs = optax.lbfgs()
+        else:  # Armijo backtracking: cheaper to compile than the zoom (strong Wolfe) search, robust enough here
+            lbfgs = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=25,
+                                                                                  store_grad=True))
         vg = optax.value_and_grad_from_state(fn)
 
         def lbfgs_step(carry, _):
@@ -391,7 +398,9 @@ def _run_multistart(problem: CalibrationProblem, z_starts, adam_steps: int, lbfg
             state = jax.tree_util.tree_map(lambda a, b: jnp.where(good, a, b), new_state, state)
             return (z, state), val
 
-        (z, _), hist_l = jax.lax.scan(lbfgs_step, (z, lbfgs.init(z)), None, length=lbfgs_steps)
+        hist_l = jnp.zeros((0,), z0.dtype)
+        if lbfgs_steps > 0:
+            (z, _), hist_l = jax.lax.scan(lbfgs_step, (z, lbfgs.init(z)), None, length=lbfgs_steps)
         val, g, _ = _safe_value_and_grad(fn, z)
         return z, val, jnp.linalg.norm(g * mask), jnp.concatenate([hist_a, hist_l, val[None]])
 
@@ -478,7 +487,7 @@ def make_starts(problem: CalibrationProblem, key: Any, n_starts: int, *, scale: 
 
 def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, starts: Any = None,
         start_scale: float = 0.5, adam_steps: int = 200, lbfgs_steps: int = 50, learning_rate: float = 0.05,
-        gtol: float = 1e-3, ftol: float = 1e-6) -> FitResult:
+        gtol: float = 1e-3, ftol: float = 1e-6, linesearch: str = "backtracking") -> FitResult:
     """Minimise `problem.loss` from several starts (vmapped): Adam (cosine-decayed) then L-BFGS (optax).
 
     **Arguments:**
@@ -489,6 +498,8 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
     - `starts`: explicit unconstrained starting points, shape `(S, n)`.
     - `adam_steps`, `lbfgs_steps`, `learning_rate`: optimiser budget (fixed iteration counts, so that all starts
       run in one compiled, vmapped program).
+    - `linesearch`: L-BFGS line search, `"backtracking"` (Armijo; default, faster to compile) or `"zoom"`
+      (strong Wolfe).
     - `gtol`, `ftol`: convergence criteria for the report: gradient norm on the unconstrained scale, and relative
       change of the loss over the last 5 iterations.
 
@@ -506,6 +517,8 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
             raise ValueError(f"`{name}` must be a non-negative int, got {v!r}.")
     if adam_steps + lbfgs_steps == 0:
         raise ValueError("`adam_steps + lbfgs_steps` must be positive.")
+    if linesearch not in ("backtracking", "zoom"):
+        raise ValueError(f"`linesearch` must be 'backtracking' or 'zoom', got {linesearch!r}.")
     if not (learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"`learning_rate` must be positive, got {learning_rate!r}.")
     if starts is None:
@@ -515,7 +528,7 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
         raise ValueError(f"`starts` must have shape (S, {problem.z0.shape[0]}), got {starts.shape}.")
     mask = jnp.ones_like(problem.z0)
     z_final, losses, gnorms, hist = _run_multistart(problem, starts, adam_steps, lbfgs_steps,
-                                                    jnp.asarray(learning_rate, problem.z0.dtype), mask)
+                                                    jnp.asarray(learning_rate, problem.z0.dtype), mask, linesearch)
     losses_np = np.asarray(losses)
     best = int(np.nanargmin(np.where(np.isfinite(losses_np), losses_np, np.inf)))
     h = np.asarray(hist)

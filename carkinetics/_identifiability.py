@@ -35,17 +35,17 @@ class IdentifiabilityWarning(UserWarning):
 
 
 @eqx.filter_jit
-def _grad_batch(problem: CalibrationProblem, zs, which: str):
+def _grad_batch(problem: CalibrationProblem, zs):
     _TRACES["grad_batch"] += 1
-    fn = {"loss": problem.loss, "data": problem.data_nll}[which]
-    return jax.vmap(jax.grad(fn))(zs)
+    return jax.vmap(jax.grad(problem.data_nll))(zs)
 
 
-def _fd_hessian(problem: CalibrationProblem, z, which: str, step: float) -> np.ndarray:
+def _fd_hessian(problem: CalibrationProblem, z, step: float) -> np.ndarray:
+    """Hessian of the data negative log-likelihood by central differences of autodiff gradients."""
     n = z.shape[0]
     eye = jnp.eye(n, dtype=z.dtype) * step
     zs = jnp.concatenate([z[None] + eye, z[None] - eye])
-    g = np.asarray(_grad_batch(problem, zs, which))
+    g = np.asarray(_grad_batch(problem, zs))
     h = (g[:n] - g[n:]).T / (2 * step)  # column j: d grad / d z_j
     return 0.5 * (h + h.T)
 
@@ -115,8 +115,8 @@ def laplace(problem_or_fit: CalibrationProblem | FitResult, z: Any = None, *, st
         raise ValueError(f"`step` must be a positive finite number, got {step!r}.")
     z = jnp.asarray(z, dtype=problem.z0.dtype)
     names = problem.names
-    h_post = _fd_hessian(problem, z, "loss", step)
-    h_data = _fd_hessian(problem, z, "data", step)
+    h_data = _fd_hessian(problem, z, step)
+    h_post = h_data + np.diag(np.asarray(problem.prior_weight))  # the prior is quadratic in z
     msgs: list[str] = []
     evals, evecs = np.linalg.eigh(h_data)
     top = max(float(np.max(np.abs(evals))), 1e-300)
@@ -164,7 +164,8 @@ def laplace(problem_or_fit: CalibrationProblem | FitResult, z: Any = None, *, st
 
 
 @eqx.filter_jit
-def _profile_batch(problem: CalibrationProblem, z_hat, index: int, grid, which: str, steps: int, learning_rate):
+def _profile_batch(problem: CalibrationProblem, z_hat, index, grid, which: str, steps: int, learning_rate):
+    # `index` is a traced integer: profiling another parameter of the same problem compiles nothing new
     _TRACES["profile"] += 1
     fn = {"loss": problem.loss, "data": problem.data_nll}[which]
     n = z_hat.shape[0]
@@ -267,7 +268,7 @@ def profile_likelihood(problem_or_fit: CalibrationProblem | FitResult, name: str
     z_hat = jnp.asarray(z_hat, dtype=problem.z0.dtype)
     i = problem.names.index(name)
     grid = z_hat[i] + jnp.linspace(-span, span, n_points, dtype=z_hat.dtype)
-    obj, zs = _profile_batch(problem, z_hat, i, grid, which, int(steps),
+    obj, zs = _profile_batch(problem, z_hat, jnp.asarray(i), grid, which, int(steps),
                              jnp.asarray(learning_rate, z_hat.dtype))
     obj = np.asarray(obj)
     centre = n_points // 2

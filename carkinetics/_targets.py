@@ -49,8 +49,11 @@ UNITS: dict[str, tuple[str, float]] = {
     "mg*h/L": ("exposure", 1.0),
     "1": ("dimensionless", 1.0),
     "%": ("dimensionless", 0.01),
-    "grade": ("grade", 1.0),
-    "score": ("score", 1.0),
+    "grade": ("dimensionless", 1.0),   # CRS grade (ASTCT 0-4) as a number
+    "score": ("dimensionless", 1.0),   # clinical index (SLEDAI-2K) as a number
+    "g/g": ("dimensionless", 1.0),     # protein/creatinine ratio
+    "cells": ("cell_count", 1.0),
+    "mg*d/L": ("exposure", 24.0),
     "IU/mL": ("titre", 1.0),
     "AU": ("arbitrary", 1.0),
 }
@@ -87,14 +90,14 @@ QUANTITIES: dict[str, str] = {
     "vaccine_igg_change": "dimensionless",
     "igg_half_life": "time",
     "llpc_fraction_of_asc": "dimensionless",
-    "sledai": "score",
+    "sledai": "dimensionless",
     "doris_remission_fraction": "dimensionless",
     "untreated_mean_survival_age": "time",
     # CRS and cytokines
     "crs_grade1_fraction": "dimensionless",
     "crs_grade2_fraction": "dimensionless",
     "crs_any_fraction": "dimensionless",
-    "crs_max_grade": "grade",
+    "crs_max_grade": "dimensionless",
     "il15_tmax": "time",
     "il6_half_life": "time",
 }
@@ -107,8 +110,17 @@ COLUMNS = ("target_id", "quantity", "measure", "value", "spread_kind", "spread",
            "time", "population", "n", "species", "source", "doi", "tag", "note")
 
 
+def base_unit(unit: str) -> str:
+    """The unit without a trailing parenthetical comment: `"1 (relative to baseline)"` -> `"1"`."""
+    return unit.split(" (", 1)[0].strip()
+
+
 def unit_dimension(unit: str) -> str:
-    """Physical dimension of `unit` (raises `ValueError` naming the known units)."""
+    """Physical dimension of `unit` (raises `ValueError` naming the known units).
+
+    A trailing comment in parentheses is ignored, so model units such as `"1 (0-4)"` are understood.
+    """
+    unit = base_unit(unit)
     if unit not in UNITS:
         raise ValueError(f"Unknown unit {unit!r}; known units are {sorted(UNITS)}.")
     return UNITS[unit][0]
@@ -122,7 +134,7 @@ def convert_unit(value: Any, from_unit: str, to_unit: str) -> Any:
     d_from, d_to = unit_dimension(from_unit), unit_dimension(to_unit)
     if d_from != d_to:
         raise ValueError(f"Cannot convert {from_unit!r} ({d_from}) to {to_unit!r} ({d_to}): the dimensions differ.")
-    return value * (UNITS[from_unit][1] / UNITS[to_unit][1])
+    return value * (UNITS[base_unit(from_unit)][1] / UNITS[base_unit(to_unit)][1])
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,12 @@ from ._gsa import (
     plot_sobol as plot_sobol,
     plot_sobol_timecourse as plot_sobol_timecourse,
 )
+from ._fit import (
+    plot_fit as plot_fit,
+    plot_obs_vs_pred as plot_obs_vs_pred,
+    plot_profiles as plot_profiles,
+    plot_residuals as plot_residuals,
+)
 from ._vpc import (
     VPCStatistics as VPCStatistics,
     plot_vpc_percentiles as plot_vpc_percentiles,
