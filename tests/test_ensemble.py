@@ -1,0 +1,194 @@
+"""The batched ensemble solver (`ck.simulate_ensemble`): truth, agreement with `ck.simulate`, events, failures,
+derivatives and tracing.
+
+Tolerances: solves use rtol 1e-8 / atol 1e-10 unless stated; a global error of ~100 x rtol is the usual bound
+for an adaptive 5th-order method over a few segments, so agreement is asserted at 1e-5 relative (floor noted).
+"""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+import carkinetics as ck
+from carkinetics._ensemble import _driver
+from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
+from carkinetics.models.reference_workload import ReferenceWorkload
+from helpers import rel_err
+
+METHODS = [ck.EnsembleTsit5(), ck.EnsembleRodas5()]
+IDS = ["tsit5", "rodas5"]
+TS = jnp.linspace(0.0, 3.0, 25)  # every 3 h for 3 days
+V = 46.5
+CLS = jnp.array([60.0, 130.0, 250.0])  # L/d
+
+
+def one_cpt_models(cls=CLS):
+    return jax.vmap(lambda cl: OneCompartmentPK(cl=cl, v=V))(cls)
+
+
+def one_cpt_exact(cl, times, amounts, ts):
+    """Superposition of boluses (amounts at times) for the linear one-compartment model, amounts in mg."""
+    k = cl / V
+    out = np.zeros_like(np.asarray(ts))
+    for tb, a in zip(times, amounts):
+        out = out + np.where(ts >= tb, a * np.exp(-k * (ts - tb)), 0.0)
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_per_member_boluses_match_analytic(method):
+    # Each member has its own second-dose time and amount (a batched regimen); 1.5 d and 2.0 d are save times,
+    # so the saved value there must be the post-dose one (right-continuous), as in ck.simulate.
+    t2 = jnp.array([1.0, 1.5, 2.0])
+    a2 = jnp.array([900.0, 500.0, 1200.0])
+    reg = jax.vmap(lambda t, a: ck.Regimen([ck.Bolus(0.0, 1800.0, "central"), ck.Bolus(t, a, "central")]))(t2, a2)
+    sol = ck.simulate_ensemble(one_cpt_models(), reg, TS, method=method, rtol=1e-8, atol=1e-10)
+    assert sol.y_array.shape == (3, 25, 1) and sol.obs_array.shape == (3, 25, 1) and sol.ts.shape == (3, 25)
+    assert bool(jnp.all(sol.ok))
+    for i in range(3):
+        exact = one_cpt_exact(float(CLS[i]), [0.0, float(t2[i])], [1800.0, float(a2[i])], np.asarray(TS))
+        assert rel_err(sol.ys.central[i], exact, floor=1e-3) < 1e-5
+        assert rel_err(sol.observables.concentration[i], exact / V, floor=1e-5) < 1e-5
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_infusions_and_shared_regimen_agree_with_simulate(method):
+    # Bolus + a 6-hour infusion + a repeated bolus, shared by all members; compared with diffrax (ck.simulate)
+    # at a tight tolerance, member by member.
+    models = jax.vmap(lambda cl, q: TwoCompartmentPK(cl=cl, q=q))(jnp.array([100.0, 192.0, 300.0]),
+                                                                   jnp.array([150.0, 206.4, 400.0]))
+    reg = ck.Regimen([ck.Bolus(0.0, 100.0, "central"), ck.Infusion(0.5, "central", amount=50.0, duration=0.25),
+                      ck.Bolus(1.25, 30.0, "peripheral", ii=0.5, addl=2)])
+    sol = ck.simulate_ensemble(models, reg, TS, method=method, rtol=1e-8, atol=1e-10)
+    assert bool(jnp.all(sol.ok))
+    for i in range(3):
+        m = jax.tree.map(lambda x: x[i], models)
+        ref = ck.simulate(m, reg, TS, rtol=1e-11, atol=1e-13, max_steps=20_000)
+        assert rel_err(sol.y_array[i], ref.y_array, floor=1e-3) < 1e-5
+
+
+@pytest.mark.parametrize("method", [METHODS[0], pytest.param(METHODS[1], marks=pytest.mark.slow)], ids=IDS)
+def test_reference_workload_agrees_with_diffrax(method):
+    # The 9-state timing workload over one year (daily saves), three members with perturbed parameters, at the
+    # benchmark tolerances (rtol 1e-6, atol 1e-8) against diffrax Tsit5 at rtol 1e-10: max relative error
+    # (floor 1e-6) below 2e-4, i.e. within the accuracy that tolerance buys (diffrax itself: ~1e-5).
+    ts = jnp.linspace(0.0, 365.0, 366)
+    base = ReferenceWorkload()
+    models = jax.vmap(lambda s, k: base.replace(rho=0.9 * s, kk=0.5 * k))(jnp.array([1.0, 0.8, 1.2]),
+                                                                           jnp.array([1.0, 1.3, 0.7]))
+    sol = ck.simulate_ensemble(models, None, ts, method=method)
+    assert bool(jnp.all(sol.ok))
+    for i in range(3):
+        m = jax.tree.map(lambda x: x[i], models)
+        ref = ck.simulate(m, None, ts, rtol=1e-10, atol=1e-12)
+        assert rel_err(sol.y_array[i], ref.y_array, floor=1e-6) < 2e-4
+
+
+def test_rodas5_handles_a_stiff_model_in_few_steps():
+    # Two-compartment PK with a 1e6 L/d intercompartmental clearance: eigenvalues ~ -7.5e4 /d and ~ -1.6 /d.
+    # Exact solution by the matrix exponential. Rodas5 resolves the fast transient and then takes large steps
+    # (< 300 steps in all at rtol 1e-8), while an explicit method is stability-limited (|lambda| dt < ~3.5 gives
+    # > 60,000 steps over 3 days): Tsit5 must run out of a 2,000-step budget.
+    models = jax.vmap(lambda q: TwoCompartmentPK(q=q))(jnp.array([1e6, 5e5]))
+    reg = ck.Bolus(0.0, 100.0, "central")
+    sol = ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleRodas5(), rtol=1e-8, atol=1e-10)
+    assert bool(jnp.all(sol.ok))
+    assert int(jnp.max(sol.num_steps)) < 300
+    for i, q in enumerate([1e6, 5e5]):
+        m = TwoCompartmentPK(q=q)
+        k10, k12, k21 = m.cl / m.v1, q / m.v1, q / m.v2
+        a = np.array([[-(k10 + k12), k21], [k12, -k21]])
+        exact = np.stack([scipy.linalg.expm(a * float(t)) @ np.array([100.0, 0.0]) for t in TS])
+        assert rel_err(sol.y_array[i], exact, floor=1e-3) < 1e-5
+    explicit = ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleTsit5(), rtol=1e-8, atol=1e-10,
+                                    max_steps=2000)
+    assert not bool(jnp.any(explicit.ok))
+
+
+def test_failure_is_reported_per_member():
+    # Member 1 is very stiff (k = 2e5 /d) for an explicit method, so with max_steps=300 it fails with
+    # max_steps_reached, while members 0 and 2 finish correctly; the failed member's unsaved outputs are NaN.
+    cls = jnp.array([60.0, V * 2e5, 130.0])
+    models = one_cpt_models(cls)
+    reg = ck.Bolus(0.0, 1800.0, "central")
+    sol = ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleTsit5(), max_steps=300)
+    assert np.asarray(sol.ok).tolist() == [True, False, True]
+    assert np.asarray(sol.result == ck.RESULTS.max_steps_reached).tolist() == [False, True, False]
+    assert int(sol.num_steps[1]) == 300
+    assert bool(jnp.isnan(sol.y_array[1, -1, 0]))
+    for i in (0, 2):
+        exact = one_cpt_exact(float(cls[i]), [0.0], [1800.0], np.asarray(TS))
+        assert rel_err(sol.ys.central[i], exact, floor=1e-3) < 1e-4
+    with pytest.raises(Exception, match="at least one member failed"):
+        ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleTsit5(), max_steps=300, throw=True).y_array.block_until_ready()
+
+
+def _total_concentration(cl, adjoint, method):
+    models = one_cpt_models(cl * jnp.array([0.5, 1.0, 2.0]))
+    sol = ck.simulate_ensemble(models, ck.Bolus(0.0, 1800.0, "central"), TS, method=method, adjoint=adjoint,
+                               rtol=1e-10, atol=1e-12)
+    return jnp.sum(sol.observables.concentration)
+
+
+def _total_concentration_derivative(cl):
+    # d/dcl of sum_i sum_t (D/V) exp(-s_i cl t / V) = sum_i sum_t -(s_i t / V) (D/V) exp(-s_i cl t / V)
+    t = np.asarray(TS)
+    return sum(float(np.sum(-(s * t / V) * 1800.0 / V * np.exp(-s * cl * t / V))) for s in (0.5, 1.0, 2.0))
+
+
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_forward_mode_derivative(method):
+    # jax.jvp through the forward-mode loop vs the analytic derivative and a central finite difference.
+    cl = 130.0
+    _, jvp = jax.jvp(lambda c: _total_concentration(c, diffrax.ForwardMode(), method), (cl,), (1.0,))
+    exact = _total_concentration_derivative(cl)
+    assert abs(float(jvp) - exact) / abs(exact) < 1e-6
+    h = 1e-3
+    fd = (_total_concentration(cl + h, diffrax.ForwardMode(), method)
+          - _total_concentration(cl - h, diffrax.ForwardMode(), method)) / (2 * h)
+    assert abs(float(jvp) - float(fd)) / abs(exact) < 1e-5
+
+
+@pytest.mark.parametrize("method", [METHODS[0], pytest.param(METHODS[1], marks=pytest.mark.slow)], ids=IDS)
+def test_reverse_mode_gradient(method):
+    # jax.grad through the checkpointed loop (default adjoint) vs the analytic derivative.
+    cl = 130.0
+    g = jax.grad(lambda c: _total_concentration(c, None, method))(cl)
+    exact = _total_concentration_derivative(cl)
+    assert abs(float(g) - exact) / abs(exact) < 1e-6
+
+
+def test_no_retrace_on_new_values():
+    # New parameter values, dose amounts/times and save-time values (same shapes) must not recompile.
+    cache = _driver._simulate_ensemble._cached
+
+    def run(scale, amount, t_second):
+        reg = ck.Regimen([ck.Bolus(0.0, amount, "central"), ck.Bolus(t_second, 100.0, "central")])
+        sol = ck.simulate_ensemble(one_cpt_models(CLS * scale), reg, TS * scale, method=ck.EnsembleTsit5())
+        return sol.y_array.block_until_ready()
+
+    run(1.0, 1800.0, 1.0)
+    size = cache._cache_size()
+    run(1.1, 900.0, 1.7)
+    assert cache._cache_size() == size
+
+
+def test_input_validation():
+    single = OneCompartmentPK()
+    with pytest.raises(ValueError, match="leading batch axis"):
+        ck.simulate_ensemble(single, None, TS)
+    models = one_cpt_models()
+    with pytest.raises(ValueError, match="`method` must be an ensemble method"):
+        ck.simulate_ensemble(models, None, TS, method=diffrax.Tsit5())
+    bad_reg = jax.vmap(lambda a: ck.Bolus(0.0, a, "central"))(jnp.ones(5))
+    with pytest.raises(ValueError, match="leading batch size N = 3"):
+        ck.simulate_ensemble(models, bad_reg, TS)
+    with pytest.raises(ValueError, match="Unknown state"):
+        ck.simulate_ensemble(models, ck.Bolus(0.0, 1.0, "gut"), TS)
+    with pytest.raises(ValueError, match="`rtol` must be a positive"):
+        ck.simulate_ensemble(models, None, TS, rtol=-1.0)
+    with pytest.raises(ValueError, match="`adjoint` must be"):
+        ck.simulate_ensemble(models, None, TS, adjoint=diffrax.BacksolveAdjoint())
