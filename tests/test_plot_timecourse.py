@@ -65,3 +65,14 @@ def test_vpc_bands_are_quantiles_and_plot(tmp_path):
     _png_ok(save_figure(fig, str(tmp_path / "vpc.png")))
     with pytest.raises(ValueError, match=r"must have shape \(N, 21\)"):
         plot_vpc(ts, samples[:, :5])
+
+
+def test_log_axis_shows_at_most_the_requested_decades():
+    ts = jnp.linspace(0.0, 40.0, 81)
+    sol = ck.simulate(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), ts)  # decays over ~100 decades
+    fig = plot_timecourse(sol, ["concentration"], logy=True, decades=4.0)
+    lo, hi = fig.axes[0].get_ylim()
+    cmax = float(sol.observables.concentration[0])
+    assert lo == pytest.approx(cmax * 1e-4 / 1.5, rel=1e-9) and hi == pytest.approx(cmax * 1.5, rel=1e-9)
+    fig2 = plot_timecourse(sol, ["concentration"], logy=True, ylim_floor=1e-3)
+    assert fig2.axes[0].get_ylim()[0] == pytest.approx(1e-3, rel=1e-12)

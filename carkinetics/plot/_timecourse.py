@@ -64,6 +64,7 @@ def plot_timecourse(
     data: Any = None,
     logy: bool | None = None,
     ylim_floor: float | None = None,
+    decades: float = 6.0,
     title: str | None = None,
     ncols: int = 2,
     panel_size: tuple[float, float] = (4.6, 3.0),
@@ -79,7 +80,7 @@ def plot_timecourse(
     - `data`: measured values to overlay as markers: a mapping `name -> (times, values)` or
       [`carkinetics.io.Observations`][].
     - `logy`: log y axis (default: automatic, when a panel spans more than three decades).
-    - `ylim_floor`: lower y limit on log axes (e.g. a detection limit).
+    - `ylim_floor`: lower y limit on log axes (e.g. a detection limit); default: `decades` below the maximum.
     - `title`, `ncols`, `panel_size`: figure layout.
 
     **Returns:** a `matplotlib.figure.Figure`.
@@ -128,8 +129,13 @@ def plot_timecourse(
         use_log = _auto_log(np.concatenate([np.ravel(v) for v in all_vals])) if logy is None else logy
         if use_log:
             ax.set_yscale("log")
+            vals = np.concatenate([np.ravel(v) for v in all_vals])
+            vals = vals[np.isfinite(vals) & (vals > 0)]
             if ylim_floor is not None:
                 ax.set_ylim(bottom=ylim_floor)
+            elif vals.size:  # show at most `decades` below the maximum (values near 0 would flatten the plot)
+                ax.set_ylim(bottom=max(float(vals.min()), float(vals.max()) * 10.0 ** (-decades)) / 1.5,
+                            top=float(vals.max()) * 1.5)
         ax.set_title(name, fontsize=10)
         ax.set_ylabel(f"{name} [{unit}]" if unit else name, fontsize=9)
         ax.set_xlabel(TIME_LABEL, fontsize=9)
