@@ -98,7 +98,7 @@ class LymphodepletionParams(eqx.Module):
         0.08, unit="L/(mg*d)", description="lymphocyte kill rate per mg/L of cyclophosphamide",
         source="tuned: Cy 1,000 mg/m2 AUC ~14 mg*d/L gives log-kill ~1.1 (other half of a ~90% nadir [M])", tag="A")
     k_e0: float = ck.param(
-        0.7, unit="1/d", description="rate of the delayed execution of chemotherapy-induced lymphocyte death",
+        0.5, unit="1/d", description="rate of the delayed execution of chemotherapy-induced lymphocyte death",
         source="tuned to put the IL-15 peak near day 2 after infusion (Kochenderfer 2017 JCO [R])", tag="A")
     sens_b: float = ck.param(1.0, unit="1", description="chemotherapy sensitivity of B-lineage cells relative to T cells",
                              source="assumption (B and T equally sensitive)", tag="A")
