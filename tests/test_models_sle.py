@@ -303,3 +303,34 @@ def test_observable_and_dose_state_names_are_stable():
     assert {"flu_central", "cy_central", "car_effector", "toci_central"} <= set(SLECarTModel.state_names())
     assert set(SLECarTModel.state_units) == set(SLECarTModel.state_names())
     assert set(SLECarTModel.observable_units) == set(SLECarTModel.observable_names())
+
+
+def _b_return_day(model, ts, sol):
+    b = _obs(sol, "b_blood") / float(model.bcell.b_blood0)
+    below = np.flatnonzero((ts > 0.0) & (b < 0.01))
+    back = np.flatnonzero((ts > ts[below[0]]) & (b > 0.10))
+    return ts[back[0]] if back.size else np.inf
+
+
+def test_rejection_controls_b_cell_return(human):
+    model, ts, sol = human
+    reg = erlangen_regimen(model)
+    base = _b_return_day(model, ts, sol)
+    later = model.replace({"car.t_rej": 120.0})
+    sol_later = simulate_default(later, reg, jnp.asarray(ts))
+    assert _b_return_day(later, ts, sol_later) == pytest.approx(base + 50.0, abs=15.0)  # return tracks the onset
+    no_rej = model.replace({"car.k_rej": 0.0})  # syngeneic-like (translation.md G4): no return within 400 d
+    assert _b_return_day(no_rej, ts, simulate_default(no_rej, reg, jnp.asarray(ts))) == np.inf
+
+
+@pytest.mark.parametrize("group", ["body", "humoral", "bcell", "tcell", "ld", "car", "myeloid", "disease"])
+def test_single_group_swaps_from_mouse_run(human, group):
+    model, ts, _ = human
+    mouse = load_preset("mouse_nzbw")
+    swapped = eqx.tree_at(lambda m: getattr(m, group), model, getattr(mouse, group))
+    sol = simulate_default(swapped, erlangen_regimen(model), jnp.asarray(ts), throw=False)
+    assert bool(sol.ok), group
+    y = np.asarray(sol.y_array)
+    assert np.all(np.isfinite(y))
+    # amounts are controlled to atol = 1e-6 only: allow round-off of 10 atol below zero
+    assert np.all(y >= -1e-6 * np.maximum(np.abs(y).max(axis=0), 1.0) - 1e-5), group
