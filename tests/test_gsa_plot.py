@@ -28,9 +28,10 @@ def test_plot_sobol_bars_match_indices():
     np.testing.assert_allclose([b.get_width() for b in bars[3:]], res.ST[order], rtol=1e-12)
     plt.close(fig)
     # Time-course indices: one line per factor with the ST values; a (d, T) result is refused by plot_sobol.
-    y = np.stack([x[:, 0], x[:, 0] + x[:, 1]], axis=1)
+    x = ck.saltelli_sample(PROB, 512, key=jax.random.key(0))  # (512 x 5, 4) outputs: shapes shared with test_gsa
+    y = np.stack([x[:, 0], x[:, 0] + x[:, 1], x[:, 1], x[:, 2]], axis=1)
     tc = ck.sobol_indices(PROB, y, key=jax.random.key(1))
-    fig = plot_sobol_timecourse(tc, [0.0, 1.0])
+    fig = plot_sobol_timecourse(tc, [0.0, 1.0, 2.0, 3.0])
     np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(), tc.ST[1], rtol=1e-12)
     plt.close(fig)
     with pytest.raises(ValueError, match="scalar output"):
@@ -40,8 +41,8 @@ def test_plot_sobol_bars_match_indices():
 def test_plot_morris_values():
     import matplotlib.pyplot as plt
 
-    x = ck.morris_sample(PROB, 10, key=jax.random.key(0))
-    res = ck.morris_indices(PROB, x, 2.0 * x[:, 0] + x[:, 1] ** 2, key=jax.random.key(1))
+    x = ck.morris_sample(PROB, 40, key=jax.random.key(0))
+    res = ck.morris_indices(PROB, x, 2.0 * x[:, 0] + x[:, 1] ** 2, key=jax.random.key(1), n_bootstrap=200)
     fig = plot_morris(res)
     a1, a2 = fig.axes
     np.testing.assert_allclose(sorted(b.get_width() for b in a1.patches), sorted(res.mu_star), rtol=1e-12)

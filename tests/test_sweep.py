@@ -1,5 +1,5 @@
 """`sweep` / `sweep_model`: chunked = unchunked, masking of failed members, checkpoint resume, no retrace,
-regimen batches, sharded (4 forced CPU devices, in a subprocess) = single device."""
+regimen batches and the ensemble evaluator, sharded (4 forced CPU devices, in a subprocess) = single device."""
 
 import json
 import os
@@ -51,21 +51,11 @@ def test_sweep_model_values_and_chunking():
 def test_failed_members_are_masked_and_counted():
     # Large CL makes the model stiff: Tsit5 needs ~1e3 steps, more than max_steps=60, so those members fail.
     cl = np.array([50.0, 1e5, 60.0, 2e5, 70.0])
-    res = ck.sweep_model(OneCompartmentPK(), DOSE, TS, {"cl": cl}, chunk_size=2, progress=False, max_steps=60)
+    res = ck.sweep_model(OneCompartmentPK(), DOSE, TS, {"cl": cl}, chunk_size=4, progress=False, max_steps=60)
     np.testing.assert_array_equal(res.ok, [True, False, True, False, True])
     assert res.n_failed == 2
     auc = res.outputs["concentration_auc"]
     assert np.all(np.isnan(auc[~res.ok])) and np.all(np.isfinite(auc[res.ok]))
-
-
-def test_regimen_batch():
-    amounts = [50.0, 100.0, 400.0]
-    regs = [ck.Regimen([ck.Bolus(0.0, a, "central")]) for a in amounts]
-    res = ck.sweep_model(OneCompartmentPK(), None, TS, regimens=regs, chunk_size=2, progress=False,
-                         keep_trajectories=True)
-    np.testing.assert_allclose(res.outputs["concentration_cmax"], np.array(amounts) / OneCompartmentPK().v, rtol=1e-12)
-    assert res.outputs["observables"].shape == (3, TS.shape[0], 1)
-    assert res.outputs["states"].shape == (3, TS.shape[0], 1)
 
 
 def test_ensemble_evaluator_matches_vmap():
@@ -74,7 +64,10 @@ def test_ensemble_evaluator_matches_vmap():
     args = (OneCompartmentPK(), None, TS, {"cl": cl})
     ref = ck.sweep_model(*args, regimens=regs, chunk_size=4, progress=False)
     ens = ck.sweep_model(*args, regimens=regs, chunk_size=4, progress=False, evaluator=ck.EnsembleEvaluator())
-    assert ens.n_failed == 0
+    assert ens.n_failed == 0 and ref.n_failed == 0
+    # Per-member regimens: Cmax = dose_i / V (right-continuous bolus at t = 0).
+    np.testing.assert_allclose(ref.outputs["concentration_cmax"], np.linspace(50.0, 110.0, 7) / OneCompartmentPK().v,
+                               rtol=1e-12)
     for k in ("concentration_cmax", "concentration_auc", "concentration_last"):
         np.testing.assert_allclose(ens.outputs[k], ref.outputs[k], rtol=1e-6)
     with pytest.raises(ValueError, match="EnsembleEvaluator"):
@@ -83,7 +76,7 @@ def test_ensemble_evaluator_matches_vmap():
 
 def test_resume_after_interruption(tmp_path):
     cl = np.linspace(40.0, 200.0, 10)
-    ref = ck.sweep_model(OneCompartmentPK(), DOSE, TS, {"cl": cl}, chunk_size=3, progress=False)
+    ref = ck.sweep_model(OneCompartmentPK(), DOSE, TS, {"cl": cl}, chunk_size=4, progress=False)
 
     class Interrupt(Exception):
         pass
@@ -102,22 +95,22 @@ def test_resume_after_interruption(tmp_path):
     fn = _ModelMember(floats_to_arrays(OneCompartmentPK()), DOSE, TS, observable_metrics, False, {})
     inputs = {"params": {"cl": cl}}
     with pytest.raises(Interrupt):
-        sweep(fn, inputs, chunk_size=3, checkpoint=tmp_path, progress=False, has_ok=True, on_chunk=stop_after_two)
+        sweep(fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True, on_chunk=stop_after_two)
     assert sorted(p.name for p in tmp_path.glob("chunk_*.npz")) == ["chunk_000000.npz", "chunk_000001.npz"]
     done.clear()
-    res = sweep(fn, inputs, chunk_size=3, checkpoint=tmp_path, progress=False, has_ok=True,
+    res = sweep(fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True,
                 on_chunk=lambda i, n: done.append(i))
-    assert res.n_resumed_chunks == 2 and done == [2, 3]  # only the missing chunks were computed
+    assert res.n_resumed_chunks == 2 and done == [2]  # only the missing chunk was computed
     for k in ref.outputs:
         np.testing.assert_array_equal(res.outputs[k], ref.outputs[k])
     # A third run computes nothing; a different sweep refuses the directory.
     done.clear()
-    again = sweep(fn, inputs, chunk_size=3, checkpoint=tmp_path, progress=False, has_ok=True,
+    again = sweep(fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True,
                   on_chunk=lambda i, n: done.append(i))
-    assert done == [] and again.n_resumed_chunks == 4
+    assert done == [] and again.n_resumed_chunks == 3
     np.testing.assert_array_equal(again.outputs["concentration_auc"], ref.outputs["concentration_auc"])
     with pytest.raises(ValueError, match="different sweep"):
-        sweep(fn, {"params": {"cl": cl * 1.01}}, chunk_size=3, checkpoint=tmp_path, progress=False, has_ok=True)
+        sweep(fn, {"params": {"cl": cl * 1.01}}, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True)
 
 
 def test_no_retrace_on_new_values():
