@@ -79,6 +79,7 @@ from ._sweep import (
     EnsembleEvaluator as EnsembleEvaluator,
     SweepResult as SweepResult,
     observable_metrics as observable_metrics,
+    sle_metrics as sle_metrics,
     sweep as sweep,
     sweep_model as sweep_model,
     vmap_evaluator as vmap_evaluator,

@@ -410,6 +410,47 @@ def observable_metrics(sol: Solution) -> dict[str, jax.Array]:
     return out
 
 
+def sle_metrics(sol: Solution) -> dict[str, jax.Array]:
+    """Clinical summary metrics of an SLE CAR-T simulation (`carkinetics.models.SLECarTModel`), for sweeps.
+
+    Baselines are the values at `ts[0]`, so `ts` must start before lymphodepletion (e.g. day -6); "after
+    infusion" means `t >= 0`. Keys and units:
+
+    - `b_aplasia_days` (d): time after infusion with blood B cells below 5 % of baseline (total, piecewise linear);
+    - `b_nadir_pct` (% of baseline): lowest blood B-cell count after infusion;
+    - `anti_dsdna_d90_pct` (% of baseline): anti-dsDNA at day 90 (its fall is 100 minus this);
+    - `il6_peak` (pg/mL): peak plasma IL-6 after infusion; `crs_grade_max` (0-4): peak of the CRS index;
+    - `car_cmax` (cells/µL) and `car_tmax` (d): blood CAR-T peak and its time (quadratic interpolation).
+
+    The definitions match the translation map's SLE metrics (5 % aplasia threshold, day-90 anti-dsDNA).
+
+    **Example:**
+
+    ```python
+    import numpy as np, jax.numpy as jnp, carkinetics as ck
+    from carkinetics.models import SLECarTModel, erlangen_regimen, load_preset
+    model = load_preset("human")
+    res = ck.sweep_model(model, erlangen_regimen(model), jnp.linspace(-6.0, 120.0, 253),
+                         {"car.rho": model.car.rho * np.array([0.8, 1.0, 1.25])}, metrics=ck.sle_metrics,
+                         solver=SLECarTModel.default_solver(), progress=False)
+    ```
+    """
+    from . import _metrics as m
+
+    o, ts = sol.observables, sol.ts
+    t_end = ts[-1]
+    b = o.b_blood / o.b_blood[0]
+    return {
+        "b_aplasia_days": m.time_below(ts, b, 0.05, t_start=0.0, t_end=t_end),
+        "b_nadir_pct": 100.0 * m.nadir(ts, b, t_start=0.0),
+        "anti_dsdna_d90_pct": 100.0 * m.fold_change(ts, o.anti_dsdna, 90.0, ts[0]),
+        "il6_peak": m.cmax(ts, o.il6, t_start=0.0),
+        "crs_grade_max": m.cmax(ts, o.crs_grade, t_start=0.0),
+        "car_cmax": m.cmax(ts, o.car_blood),
+        "car_tmax": m.tmax(ts, o.car_blood),
+    }
+
+
 class _ModelMember(eqx.Module):
     """One sweep member: set parameters, simulate with `throw=False`, reduce to metrics."""
 
