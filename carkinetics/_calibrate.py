@@ -170,6 +170,8 @@ class CalibrationProblem(eqx.Module):
       listed get a flat prior).
     - `t_end`: last simulated day (default: the last data/statistic time, at least 1 day after infusion).
     - `n_grid`: number of uniformly spaced grid points (data and statistic times are added to the grid).
+    - `grid`: explicit save times (days, sorted) used instead of the uniform grid (e.g. finer around the peak);
+      data and statistic times are still added.
     - `t0`: start of the simulation (default: the first dose event or the first grid time).
     - `solver`, `rtol`, `atol`, `max_steps`: passed to [`carkinetics.simulate`][].
     - `failure_loss`: loss assigned when the solver fails (such points are rejected by the optimisers).
@@ -204,6 +206,7 @@ class CalibrationProblem(eqx.Module):
 
     def __init__(self, model: AbstractKineticModel, regimen: Any, targets: Sequence[Any], estimate: Sequence[str], *,
                  priors: str | Mapping[str, float] | None = "tags", t_end: float | None = None, n_grid: int = 300,
+                 grid: Any = None,
                  t0: float | None = None, solver: Any = None, rtol: float = 1e-6, atol: float = 1e-8,
                  max_steps: int = 4096, failure_loss: float = 1e10):
         if not isinstance(model, AbstractKineticModel):
@@ -258,7 +261,15 @@ class CalibrationProblem(eqx.Module):
         stop = max([1.0, *times]) if t_end is None else float(t_end)
         if stop <= start:
             raise ValueError(f"`t_end` ({stop}) must be later than the simulation start ({start}).")
-        grid = np.union1d(np.linspace(start, stop, n_grid), np.clip(np.asarray(times, float), start, stop))
+        if grid is None:
+            base = np.linspace(start, stop, n_grid)
+        else:
+            base = np.asarray(grid, dtype=float)
+            if base.ndim != 1 or base.size < 2 or np.any(np.diff(base) <= 0) or not np.all(np.isfinite(base)):
+                raise ValueError("`grid` must be a finite, strictly increasing 1-D array of at least 2 days.")
+            start, stop = min(start, float(base[0])), float(base[-1]) if t_end is None else stop
+            base = base[(base >= start) & (base <= stop)]
+        grid = np.union1d(base, np.clip(np.asarray(times, float), start, stop))
         self.model = model
         self.regimen = regimen
         self.targets = targets
