@@ -577,7 +577,7 @@ def sweep_model(
     from carkinetics.models import OneCompartmentPK
     res = ck.sweep_model(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0, 1, 25),
                          {"cl": np.linspace(50.0, 200.0, 8)}, chunk_size=4, progress=False)
-    res.outputs["concentration_auc"]   # 100 / cl (mg d / L), slightly above by the trapezoid rule
+    res.outputs["concentration_auc"]   # 100/cl (1 - exp(-cl/v)) mg d/L over days 0-1 (trapezoid rule)
     ```
     """
     if not isinstance(model, AbstractKineticModel):
