@@ -28,7 +28,7 @@ Time is days after CAR-T infusion (day 0); lymphodepletion is on negative days.
 | b_memory | cells | memory B cells (total body) |
 | plasmablasts | cells | CD19⁺ plasmablasts (total body) |
 | llpc | 1 | CD19⁻ long-lived plasma cells relative to baseline |
-| anti_dsdna, vaccine_igg | 1 | antibody levels relative to baseline |
+| anti_dsdna, vaccine_igg, total_igg | 1 | antibody levels relative to baseline |
 | myeloid_act | 1 | activated myeloid fraction |
 | il6 | pg/mL | plasma IL-6 |
 | toci_central | mg | tocilizumab amount |
@@ -36,8 +36,8 @@ Time is days after CAR-T infusion (day 0); lymphodepletion is on negative days.
 | damage | 1 | irreversible damage (SDI units) |
 
 **Observables** (units in `SLECarTModel.observable_units`): `car_blood`, `b_blood`, `t_blood`, `nk_blood`,
-`lymphocytes`, `plasmablasts` (cells/µL blood); `car_total`, `cd19_total` (cells); `anti_dsdna`, `vaccine_igg`
-(relative to baseline); `il6`, `il7`, `il15` (pg/mL); `crs_grade` (0-4); `sledai`; `proteinuria` (g/g);
+`lymphocytes`, `plasmablasts` (cells/µL blood); `car_total`, `cd19_total` (cells); `anti_dsdna`, `vaccine_igg`,
+`total_igg` (relative to baseline); `il6`, `il7`, `il15` (pg/mL); `crs_grade` (0-4); `sledai`; `proteinuria` (g/g);
 `damage` (SDI); `flu_conc`, `cy_conc`, `toci_conc` (mg/L); `flu_auc` (mg·h/L).
 
 **Solver.** IL-6 clearance (50/d) and the drug PK (hours) are fast, the B-cell return is slow (months).
@@ -148,6 +148,7 @@ class SLECarTModel(ck.AbstractKineticModel):
         llpc: object
         anti_dsdna: object
         vaccine_igg: object
+        total_igg: object
         myeloid_act: object
         il6: object
         toci_central: object
@@ -164,6 +165,7 @@ class SLECarTModel(ck.AbstractKineticModel):
         plasmablasts: object
         anti_dsdna: object
         vaccine_igg: object
+        total_igg: object
         il6: object
         il7: object
         il15: object
@@ -182,13 +184,15 @@ class SLECarTModel(ck.AbstractKineticModel):
         "cy_auc": "mg*d/L", "ld_effect": "1/d", "t_cells": "cells", "nk_cells": "cells", "il7": "pg/mL",
         "il15": "pg/mL", "car_effector": "cells", "car_tissue": "cells", "car_memory": "cells",
         "car_exhausted": "cells", "b_marrow": "cells", "b_blood": "cells", "b_tissue": "cells", "b_memory": "cells",
-        "plasmablasts": "cells", "llpc": "1", "anti_dsdna": "1", "vaccine_igg": "1", "myeloid_act": "1",
+        "plasmablasts": "cells", "llpc": "1", "anti_dsdna": "1", "vaccine_igg": "1", "total_igg": "1",
+        "myeloid_act": "1",
         "il6": "pg/mL", "toci_central": "mg", "activity": "1", "damage": "1",
     }
     observable_units = {
         "car_blood": "cells/uL", "car_total": "cells", "b_blood": "cells/uL", "t_blood": "cells/uL",
         "nk_blood": "cells/uL", "lymphocytes": "cells/uL", "plasmablasts": "cells/uL",
-        "anti_dsdna": "1 (relative to baseline)", "vaccine_igg": "1 (relative to baseline)", "il6": "pg/mL",
+        "anti_dsdna": "1 (relative to baseline)", "vaccine_igg": "1 (relative to baseline)",
+        "total_igg": "1 (relative to baseline)", "il6": "pg/mL",
         "il7": "pg/mL", "il15": "pg/mL", "crs_grade": "1 (0-4)", "sledai": "1", "proteinuria": "g/g",
         "damage": "1 (SDI)", "flu_conc": "mg/L", "cy_conc": "mg/L", "flu_auc": "mg*h/L", "toci_conc": "mg/L",
         "cd19_total": "cells",
@@ -243,7 +247,8 @@ class SLECarTModel(ck.AbstractKineticModel):
             t_cells=t0, nk_cells=nk0, il7=self.tcell.il7_0, il15=self.tcell.il15_0,
             car_effector=0.0, car_tissue=0.0, car_memory=0.0, car_exhausted=0.0,
             b_marrow=b.p0, b_blood=b.nb0, b_tissue=b.nt0, b_memory=b.m0, plasmablasts=b.pb0, llpc=1.0,
-            anti_dsdna=1.0, vaccine_igg=1.0, myeloid_act=0.0, il6=self.myeloid.il6_0, toci_central=0.0,
+            anti_dsdna=1.0, vaccine_igg=1.0, total_igg=1.0, myeloid_act=0.0, il6=self.myeloid.il6_0,
+            toci_central=0.0,
             activity=1.0, damage=self.disease.damage0,
         )
 
@@ -286,7 +291,7 @@ class SLECarTModel(ck.AbstractKineticModel):
                                    tissue=y.b_tissue, memory=y.b_memory, pb=y.plasmablasts, llpc=y.llpc,
                                    kill_blood=lam_b, kill_tissue=lam_t, ld_kill=self.ld.sens_b * kill_ld)
         dab = _ab.humoral_derivatives(self.humoral, pb_rel=y.plasmablasts / bb.pb0, llpc=y.llpc,
-                                      anti_dsdna=y.anti_dsdna, vaccine_igg=y.vaccine_igg)
+                                      anti_dsdna=y.anti_dsdna, vaccine_igg=y.vaccine_igg, total_igg=y.total_igg)
         kill_flux = (lam_t * tgt_t) / lymph_ul + (lam_b * tgt_b) / lymph_ul
         dmy = _cyt.myeloid_derivatives(self.myeloid, myeloid_act=y.myeloid_act, il6=y.il6,
                                        toci_central=y.toci_central, weight_kg=w, kill_flux_density=kill_flux,
@@ -301,7 +306,7 @@ class SLECarTModel(ck.AbstractKineticModel):
             car_exhausted=dcar.d_exhausted,
             b_marrow=dbc.d_bm, b_blood=dbc.d_blood, b_tissue=dbc.d_tissue, b_memory=dbc.d_memory,
             plasmablasts=dbc.d_pb, llpc=dbc.d_llpc,
-            anti_dsdna=dab.d_anti_dsdna, vaccine_igg=dab.d_vaccine_igg,
+            anti_dsdna=dab.d_anti_dsdna, vaccine_igg=dab.d_vaccine_igg, total_igg=dab.d_total_igg,
             myeloid_act=dmy.d_myeloid_act, il6=dmy.d_il6, toci_central=dmy.d_toci,
             activity=ddis.d_activity, damage=ddis.d_damage,
         )
@@ -327,7 +332,7 @@ class SLECarTModel(ck.AbstractKineticModel):
             car_total=y.car_effector + y.car_tissue + y.car_memory + y.car_exhausted,
             b_blood=b_blood, t_blood=t_blood, nk_blood=nk_blood,
             lymphocytes=b_blood + t_blood + nk_blood + car_blood,
-            plasmablasts=pb_blood, anti_dsdna=y.anti_dsdna, vaccine_igg=y.vaccine_igg,
+            plasmablasts=pb_blood, anti_dsdna=y.anti_dsdna, vaccine_igg=y.vaccine_igg, total_igg=y.total_igg,
             il6=y.il6, il7=y.il7, il15=y.il15,
             crs_grade=_cyt.crs_grade(self.myeloid, y.il6 * (1.0 - occ)),
             sledai=sledai, proteinuria=prot, damage=y.damage,

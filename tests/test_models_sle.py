@@ -105,6 +105,9 @@ def test_autoantibodies_fall_vaccine_igg_spared(human):
     assert _obs(sol, "vaccine_igg")[i90] > 0.7
     # the LLPC-fed floor: anti-dsDNA never falls below (1 - f_pb) x LLPC (>= 0.19 over the horizon)
     assert _obs(sol, "anti_dsdna").min() > 0.15
+    # total IgG falls modestly (Hill 2019 Blood Adv: -17.5 % over ~1 year after CD19 CAR-T [R])
+    i365 = int(np.argmin(np.abs(ts - 365.0)))
+    assert 0.75 <= _obs(sol, "total_igg")[i365] <= 0.9
 
 
 def test_il6_peaks_during_expansion_and_crs_is_mild(human):
@@ -184,14 +187,19 @@ def test_mouse_nzbw_long_aplasia(mouse):
     assert bool(sol.ok)
 
 
-def test_mouse_igg_half_life_about_three_times_shorter(mouse):
+def test_mouse_igg_half_life_about_three_times_shorter(mouse, human):
     model, ts, sol = mouse
-    human = SLECarTModel()
-    ratio = float(human.humoral.k_igg) / float(model.humoral.k_igg)
+    hmodel, hts, hsol = human
+    ratio = float(hmodel.humoral.k_igg) / float(model.humoral.k_igg)
     assert ratio == pytest.approx(1.0 / 3.0, rel=0.1)
-    # the simulated fall of anti-dsDNA is faster in the mouse (day 28: below the human's 0.5)
-    i28 = int(np.argmin(np.abs(ts - 28.0)))
-    assert _obs(sol, "anti_dsdna")[i28] < 0.45
+
+    # simulated: the plasmablast-fed part of anti-dsDNA is washed out faster in the mouse. Apparent clearance
+    # -ln(remaining PB-fed fraction)/t at day 28 (includes the ~1-week plasmablast depletion lag and FcRn effects)
+    def apparent_k(m, t, s):
+        a = _obs(s, "anti_dsdna")[int(np.argmin(np.abs(t - 28.0)))]
+        return -math.log(1.0 - (1.0 - a) / float(m.humoral.f_pb_dsdna)) / 28.0
+
+    assert apparent_k(model, ts, sol) > 1.8 * apparent_k(hmodel, hts, hsol)
 
 
 def test_mouse_no_crs(mouse):
