@@ -84,7 +84,9 @@ def gsa_problem(problem: Mapping[str, Any] | GSAProblem) -> GSAProblem:
     if isinstance(problem, GSAProblem):
         return problem
     if not isinstance(problem, Mapping):
-        raise ValueError(f"`problem` must be a dict with 'names' and 'bounds' or a GSAProblem, got {type(problem).__name__}.")
+        raise ValueError(
+            f"`problem` must be a dict with 'names' and 'bounds' or a GSAProblem, got {type(problem).__name__}."
+        )
     for key in ("names", "bounds"):
         if key not in problem:
             raise ValueError(f"`problem` is missing the key {key!r}; SALib-style problems have 'names' and 'bounds'.")
@@ -118,7 +120,9 @@ def _check_confidence(confidence: float) -> float:
 # Sobol
 
 
-def saltelli_sample(problem: Mapping[str, Any] | GSAProblem, n: int, *, key: jax.Array, method: str = "random") -> np.ndarray:
+def saltelli_sample(
+    problem: Mapping[str, Any] | GSAProblem, n: int, *, key: jax.Array, method: str = "random"
+) -> np.ndarray:
     """The Saltelli design for first- and total-order Sobol indices, `n (d + 2)` rows by `d` columns.
 
     Rows come in blocks of `d + 2` per base sample i: `A_i`, then `AB_i^(1..d)` (`A_i` with column j taken from
@@ -278,8 +282,8 @@ def sobol_indices(
     n_keep = int(keep.sum())
     if n_keep < 2:
         raise ValueError(f"Only {n_keep} base samples have all d + 2 runs successful and finite; need at least 2.")
-    s1, st, s1_sd, st_sd = _sobol_core(jnp.asarray(np.where(keep.reshape((n,) + (1,) * (blocks.ndim - 1)), blocks, 0.0)),
-                                       jnp.asarray(keep), key, n_bootstrap)
+    blocks = np.where(keep.reshape((n,) + (1,) * (blocks.ndim - 1)), blocks, 0.0)  # dropped rows: zeros
+    s1, st, s1_sd, st_sd = _sobol_core(jnp.asarray(blocks), jnp.asarray(keep), key, n_bootstrap)
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
     return SobolResult(prob.names, np.asarray(s1), z * np.asarray(s1_sd), np.asarray(st), z * np.asarray(st_sd),
                        confidence, n_keep, n - n_keep)

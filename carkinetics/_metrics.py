@@ -26,7 +26,9 @@ def _as_grid(ts: Any, values: Any) -> tuple[Array, Array]:
     ts = jnp.asarray(ts)
     values = jnp.asarray(values)
     if ts.ndim != 1 or ts.shape[0] < 1:
-        raise ValueError(f"`ts` must be a non-empty 1-D time grid (days), got shape {ts.shape}; use jax.vmap for batches.")
+        raise ValueError(
+            f"`ts` must be a non-empty 1-D time grid (days), got shape {ts.shape}; use jax.vmap for batches."
+        )
     if values.shape != ts.shape:
         raise ValueError(
             f"`values` must have the same shape as `ts` {ts.shape}, got {values.shape}; use jax.vmap over a batch "

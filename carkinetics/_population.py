@@ -177,7 +177,9 @@ def virtual_population(
     allp = parameters(model)
     if covariance is not None:
         if omega is not None or correlation is not None:
-            raise ValueError("Give either `omega` (with optional `correlation`) or `covariance` with `names`, not both.")
+            raise ValueError(
+                "Give either `omega` (with optional `correlation`) or `covariance` with `names`, not both."
+            )
         if names is None:
             raise ValueError("`names` is required with `covariance` (the parameters of its rows and columns).")
         iiv = tuple(names)
@@ -224,8 +226,10 @@ def virtual_population(
     bad = np.any((theta_typ <= lo) | (theta_typ >= hi), axis=1)
     if np.any(bad):
         j = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"Covariate effects move the typical values of member {j} to {dict(zip(names_all, theta_typ[j]))}, "
-                         "on or outside the declared bounds.")
+        raise ValueError(
+            f"Covariate effects move the typical values of member {j} to {dict(zip(names_all, theta_typ[j]))}, "
+            "on or outside the declared bounds."
+        )
     z = _unconstrained(space, model, theta_typ)
     eta = _mvn(key, n, cov) if iiv else np.zeros((n, 0))
     for i, p in enumerate(iiv):

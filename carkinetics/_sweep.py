@@ -603,7 +603,9 @@ def sweep_model(
                 f"bounds [{info.lower}, {info.upper}]."
             )
         if n is not None and arr.shape[0] != n:
-            raise ValueError(f"All `samples` must have the same number of members; {name!r} has {arr.shape[0]}, not {n}.")
+            raise ValueError(
+                f"All `samples` must have the same number of members; {name!r} has {arr.shape[0]}, not {n}."
+            )
         n = arr.shape[0]
         params[name] = arr
     member: dict[str, Any] = {"params": params}
@@ -620,6 +622,7 @@ def sweep_model(
         if bad:
             raise ValueError(f"With EnsembleEvaluator, `sweep_model` accepts t0, rtol, atol, max_steps and adjoint as "
                              f"solver settings; got {bad}.")
-    fn = _ModelMember(floats_to_arrays(model), regimen, jnp.asarray(ts, dtype=float), metrics, keep_trajectories, simulate_kwargs)
+    fn = _ModelMember(floats_to_arrays(model), regimen, jnp.asarray(ts, dtype=float), metrics, keep_trajectories,
+                      simulate_kwargs)
     return sweep(fn, member, chunk_size=chunk_size, devices=devices, checkpoint=checkpoint, progress=progress,
                  has_ok=True, evaluator=evaluator)

@@ -102,7 +102,8 @@ def test_shape_validation():
 def test_vmap_batch():
     batch = jnp.stack([V, 2.0 * V, V + 1.0])
     np.testing.assert_allclose(jax.vmap(M.auc, in_axes=(None, 0))(TS, batch), [8.0, 16.0, 12.0], atol=1e-12)
-    np.testing.assert_allclose(jax.vmap(lambda v: M.time_below(TS, v, 2.0))(batch), [2.0, 1.0, 1.0], atol=1e-12)  # crossings at 1,3 / 0.5,3.5 / 0.5,3.5
+    # Crossings of 2.0 at t = 1, 3 / 0.5, 3.5 / 0.5, 3.5.
+    np.testing.assert_allclose(jax.vmap(lambda v: M.time_below(TS, v, 2.0))(batch), [2.0, 1.0, 1.0], atol=1e-12)
 
 
 @pytest.mark.parametrize("which", ["tmax", "time_below", "first_crossing", "auc_window", "half_life", "fold"])
