@@ -194,3 +194,15 @@ def test_sharded_ensemble_evaluator():
     # The batched ensemble solver sharded over 4 devices equals itself on one device, and vmap(simulate) to tol.
     assert res["n_devices"] == 4 and res["max_rel_diff"] <= 1e-12
     assert res["ens_failed"] == 0 and res["ens_diff"] <= 1e-12 and res["ens_vs_vmap"] <= 1e-5
+
+
+def test_progress_reports_failures_and_generic_ok_flag(capsys):
+    def member(x):
+        return {"y": 2.0 * x}, x < 5.0  # members 5..7 "fail"
+
+    res = ck.sweep(member, np.arange(8.0), chunk_size=3, has_ok=True, progress=True)
+    err = capsys.readouterr().err
+    assert "chunk 3/3" in err and "8 members, 3 failed" in err
+    assert res.n_failed == 3
+    np.testing.assert_array_equal(res.outputs["y"][:5], 2.0 * np.arange(5.0))
+    assert np.all(np.isnan(res.outputs["y"][5:]))
