@@ -158,6 +158,8 @@ def _resolve_model(name: str, preset: str | None):
         if name not in (None, type(model).__name__):
             raise UserError(f"--preset {preset!r} gives a {type(model).__name__}, not the --model {name!r}.")
         return model
+    if name is None:
+        name = _DEFAULT_MODEL
     if name not in classes:
         raise UserError(f"--model {name!r} is not a model of carkinetics.models; choose one of {sorted(classes)}.")
     try:
@@ -1050,13 +1052,17 @@ def _cmd_demo(args) -> int:
 # argument parsing
 
 
-def _add_model_args(p: argparse.ArgumentParser, default_model: str | None = "TwoCompartmentPK") -> None:
+_DEFAULT_MODEL = "TwoCompartmentPK"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=default_model,
+    g.add_argument("--model", default=None,
                    help="model class in carkinetics.models, e.g. TwoCompartmentPK or SLECarTModel "
-                        f"(default: {default_model})")
+                        f"(default: {_DEFAULT_MODEL}, or the preset's model)")
     g.add_argument("--preset", default=None,
-                   help="named parameter preset of the SLE model: human, mouse_nzbw, mouse_mrl_lpr")
+                   help="named parameter preset of the SLE model (human, mouse_nzbw, mouse_mrl_lpr) or a preset "
+                        "TOML file")
     g.add_argument("--params", metavar="TOML", default=None,
                    help='parameter overrides: a [parameters] table of dotted name = value, e.g. "car.rho" = 0.8')
 

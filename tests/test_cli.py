@@ -297,3 +297,17 @@ def test_simulate_reads_data_to_overlay(files, kind):
     (files / "bad.csv").write_text("when,what\n1,2\n")
     with pytest.raises(cli.UserError, match=r"expected NONMEM-style columns \(TIME, DV, CMT\) or tidy columns"):
         cli._read_data(str(files / "bad.csv"), TwoCompartmentPK())
+
+
+def test_preset_selects_the_sle_model(monkeypatch):
+    import carkinetics.models as models
+
+    if not hasattr(models, "load_preset"):
+        pytest.skip("the composed SLE model is not in this installation")
+    model = cli._resolve_model(None, "mouse_nzbw")
+    assert type(model).__name__ == "SLECarTModel"
+    assert float(model.body.weight_kg) < 1.0  # a mouse, in kg
+    with pytest.raises(cli.UserError, match="gives a SLECarTModel, not the --model 'TwoCompartmentPK'"):
+        cli._resolve_model("TwoCompartmentPK", "human")
+    with pytest.raises(cli.UserError, match="--preset 'nope'"):
+        cli._resolve_model(None, "nope")
