@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._parameters import ParameterSpace, parameters
+from ._parameters import parameters
 from ._shapley import MechanismGroup, _check_groups, _check_pair, shapley_attribution
 
 #: Default spread (standard deviation in the unconstrained log / logit space) of parameter samples, by
@@ -44,11 +44,13 @@ def sample_parameters(
 ) -> dict[str, Any]:
     """Draw parameter samples around the values of `model`, with a spread set by each parameter's confidence tag.
 
-    Each named scalar parameter is perturbed in the unconstrained space of [`carkinetics.ParameterSpace`][]
-    (`log` for positive parameters, a scaled `logit` for parameters bounded on both sides), so samples stay within
-    the declared bounds: `z = z0 + spread[tag] * N(0, 1)`. A positive parameter thus gets a log-normal spread
-    with median at the model's value. Parameters sitting on a bound (e.g. a rejection rate of exactly 0) and
-    non-scalar parameters are held fixed.
+    With `s = spread[tag]` and `e ~ N(0, 1)`, a parameter with the default bounds `[0, inf)` is sampled
+    log-normally, `x exp(s e)`, i.e. with its median at the model's value. A parameter bounded on both sides
+    (e.g. a fraction) is sampled logit-normally on its interval, `logit(u') = logit(u) + s e` with
+    `u = (x - lower) / (upper - lower)`. Any other parameter (e.g. an onset time that may be negative) gets a
+    normal spread relative to its size, `x + s |x| e`, clipped to its bounds. Parameters sitting on a bound
+    (e.g. a rejection rate of exactly 0), parameters of value 0 without a natural scale and non-scalar parameters
+    are held fixed.
 
     **Arguments:**
 
@@ -85,17 +87,24 @@ def sample_parameters(
         if tag_of[n] not in spread:
             raise ValueError(f"`spread` has no entry for the confidence tag {tag_of[n]!r} of parameter {n!r}.")
         v = np.asarray(p.value, dtype=float)
-        if v.ndim == 0 and p.info.lower < float(v) < p.info.upper and spread[tag_of[n]] > 0:
+        if v.ndim == 0 and p.info.lower < float(v) < p.info.upper and float(v) != 0.0 and spread[tag_of[n]] > 0:
             chosen.append(n)
     if not chosen:
         return {}
-    space = ParameterSpace(model, chosen)
-    z0 = space.to_vector(model)
-    sd = jnp.asarray([spread[tag_of[n]] for n in chosen])
-    eps = jax.random.normal(key, (n_samples, len(chosen)), dtype=z0.dtype)
-    z = z0[None, :] + sd[None, :] * eps
-    vals = jax.vmap(lambda zz: space.values(space.to_model(model, zz)))(z)
-    return {n: vals[:, i] for i, n in enumerate(chosen)}
+    eps = np.asarray(jax.random.normal(key, (n_samples, len(chosen))), dtype=float)
+    out = {}
+    for i, n in enumerate(chosen):
+        x, lo, hi = float(np.asarray(allp[n].value)), allp[n].info.lower, allp[n].info.upper
+        sd = spread[tag_of[n]] * eps[:, i]
+        if lo == 0.0 and np.isinf(hi):
+            vals = x * np.exp(sd)
+        elif np.isfinite(lo) and np.isfinite(hi):
+            u = (x - lo) / (hi - lo)
+            vals = lo + (hi - lo) / (1.0 + np.exp(-(np.log(u) - np.log1p(-u) + sd)))
+        else:
+            vals = np.clip(x + abs(x) * sd, lo, hi)
+        out[n] = jnp.asarray(vals)
+    return out
 
 
 def _tags(model: Any, overrides: Mapping[str, str] | None) -> dict[str, str]:

@@ -145,3 +145,18 @@ def test_failed_coalitions_are_reported():
     # every coalition with the human V1 has cmax = 2.56 mg/L < 60: log of a negative number is NaN
     assert tm.n_failed == 4
     assert "4 of 8 coalition evaluations gave non-finite metrics" in tm.narrative()
+
+
+def test_sample_parameters_transforms(getkey):
+    from carkinetics.models import SLECarTModel
+
+    model = SLECarTModel()  # car.t_rej: onset day 70 with bounds [-1e4, inf); humoral.f_pb_dsdna: a fraction
+    s = ck.sample_parameters(model, ["car.t_rej", "humoral.f_pb_dsdna"], getkey(), 4000,
+                             tags={"car.t_rej": "A", "humoral.f_pb_dsdna": "M"})
+    t = np.asarray(s["car.t_rej"])
+    # a shifted lower bound gives a normal spread relative to the value (sd 0.3 x 70 d), not log(x + 1e4)
+    assert np.std(t) == pytest.approx(0.3 * 70.0, rel=0.05) and np.median(t) == pytest.approx(70.0, abs=1.5)
+    f = np.asarray(s["humoral.f_pb_dsdna"])
+    logit = np.log(f / (1.0 - f))
+    assert np.all((f > 0.0) & (f < 1.0))
+    assert np.std(logit) == pytest.approx(0.5, rel=0.05) and np.median(logit) == pytest.approx(np.log(4.0), abs=0.05)

@@ -32,18 +32,21 @@ def _group(groups, gap):
 def test_igg_clearance_swap_changes_half_life_by_preset_ratio(arms, metrics_fn):
     mouse, human, groups = arms
     g1 = _group(groups, "G1")
-    assert g1.parameters == ("model.humoral.k_igg",)
+    assert "model.humoral.k_igg" in g1.parameters
     ratio = float(mouse.model.humoral.k_igg / human.model.humoral.k_igg)
     assert ratio == pytest.approx(3.0, rel=0.05)  # the presets' IgG t1/2: ~7 d vs ~21 d
     sw = ck.one_group_swaps(metrics_fn, mouse, human, [g1], batch_size=BATCH)
     t_mouse = float(sw.base["anti-dsDNA t1/2"])
-    t_mouse_g1 = t_mouse + float(sw.forward["anti-dsDNA t1/2"][0])  # mouse with the human IgG clearance
+    t_mouse_g1 = t_mouse + float(sw.forward["anti-dsDNA t1/2"][0])  # mouse with the human IgG-clearance group
     t_human = float(sw.target["anti-dsDNA t1/2"])
-    t_human_g1 = t_human - float(sw.reverse["anti-dsDNA t1/2"][0])  # human with the mouse IgG clearance
-    # swapping only G1 changes the autoantibody half-life by the preset ratio, in both directions
-    assert t_mouse_g1 / t_mouse == pytest.approx(ratio, rel=0.03)
-    assert t_human / t_human_g1 == pytest.approx(ratio, rel=0.03)
-    assert t_human == pytest.approx(np.log(2.0) / float(human.model.humoral.k_igg), rel=0.03)
+    t_human_g1 = t_human - float(sw.reverse["anti-dsDNA t1/2"][0])  # human with the mouse IgG-clearance group
+    # swapping only G1 changes the autoantibody half-life by the preset ratio (~3x), in both directions; the
+    # remaining few % are the FcRn-saturation term of the same group (clearance depends on the total IgG level)
+    assert t_mouse_g1 / t_mouse == pytest.approx(ratio, rel=0.1)
+    assert t_human / t_human_g1 == pytest.approx(ratio, rel=0.1)
+    assert t_human == pytest.approx(np.log(2.0) / float(human.model.humoral.k_igg), rel=0.1)
+    # and G1 is the only thing that sets it: the other groups leave the half-life unchanged
+    assert t_mouse_g1 == pytest.approx(t_human, rel=0.02) and t_human_g1 == pytest.approx(t_mouse, rel=0.02)
 
 
 def test_two_group_difference_gets_the_whole_gap(arms, metrics_fn):
@@ -73,9 +76,10 @@ def test_reduced_shipped_map_reproducible(metrics_fn):
     assert ok.all() and tm.n_failed == 0
     rel = np.abs(tm.shapley.sum(0) - tm.total) / np.maximum(np.abs(tm.total), 1e-300)
     assert np.max(rel[np.abs(tm.total) > 1e-9]) <= 1e-8  # Shapley efficiency on the SLE model
-    # the IgG-clearance group carries the autoantibody half-life gap (mouse ~7 d -> human ~21 d)
+    # the IgG-clearance group carries the autoantibody half-life gap (mouse ~7 d -> human ~21 d); the rest moves
+    # the clearance through the total IgG level (FcRn saturation), a few % of the gap
     k = tm.metric_names.index("anti-dsDNA t1/2")
-    assert tm.shapley[0, k] / tm.total[k] == pytest.approx(1.0, abs=0.05)
+    assert tm.shapley[0, k] / tm.total[k] == pytest.approx(1.0, abs=0.1)
     # rejection exists only in the human preset: it dominates the CAR persistence gap
     k = tm.metric_names.index("CAR persistence")
     assert np.argmax(np.abs(tm.shapley[:, k])) == 1 and tm.total[k] < 0
