@@ -56,11 +56,13 @@ def test_per_member_boluses_match_analytic(method):
 
 @pytest.mark.parametrize("method", METHODS, ids=IDS)
 def test_infusions_and_shared_regimen_agree_with_simulate(method):
-    # Bolus + a 6-hour infusion + a repeated bolus, shared by all members; compared with diffrax (ck.simulate)
-    # at a tight tolerance, member by member.
+    # Bolus + two infusions starting together (a zero-length segment between their starts, which must move
+    # nothing) + a repeated bolus, shared by all members; compared with diffrax (ck.simulate) at a tight
+    # tolerance, member by member.
     models = jax.vmap(lambda cl, q: TwoCompartmentPK(cl=cl, q=q))(jnp.array([100.0, 192.0, 300.0]),
                                                                    jnp.array([150.0, 206.4, 400.0]))
     reg = ck.Regimen([ck.Bolus(0.0, 100.0, "central"), ck.Infusion(0.5, "central", amount=50.0, duration=0.25),
+                      ck.Infusion(0.5, "peripheral", rate=400.0, duration=0.5),
                       ck.Bolus(1.25, 30.0, "peripheral", ii=0.5, addl=2)])
     sol = ck.simulate_ensemble(models, reg, TS, method=method, rtol=1e-8, atol=1e-10)
     assert bool(jnp.all(sol.ok))
@@ -174,6 +176,21 @@ def test_no_retrace_on_new_values():
     size = cache._cache_size()
     run(1.1, 900.0, 1.7)
     assert cache._cache_size() == size
+
+
+@pytest.mark.parametrize("size", [6, 20])
+def test_batched_lu_solve(size):
+    # Both code paths (unrolled for small systems, fori_loop for large ones) against numpy, pivoting required
+    # (random matrices have no dominant diagonal).
+    from carkinetics._ensemble import base
+
+    rng = np.random.default_rng(size)
+    a = rng.normal(size=(size, size, 5))
+    b = rng.normal(size=(size, 5))
+    lu, perm = base.batched_lu_factor(jnp.asarray(a))
+    x = base.batched_lu_solve(lu, perm, jnp.asarray(b))
+    ref = np.stack([np.linalg.solve(a[:, :, i], b[:, i]) for i in range(5)], axis=1)
+    assert np.max(np.abs(np.asarray(x) - ref)) < 1e-10 * np.max(np.abs(ref))
 
 
 def test_input_validation():

@@ -322,10 +322,13 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
         idx = idx + count
 
         # Advance accepted members; apply the next jump at the end of a segment.
-        t = jnp.where(accept, t_new, t)
-        y = jnp.where(accept[None, :], y1, y)
-        cache = jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b) if a.ndim == 1 else
-                                       jnp.where(accept[None, :], a, b) if a.ndim == 2 else a, cache1, cache)
+        # A zero-length step (a member at the end of its segment) moves nothing: its y1 was computed with the
+        # placeholder step size and is discarded.
+        moved = accept & ~zero
+        t = jnp.where(moved, t_new, t)
+        y = jnp.where(moved[None, :], y1, y)
+        cache = jax.tree_util.tree_map(lambda a, b: jnp.where(moved, a, b) if a.ndim == 1 else
+                                       jnp.where(moved[None, :], a, b) if a.ndim == 2 else a, cache1, cache)
         at_end = accept & (t >= seg_end)
         advance = at_end & (k < n_seg - 1)
         finished = at_end & (k == n_seg - 1)

@@ -52,6 +52,11 @@ class AbstractEnsembleMethod(eqx.Module):
         """Dense output at the fraction `theta` (shape `(N,)`) of the last step."""
 
 
+#: Matrices up to this size are factorised with a Python-unrolled elimination (fastest to run); larger ones with a
+#: `fori_loop` over columns (compile time independent of the size, e.g. the 28-state SLE model).
+UNROLL_MAX = 12
+
+
 def batched_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
     """LU factorisation with partial pivoting of `N` small matrices stored batch-last (`a[i, j, n]`).
 
@@ -62,6 +67,8 @@ def batched_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
     and the row permutation `(S, N)` (row `i` of `P a` is row `perm[i]` of `a`).
     """
     s = a.shape[0]
+    if s > UNROLL_MAX:
+        return _lu_factor_loop(a)
     rows = jnp.arange(s)[:, None]
     perm = jnp.broadcast_to(rows, (s, a.shape[2]))
     for k in range(s - 1):
@@ -79,10 +86,48 @@ def batched_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
     return a, perm
 
 
+def _lu_factor_loop(a):
+    s, _, n = a.shape
+    rows = jnp.arange(s)
+    perm0 = jnp.broadcast_to(rows[:, None], (s, n))
+
+    def column(k, carry):
+        a, perm = carry
+        col = jnp.where(rows[:, None] >= k, jnp.abs(a[:, k, :]), -1.0)
+        p = jnp.argmax(col, axis=0)  # (N,)
+        row_k, row_p = a[k], jnp.take_along_axis(a, p[None, None, :], axis=0)[0]
+        is_k = rows[:, None] == k
+        is_p = rows[:, None] == p[None, :]
+        a = jnp.where(is_k[:, None, :], row_p[None], jnp.where(is_p[:, None, :], row_k[None], a))
+        pk, pp = perm[k], jnp.take_along_axis(perm, p[None, :], axis=0)[0]
+        perm = jnp.where(is_k, pp[None], jnp.where(is_p, pk[None], perm))
+        below = rows[:, None] > k  # (S, 1)
+        l = jnp.where(below, a[:, k, :] / a[k, k][None, :], 0.0)  # (S, N)
+        u_row = jnp.where(below, a[k], 0.0)  # row k right of the diagonal, indexed by column
+        a = a - l[:, None, :] * u_row[None, :, :]
+        a = jnp.where(below[:, :, None] & is_k[None, :, :], l[:, None, :], a)
+        return a, perm
+
+    return jax.lax.fori_loop(0, s - 1, column, (a, perm0))
+
+
 def batched_lu_solve(lu: Array, perm: Array, b: Float[Array, "S N"]) -> Float[Array, "S N"]:
     """Solve `a x = b` for every member, given `batched_lu_factor(a)`."""
     s = lu.shape[0]
     x = jnp.take_along_axis(b, perm, axis=0)
+    if s > UNROLL_MAX:
+        rows = jnp.arange(s)[:, None]
+
+        def fwd(j, x):
+            return x - jnp.where(rows > j, lu[:, j, :], 0.0) * x[j][None, :]
+
+        def bwd(i, x):
+            j = s - 1 - i
+            xj = x[j] / lu[j, j]
+            x = jnp.where(rows == j, xj[None, :], x)
+            return x - jnp.where(rows < j, lu[:, j, :], 0.0) * xj[None, :]
+
+        return jax.lax.fori_loop(0, s, bwd, jax.lax.fori_loop(0, s - 1, fwd, x))
     for j in range(s - 1):  # forward substitution with the unit lower factor
         x = x.at[j + 1:].add(-lu[j + 1:, j, :] * x[j][None, :])
     for j in range(s - 1, -1, -1):  # back substitution with the upper factor

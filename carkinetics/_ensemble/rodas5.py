@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .base import AbstractEnsembleMethod, batched_jacobian, batched_lu_factor, batched_lu_solve
 
@@ -43,6 +45,24 @@ _H = (
 )
 
 
+def _full_tableau():
+    a = np.zeros((8, 8))
+    c = np.zeros((8, 8))
+    for i, row in enumerate(_A):
+        a[i + 1, : len(row)] = row
+    a[6, :5], a[6, 5] = _A[4], 1.0  # stage 7 at y6 + u6
+    a[7, :5], a[7, 5], a[7, 6] = _A[4], 1.0, 1.0  # stage 8 at y6 + u6 + u7
+    for i, row in enumerate(_C):
+        c[i + 1, : len(row)] = row
+    ct = np.array((0.0,) + _CT + (1.0, 1.0, 1.0))
+    d = np.array(_D + (0.0, 0.0, 0.0))
+    m = np.concatenate([np.array(_A[4]), [1.0, 1.0, 1.0]])
+    return a, c, ct, d, m
+
+
+_A_FULL, _C_FULL, _CT_FULL, _D_FULL, _M = _full_tableau()
+
+
 class EnsembleRodas5(AbstractEnsembleMethod):
     """Rodas5: an 8-stage, order 5(4), stiffly accurate and L-stable Rosenbrock method for stiff ensembles.
 
@@ -70,33 +90,24 @@ class EnsembleRodas5(AbstractEnsembleMethod):
 
     def step(self, f, t, y, dt, cache):
         h = dt[None, :]
-        s = y.shape[0]
+        dtype = y.dtype
         f0, jac, f_t = batched_jacobian(f, t, y)
-        w = jnp.eye(s, dtype=y.dtype)[:, :, None] / (_GAMMA * h)[None] - jac
+        w = jnp.eye(y.shape[0], dtype=dtype)[:, :, None] / (_GAMMA * h)[None] - jac
         lu, perm = batched_lu_factor(w)
-        us = []
-        for i in range(8):
-            if i == 0:
-                fi = f0
-            elif i < 5:
-                yi = y + sum(a * u for a, u in zip(_A[i - 1], us))
-                fi = f(t + _CT[i - 1] * dt, yi)
-            else:
-                if i == 5:
-                    y_stage = y + sum(a * u for a, u in zip(_A[4], us))
-                else:
-                    y_stage = y_stage + us[-1]
-                fi = f(t + dt, y_stage)
-            rhs = fi
-            if i < 5:
-                rhs = rhs + _D[i] * h * f_t
-            if i > 0:
-                rhs = rhs + sum(c * u for c, u in zip(_C[i - 1], us)) / h
-            us.append(batched_lu_solve(lu, perm, rhs))
-        y1 = y_stage + us[-1]
-        y_err = us[-1]
-        dense = tuple(sum(c * u for c, u in zip(row, us)) for row in _H)
-        return y1, y_err, dense, cache
+        a_full, c_full = jnp.asarray(_A_FULL, dtype), jnp.asarray(_C_FULL, dtype)
+        ct_full, d_full = jnp.asarray(_CT_FULL, dtype), jnp.asarray(_D_FULL, dtype)
+        u = jnp.zeros((8,) + y.shape, dtype).at[0].set(batched_lu_solve(lu, perm, f0 + _GAMMA * h * f_t))
+
+        # Stages 2..8 in a `fori_loop` (the model is traced once, whatever the number of stages).
+        def stage(i, u):
+            fi = f(t + ct_full[i] * dt, y + jnp.tensordot(a_full[i], u, axes=1))
+            rhs = fi + d_full[i] * h * f_t + jnp.tensordot(c_full[i], u, axes=1) / h
+            return u.at[i].set(batched_lu_solve(lu, perm, rhs))
+
+        u = jax.lax.fori_loop(1, 8, stage, u)
+        y1 = y + jnp.tensordot(jnp.asarray(_M, dtype), u, axes=1)
+        dense = tuple(jnp.tensordot(jnp.asarray(_H, dtype), u, axes=1))
+        return y1, u[7], dense, cache
 
     def interpolate(self, dense, y0, y1, theta):
         k1, k2, k3 = dense

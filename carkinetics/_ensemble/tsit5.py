@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -42,7 +43,17 @@ _B_HAT = (0.94680755765839458074788762557589228561175273577246312261395740657855
           1.866628418170587035753719399566211498666255505244122593996591602841258328965767580089,
           1.0 / 66.0)
 _B_ERR = tuple(np.array(_B + (0.0,)) - np.array(_B_HAT))
-_C = (0.161, 0.327, 0.9, 0.9800255409045096857298102862870245954942137979563024768854764293221195950761080302604, 1.0, 1.0)
+_C_FULL = (0.161, 0.327, 0.9, 0.9800255409045096857298102862870245954942137979563024768854764293221195950761080302604, 1.0, 1.0)
+
+
+def _padded_tableau():
+    a = np.zeros((6, 7))  # rows: stages 2..6, then b (the FSAL stage 7 is evaluated at y1)
+    for i, row in enumerate(_A + (_B,)):
+        a[i, : len(row)] = row
+    return a
+
+
+_A_FULL = _padded_tableau()
 
 
 class EnsembleTsit5(AbstractEnsembleMethod):
@@ -67,17 +78,22 @@ class EnsembleTsit5(AbstractEnsembleMethod):
         return f0
 
     def step(self, f, t, y, dt, cache):
+        # The 6 new stages run in a `fori_loop` over rows of the (padded) tableau, so the model's vector field is
+        # traced once, not 6 times: compile time matters for large models (28 states for the SLE model).
         h = dt[None, :]
-        ks = [cache]
-        for i, row in enumerate(_A):
-            incr = sum(a * k for a, k in zip(row, ks))
-            ks.append(f(t + _C[i] * dt, y + h * incr))
-        y1 = y + h * sum(b * k for b, k in zip(_B, ks))
-        k7 = f(t + dt, y1)
-        ks.append(k7)
-        y_err = h * sum(b * k for b, k in zip(_B_ERR, ks) if b != 0.0)
-        dense = (dt, jnp.stack(ks))
-        return y1, y_err, dense, k7
+        dtype = y.dtype
+        a_full = jnp.asarray(_A_FULL, dtype)
+        c_full = jnp.asarray(_C_FULL, dtype)
+        ks = jnp.zeros((7,) + y.shape, dtype).at[0].set(cache)
+
+        def stage(i, ks):
+            incr = jnp.tensordot(a_full[i], ks, axes=1)
+            return ks.at[i + 1].set(f(t + c_full[i] * dt, y + h * incr))
+
+        ks = jax.lax.fori_loop(0, 6, stage, ks)
+        y1 = y + h * jnp.tensordot(a_full[5], ks, axes=1)  # the last tableau row is b (FSAL)
+        y_err = h * jnp.tensordot(jnp.asarray(_B_ERR, dtype), ks, axes=1)
+        return y1, y_err, (dt, ks), ks[6]
 
     def interpolate(self, dense, y0, y1, theta):
         del y1
