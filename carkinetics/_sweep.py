@@ -145,9 +145,13 @@ def _run_chunk(fn: Callable, chunk: Any, evaluator: Callable, has_ok: bool, mesh
     if mesh is None:
         return body(fn_dyn, chunk)
     spec = PartitionSpec(_AXIS)
-    return jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec(), spec), out_specs=spec, check_vma=False)(
-        fn_dyn, chunk
-    )
+    if hasattr(jax, "shard_map"):
+        mapped = jax.shard_map(body, mesh=mesh, in_specs=(PartitionSpec(), spec), out_specs=spec, check_vma=False)
+    else:  # JAX < 0.6: the experimental spelling
+        from jax.experimental.shard_map import shard_map
+
+        mapped = shard_map(body, mesh=mesh, in_specs=(PartitionSpec(), spec), out_specs=spec, check_rep=False)
+    return mapped(fn_dyn, chunk)
 
 
 class _Progress:

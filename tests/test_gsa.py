@@ -72,6 +72,20 @@ def test_sobol_matches_salib_on_same_samples():
     np.testing.assert_allclose(ours2.ST, ref2["ST"], rtol=1e-10, atol=1e-12)
 
 
+def test_sobol_design_qmc_ishigami():
+    # Scrambled Sobol' base samples (SciPy): the Saltelli layout, and indices within the 99 % bootstrap interval
+    # of the analytic values.
+    x = ck.saltelli_sample(PROBLEM, 4096, key=jax.random.key(11), method="sobol")
+    assert x.shape == (4096 * 5, 3) and np.all(np.abs(x) <= np.pi)
+    blocks = x.reshape(4096, 5, 3)
+    np.testing.assert_array_equal(blocks[:, 1, 1:], blocks[:, 0, 1:])  # AB_1 = A except column 1 ...
+    np.testing.assert_array_equal(blocks[:, 1, 0], blocks[:, 4, 0])  # ... which comes from B
+    res = ck.sobol_indices(PROBLEM, ishigami_np(x), key=jax.random.key(12), confidence=0.99)
+    s1, st = ishigami_analytic()
+    assert np.all(np.abs(res.S1 - s1) <= res.S1_conf), (res.S1, s1, res.S1_conf)
+    assert np.all(np.abs(res.ST - st) <= res.ST_conf), (res.ST, st, res.ST_conf)
+
+
 def test_sobol_time_course_and_dropped_failures():
     x = ck.saltelli_sample(PROBLEM, 512, key=jax.random.key(7))
     t = np.linspace(0.0, 1.0, 4)
