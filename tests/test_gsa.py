@@ -138,6 +138,13 @@ def test_morris_matches_salib_and_linear_truth():
                                 num_levels=6, num_resamples=10, seed=1)
     sours = ck.morris_indices(prob, xs, xs[:, 0] ** 2 + xs[:, 1] * xs[:, 2], key=jax.random.key(1))
     np.testing.assert_allclose(sours.mu_star, sref["mu_star"], rtol=1e-10)
+    # Time-course outputs: statistics per output column, equal to the scalar analyses.
+    yt = np.stack([xs[:, 0] ** 2, xs[:, 1] * xs[:, 2]], axis=1)
+    tc = ck.morris_indices(prob, xs, yt, key=jax.random.key(1))
+    assert tc.mu_star.shape == (3, 2) and tc.sigma.shape == (3, 2)
+    col = ck.morris_indices(prob, xs, yt[:, 0], key=jax.random.key(1))
+    np.testing.assert_allclose(tc.mu_star[:, 0], col.mu_star, rtol=1e-12)
+    np.testing.assert_allclose(tc.mu_star[0, 1], 0.0, atol=1e-12)  # x1 does not enter the second output
 
 
 def test_model_sobol_one_compartment():
