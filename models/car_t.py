@@ -34,7 +34,7 @@ Observable: CAR-T cells per µL blood = (E_b + f (M + X)) / V_blood.
 | beta | 0.0032 | 1/d | R | Stein 2019 slow decline β |
 | k_mem | 0.00124 | 1/d | D | F_B (α − β) = 0.0079 × 0.1568 (Stein 2019) |
 | rho, K_stim, b7, b15, k_kill, K_kill, q_kill, k_act, k_exh, d_exh, k_out | see class | | A | tuned to SLE targets |
-| f_blood | 0.033 | 1 | D | Hosseini 2020 T-cell partitions |
+| f_blood | 0.033 | 1 | A | as Hosseini 2020 T-cell partitions |
 | cap | 2 | 1 | A | shared T-cell niche (Kimmel 2021 [R qualitative]) |
 | k_rej, t_rej, w_rej | 1.3, 70, 10 | 1/d, d, d | A | tuned to B-cell return at ~110 d (Mackensen 2022 [R]) |
 
@@ -96,7 +96,7 @@ class CarTParams(eqx.Module):
                             source="assumption (blood residence of lymphocytes ~hours [M])", tag="A")
     f_blood: float = ck.param(
         0.033, unit="1", description="fraction of CAR-T cells in blood at trafficking equilibrium",
-        source="as endogenous T cells: Hosseini 2020 partitions, 5000/153000 = 0.033", tag="D", upper=1.0)
+        source="assumed as endogenous T cells (Hosseini 2020 partitions, 5000/153000 = 0.033)", tag="A", upper=1.0)
     k_rej: float = ck.param(
         1.3, unit="1/d", description="maximal rate of immune rejection of CAR-T cells (all pools)",
         source="tuned so blood B cells return near day 90-110 (Mackensen 2022 [R]); stands for anti-CAR immunity "

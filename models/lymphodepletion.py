@@ -120,8 +120,9 @@ class TCellParams(eqx.Module):
                "5000/(5000+42000+76000+30000) = 0.033", tag="D", upper=1.0)
     d_t: float = ck.param(
         0.003, unit="1/d", description="T-cell loss rate (mixed naive/memory pool)",
-        source="half naive (t1/2 4-6.5 y) and half memory (0.4-0.7 y), Vrisekoop 2008 / den Braber 2012: "
-               "0.5*ln2/(5*365) + 0.5*ln2/(0.55*365) = 0.0019; rounded up for effector turnover", tag="D")
+        source="assumption informed by half naive (t1/2 4-6.5 y) and half memory (0.4-0.7 y) T cells (Vrisekoop 2008, "
+               "den Braber 2012 [R]): 0.5*ln2/(5*365) + 0.5*ln2/(0.55*365) = 0.0019/d, raised to 0.003/d for "
+               "effector turnover", tag="A")
     f_thymic: float = ck.param(
         0.15, unit="1", description="fraction of T-cell production from the thymus (rest: peripheral division)",
         source="den Braber I et al., Immunity 2012;36:288 (thymus 10-20% of naive T production in adults)",
@@ -148,11 +149,11 @@ class TCellParams(eqx.Module):
                              source="IL-15 plasma t1/2 ~1-2 h", tag="M")
     c_il7: float = ck.param(
         0.6, unit="1", description="fraction of IL-7 clearance due to lymphocyte consumption at baseline",
-        source="D: sets the maximal surge 1/(1-c) = 2.5x (IL-7 rises ~2-3x after LD, kinetics.md 3.4 [M])",
-        tag="D", upper=1.0)
+        source="chosen so the maximal surge 1/(1-c) is 2.5x (IL-7 rises ~2-3x after LD, kinetics.md 3.4 [M])",
+        tag="A", upper=1.0)
     c_il15: float = ck.param(
         0.85, unit="1", description="fraction of IL-15 clearance due to lymphocyte consumption at baseline",
-        source="D: sets the maximal surge 1/(1-c) = 6.7x (IL-15 ~5x after conditioning, De Bock 2013 [R]; 5-10x [M])",
+        source="maximal surge 1/(1-c) = 6.7x, above the ~5x after conditioning (De Bock 2013 [R]; 5-10x [M])",
         tag="D", upper=1.0)
     w_nk_il15: float = ck.param(0.5, unit="1", description="share of NK cells in the IL-15 sink at baseline",
                                 source="assumption", tag="A", upper=1.0)
