@@ -379,9 +379,13 @@ def _evaluate_batch(f, models):
 
 
 def _batched(model: Any, names: tuple[str, ...], values: Mapping[str, np.ndarray], size: int) -> Any:
-    """`model` with every array leaf given a leading axis of `size` and the named parameters set from `values`."""
+    """`model` with every array leaf given a leading axis of `size` and the named parameters set from `values`.
+
+    Leaves go through NumPy so that none is weakly typed: otherwise which parameters are batched would change the
+    weak-type pattern of the leaves and force a new compilation.
+    """
     base = jax.tree_util.tree_map(
-        lambda x: jnp.broadcast_to(jnp.asarray(x), (size, *jnp.shape(x))) if eqx.is_array(x) else x, model)
+        lambda x: jnp.asarray(np.broadcast_to(np.asarray(x), (size, *np.shape(x)))) if eqx.is_array(x) else x, model)
     if not names:
         return base
     return eqx.tree_at(lambda m: [_getter(n)(m) for n in names], base, [jnp.asarray(values[n]) for n in names])
