@@ -69,6 +69,20 @@ def test_untreated_human_steady_state():
         assert abs(float(d)) / scale < 1e-12, (name, float(d), float(v))
 
 
+def test_untreated_human_simulation_stays_at_baseline(human):
+    model, ts, _ = human
+    # the Erlangen structure with zero amounts: same compiled program as the treated run
+    zero = (ck.fludarabine(0.0, (-5.0, -4.0, -3.0)) + ck.cyclophosphamide(0.0, (-3.0,))
+            + ck.car_t_infusion(cells=0.0))
+    sol = simulate_default(model, zero, jnp.asarray(ts))
+    b, t = _obs(sol, "b_blood"), _obs(sol, "t_blood")
+    assert np.all((b >= 100.0) & (b <= 500.0)) and np.all((t >= 700.0) & (t <= 2100.0))
+    np.testing.assert_allclose(b, 250.0, rtol=1e-4)  # solver rtol 1e-6, accumulated over 400 d
+    np.testing.assert_allclose(t, 1000.0, rtol=1e-4)
+    np.testing.assert_allclose(_obs(sol, "anti_dsdna"), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(_obs(sol, "sledai"), 16.0, rtol=1e-4)
+
+
 def test_human_run_succeeds(human):
     _, _, sol = human
     assert bool(sol.ok)
