@@ -288,7 +288,9 @@ class TranslationMap(eqx.Module):
                        + (f", {int(round(100 * self.level))}% interval {_fmt(lo[g, k])} to {_fmt(hi[g, k])}"
                           if self.n_samples else "") + ")")
                 if flags[g, k]:
-                    txt += " [rests on unverified M parameters: " + ", ".join(self.group_m_parameters[g]) + "]"
+                    names = self.group_m_parameters[g]
+                    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+                    txt += " [rests on unverified M parameters: " + ", ".join(names[:3]) + more + "]"
                 if unsure[g, k]:
                     txt += " [sign not robust to parameter uncertainty]"
                 parts.append(txt)
