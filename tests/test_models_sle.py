@@ -356,3 +356,15 @@ def test_single_group_swaps_from_mouse_run(human, group):
     assert np.all(np.isfinite(y))
     # amounts are controlled to atol = 1e-6 only: allow round-off of 10 atol below zero
     assert np.all(y >= -1e-6 * np.maximum(np.abs(y).max(axis=0), 1.0) - 1e-5), group
+
+
+def test_mouse_irradiation_alone_arm(mouse):
+    # translation.md G5: in mice, irradiation alone improves lupus (confounds CAR-T attribution); B cells recover
+    model, ts, sol_car = mouse
+    sol_tbi = simulate_default(model, mouse_regimen(model, cells=0.0), jnp.asarray(ts))  # same structure
+    i200 = int(np.argmin(np.abs(ts - 200.0)))
+    b = _obs(sol_tbi, "b_blood") / float(model.bcell.b_blood0)
+    assert b[i200] > 0.5
+    s_tbi, s_car = _obs(sol_tbi, "sledai")[i200], _obs(sol_car, "sledai")[i200]
+    assert s_tbi < 0.5 * 16.0
+    assert s_car < 0.75 * s_tbi
