@@ -129,9 +129,8 @@ def _bsa(model: Any):
 
 
 def _untreated_cd19(model: Any):
-    y0 = model.initial_state_flat()
-    names = model.observable_names()
-    return model.observe_flat(jnp.asarray(0.0, y0.dtype), y0)[names.index("cd19_total")]
+    """Total CD19+ target cells (cells) of the untreated model."""
+    return model.observe(0.0, model.initial_state()).cd19_total
 
 
 def arm_regimen(arm: SLEArm) -> Regimen:
