@@ -1,0 +1,293 @@
+"""Forward ensemble solves: `ck.simulate_ensemble` against scipy LSODA, libroadrunner CVODE and `vmap(ck.simulate)`.
+
+Workloads (`--model`):
+
+- `reference`: the 9-state timing model of issue 8 (`carkinetics.models.reference_workload.ReferenceWorkload`,
+  identical to `/work/shared/bench/reference_workload.py`), days 0..365, 366 daily saves, rtol 1e-6, atol 1e-8.
+- `sle`: the full SLE CAR-T model (`load_preset("human")`, `erlangen_regimen`), days -5..365 with saves at
+  half days (-4.5, -3.5, ..., 364.5, so no save time coincides with a dose), the model's tolerances
+  (rtol 1e-6, atol 1e-6).
+
+Members: member 0 has the nominal parameters; the others have every parameter of the reference workload (or
+five rate parameters of the SLE model) multiplied by a log-normal factor (sigma 0.3 / 0.2, seed 0).
+
+For each tool the script compiles first (reported separately), blocks on results, takes the minimum of
+`--repeats` runs and reports seconds per solve (per patient) = batch time / N, the step count of member 0 and
+the maximum relative error of member 0 against a tight reference (floor: 1e-6 x the state's maximum), so that
+speed is compared at the accuracy each tool actually delivered:
+
+- reference: scipy LSODA at rtol 1e-10, atol 1e-12 (the shared reference's own choice);
+- sle: libroadrunner CVODE at rtol 1e-10, atol 1e-12 on the project's SBML export (`carkinetics.io.to_sbml`),
+  or, if libroadrunner is missing, `ck.simulate` with Kvaerno5 at rtol 1e-10.
+
+scipy and libroadrunner solve one patient at a time (their per-solve time does not depend on N); the JAX tools
+solve the batch at once. `--work-precision` adds a sweep over rtol (N = `--wp-n`) and saves a
+work-precision plot (error against seconds per solve) to `benchmarks/results/`.
+
+Examples:
+
+    python benchmarks/ensemble_vs_peers.py --model reference --n 1,100,1000,10000
+    python benchmarks/ensemble_vs_peers.py --model sle --n 1,100 --repeats 2
+    python benchmarks/ensemble_vs_peers.py --model reference --n 1000 --work-precision
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+
+def _parse():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", choices=["reference", "sle"], default="reference")
+    p.add_argument("--n", default="1,100,1000", help="comma-separated ensemble sizes (up to 1e5 on CPU)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--vmap-max-n", type=int, default=10_000, help="largest N for vmap(ck.simulate) (slow)")
+    p.add_argument("--tools", default="lsoda,cvode,vmap_tsit5,vmap_kvaerno5,ens_tsit5,ens_rodas5")
+    p.add_argument("--work-precision", action="store_true")
+    p.add_argument("--wp-n", type=int, default=1000)
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    return p.parse_args()
+
+
+def main():
+    args = _parse()
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import diffrax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import carkinetics as ck
+
+    tools = args.tools.split(",")
+    ns = [int(float(x)) for x in args.n.split(",")]
+    print(f"jax {jax.__version__}, dtype float64, device {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+          f"{os.cpu_count()} visible CPU cores")
+
+    # ---- workload -------------------------------------------------------------------------------------------
+    if args.model == "reference":
+        from carkinetics.models.reference_workload import SHARED_ORDER, ReferenceWorkload
+
+        base = ReferenceWorkload()
+        regimen = None
+        ts_np = np.linspace(0.0, 365.0, 366)
+        rtol, atol = 1e-6, 1e-8
+        varied = list(SHARED_ORDER)
+        sigma = 0.3
+    else:
+        from carkinetics.models import erlangen_regimen, load_preset
+
+        base = load_preset("human")
+        regimen = erlangen_regimen(base)
+        ts_np = -5.0 + 0.5 + np.arange(370.0)
+        rtol, atol = 1e-6, 1e-6
+        varied = ["car.rho", "car.k_kill", "car.k_exh", "humoral.k_igg", "myeloid.k_il6"]
+        varied = [v for v in varied if _has(ck, base, v)]
+        sigma = 0.2
+    ts = jnp.asarray(ts_np)
+    names = base.state_names()
+
+    def batch(n):
+        rng = np.random.default_rng(0)
+        fac = np.exp(rng.normal(0.0, sigma, (n, len(varied))))
+        fac[0] = 1.0
+        vals = {v: jnp.asarray(float(base.get(v)) * fac[:, i]) for i, v in enumerate(varied)}
+        return jax.vmap(lambda d: base.replace(d))(vals)
+
+    # ---- tight reference ------------------------------------------------------------------------------------
+    t = time.perf_counter()
+    rr_text = None
+    if args.model == "reference":
+        from scipy.integrate import solve_ivp
+
+        y0 = np.asarray(base.initial_state_flat())
+        rhs = _numpy_rhs(base)
+        ref = solve_ivp(rhs, (0.0, 365.0), y0, method="LSODA", t_eval=ts_np, rtol=1e-10, atol=1e-12).y.T
+        ref_name = "scipy LSODA rtol 1e-10 atol 1e-12"
+    else:
+        ref = None
+        try:
+            import carkinetics.io as cio
+
+            rr_text = cio.to_sbml(base, regimen)
+            ref = _roadrunner_solve(rr_text, names, ts_np, -5.0, 1e-10, 1e-12)
+            ref_name = "libroadrunner CVODE rtol 1e-10 atol 1e-12 (project SBML export)"
+        except Exception as e:  # libroadrunner missing or export failure: say so, fall back
+            print(f"CVODE reference unavailable ({type(e).__name__}: {e}); using diffrax Kvaerno5 rtol 1e-10.")
+            sol = ck.simulate(base, regimen, ts, solver=diffrax.Kvaerno5(), rtol=1e-10, atol=1e-12, max_steps=500_000)
+            ref = np.asarray(sol.y_array)
+            ref_name = "diffrax Kvaerno5 rtol 1e-10 atol 1e-12"
+    print(f"reference: {ref_name} ({time.perf_counter() - t:.1f} s)")
+    floor = 1e-6 * np.max(np.abs(ref), axis=0) + 1e-30
+
+    def err(y):
+        y = np.asarray(y)
+        return float(np.max(np.abs(y - ref) / (np.abs(ref) + floor)))
+
+    rows = []
+
+    def record(tool, n, compile_s, batch_s, steps, e, extra=None):
+        row = dict(model=args.model, tool=tool, n=n, compile_s=compile_s, per_solve_s=batch_s / n, steps=steps,
+                   max_rel_err=e, rtol=rtol_now, atol=atol_now)
+        row.update(extra or {})
+        rows.append(row)
+        print(f"{tool:16s} N={n:>7d}  compile {compile_s:7.2f} s  per solve {1e3 * batch_s / n:9.4f} ms  "
+              f"steps {steps!s:>6}  max rel err {e:.2e}", flush=True)
+
+    def best(f, repeats):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            jax.block_until_ready(f())
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    def run_all(ns, tools, rtol_, atol_, repeats):
+        nonlocal rtol_now, atol_now
+        rtol_now, atol_now = rtol_, atol_
+        # one-patient-at-a-time peers (independent of N)
+        if "lsoda" in tools and args.model == "reference":
+            from scipy.integrate import solve_ivp
+
+            rhs = _numpy_rhs(base)
+            y0 = np.asarray(base.initial_state_flat())
+
+            def f():
+                return solve_ivp(rhs, (0.0, 365.0), y0, method="LSODA", t_eval=ts_np, rtol=rtol_, atol=atol_)
+
+            s = f()
+            record("scipy_lsoda", 1, 0.0, best(lambda: f().y, repeats), int(s.nfev), err(s.y.T), {"steps_kind": "nfev"})
+        if "cvode" in tools:
+            try:
+                import carkinetics.io as cio
+                import roadrunner
+
+                text = rr_text or cio.to_sbml(base, regimen)
+                rr = roadrunner.RoadRunner(text)
+                t0 = 0.0 if args.model == "reference" else -5.0
+                rr.integrator.relative_tolerance = rtol_
+                rr.integrator.absolute_tolerance = atol_
+                rr.timeCourseSelections = ["time"] + list(names)
+                times = [0.0] + list(ts_np - t0) if ts_np[0] > t0 else list(ts_np - t0)
+
+                def f():
+                    rr.resetAll()
+                    return rr.simulate(times=times)
+
+                out = np.asarray(f())[:, 1:]
+                out = out[-len(ts_np):]
+                n_rep = max(repeats, 20)
+                record("roadrunner_cvode", 1, 0.0, best(f, n_rep), "-", err(out))
+            except Exception as e:
+                print(f"libroadrunner CVODE skipped: {type(e).__name__}: {e}")
+        for n in ns:
+            models = batch(n)
+            for tool in tools:
+                if tool.startswith("vmap_") and n <= args.vmap_max_n:
+                    solver = diffrax.Tsit5() if tool == "vmap_tsit5" else diffrax.Kvaerno5()
+                    if tool == "vmap_kvaerno5" and n > max(1000, ns[0]):
+                        continue
+                    fn = jax.jit(jax.vmap(lambda m: ck.simulate(m, regimen, ts, solver=solver, rtol=rtol_, atol=atol_,
+                                                                throw=False, max_steps=100_000)))
+                elif tool.startswith("ens_"):
+                    method = ck.EnsembleTsit5() if tool == "ens_tsit5" else ck.EnsembleRodas5()
+
+                    def fn(m, method=method):
+                        return ck.simulate_ensemble(m, regimen, ts, method=method, rtol=rtol_, atol=atol_)
+                else:
+                    continue
+                t = time.perf_counter()
+                sol = jax.block_until_ready(fn(models))
+                first = time.perf_counter() - t
+                bt = best(lambda: fn(models).y_array, repeats)
+                n_fail = int(np.sum(~np.asarray(sol.ok)))
+                record(tool, n, max(first - bt, 0.0), bt, int(sol.num_steps[0]), err(sol.y_array[0]),
+                       {"failed_members": n_fail})
+
+    rtol_now, atol_now = rtol, atol
+    run_all(ns, tools, rtol, atol, args.repeats)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak host RSS {peak:.0f} MiB")
+
+    os.makedirs(args.out, exist_ok=True)
+    wp_rows = []
+    if args.work_precision:
+        n0 = len(rows)
+        for rt in [1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]:
+            at = rt * (atol / rtol)
+            print(f"-- work-precision: rtol {rt:g}, atol {at:g}")
+            run_all([args.wp_n], tools, rt, at, max(1, args.repeats - 1))
+        wp_rows = rows[n0:]
+        _plot(wp_rows, os.path.join(args.out, f"work_precision_{args.model}.png"), args.model, args.wp_n)
+    path = os.path.join(args.out, f"ensemble_vs_peers_{args.model}.json")
+    with open(path, "w") as fh:
+        json.dump(dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(), reference=ref_name,
+                       rows=rows, peak_rss_mib=peak), fh, indent=1)
+    print(f"wrote {path}")
+
+
+def _has(ck, model, name):
+    try:
+        model.get(name)
+        return True
+    except (ValueError, AttributeError, KeyError):
+        return False
+
+
+def _numpy_rhs(model):
+    """The reference workload's right-hand side in NumPy (from the shared reference, same equations)."""
+    sys.path.insert(0, "/work/shared/bench")
+    try:
+        from reference_workload import P0, rhs_np  # the shared reference equations, if present
+    except ImportError:
+        P0 = rhs_np = None
+    if rhs_np is not None:
+        return lambda t, y: rhs_np(t, y, P0)
+    import jax
+    import numpy as np
+
+    f = jax.jit(lambda y: model.vector_field_flat(0.0, y, None))
+    return lambda t, y: np.asarray(f(y))
+
+
+def _roadrunner_solve(sbml, names, ts_np, t0, rtol, atol):
+    import numpy as np
+    import roadrunner
+
+    rr = roadrunner.RoadRunner(sbml)
+    rr.integrator.relative_tolerance = rtol
+    rr.integrator.absolute_tolerance = atol
+    rr.integrator.maximum_num_steps = 1_000_000
+    rr.timeCourseSelections = ["time"] + list(names)
+    times = [0.0] + list(ts_np - t0) if ts_np[0] > t0 else list(ts_np - t0)
+    out = np.asarray(rr.simulate(times=times))[:, 1:]
+    return out[-len(ts_np):]
+
+
+def _plot(rows, path, model, n):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for tool in sorted({r["tool"] for r in rows}):
+        rs = sorted([r for r in rows if r["tool"] == tool], key=lambda r: r["rtol"])
+        ax.loglog([r["per_solve_s"] * 1e3 for r in rs], [r["max_rel_err"] for r in rs], "o-", label=tool)
+    ax.set_xlabel("time per solve (ms)")
+    ax.set_ylabel("max relative error vs tight reference")
+    ax.set_title(f"work-precision, {model} workload (batched tools: N = {n})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
