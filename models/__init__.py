@@ -23,6 +23,7 @@ from .presets import (
     dump_preset as dump_preset,
     load_preset as load_preset,
     preset_names as preset_names,
+    preset_parameter_table as preset_parameter_table,
     preset_records as preset_records,
 )
 from .sle_car_t import (

@@ -20,8 +20,9 @@ non-numeric or non-finite values, values outside the declared bounds, units that
 declared unit, and malformed `gap` labels. All presets build the same `SLECarTModel` class: they differ only in
 values, so parameter groups can be swapped between them.
 
-The provenance (source, tag, gap) of a preset's values is returned by `preset_records`; the `source`/`tag` of
-`model.parameter_table()` describe the class defaults (the human preset).
+The provenance (source, tag, gap) of a preset's values is returned by `preset_records` and, as a printable table,
+by `preset_parameter_table`; the `source`/`tag` of `model.parameter_table()` describe the class defaults (the
+human preset).
 """
 
 from __future__ import annotations
@@ -175,6 +176,30 @@ def load_preset(name: str | os.PathLike) -> SLECarTModel:
     """
     records = preset_records(name)
     return SLECarTModel().replace({k: r.value for k, r in records.items()})
+
+
+def preset_parameter_table(name: str | os.PathLike) -> ck.ParameterTable:
+    """The parameter table of a preset with the preset's own provenance (source and tag of each value).
+
+    `load_preset(name).parameter_table()` shows the class metadata (the human sources); use this for mouse presets.
+
+    **Example:**
+
+    ```python
+    from carkinetics.models import preset_parameter_table
+    print(preset_parameter_table("mouse_nzbw").to_markdown()[:200])
+    ```
+    """
+    records = preset_records(name)
+    declared = ck.parameters(SLECarTModel())
+    rows = []
+    for pname, p in declared.items():
+        r = records[pname]
+        desc = p.info.description + (f" [{r.gap}]" if r.gap else "")
+        info = ck.ParamInfo(unit=r.unit, description=desc, source=r.source, tag=r.tag, lower=p.info.lower,
+                            upper=p.info.upper)
+        rows.append(ck.Parameter(pname, r.value, info))
+    return ck.ParameterTable(rows)
 
 
 def _toml_str(s: str) -> str:

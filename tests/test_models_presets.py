@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-from carkinetics.models import SLECarTModel, dump_preset, load_preset, preset_names, preset_records
+from carkinetics.models import (
+    SLECarTModel,
+    dump_preset,
+    load_preset,
+    preset_names,
+    preset_parameter_table,
+    preset_records,
+)
 
 GROUPS = ("body", "humoral", "bcell", "tcell", "ld", "car", "myeloid", "disease")
 
@@ -153,3 +160,14 @@ def _set_line(text, name, key, value):
     lines = [line for line in text[s:e].split("\n") if not line.startswith(f"{key} =")]
     lines.insert(1, f"{key} = {value}")
     return text[:s] + "\n".join(lines) + text[e:]
+
+
+def test_preset_parameter_table_carries_preset_provenance():
+    table = preset_parameter_table("mouse_nzbw")
+    rows = {p.name: p for p in table}
+    assert len(rows) == len(ck.parameters(SLECarTModel()))
+    assert rows["humoral.k_igg"].info.source.startswith("mouse IgG t1/2")
+    assert rows["car.k_rej"].value == 0.0 and rows["car.k_rej"].info.tag == "A"
+    assert "[G4]" in rows["car.k_rej"].info.description
+    md = table.to_markdown()
+    assert "| humoral.k_igg | 0.099021 | 1/d |" in md
