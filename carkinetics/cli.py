@@ -964,7 +964,9 @@ def _step_sbml(ctx: DemoContext) -> None:
     ctx.report.text(
         f"The human preset with the Erlangen regimen as SBML ({os.path.basename(path)}) and Antimony, for "
         "libroadrunner, COPASI or AMICI users: states as rate rules, observables as assignment rules, every "
-        "parameter named (dots become underscores), doses as events. Time unit: day."
+        "parameter named (dots become underscores), doses as events. Time unit: day; the SBML clock starts at the "
+        "first dose (day -5), stored in the parameter t_start (carkinetics day = SBML time + t_start). In "
+        "libroadrunner use the Adams mode (integrator.stiff = False) for this model."
     )
 
 

@@ -177,17 +177,39 @@ def test_bad_arguments_raise():
         cio.to_antimony(OneCompartmentPK(), name="1 bad")
 
 
-def test_sle_model_with_car_t_bolus_matches_roadrunner():
+def test_sle_model_under_the_erlangen_regimen_matches_roadrunner():
     models = pytest.importorskip("carkinetics.models")
     if not hasattr(models, "load_preset"):
         pytest.skip("the composed SLE model is not in this installation")
     model = models.load_preset("human")
-    regimen = ck.car_t_infusion(cells_per_kg=1e6, weight_kg=70.0)
-    ts = np.linspace(0.0, 60.0, 31)
+    regimen = models.erlangen_regimen(model)  # Flu/Cy infusions on days -5..-3, CAR-T bolus on day 0
+    ts = np.linspace(-6.0, 30.0, 73)
+    text = cio.to_antimony(model, regimen, t0=-6.0)  # the SBML clock starts at day -6
+    assert "t_start = (-6.0);" in text and "dose_1_on: at (time >= 1.0)" in text
     names = list(model.state_names())
-    rr = _run_roadrunner(cio.to_sbml(model, regimen), ts, names)
+    rr = roadrunner.RoadRunner(cio.antimony_to_sbml(text))
+    # CVODE's BDF mode fails right after the infusion events of this model (error test at h ~ 1e-19); the
+    # Adams mode integrates it: see docs/interop.md.
+    rr.integrator.stiff = False
+    rr.integrator.relative_tolerance = 1e-10
+    rr.integrator.absolute_tolerance = 1e-10
+    rr.timeCourseSelections = ["time", *names]
+    res = rr.simulate(times=list(map(float, ts + 6.0)))
     sol = ck.simulate(model, regimen, ts, rtol=1e-10, atol=1e-10, max_steps=200_000)
     for i, name in enumerate(names):
         ref = np.asarray(sol.y_array[:, i])
-        # states that stay at zero (no chemotherapy here) are compared on an absolute scale of 1 state unit
-        _assert_close(rr[name], ref, scale=max(float(np.max(np.abs(ref))), 1.0))
+        # states that stay near zero are compared on an absolute scale of 1 state unit
+        _assert_close(np.asarray(res[name]), ref, scale=max(float(np.max(np.abs(ref))), 1.0))
+
+
+def test_default_clock_starts_at_the_first_negative_dose():
+    regimen = ck.Regimen([ck.Bolus(-2.0, 10.0, "central"), ck.Bolus(1.0, 5.0, "central")])
+    text = cio.to_antimony(OneCompartmentPK(), regimen)
+    assert "t_start = (-2.0);" in text
+    assert "dose_1: at (time >= 0.0)" in text and "dose_2: at (time >= 3.0)" in text
+    assert "t_start" not in cio.to_antimony(OneCompartmentPK(), ck.Bolus(1.0, 5.0, "central"))
+    with pytest.raises(ValueError, match="later than the first dose on day -2.0"):
+        cio.to_antimony(OneCompartmentPK(), regimen, t0=-1.0)
+    rr = _run_roadrunner(cio.to_sbml(OneCompartmentPK(), regimen), np.array([0.0, 3.0, 4.0]), ["central"])
+    sol = ck.simulate(OneCompartmentPK(), regimen, np.array([-2.0, 1.0, 2.0]))
+    _assert_close(rr["central"], sol.ys.central, scale=10.0)

@@ -464,8 +464,10 @@ def _x64():
     return enable(True) if enable is not None else contextlib.nullcontext()
 
 
-def symbolic_model(model: ck.AbstractKineticModel, *, name: str | None = None) -> SymbolicModel:
+def symbolic_model(model: ck.AbstractKineticModel, *, name: str | None = None, time: str = "time") -> SymbolicModel:
     """Trace `model` into infix expressions with named parameters, states and `time`.
+
+    `time` is the expression used for the model's time (e.g. `"(time + t_start)"` for a shifted clock).
 
     **Raises:** `ValueError` if `model` is not a carkinetics model or uses a JAX primitive without an SBML
     equivalent (the message names the primitive).
@@ -514,7 +516,7 @@ def symbolic_model(model: ck.AbstractKineticModel, *, name: str | None = None) -
         pvals0 = [jnp.asarray(np.asarray(p.value, dtype=float)) for p in plist]
         y0 = jnp.zeros((len(state_names),))
         closed = jax.make_jaxpr(traced)(pvals0, jnp.asarray(0.0), y0)
-        t_sym = np.asarray(_E("time"), dtype=object)
+        t_sym = np.asarray(_E(time), dtype=object)
         y_sym = np.empty((len(state_names),), dtype=object)
         for i, sid in enumerate(state_ids):
             y_sym[i] = _E(sid)
@@ -543,8 +545,8 @@ def _comment(s: str) -> str:
     return " ".join(str(s).split())
 
 
-def _events(sm: SymbolicModel, regimen: ck.Regimen | None, state_names: Sequence[str]):
-    """(extra rate terms per state id, parameter lines, event lines) for the regimen."""
+def _events(sm: SymbolicModel, regimen: ck.Regimen | None, state_names: Sequence[str], t0: float = 0.0):
+    """(extra rate terms per state id, parameter lines, event lines) for the regimen; SBML time = day - t0."""
     sid = dict(zip(state_names, sm.state_ids))
     extra: dict[str, list[str]] = {s: [] for s in sm.state_ids}
     plines: list[str] = []
@@ -563,16 +565,17 @@ def _events(sm: SymbolicModel, regimen: ck.Regimen | None, state_names: Sequence
                 n_ev += 1
                 prio -= 1
                 s = sid[d.state]
-                elines.append(f"  dose_{n_ev}: at (time >= {_fmt(t)}), priority = {prio}, t0 = false, "
-                              f"fromTrigger = false: {s} = {s} + {_fmt(float(amt))};  // bolus into {d.state}")
+                elines.append(f"  dose_{n_ev}: at (time >= {_fmt(float(t) - t0)}), priority = {prio}, t0 = false, "
+                              f"fromTrigger = false: {s} = {s} + {_fmt(float(amt))};  // bolus into {d.state}, "
+                              f"day {float(t):g}")
         elif isinstance(d, ck.FractionalKill):
             for t in np.asarray(d.times()).reshape(-1):
                 n_ev += 1
                 prio -= 1
                 f = float(np.asarray(d.fraction))
                 assigns = ", ".join(f"{sid[s]} = {sid[s]} * {_fmt(1.0 - f)}" for s in d.states)
-                elines.append(f"  dose_{n_ev}: at (time >= {_fmt(t)}), priority = {prio}, t0 = false, "
-                              f"fromTrigger = false: {assigns};  // fractional kill {f:g}")
+                elines.append(f"  dose_{n_ev}: at (time >= {_fmt(float(t) - t0)}), priority = {prio}, t0 = false, "
+                              f"fromTrigger = false: {assigns};  // fractional kill {f:g}, day {float(t):g}")
         elif isinstance(d, ck.Infusion):
             rate = float(np.asarray(d.rate))
             dur = float(np.asarray(d.duration))
@@ -584,17 +587,22 @@ def _events(sm: SymbolicModel, regimen: ck.Regimen | None, state_names: Sequence
                 plines.append(f"  {rid} = 0;  // {d.state} units/d, zero-order infusion from day {float(t):g} "
                               f"for {dur:g} d")
                 extra[s].append(rid)
-                elines.append(f"  dose_{n_ev}_on: at (time >= {_fmt(t)}), priority = {prio}, t0 = false, "
+                elines.append(f"  dose_{n_ev}_on: at (time >= {_fmt(float(t) - t0)}), priority = {prio}, t0 = false, "
                               f"fromTrigger = false: {rid} = {_fmt(rate)};")
-                elines.append(f"  dose_{n_ev}_off: at (time >= {_fmt(float(t) + dur)}), priority = {prio}, "
+                elines.append(f"  dose_{n_ev}_off: at (time >= {_fmt(float(t) + dur - t0)}), priority = {prio}, "
                               f"t0 = false, fromTrigger = false: {rid} = 0;")
         else:  # pragma: no cover - Regimen only holds the three types
             raise ValueError(f"Unsupported dose type {type(d).__name__}.")
     return extra, plines, elines
 
 
+def _default_t0(regimen: ck.Regimen | None) -> float:
+    first = None if regimen is None else regimen.first_time()
+    return 0.0 if first is None else min(0.0, float(first))
+
+
 def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.AbstractDose | None = None, *,
-                name: str | None = None) -> str:
+                name: str | None = None, t0: float | None = None) -> str:
     """Antimony text of `model` with its parameters (and `regimen` as SBML events).
 
     **Arguments:**
@@ -603,6 +611,10 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
     - `regimen`: optional [`carkinetics.Regimen`][] (or a single dose): boluses and fractional kills become
       events, infusions become event-switched rate parameters. Times are days, as in carkinetics.
     - `name`: model identifier (default: the class name).
+    - `t0`: the carkinetics day at which the SBML clock starts (SBML `time` = day - `t0`), because SBML
+      simulators start at time 0 and evaluate events from there. Default: the first dose day if it is negative
+      (e.g. -5 for fludarabine on day -5), else 0. A non-zero offset is stored in the parameter `t_start` and
+      the model's own time reads `(time + t_start)`.
 
     **Returns:** Antimony source text (states with rate rules, observables as assignment rules, parameters
     with their unit, tag and source in comments).
@@ -623,11 +635,22 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
         regimen = ck.Regimen([regimen])
     if regimen is not None and not isinstance(regimen, ck.Regimen):
         raise ValueError(f"`regimen` must be a Regimen, a dose or None, got {type(regimen).__name__}.")
-    sm = symbolic_model(model, name=name)
-    extra, plines, elines = _events(sm, regimen, model.state_names())
+    t0 = _default_t0(regimen) if t0 is None else float(t0)
+    if not math.isfinite(t0):
+        raise ValueError(f"`t0` must be a finite day, got {t0!r}.")
+    if regimen is not None and regimen.first_time() is not None and float(regimen.first_time()) < t0:
+        raise ValueError(f"`t0` = {t0} is later than the first dose on day {float(regimen.first_time())}; the SBML "
+                         "clock must start at or before the first dose.")
+    sm = symbolic_model(model, name=name, time="(time + t_start)" if t0 != 0.0 else "time")
+    if t0 != 0.0 and "t_start" in {*sm.state_ids, *sm.observable_ids, *(p[0] for p in sm.parameters)}:
+        raise ValueError("The model has an output or parameter named 't_start', which the time offset needs; "
+                         "export with t0=0 or rename it.")
+    extra, plines, elines = _events(sm, regimen, model.state_names(), t0)
+    clock = ("SBML time 0 = day 0" if t0 == 0.0 else
+             f"SBML time 0 = day {t0:g}: carkinetics day = time + t_start")
     lines = [
         f"// {sm.name}: exported by carkinetics {ck.__version__} from {type(model).__module__}.{type(model).__name__}",
-        "// Time unit: day (day 0 = CAR-T infusion). States with rate rules; observables as assignment rules.",
+        f"// Time unit: day (day 0 = CAR-T infusion; {clock}). States with rate rules; observables as assignment rules.",
         f"model {sm.name}()",
         "  // states (rate rules, per day)",
     ]
@@ -641,12 +664,15 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
     for s, v in zip(sm.state_ids, sm.initial):
         lines.append(f"  {s} = {v};")
     lines.append("  // parameters: value; unit; confidence tag; description; source")
+    if t0 != 0.0:
+        lines.append(f"  t_start = {_fmt(t0)};  // d; carkinetics day at SBML time 0 (export setting, not a model parameter)")
     for pid, val, unit, desc, src, tag in sm.parameters:
         lines.append(f"  {pid} = {_fmt(val)};  // {unit}; [{tag}] {_comment(desc)}; {_comment(src)}")
     if sm.breakpoints:
         lines.append("  // declared discontinuities of the vector field (no-op events restart the integrator)")
         lines.append("  breakpoint_counter = 0;")
         for k, b in enumerate(sm.breakpoints):
+            b = b if t0 == 0.0 else f"({b} - t_start)"
             lines.append(f"  breakpoint_{k + 1}: at (time >= {b}), t0 = false: "
                          "breakpoint_counter = breakpoint_counter + 1;")
     if plines or elines:
@@ -680,7 +706,7 @@ def antimony_to_sbml(text: str, name: str | None = None) -> str:
 
 
 def to_sbml(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.AbstractDose | None = None, *,
-            name: str | None = None) -> str:
+            name: str | None = None, t0: float | None = None) -> str:
     """SBML (Level 3) string of `model` with its parameters and optional `regimen` (see [`to_antimony`][]).
 
     Runs in libroadrunner, COPASI or AMICI. Needs the `antimony` package.
@@ -696,11 +722,11 @@ def to_sbml(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.AbstractDos
     ```
     """
     sm_name = name or type(model).__name__
-    return antimony_to_sbml(to_antimony(model, regimen, name=sm_name), sm_name)
+    return antimony_to_sbml(to_antimony(model, regimen, name=sm_name, t0=t0), sm_name)
 
 
 def write_sbml(model: ck.AbstractKineticModel, path, regimen: ck.Regimen | ck.AbstractDose | None = None, *,
-               name: str | None = None) -> None:
-    """Write `to_sbml(model, regimen)` to `path` (an `.xml`/`.sbml` file)."""
+               name: str | None = None, t0: float | None = None) -> None:
+    """Write `to_sbml(model, regimen, t0=t0)` to `path` (an `.xml`/`.sbml` file)."""
     with open(path, "w") as fh:
-        fh.write(to_sbml(model, regimen, name=name))
+        fh.write(to_sbml(model, regimen, name=name, t0=t0))
