@@ -645,12 +645,20 @@ def _calibrate_petab(args, model, regimen, problem) -> int:
     fig = plot_timecourse(sol, list(data), data=data, title=f"fit to {os.path.basename(os.path.abspath(args.petab))} "
                                                            f"(fitted values are tag F)")
     png = save_figure(fig, os.path.join(out, "fit.png"))
+    extra = []
+    if _feature("carkinetics.plot", "plot_obs_vs_pred", "plot_residuals")[0]:
+        from carkinetics.plot import plot_obs_vs_pred, plot_residuals
+
+        extra.append(save_figure(plot_obs_vs_pred(res), os.path.join(out, "fit_obs_vs_pred.png")))
+        extra.append(save_figure(plot_residuals(res), os.path.join(out, "fit_residuals.png")))
     prog.advance()
     prog.close()
     print(res.convergence_report().splitlines()[0])
     for n in estimate:
         print(f"  {n} = {fitted[n]:.6g} {allp[n].info.unit} [F]")
-    print(f"wrote {path}\nwrote {png}\noutput folder: {out}")
+    for p in [path, png, *extra]:
+        print(f"wrote {p}")
+    print(f"output folder: {out}")
     return EXIT_OK
 
 
@@ -1137,8 +1145,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Read a PEtab-style problem (measurements.tsv, parameters.tsv, conditions.tsv, "
                                    "observables.tsv; one simulation condition) and fit the parameters marked "
                                    "estimate = 1 by maximum likelihood (multistart Adam + L-BFGS); writes "
-                                   "fitted_parameters.csv (values tagged F), convergence.md and fit.png (data vs "
-                                   "fitted trajectories).",
+                                   "fitted_parameters.csv (values tagged F), convergence.md and fit diagnostics "
+                                   "(fit.png: data vs fitted trajectories; fit_obs_vs_pred.png, fit_residuals.png).",
                        epilog=_EPILOG, formatter_class=fmt)
     _add_model_args(p)
     _add_regimen_args(p)

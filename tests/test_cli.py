@@ -272,6 +272,8 @@ def test_calibrate_recovers_clearance(tmp_path):
     row = _read_tidy(tmp_path / "o" / "fitted_parameters.csv")[0]
     assert row["parameter"] == "cl" and row["tag"] == "F"
     assert float(row["fitted_value"]) == pytest.approx(100.0, rel=1e-4)  # noise-free data generated with cl = 100
+    for name in ("fit.png", "fit_obs_vs_pred.png", "fit_residuals.png", "convergence.md"):
+        assert (tmp_path / "o" / name).stat().st_size > 0
 
 
 def test_translate_rejects_unknown_preset(tmp_path, capsys):
