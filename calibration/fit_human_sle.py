@@ -10,10 +10,12 @@ Targets (rows of `calibration/data/human_sle_targets.csv`, each compared with a 
 | mackensen2022_sledai_baseline (median 16, range 8-16) [R] | SLEDAI-2K at day −5 (start of lymphodepletion) |
 | muller2024_crs_max_grade (mode 1, range 0-2) [D] | peak CRS index |
 | erlangen_car_tmax (9 d, range 7-14) [M] | time of the blood CAR-T peak after day 1 |
+| sle_car_peak_blood_vs_nhl (98/µL, range 15-98) [D] | blood CAR-T peak after day 1 (SLE expansion ≈ B-NHL) |
 
 The B-cell threshold 5 cells/µL is the depletion definition of Albert 2008 (rituximab in SLE, kinetics.md §4)
 applied here as a modelling choice [A]. Estimated parameters (all others fixed at the human preset):
-`car.rho, car.t_rej, bcell.k_mat, disease.k_act, myeloid.g_il6, car.k_kill`, with priors from their tags.
+`car.rho, car.k_rej, bcell.k_mat, disease.k_act, myeloid.g_il6, car.k_kill`, with priors from their tags
+(`car.t_rej` is not estimated: its declared lower bound of −10,000 d makes its log transform meaningless).
 
 Outputs: `calibration/fits/human_sle.json` (fitted values tagged F, provenance), figures and tables in
 `--out-dir`. Run: `python calibration/fit_human_sle.py --quick` (small budget) or without `--quick`.
@@ -33,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data", "human_sle_targets.csv")
 FIT_FILE = os.path.join(HERE, "fits", "human_sle.json")
 B_THRESHOLD = 5.0  # cells/uL: depletion definition (Albert 2008) used as the detection threshold [A]
-ESTIMATE = ("car.rho", "car.t_rej", "bcell.k_mat", "disease.k_act", "myeloid.g_il6", "car.k_kill")
+ESTIMATE = ("car.rho", "car.k_rej", "bcell.k_mat", "disease.k_act", "myeloid.g_il6", "car.k_kill")
 T_END = 250.0
 
 
@@ -48,6 +50,7 @@ def target_spec():
         ("mackensen2022_sledai_baseline", ck.ValueAt("sledai", -5.0)),
         ("muller2024_crs_max_grade", ck.PeakHeight("crs_grade")),
         ("erlangen_car_tmax", ck.PeakTime("car_blood", t_start=1.0)),
+        ("sle_car_peak_blood_vs_nhl", ck.PeakHeight("car_blood", t_start=1.0)),
     ]
 
 
