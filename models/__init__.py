@@ -1,6 +1,7 @@
 """Concrete carkinetics models, one file each (importable as `carkinetics.models`).
 
 - `pk.py`: linear one- and two-compartment PK (reference models for the simulation core).
+- `stein_2019.py`: Stein 2019 tisagenlecleucel cellular kinetics (`Stein2019CK`, `stein_closed_form`).
 - `lymphodepletion.py`, `car_t.py`, `bcells.py`, `autoantibodies.py`, `cytokines.py`, `disease.py`: the SLE
   CAR-T mechanisms; `sle_car_t.py`: the composed `SLECarTModel`; `presets.py` + `presets/*.toml`: species presets.
 """
