@@ -360,7 +360,7 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
         nacc = nacc + (accept & ~zero).astype(jnp.int32)
         nrej = nrej + reject.astype(jnp.int32)
         too_many = live & ~done & (nacc + nrej >= max_steps)
-        tiny = live & ~done & reject & (dt_new < 1e3 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(t), 1.0))
+        tiny = live & ~done & reject & (dt_new < 10 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(t), 1.0))
         fail = jnp.where(too_many, _MAX_STEPS, jnp.where(tiny, _DT_MIN, fail))
         return t, y, dt_new, k, idx, cache, rate, done, fail, nacc, nrej, out
 
