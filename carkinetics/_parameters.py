@@ -197,11 +197,12 @@ def _check_concrete_value(name: str, value: Any, info: ParamInfo) -> None:
         )
 
 
-def validate_parameters(model: eqx.Module) -> Any:
+def validate_parameters(model: eqx.Module, *, check_traced: bool = True) -> Any:
     """Check every declared parameter is finite and within its bounds.
 
     Concrete values raise `ValueError` naming the parameter; traced values (inside `jit`/`vmap`/`grad`) are
-    checked with `eqx.error_if`, and the returned model must be used for the check to take effect.
+    checked with `eqx.error_if` (unless `check_traced=False`), and the returned model must be used for the check to
+    take effect.
     """
     traced = []
     for p in _iter_parameters(model):
@@ -209,7 +210,7 @@ def validate_parameters(model: eqx.Module) -> Any:
             _check_concrete_value(p.name, p.value, p.info)
         else:
             traced.append(p)
-    if not traced:
+    if not traced or not check_traced:
         return model
     checked = []
     for p in traced:
@@ -225,11 +226,33 @@ def validate_parameters(model: eqx.Module) -> Any:
     return eqx.tree_at(lambda m: [_getter(p.name)(m) for p in traced], model, checked)
 
 
+def traced_parameters_invalid(model: eqx.Module) -> Any:
+    """Boolean scalar: is any *traced* parameter non-finite or outside its bounds? (`False` if none is traced.)
+
+    Concrete parameters are not looked at here; check them with [`carkinetics.validate_parameters`][].
+    """
+    bad = jnp.asarray(False)
+    for p in _iter_parameters(model):
+        if not _is_concrete(p.value):
+            v = jnp.asarray(p.value)
+            bad = bad | jnp.any(~jnp.isfinite(v) | (v < p.info.lower) | (v > p.info.upper))
+    return bad
+
+
+def _strong(x: Any) -> Any:
+    if isinstance(x, float):
+        return jnp.asarray(x, dtype=float)
+    if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating):
+        # weakly typed arrays (e.g. jnp.asarray(0.5)) would compile differently from strongly typed ones
+        return jnp.asarray(x, dtype=x.dtype) if getattr(x, "weak_type", False) or isinstance(x, np.ndarray) else x
+    return x
+
+
 def floats_to_arrays(model: Any) -> Any:
-    """Turn Python-float leaves into JAX arrays, so that new *values* never trigger recompilation."""
-    return jax.tree_util.tree_map(
-        lambda x: jnp.asarray(x) if isinstance(x, float) and not isinstance(x, bool) else x, model
-    )
+    """Turn Python-float leaves (and weakly typed float arrays) into strongly typed JAX arrays of the default
+    float dtype, so that a model built from floats, from `jnp.asarray(...)` or by `ParameterSpace.with_values`
+    compiles once: new *values* never trigger recompilation."""
+    return jax.tree_util.tree_map(_strong, model)
 
 
 class ParameterTable(tuple):

@@ -13,10 +13,16 @@ import numpy as np
 from ._custom_types import Array, Float, Int, Times, TimesLike
 from ._dosing import AbstractDose, Regimen, resolve_regimen
 from ._model import AbstractKineticModel
-from ._parameters import floats_to_arrays, validate_parameters
+from ._parameters import floats_to_arrays, traced_parameters_invalid, validate_parameters
 
-#: Solver outcomes (diffrax's enumeration): `RESULTS.successful`, `RESULTS.max_steps_reached`, ...
-RESULTS = diffrax.RESULTS
+class RESULTS(diffrax.RESULTS):
+    """Outcomes of a simulation: diffrax's solver outcomes (`successful`, `max_steps_reached`, `dt_min_reached`,
+    ...) plus `invalid_parameters` for a member whose traced parameters were out of bounds (reported only with
+    `throw=False`; such a member is not integrated)."""
+
+    invalid_parameters = (
+        "A parameter was non-finite or outside its declared bounds, so the simulation was not run."
+    )
 
 
 class Solution(eqx.Module):
@@ -127,8 +133,10 @@ def simulate(
     - `max_steps`: maximum steps per segment.
     - `adjoint`: a diffrax adjoint; default `RecursiveCheckpointAdjoint()` (reverse mode). Pass
       `diffrax.ForwardMode()` for forward-mode (`jax.jvp`/`jax.jacfwd`) differentiation.
-    - `throw`: raise if the solver fails. With `throw=False` the failure is reported in `Solution.result`
-      (use this under `vmap` in sweeps; failed members should be masked by `Solution.ok`).
+    - `throw`: raise if the solver fails or a traced parameter is out of bounds. With `throw=False` the failure
+      is reported in `Solution.result` (`RESULTS.invalid_parameters` for out-of-bounds traced parameters, which
+      are then not integrated); use this under `vmap` in sweeps and mask failed members by `Solution.ok`.
+      Concrete out-of-bounds values always raise `ValueError`.
 
     **Returns:** a [`carkinetics.Solution`][].
 
@@ -184,14 +192,21 @@ def simulate(
         if first_ev is not None and not isinstance(first_ev, jax.core.Tracer) and float(first_ev) < float(t0):
             raise ValueError(f"`t0` = {t0} is later than the first dose event at t = {float(first_ev)}; "
                              "start the simulation at or before the first dose.")
-    model = validate_parameters(floats_to_arrays(model))
+    if throw:
+        model = validate_parameters(model)
+        invalid = None
+    else:
+        # concrete values still raise ValueError; traced ones become a per-member status
+        validate_parameters(model, check_traced=False)
+        invalid = traced_parameters_invalid(model)
+    model = floats_to_arrays(model)
     t0_arr = None if t0 is None else jnp.asarray(t0, dtype=ts.dtype)
     return _simulate(model, regimen, ts, t0_arr, solver, float(rtol), float(atol),
-                     None if dt0 is None else float(dt0), max_steps, adjoint, throw)
+                     None if dt0 is None else float(dt0), max_steps, adjoint, throw, invalid)
 
 
 @eqx.filter_jit
-def _simulate(model, regimen, ts, t0, solver, rtol, atol, dt0, max_steps, adjoint, throw) -> Solution:
+def _simulate(model, regimen, ts, t0, solver, rtol, atol, dt0, max_steps, adjoint, throw, invalid) -> Solution:
     names = model.state_names()
     n_states = len(names)
     rr = resolve_regimen(regimen, names)
@@ -241,14 +256,16 @@ def _simulate(model, regimen, ts, t0, solver, rtol, atol, dt0, max_steps, adjoin
         )
         mask = (ts >= s) & ((ts < e) | (last & (ts <= e)))
         out = jnp.where(mask[:, None], sol.ys[:-1], out)
-        result = RESULTS.where(failed, result, sol.result)
+        result = RESULTS.where(failed, result, RESULTS.promote(sol.result))
         st = sol.stats
         i32 = jnp.int32
         return (sol.ys[-1], out, result, nsteps + st["num_steps"].astype(i32),
                 nacc + st["num_accepted_steps"].astype(i32), nrej + st["num_rejected_steps"].astype(i32)), None
 
     zero = jnp.array(0, dtype=jnp.int32)
-    init = (y0, jnp.full((ts.shape[0], n_states), jnp.nan, dtype), RESULTS.successful, zero, zero, zero)
+    result0 = RESULTS.successful if invalid is None else RESULTS.where(invalid, RESULTS.invalid_parameters,
+                                                                       RESULTS.successful)
+    init = (y0, jnp.full((ts.shape[0], n_states), jnp.nan, dtype), result0, zero, zero, zero)
     (y_end, out, result, nsteps, nacc, nrej), _ = jax.lax.scan(
         segment, init, (starts, ends, mult, add, rates, is_last)
     )

@@ -123,3 +123,36 @@ def test_stiff_solver_and_step_counts_reported():
     assert bool(sol.ok)
     assert int(sol.num_steps) > 0
     assert int(sol.num_accepted_steps) + int(sol.num_rejected_steps) == int(sol.num_steps)
+
+
+def test_out_of_bounds_traced_parameter_is_a_member_status_with_throw_false():
+    """Under vmap with throw=False, a member with an invalid parameter is flagged, the others are unaffected."""
+    cls = jnp.array([60.0, -1.0, jnp.nan, 90.0])
+
+    def run(cl):
+        sol = ck.simulate(OneCompartmentPK(cl=cl, v=40.0), ck.Bolus(0.0, 100.0, "central"), TS, throw=False)
+        return sol.ys.central, sol.result, sol.num_steps
+
+    ys, result, nsteps = jax.vmap(run)(cls)
+    assert [bool(r) for r in (result == ck.RESULTS.invalid_parameters)] == [False, True, True, False]
+    assert [int(n) for n in nsteps][1:3] == [0, 0]  # invalid members are not integrated
+    for i in (0, 3):
+        assert rel_err(ys[i], 100.0 * np.exp(-float(cls[i]) / 40.0 * np.asarray(TS))) <= 1e-5
+
+
+def test_floats_weak_arrays_and_parameter_space_values_share_one_compilation(caplog):
+    ts = jnp.linspace(0.0, 1.0, 5)
+    reg = ck.Bolus(0.0, 10.0, "central")
+    base = OneCompartmentPK(cl=77.0, v=33.0)
+    ck.simulate(base, reg, ts).ys.central.block_until_ready()
+    space = ck.ParameterSpace(base, ["cl", "v"])
+    variants = [
+        OneCompartmentPK(cl=jnp.asarray(78.0), v=jnp.asarray(34.0)),  # weakly typed arrays
+        space.with_values(base, jnp.array([79.0, 35.0])),  # strongly typed arrays
+        OneCompartmentPK(cl=80.0, v=36.0),  # Python floats
+    ]
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
+        caplog.clear()
+        for m in variants:
+            ck.simulate(m, reg, ts).ys.central.block_until_ready()
+    assert [r for r in caplog.records if "Compiling" in r.getMessage() and "_simulate" in r.getMessage()] == []
