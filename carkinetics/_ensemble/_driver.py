@@ -74,7 +74,7 @@ def simulate_ensemble(
     rtol: float = 1e-6,
     atol: float = 1e-8,
     max_steps: int = 100_000,
-    saves_per_step: int = 8,
+    saves_per_step: int = 4,
     adjoint: diffrax.AbstractAdjoint | None = None,
     throw: bool = False,
 ) -> Solution:
@@ -101,7 +101,7 @@ def simulate_ensemble(
       `error / (atol + rtol * max(|y0|, |y1|))`, as diffrax's `PIDController`).
     - `max_steps`: maximum number of steps (accepted + rejected) per member over the whole horizon.
     - `saves_per_step`: at most this many save times are written per step (a step is shortened so that no more
-      fall inside it); a static tuning knob, 8 suits daily saves.
+      fall inside it); a static tuning knob: fewer save slots make each step cheaper, more allow longer steps.
     - `adjoint`: `None` or `diffrax.RecursiveCheckpointAdjoint(checkpoints=...)` (default; reverse mode via a
       checkpointed while loop), or `diffrax.ForwardMode()` (forward mode: `jax.jvp`/`jax.jacfwd`).
     - `throw`: raise if any member fails. Default `False`: failures are reported per member in
