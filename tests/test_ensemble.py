@@ -178,9 +178,10 @@ def test_no_retrace_on_new_values():
     assert cache._cache_size() == size
 
 
-@pytest.mark.parametrize("size", [6, 20])
+@pytest.mark.parametrize("size", [6, 20, 40])
 def test_batched_lu_solve(size):
-    # Both code paths (unrolled for small systems, fori_loop for large ones) against numpy, pivoting required
+    # All code paths (6: unrolled factor and solves; 20: unrolled factor, looped solves; 40: both looped) against
+    # numpy, pivoting required
     # (random matrices have no dominant diagonal).
     from carkinetics._ensemble import base
 

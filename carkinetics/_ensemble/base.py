@@ -52,9 +52,12 @@ class AbstractEnsembleMethod(eqx.Module):
         """Dense output at the fraction `theta` (shape `(N,)`) of the last step."""
 
 
-#: Matrices up to this size are factorised with a Python-unrolled elimination (fastest to run); larger ones with a
-#: `fori_loop` over columns (compile time independent of the size, e.g. the 28-state SLE model).
-UNROLL_MAX = 12
+#: Matrices up to this size are factorised with a Python-unrolled elimination (fastest to run: on the 29-state SLE
+#: model ~3x faster Rosenbrock steps than the loop, for ~10 s more compile on a loaded CPU); larger ones with a
+#: `fori_loop` over columns (compile time independent of the size, ~3x the flops).
+UNROLL_MAX = 32
+#: The same threshold for the triangular solves (cheap per column; looping them costs little at run time).
+UNROLL_MAX_SOLVE = 12
 
 
 def batched_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
@@ -115,7 +118,7 @@ def batched_lu_solve(lu: Array, perm: Array, b: Float[Array, "S N"]) -> Float[Ar
     """Solve `a x = b` for every member, given `batched_lu_factor(a)`."""
     s = lu.shape[0]
     x = jnp.take_along_axis(b, perm, axis=0)
-    if s > UNROLL_MAX:
+    if s > UNROLL_MAX_SOLVE:
         rows = jnp.arange(s)[:, None]
 
         def fwd(j, x):
