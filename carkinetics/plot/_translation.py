@@ -98,6 +98,7 @@ def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
     level = float(tmap.value_a[k])
     ax.bar(0, level, color="0.55", width=0.7)
     labels = [a_lab]
+    extents = [0.0, level, float(tmap.value_b[k])]
     for pos, g in enumerate(order, start=1):
         d = float(phi[g])
         ax.bar(pos, d, bottom=level, color="tab:red" if d >= 0 else "tab:blue", width=0.7,
@@ -106,10 +107,18 @@ def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
             top = level + d
             ax.errorbar(pos, top, yerr=[[max(d - lo[g, k], 0.0)], [max(hi[g, k] - d, 0.0)]], color="black",
                         capsize=2, lw=0.8)
+            extents += [top - max(d - lo[g, k], 0.0), top + max(hi[g, k] - d, 0.0)]
         level += d
+        extents.append(level)
         labels.append(tmap.group_names[g])
     ax.bar(len(order) + 1, float(tmap.value_b[k]), color="0.3", width=0.7)
     labels.append(b_lab)
+    # Waterfall steps start at the previous level, so matplotlib's sticky bar edges would leave no margin above the
+    # tallest level and bars would look cut off: set the limits explicitly with a 6 % margin.
+    levels = np.asarray(extents, dtype=float)
+    levels = levels[np.isfinite(levels)]
+    span = float(levels.max() - levels.min()) or 1.0
+    ax.set_ylim(levels.min() - (0.06 * span if levels.min() < 0 else 0.0), levels.max() + 0.06 * span)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
     unit = tmap.metric_units[k]
