@@ -181,15 +181,13 @@ def test_no_retrace_on_new_values():
 @pytest.mark.parametrize("size", [6, 20, 40])
 def test_batched_lu_solve(size):
     # All code paths (6: unrolled factor and solves; 20: unrolled factor, looped solves; 40: both looped) against
-    # numpy, pivoting required
-    # (random matrices have no dominant diagonal).
+    # numpy; pivoting is required (random matrices have no dominant diagonal).
     from carkinetics._ensemble import base
 
     rng = np.random.default_rng(size)
     a = rng.normal(size=(size, size, 5))
     b = rng.normal(size=(size, 5))
-    lu, perm = base.batched_lu_factor(jnp.asarray(a))
-    x = base.batched_lu_solve(lu, perm, jnp.asarray(b))
+    x = jax.jit(lambda a, b: base.batched_lu_solve(*base.batched_lu_factor(a), b))(jnp.asarray(a), jnp.asarray(b))
     ref = np.stack([np.linalg.solve(a[:, :, i], b[:, i]) for i in range(5)], axis=1)
     assert np.max(np.abs(np.asarray(x) - ref)) < 1e-10 * np.max(np.abs(ref))
 
