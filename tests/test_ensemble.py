@@ -54,6 +54,19 @@ def test_per_member_boluses_match_analytic(method):
         assert rel_err(sol.observables.concentration[i], exact / V, floor=1e-5) < 1e-5
 
 
+def test_per_member_start_times():
+    # Doses before the first save time: each member starts at its own first dose (default t0), or all start at an
+    # explicit t0; the saved values must follow the analytic solution from each member's own dose time.
+    t_dose = jnp.array([-0.5, 0.0, -1.0])
+    reg = jax.vmap(lambda t: ck.Bolus(t, 1800.0, "central"))(t_dose)
+    for t0 in (None, -2.0):
+        sol = ck.simulate_ensemble(one_cpt_models(), reg, TS, t0=t0, rtol=1e-8, atol=1e-10)
+        assert bool(jnp.all(sol.ok))
+        for i in range(3):
+            exact = one_cpt_exact(float(CLS[i]), [float(t_dose[i])], [1800.0], np.asarray(TS))
+            assert rel_err(sol.ys.central[i], exact, floor=1e-3) < 1e-5
+
+
 @pytest.mark.parametrize("method", METHODS, ids=IDS)
 def test_infusions_and_shared_regimen_agree_with_simulate(method):
     # Bolus + two infusions starting together (a zero-length segment between their starts, which must move
