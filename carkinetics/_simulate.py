@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Array, Float, Int, Times, TimesLike
-from ._dosing import AbstractDose, Regimen, resolve_regimen
+from ._dosing import AbstractDose, Regimen
+from ._segments import build_segments, validate_ts
 from ._model import AbstractKineticModel
 from ._parameters import floats_to_arrays, traced_parameters_invalid, validate_parameters
 
@@ -78,24 +79,6 @@ class Solution(eqx.Module):
         for i, n in enumerate(self.model_class.observable_names()):
             cols[n] = np.asarray(self.obs_array[..., i])
         return cols
-
-
-def _validate_ts(ts: Any) -> Array:
-    if isinstance(ts, jax.core.Tracer):
-        ts = jnp.asarray(ts)
-        if ts.ndim != 1 or ts.shape[0] == 0:
-            raise ValueError(f"`ts` must be a non-empty 1-D array of save times (days), got shape {ts.shape}.")
-        bad = ~jnp.all(jnp.isfinite(ts)) | jnp.any(jnp.diff(ts) < 0)
-        return eqx.error_if(ts, bad, "`ts` must be finite and sorted in non-decreasing order.")
-    arr = np.asarray(ts, dtype=float)
-    if arr.ndim != 1 or arr.shape[0] == 0:
-        raise ValueError(f"`ts` must be a non-empty 1-D array of save times (days), got shape {arr.shape}.")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"`ts` must be finite, got non-finite values at positions {np.flatnonzero(~np.isfinite(arr)).tolist()}.")
-    if np.any(np.diff(arr) < 0):
-        i = int(np.flatnonzero(np.diff(arr) < 0)[0])
-        raise ValueError(f"`ts` must be sorted in non-decreasing order; ts[{i}] = {arr[i]} > ts[{i + 1}] = {arr[i + 1]}.")
-    return jnp.asarray(arr)
 
 
 def simulate(
@@ -178,7 +161,7 @@ def simulate(
     if dt0 is not None and (not np.isfinite(dt0) or dt0 <= 0):
         raise ValueError(f"`dt0` must be a positive number of days or None, got {dt0!r}.")
 
-    ts = _validate_ts(ts)
+    ts = validate_ts(ts)
     # Unknown state names are structural: fail here, at the boundary, with the valid names.
     names = model.state_names()
     unknown = sorted(regimen.state_names() - set(names))
@@ -207,41 +190,14 @@ def simulate(
 
 @eqx.filter_jit
 def _simulate(model, regimen, ts, t0, solver, rtol, atol, dt0, max_steps, adjoint, throw, invalid) -> Solution:
-    names = model.state_names()
-    n_states = len(names)
-    rr = resolve_regimen(regimen, names)
+    n_states = len(model.state_names())
     dtype = ts.dtype
-    t_end = ts[-1]
-    if t0 is None:
-        t0 = jnp.minimum(ts[0], jnp.min(rr.jump_times, initial=jnp.inf))
-        t0 = jnp.minimum(t0, jnp.min(rr.inf_start, initial=jnp.inf))
-    else:
-        bad = (t0 > ts[0]) | (jnp.min(rr.jump_times, initial=jnp.inf) < t0) | (jnp.min(rr.inf_start, initial=jnp.inf) < t0)
-        t0 = eqx.error_if(t0, bad, "`t0` is later than ts[0] or than a dose event.")
-    model_bps = model.breakpoints().astype(dtype)
-    n_other = rr.inf_start.shape[0] * 2 + model_bps.shape[0]
-    bps = jnp.concatenate([rr.jump_times.astype(dtype), rr.inf_start, rr.inf_end, model_bps]).astype(dtype)
-    mult = jnp.concatenate([rr.jump_mult, jnp.ones((n_other, n_states))]).astype(dtype)
-    add = jnp.concatenate([rr.jump_add, jnp.zeros((n_other, n_states))]).astype(dtype)
-    # Events after the horizon do nothing (they must not alter the value saved at t_end).
-    late = bps > t_end
-    mult = jnp.where(late[:, None], 1.0, mult)
-    add = jnp.where(late[:, None], 0.0, add)
-    order = jnp.argsort(bps, stable=True)
-    bps = jnp.clip(bps[order], t0, t_end)
-    starts = jnp.concatenate([t0[None], bps])
-    ends = jnp.concatenate([bps, t_end[None]])
-    mult = jnp.concatenate([jnp.ones((1, n_states), dtype), mult[order]])
-    add = jnp.concatenate([jnp.zeros((1, n_states), dtype), add[order]])
-    mid = 0.5 * (starts + ends)
-    active = (rr.inf_start[None, :] <= mid[:, None]) & (mid[:, None] < rr.inf_end[None, :])  # (K, I)
-    rates = (active.astype(dtype) @ rr.inf_rate.astype(dtype)).astype(dtype)  # (K, S)
+    t0, starts, ends, mult, add, rates, y0 = build_segments(model, regimen, ts, t0)
     n_seg = starts.shape[0]
     is_last = jnp.arange(n_seg) == n_seg - 1
 
     term = diffrax.ODETerm(lambda t, y, rate: model.vector_field_flat(t, y, None) + rate)
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
-    y0 = model.initial_state_flat().astype(dtype)
 
     def segment(carry, seg):
         y, out, result, nsteps, nacc, nrej = carry

@@ -26,7 +26,8 @@ from .._custom_types import TimesLike
 from .._dosing import AbstractDose, Regimen, resolve_regimen
 from .._model import AbstractKineticModel
 from .._parameters import floats_to_arrays, validate_parameters
-from .._simulate import RESULTS, Solution, _validate_ts
+from .._segments import build_segments, validate_ts
+from .._simulate import RESULTS, Solution
 from .base import AbstractEnsembleMethod
 from .tsit5 import EnsembleTsit5
 
@@ -155,7 +156,7 @@ def simulate_ensemble(
     else:
         raise ValueError("`adjoint` must be None, diffrax.RecursiveCheckpointAdjoint() or diffrax.ForwardMode(), "
                          f"got {adjoint!r}.")
-    ts = _validate_ts(ts)
+    ts = validate_ts(ts)
     names = model.state_names()
     unknown = sorted(regimen.state_names() - set(names))
     if unknown:
@@ -174,39 +175,9 @@ def simulate_ensemble(
 
 
 def _member_schedule(model, regimen, ts, t0):
-    """One member's segments (as `ck.simulate` builds them): ends (K,), jumps (K, S) and infusion rates (K, S)."""
-    names = model.state_names()
-    n_states = len(names)
-    rr = resolve_regimen(regimen, names)
-    dtype = ts.dtype
-    t_end = ts[-1]
-    if t0 is None:
-        t0 = jnp.minimum(ts[0], jnp.min(rr.jump_times, initial=jnp.inf))
-        t0 = jnp.minimum(t0, jnp.min(rr.inf_start, initial=jnp.inf))
-    else:
-        bad = (t0 > ts[0]) | (jnp.min(rr.jump_times, initial=jnp.inf) < t0) | (jnp.min(rr.inf_start, initial=jnp.inf) < t0)
-        t0 = eqx.error_if(t0, bad, "`t0` is later than ts[0] or than a dose event.")
-    t0 = t0.astype(dtype)
-    model_bps = model.breakpoints().astype(dtype)
-    n_other = rr.inf_start.shape[0] * 2 + model_bps.shape[0]
-    bps = jnp.concatenate([rr.jump_times.astype(dtype), rr.inf_start.astype(dtype), rr.inf_end.astype(dtype),
-                           model_bps])
-    mult = jnp.concatenate([rr.jump_mult, jnp.ones((n_other, n_states))]).astype(dtype)
-    add = jnp.concatenate([rr.jump_add, jnp.zeros((n_other, n_states))]).astype(dtype)
-    late = bps > t_end  # events after the horizon do nothing
-    mult = jnp.where(late[:, None], 1.0, mult)
-    add = jnp.where(late[:, None], 0.0, add)
-    order = jnp.argsort(bps, stable=True)
-    bps = jnp.clip(bps[order], t0, t_end)
-    starts = jnp.concatenate([t0[None], bps])
-    ends = jnp.concatenate([bps, t_end[None]])
-    mult = jnp.concatenate([jnp.ones((1, n_states), dtype), mult[order]])
-    add = jnp.concatenate([jnp.zeros((1, n_states), dtype), add[order]])
-    mid = 0.5 * (starts + ends)
-    active = (rr.inf_start[None, :] <= mid[:, None]) & (mid[:, None] < rr.inf_end[None, :])
-    rates = (active.astype(dtype) @ rr.inf_rate.astype(dtype)).astype(dtype)
-    y0 = model.initial_state_flat().astype(dtype)
-    return t0, ends, mult, add, rates, y0
+    """One member's segments (the same schedule `ck.simulate` integrates): t0, ends (K,), jumps (K, S), rates, y0."""
+    seg = build_segments(model, regimen, ts, t0)
+    return seg.t0, seg.ends, seg.mult, seg.add, seg.rates, seg.y0
 
 
 def _rms(x):

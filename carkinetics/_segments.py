@@ -1,0 +1,99 @@
+"""The integration schedule shared by every engine: save-time validation and the dose/breakpoint segments.
+
+Both `simulate` (diffrax, one member) and `simulate_ensemble` (batched) integrate the same piecewise problem:
+the horizon is cut at every dose event, infusion start/end and declared model breakpoint; at the start of each
+segment a jump `y <- mult * y + add` is applied, and within it the zero-order input `rate` is constant.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._custom_types import Array, Float
+from ._dosing import Regimen, resolve_regimen
+
+
+class Segments(NamedTuple):
+    """One member's integration schedule (K = number of events + 1).
+
+    - `t0`: start time; `starts`, `ends` (K,): segment bounds, sorted, clipped to `[t0, ts[-1]]`.
+    - `mult`, `add` (K, S): the jump applied at the start of each segment (identity for the first).
+    - `rates` (K, S): constant infusion input within each segment (state units per day).
+    - `y0` (S,): the model's initial state.
+    """
+
+    t0: Float[Array, ""]
+    starts: Float[Array, " K"]
+    ends: Float[Array, " K"]
+    mult: Float[Array, "K S"]
+    add: Float[Array, "K S"]
+    rates: Float[Array, "K S"]
+    y0: Float[Array, " S"]
+
+
+def validate_ts(ts: Any) -> Array:
+    """Check save times: 1-D, non-empty, finite, non-decreasing (`ValueError` or, if traced, `eqx.error_if`)."""
+    if isinstance(ts, jax.core.Tracer):
+        ts = jnp.asarray(ts)
+        if ts.ndim != 1 or ts.shape[0] == 0:
+            raise ValueError(f"`ts` must be a non-empty 1-D array of save times (days), got shape {ts.shape}.")
+        bad = ~jnp.all(jnp.isfinite(ts)) | jnp.any(jnp.diff(ts) < 0)
+        return eqx.error_if(ts, bad, "`ts` must be finite and sorted in non-decreasing order.")
+    arr = np.asarray(ts, dtype=float)
+    if arr.ndim != 1 or arr.shape[0] == 0:
+        raise ValueError(f"`ts` must be a non-empty 1-D array of save times (days), got shape {arr.shape}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(
+            f"`ts` must be finite, got non-finite values at positions {np.flatnonzero(~np.isfinite(arr)).tolist()}."
+        )
+    if np.any(np.diff(arr) < 0):
+        i = int(np.flatnonzero(np.diff(arr) < 0)[0])
+        raise ValueError(f"`ts` must be sorted in non-decreasing order; ts[{i}] = {arr[i]} > ts[{i + 1}] = {arr[i + 1]}.")
+    return jnp.asarray(arr)
+
+
+def build_segments(model: Any, regimen: Regimen, ts: Float[Array, " T"], t0: Float[Array, ""] | None) -> Segments:
+    """The integration schedule of `model` under `regimen` up to `ts[-1]` (traceable; shapes depend only on the
+    regimen's structure, so new dose times or amounts never recompile).
+
+    `t0=None` starts at the earlier of `ts[0]` and the first event. Events after `ts[-1]` do nothing (they must not
+    alter the value saved at the horizon); stable sorting keeps same-time events in regimen order.
+    """
+    names = model.state_names()
+    n_states = len(names)
+    rr = resolve_regimen(regimen, names)
+    dtype = ts.dtype
+    t_end = ts[-1]
+    first_jump = jnp.min(rr.jump_times, initial=jnp.inf)
+    first_inf = jnp.min(rr.inf_start, initial=jnp.inf)
+    if t0 is None:
+        t0 = jnp.minimum(jnp.minimum(ts[0], first_jump), first_inf)
+    else:
+        bad = (t0 > ts[0]) | (first_jump < t0) | (first_inf < t0)
+        t0 = eqx.error_if(t0, bad, "`t0` is later than ts[0] or than a dose event.")
+    t0 = jnp.asarray(t0, dtype=dtype)
+    model_bps = model.breakpoints().astype(dtype)
+    n_other = rr.inf_start.shape[0] * 2 + model_bps.shape[0]
+    bps = jnp.concatenate([rr.jump_times.astype(dtype), rr.inf_start.astype(dtype), rr.inf_end.astype(dtype),
+                           model_bps])
+    mult = jnp.concatenate([rr.jump_mult, jnp.ones((n_other, n_states))]).astype(dtype)
+    add = jnp.concatenate([rr.jump_add, jnp.zeros((n_other, n_states))]).astype(dtype)
+    late = bps > t_end
+    mult = jnp.where(late[:, None], 1.0, mult)
+    add = jnp.where(late[:, None], 0.0, add)
+    order = jnp.argsort(bps, stable=True)
+    bps = jnp.clip(bps[order], t0, t_end)
+    starts = jnp.concatenate([t0[None], bps])
+    ends = jnp.concatenate([bps, t_end[None]])
+    mult = jnp.concatenate([jnp.ones((1, n_states), dtype), mult[order]])
+    add = jnp.concatenate([jnp.zeros((1, n_states), dtype), add[order]])
+    mid = 0.5 * (starts + ends)
+    active = (rr.inf_start[None, :] <= mid[:, None]) & (mid[:, None] < rr.inf_end[None, :])  # (K, I)
+    rates = (active.astype(dtype) @ rr.inf_rate.astype(dtype)).astype(dtype)  # (K, S)
+    y0 = model.initial_state_flat().astype(dtype)
+    return Segments(t0, starts, ends, mult, add, rates, y0)
