@@ -155,6 +155,34 @@ def timecourse_target(rows: Sequence[TargetRow], observable: str, model: Any, *,
 # The problem
 
 
+def _with_working_bounds(space: ParameterSpace, model: Any, bounds: Mapping[str, tuple[float, float]]):
+    """A copy of `space` whose transforms use narrower working bounds for some parameters."""
+    if not bounds:
+        return space
+    allp = parameters(model)
+    lower, upper = list(space.lower), list(space.upper)
+    for name, lohi in bounds.items():
+        if name not in space.names:
+            raise ValueError(f"`bounds` names {name!r}, which is not estimated; estimated are {list(space.names)}.")
+        lo, hi = (float(x) for x in lohi)
+        info = allp[name].info
+        if not (info.lower <= lo < hi <= info.upper):
+            raise ValueError(f"Working bounds ({lo}, {hi}) of {name!r} must lie inside its declared bounds "
+                             f"[{info.lower}, {info.upper}] with lower < upper.")
+        value = float(np.asarray(allp[name].value))
+        if not lo < value < hi:
+            raise ValueError(f"The current value {value} of {name!r} lies outside its working bounds ({lo}, {hi}).")
+        i = space.names.index(name)
+        lower[i], upper[i] = lo, hi
+    # ParameterSpace keeps its bounds in static fields and has no constructor for overrides: build the copy
+    # field by field (the core API offers no other way; see the issue-5 report).
+    new = object.__new__(ParameterSpace)
+    for field, value in (("names", space.names), ("lower", tuple(lower)), ("upper", tuple(upper)),
+                         ("units", space.units)):
+        object.__setattr__(new, field, value)
+    return new
+
+
 class CalibrationProblem(eqx.Module):
     """A model, a regimen, targets, and the parameters to estimate, with priors; `loss(z)` is differentiable.
 
@@ -170,6 +198,9 @@ class CalibrationProblem(eqx.Module):
       listed get a flat prior).
     - `t_end`: last simulated day (default: the last data/statistic time, at least 1 day after infusion).
     - `n_grid`: number of uniformly spaced grid points (data and statistic times are added to the grid).
+    - `bounds`: optional working bounds `{name: (lower, upper)}` inside the declared ones, used for the
+      unconstrained transform instead of the declared bounds (e.g. a time declared on `[-1e4, inf)` is better
+      estimated on `(0, 1000)`); the prior sd then applies on that transformed scale.
     - `grid`: explicit save times (days, sorted) used instead of the uniform grid (e.g. finer around the peak);
       data and statistic times are still added.
     - `t0`: start of the simulation (default: the first dose event or the first grid time).
@@ -206,7 +237,7 @@ class CalibrationProblem(eqx.Module):
 
     def __init__(self, model: AbstractKineticModel, regimen: Any, targets: Sequence[Any], estimate: Sequence[str], *,
                  priors: str | Mapping[str, float] | None = "tags", t_end: float | None = None, n_grid: int = 300,
-                 grid: Any = None,
+                 grid: Any = None, bounds: Mapping[str, tuple[float, float]] | None = None,
                  t0: float | None = None, solver: Any = None, rtol: float = 1e-6, atol: float = 1e-8,
                  max_steps: int = 4096, failure_loss: float = 1e10):
         if not isinstance(model, AbstractKineticModel):
@@ -232,7 +263,7 @@ class CalibrationProblem(eqx.Module):
                                  f"observables are {list(names)}.")
             obs_index.append(names.index(obs))
             times.extend(tt)
-        self.space = ParameterSpace(model, list(estimate))
+        self.space = _with_working_bounds(ParameterSpace(model, list(estimate)), model, bounds or {})
         allp = parameters(model)
         z0 = np.asarray(self.space.to_vector(model))
         if priors is None:
