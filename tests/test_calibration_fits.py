@@ -65,7 +65,7 @@ def test_human_fit_quick_run(tmp_path):
     assert summary["profile_not_identifiable"], "six parameters from seven, partly redundant summary numbers: some must stay open"
     refit, committed = ck.load_fit(tmp_path / "fit.json"), ck.load_fit(human.FIT_FILE)
     assert refit.keys() == set(human.ESTIMATE)
-    for name in ("car.rho", "car.k_kill"):  # the profile-identifiable ones agree with the committed fit
+    for name in ("car.rho", "car.k_kill"):  # well-determined (profile / Laplace) values agree with the committed fit
         assert abs(refit[name] / committed[name] - 1) < 0.05, (name, refit[name], committed[name])
     assert (tmp_path / "fit_trajectories.png").stat().st_size > 0
 
