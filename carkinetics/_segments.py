@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Array, Float
-from ._dosing import Regimen, resolve_regimen
+from ._dosing import AbstractDose, Regimen, resolve_regimen
+from ._model import AbstractKineticModel
 
 
 class Segments(NamedTuple):
@@ -34,6 +35,33 @@ class Segments(NamedTuple):
     add: Float[Array, "K S"]
     rates: Float[Array, "K S"]
     y0: Float[Array, " S"]
+
+
+def check_model_and_regimen(model: Any, regimen: Any) -> Regimen:
+    """Entry checks shared by the engines: `model` is a kinetic model; `regimen` (a Regimen, one dose or None)
+    becomes a Regimen whose target states all exist in the model (`ValueError` naming the valid states)."""
+    if not isinstance(model, AbstractKineticModel):
+        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
+    if regimen is None:
+        regimen = Regimen()
+    elif isinstance(regimen, AbstractDose):
+        regimen = Regimen((regimen,))
+    elif not isinstance(regimen, Regimen):
+        raise ValueError(f"`regimen` must be a Regimen, a dose or None, got {type(regimen).__name__}.")
+    names = model.state_names()
+    unknown = sorted(regimen.state_names() - set(names))
+    if unknown:
+        raise ValueError(
+            f"Unknown state(s) {unknown} in `regimen`; valid states of {type(model).__name__} are {list(names)}."
+        )
+    return regimen
+
+
+def check_tolerances(rtol: Any, atol: Any) -> None:
+    """`rtol` and `atol` must be positive finite numbers (`ValueError` naming the argument otherwise)."""
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol > 0):
+            raise ValueError(f"`{name}` must be a positive finite number, got {tol!r}.")
 
 
 def validate_ts(ts: Any) -> Array:

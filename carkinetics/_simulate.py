@@ -12,7 +12,7 @@ import numpy as np
 
 from ._custom_types import Array, Float, Int, Times, TimesLike
 from ._dosing import AbstractDose, Regimen
-from ._segments import build_segments, validate_ts
+from ._segments import build_segments, check_model_and_regimen, check_tolerances, validate_ts
 from ._model import AbstractKineticModel
 from ._parameters import floats_to_arrays, traced_parameters_invalid, validate_parameters
 
@@ -139,34 +139,20 @@ def simulate(
     sol.observables.concentration                           # mg/L at each day
     ```
     """
-    if not isinstance(model, AbstractKineticModel):
-        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
-    if regimen is None:
-        regimen = Regimen()
-    elif isinstance(regimen, AbstractDose):
-        regimen = Regimen((regimen,))
-    elif not isinstance(regimen, Regimen):
-        raise ValueError(f"`regimen` must be a Regimen, a dose or None, got {type(regimen).__name__}.")
+    regimen = check_model_and_regimen(model, regimen)
     if solver is None:
         solver = diffrax.Tsit5()
     if not isinstance(solver, diffrax.AbstractSolver):
         raise ValueError(f"`solver` must be a diffrax solver instance such as diffrax.Tsit5(), got {solver!r}.")
     if adjoint is None:
         adjoint = diffrax.RecursiveCheckpointAdjoint()
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol > 0):
-            raise ValueError(f"`{name}` must be a positive finite number, got {tol!r}.")
+    check_tolerances(rtol, atol)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
     if dt0 is not None and (not np.isfinite(dt0) or dt0 <= 0):
         raise ValueError(f"`dt0` must be a positive number of days or None, got {dt0!r}.")
 
     ts = validate_ts(ts)
-    # Unknown state names are structural: fail here, at the boundary, with the valid names.
-    names = model.state_names()
-    unknown = sorted(regimen.state_names() - set(names))
-    if unknown:
-        raise ValueError(f"Unknown state(s) {unknown} in `regimen`; valid states of {type(model).__name__} are {list(names)}.")
     if t0 is not None and not isinstance(t0, jax.core.Tracer):
         first_ev = regimen.first_time()
         if not isinstance(ts, jax.core.Tracer) and float(t0) > float(ts[0]):

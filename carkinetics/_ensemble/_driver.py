@@ -20,13 +20,12 @@ import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .._custom_types import TimesLike
-from .._dosing import AbstractDose, Regimen, resolve_regimen
+from .._dosing import AbstractDose, Regimen
 from .._model import AbstractKineticModel
 from .._parameters import floats_to_arrays, validate_parameters
-from .._segments import build_segments, validate_ts
+from .._segments import build_segments, check_model_and_regimen, check_tolerances, validate_ts
 from .._simulate import RESULTS, Solution
 from .base import AbstractEnsembleMethod
 from .tsit5 import EnsembleTsit5
@@ -127,22 +126,13 @@ def simulate_ensemble(
     sol.observables.concentration.shape                    # (1000, 49), mg/L
     ```
     """
-    if not isinstance(model, AbstractKineticModel):
-        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
-    if regimen is None:
-        regimen = Regimen()
-    elif isinstance(regimen, AbstractDose):
-        regimen = Regimen((regimen,))
-    elif not isinstance(regimen, Regimen):
-        raise ValueError(f"`regimen` must be a Regimen, a dose or None, got {type(regimen).__name__}.")
+    regimen = check_model_and_regimen(model, regimen)
     if method is None:
         method = EnsembleTsit5()
     if not isinstance(method, AbstractEnsembleMethod):
         raise ValueError("`method` must be an ensemble method such as ck.EnsembleTsit5() or ck.EnsembleRodas5(), "
                          f"got {method!r}.")
-    for name, tol in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol > 0):
-            raise ValueError(f"`{name}` must be a positive finite number, got {tol!r}.")
+    check_tolerances(rtol, atol)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
     if isinstance(saves_per_step, bool) or not isinstance(saves_per_step, int) or saves_per_step < 1:
@@ -157,11 +147,6 @@ def simulate_ensemble(
         raise ValueError("`adjoint` must be None, diffrax.RecursiveCheckpointAdjoint() or diffrax.ForwardMode(), "
                          f"got {adjoint!r}.")
     ts = validate_ts(ts)
-    names = model.state_names()
-    unknown = sorted(regimen.state_names() - set(names))
-    if unknown:
-        raise ValueError(f"Unknown state(s) {unknown} in `regimen`; valid states of {type(model).__name__} are "
-                         f"{list(names)}.")
     if t0 is not None and not isinstance(t0, jax.core.Tracer) and not isinstance(ts, jax.core.Tracer):
         if float(t0) > float(ts[0]):
             raise ValueError(f"`t0` = {t0} is later than the first save time ts[0] = {float(ts[0])}; save times "
