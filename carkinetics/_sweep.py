@@ -276,7 +276,7 @@ def sweep(
       device is bounded by about two chunks.
     - `devices`: `None` (default device, no sharding), `"all"` (every device in `jax.devices()`), an int (the
       first n devices) or a sequence of devices. Members of each chunk are split across them with `shard_map`.
-    - `checkpoint`: a directory. Each finished chunk is written there (atomically, `chunk_XXXXXX.npz`) next to a
+    - `checkpoint`: a directory. Each finished chunk is written there (atomically, `chunk_<6-digit index>.npz`) next to a
       `manifest.json` holding a hash of `inputs` and the layout; rerunning the same sweep loads the finished
       chunks and computes only the missing ones. A directory of a different sweep raises `ValueError`.
     - `progress`: print a progress line on stderr (tqdm when installed) and the final failure count.
