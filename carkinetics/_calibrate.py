@@ -155,34 +155,6 @@ def timecourse_target(rows: Sequence[TargetRow], observable: str, model: Any, *,
 # The problem
 
 
-def _with_working_bounds(space: ParameterSpace, model: Any, bounds: Mapping[str, tuple[float, float]]):
-    """A copy of `space` whose transforms use narrower working bounds for some parameters."""
-    if not bounds:
-        return space
-    allp = parameters(model)
-    lower, upper = list(space.lower), list(space.upper)
-    for name, lohi in bounds.items():
-        if name not in space.names:
-            raise ValueError(f"`bounds` names {name!r}, which is not estimated; estimated are {list(space.names)}.")
-        lo, hi = (float(x) for x in lohi)
-        info = allp[name].info
-        if not (info.lower <= lo < hi <= info.upper):
-            raise ValueError(f"Working bounds ({lo}, {hi}) of {name!r} must lie inside its declared bounds "
-                             f"[{info.lower}, {info.upper}] with lower < upper.")
-        value = float(np.asarray(allp[name].value))
-        if not lo < value < hi:
-            raise ValueError(f"The current value {value} of {name!r} lies outside its working bounds ({lo}, {hi}).")
-        i = space.names.index(name)
-        lower[i], upper[i] = lo, hi
-    # ParameterSpace keeps its bounds in static fields and has no constructor for overrides: build the copy
-    # field by field (the core API offers no other way; see the issue-5 report).
-    new = object.__new__(ParameterSpace)
-    for field, value in (("names", space.names), ("lower", tuple(lower)), ("upper", tuple(upper)),
-                         ("units", space.units)):
-        object.__setattr__(new, field, value)
-    return new
-
-
 class CalibrationProblem(eqx.Module):
     """A model, a regimen, targets, and the parameters to estimate, with priors; `loss(z)` is differentiable.
 
@@ -263,7 +235,7 @@ class CalibrationProblem(eqx.Module):
                                  f"observables are {list(names)}.")
             obs_index.append(names.index(obs))
             times.extend(tt)
-        self.space = _with_working_bounds(ParameterSpace(model, list(estimate)), model, bounds or {})
+        self.space = ParameterSpace(model, list(estimate), bounds=bounds)
         allp = parameters(model)
         z0 = np.asarray(self.space.to_vector(model))
         if priors is None:

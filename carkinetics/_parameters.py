@@ -327,6 +327,8 @@ class ParameterSpace(eqx.Module):
 
     - `model`: the model whose parameters are addressed (used only to read names and bounds).
     - `names`: dotted names of the parameters to map; default all scalar parameters.
+    - `bounds`: optional working bounds `{name: (lower, upper)}` strictly inside the declared ones, used for the
+      transform instead of the declared bounds (e.g. a time declared on `[-1e4, inf)` estimated on `(0, 1000)`).
 
     **Example:**
 
@@ -345,7 +347,8 @@ class ParameterSpace(eqx.Module):
     upper: tuple[float, ...] = eqx.field(static=True)
     units: tuple[str, ...] = eqx.field(static=True)
 
-    def __init__(self, model: eqx.Module, names: Sequence[str] | None = None):
+    def __init__(self, model: eqx.Module, names: Sequence[str] | None = None, *,
+                 bounds: Mapping[str, tuple[float, float]] | None = None):
         allp = parameters(model)
         if names is None:
             names = [n for n, p in allp.items() if np.ndim(p.value) == 0]
@@ -358,9 +361,25 @@ class ParameterSpace(eqx.Module):
                 raise ValueError(f"Parameter {n!r} is not a scalar; ParameterSpace maps scalar parameters only.")
         if len(set(names)) != len(names):
             raise ValueError(f"`names` contains duplicates: {list(names)}.")
+        lower = [allp[n].info.lower for n in names]
+        upper = [allp[n].info.upper for n in names]
+        for name, lohi in (bounds or {}).items():
+            if name not in names:
+                raise ValueError(f"`bounds` names {name!r}, which is not mapped; mapped parameters are {list(names)}.")
+            lo, hi = (float(x) for x in lohi)
+            info = allp[name].info
+            if not (info.lower <= lo < hi <= info.upper):
+                raise ValueError(f"Working bounds ({lo}, {hi}) of {name!r} must lie inside its declared bounds "
+                                 f"[{info.lower}, {info.upper}] with lower < upper.")
+            value = allp[name].value
+            if _is_concrete(value) and not lo < float(np.asarray(value)) < hi:
+                raise ValueError(f"The current value {float(np.asarray(value))} of {name!r} lies outside its working "
+                                 f"bounds ({lo}, {hi}).")
+            i = list(names).index(name)
+            lower[i], upper[i] = lo, hi
         self.names = tuple(names)
-        self.lower = tuple(allp[n].info.lower for n in names)
-        self.upper = tuple(allp[n].info.upper for n in names)
+        self.lower = tuple(lower)
+        self.upper = tuple(upper)
         self.units = tuple(allp[n].info.unit for n in names)
 
     def to_vector(self, model: eqx.Module) -> Float[Array, " n"]:

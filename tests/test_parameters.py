@@ -82,3 +82,19 @@ def test_table_csv(tmp_path):
     lines = p.read_text().splitlines()
     assert lines[0] == "parameter,value,unit,lower,upper,tag,description,source"
     assert lines[1].startswith("cl,129.84,L/d,0.0,inf,D,clearance,")
+
+
+def test_parameter_space_working_bounds():
+    m = _Nested()
+    space = ck.ParameterSpace(m, ["k", "group.shift"], bounds={"group.shift": (-10.0, 0.0)})
+    assert space.lower == (0.0, -10.0) and space.upper == (math.inf, 0.0)
+    z = space.to_vector(m)
+    assert float(z[1]) == pytest.approx(math.log(0.8 / 0.2), rel=1e-12)  # logit((-2 + 10) / 10)
+    far = space.to_model(m, jnp.array([0.0, 40.0]))
+    assert -10.0 <= float(far.group.shift) <= 0.0
+    with pytest.raises(ValueError, match=r"`bounds` names 'group.frac', which is not mapped"):
+        ck.ParameterSpace(m, ["k"], bounds={"group.frac": (0.1, 0.9)})
+    with pytest.raises(ValueError, match=r"Working bounds \(-1.0, 0.5\) of 'group.frac' must lie inside"):
+        ck.ParameterSpace(m, ["group.frac"], bounds={"group.frac": (-1.0, 0.5)})
+    with pytest.raises(ValueError, match=r"current value -2.0 of 'group.shift' lies outside its working bounds"):
+        ck.ParameterSpace(m, ["group.shift"], bounds={"group.shift": (0.0, 5.0)})
