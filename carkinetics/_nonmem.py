@@ -21,12 +21,8 @@ from ._dosing import Bolus, Infusion, Regimen
 _REQUIRED = ("TIME", "AMT", "CMT")
 
 
-def _num(row: dict, key: str, lineno: int, default: float | None = None) -> float:
-    raw = row.get(key)
-    if raw is None or str(raw).strip() in ("", "."):
-        if default is None:
-            raise ValueError(f"Line {lineno}: column {key} is empty; it is required for a dose record.")
-        return default
+def parse_float(raw: str, key: str, lineno: int) -> float:
+    """A finite float from a table cell (`ValueError` naming the line and column otherwise)."""
     try:
         val = float(raw)
     except ValueError:
@@ -34,6 +30,23 @@ def _num(row: dict, key: str, lineno: int, default: float | None = None) -> floa
     if not math.isfinite(val):
         raise ValueError(f"Line {lineno}: column {key} = {raw!r} is not finite.")
     return val
+
+
+def read_text(source: str | os.PathLike | io.TextIOBase) -> str:
+    """The whole text of a CSV path or open text stream."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, newline="") as fh:
+            return fh.read()
+    return source.read()
+
+
+def _num(row: dict, key: str, lineno: int, default: float | None = None) -> float:
+    raw = row.get(key)
+    if raw is None or str(raw).strip() in ("", "."):
+        if default is None:
+            raise ValueError(f"Line {lineno}: column {key} is empty; it is required for a dose record.")
+        return default
+    return parse_float(raw, key, lineno)
 
 
 def read_nonmem_events(source: str | os.PathLike | io.TextIOBase, compartments: Sequence[str], *,
@@ -61,12 +74,7 @@ def read_nonmem_events(source: str | os.PathLike | io.TextIOBase, compartments: 
     compartments = tuple(compartments)
     if not compartments or not all(isinstance(c, str) for c in compartments):
         raise ValueError(f"`compartments` must be a non-empty sequence of state names, got {compartments!r}.")
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, newline="") as fh:
-            text = fh.read()
-    else:
-        text = source.read()
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(read_text(source)))
     if reader.fieldnames is None:
         raise ValueError("The event table is empty (no header line).")
     header = [h.strip().upper() for h in reader.fieldnames]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -21,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 import carkinetics as ck
+from carkinetics._nonmem import parse_float, read_text
 
 
 class Observations(NamedTuple):
@@ -37,23 +37,6 @@ class Observations(NamedTuple):
         mask = np.array([o == observable for o in self.observable], dtype=bool)
         order = np.argsort(self.time[mask], kind="stable")
         return self.time[mask][order], self.value[mask][order]
-
-
-def _read_text(source) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, newline="") as fh:
-            return fh.read()
-    return source.read()
-
-
-def _float(raw: str, col: str, lineno: int) -> float:
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ValueError(f"Line {lineno}: column {col} = {raw!r} is not a number.") from None
-    if not math.isfinite(v):
-        raise ValueError(f"Line {lineno}: column {col} = {raw!r} is not finite.")
-    return v
 
 
 def read_nonmem_observations(source: str | os.PathLike | io.TextIOBase, observables: Sequence[str], *,
@@ -84,7 +67,7 @@ def read_nonmem_observations(source: str | os.PathLike | io.TextIOBase, observab
     observables = tuple(observables)
     if not observables or not all(isinstance(o, str) for o in observables):
         raise ValueError(f"`observables` must be a non-empty sequence of observable names, got {observables!r}.")
-    reader = csv.DictReader(io.StringIO(_read_text(source)))
+    reader = csv.DictReader(io.StringIO(read_text(source)))
     if reader.fieldnames is None:
         raise ValueError("The data table is empty (no header line).")
     header = [h.strip().upper() for h in reader.fieldnames]
@@ -100,14 +83,14 @@ def read_nonmem_observations(source: str | os.PathLike | io.TextIOBase, observab
             continue
         evid_raw = row.get("EVID", "")
         if evid_raw not in ("", "."):
-            evid = int(_float(evid_raw, "EVID", lineno))
+            evid = int(parse_float(evid_raw, "EVID", lineno))
         else:
             amt = row.get("AMT", "")
             evid = 1 if amt not in ("", ".") and float(amt) != 0 else 0
         if evid != 0:
             continue
         mdv = row.get("MDV", "")
-        if mdv not in ("", ".") and int(_float(mdv, "MDV", lineno)) == 1:
+        if mdv not in ("", ".") and int(parse_float(mdv, "MDV", lineno)) == 1:
             continue
         cmt = row.get("CMT", "")
         if cmt in observables:
@@ -123,8 +106,8 @@ def read_nonmem_observations(source: str | os.PathLike | io.TextIOBase, observab
                     f"1..{len(observables)} ({', '.join(f'{j + 1}={o}' for j, o in enumerate(observables))}) or a name."
                 )
             name = observables[k - 1]
-        times.append(_float(row.get("TIME", ""), "TIME", lineno))
-        values.append(_float(row.get("DV", ""), "DV", lineno))
+        times.append(parse_float(row.get("TIME", ""), "TIME", lineno))
+        values.append(parse_float(row.get("DV", ""), "DV", lineno))
         names.append(name)
         subjects.append(sid)
     if subject_id is not None and not times and "ID" in header:
