@@ -74,7 +74,7 @@ def simulate_ensemble(
     rtol: float = 1e-6,
     atol: float = 1e-8,
     max_steps: int = 100_000,
-    saves_per_step: int = 4,
+    saves_per_step: int = 1,
     adjoint: diffrax.AbstractAdjoint | None = None,
     throw: bool = False,
 ) -> Solution:
@@ -221,109 +221,112 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
     rate0 = rates[:, 0].T
     cache0, dt0 = start_segment(rate0, t_start, y0)
     zero_i = jnp.zeros((n,), jnp.int32)
-    # One scratch slot (index T) receives the writes of members that save nothing this iteration: out-of-bounds
-    # "drop" writes would be transposed into NaN-filled gathers under reverse mode.
+    # The dense data of each member's last accepted step is carried, so a save time is written in the iteration
+    # after the step that covers it; one scratch slot (index T) receives the writes of members that save nothing
+    # this iteration (out-of-bounds "drop" writes would be transposed into NaN-filled gathers in reverse mode).
+    _, _, dense0, _ = jax.eval_shape(lambda: method.step(field(rate0), t_start, y0, dt0, cache0))
+    dense0 = jax.tree_util.tree_map(lambda sd: jnp.zeros(sd.shape, sd.dtype), dense0)
+    last0 = (t_start, jnp.ones((n,), dtype), y0, y0, dense0)  # (t, h, y0, y1, dense) of the last accepted step
     out0 = jnp.zeros((n, n_t + 1, n_states), dtype)
-    init = (t_start, y0, dt0, zero_i, zero_i, cache0, rate0, jnp.zeros((n,), bool), zero_i, zero_i, zero_i, out0)
+    seg_end0 = ends[:, 0]
+    init = (t_start, y0, dt0, zero_i, seg_end0, zero_i, cache0, rate0, jnp.zeros((n,), bool), zero_i, zero_i, zero_i,
+            last0, out0)
 
-    def live_of(done, fail):
-        return ~done & (fail == _OK)
+    def select(mask, new, old):  # per-member choice between two pytrees of (..., N) arrays
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(mask.reshape((1,) * (a.ndim - 1) + (n,)), a, b)
+                                      if a.ndim >= 1 and a.shape[-1] == n else a, new, old)
+
+    def saving(t, idx, seg_end, done, fail, j):
+        """Members whose save time `idx + j` is already covered: strictly inside the last step, or at `t` once
+        every jump at `t` has been applied (right-continuous saves)."""
+        s_j = idx + j
+        ts_j = ts[jnp.minimum(s_j, n_t - 1)]
+        settled = done | (seg_end > t)
+        return (fail == _OK) & (s_j < n_t) & ((ts_j < t) | ((ts_j == t) & settled)), ts_j
 
     def cond_fun(c):
-        _, _, _, _, idx, _, _, done, fail, _, _, _ = c
-        return jnp.any((fail == _OK) & (~done | (idx < n_t)))
+        t, _, _, _, seg_end, idx, _, _, done, fail, _, _, _, _ = c
+        pending, _ = saving(t, idx, seg_end, done, fail, 0)
+        return jnp.any((fail == _OK) & ~done) | jnp.any(pending)
 
     def body_fun(c):
-        t, y, dt, k, idx, cache, rate, done, fail, nacc, nrej, out = c
-        live = live_of(done, fail)
+        t, y, dt, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, last, out = c
+        live = ~done & (fail == _OK)
+        # Members with a save time inside their last step write it first and step in a later iteration.
+        pending, _ = saving(t, idx, seg_end, done, fail, 0)
+        stepping = live & ~pending
         f = field(rate)
-        seg_end = seg_gather(ends, k)
-        nxt = idx + m_saves
-        save_bound = jnp.where(nxt < n_t, ts[jnp.minimum(nxt, n_t - 1)], jnp.inf)
-        bound = jnp.minimum(seg_end, save_bound)
-        remaining = jnp.maximum(bound - t, 0.0)
+        remaining = jnp.maximum(seg_end - t, 0.0)
         truncated = dt >= remaining
         dt_eff = jnp.where(truncated, remaining, dt)
         zero = dt_eff <= 0
-        stepping = live & ~zero
         # Members that do not step this iteration compute on safe values (no NaN can leak into gradients).
-        h = jnp.where(stepping, dt_eff, 1e-3).astype(dtype)
+        h = jnp.where(stepping & ~zero, dt_eff, 1e-3).astype(dtype)
         ys = jnp.where(live[None, :], y, y0)
         y1, y_err, dense, cache1 = method.step(f, t, ys, h, cache)
         scale = atol + rtol * jnp.maximum(jnp.abs(ys), jnp.abs(y1))
         err = _rms(y_err / scale)
         finite = jnp.all(jnp.isfinite(y1), axis=0) & jnp.isfinite(err)
         err = jnp.where(finite, err, jnp.inf)
-        accept = live & (zero | (err <= 1.0))
-        reject = live & ~accept
-        t_new = jnp.where(truncated, bound, t + dt_eff)
+        accept = stepping & (zero | (err <= 1.0))
+        reject = stepping & ~accept
+        t_new = jnp.where(truncated, seg_end, t + dt_eff)
 
-        # Saves: dense output for save times inside [t, t_new); members already done flush their last state.
-        flush = done & (fail == _OK)
-        count = zero_i
-        for j in range(m_saves):
-            s_j = idx + j
-            in_range = s_j < n_t
-            ts_j = ts[jnp.minimum(s_j, n_t - 1)]
-            want = (accept & ~zero & in_range & (ts_j < t_new)) | (flush & in_range)
-
-            def value(ts_j=ts_j):
-                theta = jnp.clip((ts_j - t) / h, 0.0, 1.0)
-                yi = method.interpolate(dense, ys, y1, theta)
-                return jnp.where(flush[None, :], y, yi)
-
-            val = jax.lax.cond(jnp.any(want), value, lambda: jnp.zeros_like(y))
-            out = out.at[members, jnp.where(want, s_j, n_t)].set(val.T)
-            count = count + want.astype(jnp.int32)
-        idx = idx + count
-
-        # Advance accepted members; apply the next jump at the end of a segment.
-        # A zero-length step (a member at the end of its segment) moves nothing: its y1 was computed with the
-        # placeholder step size and is discarded.
+        # Advance accepted members. A zero-length step (a member at the end of its segment) moves nothing: its y1
+        # was computed with the placeholder step size and is discarded.
         moved = accept & ~zero
+        last = select(moved, (t, h, ys, y1, dense), last)
         t = jnp.where(moved, t_new, t)
         y = jnp.where(moved[None, :], y1, y)
-        cache = jax.tree_util.tree_map(lambda a, b: jnp.where(moved, a, b) if a.ndim == 1 else
-                                       jnp.where(moved[None, :], a, b) if a.ndim == 2 else a, cache1, cache)
-        at_end = accept & (t >= seg_end)
-        advance = at_end & (k < n_seg - 1)
-        finished = at_end & (k == n_seg - 1)
-        k = k + advance.astype(jnp.int32)
-        y = jnp.where(advance[None, :], seg_gather(mult, k) * y + seg_gather(add, k), y)
-        rate = jnp.where(advance[None, :], seg_gather(rates, k), rate)
-        done = done | finished
+        cache = select(moved, cache1, cache)
 
         # Step-size control (per member).
+        q = method.error_order
         safe_err = jnp.where(err > 0, err, 1.0)
         factor = jnp.where(err > 0, 0.9 * safe_err ** (-1.0 / q), 10.0)
         factor = jnp.clip(jnp.where(jnp.isfinite(factor), factor, 0.2), 0.2, 10.0)
         proposal = dt_eff * factor
-        dt_new = jnp.where(reject, proposal, dt)
-        dt_new = jnp.where(accept & ~zero & ~truncated, proposal, dt_new)
-        dt_new = jnp.where(accept & ~zero & truncated & (factor >= 1.0), jnp.maximum(dt, proposal), dt_new)
-        dt_new = jnp.where(accept & ~zero & truncated & (factor < 1.0), proposal, dt_new)
+        dt_new = jnp.where(reject | (moved & ~truncated) | (moved & truncated & (factor < 1.0)), proposal, dt)
+        dt_new = jnp.where(moved & truncated & (factor >= 1.0), jnp.maximum(dt, proposal), dt_new)
 
-        def restart():
-            ysafe = jnp.where(advance[None, :], y, y0)
-            c0, d0 = start_segment(rate, t, ysafe)
-            return c0, d0
+        # The end of a segment: apply the next jump, switch the infusion input, restart the step size.
+        at_end = accept & (t >= seg_end)
+        advance = at_end & (k < n_seg - 1)
+        done = done | (at_end & (k == n_seg - 1))
 
-        cache_r, dt_r = jax.lax.cond(jnp.any(advance), restart, lambda: (cache, dt_new))
-        cache = jax.tree_util.tree_map(lambda a, b: jnp.where(advance, a, b) if a.ndim == 1 else
-                                       jnp.where(advance[None, :], a, b) if a.ndim == 2 else a, cache_r, cache)
-        dt_new = jnp.where(advance, dt_r, dt_new)
+        def next_segment(k, y, rate, seg_end, cache, dt_new):
+            k = k + advance.astype(jnp.int32)
+            y = jnp.where(advance[None, :], seg_gather(mult, k) * y + seg_gather(add, k), y)
+            rate = jnp.where(advance[None, :], seg_gather(rates, k), rate)
+            seg_end = jnp.where(advance, seg_gather(ends, k), seg_end)
+            c0, d0 = start_segment(rate, t, jnp.where(advance[None, :], y, y0))
+            return k, y, rate, seg_end, select(advance, c0, cache), jnp.where(advance, d0, dt_new)
 
-        nacc = nacc + (accept & ~zero).astype(jnp.int32)
+        k, y, rate, seg_end, cache, dt_new = jax.lax.cond(
+            jnp.any(advance), next_segment, lambda *a: a, k, y, rate, seg_end, cache, dt_new)
+
+        nacc = nacc + moved.astype(jnp.int32)
         nrej = nrej + reject.astype(jnp.int32)
         too_many = live & ~done & (nacc + nrej >= max_steps)
         tiny = live & ~done & reject & (dt_new < 10 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(t), 1.0))
         fail = jnp.where(too_many, _MAX_STEPS, jnp.where(tiny, _DT_MIN, fail))
-        return t, y, dt_new, k, idx, cache, rate, done, fail, nacc, nrej, out
+
+        # Saves: up to `saves_per_step` save times covered by the last step (dense output) or at `t` (the state).
+        t_last, h_last, y_a, y_b, dense_last = last
+        count = zero_i
+        for j in range(m_saves):
+            want, ts_j = saving(t, idx, seg_end, done, fail, j)
+            theta = jnp.clip((ts_j - t_last) / h_last, 0.0, 1.0)
+            val = jnp.where((ts_j >= t)[None, :], y, method.interpolate(dense_last, y_a, y_b, theta))
+            out = out.at[members, jnp.where(want, idx + j, n_t)].set(val.T)
+            count = count + want.astype(jnp.int32)
+        idx = idx + count
+        return t, y, dt_new, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, last, out
 
     loop_bound = max_steps + n_seg + 2 * n_t + 4
     final = eqxi.while_loop(cond_fun, body_fun, init, max_steps=loop_bound, buffers=lambda c: c[-1], kind=kind,
                             checkpoints=checkpoints)
-    _, _, _, _, idx, _, _, _, fail, nacc, nrej, out = final
+    _, _, _, _, _, idx, _, _, _, fail, nacc, nrej, _, out = final
     # Save times a failed member never reached are NaN (masked after the loop: a NaN-initialised buffer would
     # leak NaN into reverse-mode gradients).
     out = out[:, :n_t]

@@ -84,15 +84,14 @@ class EnsembleTsit5(AbstractEnsembleMethod):
         dtype = y.dtype
         a_full = jnp.asarray(_A_FULL, dtype)
         c_full = jnp.asarray(_C_FULL, dtype)
-        ks = jnp.zeros((7,) + y.shape, dtype).at[0].set(cache)
-
-        def stage(i, ks):
-            incr = jnp.tensordot(a_full[i], ks, axes=1)
-            return ks.at[i + 1].set(f(t + c_full[i] * dt, y + h * incr))
-
-        ks = jax.lax.fori_loop(0, 6, stage, ks)
-        y1 = y + h * jnp.tensordot(a_full[5], ks, axes=1)  # the last tableau row is b (FSAL)
-        y_err = h * jnp.tensordot(jnp.asarray(_B_ERR, dtype), ks, axes=1)
+        ks = [cache]
+        for i in range(6):
+            row = _A_FULL[i]
+            incr = sum(float(row[j]) * ks[j] for j in range(i + 1))
+            ks.append(f(t + float(_C_FULL[i]) * dt, y + h * incr))
+        y1 = y + h * sum(float(_A_FULL[5][j]) * ks[j] for j in range(6))
+        y_err = h * sum(float(_B_ERR[j]) * ks[j] for j in range(7))
+        ks = jnp.stack(ks)
         return y1, y_err, (dt, ks), ks[6]
 
     def interpolate(self, dense, y0, y1, theta):
@@ -106,5 +105,6 @@ class EnsembleTsit5(AbstractEnsembleMethod):
         b5 = 47.37952196281928122 * (t - 1.203071208372362603) * (t - 0.658047292653547382) * t**2
         b6 = -34.87065786149660974 * (t - 1.2) * (t - 0.666666666666666667) * t**2
         b7 = 2.5 * (t - 1) * (t - 0.6) * t**2
-        bs = jnp.stack([b1, b2, b3, b4, b5, b6, b7])  # (7, N)
-        return y0 + dt[None, :] * jnp.einsum("kn,ksn->sn", bs, ks)
+        # Elementwise weighted sum (a batched `einsum` lowers to a slow batch-of-tiny-matmuls on CPU).
+        incr = sum(b[None, :] * ks[i] for i, b in enumerate((b1, b2, b3, b4, b5, b6, b7)))
+        return y0 + dt[None, :] * incr
