@@ -123,13 +123,35 @@ def test_rodas5_handles_a_stiff_model_in_few_steps():
     assert not bool(jnp.any(explicit.ok))
 
 
-def test_failure_is_reported_per_member():
+@pytest.mark.parametrize("method", METHODS, ids=IDS)
+def test_member_queue_gives_identical_results(method):
+    # 7 members with their own dose times/amounts (some at save times, one before ts[0]) integrated 2 or 3 at a
+    # time (the others wait in the queue and take over finished slots) must give the same solution, step counts
+    # and status as all 7 at once: each member's steps do not depend on its neighbours (agreement to 1e-12).
+    cls = jnp.array([60.0, 130.0, 250.0, 90.0, 400.0, 75.0, 180.0])
+    t2 = jnp.array([1.0, 1.5, 2.0, 0.3, 2.9, 1.25, 0.75])
+    a2 = jnp.array([900.0, 500.0, 1200.0, 100.0, 50.0, 700.0, 300.0])
+    reg = jax.vmap(lambda t, a: ck.Regimen([ck.Bolus(-0.25, 1800.0, "central"), ck.Bolus(t, a, "central")]))(t2, a2)
+    models = one_cpt_models(cls)
+    full = ck.simulate_ensemble(models, reg, TS, method=method, rtol=1e-8, atol=1e-10, slots=7)
+    for slots in (2, 3):
+        sol = ck.simulate_ensemble(models, reg, TS, method=method, rtol=1e-8, atol=1e-10, slots=slots)
+        assert bool(jnp.all(sol.ok))
+        assert rel_err(sol.y_array, full.y_array, floor=1e-6) < 1e-12
+        assert np.array_equal(np.asarray(sol.num_steps), np.asarray(full.num_steps))
+    for i in range(7):
+        exact = one_cpt_exact(float(cls[i]), [-0.25, float(t2[i])], [1800.0, float(a2[i])], np.asarray(TS))
+        assert rel_err(full.ys.central[i], exact, floor=1e-3) < 1e-5
+
+
+@pytest.mark.parametrize("slots", [None, 1], ids=["all-slots", "queue"])
+def test_failure_is_reported_per_member(slots):
     # Member 1 is very stiff (k = 2e5 /d) for an explicit method, so with max_steps=300 it fails with
     # max_steps_reached, while members 0 and 2 finish correctly; the failed member's unsaved outputs are NaN.
     cls = jnp.array([60.0, V * 2e5, 130.0])
     models = one_cpt_models(cls)
     reg = ck.Bolus(0.0, 1800.0, "central")
-    sol = ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleTsit5(), max_steps=300)
+    sol = ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleTsit5(), max_steps=300, slots=slots)
     assert np.asarray(sol.ok).tolist() == [True, False, True]
     assert np.asarray(sol.result == ck.RESULTS.max_steps_reached).tolist() == [False, True, False]
     assert int(sol.num_steps[1]) == 300
@@ -141,10 +163,10 @@ def test_failure_is_reported_per_member():
         ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleTsit5(), max_steps=300, throw=True).y_array.block_until_ready()
 
 
-def _total_concentration(cl, adjoint, method):
+def _total_concentration(cl, adjoint, method, slots=None):
     models = one_cpt_models(cl * jnp.array([0.5, 1.0, 2.0]))
     sol = ck.simulate_ensemble(models, ck.Bolus(0.0, 1800.0, "central"), TS, method=method, adjoint=adjoint,
-                               rtol=1e-10, atol=1e-12)
+                               rtol=1e-10, atol=1e-12, slots=slots)
     return jnp.sum(sol.observables.concentration)
 
 
@@ -154,11 +176,13 @@ def _total_concentration_derivative(cl):
     return sum(float(np.sum(-(s * t / V) * 1800.0 / V * np.exp(-s * cl * t / V))) for s in (0.5, 1.0, 2.0))
 
 
+@pytest.mark.parametrize("slots", [None, 2], ids=["all-slots", "queue"])
 @pytest.mark.parametrize("method", METHODS, ids=IDS)
-def test_forward_mode_derivative(method):
-    # jax.jvp through the forward-mode loop vs the analytic derivative and a central finite difference.
+def test_forward_mode_derivative(method, slots):
+    # jax.jvp through the forward-mode loop vs the analytic derivative and a central finite difference; with
+    # slots=2 the third member waits in the queue and takes over a finished slot (parameters gathered in the loop).
     cl = 130.0
-    _, jvp = jax.jvp(lambda c: _total_concentration(c, diffrax.ForwardMode(), method), (cl,), (1.0,))
+    _, jvp = jax.jvp(lambda c: _total_concentration(c, diffrax.ForwardMode(), method, slots), (cl,), (1.0,))
     exact = _total_concentration_derivative(cl)
     assert abs(float(jvp) - exact) / abs(exact) < 1e-6
     h = 1e-3
@@ -167,11 +191,13 @@ def test_forward_mode_derivative(method):
     assert abs(float(jvp) - float(fd)) / abs(exact) < 1e-5
 
 
+@pytest.mark.parametrize("slots", [None, 2], ids=["all-slots", "queue"])
 @pytest.mark.parametrize("method", [METHODS[0], pytest.param(METHODS[1], marks=pytest.mark.slow)], ids=IDS)
-def test_reverse_mode_gradient(method):
-    # jax.grad through the checkpointed loop (default adjoint) vs the analytic derivative.
+def test_reverse_mode_gradient(method, slots):
+    # jax.grad through the checkpointed loop (default adjoint) vs the analytic derivative, with and without the
+    # member queue (slots=2 for 3 members).
     cl = 130.0
-    g = jax.grad(lambda c: _total_concentration(c, None, method))(cl)
+    g = jax.grad(lambda c: _total_concentration(c, None, method, slots))(cl)
     exact = _total_concentration_derivative(cl)
     assert abs(float(g) - exact) / abs(exact) < 1e-6
 
