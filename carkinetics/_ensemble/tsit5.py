@@ -78,20 +78,21 @@ class EnsembleTsit5(AbstractEnsembleMethod):
         return f0
 
     def step(self, f, t, y, dt, cache):
-        # The 6 new stages run in a `fori_loop` over rows of the (padded) tableau, so the model's vector field is
-        # traced once, not 6 times: compile time matters for large models (28 states for the SLE model).
         h = dt[None, :]
+        # The 6 new stages run in a `fori_loop` over rows of the (padded) tableau, so the model's vector field is
+        # traced once, not 6 times: compile time matters for large models (29 states for the SLE model).
         dtype = y.dtype
         a_full = jnp.asarray(_A_FULL, dtype)
         c_full = jnp.asarray(_C_FULL, dtype)
-        ks = [cache]
-        for i in range(6):
-            row = _A_FULL[i]
-            incr = sum(float(row[j]) * ks[j] for j in range(i + 1))
-            ks.append(f(t + float(_C_FULL[i]) * dt, y + h * incr))
-        y1 = y + h * sum(float(_A_FULL[5][j]) * ks[j] for j in range(6))
-        y_err = h * sum(float(_B_ERR[j]) * ks[j] for j in range(7))
-        ks = jnp.stack(ks)
+        ks = jnp.zeros((7,) + y.shape, dtype).at[0].set(cache)
+
+        def stage(i, ks):
+            incr = jnp.tensordot(a_full[i], ks, axes=1)
+            return ks.at[i + 1].set(f(t + c_full[i] * dt, y + h * incr))
+
+        ks = jax.lax.fori_loop(0, 6, stage, ks)
+        y1 = y + h * jnp.tensordot(a_full[5], ks, axes=1)  # the last tableau row is b (FSAL)
+        y_err = h * jnp.tensordot(jnp.asarray(_B_ERR, dtype), ks, axes=1)
         return y1, y_err, (dt, ks), ks[6]
 
     def interpolate(self, dense, y0, y1, theta):
