@@ -65,6 +65,8 @@ class SweepResult(NamedTuple):
     - `n_failed`: number of failed members (also printed by the progress display).
     - `n_members`, `chunk_size`, `n_chunks`, `n_devices`: the layout that was used.
     - `n_resumed_chunks`: chunks loaded from the checkpoint instead of being computed.
+    - `engine`: what integrated the members: `"ensemble"` ([`carkinetics.EnsembleEvaluator`][], the batched
+      solver), `"vmap"` ([`carkinetics.vmap_evaluator`][]) or `"custom"` (another evaluator).
     """
 
     outputs: Any
@@ -75,6 +77,7 @@ class SweepResult(NamedTuple):
     n_chunks: int
     n_devices: int
     n_resumed_chunks: int
+    engine: str = "vmap"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -389,7 +392,9 @@ def sweep(
         bar.close()
 
     outputs = jax.tree_util.tree_unflatten(out_treedef, results)
-    return SweepResult(outputs, ok_all, int(np.sum(~ok_all)), n, chunk_size, n_chunks, n_dev, n_resumed)
+    engine = ("ensemble" if isinstance(evaluator, EnsembleEvaluator) else
+              "vmap" if evaluator is vmap_evaluator else "custom")
+    return SweepResult(outputs, ok_all, int(np.sum(~ok_all)), n, chunk_size, n_chunks, n_dev, n_resumed, engine)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -475,7 +480,6 @@ class _ModelMember(eqx.Module):
             out["observables"] = sol.obs_array
         return out, sol.ok
 
-
     def batched(self, chunk: Mapping[str, Any], evaluator: EnsembleEvaluator):
         """A whole chunk at once with `simulate_ensemble` (see `EnsembleEvaluator`)."""
         from ._ensemble import simulate_ensemble
@@ -484,8 +488,12 @@ class _ModelMember(eqx.Module):
         params = chunk["params"]
         models = jax.vmap(lambda i, p: replace(self.model, p) if p else self.model)(jnp.arange(n), params)
         regimen = chunk["regimen"] if "regimen" in chunk else self.regimen
-        sol = simulate_ensemble(models, regimen, self.ts, method=evaluator.method,
-                                saves_per_step=evaluator.saves_per_step, throw=False, **self.simulate_kwargs)
+        kwargs = ensemble_kwargs(self.model, regimen if "regimen" not in chunk else
+                                 jax.tree_util.tree_map(lambda x: x[0], regimen), self.ts, self.simulate_kwargs)
+        method = kwargs.pop("method")
+        sol = simulate_ensemble(models, regimen, self.ts, method=method if evaluator.method is None else
+                                evaluator.method, saves_per_step=evaluator.saves_per_step, slots=evaluator.slots,
+                                throw=False, **kwargs)
         out = dict(jax.vmap(self.metrics)(sol)) if self.metrics is not None else {}
         if self.keep_trajectories:
             out["states"] = sol.y_array
@@ -493,13 +501,80 @@ class _ModelMember(eqx.Module):
         return out, sol.ok
 
 
+#: `simulate` keyword arguments the ensemble engine can honour (see `ensemble_unsupported`).
+_ENSEMBLE_KWARGS = frozenset({"t0", "solver", "rtol", "atol", "max_steps", "adjoint"})
+
+
+def ensemble_method_for(solver: Any) -> Any:
+    """The batched counterpart of a diffrax solver, or `None` if it has none.
+
+    `None` (the engines' default) and `diffrax.Tsit5` map to [`carkinetics.EnsembleTsit5`][] (the same explicit
+    5(4) Tsitouras pair); every implicit diffrax solver (`Kvaerno3/4/5`, `ImplicitEuler`, i.e.
+    `diffrax.AbstractImplicitSolver`) maps to [`carkinetics.EnsembleRodas5`][] (stiff, L-stable Rosenbrock).
+    Other solvers (`Dopri5`, `Dopri8`, `Euler`, ...) have no counterpart: the callers then use `vmap(simulate)`.
+    """
+    import diffrax
+
+    from ._ensemble import EnsembleRodas5, EnsembleTsit5
+
+    if solver is None or type(solver) is diffrax.Tsit5:
+        return EnsembleTsit5()
+    if isinstance(solver, diffrax.AbstractImplicitSolver):
+        return EnsembleRodas5()
+    return None
+
+
+def ensemble_unsupported(simulate_kwargs: Mapping[str, Any]) -> str | None:
+    """Why `simulate_kwargs` cannot run on the ensemble engine (a sentence), or `None` if they can."""
+    import diffrax
+
+    extra = sorted(set(simulate_kwargs) - _ENSEMBLE_KWARGS)
+    if extra:
+        return f"the ensemble engine does not take {extra} (it accepts {sorted(_ENSEMBLE_KWARGS)})"
+    solver = simulate_kwargs.get("solver")
+    if ensemble_method_for(solver) is None:
+        return f"the solver {type(solver).__name__} has no ensemble counterpart (Tsit5 and implicit solvers have)"
+    adjoint = simulate_kwargs.get("adjoint")
+    if adjoint is not None and not isinstance(adjoint, (diffrax.RecursiveCheckpointAdjoint, diffrax.ForwardMode)):
+        return (f"the adjoint {type(adjoint).__name__} is not supported by the ensemble engine "
+                "(RecursiveCheckpointAdjoint and ForwardMode are)")
+    return None
+
+
+def ensemble_kwargs(model: AbstractKineticModel, regimen: Any, ts: Any, simulate_kwargs: Mapping[str, Any]) -> dict:
+    """`simulate` keyword arguments translated for `simulate_ensemble` (call `ensemble_unsupported` first).
+
+    `solver` becomes `method` (see `ensemble_method_for`); `max_steps` keeps `simulate`'s meaning (steps per
+    segment): the ensemble engine counts steps over a member's whole horizon, so it gets `max_steps` times the
+    number of segments of the schedule (`model` and `regimen` are one, unbatched member)."""
+    from ._segments import build_segments, check_model_and_regimen
+
+    kw = dict(simulate_kwargs)
+    kw["method"] = ensemble_method_for(kw.pop("solver", None))
+    if "max_steps" in kw:
+        reg = check_model_and_regimen(model, regimen)
+        t0 = kw.get("t0")
+        seg = eqx.filter_eval_shape(build_segments, model, reg, jnp.asarray(ts, dtype=float),
+                                    None if t0 is None else jnp.asarray(t0, dtype=float))
+        kw["max_steps"] = int(kw["max_steps"]) * int(seg.ends.shape[0])
+    return kw
+
+
 class EnsembleEvaluator(eqx.Module):
     """Chunk evaluator of [`carkinetics.sweep_model`][] that integrates each chunk with
-    [`carkinetics.simulate_ensemble`][] (the batched solver) instead of `vmap(simulate)`.
+    [`carkinetics.simulate_ensemble`][] (the batched solver) instead of `vmap(simulate)`. It is `sweep_model`'s
+    default engine.
 
-    **Arguments:** `method`: an ensemble method (default `EnsembleTsit5`); `saves_per_step`: see
-    `simulate_ensemble`. `sweep_model`'s `**simulate_kwargs` are passed on (`t0`, `rtol`, `atol`, `max_steps`,
-    `adjoint`; not `solver`/`dt0`).
+    **Arguments:**
+
+    - `method`: an ensemble method; default `None`: the counterpart of `sweep_model`'s `solver` argument
+      (`Tsit5` or none given -> [`carkinetics.EnsembleTsit5`][], implicit solvers such as `Kvaerno5` ->
+      [`carkinetics.EnsembleRodas5`][]).
+    - `saves_per_step`, `slots`: passed to `simulate_ensemble` (defaults 1 and `None`, as there). Results do not
+      depend on `slots`.
+
+    `sweep_model`'s `**simulate_kwargs` are passed on (`t0`, `rtol`, `atol`, `max_steps` (per segment, as in
+    `simulate`), `adjoint`; `solver` selects the method); `dt0` and other arguments are not supported.
 
     **Example:**
 
@@ -507,12 +582,15 @@ class EnsembleEvaluator(eqx.Module):
     import numpy as np, jax.numpy as jnp, carkinetics as ck
     from carkinetics.models import OneCompartmentPK
     res = ck.sweep_model(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0, 1, 25),
-                         {"cl": np.linspace(50.0, 200.0, 8)}, evaluator=ck.EnsembleEvaluator(), progress=False)
+                         {"cl": np.linspace(50.0, 200.0, 8)}, evaluator=ck.EnsembleEvaluator(slots=4),
+                         progress=False)
+    res.engine    # "ensemble"
     ```
     """
 
     method: Any = None
-    saves_per_step: int = eqx.field(static=True, default=8)
+    saves_per_step: int = eqx.field(static=True, default=1)
+    slots: int | None = eqx.field(static=True, default=None)
 
     def __call__(self, fn: Callable, chunk: Any) -> Any:
         if not isinstance(fn, _ModelMember):
@@ -548,12 +626,13 @@ def sweep_model(
     devices: Any = None,
     checkpoint: str | os.PathLike | None = None,
     progress: bool = True,
-    evaluator: Callable = vmap_evaluator,
+    evaluator: Callable | None = None,
     **simulate_kwargs: Any,
 ) -> SweepResult:
     """Simulate `model` for every member of a batch of parameter sets and/or regimens and reduce to metrics.
 
-    Each member is `simulate(model.replace(sample), regimen_i, ts, throw=False, **simulate_kwargs)`, reduced by
+    Each member is integrated as `simulate(model.replace(sample), regimen_i, ts, throw=False, **simulate_kwargs)`
+    would (by default with the batched ensemble engine, see `evaluator`), reduced by
     `metrics`; the solver status masks failed members (their float outputs become `nan`; `n_failed` counts
     them). Built on [`carkinetics.sweep`][] (chunking, devices, checkpoints, progress).
 
@@ -568,10 +647,20 @@ def sweep_model(
       [`carkinetics.metrics`][] functions); default [`carkinetics.observable_metrics`][]. `None` for none.
     - `keep_trajectories`: also return `"states"` `(N, T, S)` and `"observables"` `(N, T, O)` (memory!).
     - `chunk_size`, `devices`, `checkpoint`, `progress`: see [`carkinetics.sweep`][].
-    - `evaluator`: [`carkinetics.vmap_evaluator`][] (default: `vmap` of `simulate`) or
-      [`carkinetics.EnsembleEvaluator`][] (the batched ensemble solver; usually much faster for large chunks).
+    - `evaluator`: the engine. Default `None`: [`carkinetics.EnsembleEvaluator`][] (the batched ensemble
+      solver [`carkinetics.simulate_ensemble`][], several times faster per member than `vmap(simulate)`), with the
+      method matching `solver`: `diffrax.Tsit5` (or no `solver`) -> [`carkinetics.EnsembleTsit5`][], implicit
+      solvers (`Kvaerno3/4/5`, `ImplicitEuler`) -> [`carkinetics.EnsembleRodas5`][]. **Fallback:** when the
+      ensemble engine cannot honour the settings - a solver with no ensemble counterpart (`Dopri5`, `Dopri8`,
+      `Euler`, ...), `dt0`, or an adjoint other than `RecursiveCheckpointAdjoint`/`ForwardMode` - the default
+      uses [`carkinetics.vmap_evaluator`][] instead (`SweepResult.engine` says which ran). Pass
+      `evaluator=ck.vmap_evaluator` to force `vmap(simulate)`, or an explicit `EnsembleEvaluator(...)` (which
+      raises `ValueError` for such settings instead of falling back). The two engines agree to the solver
+      tolerance, not bit for bit (different step sequences; Rodas5 is a different method from Kvaerno5).
+      `max_steps` means steps per segment with both engines (the ensemble gets `max_steps` times the number of
+      segments for a member's whole horizon).
 
-    **Returns:** a [`carkinetics.SweepResult`][] whose `outputs` is the dict of metrics.
+    **Returns:** a [`carkinetics.SweepResult`][] whose `outputs` is the dict of metrics (`engine` names the engine).
 
     **Example:**
 
@@ -621,11 +710,19 @@ def sweep_model(
         n = len(regimens)
     if n is None:
         raise ValueError("Give `samples` and/or `regimens`: there is nothing to sweep over.")
-    if isinstance(evaluator, EnsembleEvaluator):
-        bad = sorted(set(simulate_kwargs) - {"t0", "rtol", "atol", "max_steps", "adjoint"})
-        if bad:
-            raise ValueError(f"With EnsembleEvaluator, `sweep_model` accepts t0, rtol, atol, max_steps and adjoint as "
-                             f"solver settings; got {bad}.")
+    why = ensemble_unsupported(simulate_kwargs)
+    if evaluator is None:
+        evaluator = vmap_evaluator if why is not None else EnsembleEvaluator()
+    elif isinstance(evaluator, EnsembleEvaluator):
+        if why is not None:
+            raise ValueError(f"`evaluator` is an EnsembleEvaluator but {why}; use evaluator=ck.vmap_evaluator "
+                             "(or leave `evaluator` unset to fall back automatically).")
+        if evaluator.method is not None and simulate_kwargs.get("solver") is not None:
+            raise ValueError(f"Both `solver` ({type(simulate_kwargs['solver']).__name__}) and the EnsembleEvaluator's "
+                             f"`method` ({type(evaluator.method).__name__}) are given; give only one.")
+    elif not callable(evaluator):
+        raise ValueError(f"`evaluator` must be None, ck.vmap_evaluator, a ck.EnsembleEvaluator or a callable, got "
+                         f"{type(evaluator).__name__}.")
     fn = _ModelMember(floats_to_arrays(model), regimen, jnp.asarray(ts, dtype=float), metrics, keep_trajectories,
                       simulate_kwargs)
     return sweep(fn, member, chunk_size=chunk_size, devices=devices, checkpoint=checkpoint, progress=progress,

@@ -76,7 +76,9 @@ def test_ensemble_evaluator_matches_vmap():
 
 def test_resume_after_interruption(tmp_path):
     cl = np.linspace(40.0, 200.0, 10)
-    ref = ck.sweep_model(OneCompartmentPK(), DOSE, TS, {"cl": cl}, chunk_size=4, progress=False)
+    # The generic `sweep` below evaluates the member with vmap(simulate), so the reference uses that engine too.
+    ref = ck.sweep_model(OneCompartmentPK(), DOSE, TS, {"cl": cl}, chunk_size=4, progress=False,
+                         evaluator=ck.vmap_evaluator)
 
     class Interrupt(Exception):
         pass
