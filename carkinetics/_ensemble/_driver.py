@@ -79,7 +79,7 @@ def simulate_ensemble(
     rtol: float = 1e-6,
     atol: float = 1e-8,
     max_steps: int = 100_000,
-    saves_per_step: int = 1,
+    saves_per_step: int | None = None,
     slots: int | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
     throw: bool = False,
@@ -108,7 +108,8 @@ def simulate_ensemble(
     - `max_steps`: maximum number of steps (accepted + rejected) per member over the whole horizon.
     - `saves_per_step`: at most this many save times are written per step (a step is shortened so that no more
       fall inside it); a static tuning knob: each save slot costs about a sixth of a Tsit5 step, more slots allow
-      longer steps when save times are dense. Default 1.
+      longer steps when save times are dense. Default (`None`): the method's `default_saves_per_step` (1 for
+      EnsembleTsit5, 8 for EnsembleRodas5, whose steps are long and costly).
     - `slots`: how many members are integrated at once (static). The others wait in a queue and take over the slot
       of a finished member, so a batch does not run at the pace of its slowest member and the working set stays
       in cache. Default: 128 on CPU, `N` (all members) on accelerators. Results do not depend on it.
@@ -145,8 +146,10 @@ def simulate_ensemble(
     check_tolerances(rtol, atol)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    if saves_per_step is None:
+        saves_per_step = method.default_saves_per_step
     if isinstance(saves_per_step, bool) or not isinstance(saves_per_step, int) or saves_per_step < 1:
-        raise ValueError(f"`saves_per_step` must be a positive int, got {saves_per_step!r}.")
+        raise ValueError(f"`saves_per_step` must be a positive int or None, got {saves_per_step!r}.")
     if adjoint is None:
         adjoint = diffrax.RecursiveCheckpointAdjoint()
     if isinstance(adjoint, diffrax.ForwardMode):
@@ -248,14 +251,18 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
     zero_i = jnp.zeros((w,), jnp.int32)
     ids0 = jnp.arange(w)
     params0, y00, t00, rate0, seg_end0 = load(ids0)
-    cache0, dt0 = start_segment(params0, rate0, t00, y00)
+    # Every slot (re)starts its step size and method cache at the top of the next iteration (`restart`): the model's
+    # vector field is traced once for all restarts (first segment, jumps, refills), which keeps compile time down.
+    cache0 = jax.tree_util.tree_map(lambda sd: jnp.zeros(sd.shape, sd.dtype), jax.eval_shape(
+        lambda: method.init(field(params0, rate0), t00, y00, y00)))
+    dt0 = jnp.ones((w,), dtype)
     # One scratch slot (index T) receives the writes of members that save nothing this iteration (out-of-bounds
     # "drop" writes would be transposed into NaN-filled gathers in reverse mode).
     out0 = jnp.zeros((n, n_t + 1, n_states), dtype)
     zero_n = jnp.zeros((n,), jnp.int32)
     stats0 = (zero_n, zero_n, zero_n, zero_n)  # per member: saves written, failure code, accepted, rejected
     slot0 = (ids0, params0, y00, t00, y00, dt0, zero_i, seg_end0, zero_i, cache0, rate0, jnp.zeros((w,), bool),
-             zero_i, zero_i, zero_i)
+             zero_i, zero_i, zero_i, jnp.ones((w,), bool))
     init = (slot0, jnp.asarray(w, jnp.int32), stats0, out0)
 
     def finished_of(done, fail, idx):
@@ -266,14 +273,20 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
 
     def cond_fun(c):
         slot, queue, _, _ = c
-        _, _, _, _, _, _, _, _, idx, _, _, done, fail, _, _ = slot
+        _, _, _, _, _, _, _, _, idx, _, _, done, fail, _, _, _ = slot
         return jnp.any(~finished_of(done, fail, idx)) | (queue < n)
 
     def body_fun(c):
         slot, queue, stats, out = c
-        ids, params, y_init, t, y, dt, k, seg_end, idx, cache, rate, done, fail, nacc, nrej = slot
+        ids, params, y_init, t, y, dt, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, restart = slot
         live = ~done & (fail == _OK)
         flush = done & (fail == _OK)  # finished members write their remaining save times (all at their end time)
+
+        def do_restart(cache, dt):
+            c0, d0 = start_segment(params, rate, t, jnp.where((restart & live)[None, :], y, y_init))
+            return select(restart, c0, cache), jnp.where(restart, d0, dt)
+
+        cache, dt = jax.lax.cond(jnp.any(restart), do_restart, lambda *a: a, cache, dt)
         f = field(params, rate)
         # A step ends no later than the segment end and contains at most `saves_per_step` save times.
         nxt = idx + m_saves
@@ -315,16 +328,15 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
         advance = at_end & (k < n_seg - 1)
         done = done | (at_end & (k == n_seg - 1))
 
-        def next_segment(k, y, rate, seg_end, cache, dt_new):
+        def next_segment(k, y, rate, seg_end):
             k = k + advance.astype(jnp.int32)
             y = jnp.where(advance[None, :], seg_gather(mult, ids, k) * y + seg_gather(add, ids, k), y)
             rate = jnp.where(advance[None, :], seg_gather(rates, ids, k), rate)
             seg_end = jnp.where(advance, ends[ids, k], seg_end)
-            c0, d0 = start_segment(params, rate, t, jnp.where(advance[None, :], y, y_init))
-            return k, y, rate, seg_end, select(advance, c0, cache), jnp.where(advance, d0, dt_new)
+            return k, y, rate, seg_end
 
-        k, y, rate, seg_end, cache, dt_new = jax.lax.cond(
-            jnp.any(advance), next_segment, lambda *a: a, k, y, rate, seg_end, cache, dt_new)
+        k, y, rate, seg_end = jax.lax.cond(jnp.any(advance), next_segment, lambda *a: a, k, y, rate, seg_end)
+        restart = advance
 
         nacc = nacc + moved.astype(jnp.int32)
         nrej = nrej + reject.astype(jnp.int32)
@@ -345,7 +357,7 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
             out = out.at[ids, jnp.where(want, idx + j, n_t)].set(val.T)
             count = count + want.astype(jnp.int32)
         idx = idx + count
-        slot = (ids, params, y_init, t, y, dt_new, k, seg_end, idx, cache, rate, done, fail, nacc, nrej)
+        slot = (ids, params, y_init, t, y, dt_new, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, restart)
 
         # Finished members hand their slot to the next members in the queue.
         free = finished_of(done, fail, idx)
@@ -353,13 +365,12 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
         take = free & (new_ids < n)
 
         def refill(slot, queue, stats):
-            ids, params, y_init, t, y, dt, k, seg_end, idx, cache, rate, done, fail, nacc, nrej = slot
+            ids, params, y_init, t, y, dt, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, restart = slot
             stats = record(stats, ids, idx, fail, nacc, nrej)
             new = jnp.where(take, new_ids, ids)
             p1, yi1, t1, r1, e1 = load(new)
-            c1, d1 = start_segment(p1, r1, t1, yi1)
-            fresh = (new, p1, yi1, t1, yi1, d1, zero_i, e1, zero_i, c1, r1, jnp.zeros((w,), bool), zero_i, zero_i,
-                     zero_i)
+            fresh = (new, p1, yi1, t1, yi1, dt, zero_i, e1, zero_i, cache, r1, jnp.zeros((w,), bool), zero_i, zero_i,
+                     zero_i, jnp.ones((w,), bool))
             return select(take, fresh, slot), queue + jnp.sum(take, dtype=jnp.int32), stats
 
         # Refills are batched (a refill costs about one step for all slots): wait until an eighth of the slots
@@ -373,7 +384,7 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
     final = eqxi.while_loop(cond_fun, body_fun, init, max_steps=loop_bound, buffers=lambda c: c[-1], kind=kind,
                             checkpoints=checkpoints)
     slot, _, stats, out = final
-    ids, _, _, _, _, _, _, _, idx, _, _, _, fail, nacc, nrej = slot
+    ids, _, _, _, _, _, _, _, idx, _, _, _, fail, nacc, nrej, _ = slot
     idx, fail, nacc, nrej = record(stats, ids, idx, fail, nacc, nrej)
     # Save times a failed member never reached are NaN (masked after the loop: a NaN-initialised buffer would
     # leak NaN into reverse-mode gradients).

@@ -38,6 +38,8 @@ class AbstractEnsembleMethod(eqx.Module):
     """
 
     error_order: ClassVar[int]
+    #: Save slots per step when `simulate_ensemble(saves_per_step=None)` (see there).
+    default_saves_per_step: ClassVar[int] = 1
 
     @abc.abstractmethod
     def init(self, f: BatchedField, t: Array, y: Array, f0: Array) -> Any:
@@ -112,6 +114,17 @@ def _lu_factor_loop(a):
         return a, perm
 
     return jax.lax.fori_loop(0, s - 1, column, (a, perm0))
+
+
+def lapack_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
+    """The same factorisation as `batched_lu_factor` by XLA's batched LU (LAPACK `getrf` per member on CPU).
+
+    On CPU this is several times faster than the batch-vectorised elimination for more than a few states (a 29 x 29
+    matrix: ~3.5 vs ~18 us per member) and compiles in constant time; on accelerators the vectorised elimination is
+    usually the better choice. Differentiable like any `jax.lax.linalg.lu`.
+    """
+    lu, _, perm = jax.lax.linalg.lu(jnp.moveaxis(a, 2, 0))
+    return jnp.moveaxis(lu, 0, 2), perm.T
 
 
 def batched_lu_solve(lu: Array, perm: Array, b: Float[Array, "S N"]) -> Float[Array, "S N"]:
