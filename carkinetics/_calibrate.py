@@ -11,8 +11,9 @@ The workflow:
    to estimate (all others stay fixed), and priors from the confidence tags (see `PRIOR_SD`). The problem works in
    the unconstrained space of [`carkinetics.ParameterSpace`][] (log / logit transforms from the declared bounds);
    `problem.loss(z)` is the negative log posterior.
-3. [`carkinetics.fit`][] runs Adam then L-BFGS (optax) from several starts, vmapped over the starts in one
-   compiled program, and returns a [`carkinetics.FitResult`][] with per-start convergence information.
+3. [`carkinetics.fit`][] runs Adam then L-BFGS from several starts in one compiled program - by default every
+   iteration evaluates all starts in one batched ensemble solve (`engine="ensemble"`; `engine="vmap"` vmaps
+   optax over `ck.simulate`) - and returns a [`carkinetics.FitResult`][] with per-start convergence information.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import optax
 from ._custom_types import Array, Float
 from ._model import AbstractKineticModel
 from ._observation import AbstractObservationModel, CensoredError, LogNormalError, NormalError
-from ._parameters import ParameterSpace, parameters
+from ._parameters import ParameterSpace, floats_to_arrays, parameters
 from ._simulate import simulate
 from ._targets import AbstractStatistic, TargetRow, convert_unit, statistic_times, unit_dimension
 
@@ -332,13 +333,43 @@ class CalibrationProblem(eqx.Module):
     # ---- objective ---------------------------------------------------------------------------------------------
 
     def _data_terms(self, z):
-        sol = self.simulate(z)
+        return self._terms_from_solution(self.simulate(z))
+
+    def _terms_from_solution(self, sol):
         terms = []
         for tg, pred in zip(self.targets, self.predict_from_solution(sol)):
             obs = tg.values if isinstance(tg, TimeCourseData) else tg.value
             safe = jnp.where(sol.ok & jnp.isfinite(pred), pred, 1.0)
             terms.append(tg.error.nll(safe, obs))
         return jnp.stack(terms), sol.ok
+
+    def loss_from_solution(self, z: Float[Array, " n"], sol) -> Array:
+        """`loss(z)` given the simulation `sol` of `to_model(z)` (one member, e.g. of a batched ensemble solve)."""
+        terms, ok = self._terms_from_solution(sol)
+        total = jnp.sum(terms)
+        return jnp.where(ok & jnp.isfinite(total), total, self.failure_loss) + self.prior_nll(z)
+
+    def ensemble_losses(self, zs: Float[Array, "S n"], *, slots: int | None = None) -> Float[Array, " S"]:
+        """`loss` at every row of `zs` from ONE batched solve ([`carkinetics.simulate_ensemble`][]).
+
+        The problem's `solver` selects the ensemble method (`Tsit5` -> `EnsembleTsit5`, implicit ->
+        `EnsembleRodas5`); `max_steps` keeps its per-segment meaning. Differentiable (reverse mode): the gradient of
+        `sum(ensemble_losses(zs))` with respect to `zs` is the per-row gradient of `loss`, as the rows are
+        independent. Raises `ValueError` if the solver has no ensemble counterpart.
+        """
+        from ._ensemble import simulate_ensemble
+        from ._sweep import ensemble_kwargs, ensemble_unsupported
+
+        why = ensemble_unsupported({"solver": self.solver})
+        if why is not None:
+            raise ValueError(f"ensemble_losses: {why}; use the vmap engine (engine='vmap').")
+        kw = ensemble_kwargs(self.model, self.regimen, self.ts, {"solver": self.solver, "t0": self.t0,
+                                                                  "rtol": self.rtol, "atol": self.atol,
+                                                                  "max_steps": self.max_steps})
+        base = floats_to_arrays(self.model)
+        models = jax.vmap(lambda z: self.space.to_model(base, jnp.clip(z, -_Z_CLIP, _Z_CLIP)))(zs)
+        sol = simulate_ensemble(models, self.regimen, self.ts, slots=slots, throw=False, **kw)
+        return jax.vmap(self.loss_from_solution)(zs, sol)
 
     def data_nll(self, z: Float[Array, " n"]) -> Array:
         """Negative log-likelihood of all targets at `z` (`failure_loss` if the solver fails)."""
@@ -363,7 +394,7 @@ class CalibrationProblem(eqx.Module):
 # Optimisation
 
 
-_TRACES = {"multistart": 0, "grad_batch": 0, "profile": 0}
+_TRACES = {"multistart": 0, "multistart_ensemble": 0, "grad_batch": 0, "profile": 0}
 
 
 def _safe_value_and_grad(fn, z):
@@ -421,12 +452,194 @@ def _run_multistart(problem: CalibrationProblem, z_starts, adam_steps: int, lbfg
     return jax.vmap(one)(z_starts)
 
 
+#: Batched L-BFGS of the ensemble engine: memory, Armijo slope fraction, step-halving trials per line search, and
+#: the relative directional derivative below which a start cannot decrease the loss measurably (frozen).
+_LBFGS_MEMORY = 10
+_ARMIJO_C1 = 1e-4
+_MAX_LS = 15
+_GD_TINY = 1e-12
+
+
+def _lbfgs_direction(g, s_mem, y_mem, rho):
+    """L-BFGS two-loop recursion for one start; memory newest first, `rho == 0` marks an empty entry.
+
+    Without memory the direction is `-g` scaled to length at most 1 (optax's first-step heuristic); with memory
+    the initial inverse Hessian is `s'y / y'y` of the newest pair."""
+
+    def first(q, mem):
+        sv, yv, r = mem
+        a = r * jnp.dot(sv, q)
+        return q - a * yv, a
+
+    q, alphas = jax.lax.scan(first, g, (s_mem, y_mem, rho))
+    yy = jnp.dot(y_mem[0], y_mem[0])
+    gnorm = jnp.linalg.norm(g)
+    has = (rho[0] > 0) & (yy > 0)
+    gamma = jnp.where(has, 1.0 / jnp.where(has, rho[0] * yy, 1.0),
+                      jnp.minimum(1.0, 1.0 / jnp.where(gnorm > 0, gnorm, 1.0)))
+
+    def second(r, mem):
+        sv, yv, rr, a = mem
+        return r + sv * (a - rr * jnp.dot(yv, r)), None
+
+    r, _ = jax.lax.scan(second, gamma * q, (s_mem, y_mem, rho, alphas), reverse=True)
+    return -r
+
+
+class _EnsembleOpt(eqx.Module):
+    """Carry of the batched multistart optimiser (a state machine with ONE batched loss+gradient per iteration)."""
+
+    phase: Array  # 0 Adam, 1 L-BFGS start, 2 line-search trial, 3 final evaluation, 4 done
+    k_adam: Array
+    k_lbfgs: Array
+    n_trial: Array
+    z: Array  # (S, n) current points
+    adam_state: Any
+    f: Array  # (S,) loss and (S, n) gradient at z (L-BFGS phase)
+    g: Array
+    d: Array  # (S, n) search directions, (S,) directional derivatives g'd and trial step sizes
+    gd: Array
+    alpha: Array
+    accepted: Array  # (S,) line search done (accepted or frozen)
+    frozen: Array  # (S,) cannot decrease further (no descent direction, or line search failed without memory)
+    f_new: Array
+    g_new: Array
+    s_mem: Array  # (S, m, n)
+    y_mem: Array
+    rho: Array  # (S, m)
+    hist: Array  # (S, adam_steps + lbfgs_steps + 1)
+    gnorm: Array
+
+
+@eqx.filter_jit
+def _run_multistart_ensemble(problem: CalibrationProblem, z_starts, adam_steps: int, lbfgs_steps: int,
+                             learning_rate, mask, slots: int | None):
+    """The ensemble engine of `fit`: every loss and gradient of all starts comes from one `simulate_ensemble` call.
+
+    Adam (per-start clipping, vmapped optax update) then a batched L-BFGS whose Armijo backtracking line search
+    tries a step for all starts at once (loss and gradient per trial, so an accepted step needs no further
+    evaluation); starts that have accepted wait while the others halve their step (at most `_MAX_LS` trials). A
+    start whose line search fails drops its L-BFGS memory; failing again without memory, it is frozen (its loss
+    cannot be decreased measurably). Everything runs in one `while_loop` with a single call site of the batched
+    loss and gradient (one compiled copy of the reverse-mode ensemble solve).
+    """
+    _TRACES["multistart"] += 1
+    _TRACES["multistart_ensemble"] += 1
+    n_s, n_p = z_starts.shape
+    dtype = z_starts.dtype
+    m = _LBFGS_MEMORY
+    n_hist = adam_steps + lbfgs_steps + 1
+    cols = jnp.arange(n_hist)
+
+    def summed(z):
+        vals = problem.ensemble_losses(z, slots=slots)
+        return jnp.sum(vals), vals
+
+    def value_and_grad(z):  # per-start losses and gradients (starts are independent members of one ensemble)
+        (_, vals), g = jax.value_and_grad(summed, has_aux=True)(z)
+        ok = jnp.isfinite(vals) & jnp.all(jnp.isfinite(g), axis=1)
+        return vals, jnp.where(ok[:, None], g, 0.0) * mask[None, :], ok
+
+    sched = optax.cosine_decay_schedule(learning_rate, max(adam_steps, 1), alpha=0.05)
+    adam = optax.chain(optax.clip_by_global_norm(5.0), optax.adam(sched))
+
+    def record(hist, col, vals):  # write `vals` at column `col` and every later one (early stop fills the tail)
+        return jnp.where(cols[None, :] >= col, vals[:, None], hist)
+
+    def new_direction(c: _EnsembleOpt) -> _EnsembleOpt:
+        d = jax.vmap(_lbfgs_direction)(c.g, c.s_mem, c.y_mem, c.rho) * mask[None, :]
+        gd = jnp.sum(c.g * d, axis=1)
+        bad = ~(gd < 0) | ~jnp.all(jnp.isfinite(d), axis=1)
+        d = jnp.where(bad[:, None], 0.0, d)
+        frozen = c.frozen | bad | (gd > -_GD_TINY * jnp.maximum(1.0, jnp.abs(c.f)))
+        hist = record(c.hist, adam_steps + c.k_lbfgs, c.f)
+        phase = jnp.where(jnp.all(frozen), 3, 2).astype(jnp.int32)
+        return eqx.tree_at(lambda x: (x.d, x.gd, x.frozen, x.accepted, x.alpha, x.n_trial, x.f_new, x.g_new,
+                                      x.hist, x.phase),
+                           c, (d, jnp.where(bad, 0.0, gd), frozen, frozen, jnp.ones((n_s,), dtype),
+                               jnp.zeros((), jnp.int32), c.f, c.g, hist, phase))
+
+    def adam_branch(c: _EnsembleOpt, f, g, ok) -> _EnsembleOpt:
+        upd, st = jax.vmap(adam.update)(g, c.adam_state, c.z)
+        z = jnp.where(ok[:, None], c.z + upd, c.z)
+        k = c.k_adam + 1
+        phase = jnp.where(k < adam_steps, 0, 1 if lbfgs_steps > 0 else 3).astype(jnp.int32)
+        return eqx.tree_at(lambda x: (x.z, x.adam_state, x.k_adam, x.hist, x.phase), c,
+                           (z, st, k, record(c.hist, c.k_adam, f), phase))
+
+    def lbfgs_start_branch(c: _EnsembleOpt, f, g, ok) -> _EnsembleOpt:
+        c = eqx.tree_at(lambda x: (x.f, x.g), c, (f, g))
+        return new_direction(c)
+
+    def trial_branch(c: _EnsembleOpt, f, g, ok) -> _EnsembleOpt:
+        armijo = ok & jnp.isfinite(f) & (f <= c.f + _ARMIJO_C1 * c.alpha * c.gd)
+        newly = ~c.accepted & armijo
+        f_new = jnp.where(newly, f, c.f_new)
+        g_new = jnp.where(newly[:, None], g, c.g_new)
+        accepted = c.accepted | armijo
+        n_trial = c.n_trial + 1
+        failed = ~accepted & (n_trial >= _MAX_LS)
+        alpha = jnp.where(accepted, c.alpha, 0.5 * c.alpha)
+        c = eqx.tree_at(lambda x: (x.f_new, x.g_new, x.accepted, x.n_trial, x.alpha), c,
+                        (f_new, g_new, accepted, n_trial, alpha))
+
+        def finish(c: _EnsembleOpt) -> _EnsembleOpt:
+            moved = c.accepted & ~c.frozen
+            z = jnp.where(moved[:, None], c.z + c.alpha[:, None] * c.d, c.z)
+            sv, yv = z - c.z, c.g_new - c.g
+            sy = jnp.sum(sv * yv, axis=1)
+            pair = moved & (sy > 1e-10 * jnp.linalg.norm(sv, axis=1) * jnp.linalg.norm(yv, axis=1))
+            push = lambda mem, new: jnp.where(pair.reshape((n_s,) + (1,) * (mem.ndim - 1)),  # noqa: E731
+                                              jnp.concatenate([new[:, None], mem[:, :-1]], axis=1), mem)
+            s_mem, y_mem = push(c.s_mem, sv), push(c.y_mem, yv)
+            rho = push(c.rho, jnp.where(pair, 1.0 / jnp.where(pair, sy, 1.0), 0.0))
+            had_memory = jnp.any(c.rho > 0, axis=1)
+            reset = failed & had_memory
+            frozen = c.frozen | (failed & ~had_memory)
+            rho = jnp.where(reset[:, None], 0.0, rho)
+            s_mem = jnp.where(reset[:, None, None], 0.0, s_mem)
+            y_mem = jnp.where(reset[:, None, None], 0.0, y_mem)
+            f0 = jnp.where(moved, c.f_new, c.f)
+            g0 = jnp.where(moved[:, None], c.g_new, c.g)
+            k = c.k_lbfgs + 1
+            c = eqx.tree_at(lambda x: (x.z, x.f, x.g, x.s_mem, x.y_mem, x.rho, x.frozen, x.k_lbfgs), c,
+                            (z, f0, g0, s_mem, y_mem, rho, frozen, k))
+            return jax.lax.cond(k < lbfgs_steps, new_direction,
+                                lambda c: eqx.tree_at(lambda x: x.phase, c, jnp.asarray(3, jnp.int32)), c)
+
+        return jax.lax.cond(jnp.all(accepted | failed), finish, lambda c: c, c)
+
+    def final_branch(c: _EnsembleOpt, f, g, ok) -> _EnsembleOpt:
+        return eqx.tree_at(lambda x: (x.f, x.gnorm, x.hist, x.phase), c,
+                           (f, jnp.linalg.norm(g, axis=1), record(c.hist, n_hist - 1, f), jnp.asarray(4, jnp.int32)))
+
+    def body(c: _EnsembleOpt) -> _EnsembleOpt:
+        z_eval = jnp.where(c.phase == 2, c.z + c.alpha[:, None] * c.d, c.z)
+        f, g, ok = value_and_grad(z_eval)
+        return jax.lax.switch(jnp.clip(c.phase, 0, 3), [adam_branch, lbfgs_start_branch, trial_branch, final_branch],
+                              c, f, g, ok)
+
+    zeros_s = jnp.zeros((n_s,), dtype)
+    zeros_sn = jnp.zeros((n_s, n_p), dtype)
+    false_s = jnp.zeros((n_s,), bool)
+    init = _EnsembleOpt(
+        phase=jnp.asarray(0 if adam_steps > 0 else 1, jnp.int32), k_adam=jnp.asarray(0, jnp.int32),
+        k_lbfgs=jnp.asarray(0, jnp.int32), n_trial=jnp.asarray(0, jnp.int32), z=z_starts,
+        adam_state=jax.vmap(adam.init)(z_starts), f=zeros_s, g=zeros_sn, d=zeros_sn, gd=zeros_s, alpha=zeros_s + 1,
+        accepted=false_s, frozen=false_s, f_new=zeros_s, g_new=zeros_sn,
+        s_mem=jnp.zeros((n_s, m, n_p), dtype), y_mem=jnp.zeros((n_s, m, n_p), dtype), rho=jnp.zeros((n_s, m), dtype),
+        hist=jnp.zeros((n_s, n_hist), dtype), gnorm=zeros_s)
+    out = jax.lax.while_loop(lambda c: c.phase < 4, body, init)
+    return out.z, out.f, out.gnorm, out.hist
+
+
 class FitResult(eqx.Module):
     """The outcome of [`carkinetics.fit`][].
 
     **Fields:** `problem`; `z` (best unconstrained vector) and `loss` (its negative log posterior); per start:
     `z_starts`, `z_final`, `losses`, `grad_norms`, `converged` and `history` (loss after every iteration,
-    shape `(starts, iterations + 1)`); `best` (index of the best start); `gtol`, `ftol` (convergence criteria).
+    shape `(starts, iterations + 1)`); `best` (index of the best start); `gtol`, `ftol` (convergence criteria);
+    `engine` (`"ensemble"` or `"vmap"`: the engine that ran, see [`carkinetics.fit`][]).
 
     **Properties / methods:** `model` (fitted model), `values()` (name -> value), `parameter_table()`,
     `convergence_report()`, `n_agree` (starts within `ftol` of the best loss).
@@ -444,6 +657,7 @@ class FitResult(eqx.Module):
     best: int = eqx.field(static=True)
     gtol: float = eqx.field(static=True)
     ftol: float = eqx.field(static=True)
+    engine: str = eqx.field(static=True, default="vmap")
 
     @property
     def model(self) -> AbstractKineticModel:
@@ -499,10 +713,22 @@ def make_starts(problem: CalibrationProblem, key: Any, n_starts: int, *, scale: 
     return z0[None, :] + noise
 
 
+def _choose_engine(problem: CalibrationProblem, engine: str, linesearch: str) -> str:
+    """The engine `fit` runs: "ensemble" unless the zoom line search or a solver without an ensemble counterpart
+    was asked for (then "vmap")."""
+    from ._sweep import ensemble_unsupported
+
+    if engine == "ensemble" and (linesearch != "backtracking" or
+                                 ensemble_unsupported({"solver": problem.solver}) is not None):
+        return "vmap"
+    return engine
+
+
 def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, starts: Any = None,
         start_scale: float = 0.5, adam_steps: int = 200, lbfgs_steps: int = 50, learning_rate: float = 0.05,
-        gtol: float = 1e-3, ftol: float = 1e-6, linesearch: str = "backtracking") -> FitResult:
-    """Minimise `problem.loss` from several starts (vmapped): Adam (cosine-decayed) then L-BFGS (optax).
+        gtol: float = 1e-3, ftol: float = 1e-6, linesearch: str = "backtracking", engine: str = "ensemble",
+        slots: int | None = None) -> FitResult:
+    """Minimise `problem.loss` from several starts at once: Adam (cosine-decayed) then L-BFGS.
 
     **Arguments:**
 
@@ -511,9 +737,22 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
     - `n_starts`, `start_scale`: number of starts and their spread (see [`carkinetics.make_starts`][]).
     - `starts`: explicit unconstrained starting points, shape `(S, n)`.
     - `adam_steps`, `lbfgs_steps`, `learning_rate`: optimiser budget (fixed iteration counts, so that all starts
-      run in one compiled, vmapped program).
-    - `linesearch`: L-BFGS line search, `"backtracking"` (Armijo; default, faster to compile) or `"zoom"`
-      (strong Wolfe).
+      run in one compiled program).
+    - `engine`: how the starts are evaluated.
+      `"ensemble"` (default): the losses and gradients of ALL starts come from one batched solve
+      ([`carkinetics.CalibrationProblem.ensemble_losses`][], i.e. [`carkinetics.simulate_ensemble`][], reverse
+      mode) per iteration; the problem's `solver` selects the method (`Tsit5` -> `EnsembleTsit5`, implicit
+      solvers -> `EnsembleRodas5`). Each start keeps its own optimiser: Adam with per-start gradient clipping
+      (optax update vmapped over starts), then a batched L-BFGS (memory 10) with an Armijo backtracking line
+      search that tries a step for every start at once (halving, at most 15 trials; a start whose search fails
+      drops its memory, and failing again without memory it stops: its loss cannot be decreased measurably).
+      `"vmap"`: optax Adam then `optax.lbfgs` per start, vmapped over starts, each loss a `ck.simulate` solve.
+      **Fallback:** with a solver that has no ensemble counterpart (e.g. `Dopri5`) or `linesearch="zoom"`, the
+      default uses `"vmap"` (`FitResult.engine` says which ran). The engines reach the same optimum to the
+      solver tolerance but follow different paths (different line searches).
+    - `linesearch`: L-BFGS line search of the vmap engine, `"backtracking"` (Armijo; default, faster to compile)
+      or `"zoom"` (strong Wolfe; vmap engine only).
+    - `slots`: members integrated at once by the ensemble engine (see `simulate_ensemble`; default there).
     - `gtol`, `ftol`: convergence criteria for the report: gradient norm on the unconstrained scale, and relative
       change of the loss over the last 5 iterations.
 
@@ -535,14 +774,24 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
         raise ValueError(f"`linesearch` must be 'backtracking' or 'zoom', got {linesearch!r}.")
     if not (learning_rate > 0 and math.isfinite(learning_rate)):
         raise ValueError(f"`learning_rate` must be positive, got {learning_rate!r}.")
+    if engine not in ("ensemble", "vmap"):
+        raise ValueError(f"`engine` must be 'ensemble' or 'vmap', got {engine!r}.")
+    if slots is not None and (isinstance(slots, bool) or not isinstance(slots, int) or slots < 1):
+        raise ValueError(f"`slots` must be a positive int or None, got {slots!r}.")
+    engine = _choose_engine(problem, engine, linesearch)
     if starts is None:
         starts = make_starts(problem, jax.random.key(0) if key is None else key, n_starts, scale=start_scale)
     starts = jnp.asarray(starts, dtype=problem.z0.dtype)
     if starts.ndim != 2 or starts.shape[1] != problem.z0.shape[0]:
         raise ValueError(f"`starts` must have shape (S, {problem.z0.shape[0]}), got {starts.shape}.")
     mask = jnp.ones_like(problem.z0)
-    z_final, losses, gnorms, hist = _run_multistart(problem, starts, adam_steps, lbfgs_steps,
-                                                    jnp.asarray(learning_rate, problem.z0.dtype), mask, linesearch)
+    lr = jnp.asarray(learning_rate, problem.z0.dtype)
+    if engine == "ensemble":
+        z_final, losses, gnorms, hist = _run_multistart_ensemble(problem, starts, adam_steps, lbfgs_steps, lr, mask,
+                                                                 slots)
+    else:
+        z_final, losses, gnorms, hist = _run_multistart(problem, starts, adam_steps, lbfgs_steps, lr, mask,
+                                                        linesearch)
     losses_np = np.asarray(losses)
     best = int(np.nanargmin(np.where(np.isfinite(losses_np), losses_np, np.inf)))
     h = np.asarray(hist)
@@ -550,4 +799,4 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
     rel = np.abs(tail.max(axis=1) - tail.min(axis=1)) / np.maximum(1.0, np.abs(tail[:, -1]))
     converged = (np.asarray(gnorms) <= gtol) | (rel <= ftol)
     return FitResult(problem, z_final[best], losses[best], starts, z_final, losses, gnorms, jnp.asarray(converged),
-                     hist, best, float(gtol), float(ftol))
+                     hist, best, float(gtol), float(ftol), engine)
