@@ -144,6 +144,61 @@ def test_member_queue_gives_identical_results(method):
         assert rel_err(full.ys.central[i], exact, floor=1e-3) < 1e-5
 
 
+def test_invalid_traced_parameters_are_reported_per_member():
+    # Under jit the parameters are traced: a member with a negative clearance is not integrated and reported as
+    # invalid_parameters (outputs NaN) while the others are exact; throw=True turns it into an error.
+    reg = ck.Bolus(0.0, 1800.0, "central")
+    run = jax.jit(lambda cls, throw: ck.simulate_ensemble(one_cpt_models(cls), reg, TS, slots=2, throw=throw),
+                  static_argnums=1)
+    cls = jnp.array([60.0, -5.0, 130.0])
+    sol = run(cls, False)
+    assert np.asarray(sol.result == ck.RESULTS.invalid_parameters).tolist() == [False, True, False]
+    assert bool(jnp.all(jnp.isnan(sol.y_array[1])))
+    for i in (0, 2):
+        exact = one_cpt_exact(float(cls[i]), [0.0], [1800.0], np.asarray(TS))
+        assert rel_err(sol.ys.central[i], exact, floor=1e-3) < 1e-5
+    with pytest.raises(Exception, match="outside their declared"):
+        run(cls, True).y_array.block_until_ready()
+
+
+_SHARDED = """
+import json, os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=3"
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp, numpy as np
+import carkinetics as ck
+from carkinetics.models import OneCompartmentPK
+models = jax.vmap(lambda cl: OneCompartmentPK(cl=cl, v=46.5))(jnp.linspace(50.0, 300.0, 8))
+reg = jax.vmap(lambda t: ck.Bolus(t, 1800.0, "central"))(jnp.linspace(0.0, 1.5, 8))
+ts = jnp.linspace(0.0, 3.0, 25)
+one = ck.simulate_ensemble(models, reg, ts, slots=2)
+run = jax.jit(lambda m: ck.simulate_ensemble(m, reg, ts, slots=2, devices="all"))
+sharded = run(models)
+bad = run(jax.tree.map(lambda x: x.at[5].set(-1.0) if x.shape == (8,) and float(x[0]) == 50.0 else x, models))
+print(json.dumps({"devices": len(jax.devices()), "shape": list(sharded.y_array.shape),
+                  "diff": float(jnp.max(jnp.abs(sharded.y_array - one.y_array))),
+                  "steps_equal": bool(jnp.all(sharded.num_steps == one.num_steps)),
+                  "invalid": np.asarray(bad.result == ck.RESULTS.invalid_parameters).tolist()}))
+"""
+
+
+def test_sharded_over_host_devices_matches_one_device():
+    # 8 members on 3 forced host devices (padded to 9, 2 slots per device, members queued): identical results and
+    # step counts to one device, per-member invalid status preserved (fresh process: the device count is fixed at
+    # jax start-up).
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["devices"] == 3 and res["shape"] == [8, 25, 1]
+    assert res["diff"] <= 1e-9 and res["steps_equal"]
+    assert res["invalid"] == [False] * 5 + [True] + [False] * 2
+
+
 def test_rodas5_linear_solvers_agree():
     # The LAPACK factorisation (default on CPU from 16 states) and the batch-vectorised elimination are the same
     # LU with partial pivoting: solutions agree to round-off (1e-10), and so do reverse-mode gradients through both.

@@ -22,17 +22,20 @@ import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 from .._custom_types import TimesLike
 from .._dosing import AbstractDose, Regimen
 from .._model import AbstractKineticModel
-from .._parameters import floats_to_arrays, validate_parameters
+from .._parameters import floats_to_arrays, traced_parameters_invalid, validate_parameters
 from .._segments import build_segments, check_model_and_regimen, check_tolerances, validate_ts
 from .._simulate import RESULTS, Solution
 from .base import AbstractEnsembleMethod
 from .tsit5 import EnsembleTsit5
 
-_OK, _MAX_STEPS, _DT_MIN = 0, 1, 2
+_OK, _MAX_STEPS, _DT_MIN, _INVALID = 0, 1, 2, 3
+_AXIS = "members"
 #: Default number of slots on CPU: members integrated at once (the rest wait in a queue). Small batches keep the
 #: working set in cache and let the queue keep every slot busy; measured best for 64-128 on the reference workload.
 _CPU_SLOTS = 128
@@ -82,6 +85,7 @@ def simulate_ensemble(
     saves_per_step: int | None = None,
     slots: int | None = None,
     adjoint: diffrax.AbstractAdjoint | None = None,
+    devices: Any = None,
     throw: bool = False,
 ) -> Solution:
     """Integrate a batch of `N` models of one class under per-member (or shared) regimens, all at once.
@@ -115,8 +119,14 @@ def simulate_ensemble(
       in cache. Default: 128 on CPU, `N` (all members) on accelerators. Results do not depend on it.
     - `adjoint`: `None` or `diffrax.RecursiveCheckpointAdjoint(checkpoints=...)` (default; reverse mode via a
       checkpointed while loop), or `diffrax.ForwardMode()` (forward mode: `jax.jvp`/`jax.jacfwd`).
+    - `devices`: `None` (default: one device), `"all"`, an int (the first n devices) or a sequence of jax devices:
+      the members are split evenly across them with `shard_map` (padded with copies of the last member), each device
+      running its own queue. On CPU, make several host devices with `XLA_FLAGS=--xla_force_host_platform_device_count=K`
+      (set before importing jax) to use K cores.
     - `throw`: raise if any member fails. Default `False`: failures are reported per member in
-      `Solution.result` (mask with `Solution.ok`); a failed member's unsaved outputs are NaN.
+      `Solution.result` (mask with `Solution.ok`); a failed member's unsaved outputs are NaN. Members whose traced
+      parameters are non-finite or outside their declared bounds are not integrated (`RESULTS.invalid_parameters`);
+      concrete out-of-bounds values raise `ValueError` at once.
 
     **Returns:** a [`carkinetics.Solution`][] whose fields have a leading batch axis of size `N` (as
     `jax.vmap(ck.simulate)` would give): `ts (N, T)`, `y_array (N, T, S)`, `obs_array (N, T, O)`, `result (N,)`,
@@ -164,7 +174,9 @@ def simulate_ensemble(
         if float(t0) > float(ts[0]):
             raise ValueError(f"`t0` = {t0} is later than the first save time ts[0] = {float(ts[0])}; save times "
                              "before the start of the simulation are invalid.")
-    model = validate_parameters(floats_to_arrays(model))
+    # Concrete values are checked here (ValueError); traced ones per member inside the solve (status
+    # `invalid_parameters`, which `throw=True` turns into an error).
+    model = validate_parameters(floats_to_arrays(model), check_traced=False)
     n = _batch_size(model)
     regimen = _batch_regimen(regimen, n)
     t0_arr = None if t0 is None else jnp.asarray(t0, dtype=ts.dtype)
@@ -172,8 +184,12 @@ def simulate_ensemble(
         slots = n if jax.default_backend() != "cpu" else _CPU_SLOTS
     if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
         raise ValueError(f"`slots` must be a positive int or None, got {slots!r}.")
+    from .._sweep import _resolve_devices  # (the sweep module imports this one)
+
+    devs = _resolve_devices(devices)
+    mesh = None if devs is None or len(devs) == 1 else Mesh(np.array(devs), (_AXIS,))
     return _simulate_ensemble(model, regimen, ts, t0_arr, method, float(rtol), float(atol), max_steps,
-                              saves_per_step, slots, kind, checkpoints, throw)
+                              saves_per_step, slots, kind, checkpoints, throw, mesh)
 
 
 def _member_schedule(model, regimen, ts, t0):
@@ -191,7 +207,46 @@ def _rms(x):
 
 @eqx.filter_jit
 def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
-                       checkpoints, throw) -> Solution:
+                       checkpoints, throw, mesh) -> Solution:
+    def core(model, regimen, ts, t0):
+        return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
+                          checkpoints)
+
+    if mesh is None:
+        sol = core(model, regimen, ts, t0)
+    else:
+        n = _batch_size(model)
+        n_pad = -(-n // mesh.size) * mesh.size
+
+        def pad(x):
+            return jnp.concatenate([x, jnp.repeat(x[-1:], n_pad - n, axis=0)]) if eqx.is_array(x) else x
+
+        spec = PartitionSpec(_AXIS)
+        t0_in = jnp.full((), jnp.nan, ts.dtype) if t0 is None else t0
+
+        def local(model, regimen, ts, t0_in):
+            return core(model, regimen, ts, None if t0 is None else t0_in)
+
+        if hasattr(jax, "shard_map"):
+            mapped = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), PartitionSpec()),
+                                   out_specs=spec, check_vma=False)
+        else:  # JAX < 0.6
+            from jax.experimental.shard_map import shard_map
+
+            mapped = shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), PartitionSpec()),
+                               out_specs=spec, check_rep=False)
+        sol = mapped(jax.tree_util.tree_map(pad, model), jax.tree_util.tree_map(pad, regimen), ts, t0_in)
+        sol = jax.tree_util.tree_map(lambda x: x[:n] if eqx.is_array(x) else x, sol)
+    if throw:
+        y = eqx.error_if(sol.y_array, ~jnp.all(sol.ok), "simulate_ensemble: at least one member failed (maximum "
+                         "number of steps reached, step size underflow, or parameters outside their declared "
+                         "bounds); use throw=False and Solution.result / Solution.ok.")
+        sol = eqx.tree_at(lambda s: s.y_array, sol, y)
+    return sol
+
+
+def _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
+               checkpoints) -> Solution:
     n_states = len(model.state_names())
     n = _batch_size(model)
     w = min(slots, n)  # members integrated at once; the others wait in a queue and take over finished slots
@@ -250,6 +305,9 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
 
     zero_i = jnp.zeros((w,), jnp.int32)
     ids0 = jnp.arange(w)
+    # Members with traced parameters outside their declared bounds are not integrated (status invalid_parameters).
+    invalid_all = eqx.filter_vmap(traced_parameters_invalid)(model)
+    fail_init = jnp.where(invalid_all, _INVALID, _OK).astype(jnp.int32)
     params0, y00, t00, rate0, seg_end0 = load(ids0)
     # Every slot (re)starts its step size and method cache at the top of the next iteration (`restart`): the model's
     # vector field is traced once for all restarts (first segment, jumps, refills), which keeps compile time down.
@@ -262,7 +320,7 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
     zero_n = jnp.zeros((n,), jnp.int32)
     stats0 = (zero_n, zero_n, zero_n, zero_n)  # per member: saves written, failure code, accepted, rejected
     slot0 = (ids0, params0, y00, t00, y00, dt0, zero_i, seg_end0, zero_i, cache0, rate0, jnp.zeros((w,), bool),
-             zero_i, zero_i, zero_i, jnp.ones((w,), bool))
+             fail_init[ids0], zero_i, zero_i, jnp.ones((w,), bool))
     init = (slot0, jnp.asarray(w, jnp.int32), stats0, out0)
 
     def finished_of(done, fail, idx):
@@ -369,8 +427,8 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
             stats = record(stats, ids, idx, fail, nacc, nrej)
             new = jnp.where(take, new_ids, ids)
             p1, yi1, t1, r1, e1 = load(new)
-            fresh = (new, p1, yi1, t1, yi1, dt, zero_i, e1, zero_i, cache, r1, jnp.zeros((w,), bool), zero_i, zero_i,
-                     zero_i, jnp.ones((w,), bool))
+            fresh = (new, p1, yi1, t1, yi1, dt, zero_i, e1, zero_i, cache, r1, jnp.zeros((w,), bool),
+                     fail_init[new], zero_i, zero_i, jnp.ones((w,), bool))
             return select(take, fresh, slot), queue + jnp.sum(take, dtype=jnp.int32), stats
 
         # Refills are batched (a refill costs about one step for all slots): wait until an eighth of the slots
@@ -391,12 +449,10 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
     out = out[:, :n_t]
     unsaved = jnp.arange(n_t)[None, :] >= idx[:, None]
     out = jnp.where(unsaved[:, :, None], jnp.nan, out)
-    result = jax.vmap(lambda fl: RESULTS.where(fl == _MAX_STEPS, RESULTS.max_steps_reached,
-                                               RESULTS.where(fl == _DT_MIN, RESULTS.dt_min_reached,
-                                                             RESULTS.successful)))(fail)
+    result = jax.vmap(lambda fl: RESULTS.where(
+        fl == _MAX_STEPS, RESULTS.max_steps_reached, RESULTS.where(
+            fl == _DT_MIN, RESULTS.dt_min_reached, RESULTS.where(
+                fl == _INVALID, RESULTS.invalid_parameters, RESULTS.successful))))(fail)
     obs = eqx.filter_vmap(lambda m, yy: jax.vmap(m.observe_flat)(ts, yy), in_axes=(eqx.if_array(0), 0))(model, out)
-    if throw:
-        out = eqx.error_if(out, jnp.any(fail != _OK), "simulate_ensemble: at least one member failed (maximum "
-                           "number of steps reached or step size underflow); use throw=False and Solution.ok.")
     ts_b = jnp.broadcast_to(ts, (n, n_t))
     return Solution(ts_b, out, obs, result, nacc + nrej, nacc, nrej, type(model))
