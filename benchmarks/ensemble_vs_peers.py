@@ -20,8 +20,11 @@ speed is compared at the accuracy each tool actually delivered:
 - sle: libroadrunner CVODE at rtol 1e-10, atol 1e-12 on the project's SBML export (`carkinetics.io.to_sbml`),
   or, if libroadrunner is missing, `ck.simulate` with Kvaerno5 at rtol 1e-10.
 
-scipy and libroadrunner solve one patient at a time (their per-solve time does not depend on N); the JAX tools
-solve the batch at once. `--work-precision` adds a sweep over rtol (N = `--wp-n`) and saves a
+scipy and libroadrunner solve one patient at a time: they solve the first `--peer-members` members of the same
+perturbed batch (default 20; their per-solve time is the mean over those members, so stiffer members weigh as they
+do in the batch); the JAX tools solve the batch at once. The ensemble solver runs on one device (one core: the
+like-for-like comparison with the single-threaded peers) and, with `--host-devices K` (default 2; CPU only),
+sharded over K host devices (`devices="all"`, tools `ens_*_xK`: the whole machine). `--work-precision` adds a sweep over rtol (N = `--wp-n`) and saves a
 work-precision plot (error against seconds per solve) to `benchmarks/results/`.
 
 Examples:
@@ -51,11 +54,16 @@ def _parse():
     p.add_argument("--work-precision", action="store_true")
     p.add_argument("--wp-n", type=int, default=1000)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--peer-members", type=int, default=20, help="members solved one by one by LSODA / CVODE")
+    p.add_argument("--host-devices", type=int, default=2, help="CPU host devices for the sharded ensemble runs")
     return p.parse_args()
 
 
 def main():
     args = _parse()
+    if args.host_devices > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.host_devices}")
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -93,12 +101,19 @@ def main():
     ts = jnp.asarray(ts_np)
     names = base.state_names()
 
-    def batch(n):
+    def factors(n):
         rng = np.random.default_rng(0)
         fac = np.exp(rng.normal(0.0, sigma, (n, len(varied))))
         fac[0] = 1.0
+        return fac
+
+    def batch(n):
+        fac = factors(n)
         vals = {v: jnp.asarray(float(base.get(v)) * fac[:, i]) for i, v in enumerate(varied)}
         return jax.vmap(lambda d: base.replace(d))(vals)
+
+    n_peer = max(1, min(args.peer_members, max(ns)))
+    peer_vals = [{v: float(base.get(v)) * f for v, f in zip(varied, row)} for row in factors(max(ns))[:n_peer]]
 
     # ---- tight reference ------------------------------------------------------------------------------------
     t = time.perf_counter()
@@ -131,14 +146,16 @@ def main():
         return float(np.max(np.abs(y - ref) / (np.abs(ref) + floor)))
 
     rows = []
+    peer_out = {}
 
     def record(tool, n, compile_s, batch_s, steps, e, extra=None):
         row = dict(model=args.model, tool=tool, n=n, compile_s=compile_s, per_solve_s=batch_s / n, steps=steps,
                    max_rel_err=e, rtol=rtol_now, atol=atol_now)
         row.update(extra or {})
         rows.append(row)
+        more = "".join(f"  {k} {v:.3g}" for k, v in (extra or {}).items() if isinstance(v, float))
         print(f"{tool:16s} N={n:>7d}  compile {compile_s:7.2f} s  per solve {1e3 * batch_s / n:9.4f} ms  "
-              f"steps {steps!s:>6}  max rel err {e:.2e}", flush=True)
+              f"steps {steps!s:>6}  max rel err {e:.2e}{more}", flush=True)
 
     def best(f, repeats):
         times = []
@@ -155,14 +172,16 @@ def main():
         if "lsoda" in tools and args.model == "reference":
             from scipy.integrate import solve_ivp
 
-            rhs = _numpy_rhs(base)
             y0 = np.asarray(base.initial_state_flat())
+            m_lsoda = max(1, n_peer // 4)  # LSODA is slow: a quarter of the peer members
 
-            def f():
+            def f(i):
+                rhs = _numpy_rhs(base.replace(peer_vals[i]))
                 return solve_ivp(rhs, (0.0, 365.0), y0, method="LSODA", t_eval=ts_np, rtol=rtol_, atol=atol_)
 
-            s = f()
-            record("scipy_lsoda", 1, 0.0, best(lambda: f().y, repeats), int(s.nfev), err(s.y.T), {"steps_kind": "nfev"})
+            s = f(0)
+            record("scipy_lsoda", m_lsoda, 0.0, best(lambda: [f(i).y for i in range(m_lsoda)], repeats),
+                   int(s.nfev), err(s.y.T), {"steps_kind": "nfev"})
         if "cvode" in tools:
             try:
                 import carkinetics.io as cio
@@ -176,14 +195,18 @@ def main():
                 rr.timeCourseSelections = ["time"] + list(names)
                 times = [0.0] + list(ts_np - t0) if ts_np[0] > t0 else list(ts_np - t0)
 
-                def f():
+                def f(i):
                     rr.resetAll()
+                    for v, x in peer_vals[i].items():
+                        rr.setValue(v.replace(".", "_"), x)
+                    rr.reset()  # re-applies initial assignments with the member's parameters
                     return rr.simulate(times=times)
 
-                out = np.asarray(f())[:, 1:]
+                out = np.asarray(f(0))[:, 1:]
                 out = out[-len(ts_np):]
-                n_rep = max(repeats, 20)
-                record("roadrunner_cvode", 1, 0.0, best(f, n_rep), "-", err(out))
+                peer_out[n_peer - 1] = np.asarray(f(n_peer - 1))[:, 1:][-len(ts_np):]
+                record("roadrunner_cvode", n_peer, 0.0, best(lambda: [f(i) for i in range(n_peer)], repeats), "-",
+                       err(out))
             except Exception as e:
                 print(f"libroadrunner CVODE skipped: {type(e).__name__}: {e}")
         for n in ns:
@@ -197,18 +220,29 @@ def main():
                                                                 throw=False, max_steps=100_000)))
                 elif tool.startswith("ens_"):
                     method = ck.EnsembleTsit5() if tool == "ens_tsit5" else ck.EnsembleRodas5()
-
-                    def fn(m, method=method):
-                        return ck.simulate_ensemble(m, regimen, ts, method=method, rtol=rtol_, atol=atol_)
+                    fns = []
+                    for devices in (None, "all") if len(jax.devices()) > 1 else (None,):
+                        fns.append((tool if devices is None else f"{tool}_x{len(jax.devices())}", jax.jit(
+                            lambda m, method=method, devices=devices: ck.simulate_ensemble(
+                                m, regimen, ts, method=method, rtol=rtol_, atol=atol_, devices=devices))))
+                    for name, fn in fns:
+                        _time_jax(name, fn, models, n)
+                    continue
                 else:
                     continue
-                t = time.perf_counter()
-                sol = jax.block_until_ready(fn(models))
-                first = time.perf_counter() - t
-                bt = best(lambda: fn(models).y_array, repeats)
-                n_fail = int(np.sum(~np.asarray(sol.ok)))
-                record(tool, n, max(first - bt, 0.0), bt, int(sol.num_steps[0]), err(sol.y_array[0]),
-                       {"failed_members": n_fail})
+                _time_jax(tool, fn, models, n)
+
+    def _time_jax(tool, fn, models, n):
+        t = time.perf_counter()
+        sol = jax.block_until_ready(fn(models))
+        first = time.perf_counter() - t
+        bt = best(lambda: fn(models).y_array, args.repeats)
+        n_fail = int(np.sum(~np.asarray(sol.ok)))
+        extra = {"failed_members": n_fail, "mean_steps": float(np.mean(np.asarray(sol.num_steps)))}
+        if n_peer - 1 in peer_out and n >= n_peer:  # sanity: the same perturbed member as the peers
+            yk, pk = np.asarray(sol.y_array[n_peer - 1]), peer_out[n_peer - 1]
+            extra["peer_member_rel_diff"] = float(np.max(np.abs(yk - pk) / (np.abs(pk) + floor)))
+        record(tool, n, max(first - bt, 0.0), bt, int(sol.num_steps[0]), err(sol.y_array[0]), extra)
 
     rtol_now, atol_now = rtol, atol
     run_all(ns, tools, rtol, atol, args.repeats)
@@ -248,7 +282,11 @@ def _numpy_rhs(model):
     except ImportError:
         P0 = rhs_np = None
     if rhs_np is not None:
-        return lambda t, y: rhs_np(t, y, P0)
+        from carkinetics.models.reference_workload import SHARED_ORDER
+
+        # the shared reference's parameter names in SHARED_ORDER, with this member's values
+        p = {k: float(model.get(name)) for k, name in zip(P0, SHARED_ORDER)}
+        return lambda t, y: rhs_np(t, y, p)
     import jax
     import numpy as np
 
