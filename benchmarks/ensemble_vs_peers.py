@@ -253,12 +253,13 @@ def main():
     wp_rows = []
     if args.work_precision:
         n0 = len(rows)
-        for rt in [1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]:
+        for rt in [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]:
             at = rt * (atol / rtol)
             print(f"-- work-precision: rtol {rt:g}, atol {at:g}")
             run_all([args.wp_n], tools, rt, at, max(1, args.repeats - 1))
         wp_rows = rows[n0:]
         _plot(wp_rows, os.path.join(args.out, f"work_precision_{args.model}.png"), args.model, args.wp_n)
+        _matched_accuracy(wp_rows)
     path = os.path.join(args.out, f"ensemble_vs_peers_{args.model}.json")
     with open(path, "w") as fh:
         json.dump(dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(), reference=ref_name,
@@ -306,6 +307,29 @@ def _roadrunner_solve(sbml, names, ts_np, t0, rtol, atol):
     times = [0.0] + list(ts_np - t0) if ts_np[0] > t0 else list(ts_np - t0)
     out = np.asarray(rr.simulate(times=times))[:, 1:]
     return out[-len(ts_np):]
+
+
+def _matched_accuracy(rows):
+    """Speed at matched accuracy: for each error target, the fastest run of each tool whose error is at or below it
+    (over the rtol sweep), and its speed-up over libroadrunner CVODE and vmap(ck.simulate) Tsit5."""
+    tools = sorted({r["tool"] for r in rows})
+    print("\nmatched accuracy (fastest run with max rel err <= target; ms per solve; speed-up vs CVODE / vmap):")
+    print("| target error | " + " | ".join(tools) + " |")
+    print("|---|" + "---|" * len(tools))
+    for target in (1e-3, 1e-4, 1e-5, 1e-6):
+        best = {}
+        for tool in tools:
+            ok = [r["per_solve_s"] for r in rows if r["tool"] == tool and r["max_rel_err"] <= target]
+            best[tool] = min(ok) if ok else None
+        cells = []
+        for tool in tools:
+            t = best[tool]
+            if t is None:
+                cells.append("-")
+                continue
+            ratios = [f"{best[ref] / t:.1f}x" if best.get(ref) else "-" for ref in ("roadrunner_cvode", "vmap_tsit5")]
+            cells.append(f"{1e3 * t:.3f} ({' / '.join(ratios)})")
+        print(f"| {target:.0e} | " + " | ".join(cells) + " |")
 
 
 def _plot(rows, path, model, n):

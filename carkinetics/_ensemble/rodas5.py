@@ -10,7 +10,8 @@ import numpy as np
 
 import equinox as eqx
 
-from .base import AbstractEnsembleMethod, batched_jacobian, batched_lu_factor, batched_lu_solve, lapack_lu_factor
+from .base import (AbstractEnsembleMethod, _lu_factor_loop, batched_jacobian, batched_lu_factor, batched_lu_solve,
+                   lapack_lu_factor)
 
 # Rodas5 (Di Marzo 1993) in the transformed form of Hairer & Wanner (1996, Sec. IV.7): with
 # W = I / (h gamma) - J,   W u_i = f(t + c_i h, y + sum_j a_ij u_j) + sum_j (C_ij / h) u_j + d_i h f_t,
@@ -94,8 +95,8 @@ class EnsembleRodas5(AbstractEnsembleMethod):
     linear_solver: str = eqx.field(static=True, default="auto")
 
     def __check_init__(self):
-        if self.linear_solver not in ("auto", "lapack", "vectorized"):
-            raise ValueError("`linear_solver` must be 'auto', 'lapack' or 'vectorized', got "
+        if self.linear_solver not in ("auto", "lapack", "vectorized", "loop"):
+            raise ValueError("`linear_solver` must be 'auto', 'lapack', 'vectorized' or 'loop', got "
                              f"{self.linear_solver!r}.")
 
     def init(self, f, t, y, f0):
@@ -110,7 +111,12 @@ class EnsembleRodas5(AbstractEnsembleMethod):
         kind = self.linear_solver
         if kind == "auto":
             kind = "lapack" if jax.default_backend() == "cpu" and y.shape[0] >= 16 else "vectorized"
-        lu, perm = lapack_lu_factor(w) if kind == "lapack" else batched_lu_factor(w)
+        if kind == "lapack":
+            lu, perm = lapack_lu_factor(w)
+        elif kind == "loop":
+            lu, perm = _lu_factor_loop(w)
+        else:
+            lu, perm = batched_lu_factor(w)
         a_full, c_full = jnp.asarray(_A_FULL, dtype), jnp.asarray(_C_FULL, dtype)
         ct_full, d_full = jnp.asarray(_CT_FULL, dtype), jnp.asarray(_D_FULL, dtype)
         u = jnp.zeros((8,) + y.shape, dtype).at[0].set(batched_lu_solve(lu, perm, f0 + _GAMMA * h * f_t))

@@ -91,7 +91,7 @@ class EnsembleTsit5(AbstractEnsembleMethod):
                 ks.append(f(t + float(_C_FULL[i]) * dt, y + h * incr))
             y1 = y + h * sum(float(_A_FULL[5][j]) * ks[j] for j in range(6) if _A_FULL[5][j] != 0.0)
             y_err = h * sum(float(_B_ERR[j]) * ks[j] for j in range(7))
-            return y1, y_err, (dt, jnp.stack(ks)), ks[6]
+            return y1, y_err, (dt, tuple(ks)), ks[6]  # a tuple: no stacked copy of the stages
         # Larger models: the 6 new stages run in a `fori_loop` over rows of the (padded) tableau, so the model's vector
         # field is traced once, not 6 times (compile time; 29 states for the SLE model).
         dtype = y.dtype
