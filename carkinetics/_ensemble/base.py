@@ -116,6 +116,10 @@ def _lu_factor_loop(a):
     return jax.lax.fori_loop(0, s - 1, column, (a, perm0))
 
 
+#: Members per LAPACK call on CPU (see `lapack_lu_factor`).
+_LAPACK_CHUNK = 4
+
+
 def lapack_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
     """The same factorisation as `batched_lu_factor` by XLA's batched LU (LAPACK `getrf` per member on CPU).
 
@@ -123,8 +127,18 @@ def lapack_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
     ~18 us per member; on one H100 the SLE model's Rodas5 solves ran ~20 % faster) and compiles in constant time.
     Differentiable like any `jax.lax.linalg.lu`.
     """
-    lu, _, perm = jax.lax.linalg.lu(jnp.moveaxis(a, 2, 0))
-    return jnp.moveaxis(lu, 0, 2), perm.T
+    s, _, n = a.shape
+    if jax.default_backend() != "cpu":
+        lu, _, perm = jax.lax.linalg.lu(jnp.moveaxis(a, 2, 0))
+        return jnp.moveaxis(lu, 0, 2), perm.T
+    # On CPU, in chunks of `_LAPACK_CHUNK` members: larger batched calls go through XLA's parallel path, which is
+    # slower here and deadlocked when several host devices (sharded ensembles) called it at once.
+    c = _LAPACK_CHUNK
+    n_pad = -(-n // c) * c
+    mats = jnp.moveaxis(a, 2, 0)
+    mats = jnp.concatenate([mats, jnp.broadcast_to(jnp.eye(s, dtype=a.dtype), (n_pad - n, s, s))])
+    lu, perm = jax.lax.map(lambda m: jax.lax.linalg.lu(m)[::2], mats.reshape((n_pad // c, c, s, s)))
+    return jnp.moveaxis(lu.reshape((n_pad, s, s))[:n], 0, 2), perm.reshape((n_pad, s))[:n].T
 
 
 def batched_lu_solve(lu: Array, perm: Array, b: Float[Array, "S N"]) -> Float[Array, "S N"]:
