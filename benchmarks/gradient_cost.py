@@ -32,6 +32,8 @@ def main():
     p.add_argument("--model", choices=["reference", "sle"], default="reference")
     p.add_argument("--method", choices=["tsit5", "rodas5"], default="tsit5")
     p.add_argument("--skip-vmap", action="store_true")
+    p.add_argument("--checkpoints", default="", help="comma-separated checkpoint counts for extra reverse-mode rows "
+                   "(diffrax.RecursiveCheckpointAdjoint(checkpoints=K): more checkpoints, fewer recomputations)")
     args = p.parse_args()
 
     import jax
@@ -93,6 +95,9 @@ def main():
             "forward": jax.jit(jax.jacfwd(lambda th: loss(th, diffrax.ForwardMode()))),
             "fd": jax.jit(lambda th: jax.vmap(lambda e: (loss(th + h * e) - loss(th - h * e)) / (2 * h))(eye)),
         }
+        for k in [int(x) for x in args.checkpoints.split(",") if x]:
+            fns[f"reverse_ck{k}"] = jax.jit(jax.grad(
+                lambda th, k=k: loss(th, diffrax.RecursiveCheckpointAdjoint(checkpoints=k))))
         if not args.skip_vmap:
             fns["vmap_reverse"] = jax.jit(jax.grad(vmap_loss))
         res = {}
