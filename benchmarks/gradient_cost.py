@@ -5,6 +5,10 @@ are population values (P = 3 log-scale parameters, the differentiated inputs) ti
 effects (seed 0). Loss: mean squared log-error of three observables at all daily saves against the nominal
 population's trajectories. Tolerances: rtol 1e-6, atol 1e-8 (sle: 1e-6, 1e-6).
 
+The ensemble runs with `--slots all` (one slot per member, no queue) by default: its loop has one iteration per
+step of the whole batch, which is what reverse mode transposes; `--slots 128` gives the CPU default of forward
+solves (more, cheaper iterations: faster forward, ~3x slower reverse at N = 1000).
+
 Per N the script reports, each compiled first (compile time printed separately), blocked on, min of repeats:
 
 - `loss`: one forward population solve + loss (`ck.simulate_ensemble`, EnsembleTsit5 or `--method rodas5`);
@@ -32,6 +36,9 @@ def main():
     p.add_argument("--model", choices=["reference", "sle"], default="reference")
     p.add_argument("--method", choices=["tsit5", "rodas5"], default="tsit5")
     p.add_argument("--skip-vmap", action="store_true")
+    p.add_argument("--slots", default="all", help="simulate_ensemble slots: 'all' (= N, one loop iteration per step "
+                   "for the whole batch: the fastest to transpose, recommended for reverse mode) or an int, e.g. 128 "
+                   "(the CPU default of forward solves)")
     p.add_argument("--checkpoints", default="", help="comma-separated checkpoint counts for extra reverse-mode rows "
                    "(diffrax.RecursiveCheckpointAdjoint(checkpoints=K): more checkpoints, fewer recomputations)")
     args = p.parse_args()
@@ -80,7 +87,7 @@ def main():
 
         def loss(th, adjoint=None):
             sol = ck.simulate_ensemble(models_of(th), regimen, ts, method=method, rtol=rtol, atol=atol,
-                                       adjoint=adjoint)
+                                       adjoint=adjoint, slots=n if args.slots == "all" else int(args.slots))
             return jnp.mean((observe(sol) - data) ** 2)
 
         def vmap_loss(th):
