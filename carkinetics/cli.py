@@ -702,6 +702,48 @@ def _cmd_translate(args) -> int:
 # bench
 
 
+def _bench_ensemble(args, model, space, base, regimen, ts, kw, out) -> None:
+    """`bench --ensemble N`: N members (every parameter times a log-normal factor, sigma 0.1, seed 0) with
+    `ck.simulate_ensemble` (Rodas5 when the model's solver is implicit, else Tsit5); per-member time, compile time,
+    mean steps; written to bench_ensemble.csv."""
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import carkinetics as ck
+
+    n = int(args.ensemble)
+    if n < 1:
+        raise UserError(f"--ensemble must be a positive number of members, got {n}.")
+    implicit = isinstance(kw.get("solver"), diffrax.AbstractImplicitSolver)
+    method = ck.EnsembleRodas5() if implicit else ck.EnsembleTsit5()
+    fac = np.exp(0.1 * np.random.default_rng(0).standard_normal((n, base.shape[0])))
+    batch = jax.vmap(lambda v: space.with_values(model, v))(jnp.asarray(base[None, :] * fac))
+    ekw = {k: v for k, v in kw.items() if k in ("rtol", "atol", "t0")}
+    run = jax.jit(lambda b: ck.simulate_ensemble(b, regimen, ts, method=method, **ekw))
+    t0 = time.perf_counter()
+    sol = jax.block_until_ready(run(batch))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(batch).y_array)
+        times.append(time.perf_counter() - t0)
+    best = min(times)
+    path = os.path.join(out, "bench_ensemble.csv")
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", "method", "members", "device", "dtype", "compile_s", "best_batch_s", "per_member_s",
+                    "mean_steps", "n_failed"])
+        w.writerow([type(model).__name__, type(method).__name__, n, jax.devices()[0].platform, str(ts.dtype),
+                    f"{max(first - best, 0.0):.4f}", f"{best:.6f}", f"{best / n:.8f}",
+                    f"{float(np.mean(np.asarray(sol.num_steps))):.1f}", int(np.sum(~np.asarray(sol.ok)))])
+    print(f"ensemble of {n} ({type(method).__name__}): compile {max(first - best, 0.0):.2f} s, "
+          f"{1e6 * best / n:.1f} us per member (best of {args.repeats}), failed {int(np.sum(~np.asarray(sol.ok)))}")
+    print(f"wrote {path}")
+
+
 def _cmd_bench(args) -> int:
     import diffrax
     import jax
@@ -753,6 +795,8 @@ def _cmd_bench(args) -> int:
                     all(r[2] for r in rows)])
     print(f"{type(model).__name__} on {device.platform} ({device.device_kind}), {solver}, {ts.dtype}: "
           f"compile+first {compile_s:.2f} s, best of {args.repeats} {1e3 * best:.2f} ms, {int(sol.num_steps)} steps")
+    if args.ensemble:
+        _bench_ensemble(args, model, space, base, regimen, ts, kw, out)
     print("(wall-clock on this machine; min of repeats with jax.block_until_ready; see benchmarks/ for the "
           "reference workloads)")
     print(f"wrote {path}\noutput folder: {out}")
@@ -1187,6 +1231,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_regimen_args(p)
     _add_time_args(p)
     p.add_argument("--repeats", type=int, default=5, help="timed calls after compilation (default 5)")
+    p.add_argument("--ensemble", type=int, default=0, metavar="N",
+                   help="also time ck.simulate_ensemble on N perturbed members (per-member time; bench_ensemble.csv)")
     p.add_argument("--out", default="carkinetics_bench", help="output folder (default: ./carkinetics_bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)

@@ -159,6 +159,19 @@ def test_bench_reports_steps_of_the_library(files):
     assert 0.0 < float(row["best_s"]) <= float(row["median_s"])
 
 
+def test_bench_ensemble_times_members(files):
+    rc = cli.main(["bench", "--regimen", str(files / "reg.toml"), "--repeats", "1", "--t-end", "3", "--ensemble", "8",
+                   "--out", str(files / "be"), "--quiet"])
+    assert rc == 0
+    row = _read_tidy(files / "be" / "bench_ensemble.csv")[0]
+    assert row["method"] == "EnsembleTsit5" and int(row["members"]) == 8 and int(row["n_failed"]) == 0
+    assert float(row["per_member_s"]) == pytest.approx(float(row["best_batch_s"]) / 8, rel=1e-3)
+    assert float(row["mean_steps"]) > 0
+    assert cli.main(["bench", "--regimen", str(files / "reg.toml"), "--ensemble", "0", "--repeats", "1", "--t-end",
+                     "1", "--out", str(files / "be0"), "--quiet"]) == 0
+    assert not os.path.exists(files / "be0" / "bench_ensemble.csv")
+
+
 def _expected_skipped():
     skipped = []
     done = set()
