@@ -345,9 +345,12 @@ class CalibrationProblem(eqx.Module):
 
     def loss_from_solution(self, z: Float[Array, " n"], sol) -> Array:
         """`loss(z)` given the simulation `sol` of `to_model(z)` (one member, e.g. of a batched ensemble solve)."""
+        return self._nll_from_solution(sol) + self.prior_nll(z)
+
+    def _nll_from_solution(self, sol) -> Array:
         terms, ok = self._terms_from_solution(sol)
         total = jnp.sum(terms)
-        return jnp.where(ok & jnp.isfinite(total), total, self.failure_loss) + self.prior_nll(z)
+        return jnp.where(ok & jnp.isfinite(total), total, self.failure_loss)
 
     def ensemble_losses(self, zs: Float[Array, "S n"], *, slots: int | None = None) -> Float[Array, " S"]:
         """`loss` at every row of `zs` from ONE batched solve ([`carkinetics.simulate_ensemble`][]).
@@ -373,9 +376,7 @@ class CalibrationProblem(eqx.Module):
 
     def data_nll(self, z: Float[Array, " n"]) -> Array:
         """Negative log-likelihood of all targets at `z` (`failure_loss` if the solver fails)."""
-        terms, ok = self._data_terms(z)
-        total = jnp.sum(terms)
-        return jnp.where(ok & jnp.isfinite(total), total, self.failure_loss)
+        return self._nll_from_solution(self.simulate(z))
 
     def target_nll(self, z: Float[Array, " n"]) -> Array:
         """Per-target negative log-likelihoods at `z`, shape `(n_targets,)`."""

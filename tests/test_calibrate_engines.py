@@ -12,21 +12,9 @@ import pytest
 
 import carkinetics as ck
 import carkinetics._calibrate as _cal
-from carkinetics.models import Stein2019CK
-from test_calibrate import DAYS, NAMES, SIGMA, _synthetic
+from test_calibrate import NAMES, SIGMA, problem, truth  # noqa: F401  (shared module-scoped fixtures)
 
 ALPHA = NAMES.index("alpha")
-
-
-@pytest.fixture(scope="module")
-def truth():
-    return Stein2019CK()
-
-
-@pytest.fixture(scope="module")
-def problem(truth):
-    data = ck.TimeCourseData("transgene", jnp.asarray(DAYS), jnp.asarray(_synthetic(truth)), ck.LogNormalError(SIGMA))
-    return ck.CalibrationProblem(truth, None, [data], NAMES, priors=None, n_grid=40)
 
 
 @pytest.fixture(scope="module")
