@@ -321,9 +321,13 @@ def _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_
     out0 = jnp.zeros((n, n_t + 1, n_states), dtype)
     zero_n = jnp.zeros((n,), jnp.int32)
     stats0 = (zero_n, zero_n, zero_n, zero_n)  # per member: saves written, failure code, accepted, rejected
-    slot0 = (ids0, params0, y00, t00, y00, dt0, zero_i, seg_end0, zero_i, cache0, rate0, jnp.zeros((w,), bool),
-             fail_init[ids0], zero_i, zero_i, jnp.ones((w,), bool))
-    init = (slot0, jnp.asarray(w, jnp.int32), stats0, out0)
+    # Without a queue (every member has its own slot) the members' data never change: they stay out of the loop
+    # carry, which keeps reverse mode's checkpoints small (and `stats` is filled after the loop).
+    queued = w < n
+    member0 = (ids0, params0, y00)
+    slot0 = (member0 if queued else None, t00, y00, dt0, zero_i, seg_end0, zero_i, cache0, rate0,
+             jnp.zeros((w,), bool), fail_init[ids0], zero_i, zero_i, jnp.ones((w,), bool))
+    init = (slot0, jnp.asarray(w, jnp.int32), stats0 if queued else None, out0)
 
     def finished_of(done, fail, idx):
         return (fail != _OK) | (done & (idx >= n_t))
@@ -333,12 +337,13 @@ def _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_
 
     def cond_fun(c):
         slot, queue, _, _ = c
-        _, _, _, _, _, _, _, _, idx, _, _, done, fail, _, _, _ = slot
+        _, _, _, _, _, _, idx, _, _, done, fail, _, _, _ = slot
         return jnp.any(~finished_of(done, fail, idx)) | (queue < n)
 
     def body_fun(c):
         slot, queue, stats, out = c
-        ids, params, y_init, t, y, dt, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, restart = slot
+        member, t, y, dt, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, restart = slot
+        ids, params, y_init = member if queued else member0
         live = ~done & (fail == _OK)
         flush = done & (fail == _OK)  # finished members write their remaining save times (all at their end time)
 
@@ -417,7 +422,9 @@ def _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_
             out = out.at[ids, jnp.where(want, idx + j, n_t)].set(val.T)
             count = count + want.astype(jnp.int32)
         idx = idx + count
-        slot = (ids, params, y_init, t, y, dt_new, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, restart)
+        slot = (member, t, y, dt_new, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, restart)
+        if not queued:
+            return slot, queue, stats, out
 
         # Finished members hand their slot to the next members in the queue.
         free = finished_of(done, fail, idx)
@@ -425,13 +432,17 @@ def _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_
         take = free & (new_ids < n)
 
         def refill(slot, queue, stats):
-            ids, params, y_init, t, y, dt, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, restart = slot
+            _, t, y, dt, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, restart = slot
             stats = record(stats, ids, idx, fail, nacc, nrej)
             new = jnp.where(take, new_ids, ids)
             p1, yi1, t1, r1, e1 = load(new)
-            fresh = (new, p1, yi1, t1, yi1, dt, zero_i, e1, zero_i, cache, r1, jnp.zeros((w,), bool),
-                     fail_init[new], zero_i, zero_i, jnp.ones((w,), bool))
-            return select(take, fresh, slot), queue + jnp.sum(take, dtype=jnp.int32), stats
+            fresh = (t1, yi1, dt, zero_i, e1, zero_i, cache, r1, jnp.zeros((w,), bool), fail_init[new], zero_i,
+                     zero_i, jnp.ones((w,), bool))
+            # Parameters are member-first (W, ...); everything else batch-last (..., W).
+            p_sel = jax.tree_util.tree_map(lambda a, b: jnp.where(take.reshape((w,) + (1,) * (a.ndim - 1)), a, b),
+                                           p1, params)
+            member = (new, p_sel, select(take, yi1, y_init))
+            return (member,) + select(take, fresh, slot[1:]), queue + jnp.sum(take, dtype=jnp.int32), stats
 
         # Refills are batched (a refill costs about one step for all slots): wait until an eighth of the slots
         # is free, or until every slot is.
@@ -444,8 +455,9 @@ def _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_
     final = eqxi.while_loop(cond_fun, body_fun, init, max_steps=loop_bound, buffers=lambda c: c[-1], kind=kind,
                             checkpoints=checkpoints)
     slot, _, stats, out = final
-    ids, _, _, _, _, _, _, _, idx, _, _, _, fail, nacc, nrej, _ = slot
-    idx, fail, nacc, nrej = record(stats, ids, idx, fail, nacc, nrej)
+    member, _, _, _, _, _, idx, _, _, _, fail, nacc, nrej, _ = slot
+    if queued:
+        idx, fail, nacc, nrej = record(stats, member[0], idx, fail, nacc, nrej)
     # Save times a failed member never reached are NaN (masked after the loop: a NaN-initialised buffer would
     # leak NaN into reverse-mode gradients).
     out = out[:, :n_t]
