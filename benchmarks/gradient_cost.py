@@ -5,9 +5,9 @@ are population values (P = 3 log-scale parameters, the differentiated inputs) ti
 effects (seed 0). Loss: mean squared log-error of three observables at all daily saves against the nominal
 population's trajectories. Tolerances: rtol 1e-6, atol 1e-8 (sle: 1e-6, 1e-6).
 
-The ensemble runs with `--slots all` (one slot per member, no queue) by default: its loop has one iteration per
-step of the whole batch, which is what reverse mode transposes; `--slots 128` gives the CPU default of forward
-solves (more, cheaper iterations: faster forward, ~3x slower reverse at N = 1000).
+The ensemble runs with `simulate_ensemble`'s default slots (`--slots default`: 128 on CPU, so a member queue
+for N > 128; reverse mode then differentiates a re-solve without the queue, see `simulate_ensemble`); `--slots all`
+uses one slot per member for every pass, `--slots K` K slots.
 
 Per N the script reports, each compiled first (compile time printed separately), blocked on, min of repeats:
 
@@ -29,6 +29,10 @@ import argparse
 import time
 
 
+def _slots(arg, n):
+    return None if arg == "default" else n if arg == "all" else int(arg)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", default="100,1000")
@@ -36,9 +40,8 @@ def main():
     p.add_argument("--model", choices=["reference", "sle"], default="reference")
     p.add_argument("--method", choices=["tsit5", "rodas5"], default="tsit5")
     p.add_argument("--skip-vmap", action="store_true")
-    p.add_argument("--slots", default="all", help="simulate_ensemble slots: 'all' (= N, one loop iteration per step "
-                   "for the whole batch: the fastest to transpose, recommended for reverse mode) or an int, e.g. 128 "
-                   "(the CPU default of forward solves)")
+    p.add_argument("--slots", default="default", help="simulate_ensemble slots: 'default' (None: 128 on CPU, N on "
+                   "accelerators), 'all' (= N: no member queue) or an int")
     p.add_argument("--checkpoints", default="", help="comma-separated checkpoint counts for extra reverse-mode rows "
                    "(diffrax.RecursiveCheckpointAdjoint(checkpoints=K): more checkpoints, fewer recomputations)")
     args = p.parse_args()
@@ -87,7 +90,7 @@ def main():
 
         def loss(th, adjoint=None):
             sol = ck.simulate_ensemble(models_of(th), regimen, ts, method=method, rtol=rtol, atol=atol,
-                                       adjoint=adjoint, slots=n if args.slots == "all" else int(args.slots))
+                                       adjoint=adjoint, slots=_slots(args.slots, n))
             return jnp.mean((observe(sol) - data) ** 2)
 
         def vmap_loss(th):

@@ -116,9 +116,11 @@ def simulate_ensemble(
       EnsembleTsit5, 8 for EnsembleRodas5, whose steps are long and costly).
     - `slots`: how many members are integrated at once (static). The others wait in a queue and take over the slot
       of a finished member, so a batch does not run at the pace of its slowest member and the working set stays
-      in cache. Default: 128 on CPU, `N` (all members) on accelerators. Results do not depend on it. For
-      reverse-mode gradients of large batches on CPU, `slots=N` is usually several times faster (the transposed loop
-      runs one iteration per step of the whole batch instead of ~N/128 times more; `benchmarks/gradient_cost.py`).
+      in cache. Default: 128 on CPU, `N` (all members) on accelerators. Results do not depend on it. Reverse mode
+      does not use the queue: with `slots < N`, `jax.grad` differentiates a re-solve with one slot per member (up
+      to 4096 members; queues of 4096 slots above), whose transposed loop has one iteration per step of the whole
+      batch instead of ~N/slots times more (at N = 1000 on CPU the gradient costs ~4x the loss instead of 12x;
+      `benchmarks/gradient_cost.py`).
     - `adjoint`: `None` or `diffrax.RecursiveCheckpointAdjoint(checkpoints=...)` (default; reverse mode via a
       checkpointed while loop), or `diffrax.ForwardMode()` (forward mode: `jax.jvp`/`jax.jacfwd`).
     - `devices`: `None` (default: one device), `"all"`, an int (the first n devices) or a sequence of jax devices:
@@ -211,6 +213,10 @@ def _rms(x):
 def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
                        checkpoints, throw, mesh) -> Solution:
     def core(model, regimen, ts, t0):
+        if kind == "checkpointed" and slots < _batch_size(model):
+            # A member queue: reverse mode goes through `_queued_solve`'s custom VJP (no queue on the way back).
+            return _queued_solve((model, regimen, ts, t0), method, rtol, atol, max_steps, saves_per_step, slots,
+                                 checkpoints)
         return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
                           checkpoints)
 
@@ -245,6 +251,51 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
                          "bounds); use throw=False and Solution.result / Solution.ok.")
         sol = eqx.tree_at(lambda s: s.y_array, sol, y)
     return sol
+
+
+#: Slots of the solve that reverse mode differentiates when the forward solve used a member queue (see
+#: `_queued_solve`): all members up to this many (one loop iteration per step of the batch: the cheapest loop to
+#: transpose), member queues of this size above it (bounds the memory of the checkpoints).
+_REVERSE_SLOTS = 4096
+
+
+@eqx.filter_custom_vjp
+def _queued_solve(inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints) -> Solution:
+    """`_integrate` with a member queue (`slots < N`), whose reverse mode re-solves with (nearly) no queue.
+
+    A queue makes forward solves fast on CPU (small, cache-resident batches; no member waits for the slowest), but
+    the loop that reverse mode transposes then has ~N / slots times more, smaller iterations: a population gradient
+    cost 12x its loss at N = 1000 with 128 slots, against 4x with one slot per member. So the forward pass keeps the
+    queue (a plain `lax` while loop: nothing of it is differentiated) and the backward pass differentiates a solve
+    with `min(N, _REVERSE_SLOTS)` slots; both integrate every member with the same steps, so the gradient is that
+    of the forward result.
+    """
+    model, regimen, ts, t0 = inputs
+    return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, "lax", None)
+
+
+@_queued_solve.def_fwd
+def _queued_solve_fwd(perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints):
+    del perturbed
+    return _queued_solve.fn(inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints), None
+
+
+@_queued_solve.def_bwd
+def _queued_solve_bwd(residuals, grad_obj, perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots,
+                      checkpoints):
+    del residuals, perturbed, slots
+    w = min(_batch_size(inputs[0]), _REVERSE_SLOTS)
+
+    def solve(inputs):
+        model, regimen, ts, t0 = inputs
+        return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, w, "checkpointed",
+                          checkpoints)
+
+    out, vjp_fn = eqx.filter_vjp(solve, inputs)
+    diff_out = eqx.filter(out, eqx.is_inexact_array)
+    ct = jax.tree_util.tree_map(lambda o, g: None if o is None else (jnp.zeros_like(o) if g is None else g),
+                                diff_out, grad_obj, is_leaf=lambda x: x is None)
+    return vjp_fn(ct)[0]
 
 
 def _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
