@@ -53,6 +53,9 @@ def _parse():
     p.add_argument("--tools", default="lsoda,cvode,vmap_tsit5,vmap_kvaerno5,ens_tsit5,ens_rodas5")
     p.add_argument("--work-precision", action="store_true")
     p.add_argument("--wp-n", type=int, default=1000)
+    p.add_argument("--wp-rtols", default="1e-3,3e-4,1e-4,3e-5,1e-5,3e-6,1e-6,3e-7,1e-7,1e-8,1e-9",
+                   help="rtol values of the work-precision sweep (atol = rtol x the workload's atol/rtol); the same "
+                        "for every tool, so each gets the same chance to land just under an error target")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     p.add_argument("--peer-members", type=int, default=20, help="members solved one by one by LSODA / CVODE")
     p.add_argument("--host-devices", type=int, default=2, help="CPU host devices for the sharded ensemble runs")
@@ -253,7 +256,7 @@ def main():
     wp_rows = []
     if args.work_precision:
         n0 = len(rows)
-        for rt in [1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9]:
+        for rt in [float(x) for x in args.wp_rtols.split(",")]:
             at = rt * (atol / rtol)
             print(f"-- work-precision: rtol {rt:g}, atol {at:g}")
             run_all([args.wp_n], tools, rt, at, max(1, args.repeats - 1))
