@@ -263,7 +263,7 @@ def main():
         wp_rows = rows[n0:]
         _plot(wp_rows, os.path.join(args.out, f"work_precision_{args.model}.png"), args.model, args.wp_n)
         _matched_accuracy(wp_rows)
-    path = os.path.join(args.out, f"ensemble_vs_peers_{args.model}.json")
+    path = os.path.join(args.out, f"ensemble_vs_peers_{args.model}{'_wp' if args.work_precision else ''}.json")
     with open(path, "w") as fh:
         json.dump(dict(device=jax.devices()[0].device_kind, backend=jax.default_backend(), reference=ref_name,
                        rows=rows, peak_rss_mib=peak), fh, indent=1)
