@@ -125,7 +125,7 @@ def simulate_ensemble(
       checkpointed while loop), or `diffrax.ForwardMode()` (forward mode: `jax.jvp`/`jax.jacfwd`). Derivatives are
       those of the computed solution (discretise-then-differentiate), except that the initial step size of each
       segment is held fixed, as diffrax's `PIDController` does; they agree with finite differences and with
-      `ck.simulate`'s derivatives to the solver tolerance, also for parameters that move breakpoints or doses.
+      `ck.simulate`'s derivatives to the solver tolerance, also for a parameter that moves a breakpoint (tested).
     - `devices`: `None` (default: one device), `"all"`, an int (the first n devices) or a sequence of jax devices:
       the members are split evenly across them with `shard_map` (padded with copies of the last member), each device
       running its own queue. On CPU, make several host devices with `XLA_FLAGS=--xla_force_host_platform_device_count=K`
