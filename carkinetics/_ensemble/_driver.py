@@ -117,10 +117,10 @@ def simulate_ensemble(
     - `slots`: how many members are integrated at once (static). The others wait in a queue and take over the slot
       of a finished member, so a batch does not run at the pace of its slowest member and the working set stays
       in cache. Default: 128 on CPU, `N` (all members) on accelerators. Results do not depend on it. Derivatives
-      do not use the queue (forward mode likewise): with `slots < N`, `jax.grad` differentiates a re-solve with one slot per member (up
-      to 4096 members; queues of 4096 slots above), whose transposed loop has one iteration per step of the whole
-      batch instead of ~N/slots times more (at N = 1000 on CPU the gradient costs ~4x the loss instead of 12x;
-      `benchmarks/gradient_cost.py`).
+      do not use the queue: with `slots < N`, `jax.grad` differentiates a re-solve with one slot per member (up to
+      4096 members; queues of 4096 slots above), whose transposed loop has one iteration per step of the whole batch
+      instead of ~N/slots times more (at N = 1000 on CPU the gradient costs ~4x the loss instead of 12x;
+      `benchmarks/gradient_cost.py`), and forward mode solves primal and tangents the same way.
     - `adjoint`: `None` or `diffrax.RecursiveCheckpointAdjoint(checkpoints=...)` (default; reverse mode via a
       checkpointed while loop), or `diffrax.ForwardMode()` (forward mode: `jax.jvp`/`jax.jacfwd`). Derivatives are
       those of the computed solution (discretise-then-differentiate), except that the initial step size of each
