@@ -128,7 +128,8 @@ def simulate_ensemble(
       `ck.simulate`'s derivatives to the solver tolerance, also for a parameter that moves a breakpoint (tested).
     - `devices`: `None` (default: one device), `"all"`, an int (the first n devices) or a sequence of jax devices:
       the members are split evenly across them with `shard_map` (padded with copies of the last member), each device
-      running its own queue. On CPU, make several host devices with `XLA_FLAGS=--xla_force_host_platform_device_count=K`
+      running its own queue (reverse-mode gradients of a sharded solve are computed on one device). On CPU, make
+      several host devices with `XLA_FLAGS=--xla_force_host_platform_device_count=K`
       (set before importing jax) to use K cores.
     - `throw`: raise if any member fails. Default `False`: failures are reported per member in
       `Solution.result` (mask with `Solution.ok`); a failed member's unsaved outputs are NaN. Members whose traced
@@ -229,35 +230,77 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
 
     if mesh is None:
         sol = core(model, regimen, ts, t0)
+    elif kind == "checkpointed":
+        # Reverse mode through `shard_map` trips equinox's checkpointed loop (closure-converted arguments carry
+        # different shardings on the way back), so the backward pass runs on one device (`_sharded_solve`).
+        sol = _sharded_solve((model, regimen, ts, t0), method, rtol, atol, max_steps, saves_per_step, slots,
+                             checkpoints, mesh)
     else:
-        n = _batch_size(model)
-        n_pad = -(-n // mesh.size) * mesh.size
-
-        def pad(x):
-            return jnp.concatenate([x, jnp.repeat(x[-1:], n_pad - n, axis=0)]) if eqx.is_array(x) else x
-
-        spec = PartitionSpec(_AXIS)
-        t0_in = jnp.full((), jnp.nan, ts.dtype) if t0 is None else t0
-
-        def local(model, regimen, ts, t0_in):
-            return core(model, regimen, ts, None if t0 is None else t0_in)
-
-        if hasattr(jax, "shard_map"):
-            mapped = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), PartitionSpec()),
-                                   out_specs=spec, check_vma=False)
-        else:  # JAX < 0.6
-            from jax.experimental.shard_map import shard_map
-
-            mapped = shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), PartitionSpec()),
-                               out_specs=spec, check_rep=False)
-        sol = mapped(jax.tree_util.tree_map(pad, model), jax.tree_util.tree_map(pad, regimen), ts, t0_in)
-        sol = jax.tree_util.tree_map(lambda x: x[:n] if eqx.is_array(x) else x, sol)
+        sol = _shard(core, model, regimen, ts, t0, mesh)
     if throw:
         y = eqx.error_if(sol.y_array, ~jnp.all(sol.ok), "simulate_ensemble: at least one member failed (maximum "
                          "number of steps reached, step size underflow, or parameters outside their declared "
                          "bounds); use throw=False and Solution.result / Solution.ok.")
         sol = eqx.tree_at(lambda s: s.y_array, sol, y)
     return sol
+
+
+def _shard(core, model, regimen, ts, t0, mesh) -> Solution:
+    """`core(model, regimen, ts, t0)` with the members split over `mesh` (padded with copies of the last member)."""
+    n = _batch_size(model)
+    n_pad = -(-n // mesh.size) * mesh.size
+
+    def pad(x):
+        return jnp.concatenate([x, jnp.repeat(x[-1:], n_pad - n, axis=0)]) if eqx.is_array(x) else x
+
+    spec = PartitionSpec(_AXIS)
+    t0_in = jnp.full((), jnp.nan, ts.dtype) if t0 is None else t0
+
+    def local(model, regimen, ts, t0_in):
+        return core(model, regimen, ts, None if t0 is None else t0_in)
+
+    if hasattr(jax, "shard_map"):
+        mapped = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), PartitionSpec()),
+                               out_specs=spec, check_vma=False)
+    else:  # JAX < 0.6
+        from jax.experimental.shard_map import shard_map
+
+        mapped = shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), PartitionSpec()),
+                           out_specs=spec, check_rep=False)
+    sol = mapped(jax.tree_util.tree_map(pad, model), jax.tree_util.tree_map(pad, regimen), ts, t0_in)
+    return jax.tree_util.tree_map(lambda x: x[:n] if eqx.is_array(x) else x, sol)
+
+
+@eqx.filter_custom_vjp
+def _sharded_solve(inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh) -> Solution:
+    """A solve sharded over `mesh` whose reverse mode runs on one device.
+
+    The forward pass is the sharded solve (plain while loops); the backward pass is the VJP of a one-device solve
+    with `min(N, _REVERSE_SLOTS)` slots (`_vjp_without_queue`): the same steps, so the gradient of the forward
+    result, without the member split (equinox's checkpointed loop cannot be transposed inside `shard_map` here).
+    """
+    model, regimen, ts, t0 = inputs
+
+    def core(model, regimen, ts, t0):
+        if slots < _batch_size(model):
+            return _queued_solve_forward_mode((model, regimen, ts, t0), method=method, rtol=rtol, atol=atol,
+                                              max_steps=max_steps, saves_per_step=saves_per_step, slots=slots)
+        return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, "lax", None)
+
+    return _shard(core, model, regimen, ts, t0, mesh)
+
+
+@_sharded_solve.def_fwd
+def _sharded_solve_fwd(perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh):
+    del perturbed
+    return _sharded_solve.fn(inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh), None
+
+
+@_sharded_solve.def_bwd
+def _sharded_solve_bwd(residuals, grad_obj, perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots,
+                       checkpoints, mesh):
+    del residuals, perturbed, slots, mesh
+    return _vjp_without_queue(inputs, grad_obj, method, rtol, atol, max_steps, saves_per_step, checkpoints)
 
 
 #: Slots of the solve that reverse mode differentiates when the forward solve used a member queue (see
@@ -291,6 +334,11 @@ def _queued_solve_fwd(perturbed, inputs, method, rtol, atol, max_steps, saves_pe
 def _queued_solve_bwd(residuals, grad_obj, perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots,
                       checkpoints):
     del residuals, perturbed, slots
+    return _vjp_without_queue(inputs, grad_obj, method, rtol, atol, max_steps, saves_per_step, checkpoints)
+
+
+def _vjp_without_queue(inputs, grad_obj, method, rtol, atol, max_steps, saves_per_step, checkpoints):
+    """The VJP (cotangent `grad_obj` of the `Solution`) of a one-device solve with `min(N, _REVERSE_SLOTS)` slots."""
     w = min(_batch_size(inputs[0]), _REVERSE_SLOTS)
 
     def solve(inputs):
