@@ -213,9 +213,9 @@ def _rms(x):
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, ms, 1.0)), 0.0)
 
 
-@eqx.filter_jit
-def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
-                       checkpoints, throw, mesh) -> Solution:
+def _solver(method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoints):
+    """`core(model, regimen, ts, t0) -> Solution` on one device, routing queued solves through their custom rules."""
+
     def core(model, regimen, ts, t0):
         if kind == "checkpointed" and slots < _batch_size(model):
             # A member queue: reverse mode goes through `_queued_solve`'s custom VJP (no queue on the way back).
@@ -228,6 +228,13 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
         return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
                           checkpoints)
 
+    return core
+
+
+@eqx.filter_jit
+def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
+                       checkpoints, throw, mesh) -> Solution:
+    core = _solver(method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoints)
     if mesh is None:
         sol = core(model, regimen, ts, t0)
     elif kind == "checkpointed":
@@ -280,13 +287,7 @@ def _sharded_solve(inputs, method, rtol, atol, max_steps, saves_per_step, slots,
     result, without the member split (equinox's checkpointed loop cannot be transposed inside `shard_map` here).
     """
     model, regimen, ts, t0 = inputs
-
-    def core(model, regimen, ts, t0):
-        if slots < _batch_size(model):
-            return _queued_solve_forward_mode((model, regimen, ts, t0), method=method, rtol=rtol, atol=atol,
-                                              max_steps=max_steps, saves_per_step=saves_per_step, slots=slots)
-        return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, "lax", None)
-
+    core = _solver(method, rtol, atol, max_steps, saves_per_step, slots, "lax", None)
     return _shard(core, model, regimen, ts, t0, mesh)
 
 
