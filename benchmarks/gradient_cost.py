@@ -5,8 +5,8 @@ are population values (P = 3 log-scale parameters, the differentiated inputs) ti
 effects (seed 0). Loss: mean squared log-error of three observables at all daily saves against the nominal
 population's trajectories. Tolerances: rtol 1e-6, atol 1e-8 (sle: 1e-6, 1e-6).
 
-The ensemble runs with `simulate_ensemble`'s default slots (`--slots default`: 128 on CPU, so a member queue
-for N > 128; reverse mode then differentiates a re-solve without the queue, see `simulate_ensemble`); `--slots all`
+The ensemble runs with `simulate_ensemble`'s default slots (`--slots default`: 120 on CPU, so a member queue
+for N > 120; reverse mode then differentiates a re-solve without the queue, see `simulate_ensemble`); `--slots all`
 uses one slot per member for every pass, `--slots K` K slots.
 
 Per N the script reports, each compiled first (compile time printed separately), blocked on, min of repeats:
@@ -40,7 +40,7 @@ def main():
     p.add_argument("--model", choices=["reference", "sle"], default="reference")
     p.add_argument("--method", choices=["tsit5", "rodas5"], default="tsit5")
     p.add_argument("--skip-vmap", action="store_true")
-    p.add_argument("--slots", default="default", help="simulate_ensemble slots: 'default' (None: 128 on CPU, N on "
+    p.add_argument("--slots", default="default", help="simulate_ensemble slots: 'default' (None: 120 on CPU, N on "
                    "accelerators), 'all' (= N: no member queue) or an int")
     p.add_argument("--checkpoints", default="", help="comma-separated checkpoint counts for extra reverse-mode rows "
                    "(diffrax.RecursiveCheckpointAdjoint(checkpoints=K): more checkpoints, fewer recomputations)")

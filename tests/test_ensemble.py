@@ -144,6 +144,46 @@ def test_member_queue_gives_identical_results(method):
         assert rel_err(full.ys.central[i], exact, floor=1e-3) < 1e-5
 
 
+def test_cpu_lane_counts_avoid_aliasing_widths(monkeypatch):
+    # On CPU, lane counts that are multiples of `_CPU_LANE_ALIAS` are moved (fewer slots with a queue, padded members
+    # without one). Patched to 4 / 1 here so that small batches take both routes: 8 members without a queue run on
+    # 9 lanes (one padded copy), `slots=4` runs 3 lanes. Solutions, step counts and gradients must equal a run whose
+    # lane count needs no change (slots=3 gives 3 lanes either way) to 1e-12 / 1e-10.
+    if jax.default_backend() != "cpu":
+        pytest.skip("the lane rule applies on CPU only")
+    lanes = []
+    inner = _driver._integrate_lanes
+
+    def spy(model, *args):
+        lanes.append(args[-3])  # the lane count `_integrate` chose
+        return inner(model, *args)
+
+    monkeypatch.setattr(_driver, "_integrate_lanes", spy)
+    monkeypatch.setattr(_driver, "_CPU_LANE_ALIAS", 4)
+    monkeypatch.setattr(_driver, "_CPU_LANE_PAD", 1)
+    cls = jnp.array([60.0, 130.0, 250.0, 90.0, 400.0, 75.0, 180.0, 110.0])
+    t2 = jnp.linspace(0.2, 2.6, 8)
+    ts = jnp.linspace(0.0, 3.0, 17)  # a shape used by no other test: traced afresh under the patch
+
+    def solve(c, slots):
+        reg = jax.vmap(lambda t: ck.Regimen([ck.Bolus(0.0, 1000.0, "central"), ck.Bolus(t, 400.0, "central")]))(t2)
+        return ck.simulate_ensemble(one_cpt_models(c), reg, ts, rtol=1e-9, atol=1e-11, slots=slots)
+
+    ref = solve(cls, 3)
+    assert lanes == [3]
+    for slots, expected_lanes in ((None, 9), (4, 3)):
+        sol = solve(cls, slots)
+        assert lanes[-1] == expected_lanes
+        assert sol.y_array.shape == ref.y_array.shape
+        assert rel_err(sol.y_array, ref.y_array, floor=1e-6) < 1e-12
+        assert np.array_equal(np.asarray(sol.num_steps), np.asarray(ref.num_steps))
+    loss = lambda c, slots: jnp.sum(jnp.log(solve(c, slots).observables.concentration))
+    g_ref = jax.grad(lambda c: loss(c, 3))(cls)
+    g_pad = jax.grad(lambda c: loss(c, None))(cls)
+    assert lanes[-1] == 9
+    assert float(jnp.max(jnp.abs(g_pad - g_ref) / jnp.abs(g_ref))) < 1e-10
+
+
 def test_invalid_traced_parameters_are_reported_per_member():
     # Under jit the parameters are traced: a member with a negative clearance is not integrated and reported as
     # invalid_parameters (outputs NaN) while the others are exact; throw=True turns it into an error.

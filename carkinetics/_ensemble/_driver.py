@@ -4,7 +4,7 @@ Design (issue 8). `W` "slots" advance together in one while loop, in batch-last 
 iteration takes one step of the chosen method in every live slot, each with its own time `t_i`, step size `dt_i`,
 segment index and position in the save-time list. A slot whose member has finished takes the next member from a
 queue (in batches of `W / 8`, as a refill costs about one step), so the loop does not run at the pace of the
-slowest member of the batch and, on CPU, the working set stays in cache (`W = 128` there). A member's horizon is split at
+slowest member of the batch and, on CPU, the working set stays in cache (`W = 120` there). A member's horizon is split at
 its own dose events, infusion starts/ends and model breakpoints exactly as in [`carkinetics.simulate`][]; a
 step never crosses the end of the member's current segment, and on reaching it the member applies its next
 jump (`y <- mult * y + add`), switches its infusion input and restarts its step size. Save times are written
@@ -37,8 +37,18 @@ from .tsit5 import EnsembleTsit5
 _OK, _MAX_STEPS, _DT_MIN, _INVALID = 0, 1, 2, 3
 _AXIS = "members"
 #: Default number of slots on CPU: members integrated at once (the rest wait in a queue). Small batches keep the
-#: working set in cache and let the queue keep every slot busy; measured best for 64-128 on the reference workload.
-_CPU_SLOTS = 128
+#: working set in cache and let the queue keep every slot busy. Measured on the reference workload (EnsembleTsit5,
+#: one core, min of 8 interleaved runs): ~210 ns per member-step for 96-240 slots except at multiples of 128
+#: (128: 250-260 ns, 256: 370-450 ns, 1024: 540 ns; see `_CPU_LANE_ALIAS`); 120 was the fastest or within 3 % of it
+#: on the reference and SLE models with both methods.
+_CPU_SLOTS = 120
+#: On CPU a slot count (lane count) that is a multiple of this many members makes every `(S, W)` float64 row a
+#: multiple of 1 KiB, and the step's many same-shaped arrays then compete for the same cache sets: the reference
+#: workload ran 1.3-1.9x slower per member-step at 128, 256, 384 and 1024 lanes than at 120, 248, 376 and 1016.
+#: `_integrate` therefore moves such lane counts by `_CPU_LANE_PAD` (fewer slots with a queue, padding members
+#: without one).
+_CPU_LANE_ALIAS = 128
+_CPU_LANE_PAD = 8
 
 
 def _batch_size(model: Any) -> int:
@@ -116,7 +126,10 @@ def simulate_ensemble(
       EnsembleTsit5, 8 for EnsembleRodas5, whose steps are long and costly).
     - `slots`: how many members are integrated at once (static). The others wait in a queue and take over the slot
       of a finished member, so a batch does not run at the pace of its slowest member and the working set stays
-      in cache. Default: 128 on CPU, `N` (all members) on accelerators. Results do not depend on it. Derivatives
+      in cache. Default: 120 on CPU, `N` (all members) on accelerators. Results do not depend on it. On CPU a lane
+      count that is a multiple of 128 (e.g. `slots=256`, or `N = 1024` members without a queue) runs 8 lanes
+      fewer (queue) or 8 padded members more (no queue): such widths measured 1.3-1.9x slower per step (cache-set
+      conflicts between the step's rows of 1 KiB multiples). Derivatives
       do not use the queue: with `slots < N`, `jax.grad` differentiates a re-solve with one slot per member (up to
       4096 members; queues of 4096 slots above), whose transposed loop has one iteration per step of the whole batch
       instead of ~N/slots times more (at N = 1000 on CPU the gradient costs ~4x the loss instead of 12x;
@@ -382,6 +395,27 @@ def _queued_solve_forward_mode_jvp(primals, tangents, *, method, rtol, atol, max
 
 def _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
                checkpoints) -> Solution:
+    """`_integrate_lanes` with a CPU lane count that is not a multiple of `_CPU_LANE_ALIAS` (see there)."""
+    n = _batch_size(model)
+    w = min(slots, n)
+    if jax.default_backend() != "cpu" or w % _CPU_LANE_ALIAS != 0:
+        return _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, w, kind,
+                                checkpoints)
+    if w < n:  # a queue: a few slots fewer (the same steps per member, the queue turns over a little more often)
+        return _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step,
+                                w - _CPU_LANE_PAD, kind, checkpoints)
+    # One slot per member: a few extra members (copies of the last), sliced off again (no effect on gradients).
+    def pad(x):
+        return jnp.concatenate([x, jnp.repeat(x[-1:], _CPU_LANE_PAD, axis=0)]) if eqx.is_array(x) else x
+
+    model_p, regimen_p = jax.tree_util.tree_map(pad, model), jax.tree_util.tree_map(pad, regimen)
+    sol = _integrate_lanes(model_p, regimen_p, ts, t0, method, rtol, atol, max_steps, saves_per_step,
+                           n + _CPU_LANE_PAD, kind, checkpoints)
+    return jax.tree_util.tree_map(lambda x: x[:n] if eqx.is_array(x) else x, sol)
+
+
+def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
+                     checkpoints) -> Solution:
     n_states = len(model.state_names())
     n = _batch_size(model)
     w = min(slots, n)  # members integrated at once; the others wait in a queue and take over finished slots
