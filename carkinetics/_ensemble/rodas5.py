@@ -10,8 +10,9 @@ import numpy as np
 
 import equinox as eqx
 
+from ._sparsity import jacobian_pattern
 from .base import (AbstractEnsembleMethod, _lu_factor_loop, batched_jacobian, batched_lu_factor, batched_lu_solve,
-                   lapack_lu_factor)
+                   block_lu_solver, lapack_lu_factor)
 
 # Rodas5 (Di Marzo 1993) in the transformed form of Hairer & Wanner (1996, Sec. IV.7): with
 # W = I / (h gamma) - J,   W u_i = f(t + c_i h, y + sum_j a_ij u_j) + sum_j (C_ij / h) u_j + d_i h f_t,
@@ -70,8 +71,9 @@ class EnsembleRodas5(AbstractEnsembleMethod):
     """Rodas5: an 8-stage, order 5(4), stiffly accurate and L-stable Rosenbrock method for stiff ensembles.
 
     Each step forms every member's Jacobian `df/dy` (and `df/dt`) by forward-mode AD (`S + 1` batched JVPs),
-    factorises `I / (h gamma) - J` once per member with a batch-vectorised LU (partial pivoting) and solves
-    8 linear systems with it; no Newton iterations. Dense output is the method's own 4th-order interpolant.
+    factorises `I / (h gamma) - J` once per member (on CPU by default only the diagonal blocks of its
+    block-triangular form, see `linear_solver`; partial pivoting) and solves 8 linear systems with it; no Newton
+    iterations. Dense output is the method's own 4th-order interpolant.
     Use it with [`carkinetics.simulate_ensemble`][] when time scales differ by orders of magnitude (drug PK
     in hours, cytokines in minutes, B-cell reconstitution in months).
 
@@ -91,16 +93,22 @@ class EnsembleRodas5(AbstractEnsembleMethod):
     default_saves_per_step: ClassVar[int] = 8
     #: How `I / (h gamma) - J` is factorised: `"lapack"` (XLA's batched LU: LAPACK getrf per member on CPU,
     #: cuSOLVER/cuBLAS batched on GPU), `"vectorized"` (elimination unrolled over the states, vectorised over the
-    #: batch; fastest for small systems), `"loop"` (the same in a `fori_loop`: compile time independent of the size)
-    #: or `"auto"` (LAPACK from 16 states, vectorised below). All use partial pivoting. Measured on the 29-state SLE
-    #: model: CPU 3.5 vs 18 us per factorisation and member (LAPACK vs vectorised); one H100 at N = 1e4: 243 / 300 /
-    #: 295 us per solve and 10 / 10 / 33 s compile (LAPACK / loop / vectorised,
-    #: `benchmarks/gpu_rodas5_linear_solvers.py`).
+    #: batch; fastest for small systems), `"loop"` (the same in a `fori_loop`: compile time independent of the size),
+    #: `"block"` (the model's structural Jacobian pattern, read from its jaxpr, permuted to block lower triangular
+    #: form: only the diagonal blocks are factorised, vectorised below 16 states and LAPACK from 16, and solves are
+    #: block forward substitutions; `"block_lapack"`: LAPACK for every block), or `"auto"` (`"block"` on CPU; on
+    #: accelerators LAPACK from 16 states, vectorised below). All use partial pivoting (within each block for the
+    #: block solvers, which is exact: the off-diagonal blocks only couple to earlier blocks). Measured on one CPU core
+    #: (`benchmarks/README.md`): the SLE model (29 states; blocks of 13, 3 and 13 x 1) 4.8 -> 1.8 ms per solve with
+    #: `"block"` instead of LAPACK, the reference workload (9 states; 4 + 5 x 1) 0.23 -> 0.12 ms instead of
+    #: vectorised. One H100 at N = 1e4, SLE model: 243 / 300 / 295 us per solve and 10 / 10 / 33 s compile (LAPACK /
+    #: loop / vectorised, `benchmarks/gpu_rodas5_linear_solvers.py`; the block solvers are not yet measured there).
     linear_solver: str = eqx.field(static=True, default="auto")
 
     def __check_init__(self):
-        if self.linear_solver not in ("auto", "lapack", "vectorized", "loop"):
-            raise ValueError("`linear_solver` must be 'auto', 'lapack', 'vectorized' or 'loop', got "
+        if self.linear_solver not in ("auto", "lapack", "vectorized", "loop", "block", "block_lapack"):
+            raise ValueError("`linear_solver` must be 'auto', 'lapack', 'vectorized', 'loop', 'block' or "
+                             "'block_lapack', got "
                              f"{self.linear_solver!r}.")
 
     def init(self, f, t, y, f0):
@@ -114,22 +122,30 @@ class EnsembleRodas5(AbstractEnsembleMethod):
         w = jnp.eye(y.shape[0], dtype=dtype)[:, :, None] / (_GAMMA * h)[None] - jac
         kind = self.linear_solver
         if kind == "auto":
-            kind = "lapack" if y.shape[0] >= 16 else "vectorized"
-        if kind == "lapack":
-            lu, perm = lapack_lu_factor(w)
-        elif kind == "loop":
-            lu, perm = _lu_factor_loop(w)
+            kind = "block" if jax.default_backend() == "cpu" else ("lapack" if y.shape[0] >= 16 else "vectorized")
+        if kind.startswith("block"):
+            # The Jacobian's structural pattern (from the model's jaxpr, at trace time): only the diagonal blocks of
+            # its block-triangular form are factorised.
+            solve = block_lu_solver(w, jacobian_pattern(f, t, y), "lapack" if kind == "block_lapack" else "auto")
         else:
-            lu, perm = batched_lu_factor(w)
+            if kind == "lapack":
+                lu, perm = lapack_lu_factor(w)
+            elif kind == "loop":
+                lu, perm = _lu_factor_loop(w)
+            else:
+                lu, perm = batched_lu_factor(w)
+
+            def solve(rhs):
+                return batched_lu_solve(lu, perm, rhs)
         a_full, c_full = jnp.asarray(_A_FULL, dtype), jnp.asarray(_C_FULL, dtype)
         ct_full, d_full = jnp.asarray(_CT_FULL, dtype), jnp.asarray(_D_FULL, dtype)
-        u = jnp.zeros((8,) + y.shape, dtype).at[0].set(batched_lu_solve(lu, perm, f0 + _GAMMA * h * f_t))
+        u = jnp.zeros((8,) + y.shape, dtype).at[0].set(solve(f0 + _GAMMA * h * f_t))
 
         # Stages 2..8 in a `fori_loop` (the model is traced once, whatever the number of stages).
         def stage(i, u):
             fi = f(t + ct_full[i] * dt, y + jnp.tensordot(a_full[i], u, axes=1))
             rhs = fi + d_full[i] * h * f_t + jnp.tensordot(c_full[i], u, axes=1) / h
-            return u.at[i].set(batched_lu_solve(lu, perm, rhs))
+            return u.at[i].set(solve(rhs))
 
         u = jax.lax.fori_loop(1, 8, stage, u)
         y1 = y + jnp.tensordot(jnp.asarray(_M, dtype), u, axes=1)
