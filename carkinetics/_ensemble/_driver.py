@@ -268,11 +268,7 @@ def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, sa
 def _shard(core, model, regimen, ts, t0, mesh) -> Solution:
     """`core(model, regimen, ts, t0)` with the members split over `mesh` (padded with copies of the last member)."""
     n = _batch_size(model)
-    n_pad = -(-n // mesh.size) * mesh.size
-
-    def pad(x):
-        return jnp.concatenate([x, jnp.repeat(x[-1:], n_pad - n, axis=0)]) if eqx.is_array(x) else x
-
+    extra = -(-n // mesh.size) * mesh.size - n
     spec = PartitionSpec(_AXIS)
     t0_in = jnp.full((), jnp.nan, ts.dtype) if t0 is None else t0
 
@@ -287,8 +283,18 @@ def _shard(core, model, regimen, ts, t0, mesh) -> Solution:
 
         mapped = shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), PartitionSpec()),
                            out_specs=spec, check_rep=False)
-    sol = mapped(jax.tree_util.tree_map(pad, model), jax.tree_util.tree_map(pad, regimen), ts, t0_in)
-    return jax.tree_util.tree_map(lambda x: x[:n] if eqx.is_array(x) else x, sol)
+    sol = mapped(_pad_members(model, extra), _pad_members(regimen, extra), ts, t0_in)
+    return _first_members(sol, n)
+
+
+def _pad_members(tree, extra):
+    """`tree`'s member-first array leaves with `extra` copies of the last member appended."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if eqx.is_array(x) else x, tree)
+
+
+def _first_members(tree, n):
+    return jax.tree_util.tree_map(lambda x: x[:n] if eqx.is_array(x) else x, tree)
 
 
 @eqx.filter_custom_vjp
@@ -405,13 +411,9 @@ def _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_
         return _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step,
                                 w - _CPU_LANE_PAD, kind, checkpoints)
     # One slot per member: a few extra members (copies of the last), sliced off again (no effect on gradients).
-    def pad(x):
-        return jnp.concatenate([x, jnp.repeat(x[-1:], _CPU_LANE_PAD, axis=0)]) if eqx.is_array(x) else x
-
-    model_p, regimen_p = jax.tree_util.tree_map(pad, model), jax.tree_util.tree_map(pad, regimen)
-    sol = _integrate_lanes(model_p, regimen_p, ts, t0, method, rtol, atol, max_steps, saves_per_step,
-                           n + _CPU_LANE_PAD, kind, checkpoints)
-    return jax.tree_util.tree_map(lambda x: x[:n] if eqx.is_array(x) else x, sol)
+    sol = _integrate_lanes(_pad_members(model, _CPU_LANE_PAD), _pad_members(regimen, _CPU_LANE_PAD), ts, t0, method,
+                           rtol, atol, max_steps, saves_per_step, n + _CPU_LANE_PAD, kind, checkpoints)
+    return _first_members(sol, n)
 
 
 def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
