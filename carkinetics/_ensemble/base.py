@@ -169,19 +169,51 @@ def batched_lu_solve(lu: Array, perm: Array, b: Float[Array, "S N"]) -> Float[Ar
     return x
 
 
-def batched_jacobian(f: BatchedField, t: Array, y: Array) -> tuple[Array, Array, Array]:
+def batched_jacobian(f: BatchedField, t: Array, y: Array, pattern=None) -> tuple[Array, Array, Array]:
     """`f(t, y)`, the per-member Jacobian `df/dy` `(S, S, N)` and `df/dt` `(S, N)` by forward-mode AD.
 
     The members are independent, so one JVP with the tangent `e_k` for every member gives column `k` of all
-    `N` Jacobians at once: `S + 1` JVPs in total, vectorised with `vmap`.
+    `N` Jacobians at once: `S + 1` JVPs in total, vectorised with `vmap`. With a structural `pattern` (`(S, S)`
+    bool, a superset of the non-zeros, e.g. from `_sparsity.jacobian_pattern`) columns that share no row are
+    seeded together (greedy column colouring, Curtis-Powell-Reid) and separated again by the pattern: the SLE
+    model needs 13 JVPs instead of 29, the reference workload 4 instead of 9.
     """
     s, n = y.shape
     f0, f_lin = jax.linearize(f, t, y)
-    eye = jnp.broadcast_to(jnp.eye(s, dtype=y.dtype)[:, :, None], (s, s, n))
-    cols = jax.vmap(lambda e: f_lin(jnp.zeros_like(t), e))(eye)  # cols[k] = J[:, k, :]
-    jac = jnp.moveaxis(cols, 0, 1)
+    if pattern is None:
+        eye = jnp.broadcast_to(jnp.eye(s, dtype=y.dtype)[:, :, None], (s, s, n))
+        cols = jax.vmap(lambda e: f_lin(jnp.zeros_like(t), e))(eye)  # cols[k] = J[:, k, :]
+        jac = jnp.moveaxis(cols, 0, 1)
+    else:
+        pattern = np.asarray(pattern, bool)
+        colour = column_colouring(pattern)
+        seeds = np.zeros((int(colour.max()) + 1, s), y.dtype)
+        seeds[colour, np.arange(s)] = 1.0
+        seeds = jnp.broadcast_to(jnp.asarray(seeds)[:, :, None], seeds.shape + (n,))
+        comp = jax.vmap(lambda e: f_lin(jnp.zeros_like(t), e))(seeds)  # comp[c] = sum of the columns of colour c
+        jac = jnp.where(jnp.asarray(pattern)[:, :, None], jnp.moveaxis(comp[colour], 0, 1), 0.0)
     f_t = f_lin(jnp.ones_like(t), jnp.zeros_like(y))
     return f0, jac, f_t
+
+
+def column_colouring(pattern: np.ndarray) -> np.ndarray:
+    """Greedy colouring of the columns of a boolean `(S, S)` pattern: columns of one colour share no row.
+
+    Columns are visited densest first (largest-first ordering); the number of colours is at least the largest number
+    of entries in a row, which it reaches on the library's models.
+    """
+    s = pattern.shape[1]
+    colour = np.full(s, -1, int)
+    rows_of = []
+    for j in np.argsort(-pattern.sum(axis=0), kind="stable"):
+        for c, rows in enumerate(rows_of):
+            if not (rows & pattern[:, j]).any():
+                colour[j], rows_of[c] = c, rows | pattern[:, j]
+                break
+        else:
+            colour[j] = len(rows_of)
+            rows_of.append(pattern[:, j].copy())
+    return colour
 
 
 def block_lu_solver(w: Float[Array, "S S N"], pattern, kind: str) -> Callable[[Array], Array]:
