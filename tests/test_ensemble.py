@@ -469,6 +469,12 @@ def test_batched_lu_solve(size):
     x = jax.jit(lambda a, b: base.batched_lu_solve(*base.batched_lu_factor(a), b))(jnp.asarray(a), jnp.asarray(b))
     ref = np.stack([np.linalg.solve(a[:, :, i], b[:, i]) for i in range(5)], axis=1)
     assert np.max(np.abs(np.asarray(x) - ref)) < 1e-10 * np.max(np.abs(ref))
+    # The factors themselves: row i of P a (row perm[i] of a) equals row i of L U, and |L| <= 1 (partial pivoting).
+    lu, perm = (np.asarray(v) for v in jax.jit(base.batched_lu_factor)(jnp.asarray(a)))
+    for i in range(5):
+        low = np.tril(lu[:, :, i], -1) + np.eye(size)
+        assert np.max(np.abs(low @ np.triu(lu[:, :, i]) - a[perm[:, i], :, i])) < 1e-12 * np.max(np.abs(a))
+        assert np.max(np.abs(low)) <= 1.0 + 1e-15
 
 
 def test_input_validation():

@@ -67,7 +67,10 @@ def batched_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
     """LU factorisation with partial pivoting of `N` small matrices stored batch-last (`a[i, j, n]`).
 
     Unrolled over the (static, small) matrix size; every operation is vectorised over the batch, which is
-    far faster on CPU and GPU than a loop of LAPACK calls on 10 x 10 matrices.
+    far faster on CPU and GPU than a loop of LAPACK calls on 10 x 10 matrices. Right-looking elimination on a
+    shrinking set of rows: the pivot row leaves the set (it is row `k` of the factors), the first remaining row takes
+    its place, and the rest are updated with concatenations, so the compiled program has no scatters (SLE model,
+    Rodas5 solve: ~1 s less XLA compile than in-place row updates, the same bits).
 
     **Returns:** `(lu, perm)`: the packed factors (unit lower `L` below the diagonal, `U` on and above it)
     and the row permutation `(S, N)` (row `i` of `P a` is row `perm[i]` of `a`).
@@ -75,21 +78,23 @@ def batched_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
     s = a.shape[0]
     if s > UNROLL_MAX:
         return _lu_factor_loop(a)
-    rows = jnp.arange(s)[:, None]
-    perm = jnp.broadcast_to(rows, (s, a.shape[2]))
+    m = a  # (rows not yet pivoted, S, N): columns < k hold multipliers, columns >= k the Schur complement
+    idx = jnp.broadcast_to(jnp.arange(s)[:, None], (s, a.shape[2]))  # their original row numbers
+    lu_rows, perm_rows = [], []
     for k in range(s - 1):
-        p = jnp.argmax(jnp.abs(a[k:, k, :]), axis=0) + k  # (N,) pivot row per member
-        row_k = a[k]
-        row_p = jnp.take_along_axis(a, p[None, None, :], axis=0)[0]
-        is_p = (rows == p[None, :])[:, None, :]
-        a = jnp.where(is_p, row_k[None], a).at[k].set(row_p)
-        perm_k = perm[k]
-        perm_p = jnp.take_along_axis(perm, p[None, :], axis=0)[0]
-        perm = jnp.where(rows == p[None, :], perm_k[None], perm).at[k].set(perm_p)
-        l = a[k + 1:, k, :] / a[k, k, :][None, :]
-        a = a.at[k + 1:, k, :].set(l)
-        a = a.at[k + 1:, k + 1:, :].add(-l[:, None, :] * a[k, k + 1:, :][None, :, :])
-    return a, perm
+        p = jnp.argmax(jnp.abs(m[:, k, :]), axis=0)  # (N,) pivot among the remaining rows
+        pivot = jnp.take_along_axis(m, p[None, None, :], axis=0)[0]  # (S, N)
+        lu_rows.append(pivot)
+        perm_rows.append(jnp.take_along_axis(idx, p[None, :], axis=0)[0])
+        is_p = jnp.arange(s - k)[:, None] == p[None, :]
+        rest = jnp.where(is_p[:, None, :], m[0][None], m)[1:]  # the first row moves into the pivot's place
+        idx = jnp.where(is_p, idx[0][None], idx)[1:]
+        l = rest[:, k, :] / pivot[k][None, :]
+        m = jnp.concatenate([rest[:, :k], l[:, None, :], rest[:, k + 1:] - l[:, None, :] * pivot[None, k + 1:]],
+                            axis=1)
+    lu_rows.append(m[0])
+    perm_rows.append(idx[0])
+    return jnp.stack(lu_rows), jnp.stack(perm_rows)
 
 
 def _lu_factor_loop(a):
