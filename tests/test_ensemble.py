@@ -184,22 +184,6 @@ def test_cpu_lane_counts_avoid_aliasing_widths(monkeypatch):
     assert float(jnp.max(jnp.abs(g_pad - g_ref) / jnp.abs(g_ref))) < 1e-10
 
 
-def test_packed_parameters_round_trip_for_mixed_shapes_and_dtypes():
-    # The solver carries the members' parameters as one (N, P) matrix per dtype: unpacking must give back every leaf
-    # exactly (values, shapes, dtypes), for the full batch and for a gathered subset of members.
-    rng = np.random.default_rng(20261126)
-    tree = {"a": jnp.asarray(rng.normal(size=5)), "b": (jnp.asarray(rng.normal(size=(5, 2, 3))),
-            jnp.asarray(rng.normal(size=5), jnp.float32)), "c": jnp.asarray(rng.integers(0, 9, size=(5, 4)))}
-    packed, unpack = _driver._pack_members(tree)
-    assert sorted((k, v.shape) for k, v in packed.items()) == [("float32", (5, 1)), ("float64", (5, 7)),
-                                                              ("int64", (5, 4))]
-    for subset in (np.arange(5), np.array([3, 0, 3])):
-        back = unpack({k: v[subset] for k, v in packed.items()})
-        for x, y in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(tree)):
-            assert x.dtype == y.dtype and x.shape == y[subset].shape
-            assert np.array_equal(np.asarray(x), np.asarray(y[subset]))
-
-
 def test_invalid_traced_parameters_are_reported_per_member():
     # Under jit the parameters are traced: a member with a negative clearance is not integrated and reported as
     # invalid_parameters (outputs NaN) while the others are exact; throw=True turns it into an error.

@@ -297,31 +297,6 @@ def _first_members(tree, n):
     return jax.tree_util.tree_map(lambda x: x[:n] if eqx.is_array(x) else x, tree)
 
 
-def _pack_members(tree):
-    """Member-first array leaves `(N, ...)` packed into one `(N, P)` matrix per dtype, and the function undoing it.
-
-    The solver loop carries, gathers (refills) and selects the parameters of its slots: one matrix instead of 96
-    separate leaves (the SLE model) means one operation where there were 96 (the compiled SLE Rodas5 solve: 766
-    instead of 899 kernels). `unpack` works for any leading size (`N` or the slot count `W`).
-    """
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    groups, where = {}, []
-    for x in leaves:
-        key = jnp.dtype(x.dtype).name
-        cols = groups.setdefault(key, [])
-        start = sum(c.shape[1] for c in cols)
-        cols.append(x.reshape((x.shape[0], -1)))
-        where.append((key, start, x.shape[1:]))
-    packed = {k: jnp.concatenate(v, axis=1) for k, v in groups.items()}
-
-    def unpack(packed):
-        return jax.tree_util.tree_unflatten(treedef, [
-            packed[k][:, a:a + int(np.prod(shape, dtype=int))].reshape((packed[k].shape[0],) + shape)
-            for k, a, shape in where])
-
-    return packed, unpack
-
-
 @eqx.filter_custom_vjp
 def _sharded_solve(inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh) -> Solution:
     """A solve sharded over `mesh` whose reverse mode runs on one device.
@@ -456,14 +431,16 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
         lambda m, r: _member_schedule(m, r, ts, t0), in_axes=(eqx.if_array(0), eqx.if_array(0))
     )(model, regimen)
     n_seg = ends.shape[1]
-    params_tree, static = eqx.partition(model, eqx.is_array)
-    params_all, unpack = _pack_members(params_tree)  # {dtype: (N, P)}
+    # The parameters stay separate leaves (not packed into one matrix, which would compile fewer kernels): symbolic
+    # zero tangents/cotangents of the parameters that are not differentiated are what keeps forward and reverse mode
+    # cheap, and finite where a partial derivative is infinite (0 * inf).
+    params_all, static = eqx.partition(model, eqx.is_array)
 
     vf = eqx.filter_vmap(lambda m, t, y: m.vector_field_flat(t, y, None), in_axes=(eqx.if_array(0), 0, 1),
                          out_axes=1)
 
     def field(params, rate):
-        m = eqx.combine(unpack(params), static)
+        m = eqx.combine(params, static)
         return lambda t, y: vf(m, t, y) + rate
 
     def seg_gather(arr, ids, k):  # arr (N, K, ...) -> entry k of the members `ids`, batch-last
