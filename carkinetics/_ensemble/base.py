@@ -185,18 +185,14 @@ def batched_jacobian(f: BatchedField, t: Array, y: Array, pattern=None) -> tuple
     """
     s, n = y.shape
     f0, f_lin = jax.linearize(f, t, y)
-    if pattern is None:
-        eye = jnp.broadcast_to(jnp.eye(s, dtype=y.dtype)[:, :, None], (s, s, n))
-        cols = jax.vmap(lambda e: f_lin(jnp.zeros_like(t), e))(eye)  # cols[k] = J[:, k, :]
-        jac = jnp.moveaxis(cols, 0, 1)
-    else:
-        pattern = np.asarray(pattern, bool)
-        colour = column_colouring(pattern)
-        seeds = np.zeros((int(colour.max()) + 1, s), y.dtype)
-        seeds[colour, np.arange(s)] = 1.0
-        seeds = jnp.broadcast_to(jnp.asarray(seeds)[:, :, None], seeds.shape + (n,))
-        comp = jax.vmap(lambda e: f_lin(jnp.zeros_like(t), e))(seeds)  # comp[c] = sum of the columns of colour c
-        jac = jnp.where(jnp.asarray(pattern)[:, :, None], jnp.moveaxis(comp[colour], 0, 1), 0.0)
+    # Without a pattern every column is its own colour (identity seeds).
+    pattern = np.ones((s, s), bool) if pattern is None else np.asarray(pattern, bool)
+    colour = column_colouring(pattern)
+    seeds = np.zeros((int(colour.max()) + 1, s), y.dtype)
+    seeds[colour, np.arange(s)] = 1.0
+    seeds = jnp.broadcast_to(jnp.asarray(seeds)[:, :, None], seeds.shape + (n,))
+    comp = jax.vmap(lambda e: f_lin(jnp.zeros_like(t), e))(seeds)  # comp[c] = sum of the columns of colour c
+    jac = jnp.where(jnp.asarray(pattern)[:, :, None], jnp.moveaxis(comp[colour], 0, 1), 0.0)
     f_t = f_lin(jnp.ones_like(t), jnp.zeros_like(y))
     return f0, jac, f_t
 
