@@ -217,16 +217,27 @@ def column_colouring(pattern: np.ndarray) -> np.ndarray:
     return colour
 
 
+def _block_lapack_min() -> int:
+    """The smallest diagonal block that `block_lu_solver(..., "auto")` factorises with LAPACK instead of elimination.
+
+    CPU: 16 (a 29 x 29 matrix: LAPACK ~3.5 vs ~18 us per member; the SLE model's 13-state block is faster
+    vectorised). Accelerators: 12 (one H100, SLE model at N = 1e4 / 1e5: the 13-state block by cuSOLVER and
+    vectorised ran at the same speed, 124 / 36 vs 120 / 37 us per solve, and cuSOLVER compiled 1-6 s faster;
+    `benchmarks/results/gpu_rodas5_linear_solvers_h100_2026-11-27.log`).
+    """
+    return 16 if jax.default_backend() == "cpu" else 12
+
+
 def block_lu_solver(w: Float[Array, "S S N"], pattern, kind: str) -> Callable[[Array], Array]:
     """`solve(b)` for `w x = b` (every member), using the block-triangular structure of a static sparsity `pattern`.
 
     `pattern` (`(S, S)` bool, a superset of `w`'s non-zeros, e.g. `I` plus the Jacobian's structural pattern from
     `_sparsity.jacobian_pattern`) is permuted to block lower triangular form (strongly connected components in
     dependency order); only the diagonal blocks are factorised (partial pivoting within each block, by `kind`:
-    `"lapack"` or `"vectorized"`, see `lapack_lu_factor`), single states are divisions, and a solve is a block forward
-    substitution over levels of independent blocks (one vector operation per level for the single states, plus the
-    couplings to earlier blocks gathered once per factorisation). The SLE model (29 states) has blocks of 13, 3 and
-    13 x 1.
+    `"lapack"` or `"vectorized"`, see `lapack_lu_factor`; `"auto"`: LAPACK from `_block_lapack_min()` states), single
+    states are divisions, and a solve is a block forward substitution over levels of independent blocks (one vector
+    operation per level for the single states, plus the couplings to earlier blocks gathered once per factorisation).
+    The SLE model (29 states) has blocks of 13, 3 and 13 x 1.
     """
     from ._sparsity import block_levels, block_triangular
 
@@ -247,7 +258,7 @@ def block_lu_solver(w: Float[Array, "S S N"], pattern, kind: str) -> Callable[[A
         for b in lv:
             a, e = blocks[b]
             if e - a > 1:
-                lapack = kind == "lapack" or (kind == "auto" and e - a >= 16)
+                lapack = kind == "lapack" or (kind == "auto" and e - a >= _block_lapack_min())
                 factor = lapack_lu_factor if lapack else batched_lu_factor
                 multi.append((a, e, factor(wp[a:e, a:e])))
         plan.append((rows, cols, coupling, singles, diag, multi))

@@ -72,8 +72,8 @@ class EnsembleRodas5(AbstractEnsembleMethod):
 
     Each step forms every member's Jacobian `df/dy` (and `df/dt`) by forward-mode AD (batched JVPs, one per colour
     of the Jacobian's structural pattern plus one for `df/dt`: 14 for the 29-state SLE model),
-    factorises `I / (h gamma) - J` once per member (on CPU by default only the diagonal blocks of its
-    block-triangular form, see `linear_solver`; partial pivoting) and solves 8 linear systems with it; no Newton
+    factorises `I / (h gamma) - J` once per member (by default only the diagonal blocks of its block-triangular
+    form, see `linear_solver`; partial pivoting) and solves 8 linear systems with it; no Newton
     iterations. Dense output is the method's own 4th-order interpolant.
     Use it with [`carkinetics.simulate_ensemble`][] when time scales differ by orders of magnitude (drug PK
     in hours, cytokines in minutes, B-cell reconstitution in months).
@@ -96,14 +96,14 @@ class EnsembleRodas5(AbstractEnsembleMethod):
     #: cuSOLVER/cuBLAS batched on GPU), `"vectorized"` (elimination unrolled over the states, vectorised over the
     #: batch; fastest for small systems), `"loop"` (the same in a `fori_loop`: compile time independent of the size),
     #: `"block"` (the model's structural Jacobian pattern, read from its jaxpr, permuted to block lower triangular
-    #: form: only the diagonal blocks are factorised, vectorised below 16 states and LAPACK from 16, and solves are
-    #: block forward substitutions; `"block_lapack"`: LAPACK for every block), or `"auto"` (`"block"` on CPU; on
-    #: accelerators LAPACK from 16 states, vectorised below). All use partial pivoting (within each block for the
-    #: block solvers, which is exact: the off-diagonal blocks only couple to earlier blocks). Measured on one CPU core
-    #: (`benchmarks/README.md`): the SLE model (29 states; blocks of 13, 3 and 13 x 1) 4.8 -> 1.8 ms per solve with
-    #: `"block"` instead of LAPACK, the reference workload (9 states; 4 + 5 x 1) 0.23 -> 0.12 ms instead of
-    #: vectorised. One H100 at N = 1e4, SLE model: 243 / 300 / 295 us per solve and 10 / 10 / 33 s compile (LAPACK /
-    #: loop / vectorised, `benchmarks/gpu_rodas5_linear_solvers.py`; the block solvers are not yet measured there).
+    #: form: only the diagonal blocks are factorised, vectorised below 16 states on CPU and 12 on accelerators, LAPACK
+    #: from there, and solves are block forward substitutions; `"block_lapack"`: LAPACK for every block), or `"auto"`
+    #: (= `"block"`, on every backend). All use partial pivoting (within each block for the block solvers, which is
+    #: exact: the off-diagonal blocks only couple to earlier blocks). Measured (`benchmarks/README.md`) on one CPU
+    #: core: the SLE model (29 states; blocks of 13, 3 and 13 x 1) 4.8 -> 1.8 ms per solve with `"block"` instead of
+    #: LAPACK, the reference workload (9 states; 4 + 5 x 1) 0.23 -> 0.12 ms instead of vectorised. One H100, SLE
+    #: model: 312 -> 120 us per solve at N = 1e4 and 104 -> 36 us at N = 1e5 (`"lapack"` -> `"block"` /
+    #: `"block_lapack"`, compile 10-11 -> 14-21 s); reference workload at N = 1e5: 7.1 -> 4.3 us (vectorised -> block).
     linear_solver: str = eqx.field(static=True, default="auto")
 
     def __check_init__(self):
@@ -126,7 +126,7 @@ class EnsembleRodas5(AbstractEnsembleMethod):
         w = jnp.eye(y.shape[0], dtype=dtype)[:, :, None] / (_GAMMA * h)[None] - jac
         kind = self.linear_solver
         if kind == "auto":
-            kind = "block" if jax.default_backend() == "cpu" else ("lapack" if y.shape[0] >= 16 else "vectorized")
+            kind = "block"
         if kind.startswith("block"):
             solve = block_lu_solver(w, pattern, "lapack" if kind == "block_lapack" else "auto")
         else:
