@@ -62,6 +62,51 @@ def _setup_numerics() -> None:
     matplotlib.use("Agg")
 
 
+def _devices_arg(text: str) -> str | int:
+    """argparse type of `--devices`: 'all' or a positive integer."""
+    if text == "all":
+        return "all"
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"must be 'all' or a positive integer, got {text!r}")
+    return k
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _setup_host_devices(devices: str | int | None) -> None:
+    """Before JAX starts: one CPU device per core asked for (`--devices`), so that members run on several cores.
+
+    XLA gives a CPU one device unless `XLA_FLAGS` has `--xla_force_host_platform_device_count`; the ensemble solver
+    is single-threaded per device, so sharding the members over K host devices uses K cores. Left alone when
+    `XLA_FLAGS` already sets the count or JAX has started, and only called for the `carkinetics` command itself
+    (`main()` without arguments), never for `main([...])` inside someone's Python process. On a GPU this only adds
+    CPU devices, which are not used (`jax.devices()` lists the GPUs).
+    """
+    if devices is None:
+        return
+    k = _available_cores() if devices == "all" else int(devices)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if k <= 1 or "xla_force_host_platform_device_count" in flags:
+        return
+    try:
+        from jax._src import xla_bridge
+
+        started = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # private API moved: do not risk a flag that no longer applies
+        started = True
+    if not started:
+        os.environ["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={k}").strip()
+
+
 def _feature(module: str, *names: str) -> tuple[bool, str]:
     """Whether `module` provides every attribute in `names` (and, if not, which is missing)."""
     try:
@@ -477,9 +522,17 @@ def _cmd_sweep(args) -> int:
     ts = _times(args)
     samples, wanted = _sweep_spec(args.ranges, model, args.n)
     out = _out_dir(args.out)
+    import jax
+
+    n_dev = len(jax.devices())
+    if args.devices != "all" and args.devices > n_dev:
+        raise UserError(f"--devices {args.devices}: only {n_dev} {jax.default_backend()} device(s) are available "
+                        "(on CPU the count is fixed when JAX starts: run the command in a fresh process, or set "
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=K).")
+    devices = n_dev if args.devices == "all" else args.devices
     try:
         res = ck.sweep_model(model, regimen, ts, samples, chunk_size=args.chunk_size, progress=not args.quiet,
-                             **_simulate_kwargs(model))
+                             devices=devices if devices > 1 else None, **_simulate_kwargs(model))
     except ValueError as err:
         raise UserError(str(err)) from None
     metrics = {k: np.asarray(v) for k, v in res.outputs.items() if np.asarray(v).ndim == 1}
@@ -496,7 +549,8 @@ def _cmd_sweep(args) -> int:
         for i in range(len(next(iter(samples.values())))):
             w.writerow([i, *[repr(float(samples[p][i])) for p in names], *[repr(float(metrics[m][i])) for m in metrics]])
     png = _sweep_figure(samples, metrics, os.path.join(out, "sweep.png"))
-    print(f"{res.n_failed} of {len(next(iter(samples.values())))} members failed (masked as nan)")
+    print(f"{len(next(iter(samples.values())))} members on {res.n_devices} {jax.default_backend()} device(s); "
+          f"{res.n_failed} failed (masked as nan)")
     print(f"wrote {path}\nwrote {png}\noutput folder: {out}")
     return EXIT_OK
 
@@ -1183,6 +1237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranges", metavar="TOML", required=True, help="parameter ranges (see above)")
     p.add_argument("--n", type=int, default=64, help="members when the TOML gives no [sweep] n (default 64)")
     p.add_argument("--chunk-size", type=int, default=256, help="members per compiled batch (default 256)")
+    p.add_argument("--devices", type=_devices_arg, default="all", metavar="all|K",
+                   help="split each chunk over K devices: 'all' (default) = every GPU, or on CPU one device per "
+                        "available core; 1 = one device (one CPU core). Results do not depend on it")
     p.add_argument("--out", default="carkinetics_sweep", help="output folder (default: ./carkinetics_sweep)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sweep)
@@ -1245,6 +1302,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `carkinetics` command; returns the exit code (see `carkinetics --help`)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with code 2 and a usage message on bad arguments
+    if argv is None:  # the `carkinetics` command itself; a caller's own process (main([...])) keeps its XLA_FLAGS
+        _setup_host_devices(getattr(args, "devices", None))
     _setup_numerics()
     try:
         return int(args.func(args))

@@ -148,6 +148,66 @@ def test_sweep_auc_matches_closed_form(files):
     assert os.path.getsize(files / "sw" / "sweep.png") > 1000
 
 
+def test_sweep_devices_split_the_members_and_do_not_change_results(files, tmp_path):
+    # A fresh `carkinetics sweep --devices 2` process creates two CPU devices (XLA_FLAGS set before JAX starts) and
+    # splits the members over them; its metrics equal the one-device sweep of this (already started) process to 1e-12.
+    import subprocess
+    import sys
+
+    (files / "bolus.toml").write_text('[[bolus]]\ntime = 0.0\namount = 100.0\nstate = "central"\n')
+    (files / "ranges.toml").write_text('[sweep]\nn = 10\nseed = 3\nmetrics = ["concentration_auc"]\n'
+                                       '[ranges]\ncl = [50.0, 200.0]\n')
+    common = ["sweep", "--model", "OneCompartmentPK", "--regimen", str(files / "bolus.toml"), "--ranges",
+              str(files / "ranges.toml"), "--t-end", "2", "--points", "201", "--quiet"]
+    assert cli.main(common + ["--devices", "1", "--out", str(files / "one")]) == 0
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, "-m", "carkinetics.cli", *common, "--devices", "2", "--out",
+                           str(files / "two")], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "10 members on 2 cpu device(s); 0 failed" in proc.stdout
+    one, two = _read_tidy(files / "one" / "sweep.csv"), _read_tidy(files / "two" / "sweep.csv")
+    assert [r["cl"] for r in one] == [r["cl"] for r in two]
+    for a, b in zip(one, two):
+        assert float(b["concentration_auc"]) == pytest.approx(float(a["concentration_auc"]), rel=1e-12)
+
+
+def test_sweep_devices_argument_errors(files, capsys):
+    (files / "ranges.toml").write_text('[ranges]\ncl = [50.0, 200.0]\n')
+    common = ["sweep", "--model", "OneCompartmentPK", "--ranges", str(files / "ranges.toml"), "--quiet",
+              "--out", str(files / "sw")]
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(common + ["--devices", bad])
+        assert exc.value.code == 2
+        assert "must be 'all' or a positive integer" in capsys.readouterr().err
+    # This process started JAX with one CPU device: asking for more is a one-line usage error.
+    assert cli.main(common + ["--devices", "64"]) == 2
+    assert "only 1 cpu device(s) are available" in capsys.readouterr().err
+
+
+def test_setup_host_devices_sets_the_flag_only_before_jax_starts(monkeypatch):
+    from jax._src import xla_bridge
+
+    monkeypatch.setattr(cli, "_available_cores", lambda: 6)
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    cli._setup_host_devices("all")
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=6"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")  # the user's choice wins
+    cli._setup_host_devices(2)
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    cli._setup_host_devices(1)  # one device: nothing to add
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    cli._setup_host_devices(4)
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=4"
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)  # too late: JAX has started
+    monkeypatch.delenv("XLA_FLAGS")
+    cli._setup_host_devices(4)
+    assert "XLA_FLAGS" not in os.environ
+
+
 def test_bench_reports_steps_of_the_library(files):
     rc = cli.main(["bench", "--regimen", str(files / "reg.toml"), "--repeats", "2", "--t-end", "3",
                    "--out", str(files / "b"), "--quiet"])
