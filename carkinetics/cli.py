@@ -531,7 +531,8 @@ def _cmd_sweep(args) -> int:
                         "XLA_FLAGS=--xla_force_host_platform_device_count=K).")
     devices = n_dev if args.devices == "all" else args.devices
     try:
-        res = ck.sweep_model(model, regimen, ts, samples, chunk_size=args.chunk_size, progress=not args.quiet,
+        chunk = 256 * devices if args.chunk_size is None else args.chunk_size
+        res = ck.sweep_model(model, regimen, ts, samples, chunk_size=chunk, progress=not args.quiet,
                              devices=devices if devices > 1 else None, **_simulate_kwargs(model))
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -1236,7 +1237,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_time_args(p)
     p.add_argument("--ranges", metavar="TOML", required=True, help="parameter ranges (see above)")
     p.add_argument("--n", type=int, default=64, help="members when the TOML gives no [sweep] n (default 64)")
-    p.add_argument("--chunk-size", type=int, default=256, help="members per compiled batch (default 256)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="members per compiled batch, split over the devices (default 256 per device)")
     p.add_argument("--devices", type=_devices_arg, default="all", metavar="all|K",
                    help="split each chunk over K devices: 'all' (default) = every GPU, or on CPU one device per "
                         "available core; 1 = one device (one CPU core). Results do not depend on it")
