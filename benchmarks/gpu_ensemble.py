@@ -30,6 +30,10 @@ def main():
     p.add_argument("--vmap-max-n", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=None)
+    p.add_argument("--sle-reference", default=None, metavar="NPY",
+                   help="load the SLE model's tight reference (the Kvaerno5 rtol 1e-9 solution this script computes, "
+                        "saved with --save-sle-reference) instead of computing it (~100 s of CPU)")
+    p.add_argument("--save-sle-reference", default=None, metavar="NPY", help="save the computed SLE reference")
     args = p.parse_args()
     start = time.perf_counter()
     budget = args.budget_s or (210.0 if args.quick else 1500.0)
@@ -126,11 +130,20 @@ def main():
         sle = load_preset("human")
         reg = erlangen_regimen(sle)
         ts_sle = -5.0 + 0.5 + np.arange(370.0)
-        with jax.default_device(cpu):
-            r = ck.simulate(sle, reg, jnp.asarray(ts_sle), solver=diffrax.Kvaerno5(), rtol=1e-9, atol=1e-11,
-                            max_steps=500_000)
-            ref_sle = np.asarray(r.y_array)
-        print(f"SLE model: tight Kvaerno5 reference done ({time.perf_counter() - start:.1f} s)", flush=True)
+        if args.sle_reference:
+            ref_sle = np.load(args.sle_reference)
+            if ref_sle.shape != (ts_sle.size, len(sle.state_names())):
+                raise SystemExit(f"{args.sle_reference}: shape {ref_sle.shape}, expected "
+                                 f"{(ts_sle.size, len(sle.state_names()))} (days -5..365, half-day offset).")
+            print(f"SLE model: tight Kvaerno5 reference loaded from {args.sle_reference}", flush=True)
+        else:
+            with jax.default_device(cpu):
+                r = ck.simulate(sle, reg, jnp.asarray(ts_sle), solver=diffrax.Kvaerno5(), rtol=1e-9, atol=1e-11,
+                                max_steps=500_000)
+                ref_sle = np.asarray(r.y_array)
+            print(f"SLE model: tight Kvaerno5 reference done ({time.perf_counter() - start:.1f} s)", flush=True)
+            if args.save_sle_reference:
+                np.save(args.save_sle_reference, ref_sle)
         varied = ["car.rho", "car.k_kill", "car.k_exh", "humoral.k_igg", "myeloid.k_il6"]
         bench("sle", sle, reg, jnp.asarray(ts_sle), 1e-6, 1e-6, ref_sle, n_sle, 0.2, varied)
 

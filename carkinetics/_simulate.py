@@ -111,7 +111,8 @@ def simulate(
     - `t0`: start time (days). Default: the earlier of `ts[0]` and the first event. It must not be later than
       `ts[0]` or than any event.
     - `solver`: a diffrax solver; default `diffrax.Tsit5()`. Use `diffrax.Kvaerno5()` for stiff models.
-    - `rtol`, `atol`: tolerances of the PID step-size controller.
+    - `rtol`, `atol`: tolerances of the PID step-size controller (Python numbers; new values reuse the compiled
+      solve).
     - `dt0`: initial step (days); default chosen automatically.
     - `max_steps`: maximum steps per segment.
     - `adjoint`: a diffrax adjoint; default `RecursiveCheckpointAdjoint()` (reverse mode). Pass
@@ -170,7 +171,9 @@ def simulate(
         invalid = traced_parameters_invalid(model)
     model = floats_to_arrays(model)
     t0_arr = None if t0 is None else jnp.asarray(t0, dtype=ts.dtype)
-    return _simulate(model, regimen, ts, t0_arr, solver, float(rtol), float(atol),
+    # Traced tolerances: changing them reuses the compiled solve instead of recompiling.
+    rtol_arr, atol_arr = jnp.asarray(float(rtol), ts.dtype), jnp.asarray(float(atol), ts.dtype)
+    return _simulate(model, regimen, ts, t0_arr, solver, rtol_arr, atol_arr,
                      None if dt0 is None else float(dt0), max_steps, adjoint, throw, invalid)
 
 

@@ -13,6 +13,7 @@ import pytest
 import scipy.linalg
 
 import carkinetics as ck
+from carkinetics import _simulate as _simulate_module
 from carkinetics._ensemble import _driver
 from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 from carkinetics.models.reference_workload import ReferenceWorkload
@@ -439,6 +440,24 @@ def test_no_retrace_on_new_values():
     size = cache._cache_size()
     run(1.1, 900.0, 1.7)
     assert cache._cache_size() == size
+
+
+def test_no_recompile_on_new_tolerances():
+    # rtol/atol are traced: a tolerance change reuses the compiled solve (and still changes the steps taken), in the
+    # ensemble solver and in `ck.simulate`.
+    models = one_cpt_models(CLS)
+    reg = ck.Regimen([ck.Bolus(0.0, 1800.0, "central")])
+    ens_cache, sim_cache = _driver._simulate_ensemble._cached, _simulate_module._simulate._cached
+    steps = []
+    for i, tol in enumerate((1e-4, 1e-9)):
+        sol = ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleTsit5(), rtol=tol, atol=tol * 1e-2)
+        one = ck.simulate(OneCompartmentPK(cl=float(CLS[0])), reg, TS, rtol=tol, atol=tol * 1e-2)
+        jax.block_until_ready((sol.y_array, one.y_array))
+        steps.append((int(sol.num_steps[0]), int(one.num_steps)))
+        if i == 0:
+            sizes = (ens_cache._cache_size(), sim_cache._cache_size())
+    assert (ens_cache._cache_size(), sim_cache._cache_size()) == sizes
+    assert steps[1][0] > 2 * steps[0][0] and steps[1][1] > 2 * steps[0][1], steps
 
 
 @pytest.mark.parametrize("size", [6, 20, 40])
