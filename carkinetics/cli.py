@@ -107,6 +107,18 @@ def _setup_host_devices(devices: str | int | None) -> None:
         os.environ["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={k}").strip()
 
 
+def _device_count(requested: str | int) -> int:
+    """How many devices a `--devices all|K` request uses in this process (`UserError` if K are not available)."""
+    import jax
+
+    available = len(jax.devices())
+    if requested != "all" and requested > available:
+        raise UserError(f"--devices {requested}: only {available} {jax.default_backend()} device(s) are available "
+                        "(on CPU the count is fixed when JAX starts: run the command in a fresh process, or set "
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=K).")
+    return available if requested == "all" else int(requested)
+
+
 def _feature(module: str, *names: str) -> tuple[bool, str]:
     """Whether `module` provides every attribute in `names` (and, if not, which is missing)."""
     try:
@@ -524,12 +536,7 @@ def _cmd_sweep(args) -> int:
     out = _out_dir(args.out)
     import jax
 
-    n_dev = len(jax.devices())
-    if args.devices != "all" and args.devices > n_dev:
-        raise UserError(f"--devices {args.devices}: only {n_dev} {jax.default_backend()} device(s) are available "
-                        "(on CPU the count is fixed when JAX starts: run the command in a fresh process, or set "
-                        "XLA_FLAGS=--xla_force_host_platform_device_count=K).")
-    devices = n_dev if args.devices == "all" else args.devices
+    devices = _device_count(args.devices)
     try:
         chunk = 256 * devices if args.chunk_size is None else args.chunk_size
         res = ck.sweep_model(model, regimen, ts, samples, chunk_size=chunk, progress=not args.quiet,
@@ -757,10 +764,18 @@ def _cmd_translate(args) -> int:
 # bench
 
 
+def _perturbed(space, base, factors):
+    """`base * factors` clipped to the declared bounds of `space`'s parameters (a fraction at 0.8 times 1.3 would be
+    an invalid member, not a benchmark of the solver)."""
+    import numpy as np
+
+    return np.clip(np.asarray(base) * factors, np.asarray(space.lower), np.asarray(space.upper))
+
+
 def _bench_ensemble(args, model, space, base, regimen, ts, kw, out) -> None:
-    """`bench --ensemble N`: N members (every parameter times a log-normal factor, sigma 0.1, seed 0) with
-    `ck.simulate_ensemble` (Rodas5 when the model's solver is implicit, else Tsit5); per-member time, compile time,
-    mean steps; written to bench_ensemble.csv."""
+    """`bench --ensemble N`: N members (every parameter times a log-normal factor, sigma 0.1, seed 0, clipped to its
+    declared bounds) with `ck.simulate_ensemble` (Rodas5 when the model's solver is implicit, else Tsit5); per-member
+    time, compile time, mean steps; written to bench_ensemble.csv."""
     import diffrax
     import jax
     import jax.numpy as jnp
@@ -774,9 +789,11 @@ def _bench_ensemble(args, model, space, base, regimen, ts, kw, out) -> None:
     implicit = isinstance(kw.get("solver"), diffrax.AbstractImplicitSolver)
     method = ck.EnsembleRodas5() if implicit else ck.EnsembleTsit5()
     fac = np.exp(0.1 * np.random.default_rng(0).standard_normal((n, base.shape[0])))
-    batch = jax.vmap(lambda v: space.with_values(model, v))(jnp.asarray(base[None, :] * fac))
+    batch = jax.vmap(lambda v: space.with_values(model, v))(jnp.asarray(_perturbed(space, base[None, :], fac)))
     ekw = {k: v for k, v in kw.items() if k in ("rtol", "atol", "t0")}
-    run = jax.jit(lambda b: ck.simulate_ensemble(b, regimen, ts, method=method, **ekw))
+    n_dev = _device_count(args.devices)
+    run = jax.jit(lambda b: ck.simulate_ensemble(b, regimen, ts, method=method, devices=n_dev if n_dev > 1 else None,
+                                                 **ekw))
     t0 = time.perf_counter()
     sol = jax.block_until_ready(run(batch))
     first = time.perf_counter() - t0
@@ -791,12 +808,13 @@ def _bench_ensemble(args, model, space, base, regimen, ts, kw, out) -> None:
     path = os.path.join(out, "bench_ensemble.csv")
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["model", "method", "members", "device", "dtype", "compile_s", "best_batch_s", "per_member_s",
-                    "mean_steps", "n_failed"])
-        w.writerow([type(model).__name__, type(method).__name__, n, jax.devices()[0].platform, str(ts.dtype),
+        w.writerow(["model", "method", "members", "device", "devices", "dtype", "compile_s", "best_batch_s",
+                    "per_member_s", "mean_steps", "n_failed"])
+        w.writerow([type(model).__name__, type(method).__name__, n, jax.devices()[0].platform, n_dev, str(ts.dtype),
                     f"{compile_s:.4f}", f"{best:.6f}", f"{best / n:.8f}",
                     f"{float(np.mean(np.asarray(sol.num_steps))):.1f}", n_failed])
-    print(f"ensemble of {n} ({type(method).__name__}): compile {compile_s:.2f} s, "
+    print(f"ensemble of {n} ({type(method).__name__}, {n_dev} {jax.devices()[0].platform} device(s)): "
+          f"compile {compile_s:.2f} s, "
           f"{1e6 * best / n:.1f} us per member (best of {args.repeats}), failed {n_failed}")
     print(f"wrote {path}")
 
@@ -833,7 +851,8 @@ def _cmd_bench(args) -> int:
     for r in range(args.repeats):
         prog.step(f"repeat {r + 1}")
         # new values (1 % perturbation) each call: measures the compiled solve, not a cache
-        m = space.with_values(model, base * (1.0 + 0.01 * rng.standard_normal(base.shape[0])))
+        factors = 1.0 + 0.01 * rng.standard_normal(base.shape[0])
+        m = space.with_values(model, jnp.asarray(_perturbed(space, base, factors)))
         t0 = time.perf_counter()
         s = jax.block_until_ready(ck.simulate(m, regimen, ts, throw=False, **kw))
         rows.append((time.perf_counter() - t0, int(s.num_steps), bool(s.ok)))
@@ -1294,6 +1313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed calls after compilation (default 5)")
     p.add_argument("--ensemble", type=int, default=0, metavar="N",
                    help="also time ck.simulate_ensemble on N perturbed members (per-member time; bench_ensemble.csv)")
+    p.add_argument("--devices", type=_devices_arg, default="all", metavar="all|K",
+                   help="devices the --ensemble members are split over: 'all' (default) = every GPU, or on CPU one "
+                        "device per available core; 1 = one device (one CPU core)")
     p.add_argument("--out", default="carkinetics_bench", help="output folder (default: ./carkinetics_bench)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)
@@ -1305,7 +1327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with code 2 and a usage message on bad arguments
     if argv is None:  # the `carkinetics` command itself; a caller's own process (main([...])) keeps its XLA_FLAGS
-        _setup_host_devices(getattr(args, "devices", None))
+        wants_devices = args.command != "bench" or args.ensemble > 0  # plain `bench` times one device
+        _setup_host_devices(getattr(args, "devices", None) if wants_devices else None)
     _setup_numerics()
     try:
         return int(args.func(args))

@@ -176,6 +176,9 @@ def test_sweep_devices_argument_errors(files, capsys):
     (files / "ranges.toml").write_text('[ranges]\ncl = [50.0, 200.0]\n')
     common = ["sweep", "--model", "OneCompartmentPK", "--ranges", str(files / "ranges.toml"), "--quiet",
               "--out", str(files / "sw")]
+    assert cli.main(["bench", "--model", "OneCompartmentPK", "--ensemble", "4", "--devices", "3", "--repeats", "1",
+                     "--out", str(files / "b3"), "--quiet"]) == 2
+    assert "--devices 3: only 1 cpu device(s)" in capsys.readouterr().err
     for bad in ("0", "two"):
         with pytest.raises(SystemExit) as exc:
             cli.main(common + ["--devices", bad])
@@ -225,11 +228,31 @@ def test_bench_ensemble_times_members(files):
     assert rc == 0
     row = _read_tidy(files / "be" / "bench_ensemble.csv")[0]
     assert row["method"] == "EnsembleTsit5" and int(row["members"]) == 8 and int(row["n_failed"]) == 0
+    assert int(row["devices"]) == 1  # this process started JAX with one CPU device ("all" = 1 here)
     assert float(row["per_member_s"]) == pytest.approx(float(row["best_batch_s"]) / 8, rel=1e-3)
     assert float(row["mean_steps"]) > 0
     assert cli.main(["bench", "--regimen", str(files / "reg.toml"), "--ensemble", "0", "--repeats", "1", "--t-end",
                      "1", "--out", str(files / "be0"), "--quiet"]) == 0
     assert not os.path.exists(files / "be0" / "bench_ensemble.csv")
+
+
+def test_bench_perturbations_stay_inside_the_declared_bounds():
+    # `bench --ensemble` perturbs every scalar parameter by a log-normal factor (sigma 0.1): unclipped, fractions such
+    # as humoral.f_pb_dsdna = 0.8 leave [0, 1] in some of 240 members (invalid members, not solver work); clipped to
+    # the declared bounds every member is valid and the other values are untouched.
+    from carkinetics.models import load_preset
+
+    model = load_preset("human")
+    space = ck.ParameterSpace(model)
+    base = np.asarray(space.values(model))
+    fac = np.exp(0.1 * np.random.default_rng(0).standard_normal((240, base.shape[0])))
+    lower, upper = np.asarray(space.lower), np.asarray(space.upper)
+    raw = base[None, :] * fac
+    assert np.any((raw < lower) | (raw > upper))
+    vals = cli._perturbed(space, base[None, :], fac)
+    assert np.all((vals >= lower) & (vals <= upper))
+    inside = (raw >= lower) & (raw <= upper)
+    assert np.array_equal(vals[inside], raw[inside])
 
 
 def _expected_skipped():
