@@ -111,12 +111,14 @@ def _device_count(requested: str | int) -> int:
     """How many devices a `--devices all|K` request uses in this process (`UserError` if K are not available)."""
     import jax
 
-    available = len(jax.devices())
-    if requested != "all" and requested > available:
-        raise UserError(f"--devices {requested}: only {available} {jax.default_backend()} device(s) are available "
-                        "(on CPU the count is fixed when JAX starts: run the command in a fresh process, or set "
-                        "XLA_FLAGS=--xla_force_host_platform_device_count=K).")
-    return available if requested == "all" else int(requested)
+    from carkinetics._sweep import _resolve_devices  # the library's own reading of `devices`
+
+    try:
+        return len(_resolve_devices(requested))
+    except ValueError:
+        raise UserError(f"--devices {requested}: only {len(jax.devices())} {jax.default_backend()} device(s) are "
+                        "available (on CPU the count is fixed when JAX starts: run the command in a fresh process, or "
+                        "set XLA_FLAGS=--xla_force_host_platform_device_count=K).") from None
 
 
 def _feature(module: str, *names: str) -> tuple[bool, str]:
@@ -537,6 +539,7 @@ def _cmd_sweep(args) -> int:
     import jax
 
     devices = _device_count(args.devices)
+    n_members = len(next(iter(samples.values())))
     try:
         chunk = 256 * devices if args.chunk_size is None else args.chunk_size
         res = ck.sweep_model(model, regimen, ts, samples, chunk_size=chunk, progress=not args.quiet,
@@ -554,10 +557,10 @@ def _cmd_sweep(args) -> int:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["member", *names, *metrics])
-        for i in range(len(next(iter(samples.values())))):
+        for i in range(n_members):
             w.writerow([i, *[repr(float(samples[p][i])) for p in names], *[repr(float(metrics[m][i])) for m in metrics]])
     png = _sweep_figure(samples, metrics, os.path.join(out, "sweep.png"))
-    print(f"{len(next(iter(samples.values())))} members on {res.n_devices} {jax.default_backend()} device(s); "
+    print(f"{n_members} members on {res.n_devices} {jax.default_backend()} device(s); "
           f"{res.n_failed} failed (masked as nan)")
     print(f"wrote {path}\nwrote {png}\noutput folder: {out}")
     return EXIT_OK
