@@ -138,7 +138,8 @@ def simulate_ensemble(
     - `adjoint`: `None` or `diffrax.RecursiveCheckpointAdjoint(checkpoints=...)` (default; reverse mode via a
       checkpointed while loop), or `diffrax.ForwardMode()` (forward mode: `jax.jvp`/`jax.jacfwd`). Derivatives are
       those of the computed solution (discretise-then-differentiate), except that the initial step size of each
-      segment is held fixed, as diffrax's `PIDController` does; they agree with finite differences and with
+      segment and the controller's step-size factor are held fixed, as diffrax's `PIDController` does (a step size
+      still depends on the length of a shortened step before it); they agree with finite differences and with
       `ck.simulate`'s derivatives to the solver tolerance, also for a parameter that moves a breakpoint (tested).
     - `devices`: `None` (default: one device), `"all"`, an int (the first n devices) or a sequence of jax devices:
       the members are split evenly across them with `shard_map` (padded with copies of the last member), each device
@@ -564,6 +565,9 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
         safe_err = jnp.where(err > 0, err, 1.0)
         factor = jnp.where(err > 0, 0.9 * safe_err ** (-1.0 / q), 10.0)
         factor = jnp.clip(jnp.where(jnp.isfinite(factor), factor, 0.2), 0.2, 10.0)
+        # The controller's factor is not differentiated (as in diffrax's PIDController): step sizes keep their
+        # dependence on the lengths of shortened steps (segment ends, save times) but not on the error estimate.
+        factor = jax.lax.stop_gradient(factor)
         proposal = dt_eff * factor
         dt_new = jnp.where(reject | (moved & ~truncated) | (moved & truncated & (factor < 1.0)), proposal, dt)
         dt_new = jnp.where(moved & truncated & (factor >= 1.0), jnp.maximum(dt, proposal), dt_new)
