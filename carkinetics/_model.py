@@ -87,7 +87,7 @@ class AbstractKineticModel(eqx.Module):
     # flat <-> named conversion used by the simulators
     def vector_field_flat(self, t: RealScalar, y: Float[Array, " states"], args: Any) -> Float[Array, " states"]:
         """The vector field on a flat state vector (ordered as `State`)."""
-        dy = self(t, self.State(*(y[i] for i in range(y.shape[0]))), args)
+        dy = self(t, self.State(*_rows(y)), args)
         return jnp.stack([jnp.asarray(d, dtype=y.dtype) for d in dy])
 
     def initial_state_flat(self) -> Float[Array, " states"]:
@@ -97,8 +97,19 @@ class AbstractKineticModel(eqx.Module):
 
     def observe_flat(self, t: RealScalar, y: Float[Array, " states"]) -> Float[Array, " observables"]:
         """Observables on a flat state vector, as a flat vector (ordered as `Observables`)."""
-        obs = self.observe(t, self.State(*(y[i] for i in range(y.shape[0]))))
+        obs = self.observe(t, self.State(*_rows(y)))
         return jnp.stack([jnp.broadcast_to(jnp.asarray(o, dtype=y.dtype), ()) for o in obs])
+
+
+def _rows(y: Float[Array, " states"]) -> list[Array]:
+    """The entries of a flat state vector as scalars, by one `split` (not `y[i]` per state).
+
+    Both give the same values, but reverse mode transposes a `split` into one concatenation, while `S` separate
+    indexings become `S` zero-padded full-length cotangents that are then summed: on the SLE model (29 states,
+    120 members batch-last, one CPU core) a vector-Jacobian product of the vector field took 28 us that way
+    and 6.4 us with the split (the vector field itself 2.8 us either way).
+    """
+    return [jnp.reshape(r, ()) for r in jnp.split(y, y.shape[0])]
 
 
 def state_index(model_or_cls: Any, name: str) -> int:

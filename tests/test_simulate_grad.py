@@ -156,3 +156,32 @@ def test_floats_weak_arrays_and_parameter_space_values_share_one_compilation(cap
         for m in variants:
             ck.simulate(m, reg, ts).ys.central.block_until_ready()
     assert [r for r in caplog.records if "Compiling" in r.getMessage() and "_simulate" in r.getMessage()] == []
+
+
+def test_flat_vector_field_vjp_is_exact_and_transposes_to_one_concatenation():
+    # `vector_field_flat` unpacks the state with one `split`: its VJP must equal the dense Jacobian's transpose
+    # product, and the transposed program must not hold one zero-padded cotangent per state (`pad`), which made
+    # reverse mode ~2x slower (reference workload, population gradient at N = 100 on CPU).
+    from carkinetics.models import load_preset
+
+    model = load_preset("human")
+    s = len(model.state_names())
+    rng = np.random.default_rng(3)
+    y = jnp.asarray(10.0 ** rng.uniform(-1.0, 1.0, s))
+    lam = jnp.asarray(rng.normal(size=s))
+    _, vjp = jax.vjp(lambda yy: model.vector_field_flat(2.0, yy, None), y)
+    jac = jax.jacfwd(lambda yy: model.vector_field_flat(2.0, yy, None))(y)
+    np.testing.assert_allclose(vjp(lam)[0], jac.T @ lam, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(jac))))
+    jaxpr = jax.make_jaxpr(lambda yy, ll: jax.vjp(lambda z: model.vector_field_flat(2.0, z, None), yy)[1](ll))(y, lam)
+
+    def prims(jx):  # primitive names, including those of nested jaxprs (pjit, custom rules)
+        for eqn in jx.eqns:
+            yield eqn.primitive.name
+            for v in eqn.params.values():
+                sub = getattr(v, "jaxpr", v)
+                if hasattr(sub, "eqns"):
+                    yield from prims(sub)
+
+    names = list(prims(jaxpr.jaxpr))
+    assert "pad" not in names
+    assert names.count("concatenate") >= 1
