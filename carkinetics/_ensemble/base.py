@@ -217,6 +217,36 @@ def column_colouring(pattern: np.ndarray) -> np.ndarray:
     return colour
 
 
+def implicit_solver(w: Float[Array, "S S N"], make_solve: Callable[[Array], Callable[[Array], Array]]
+                    ) -> Callable[[Array], Array]:
+    """`solve(b)` for `w x = b` whose derivatives follow from `x = w^-1 b`, not from the factorisation's arithmetic.
+
+    `make_solve(w)` factorises `w` and returns its solve; here it sees `w` without derivatives, and the JVP of a
+    solve is `w^-1 (db - dw x)` by the same factors (one more solve per tangent; reverse mode transposes it into one
+    transposed solve and an outer product). Differentiating the pivoted elimination itself instead repeats and
+    transposes all of its operations: the SLE model's population gradient (Rodas5) spent most of its time there.
+    """
+    # The factors enter as an explicit (non-differentiated) argument: custom rules cannot close over traced values.
+    b0 = jnp.zeros(w.shape[:1] + w.shape[2:], w.dtype)
+    solve_c = eqx.filter_closure_convert(make_solve(jax.lax.stop_gradient(w)), b0)
+
+    @eqx.filter_custom_jvp
+    def solve(wb, solve_c):
+        return solve_c(wb[1])
+
+    @solve.def_jvp
+    def solve_jvp(primals, tangents):
+        (w, b), solve_c = primals
+        dw, db = tangents[0]
+        x = solve_c(b)
+        rhs = 0.0 if db is None else db
+        if dw is not None:
+            rhs = rhs - jnp.sum(dw * x[None, :, :], axis=1)
+        return x, solve_c(jnp.broadcast_to(rhs, x.shape))
+
+    return lambda b: solve((w, b), solve_c)
+
+
 def _block_lapack_min() -> int:
     """The smallest diagonal block that `block_lu_solver(..., "auto")` factorises with LAPACK instead of elimination.
 

@@ -12,7 +12,7 @@ import equinox as eqx
 
 from ._sparsity import jacobian_pattern
 from .base import (AbstractEnsembleMethod, _lu_factor_loop, batched_jacobian, batched_lu_factor, batched_lu_solve,
-                   block_lu_solver, lapack_lu_factor)
+                   block_lu_solver, implicit_solver, lapack_lu_factor)
 
 # Rodas5 (Di Marzo 1993) in the transformed form of Hairer & Wanner (1996, Sec. IV.7): with
 # W = I / (h gamma) - J,   W u_i = f(t + c_i h, y + sum_j a_ij u_j) + sum_j (C_ij / h) u_j + d_i h f_t,
@@ -127,18 +127,20 @@ class EnsembleRodas5(AbstractEnsembleMethod):
         kind = self.linear_solver
         if kind == "auto":
             kind = "block"
-        if kind.startswith("block"):
-            solve = block_lu_solver(w, pattern, "lapack" if kind == "block_lapack" else "auto")
-        else:
+
+        def make_solve(w):
+            if kind.startswith("block"):
+                return block_lu_solver(w, pattern, "lapack" if kind == "block_lapack" else "auto")
             if kind == "lapack":
                 lu, perm = lapack_lu_factor(w)
             elif kind == "loop":
                 lu, perm = _lu_factor_loop(w)
             else:
                 lu, perm = batched_lu_factor(w)
+            return lambda rhs: batched_lu_solve(lu, perm, rhs)
 
-            def solve(rhs):
-                return batched_lu_solve(lu, perm, rhs)
+        # Derivatives of the solves by the implicit rule (the factorisation is not differentiated).
+        solve = implicit_solver(w, make_solve)
         a_full, c_full = jnp.asarray(_A_FULL, dtype), jnp.asarray(_C_FULL, dtype)
         ct_full, d_full = jnp.asarray(_CT_FULL, dtype), jnp.asarray(_D_FULL, dtype)
         del f0  # stage 1 re-evaluates f(t, y) inside the loop: one trace of the model and of `solve` for all stages
