@@ -131,9 +131,9 @@ def simulate_ensemble(
       count that is a multiple of 128 (e.g. `slots=256`, or `N = 1024` members without a queue) runs 8 lanes
       fewer (queue) or 8 padded members more (no queue): such widths measured 1.3-1.9x slower per step (cache-set
       conflicts between the step's rows of 1 KiB multiples). Derivatives
-      do not use the queue: with `slots < N`, `jax.grad` differentiates a re-solve with one slot per member (up to
+      do not use the queue: with `slots < N`, `jax.grad` differentiates a solve with one slot per member (up to
       4096 members; queues of 4096 slots above), whose transposed loop has one iteration per step of the whole batch
-      instead of ~N/slots times more (at N = 1000 on CPU the gradient costs ~4x the loss instead of 12x;
+      instead of ~N/slots times more (at N = 1000 on CPU a population gradient costs ~4x the loss instead of 12x;
       `benchmarks/gradient_cost.py`), and forward mode solves primal and tangents the same way.
     - `adjoint`: `None` or `diffrax.RecursiveCheckpointAdjoint(checkpoints=...)` (default; reverse mode via a
       checkpointed while loop), or `diffrax.ForwardMode()` (forward mode: `jax.jvp`/`jax.jacfwd`). Derivatives are
