@@ -306,9 +306,10 @@ def _first_members(tree, n):
 def _sharded_solve(inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh) -> Solution:
     """A solve sharded over `mesh` whose reverse mode runs on one device.
 
-    The forward pass is the sharded solve (plain while loops); the backward pass is the VJP of a one-device solve
-    with `min(N, _REVERSE_SLOTS)` slots (`_vjp_without_queue`): the same steps, so the gradient of the forward
-    result, without the member split (equinox's checkpointed loop cannot be transposed inside `shard_map` here).
+    Undifferentiated, the sharded solve (plain while loops); under reverse mode, a one-device solve with
+    `min(N, _REVERSE_SLOTS)` slots and its VJP (`_solve_and_vjp_without_queue`): the same steps, so the same value
+    and its gradient, without the member split (equinox's checkpointed loop cannot be transposed inside `shard_map`
+    here).
     """
     model, regimen, ts, t0 = inputs
     core = _solver(method, rtol, atol, max_steps, saves_per_step, slots, "lax", None)
@@ -317,15 +318,17 @@ def _sharded_solve(inputs, method, rtol, atol, max_steps, saves_per_step, slots,
 
 @_sharded_solve.def_fwd
 def _sharded_solve_fwd(perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh):
-    del perturbed
-    return _sharded_solve.fn(inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh), None
+    # Under reverse mode the forward pass is the one-device solve whose VJP the backward pass applies (as in
+    # `_queued_solve`): the sharded solve would only be a second forward solve.
+    del perturbed, slots, mesh
+    return _solve_and_vjp_without_queue(inputs, method, rtol, atol, max_steps, saves_per_step, checkpoints)
 
 
 @_sharded_solve.def_bwd
 def _sharded_solve_bwd(residuals, grad_obj, perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots,
                        checkpoints, mesh):
-    del residuals, perturbed, slots, mesh
-    return _vjp_without_queue(inputs, grad_obj, method, rtol, atol, max_steps, saves_per_step, checkpoints)
+    del perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh
+    return _apply_vjp(residuals, grad_obj)
 
 
 #: Slots of the solve that reverse mode differentiates when the forward solve used a member queue (see
@@ -381,22 +384,6 @@ def _solve_and_vjp_without_queue(inputs, method, rtol, atol, max_steps, saves_pe
 
 def _apply_vjp(residuals, grad_obj):
     diff_out, vjp_fn = residuals
-    ct = jax.tree_util.tree_map(lambda o, g: None if o is None else (jnp.zeros_like(o) if g is None else g),
-                                diff_out, grad_obj, is_leaf=lambda x: x is None)
-    return vjp_fn(ct)[0]
-
-
-def _vjp_without_queue(inputs, grad_obj, method, rtol, atol, max_steps, saves_per_step, checkpoints):
-    """The VJP (cotangent `grad_obj` of the `Solution`) of a one-device solve with `min(N, _REVERSE_SLOTS)` slots."""
-    w = min(_batch_size(inputs[0]), _REVERSE_SLOTS)
-
-    def solve(inputs):
-        model, regimen, ts, t0 = inputs
-        return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, w, "checkpointed",
-                          checkpoints)
-
-    out, vjp_fn = eqx.filter_vjp(solve, inputs)
-    diff_out = eqx.filter(out, eqx.is_inexact_array)
     ct = jax.tree_util.tree_map(lambda o, g: None if o is None else (jnp.zeros_like(o) if g is None else g),
                                 diff_out, grad_obj, is_leaf=lambda x: x is None)
     return vjp_fn(ct)[0]
