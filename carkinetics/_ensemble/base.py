@@ -239,10 +239,10 @@ def implicit_solver(w: Float[Array, "S S N"], make_solve: Callable[[Array], Call
         (w, b), solve_c = primals
         dw, db = tangents[0]
         x = solve_c(b)
-        rhs = 0.0 if db is None else db
+        rhs = jnp.zeros_like(x) if db is None else db
         if dw is not None:
             rhs = rhs - jnp.sum(dw * x[None, :, :], axis=1)
-        return x, solve_c(jnp.broadcast_to(rhs, x.shape))
+        return x, solve_c(rhs)
 
     return lambda b: solve((w, b), solve_c)
 
