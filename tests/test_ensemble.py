@@ -364,14 +364,17 @@ def test_reverse_mode_gradient(method, slots):
     assert abs(float(g) - exact) / abs(exact) < 1e-6
 
 
-@pytest.mark.parametrize("reverse_slots", [4096, 3], ids=["no-queue-back", "capped-queue-back"])
-def test_queued_reverse_mode_matches_forward_mode(monkeypatch, reverse_slots):
-    # With a member queue (slots=2 for 5 members) reverse mode differentiates a re-solve with min(N, _REVERSE_SLOTS)
-    # slots (custom VJP; capped at 3 here to exercise a queue on the way back too). The gradient with respect to
+@pytest.mark.parametrize("reverse_slots, keep_max", [(4096, 4096), (3, 4096), (3, 4)],
+                         ids=["one-chunk", "chunks-kept", "chunks-recomputed"])
+def test_queued_reverse_mode_matches_forward_mode(monkeypatch, reverse_slots, keep_max):
+    # With a member queue (slots=2 for 5 members) reverse mode differentiates a solve without a queue (custom VJP):
+    # all members at once, or (at most 3 members at once here) two chunks of 3 (one padding member) whose VJPs are
+    # kept, or (more than 4 members) whose backward pass solves each chunk again. The gradient with respect to
     # per-member clearances and per-member dose amounts must equal forward mode (jacfwd) and the no-queue gradient.
     monkeypatch.setattr(_driver, "_REVERSE_SLOTS", reverse_slots)
+    monkeypatch.setattr(_driver, "_REVERSE_KEEP_MAX", keep_max)
     cls = jnp.array([60.0, 90.0, 130.0, 180.0, 250.0])
-    ts = jnp.linspace(0.0, 3.0, 13 + reverse_slots % 7)  # a distinct shape per case: no compiled reuse
+    ts = jnp.linspace(0.0, 3.0, 13 + reverse_slots % 7 + keep_max % 5)  # a distinct shape per case: no compiled reuse
 
     def loss(theta, slots, adjoint=None):
         cl, amount = theta[:5], theta[5:]

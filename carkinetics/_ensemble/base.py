@@ -42,6 +42,14 @@ class AbstractEnsembleMethod(eqx.Module):
     #: Save slots per step when `simulate_ensemble(saves_per_step=None)` (see there).
     default_saves_per_step: ClassVar[int] = 1
 
+    def member_floats(self, n_states: int) -> int:
+        """About how many floats a step reads and writes per member (sizes the CPU chunks of reverse mode).
+
+        The default counts ten state-sized arrays (stages, error estimate, dense output); methods that form a
+        Jacobian add it.
+        """
+        return 10 * n_states
+
     @abc.abstractmethod
     def init(self, f: BatchedField, t: Array, y: Array, f0: Array) -> Any:
         """Per-member cache at the start of a segment."""

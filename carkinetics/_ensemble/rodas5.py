@@ -106,6 +106,10 @@ class EnsembleRodas5(AbstractEnsembleMethod):
     #: `"block_lapack"`, compile 10-11 -> 14-21 s); reference workload at N = 1e5: 7.1 -> 4.3 us (vectorised -> block).
     linear_solver: str = eqx.field(static=True, default="auto")
 
+    def member_floats(self, n_states: int) -> int:
+        # The iteration matrix W and its factors (S x S) besides the 8 stages and the dense output.
+        return n_states * n_states + 10 * n_states
+
     def __check_init__(self):
         if self.linear_solver not in ("auto", "lapack", "vectorized", "loop", "block", "block_lapack"):
             raise ValueError("`linear_solver` must be 'auto', 'lapack', 'vectorized', 'loop', 'block' or "
