@@ -296,7 +296,7 @@ def _shard(core, model, regimen, ts, t0, mesh) -> Solution:
 def _pad_members(tree, extra):
     """`tree`'s member-first array leaves with `extra` copies of the last member appended."""
     return jax.tree_util.tree_map(
-        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if eqx.is_array(x) else x, tree)
+        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if eqx.is_array(x) and extra else x, tree)
 
 
 def _first_members(tree, n):
@@ -377,12 +377,38 @@ def _queued_solve_bwd(residuals, grad_obj, perturbed, inputs, method, rtol, atol
     return _apply_vjp(residuals, grad_obj)
 
 
-def _reverse_chunk(n: int, method: AbstractEnsembleMethod, n_states: int, dtype) -> int:
-    """Members per chunk of a solve that reverse mode differentiates (see `_solve_and_vjp_without_queue`)."""
-    if jax.default_backend() != "cpu":
-        return min(n, _REVERSE_SLOTS)
-    per_member = method.member_floats(n_states) * jnp.dtype(dtype).itemsize
-    return max(1, min(n, _REVERSE_SLOTS, _REVERSE_CHUNK_BYTES // per_member))
+def _chunking(n: int, method: AbstractEnsembleMethod, model, dtype) -> tuple[int, int]:
+    """`(chunks, members per chunk)` of a differentiated solve without a queue (see `_solve_and_vjp_without_queue`).
+
+    At most `_REVERSE_SLOTS` members per chunk; on CPU also at most a working set of `_REVERSE_CHUNK_BYTES`.
+    """
+    c = min(n, _REVERSE_SLOTS)
+    if jax.default_backend() == "cpu":
+        per_member = method.member_floats(len(model.state_names())) * jnp.dtype(dtype).itemsize
+        c = max(1, min(c, _REVERSE_CHUNK_BYTES // per_member))
+    k = -(-n // c)
+    return k, -(-n // k)  # members per chunk as even as possible
+
+
+def _split_inputs(inputs, n, k, c):
+    """`(model, regimen, ts, t0)` with member-first leaves as `(k, c, ...)` chunks (padded with copies of the last
+    member) and `ts`, `t0` repeated per chunk."""
+    model, regimen, ts, t0 = inputs
+    pad = k * c - n
+
+    def split(x):
+        return _pad_members(x, pad).reshape((k, c) + x.shape[1:])
+
+    def bcast(x):
+        return jnp.broadcast_to(x, (k,) + jnp.shape(x))
+
+    return (jax.tree_util.tree_map(split, model), jax.tree_util.tree_map(split, regimen),
+            jax.tree_util.tree_map(bcast, ts), jax.tree_util.tree_map(bcast, t0))
+
+
+def _join_members(tree, n):
+    """The inverse of the member split of `_split_inputs` on `(k, c, ...)` leaves: `(N, ...)`."""
+    return jax.tree_util.tree_map(lambda x: x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])[:n], tree)
 
 
 def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, checkpoints):
@@ -395,10 +421,7 @@ def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_step
     """
     model, regimen, ts, t0 = inputs
     n = _batch_size(model)
-    c = _reverse_chunk(n, method, len(model.state_names()), ts.dtype)
-    k = -(-n // c)  # chunks
-    c = -(-n // k)  # members per chunk, as even as possible
-    pad = k * c - n
+    k, c = _chunking(n, method, model, ts.dtype)
 
     def solve(inputs, rtol, atol, kind="checkpointed"):
         model, regimen, ts, t0 = inputs
@@ -410,15 +433,8 @@ def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_step
         out, vjp_fn = eqx.filter_vjp(lambda d: solve(eqx.combine(d, nondiff), rtol, atol), diff)
         return out, (eqx.filter(out, eqx.is_inexact_array), vjp_fn)
 
-    def split(x):  # member-first (N, ...) -> (k, c, ...), padded with copies of the last member
-        return (_pad_members(x, pad) if pad else x).reshape((k, c) + x.shape[1:])
-
-    def bcast(x):
-        return jnp.broadcast_to(x, (k,) + jnp.shape(x))
-
-    chunked = (jax.tree_util.tree_map(split, model), jax.tree_util.tree_map(split, regimen),
-               jax.tree_util.tree_map(bcast, ts), jax.tree_util.tree_map(bcast, t0))
-    dynamic, static = eqx.partition(chunked, eqx.is_array)
+    dynamic, static = eqx.partition(_split_inputs(inputs, n, k, c), eqx.is_array)
+    bcast = lambda x: jnp.broadcast_to(x, (k,) + jnp.shape(x))
     xs = (dynamic, bcast(rtol), bcast(atol))
 
     def chunk_vjp(xs):
@@ -446,7 +462,7 @@ def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_step
 
         outs, residual = jax.lax.map(forward, xs), xs
         apply = functools.partial(_apply_recomputed_vjp, chunk_vjp=chunk_vjp)
-    out = jax.tree_util.tree_map(lambda x: x.reshape((k * c,) + x.shape[2:])[:n], outs)
+    out = _join_members(outs, n)
     vjp_fn = jax.tree_util.Partial(functools.partial(_chunked_vjp, k=k, c=c, n=n, apply=apply), residual)
     return out, (eqx.filter(out, eqx.is_inexact_array), vjp_fn)
 
@@ -463,13 +479,11 @@ def _apply_recomputed_vjp(xs, *, chunk_vjp):
 
 def _chunked_vjp(residual, ct, *, k, c, n, apply):
     """The VJP of a chunked solve (`_solve_and_vjp_without_queue`) applied to a member-first cotangent `ct`."""
-    ct = jax.tree_util.tree_map(lambda x: (_pad_members(x, k * c - n) if k * c > n else x).reshape(
-        (k, c) + x.shape[1:]), ct)
+    ct = jax.tree_util.tree_map(lambda x: _pad_members(x, k * c - n).reshape((k, c) + x.shape[1:]), ct)
     g_model, g_regimen, g_ts, g_t0 = jax.lax.map(apply, (residual, ct))
-    unsplit = lambda x: x.reshape((k * c,) + x.shape[2:])[:n]
     total = lambda x: jnp.sum(x, axis=0)
-    return ((jax.tree_util.tree_map(unsplit, g_model), jax.tree_util.tree_map(unsplit, g_regimen),
-             jax.tree_util.tree_map(total, g_ts), jax.tree_util.tree_map(total, g_t0)),)
+    return ((_join_members(g_model, n), _join_members(g_regimen, n), jax.tree_util.tree_map(total, g_ts),
+             jax.tree_util.tree_map(total, g_t0)),)
 
 
 def _apply_vjp(residuals, grad_obj):
@@ -496,13 +510,19 @@ def _queued_solve_forward_mode(inputs, *, method, rtol, atol, max_steps, saves_p
 def _queued_solve_forward_mode_jvp(primals, tangents, *, method, rtol, atol, max_steps, saves_per_step, slots):
     del slots
     (inputs,), (t_inputs,) = primals, tangents
-    w = min(_batch_size(inputs[0]), _REVERSE_SLOTS)
+    n = _batch_size(inputs[0])
+    k, c = _chunking(n, method, inputs[0], inputs[2].dtype)
 
     def solve(inputs):
         model, regimen, ts, t0 = inputs
-        return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, w, "lax", None)
+        return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, c, "lax", None)
 
-    return eqx.filter_jvp(solve, (inputs,), (t_inputs,))
+    if k == 1:
+        return eqx.filter_jvp(solve, (inputs,), (t_inputs,))
+    dynamic, static = eqx.partition(_split_inputs(inputs, n, k, c), eqx.is_array)
+    out, t_out = jax.lax.map(lambda xs: eqx.filter_jvp(solve, (eqx.combine(xs[0], static),), (xs[1],)),
+                             (dynamic, _split_inputs(t_inputs, n, k, c)))
+    return _join_members(out, n), _join_members(t_out, n)
 
 
 def _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
