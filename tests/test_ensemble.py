@@ -396,6 +396,25 @@ def test_queued_reverse_mode_matches_forward_mode(monkeypatch, reverse_slots, ke
     assert float(jnp.min(jnp.abs(g_queue))) > 0  # every member's parameters reach the loss
 
 
+def test_derivative_chunks_fit_the_cpu_cache():
+    # On CPU a differentiated solve runs in chunks whose step touches about 1 MiB: the SLE model (29 states) with
+    # Rodas5 carries 29 * 29 + 290 floats per member (9,048 bytes in float64: 115 members per MiB), so 1000 members
+    # go in 9 chunks of 112; the 9-state reference workload with Tsit5 (720 bytes) stays in one chunk, and float32
+    # halves the bytes per member. Accelerators use one chunk of up to 4096 members.
+    from carkinetics.models import load_preset
+
+    sle, ref = load_preset("human"), ReferenceWorkload()
+    if jax.default_backend() == "cpu":
+        assert _driver._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float64) == (9, 112)
+        assert _driver._chunking(100, ck.EnsembleRodas5(), sle, jnp.float64) == (1, 100)
+        assert _driver._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float32) == (5, 200)
+        assert _driver._chunking(1000, ck.EnsembleTsit5(), ref, jnp.float64) == (1, 1000)
+        assert _driver._chunking(5000, ck.EnsembleTsit5(), ref, jnp.float64) == (4, 1250)
+    else:
+        assert _driver._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float64) == (1, 1000)
+        assert _driver._chunking(10000, ck.EnsembleRodas5(), sle, jnp.float64) == (3, 3334)
+
+
 def test_reverse_mode_gradient_through_a_parameter_dependent_breakpoint():
     # Stein 2019's vector field switches at t = tmax (a parameter, declared as a breakpoint): the segment end moves
     # with tmax, so the steps after it shift. The reverse-mode gradient of a loss on the observables (all six

@@ -132,10 +132,13 @@ def simulate_ensemble(
       count that is a multiple of 128 (e.g. `slots=256`, or `N = 1024` members without a queue) runs 8 lanes
       fewer (queue) or 8 padded members more (no queue): such widths measured 1.3-1.9x slower per step (cache-set
       conflicts between the step's rows of 1 KiB multiples). Derivatives
-      do not use the queue: with `slots < N`, `jax.grad` differentiates a solve with one slot per member (up to
-      4096 members; queues of 4096 slots above), whose transposed loop has one iteration per step of the whole batch
-      instead of ~N/slots times more (at N = 1000 on CPU a population gradient costs ~4x the loss instead of 12x;
-      `benchmarks/gradient_cost.py`), and forward mode solves primal and tangents the same way.
+      do not use the queue: with `slots < N`, `jax.grad` differentiates solves with one slot per member, whose
+      transposed loop has one iteration per step of the batch instead of ~N/slots times more (at N = 1000 on CPU a
+      population gradient cost 12x the loss with a queue), run in chunks one after the other: on CPU chunks whose
+      step touches about 1 MiB (~115 members of the 29-state SLE model with Rodas5, up to ~1,450 of a 9-state model
+      with Tsit5), elsewhere up to 4096 members. Up to 4096 members the forward pass keeps every chunk's VJP; above
+      that the backward pass solves each chunk again. Forward mode solves primal and tangents in the same chunks.
+      (`benchmarks/gradient_cost.py`: population gradients cost 4-5x the loss on CPU.)
     - `adjoint`: `None` or `diffrax.RecursiveCheckpointAdjoint(checkpoints=...)` (default; reverse mode via a
       checkpointed while loop), or `diffrax.ForwardMode()` (forward mode: `jax.jvp`/`jax.jacfwd`). Derivatives are
       those of the computed solution (discretise-then-differentiate), except that the initial step size of each
@@ -307,10 +310,9 @@ def _first_members(tree, n):
 def _sharded_solve(inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh) -> Solution:
     """A solve sharded over `mesh` whose reverse mode runs on one device.
 
-    Undifferentiated, the sharded solve (plain while loops); under reverse mode, a one-device solve with
-    `min(N, _REVERSE_SLOTS)` slots and its VJP (`_solve_and_vjp_without_queue`): the same steps, so the same value
-    and its gradient, without the member split (equinox's checkpointed loop cannot be transposed inside `shard_map`
-    here).
+    Undifferentiated, the sharded solve (plain while loops); under reverse mode, the one-device solve without a
+    queue and its VJP (`_solve_and_vjp_without_queue`): the same steps, so the same value and its gradient, without
+    the member split (equinox's checkpointed loop cannot be transposed inside `shard_map` here).
     """
     model, regimen, ts, t0 = inputs
     core = _solver(method, rtol, atol, max_steps, saves_per_step, slots, "lax", None)
@@ -336,9 +338,11 @@ def _sharded_solve_bwd(residuals, grad_obj, perturbed, inputs, method, rtol, ato
 #: one slot per member and no queue (one loop iteration per step of the batch: the cheapest loop to transpose).
 _REVERSE_SLOTS = 4096
 #: On CPU such a solve runs in chunks whose step touches about this many bytes (`method.member_floats`), so that a
-#: chunk's working set stays in a core's L2 cache: on the SLE model (29 states, Rodas5, ~9 KiB per member) a
-#: population gradient at N = 1000 cost 9.7 s on one core with all 1,008 members at once and 5.1 / 4.4 / ? s in chunks
-#: of 60 / 120 / 240 members; the reference workload (9 states, Tsit5, ~0.7 KiB) is fastest unchunked.
+#: chunk's working set stays in a core's L2 cache (1 MiB per core on the machine measured). SLE model (29 states,
+#: Rodas5, ~9 KiB per member), population gradient at N = 1000 on one core (`benchmarks/gradient_cost.py`'s loss,
+#: 1.1-1.2 s): 7.7 s with all 1,008 members at once, 5.1 / 4.4 / 5.1 s in chunks of 60 / 120 / 240 members.
+#: Reference workload (9 states, Tsit5, ~0.7 KiB; loss 0.10-0.11 s): 0.33 s at once, 0.41 / 0.37 / 0.36 s in chunks
+#: of 120 / 248 / 504.
 _REVERSE_CHUNK_BYTES = 1 << 20
 #: Up to this many members the backward pass applies the VJPs the forward pass kept (memory grows with N); above
 #: it, it solves each chunk again (one forward solve more, memory of one chunk).
@@ -347,16 +351,15 @@ _REVERSE_KEEP_MAX = 4096
 
 @eqx.filter_custom_vjp
 def _queued_solve(inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints) -> Solution:
-    """`_integrate` with a member queue (`slots < N`), whose reverse mode re-solves with (nearly) no queue.
+    """`_integrate` with a member queue (`slots < N`), whose reverse mode differentiates solves without a queue.
 
     A queue makes forward solves fast on CPU (small, cache-resident batches; no member waits for the slowest), but
     the loop that reverse mode transposes then has ~N / slots times more, smaller iterations: a population gradient
     cost 12x its loss at N = 1000 with 128 slots, against 4x with one slot per member. So an undifferentiated solve
-    keeps the queue (a plain `lax` while loop), and under reverse mode the forward pass is a solve with
-    `min(N, _REVERSE_SLOTS)` slots whose VJP (with its checkpoints) is kept for the backward pass; both solves
-    integrate every member with the same steps, so value and gradient are those of the queued solve. (Until the
-    sixth session the forward pass ran the queue and the backward pass solved again: one forward solve more, e.g.
-    0.42-0.48 vs 0.35 s for a population gradient at N = 1000 on the reference workload.)
+    keeps the queue (a plain `lax` while loop), and under reverse mode the forward pass is
+    `_solve_and_vjp_without_queue` (chunks of members, one slot each), whose VJPs (with their checkpoints) the
+    backward pass applies; every member takes the same steps as in the queue, so value and gradient are those of the
+    queued solve.
     """
     model, regimen, ts, t0 = inputs
     return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, "lax", None)
