@@ -138,7 +138,7 @@ def simulate_ensemble(
       step touches about 1 MiB (~115 members of the 29-state SLE model with Rodas5, up to ~1,450 of a 9-state model
       with Tsit5), elsewhere up to 4096 members. Up to 4096 members the forward pass keeps every chunk's VJP; above
       that the backward pass solves each chunk again. Forward mode solves primal and tangents in the same chunks.
-      (`benchmarks/gradient_cost.py`: population gradients cost 4-5x the loss on CPU.)
+      (`benchmarks/gradient_cost.py`: population gradients cost 3.4-4.4x the loss on CPU.)
     - `adjoint`: `None` or `diffrax.RecursiveCheckpointAdjoint(checkpoints=...)` (default; reverse mode via a
       checkpointed while loop), or `diffrax.ForwardMode()` (forward mode: `jax.jvp`/`jax.jacfwd`). Derivatives are
       those of the computed solution (discretise-then-differentiate), except that the initial step size of each
@@ -418,7 +418,7 @@ def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_step
     """A one-device solve without a member queue and its VJP: `(solution, (out, vjp_fn))`.
 
     Only the `perturbed` leaves of `inputs` are differentiated (the others' cotangents are never formed). The members
-    are solved in chunks of `_reverse_chunk` members, one slot per member, one chunk after the other (`lax.map`); up
+    are solved in chunks (`_chunking`), one slot per member, one chunk after the other (`lax.map`); up
     to `_REVERSE_KEEP_MAX` members every chunk's VJP (its checkpoints) is kept for the backward pass, above that the
     backward pass solves each chunk again (memory of one chunk, one forward solve more).
     """
