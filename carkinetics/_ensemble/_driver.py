@@ -393,20 +393,20 @@ def _chunking(n: int, method: AbstractEnsembleMethod, model, dtype) -> tuple[int
     return k, -(-n // k)  # members per chunk as even as possible
 
 
+def _split_members(tree, n, k, c):
+    """Member-first `(N, ...)` leaves as `(k, c, ...)` chunks, padded with copies of the last member."""
+    return jax.tree_util.tree_map(lambda x: _pad_members(x, k * c - n).reshape((k, c) + x.shape[1:]), tree)
+
+
+def _repeat(tree, k):
+    """Every leaf repeated along a new leading axis of size `k` (the same value for every chunk)."""
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (k,) + jnp.shape(x)), tree)
+
+
 def _split_inputs(inputs, n, k, c):
-    """`(model, regimen, ts, t0)` with member-first leaves as `(k, c, ...)` chunks (padded with copies of the last
-    member) and `ts`, `t0` repeated per chunk."""
+    """`(model, regimen, ts, t0)` with the members split into `k` chunks of `c` and `ts`, `t0` repeated per chunk."""
     model, regimen, ts, t0 = inputs
-    pad = k * c - n
-
-    def split(x):
-        return _pad_members(x, pad).reshape((k, c) + x.shape[1:])
-
-    def bcast(x):
-        return jnp.broadcast_to(x, (k,) + jnp.shape(x))
-
-    return (jax.tree_util.tree_map(split, model), jax.tree_util.tree_map(split, regimen),
-            jax.tree_util.tree_map(bcast, ts), jax.tree_util.tree_map(bcast, t0))
+    return _split_members(model, n, k, c), _split_members(regimen, n, k, c), _repeat(ts, k), _repeat(t0, k)
 
 
 def _join_members(tree, n):
@@ -431,19 +431,20 @@ def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_step
         return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, c, kind,
                           checkpoints)
 
-    if k == 1:
+    def vjp_of(inputs, rtol, atol):
         diff, nondiff = eqx.partition(inputs, perturbed)
-        out, vjp_fn = eqx.filter_vjp(lambda d: solve(eqx.combine(d, nondiff), rtol, atol), diff)
+        return eqx.filter_vjp(lambda d: solve(eqx.combine(d, nondiff), rtol, atol), diff)
+
+    if k == 1:
+        out, vjp_fn = vjp_of(inputs, rtol, atol)
         return out, (eqx.filter(out, eqx.is_inexact_array), vjp_fn)
 
     dynamic, static = eqx.partition(_split_inputs(inputs, n, k, c), eqx.is_array)
-    bcast = lambda x: jnp.broadcast_to(x, (k,) + jnp.shape(x))
-    xs = (dynamic, bcast(rtol), bcast(atol))
+    xs = (dynamic, _repeat(rtol, k), _repeat(atol, k))
 
     def chunk_vjp(xs):
         dyn, rtol, atol = xs
-        diff, nondiff = eqx.partition(eqx.combine(dyn, static), perturbed)
-        return eqx.filter_vjp(lambda d: solve(eqx.combine(d, nondiff), rtol, atol), diff)
+        return vjp_of(eqx.combine(dyn, static), rtol, atol)
 
     if n <= _REVERSE_KEEP_MAX:
         vjp_static = []
@@ -482,8 +483,7 @@ def _apply_recomputed_vjp(xs, *, chunk_vjp):
 
 def _chunked_vjp(residual, ct, *, k, c, n, apply):
     """The VJP of a chunked solve (`_solve_and_vjp_without_queue`) applied to a member-first cotangent `ct`."""
-    ct = jax.tree_util.tree_map(lambda x: _pad_members(x, k * c - n).reshape((k, c) + x.shape[1:]), ct)
-    g_model, g_regimen, g_ts, g_t0 = jax.lax.map(apply, (residual, ct))
+    g_model, g_regimen, g_ts, g_t0 = jax.lax.map(apply, (residual, _split_members(ct, n, k, c)))
     total = lambda x: jnp.sum(x, axis=0)
     return ((_join_members(g_model, n), _join_members(g_regimen, n), jax.tree_util.tree_map(total, g_ts),
              jax.tree_util.tree_map(total, g_t0)),)
@@ -513,8 +513,9 @@ def _queued_solve_forward_mode(inputs, *, method, rtol, atol, max_steps, saves_p
 def _queued_solve_forward_mode_jvp(primals, tangents, *, method, rtol, atol, max_steps, saves_per_step, slots):
     del slots
     (inputs,), (t_inputs,) = primals, tangents
-    n = _batch_size(inputs[0])
-    k, c = _chunking(n, method, inputs[0], inputs[2].dtype)
+    model, _, ts, _ = inputs
+    n = _batch_size(model)
+    k, c = _chunking(n, method, model, ts.dtype)
 
     def solve(inputs):
         model, regimen, ts, t0 = inputs

@@ -107,8 +107,8 @@ class EnsembleRodas5(AbstractEnsembleMethod):
     linear_solver: str = eqx.field(static=True, default="auto")
 
     def member_floats(self, n_states: int) -> int:
-        # The iteration matrix W and its factors (S x S) besides the 8 stages and the dense output.
-        return n_states * n_states + 10 * n_states
+        # The iteration matrix W and its factors (S x S) besides the stages and the dense output.
+        return super().member_floats(n_states) + n_states * n_states
 
     def __check_init__(self):
         if self.linear_solver not in ("auto", "lapack", "vectorized", "loop", "block", "block_lapack"):
