@@ -57,11 +57,33 @@ def check_model_and_regimen(model: Any, regimen: Any) -> Regimen:
     return regimen
 
 
-def check_tolerances(rtol: Any, atol: Any) -> None:
-    """`rtol` and `atol` must be positive finite numbers (`ValueError` naming the argument otherwise)."""
+def tolerance_arrays(rtol: Any, atol: Any, dtype) -> tuple[Array, Array]:
+    """`rtol` and `atol` as scalar arrays of `dtype`, the form the engines trace them in (new values reuse the
+    compiled solve).
+
+    Each may be a Python number, a NumPy scalar or a 0-d array; concrete values must be positive and finite
+    (`ValueError` naming the argument otherwise); traced values (e.g. a tolerance that is an argument of a jitted
+    function) are checked when the solve runs (`eqx.error_if`).
+    """
+    out = []
     for name, tol in (("rtol", rtol), ("atol", atol)):
-        if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and np.isfinite(tol) and tol > 0):
+        if isinstance(tol, jax.core.Tracer):
+            arr = jnp.asarray(tol)
+            if arr.shape != () or not jnp.issubdtype(arr.dtype, jnp.floating):
+                raise ValueError(f"`{name}` must be a positive finite number or a floating-point scalar array, got "
+                                 f"a traced array of shape {arr.shape} and dtype {arr.dtype}.")
+            arr = arr.astype(dtype)
+            out.append(eqx.error_if(arr, ~(jnp.isfinite(arr) & (arr > 0)),
+                                    f"`{name}` must be a positive finite number."))
+            continue
+        value = tol
+        if isinstance(tol, (np.ndarray, jax.Array)) and np.shape(tol) == () and np.issubdtype(
+                np.asarray(tol).dtype, np.floating):
+            value = float(tol)
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
             raise ValueError(f"`{name}` must be a positive finite number, got {tol!r}.")
+        out.append(jnp.asarray(float(value), dtype))
+    return out[0], out[1]
 
 
 def validate_ts(ts: Any) -> Array:

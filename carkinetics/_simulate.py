@@ -12,7 +12,7 @@ import numpy as np
 
 from ._custom_types import Array, Float, Int, Times, TimesLike
 from ._dosing import AbstractDose, Regimen
-from ._segments import build_segments, check_model_and_regimen, check_tolerances, validate_ts
+from ._segments import build_segments, check_model_and_regimen, tolerance_arrays, validate_ts
 from ._model import AbstractKineticModel
 from ._parameters import floats_to_arrays, traced_parameters_invalid, validate_parameters
 
@@ -111,8 +111,8 @@ def simulate(
     - `t0`: start time (days). Default: the earlier of `ts[0]` and the first event. It must not be later than
       `ts[0]` or than any event.
     - `solver`: a diffrax solver; default `diffrax.Tsit5()`. Use `diffrax.Kvaerno5()` for stiff models.
-    - `rtol`, `atol`: tolerances of the PID step-size controller (Python numbers; new values reuse the compiled
-      solve).
+    - `rtol`, `atol`: tolerances of the PID step-size controller: positive numbers or floating-point scalar arrays,
+      which may be traced (e.g. arguments of a jitted function); new values reuse the compiled solve.
     - `dt0`: initial step (days); default chosen automatically.
     - `max_steps`: maximum steps per segment.
     - `adjoint`: a diffrax adjoint; default `RecursiveCheckpointAdjoint()` (reverse mode). Pass
@@ -147,7 +147,6 @@ def simulate(
         raise ValueError(f"`solver` must be a diffrax solver instance such as diffrax.Tsit5(), got {solver!r}.")
     if adjoint is None:
         adjoint = diffrax.RecursiveCheckpointAdjoint()
-    check_tolerances(rtol, atol)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
     if dt0 is not None and (not np.isfinite(dt0) or dt0 <= 0):
@@ -172,7 +171,7 @@ def simulate(
     model = floats_to_arrays(model)
     t0_arr = None if t0 is None else jnp.asarray(t0, dtype=ts.dtype)
     # Traced tolerances: changing them reuses the compiled solve instead of recompiling.
-    rtol_arr, atol_arr = jnp.asarray(float(rtol), ts.dtype), jnp.asarray(float(atol), ts.dtype)
+    rtol_arr, atol_arr = tolerance_arrays(rtol, atol, ts.dtype)
     return _simulate(model, regimen, ts, t0_arr, solver, rtol_arr, atol_arr,
                      None if dt0 is None else float(dt0), max_steps, adjoint, throw, invalid)
 

@@ -111,6 +111,34 @@ def test_bad_solver_options_raise(kwargs, match):
         ck.simulate(OneCompartmentPK(), None, TS, **kwargs)
 
 
+@pytest.mark.parametrize("engine", ["simulate", "simulate_ensemble"])
+def test_tolerances_may_be_traced(engine):
+    # Tolerances as arguments of a jitted function: one trace serves every value, the result is the one the same
+    # tolerance gives as a Python number, a tighter tolerance changes it, and a bad traced value fails at run time.
+    regimen = ck.Bolus(0.0, 100.0, "central")
+    traces = []
+
+    def solve(rtol, atol):
+        traces.append(1)
+        if engine == "simulate":
+            return ck.simulate(OneCompartmentPK(), regimen, TS, rtol=rtol, atol=atol).y_array
+        models = jax.vmap(lambda _: OneCompartmentPK())(jnp.arange(2))
+        return ck.simulate_ensemble(models, regimen, TS, rtol=rtol, atol=atol).y_array
+
+    jitted = jax.jit(solve)
+    loose, tight = jitted(1e-3, 1e-5), jitted(1e-10, 1e-12)
+    assert len(traces) == 1
+    np.testing.assert_allclose(tight, solve(1e-10, 1e-12), rtol=1e-12, atol=0.0)
+    np.testing.assert_allclose(loose, solve(np.float64(1e-3), jnp.asarray(1e-5)), rtol=1e-12, atol=0.0)
+    assert 1e-7 < float(jnp.max(jnp.abs(loose - tight))) < 1e-1  # the tolerance is used, not baked in
+    with pytest.raises(Exception, match=r"`atol` must be a positive finite number"):
+        jax.block_until_ready(jitted(1e-6, -1.0))
+    with pytest.raises(ValueError, match=r"`rtol` must be a positive finite number or a floating-point scalar"):
+        jax.jit(lambda r: solve(r, 1e-8))(jnp.ones(2) * 1e-6)
+    with pytest.raises(ValueError, match=r"`rtol` must be a positive finite number, got Array\(\[1"):
+        solve(jnp.ones(1), 1e-8)
+
+
 def test_bad_model_and_regimen_types_raise():
     with pytest.raises(ValueError, match=r"`model` must be a carkinetics AbstractKineticModel, got dict"):
         ck.simulate({}, None, TS)

@@ -30,7 +30,7 @@ from .._custom_types import TimesLike
 from .._dosing import AbstractDose, Regimen
 from .._model import AbstractKineticModel
 from .._parameters import floats_to_arrays, traced_parameters_invalid, validate_parameters
-from .._segments import build_segments, check_model_and_regimen, check_tolerances, validate_ts
+from .._segments import build_segments, check_model_and_regimen, tolerance_arrays, validate_ts
 from .._simulate import RESULTS, Solution
 from .base import AbstractEnsembleMethod
 from .tsit5 import EnsembleTsit5
@@ -119,8 +119,9 @@ def simulate_ensemble(
     - `method`: [`carkinetics.EnsembleTsit5`][] (default, non-stiff) or [`carkinetics.EnsembleRodas5`][] (stiff).
     - `t0`: start time (days); default per member: the earlier of `ts[0]` and its first event.
     - `rtol`, `atol`: tolerances of the per-member step-size controller (RMS norm of
-      `error / (atol + rtol * max(|y0|, |y1|))`, as diffrax's `PIDController`). Python numbers; they enter the
-      compiled solve as values, so new tolerances do not recompile it.
+      `error / (atol + rtol * max(|y0|, |y1|))`, as diffrax's `PIDController`): positive numbers or floating-point
+      scalar arrays, which may be traced (e.g. `jax.jit(lambda m, rtol: ck.simulate_ensemble(m, ..., rtol=rtol))`
+      for a work-precision sweep); they enter the compiled solve as values, so new tolerances do not recompile it.
     - `max_steps`: maximum number of steps (accepted + rejected) per member over the whole horizon.
     - `saves_per_step`: at most this many save times are written per step (a step is shortened so that no more
       fall inside it); a static tuning knob: each save slot costs about a sixth of a Tsit5 step, more slots allow
@@ -180,7 +181,6 @@ def simulate_ensemble(
     if not isinstance(method, AbstractEnsembleMethod):
         raise ValueError("`method` must be an ensemble method such as ck.EnsembleTsit5() or ck.EnsembleRodas5(), "
                          f"got {method!r}.")
-    check_tolerances(rtol, atol)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
     if saves_per_step is None:
@@ -217,7 +217,7 @@ def simulate_ensemble(
     mesh = None if devs is None or len(devs) == 1 else Mesh(np.array(devs), (_AXIS,))
     # Tolerances are traced, not static: changing them reuses the compiled solve (a work-precision sweep or a
     # tolerance schedule would otherwise recompile, ~10 s each for the SLE model with Rodas5).
-    rtol_arr, atol_arr = jnp.asarray(float(rtol), ts.dtype), jnp.asarray(float(atol), ts.dtype)
+    rtol_arr, atol_arr = tolerance_arrays(rtol, atol, ts.dtype)
     return _simulate_ensemble(model, regimen, ts, t0_arr, method, rtol_arr, atol_arr, max_steps,
                               saves_per_step, slots, kind, checkpoints, throw, mesh)
 
