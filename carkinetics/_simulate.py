@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._custom_types import Array, Float, Int, Times, TimesLike
+from ._custom_types import Array, Float, Int, RealScalarLike, Times, TimesLike
 from ._dosing import AbstractDose, Regimen
 from ._segments import build_segments, check_model_and_regimen, tolerance_arrays, validate_ts
 from ._model import AbstractKineticModel
@@ -88,8 +88,8 @@ def simulate(
     *,
     t0: float | None = None,
     solver: diffrax.AbstractSolver | None = None,
-    rtol: float = 1e-6,
-    atol: float = 1e-8,
+    rtol: RealScalarLike = 1e-6,
+    atol: RealScalarLike = 1e-8,
     dt0: float | None = None,
     max_steps: int = 100_000,
     adjoint: diffrax.AbstractAdjoint | None = None,

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from .._custom_types import TimesLike
+from .._custom_types import RealScalarLike, TimesLike
 from .._dosing import AbstractDose, Regimen
 from .._model import AbstractKineticModel
 from .._parameters import floats_to_arrays, traced_parameters_invalid, validate_parameters
@@ -90,8 +90,8 @@ def simulate_ensemble(
     *,
     method: AbstractEnsembleMethod | None = None,
     t0: float | None = None,
-    rtol: float = 1e-6,
-    atol: float = 1e-8,
+    rtol: RealScalarLike = 1e-6,
+    atol: RealScalarLike = 1e-8,
     max_steps: int = 100_000,
     saves_per_step: int | None = None,
     slots: int | None = None,
