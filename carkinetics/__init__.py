@@ -1,11 +1,13 @@
-"""carkinetics: differentiable mechanistic models of CAR T-cell therapy in SLE (JAX + diffrax + equinox).
+"""carkinetics: differentiable mechanistic PK/PD and cell-kinetic models in JAX + diffrax + equinox.
 
-The public API is exactly what this module exports. Time is in days (day 0 = CAR-T infusion).
+The public API is exactly what this module exports (plus the public submodules `metrics`, `io`, `plot`, `report`).
+Time is in days (day 0 = the reference dose, e.g. the CAR-T infusion). Concrete models, including the SLE CAR-T
+application, live in `carkinetics.models`, which this package never imports.
 """
 
 import importlib.metadata
 
-from ._dosing import (
+from ._core._dosing import (
     AbstractDose as AbstractDose,
     Bolus as Bolus,
     FractionalKill as FractionalKill,
@@ -14,9 +16,9 @@ from ._dosing import (
     ResolvedRegimen as ResolvedRegimen,
     resolve_regimen as resolve_regimen,
 )
-from ._model import AbstractKineticModel as AbstractKineticModel, state_index as state_index
-from ._nonmem import read_nonmem_events as read_nonmem_events, write_nonmem_events as write_nonmem_events
-from ._parameters import (
+from ._core._model import AbstractKineticModel as AbstractKineticModel, state_index as state_index
+from .io._nonmem import read_nonmem_events as read_nonmem_events, write_nonmem_events as write_nonmem_events
+from ._core._parameters import (
     CONFIDENCE_TAGS as CONFIDENCE_TAGS,
     Parameter as Parameter,
     ParameterSpace as ParameterSpace,
@@ -29,16 +31,27 @@ from ._parameters import (
     replace as replace,
     validate_parameters as validate_parameters,
 )
-from ._regimens import (
+from ._core._regimens import (
     bsa_dubois as bsa_dubois,
     bsa_mosteller as bsa_mosteller,
     car_t_infusion as car_t_infusion,
     cyclophosphamide as cyclophosphamide,
     fludarabine as fludarabine,
 )
-from ._simulate import RESULTS as RESULTS, Solution as Solution, simulate as simulate
+from ._core._solution import RESULTS as RESULTS, Solution as Solution
+from ._engine._simulate import (
+    default_solver as default_solver,
+    simulate as simulate,
+    simulate_ensemble as simulate_ensemble,
+)
+from ._engine._batch import (
+    AbstractExperiment as AbstractExperiment,
+    Experiment as Experiment,
+    batch_models as batch_models,
+    run_experiment as run_experiment,
+)
 from . import metrics as metrics
-from ._shapley import (
+from ._attribution._shapley import (
     GroupSwaps as GroupSwaps,
     MechanismGroup as MechanismGroup,
     ShapleyResult as ShapleyResult,
@@ -52,39 +65,27 @@ from ._shapley import (
     shapley_values as shapley_values,
     swap as swap,
 )
-from ._translate import (
+from ._attribution._translation import (
     DEFAULT_SPREAD as DEFAULT_SPREAD,
     TranslationMap as TranslationMap,
     differing_parameters as differing_parameters,
     sample_parameters as sample_parameters,
     translation_map as translation_map,
 )
-from ._translate_sle import (
-    SLEArm as SLEArm,
-    SLEMetrics as SLEMetrics,
-    SLEProtocol as SLEProtocol,
-    gap_groups as gap_groups,
-    mouse_protocol as mouse_protocol,
-    sle_scenarios as sle_scenarios,
-    sle_translation_map as sle_translation_map,
-    write_translation_report as write_translation_report,
-)
 from ._ensemble import (
     AbstractEnsembleMethod as AbstractEnsembleMethod,
     EnsembleRodas5 as EnsembleRodas5,
     EnsembleTsit5 as EnsembleTsit5,
-    simulate_ensemble as simulate_ensemble,
 )
-from ._sweep import (
-    EnsembleEvaluator as EnsembleEvaluator,
+from ._analysis._sweep import (
+    AbstractBatchFunction as AbstractBatchFunction,
+    ParameterBatch as ParameterBatch,
     SweepResult as SweepResult,
     observable_metrics as observable_metrics,
-    sle_metrics as sle_metrics,
     sweep as sweep,
     sweep_model as sweep_model,
-    vmap_evaluator as vmap_evaluator,
 )
-from ._population import (
+from ._analysis._population import (
     CovariateEffect as CovariateEffect,
     Population as Population,
     percentile_bands as percentile_bands,
@@ -92,7 +93,7 @@ from ._population import (
     sample_posterior as sample_posterior,
     virtual_population as virtual_population,
 )
-from ._gsa import (
+from ._analysis._gsa import (
     GSAProblem as GSAProblem,
     MorrisResult as MorrisResult,
     SobolResult as SobolResult,
@@ -106,7 +107,7 @@ from ._gsa import (
     sobol_indices as sobol_indices,
 )
 
-from ._targets import (
+from ._inference._targets import (
     QUANTITIES as QUANTITIES,
     UNITS as UNITS,
     AbstractStatistic as AbstractStatistic,
@@ -124,13 +125,13 @@ from ._targets import (
     load_targets as load_targets,
     validate_target_row as validate_target_row,
 )
-from ._observation import (
+from ._inference._observation import (
     AbstractObservationModel as AbstractObservationModel,
     CensoredError as CensoredError,
     LogNormalError as LogNormalError,
     NormalError as NormalError,
 )
-from ._calibrate import (
+from ._inference._calibrate import (
     PRIOR_SD as PRIOR_SD,
     CalibrationProblem as CalibrationProblem,
     FitResult as FitResult,
@@ -141,14 +142,14 @@ from ._calibrate import (
     summary_target as summary_target,
     timecourse_target as timecourse_target,
 )
-from ._identifiability import (
+from ._inference._identifiability import (
     IdentifiabilityWarning as IdentifiabilityWarning,
     LaplaceResult as LaplaceResult,
     Profile as Profile,
     laplace as laplace,
     profile_likelihood as profile_likelihood,
 )
-from ._fitio import (
+from ._inference._fitio import (
     apply_fit as apply_fit,
     load_fit as load_fit,
     read_fit_provenance as read_fit_provenance,

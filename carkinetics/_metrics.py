@@ -17,7 +17,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from ._custom_types import Array, Float
+from ._core._custom_types import Array, Float
 
 _DIRECTIONS = ("down", "up", "any")
 

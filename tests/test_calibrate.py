@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-import carkinetics._calibrate as _cal
-import carkinetics._identifiability as _ident
+import carkinetics._inference._calibrate as _cal
+import carkinetics._inference._identifiability as _ident
 from carkinetics.models import Stein2019CK
 
 NAMES = ["foldx", "tmax", "cmax", "alpha", "fb", "beta"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-import carkinetics._calibrate as _cal
+import carkinetics._inference._calibrate as _cal
 from test_calibrate import NAMES, SIGMA, problem, truth  # noqa: F401  (shared module-scoped fixtures)
 
 ALPHA = NAMES.index("alpha")

@@ -10,7 +10,7 @@ import pytest
 
 import carkinetics as ck
 from carkinetics.models import CyclophosphamidePK, SLECarTModel, erlangen_regimen, simulate_default
-from carkinetics.models.cytokines import MyeloidParams, crs_grade
+from carkinetics.models.sle.cytokines import MyeloidParams, crs_grade
 
 MODULES = ("lymphodepletion", "car_t", "bcells", "autoantibodies", "cytokines", "disease", "sle_car_t", "presets")
 

@@ -164,7 +164,7 @@ def test_states_non_negative(human, mouse):
 def test_drug_mass_balance_in_composed_model(human):
     model, ts, sol = human
     area = ck.bsa_mosteller(70.0, 170.0)
-    from carkinetics.models.lymphodepletion import cy_clearance_volume, flu_clearance
+    from carkinetics.models.sle.lymphodepletion import cy_clearance_volume, flu_clearance
 
     cl_flu = float(flu_clearance(model.ld, 70.0, 100.0))
     cl_cy, _ = cy_clearance_volume(model.ld, 70.0)

@@ -90,9 +90,9 @@ def test_resume_after_interruption(tmp_path):
         if len(done) == 2:
             raise Interrupt
 
-    from carkinetics._sweep import sweep  # the generic entry with on_chunk
-    from carkinetics._sweep import _ModelMember, observable_metrics
-    from carkinetics._parameters import floats_to_arrays
+    from carkinetics._analysis._sweep import sweep  # the generic entry with on_chunk
+    from carkinetics._analysis._sweep import _ModelMember, observable_metrics
+    from carkinetics._core._parameters import floats_to_arrays
 
     fn = _ModelMember(floats_to_arrays(OneCompartmentPK()), DOSE, TS, observable_metrics, False, {})
     inputs = {"params": {"cl": cl}}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-from carkinetics._sweep import ensemble_kwargs, ensemble_method_for, ensemble_unsupported
+from carkinetics._analysis._sweep import ensemble_kwargs, ensemble_method_for, ensemble_unsupported
 from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 
 TS = jnp.linspace(0.0, 3.0, 31)

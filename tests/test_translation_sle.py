@@ -123,7 +123,7 @@ def test_scenarios_and_no_retrace(metrics_fn, caplog):
 
 
 def test_one_command_report(tmp_path):
-    from carkinetics.translate_map import main
+    from carkinetics.models.sle.translate_map import main
 
     rc = main(["--out", str(tmp_path), "--gaps", "G1", "--t-end", str(T_END), "--no-scenarios", "--seed", "0",
                "--batch-size", str(BATCH)])

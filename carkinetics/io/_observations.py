@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 import carkinetics as ck
-from carkinetics._nonmem import parse_float, read_text
+from carkinetics.io._nonmem import parse_float, read_text
 
 
 class Observations(NamedTuple):

@@ -1,0 +1,181 @@
+"""Checkpoints of chunked runs: a manifest keyed on everything that determines the result, and atomic chunk files.
+
+A long run (sweep, Sobol analysis, population) writes each finished chunk as `chunk_<6 digits>.npz` next to a
+`manifest.json` that holds a fingerprint of the member function (model, regimen, save times, tolerances, metric
+function and any other setting it carries), of the inputs and of the layout. A rerun with the same fingerprint loads
+the finished chunks and computes only the missing ones; a rerun with anything different refuses to resume and names
+what differs. Files are written to a temporary name and renamed, so a chunk file is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import types
+import zipfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 2
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _feed(h: Any, obj: Any, seen: set[int]) -> None:
+    """Feed a canonical description of `obj` into the hash `h` (values, not identities)."""
+    if id(obj) in seen and not isinstance(obj, (int, float, str, bool, type(None))):
+        h.update(b"<cycle>")
+        return
+    seen = seen | {id(obj)}
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    elif isinstance(obj, (np.ndarray, np.generic, jax.Array)):
+        a = np.asarray(obj)
+        h.update(f"array:{a.dtype.str}{a.shape};".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__qualname__}[{len(obj)}](".encode())
+        for x in obj:
+            _feed(h, x, seen)
+        h.update(b")")
+    elif isinstance(obj, dict):
+        h.update(f"dict[{len(obj)}](".encode())
+        for k in sorted(obj, key=repr):
+            _feed(h, k, seen)
+            _feed(h, obj[k], seen)
+        h.update(b")")
+    elif isinstance(obj, type):
+        h.update(f"type:{obj.__module__}.{obj.__qualname__};".encode())
+    elif isinstance(obj, types.FunctionType):
+        code = obj.__code__
+        h.update(f"function:{obj.__module__}.{obj.__qualname__}:".encode())
+        _feed_code(h, code, seen)
+        _feed(h, obj.__defaults__, seen)
+        for cell in obj.__closure__ or ():
+            try:
+                _feed(h, cell.cell_contents, seen)
+            except ValueError:  # an empty cell
+                h.update(b"<empty>")
+    elif isinstance(obj, (types.MethodType, types.BuiltinFunctionType)):
+        h.update(f"method:{getattr(obj, '__qualname__', repr(obj))};".encode())
+        _feed(h, getattr(obj, "__self__", None) if not isinstance(getattr(obj, "__self__", None), types.ModuleType)
+              else None, seen)
+    elif dataclasses.is_dataclass(obj):  # equinox modules and other dataclasses: by their fields
+        h.update(f"{type(obj).__module__}.{type(obj).__qualname__}(".encode())
+        for f in dataclasses.fields(obj):
+            h.update(f"{f.name}=".encode())
+            _feed(h, getattr(obj, f.name, None), seen)
+        h.update(b")")
+    elif hasattr(obj, "_fields") and isinstance(obj, tuple):
+        _feed(h, tuple(obj), seen)
+    else:
+        leaves, treedef = jax.tree_util.tree_flatten(obj)
+        if len(leaves) == 1 and leaves[0] is obj:
+            h.update(_ADDRESS.sub("", repr(obj)).encode())
+        else:
+            h.update(_ADDRESS.sub("", str(treedef)).encode())
+            for x in leaves:
+                _feed(h, x, seen)
+
+
+def _feed_code(h: Any, code: types.CodeType, seen: set[int]) -> None:
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            _feed_code(h, c, seen)
+        else:
+            _feed(h, c, seen)
+
+
+def fingerprint(*objs: Any) -> str:
+    """A SHA-256 of the values of `objs` (arrays by content, modules by their fields, functions by their code,
+    defaults and closure values), stable across processes: what a checkpoint is keyed on."""
+    h = hashlib.sha256()
+    for obj in objs:
+        _feed(h, obj, set())
+    return h.hexdigest()
+
+
+def atomic_write(path: str, write: Callable[[Any], Any]) -> None:
+    """Write a file through `write(binary file handle)` to a temporary name, then rename it into place."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class Checkpoint:
+    """A checkpoint directory: its manifest and chunk files (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike, manifest: dict[str, Any]):
+        self.path = os.fspath(path)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"The checkpoint directory {self.path!r} cannot be created: {e.strerror}.") from None
+        if not os.access(self.path, os.W_OK):
+            raise ValueError(f"The checkpoint directory {self.path!r} is not writable.")
+        mpath = os.path.join(self.path, MANIFEST)
+        if os.path.exists(mpath):
+            try:
+                with open(mpath, encoding="utf-8") as fh:
+                    old = json.load(fh)
+                if not isinstance(old, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ValueError(f"The checkpoint manifest {mpath!r} is corrupt ({e}); delete the directory "
+                                 f"{self.path!r} to start afresh.") from None
+            if old != manifest:
+                diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+                raise ValueError(
+                    f"The checkpoint directory {self.path!r} belongs to a different run: it differs in {diff} "
+                    f"({_explain(diff)}). Resuming would mix results; use a new directory or delete this one to "
+                    "start afresh.")
+        else:
+            atomic_write(mpath, lambda fh: fh.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
+
+    def file(self, i: int) -> str:
+        return os.path.join(self.path, f"chunk_{i:06d}.npz")
+
+    def load(self, i: int, n_leaves: int) -> tuple[list[np.ndarray], np.ndarray] | None:
+        """The outputs and `ok` flags of chunk `i`, or `None` if it was not written."""
+        path = self.file(i)
+        if not os.path.exists(path):
+            return None
+        try:
+            with np.load(path) as z:
+                leaves = [z[f"leaf_{k}"] for k in range(n_leaves)]
+                ok = z["ok"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"The checkpoint chunk {path!r} is truncated or corrupt ({type(e).__name__}); delete "
+                             "that file and run again to recompute it.") from None
+        return leaves, ok
+
+    def save(self, i: int, leaves: Sequence[np.ndarray], ok: np.ndarray) -> None:
+        arrays = {f"leaf_{k}": leaf for k, leaf in enumerate(leaves)}
+        atomic_write(self.file(i), lambda fh: np.savez(fh, ok=ok, **arrays))
+
+
+_MEANING = {
+    "function_sha256": "the member function: model, regimen, save times, tolerances, metrics or other settings",
+    "inputs_sha256": "the swept inputs",
+    "chunk_size": "the chunk size", "n_chunks": "the number of chunks", "n_members": "the number of members",
+    "outputs": "the output structure", "output_shapes": "the output shapes", "format": "the checkpoint format",
+}
+
+
+def _explain(keys: Sequence[str]) -> str:
+    return "; ".join(_MEANING.get(k, k) for k in keys)

@@ -1,0 +1,183 @@
+"""The integration schedule shared by every engine: save-time validation and the dose/breakpoint segments.
+
+Both `simulate` (diffrax, one member) and `simulate_ensemble` (batched) integrate the same piecewise problem:
+the horizon is cut at every dose event, infusion start/end and declared model breakpoint; at the start of each
+segment a jump `y <- mult * y + add` is applied, and within it the zero-order input `rate` is constant.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._custom_types import Array, Float
+from ._dosing import AbstractDose, Regimen, resolve_regimen
+from ._model import AbstractKineticModel
+
+
+class Segments(NamedTuple):
+    """One member's integration schedule (K = number of events + 1).
+
+    - `t0`: start time; `starts`, `ends` (K,): segment bounds, sorted, clipped to `[t0, ts[-1]]`.
+    - `mult`, `add` (K, S): the jump applied at the start of each segment (identity for the first).
+    - `rates` (K, S): constant infusion input within each segment (state units per day).
+    - `y0` (S,): the model's initial state.
+    """
+
+    t0: Float[Array, ""]
+    starts: Float[Array, " K"]
+    ends: Float[Array, " K"]
+    mult: Float[Array, "K S"]
+    add: Float[Array, "K S"]
+    rates: Float[Array, "K S"]
+    y0: Float[Array, " S"]
+
+
+def check_model_and_regimen(model: Any, regimen: Any) -> Regimen:
+    """Entry checks shared by the engines: `model` is a kinetic model; `regimen` (a Regimen, one dose or None)
+    becomes a Regimen whose target states all exist in the model (`ValueError` naming the valid states)."""
+    if not isinstance(model, AbstractKineticModel):
+        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
+    if regimen is None:
+        regimen = Regimen()
+    elif isinstance(regimen, AbstractDose):
+        regimen = Regimen((regimen,))
+    elif not isinstance(regimen, Regimen):
+        raise ValueError(f"`regimen` must be a Regimen, a dose or None, got {type(regimen).__name__}.")
+    names = model.state_names()
+    unknown = sorted(regimen.state_names() - set(names))
+    if unknown:
+        raise ValueError(
+            f"Unknown state(s) {unknown} in `regimen`; valid states of {type(model).__name__} are {list(names)}."
+        )
+    return regimen
+
+
+def tolerance_arrays(rtol: Any, atol: Any, dtype) -> tuple[Array, Array]:
+    """`rtol` and `atol` as scalar arrays of `dtype`, the form the engines trace them in (new values reuse the
+    compiled solve).
+
+    Each may be a Python number, a NumPy scalar or a 0-d array; concrete values must be positive and finite
+    (`ValueError` naming the argument otherwise); traced values (e.g. a tolerance that is an argument of a jitted
+    function) are checked when the solve runs (`eqx.error_if`).
+    """
+    out = []
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, jax.core.Tracer):
+            arr = jnp.asarray(tol)
+            if arr.shape != () or not jnp.issubdtype(arr.dtype, jnp.floating):
+                raise ValueError(f"`{name}` must be a positive finite number or a floating-point scalar array, got "
+                                 f"a traced array of shape {arr.shape} and dtype {arr.dtype}.")
+            arr = arr.astype(dtype)
+            out.append(eqx.error_if(arr, ~(jnp.isfinite(arr) & (arr > 0)),
+                                    f"`{name}` must be a positive finite number."))
+            continue
+        value = tol
+        if isinstance(tol, (np.ndarray, jax.Array)) and np.shape(tol) == () and np.issubdtype(
+                np.asarray(tol).dtype, np.floating):
+            value = float(tol)
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+            raise ValueError(f"`{name}` must be a positive finite number, got {tol!r}.")
+        out.append(jnp.asarray(float(value), dtype))
+    return out[0], out[1]
+
+
+def validate_ts(ts: Any) -> Array:
+    """Check save times: 1-D, non-empty, finite, non-decreasing (`ValueError` or, if traced, `eqx.error_if`)."""
+    if isinstance(ts, jax.core.Tracer):
+        ts = jnp.asarray(ts)
+        if ts.ndim != 1 or ts.shape[0] == 0:
+            raise ValueError(f"`ts` must be a non-empty 1-D array of save times (days), got shape {ts.shape}.")
+        bad = ~jnp.all(jnp.isfinite(ts)) | jnp.any(jnp.diff(ts) < 0)
+        return eqx.error_if(ts, bad, "`ts` must be finite and sorted in non-decreasing order.")
+    arr = np.asarray(ts, dtype=float)
+    if arr.ndim != 1 or arr.shape[0] == 0:
+        raise ValueError(f"`ts` must be a non-empty 1-D array of save times (days), got shape {arr.shape}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(
+            f"`ts` must be finite, got non-finite values at positions {np.flatnonzero(~np.isfinite(arr)).tolist()}."
+        )
+    if np.any(np.diff(arr) < 0):
+        i = int(np.flatnonzero(np.diff(arr) < 0)[0])
+        raise ValueError(f"`ts` must be sorted in non-decreasing order; ts[{i}] = {arr[i]} > ts[{i + 1}] = {arr[i + 1]}.")
+    return jnp.asarray(arr)
+
+
+def build_segments(model: Any, regimen: Regimen, ts: Float[Array, " T"], t0: Float[Array, ""] | None) -> Segments:
+    """The integration schedule of `model` under `regimen` up to `ts[-1]` (traceable; shapes depend only on the
+    regimen's structure, so new dose times or amounts never recompile).
+
+    `t0=None` starts at the earlier of `ts[0]` and the first event. Events after `ts[-1]` do nothing (they must not
+    alter the value saved at the horizon); stable sorting keeps same-time events in regimen order.
+    """
+    names = model.state_names()
+    n_states = len(names)
+    rr = resolve_regimen(regimen, names)
+    dtype = ts.dtype
+    t_end = ts[-1]
+    first_jump = jnp.min(rr.jump_times, initial=jnp.inf)
+    first_inf = jnp.min(rr.inf_start, initial=jnp.inf)
+    if t0 is None:
+        t0 = jnp.minimum(jnp.minimum(ts[0], first_jump), first_inf)
+    else:
+        bad = (t0 > ts[0]) | (first_jump < t0) | (first_inf < t0)
+        t0 = eqx.error_if(t0, bad, "`t0` is later than ts[0] or than a dose event.")
+    t0 = jnp.asarray(t0, dtype=dtype)
+    model_bps = model.breakpoints().astype(dtype)
+    n_other = rr.inf_start.shape[0] * 2 + model_bps.shape[0]
+    bps = jnp.concatenate([rr.jump_times.astype(dtype), rr.inf_start.astype(dtype), rr.inf_end.astype(dtype),
+                           model_bps])
+    mult = jnp.concatenate([rr.jump_mult, jnp.ones((n_other, n_states))]).astype(dtype)
+    add = jnp.concatenate([rr.jump_add, jnp.zeros((n_other, n_states))]).astype(dtype)
+    late = bps > t_end
+    mult = jnp.where(late[:, None], 1.0, mult)
+    add = jnp.where(late[:, None], 0.0, add)
+    order = jnp.argsort(bps, stable=True)
+    bps = jnp.clip(bps[order], t0, t_end)
+    starts = jnp.concatenate([t0[None], bps])
+    ends = jnp.concatenate([bps, t_end[None]])
+    mult = jnp.concatenate([jnp.ones((1, n_states), dtype), mult[order]])
+    add = jnp.concatenate([jnp.zeros((1, n_states), dtype), add[order]])
+    mid = 0.5 * (starts + ends)
+    active = (rr.inf_start[None, :] <= mid[:, None]) & (mid[:, None] < rr.inf_end[None, :])  # (K, I)
+    rates = (active.astype(dtype) @ rr.inf_rate.astype(dtype)).astype(dtype)  # (K, S)
+    y0 = model.initial_state_flat().astype(dtype)
+    return Segments(t0, starts, ends, mult, add, rates, y0)
+
+
+def batch_size(model: Any) -> int:
+    """The batch size `N` of a model whose array leaves all carry a leading member axis (`ValueError` otherwise)."""
+    leaves = [x for x in jax.tree_util.tree_leaves(model) if eqx.is_array(x)]
+    if not leaves:
+        raise ValueError("`model` has no array leaves; give every parameter a leading batch axis of size N "
+                         "(e.g. build the models with `jax.vmap`).")
+    bad = [x.shape for x in leaves if x.ndim == 0]
+    if bad:
+        raise ValueError("Every array leaf of `model` must carry a leading batch axis of size N, but some are "
+                         "scalars; build the batch with `jax.vmap(make_model)(values)` or "
+                         "`jax.tree.map(lambda x: jnp.broadcast_to(x, (N,) + x.shape), model)`.")
+    n = leaves[0].shape[0]
+    shapes = sorted({x.shape[0] for x in leaves})
+    if len(shapes) != 1:
+        raise ValueError(f"The array leaves of `model` have different leading (batch) sizes {shapes}; they must "
+                         "all equal the ensemble size N.")
+    return int(n)
+
+
+def broadcast_regimen(regimen: Regimen, n: int) -> Regimen:
+    """`regimen` with every leaf batched along a leading member axis of size `n` (a shared regimen is broadcast)."""
+
+    def bcast(x):
+        x = jnp.asarray(x)
+        if x.ndim == 0:
+            return jnp.broadcast_to(x, (n,))
+        if x.shape[0] != n:
+            raise ValueError(f"A batched `regimen` must have leading batch size N = {n} (the model's), got a leaf "
+                             f"of shape {x.shape}.")
+        return x
+
+    return jax.tree_util.tree_map(bcast, regimen)

@@ -1,0 +1,77 @@
+"""The result of a simulation: `Solution` (named trajectories, status, step counts) and `RESULTS` (outcomes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from ._custom_types import Array, Float, Int, Times
+
+
+class RESULTS(diffrax.RESULTS):
+    """Outcomes of a simulation: diffrax's solver outcomes (`successful`, `max_steps_reached`, `dt_min_reached`,
+    ...) plus `invalid_parameters` for a member whose traced parameters were out of bounds (reported only with
+    `throw=False`; such a member is not integrated)."""
+
+    invalid_parameters = (
+        "A parameter was non-finite or outside its declared bounds, so the simulation was not run."
+    )
+
+
+class Solution(eqx.Module):
+    """The result of [`carkinetics.simulate`][].
+
+    **Fields / properties:**
+
+    - `ts`: save times (days), shape `(T,)`.
+    - `ys`: the model's `State` NamedTuple, each field an array of shape `(T,)` (e.g. `sol.ys.central`).
+    - `observables`: the model's `Observables` NamedTuple, each field of shape `(T,)`.
+    - `y_array`, `obs_array`: the same as `(T, n_states)` / `(T, n_observables)` arrays.
+    - `result`: a `carkinetics.RESULTS` member (`RESULTS.successful` on success); `ok` is the boolean view.
+    - `num_steps`, `num_accepted_steps`, `num_rejected_steps`: integrator step counts over all segments.
+    - `state_units`, `observable_units`: units by name.
+
+    Under `jax.vmap` every field gains a leading batch axis.
+    """
+
+    ts: Times
+    y_array: Float[Array, "times states"]
+    obs_array: Float[Array, "times observables"]
+    result: Any
+    num_steps: Int[Array, ""]
+    num_accepted_steps: Int[Array, ""]
+    num_rejected_steps: Int[Array, ""]
+    model_class: type = eqx.field(static=True)
+
+    @property
+    def ys(self):
+        return self.model_class.State(*jnp.moveaxis(self.y_array, -1, 0))
+
+    @property
+    def observables(self):
+        return self.model_class.Observables(*jnp.moveaxis(self.obs_array, -1, 0))
+
+    @property
+    def ok(self) -> Array:
+        return self.result == RESULTS.successful
+
+    @property
+    def state_units(self):
+        return dict(self.model_class.state_units)
+
+    @property
+    def observable_units(self):
+        return dict(self.model_class.observable_units)
+
+    def to_columns(self) -> dict[str, np.ndarray]:
+        """Tidy columns (`time`, every state, every observable) as NumPy arrays, e.g. for CSV export."""
+        cols = {"time": np.asarray(self.ts)}
+        for i, n in enumerate(self.model_class.state_names()):
+            cols[n] = np.asarray(self.y_array[..., i])
+        for i, n in enumerate(self.model_class.observable_names()):
+            cols[n] = np.asarray(self.obs_array[..., i])
+        return cols

@@ -1,0 +1,1 @@
+from ._legacy import main as main

@@ -1,0 +1,46 @@
+"""The SLE CAR-T application (`carkinetics.models.sle`): one composed model of lymphodepletion, CAR-T cell
+kinetics, B cells, autoantibodies, cytokines/CRS and disease activity, with its regimens, metrics, species presets
+and the mouse-to-human translation protocol.
+
+Built only on the public `carkinetics` API; the library itself never imports this package.
+"""
+
+from carkinetics.models.sle.autoantibodies import HumoralParams as HumoralParams
+from carkinetics.models.sle.bcells import BCellParams as BCellParams
+from carkinetics.models.sle.car_t import CarTParams as CarTParams
+from carkinetics.models.sle.cytokines import MyeloidParams as MyeloidParams
+from carkinetics.models.sle.disease import DiseaseParams as DiseaseParams
+from carkinetics.models.sle.lymphodepletion import (
+    CyclophosphamidePK as CyclophosphamidePK,
+    FludarabinePK as FludarabinePK,
+    LymphodepletionParams as LymphodepletionParams,
+    TCellParams as TCellParams,
+)
+from carkinetics.models.sle.model import (
+    TBI_STATES as TBI_STATES,
+    BodyParams as BodyParams,
+    SLECarTModel as SLECarTModel,
+    erlangen_regimen as erlangen_regimen,
+    human_default_ts as human_default_ts,
+    mouse_regimen as mouse_regimen,
+    simulate_default as simulate_default,
+    tocilizumab as tocilizumab,
+)
+from carkinetics.models.sle.presets import (
+    PresetEntry as PresetEntry,
+    dump_preset as dump_preset,
+    load_preset as load_preset,
+    preset_names as preset_names,
+    preset_parameter_table as preset_parameter_table,
+    preset_records as preset_records,
+)
+from carkinetics.models.sle.translation import (
+    SLEArm as SLEArm,
+    SLEMetrics as SLEMetrics,
+    SLEProtocol as SLEProtocol,
+    gap_groups as gap_groups,
+    mouse_protocol as mouse_protocol,
+    sle_scenarios as sle_scenarios,
+    sle_translation_map as sle_translation_map,
+    write_translation_report as write_translation_report,
+)
