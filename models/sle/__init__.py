@@ -16,15 +16,17 @@ from carkinetics.models.sle.lymphodepletion import (
     LymphodepletionParams as LymphodepletionParams,
     TCellParams as TCellParams,
 )
-from carkinetics.models.sle.model import (
+from carkinetics.models.sle.model import BodyParams as BodyParams, SLECarTModel as SLECarTModel
+from carkinetics.models.sle.regimens import (
     TBI_STATES as TBI_STATES,
-    BodyParams as BodyParams,
-    SLECarTModel as SLECarTModel,
     erlangen_regimen as erlangen_regimen,
-    human_default_ts as human_default_ts,
     mouse_regimen as mouse_regimen,
-    simulate_default as simulate_default,
     tocilizumab as tocilizumab,
+)
+from carkinetics.models.sle.metrics import (
+    SLE_METRICS as SLE_METRICS,
+    save_times as save_times,
+    sle_metrics as sle_metrics,
 )
 from carkinetics.models.sle.presets import (
     PresetEntry as PresetEntry,
@@ -35,8 +37,8 @@ from carkinetics.models.sle.presets import (
     preset_records as preset_records,
 )
 from carkinetics.models.sle.translation import (
+    ArmExperiment as ArmExperiment,
     SLEArm as SLEArm,
-    SLEMetrics as SLEMetrics,
     SLEProtocol as SLEProtocol,
     gap_groups as gap_groups,
     mouse_protocol as mouse_protocol,

@@ -38,11 +38,14 @@ Time is days after CAR-T infusion (day 0); lymphodepletion is on negative days.
 **Observables** (units in `SLECarTModel.observable_units`): `car_blood`, `b_blood`, `t_blood`, `nk_blood`,
 `lymphocytes`, `plasmablasts` (cells/µL blood); `car_total`, `cd19_total` (cells); `anti_dsdna`, `vaccine_igg`,
 `total_igg` (relative to baseline); `il6`, `il7`, `il15` (pg/mL); `crs_grade` (0-4); `sledai`; `proteinuria` (g/g);
-`damage` (SDI); `flu_conc`, `cy_conc`, `toci_conc` (mg/L); `flu_auc` (mg·h/L).
+`damage` (SDI); `flu_conc`, `cy_conc`, `toci_conc` (mg/L); `flu_auc` (mg·h/L); `igg_k_el` (1/d: the IgG
+elimination rate constant at the current total IgG, FcRn saturation included).
 
-**Solver.** IL-6 clearance (50/d) and the drug PK (hours) are fast, the B-cell return is slow (months).
-`SLECarTModel.default_solver()` returns `diffrax.Tsit5()` and `DEFAULT_TOLERANCES` = (rtol 1e-6, atol 1e-6); see
-`simulate_default` and the docstring of `default_solver` for the comparison that chose them.
+**Solver.** IL-6 clearance (50/d) and the drug PK (hours) are fast, the B-cell return is slow (months): the model
+is stiff (`stiff = True`: `ck.EnsembleRodas5` in batches). One member at a time it is integrated with
+`diffrax.Tsit5()` (`diffrax_solver`), which compiles about three times faster than `diffrax.Kvaerno5()` for the same
+run time on this model. Default tolerances rtol = atol = 1e-6 (states span O(1e-8) to O(1e11); atol matters only for
+the small relative states and for cells near zero).
 
 **Body group** (`BodyParams`):
 
@@ -61,8 +64,6 @@ from typing import NamedTuple
 
 import diffrax
 import equinox as eqx
-import jax.numpy as jnp
-import numpy as np
 
 import carkinetics as ck
 
@@ -74,11 +75,6 @@ from carkinetics.models.sle.car_t import CarTParams
 from carkinetics.models.sle.cytokines import MyeloidParams
 from carkinetics.models.sle.disease import DiseaseParams
 from carkinetics.models.sle.lymphodepletion import LymphodepletionParams, TCellParams
-
-#: Default tolerances of `simulate_default` (relative, absolute); states are O(1)..O(1e11), so atol matters only
-#: for the small relative states and for cells near zero.
-DEFAULT_TOLERANCES = (1e-6, 1e-6)
-
 
 class BodyParams(eqx.Module):
     """Parameter group `body`: body size, blood and lymphoid tissue volumes, renal function."""
@@ -116,13 +112,17 @@ class SLECarTModel(ck.AbstractKineticModel):
 
     ```python
     import jax.numpy as jnp, carkinetics as ck
-    from carkinetics.models import SLECarTModel, erlangen_regimen
+    from carkinetics.models.sle import SLECarTModel, erlangen_regimen
     model = SLECarTModel()
-    from carkinetics.models import simulate_default
-    sol = simulate_default(model, erlangen_regimen(model), jnp.linspace(-6.0, 180.0, 187))
+    sol = ck.simulate(model, erlangen_regimen(model), jnp.linspace(-6.0, 180.0, 187))
     float(sol.observables.b_blood[-1])   # blood B cells/uL at day 180
     ```
     """
+
+    stiff = True
+    diffrax_solver = diffrax.Tsit5()
+    default_rtol = 1e-6
+    default_atol = 1e-6
 
     class State(NamedTuple):
         flu_central: object
@@ -178,6 +178,7 @@ class SLECarTModel(ck.AbstractKineticModel):
         flu_auc: object
         toci_conc: object
         cd19_total: object
+        igg_k_el: object
 
     state_units = {
         "flu_central": "mg", "flu_p2": "mg", "flu_p3": "mg", "flu_auc": "mg*d/L", "cy_central": "mg",
@@ -195,7 +196,7 @@ class SLECarTModel(ck.AbstractKineticModel):
         "total_igg": "1 (relative to baseline)", "il6": "pg/mL",
         "il7": "pg/mL", "il15": "pg/mL", "crs_grade": "1 (0-4)", "sledai": "1", "proteinuria": "g/g",
         "damage": "1 (SDI)", "flu_conc": "mg/L", "cy_conc": "mg/L", "flu_auc": "mg*h/L", "toci_conc": "mg/L",
-        "cd19_total": "cells",
+        "cd19_total": "cells", "igg_k_el": "1/d",
     }
 
     body: BodyParams = BodyParams()
@@ -208,29 +209,6 @@ class SLECarTModel(ck.AbstractKineticModel):
     disease: DiseaseParams = DiseaseParams()
 
     # ---- helpers ---------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def default_solver() -> diffrax.AbstractSolver:
-        """The recommended solver: `diffrax.Tsit5()` with `DEFAULT_TOLERANCES` (rtol 1e-6, atol 1e-6).
-
-        The fastest time scale (IL-6 clearance, 50/d) makes the model only mildly stiff over a 1-year horizon.
-        Measured on the human default scenario (Erlangen regimen, days -6..365, float64, CPU, shared loaded 2-core
-        machine), against Tsit5 at rtol = atol = 1e-10 as reference (max relative error over all observables with
-        a 1e-3 floor):
-
-        | solver, rtol = atol | compile + run | run (new values) | steps | max rel. error |
-        |---|---|---|---|---|
-        | Tsit5, 1e-6 (default) | 9.0 s | 0.40 s | 6,608 | 6.5e-5 |
-        | Tsit5, 1e-4 | 8.9 s | 0.46 s | 6,676 | 1.3e-2 |
-        | Kvaerno5, 1e-6 | 29.5 s | 0.52 s | 1,323 | 2.9e-3 |
-        | Kvaerno5, 1e-4 | 31.4 s | 0.18 s | 518 | 6.3e-2 |
-
-        Tsit5's step count is set by stability (looser tolerances do not reduce it), its run time equals
-        Kvaerno5's, and it compiles three times faster; hence the default. (Second-call times are single
-        measurements, not minima of repeats.) Prefer `diffrax.Kvaerno5()` for
-        parameter values with much faster rates or for long repeated runs where compile time does not matter.
-        """
-        return diffrax.Tsit5()
 
     def _volumes(self):
         return _blood_ul(self.body), _lymph_ul(self.body)
@@ -338,101 +316,10 @@ class SLECarTModel(ck.AbstractKineticModel):
             sledai=sledai, proteinuria=prot, damage=y.damage,
             flu_conc=y.flu_central / self._flu_v1(), cy_conc=y.cy_central / cy_v,
             flu_auc=y.flu_auc * 24.0, toci_conc=toci_conc, cd19_total=cd19,
+            igg_k_el=_ab.igg_clearance(self.humoral, y.total_igg),
         )
 
     def baseline_counts(self) -> dict:
         """Untreated blood counts (cells/µL) implied by the parameters (B, T, NK, plasmablasts)."""
         return {"b_blood": float(self.bcell.b_blood0), "t_blood": float(self.tcell.t_blood0),
                 "nk_blood": float(self.tcell.nk_blood0), "plasmablasts": float(self.bcell.pb_blood0)}
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Regimens and simulation helpers
-
-
-def erlangen_regimen(model: SLECarTModel | None = None, *, weight_kg: float = 70.0, height_cm: float = 170.0,
-                     car_t_per_kg: float = 1e6) -> ck.Regimen:
-    """The Erlangen/RESET regimen: Flu 25 mg/m² on days −5, −4, −3 + Cy 1,000 mg/m² on day −3 + CAR-T on day 0.
-
-    **Arguments:**
-
-    - `model`: if given, its `body.weight_kg`/`body.height_cm` override `weight_kg`/`height_cm`.
-    - `weight_kg`, `height_cm`: body size for BSA (Mosteller) and the per-kg CAR-T dose.
-    - `car_t_per_kg`: CAR-T cells per kg (Mackensen 2022: 1e6/kg [R]).
-
-    **Returns:** a `ck.Regimen` dosing `flu_central`, `cy_central` (mg) and `car_effector` (cells).
-
-    **Example:**
-
-    ```python
-    from carkinetics.models import erlangen_regimen
-    reg = erlangen_regimen(weight_kg=70.0, height_cm=170.0)   # 3 Flu infusions, 1 Cy infusion, 7e7 CAR-T
-    ```
-    """
-    if model is not None:
-        weight_kg, height_cm = float(model.body.weight_kg), float(model.body.height_cm)
-    if not (weight_kg > 0 and height_cm > 0):
-        raise ValueError(f"`weight_kg` and `height_cm` must be positive, got weight_kg={weight_kg!r}, "
-                         f"height_cm={height_cm!r}.")
-    area = ck.bsa_mosteller(weight_kg, height_cm)
-    return (ck.fludarabine(25.0, (-5.0, -4.0, -3.0), bsa_m2=area)
-            + ck.cyclophosphamide(1000.0, (-3.0,), bsa_m2=area)
-            + ck.car_t_infusion(cells_per_kg=car_t_per_kg, weight_kg=weight_kg))
-
-
-#: States hit by total-body irradiation in `mouse_regimen` (lymphocytes; CD19⁻ LLPC are radio-resistant).
-TBI_STATES = ("t_cells", "nk_cells", "b_marrow", "b_blood", "b_tissue", "b_memory", "plasmablasts")
-
-
-def mouse_regimen(model: SLECarTModel | None = None, *, cells: float = 1e6, tbi_fraction: float = 0.9,
-                  tbi_day: float = -1.0) -> ck.Regimen:
-    """Mouse protocol: total-body irradiation as a `ck.FractionalKill` on the lymphocyte states, then CAR-T on day 0.
-
-    **Arguments:**
-
-    - `model`: unused except for validation (kept for symmetry with `erlangen_regimen`).
-    - `cells`: CAR-T cells per mouse (typical 1e6; translation.md a5 [M]).
-    - `tbi_fraction`: fraction of lymphocytes killed by sublethal irradiation (0 = no conditioning) [A].
-    - `tbi_day`: day of irradiation (before infusion).
-
-    **Example:**
-
-    ```python
-    from carkinetics.models import load_preset, mouse_regimen
-    reg = mouse_regimen(load_preset("mouse_nzbw"), cells=1e6, tbi_fraction=0.9)
-    ```
-    """
-    if model is not None and not isinstance(model, SLECarTModel):
-        raise ValueError(f"`model` must be an SLECarTModel or None, got {type(model).__name__}.")
-    if not (0.0 <= tbi_fraction <= 1.0):
-        raise ValueError(f"`tbi_fraction` must lie in [0, 1], got {tbi_fraction!r}.")
-    if tbi_day > 0.0:
-        raise ValueError(f"`tbi_day` must be on or before the infusion (<= 0), got {tbi_day!r}.")
-    doses = [ck.car_t_infusion(cells=cells)]
-    if tbi_fraction > 0.0:
-        doses.insert(0, ck.FractionalKill(tbi_day, tbi_fraction, TBI_STATES))
-    return ck.Regimen(doses)
-
-
-def tocilizumab(day: float, *, weight_kg: float = 70.0, mg_per_kg: float = 8.0) -> ck.Bolus:
-    """Tocilizumab IV dose (8 mg/kg by default, label dose for CRS) as a bolus into `toci_central` (mg)."""
-    if not (weight_kg > 0 and mg_per_kg >= 0):
-        raise ValueError(f"`weight_kg` must be positive and `mg_per_kg` non-negative, got {weight_kg!r}, {mg_per_kg!r}.")
-    return ck.Bolus(day, mg_per_kg * weight_kg, "toci_central")
-
-
-def human_default_ts(t_end: float = 365.0) -> jnp.ndarray:
-    """Save times for the human default scenario: every 0.25 d from day −6 to 30, then daily to `t_end`."""
-    if not t_end > 30.0:
-        raise ValueError(f"`t_end` must be later than day 30, got {t_end!r}.")
-    early = np.arange(-6.0, 30.0, 0.25)
-    late = np.arange(30.0, float(t_end) + 0.5, 1.0)
-    return jnp.asarray(np.concatenate([early, late]))
-
-
-def simulate_default(model: SLECarTModel, regimen, ts, **kwargs) -> ck.Solution:
-    """`ck.simulate` with the model's recommended solver and tolerances (overridable through `kwargs`)."""
-    rtol, atol = DEFAULT_TOLERANCES
-    opts = dict(solver=SLECarTModel.default_solver(), rtol=rtol, atol=atol, max_steps=50_000)
-    opts.update(kwargs)
-    return ck.simulate(model, regimen, ts, **opts)

@@ -16,7 +16,7 @@ effect of "TBI instead of Flu/Cy" and of "cells per mouse instead of cells per k
 mechanism, together with the model parameters the presets tag with the same gap id. The arm (model + protocol) is
 a [`carkinetics.SLEArm`][]; its parameters read `"model.humoral.k_igg"` or `"protocol.tbi_fraction"`.
 
-**Metrics** ([`carkinetics.SLEMetrics`][]): B-cell aplasia duration and nadir; anti-dsDNA at day 90, its floor
+**Metrics** (`carkinetics.models.sle.sle_metrics`, on the SLE save grid, run by `ArmExperiment`): B-cell aplasia duration and nadir; anti-dsDNA at day 90, its floor
 and the half-life of its plasmablast-fed part; CAR-T Cmax (log10), Tmax and persistence; IL-6 peak and CRS grade;
 SLEDAI at day 90 (remission depth) and days in remission (durability). Definitions and units are in `SLE_METRICS`.
 
@@ -37,12 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from carkinetics import _metrics as metrics
-from carkinetics._core._dosing import Bolus, FractionalKill, Infusion, Regimen
-from carkinetics._core._parameters import param, parameters
-from carkinetics._attribution._shapley import MechanismGroup, evaluate_models
-from carkinetics._core._simulate import simulate
-from carkinetics._attribution._translation import TranslationMap, translation_map
+import carkinetics as ck
+from carkinetics import Bolus, FractionalKill, Infusion, MechanismGroup, Regimen, TranslationMap, param, parameters
+from carkinetics.models.sle.metrics import SLE_METRICS, save_times, sle_metrics
+from carkinetics.models.sle.regimens import TBI_STATES
 
 #: Short labels of the gap mechanisms of `shared/references/translation.md`.
 GAP_LABELS: dict[str, str] = {
@@ -52,27 +50,6 @@ GAP_LABELS: dict[str, str] = {
 }
 
 #: The metrics of the SLE map: name -> (unit, definition).
-SLE_METRICS: dict[str, tuple[str, str]] = {
-    "B aplasia": ("d", "days after infusion with blood B cells below 5% of the pre-conditioning count"),
-    "B nadir": ("% baseline", "lowest blood B-cell count after infusion, % of the pre-conditioning count"),
-    "anti-dsDNA d90": ("% baseline", "anti-dsDNA at day 90, % of baseline"),
-    "anti-dsDNA floor": ("% baseline", "lowest anti-dsDNA after infusion, % of baseline"),
-    "anti-dsDNA t1/2": ("d", "elimination half-life of anti-dsDNA along the trajectory, days 14-60 (ln 2 over the "
-                        "mean of -d(d anti_dsdna/dt)/d anti_dsdna; includes FcRn saturation)"),
-    "CAR Cmax": ("log10 cells/uL", "log10 of the peak blood CAR-T count"),
-    "CAR Tmax": ("d", "day of the blood CAR-T peak"),
-    "CAR persistence": ("d", "days after infusion with blood CAR-T >= 1 cell/uL"),
-    "IL-6 peak": ("pg/mL", "peak plasma IL-6 after infusion"),
-    "CRS grade": ("0-4", "peak of the continuous CRS index"),
-    "SLEDAI d90": ("1", "SLEDAI-2K-like activity index at day 90 (remission depth)"),
-    "remission days": ("d", "days after infusion with the activity index below 4 (remission durability)"),
-}
-
-_B_APLASIA_FRACTION = 0.05
-_CAR_DETECTION = 1.0  # cells/uL
-_REMISSION_SLEDAI = 4.0
-
-
 class SLEProtocol(eqx.Module):
     """The treatment protocol of one species arm, as swappable parameters (see the module docstring).
 
@@ -135,8 +112,6 @@ def _untreated_cd19(model: Any):
 
 def arm_regimen(arm: SLEArm) -> Regimen:
     """The regimen of an arm, built from its (possibly traced) parameters; same structure for every arm."""
-    from carkinetics.models.sle.model import TBI_STATES
-
     m, p = arm.model, arm.protocol
     area = _bsa(m)
     flu = [Infusion(d, "flu_central", amount=p.flu_mg_per_m2 * area, duration=0.5 / 24) for d in (-5.0, -4.0, -3.0)]
@@ -161,68 +136,35 @@ def per_target_protocol(protocol: SLEProtocol, arm_ref: SLEArm) -> SLEProtocol:
                        dose_basis="per_target")
 
 
-def _elimination_half_life(model, ts, y_array, state: str, t_start: float, t_end: float):
-    """Elimination half-life (days) of one state along a trajectory, averaged over save times in a window.
+class ArmExperiment(ck.AbstractExperiment):
+    """The experiment of the SLE map: each member is an [`SLEArm`][]; its regimen is built from the arm's protocol
+    (`arm_regimen`) and its solution read out as the SLE metric set (`sle_metrics`) on the SLE save grid.
 
-    The elimination rate is `k(t) = -d(dx/dt)/dx`, the derivative of the model's own vector field with respect to
-    the state `x`, taken by forward-mode autodiff at each saved state. For an antibody it is the IgG clearance
-    *as the model has it at that moment* (e.g. including FcRn saturation, which depends on the total IgG level),
-    independent of how production is split between plasmablasts and LLPC. Returns `ln 2 / mean(k)`.
-    """
-    i = model.state_names().index(state)
-    tangent = jnp.zeros((y_array.shape[1],), y_array.dtype).at[i].set(1.0)
-
-    def rate(t, y):
-        return -jax.jvp(lambda yy: model.vector_field_flat(t, yy, None)[i], (y,), (tangent,))[1]
-
-    k = jax.vmap(rate)(ts, y_array)
-    w = ((ts >= t_start) & (ts <= t_end)).astype(ts.dtype)
-    return jnp.log(2.0) * jnp.sum(w) / jnp.sum(w * k)
-
-
-class SLEMetrics(eqx.Module):
-    """The metrics function of the SLE map: `SLEMetrics(t_end)(arm) -> dict` (definitions in `SLE_METRICS`).
-
-    A module (not a closure) so that the compiled batch is reused across calls with the same save grid.
-    Failed simulations give NaN metrics.
+    A module (not a closure), so that the compiled batch is reused across calls with the same horizon.
     """
 
     ts: Any
-    rtol: float = eqx.field(static=True, default=1e-6)
-    atol: float = eqx.field(static=True, default=1e-6)
+    solver: Any = None
+    rtol: float | None = eqx.field(static=True, default=None)
+    atol: float | None = eqx.field(static=True, default=None)
+    max_steps: int = eqx.field(static=True, default=100_000)
+    t0: float | None = eqx.field(static=True, default=None)
 
-    def __init__(self, t_end: float = 365.0, *, rtol: float = 1e-6, atol: float = 1e-6):
-        if not t_end >= 120.0:
-            raise ValueError(f"`t_end` must be at least 120 days (metrics use day 90), got {t_end!r}.")
-        early = np.arange(-6.0, 30.0, 0.5)
-        late = np.arange(30.0, float(t_end) + 1e-9, 2.0)
-        self.ts = jnp.asarray(np.concatenate([early, late]))
-        self.rtol, self.atol = rtol, atol
+    def __init__(self, t_end: float = 730.0, *, solver: Any = None, rtol: float | None = None,
+                 atol: float | None = None):
+        self.ts = save_times(t_end)
+        self.solver, self.rtol, self.atol = solver, rtol, atol
+        self.max_steps, self.t0 = 100_000, None
 
-    def __call__(self, arm: SLEArm) -> dict[str, Any]:
-        import diffrax
+    def model(self, arm: SLEArm) -> Any:
+        return arm.model
 
-        ts = self.ts
-        sol = simulate(arm.model, arm_regimen(arm), ts, solver=diffrax.Tsit5(), rtol=self.rtol, atol=self.atol,
-                       max_steps=50_000, throw=False)
-        o, y = sol.observables, sol.ys
-        t_end = ts[-1]
-        b = o.b_blood / o.b_blood[0]
-        out = {
-            "B aplasia": metrics.time_below(ts, b, _B_APLASIA_FRACTION, t_start=0.0, t_end=t_end),
-            "B nadir": 100.0 * metrics.nadir(ts, b, t_start=0.0),
-            "anti-dsDNA d90": 100.0 * metrics.value_at(ts, o.anti_dsdna, 90.0),
-            "anti-dsDNA floor": 100.0 * metrics.nadir(ts, o.anti_dsdna, t_start=0.0),
-            "anti-dsDNA t1/2": _elimination_half_life(arm.model, ts, sol.y_array, "anti_dsdna", 14.0, 60.0),
-            "CAR Cmax": jnp.log10(jnp.maximum(metrics.cmax(ts, o.car_blood), 1e-12)),
-            "CAR Tmax": metrics.tmax(ts, o.car_blood),
-            "CAR persistence": t_end - metrics.time_below(ts, o.car_blood, _CAR_DETECTION, t_start=0.0, t_end=t_end),
-            "IL-6 peak": metrics.cmax(ts, o.il6, t_start=0.0),
-            "CRS grade": metrics.cmax(ts, o.crs_grade, t_start=0.0),
-            "SLEDAI d90": metrics.value_at(ts, o.sledai, 90.0),
-            "remission days": metrics.time_below(ts, o.sledai, _REMISSION_SLEDAI, t_start=0.0, t_end=t_end),
-        }
-        return {k: jnp.where(sol.ok, v, jnp.nan) for k, v in out.items()}
+    def regimen(self, arm: SLEArm) -> Regimen:
+        return arm_regimen(arm)
+
+    def outputs(self, arm: SLEArm, solution: ck.Solution) -> dict[str, Any]:
+        del arm  # the read-out depends on the solution only
+        return sle_metrics(solution)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -231,7 +173,7 @@ class SLEMetrics(eqx.Module):
 
 def preset_metadata(name: str) -> dict[str, dict[str, str]]:
     """Per-parameter `tag` and `gap` of a preset: `{dotted name: {"tag": ..., "gap": ...}}` (`gap` may be `""`)."""
-    from carkinetics.models import preset_records
+    from carkinetics.models.sle.presets import preset_records
 
     return {n: {"tag": r.tag, "gap": r.gap or ""} for n, r in preset_records(name).items()}
 
@@ -241,7 +183,7 @@ def load_arm(name: str, *, protocol: SLEProtocol | None = None) -> tuple[SLEArm,
 
     Presets whose name starts with `"mouse"` get [`carkinetics.mouse_protocol`][], others the Erlangen protocol.
     """
-    from carkinetics.models import load_preset
+    from carkinetics.models.sle.presets import load_preset
 
     model = load_preset(name)
     if protocol is None:
@@ -302,10 +244,11 @@ def sle_translation_map(
     ld_alone: bool = False,
     damage0: float | None = None,
     n_samples: int = 0,
-    seed: int = 0,
-    t_end: float = 365.0,
+    key: Any = None,
+    t_end: float = 730.0,
     batch_size: int | None = 256,
-    metrics_fn: SLEMetrics | None = None,
+    experiment: ArmExperiment | None = None,
+    engine: str | None = None,
 ) -> TranslationMap:
     """The SLE translation map between two presets (default: NZB/W mouse -> human), groups from the gap tags.
 
@@ -320,10 +263,12 @@ def sle_translation_map(
       `"tbi"` (both TBI, fraction 0.9), `"none"`.
     - `ld_alone`: no CAR-T in either arm (the lymphodepletion-alone arm).
     - `damage0`: damage index at treatment for both arms (disease stage), default each preset's value.
-    - `n_samples`, `seed`: parameter samples for the uncertainty analysis (see [`carkinetics.translation_map`][]).
+    - `n_samples`, `key`: parameter samples for the uncertainty analysis and their `jax.random` key (see
+      [`carkinetics.translation_map`][]).
     - `t_end`: horizon (days) of the metrics.
-    - `batch_size`: simulations per vectorised chunk.
-    - `metrics_fn`: an [`carkinetics.SLEMetrics`][] (default `SLEMetrics(t_end)`).
+    - `batch_size`: simulations per engine call.
+    - `experiment`: an `ArmExperiment` (default `ArmExperiment(t_end)`).
+    - `engine`: `"ensemble"` (default, the batched solver) or `"vmap"`.
 
     **Returns:** a [`carkinetics.TranslationMap`][] with metrics `SLE_METRICS`.
     """
@@ -332,11 +277,11 @@ def sle_translation_map(
     arm_a, arm_b = apply_knobs(arm_a, arm_b, dose_basis=dose_basis, conditioning=conditioning, ld_alone=ld_alone,
                                damage0=damage0)
     groups = gap_groups(gaps_a, gaps_b, only=gaps)
-    f = metrics_fn if metrics_fn is not None else SLEMetrics(t_end)
-    return translation_map(
+    f = experiment if experiment is not None else ArmExperiment(t_end)
+    return ck.translation_map(
         f, arm_a, arm_b, groups, units={k: u for k, (u, _) in SLE_METRICS.items()},
         labels=(os.path.basename(a).removesuffix(".toml"), os.path.basename(b).removesuffix(".toml")),
-        n_samples=n_samples, seed=seed, batch_size=batch_size, tags_a=tags_a, tags_b=tags_b,
+        n_samples=n_samples, key=key, batch_size=batch_size, tags_a=tags_a, tags_b=tags_b, engine=engine,
     )
 
 
@@ -379,9 +324,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 
-def sle_scenarios(a: str = "mouse_nzbw", b: str = "human", *, t_end: float = 365.0,
+def sle_scenarios(a: str = "mouse_nzbw", b: str = "human", *, t_end: float = 730.0,
                   scenarios: Mapping[str, Mapping[str, Any]] | None = None,
-                  metrics_fn: SLEMetrics | None = None, batch_size: int | None = None) -> list[dict[str, Any]]:
+                  experiment: ArmExperiment | None = None, batch_size: int | None = None,
+                  engine: str | None = None) -> list[dict[str, Any]]:
     """The two arms' metrics and their gap under each scenario knob (one vectorised batch of simulations).
 
     `batch_size`: simulations per vectorised call (`None`: all arms of one structure in one call).
@@ -392,7 +338,7 @@ def sle_scenarios(a: str = "mouse_nzbw", b: str = "human", *, t_end: float = 365
     arm_a, _, _ = load_arm(a)
     arm_b, _, _ = load_arm(b)
     pairs = [apply_knobs(arm_a, arm_b, **kw) for kw in scenarios.values()]
-    f = metrics_fn if metrics_fn is not None else SLEMetrics(t_end)
+    f = experiment if experiment is not None else ArmExperiment(t_end)
     la, lb = os.path.basename(a).removesuffix(".toml"), os.path.basename(b).removesuffix(".toml")
     # one vectorised call per model structure (per-target dosing changes a static field of the protocol)
     arms = [arm for pair in pairs for arm in pair]
@@ -401,7 +347,7 @@ def sle_scenarios(a: str = "mouse_nzbw", b: str = "human", *, t_end: float = 365
         by_structure.setdefault(jax.tree_util.tree_structure(arm), []).append(i)
     results: list[Any] = [None] * len(arms)
     for idx in by_structure.values():
-        for i, r in zip(idx, _eval_arms(f, [arms[i] for i in idx], batch_size)):
+        for i, r in zip(idx, _eval_arms(f, [arms[i] for i in idx], batch_size, engine)):
             results[i] = r
     rows = []
     for j, label in enumerate(scenarios):
@@ -412,11 +358,11 @@ def sle_scenarios(a: str = "mouse_nzbw", b: str = "human", *, t_end: float = 365
     return rows
 
 
-def _eval_arms(f, arms, batch_size=None):
+def _eval_arms(f, arms, batch_size=None, engine=None):
     """Metrics of several arms of one structure, in one vectorised call (chunked like the maps)."""
     names = tuple(parameters(arms[0]))
     values = {n: np.stack([np.asarray(parameters(arm)[n].value, dtype=float) for arm in arms]) for n in names}
-    out = evaluate_models(f, arms[0], values, batch_size=batch_size)
+    out = ck.evaluate_models(f, arms[0], values, batch_size=batch_size, engine=engine)
     return [{k: v[i] for k, v in out.items()} for i in range(len(arms))]
 
 
@@ -430,9 +376,10 @@ def scenarios_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n\nGap = second arm minus first arm, per metric (units as in the map)."
 
 
-def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "human", seed: int = 0,
-                             n_samples: int = 0, gaps: Sequence[str] | None = None, t_end: float = 365.0,
-                             batch_size: int | None = 256, scenarios: bool = True) -> dict[str, str]:
+def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "human", key: Any = None,
+                             n_samples: int = 0, gaps: Sequence[str] | None = None, t_end: float = 730.0,
+                             batch_size: int | None = 256, scenarios: bool = True,
+                             engine: str | None = None) -> dict[str, str]:
     """Compute the SLE translation map and write its figure, tables and narrative into `out_dir`.
 
     Writes `translation_heatmap.png`, `translation_waterfalls.png`, `translation_map.csv`, `translation_map.md`,
@@ -448,7 +395,8 @@ def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "h
     from carkinetics.plot import attribution_waterfalls, translation_heatmap
 
     os.makedirs(out_dir, exist_ok=True)
-    tm = sle_translation_map(a, b, gaps=gaps, n_samples=n_samples, seed=seed, t_end=t_end, batch_size=batch_size)
+    tm = sle_translation_map(a, b, gaps=gaps, n_samples=n_samples, key=key, t_end=t_end, batch_size=batch_size,
+                             engine=engine)
     paths = {k: os.path.join(out_dir, v) for k, v in {
         "heatmap": "translation_heatmap.png", "waterfalls": "translation_waterfalls.png",
         "csv": "translation_map.csv", "markdown": "translation_map.md", "narrative": "translation_narrative.md"}.items()}
@@ -462,7 +410,7 @@ def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "h
     with open(paths["narrative"], "w") as fh:
         fh.write(tm.narrative() + "\n")
     if scenarios:
-        rows = sle_scenarios(a, b, t_end=t_end)  # one call per structure (14 + 2 simulations), no padding
+        rows = sle_scenarios(a, b, t_end=t_end, engine=engine)  # one engine call per arm structure
         paths["scenarios_csv"] = os.path.join(out_dir, "translation_scenarios.csv")
         paths["scenarios_markdown"] = os.path.join(out_dir, "translation_scenarios.md")
         with open(paths["scenarios_csv"], "w", newline="") as fh:
