@@ -100,7 +100,7 @@ def main():
         varied = list(SHARED_ORDER)
         sigma = 0.3
     else:
-        from carkinetics.models import erlangen_regimen, load_preset
+        from carkinetics.models.sle import erlangen_regimen, load_preset
 
         base = load_preset("human")
         regimen = erlangen_regimen(base)

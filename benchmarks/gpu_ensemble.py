@@ -122,7 +122,7 @@ def main():
 
     # ---- full SLE model ---------------------------------------------------------------------------------------
     try:
-        from carkinetics.models import erlangen_regimen, load_preset
+        from carkinetics.models.sle import erlangen_regimen, load_preset
     except ImportError:
         load_preset = None
         print("SLE model not available in this checkout: skipped.")

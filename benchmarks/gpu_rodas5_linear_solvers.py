@@ -37,7 +37,7 @@ def main():
     import numpy as np
 
     import carkinetics as ck
-    from carkinetics.models import erlangen_regimen, load_preset
+    from carkinetics.models.sle import erlangen_regimen, load_preset
 
     start = time.perf_counter()
     kinds = args.kinds.split(",")
@@ -85,7 +85,7 @@ def main():
         sols = {}
         for kind in kinds:
             fn = jax.jit(lambda m, kind=kind: ck.simulate_ensemble(
-                m, regimen, ts, method=ck.EnsembleRodas5(linear_solver=kind), rtol=1e-6, atol=1e-6))
+                m, regimen, ts, solver=ck.EnsembleRodas5(linear_solver=kind), rtol=1e-6, atol=1e-6))
             sols[kind] = timed(f"sle rodas5 linear_solver={kind:12s}", fn, models, n)
         compare(sols, f"sle N={n}")
     if args.ref_n:
@@ -102,7 +102,7 @@ def main():
         sols = {}
         for kind in args.ref_kinds.split(","):
             fn = jax.jit(lambda m, kind=kind: ck.simulate_ensemble(
-                m, None, ts_ref, method=ck.EnsembleRodas5(linear_solver=kind), rtol=1e-6, atol=1e-8))
+                m, None, ts_ref, solver=ck.EnsembleRodas5(linear_solver=kind), rtol=1e-6, atol=1e-8))
             sols[kind] = timed(f"reference rodas5 linear_solver={kind:12s}", fn, models, args.ref_n)
         compare(sols, f"reference N={args.ref_n}")
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)

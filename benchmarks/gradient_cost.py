@@ -64,7 +64,7 @@ def main():
         pop = ["rho", "kk", "kab"]
         rtol, atol = 1e-6, 1e-8
     else:
-        from carkinetics.models import erlangen_regimen, load_preset
+        from carkinetics.models.sle import erlangen_regimen, load_preset
 
         base = load_preset("human")
         regimen = erlangen_regimen(base)

@@ -63,7 +63,7 @@ def build_problem(model=None):
     import numpy as np
 
     import carkinetics as ck
-    from carkinetics.models import erlangen_regimen, load_preset
+    from carkinetics.models.sle import erlangen_regimen, load_preset
 
     model = load_preset("human") if model is None else model
     table = ck.load_targets(DATA)

@@ -52,7 +52,7 @@ def build_problem(strain: str):
     import numpy as np
 
     import carkinetics as ck
-    from carkinetics.models import load_preset, mouse_regimen, preset_records
+    from carkinetics.models.sle import load_preset, mouse_regimen, preset_records
 
     if strain not in STRAINS:
         raise ValueError(f"`strain` must be one of {sorted(STRAINS)}, got {strain!r}.")

@@ -34,7 +34,7 @@ def test_human_fit_file_hits_every_sle_target_with_spread():
         assert hashlib.sha256(fh.read()).hexdigest() == data["sha256"], "targets changed since the fit: refit"
     assert all(p["tag"] == "F" for p in doc["parameters"].values())
     assert set(doc["parameters"]) == set(human.ESTIMATE)
-    from carkinetics.models import load_preset
+    from carkinetics.models.sle import load_preset
 
     model = ck.apply_fit(load_preset("human"), human.FIT_FILE)
     problem = human.build_problem(model)

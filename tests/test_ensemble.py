@@ -110,7 +110,7 @@ def test_rodas5_handles_a_stiff_model_in_few_steps():
     # > 60,000 steps over 3 days): Tsit5 must run out of a 2,000-step budget.
     models = jax.vmap(lambda q: TwoCompartmentPK(q=q))(jnp.array([1e6, 5e5]))
     reg = ck.Bolus(0.0, 100.0, "central")
-    sol = ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleRodas5(), rtol=1e-8, atol=1e-10)
+    sol = ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleRodas5(), rtol=1e-8, atol=1e-10)
     assert bool(jnp.all(sol.ok))
     assert int(jnp.max(sol.num_steps)) < 300
     for i, q in enumerate([1e6, 5e5]):
@@ -119,7 +119,7 @@ def test_rodas5_handles_a_stiff_model_in_few_steps():
         a = np.array([[-(k10 + k12), k21], [k12, -k21]])
         exact = np.stack([scipy.linalg.expm(a * float(t)) @ np.array([100.0, 0.0]) for t in TS])
         assert rel_err(sol.y_array[i], exact, floor=1e-3) < 1e-5
-    explicit = ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleTsit5(), rtol=1e-8, atol=1e-10,
+    explicit = ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), rtol=1e-8, atol=1e-10,
                                     max_steps=2000)
     assert not bool(jnp.any(explicit.ok))
 
@@ -257,13 +257,13 @@ import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp, numpy as np
 import carkinetics as ck
-from carkinetics.models import erlangen_regimen, load_preset
+from carkinetics.models.sle import erlangen_regimen, load_preset
 base = load_preset("human")
 reg = erlangen_regimen(base)
 ts = jnp.asarray(-4.5 + np.arange(60.0))
 rho = float(base.get("car.rho")) * np.exp(np.random.default_rng(0).normal(0.0, 0.2, 40))
 models = jax.vmap(lambda r: base.replace({"car.rho": r}))(jnp.asarray(rho))
-run = lambda devices: ck.simulate_ensemble(models, reg, ts, method=ck.EnsembleRodas5(), devices=devices)
+run = lambda devices: ck.simulate_ensemble(models, reg, ts, solver=ck.EnsembleRodas5(), devices=devices)
 one, two = run(None), run("all")
 scale = np.max(np.abs(np.asarray(one.y_array)), axis=(0, 1)) + 1e-30
 print(json.dumps({"ok": bool(jnp.all(two.ok)), "diff": float(np.max(np.abs(np.asarray(two.y_array - one.y_array))
@@ -294,7 +294,7 @@ def test_rodas5_linear_solvers_agree():
     def total(scale, kind):  # d/d(scale of every clearance) of the summed amounts: nonzero
         m = jax.vmap(lambda cl, q: TwoCompartmentPK(cl=cl * scale, q=q))(jnp.array([100.0, 192.0, 300.0]),
                                                                          jnp.array([150.0, 206.4, 400.0]))
-        sol = ck.simulate_ensemble(m, reg, TS, method=ck.EnsembleRodas5(linear_solver=kind), rtol=1e-8, atol=1e-10)
+        sol = ck.simulate_ensemble(m, reg, TS, solver=ck.EnsembleRodas5(linear_solver=kind), rtol=1e-8, atol=1e-10)
         return jnp.sum(sol.y_array), sol
 
     (_, lap), (_, vec) = total(1.0, "lapack"), total(1.0, "vectorized")
@@ -313,7 +313,7 @@ def test_failure_is_reported_per_member(slots):
     cls = jnp.array([60.0, V * 2e5, 130.0])
     models = one_cpt_models(cls)
     reg = ck.Bolus(0.0, 1800.0, "central")
-    sol = ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleTsit5(), max_steps=300, slots=slots)
+    sol = ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), max_steps=300, slots=slots)
     assert np.asarray(sol.ok).tolist() == [True, False, True]
     assert np.asarray(sol.result == ck.RESULTS.max_steps_reached).tolist() == [False, True, False]
     assert int(sol.num_steps[1]) == 300
@@ -322,7 +322,7 @@ def test_failure_is_reported_per_member(slots):
         exact = one_cpt_exact(float(cls[i]), [0.0], [1800.0], np.asarray(TS))
         assert rel_err(sol.ys.central[i], exact, floor=1e-3) < 1e-4
     with pytest.raises(Exception, match="at least one member failed"):
-        ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleTsit5(), max_steps=300, throw=True).y_array.block_until_ready()
+        ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), max_steps=300, throw=True).y_array.block_until_ready()
 
 
 def _total_concentration(cl, adjoint, method, slots=None):
@@ -379,7 +379,7 @@ def test_queued_reverse_mode_matches_forward_mode(monkeypatch, reverse_slots, ke
     def loss(theta, slots, adjoint=None):
         cl, amount = theta[:5], theta[5:]
         reg = jax.vmap(lambda a: ck.Regimen([ck.Bolus(0.0, a, "central"), ck.Bolus(1.3, 0.5 * a, "central")]))(amount)
-        sol = ck.simulate_ensemble(one_cpt_models(cl), reg, ts, method=ck.EnsembleTsit5(), rtol=1e-10, atol=1e-12,
+        sol = ck.simulate_ensemble(one_cpt_models(cl), reg, ts, solver=ck.EnsembleTsit5(), rtol=1e-10, atol=1e-12,
                                    slots=slots, adjoint=adjoint)
         w = jnp.arange(1.0, 6.0)[:, None]
         return jnp.sum(w * jnp.log(sol.observables.concentration))
@@ -401,7 +401,7 @@ def test_derivative_chunks_fit_the_cpu_cache():
     # Rodas5 carries 29 * 29 + 290 floats per member (9,048 bytes in float64: 115 members per MiB), so 1000 members
     # go in 9 chunks of 112; the 9-state reference workload with Tsit5 (720 bytes) stays in one chunk, and float32
     # halves the bytes per member. Accelerators use one chunk of up to 4096 members.
-    from carkinetics.models import load_preset
+    from carkinetics.models.sle import load_preset
 
     sle, ref = load_preset("human"), ReferenceWorkload()
     if jax.default_backend() == "cpu":
@@ -457,7 +457,7 @@ def test_no_retrace_on_new_values():
 
     def run(scale, amount, t_second):
         reg = ck.Regimen([ck.Bolus(0.0, amount, "central"), ck.Bolus(t_second, 100.0, "central")])
-        sol = ck.simulate_ensemble(one_cpt_models(CLS * scale), reg, TS * scale, method=ck.EnsembleTsit5())
+        sol = ck.simulate_ensemble(one_cpt_models(CLS * scale), reg, TS * scale, solver=ck.EnsembleTsit5())
         return sol.y_array.block_until_ready()
 
     run(1.0, 1800.0, 1.0)
@@ -474,7 +474,7 @@ def test_no_recompile_on_new_tolerances():
     ens_cache, sim_cache = _driver._simulate_ensemble._cached, _simulate_module._simulate._cached
     steps = []
     for i, tol in enumerate((1e-4, 1e-9)):
-        sol = ck.simulate_ensemble(models, reg, TS, method=ck.EnsembleTsit5(), rtol=tol, atol=tol * 1e-2)
+        sol = ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), rtol=tol, atol=tol * 1e-2)
         one = ck.simulate(OneCompartmentPK(cl=float(CLS[0])), reg, TS, rtol=tol, atol=tol * 1e-2)
         jax.block_until_ready((sol.y_array, one.y_array))
         steps.append((int(sol.num_steps[0]), int(one.num_steps)))

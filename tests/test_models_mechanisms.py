@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-from carkinetics.models import CyclophosphamidePK, SLECarTModel, erlangen_regimen, simulate_default
+from carkinetics.models.sle import CyclophosphamidePK, SLECarTModel, erlangen_regimen, simulate_default
 from carkinetics.models.sle.cytokines import MyeloidParams, crs_grade
 
 MODULES = ("lymphodepletion", "car_t", "bcells", "autoantibodies", "cytokines", "disease", "sle_car_t", "presets")
@@ -85,7 +85,7 @@ def test_module_docstrings(name):
 
 
 def test_model_validation_errors():
-    from carkinetics.models import mouse_regimen
+    from carkinetics.models.sle import mouse_regimen
 
     with pytest.raises(ValueError, match="tbi_fraction"):
         mouse_regimen(None, tbi_fraction=1.5)

@@ -9,14 +9,7 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-from carkinetics.models import (
-    SLECarTModel,
-    dump_preset,
-    load_preset,
-    preset_names,
-    preset_parameter_table,
-    preset_records,
-)
+from carkinetics.models.sle import SLECarTModel, dump_preset, load_preset, preset_names, preset_parameter_table, preset_records
 
 GROUPS = ("body", "humoral", "bcell", "tcell", "ld", "car", "myeloid", "disease")
 

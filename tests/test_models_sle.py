@@ -17,16 +17,7 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-from carkinetics.models import (
-    FludarabinePK,
-    SLECarTModel,
-    erlangen_regimen,
-    human_default_ts,
-    load_preset,
-    mouse_regimen,
-    simulate_default,
-    tocilizumab,
-)
+from carkinetics.models.sle import FludarabinePK, SLECarTModel, erlangen_regimen, human_default_ts, load_preset, mouse_regimen, simulate_default, tocilizumab
 
 T_END = 400.0
 
@@ -34,7 +25,7 @@ T_END = 400.0
 @pytest.fixture(scope="module")
 def human():
     model = SLECarTModel()
-    ts = human_default_ts(T_END)
+    ts = save_times(T_END)
     sol = simulate_default(model, erlangen_regimen(model), ts)
     return model, np.asarray(ts), sol
 
@@ -296,7 +287,7 @@ def test_default_solver_agrees_with_kvaerno5_and_plain_simulate():
 
     model = SLECarTModel()
     reg = erlangen_regimen(model)
-    ts = human_default_ts(365.0)
+    ts = save_times(365.0)
     ref = simulate_default(model, reg, ts, rtol=1e-10, atol=1e-10, max_steps=200_000)
     plain = ck.simulate(model, reg, ts)  # the core defaults (Tsit5, rtol 1e-6, atol 1e-8) work as well
     kv = simulate_default(model, reg, ts, solver=diffrax.Kvaerno5())

@@ -162,7 +162,7 @@ def test_flat_vector_field_vjp_is_exact_and_transposes_to_one_concatenation():
     # `vector_field_flat` unpacks the state with one `split`: its VJP must equal the dense Jacobian's transpose
     # product, and the transposed program must not hold one zero-padded cotangent per state (`pad`), which made
     # reverse mode ~2x slower (reference workload, population gradient at N = 100 on CPU).
-    from carkinetics.models import load_preset
+    from carkinetics.models.sle import load_preset
 
     model = load_preset("human")
     s = len(model.state_names())

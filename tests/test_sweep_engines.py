@@ -63,7 +63,7 @@ def test_fallback_to_vmap_and_explicit_errors():
     assert ensemble_unsupported({"solver": diffrax.Tsit5(), "rtol": 1e-8, "adjoint": diffrax.ForwardMode()}) is None
     with pytest.raises(ValueError, match="give only one"):
         ck.sweep_model(*args, progress=False, solver=diffrax.Tsit5(),
-                       evaluator=ck.EnsembleEvaluator(method=ck.EnsembleTsit5()))
+                       evaluator=ck.EnsembleEvaluator(solver=ck.EnsembleTsit5()))
     with pytest.raises(ValueError, match="`evaluator` must be"):
         ck.sweep_model(*args, progress=False, evaluator="ensemble")
 

@@ -9,7 +9,7 @@ import carkinetics as ck
 
 @pytest.mark.slow
 def test_sle_sweep_matches_single_simulations():
-    from carkinetics.models import SLECarTModel, erlangen_regimen, load_preset, simulate_default
+    from carkinetics.models.sle import SLECarTModel, erlangen_regimen, load_preset, simulate_default
 
     model = load_preset("human")
     regimen = erlangen_regimen(model)

@@ -148,7 +148,7 @@ def test_failed_coalitions_are_reported():
 
 
 def test_sample_parameters_transforms(getkey):
-    from carkinetics.models import SLECarTModel
+    from carkinetics.models.sle import SLECarTModel
 
     model = SLECarTModel()  # car.t_rej: onset day 70 with bounds [-1e4, inf); humoral.f_pb_dsdna: a fraction
     s = ck.sample_parameters(model, ["car.t_rej", "humoral.f_pb_dsdna"], getkey(), 4000,
