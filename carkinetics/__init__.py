@@ -108,7 +108,6 @@ from ._analysis._gsa import (
 )
 
 from ._inference._targets import (
-    QUANTITIES as QUANTITIES,
     UNITS as UNITS,
     AbstractStatistic as AbstractStatistic,
     CrossingTime as CrossingTime,

@@ -27,7 +27,7 @@ from .. import _metrics as metrics
 from .._core._custom_types import Array, Float
 
 # --------------------------------------------------------------------------------------------------------------
-# Units and quantities
+# Units
 
 #: unit string -> (physical dimension, factor converting one unit into the dimension's canonical unit).
 UNITS: dict[str, tuple[str, float]] = {
@@ -56,50 +56,6 @@ UNITS: dict[str, tuple[str, float]] = {
     "mg*d/L": ("exposure", 24.0),
     "IU/mL": ("titre", 1.0),
     "AU": ("arbitrary", 1.0),
-}
-
-#: quantity name -> physical dimension. A row's unit must have its quantity's dimension.
-QUANTITIES: dict[str, str] = {
-    # CAR-T cellular kinetics
-    "car_blood": "cell_concentration",
-    "car_transgene": "transgene_level",
-    "car_peak_blood": "cell_concentration",
-    "car_peak_transgene": "transgene_level",
-    "car_tmax": "time",
-    "car_doubling_time": "time",
-    "car_fold_expansion": "dimensionless",
-    "car_contraction_rate": "rate",
-    "car_contraction_half_life": "time",
-    "car_persistence_rate": "rate",
-    "car_persistence_half_life": "time",
-    "car_memory_fraction": "dimensionless",
-    "car_persistence_duration": "time",
-    # B and T cells
-    "b_blood": "cell_concentration",
-    "t_blood": "cell_concentration",
-    "wbc_blood": "cell_concentration",
-    "b_cell_reappearance_time": "time",
-    "b_cell_aplasia_duration": "time",
-    "b_turnover_rate": "rate",
-    "naive_b_turnover_rate": "rate",
-    "naive_b_half_life": "time",
-    # antibodies and disease
-    "anti_dsdna_negative_fraction": "dimensionless",
-    "anti_dsdna_fraction_of_baseline": "dimensionless",
-    "total_igg_change": "dimensionless",
-    "vaccine_igg_change": "dimensionless",
-    "igg_half_life": "time",
-    "llpc_fraction_of_asc": "dimensionless",
-    "sledai": "dimensionless",
-    "doris_remission_fraction": "dimensionless",
-    "untreated_mean_survival_age": "time",
-    # CRS and cytokines
-    "crs_grade1_fraction": "dimensionless",
-    "crs_grade2_fraction": "dimensionless",
-    "crs_any_fraction": "dimensionless",
-    "crs_max_grade": "dimensionless",
-    "il15_tmax": "time",
-    "il6_half_life": "time",
 }
 
 MEASURES = ("mean", "median", "typical", "proportion", "mode", "reference_range", "single_patient", "lower_bound",
@@ -161,10 +117,7 @@ class TargetRow(NamedTuple):
     doi: str
     tag: str
     note: str
-
-    @property
-    def dimension(self) -> str:
-        return QUANTITIES[self.quantity]
+    dimension: str = ""
 
     def sigma(self) -> float:
         """A standard deviation implied by the reported spread (in `unit`), or `nan` if none was reported.
@@ -264,9 +217,11 @@ def _num(text: str, where: str, col: str, *, required: bool) -> float:
     return x
 
 
-def validate_target_row(raw: Mapping[str, Any], where: str = "row",
-                        extra_quantities: Mapping[str, str] | None = None) -> TargetRow:
+def validate_target_row(raw: Mapping[str, Any], quantities: Mapping[str, str], where: str = "row") -> TargetRow:
     """Validate one raw row (a mapping of column -> text) and return a [`carkinetics.TargetRow`][].
+
+    `quantities` is the application's vocabulary: quantity name -> physical dimension (a dimension of `UNITS`,
+    e.g. `"time"`, `"cell_concentration"`); a row's unit must have its quantity's dimension.
 
     Checks: all columns present; known quantity, measure, spread kind, unit and tag; the unit has the
     quantity's dimension; numbers parse and are finite; the spread columns match the spread kind (`sd`/`se`/`rse`
@@ -275,7 +230,7 @@ def validate_target_row(raw: Mapping[str, Any], where: str = "row",
 
     **Raises:** `ValueError` naming `where`, the column and the offending value.
     """
-    quantities = dict(QUANTITIES, **(extra_quantities or {}))
+    quantities = _check_quantities(quantities)
     missing = [c for c in COLUMNS if c not in raw]
     if missing:
         raise ValueError(f"{where}: missing columns {missing}; a target row needs the columns {list(COLUMNS)}.")
@@ -341,17 +296,30 @@ def validate_target_row(raw: Mapping[str, Any], where: str = "row",
         target_id=tid, quantity=txt["quantity"], measure=txt["measure"], value=value, spread_kind=kind,
         spread=spread, spread_low=low, spread_high=high, unit=txt["unit"], time=time, population=txt["population"],
         n=n, species=txt["species"], source=txt["source"], doi=doi, tag=txt["tag"], note=txt["note"],
+        dimension=dim_q,
     )
 
 
+def _check_quantities(quantities: Any) -> dict[str, str]:
+    if not isinstance(quantities, Mapping) or not quantities:
+        raise ValueError("`quantities` must be a non-empty mapping from quantity name to physical dimension, got "
+                         f"{quantities!r}.")
+    dims = {d for d, _ in UNITS.values()}
+    bad = {k: v for k, v in quantities.items() if v not in dims}
+    if bad:
+        raise ValueError(f"`quantities` names unknown dimensions {bad}; the dimensions of UNITS are {sorted(dims)}.")
+    return dict(quantities)
+
+
 def load_targets(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
-                 extra_quantities: Mapping[str, str] | None = None) -> TargetTable:
+                 quantities: Mapping[str, str]) -> TargetTable:
     """Read and validate tidy CSV target files (see `calibration/data/README.md` for the columns).
 
     **Arguments:**
 
     - `paths`: one path or a sequence of paths.
-    - `extra_quantities`: additional quantity -> dimension entries for the vocabulary check.
+    - `quantities`: the vocabulary of the application: quantity name -> physical dimension (see
+      [`carkinetics.validate_target_row`][]).
 
     **Returns:** a [`carkinetics.TargetTable`][] (lookup by `target_id`, `select(...)` filters).
 
@@ -362,10 +330,12 @@ def load_targets(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
 
     ```python
     import carkinetics as ck
-    t = ck.load_targets("calibration/data/human_sle_targets.csv")
+    from carkinetics.models.sle import QUANTITIES, target_file
+    t = ck.load_targets(target_file("human"), quantities=QUANTITIES)
     t["mackensen2022_b_reappearance"].interval()      # (78.0, 142.0) days
     ```
     """
+    quantities = _check_quantities(quantities)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     rows: list[TargetRow] = []
@@ -383,7 +353,7 @@ def load_targets(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
             for i, raw in enumerate(reader, start=2):
                 if None in raw:
                     raise ValueError(f"{path}:{i}: the row has more fields than the header (unquoted comma?).")
-                row = validate_target_row(raw, f"{path}:{i}", extra_quantities)
+                row = validate_target_row(raw, quantities, f"{path}:{i}")
                 if row.target_id in seen:
                     raise ValueError(f"{path}:{i}: target_id {row.target_id!r} is duplicated (first in {seen[row.target_id]}).")
                 seen[row.target_id] = f"{path}:{i}"

@@ -46,3 +46,8 @@ from carkinetics.models.sle.translation import (
     sle_translation_map as sle_translation_map,
     write_translation_report as write_translation_report,
 )
+from carkinetics.models.sle.targets import (
+    QUANTITIES as QUANTITIES,
+    load_sle_targets as load_sle_targets,
+    target_file as target_file,
+)
