@@ -4,7 +4,6 @@ from ._timecourse import (
     plot_timecourse as plot_timecourse,
     plot_vpc as plot_vpc,
     save_figure as save_figure,
-    vpc_bands as vpc_bands,
 )
 
 from ._translation import (

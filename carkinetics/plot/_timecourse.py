@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .._analysis._population import percentile_bands
+
 TIME_LABEL = "day (relative to CAR-T infusion)"
 
 
@@ -151,27 +153,6 @@ def plot_timecourse(
     return fig
 
 
-def vpc_bands(samples: Any, quantiles: Sequence[float] = (0.05, 0.5, 0.95), mask: Any = None) -> np.ndarray:
-    """Pointwise quantiles over the first axis of `samples` (N, T), ignoring failed members (`mask` False) and NaNs.
-
-    **Returns:** array of shape `(len(quantiles), T)`.
-    """
-    x = np.asarray(samples, float)
-    if x.ndim != 2:
-        raise ValueError(f"`samples` must have shape (N, T), got {x.shape}.")
-    q = np.asarray(quantiles, float)
-    if q.ndim != 1 or np.any((q < 0) | (q > 1)):
-        raise ValueError(f"`quantiles` must be numbers in [0, 1], got {list(quantiles)}.")
-    if mask is not None:
-        mask = np.asarray(mask, bool)
-        if mask.shape != (x.shape[0],):
-            raise ValueError(f"`mask` must have shape ({x.shape[0]},), got {mask.shape}.")
-        x = x[mask]
-    if x.shape[0] == 0:
-        raise ValueError("No successful members to compute VPC bands from.")
-    return np.nanquantile(x, q, axis=0)
-
-
 def plot_vpc(
     ts: Any,
     samples: Any,
@@ -217,7 +198,7 @@ def plot_vpc(
     x = np.asarray(samples, float)
     if x.ndim != 2 or x.shape[1] != ts.shape[0]:
         raise ValueError(f"`samples` must have shape (N, {ts.shape[0]}) to match `ts`, got {x.shape}.")
-    lo, med, hi = vpc_bands(x, quantiles, mask)
+    lo, med, hi = percentile_bands(x, [100.0 * q for q in quantiles], ok=mask)
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 3.6))
     else:
@@ -225,7 +206,7 @@ def plot_vpc(
     ax.fill_between(ts, lo, hi, color=color, alpha=0.2, lw=0,
                     label=f"{int(100 * quantiles[0])}-{int(100 * quantiles[2])}% band")
     if inner is not None:
-        ilo, ihi = vpc_bands(x, inner, mask)
+        ilo, ihi = percentile_bands(x, [100.0 * q for q in inner], ok=mask)
         ax.fill_between(ts, ilo, ihi, color=color, alpha=0.35, lw=0,
                         label=f"{int(100 * inner[0])}-{int(100 * inner[1])}% band")
     ax.plot(ts, med, color=color, lw=1.8, label=label or "median")
