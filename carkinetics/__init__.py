@@ -93,18 +93,18 @@ from ._analysis._population import (
     sample_posterior as sample_posterior,
     virtual_population as virtual_population,
 )
-from ._analysis._gsa import (
-    GSAProblem as GSAProblem,
-    MorrisResult as MorrisResult,
+from ._analysis._gsa import GSAProblem as GSAProblem, gsa_problem as gsa_problem, model_function as model_function
+from ._analysis._sobol import (
     SobolResult as SobolResult,
-    gsa_problem as gsa_problem,
-    model_function as model_function,
-    morris_analysis as morris_analysis,
-    morris_indices as morris_indices,
-    morris_sample as morris_sample,
     saltelli_sample as saltelli_sample,
     sobol_analysis as sobol_analysis,
     sobol_indices as sobol_indices,
+)
+from ._analysis._morris import (
+    MorrisResult as MorrisResult,
+    morris_analysis as morris_analysis,
+    morris_indices as morris_indices,
+    morris_sample as morris_sample,
 )
 
 from ._inference._targets import (
