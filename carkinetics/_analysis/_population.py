@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +34,7 @@ class CovariateEffect(NamedTuple):
     reference: float
 
 
-class Population(NamedTuple):
+class Population(eqx.Module):
     """A virtual population of `n` members.
 
     **Fields:**
@@ -47,7 +48,7 @@ class Population(NamedTuple):
     samples: dict[str, np.ndarray]
     covariates: dict[str, np.ndarray]
     eta: np.ndarray
-    names: tuple[str, ...]
+    names: tuple[str, ...] = eqx.field(static=True)
 
 
 def _check_n(n: Any) -> int:

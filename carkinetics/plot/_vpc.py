@@ -10,12 +10,13 @@ model given how few patients were observed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
+import equinox as eqx
 import numpy as np
 
 
-class VPCStatistics(NamedTuple):
+class VPCStatistics(eqx.Module):
     """Binned statistics of a percentile VPC (all arrays `(P, B)` for P percentiles and B bins).
 
     **Fields:** `bin_times` `(B,)` (mean observation time in each bin, days); `observed` (percentiles of the data
