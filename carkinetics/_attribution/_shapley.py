@@ -28,7 +28,7 @@ import numpy as np
 from .._core._custom_types import Array, Bool
 from .._core._parameters import _getter, floats_to_arrays, parameters
 from .._engine._batch import AbstractExperiment, batch_models, run_experiment
-from .._engine._simulate import Engine
+from .._engine._simulate import Engine, engine_of, resolve_solver
 
 #: Largest number of groups (players) accepted: 2**16 = 65,536 coalitions.
 MAX_GROUPS = 16
@@ -241,6 +241,8 @@ class ShapleyResult(eqx.Module):
     - `coalition_values`: the output for every coalition (pytree, leading axis `2**G`).
     - `values`: the Shapley values (pytree, leading axis `G`).
     - `ok`: per coalition (and sample), whether every output leaf is finite.
+    - `engine`: what evaluated the coalitions: `"ensemble"` or `"vmap"` for an experiment (the engine it ran on),
+      `"vmap"` for a plain function (vectorised with `jax.vmap`), `"game"` for [`carkinetics.shapley_values`][].
 
     **Properties / methods:** `base` (`v(none)`), `target` (`v(all)`), `total` (`target - base`),
     `forward_swaps()` (only group `i` taken from `model_b`: `v({i}) - v(none)`), `reverse_swaps()` (only group `i`
@@ -252,6 +254,7 @@ class ShapleyResult(eqx.Module):
     coalition_values: Any
     values: Any
     ok: Bool[Array, "coalitions ..."]
+    engine: str = eqx.field(static=True, default="game")
 
     @property
     def n_groups(self) -> int:
@@ -308,7 +311,14 @@ class ShapleyResult(eqx.Module):
         return max(errs)
 
 
-def _result(group_names, masks, coalition_values, n_lead: int = 1) -> ShapleyResult:
+def engine_name(f: Any, template: Any, engine: Engine | None) -> str:
+    """The engine that evaluates `f` on members like `template` (see `ShapleyResult.engine`)."""
+    if isinstance(f, AbstractExperiment):
+        return engine_of(resolve_solver(f.model(template), f.solver, engine))
+    return "vmap"
+
+
+def _result(group_names, masks, coalition_values, n_lead: int = 1, engine: str = "game") -> ShapleyResult:
     """Assemble a ShapleyResult; `n_lead` leading axes (coalition[, sample]) are shared by all output leaves."""
     g = len(group_names)
     values = shapley_from_values(coalition_values, g)
@@ -316,7 +326,7 @@ def _result(group_names, masks, coalition_values, n_lead: int = 1) -> ShapleyRes
     ok = jnp.ones(np.shape(leaves[0])[:n_lead] if leaves else (2**g,), dtype=bool)
     for v in leaves:
         ok = ok & jnp.all(jnp.isfinite(v), axis=tuple(range(n_lead, v.ndim)))
-    return ShapleyResult(tuple(group_names), jnp.asarray(masks), coalition_values, values, ok)
+    return ShapleyResult(tuple(group_names), jnp.asarray(masks), coalition_values, values, ok, engine)
 
 
 def shapley_values(
@@ -561,7 +571,8 @@ def shapley_attribution(
     masks = coalition_masks(len(groups))
     cv = evaluate_coalitions(f, model_a, model_b, groups, masks, samples_a=samples_a, samples_b=samples_b,
                              batch_size=batch_size, engine=engine)
-    return _result(tuple(g.name for g in groups), masks, cv, 1 if samples_a is None and samples_b is None else 2)
+    return _result(tuple(g.name for g in groups), masks, cv, 1 if samples_a is None and samples_b is None else 2,
+                   engine_name(f, model_a, engine))
 
 
 class GroupSwaps(eqx.Module):

@@ -151,6 +151,7 @@ class TranslationMap(eqx.Module):
     - `sample_shapley` `(S, G, K)`, `sample_total` `(S, K)`, `sample_ok` `(S,)`: the per-sample attributions.
     - `n_failed`: number of coalition evaluations (point estimate) with a non-finite metric; the attributions of
       such metrics are NaN.
+    - `engine`: what evaluated the coalition models (see [`carkinetics.ShapleyResult`][]).
     - `key_data`: the raw data of the samples' `jax.random` key (reproducibility); `level`: the central probability
       of the reported intervals.
     """
@@ -173,6 +174,7 @@ class TranslationMap(eqx.Module):
     sample_ok: np.ndarray
     n_failed: int = eqx.field(static=True)
     key_data: tuple[int, ...] = eqx.field(static=True)
+    engine: str = eqx.field(static=True, default="vmap")
     level: float = eqx.field(static=True, default=0.9)
 
     @property
@@ -461,7 +463,7 @@ def translation_map(
         sample_shapley=sample_shapley, sample_total=sample_total, sample_ok=sample_ok,
         n_failed=int(np.sum(~np.asarray(res.ok))),
         key_data=() if key is None else tuple(int(v) for v in np.asarray(jax.random.key_data(key)).ravel()),
-        level=float(level),
+        level=float(level), engine=res.engine,
     )
 
 
