@@ -61,10 +61,13 @@ def tolerance_arrays(rtol: Any, atol: Any, dtype) -> tuple[Array, Array]:
     """`rtol` and `atol` as scalar arrays of `dtype`, the form the engines trace them in (new values reuse the
     compiled solve).
 
-    Each may be a Python number, a NumPy scalar or a 0-d array; concrete values must be positive and finite
-    (`ValueError` naming the argument otherwise); traced values (e.g. a tolerance that is an argument of a jitted
-    function) are checked when the solve runs (`eqx.error_if`).
+    Each may be a Python number, a NumPy scalar or a 0-d array. Concrete values must be finite and positive, `rtol`
+    below 1 (a relative error of 100 % or more controls nothing) and at least the machine epsilon of `dtype` (a
+    tighter tolerance is below the resolution of the numbers: the controller would shrink the step until it
+    underflows); `ValueError` names the argument otherwise. Traced values (e.g. a tolerance that is an argument of a
+    jitted function) are checked when the solve runs (`eqx.error_if`).
     """
+    eps = float(jnp.finfo(dtype).eps)
     out = []
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if isinstance(tol, jax.core.Tracer):
@@ -73,8 +76,11 @@ def tolerance_arrays(rtol: Any, atol: Any, dtype) -> tuple[Array, Array]:
                 raise ValueError(f"`{name}` must be a positive finite number or a floating-point scalar array, got "
                                  f"a traced array of shape {arr.shape} and dtype {arr.dtype}.")
             arr = arr.astype(dtype)
-            out.append(eqx.error_if(arr, ~(jnp.isfinite(arr) & (arr > 0)),
-                                    f"`{name}` must be a positive finite number."))
+            bad = ~(jnp.isfinite(arr) & (arr > 0))
+            if name == "rtol":
+                bad = bad | (arr >= 1) | (arr < eps)
+            out.append(eqx.error_if(arr, bad, f"`{name}` must be a positive finite number"
+                                    + (f" in [{eps:.1e}, 1)." if name == "rtol" else ".")))
             continue
         value = tol
         if isinstance(tol, (np.ndarray, jax.Array)) and np.shape(tol) == () and np.issubdtype(
@@ -82,6 +88,12 @@ def tolerance_arrays(rtol: Any, atol: Any, dtype) -> tuple[Array, Array]:
             value = float(tol)
         if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
             raise ValueError(f"`{name}` must be a positive finite number, got {tol!r}.")
+        if name == "rtol" and value >= 1:
+            raise ValueError(f"`rtol` = {value:g} must be below 1: it is a relative error (1e-6 asks for six "
+                             "significant digits).")
+        if name == "rtol" and value < eps:
+            raise ValueError(f"`rtol` = {value:g} is below the resolution of {jnp.dtype(dtype).name} numbers "
+                             f"(machine epsilon {eps:.1e}); use a larger rtol or float64 (enable `jax_enable_x64`).")
         out.append(jnp.asarray(float(value), dtype))
     return out[0], out[1]
 
