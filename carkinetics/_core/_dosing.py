@@ -204,7 +204,9 @@ class ResolvedRegimen(NamedTuple):
     """A regimen compiled against a model's state order (arrays only; used inside JIT).
 
     - `jump_times` (E,), `jump_mult` (E, S), `jump_add` (E, S): at `jump_times[e]`, `y <- mult * y + add`.
-    - `inf_start` (I,), `inf_end` (I,), `inf_rate` (I, S): zero-order inputs active on [start, end).
+    - `inf_start` (I,), `inf_end` (I,), `inf_rate` (I, S): zero-order inputs active on [start, end);
+      `inf_amount` (I, S): the amounts they deliver (rate x duration), kept so that an engine working at a coarser
+      time resolution still delivers them exactly.
     """
 
     jump_times: Float[Array, " E"]
@@ -213,6 +215,7 @@ class ResolvedRegimen(NamedTuple):
     inf_start: Float[Array, " I"]
     inf_end: Float[Array, " I"]
     inf_rate: Float[Array, "I S"]
+    inf_amount: Float[Array, "I S"]
 
 
 def resolve_regimen(regimen: Regimen, state_names: Sequence[str]) -> ResolvedRegimen:
@@ -225,7 +228,7 @@ def resolve_regimen(regimen: Regimen, state_names: Sequence[str]) -> ResolvedReg
             raise ValueError(f"Unknown state {s!r} in the regimen; valid states are {list(state_names)}.")
         return state_names.index(s)
 
-    jt, jm, ja, ist, ien, ira = [], [], [], [], [], []
+    jt, jm, ja, ist, ien, ira, iam = [], [], [], [], [], [], []
     for d in regimen.doses:
         if isinstance(d, Bolus):
             t = d.times()
@@ -246,6 +249,7 @@ def resolve_regimen(regimen: Regimen, state_names: Sequence[str]) -> ResolvedReg
             ist.append(s)
             ien.append(s + d.duration)
             ira.append(jnp.zeros((k, n)).at[:, idx(d.state)].set(d.rate))
+            iam.append(jnp.zeros((k, n)).at[:, idx(d.state)].set(d.amount))
         else:  # pragma: no cover - Regimen.__init__ already rejects other types
             raise ValueError(f"Unsupported dose type {type(d).__name__}.")
 
@@ -253,5 +257,6 @@ def resolve_regimen(regimen: Regimen, state_names: Sequence[str]) -> ResolvedReg
         return jnp.concatenate(xs, axis=0) if xs else jnp.zeros(shape)
 
     return ResolvedRegimen(
-        cat(jt, (0,)), cat(jm, (0, n)), cat(ja, (0, n)), cat(ist, (0,)), cat(ien, (0,)), cat(ira, (0, n))
+        cat(jt, (0,)), cat(jm, (0, n)), cat(ja, (0, n)), cat(ist, (0,)), cat(ien, (0,)), cat(ira, (0, n)),
+        cat(iam, (0, n)),
     )

@@ -7,6 +7,7 @@ segment a jump `y <- mult * y + add` is applied, and within it the zero-order in
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Array, Float
-from ._dosing import AbstractDose, Regimen, resolve_regimen
+from ._dosing import AbstractDose, Infusion, Regimen, resolve_regimen
 from ._model import AbstractKineticModel
 
 
@@ -98,6 +99,26 @@ def tolerance_arrays(rtol: Any, atol: Any, dtype) -> tuple[Array, Array]:
     return out[0], out[1]
 
 
+def warn_unresolved_infusions(regimen: Regimen, dtype) -> None:
+    """Warn about infusions shorter than the time resolution of `dtype` at their start time: such an infusion
+    is delivered as a bolus of its amount at its start (its amount is kept exactly). Traced regimens are not
+    checked (they are delivered the same way)."""
+    for d in regimen.doses:
+        if not isinstance(d, Infusion):
+            continue
+        starts = d.starts()
+        if isinstance(starts, jax.core.Tracer) or isinstance(d.duration, jax.core.Tracer):
+            continue
+        s = np.asarray(starts, dtype=dtype)
+        e = np.asarray(np.asarray(starts, dtype=np.float64) + float(d.duration), dtype=dtype)
+        bad = e <= s
+        if np.any(bad):
+            warnings.warn(f"An infusion into {d.state!r} of {float(d.duration) * 86400:g} s starting on day "
+                          f"{float(s[bad][0]):g} is shorter than the time resolution of {np.dtype(dtype).name} at that "
+                          f"time; its amount is delivered as a bolus at its start. Use float64 (jax_enable_x64) "
+                          "or a bolus to silence this.", UserWarning, stacklevel=3)
+
+
 def validate_ts(ts: Any) -> Array:
     """Check save times: 1-D, non-empty, finite, non-decreasing (`ValueError` or, if traced, `eqx.error_if`)."""
     if isinstance(ts, jax.core.Tracer):
@@ -140,11 +161,20 @@ def build_segments(model: Any, regimen: Regimen, ts: Float[Array, " T"], t0: Flo
         t0 = eqx.error_if(t0, bad, "`t0` is later than ts[0] or than a dose event.")
     t0 = jnp.asarray(t0, dtype=dtype)
     model_bps = model.breakpoints().astype(dtype)
-    n_other = rr.inf_start.shape[0] * 2 + model_bps.shape[0]
-    bps = jnp.concatenate([rr.jump_times.astype(dtype), rr.inf_start.astype(dtype), rr.inf_end.astype(dtype),
-                           model_bps])
-    mult = jnp.concatenate([rr.jump_mult, jnp.ones((n_other, n_states))]).astype(dtype)
-    add = jnp.concatenate([rr.jump_add, jnp.zeros((n_other, n_states))]).astype(dtype)
+    n_inf = rr.inf_start.shape[0]
+    n_other = n_inf + model_bps.shape[0]
+    # Infusion windows at the working precision: the rate delivers the dose's amount over the window as it is
+    # represented, and a window that rounds to zero length (shorter than the time resolution at its time) delivers
+    # its amount as a bolus at its start (`infusion_windows` warns about those at entry).
+    inf_start, inf_end = rr.inf_start.astype(dtype), rr.inf_end.astype(dtype)
+    length = inf_end - inf_start
+    amount = rr.inf_amount.astype(dtype)
+    resolved = (length > 0)[:, None]
+    inf_rate = jnp.where(resolved, amount / jnp.where(resolved, length[:, None], 1.0), 0.0)
+    inf_bolus = jnp.where(resolved, 0.0, amount)
+    bps = jnp.concatenate([rr.jump_times.astype(dtype), inf_start, inf_end, model_bps])
+    mult = jnp.concatenate([rr.jump_mult, jnp.ones((n_inf + n_other, n_states))]).astype(dtype)
+    add = jnp.concatenate([rr.jump_add.astype(dtype), inf_bolus, jnp.zeros((n_other, n_states), dtype)])
     late = bps > t_end
     mult = jnp.where(late[:, None], 1.0, mult)
     add = jnp.where(late[:, None], 0.0, add)
@@ -155,8 +185,8 @@ def build_segments(model: Any, regimen: Regimen, ts: Float[Array, " T"], t0: Flo
     mult = jnp.concatenate([jnp.ones((1, n_states), dtype), mult[order]])
     add = jnp.concatenate([jnp.zeros((1, n_states), dtype), add[order]])
     mid = 0.5 * (starts + ends)
-    active = (rr.inf_start[None, :] <= mid[:, None]) & (mid[:, None] < rr.inf_end[None, :])  # (K, I)
-    rates = (active.astype(dtype) @ rr.inf_rate.astype(dtype)).astype(dtype)  # (K, S)
+    active = (inf_start[None, :] <= mid[:, None]) & (mid[:, None] < inf_end[None, :])  # (K, I)
+    rates = (active.astype(dtype) @ inf_rate).astype(dtype)  # (K, S)
     y0 = model.initial_state_flat().astype(dtype)
     return Segments(t0, starts, ends, mult, add, rates, y0)
 

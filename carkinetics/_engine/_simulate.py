@@ -20,7 +20,14 @@ from .._core._custom_types import RealScalarLike, TimesLike
 from .._core._dosing import AbstractDose, Regimen
 from .._core._model import AbstractKineticModel
 from .._core._parameters import floats_to_arrays, traced_parameters_invalid, validate_parameters
-from .._core._schedule import batch_size, broadcast_regimen, check_model_and_regimen, tolerance_arrays, validate_ts
+from .._core._schedule import (
+    batch_size,
+    broadcast_regimen,
+    check_model_and_regimen,
+    tolerance_arrays,
+    validate_ts,
+    warn_unresolved_infusions,
+)
 from .._core._simulate import diffrax_solve
 from .._core._solution import Solution
 from .._ensemble import AbstractEnsembleMethod, EnsembleRodas5, EnsembleTsit5, ensemble_solve
@@ -187,6 +194,7 @@ def simulate(
     adjoint = _check_adjoint(adjoint)
     ts = validate_ts(ts)
     _check_t0(t0, ts, regimen)
+    warn_unresolved_infusions(regimen, ts.dtype)
     if throw:
         model = validate_parameters(model)
         invalid = None
@@ -267,6 +275,7 @@ def simulate_ensemble(
     adjoint = _check_adjoint(adjoint)
     ts = validate_ts(ts)
     _check_t0(t0, ts, regimen)
+    warn_unresolved_infusions(regimen, ts.dtype)
     # Concrete values are checked here (ValueError); traced ones per member inside the solve.
     model = validate_parameters(floats_to_arrays(model), check_traced=False)
     n = batch_size(model)

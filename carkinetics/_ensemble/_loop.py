@@ -189,9 +189,16 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
         nxt = idx + m_saves
         bound = jnp.minimum(seg_end, jnp.where(nxt < n_t, ts[jnp.minimum(nxt, n_t - 1)], jnp.inf))
         remaining = jnp.maximum(bound - t, 0.0)
+        # No proposed step is shorter than the clock's resolution at t (it could not move the clock).
+        dt = jnp.maximum(dt, 2 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(t), 1.0))
         truncated = dt >= remaining
-        dt_eff = jnp.where(truncated, remaining, dt)
+        # The step as the times represent it (as diffrax steps from t0 to t1): integrating over exactly the interval
+        # the clock advances keeps zero-order inputs exact at any time resolution. A step too short to move the
+        # clock is a step-size underflow.
+        t_new = jnp.where(truncated, bound, t + dt)
+        dt_eff = jnp.where(truncated, remaining, t_new - t)
         zero = dt_eff <= 0
+        stalled = live & ~truncated & zero
         # Slots that do not step this iteration compute on safe values (no NaN can leak into gradients).
         h = jnp.where(live & ~zero, dt_eff, 1e-3).astype(dtype)
         ys = jnp.where(live[None, :], y, y_init)
@@ -202,7 +209,6 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
         err = jnp.where(finite, err, jnp.inf)
         accept = live & (zero | (err <= 1.0))
         reject = live & ~accept
-        t_new = jnp.where(truncated, bound, t + dt_eff)
         t_old = t
 
         # Advance accepted slots. A zero-length step (a member at the end of its segment) moves nothing: its y1
@@ -241,7 +247,8 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
         nacc = nacc + moved.astype(jnp.int32)
         nrej = nrej + reject.astype(jnp.int32)
         too_many = live & ~done & (nacc + nrej >= max_steps)
-        tiny = live & ~done & reject & (dt_new < 10 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(t), 1.0))
+        tiny = live & ~done & ((reject & (dt_new < 10 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(t), 1.0)))
+                               | stalled)
         fail = jnp.where(too_many, _MAX_STEPS, jnp.where(tiny, _DT_MIN, fail))
 
         # Saves: the save times inside the accepted step [t_old, t_new) from the dense output; finished members
