@@ -69,6 +69,25 @@ class TimeCourseData(eqx.Module):
         t, v = np.shape(self.times), np.shape(self.values)
         if len(t) != 1 or t != v or t[0] == 0:
             raise ValueError(f"`times` and `values` must be non-empty 1-D arrays of equal length, got shapes {t} and {v}.")
+        if isinstance(self.values, jax.core.Tracer) or isinstance(self.times, jax.core.Tracer):
+            return
+        times, values = np.asarray(self.times, float), np.asarray(self.values, float)
+        where = f" of the {self.observable!r} data"
+        if not np.all(np.isfinite(times)):
+            raise ValueError(f"`times`{where} must be finite; positions {np.flatnonzero(~np.isfinite(times)).tolist()} "
+                             "are not.")
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"`values`{where} must be finite; positions {np.flatnonzero(~np.isfinite(values)).tolist()} "
+                             "are NaN or infinite (drop missing observations, or censor them with CensoredError).")
+        if _log_scale(self.error) and np.any(values <= 0):
+            raise ValueError(f"`values`{where} must be positive for a log-scale error model "
+                             f"({type(self.error).__name__}); positions {np.flatnonzero(values <= 0).tolist()} are "
+                             "zero or negative (censor them with CensoredError(..., lloq=...) instead).")
+
+
+def _log_scale(error: AbstractObservationModel) -> bool:
+    inner = error.base if isinstance(error, CensoredError) else error
+    return isinstance(inner, LogNormalError)
 
 
 class SummaryData(eqx.Module):
@@ -397,6 +416,26 @@ class CalibrationProblem(eqx.Module):
         """Negative log posterior (data + prior) at the unconstrained vector `z`."""
         return self.data_nll(z) + self.prior_nll(z)
 
+    def diagnose(self, z: Float[Array, " n"]) -> list[str]:
+        """Why the loss at `z` is the failure penalty: one sentence per problem (empty if it is not)."""
+        sol = self.simulate(z)
+        if not bool(sol.ok):
+            return [f"the simulation fails ({sol.result}) at {dict(zip(self.names, np.asarray(self.values(z))))}"]
+        out = []
+        terms, _ = self._terms_from_solution(sol)
+        for tg, pred, term in zip(self.targets, self.predict_from_solution(sol), np.asarray(terms)):
+            what = (f"target {tg.observable!r}" if isinstance(tg, TimeCourseData)
+                    else f"summary {tg.target_id or type(tg.statistic).__name__}")
+            p = np.asarray(pred, float)
+            if not np.all(np.isfinite(p)):
+                out.append(f"{what}: the model predicts non-finite values")
+            elif _log_scale(tg.error) and np.any(p <= 0):
+                out.append(f"{what}: the model predicts {float(np.min(p)):g} (<= 0) where a log-scale error model "
+                           "needs positive values (does any dose reach this observable?)")
+            elif not np.isfinite(term):
+                out.append(f"{what}: the likelihood is not finite")
+        return out
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Optimisation
@@ -653,8 +692,9 @@ class FitResult(eqx.Module):
     shape `(starts, iterations + 1)`); `best` (index of the best start); `gtol`, `ftol` (convergence criteria);
     `engine` (`"ensemble"` or `"vmap"`: the engine that ran, see [`carkinetics.fit`][]).
 
-    **Properties / methods:** `model` (fitted model), `values()` (name -> value), `parameter_table()`,
-    `convergence_report()`, `n_agree` (starts within `ftol` of the best loss).
+    **Properties / methods:** `model` (fitted model), `values()` (name -> value), `success` (the best start
+    converged), `at_bounds()`, `parameter_table()`, `convergence_report()`, `n_agree` (starts within `ftol` of the
+    best loss).
     """
 
     problem: CalibrationProblem
@@ -680,6 +720,16 @@ class FitResult(eqx.Module):
         return {n: float(v) for n, v in zip(self.problem.names, np.asarray(self.problem.values(self.z)))}
 
     @property
+    def success(self) -> bool:
+        """Whether the best start converged (see `converged`): a failed fit is never reported as converged."""
+        return bool(np.asarray(self.converged)[self.best])
+
+    def at_bounds(self) -> list[str]:
+        """Parameters of the best start that ran to the edge of their transform (a bound or infinity)."""
+        z = np.asarray(self.z)
+        return [n for n, zi in zip(self.problem.names, z) if abs(zi) >= _Z_CLIP - 1.0]
+
+    @property
     def n_agree(self) -> int:
         """Number of starts whose final loss is within `ftol * max(1, |best|)` of the best."""
         tol = self.ftol * max(1.0, abs(float(self.loss)))
@@ -702,7 +752,10 @@ class FitResult(eqx.Module):
         lines = [f"multistart: {len(np.asarray(self.losses))} starts, best loss {float(self.loss):.6g} (start {self.best}), "
                  f"{self.n_agree} starts within ftol={self.ftol:g} of the best, "
                  f"{int(np.sum(np.asarray(self.converged)))} converged (|grad| <= {self.gtol:g} or "
-                 f"relative loss change <= {self.ftol:g} over the last 5 iterations)",
+                 f"relative loss change <= {self.ftol:g} over the last 5 iterations, from a finite loss below the "
+                 "failure penalty, no worse than the start, no parameter at the edge of its range)"
+                 + ("" if self.success else "; THE FIT FAILED: the best start did not converge")
+                 + (f"; at a bound: {self.at_bounds()}" if self.at_bounds() else ""),
                  "| start | final loss | grad norm | converged |", "|---|---|---|---|"]
         for i, (l, g, c) in enumerate(zip(np.asarray(self.losses), np.asarray(self.grad_norms),
                                           np.asarray(self.converged))):
@@ -801,6 +854,11 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
     starts = jnp.asarray(starts, dtype=problem.z0.dtype)
     if starts.ndim != 2 or starts.shape[1] != problem.z0.shape[0]:
         raise ValueError(f"`starts` must have shape (S, {problem.z0.shape[0]}), got {starts.shape}.")
+    start_losses = np.asarray(jax.vmap(problem.loss)(starts))
+    if not np.any(np.isfinite(start_losses) & (start_losses < problem.failure_loss)):
+        reasons = problem.diagnose(starts[0])
+        raise ValueError("The data cannot be fitted: every start gives the failure penalty. At the first start "
+                         + ("; ".join(reasons) if reasons else "the loss is not finite") + ".")
     mask = jnp.ones_like(problem.z0)
     lr = jnp.asarray(learning_rate, problem.z0.dtype)
     if engine == "ensemble":
@@ -814,6 +872,11 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
     h = np.asarray(hist)
     tail = h[:, -6:]
     rel = np.abs(tail.max(axis=1) - tail.min(axis=1)) / np.maximum(1.0, np.abs(tail[:, -1]))
-    converged = (np.asarray(gnorms) <= gtol) | (rel <= ftol)
+    final = np.asarray(losses)
+    # A start has converged only if it met a criterion from a valid point: a finite loss below the failure penalty,
+    # no worse than where it started, with no parameter run off to the edge of its transform (|z| at the clip).
+    valid = np.isfinite(final) & (final < problem.failure_loss) & (final <= start_losses + 1e-12 * np.abs(start_losses))
+    inside = np.all(np.abs(np.asarray(z_final)) < _Z_CLIP - 1.0, axis=1)
+    converged = ((np.asarray(gnorms) <= gtol) | (rel <= ftol)) & valid & inside
     return FitResult(problem, z_final[best], losses[best], starts, z_final, losses, gnorms, jnp.asarray(converged),
                      hist, best, float(gtol), float(ftol), engine)
