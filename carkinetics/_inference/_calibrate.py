@@ -751,9 +751,10 @@ class FitResult(eqx.Module):
         """Per-start final loss, gradient norm and convergence flag, plus the agreement of the starts."""
         lines = [f"multistart: {len(np.asarray(self.losses))} starts, best loss {float(self.loss):.6g} (start {self.best}), "
                  f"{self.n_agree} starts within ftol={self.ftol:g} of the best, "
-                 f"{int(np.sum(np.asarray(self.converged)))} converged (|grad| <= {self.gtol:g} or "
-                 f"relative loss change <= {self.ftol:g} over the last 5 iterations, from a finite loss below the "
-                 "failure penalty, no worse than the start, no parameter at the edge of its range)"
+                 f"{int(np.sum(np.asarray(self.converged)))} converged (|grad| <= {self.gtol:g}, or relative loss "
+                 f"change <= {self.ftol:g} over the last 5 iterations with |grad| <= sqrt(ftol) max(1, |loss|); "
+                 "from a finite loss below the failure penalty, no worse than the start, no parameter at the edge of "
+                 "its range)"
                  + ("" if self.success else "; THE FIT FAILED: the best start did not converge")
                  + (f"; at a bound: {self.at_bounds()}" if self.at_bounds() else ""),
                  "| start | final loss | grad norm | converged |", "|---|---|---|---|"]
@@ -825,8 +826,14 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
       or `"zoom"` (strong Wolfe; vmap engine only).
     - `slots`: members integrated at once by the ensemble engine (see `simulate_ensemble`; default: one per start,
       no member queue, the fastest for the reverse-mode gradients the fit takes).
-    - `gtol`, `ftol`: convergence criteria for the report: gradient norm on the unconstrained scale, and relative
-      change of the loss over the last 5 iterations.
+    - `gtol`, `ftol`: convergence criteria: a start has converged when its gradient norm (unconstrained scale) is
+      at most `gtol`, or when its loss changed by at most `ftol` (relative) over the last 5 iterations with a
+      gradient norm at most `sqrt(ftol) * max(1, |loss|)`; in both cases only from a finite loss below
+      `failure_loss`, no worse than its start, with no parameter at the edge of its range. `FitResult.success` says
+      whether the best start converged.
+
+    **Raises:** `ValueError` when every start gives the failure penalty (the data cannot be fitted), naming the
+    reason found at the first start (a failing simulation, non-positive predictions for log-scale data, ...).
 
     **Returns:** a [`carkinetics.FitResult`][].
 
@@ -877,6 +884,10 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
     # no worse than where it started, with no parameter run off to the edge of its transform (|z| at the clip).
     valid = np.isfinite(final) & (final < problem.failure_loss) & (final <= start_losses + 1e-12 * np.abs(start_losses))
     inside = np.all(np.abs(np.asarray(z_final)) < _Z_CLIP - 1.0, axis=1)
-    converged = ((np.asarray(gnorms) <= gtol) | (rel <= ftol)) & valid & inside
+    # A stalled loss (rel <= ftol) counts only with a gradient small relative to the loss: an optimiser stuck on a
+    # noisy or steep objective with a large gradient has not converged.
+    g = np.asarray(gnorms)
+    stalled_ok = (rel <= ftol) & (g <= np.maximum(gtol, np.sqrt(ftol) * np.maximum(1.0, np.abs(final))))
+    converged = ((g <= gtol) | stalled_ok) & valid & inside
     return FitResult(problem, z_final[best], losses[best], starts, z_final, losses, gnorms, jnp.asarray(converged),
                      hist, best, float(gtol), float(ftol), engine)
