@@ -77,6 +77,7 @@ from ._ensemble import (
     EnsembleRodas5 as EnsembleRodas5,
     EnsembleTsit5 as EnsembleTsit5,
 )
+from ._analysis._interrupt import Interrupted as Interrupted
 from ._analysis._sweep import (
     AbstractBatchFunction as AbstractBatchFunction,
     ParameterBatch as ParameterBatch,

@@ -156,7 +156,7 @@ class Checkpoint:
         if not os.path.exists(path):
             return None
         try:
-            with np.load(path) as z:
+            with open(path, "rb") as fh, np.load(fh) as z:
                 leaves = [z[f"leaf_{k}"] for k in range(n_leaves)]
                 ok = z["ok"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:

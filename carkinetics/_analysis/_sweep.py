@@ -33,6 +33,7 @@ from .._core._parameters import parameters
 from .._engine._simulate import ENGINES, Engine, engine_of, resolve_solver
 from .._ensemble import resolve_devices
 from ._checkpoint import FORMAT_VERSION, Checkpoint, fingerprint
+from ._interrupt import Interrupted, stop_on_signals
 from ._progress import Progress
 
 _AXIS = "members"
@@ -206,7 +207,8 @@ def sweep(
     NaN and counted in `n_failed`.
 
     **Raises:** `ValueError` for malformed inputs, a bad `chunk_size`/`devices`, or a checkpoint directory that
-    belongs to another sweep.
+    belongs to another sweep; [`carkinetics.Interrupted`][] (a `KeyboardInterrupt`) when SIGINT or SIGTERM stopped
+    the sweep cleanly after the chunk in progress (finished chunks are in the checkpoint: rerun to resume).
 
     **Example:**
 
@@ -289,20 +291,29 @@ def sweep(
         if on_chunk is not None:
             on_chunk(i, n_chunks)
 
+    done = 0
     try:
-        for i in range(n_chunks):
-            loaded = None if ckpt is None else ckpt.load(i, len(results))
-            if loaded is not None:
-                n_resumed += 1
-                store(i, *loaded, resumed=True)
-                continue
-            chunk = first if i == 0 else chunk_inputs(i)
-            dev_out = _run_chunk(fn, chunk, has_ok, mesh)
+        with stop_on_signals("sweep") as stop:
+            for i in range(n_chunks):
+                loaded = None if ckpt is None else ckpt.load(i, len(results))
+                if loaded is not None:
+                    n_resumed += 1
+                    done += 1
+                    store(i, *loaded, resumed=True)
+                    continue
+                chunk = first if i == 0 else chunk_inputs(i)
+                dev_out = _run_chunk(fn, chunk, has_ok, mesh)
+                if pending is not None:
+                    finish(*pending)
+                    done += 1
+                pending = (i, dev_out)
+                if stop.signum is not None:
+                    break
             if pending is not None:
                 finish(*pending)
-            pending = (i, dev_out)
-        if pending is not None:
-            finish(*pending)
+                done += 1
+            if stop.signum is not None and done < n_chunks:
+                raise Interrupted(stop.signum, done, n_chunks, None if ckpt is None else ckpt.path)
     finally:
         bar.close()
 
