@@ -40,6 +40,7 @@ from ._core._regimens import (
 )
 from ._core._solution import RESULTS as RESULTS, Solution as Solution
 from ._engine._simulate import (
+    SimulationError as SimulationError,
     default_solver as default_solver,
     simulate as simulate,
     simulate_ensemble as simulate_ensemble,

@@ -93,3 +93,27 @@ def test_rtol_below_dtype_resolution_warns():
 def test_plausible_body_sizes_pass():
     assert ck.bsa_mosteller(70.0, 170.0) == pytest.approx(np.sqrt(170.0 * 70.0 / 3600.0), rel=1e-12)
     assert ck.car_t_infusion(cells_per_kg=1e6, weight_kg=70.0).amount == pytest.approx(7e7)
+
+
+@pytest.mark.parametrize("solver", [None, ck.EnsembleTsit5()], ids=["diffrax", "ensemble"])
+def test_failed_solve_is_diagnosed(solver):
+    bolus = ck.Bolus(0.0, 100.0, "central")
+    # v = 0 is allowed by the declared bounds but divides by zero: the message says so instead of "max_steps"
+    with pytest.raises(ck.SimulationError, match=r"vector field is not finite at t = 0 d .*v = 0 L \(its bound\)"):
+        ck.simulate(OneCompartmentPK(v=0.0), bolus, jnp.linspace(0.0, 1.0, 3), solver=solver)
+    with pytest.raises(ck.SimulationError, match=r"may be stiff for this solver .*max_steps = 20"):
+        ck.simulate(OneCompartmentPK(cl=1e5), bolus, jnp.linspace(0.0, 1.0, 3), solver=solver, max_steps=20)
+
+
+def test_ensemble_failure_names_the_member():
+    models = ck.batch_models(OneCompartmentPK(), {"v": np.array([10.0, 0.0, 5.0])})
+    with pytest.raises(ck.SimulationError, match=r"1 of 3 members failed; member 1: .*not finite"):
+        ck.simulate_ensemble(models, ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 3))
+    sol = ck.simulate_ensemble(models, ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 3), throw=False)
+    assert sol.message[0] == "successful" and sol.message[1] != "successful"
+
+
+def test_sweep_model_rejects_bad_save_times_with_a_value_error():
+    with pytest.raises(ValueError, match="sorted in non-decreasing order"):
+        ck.sweep_model(OneCompartmentPK(), None, jnp.array([0.0, 2.0, 1.0]), {"cl": np.array([1.0, 2.0])},
+                       progress=False)

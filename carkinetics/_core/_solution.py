@@ -60,6 +60,13 @@ class Solution(eqx.Module):
         return self.result == RESULTS.successful
 
     @property
+    def message(self) -> str | list[str]:
+        """The outcome in words: `"successful"` or the failure (a list, one per member, for a batch)."""
+        values = np.asarray(self.result._value)
+        messages = [RESULTS._index_to_message[int(v)] or "successful" for v in values.ravel()]
+        return messages[0] if values.ndim == 0 else messages
+
+    @property
     def state_units(self):
         return dict(self.model_class.state_units)
 

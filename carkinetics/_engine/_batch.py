@@ -20,6 +20,7 @@ import numpy as np
 from .._core._custom_types import Array, Float
 from .._core._dosing import AbstractDose, Regimen
 from .._core._parameters import _getter, floats_to_arrays, parameters
+from .._core._schedule import validate_ts
 from .._core._solution import Solution
 from ._simulate import Engine, resolve_solver, simulate_ensemble
 
@@ -185,7 +186,7 @@ class Experiment(AbstractExperiment):
         if metrics is None and not keep_trajectories:
             raise ValueError("The experiment reads out nothing: give `metrics` and/or keep_trajectories=True.")
         self.regimen_ = Regimen((regimen,)) if isinstance(regimen, AbstractDose) else regimen
-        self.ts = jnp.asarray(ts, dtype=float)
+        self.ts = validate_ts(ts)
         self.metrics = metrics
         self.solver = solver
         self.rtol, self.atol, self.max_steps, self.t0 = rtol, atol, max_steps, t0

@@ -15,6 +15,7 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._core._custom_types import RealScalarLike, TimesLike
 from .._core._dosing import AbstractDose, Regimen
@@ -33,6 +34,12 @@ from .._core._solution import Solution
 from .._ensemble import AbstractEnsembleMethod, EnsembleRodas5, EnsembleTsit5, ensemble_solve
 
 Engine = Literal["ensemble", "vmap"]
+
+
+class SimulationError(RuntimeError):
+    """A simulation failed (`throw=True`): the message says which member, the solver's outcome and the likely
+    cause (a non-finite vector field and the parameters behind it, a tolerance below the number resolution, or a
+    stiff model / too small `max_steps`)."""
 ENGINES: tuple[str, ...] = ("ensemble", "vmap")
 
 
@@ -122,6 +129,57 @@ def _tolerances(model: Any, rtol: Any, atol: Any, dtype) -> tuple[jax.Array, jax
                             dtype)
 
 
+def _traced(tree: Any) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _member(tree: Any, i: int) -> Any:
+    return jax.tree_util.tree_map(lambda x: x[i] if eqx.is_array(x) and jnp.ndim(x) > 0 else x, tree)
+
+
+def failure_report(model: AbstractKineticModel, regimen: Regimen, ts: Any, sol: Solution, rtol: Any,
+                   max_steps: int) -> str:
+    """A diagnosis of one failed member (host-side, concrete values): why the solver stopped."""
+    from .._core._parameters import parameters as _params
+    from .._core._schedule import build_segments
+
+    lines = [f"the solver stopped ({sol.message.rstrip('.')})"]
+    on_bound = []
+    for name, p in _params(model).items():
+        v = np.asarray(p.value, float)
+        info = p.info
+        if v.ndim == 0 and (v == info.lower or v == info.upper) and np.isfinite(v):
+            on_bound.append(f"{name} = {float(v):g} {info.unit} (its bound)")
+    seg = build_segments(model, regimen, jnp.asarray(ts), None)
+    candidates = [(float(seg.t0), np.asarray(seg.y0))]
+    for k in range(seg.starts.shape[0]):
+        y = np.asarray(seg.mult[k]) * np.asarray(seg.y0) + np.asarray(seg.add[k])
+        candidates.append((float(seg.starts[k]), y))
+    ys = np.asarray(sol.y_array)
+    for j in range(ys.shape[0]):
+        if np.all(np.isfinite(ys[j])):
+            candidates.append((float(np.asarray(sol.ts)[j]), ys[j]))
+    bad = None
+    for t, y in candidates:
+        f = np.asarray(model.vector_field_flat(jnp.asarray(t), jnp.asarray(y), None))
+        if not np.all(np.isfinite(f)):
+            names = [n for n, ok in zip(model.state_names(), np.isfinite(f)) if not ok]
+            bad = (t, names)
+            break
+    if bad is not None:
+        lines.append(f"the model's vector field is not finite at t = {bad[0]:g} d (derivatives of {bad[1]}): a "
+                     "parameter value makes it divide by zero or overflow"
+                     + (f"; parameters on a bound: {', '.join(on_bound)}" if on_bound else ""))
+    elif float(np.asarray(rtol)) < float(jnp.finfo(ts.dtype).eps):
+        lines.append(f"rtol = {float(np.asarray(rtol)):g} is below the resolution of {ts.dtype} numbers: use a "
+                     "larger rtol or float64")
+    else:
+        lines.append(f"no non-finite value was found: the model may be stiff for this solver (use an implicit one, "
+                     f"e.g. diffrax.Kvaerno5() or ck.EnsembleRodas5()) or need more than max_steps = {max_steps} "
+                     "steps" + (f"; parameters on a bound: {', '.join(on_bound)}" if on_bound else ""))
+    return "; ".join(lines) + "."
+
+
 def simulate(
     model: AbstractKineticModel,
     regimen: Regimen | AbstractDose | None,
@@ -166,8 +224,9 @@ def simulate(
 
     **Returns:** a [`carkinetics.Solution`][].
 
-    **Raises:** `ValueError` naming the argument for malformed input; a runtime error (`throw=True`) if the
-    solver fails.
+    **Raises:** `ValueError` naming the argument for malformed input; with `throw=True`, a
+    [`carkinetics.SimulationError`][] that diagnoses a failed solve (a runtime error from inside JIT when the inputs
+    are traced).
 
     **Example:**
 
@@ -204,6 +263,12 @@ def simulate(
     model = floats_to_arrays(model)
     t0_arr = None if t0 is None else jnp.asarray(t0, dtype=ts.dtype)
     rtol_arr, atol_arr = _tolerances(model, rtol, atol, ts.dtype)
+    if throw and not _traced((model, regimen, ts, t0_arr, rtol_arr, atol_arr)):
+        # concrete inputs: solve without the in-graph error and explain a failure on the host
+        sol = diffrax_solve(model, regimen, ts, t0_arr, solver, rtol_arr, atol_arr, max_steps, adjoint, False, None)
+        if not bool(sol.ok):
+            raise SimulationError("simulate: " + failure_report(model, regimen, ts, sol, rtol_arr, max_steps))
+        return sol
     return diffrax_solve(model, regimen, ts, t0_arr, solver, rtol_arr, atol_arr, max_steps, adjoint, throw, invalid)
 
 
@@ -253,8 +318,9 @@ def simulate_ensemble(
     **Returns:** a [`carkinetics.Solution`][] whose fields have a leading batch axis of size `N`: `ts (N, T)`,
     `y_array (N, T, S)`, `obs_array (N, T, O)`, `result (N,)`, step counts `(N,)`.
 
-    **Raises:** `ValueError` naming the argument for malformed input; a runtime error (`throw=True`) if a member
-    fails.
+    **Raises:** `ValueError` naming the argument for malformed input; with `throw=True`, a
+    [`carkinetics.SimulationError`][] naming the first failed member and diagnosing why (a runtime error from
+    inside JIT when the inputs are traced).
 
     **Example:**
 
@@ -281,14 +347,25 @@ def simulate_ensemble(
     n = batch_size(model)
     t0_arr = None if t0 is None else jnp.asarray(t0, dtype=ts.dtype)
     rtol_arr, atol_arr = _tolerances(model, rtol, atol, ts.dtype)
+    host_check = throw and not _traced((model, regimen, ts, t0_arr, rtol_arr, atol_arr))
     if engine_of(solver) == "ensemble":
-        return ensemble_solve(model, regimen, ts, t0_arr, solver, rtol_arr, atol_arr, max_steps, adjoint, devices,
-                              throw)
-    if devices is not None:
-        raise ValueError("`devices` applies to ensemble methods only; with a diffrax solver the members run under "
-                         "jax.vmap on one device.")
-    regimen = broadcast_regimen(regimen, n)
-    return _vmap_solve(model, regimen, ts, t0_arr, solver, rtol_arr, atol_arr, max_steps, adjoint, throw)
+        sol = ensemble_solve(model, regimen, ts, t0_arr, solver, rtol_arr, atol_arr, max_steps, adjoint, devices,
+                             throw and not host_check)
+    else:
+        if devices is not None:
+            raise ValueError("`devices` applies to ensemble methods only; with a diffrax solver the members run "
+                             "under jax.vmap on one device.")
+        sol = _vmap_solve(model, broadcast_regimen(regimen, n), ts, t0_arr, solver, rtol_arr, atol_arr, max_steps,
+                          adjoint, throw and not host_check)
+    if host_check:
+        ok = np.asarray(sol.ok)
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            member_regimen = _member(broadcast_regimen(regimen, n), i)
+            raise SimulationError(f"simulate_ensemble: {int((~ok).sum())} of {n} members failed; member {i}: "
+                                  + failure_report(_member(model, i), member_regimen, ts, _member(sol, i), rtol_arr,
+                                                   max_steps))
+    return sol
 
 
 @eqx.filter_jit
