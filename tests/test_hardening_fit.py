@@ -54,3 +54,34 @@ def test_stalled_start_with_a_large_gradient_is_not_converged():
     assert float(res.grad_norms[res.best]) > 1e3
     assert not res.success
     assert "THE FIT FAILED" in res.convergence_report()
+
+
+def _write(path, doc):
+    import json
+
+    path.write_text(json.dumps(doc))
+    return path
+
+
+GOOD = {"format": "carkinetics-fit/1", "model": "OneCompartmentPK",
+        "parameters": {"cl": {"value": 12.0, "unit": "L/d", "tag": "F"}}}
+
+
+def test_fit_files_are_read_strictly(tmp_path):
+    assert ck.load_fit(_write(tmp_path / "ok.json", GOOD)) == {"cl": 12.0}
+    assert float(ck.apply_fit(MODEL, tmp_path / "ok.json").cl) == 12.0
+    cases = [
+        ({**GOOD, "model": "Stein2019CK"}, r"was fitted to Stein2019CK, not OneCompartmentPK"),
+        ({**GOOD, "parameters": {"cl": {"value": 12.0, "unit": "L/h"}}}, r"'cl' is in 'L/h' but the model declares"),
+        ({**GOOD, "parameters": {"cl": 12.0}}, r"parameter 'cl' must be an object with 'value' and 'unit'"),
+        ({**GOOD, "parameters": {"cl": {"unit": "L/d"}}}, r"parameter 'cl' lacks its 'value'"),
+        ({**GOOD, "parameters": {"cl": {"value": "12", "unit": "L/d"}}}, r"has the value '12'; a finite number"),
+        ({"format": "carkinetics-fit/1", "parameters": {}}, r"does not name the model class"),
+        ({"format": "other"}, r"is not a 'carkinetics-fit/1' file"),
+    ]
+    for i, (doc, msg) in enumerate(cases):
+        with pytest.raises(ValueError, match=msg):
+            ck.apply_fit(MODEL, _write(tmp_path / f"bad{i}.json", doc))
+    (tmp_path / "latin1.json").write_bytes(b'{"format": "\xe9"}')
+    with pytest.raises(ValueError, match="is not valid UTF-8 JSON"):
+        ck.load_fit(tmp_path / "latin1.json")

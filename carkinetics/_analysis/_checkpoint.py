@@ -16,8 +16,10 @@ import os
 import re
 import types
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from .._core._files import atomic_write
 
 import jax
 import numpy as np
@@ -101,20 +103,6 @@ def fingerprint(*objs: Any) -> str:
     for obj in objs:
         _feed(h, obj, set())
     return h.hexdigest()
-
-
-def atomic_write(path: str, write: Callable[[Any], Any]) -> None:
-    """Write a file through `write(binary file handle)` to a temporary name, then rename it into place."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class Checkpoint:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .._core._files import atomic_write_text
 from .._core._parameters import parameters, replace
 
 FIT_FORMAT = "carkinetics-fit/1"
@@ -102,52 +103,78 @@ def save_fit(path: str | os.PathLike, fit: Any, *, data_files: Sequence[str | os
             "notes": notes,
         },
     }
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=2)
-        fh.write("\n")
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def _read(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated JSON document of a fit file (`ValueError` naming the file and the entry for anything malformed)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"Fit file {path!r} does not exist.")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"Fit file {path!r} is not valid UTF-8 JSON: {e}.") from None
+    if not isinstance(doc, dict) or doc.get("format") != FIT_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise ValueError(f"Fit file {path!r} is not a {FIT_FORMAT!r} file (format: {found!r}).")
+    if not isinstance(doc.get("model"), str) or not doc["model"]:
+        raise ValueError(f"Fit file {path!r} does not name the model class it was fitted to (field 'model').")
+    params = doc.get("parameters")
+    if not isinstance(params, dict) or not params:
+        raise ValueError(f"Fit file {path!r} has no 'parameters' object.")
+    for name, entry in params.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"Fit file {path!r}: parameter {name!r} must be an object with 'value' and 'unit', got "
+                             f"{entry!r}.")
+        for key in ("value", "unit"):
+            if key not in entry:
+                raise ValueError(f"Fit file {path!r}: parameter {name!r} lacks its {key!r}.")
+        value = entry["value"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+            raise ValueError(f"Fit file {path!r}: parameter {name!r} has the value {value!r}; a finite number is "
+                             "required.")
+        if not isinstance(entry["unit"], str):
+            raise ValueError(f"Fit file {path!r}: the unit of parameter {name!r} must be a string, got "
+                             f"{entry['unit']!r}.")
     return doc
 
 
 def load_fit(path: str | os.PathLike) -> dict[str, float]:
     """Read a fit file written by [`carkinetics.save_fit`][] and return `{parameter name: value}`.
 
-    **Raises:** `ValueError` for a missing file, an unknown format or a non-finite value.
+    **Raises:** `ValueError` naming the file and the entry for a missing file, an unknown format, a missing model
+    name, or a parameter entry without a finite value or a unit.
 
-    **Example:** `ck.apply_fit(model, ck.load_fit("calibration/fits/human_sle.json"))`.
+    **Example:** `ck.apply_fit(model, "calibration/fits/human_sle.json")` (checks model class and units).
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"Fit file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as fh:
-        try:
-            doc = json.load(fh)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"Fit file {path!r} is not valid JSON: {e}.") from None
-    if not isinstance(doc, dict) or doc.get("format") != FIT_FORMAT:
-        raise ValueError(f"Fit file {path!r} is not a {FIT_FORMAT!r} file (format: {doc.get('format') if isinstance(doc, dict) else None!r}).")
-    out = {}
-    for name, entry in doc.get("parameters", {}).items():
-        v = float(entry["value"]) if isinstance(entry, dict) else float(entry)
-        if not math.isfinite(v):
-            raise ValueError(f"Fit file {path!r}: parameter {name!r} has the non-finite value {v!r}.")
-        out[name] = v
-    return out
+    return {name: float(entry["value"]) for name, entry in _read(path)["parameters"].items()}
 
 
 def read_fit_provenance(path: str | os.PathLike) -> dict[str, Any]:
-    """The full JSON document of a fit file (parameters with units/tags and provenance)."""
-    load_fit(path)  # validates
-    with open(os.fspath(path), encoding="utf-8") as fh:
-        return json.load(fh)
+    """The full, validated JSON document of a fit file (parameters with units/tags and provenance)."""
+    return _read(path)
 
 
 def apply_fit(model: Any, fit: Mapping[str, float] | str | os.PathLike) -> Any:
     """Return `model` with the fitted values set (a mapping from [`carkinetics.load_fit`][] or a fit-file path).
 
-    Names must be parameters of `model` (dotted names for nested groups); values are checked against bounds.
+    Names must be parameters of `model` (dotted names for nested groups); values are checked against bounds. A
+    fit file must have been fitted to the model's class and give every value in the parameter's declared unit
+    (`ValueError` naming the mismatch otherwise).
     """
     if isinstance(fit, (str, os.PathLike)):
-        fit = load_fit(fit)
+        doc = _read(fit)
+        if doc["model"] != type(model).__name__:
+            raise ValueError(f"Fit file {os.fspath(fit)!r} was fitted to {doc['model']}, not {type(model).__name__}.")
+        allp = parameters(model)
+        for name, entry in doc["parameters"].items():
+            if name in allp and entry["unit"] != allp[name].info.unit:
+                raise ValueError(f"Fit file {os.fspath(fit)!r}: parameter {name!r} is in {entry['unit']!r} but the "
+                                 f"model declares {allp[name].info.unit!r}.")
+        fit = {name: float(entry["value"]) for name, entry in doc["parameters"].items()}
     if not isinstance(fit, Mapping):
         raise ValueError(f"`fit` must be a mapping name -> value or a fit-file path, got {type(fit).__name__}.")
     return replace(model, {k: float(v) for k, v in fit.items()})
