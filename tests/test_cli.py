@@ -2,6 +2,7 @@
 
 import csv
 import importlib
+import importlib.metadata
 import os
 
 import jax.numpy as jnp
@@ -10,7 +11,9 @@ import pytest
 
 import carkinetics as ck
 from carkinetics import cli
+from carkinetics.cli import _bench, _calibrate, _common, _inputs, _main, _plugins
 from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
+from carkinetics.models.sle import demo
 
 REGIMEN_TOML = """
 [[bolus]]
@@ -47,8 +50,8 @@ def files(tmp_path):
 
 def test_simulate_writes_tidy_csv_matching_the_library(files, capsys):
     out = files / "out"
-    rc = cli.main(["simulate", "--regimen", str(files / "reg.toml"), "--params", str(files / "params.toml"),
-                   "--t-end", "3", "--points", "31", "--out", str(out), "--quiet"])
+    rc = cli.main(["simulate", "--model", "TwoCompartmentPK", "--regimen", str(files / "reg.toml"), "--params",
+                   str(files / "params.toml"), "--t-end", "3", "--points", "31", "--out", str(out), "--quiet"])
     assert rc == cli.EXIT_OK
     assert f"output folder: {out}" in capsys.readouterr().out
     rows = _read_tidy(out / "simulation.csv")
@@ -66,8 +69,8 @@ def test_simulate_writes_tidy_csv_matching_the_library(files, capsys):
 def test_events_csv_gives_the_same_result_as_toml(files):
     ck.write_nonmem_events(_regimen(), str(files / "ev.csv"), TwoCompartmentPK.state_names())
     for flag, src, out in (("--events", "ev.csv", "a"), ("--regimen", "reg.toml", "b")):
-        assert cli.main(["simulate", flag, str(files / src), "--t-end", "2", "--points", "21",
-                         "--out", str(files / out), "--quiet"]) == 0
+        assert cli.main(["simulate", "--model", "TwoCompartmentPK", flag, str(files / src), "--t-end", "2",
+                         "--points", "21", "--out", str(files / out), "--quiet"]) == 0
     a = [float(r["value"]) for r in _read_tidy(files / "a" / "simulation.csv")]
     b = [float(r["value"]) for r in _read_tidy(files / "b" / "simulation.csv")]
     np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -76,7 +79,8 @@ def test_events_csv_gives_the_same_result_as_toml(files):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--model", "Nope"], "--model 'Nope' is not a model of carkinetics.models"),
+        (["--model", "Nope"], "--model 'Nope' is not an installed model; choose one of ['OneCompartmentPK'"),
+        (["--regimen", "nope"], "--regimen 'nope' is neither a TOML file nor a regimen of the installed plugins"),
         (["--params", "{dir}/bad_params.toml"], "Parameter 'cl' = -1.0 L/d is outside its declared bounds"),
         (["--params", "{dir}/missing.toml"], "does not exist"),
         (["--regimen", "{dir}/bad_key.toml"], "unknown key(s) ['amout']"),
@@ -92,39 +96,83 @@ def test_user_mistakes_exit_2_without_traceback(files, capsys, argv, message):
     (files / "bad_state.toml").write_text('[[bolus]]\ntime = 0\namount = 1\nstate = "blood"\n')
     (files / "broken.toml").write_text("[[bolus]\n")
     argv = [a.format(dir=files) for a in argv]
-    rc = cli.main(["simulate", *argv, "--out", str(files / "o"), "--quiet"])
+    rc = cli.main(["simulate", "--model", "TwoCompartmentPK", *argv, "--out", str(files / "o"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == cli.EXIT_USAGE
     assert message in err and "Traceback" not in err
-    assert err.startswith("carkinetics simulate: error: ")
+    assert err.startswith("carkinetics simulate: error: ") and err.count("\n") == 1  # one line
 
 
-def test_bad_arguments_and_help(capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["simulate", "--points", "many"])
-    assert exc.value.code == 2
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["--help"])
-    assert exc.value.code == 0
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["simulate", "--points", "many"], "argument --points: invalid int value: 'many'"),
+        (["sweep", "--model", "OneCompartmentPK"], "the following arguments are required: --ranges"),
+        (["sweep", "--ranges", "r.toml", "--engine", "jit"], "argument --engine: invalid choice: 'jit'"),
+        (["nope"], "argument command: invalid choice: 'nope'"),
+    ],
+)
+def test_usage_errors_return_2_with_one_line(capsys, argv, message):
+    assert cli.main(argv) == cli.EXIT_USAGE  # returned, not raised: main([...]) is safe to call in-process
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert message in captured.err and "Traceback" not in captured.err
+    assert captured.err.count("\n") == 1 and captured.err.startswith("carkinetics")
+
+
+def test_help_lists_every_command(capsys):
+    assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
     for cmd in ("demo", "simulate", "sweep", "calibrate", "translate", "bench"):
         assert cmd in out
     assert "exit codes: 0 success; 2 bad arguments" in " ".join(out.split())
 
 
-def test_unavailable_feature_exits_3(files, capsys, monkeypatch):
-    import carkinetics.models as models
+def _with_entry_points(monkeypatch, extra):
+    """Add entry points (group, name, value) to what the command line discovers."""
+    real = importlib.metadata.entry_points
 
-    monkeypatch.delattr(models, "erlangen_regimen", raising=False)
-    rc = cli.main(["simulate", "--regimen", "erlangen", "--out", str(files / "o"), "--quiet"])
+    def entry_points(*, group):
+        added = [importlib.metadata.EntryPoint(n, v, g) for g, n, v in extra if g == group]
+        return list(real(group=group)) + added
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+
+
+def test_plugin_discovery_lists_the_sle_commands_models_and_presets():
+    plugins = cli.Plugins()
+    assert {"OneCompartmentPK", "TwoCompartmentPK", "Stein2019CK", "ReferenceWorkload",
+            "SLECarTModel"} <= set(plugins.model_names())
+    assert plugins.model_class("SLECarTModel").__name__ == "SLECarTModel"
+    commands = {c.name: c for c in cli.Plugins.commands()}
+    assert {"demo", "translate"} <= set(commands)
+    assert not any(isinstance(c, _plugins.UnavailableCommand) for c in commands.values())
+    assert {"human", "mouse_nzbw", "mouse_mrl_lpr"} <= set(plugins.presets())
+    assert plugins.default_preset().name == "human"
+    assert {"erlangen", "mouse"} <= set(plugins.regimen_names())
+    assert [c.name for c in _main.commands()][:4] == ["simulate", "sweep", "calibrate", "bench"]
+
+
+def test_broken_plugins_exit_3_and_leave_the_rest_working(files, capsys, monkeypatch):
+    _with_entry_points(monkeypatch, [("carkinetics.commands", "broken", "no_such_module_xyz:Command"),
+                                     ("carkinetics.models", "Broken", "no_such_module_xyz:Model")])
+    assert cli.main(["broken", "--whatever", "1"]) == cli.EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert err.startswith("carkinetics broken: not available: ") and "no_such_module_xyz" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    rc = cli.main(["simulate", "--model", "Broken", "--out", str(files / "o"), "--quiet"])
     assert rc == cli.EXIT_UNAVAILABLE
-    assert "needs carkinetics.models.erlangen_regimen" in capsys.readouterr().err
+    assert "no_such_module_xyz:Model" in capsys.readouterr().err
+    # the built-in commands and the working plugins still run
+    assert cli.main(["simulate", "--model", "OneCompartmentPK", "--points", "3", "--out", str(files / "o"),
+                     "--quiet"]) == cli.EXIT_OK
 
 
 def test_solver_failure_exits_4(files, capsys, monkeypatch):
     real = ck.simulate
     monkeypatch.setattr(ck, "simulate", lambda *a, **k: real(*a, **{**k, "max_steps": 2}))
-    rc = cli.main(["simulate", "--regimen", str(files / "reg.toml"), "--out", str(files / "o"), "--quiet"])
+    rc = cli.main(["simulate", "--model", "TwoCompartmentPK", "--regimen", str(files / "reg.toml"), "--out",
+                   str(files / "o"), "--quiet"])
     assert rc == cli.EXIT_NUMERICAL
     assert "max steps reached" in capsys.readouterr().err
 
@@ -180,9 +228,7 @@ def test_sweep_devices_argument_errors(files, capsys):
                      "--out", str(files / "b3"), "--quiet"]) == 2
     assert "--devices 3: only 1 cpu device(s)" in capsys.readouterr().err
     for bad in ("0", "two"):
-        with pytest.raises(SystemExit) as exc:
-            cli.main(common + ["--devices", bad])
-        assert exc.value.code == 2
+        assert cli.main(common + ["--devices", bad]) == 2
         assert "must be 'all' or a positive integer" in capsys.readouterr().err
     # This process started JAX with one CPU device: asking for more is a one-line usage error.
     assert cli.main(common + ["--devices", "64"]) == 2
@@ -192,30 +238,31 @@ def test_sweep_devices_argument_errors(files, capsys):
 def test_setup_host_devices_sets_the_flag_only_before_jax_starts(monkeypatch):
     from jax._src import xla_bridge
 
-    monkeypatch.setattr(cli, "_available_cores", lambda: 6)
+    monkeypatch.setattr(_common, "available_cores", lambda: 6)
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    cli._setup_host_devices("all")
+    _common.setup_host_devices("all")
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=6"
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")  # the user's choice wins
-    cli._setup_host_devices(2)
+    _common.setup_host_devices(2)
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=3"
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
-    cli._setup_host_devices(1)  # one device: nothing to add
+    _common.setup_host_devices(1)  # one device: nothing to add
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
-    cli._setup_host_devices(4)
+    _common.setup_host_devices(4)
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=4"
     monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)  # too late: JAX has started
     monkeypatch.delenv("XLA_FLAGS")
-    cli._setup_host_devices(4)
+    _common.setup_host_devices(4)
     assert "XLA_FLAGS" not in os.environ
 
 
 def test_bench_reports_steps_of_the_library(files):
-    rc = cli.main(["bench", "--regimen", str(files / "reg.toml"), "--repeats", "2", "--t-end", "3",
-                   "--out", str(files / "b"), "--quiet"])
+    rc = cli.main(["bench", "--model", "TwoCompartmentPK", "--regimen", str(files / "reg.toml"), "--repeats", "2",
+                   "--t-end", "3", "--out", str(files / "b"), "--quiet"])
     assert rc == 0
     row = _read_tidy(files / "b" / "bench.csv")[0]
+    assert row["engine"] == "vmap" and row["solver"] == "Tsit5"  # ck.simulate's default for this model class
     ref = ck.simulate(TwoCompartmentPK(), _regimen(), jnp.linspace(0.0, 3.0, 281))
     assert int(row["num_steps"]) == int(ref.num_steps) and row["all_ok"] == "True"
     assert row["device"] == "cpu" and row["dtype"] == "float64"
@@ -223,16 +270,17 @@ def test_bench_reports_steps_of_the_library(files):
 
 
 def test_bench_ensemble_times_members(files):
-    rc = cli.main(["bench", "--regimen", str(files / "reg.toml"), "--repeats", "1", "--t-end", "3", "--ensemble", "8",
-                   "--out", str(files / "be"), "--quiet"])
+    rc = cli.main(["bench", "--model", "TwoCompartmentPK", "--regimen", str(files / "reg.toml"), "--repeats", "1",
+                   "--t-end", "3", "--ensemble", "8", "--out", str(files / "be"), "--quiet"])
     assert rc == 0
     row = _read_tidy(files / "be" / "bench_ensemble.csv")[0]
-    assert row["method"] == "EnsembleTsit5" and int(row["members"]) == 8 and int(row["n_failed"]) == 0
+    assert row["engine"] == "ensemble" and row["method"] == "EnsembleTsit5"
+    assert int(row["members"]) == 8 and int(row["n_failed"]) == 0
     assert int(row["devices"]) == 1  # this process started JAX with one CPU device ("all" = 1 here)
     assert float(row["per_member_s"]) == pytest.approx(float(row["best_batch_s"]) / 8, rel=1e-3)
     assert float(row["mean_steps"]) > 0
-    assert cli.main(["bench", "--regimen", str(files / "reg.toml"), "--ensemble", "0", "--repeats", "1", "--t-end",
-                     "1", "--out", str(files / "be0"), "--quiet"]) == 0
+    assert cli.main(["bench", "--model", "TwoCompartmentPK", "--regimen", str(files / "reg.toml"), "--ensemble", "0",
+                     "--repeats", "1", "--t-end", "1", "--out", str(files / "be0"), "--quiet"]) == 0
     assert not os.path.exists(files / "be0" / "bench_ensemble.csv")
 
 
@@ -240,7 +288,7 @@ def test_bench_perturbations_stay_inside_the_declared_bounds():
     # `bench --ensemble` perturbs every scalar parameter by a log-normal factor (sigma 0.1): unclipped, fractions such
     # as humoral.f_pb_dsdna = 0.8 leave [0, 1] in some of 240 members (invalid members, not solver work); clipped to
     # the declared bounds every member is valid and the other values are untouched.
-    from carkinetics.models import load_preset
+    from carkinetics.models.sle import load_preset
 
     model = load_preset("human")
     space = ck.ParameterSpace(model)
@@ -249,7 +297,7 @@ def test_bench_perturbations_stay_inside_the_declared_bounds():
     lower, upper = np.asarray(space.lower), np.asarray(space.upper)
     raw = base[None, :] * fac
     assert np.any((raw < lower) | (raw > upper))
-    vals = cli._perturbed(space, base[None, :], fac)
+    vals = _bench.perturbed(space, base[None, :], fac)
     assert np.all((vals >= lower) & (vals <= upper))
     inside = (raw >= lower) & (raw <= upper)
     assert np.array_equal(vals[inside], raw[inside])
@@ -258,7 +306,7 @@ def test_bench_perturbations_stay_inside_the_declared_bounds():
 def _expected_skipped():
     skipped = []
     done = set()
-    for step in cli.DEMO_STEPS:
+    for step in demo.DEMO_STEPS:
         ok = True
         for m, a in step.requires:
             try:
@@ -279,12 +327,12 @@ def _boom(ctx):
 
 def test_demo_framework_skips_missing_features_and_reports_failures(tmp_path):
     steps = (
-        cli.DEMO_STEPS[0],  # lymphodepletion PK: always available
-        cli.DemoStep("Future feature", (("carkinetics", "no_such_feature_yet"),), _boom),
-        cli.DemoStep("Depends on the future", (), _boom, depends_on=("Future feature",)),
-        cli.DemoStep("Broken step", (), _boom),
+        demo.DEMO_STEPS[0],  # lymphodepletion PK: always available
+        demo.DemoStep("Future feature", (("carkinetics", "no_such_feature_yet"),), _boom),
+        demo.DemoStep("Depends on the future", (), _boom, depends_on=("Future feature",)),
+        demo.DemoStep("Broken step", (), _boom),
     )
-    path, skipped, failed = cli.run_demo(str(tmp_path), quick=True, steps=steps, progress=False)
+    path, skipped, failed = demo.run_demo(str(tmp_path), quick=True, steps=steps, progress=None)
     assert skipped == [
         "Step 'Future feature' is left out of this demo: carkinetics.no_such_feature_yet is not in this installation.",
         "Step 'Depends on the future' is left out of this demo: it needs the step 'Future feature', which did not run.",
@@ -317,7 +365,8 @@ def test_demo_quick_cli(tmp_path, capsys):
     if "Sensitivity sweep (Sobol indices)" not in expected:
         with open(tmp_path / "sensitivity_sobol.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
-        assert len(rows) == 3 * len(cli._SOBOL_PARAMETERS)
+        assert len(rows) == len(demo.SOBOL_METRICS) * len(demo.SOBOL_PARAMETERS)
+        assert {r["metric"] for r in rows} == set(demo.SOBOL_METRICS)
         assert all(np.isfinite(float(r["ST"])) for r in rows)
 
 
@@ -344,7 +393,7 @@ def _write_petab_problem(folder, conditions=("c0",)):
 
 def test_petab_targets_map_noise_and_transform(tmp_path):
     prob = _write_petab_problem(tmp_path)
-    (tg,) = cli.petab_targets(prob, OneCompartmentPK(), "c0")
+    (tg,) = _calibrate.petab_targets(prob, OneCompartmentPK(), "c0")
     assert tg.observable == "concentration" and isinstance(tg.error, ck.LogNormalError)
     assert float(tg.error.sigma) == pytest.approx(0.05 * np.log(10.0), rel=1e-15)  # log10 sd -> natural-log sd
     np.testing.assert_array_equal(np.asarray(tg.times), [0.1, 0.25, 0.5, 1.0, 1.5])
@@ -375,10 +424,11 @@ def test_calibrate_recovers_clearance(tmp_path):
 def test_translate_rejects_unknown_preset(tmp_path, capsys):
     rc = cli.main(["translate", "--mouse", "rat", "--out", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
-    if rc == cli.EXIT_UNAVAILABLE:  # the translation map is not part of this installation
-        assert "needs ck.write_translation_report" in err
-    else:
-        assert rc == cli.EXIT_USAGE and "Unknown preset 'rat'" in err and "Traceback" not in err
+    assert rc == cli.EXIT_USAGE and "--mouse: unknown preset 'rat'" in err and "Traceback" not in err
+    assert cli.main(["translate", "--gaps", "G99", "--out", str(tmp_path), "--quiet"]) == cli.EXIT_USAGE
+    assert "Gap id(s) ['G99'] have no parameters" in capsys.readouterr().err
+    assert cli.main(["translate", "--t-end", "90", "--out", str(tmp_path), "--quiet"]) == cli.EXIT_USAGE
+    assert "--t-end must be at least 120 days" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["tidy", "nonmem"])
@@ -388,24 +438,102 @@ def test_simulate_reads_data_to_overlay(files, kind):
     else:
         (files / "data.csv").write_text("ID,TIME,AMT,CMT,EVID,DV,MDV\n1,0,100,1,1,.,1\n1,0.5,.,1,0,1.1,0\n"
                                         "1,1.0,.,1,0,0.4,0\n")
-    data = cli._read_data(str(files / "data.csv"), TwoCompartmentPK())
+    data = _inputs.read_data(str(files / "data.csv"), TwoCompartmentPK())
     t, v = data.select("concentration")
     np.testing.assert_array_equal(t, [0.5, 1.0])
     np.testing.assert_array_equal(v, [1.1, 0.4])
     (files / "bad.csv").write_text("when,what\n1,2\n")
     with pytest.raises(cli.UserError, match=r"expected NONMEM-style columns \(TIME, DV, CMT\) or tidy columns"):
-        cli._read_data(str(files / "bad.csv"), TwoCompartmentPK())
+        _inputs.read_data(str(files / "bad.csv"), TwoCompartmentPK())
 
 
-def test_preset_selects_the_sle_model(monkeypatch):
-    import carkinetics.models as models
-
-    if not hasattr(models, "load_preset"):
-        pytest.skip("the composed SLE model is not in this installation")
-    model = cli._resolve_model(None, "mouse_nzbw")
-    assert type(model).__name__ == "SLECarTModel"
+def test_preset_selects_the_sle_model():
+    plugins = cli.Plugins()
+    model, preset = _inputs.resolve_model(plugins, None, "mouse_nzbw")
+    assert type(model).__name__ == "SLECarTModel" and preset.name == "mouse_nzbw"
     assert float(model.body.weight_kg) < 1.0  # a mouse, in kg
     with pytest.raises(cli.UserError, match="gives a SLECarTModel, not the --model 'TwoCompartmentPK'"):
-        cli._resolve_model("TwoCompartmentPK", "human")
-    with pytest.raises(cli.UserError, match="--preset 'nope'"):
-        cli._resolve_model(None, "nope")
+        _inputs.resolve_model(plugins, "TwoCompartmentPK", "human")
+    with pytest.raises(cli.UserError, match="--preset 'nope' is not an installed preset"):
+        _inputs.resolve_model(plugins, None, "nope")
+    # a model class alone: default parameters, no preset (no standard regimen, the default grid)
+    model, preset = _inputs.resolve_model(plugins, "SLECarTModel", None)
+    assert type(model).__name__ == "SLECarTModel" and preset is None
+
+
+def test_simulate_without_arguments_runs_the_sle_human_preset_with_its_regimen(tmp_path, capsys):
+    # The default run comes from the presets plugin: the SLE human preset under the Erlangen regimen on the SLE
+    # save grid (not an undosed model).
+    from carkinetics.models.sle import save_times
+
+    rc = cli.main(["simulate", "--out", str(tmp_path), "--quiet"])
+    assert rc == cli.EXIT_OK
+    assert "SLECarTModel (preset human)" in capsys.readouterr().out
+    rows = _read_tidy(tmp_path / "simulation.csv")
+    names = {r["name"] for r in rows if r["kind"] == "observable"}
+    assert {"car_blood", "b_blood", "anti_dsdna", "il6", "sledai", "crs_grade"} <= names
+
+    def series(name):
+        sel = [r for r in rows if r["name"] == name and r["kind"] == "observable"]
+        return np.array([float(r["time"]) for r in sel]), np.array([float(r["value"]) for r in sel])
+
+    t, b = series("b_blood")
+    np.testing.assert_array_equal(t, np.asarray(save_times()))  # the preset's save grid, days -6..365
+    assert b[0] > 50.0  # cells/uL before treatment
+    assert b[t >= 0.0].min() < 0.05 * b[0]  # B-cell aplasia: the Flu/Cy and CAR-T doses were applied
+    t, car = series("car_blood")
+    assert car[t < 0.0].max() == 0.0 and car.max() > 1.0  # CAR-T cells/uL appear only after the day-0 infusion
+
+
+def test_sweep_engines_agree_to_the_solver_tolerance(files, capsys):
+    (files / "bolus.toml").write_text('[[bolus]]\ntime = 0.0\namount = 100.0\nstate = "central"\n')
+    (files / "ranges.toml").write_text('[sweep]\nn = 4\nseed = 2\n[ranges]\ncl = [50.0, 200.0]\nv = [30.0, 60.0]\n')
+    common = ["sweep", "--model", "OneCompartmentPK", "--regimen", str(files / "bolus.toml"), "--ranges",
+              str(files / "ranges.toml"), "--t-end", "2", "--points", "41", "--devices", "1", "--quiet"]
+    assert cli.main(common + ["--out", str(files / "ens")]) == 0
+    assert "engine: ensemble (EnsembleTsit5)" in capsys.readouterr().out
+    assert cli.main(common + ["--engine", "vmap", "--out", str(files / "vmap")]) == 0
+    assert "engine: vmap (Tsit5)" in capsys.readouterr().out
+    ens, vm = _read_tidy(files / "ens" / "sweep.csv"), _read_tidy(files / "vmap" / "sweep.csv")
+    assert [r["cl"] for r in ens] == [r["cl"] for r in vm] and len(ens) == 4
+    for name in ("concentration_cmax", "concentration_auc", "concentration_last"):
+        # two solvers at the model class's default rtol = 1e-6, atol = 1e-8: they agree to the tolerance, not bitwise
+        np.testing.assert_allclose([float(r[name]) for r in vm], [float(r[name]) for r in ens], rtol=1e-5, atol=1e-8)
+
+
+def test_translate_writes_the_report(tmp_path, capsys):
+    # (was `python -m carkinetics.translate_map`, now folded into the command)
+    from carkinetics.models.sle import SLE_METRICS
+
+    rc = cli.main(["translate", "--out", str(tmp_path), "--gaps", "G1", "--t-end", "120", "--no-scenarios",
+                   "--seed", "0", "--batch-size", "8"])
+    captured = capsys.readouterr()
+    assert rc == cli.EXIT_OK, captured.err
+    for name in ("translation_heatmap.png", "translation_waterfalls.png", "translation_map.csv",
+                 "translation_map.md", "translation_narrative.md"):
+        assert (tmp_path / name).stat().st_size > 200, name
+    csv_lines = (tmp_path / "translation_map.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 1 + len(SLE_METRICS) * 2  # G1 + ungrouped
+    assert "anti-dsDNA t1/2" in (tmp_path / "translation_narrative.md").read_text()
+    assert "engine: ensemble (EnsembleRodas5); 2 mechanism groups, 0 parameter samples" in captured.out
+    # the progress line names the stage and its size
+    assert "translation map mouse_nzbw -> human: 2 mechanism groups, 2^2 coalitions x 1 = 4 simulations" in captured.err
+    assert "translate: 1/1 done in" in captured.err
+
+
+def test_step_progress_estimates_the_rest_from_the_weights(monkeypatch):
+    import io
+
+    clock = iter([0.0, 0.0, 10.0, 12.0])  # start, step 1 shown, step 2 shown (10 s later), close
+    monkeypatch.setattr(_common.time, "perf_counter", lambda: next(clock))
+    stream = io.StringIO()
+    prog = cli.StepProgress([100.0, 50.0], "translate", stream=stream)
+    prog.step("map")
+    prog.advance()
+    prog.step("scenarios")
+    prog.advance()
+    prog.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("translate [") and lines[0].endswith("0/2 0s  map") and "ETA" not in lines[0]
+    assert lines[1].endswith("1/2 10s, ETA ~5s  scenarios")  # 10 s for weight 100: about 5 s for weight 50
+    assert lines[2] == "translate: 2/2 done in 12.0s"

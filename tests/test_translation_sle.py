@@ -122,21 +122,6 @@ def test_scenarios_and_no_retrace(metrics_fn, caplog):
     assert rows2[0]["metric"] == rows[0]["metric"]
 
 
-def test_one_command_report(tmp_path):
-    from carkinetics.models.sle.translate_map import main
-
-    rc = main(["--out", str(tmp_path), "--gaps", "G1", "--t-end", str(T_END), "--no-scenarios", "--seed", "0",
-               "--batch-size", str(BATCH)])
-    assert rc == 0
-    for name in ("translation_heatmap.png", "translation_waterfalls.png", "translation_map.csv",
-                 "translation_map.md", "translation_narrative.md"):
-        assert (tmp_path / name).stat().st_size > 200, name
-    csv_lines = (tmp_path / "translation_map.csv").read_text().strip().splitlines()
-    assert len(csv_lines) == 1 + len(sle.SLE_METRICS) * 2  # G1 + ungrouped
-    assert "anti-dsDNA t1/2" in (tmp_path / "translation_narrative.md").read_text()
-    assert main(["--out", str(tmp_path), "--gaps", "G99"]) == 2  # a user error exits with status 2
-
-
 @pytest.mark.slow
 def test_full_shipped_map_reproducible(tmp_path):
     paths = ck.write_translation_report(str(tmp_path / "a"), seed=0, n_samples=0, scenarios=False)

@@ -1,1 +1,53 @@
-from ._legacy import main as main
+"""The `carkinetics` command line, and the plugin protocol through which installed packages extend it.
+
+Built-in commands (one module each): `simulate` (`_simulate.py`), `sweep` (`_sweep.py`, with its TOML spec
+language), `calibrate` (`_calibrate.py`, PEtab problems), `bench` (`_bench.py`). Shared argument groups, devices,
+progress and output folders are in `_common.py`; turning arguments into a model, regimen and save grid is
+`_inputs.py`; parser assembly, dispatch and exit codes are `_main.py`; discovery is `_plugins.py`.
+
+Exit codes: 0 success; 1 internal error (a traceback); 2 a user mistake (one line on stderr naming the argument or
+file, no traceback); 3 a feature or plugin not available in this installation; 4 the solver failed for the inputs.
+
+**Plugins.** The core imports no model: installed packages declare what they offer as entry points
+(`[project.entry-points."<group>"]` in their `pyproject.toml`), discovered with `importlib.metadata`:
+
+- group `carkinetics.models`: `Name = "package.module:ModelClass"`, a `carkinetics.AbstractKineticModel`
+  subclass that `--model Name` builds with its default parameters.
+- group `carkinetics.presets`: `key = "package.module:TABLE"`, a [`PresetTable`][]: named [`Preset`][]s (a model
+  loader, the preset's standard regimen and save grid) for `--preset NAME`, named regimens for `--regimen NAME`,
+  an optional reader of preset files, and `default`: the preset that `carkinetics simulate` and `carkinetics
+  bench` run without arguments (its model under its standard regimen on its save grid). The first table in
+  entry-point order that declares a default gives the default run.
+- group `carkinetics.commands`: `name = "package.module:CommandClass"`, a [`Command`][] subclass (instantiated
+  without arguments; its `name` equals the entry-point name). A command has `name`, `help` (one line),
+  `description`, `default_out` (default of `--out`), `add_arguments(parser)` and `run(args, ctx) -> exit code`,
+  where `ctx` is a [`Context`][] (`ctx.out_dir()`, `ctx.progress(steps)`, `ctx.quiet`, `ctx.plugins`). The core
+  adds `--out` and `--quiet` to every command. A command reports mistakes by raising [`UserError`][] (exit 2),
+  [`Unavailable`][] (3) or [`NumericalFailure`][] (4) with a one-line message; `host_devices(args)` may ask for
+  several CPU devices before JAX starts (see `--devices`).
+
+A plugin that cannot be loaded disables only what it provides: its command, model or preset reports why (exit 3).
+This package's own plugins (the reference models, and the SLE application's presets and `demo`/`translate`
+commands in `carkinetics.models.sle.cli`) are declared in the project's `pyproject.toml`.
+"""
+
+from ._common import (
+    EXIT_INTERNAL,
+    EXIT_NUMERICAL,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    NumericalFailure,
+    StepProgress,
+    Unavailable,
+    UserError,
+    add_engine_arg,
+)
+from ._main import main
+from ._plugins import Command, Context, Plugins, Preset, PresetTable
+
+__all__ = [
+    "EXIT_INTERNAL", "EXIT_NUMERICAL", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "Command", "Context",
+    "NumericalFailure", "Plugins", "Preset", "PresetTable", "StepProgress", "Unavailable", "UserError",
+    "add_engine_arg", "main",
+]

@@ -1,4 +1,4 @@
-"""Interop: SBML/Antimony export, PEtab-style tables, NONMEM-style data."""
+"""Interop: SBML/Antimony export, PEtab-style tables, NONMEM-style data, tidy CSV tables of a simulation."""
 
 from ._sbml import (
     SymbolicModel as SymbolicModel,
@@ -25,3 +25,4 @@ from ._petab import (
     read_petab as read_petab,
     write_petab as write_petab,
 )
+from ._tidy import write_tidy_csv as write_tidy_csv

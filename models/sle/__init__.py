@@ -2,7 +2,9 @@
 kinetics, B cells, autoantibodies, cytokines/CRS and disease activity, with its regimens, metrics, species presets
 and the mouse-to-human translation protocol.
 
-Built only on the public `carkinetics` API; the library itself never imports this package.
+Built only on the public `carkinetics` API; the library itself never imports this package. Its command-line
+plugins (presets and the default run, `carkinetics translate`, `carkinetics demo`) are `cli.py` and `demo.py`,
+loaded by the command line through entry points, not imported here.
 """
 
 from carkinetics.models.sle.autoantibodies import HumoralParams as HumoralParams

@@ -1,4 +1,4 @@
-"""The SLE mouse-to-human translation map (the report is written by `python -m carkinetics.translate_map`).
+"""The SLE mouse-to-human translation map (the report is written by `carkinetics translate`).
 
 This module applies the model-agnostic translation map ([`carkinetics.translation_map`][]) to the composed SLE
 CAR-T model (`carkinetics.models.SLECarTModel`) and its species presets.
@@ -376,6 +376,25 @@ def scenarios_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n\nGap = second arm minus first arm, per metric (units as in the map)."
 
 
+def write_scenario_tables(out_dir: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Write scenario rows of [`carkinetics.sle_scenarios`][] as `translation_scenarios.csv` and `.md` into `out_dir`.
+
+    **Returns:** a dict from kind (`"scenarios_csv"`, `"scenarios_markdown"`) to the written path.
+    """
+    import csv
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"scenarios_csv": os.path.join(out_dir, "translation_scenarios.csv"),
+             "scenarios_markdown": os.path.join(out_dir, "translation_scenarios.md")}
+    with open(paths["scenarios_csv"], "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with open(paths["scenarios_markdown"], "w") as fh:
+        fh.write("# Scenario knobs\n\n" + scenarios_markdown(rows) + "\n")
+    return paths
+
+
 def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "human", key: Any = None,
                              n_samples: int = 0, gaps: Sequence[str] | None = None, t_end: float = 730.0,
                              batch_size: int | None = 256, scenarios: bool = True,
@@ -383,12 +402,11 @@ def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "h
     """Compute the SLE translation map and write its figure, tables and narrative into `out_dir`.
 
     Writes `translation_heatmap.png`, `translation_waterfalls.png`, `translation_map.csv`, `translation_map.md`,
-    `translation_narrative.md` and (with `scenarios`) `translation_scenarios.csv`/`.md`.
+    `translation_narrative.md` and (with `scenarios`) `translation_scenarios.csv`/`.md` (the scenarios are solved
+    in chunks of `batch_size` too, so that they reuse the map's compiled batch).
 
     **Returns:** a dict from kind to the written path.
     """
-    import csv
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -410,13 +428,6 @@ def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "h
     with open(paths["narrative"], "w") as fh:
         fh.write(tm.narrative() + "\n")
     if scenarios:
-        rows = sle_scenarios(a, b, t_end=t_end, engine=engine)  # one engine call per arm structure
-        paths["scenarios_csv"] = os.path.join(out_dir, "translation_scenarios.csv")
-        paths["scenarios_markdown"] = os.path.join(out_dir, "translation_scenarios.md")
-        with open(paths["scenarios_csv"], "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        with open(paths["scenarios_markdown"], "w") as fh:
-            fh.write("# Scenario knobs\n\n" + scenarios_markdown(rows) + "\n")
+        rows = sle_scenarios(a, b, t_end=t_end, batch_size=batch_size, engine=engine)
+        paths.update(write_scenario_tables(out_dir, rows))
     return paths

@@ -1,0 +1,260 @@
+"""What every command shares: exit codes and errors, argument groups, devices, progress, output folders, TOML."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+#: Exit codes (also listed in `carkinetics --help`).
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug: printed with a traceback
+EXIT_USAGE = 2  # a user mistake: bad arguments or input files (no traceback)
+EXIT_UNAVAILABLE = 3  # the requested feature is not part of this installation
+EXIT_NUMERICAL = 4  # the solver failed (e.g. max_steps reached) for the given inputs
+
+EPILOG = f"""exit codes: {EXIT_OK} success; {EXIT_USAGE} bad arguments or input files (the message says which);
+{EXIT_UNAVAILABLE} feature not available in this installation; {EXIT_NUMERICAL} the solver failed for these inputs;
+{EXIT_INTERNAL} internal error (please report it with the traceback)."""
+
+ENGINES = ("ensemble", "vmap")
+
+
+class UserError(Exception):
+    """A mistake in the command line or the input files: reported in one line, exit code 2."""
+
+
+class Unavailable(Exception):
+    """A feature that this installation does not provide: exit code 3."""
+
+
+class NumericalFailure(Exception):
+    """The solver did not succeed for the given inputs: exit code 4."""
+
+
+def setup_numerics() -> None:
+    """CLI entry point (not library code): float64 for reports, headless matplotlib."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# argument groups
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (default: the default preset of the installed plugins, e.g. the SLE human preset)")
+    g.add_argument("--model", default=None,
+                   help="an installed model class, e.g. TwoCompartmentPK or SLECarTModel (default parameters; "
+                        "see --preset)")
+    g.add_argument("--preset", default=None,
+                   help="a named preset (model, standard regimen and save grid), e.g. human, mouse_nzbw, "
+                        "mouse_mrl_lpr, or a preset file")
+    g.add_argument("--params", metavar="TOML", default=None,
+                   help='parameter overrides: a [parameters] table of dotted name = value, e.g. "car.rho" = 0.8')
+
+
+def add_regimen_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dosing (days; day 0 = CAR-T infusion; default: the preset's standard regimen)")
+    g.add_argument("--regimen", metavar="TOML|NAME|none", default=None,
+                   help="a TOML file with [[bolus]], [[infusion]], [[fractional_kill]], [[fludarabine]], "
+                        "[[cyclophosphamide]], [[car_t]] tables, a regimen named by a plugin (e.g. erlangen, "
+                        "mouse), or none")
+    g.add_argument("--events", metavar="CSV", default=None,
+                   help="a NONMEM-style event table (TIME, AMT, CMT, EVID, RATE, II, ADDL)")
+
+
+def add_time_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("save times (default: the preset's save grid, else 0 to 28 d at 281 points)")
+    g.add_argument("--t-start", type=float, default=None, help="first save time, days (default 0, or the preset's)")
+    g.add_argument("--t-end", type=float, default=None, help="last save time, days (default 28, or the preset's)")
+    g.add_argument("--points", type=int, default=None, help="number of evenly spaced save times (default 281)")
+
+
+def add_run_args(p: argparse.ArgumentParser, *, times: bool = True) -> None:
+    """The model, dosing and (with `times`) save-time groups: what `_inputs.resolve_run` reads."""
+    add_model_args(p)
+    add_regimen_args(p)
+    if times:
+        add_time_args(p)
+
+
+def add_engine_arg(p: argparse.ArgumentParser, default: str | None = "ensemble", default_help: str = "") -> None:
+    p.add_argument("--engine", choices=ENGINES, default=default,
+                   help="ensemble: the batched solver (the model class's ensemble method); vmap: jax.vmap of the "
+                        "per-member diffrax solver (the model class's diffrax solver). They agree to the solver "
+                        f"tolerance (default: {default_help or default})")
+
+
+def devices_arg(text: str) -> str | int:
+    """argparse type of `--devices`: 'all' or a positive integer."""
+    if text == "all":
+        return "all"
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"must be 'all' or a positive integer, got {text!r}")
+    return k
+
+
+def add_devices_arg(p: argparse.ArgumentParser, default: str | None = "all", what: str = "the members") -> None:
+    p.add_argument("--devices", type=devices_arg, default=default, metavar="all|K",
+                   help=f"split {what} over K devices: 'all' (default) = every GPU, or on CPU one device per "
+                        "available core; 1 = one device (one CPU core). Results do not depend on it")
+
+
+def add_output_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    p.add_argument("--out", default=default_out, help=f"output folder (default: ./{default_out})")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# devices
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def setup_host_devices(devices: str | int | None) -> None:
+    """Before JAX starts: one CPU device per core asked for (`--devices`), so that members run on several cores.
+
+    XLA gives a CPU one device unless `XLA_FLAGS` has `--xla_force_host_platform_device_count`; the ensemble solver
+    is single-threaded per device, so sharding the members over K host devices uses K cores. Left alone when
+    `XLA_FLAGS` already sets the count or JAX has started, and only called for the `carkinetics` command itself
+    (`main()` without arguments), never for `main([...])` inside someone's Python process. On a GPU this only adds
+    CPU devices, which are not used (`jax.devices()` lists the GPUs).
+    """
+    if devices is None:
+        return
+    k = available_cores() if devices == "all" else int(devices)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if k <= 1 or "xla_force_host_platform_device_count" in flags:
+        return
+    try:
+        from jax._src import xla_bridge
+
+        started = xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # private API moved: do not risk a flag that no longer applies
+        started = True
+    if not started:
+        os.environ["XLA_FLAGS"] = (flags + f" --xla_force_host_platform_device_count={k}").strip()
+
+
+def device_count(requested: str | int) -> int:
+    """How many devices a `--devices all|K` request uses in this process (`UserError` if K are not available)."""
+    import jax
+
+    available = len(jax.devices())
+    if requested == "all":
+        return available
+    if int(requested) > available:
+        raise UserError(f"--devices {requested}: only {available} {jax.default_backend()} device(s) are available "
+                        "(on CPU the count is fixed when JAX starts: run the command in a fresh process, or set "
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=K).")
+    return int(requested)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# progress, output folders, TOML
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+class StepProgress:
+    """Progress through the steps of a command on stderr: a redrawn line on a terminal, one line per step otherwise.
+
+    `steps` is a number of equal steps or one weight per step; once a step has finished, the line shows an ETA
+    that assumes the remaining time is proportional to the remaining weight.
+    """
+
+    def __init__(self, steps: int | Sequence[float], label: str, *, enabled: bool = True,
+                 stream: TextIO | None = None):
+        self.weights = [1.0] * max(int(steps), 1) if isinstance(steps, int) else [float(w) for w in steps]
+        self.label = label
+        self.enabled = enabled
+        self.stream = sys.stderr if stream is None else stream
+        self.done = 0
+        self.t0 = time.perf_counter()
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def line(self, what: str) -> str:
+        elapsed = time.perf_counter() - self.t0
+        total = len(self.weights)
+        width = 24
+        filled = int(width * self.done / total)
+        text = f"{self.label} [{'#' * filled}{'-' * (width - filled)}] {self.done}/{total} {_duration(elapsed)}"
+        done_w = sum(self.weights[:self.done])
+        left_w = sum(self.weights[self.done:])
+        if self.done and done_w > 0 and left_w > 0:
+            text += f", ETA ~{_duration(elapsed * left_w / done_w)}"
+        return f"{text}  {what}"
+
+    def step(self, what: str) -> None:
+        """Announce the step about to run (shows the line before the work starts)."""
+        if not self.enabled:
+            return
+        msg = self.line(what)
+        self.stream.write("\r" + msg[:120].ljust(120) if self.tty else msg + "\n")
+        self.stream.flush()
+
+    def advance(self) -> None:
+        self.done += 1
+
+    def close(self) -> None:
+        if self.enabled:
+            end = "\n" if self.tty else ""
+            self.stream.write(f"{end}{self.label}: {self.done}/{len(self.weights)} done in "
+                              f"{time.perf_counter() - self.t0:.1f}s\n")
+            self.stream.flush()
+
+
+def make_out_dir(path: str) -> str:
+    out = os.path.abspath(path)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {path!r}: cannot create the folder ({err.strerror}).") from None
+    return out
+
+
+def load_toml(path: str) -> dict:
+    import tomllib
+
+    if not os.path.isfile(path):
+        raise UserError(f"The TOML file {path!r} does not exist.")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path} is not valid TOML: {err}.") from None
+
+
+def check_keys(table: dict, allowed: Sequence[str], where: str) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(allowed)}.")
+
+
+def check_positive(name: str, value: int) -> int:
+    if value < 1:
+        raise UserError(f"{name} must be at least 1, got {value}.")
+    return value
+

@@ -1,0 +1,161 @@
+"""`carkinetics sweep`: sample parameter ranges from a TOML spec, simulate every member, write per-member metrics.
+
+The spec language (a TOML file):
+
+```toml
+[sweep]
+n = 64                  # members (default: --n)
+seed = 0                # jax.random.key(seed) draws the samples
+log = true              # log-uniform for positive ranges (default), else uniform
+metrics = ["concentration_auc"]   # columns to keep (default: all scalar metrics)
+
+[ranges]
+cl = [50.0, 200.0]      # dotted parameter name = [lower, upper], inside the declared bounds
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+
+from ._common import (
+    EXIT_OK,
+    UserError,
+    add_devices_arg,
+    add_engine_arg,
+    add_run_args,
+    check_keys,
+    check_positive,
+    device_count,
+    load_toml,
+)
+from ._inputs import resolve_run
+from ._plugins import Command, Context
+
+
+def sweep_spec(path: str, model, n_default: int) -> tuple[dict, list[str] | None]:
+    """The samples `{name: (n,) values}` and the wanted metric names of a sweep spec (see the module docstring)."""
+    import jax
+    import numpy as np
+
+    import carkinetics as ck
+
+    doc = load_toml(path)
+    check_keys(doc, ["sweep", "ranges"], path)
+    meta = doc.get("sweep", {})
+    check_keys(meta, ["n", "seed", "log", "metrics"], f"{path} [sweep]")
+    ranges = doc.get("ranges")
+    if not isinstance(ranges, dict) or not ranges:
+        raise UserError(f"{path}: a [ranges] table of parameter = [lower, upper] is required.")
+    n = int(meta.get("n", n_default))
+    if n < 2:
+        raise UserError(f"{path}: [sweep] n must be at least 2, got {n}.")
+    use_log = bool(meta.get("log", True))
+    allp = ck.parameters(model)
+    u = np.asarray(jax.random.uniform(jax.random.key(int(meta.get("seed", 0))), (n, len(ranges))))
+    samples = {}
+    for j, (name, bounds) in enumerate(ranges.items()):
+        if name not in allp:
+            raise UserError(f"{path}: unknown parameter {name!r}; known parameters are {sorted(allp)}.")
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)
+                and bounds[0] < bounds[1]):
+            raise UserError(f"{path}: range of {name!r} must be [lower, upper] with lower < upper, got {bounds!r}.")
+        lo, hi = float(bounds[0]), float(bounds[1])
+        info = allp[name].info
+        if lo < info.lower or hi > info.upper:
+            raise UserError(f"{path}: range [{lo}, {hi}] of {name!r} leaves its declared bounds "
+                            f"[{info.lower}, {info.upper}] {info.unit}.")
+        col = u[:, j]
+        samples[name] = np.exp(np.log(lo) + col * (np.log(hi) - np.log(lo))) if use_log and lo > 0 else \
+            lo + col * (hi - lo)
+    return samples, meta.get("metrics")
+
+
+def sweep_figure(samples: dict, metrics: dict, path: str, max_metrics: int = 4) -> str:
+    """Scatter of each metric against each swept parameter (log axes for wide positive ranges)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from carkinetics.plot import save_figure
+
+    mnames = list(metrics)[:max_metrics]
+    pnames = list(samples)
+    fig, axes = plt.subplots(len(mnames), len(pnames), figsize=(3.2 * len(pnames), 2.6 * len(mnames)),
+                             squeeze=False)
+    for i, m in enumerate(mnames):
+        for j, p in enumerate(pnames):
+            ax = axes[i][j]
+            x, y = np.asarray(samples[p]), np.asarray(metrics[m])
+            ax.plot(x, y, ".", ms=4, alpha=0.7)
+            if np.all(x > 0) and x.max() / x.min() > 20:
+                ax.set_xscale("log")
+            if i == len(mnames) - 1:
+                ax.set_xlabel(p, fontsize=8)
+            if j == 0:
+                ax.set_ylabel(m, fontsize=8)
+            ax.tick_params(labelsize=7)
+    fig.suptitle("sweep: metric vs parameter")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+class SweepCommand(Command):
+    name = "sweep"
+    help = "sample parameter ranges, simulate each member, write metrics"
+    description = ("Sample the parameter ranges of a TOML file ([ranges] name = [lower, upper], log-uniform by "
+                   "default; [sweep] n, seed, log, metrics), simulate every member in chunks on the chosen engine "
+                   "and write sweep.csv (one row per member: parameters and summary metrics such as "
+                   "<observable>_cmax, _auc) and sweep.png.")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_run_args(parser)
+        parser.add_argument("--ranges", metavar="TOML", required=True, help="parameter ranges (see above)")
+        parser.add_argument("--n", type=int, default=64, help="members when the TOML gives no [sweep] n (default 64)")
+        parser.add_argument("--chunk-size", type=int, default=None,
+                            help="members per compiled batch, split over the devices (default 256 per device)")
+        add_engine_arg(parser)
+        add_devices_arg(parser, what="each chunk")
+
+    def host_devices(self, args: argparse.Namespace) -> str | int | None:
+        return args.devices
+
+    def run(self, args: argparse.Namespace, ctx: Context) -> int:
+        import jax
+        import numpy as np
+
+        import carkinetics as ck
+
+        run = resolve_run(args, ctx.plugins)
+        samples, wanted = sweep_spec(args.ranges, run.model, args.n)
+        out = ctx.out_dir()
+        devices = device_count(args.devices)
+        chunk = 256 * devices if args.chunk_size is None else check_positive("--chunk-size", args.chunk_size)
+        n_members = len(next(iter(samples.values())))
+        try:
+            res = ck.sweep_model(run.model, run.regimen, run.ts, samples, engine=args.engine, chunk_size=chunk,
+                                 progress=not ctx.quiet, devices=devices if devices > 1 else None)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        metrics = {k: np.asarray(v) for k, v in res.outputs.items() if np.asarray(v).ndim == 1}
+        if wanted:
+            bad = [m for m in wanted if m not in metrics]
+            if bad:
+                raise UserError(f"{args.ranges}: unknown metric(s) {bad}; available: {sorted(metrics)}.")
+            metrics = {k: metrics[k] for k in wanted}
+        path = os.path.join(out, "sweep.csv")
+        names = list(samples)
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["member", *names, *metrics])
+            for i in range(n_members):
+                w.writerow([i, *[repr(float(samples[p][i])) for p in names],
+                            *[repr(float(metrics[m][i])) for m in metrics]])
+        png = sweep_figure(samples, metrics, os.path.join(out, "sweep.png"))
+        solver = type(ck.default_solver(run.model, res.engine)).__name__
+        print(f"{n_members} members on {res.n_devices} {jax.default_backend()} device(s); "
+              f"{res.n_failed} failed (masked as nan)")
+        print(f"engine: {res.engine} ({solver}); model: {run.label}")
+        print(f"wrote {path}\nwrote {png}\noutput folder: {out}")
+        return EXIT_OK

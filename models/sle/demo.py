@@ -1,0 +1,307 @@
+"""`carkinetics demo`: the main job on built-in defaults, as a sequence of report steps.
+
+Every SLE step uses the application's one save grid (`save_times`), one metric set (`sle_metrics`) and, for the
+translation map, the same gap groups, horizon and experiment (`ArmExperiment`) as `carkinetics translate`. A step
+whose requirements are not installed (e.g. Antimony for the SBML export) is left out with a note; a step that fails
+is reported in the HTML report and does not stop the others. Uses only the public `carkinetics` API,
+`carkinetics.io`, `carkinetics.plot`, `carkinetics.report` and the application's own modules.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from carkinetics.models.sle.metrics import SLE_METRICS, save_times, sle_metrics
+from carkinetics.models.sle.presets import load_preset
+from carkinetics.models.sle.regimens import erlangen_regimen, mouse_regimen
+
+import carkinetics as ck
+import carkinetics.io as cio
+
+#: Horizon (days) of every SLE step: the quick run stops at the shortest grid the metrics allow; the full run uses
+#: the horizon of `carkinetics translate`.
+T_END = {"quick": 120.0, "full": 730.0}
+
+
+@dataclasses.dataclass
+class DemoContext:
+    """What a step gets: the output folder, the run settings, the report, and results of earlier steps."""
+
+    out: str
+    quick: bool
+    report: Any
+    engine: str = "ensemble"
+    progress: bool = True
+    files: list[str] = dataclasses.field(default_factory=list)
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def t_end(self) -> float:
+        return T_END["quick" if self.quick else "full"]
+
+    def path(self, name: str) -> str:
+        p = os.path.join(self.out, name)
+        self.files.append(p)
+        return p
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoStep:
+    """One section of the demo: `requires` lists (module, attribute) pairs that must exist for it to run."""
+
+    title: str
+    requires: tuple[tuple[str, str], ...]
+    run: Callable[[DemoContext], None]
+    depends_on: tuple[str, ...] = ()  # titles of earlier steps whose results it uses
+
+
+def _feature(module: str, name: str) -> tuple[bool, str]:
+    """Whether `module` provides `name` (and, if not, why)."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as err:
+        return False, f"{module} cannot be imported ({err})"
+    if not hasattr(mod, name):
+        return False, f"{module}.{name} is not in this installation"
+    return True, ""
+
+
+def _step_lymphodepletion(ctx: DemoContext) -> None:
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
+
+    from carkinetics.plot import save_figure
+
+    bsa = ck.bsa_mosteller(70.0, 170.0)
+    ts = np.linspace(-6.0, 1.0, 281 if ctx.quick else 701)
+    flu = ck.simulate(TwoCompartmentPK(), ck.fludarabine(25.0, (-5, -4, -3), bsa_m2=bsa, state="central"), ts)
+    cy = ck.simulate(OneCompartmentPK(), ck.cyclophosphamide(1000.0, (-3,), bsa_m2=bsa, state="central"), ts)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot(ts, flu.observables.concentration, label="fludarabine 25 mg/m² d−5..−3 (2-cmt, Langenhorst 2019)")
+    ax.plot(ts, cy.observables.concentration, label="cyclophosphamide 1000 mg/m² d−3 (1-cmt, Ahmed 2020)")
+    ax.set_xlabel("day (relative to CAR-T infusion)")
+    ax.set_ylabel("plasma concentration (mg/L)")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-3, None)
+    ax.set_title(f"Erlangen lymphodepletion, BSA {bsa:.2f} m² (70 kg, 170 cm)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = save_figure(fig, ctx.path("lymphodepletion_pk.png"))
+    cio.write_tidy_csv(ctx.path("lymphodepletion_fludarabine.csv"), flu)
+    cio.write_tidy_csv(ctx.path("lymphodepletion_cyclophosphamide.csv"), cy)
+    auc = float(np.trapezoid(np.asarray(flu.observables.concentration), ts))
+    ctx.report.text(
+        "Plasma concentrations of the lymphodepleting chemotherapy, from the linear reference PK models with "
+        f"published population parameters. Fludarabine AUC over days −6..1: {auc:.3g} mg·d/L."
+    )
+    ctx.report.figure(png, "Fludarabine and cyclophosphamide plasma concentrations (log scale).")
+
+
+#: Observables shown in the course figures.
+PANELS = ("car_blood", "b_blood", "anti_dsdna", "il6", "sledai", "lymphocytes")
+
+
+def _step_human(ctx: DemoContext) -> None:
+    from carkinetics.plot import plot_timecourse, save_figure
+
+    model = load_preset("human")
+    ts = save_times(ctx.t_end)
+    sol = ck.simulate(model, erlangen_regimen(model), ts)
+    ctx.results["human"] = (model, sol)
+    cio.write_tidy_csv(ctx.path("human_erlangen.csv"), sol)
+    fig = plot_timecourse(sol, list(PANELS), ncols=3, title="Human SLE, Erlangen regimen (Flu/Cy + 1e6 CAR-T/kg)")
+    ctx.report.text(
+        f"The composed SLE CAR-T model with the human preset, under the Erlangen regimen, on the SLE save grid "
+        f"(days {float(ts[0]):g} to {float(ts[-1]):g}; {int(sol.num_steps)} solver steps)."
+    )
+    ctx.report.figure(save_figure(fig, ctx.path("human_erlangen.png")), "Human SLE course (blood counts per µL).")
+
+
+def _step_mouse(ctx: DemoContext) -> None:
+    from carkinetics.plot import plot_timecourse, save_figure
+
+    model = load_preset("mouse_nzbw")
+    sol = ck.simulate(model, mouse_regimen(model), save_times(ctx.t_end))
+    ctx.results["mouse"] = (model, sol)
+    cio.write_tidy_csv(ctx.path("mouse_nzbw.csv"), sol)
+    sols, labels = [sol], ["mouse (NZB/W)"]
+    if "human" in ctx.results:
+        sols.insert(0, ctx.results["human"][1])
+        labels.insert(0, "human")
+    fig = plot_timecourse(sols, list(PANELS), labels=labels, ncols=3, title="Human vs mouse (NZB/W) course")
+    ctx.report.text("The same model with the NZB/W mouse preset, irradiation conditioning and 1e6 CAR-T cells.")
+    ctx.report.figure(save_figure(fig, ctx.path("human_vs_mouse.png")), "Human and mouse courses side by side.")
+
+
+#: Parameters of the sensitivity step (ranges: half to double the preset value) and the SLE metrics it reads.
+SOBOL_PARAMETERS = ("car.rho", "car.alpha", "car.k_kill", "bcell.d_pb")
+SOBOL_METRICS = ("CAR Cmax", "B aplasia", "anti-dsDNA d90")
+
+
+def sobol_metrics(sol: ck.Solution) -> dict[str, Any]:
+    """The `SOBOL_METRICS` of the SLE metric set (`sle_metrics`)."""
+    values = sle_metrics(sol)
+    return {name: values[name] for name in SOBOL_METRICS}
+
+
+def _step_sensitivity(ctx: DemoContext) -> None:
+    import jax
+    import matplotlib.pyplot as plt
+
+    from carkinetics.plot import plot_sobol, save_figure
+
+    model = load_preset("human")
+    names = list(SOBOL_PARAMETERS)
+    bounds = [[0.5 * float(model.get(n)), 2.0 * float(model.get(n))] for n in names]
+    problem = {"names": names, "bounds": bounds}
+    fn = ck.model_function(model, erlangen_regimen(model), save_times(ctx.t_end), names, sobol_metrics,
+                           engine=ctx.engine)
+    n = 8 if ctx.quick else 32
+    indices, x, res = ck.sobol_analysis(fn, problem, n, key=jax.random.key(0), has_ok=True, progress=ctx.progress)
+    fig, axes = plt.subplots(1, len(SOBOL_METRICS), figsize=(4.4 * len(SOBOL_METRICS), 3.4), squeeze=False)
+    rows = []
+    for ax, m in zip(axes[0], SOBOL_METRICS):
+        plot_sobol(indices[m], ax=ax, title=f"{m} [{SLE_METRICS[m][0]}]")
+        for i, p in enumerate(names):
+            rows.append([m, p, float(indices[m].S1[i]), float(indices[m].S1_conf[i]), float(indices[m].ST[i]),
+                         float(indices[m].ST_conf[i])])
+    fig.tight_layout()
+    png = save_figure(fig, ctx.path("sensitivity_sobol.png"))
+    with open(ctx.path("sensitivity_sobol.csv"), "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["metric", "parameter", "S1", "S1_conf", "ST", "ST_conf"])
+        w.writerows(rows)
+    ctx.report.text(
+        f"Sobol indices of three SLE metrics ({'; '.join(f'{m}: {SLE_METRICS[m][1]}' for m in SOBOL_METRICS)}) of "
+        f"the human Erlangen course over {ctx.t_end:g} days, for {len(names)} parameters each varied uniformly from "
+        f"half to double its preset value (Saltelli design, {n} base samples, {x.shape[0]} simulations on the "
+        f"{res.engine} engine, {int(res.n_failed)} failed). "
+        + ("This is a small illustrative sweep: with so few samples the confidence intervals are wide."
+           if ctx.quick else "")
+    )
+    ctx.report.figure(png, "First-order (S1) and total (ST) Sobol indices with bootstrap 95% intervals.")
+    ctx.report.table(["metric", "parameter", "S1", "±", "ST", "±"], rows)
+
+
+def _step_translation(ctx: DemoContext) -> None:
+    import jax
+    from carkinetics.models.sle.translation import sle_translation_map
+
+    from carkinetics.plot import (
+        attribution_waterfalls,
+        save_figure,
+        translation_heatmap,
+    )
+
+    tm = sle_translation_map("mouse_nzbw", "human", t_end=ctx.t_end, key=jax.random.key(0), engine=ctx.engine)
+    tm.to_csv(ctx.path("translation_map.csv"))
+    heat = save_figure(translation_heatmap(tm), ctx.path("translation_heatmap.png"))
+    water = save_figure(attribution_waterfalls(tm, ncols=4), ctx.path("translation_waterfalls.png"))
+    ctx.report.text(
+        f"Which mechanisms explain the difference between the NZB/W mouse and the human course (days 0 to "
+        f"{ctx.t_end:g})? Every gap mechanism the presets tag ({len(tm.group_names)} groups, the groups of "
+        "`carkinetics translate`) is swapped between the two presets and each metric's gap is attributed exactly "
+        f"(Shapley values over all {2 ** len(tm.group_names)} group subsets, solved on the {ctx.engine} engine)."
+    )
+    ctx.report.figure(heat, "Share of each metric's mouse-to-human gap by mechanism group.")
+    ctx.report.figure(water, "Attribution waterfalls: from the mouse value, one step per mechanism, to the human value.")
+    ctx.report.code(tm.narrative())
+
+
+def _step_sbml(ctx: DemoContext) -> None:
+    model = load_preset("human")
+    path = ctx.path("sle_human_erlangen.xml")
+    cio.write_sbml(model, path, erlangen_regimen(model))
+    with open(ctx.path("sle_human_erlangen.antimony"), "w") as fh:
+        fh.write(cio.to_antimony(model, erlangen_regimen(model)))
+    ctx.report.text(
+        f"The human preset with the Erlangen regimen as SBML ({os.path.basename(path)}) and Antimony, for "
+        "libroadrunner, COPASI or AMICI users: states as rate rules, observables as assignment rules, every "
+        "parameter named (dots become underscores), doses as events. Time unit: day; the SBML clock starts at the "
+        "first dose (day -5), stored in the parameter t_start (carkinetics day = SBML time + t_start). In "
+        "libroadrunner use the Adams mode (integrator.stiff = False) for this model."
+    )
+
+
+def _step_parameters(ctx: DemoContext) -> None:
+    model = ctx.results["human"][0]
+    model.parameter_table().to_csv(ctx.path("parameters_human.csv"))
+    ctx.report.parameter_table(model, "Human preset: every parameter with unit, bounds, confidence tag and source.")
+
+
+HUMAN = "Human SLE course under the Erlangen regimen"
+
+DEMO_STEPS: tuple[DemoStep, ...] = (
+    DemoStep("Lymphodepletion pharmacokinetics", (), _step_lymphodepletion),
+    DemoStep(HUMAN, (), _step_human),
+    DemoStep("Mouse counterpart", (), _step_mouse),
+    DemoStep("Sensitivity sweep (Sobol indices)", (), _step_sensitivity),
+    DemoStep("Translation map: mouse to human", (), _step_translation),
+    DemoStep("Export to SBML", (("antimony", "loadAntimonyString"),), _step_sbml),
+    DemoStep("Parameters of the human preset", (), _step_parameters, depends_on=(HUMAN,)),
+)
+
+
+def run_demo(out: str, *, quick: bool = False, engine: str = "ensemble", steps: Sequence[DemoStep] = DEMO_STEPS,
+             progress: Callable[[int, str], Any] | None = None) -> tuple[str, list[str], list[str]]:
+    """Run the demo steps and write `report.html` into `out`.
+
+    **Arguments:**
+
+    - `out`: the output folder (it must exist).
+    - `quick`: the short horizon and fewer samples.
+    - `engine`: `"ensemble"` or `"vmap"`, for the batched steps (sensitivity sweep, translation map).
+    - `steps`: the steps to run, in order.
+    - `progress`: `progress(n_steps, label)` returns an object with `step(what)`, `advance()` and `close()` (e.g.
+      the command line's `ctx.progress`); `None` for a silent run.
+
+    **Returns:** `(report path, skipped notes, failed notes)`.
+    """
+    import jax
+
+    from carkinetics.report import Report
+
+    rep = Report("carkinetics demo: CAR T-cell therapy in SLE",
+                 subtitle=f"carkinetics {ck.__version__}, {'quick' if quick else 'full'} run on "
+                          f"{jax.devices()[0].platform}, float64, {engine} engine")
+    ctx = DemoContext(out=out, quick=quick, report=rep, engine=engine, progress=progress is not None)
+    skipped, failed, done = [], [], []
+    prog = None if progress is None else progress(len(steps), "demo")
+    for step in steps:
+        if prog is not None:
+            prog.step(step.title)
+        rep.heading(step.title)
+        missing = [why for ok, why in (_feature(m, a) for m, a in step.requires) if not ok]
+        missing += [f"it needs the step '{d}', which did not run" for d in step.depends_on if d not in done]
+        if missing:
+            msg = f"Step '{step.title}' is left out of this demo: {missing[0]}."
+            rep.note(msg, kind="skipped")
+            skipped.append(msg)
+        else:
+            t0 = time.perf_counter()
+            try:
+                step.run(ctx)
+                done.append(step.title)
+                rep.note(f"Step took {time.perf_counter() - t0:.1f} s.", kind="info")
+            except Exception as err:  # noqa: BLE001  (a failing step must not hide the rest of the report)
+                msg = f"Step '{step.title}' failed: {type(err).__name__}: {err}"
+                rep.note(msg, kind="warning")
+                failed.append(msg)
+                if os.environ.get("CARKINETICS_DEBUG"):
+                    traceback.print_exc()
+        if prog is not None:
+            prog.advance()
+    if prog is not None:
+        prog.close()
+    rep.heading("Files")
+    rep.table(["file"], [[os.path.basename(f)] for f in ctx.files if os.path.exists(f)])
+    path = rep.write(os.path.join(out, "report.html"))
+    return path, skipped, failed
