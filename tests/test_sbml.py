@@ -178,11 +178,10 @@ def test_bad_arguments_raise():
 
 
 def test_sle_model_under_the_erlangen_regimen_matches_roadrunner():
-    models = pytest.importorskip("carkinetics.models")
-    if not hasattr(models, "load_preset"):
-        pytest.skip("the composed SLE model is not in this installation")
-    model = models.load_preset("human")
-    regimen = models.erlangen_regimen(model)  # Flu/Cy infusions on days -5..-3, CAR-T bolus on day 0
+    from carkinetics.models.sle import erlangen_regimen, load_preset
+
+    model = load_preset("human")
+    regimen = erlangen_regimen(model)  # Flu/Cy infusions on days -5..-3, CAR-T bolus on day 0
     ts = np.linspace(-6.0, 30.0, 73)
     text = cio.to_antimony(model, regimen, t0=-6.0)  # the SBML clock starts at day -6
     assert "t_start = (-6.0);" in text and "dose_1_on: at (time >= 1.0)" in text

@@ -67,7 +67,7 @@ def _read(name_or_path: str | os.PathLike) -> tuple[str, dict]:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise ValueError(f"`name` must be a preset name {list(_PRESETS)} or a path to a TOML file, got {name_or_path!r}.")
     if isinstance(name_or_path, str) and name_or_path in _PRESETS:
-        res = importlib.resources.files("carkinetics.models").joinpath("presets", f"{name_or_path}.toml")
+        res = importlib.resources.files("carkinetics.models.sle").joinpath("presets", f"{name_or_path}.toml")
         label = f"preset {name_or_path!r}"
         text = res.read_text(encoding="utf-8")
     else:

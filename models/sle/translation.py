@@ -41,7 +41,7 @@ from carkinetics import _metrics as metrics
 from carkinetics._core._dosing import Bolus, FractionalKill, Infusion, Regimen
 from carkinetics._core._parameters import param, parameters
 from carkinetics._attribution._shapley import MechanismGroup, evaluate_models
-from carkinetics._core._simulate import simulate
+from carkinetics._engine._simulate import simulate
 from carkinetics._attribution._translation import TranslationMap, translation_map
 
 #: Short labels of the gap mechanisms of `shared/references/translation.md`.
