@@ -6,10 +6,10 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 
 import carkinetics as ck
 import carkinetics.io as cio
-from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 
 
 def _problem(model):
@@ -116,3 +116,96 @@ def test_nonmem_observation_errors():
     obs = cio.read_nonmem_observations(
         io.StringIO("ID,TIME,CMT,DV,MDV,EVID\n1,1,a,2.0,0,0\n1,2,1,3.0,1,0\n2,1,1,5.0,0,0\n"), ["a"], subject_id="2")
     assert obs.value.tolist() == [5.0] and obs.subject == ("2",) and math.isclose(obs.time[0], 1.0)
+
+
+
+# ---- NONMEM-style tables: one strict parser for every reader ------------------------------------------------------
+
+_HEADER = "ID,TIME,AMT,CMT,EVID,MDV,DV\n"
+
+
+def _both_readers(text):
+    """Both readers on the same text (each gets a fresh stream)."""
+    return (lambda: ck.read_nonmem_events(io.StringIO(text), ["central"]),
+            lambda: cio.read_nonmem_observations(io.StringIO(text), ["conc"]))
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        ("1,0,1,1,1.5,0,.\n", r"Line 2: column EVID = '1\.5' is not an integer\."),
+        ("1,0,1,1,7,0,.\n", (r"Line 2: EVID = 7 is not supported \(not a NONMEM event type\); carkinetics reads EVID "
+                             r"0 \(observation\), 1 \(dose\), 2 \(other\), and NONMEM defines 0 to 4\.")),
+        ("1,0,1,1,3,0,.\n", r"Line 2: EVID = 3 is not supported \(NONMEM's reset\); carkinetics reads EVID 0"),
+        ("1,0,.,1,0,0.5,2\n", r"Line 2: column MDV = '0\.5' is not an integer\."),
+        ("1,0,.,1,0,2,2\n", r"Line 2: column MDV = '2' must be 0 or 1\."),
+        ("1,0,1,1,1,0,.,9\n", (r"Line 2 has 8 field\(s\) but the header has 7 columns \(ID, TIME, AMT, CMT, EVID, "
+                               r"MDV, DV\)")),
+        ("1,0,.,1,0,0,1.0\n1,1,.,1,0\n", r"Line 3 has 5 field\(s\) but the header has 7 columns"),
+        ("1,0,1e999,1,1,0,.\n", r"Line 2: column AMT = '1e999' is not finite\."),
+        ("1,0,.,1,0,0,1.0\n2,0,.,1,0,0,2.0\n1,1,.,1,0,0,3.0\n",
+         (r"Line 4: ID 1 appears again after ID 2 \(its rows start on line 2\); the rows of each subject must be "
+         r"contiguous")),
+    ],
+)
+def test_nonmem_readers_reject_malformed_rows(body, match):
+    # Each check is the shared parser's, so both readers reject the row with the same message, including rows the
+    # reader itself would skip (a dose row for the observation reader, an observation row for the event reader).
+    for read in _both_readers(_HEADER + body):
+        with pytest.raises(ValueError, match=match):
+            read()
+
+
+def test_nonmem_readers_name_the_line_of_a_non_numeric_amount_without_evid():
+    # Without an EVID column, AMT decides dose or observation; a non-number there is reported with its line.
+    for read in _both_readers("TIME,AMT,CMT,DV\n0,100,1,.\n1,ten,1,.\n"):
+        with pytest.raises(ValueError, match=r"Line 3: column AMT = 'ten' is not a number\."):
+            read()
+
+
+def test_nonmem_readers_accept_a_byte_order_mark_and_reject_latin1(tmp_path):
+    text = "ID,TIME,AMT,CMT,EVID,DV,MDV\n1,0,100,1,1,.,1\n1,0.5,.,1,0,1.8,0\n"
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    regimen = ck.read_nonmem_events(bom, ["central"])
+    assert len(regimen) == 1 and float(regimen.doses[0].amount) == 100.0
+    obs = cio.read_nonmem_observations(str(bom), ["conc"])
+    assert obs.value.tolist() == [1.8] and obs.subject == ("1",)
+    # the same through a text stream that kept the mark (opened with encoding="utf-8")
+    with open(bom, encoding="utf-8", newline="") as fh:
+        assert cio.read_nonmem_observations(fh, ["conc"]).value.tolist() == [1.8]
+    # a Latin-1 file (a micro sign in a covariate) is not UTF-8: a ValueError naming the encoding and the line
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("ID,TIME,AMT,CMT,EVID,DV,MDV,UNIT\n1,0,100,1,1,.,1,mg\n1,0.5,.,1,0,1.8,0,\u00b5g/L\n"
+                      .encode("latin-1"))
+    match = r"latin1\.csv' is not UTF-8 text: byte 0xb5 on line 3, character 19 .*Save the file as UTF-8"
+    for read in (lambda: ck.read_nonmem_events(latin, ["central"]),
+                 lambda: cio.read_nonmem_observations(latin, ["conc"])):
+        with pytest.raises(ValueError, match=match):
+            read()
+    with open(latin, encoding="utf-8") as fh, pytest.raises(ValueError, match=r"is not UTF-8 text: byte 0xb5 on "
+                                                                                   r"line 3"):
+        cio.read_nonmem_observations(fh, ["conc"])
+
+
+def test_nonmem_readers_check_compartments_and_subjects():
+    table = "ID,TIME,AMT,CMT,EVID,DV,MDV\n1,0,100,1,1,.,1\n1,0.5,.,2,0,1.8,0\n"
+    with pytest.raises(ValueError, match=r"Line 3: unknown observation compartment CMT = '2'; valid values are "
+                                         r"1\.\.1 \(1=conc\) or one of these names\."):
+        cio.read_nonmem_observations(io.StringIO(table), ["conc"])
+    with pytest.raises(ValueError, match=r"Line 2: unknown dose compartment CMT = '1\.5'"):
+        ck.read_nonmem_events(io.StringIO("TIME,AMT,CMT\n0,1,1.5\n"), ["central"])
+    with pytest.raises(ValueError, match=r"`subject_id` '7' is not in the table's IDs \['1'\]"):
+        cio.read_nonmem_observations(io.StringIO(table), ["conc", "other"], subject_id="7")
+    with pytest.raises(ValueError, match=r"`subject_id` 1 was given but the table has no ID column"):
+        ck.read_nonmem_events(io.StringIO("TIME,AMT,CMT\n0,1,1\n"), ["central"], subject_id=1)
+    with pytest.raises(ValueError, match=r"Line 2: column DV is empty; it is required for an observation record"):
+        cio.read_nonmem_observations(io.StringIO("TIME,CMT,DV,EVID\n0,1,.,0\n"), ["conc"])
+    with pytest.raises(ValueError, match=r"Line 2: SS = 1 \(steady-state dosing\) is not supported"):
+        ck.read_nonmem_events(io.StringIO("TIME,AMT,CMT,SS,II\n0,1,1,1,1\n"), ["central"])
+    with pytest.raises(ValueError, match=r"column TIME appears twice in the header"):
+        ck.read_nonmem_events(io.StringIO("TIME,AMT,CMT,time\n0,1,1,0\n"), ["central"])
+    # EVID 2 rows and MDV 1 observations are skipped; EVID written as 1.0 is the integer 1; blank lines are ignored
+    text = "TIME,AMT,CMT,EVID,MDV,DV\n0,5,1,1.0,1,.\n\n0.5,.,1,2,1,.\n1,.,1,0,1,.\n2,.,1,0,0,0.25\n"
+    assert [float(d.amount) for d in ck.read_nonmem_events(io.StringIO(text), ["central"]).doses] == [5.0]
+    assert cio.read_nonmem_observations(io.StringIO(text), ["conc"]).time.tolist() == [2.0]
