@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-from carkinetics._ensemble._sparsity import block_levels, block_triangular, jacobian_pattern
 from carkinetics._ensemble._linalg import batched_jacobian, block_lu_solver, column_colouring, implicit_solver
+from carkinetics._ensemble._sparsity import block_levels, block_triangular, jacobian_pattern
 from carkinetics.models import OneCompartmentPK, Stein2019CK, TwoCompartmentPK
-from carkinetics.models.sle import load_preset
 from carkinetics.models.reference_workload import ReferenceWorkload
+from carkinetics.models.sle import load_preset
 from helpers import rel_err
 
 SEED = 20261126
@@ -63,6 +63,19 @@ def test_pattern_contains_every_nonzero_of_the_jacobian(model):
         seen |= jac != 0
     assert not np.any(seen & ~pattern)
     assert np.all(np.diag(pattern))
+
+
+def test_data_movement_follows_elements_exactly():
+    # Reversal, padding and a where over the reversed state (the shared element maps of `_core._jaxpr`): each output
+    # depends on exactly the states it is built from (plus the diagonal, always kept).
+    def f(t, y):  # y (4, N)
+        del t
+        shifted = jnp.pad(y[::-1], ((1, 0), (0, 0)))[:4]  # (0, y3, y2, y1)
+        return jnp.where(y > 1.0, shifted, jnp.exp(y))
+
+    expected = np.eye(4, dtype=bool)
+    expected[1, 3] = expected[2, 2] = expected[3, 1] = True
+    assert np.array_equal(jacobian_pattern(f, jnp.zeros(2), jnp.ones((4, 2))), expected)
 
 
 def test_unknown_primitives_fall_back_to_dense_dependencies():
