@@ -180,6 +180,7 @@ _ELEMENTWISE: dict[str, Callable] = {
     "real": lambda p, a: a,
 }
 
+
 def _unsupported(prim: str) -> ValueError:
     return ValueError(
         f"The JAX primitive {prim!r} has no SBML/Antimony equivalent in carkinetics' exporter; rewrite that part "
