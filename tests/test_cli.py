@@ -387,7 +387,7 @@ def _write_petab_problem(folder, conditions=("c0",)):
     prob = cio.PetabProblem(meas, cio.petab_parameters_from_model(OneCompartmentPK(), estimate=["cl"]),
                             tuple(cio.PetabCondition(c, "", {}) for c in conditions),
                             (cio.PetabObservable("conc", "plasma", "concentration", "log10", "0.05", "normal"),))
-    cio.write_petab(prob, folder)
+    cio.write_petab(prob, folder, model=OneCompartmentPK())
     return prob
 
 

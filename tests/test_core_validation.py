@@ -176,8 +176,9 @@ def test_nonmem_reader_builds_bolus_infusion_and_repeats():
 @pytest.mark.parametrize(
     "row, match",
     [
-        ("0,100,3,1", r"Line 2: unknown compartment CMT = 3; valid values are 1\.\.2 \(1=depot, 2=central\)"),
-        ("0,100,blood,1", r"Line 2: unknown compartment CMT = 'blood'; valid names are \['depot', 'central'\]"),
+        ("0,100,3,1", r"Line 2: unknown dose compartment CMT = '3'; valid values are 1\.\.2 \(1=depot, 2=central\)"),
+        ("0,100,blood,1", r"Line 2: unknown dose compartment CMT = 'blood'; valid values are 1\.\.2 \(1=depot, "
+                          r"2=central\) or one of these names"),
         ("0,-5,1,1", r"Line 2: AMT = -5\.0 is negative"),
         ("zero,5,1,1", r"Line 2: column TIME = 'zero' is not a number"),
         ("0,5,1,4", r"Line 2: EVID = 4 is not supported"),

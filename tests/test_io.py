@@ -6,10 +6,10 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 
 import carkinetics as ck
 import carkinetics.io as cio
-from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 
 
 def _problem(model):
@@ -31,9 +31,20 @@ def test_petab_round_trip(tmp_path):
     yaml_path = cio.write_petab(prob, tmp_path, model=model)
     assert (tmp_path / "model.xml").read_text().count("<sbml") == 1
     with open(yaml_path) as fh:
-        assert "measurement_files: [measurements.tsv]" in fh.read()
+        text = fh.read()
+    assert "measurement_files: [measurements.tsv]" in text and "sbml_files: [model.xml]" in text
     back = cio.read_petab(yaml_path, model=model)
-    assert back == prob
+    # PEtab form: `v`, which a condition sets, leaves the parameter table, and the condition that did not set it
+    # gets its nominal value; every condition still gives the same model
+    assert back.measurements == prob.measurements and back.observables == prob.observables
+    assert back.parameters == tuple(p for p in prob.parameters if p.parameter_id != "v")
+    assert back.conditions == (cio.PetabCondition("low", "100 mg", {"v": 46.5}),
+                               cio.PetabCondition("high", "small V", {"v": 20.0}))
+    for c in ("low", "high"):
+        assert (float(back.apply(model, c).v), float(back.apply(model, c).cl)) == \
+            (float(prob.apply(model, c).v), float(prob.apply(model, c).cl))
+    # ... and the PEtab form is written and read back unchanged
+    assert cio.read_petab(cio.write_petab(back, tmp_path / "again", model=model), model=model) == back
     # parameter rows come from the metadata: estimated cl on log10 scale within 100-fold of its value
     cl = next(p for p in back.parameters if p.parameter_id == "cl")
     assert (cl.scale, cl.estimate) == ("log10", True)
@@ -45,6 +56,46 @@ def test_petab_round_trip(tmp_path):
     assert float(m.v) == 20.0 and float(m.cl) == pytest.approx(5.41 * 24, rel=1e-12)
 
 
+# petab 0.8 calls pandas APIs that pandas 3 deprecates (`float_precision`, `inplace`): its warnings, not ours.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:petab.*")
+def test_written_petab_problem_passes_the_petab_linter_and_carries_the_regimen(tmp_path):
+    # The official PEtab (v1) linter finds no error in a written problem; its model.xml holds the regimen as SBML
+    # events, so libroadrunner simulating it reproduces ck.simulate at the measurement times (1e-6 relative).
+    petab = pytest.importorskip("petab.v1")
+    from petab.v1.lint import lint_problem
+
+    roadrunner = pytest.importorskip("roadrunner")
+    model = OneCompartmentPK()
+    regimen = ck.Regimen([ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=1), ck.Infusion(1.5, "central", rate=80.0,
+                                                                                          duration=0.25)])
+    yaml_path = cio.write_petab(_problem(model), tmp_path, model=model, regimen=regimen)
+    assert lint_problem(petab.Problem.from_yaml(yaml_path)) is False  # True means errors were reported
+    rr = roadrunner.RoadRunner(str(tmp_path / "model.xml"))
+    rr.integrator.relative_tolerance = 1e-10
+    rr.integrator.absolute_tolerance = 1e-12
+    ts = np.array([0.0, 0.25, 0.5, 1.0, 1.6, 2.5])
+    rr.timeCourseSelections = ["time", "concentration"]
+    res = rr.simulate(times=list(map(float, ts)))
+    ref = np.asarray(ck.simulate(model, regimen, ts, rtol=1e-10, atol=1e-12).observables.concentration)
+    np.testing.assert_allclose(np.asarray(res["concentration"]), ref, rtol=1e-6, atol=0)
+
+
+def test_write_petab_rejects_what_petab_cannot_express(tmp_path):
+    model = OneCompartmentPK()
+    prob = _problem(model)
+    with pytest.raises(ValueError, match=r"doses on day -1, before day 0; PEtab simulates from time 0"):
+        cio.write_petab(prob, tmp_path, model=model, regimen=ck.Bolus(-1.0, 10.0, "central"))
+    estimated_and_set = cio.PetabProblem(prob.measurements, prob.parameters,
+                                         (prob.conditions[0], cio.PetabCondition("high", "", {"cl": 50.0})),
+                                         prob.observables)
+    with pytest.raises(ValueError, match=r"Parameter 'cl' is estimated in the parameters table and set by "
+                                         r"condition\(s\) \['high'\]"):
+        cio.write_petab(estimated_and_set, tmp_path, model=model)
+    with pytest.raises(ValueError, match=r"`model` must be a carkinetics AbstractKineticModel, got NoneType"):
+        cio.write_petab(prob, tmp_path, model=None)
+    assert not (tmp_path / "problem.yaml").exists()  # nothing is written before the checks pass
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -54,7 +105,7 @@ def test_petab_round_trip(tmp_path):
     ],
 )
 def test_petab_measurement_errors_name_the_problem(tmp_path, edit, message):
-    cio.write_petab(_problem(OneCompartmentPK()), tmp_path)
+    cio.write_petab(_problem(OneCompartmentPK()), tmp_path, model=OneCompartmentPK())
     f = tmp_path / "measurements.tsv"
     f.write_text(edit(f.read_text()))
     with pytest.raises(ValueError, match=message):
@@ -116,3 +167,96 @@ def test_nonmem_observation_errors():
     obs = cio.read_nonmem_observations(
         io.StringIO("ID,TIME,CMT,DV,MDV,EVID\n1,1,a,2.0,0,0\n1,2,1,3.0,1,0\n2,1,1,5.0,0,0\n"), ["a"], subject_id="2")
     assert obs.value.tolist() == [5.0] and obs.subject == ("2",) and math.isclose(obs.time[0], 1.0)
+
+
+
+# ---- NONMEM-style tables: one strict parser for every reader ------------------------------------------------------
+
+_HEADER = "ID,TIME,AMT,CMT,EVID,MDV,DV\n"
+
+
+def _both_readers(text):
+    """Both readers on the same text (each gets a fresh stream)."""
+    return (lambda: ck.read_nonmem_events(io.StringIO(text), ["central"]),
+            lambda: cio.read_nonmem_observations(io.StringIO(text), ["conc"]))
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        ("1,0,1,1,1.5,0,.\n", r"Line 2: column EVID = '1\.5' is not an integer\."),
+        ("1,0,1,1,7,0,.\n", (r"Line 2: EVID = 7 is not supported \(not a NONMEM event type\); carkinetics reads EVID "
+                             r"0 \(observation\), 1 \(dose\), 2 \(other\), and NONMEM defines 0 to 4\.")),
+        ("1,0,1,1,3,0,.\n", r"Line 2: EVID = 3 is not supported \(NONMEM's reset\); carkinetics reads EVID 0"),
+        ("1,0,.,1,0,0.5,2\n", r"Line 2: column MDV = '0\.5' is not an integer\."),
+        ("1,0,.,1,0,2,2\n", r"Line 2: column MDV = '2' must be 0 or 1\."),
+        ("1,0,1,1,1,0,.,9\n", (r"Line 2 has 8 field\(s\) but the header has 7 columns \(ID, TIME, AMT, CMT, EVID, "
+                               r"MDV, DV\)")),
+        ("1,0,.,1,0,0,1.0\n1,1,.,1,0\n", r"Line 3 has 5 field\(s\) but the header has 7 columns"),
+        ("1,0,1e999,1,1,0,.\n", r"Line 2: column AMT = '1e999' is not finite\."),
+        ("1,0,.,1,0,0,1.0\n2,0,.,1,0,0,2.0\n1,1,.,1,0,0,3.0\n",
+         (r"Line 4: ID 1 appears again after ID 2 \(its rows start on line 2\); the rows of each subject must be "
+         r"contiguous")),
+    ],
+)
+def test_nonmem_readers_reject_malformed_rows(body, match):
+    # Each check is the shared parser's, so both readers reject the row with the same message, including rows the
+    # reader itself would skip (a dose row for the observation reader, an observation row for the event reader).
+    for read in _both_readers(_HEADER + body):
+        with pytest.raises(ValueError, match=match):
+            read()
+
+
+def test_nonmem_readers_name_the_line_of_a_non_numeric_amount_without_evid():
+    # Without an EVID column, AMT decides dose or observation; a non-number there is reported with its line.
+    for read in _both_readers("TIME,AMT,CMT,DV\n0,100,1,.\n1,ten,1,.\n"):
+        with pytest.raises(ValueError, match=r"Line 3: column AMT = 'ten' is not a number\."):
+            read()
+
+
+def test_nonmem_readers_accept_a_byte_order_mark_and_reject_latin1(tmp_path):
+    text = "ID,TIME,AMT,CMT,EVID,DV,MDV\n1,0,100,1,1,.,1\n1,0.5,.,1,0,1.8,0\n"
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    regimen = ck.read_nonmem_events(bom, ["central"])
+    assert len(regimen) == 1 and float(regimen.doses[0].amount) == 100.0
+    obs = cio.read_nonmem_observations(str(bom), ["conc"])
+    assert obs.value.tolist() == [1.8] and obs.subject == ("1",)
+    # the same through a text stream that kept the mark (opened with encoding="utf-8")
+    with open(bom, encoding="utf-8", newline="") as fh:
+        assert cio.read_nonmem_observations(fh, ["conc"]).value.tolist() == [1.8]
+    # a Latin-1 file (a micro sign in a covariate) is not UTF-8: a ValueError naming the encoding and the line
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes("ID,TIME,AMT,CMT,EVID,DV,MDV,UNIT\n1,0,100,1,1,.,1,mg\n1,0.5,.,1,0,1.8,0,\u00b5g/L\n"
+                      .encode("latin-1"))
+    match = r"latin1\.csv' is not UTF-8 text: byte 0xb5 on line 3, character 19 .*Save the file as UTF-8"
+    for read in (lambda: ck.read_nonmem_events(latin, ["central"]),
+                 lambda: cio.read_nonmem_observations(latin, ["conc"])):
+        with pytest.raises(ValueError, match=match):
+            read()
+    with open(latin, encoding="utf-8") as fh, pytest.raises(ValueError, match=r"is not UTF-8 text: byte 0xb5 on "
+                                                                                   r"line 3"):
+        cio.read_nonmem_observations(fh, ["conc"])
+
+
+def test_nonmem_readers_check_compartments_and_subjects():
+    table = "ID,TIME,AMT,CMT,EVID,DV,MDV\n1,0,100,1,1,.,1\n1,0.5,.,2,0,1.8,0\n"
+    with pytest.raises(ValueError, match=r"Line 3: unknown observation compartment CMT = '2'; valid values are "
+                                         r"1\.\.1 \(1=conc\) or one of these names\."):
+        cio.read_nonmem_observations(io.StringIO(table), ["conc"])
+    with pytest.raises(ValueError, match=r"Line 2: unknown dose compartment CMT = '1\.5'"):
+        ck.read_nonmem_events(io.StringIO("TIME,AMT,CMT\n0,1,1.5\n"), ["central"])
+    with pytest.raises(ValueError, match=r"`subject_id` '7' is not in the table's IDs \['1'\]"):
+        cio.read_nonmem_observations(io.StringIO(table), ["conc", "other"], subject_id="7")
+    with pytest.raises(ValueError, match=r"`subject_id` 1 was given but the table has no ID column"):
+        ck.read_nonmem_events(io.StringIO("TIME,AMT,CMT\n0,1,1\n"), ["central"], subject_id=1)
+    with pytest.raises(ValueError, match=r"Line 2: column DV is empty; it is required for an observation record"):
+        cio.read_nonmem_observations(io.StringIO("TIME,CMT,DV,EVID\n0,1,.,0\n"), ["conc"])
+    with pytest.raises(ValueError, match=r"Line 2: SS = 1 \(steady-state dosing\) is not supported"):
+        ck.read_nonmem_events(io.StringIO("TIME,AMT,CMT,SS,II\n0,1,1,1,1\n"), ["central"])
+    with pytest.raises(ValueError, match=r"column TIME appears twice in the header"):
+        ck.read_nonmem_events(io.StringIO("TIME,AMT,CMT,time\n0,1,1,0\n"), ["central"])
+    # EVID 2 rows and MDV 1 observations are skipped; EVID written as 1.0 is the integer 1; blank lines are ignored
+    text = "TIME,AMT,CMT,EVID,MDV,DV\n0,5,1,1.0,1,.\n\n0.5,.,1,2,1,.\n1,.,1,0,1,.\n2,.,1,0,0,0.25\n"
+    assert [float(d.amount) for d in ck.read_nonmem_events(io.StringIO(text), ["central"]).doses] == [5.0]
+    assert cio.read_nonmem_observations(io.StringIO(text), ["conc"]).time.tolist() == [2.0]

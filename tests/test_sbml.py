@@ -178,11 +178,10 @@ def test_bad_arguments_raise():
 
 
 def test_sle_model_under_the_erlangen_regimen_matches_roadrunner():
-    models = pytest.importorskip("carkinetics.models")
-    if not hasattr(models, "load_preset"):
-        pytest.skip("the composed SLE model is not in this installation")
-    model = models.load_preset("human")
-    regimen = models.erlangen_regimen(model)  # Flu/Cy infusions on days -5..-3, CAR-T bolus on day 0
+    from carkinetics.models.sle import erlangen_regimen, load_preset
+
+    model = load_preset("human")
+    regimen = erlangen_regimen(model)  # Flu/Cy infusions on days -5..-3, CAR-T bolus on day 0
     ts = np.linspace(-6.0, 30.0, 73)
     text = cio.to_antimony(model, regimen, t0=-6.0)  # the SBML clock starts at day -6
     assert "t_start = (-6.0);" in text and "dose_1_on: at (time >= 1.0)" in text
@@ -213,3 +212,28 @@ def test_default_clock_starts_at_the_first_negative_dose():
     rr = _run_roadrunner(cio.to_sbml(OneCompartmentPK(), regimen), np.array([0.0, 3.0, 4.0]), ["central"])
     sol = ck.simulate(OneCompartmentPK(), regimen, np.array([-2.0, 1.0, 2.0]))
     _assert_close(rr["central"], sol.ys.central, scale=10.0)
+
+
+@pytest.mark.parametrize("case", ["two_compartment_with_regimen", "sle_human_with_erlangen_regimen"])
+def test_exported_sbml_passes_libsbml_consistency_checks(case):
+    # libSBML's full consistency check (identifiers, MathML, events, rules, units): zero errors. Warnings remain
+    # only in the unit categories (carkinetics' units are free-text annotations, not SBML unit definitions).
+    libsbml = pytest.importorskip("libsbml")
+    if case == "two_compartment_with_regimen":
+        model = TwoCompartmentPK()
+        regimen = ck.Regimen([
+            ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2),
+            ck.Infusion(0.5, "peripheral", amount=50.0, duration=0.25),
+            ck.FractionalKill(2.5, 0.3, ["central", "peripheral"]),
+        ])
+    else:
+        from carkinetics.models.sle import erlangen_regimen, load_preset
+
+        model = load_preset("human")
+        regimen = erlangen_regimen(model)
+    doc = libsbml.readSBMLFromString(cio.to_sbml(model, regimen))
+    doc.checkConsistency()
+    issues = [doc.getError(i) for i in range(doc.getNumErrors())]
+    errors = [f"{e.getErrorId()}: {e.getMessage().strip()}" for e in issues if e.isError() or e.isFatal()]
+    assert errors == []
+    assert {e.getCategoryAsString() for e in issues} <= {"SBML unit consistency", "Modeling practice"}

@@ -1,26 +1,18 @@
 """Structural sparsity of a batched vector field's Jacobian and its block-triangular form (for `EnsembleRodas5`).
 
 `jacobian_pattern` reads the jaxpr of `f(t, y)` and propagates, element by element, which states every
-intermediate value depends on. Every rule is conservative: a primitive without an exact rule makes each of its
-outputs depend on everything its inputs depend on, so the pattern is a superset of the non-zeros of `df/dy` at
-any point and for any parameter values (it never misses an entry; it may include structural zeros).
+intermediate value depends on: the core's jaxpr walker (`_core._jaxpr.eval_jaxpr`) over dependency sets. Every rule
+is conservative: a primitive without an exact rule makes each of its outputs depend on everything its inputs depend
+on, so the pattern is a superset of the non-zeros of `df/dy` at any point and for any parameter values (it never
+misses an entry; it may include structural zeros).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import jax
-from jax.extend import core as jex_core
+import numpy as np
 
-_ELEMENTWISE = frozenset({
-    "abs", "acos", "acosh", "add", "and", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "clamp",
-    "convert_element_type", "copy", "copy_p", "cos", "cosh", "div", "eq", "erf", "erf_inv", "erfc", "exp", "exp2",
-    "expm1", "floor", "ge", "gt", "integer_pow", "is_finite", "le", "lgamma", "digamma", "log", "log1p", "logistic",
-    "lt", "max", "min", "mul", "ne", "neg", "nextafter", "not", "or", "pow", "reduce_precision", "rem", "round",
-    "rsqrt", "select_n", "sign", "sin", "sinh", "sqrt", "square", "sub", "tan", "tanh", "xor", "stop_gradient",
-})
-_REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
-                         "argmax", "argmin"})
+from .._core._jaxpr import MOVEMENT, Rules, eval_jaxpr, rule_table, source_elements
 
 
 def jacobian_pattern(f, t, y) -> np.ndarray:
@@ -29,98 +21,57 @@ def jacobian_pattern(f, t, y) -> np.ndarray:
     closed = jax.make_jaxpr(lambda yy: f(t, yy))(y)
     dep_y = np.zeros(y.shape + (s,), bool)
     dep_y[np.arange(s), :, np.arange(s)] = True
-    (out,) = _propagate(closed.jaxpr, [dep_y], s)
+    (out,) = eval_jaxpr(closed.jaxpr, closed.consts, [dep_y], _dependency_rules(s))
     pattern = out.reshape((s, -1, s)).any(axis=1)
     return pattern | np.eye(s, dtype=bool)
 
 
-def _zeros(aval, s):
-    return np.zeros(tuple(getattr(aval, "shape", ())) + (s,), bool)
+# The value of a variable of shape `shape` is a boolean array `shape + (S,)`: element `[..., j]` says whether that
+# element depends on state `j`. Constants (parameters, inputs closed over, literals) depend on no state.
 
 
-def _full(aval, deps, s):
-    union = np.zeros((s,), bool)
-    for d in deps:
-        union |= d.reshape((-1, s)).any(axis=0)
-    return np.broadcast_to(union, tuple(getattr(aval, "shape", ())) + (s,))
+def _dependency_rules(s: int) -> Rules:
+    def conservative(eqn, ins):
+        union = np.zeros((s,), bool)
+        for d in ins:
+            union |= d.reshape((-1, s)).any(axis=0)
+        return [np.broadcast_to(union, tuple(getattr(v.aval, "shape", ())) + (s,)) for v in eqn.outvars]
 
+    def exact(rule):
+        def checked(eqn, ins):
+            try:
+                return rule(eqn, ins)
+            except (ValueError, IndexError, KeyError, TypeError):
+                return conservative(eqn, ins)  # an unexpected form of a known primitive
 
-def _propagate(jaxpr, in_deps, s):
-    env = {}
+        return checked
 
-    def read(v):
-        if isinstance(v, jex_core.Literal):
-            return _zeros(v.aval, s)
-        return env[v]
+    def shape0(eqn):
+        return tuple(eqn.outvars[0].aval.shape)
 
-    for v in jaxpr.constvars:  # closed-over values (parameters, inputs): independent of the state
-        env[v] = _zeros(v.aval, s)
-    for v, d in zip(jaxpr.invars, in_deps):
-        env[v] = d
-    for eqn in jaxpr.eqns:
-        ins = [read(v) for v in eqn.invars]
-        outs = _rule(eqn, ins, s)
-        for v, d in zip(eqn.outvars, outs):
-            env[v] = np.asarray(d)
-    return [read(v) for v in jaxpr.outvars]
+    def elementwise(eqn, ins):
+        out = ins[0]
+        for d in ins[1:]:
+            out = out | d  # numpy broadcasting: rank-0 operands (trailing axis S only) broadcast
+        return [np.broadcast_to(out, shape0(eqn) + (s,))]
 
+    def movement(eqn, ins):
+        data = MOVEMENT[eqn.primitive.name](len(ins))
+        if len(data) != len(ins):  # indices whose values are unknown here
+            return conservative(eqn, ins)
+        pool = np.concatenate([d.reshape((-1, s)) for d in ins])
+        return [pool[ids] for ids in source_elements(eqn, {})]
 
-def _sub_jaxpr(params):
-    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        sub = params.get(key)
-        if sub is not None:
-            return sub
-    return None
+    def reduction(eqn, ins):
+        return [np.broadcast_to(ins[0].any(axis=tuple(eqn.params["axes"])), shape0(eqn) + (s,))]
 
+    def constant(value, aval):
+        del value  # only the shape matters: a constant depends on no state
+        return np.zeros(tuple(getattr(aval, "shape", ())) + (s,), bool)
 
-def _rule(eqn, ins, s):
-    name, p = eqn.primitive.name, eqn.params
-    avals = [v.aval for v in eqn.outvars]
-    shape0 = tuple(avals[0].shape) if avals and hasattr(avals[0], "shape") else ()
-    try:
-        if name in _ELEMENTWISE:
-            out = ins[0]
-            for d in ins[1:]:
-                out = out | d  # numpy broadcasting: rank-0 operands (trailing axis S only) broadcast
-            return [np.broadcast_to(out, shape0 + (s,))]
-        if name == "transpose":
-            return [np.transpose(ins[0], tuple(p["permutation"]) + (len(shape0),))]
-        if name == "slice":
-            strides = p["strides"] or (1,) * len(p["start_indices"])
-            idx = tuple(slice(a, b, c) for a, b, c in zip(p["start_indices"], p["limit_indices"], strides))
-            return [ins[0][idx]]
-        if name == "squeeze":
-            return [np.squeeze(ins[0], axis=tuple(p["dimensions"]))]
-        if name == "expand_dims":
-            return [np.expand_dims(ins[0], axis=tuple(p["dimensions"]))]
-        if name == "reshape" and p.get("dimensions") is None:
-            return [ins[0].reshape(shape0 + (s,))]
-        if name == "broadcast_in_dim":
-            operand = ins[0]
-            shape = [1] * len(shape0)
-            for src, dst in enumerate(p["broadcast_dimensions"]):
-                shape[dst] = operand.shape[src]
-            return [np.broadcast_to(operand.reshape(tuple(shape) + (s,)), shape0 + (s,))]
-        if name == "concatenate":
-            return [np.concatenate(ins, axis=p["dimension"])]
-        if name == "stack":
-            return [np.stack(ins, axis=p["axis"])]
-        if name == "split":
-            sizes, axis = p["sizes"], p["axis"]
-            return np.split(ins[0], np.cumsum(sizes)[:-1], axis=axis)
-        if name in _REDUCTIONS and "axes" in p:
-            return [np.broadcast_to(ins[0].any(axis=tuple(p["axes"])), shape0 + (s,))]
-        sub = _sub_jaxpr(p)
-        if sub is not None and name in ("pjit", "jit", "closed_call", "core_call", "custom_jvp_call",
-                                        "custom_vjp_call", "custom_vjp_call_jaxpr", "remat", "checkpoint"):
-            inner = sub.jaxpr if hasattr(sub, "jaxpr") else sub
-            if len(inner.invars) != len(ins):
-                raise ValueError("unexpected call signature")
-            outs = _propagate(inner, ins, s)
-            return [np.broadcast_to(o, tuple(a.shape) + (s,)) for o, a in zip(outs, avals)]
-    except (ValueError, IndexError, KeyError, TypeError):
-        pass  # an unexpected form of a known primitive: fall back to the conservative rule below
-    return [_full(a, ins, s) for a in avals]
+    table = rule_table(elementwise=exact(elementwise), identity=exact(lambda eqn, ins: ins),
+                       movement=exact(movement), reduction=exact(reduction))
+    return Rules(table=table, default=conservative, constant=constant)
 
 
 def block_triangular(pattern: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:

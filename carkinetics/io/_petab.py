@@ -13,7 +13,7 @@ PEtab tools (pyPESTO, AMICI, COPASI via the SBML export) and vice versa, within 
   name of the model; `noiseFormula` is a number or a parameter id.
 
 Parameter ids are the model's dotted names with dots replaced by underscores (`car.rho` -> `car_rho`).
-A `problem.yaml` names the files (and `model.xml` when the SBML export is available).
+A `problem.yaml` names the files and `model.xml`, the SBML export of the model (with the regimen as events).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class PetabProblem:
         for field in ("measurements", "parameters", "conditions", "observables"):
             object.__setattr__(self, field, tuple(getattr(self, field)))
 
-    def validate(self, model: ck.AbstractKineticModel | None = None) -> "PetabProblem":
+    def validate(self, model: ck.AbstractKineticModel | None = None) -> PetabProblem:
         """Check ids, references, bounds, scales and numbers (and names against `model` if given).
 
         **Raises:** `ValueError` with a sentence naming the table, row and column of the first problem.
@@ -271,22 +271,79 @@ def _num(x: float) -> str:
 
 
 def _write_tsv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
         w.writerow(header)
         for r in rows:
             w.writerow([_num(v) if isinstance(v, (float, bool, int)) else v for v in r])
 
 
-def write_petab(problem: PetabProblem, folder: str | os.PathLike, *, model: ck.AbstractKineticModel | None = None) -> str:
-    """Write the four tables and `problem.yaml` into `folder` (created if needed); returns the yaml path.
+def _petab_form(problem: PetabProblem, model: ck.AbstractKineticModel) -> PetabProblem:
+    """`problem` in the form PEtab requires: parameters set by conditions leave the parameter table, and every
+    condition gives each of them a value (the nominal value where the condition had none)."""
+    overridden = sorted({k for c in problem.conditions for k in c.values})
+    if not overridden:
+        return problem
+    rows = {p.parameter_id: p for p in problem.parameters}
+    values = {parameter_id(n): p.value for n, p in ck.parameters(model).items()}
+    for k in overridden:
+        if k in rows and rows[k].estimate:
+            setters = [c.condition_id for c in problem.conditions if k in c.values]
+            raise ValueError(
+                f"Parameter {k!r} is estimated in the parameters table and set by condition(s) {setters}; PEtab "
+                "cannot estimate a parameter that the condition table sets. Fix it (estimate = 0) or remove the "
+                "condition values."
+            )
+    default = {k: float(rows[k].nominal) if k in rows else float(np.asarray(values[k])) for k in overridden}
+    conditions = tuple(c._replace(values={k: float(c.values.get(k, default[k])) for k in overridden})
+                       for c in problem.conditions)
+    parameters = tuple(p for p in problem.parameters if p.parameter_id not in default)
+    return PetabProblem(problem.measurements, parameters, conditions, problem.observables)
 
-    With `model`, the problem is validated against it first, and `model.xml` (SBML) is written when the
-    `antimony` package is installed.
+
+def write_petab(problem: PetabProblem, folder: str | os.PathLike, *, model: ck.AbstractKineticModel,
+                regimen: ck.Regimen | ck.AbstractDose | None = None) -> str:
+    """Write `problem` as a PEtab v1 problem into `folder` (created if needed); returns the `problem.yaml` path.
+
+    **Arguments:**
+
+    - `problem`: the tables; validated against `model` first.
+    - `model`: the model, written as `model.xml` (SBML, see [`carkinetics.io.to_sbml`][]); PEtab problems always
+      name their model, so it is required.
+    - `regimen`: optional [`carkinetics.Regimen`][] (or one dose), written into `model.xml` as SBML events. It
+      applies to every condition. PEtab simulates from time 0 and reads measurement times as model times, so the
+      SBML clock is carkinetics day 0 and the regimen must not dose before day 0.
+
+    PEtab rules out two things [`PetabProblem`][] allows, and the writer bridges both: a parameter that a condition
+    sets may not appear in the parameter table, and a condition-table column needs a value in every row (PEtab has
+    no "keep the model's value" cell). Such a parameter leaves the parameter table and conditions that do not set
+    it get its nominal value; [`read_petab`][] then returns an equivalent problem ([`PetabProblem.apply`][] gives
+    the same model for every condition).
+
+    **Raises:** `ValueError` for a problem that does not validate against `model`, an estimated parameter that a
+    condition sets, a dose before day 0, or a model the SBML export cannot write; `ImportError` without the
+    `antimony` package.
     """
+    if not isinstance(model, ck.AbstractKineticModel):
+        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")  # noqa: TRY004
+    if isinstance(regimen, ck.AbstractDose):
+        regimen = ck.Regimen([regimen])
+    first = None if regimen is None else regimen.first_time()
+    if first is not None and float(first) < 0.0:
+        raise ValueError(
+            f"The regimen doses on day {float(first):g}, before day 0; PEtab simulates from time 0 and reads "
+            "measurement times as model times, so write_petab puts day 0 at time 0. Shift the regimen and the "
+            "measurement times by the same number of days."
+        )
     problem.validate(model)
+    problem = _petab_form(problem, model)
+    from ._sbml import to_sbml
+
+    sbml = to_sbml(model, regimen, t0=0.0)
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "model.xml"), "w", encoding="utf-8") as fh:
+        fh.write(sbml)
     _write_tsv(os.path.join(folder, "measurements.tsv"),
                ["observableId", "simulationConditionId", "time", "measurement", "noiseParameters", "replicateId",
                 "datasetId"],
@@ -298,31 +355,21 @@ def write_petab(problem: PetabProblem, folder: str | os.PathLike, *, model: ck.A
                  bool(p.estimate)] for p in problem.parameters])
     cols = sorted({k for c in problem.conditions for k in c.values})
     _write_tsv(os.path.join(folder, "conditions.tsv"), ["conditionId", "conditionName", *cols],
-               [[c.condition_id, c.name, *[float(c.values[k]) if k in c.values else "" for k in cols]]
-                for c in problem.conditions])
+               [[c.condition_id, c.name, *[float(c.values[k]) for k in cols]] for c in problem.conditions])
     _write_tsv(os.path.join(folder, "observables.tsv"),
                ["observableId", "observableName", "observableFormula", "observableTransformation", "noiseFormula",
                 "noiseDistribution"],
                [list(o) for o in problem.observables])
-    sbml_line = ""
-    if model is not None:
-        try:
-            from ._sbml import to_sbml
-
-            with open(os.path.join(folder, "model.xml"), "w") as fh:
-                fh.write(to_sbml(model))
-            sbml_line = "      sbml_files: [model.xml]\n"
-        except ImportError:
-            sbml_line = ""
     yaml_path = os.path.join(folder, "problem.yaml")
-    with open(yaml_path, "w") as fh:
+    with open(yaml_path, "w", encoding="utf-8") as fh:
         fh.write(
             "format_version: 1\n"
             "parameter_file: parameters.tsv\n"
             "problems:\n"
             "    - condition_files: [conditions.tsv]\n"
             "      measurement_files: [measurements.tsv]\n"
-            "      observable_files: [observables.tsv]\n" + sbml_line
+            "      observable_files: [observables.tsv]\n"
+            "      sbml_files: [model.xml]\n"
         )
     return yaml_path
 

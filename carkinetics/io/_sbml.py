@@ -1,8 +1,9 @@
 """Export a carkinetics model (with its parameters and, optionally, a regimen) to Antimony and SBML.
 
 The vector field of a carkinetics model is JAX code. The exporter traces `vector_field_flat`, `observe_flat`
-and `initial_state_flat` with `jax.make_jaxpr`, with every declared parameter as a symbolic input, and walks the
-jaxpr to build infix expressions:
+and `initial_state_flat` with `jax.make_jaxpr`, with every declared parameter as a symbolic input, and evaluates
+the jaxpr on symbolic values (the core's jaxpr walker, `_core._jaxpr.eval_jaxpr`, with the rules below) to build
+infix expressions:
 
 - states become variables with rate rules (`central' = ...`),
 - observables become assignment rules (`concentration := ...`),
@@ -31,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import carkinetics as ck
+
+from .._core._jaxpr import MOVEMENT, Rules, eval_jaxpr, rule_table, source_elements
 
 # --------------------------------------------------------------------------------------------------------------
 # Symbolic scalars
@@ -174,31 +177,8 @@ _ELEMENTWISE: dict[str, Callable] = {
     "or": lambda p, a, b: _logical("||")(a, b),
     "not": lambda p, a: _E(f"(!{_fmt(a)})"),
     "select_n": lambda p, which, *cases: _select_n(which, *cases),
-    "copy": lambda p, a: a,
-    "copy_p": lambda p, a: a,
-    "optimization_barrier": lambda p, a: a,
     "real": lambda p, a: a,
 }
-
-# data-movement primitives: which operands carry data (the others are concrete indices)
-_MOVEMENT_DATA_OPERANDS: dict[str, Callable[[int], Sequence[int]]] = {
-    "slice": lambda n: (0,),
-    "squeeze": lambda n: (0,),
-    "expand_dims": lambda n: (0,),
-    "reshape": lambda n: (0,),
-    "broadcast_in_dim": lambda n: (0,),
-    "transpose": lambda n: (0,),
-    "rev": lambda n: (0,),
-    "concatenate": lambda n: tuple(range(n)),
-    "stack": lambda n: tuple(range(n)),
-    "dynamic_slice": lambda n: (0,),
-    "dynamic_update_slice": lambda n: (0, 1),
-    "gather": lambda n: (0,),
-    "pad": lambda n: (0, 1),
-    "split": lambda n: (0,),
-}
-
-_CALL_PARAM_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
 def _unsupported(prim: str) -> ValueError:
@@ -207,10 +187,6 @@ def _unsupported(prim: str) -> ValueError:
         "of the model with elementary operations (+, -, *, /, exp, log, pow, max/min, where, comparisons) or "
         "export a model that does not use it."
     )
-
-
-def _to_value(x: Any) -> np.ndarray:
-    return np.asarray(x)
 
 
 def _as_object(a: np.ndarray) -> np.ndarray:
@@ -231,37 +207,20 @@ def _maybe_numeric(a: np.ndarray, dtype) -> np.ndarray:
 
 
 def _movement(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
-    """Apply a data-movement primitive to symbolic arrays by running it on integer element ids."""
-    data_idx = _MOVEMENT_DATA_OPERANDS[eqn.primitive.name](len(invals))
-    pool: list[Any] = []
-    args = []
+    """Apply a data-movement primitive to symbolic arrays: gather the elements each output element comes from."""
+    data = MOVEMENT[eqn.primitive.name](len(invals))
+    indices = {}
     for i, v in enumerate(invals):
-        if i in data_idx:
-            obj = _as_object(v)
-            ids = np.arange(len(pool), len(pool) + obj.size, dtype=np.int32).reshape(obj.shape)
-            pool.extend(obj.flat)
-            args.append(jnp.asarray(ids))
-        else:
+        if i not in data:
             if v.dtype == object:
                 raise ValueError(
                     f"The primitive {eqn.primitive.name!r} uses an index that depends on parameters or states; "
                     "SBML export needs indices that are fixed numbers."
                 )
-            args.append(jnp.asarray(v))
-    params = dict(eqn.params)
-    if "fill_value" in params and params["fill_value"] is not None:
-        params["fill_value"] = None
-    outs = eqn.primitive.bind(*args, **params)
-    if not eqn.primitive.multiple_results:
-        outs = [outs]
-    res = []
-    for o, var in zip(outs, eqn.outvars):
-        o = np.asarray(o)
-        arr = np.empty(o.shape, dtype=object)
-        for idx in np.ndindex(o.shape):
-            arr[idx] = pool[int(o[idx])]
-        res.append(_maybe_numeric(arr, var.aval.dtype))
-    return res
+            indices[i] = v
+    pool = np.concatenate([_as_object(invals[i]).reshape(-1) for i in data])
+    return [_maybe_numeric(pool[ids.reshape(-1)].reshape(ids.shape), var.aval.dtype)
+            for ids, var in zip(source_elements(eqn, indices), eqn.outvars)]
 
 
 def _elementwise(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
@@ -326,7 +285,7 @@ def _reduce(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
             for it in items[1:]:
                 acc = (max if fn == "max" else min)(acc, it) if _is_num(acc) and _is_num(it) else _fn(fn, acc, it)
             out[idx] = acc
-        else:  # pragma: no cover - dispatch only sends the four names above
+        else:  # the other reductions (argmax, reduce_and, ...) have no SBML equivalent
             raise _unsupported(name)
     return [_maybe_numeric(out, eqn.outvars[0].aval.dtype)]
 
@@ -360,44 +319,32 @@ def _dot_general(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
     return [_maybe_numeric(out, eqn.outvars[0].aval.dtype)]
 
 
-def _eval_jaxpr(jaxpr, consts: Sequence[Any], args: Sequence[np.ndarray]) -> list[np.ndarray]:
-    env: dict[Any, np.ndarray] = {}
+def _folding(rule: Callable) -> Callable:
+    """`rule`, except that an equation without symbolic operands is evaluated (constant folding)."""
 
-    def read(v):
-        if isinstance(v, jax.extend.core.Literal):
-            return np.asarray(v.val)
-        return env[v]
+    def fold(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
+        if any(v.dtype == object for v in invals):
+            return rule(eqn, invals)
+        outs = eqn.primitive.bind(*[jnp.asarray(v) for v in invals], **eqn.params)
+        return [np.asarray(o) for o in (outs if eqn.primitive.multiple_results else [outs])]
 
-    for var, c in zip(jaxpr.constvars, consts):
-        env[var] = _to_value(c)
-    for var, a in zip(jaxpr.invars, args):
-        env[var] = a
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        sub = next((eqn.params[k] for k in _CALL_PARAM_KEYS if k in eqn.params), None)
-        if sub is not None:
-            inner, inner_consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, ())
-            n_in = len(inner.invars)
-            outvals = _eval_jaxpr(inner, inner_consts, invals[len(invals) - n_in:])
-        elif all(v.dtype != object for v in invals) and not eqn.primitive.multiple_results:
-            outvals = [np.asarray(eqn.primitive.bind(*[jnp.asarray(v) for v in invals], **eqn.params))]
-        elif all(v.dtype != object for v in invals):
-            outvals = [np.asarray(o) for o in eqn.primitive.bind(*[jnp.asarray(v) for v in invals], **eqn.params)]
-        elif name in _MOVEMENT_DATA_OPERANDS:
-            outvals = _movement(eqn, invals)
-        elif name in ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod"):
-            outvals = _reduce(eqn, invals)
-        elif name == "dot_general":
-            outvals = _dot_general(eqn, invals)
-        elif name in _ELEMENTWISE or name == "convert_element_type":
-            outvals = _elementwise(eqn, invals)
-        else:
-            raise _unsupported(name)
-        for var, val in zip(eqn.outvars, outvals):
-            if not isinstance(var, jax.extend.core.DropVar):
-                env[var] = val
-    return [read(v) for v in jaxpr.outvars]
+    return fold
+
+
+def _no_rule(eqn, invals):
+    del invals  # nothing to evaluate: the primitive has no SBML equivalent
+    raise _unsupported(eqn.primitive.name)
+
+
+# The symbolic domain: every value is a numpy array, numeric where known and of dtype object (holding `_E`
+# expressions and numbers) where it depends on parameters, states or time.
+_RULES = Rules(
+    table={name: _folding(rule) for name, rule in rule_table(
+        elementwise=_elementwise, identity=lambda eqn, invals: invals, movement=_movement, reduction=_reduce,
+        dot_general=_dot_general).items()},
+    default=_folding(_no_rule),
+    constant=lambda value, aval: np.asarray(value),
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -412,7 +359,7 @@ _RESERVED = {
     "log10", "pow", "power", "sqrt", "root", "abs", "floor", "ceil", "ceiling", "factorial", "min", "max",
     "piecewise", "sin", "cos", "tan", "sec", "csc", "cot", "sinh", "cosh", "tanh", "asin", "acos", "atan",
     "arcsin", "arccos", "arctan", "delay", "quotient", "rem", "implies", "eq", "neq", "lt", "gt", "leq", "geq",
-    "plus", "minus", "times", "divide", "sbo", "identity", "event", "events", "var",
+    "plus", "minus", "times", "divide", "sbo", "identity", "event", "events",
 }
 
 
@@ -473,7 +420,7 @@ def symbolic_model(model: ck.AbstractKineticModel, *, name: str | None = None, t
     equivalent (the message names the primitive).
     """
     if not isinstance(model, ck.AbstractKineticModel):
-        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
+        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")  # noqa: TRY004
     name = name or type(model).__name__
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"`name` must be an identifier (letters, digits, underscores), got {name!r}.")
@@ -520,7 +467,7 @@ def symbolic_model(model: ck.AbstractKineticModel, *, name: str | None = None, t
         y_sym = np.empty((len(state_names),), dtype=object)
         for i, sid in enumerate(state_ids):
             y_sym[i] = _E(sid)
-        rates, obs, init, bps = _eval_jaxpr(closed.jaxpr, closed.consts, [*sym_params, t_sym, y_sym])
+        rates, obs, init, bps = eval_jaxpr(closed.jaxpr, closed.consts, [*sym_params, t_sym, y_sym], _RULES)
 
     def strs(a):
         return tuple(_fmt(v) for v in np.asarray(a, dtype=object).reshape(-1))
@@ -592,7 +539,7 @@ def _events(sm: SymbolicModel, regimen: ck.Regimen | None, state_names: Sequence
                 elines.append(f"  dose_{n_ev}_off: at (time >= {_fmt(float(t) + dur - t0)}), priority = {prio}, "
                               f"t0 = false, fromTrigger = false: {rid} = 0;")
         else:  # pragma: no cover - Regimen only holds the three types
-            raise ValueError(f"Unsupported dose type {type(d).__name__}.")
+            raise ValueError(f"Unsupported dose type {type(d).__name__}.")  # noqa: TRY004
     return extra, plines, elines
 
 
