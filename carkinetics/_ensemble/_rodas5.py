@@ -100,11 +100,8 @@ class EnsembleRodas5(AbstractEnsembleMethod):
     #: form: only the diagonal blocks are factorised, vectorised below 16 states on CPU and 12 on accelerators, LAPACK
     #: from there, and solves are block forward substitutions; `"block_lapack"`: LAPACK for every block), or `"auto"`
     #: (= `"block"`, on every backend). All use partial pivoting (within each block for the block solvers, which is
-    #: exact: the off-diagonal blocks only couple to earlier blocks). Measured (`benchmarks/README.md`) on one CPU
-    #: core: the SLE model (29 states; blocks of 13, 3 and 13 x 1) 4.8 -> 1.8 ms per solve with `"block"` instead of
-    #: LAPACK, the reference workload (9 states; 4 + 5 x 1) 0.23 -> 0.12 ms instead of vectorised. One H100, SLE
-    #: model: 312 -> 120 us per solve at N = 1e4 and 104 -> 36 us at N = 1e5 (`"lapack"` -> `"block"` /
-    #: `"block_lapack"`, compile 10-11 -> 14-21 s); reference workload at N = 1e5: 7.1 -> 4.3 us (vectorised -> block).
+    #: exact: the off-diagonal blocks only couple to earlier blocks). The block solvers factorise far fewer entries on
+    #: models whose states couple sparsely (`benchmarks/gpu_rodas5_linear_solvers.py` compares the choices).
     linear_solver: str = eqx.field(static=True, default="auto")
 
     def member_floats(self, n_states: int) -> int:

@@ -83,7 +83,7 @@ class EnsembleTsit5(AbstractEnsembleMethod):
         h = dt[None, :]
         if y.shape[0] <= _UNROLL_MAX_STATES:
             # Small models: stages written out with the tableau as Python constants (zeros skipped), which XLA fuses
-            # into fewer, cheaper kernels (~1.5x faster steps on the 9-state reference workload on CPU).
+            # into fewer, cheaper kernels (`benchmarks/ensemble_vs_peers.py` measures the effect).
             ks = [cache]
             for i in range(6):
                 row = _A_FULL[i]

@@ -147,7 +147,7 @@ def _run_multistart_ensemble(problem: CalibrationProblem, z_starts, adam_steps: 
     cols = jnp.arange(n_hist)
 
     # Reverse mode transposes the solver loop: without a member queue (one slot per start) it has one iteration per
-    # step of the batch instead of one per step of each queue round (benchmarks/gradient_cost.py: ~3x faster).
+    # step of the batch instead of one per step of each queue round (benchmarks/gradient_cost.py measures it).
     slots_ = n_s if slots is None else slots
 
     def summed(z):
