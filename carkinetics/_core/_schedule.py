@@ -1,8 +1,9 @@
 """The integration schedule shared by every engine: save-time validation and the dose/breakpoint segments.
 
 Both `simulate` (diffrax, one member) and `simulate_ensemble` (batched) integrate the same piecewise problem:
-the horizon is cut at every dose event, infusion start/end and declared model breakpoint; at the start of each
-segment a jump `y <- mult * y + add` is applied, and within it the zero-order input `rate` is constant.
+the horizon is cut at every dose event, infusion start/end and declared model breakpoint (a day, or a duration
+after the first dose of the model's `breakpoint_origin` state); at the start of each segment a jump
+`y <- mult * y + add` is applied, and within it the zero-order input `rate` is constant.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def check_model_and_regimen(model: Any, regimen: Any) -> Regimen:
     elif not isinstance(regimen, Regimen):
         raise ValueError(f"`regimen` must be a Regimen, a dose or None, got {type(regimen).__name__}.")
     names = model.state_names()
+    origin = type(model).breakpoint_origin
+    if origin is not None and origin not in names:
+        raise ValueError(f"`{type(model).__name__}.breakpoint_origin` = {origin!r} is not a state of the model; "
+                         f"states are {list(names)}.")
     unknown = sorted(regimen.state_names() - set(names))
     if unknown:
         raise ValueError(
@@ -162,6 +167,14 @@ def build_segments(model: Any, regimen: Regimen, ts: Float[Array, " T"], t0: Flo
         t0 = eqx.error_if(t0, bad, "`t0` is later than ts[0] or than a dose event.")
     t0 = jnp.asarray(t0, dtype=dtype)
     model_bps = model.breakpoints().astype(dtype)
+    origin = type(model).breakpoint_origin
+    if origin is not None and model_bps.shape[0]:
+        # durations after the first dose of the origin state (inf, i.e. beyond the horizon, if it is never dosed)
+        k = names.index(origin)
+        first_dose = jnp.min(jnp.concatenate([jnp.where(rr.jump_add[:, k] > 0, rr.jump_times, jnp.inf),
+                                              jnp.where(rr.inf_amount[:, k] > 0, rr.inf_start, jnp.inf)]).astype(dtype),
+                             initial=jnp.inf)
+        model_bps = model_bps + first_dose
     n_inf = rr.inf_start.shape[0]
     n_other = n_inf + model_bps.shape[0]
     # Infusion windows at the working precision: the rate delivers the dose's amount over the window as it is
