@@ -48,6 +48,16 @@ WORKING_BOUNDS = {"car.t_rej": (0.0, 1000.0)}  # declared [-1e4, inf): estimate 
 T_END = 250.0
 
 
+
+def __getattr__(name):
+    """`DATA`: the path of the installed target file (`target_file("human")`; its source is
+    `calibration/data/`), resolved on first use so that importing this script does not import carkinetics."""
+    if name == "DATA":
+        from carkinetics.models.sle import target_file
+
+        return target_file("human")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 def target_spec():
     """(target_id, statistic) pairs binding the published rows to model statistics."""
     import carkinetics as ck

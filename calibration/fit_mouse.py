@@ -41,6 +41,16 @@ T_END = 400.0
 STRAINS = {"mouse_nzbw": "nzbw", "mouse_mrl_lpr": "mrl"}
 
 
+
+def __getattr__(name):
+    """`DATA`: the path of the installed target file (`target_file("mouse")`; its source is
+    `calibration/data/`), resolved on first use so that importing this script does not import carkinetics."""
+    if name == "DATA":
+        from carkinetics.models.sle import target_file
+
+        return target_file("mouse")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 def target_spec(strain: str, b_threshold: float):
     import carkinetics as ck
 
