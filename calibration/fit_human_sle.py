@@ -1,6 +1,7 @@
 """Human SLE fit of the composed `SLECarTModel` to the published SLE CAR-T targets (Erlangen regimen, 1e6/kg).
 
-Targets (rows of `calibration/data/human_sle_targets.csv`, each compared with a differentiable statistic):
+Targets (rows of the installed target file `target_file("human")`, whose source is
+`calibration/data/human_sle_targets.csv`, each compared with a differentiable statistic):
 
 | target | statistic of the simulation |
 |---|---|
@@ -20,8 +21,13 @@ estimated on the working interval (0, 1000) d (logit scale). `car.k_rej` stays a
 rho − alpha the CAR-T/B-cell system settles into a persistent equilibrium (an earlier fit that estimated k_rej
 hit every summary target with a CAR-T plateau of ~500/µL and an 80-day CRS index).
 
+The model's own solvers and tolerances apply (`SLECarTModel`: stiff, so the fit runs on the ensemble engine with
+`ck.EnsembleRodas5()`; single simulations, Laplace and profiles with the class's diffrax solver; rtol = atol =
+1e-6); `max_steps` = 20,000 bounds the steps over the whole horizon.
+
 Outputs: `calibration/fits/human_sle.json` (fitted values tagged F, provenance), figures and tables in
-`--out-dir`. Run: `python calibration/fit_human_sle.py --quick` (small budget) or without `--quick`.
+`--out-dir`. Run: `python calibration/fit_human_sle.py --dry-run` (build the problem, one loss + gradient, two
+L-BFGS steps; writes nothing), `--quick` (small budget) or without either (the full fit).
 """
 
 from __future__ import annotations
@@ -35,13 +41,22 @@ import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(HERE, "data", "human_sle_targets.csv")
 FIT_FILE = os.path.join(HERE, "fits", "human_sle.json")
 B_THRESHOLD = 5.0  # cells/uL: depletion definition (Albert 2008) used as the detection threshold [A]
 ESTIMATE = ("car.rho", "car.t_rej", "bcell.k_mat", "disease.k_act", "myeloid.g_il6", "car.k_kill")
 WORKING_BOUNDS = {"car.t_rej": (0.0, 1000.0)}  # declared [-1e4, inf): estimate on a logit scale over (0, 1000) d
 T_END = 250.0
 
+
+
+def __getattr__(name):
+    """`DATA`: the path of the installed target file (`target_file("human")`; its source is
+    `calibration/data/`), resolved on first use so that importing this script does not import carkinetics."""
+    if name == "DATA":
+        from carkinetics.models.sle import target_file
+
+        return target_file("human")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 def target_spec():
     """(target_id, statistic) pairs binding the published rows to model statistics."""
@@ -63,14 +78,14 @@ def build_problem(model=None):
     import numpy as np
 
     import carkinetics as ck
-    from carkinetics.models.sle import erlangen_regimen, load_preset
+    from carkinetics.models.sle import erlangen_regimen, load_preset, load_sle_targets
 
     model = load_preset("human") if model is None else model
-    table = ck.load_targets(DATA)
+    table = load_sle_targets("human")
     targets = [ck.summary_target(table[tid], stat, model) for tid, stat in target_spec()]
     grid = np.concatenate([np.arange(-6.0, 30.0, 0.5), np.arange(30.0, T_END + 1.0, 2.0)])
-    return ck.CalibrationProblem(model, erlangen_regimen(model), targets, list(ESTIMATE), grid=grid, rtol=1e-6,
-                                 atol=1e-6, max_steps=20000, bounds=WORKING_BOUNDS)
+    return ck.CalibrationProblem(model, erlangen_regimen(model), targets, list(ESTIMATE), grid=grid,
+                                 max_steps=20_000, bounds=WORKING_BOUNDS)
 
 
 def target_table(problem, z):
@@ -120,9 +135,41 @@ def plot_trajectories(problem, z, path):
     plt.close(fig)
 
 
+def dry_run(problem, seed: int = 0) -> int:
+    """Check that the problem builds and runs: one batched loss + gradient at two starts, two L-BFGS steps."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import carkinetics as ck
+
+    print(f"problem: {len(problem.targets)} targets, estimate {list(problem.names)}, {problem.ts.size} grid times "
+          f"from day {float(problem.ts[0]):g} to {float(problem.ts[-1]):g}, solver {problem.solver} (None: the model "
+          f"class's), ensemble method {type(problem.ensemble_solver()).__name__}")
+    starts = ck.make_starts(problem, jax.random.key(seed), 2, scale=0.3)
+    lossgrad = jax.jit(jax.value_and_grad(lambda z: jnp.sum(problem.ensemble_losses(z))))
+    t0 = time.perf_counter()
+    loss, grad = jax.block_until_ready(lossgrad(starts))
+    t1 = time.perf_counter()
+    jax.block_until_ready(lossgrad(starts))
+    t2 = time.perf_counter()
+    print(f"batched loss + gradient at 2 starts: loss {float(loss):.6g}, |grad| {float(jnp.linalg.norm(grad)):.3g}; "
+          f"first call (compile + run) {t1 - t0:.1f} s, second {t2 - t1:.2f} s")
+    t0 = time.perf_counter()
+    res = ck.fit(problem, starts=starts, adam_steps=0, lbfgs_steps=2)
+    print(f"ck.fit, 2 starts x 2 L-BFGS steps (engine {res.engine}): {time.perf_counter() - t0:.1f} s, best loss "
+          f"{float(res.loss):.6g}")
+    _, md = target_table(problem, res.z)
+    print(md)
+    return 0 if np.isfinite(float(res.loss)) else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small budget (2 starts, short L-BFGS, 3 profiles)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build the problem, time one batched loss + gradient and two L-BFGS steps from two "
+                             "starts, print the target table; writes nothing")
     parser.add_argument("--out-dir", default=os.path.join(HERE, "results", "human_sle"))
     parser.add_argument("--fit-file", default=FIT_FILE)
     parser.add_argument("--seed", type=int, default=0)
@@ -141,9 +188,11 @@ def main(argv=None) -> int:
     import carkinetics as ck
     import carkinetics.plot as ckplot
 
+    problem = build_problem()
+    if args.dry_run:
+        return dry_run(problem, args.seed)
     os.makedirs(args.out_dir, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.fit_file)), exist_ok=True)
-    problem = build_problem()
     n_starts, lbfgs, adam = (2, 25, 0) if args.quick else (6, 60, 40)
     if args.lbfgs_steps is not None:
         lbfgs = args.lbfgs_steps
@@ -176,7 +225,9 @@ def main(argv=None) -> int:
     print(md)
     sd = {n: float(s) for n, s in zip(problem.names, np.asarray(lap.sd))}
     flags = {p.name: p.identifiable for p in profiles}
-    ck.save_fit(args.fit_file, res, data_files=[DATA], sd=sd,
+    from carkinetics.models.sle import target_file
+
+    ck.save_fit(args.fit_file, res, data_files=[target_file("human")], sd=sd,
                 script="calibration/fit_human_sle.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 notes=("Human SLE fit (Erlangen regimen, 1e6 CAR-T/kg). Profile identifiability: "
                        + (", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in flags.items()) or "not run")
