@@ -79,7 +79,7 @@ class EnsembleRodas5(AbstractEnsembleMethod):
     Use it with [`carkinetics.simulate_ensemble`][] when time scales differ by orders of magnitude (drug PK
     in hours, cytokines in minutes, B-cell reconstitution in months).
 
-    **Example:** `ck.simulate_ensemble(models, regimen, ts, method=ck.EnsembleRodas5())`.
+    **Example:** `ck.simulate_ensemble(models, regimen, ts, solver=ck.EnsembleRodas5(slots=60))`.
 
     ??? cite "Reference"
 

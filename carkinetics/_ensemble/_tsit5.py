@@ -65,7 +65,7 @@ class EnsembleTsit5(AbstractEnsembleMethod):
     interpolant as diffrax's `Tsit5`). Use it with [`carkinetics.simulate_ensemble`][]; for stiff models use
     [`carkinetics.EnsembleRodas5`][].
 
-    **Example:** `ck.simulate_ensemble(models, regimen, ts, method=ck.EnsembleTsit5())`.
+    **Example:** `ck.simulate_ensemble(models, regimen, ts, solver=ck.EnsembleTsit5())`.
 
     ??? cite "Reference"
 
