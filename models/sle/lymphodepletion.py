@@ -37,17 +37,8 @@ with the baseline split of production into thymic/marrow output `s = f_out·d·X
 so depletion raises the level towards `IL₀/(1 − c)` (the surge emerges from depletion) and the expansion of
 CAR-T cells and NK cells consumes it again.
 
-| parameter (group.name) | default | unit | tag | source |
-|---|---|---|---|---|
-| ld.flu_cl_nonrenal | 77.76 | L/d | D | Langenhorst 2019: 3.24 L/h/70 kg × 24 |
-| ld.flu_renal_gfr_fraction | 0.782 | 1 | M | Langenhorst 2019: CL_r = 0.782·eGFR (units to check) |
-| ld.flu_v1, flu_v2, flu_v3 | 39, 20, 50 | L | R | Langenhorst 2019 |
-| ld.flu_q2, flu_q3 | 206.4, 91.2 | L/d | D | Langenhorst 2019: 8.6, 3.8 L/h × 24 |
-| ld.cy_cl, cy_v | 129.84, 46.5 | L/d, L | D, R | Ahmed 2020 |
-| ld.k_flu, k_cy, k_e0, sens_* | see class | | A | tuned to a ~90 % lymphocyte nadir and IL-15 peak near day 2 |
-| tcell.* | see class | | R/D/M/A | kinetics.md §3.4, §4; translation.md a3 |
-
-Every parameter with its full source is in `parameter_table()` of the model.
+The parameter tables (values, units, tags, sources) are in the docstrings of `LymphodepletionParams` and
+`TCellParams`, generated from the fields. Every parameter with its full source is in `parameter_table()` of the model.
 
 **References:** Langenhorst JB et al., Clin Pharmacokinet 2019, doi:10.1007/s40262-018-0715-9; Ahmed JH et al.,
 Front Pharmacol 2020;11:406; Kochenderfer JN et al., J Clin Oncol 2017;35:1803; De Bock M et al., PLoS One
@@ -63,10 +54,13 @@ import jax.numpy as jnp
 
 import carkinetics as ck
 
+from carkinetics.models.sle._doc import document_params
+
 #: litres per day per mL/min (1 mL/min × 1440 min/d / 1000 mL/L).
 _ML_MIN_TO_L_D = 1.44
 
 
+@document_params
 class LymphodepletionParams(eqx.Module):
     """Parameter group `ld`: fludarabine/cyclophosphamide PK and the chemotherapy kill."""
 
@@ -108,6 +102,7 @@ class LymphodepletionParams(eqx.Module):
                               source="assumption (NK as sensitive as T cells)", tag="A")
 
 
+@document_params
 class TCellParams(eqx.Module):
     """Parameter group `tcell`: endogenous T and NK cells and the homeostatic cytokines IL-7 and IL-15."""
 
@@ -249,7 +244,7 @@ class FludarabinePK(ck.AbstractKineticModel):
 
     ```python
     import jax.numpy as jnp, carkinetics as ck
-    from carkinetics.models import FludarabinePK
+    from carkinetics.models.sle import FludarabinePK
     pk = FludarabinePK()
     sol = ck.simulate(pk, ck.fludarabine(25.0, (0.0,), bsa_m2=1.8), jnp.linspace(0.0, 3.0, 13))
     ```
@@ -293,7 +288,7 @@ class CyclophosphamidePK(ck.AbstractKineticModel):
 
     ```python
     import jax.numpy as jnp, carkinetics as ck
-    from carkinetics.models import CyclophosphamidePK
+    from carkinetics.models.sle import CyclophosphamidePK
     sol = ck.simulate(CyclophosphamidePK(), ck.cyclophosphamide(1000.0, (0.0,)), jnp.linspace(0.0, 2.0, 9))
     ```
     """
