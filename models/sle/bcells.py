@@ -104,8 +104,8 @@ class BCellParams(eqx.Module):
                                 source="assumption (active SLE)", tag="A", upper=1.0)
     d_pb: float = ck.param(0.25, unit="1/d", description="plasmablast loss rate (lifespan ~3-5 d)",
                            source="plasmablast lifespan ~3-5 days [M]", tag="M")
-    llpc0: float = ck.param(5e9, unit="cells", description="long-lived plasma cells (body total) before treatment",
-                            source="order of magnitude: plasma cells ~0.5-1 % of marrow cells [M]", tag="M")
+    llpc0: float = ck.param(1e9, unit="cells", description="long-lived plasma cells (body total) before treatment",
+                            source="order of magnitude: plasma cells ~0.1-1 % of marrow cells [M]", tag="M")
     f_auto_llpc: float = ck.param(0.05, unit="1", description="autoreactive share of long-lived plasma cells",
                                   source="assumption", tag="A", upper=1.0)
     d_llpc: float = ck.param(math.log(2.0) / (11.0 * 365.0), unit="1/d", description="LLPC loss rate",
@@ -193,7 +193,8 @@ def bcell_derivatives(b: BCellParams, base: BBaseline, s: BState, *, kill19, kil
         pb_other=base.k_mpb * s.memory - (b.d_pb + l19 + kill_bcma) * s.pb_other,
         llpc_auto=base.k_ll_auto * s.pb_auto - (b.d_llpc + kill_bcma) * s.llpc_auto,
         llpc=base.k_ll * s.pb_other - (b.d_llpc + kill_bcma) * s.llpc,
-        tumour=b.r_tumour * s.tumour * (1.0 - s.tumour / b.tumour_max) - l19 * s.tumour,
+        tumour=(b.r_tumour * s.tumour * s.tumour / (s.tumour + 1.0) * (1.0 - s.tumour / b.tumour_max)
+                - l19 * s.tumour),
     )
 
 

@@ -20,7 +20,7 @@ B-lineage cells up to plasmablasts) and `DB` (BCMA⁺ plasmablasts and long-live
     dR/dt  = −(k_on σ + d_rest + κ + χ) R
     dA1/dt = k_on σ R + k_re σ M − (k_tr + κ + χ) A1
     dA2/dt = k_tr A1 − (k_tr + κ + χ) A2
-    dE/dt  = k_tr A2 + (ρ_eff − α(1 − σ) − k_mem' − k_exh' σ − κ − χ) E
+    dE/dt  = k_tr A2 + ρ_eff E⁺ − (α(1 − σ) + k_mem' + k_exh' σ + κ + χ) E     (E⁺ = E²/(E + 1 cell))
     dM/dt  = k_mem' E − (k_re σ + β + κ + χ) M
     dX/dt  = k_exh' σ E − (d_X + κ + χ) X
 
@@ -29,7 +29,8 @@ B-lineage cells up to plasmablasts) and `DB` (BCMA⁺ plasmablasts and long-live
     ν      = max(1 − (T + CAR)/(cap·T₀), 0)                                   (shared T-cell niche)
     c28(p) = 1 + cd28 (p_fold − 1)                                           (costimulation: CD28 vs 4-1BB)
 
-Expansion therefore needs antigen and stops when targets are cleared (which sets Tmax); the lag phase is the
+Pools below about one cell do not divide (`E⁺`): a deterministic model would otherwise regrow an extinct pool from
+round-off. Expansion therefore needs antigen and stops when targets are cleared (which sets Tmax); the lag phase is the
 duration `tau_lag` of the activation programme (two transit compartments, as the lag of popCK models of liso-cel);
 without antigen effectors die at `alpha` (the Stein 2019 contraction) while a fraction `k_mem/(alpha + k_mem)` of
 them becomes memory, which declines at `beta` (the Stein 2019 persistence phase: F_B = k_mem/(alpha − beta)).
@@ -93,7 +94,7 @@ class CarTParams(eqx.Module):
                              source="assumption; higher IL-15 with higher CAR-T peak (Kochenderfer JN et al., J Clin "
                                     "Oncol 2017;35:1803 [R qualitative])", tag="A")
     cap: float = ck.param(
-        1.2, unit="1", description="T-cell niche capacity (endogenous T + CAR-T) as a multiple of the untreated T pool",
+        1.5, unit="1", description="T-cell niche capacity (endogenous T + CAR-T) as a multiple of the untreated T pool",
         source="assumption: CAR-T compete with host T cells for a shared niche (Kimmel GJ et al., Proc R Soc B "
                "2021;288:20210229 [R qualitative])", tag="A", lower=1.0)
     alpha: float = ck.param(0.16, unit="1/d", description="effector death rate without antigen (contraction)",
@@ -102,7 +103,7 @@ class CarTParams(eqx.Module):
                             source="F_B (alpha - beta) = 0.0079 x 0.1568 from " + _STEIN, tag="D")
     beta: float = ck.param(0.0032, unit="1/d", description="memory CAR-T loss rate (persistence phase)",
                            source=_STEIN, tag="R")
-    k_react: float = ck.param(0.03, unit="1/d", description="antigen-driven re-activation rate of memory CAR-T cells",
+    k_react: float = ck.param(0.3, unit="1/d", description="antigen-driven re-activation rate of memory CAR-T cells",
                               source="assumption (memory re-activation of the Kirouac 2023 structure [R]; value not "
                                      "published)", tag="A")
     k_exh: float = ck.param(0.05, unit="1/d", description="antigen-driven exhaustion rate of effectors",
@@ -153,6 +154,17 @@ class CarState(NamedTuple):
     effector: object
     memory: object
     exhausted: object
+
+
+#: Cells (per pool) below which a population does not divide: a pool under one cell is extinct. Without it,
+#: round-off in a pool that is exactly 0 (no dose, or after rejection) grows exponentially wherever the per-cell
+#: growth rate is positive.
+ONE_CELL = 1.0
+
+
+def dividing(x):
+    """`x` with its division switched off below about one cell: `x·x/(x + ONE_CELL)` (≈ x above 100 cells)."""
+    return x * x / (x + ONE_CELL)
 
 
 def total(s: CarState):
@@ -206,7 +218,8 @@ def car_derivatives(car: CarTParams, s: CarState, *, sigma, support, niche, cd28
         resting=-trigger - (car.d_rest + loss) * s.resting,
         act1=trigger + react - (k_tr + loss) * s.act1,
         act2=k_tr * s.act1 - (k_tr + loss) * s.act2,
-        effector=k_tr * s.act2 + (rho - car.alpha * (1.0 - sigma) - k_mem - k_exh * sigma - loss) * s.effector,
+        effector=(k_tr * s.act2 + rho * dividing(s.effector)
+                  - (car.alpha * (1.0 - sigma) + k_mem + k_exh * sigma + loss) * s.effector),
         memory=k_mem * s.effector - react - (car.beta + loss) * s.memory,
         exhausted=k_exh * sigma * s.effector - (car.d_exh + loss) * s.exhausted,
     )

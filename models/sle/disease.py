@@ -10,7 +10,7 @@ G10, G11):
     drive          = φ_B · IC + (1 − φ_B) · T/T₀,        IC = anti_dsdna/anti_dsdna₀
     d activity/dt  = k_act (drive^h − activity)
     d damage/dt    = k_dmg · activity
-    d cum_hazard/dt = h_dmg · damage²
+    d cum_hazard/dt = h_dmg · activity · damage              (active nephritis on a damaged kidney)
 
 **Read-outs.** `proteinuria` (g/g) = `up_active·activity + up_damage·damage`; the urine protein concentration
 `proteinuria · creat_urine` (mg/dL) gives the **dipstick score** 0-4 (Albustix-type cut points 30, 100, 300, 2000
@@ -59,7 +59,7 @@ class DiseaseParams(eqx.Module):
                             source="~0.5 SDI units per year of active disease [M]", tag="M")
     damage0: float = ck.param(1.0, unit="1", description="damage index (SDI) at treatment",
                               source="assumption: refractory SLE after years of disease", tag="A")
-    h_dmg: float = ck.param(1e-6, unit="1/d", description="mortality hazard per squared unit of damage",
+    h_dmg: float = ck.param(1e-6, unit="1/d", description="mortality hazard per unit damage at untreated activity",
                             source="assumption (negligible over the human horizon)", tag="A")
     up_active: float = ck.param(1.5, unit="g/g", description="urine protein/creatinine at untreated activity",
                                 source="assumption (active lupus nephritis; UPCR > 1 in the CASTLE inclusion criteria)",
@@ -82,7 +82,7 @@ def disease_derivatives(d: DiseaseParams, s: DiseaseState, *, ic_rel, t_rel) -> 
     """Activity, damage and hazard derivatives from relative immune complexes and relative endogenous T cells."""
     drive = d.phi_b * jnp.maximum(ic_rel, 0.0) + (1.0 - d.phi_b) * jnp.maximum(t_rel, 0.0)
     drive = jnp.maximum(drive, 1e-12)  # keeps d(drive**hill)/d hill finite
-    return DiseaseState(d.k_act * (drive**d.hill - s.activity), d.k_dmg * s.activity, d.h_dmg * s.damage**2)
+    return DiseaseState(d.k_act * (drive**d.hill - s.activity), d.k_dmg * s.activity, d.h_dmg * s.activity * s.damage)
 
 
 def proteinuria(d: DiseaseParams, s: DiseaseState):

@@ -172,10 +172,10 @@ def mouse_regimen(model: SLECarTModel | None = None, *, cells: float = 1e6, tbi_
         raise ValueError(f"`tbi_fraction` must lie in [0, 1], got {tbi_fraction!r}.")
     if tbi_day > 0.0:
         raise ValueError(f"`tbi_day` must be on or before the infusion (<= 0), got {tbi_day!r}.")
-    doses: list[Any] = [ck.car_t_infusion(state=CAR_DOSE_STATE, cells=cells)]
-    if tbi_fraction > 0.0:
-        doses.insert(0, ck.FractionalKill(tbi_day, tbi_fraction, TBI_STATES))
-    return ck.Regimen(doses)
+    # the irradiation is always part of the regimen (fraction 0 = none), so regimens of any intensity share one
+    # structure and can be batched
+    return ck.Regimen([ck.FractionalKill(tbi_day, tbi_fraction, TBI_STATES),
+                       ck.car_t_infusion(state=CAR_DOSE_STATE, cells=cells)])
 
 
 def tocilizumab(day: float, *, weight_kg: float = 70.0, mg_per_kg: float = 8.0) -> ck.Bolus:

@@ -12,7 +12,7 @@ T-cell density in lymphoid tissue; product facts from group `product`):
     f_prec = (1 − hip_escape·hla_evasion)·(f_self + scfv_foreign·f_xeno + hla_mismatch·f_allo)
     π      = C_d/(K_ag + C_d)                           (CAR antigen presented)
     help   = (T_b/K_help)^n/(1 + (T_b/K_help)^n)        (CD4 help / space from the reconstituting host T pool)
-    dH/dt  = (k_prime·f_prec·T + r_exp·H)·π·help − (d_anti + sens_t·e)·H
+    dH/dt  = (k_prime·f_prec·T + r_exp·H⁺)·π·help − (d_anti + sens_t·e)·H      (H⁺ = H²/(H + 1 cell))
     κ      = κ_max·H_d/(K_H + H_d)                      (rejection rate of every CAR-T pool, 1/d)
 
 with `e` the delayed chemotherapy kill (`lymphodepletion.py`), so Flu/Cy depletes the precursors and the response
@@ -97,7 +97,8 @@ def anti_car_derivative(rej: RejectionParams, *, anti_car, t_cells, t_blood, car
     pi = car_density / (rej.k_ag + car_density)
     x = (t_blood / rej.k_help) ** rej.n_help
     help_ = x / (1.0 + x)
-    return (rej.k_prime * f_prec * t_cells + rej.r_exp * anti_car) * pi * help_ - (rej.d_anti + chemo_kill) * anti_car
+    expanding = anti_car * anti_car / (anti_car + 1.0)  # no division below ~one cell (see car_t.dividing)
+    return (rej.k_prime * f_prec * t_cells + rej.r_exp * expanding) * pi * help_ - (rej.d_anti + chemo_kill) * anti_car
 
 
 def rejection_rate(rej: RejectionParams, anti_car_density):
