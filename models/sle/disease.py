@@ -4,8 +4,8 @@ and mouse units (proteinuria dipstick score, survival), with an explicit bridge 
 Parameter group `disease` (`DiseaseParams`, table in its docstring). `activity` is relative (1 = untreated) and
 reversible; `damage` (SDI-like units) only accrues; `cum_hazard` is the integrated mortality hazard. Immune
 complexes are taken proportional to anti-dsDNA relative to its untreated level; a share `1 − φ_B` of the drive is
-B-cell independent (T cells/IFN), represented by the endogenous T-cell pool relative to baseline (translation.md
-G10, G11):
+B-cell independent (T cells/IFN), represented by the endogenous T-cell pool relative to baseline (the translation gaps G10, G11 of the
+project's mouse-to-human notes):
 
     drive          = φ_B · IC + (1 − φ_B) · T/T₀,        IC = anti_dsdna/anti_dsdna₀
     d activity/dt  = k_act (drive^h − activity)
@@ -49,7 +49,7 @@ class DiseaseParams(eqx.Module):
     sledai0: float = ck.param(16.0, unit="1", description="SLEDAI-2K before treatment",
                               source="Mackensen A et al., Nat Med 2022;28:2124 (median 16, range 8-16)", tag="R")
     phi_b: float = ck.param(0.85, unit="1", description="share of the disease drive from immune complexes (B-cell dependent)",
-                            source="assumption (translation.md G10: run over a range)", tag="A", upper=1.0)
+                            source="assumption (B-cell-dependent share of SLE activity; run over a range in the translation map)", tag="A", upper=1.0)
     hill: float = ck.param(2.0, unit="1", description="steepness of activity in the drive",
                            source="assumption (SLEDAI 0-2 at 3 months, Mackensen 2022 [R], with an LLPC-fed floor)",
                            tag="A")

@@ -155,7 +155,7 @@ def preset_records(name: str | os.PathLike, *, complete: bool = False) -> dict[s
                              f"[{info.lower}, {info.upper}] ({info.description}).")
         gap = entry.get("gap")
         if gap is not None and (not isinstance(gap, str) or not _GAP.match(gap)):
-            raise ValueError(f"The {where} has gap {gap!r}; use a mechanism label 'G1' ... 'G12' of translation.md.")
+            raise ValueError(f"The {where} has gap {gap!r}; use a mechanism label 'G1' ... 'G12' (the translation gap ids).")
         out[pname] = PresetEntry(float(value), entry["unit"], entry["source"], entry["tag"], gap,
                                  entry.get("description"))
     if complete:

@@ -146,7 +146,7 @@ def erlangen_regimen(model: SLECarTModel | None = None, *, weight_kg: float | No
 def no_conditioning_regimen(model: SLECarTModel | None = None, *, product: str | Product | None = None,
                             cells_per_kg: float | None = None, cells: float | None = None,
                             weight_kg: float | None = None) -> ck.Regimen:
-    """CAR-T on day 0 without conditioning (as allogeneic HIP CAR-T in mice, translation.md b#4)."""
+    """CAR-T on day 0 without conditioning (as hypoimmune allogeneic CAR-T in NZB/W mice, which needed none)."""
     return ck.Regimen([car_infusion(model, product=product, cells_per_kg=cells_per_kg, cells=cells,
                                     weight_kg=weight_kg)])
 

@@ -78,7 +78,7 @@ class RejectionParams(eqx.Module):
         tag="A")
     d_anti: float = ck.param(0.005, unit="1/d", description="loss rate of anti-CAR T cells without antigen",
                              source="assumption: the response leaves long-lived memory (re-infused CAR-T failed to "
-                                    "expand with anti-CAR T cells present, translation.md a5 case report [R])", tag="A")
+                                    "expand with anti-CAR T cells present: Nat Med 2025, doi:10.1038/s41591-025-03718-3 [R2])", tag="A")
     kappa_max: float = ck.param(2.0, unit="1/d", description="maximal rejection rate of CAR-T cells",
                                 source="assumption (a few CTL kills per day)", tag="A")
     k_h: float = ck.param(50.0, unit="cells/uL",
