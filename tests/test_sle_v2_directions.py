@@ -287,3 +287,16 @@ def test_mouse_readouts_in_mouse_units(batch):
     assert day(untreated["proteinuria_score"], 0.0) >= 2.5  # nephritic: dipstick 3+
     assert day(treated["proteinuria_score"], 90.0) < day(untreated["proteinuria_score"], 90.0) - 1.0
     assert day(treated["survival"], 180.0) > day(untreated["survival"], 180.0) + 0.2
+
+
+# ---- conditioning alone -------------------------------------------------------------------------------------------
+
+
+def test_flu_cy_alone_lymphocyte_nadir_and_homeostatic_cytokine_surge(batch):
+    model, ts, o, _ = batch["Flu/Cy alone"]
+    t_rel = o["t_blood"] / float(model.tcell.t_blood0)
+    assert 0.05 <= t_rel.min() <= 0.2  # ~90 % lymphocyte nadir after Flu/Cy [M]
+    il15 = o["il15"] / float(model.tcell.il15_0)
+    assert 1.0 <= ts[np.argmax(il15)] <= 3.5  # IL-15 peak ~day 2 after infusion (Kochenderfer 2017)
+    assert 3.0 <= il15.max() <= 1.0 / (1.0 - float(model.tcell.c_il15))  # ~5x (De Bock 2013), below the ceiling
+    assert o["car_blood"].max() == 0.0 and o["rejection_rate"].max() == 0.0  # no product, no anti-CAR response
