@@ -354,7 +354,8 @@ class SLECarTModel(ck.AbstractKineticModel):
         _, cy_v = _ld.cy_clearance_volume(self.ld, w)
         return self.Observables(
             car_blood=car_blood, car_total=car_total,
-            car_memory_fraction=y.car_memory / (car_total + 1e-300),
+            # below one cell the fraction is meaningless; the floor also keeps its derivative finite at 0 cells
+            car_memory_fraction=y.car_memory / jnp.maximum(car_total, 1.0),
             anti_car_blood=self.tcell.f_blood_t * y.anti_car / blood_ul,
             rejection_rate=self._rejection_rate(y, lymph_ul),
             b_blood=b_blood, t_blood=t_blood, nk_blood=nk_blood,
