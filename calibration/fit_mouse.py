@@ -71,7 +71,7 @@ def build_problem(strain: str):
     if strain not in STRAINS:
         raise ValueError(f"`strain` must be one of {sorted(STRAINS)}, got {strain!r}.")
     model = load_preset(strain)
-    records = preset_records(strain)
+    records = preset_records(strain, complete=True)  # class provenance for values the preset does not set
     table = load_sle_targets("mouse")
     b_threshold = B_FRACTION * float(model.bcell.b_blood0)
     targets = [ck.summary_target(table[tid], stat, model) for tid, stat in target_spec(strain, b_threshold)]

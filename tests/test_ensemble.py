@@ -273,7 +273,7 @@ print(json.dumps({"ok": bool(jnp.all(two.ok)), "diff": float(np.max(np.abs(np.as
 
 @pytest.mark.slow
 def test_sharded_rodas5_lapack_does_not_deadlock():
-    # Regression: with 29 states Rodas5 factorises with LAPACK; XLA's parallel batched LU deadlocked when two host
+    # Regression: with 29+ states Rodas5 factorises with LAPACK; XLA's parallel batched LU deadlocked when two host
     # devices called it at once (20 members each). Now chunked: completes, and agrees with one device to the
     # solver tolerance (1e-4 of each state's maximum; the SLE model amplifies round-off between compilations).
     import json
@@ -397,17 +397,17 @@ def test_queued_reverse_mode_matches_forward_mode(monkeypatch, reverse_slots, ke
 
 
 def test_derivative_chunks_fit_the_cpu_cache():
-    # On CPU a differentiated solve runs in chunks whose step touches about 1 MiB: the SLE model (29 states) with
-    # Rodas5 carries 29 * 29 + 290 floats per member (9,048 bytes in float64: 115 members per MiB), so 1000 members
-    # go in 9 chunks of 112; the 9-state reference workload with Tsit5 (720 bytes) stays in one chunk, and float32
+    # On CPU a differentiated solve runs in chunks whose step touches about 1 MiB: the SLE model (38 states) with
+    # Rodas5 carries 38 * 38 + 380 floats per member (14,592 bytes in float64: 71 members per MiB), so 1000 members
+    # go in 15 chunks of 67; the 9-state reference workload with Tsit5 (720 bytes) stays in one chunk, and float32
     # halves the bytes per member. Accelerators use one chunk of up to 4096 members.
     from carkinetics.models.sle import load_preset
 
     sle, ref = load_preset("human"), ReferenceWorkload()
     if jax.default_backend() == "cpu":
-        assert _driver._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float64) == (9, 112)
-        assert _driver._chunking(100, ck.EnsembleRodas5(), sle, jnp.float64) == (1, 100)
-        assert _driver._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float32) == (5, 200)
+        assert _driver._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float64) == (15, 67)
+        assert _driver._chunking(100, ck.EnsembleRodas5(), sle, jnp.float64) == (2, 50)
+        assert _driver._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float32) == (7, 143)
         assert _driver._chunking(1000, ck.EnsembleTsit5(), ref, jnp.float64) == (1, 1000)
         assert _driver._chunking(5000, ck.EnsembleTsit5(), ref, jnp.float64) == (4, 1250)
     else:

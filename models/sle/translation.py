@@ -40,6 +40,7 @@ import numpy as np
 import carkinetics as ck
 from carkinetics import Bolus, FractionalKill, Infusion, MechanismGroup, Regimen, TranslationMap, param, parameters
 from carkinetics.models.sle.metrics import SLE_METRICS, save_times, sle_metrics
+from carkinetics.models.sle.model import CAR_DOSE_STATE
 from carkinetics.models.sle.regimens import TBI_STATES
 
 #: Short labels of the gap mechanisms of `shared/references/translation.md`.
@@ -118,7 +119,7 @@ def arm_regimen(arm: SLEArm) -> Regimen:
     tbi = FractionalKill(-1.0, p.tbi_fraction, TBI_STATES)
     w = p.per_target_dosing
     cells = (1.0 - w) * p.car_cells_per_kg * m.body.weight_kg + w * p.car_cells_per_target * _untreated_cd19(m)
-    return Regimen([*flu, cy, tbi, Bolus(0.0, cells, "car_effector")])
+    return Regimen([*flu, cy, tbi, Bolus(0.0, cells, CAR_DOSE_STATE)])
 
 
 def per_target_protocol(protocol: SLEProtocol, arm_ref: SLEArm) -> SLEProtocol:
@@ -170,7 +171,7 @@ def preset_metadata(name: str) -> dict[str, dict[str, str]]:
     """Per-parameter `tag` and `gap` of a preset: `{dotted name: {"tag": ..., "gap": ...}}` (`gap` may be `""`)."""
     from carkinetics.models.sle.presets import preset_records
 
-    return {n: {"tag": r.tag, "gap": r.gap or ""} for n, r in preset_records(name).items()}
+    return {n: {"tag": r.tag, "gap": r.gap or ""} for n, r in preset_records(name, complete=True).items()}
 
 
 def load_arm(name: str, *, protocol: SLEProtocol | None = None) -> tuple[SLEArm, dict[str, str], dict[str, str]]:
