@@ -46,6 +46,10 @@ import numpy as np
 _NS = "carkinetics"
 _SWEEPS = itertools.count()  # sweeps started by this process: all processes run the same sequence of sweeps
 _EXIT_HOOK: list[Callable[[], None]] = []
+# Live-process barriers this process has passed. Every process passes the same sequence, so a note "left after
+# passing b barriers" tells the others whether it met them at their current barrier (b >= theirs: it is only
+# leaving now, after everyone met) or arrived there on its way out (b < theirs: it left the run).
+_PASSED = [0]
 
 
 class DistributedSetting(NamedTuple):
@@ -293,10 +297,10 @@ def _synchronised_exit() -> None:
         return
     pid, ids = jd.global_state.process_id, list(range(jd.global_state.num_processes))
     try:
-        client.key_value_set(f"{_NS}/exited/{pid}", "exited", allow_overwrite=True)
+        client.key_value_set(f"{_NS}/exited/{pid}", f"{_PASSED[0]} exited", allow_overwrite=True)
         live = client.get_live_nodes(ids)
-        if pid == 0 and len(live) > 1:
-            client.get_live_nodes(ids)  # returns once the others have disconnected (they call it no more)
+        while pid == 0 and len(live) > 1:  # until the others have disconnected (each calls it once more at most)
+            live = client.get_live_nodes(ids)
     except Exception:  # the service is gone (process 0 died): nothing left to synchronise with
         pass
     jax.distributed.shutdown()
@@ -341,28 +345,29 @@ class ProcessGroup:
 
     # -- barriers ------------------------------------------------------------------------------------------------
 
-    def _notes(self, kind: str) -> dict[int, str]:
-        prefix = f"{_NS}/{kind}/"
-        return {int(k.rsplit("/", 1)[1]): v for k, v in self.client.key_value_dir_get(prefix)}
-
-    def failure(self, dead: Sequence[int] = ()) -> ProcessFailed:
-        reasons = {i: "stopped responding (no heartbeat within the heartbeat timeout: it was killed, crashed or "
-                   "lost its host)" for i in dead}
-        for i, why in self._notes("failed").items():
-            reasons.setdefault(i, f"failed with {why}")
-        for i in self._notes("exited"):
-            reasons.setdefault(i, "left the run early (it exited)")
-        reasons.pop(self.pid, None)
-        return ProcessFailed(reasons, self.n, done=self.done, total=self.total, checkpoint=self.checkpoint)
+    def _notes(self, kind: str, before: int) -> dict[int, str]:
+        """Notes `kind` of processes that left after passing fewer than `before` barriers: `{id: text}`."""
+        out = {}
+        for key, value in self.client.key_value_dir_get(f"{_NS}/{kind}/"):
+            passed, _, text = value.partition(" ")
+            if int(passed) < before:
+                out[int(key.rsplit("/", 1)[1])] = text
+        return out
 
     def barrier(self) -> None:
-        """Wait for every live process; raise `ProcessFailed` if one died, failed or exited."""
+        """Wait for every live process; raise `ProcessFailed` if one died, failed or left."""
         live = self.client.get_live_nodes(self.ids)
+        _PASSED[0] += 1
         dead = [i for i in self.ids if i not in live]
-        if dead or self._notes("failed") or self._notes("exited"):
-            err = self.failure(dead)
-            if err.reasons:
-                raise err
+        reasons = {i: "stopped responding (no heartbeat within the heartbeat timeout: it was killed, crashed or "
+                   "lost its host)" for i in dead}
+        for i, why in self._notes("failed", _PASSED[0]).items():
+            reasons.setdefault(i, f"failed with {why}")
+        for i in self._notes("exited", _PASSED[0]):
+            reasons.setdefault(i, "left the run early (it exited)")
+        reasons.pop(self.pid, None)
+        if reasons:
+            raise ProcessFailed(reasons, self.n, done=self.done, total=self.total, checkpoint=self.checkpoint)
 
     def agree(self, record: Mapping[str, Any]) -> None:
         """Every process raises the same `ValueError` unless all `record`s equal process 0's."""
@@ -411,7 +416,7 @@ class ProcessGroup:
         """Leave a note for the other processes before this one leaves with `err`."""
         text = f"{type(err).__name__}: {err}".strip()
         try:
-            self.client.key_value_set(f"{_NS}/failed/{self.pid}", text[:2000], allow_overwrite=True)
+            self.client.key_value_set(f"{_NS}/failed/{self.pid}", f"{_PASSED[0]} {text[:2000]}", allow_overwrite=True)
         except Exception:  # the service is gone: the others learn of this process's exit from the runtime
             pass
 
