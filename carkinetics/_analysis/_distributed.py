@@ -30,6 +30,7 @@ message ("the leader task was preempted/died"); finished chunks are in the check
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib.metadata
 import itertools
 import json
@@ -443,13 +444,35 @@ class ProcessGroup:
 
 
 def gather(tree: Any, mesh: Any) -> list[np.ndarray]:
-    """The leaves of `tree` (arrays sharded over `mesh`), whole, as NumPy arrays on every process."""
+    """The leaves of `tree` (arrays whose leading member axis is sharded over `mesh`), whole, as NumPy arrays on
+    every process: one all-gather of the leaves' bytes packed into one `(members, bytes per member)` array."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     leaves = jax.tree_util.tree_leaves(tree)
-    full = jax.jit(_identity, out_shardings=NamedSharding(mesh, PartitionSpec()))(leaves)
-    return [np.asarray(x.addressable_data(0)) for x in full]
+    packed = _pack_jit(NamedSharding(mesh, PartitionSpec()))(leaves)
+    rows = np.asarray(packed.addressable_data(0))
+    out, pos = [], 0
+    for x in leaves:
+        width = int(np.prod(x.shape[1:], dtype=np.int64)) * x.dtype.itemsize
+        out.append(np.ascontiguousarray(rows[:, pos:pos + width]).view(x.dtype).reshape(x.shape))
+        pos += width
+    return out
 
 
-def _identity(x: Any) -> Any:  # module level: one compilation per shape
-    return x
+def _pack(leaves: list[jax.Array]) -> jax.Array:
+    import jax.numpy as jnp
+
+    def as_bytes(x):
+        x = x.reshape(x.shape[0], -1)
+        if x.dtype == jnp.bool_:
+            return x.astype(jnp.uint8)
+        if x.dtype.itemsize == 1:
+            return jax.lax.bitcast_convert_type(x, jnp.uint8)
+        return jax.lax.bitcast_convert_type(x, jnp.uint8).reshape(x.shape[0], -1)
+
+    return jnp.concatenate([as_bytes(x) for x in leaves], axis=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _pack_jit(sharding: Any) -> Any:
+    return jax.jit(_pack, out_shardings=sharding)
