@@ -219,8 +219,9 @@ def main(argv=None) -> None:
 
     say(f"distributed sweep benchmark, {time.strftime('%Y-%m-%d')}: model {args.model}, {args.members} members, "
         f"chunk {args.chunk_size}, float64, ensemble engine (model default), best of {args.repeats}")
-    say(f"jax {jax.__version__}, {platform.platform()}, {os.cpu_count()} CPU cores; CPU collectives gloo (JAX's "
-        "default); 2-process runs use a loopback coordinator")
+    say(f"jax {jax.__version__}, {platform.platform()}, {os.cpu_count()} CPU cores, load average "
+        f"{os.getloadavg()[0]:.1f} at start; CPU collectives gloo (JAX's default); 2-process runs use a loopback "
+        "coordinator")
     rows = []
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         row = launch(name, args)
