@@ -26,6 +26,7 @@ copy. Every configuration's metrics are checked against the first's (max relativ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -163,21 +164,22 @@ def launch(name: str, args) -> dict:
               str(args.members), "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats),
               "--overhead-repeats", str(args.overhead_repeats)]
     port = _free_port()
-    procs, files = [], []
-    for i in range(n_proc):
-        extra = [] if n_proc == 1 else ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n_proc),
-                                        "--process-id", str(i)]
+    procs = []
+    with contextlib.ExitStack() as stack:
         # outputs go to files: a process blocked on a full pipe would hold the others at their exit barrier
-        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        files.append((out, err))
-        procs.append(subprocess.Popen(common + extra, stdout=out, stderr=err, text=True, env=env))
-    for p in procs:
-        p.wait(timeout=3600)
-    outs = []
-    for out, err in files:
-        out.seek(0)
-        err.seek(0)
-        outs.append((out.read(), err.read()))
+        files = [(stack.enter_context(tempfile.TemporaryFile("w+")), stack.enter_context(tempfile.TemporaryFile("w+")))
+                 for _ in range(n_proc)]
+        for i, (out, err) in enumerate(files):
+            extra = [] if n_proc == 1 else ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n_proc),
+                                            "--process-id", str(i)]
+            procs.append(subprocess.Popen(common + extra, stdout=out, stderr=err, text=True, env=env))
+        for p in procs:
+            p.wait(timeout=3600)
+        outs = []
+        for out, err in files:
+            out.seek(0)
+            err.seek(0)
+            outs.append((out.read(), err.read()))
     for p, (_, err) in zip(procs, outs):
         if p.returncode != 0:
             raise RuntimeError(f"{name}: a worker failed (exit {p.returncode}):\n{err[-3000:]}")

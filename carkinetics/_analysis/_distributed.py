@@ -30,6 +30,7 @@ message ("the leader task was preempted/died"); finished chunks are in the check
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import importlib.metadata
 import itertools
@@ -268,7 +269,7 @@ def distributed_setup(
                              f"coordinator {have[2]!r}, not as process {pid} of {n} with {coord!r}.")
         return DistributedSetting(pid, n, coord)
 
-    previous = jax.config.jax_enable_recoverability
+    previous = jax.config.values["jax_enable_recoverability"]
     jax.config.update("jax_enable_recoverability", True)  # read once, when process 0 starts the service
     try:
         jax.distributed.initialize(coord, n, pid, local_device_ids=local_device_ids,
@@ -397,12 +398,12 @@ class ProcessGroup:
                                  "process must run the same code and package versions on the same inputs; the "
                                  "run was not started.")
 
-    def share(self, key: str, value: str | None) -> str:
+    def share(self, key: str, value: str) -> str:
         """Process 0's `value` on every process."""
         if self.pid == 0:
             self.client.key_value_set(f"{self.ns}/{key}", value)
         self.barrier()
-        return value if self.pid == 0 else self.client.key_value_try_get(f"{self.ns}/{key}")
+        return value if self.pid == 0 else str(self.client.key_value_try_get(f"{self.ns}/{key}"))
 
     def sync(self, signum: int | None) -> int | None:
         """The barrier between chunks: also agrees on a stop request (a signal received by any process)."""
@@ -416,10 +417,8 @@ class ProcessGroup:
     def note_failure(self, err: BaseException) -> None:
         """Leave a note for the other processes before this one leaves with `err`."""
         text = f"{type(err).__name__}: {err}".strip()
-        try:
+        with contextlib.suppress(Exception):  # the service is gone: the others learn of the exit from the runtime
             self.client.key_value_set(f"{_NS}/failed/{self.pid}", f"{_PASSED[0]} {text[:2000]}", allow_overwrite=True)
-        except Exception:  # the service is gone: the others learn of this process's exit from the runtime
-            pass
 
     # -- collectives ---------------------------------------------------------------------------------------------
 

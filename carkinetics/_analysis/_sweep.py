@@ -28,9 +28,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .. import metrics as _m
 from .._core._dosing import Regimen
 from .._core._model import AbstractKineticModel
+from .._core._parameters import parameters
 from .._core._solution import Solution
 from .._engine._batch import AbstractExperiment, Experiment, batch_models, run_experiment
-from .._core._parameters import parameters
 from .._engine._simulate import ENGINES, Engine, engine_of, resolve_solver
 from .._ensemble import resolve_devices
 from ._checkpoint import FORMAT_VERSION, Checkpoint, fingerprint
@@ -303,8 +303,8 @@ def sweep(
     n_dev = 1 if devs is None else len(devs)
     n_proc = jax.process_count()
     chunk_size = min(chunk_size, n)
-    call_size = int(math.ceil(chunk_size / n_dev) * n_dev)  # members per compiled call: an equal share per device
-    n_chunks = int(math.ceil(n / chunk_size))
+    call_size = math.ceil(chunk_size / n_dev) * n_dev  # members per compiled call: an equal share per device
+    n_chunks = math.ceil(n / chunk_size)
     mesh = None if devs is None else Mesh(np.array(devs), (_AXIS,))
     sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec(_AXIS))
     group = ProcessGroup("sweep") if n_proc > 1 else None
