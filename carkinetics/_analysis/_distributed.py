@@ -196,9 +196,10 @@ def distributed_setup(
     `JAX_COORDINATOR_PORT` or JAX's port for the job). With no setting at all, or one process, nothing is started
     and a single-process setting is returned, so a script can call it unconditionally.
 
-    The runtime starts in JAX's recoverable mode and an exit hook synchronises the processes' exits (see the
-    module `carkinetics._analysis._distributed`): a process that dies is reported by the others with its id
-    ([`carkinetics.ProcessFailed`][]) instead of ending them.
+    The runtime starts in JAX's recoverable mode and an exit hook synchronises the processes' exits, so a process
+    that dies is reported by the others with its id ([`carkinetics.ProcessFailed`][]) instead of ending them
+    (`docs/distributed.md` describes the protocol). Sweeps also run after a plain `jax.distributed.initialize`, but
+    then a dead process ends the others after JAX's heartbeat timeout.
 
     **Arguments:**
 
