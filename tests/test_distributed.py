@@ -94,6 +94,23 @@ def _wait_for_chunks(path, count: int, procs, timeout: float) -> None:
     pytest.fail(f"no {count} checkpointed chunks within {timeout} s: {[p.communicate()[1][-2000:] for p in procs]}")
 
 
+def _interrupt_mid_run(ckpt: str, victim: int, sig: int) -> list[subprocess.Popen]:
+    """Two processes checkpointing into `ckpt`; `sig` sent to process `victim` once 3 chunks are written."""
+    procs = _launch(2, *_ckpt_args(ckpt))
+    _wait_for_chunks(ckpt, 3, procs, timeout=120)
+    procs[victim].send_signal(sig)
+    return procs
+
+
+def _ckpt_args(ckpt: str) -> list[str]:
+    return ["--checkpoint", ckpt, "--chunk-size", str(CHUNK), "--n", "384"]
+
+
+def _assert_resumed(res: dict, ref: dict) -> None:
+    assert 0 < res["n_resumed_chunks"] < res["n_chunks"]  # stopped mid-run, resumed from the checkpoint
+    np.testing.assert_allclose(_indices(res), _indices(ref), rtol=0, atol=1e-12)
+
+
 @pytest.fixture(scope="module")
 def reference():
     """The one-process analysis (this process, one device), per chunk size."""
@@ -169,9 +186,7 @@ def test_mismatched_inputs_are_detected_at_start_up():
 
 def test_killed_process_is_named_and_the_run_resumes(tmp_path, reference):
     ckpt = str(tmp_path / "ckpt")
-    procs = _launch(2, "--checkpoint", ckpt, "--chunk-size", str(CHUNK), "--n", "384")
-    _wait_for_chunks(ckpt, 3, procs, timeout=120)
-    procs[1].send_signal(signal.SIGKILL)
+    procs = _interrupt_mid_run(ckpt, 1, signal.SIGKILL)
     t0 = time.monotonic()
     (rc, _, err), _ = _finish(procs, timeout=60)
     # the survivor stops cleanly within the heartbeat timeout (plus a margin), naming the dead process
@@ -179,41 +194,31 @@ def test_killed_process_is_named_and_the_run_resumes(tmp_path, reference):
     assert rc == 3, err[-3000:]
     assert "process 1 of 2 stopped responding" in err and ckpt in err
     # one process resumes from the chunks process 0 wrote, to the one-process result
-    res = _single("--checkpoint", ckpt, "--chunk-size", str(CHUNK), "--n", "384")
+    res = _single(*_ckpt_args(ckpt))
     assert res["n_processes"] == 1
-    assert 0 < res["n_resumed_chunks"] < res["n_chunks"]
-    np.testing.assert_allclose(_indices(res), _indices(reference(CHUNK)), rtol=0, atol=1e-12)
+    _assert_resumed(res, reference(CHUNK))
 
 
 @pytest.mark.slow
 def test_killed_coordinator_ends_the_others_and_two_processes_resume(tmp_path, reference):
     ckpt = str(tmp_path / "ckpt")
-    procs = _launch(2, "--checkpoint", ckpt, "--chunk-size", str(CHUNK), "--n", "384")
-    _wait_for_chunks(ckpt, 3, procs, timeout=120)
-    procs[0].send_signal(signal.SIGKILL)
+    procs = _interrupt_mid_run(ckpt, 0, signal.SIGKILL)
     t0 = time.monotonic()
     _, (rc, _, err) = _finish(procs, timeout=60)
     # process 0 hosts the coordination service: the JAX runtime ends the other process at once, naming the leader
     assert time.monotonic() - t0 < HEARTBEAT + 25
     assert rc != 0 and "leader task" in err
-    runs = _finish(_launch(2, "--checkpoint", ckpt, "--chunk-size", str(CHUNK), "--n", "384"), timeout=150)
+    runs = _finish(_launch(2, *_ckpt_args(ckpt)), timeout=150)
     assert all(rc == 0 for rc, _, _ in runs), [e[-3000:] for _, _, e in runs]
     for _, out, _ in runs:
-        res = _result(out)
-        assert 0 < res["n_resumed_chunks"] < res["n_chunks"]
-        np.testing.assert_allclose(_indices(res), _indices(reference(CHUNK)), rtol=0, atol=1e-12)
+        _assert_resumed(_result(out), reference(CHUNK))
 
 
 @pytest.mark.slow
 def test_a_signal_to_one_process_stops_both_after_the_chunk(tmp_path, reference):
     ckpt = str(tmp_path / "ckpt")
-    procs = _launch(2, "--checkpoint", ckpt, "--chunk-size", str(CHUNK), "--n", "384")
-    _wait_for_chunks(ckpt, 3, procs, timeout=120)
-    procs[1].send_signal(signal.SIGTERM)
-    runs = _finish(procs, timeout=60)
+    runs = _finish(_interrupt_mid_run(ckpt, 1, signal.SIGTERM), timeout=60)
     for rc, _, err in runs:
         assert rc == 128 + signal.SIGTERM, err[-3000:]
         assert "Stopped by SIGTERM" in err
-    res = _single("--checkpoint", ckpt, "--chunk-size", str(CHUNK), "--n", "384")
-    assert 0 < res["n_resumed_chunks"] < res["n_chunks"]
-    np.testing.assert_allclose(_indices(res), _indices(reference(CHUNK)), rtol=0, atol=1e-12)
+    _assert_resumed(_single(*_ckpt_args(ckpt)), reference(CHUNK))

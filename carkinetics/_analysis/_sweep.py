@@ -162,6 +162,11 @@ def _run_chunk(fn: Callable, chunk: Any, has_ok: bool, mesh: Mesh | None) -> tup
     return mapped(fn_dyn, chunk)
 
 
+def _host(dev_out: tuple[Any, jax.Array]) -> tuple[list[np.ndarray], np.ndarray]:
+    out, ok = dev_out
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(out)], np.asarray(ok)
+
+
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
@@ -227,6 +232,57 @@ class _Layout(eqx.Module):
 
 
 _BROADCAST_BYTES = 1 << 24  # resumed chunks travel from process 0 in broadcasts of about 16 MiB
+
+
+def _resume(checkpoint: Any, manifest: dict, layout: _Layout, n_chunks: int, group: ProcessGroup | None,
+            store: Callable, results: Sequence[np.ndarray], ok: np.ndarray) -> tuple[Checkpoint | None, np.ndarray]:
+    """Open the checkpoint and load its finished chunks into `results`/`ok` (through `store`).
+
+    One process reads and writes the checkpoint: the only one, or process 0 of several, which shares the outcome
+    (an error every process raises, or which chunks are finished) and broadcasts the finished chunks' outputs.
+    Returns the checkpoint (`None` on the other processes) and the finished chunks as a boolean mask.
+    """
+    writer = group is None or group.pid == 0
+    ckpt, resumed, status = None, np.zeros(n_chunks, dtype=bool), {}
+    if writer:
+        try:
+            ckpt = Checkpoint(checkpoint, manifest)
+            for i in range(n_chunks):
+                loaded = ckpt.load(i, len(results))
+                if loaded is not None:
+                    lo, hi = layout.bounds(i)
+                    if any(len(x) < hi - lo for x in (*loaded[0], loaded[1])):
+                        raise ValueError(f"The checkpoint chunk {ckpt.file(i)!r} holds fewer members than chunk {i} "
+                                         f"has ({hi - lo}); delete that file and run again to recompute it.")
+                    store(i, *loaded, resumed=True)
+                    resumed[i] = True
+            status = {"done": np.packbits(resumed).tobytes().hex()}
+        except ValueError as err:
+            if group is None:
+                raise
+            status = {"error": str(err)}
+    if group is None:
+        return ckpt, resumed
+    status = json.loads(group.share("checkpoint", json.dumps(status)))
+    if "error" in status:
+        raise ValueError(status["error"])
+    if not writer:
+        resumed = np.unpackbits(np.frombuffer(bytes.fromhex(status["done"]), np.uint8))[:n_chunks] > 0
+    # The finished chunks travel from process 0 in broadcasts of about _BROADCAST_BYTES.
+    done = [int(i) for i in np.flatnonzero(resumed)]
+    while done:
+        batch, size = [], 0
+        while done and (not batch or size < _BROADCAST_BYTES):
+            batch.append(done.pop(0))
+            size += layout.nbytes(batch[-1])
+        data = np.concatenate([layout.pack(j, results, ok) for j in batch]) if writer else np.zeros(size, np.uint8)
+        data = group.broadcast(data)
+        pos = 0
+        for j in batch:
+            if not writer:
+                layout.unpack(j, data[pos:pos + layout.nbytes(j)], results, ok)
+            pos += layout.nbytes(j)
+    return ckpt, resumed
 
 
 def sweep(
@@ -308,7 +364,6 @@ def sweep(
     mesh = None if devs is None else Mesh(np.array(devs), (_AXIS,))
     sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec(_AXIS))
     group = ProcessGroup("sweep") if n_proc > 1 else None
-    writer = jax.process_index() == 0
 
     def chunk_inputs(i: int):
         lo, hi = i * chunk_size, min((i + 1) * chunk_size, n)
@@ -344,7 +399,7 @@ def sweep(
         group.total = n_chunks
         group.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
 
-    bar = Progress("sweep", n, enabled=progress and writer)
+    bar = Progress("sweep", n, enabled=progress and jax.process_index() == 0)
 
     def store(i: int, out_leaves: Sequence[np.ndarray], ok: np.ndarray, resumed: bool = False) -> None:
         lo, hi = layout.bounds(i)
@@ -353,59 +408,19 @@ def sweep(
         ok_all[lo:hi] = ok[: hi - lo]
         bar.update(hi - lo, int(np.sum(~ok[: hi - lo])), resumed=resumed)
 
-    # The checkpoint: opened and read by one process (the only one in a single-process run, process 0 otherwise),
-    # which tells the others which chunks are finished and broadcasts their outputs.
-    ckpt = None
-    resumed = np.zeros(n_chunks, dtype=bool)
+    ckpt, resumed = None, np.zeros(n_chunks, dtype=bool)
     if checkpoint is not None:
-        status: dict[str, Any] = {}
-        if writer:
-            manifest = {
-                "format": FORMAT_VERSION,
-                "function_sha256": fn_sha,
-                "inputs_sha256": in_sha,
-                "n_members": n,
-                "chunk_size": chunk_size,
-                "n_chunks": n_chunks,
-                "outputs": str(out_treedef),
-                "output_shapes": [[list(s.shape[1:]), s.dtype.str] for s in out_leaves_shape],
-            }
-            try:
-                ckpt = Checkpoint(checkpoint, manifest)
-                for i in range(n_chunks):
-                    loaded = ckpt.load(i, len(results))
-                    if loaded is not None:
-                        lo, hi = layout.bounds(i)
-                        if any(len(x) < hi - lo for x in (*loaded[0], loaded[1])):
-                            raise ValueError(f"The checkpoint chunk {ckpt.file(i)!r} holds fewer members than chunk "
-                                             f"{i} has ({hi - lo}); delete that file and run again to recompute it.")
-                        store(i, *loaded, resumed=True)
-                        resumed[i] = True
-                status = {"done": np.packbits(resumed).tobytes().hex()}
-            except ValueError as err:
-                if group is None:
-                    raise
-                status = {"error": str(err)}
-        if group is not None:
-            status = json.loads(group.share("checkpoint", json.dumps(status)))
-            if "error" in status:
-                raise ValueError(status["error"])
-            if not writer:
-                resumed = np.unpackbits(np.frombuffer(bytes.fromhex(status["done"]), np.uint8))[:n_chunks] > 0
-            batch: list[int] = []
-            for k, i in enumerate(np.flatnonzero(resumed)):
-                batch.append(int(i))
-                if sum(layout.nbytes(j) for j in batch) >= _BROADCAST_BYTES or k == int(resumed.sum()) - 1:
-                    data = (np.concatenate([layout.pack(j, results, ok_all) for j in batch]) if writer else
-                            np.zeros(sum(layout.nbytes(j) for j in batch), np.uint8))
-                    data = group.broadcast(data)
-                    pos = 0
-                    for j in batch:
-                        size = layout.nbytes(j)
-                        if not writer:
-                            layout.unpack(j, data[pos:pos + size], results, ok_all)
-                        pos += size
-                    batch = []
+        manifest = {
+            "format": FORMAT_VERSION,
+            "function_sha256": fn_sha,
+            "inputs_sha256": in_sha,
+            "n_members": n,
+            "chunk_size": chunk_size,
+            "n_chunks": n_chunks,
+            "outputs": str(out_treedef),
+            "output_shapes": [[list(s.shape[1:]), s.dtype.str] for s in out_leaves_shape],
+        }
+        ckpt, resumed = _resume(checkpoint, manifest, layout, n_chunks, group, store, results, ok_all)
     n_resumed = int(resumed.sum())
 
     def finish(i: int, out_leaves: Sequence[np.ndarray], ok: np.ndarray) -> None:
@@ -432,15 +447,13 @@ def sweep(
                 for i in todo:
                     dev_out = run(i)
                     if pending is not None:
-                        j, (out, ok) = pending
-                        finish(j, [np.asarray(x) for x in jax.tree_util.tree_leaves(out)], np.asarray(ok))
+                        finish(pending[0], *_host(pending[1]))
                         done += 1
                     pending = (i, dev_out)
                     if stop.signum is not None:
                         break
                 if pending is not None:
-                    j, (out, ok) = pending
-                    finish(j, [np.asarray(x) for x in jax.tree_util.tree_leaves(out)], np.asarray(ok))
+                    finish(pending[0], *_host(pending[1]))
                     done += 1
                 signum = stop.signum
             else:
