@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-from carkinetics.models.sle import CyclophosphamidePK, SLECarTModel, erlangen_regimen, simulate_default
+from carkinetics.models.sle import CyclophosphamidePK, SLECarTModel, erlangen_regimen
 from carkinetics.models.sle.cytokines import MyeloidParams, crs_grade
 
-MODULES = ("lymphodepletion", "car_t", "bcells", "autoantibodies", "cytokines", "disease", "sle_car_t", "presets")
+MODULES = ("lymphodepletion", "car_t", "bcells", "autoantibodies", "cytokines", "disease", "model", "presets",
+           "translation")
 
 
 def test_cyclophosphamide_half_life_and_mass_balance():
@@ -30,7 +31,7 @@ def ld_only():
     model = SLECarTModel()
     reg = erlangen_regimen(model, car_t_per_kg=0.0)  # same structure, no cells
     ts = jnp.concatenate([jnp.arange(-6.0, 30.0, 0.25), jnp.arange(30.0, 401.0, 1.0)])
-    return model, np.asarray(ts), simulate_default(model, reg, ts)
+    return model, np.asarray(ts), ck.simulate(model, reg, ts)  # the model class's solver and tolerances
 
 
 def test_lymphodepletion_depth(ld_only):
@@ -77,10 +78,10 @@ def test_parameter_table_is_complete():
 
 @pytest.mark.parametrize("name", MODULES)
 def test_module_docstrings(name):
-    mod = importlib.import_module(f"carkinetics.models.{name}")
+    mod = importlib.import_module(f"carkinetics.models.sle.{name}")
     doc = mod.__doc__ or ""
     assert len(doc) > 400, name
-    if name not in ("presets", "sle_car_t"):
+    if name not in ("presets", "model", "translation"):
         assert "| parameter" in doc and "References" in doc, name  # parameter table with sources
 
 

@@ -78,7 +78,7 @@ def _write(tmp_path, text):
 def human_text():
     from importlib.resources import files
 
-    return files("carkinetics.models").joinpath("presets", "human.toml").read_text(encoding="utf-8")
+    return files("carkinetics.models.sle").joinpath("presets", "human.toml").read_text(encoding="utf-8")
 
 
 def test_load_from_path(tmp_path, human_text):

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-from carkinetics.models.sle import FludarabinePK, SLECarTModel, erlangen_regimen, human_default_ts, load_preset, mouse_regimen, simulate_default, tocilizumab
+from carkinetics.models.sle import (
+    FludarabinePK,
+    SLECarTModel,
+    erlangen_regimen,
+    load_preset,
+    mouse_regimen,
+    save_times,
+    tocilizumab,
+)
 
 T_END = 400.0
 
@@ -26,7 +34,7 @@ T_END = 400.0
 def human():
     model = SLECarTModel()
     ts = save_times(T_END)
-    sol = simulate_default(model, erlangen_regimen(model), ts)
+    sol = ck.simulate(model, erlangen_regimen(model), ts)
     return model, np.asarray(ts), sol
 
 
@@ -34,7 +42,7 @@ def human():
 def mouse():
     model = load_preset("mouse_nzbw")
     ts = np.concatenate([np.arange(-2.0, 30.0, 0.25), np.arange(30.0, 451.0, 1.0)])
-    sol = simulate_default(model, mouse_regimen(model, cells=1e6, tbi_fraction=0.9, tbi_day=-1.0), jnp.asarray(ts))
+    sol = ck.simulate(model, mouse_regimen(model, cells=1e6, tbi_fraction=0.9, tbi_day=-1.0), jnp.asarray(ts))
     return model, ts, sol
 
 
@@ -65,7 +73,7 @@ def test_untreated_human_simulation_stays_at_baseline(human):
     # the Erlangen structure with zero amounts: same compiled program as the treated run
     zero = (ck.fludarabine(0.0, (-5.0, -4.0, -3.0)) + ck.cyclophosphamide(0.0, (-3.0,))
             + ck.car_t_infusion(cells=0.0))
-    sol = simulate_default(model, zero, jnp.asarray(ts))
+    sol = ck.simulate(model, zero, jnp.asarray(ts))
     b, t = _obs(sol, "b_blood"), _obs(sol, "t_blood")
     assert np.all((b >= 100.0) & (b <= 500.0)) and np.all((t >= 700.0) & (t <= 2100.0))
     np.testing.assert_allclose(b, 250.0, rtol=1e-4)  # solver rtol 1e-6, accumulated over 400 d
@@ -216,8 +224,8 @@ def test_tocilizumab_lowers_crs_index_and_raises_serum_il6():
     model = SLECarTModel()
     ts = jnp.linspace(-6.0, 20.0, 105)
     base = erlangen_regimen(model)
-    sol0 = simulate_default(model, base + tocilizumab(4.0, mg_per_kg=0.0), ts)
-    sol1 = simulate_default(model, base + tocilizumab(4.0, mg_per_kg=8.0), ts)
+    sol0 = ck.simulate(model, base + tocilizumab(4.0, mg_per_kg=0.0), ts)
+    sol1 = ck.simulate(model, base + tocilizumab(4.0, mg_per_kg=8.0), ts)
     late = np.asarray(ts) >= 5.0
     assert _obs(sol1, "crs_grade")[late].max() < 0.2 * _obs(sol0, "crs_grade")[late].max()
     assert _obs(sol1, "il6")[late].max() > _obs(sol0, "il6")[late].max()
@@ -229,9 +237,10 @@ def test_no_retrace_with_new_parameter_values(human, caplog):
     ts_short = jnp.asarray(ts)
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
         caplog.clear()
-        sol = simulate_default(m1, erlangen_regimen(m1), ts_short)
+        sol = ck.simulate(m1, erlangen_regimen(m1), ts_short)
         sol.y_array.block_until_ready()
-    compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage() and "_simulate" in r.getMessage()]
+    compiled = [r.getMessage() for r in caplog.records
+                if "Compiling" in r.getMessage() and "diffrax_solve" in r.getMessage()]
     assert compiled == []
 
 
@@ -256,7 +265,7 @@ def test_vmap_over_parameters_matches_single_runs(human):
 
     def run(k):
         m = eqx.tree_at(lambda x: x.humoral.k_igg, model, k)
-        s = simulate_default(m, reg, jnp.asarray(ts), throw=False)
+        s = ck.simulate(m, reg, jnp.asarray(ts), throw=False)
         return s.observables.anti_dsdna, s.ok
 
     anti, ok = jax.vmap(run)(ks)
@@ -274,7 +283,7 @@ def test_gradient_matches_finite_difference():
 
     def f(k):
         m = eqx.tree_at(lambda x: x.humoral.k_igg, model, k)
-        return simulate_default(m, reg, ts).observables.anti_dsdna[-1]
+        return ck.simulate(m, reg, ts).observables.anti_dsdna[-1]
 
     k0, h = float(model.humoral.k_igg), 1e-5
     fd = (f(k0 + h) - f(k0 - h)) / (2 * h)
@@ -288,10 +297,10 @@ def test_default_solver_agrees_with_kvaerno5_and_plain_simulate():
     model = SLECarTModel()
     reg = erlangen_regimen(model)
     ts = save_times(365.0)
-    ref = simulate_default(model, reg, ts, rtol=1e-10, atol=1e-10, max_steps=200_000)
-    plain = ck.simulate(model, reg, ts)  # the core defaults (Tsit5, rtol 1e-6, atol 1e-8) work as well
-    kv = simulate_default(model, reg, ts, solver=diffrax.Kvaerno5())
-    dflt = simulate_default(model, reg, ts)
+    ref = ck.simulate(model, reg, ts, rtol=1e-10, atol=1e-10, max_steps=200_000)
+    plain = ck.simulate(model, reg, ts, atol=1e-8)  # library-wide defaults (Tsit5, rtol 1e-6, atol 1e-8) work too
+    kv = ck.simulate(model, reg, ts, solver=diffrax.Kvaerno5())
+    dflt = ck.simulate(model, reg, ts)  # the model class's defaults: diffrax.Tsit5(), rtol = atol = 1e-6
     r = np.asarray(ref.obs_array)
     for sol, tol in ((plain, 5e-3), (kv, 1e-2), (dflt, 5e-3)):
         err = np.max(np.abs(np.asarray(sol.obs_array) - r) / (np.abs(r) + 1e-3))
@@ -301,7 +310,7 @@ def test_default_solver_agrees_with_kvaerno5_and_plain_simulate():
 def test_mouse_mrl_lpr_preset_runs_with_long_aplasia(mouse):
     _, ts, _ = mouse
     model = load_preset("mouse_mrl_lpr")
-    sol = simulate_default(model, mouse_regimen(model), jnp.asarray(ts))  # same structure: no recompilation
+    sol = ck.simulate(model, mouse_regimen(model), jnp.asarray(ts))  # same structure: no recompilation
     assert bool(sol.ok)
     b = _obs(sol, "b_blood") / float(model.bcell.b_blood0)
     assert np.all(b[(ts >= 14.0) & (ts <= 400.0)] < 0.10)
@@ -318,6 +327,26 @@ def test_observable_and_dose_state_names_are_stable():
     assert set(SLECarTModel.observable_units) == set(SLECarTModel.observable_names())
 
 
+def test_igg_elimination_rate_observable(human):
+    # `igg_k_el` (1/d) is the elimination rate constant of IgG as the model has it at each moment,
+    # -d(d anti_dsdna/dt)/d anti_dsdna (FcRn saturation included): k_igg at baseline, checked against the vector
+    # field's own derivative (forward mode) along the treated trajectory.
+    model, ts, sol = human
+    assert SLECarTModel.observable_units["igg_k_el"] == "1/d"
+    k_el = _obs(sol, "igg_k_el")
+    assert k_el[0] == pytest.approx(float(model.humoral.k_igg), rel=1e-9)
+    i = model.state_names().index("anti_dsdna")
+    tangent = jnp.zeros((sol.y_array.shape[1],)).at[i].set(1.0)
+
+    def rate(t, y):
+        return -jax.jvp(lambda yy: model.vector_field_flat(t, yy, None)[i], (y,), (tangent,))[1]
+
+    idx = np.searchsorted(ts, [-6.0, 10.0, 30.0, 90.0, 300.0])
+    expected = np.asarray(jax.vmap(rate)(jnp.asarray(ts[idx]), sol.y_array[idx]))
+    np.testing.assert_allclose(k_el[idx], expected, rtol=1e-12)
+    assert np.ptp(k_el) > 0.01 * k_el[0]  # FcRn saturation: the rate follows the total IgG level
+
+
 def _b_return_day(model, ts, sol):
     b = _obs(sol, "b_blood") / float(model.bcell.b_blood0)
     below = np.flatnonzero((ts > 0.0) & (b < 0.01))
@@ -330,10 +359,10 @@ def test_rejection_controls_b_cell_return(human):
     reg = erlangen_regimen(model)
     base = _b_return_day(model, ts, sol)
     later = model.replace({"car.t_rej": 120.0})
-    sol_later = simulate_default(later, reg, jnp.asarray(ts))
+    sol_later = ck.simulate(later, reg, jnp.asarray(ts))
     assert _b_return_day(later, ts, sol_later) == pytest.approx(base + 50.0, abs=15.0)  # return tracks the onset
     no_rej = model.replace({"car.k_rej": 0.0})  # syngeneic-like (translation.md G4): no return within 400 d
-    assert _b_return_day(no_rej, ts, simulate_default(no_rej, reg, jnp.asarray(ts))) == np.inf
+    assert _b_return_day(no_rej, ts, ck.simulate(no_rej, reg, jnp.asarray(ts))) == np.inf
 
 
 @pytest.mark.parametrize("group", ["body", "humoral", "bcell", "tcell", "ld", "car", "myeloid", "disease"])
@@ -341,7 +370,7 @@ def test_single_group_swaps_from_mouse_run(human, group):
     model, ts, _ = human
     mouse = load_preset("mouse_nzbw")
     swapped = eqx.tree_at(lambda m: getattr(m, group), model, getattr(mouse, group))
-    sol = simulate_default(swapped, erlangen_regimen(model), jnp.asarray(ts), throw=False)
+    sol = ck.simulate(swapped, erlangen_regimen(model), jnp.asarray(ts), throw=False)
     assert bool(sol.ok), group
     y = np.asarray(sol.y_array)
     assert np.all(np.isfinite(y))
@@ -352,7 +381,7 @@ def test_single_group_swaps_from_mouse_run(human, group):
 def test_mouse_irradiation_alone_arm(mouse):
     # translation.md G5: in mice, irradiation alone improves lupus (confounds CAR-T attribution); B cells recover
     model, ts, sol_car = mouse
-    sol_tbi = simulate_default(model, mouse_regimen(model, cells=0.0), jnp.asarray(ts))  # same structure
+    sol_tbi = ck.simulate(model, mouse_regimen(model, cells=0.0), jnp.asarray(ts))  # same structure
     i200 = int(np.argmin(np.abs(ts - 200.0)))
     b = _obs(sol_tbi, "b_blood") / float(model.bcell.b_blood0)
     assert b[i200] > 0.5

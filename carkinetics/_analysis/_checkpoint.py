@@ -156,7 +156,8 @@ class Checkpoint:
         if not os.path.exists(path):
             return None
         try:
-            with np.load(path) as z:
+            # The file is opened here, not by np.load: np.load leaks its handle when a truncated archive fails.
+            with open(path, "rb") as fh, np.load(fh) as z:
                 leaves = [z[f"leaf_{k}"] for k in range(n_leaves)]
                 ok = z["ok"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:

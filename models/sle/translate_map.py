@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jax.config.update("jax_enable_x64", True)
     try:
         paths = write_translation_report(
-            args.out, a=args.a, b=args.b, seed=args.seed, n_samples=args.samples,
+            args.out, a=args.a, b=args.b, key=jax.random.key(args.seed), n_samples=args.samples,
             gaps=None if args.gaps is None else [g.strip() for g in args.gaps.split(",")], t_end=args.t_end,
             batch_size=args.batch_size, scenarios=not args.no_scenarios)
     except ValueError as err:
