@@ -10,6 +10,7 @@ expansion. Several parameters were tuned by hand to these targets (tag A in the 
 import logging
 import math
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -292,8 +293,6 @@ def test_gradient_matches_finite_difference():
 
 @pytest.mark.slow
 def test_default_solver_agrees_with_kvaerno5_and_plain_simulate():
-    import diffrax
-
     model = SLECarTModel()
     reg = erlangen_regimen(model)
     ts = save_times(365.0)
@@ -301,8 +300,9 @@ def test_default_solver_agrees_with_kvaerno5_and_plain_simulate():
     plain = ck.simulate(model, reg, ts, atol=1e-8)  # library-wide defaults (Tsit5, rtol 1e-6, atol 1e-8) work too
     kv = ck.simulate(model, reg, ts, solver=diffrax.Kvaerno5())
     dflt = ck.simulate(model, reg, ts)  # the model class's defaults: diffrax.Tsit5(), rtol = atol = 1e-6
+    ens = ck.simulate(model, reg, ts, solver=ck.default_solver(model, "ensemble"))  # batched engine: EnsembleRodas5
     r = np.asarray(ref.obs_array)
-    for sol, tol in ((plain, 5e-3), (kv, 1e-2), (dflt, 5e-3)):
+    for sol, tol in ((plain, 5e-3), (kv, 1e-2), (dflt, 5e-3), (ens, 5e-3)):
         err = np.max(np.abs(np.asarray(sol.obs_array) - r) / (np.abs(r) + 1e-3))
         assert err < tol, err
 
@@ -318,9 +318,24 @@ def test_mouse_mrl_lpr_preset_runs_with_long_aplasia(mouse):
     assert np.all(y >= -1e-6 * np.maximum(np.abs(y).max(axis=0), 1.0))
 
 
+def test_save_grid_and_solver_defaults():
+    # The one SLE save grid: every 0.25 d from day -6 (before the first fludarabine infusion) to day 30, then daily.
+    ts = np.asarray(save_times(400.0))
+    np.testing.assert_array_equal(ts[:144], -6.0 + 0.25 * np.arange(144))
+    np.testing.assert_array_equal(ts[144:], np.arange(30.0, 401.0))
+    assert np.asarray(save_times()).shape == (144 + 336,) and float(save_times()[-1]) == 365.0
+    with pytest.raises(ValueError, match="at least 120 days"):
+        save_times(100.0)
+    # Solver defaults come from the model class: stiff (EnsembleRodas5 in batches), diffrax Tsit5 per member,
+    # rtol = atol = 1e-6 in every engine.
+    assert SLECarTModel.stiff and SLECarTModel.default_rtol == SLECarTModel.default_atol == 1e-6
+    assert type(ck.default_solver(SLECarTModel, "vmap")) is type(SLECarTModel.diffrax_solver) is diffrax.Tsit5
+    assert type(ck.default_solver(SLECarTModel, "ensemble")) is ck.EnsembleRodas5
+
+
 def test_observable_and_dose_state_names_are_stable():
     required = {"car_blood", "b_blood", "t_blood", "plasmablasts", "anti_dsdna", "vaccine_igg", "il6", "il7", "il15",
-                "crs_grade", "sledai", "damage", "flu_conc", "cy_conc"}
+                "crs_grade", "sledai", "damage", "flu_conc", "cy_conc", "igg_k_el"}
     assert required <= set(SLECarTModel.observable_names())
     assert {"flu_central", "cy_central", "car_effector", "toci_central"} <= set(SLECarTModel.state_names())
     assert set(SLECarTModel.state_units) == set(SLECarTModel.state_names())
