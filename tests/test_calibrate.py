@@ -102,7 +102,7 @@ def test_identifiability_flags_unpinned_parameters(problem, fitted, truth):
     assert any(t.startswith("Non-identifiable direction") for t in texts)
     # the data profile of beta is flat (rise < 0.1 over a factor e either way); cmax's rises above 1.92 both sides
     assert not prof_beta.identifiable and float(np.max(prof_beta.delta)) < 0.1
-    assert prof_cmax.identifiable and float(np.min(prof_cmax.delta[[0, -1]])) > ck._identifiability.CHI2_95_HALF
+    assert prof_cmax.identifiable and float(np.min(prof_cmax.delta[[0, -1]])) > _ident.CHI2_95_HALF
     assert _cal._TRACES["profile"] == n0["profile"] + 1  # one compile for both parameters
 
 
