@@ -48,12 +48,18 @@ def test_solver_decides_the_engine_and_implicit_methods_agree():
     for k in KEYS:
         # Rodas5 vs Kvaerno5, both rtol 1e-6: agreement to 1e-4 (two methods, each within ~1e-5 of the truth).
         np.testing.assert_allclose(ens.outputs[k], ref.outputs[k], rtol=1e-4, atol=1e-8)
-    # The model class decides the defaults: explicit methods for a non-stiff class, implicit ones for a stiff class,
-    # and a class may name its own per-member diffrax solver (the SLE model: Tsit5).
+    # The model class decides the defaults: explicit methods for a non-stiff class, implicit ones for a stiff class
+    # (the SLE model), and a class may name its own per-member diffrax solver.
     assert type(ck.default_solver(TwoCompartmentPK())) is ck.EnsembleTsit5
     assert type(ck.default_solver(TwoCompartmentPK(), "vmap")) is diffrax.Tsit5
     assert type(ck.default_solver(SLECarTModel)) is ck.EnsembleRodas5
-    assert type(ck.default_solver(SLECarTModel, "vmap")) is diffrax.Tsit5
+    assert type(ck.default_solver(SLECarTModel, "vmap")) is diffrax.Kvaerno5
+
+    class OwnSolverPK(OneCompartmentPK):
+        diffrax_solver = diffrax.Dopri8()
+
+    assert type(ck.default_solver(OwnSolverPK, "vmap")) is diffrax.Dopri8
+    assert type(ck.default_solver(OwnSolverPK)) is ck.EnsembleTsit5
 
     class StiffPK(OneCompartmentPK):
         stiff = True

@@ -1,5 +1,6 @@
 """Translation map machinery on a small PK model: efficiency, ungrouped gaps, samples, flags, tables, figures."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,16 +154,20 @@ def test_failed_coalitions_are_reported():
     assert "4 of 8 coalition evaluations gave non-finite metrics" in tm.narrative()
 
 
-def test_sample_parameters_transforms(getkey):
-    from carkinetics.models.sle import SLECarTModel
+class _Bounded(eqx.Module):
+    """An onset time that may be negative (shifted lower bound) and a fraction (bounded on both sides)."""
 
-    model = SLECarTModel()  # car.t_rej: onset day 70 with bounds [-1e4, inf); humoral.f_pb_dsdna: a fraction
-    s = ck.sample_parameters(model, ["car.t_rej", "humoral.f_pb_dsdna"], getkey(), 4000,
-                             tags={"car.t_rej": "A", "humoral.f_pb_dsdna": "M"})
-    t = np.asarray(s["car.t_rej"])
+    onset: float = ck.param(70.0, unit="d", lower=-1e4, description="onset", source="test value", tag="A")
+    frac: float = ck.param(0.8, unit="1", upper=1.0, description="fraction", source="test value", tag="R")
+
+
+def test_sample_parameters_transforms(getkey):
+    model = _Bounded()
+    s = ck.sample_parameters(model, ["onset", "frac"], getkey(), 4000, tags={"frac": "M"})
+    t = np.asarray(s["onset"])
     # a shifted lower bound gives a normal spread relative to the value (sd 0.3 x 70 d), not log(x + 1e4)
     assert np.std(t) == pytest.approx(0.3 * 70.0, rel=0.05) and np.median(t) == pytest.approx(70.0, abs=1.5)
-    f = np.asarray(s["humoral.f_pb_dsdna"])
+    f = np.asarray(s["frac"])
     logit = np.log(f / (1.0 - f))
     assert np.all((f > 0.0) & (f < 1.0))
     assert np.std(logit) == pytest.approx(0.5, rel=0.05) and np.median(logit) == pytest.approx(np.log(4.0), abs=0.05)

@@ -100,7 +100,7 @@ def test_knobs_set_the_protocols(arms):
     a, b = sle.apply_knobs(mouse, human, dose_basis="per_kg")
     assert float(a.protocol.car_cells_per_kg) == float(b.protocol.car_cells_per_kg) == 1e6
     a, b = sle.apply_knobs(mouse, human, dose_basis="per_target")
-    assert a.protocol.dose_basis == b.protocol.dose_basis == "per_target"
+    assert float(a.protocol.per_target_dosing) == float(b.protocol.per_target_dosing) == 1.0
     assert float(a.protocol.car_cells_per_target) == float(b.protocol.car_cells_per_target)
     # per-target dosing gives the human its per-kg dose back: cells = per_target x CD19 pool = 1e6/kg x 70 kg
     cells = float(sle.arm_regimen(b).doses[-1].amount)
