@@ -125,7 +125,7 @@ def test_comparator_power_within_monte_carlo_error_of_the_exact_binomial_power(p
         assert abs(res.power[k] - exact) <= 4.0 * se + 1e-12, (n, res.power[k], exact)
 
 
-# ---- review analyses 2 and 4: conditioning, monitoring (same compiled solve: 24 members) ------------------------------
+# ---- review analyses 2 and 4: conditioning, monitoring (same compiled solve: 24 members) -----------------------------
 
 
 def test_conditioning_sets_expansion_fludarabine_exposure_and_lymphopenia(getkey):
@@ -165,7 +165,7 @@ def test_monitoring_delay_is_the_wait_for_the_next_visit(getkey):
     np.testing.assert_allclose(st.detection_delay(np.array([10.0, 28.0, np.nan]), 14.0), [4.0, 0.0, np.nan])
 
 
-# ---- validation -------------------------------------------------------------------------------------------------------
+# ---- validation ------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("doses, match", [
@@ -224,8 +224,9 @@ def test_cli_bad_input_exits_2(tmp_path, capsys, argv, match):
 def test_cli_writes_the_library_results(tmp_path, capsys):
     out = tmp_path / "out"
     rc = cli.main(["trial", "--preset", "human", "--product", "MB-CART19.1", "--doses", ",".join(map(str, DOSES)),
-                   "--design", "boin", "--target", "0.3", "--trials", str(N_TRIALS), "--patients-per-dose", str(N_PATIENTS),
-                   "--key", "7", "--t-end", str(T_END), "--out", str(out), "--quiet"])
+                   "--design", "boin", "--target", "0.3", "--trials", str(N_TRIALS),
+                   "--patients-per-dose", str(N_PATIENTS), "--key", "7", "--t-end", str(T_END), "--out", str(out),
+                   "--quiet"])
     assert rc == cli.EXIT_OK
     assert f"output folder: {out}" in capsys.readouterr().out
     for name in ("operating_characteristics.csv", "operating_characteristics.json", "dose_outcomes.csv",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import math
 import os
 import sys
@@ -270,7 +271,7 @@ class TrialCommand(Command):
             raise UserError(f"--doses must give at least two dose levels, got {doses}.")
         if any(not (math.isfinite(d) and d > 0.0) for d in doses):
             raise UserError(f"--doses must be finite positive cells/kg, got {doses}.")
-        if any(b <= a for a, b in zip(doses, doses[1:])):
+        if any(b <= a for a, b in itertools.pairwise(doses)):
             raise UserError(f"--doses must increase strictly (a monotone dose ladder, lowest first), got {doses}.")
         for flag, value in (("--trials", args.trials), ("--cohort-size", args.cohort_size),
                             ("--cohorts", args.cohorts), ("--patients-per-dose", args.patients_per_dose)):

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float
 
 import carkinetics as ck
 import carkinetics.trials as ct
@@ -257,9 +257,10 @@ class TrialExperiment(ck.AbstractExperiment):
     max_steps: int = eqx.field(static=True, default=100_000)
     t0: float | None = eqx.field(static=True, default=None)
 
-    def __init__(self, t_end: float = 200.0, *, solver: Any = None):
+    def __init__(self, t_end: float = 200.0, *, solver: Any = None, rtol: float | None = None,
+                 atol: float | None = None):
         self.ts = save_times(_check_t_end("TrialExperiment", t_end))
-        self.solver, self.rtol, self.atol, self.max_steps, self.t0 = solver, None, None, 100_000, None
+        self.solver, self.rtol, self.atol, self.max_steps, self.t0 = solver, rtol, atol, 100_000, None
 
     def model(self, arm: SLEArm) -> Any:
         return arm.model
@@ -299,7 +300,8 @@ class TrialExperiment(ck.AbstractExperiment):
 
 
 def _solve(owner: str, model: SLECarTModel, population: ck.Population, protocols: Mapping[str, np.ndarray],
-           n_arms: int, t_end: float, engine: str | None, devices: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+           n_arms: int, t_end: float, engine: str | None, devices: Any, rtol: float | None = None,
+           atol: float | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One batched solve of every patient under each of `n_arms` protocols: outputs of shape `(n_arms, P)`."""
     n = _n_members(population)
     if n < 1:
@@ -307,7 +309,7 @@ def _solve(owner: str, model: SLECarTModel, population: ck.Population, protocols
     values = {f"model.{k}": np.tile(np.asarray(v, dtype=float), n_arms) for k, v in population.samples.items()}
     values.update({f"protocol.{k}": np.repeat(np.asarray(v, dtype=float), n) for k, v in protocols.items()})
     members = ck.batch_models(SLEArm(model, SLEProtocol()), values)
-    out, ok = ck.run_experiment(TrialExperiment(t_end), members, engine=engine, devices=devices)
+    out, ok = ck.run_experiment(TrialExperiment(t_end, rtol=rtol, atol=atol), members, engine=engine, devices=devices)
     out = {k: np.asarray(v).reshape(n_arms, n) for k, v in out.items()}
     return out, np.asarray(ok).reshape(n_arms, n)
 
@@ -401,6 +403,8 @@ def simulate_dose_outcomes(
     t_end: float = 200.0,
     engine: str | None = None,
     devices: Any = None,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> DoseOutcomes:
     """Simulate every virtual patient once at every dose of a ladder, in one batched ensemble solve.
 
@@ -414,7 +418,8 @@ def simulate_dose_outcomes(
     - `doses`: CAR-T doses in cells/kg, strictly increasing, at least two.
     - `population`: virtual patients (`trial_population`), or `n_patients` and `key` to draw them.
     - `flu_mg_per_m2`, `cy_mg_per_m2`: the conditioning (default Erlangen: 25 mg/m² x 3, 1,000 mg/m²).
-    - `t_end`: horizon (days, at least 181); `engine`, `devices`: as for `ck.run_experiment`.
+    - `t_end`: horizon (days, at least 181); `engine`, `devices`: as for `ck.run_experiment`; `rtol`, `atol`: solver
+      tolerances (default: the model class's, 1e-6).
 
     **Returns:** a `DoseOutcomes`. Patients whose course fails at any dose are dropped (`n_failed`).
 
@@ -442,7 +447,7 @@ def simulate_dose_outcomes(
     n_doses = doses.shape[0]
     protocols = {"car_cells_per_kg": doses, "flu_mg_per_m2": np.full(n_doses, flu),
                  "cy_mg_per_m2": np.full(n_doses, cy)}
-    out, ok = _solve(owner, model, population, protocols, n_doses, t_end, engine, devices)
+    out, ok = _solve(owner, model, population, protocols, n_doses, t_end, engine, devices, rtol, atol)
     keep = ok.all(axis=0)
     if not keep.any():
         raise RuntimeError(f"{owner}: every patient's course failed to solve; check the population's parameters.")
@@ -688,7 +693,7 @@ class StandardOfCare(eqx.Module):
     rate: float = 1.0 / 45.0
 
     def __check_init__(self):
-        if not (0.0 < self.plateau and math.isfinite(self.plateau)):
+        if not (self.plateau > 0.0 and math.isfinite(self.plateau)):
             raise ValueError(f"StandardOfCare: `plateau` must be a positive relative activity; got {self.plateau!r}.")
         if not (self.omega >= 0.0 and math.isfinite(self.omega)):
             raise ValueError(f"StandardOfCare: `omega` must be finite and non-negative; got {self.omega!r}.")
