@@ -234,6 +234,8 @@ class TrialCommand(Command):
         add_engine_arg(parser)
 
     def _design(self, args: argparse.Namespace, n_doses: int) -> Any:
+        import numpy as np
+
         import carkinetics.trials as ct
 
         if not (math.isfinite(args.target) and 0.0 < args.target < 1.0):
@@ -251,7 +253,7 @@ class TrialCommand(Command):
             raise UserError(f"--skeleton must give {n_doses} probabilities strictly between 0 and 1 (one per dose), "
                             f"got {skeleton}.")
         try:
-            return ct.CRM(target=args.target, skeleton=skeleton)
+            return ct.CRM(target=args.target, skeleton=np.asarray(skeleton))
         except ValueError as err:
             raise UserError(f"--skeleton: {err}") from None
 

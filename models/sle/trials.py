@@ -35,7 +35,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -177,7 +176,7 @@ def _model(owner: str, model: object, product: str | None) -> SLECarTModel:
 
 
 def _population(owner: str, model: SLECarTModel, population: object, n_patients: object,
-                key: object) -> ck.Population:
+                key: Any) -> ck.Population:
     if population is None:
         if n_patients is None or key is None:
             raise ValueError(f"{owner}: give a `population` (from `trial_population`) or both `n_patients` and "
@@ -300,7 +299,7 @@ class TrialExperiment(ck.AbstractExperiment):
 
 
 def _solve(owner: str, model: SLECarTModel, population: ck.Population, protocols: Mapping[str, np.ndarray],
-           n_arms: int, t_end: float, engine: str | None, devices: Any, rtol: float | None = None,
+           n_arms: int, t_end: float, engine: Any, devices: Any, rtol: float | None = None,
            atol: float | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One batched solve of every patient under each of `n_arms` protocols: outputs of shape `(n_arms, P)`."""
     n = _n_members(population)
@@ -435,23 +434,23 @@ def simulate_dose_outcomes(
     ```
     """
     owner = "simulate_dose_outcomes"
-    doses = _check_dose_ladder(owner, doses)
+    ladder = _check_dose_ladder(owner, doses)
     t_end = _check_t_end(owner, t_end)
     flu = float(flu_mg_per_m2)
     cy = float(cy_mg_per_m2)
     if not (math.isfinite(flu) and flu >= 0 and math.isfinite(cy) and cy >= 0):
         raise ValueError(f"{owner}: `flu_mg_per_m2` and `cy_mg_per_m2` must be finite and non-negative; got "
                          f"{flu_mg_per_m2!r} and {cy_mg_per_m2!r}.")
-    model = _model(owner, model, product)
-    population = _population(owner, model, population, n_patients, key)
-    n_doses = doses.shape[0]
-    protocols = {"car_cells_per_kg": doses, "flu_mg_per_m2": np.full(n_doses, flu),
+    sle_model = _model(owner, model, product)
+    population = _population(owner, sle_model, population, n_patients, key)
+    n_doses = ladder.shape[0]
+    protocols = {"car_cells_per_kg": ladder, "flu_mg_per_m2": np.full(n_doses, flu),
                  "cy_mg_per_m2": np.full(n_doses, cy)}
-    out, ok = _solve(owner, model, population, protocols, n_doses, t_end, engine, devices, rtol, atol)
+    out, ok = _solve(owner, sle_model, population, protocols, n_doses, t_end, engine, devices, rtol, atol)
     keep = ok.all(axis=0)
     if not keep.any():
         raise RuntimeError(f"{owner}: every patient's course failed to solve; check the population's parameters.")
-    return DoseOutcomes(doses=doses, product=product if product is not None else "the model's product",
+    return DoseOutcomes(doses=ladder, product=product if product is not None else "the model's product",
                         covariates={k: np.asarray(v)[keep] for k, v in population.samples.items()},
                         endpoints={k: v[:, keep] for k, v in out.items()}, n_failed=int((~keep).sum()))
 
@@ -651,13 +650,14 @@ def conditioning_analysis(
         raise ValueError(f"{owner}: every regimen must be (fludarabine mg/m², cyclophosphamide mg/m²), finite and "
                          f"non-negative; got {regimens!r}.")
     t_end = _check_t_end(owner, t_end)
-    model = _model(owner, model, product)
-    population = _population(owner, model, population, n_patients, key)
+    sle_model = _model(owner, model, product)
+    population = _population(owner, sle_model, population, n_patients, key)
     n_reg = len(regimens)
     protocols = {"car_cells_per_kg": np.full(n_reg, dose), "flu_mg_per_m2": flu, "cy_mg_per_m2": cy}
-    out, ok = _solve(owner, model, population, protocols, n_reg, t_end, engine, devices)
+    out, ok = _solve(owner, sle_model, population, protocols, n_reg, t_end, engine, devices)
     keep = ok.all(axis=0)
-    egfr = population.samples.get("body.egfr_ml_min", np.full(_n_members(population), float(model.body.egfr_ml_min)))
+    egfr = population.samples.get("body.egfr_ml_min",
+                                  np.full(_n_members(population), float(sle_model.body.egfr_ml_min)))
     return ConditioningResult(names=tuple(regimens), flu_mg_per_m2=flu, cy_mg_per_m2=cy, dose=dose,
                               endpoints={k: v[:, keep] for k, v in out.items()}, egfr=np.asarray(egfr)[keep])
 
@@ -700,12 +700,12 @@ class StandardOfCare(eqx.Module):
         if not (self.rate > 0.0 and math.isfinite(self.rate)):
             raise ValueError(f"StandardOfCare: `rate` must be a finite positive rate (1/d); got {self.rate!r}.")
 
-    def sledai(self, key: Array, sledai0: Float[Array, " P"], t: float) -> np.ndarray:
+    def sledai(self, key: Array, sledai0: Float[np.ndarray, " P"], t: float) -> np.ndarray:
         """SLEDAI at day `t` of patients with baseline `sledai0` under standard of care (one draw per patient)."""
-        sledai0 = np.asarray(sledai0, dtype=float)
-        z = np.asarray(jr.normal(key, sledai0.shape, dtype=jnp.float64 if jax.config.jax_enable_x64 else None))
+        base = np.asarray(sledai0, dtype=float)
+        z = np.asarray(jr.normal(key, base.shape, dtype=jnp.result_type(float)), dtype=float)
         a_inf = self.plateau * np.exp(self.omega * z)
-        return sledai0 * (a_inf + (1.0 - a_inf) * math.exp(-self.rate * float(t)))
+        return base * (a_inf + (1.0 - a_inf) * math.exp(-self.rate * float(t)))
 
 
 class PowerResult(eqx.Module):
@@ -868,26 +868,26 @@ def monitoring_analysis(
     owner = "monitoring_analysis"
     dose = _check_positive_real(owner, "dose", dose)
     max_delay = _check_positive_real(owner, "max_delay", max_delay)
-    intervals = np.asarray([_check_positive_real(owner, "intervals", float(i)) for i in intervals])
-    if intervals.size == 0:
+    ivals = np.asarray([_check_positive_real(owner, "intervals", float(i)) for i in intervals])
+    if ivals.size == 0:
         raise ValueError(f"{owner}: `intervals` must list at least one sampling interval (days).")
     t_end = _check_t_end(owner, t_end)
-    model = _model(owner, model, product)
-    population = _population(owner, model, population, n_patients, key)
+    sle_model = _model(owner, model, product)
+    population = _population(owner, sle_model, population, n_patients, key)
     protocols = {"car_cells_per_kg": np.array([dose]), "flu_mg_per_m2": np.array([25.0]),
                  "cy_mg_per_m2": np.array([1000.0])}
-    out, ok = _solve(owner, model, population, protocols, 1, t_end, engine, devices)
+    out, ok = _solve(owner, sle_model, population, protocols, 1, t_end, engine, devices)
     events = tuple(MONITORING_EVENTS)
     times = np.stack([out[e][0][ok[0]] for e in events])  # (E, P)
-    delays = np.stack([detection_delay(times, float(i)) for i in intervals], axis=-1)  # (E, P, K)
+    delays = np.stack([detection_delay(times, float(i)) for i in ivals], axis=-1)  # (E, P, K)
     has = np.isfinite(times)
     n_has = has.sum(axis=1)
 
     def over_events(f, fill=np.nan):
-        return np.array([[f(delays[e, has[e], k]) if n_has[e] else fill for k in range(intervals.size)]
+        return np.array([[f(delays[e, has[e], k]) if n_has[e] else fill for k in range(ivals.size)]
                          for e in range(len(events))])
 
-    return MonitoringResult(events=events, intervals=intervals, event_times=times,
+    return MonitoringResult(events=events, intervals=ivals, event_times=times,
                             mean_delay=over_events(np.mean), p90_delay=over_events(lambda d: np.quantile(d, 0.9)),
                             p_within=over_events(lambda d: np.mean(d <= max_delay)),
                             event_fraction=has.mean(axis=1), max_delay=max_delay, dose=dose)
