@@ -93,6 +93,8 @@ def plot_eligibility(result: EligibilityResult, path: str) -> str:
         axes[1, c].set_xlabel(COVARIATES.get(cov, cov), fontsize=8)
     axes[0, 0].set_ylabel("P(remission, month 6)")
     axes[1, 0].set_ylabel("P(DLT: CRS grade >= 3)")
+    for row in range(2):
+        axes[row, 0].set_ylim(-0.02, 1.02)
     axes[0, 0].legend(title="cells/kg", fontsize=7)
     return _save(fig, path)
 
