@@ -43,6 +43,7 @@ def test_every_course_solves_and_endpoints_have_one_row_per_dose(pool):
     # baseline index = anti_dsdna0 / cutoff (15 U/mL), to the solver tolerance
     np.testing.assert_allclose(pool.endpoints["anti-dsDNA index 0"][0], pool.covariates["humoral.anti_dsdna0"] / 15.0,
                                rtol=1e-9)
+    np.testing.assert_allclose(pool.endpoints["SLEDAI 0"][0], pool.covariates["disease.sledai0"], rtol=1e-12)
 
 
 def test_dlt_probability_rises_with_dose_over_four_levels(pool):

@@ -91,6 +91,7 @@ TRIAL_ENDPOINTS: dict[str, tuple[str, str]] = {
     "IL-6 peak": ("pg/mL", "peak plasma IL-6 after infusion"),
     "CAR Cmax": ("log10 cells/uL", "log10 of the peak blood CAR-T count"),
     "B cells d28": ("fraction of baseline", "blood B cells at day 28"),
+    "SLEDAI 0": ("1", "SLEDAI-2K-like activity before treatment"),
     "SLEDAI m6": ("1", "SLEDAI-2K-like activity at day 180"),
     "anti-dsDNA index 0": ("1", "anti-dsDNA over its positivity cutoff at baseline"),
     "anti-dsDNA index m6": ("1", "anti-dsDNA over its positivity cutoff at day 180"),
@@ -282,6 +283,7 @@ class TrialExperiment(ck.AbstractExperiment):
             "IL-6 peak": m.cmax(ts, o.il6, t_start=0.0),
             "CAR Cmax": jnp.log10(jnp.maximum(m.cmax(ts, o.car_blood), 1e-12)),
             "B cells d28": m.value_at(ts, b, APLASIA_DAY),
+            "SLEDAI 0": o.sledai[0],
             "SLEDAI m6": m.value_at(ts, o.sledai, MONTH_6),
             "anti-dsDNA index 0": o.anti_dsdna_index[0],
             "anti-dsDNA index m6": m.value_at(ts, o.anti_dsdna_index, MONTH_6),
@@ -782,10 +784,7 @@ def comparator_power(outcomes: DoseOutcomes, *, dose_index: int = -1, soc: Stand
         raise ValueError(f"{owner}: `sample_sizes` must list at least one number of patients per arm.")
     n_trials = _check_positive_int(owner, "n_trials", n_trials)
     soc = StandardOfCare() if soc is None else soc
-    if "disease.sledai0" in outcomes.covariates:
-        sledai0 = outcomes.covariates["disease.sledai0"]
-    else:
-        sledai0 = outcomes.endpoints["SLEDAI m6"][0] * 0.0 + float(SLECarTModel().disease.sledai0)
+    sledai0 = outcomes.endpoints["SLEDAI 0"][0]  # each pool patient's own baseline
     k_soc, k_trials = jr.split(key)
     car = outcomes.remission[dose_index].astype(np.int32)
     soc_rem = (soc.sledai(k_soc, sledai0, MONTH_6) < REMISSION_SLEDAI).astype(np.int32)
