@@ -19,10 +19,10 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any
 
-from .._core._files import atomic_write
-
 import jax
 import numpy as np
+
+from .._core._files import atomic_write
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2

@@ -28,9 +28,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .. import metrics as _m
 from .._core._dosing import Regimen
 from .._core._model import AbstractKineticModel
+from .._core._parameters import floats_to_arrays, parameters
 from .._core._solution import Solution
 from .._engine._batch import AbstractExperiment, Experiment, batch_models, run_experiment
-from .._core._parameters import floats_to_arrays, parameters
 from .._engine._simulate import ENGINES, Engine, engine_of, resolve_solver
 from .._ensemble import resolve_devices
 from ._checkpoint import FORMAT_VERSION, Checkpoint, fingerprint

@@ -178,7 +178,7 @@ class Regimen(eqx.Module):
                 raise ValueError(f"A Regimen holds Bolus, Infusion and FractionalKill events, got {d!r}.")
         self.doses = tuple(doses)
 
-    def __add__(self, other: "Regimen | AbstractDose") -> "Regimen":
+    def __add__(self, other: Regimen | AbstractDose) -> Regimen:
         if isinstance(other, AbstractDose):
             other = Regimen((other,))
         if not isinstance(other, Regimen):

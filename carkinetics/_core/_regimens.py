@@ -13,7 +13,6 @@ import numpy as np
 
 from ._dosing import Bolus, Infusion, Regimen, _check, _is_concrete
 
-
 #: Plausible human body sizes; values outside are almost always unit mistakes (grams for kg, metres for cm).
 _WEIGHT_KG = (0.3, 400.0)
 _HEIGHT_CM = (20.0, 260.0)

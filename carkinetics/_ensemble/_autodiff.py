@@ -14,11 +14,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._core._solution import Solution
 from .._core._schedule import batch_size
+from .._core._solution import Solution
 from ._loop import _integrate, _pad_members
 from ._method import AbstractEnsembleMethod
-
 
 
 def _solver(method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoints):

@@ -12,7 +12,6 @@ shortened so that no more fall inside it), so the loop body has no inner loop an
 
 from __future__ import annotations
 
-
 import equinox as eqx
 import equinox.internal as eqxi
 import jax

@@ -15,7 +15,6 @@ from .._core._custom_types import Array, Float
 from ._observation import AbstractObservationModel, CensoredError, LogNormalError, NormalError
 from ._targets import AbstractStatistic, TargetRow, convert_unit, unit_dimension
 
-
 #: Default log-scale error for summary targets published without a spread, by confidence tag.
 DEFAULT_LOG_SIGMA: dict[str, float] = {"R": 0.2, "R2": 0.3, "D": 0.3, "M": 0.5, "A": 0.5, "F": 0.3}
 

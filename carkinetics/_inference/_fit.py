@@ -34,7 +34,6 @@ from ._optimisers import _run_multistart, _run_multistart_ensemble
 from ._problem import _Z_CLIP, CalibrationProblem
 
 
-
 class FitResult(eqx.Module):
     """The outcome of [`carkinetics.fit`][].
 

@@ -14,7 +14,6 @@ from .._core._custom_types import Array
 from ._problem import CalibrationProblem
 
 
-
 def _safe_value_and_grad(fn, z):
     val, g = jax.value_and_grad(fn)(z)
     ok = jnp.isfinite(val) & jnp.all(jnp.isfinite(g))
@@ -208,7 +207,7 @@ def _run_multistart_ensemble(problem: CalibrationProblem, z_starts, adam_steps: 
             sv, yv = z - c.z, c.g_new - c.g
             sy = jnp.sum(sv * yv, axis=1)
             pair = moved & (sy > 1e-10 * jnp.linalg.norm(sv, axis=1) * jnp.linalg.norm(yv, axis=1))
-            push = lambda mem, new: jnp.where(pair.reshape((n_s,) + (1,) * (mem.ndim - 1)),  # noqa: E731
+            push = lambda mem, new: jnp.where(pair.reshape((n_s,) + (1,) * (mem.ndim - 1)),
                                               jnp.concatenate([new[:, None], mem[:, :-1]], axis=1), mem)
             s_mem, y_mem = push(c.s_mem, sv), push(c.y_mem, yv)
             rho = push(c.rho, jnp.where(pair, 1.0 / jnp.where(pair, sy, 1.0), 0.0))

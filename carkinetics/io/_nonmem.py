@@ -374,7 +374,7 @@ def _dose_rows(regimen: Regimen | None, compartments: Sequence[str]) -> list[tup
         elif isinstance(d, Infusion):
             t, amt, rate = float(d.start), float(d.amount), float(d.rate)
         else:  # a valid dose the format cannot express: a value error, not a type error
-            raise ValueError(f"{type(d).__name__} events cannot be written to a NONMEM-style table.")  # noqa: TRY004
+            raise ValueError(f"{type(d).__name__} events cannot be written to a NONMEM-style table.")
         if d.state not in compartments:
             raise ValueError(f"Dose state {d.state!r} is not in `compartments` {list(compartments)}.")
         rows.append((t, amt, compartments.index(d.state) + 1, rate, float(d.ii), d.addl))

@@ -325,7 +325,7 @@ def write_petab(problem: PetabProblem, folder: str | os.PathLike, *, model: ck.A
     `antimony` package.
     """
     if not isinstance(model, ck.AbstractKineticModel):
-        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")  # noqa: TRY004
+        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
     if isinstance(regimen, ck.AbstractDose):
         regimen = ck.Regimen([regimen])
     first = None if regimen is None else regimen.first_time()

@@ -420,7 +420,7 @@ def symbolic_model(model: ck.AbstractKineticModel, *, name: str | None = None, t
     equivalent (the message names the primitive).
     """
     if not isinstance(model, ck.AbstractKineticModel):
-        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")  # noqa: TRY004
+        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
     name = name or type(model).__name__
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"`name` must be an identifier (letters, digits, underscores), got {name!r}.")
@@ -539,7 +539,7 @@ def _events(sm: SymbolicModel, regimen: ck.Regimen | None, state_names: Sequence
                 elines.append(f"  dose_{n_ev}_off: at (time >= {_fmt(float(t) + dur - t0)}), priority = {prio}, "
                               f"t0 = false, fromTrigger = false: {rid} = 0;")
         else:  # pragma: no cover - Regimen only holds the three types
-            raise ValueError(f"Unsupported dose type {type(d).__name__}.")  # noqa: TRY004
+            raise ValueError(f"Unsupported dose type {type(d).__name__}.")
     return extra, plines, elines
 
 

@@ -102,7 +102,7 @@ def _check_key(owner: str, key: object) -> None:
 def _prepare(owner, design, true_dlt, outcomes, n_trials, cohort_size, n_cohorts, key, start_dose):
     if not isinstance(design, AbstractDesign):
         msg = f"{owner}: `design` must be a design such as BOIN(...), CRM(...) or ThreePlusThree(); got {design!r}."
-        raise ValueError(msg)  # noqa: TRY004 (bad arguments raise ValueError in this package)
+        raise ValueError(msg)
     source = _outcome_source(owner, true_dlt, outcomes)
     n_trials = check_positive_int(owner, "n_trials", n_trials)
     cohort_size = check_positive_int(owner, "cohort_size", cohort_size)
