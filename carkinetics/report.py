@@ -108,12 +108,14 @@ class Report:
             fig_or_path.savefig(buf, format="png", dpi=110)
             data = buf.getvalue()
         else:
-            raise ValueError(f"`fig_or_path` must be a PNG path or a matplotlib Figure, got {type(fig_or_path).__name__}.")
+            raise ValueError(f"`fig_or_path` must be a PNG path or a matplotlib Figure, got "
+                             f"{type(fig_or_path).__name__}.")
         if not data.startswith(b"\x89PNG"):
             raise ValueError("Only PNG images can be embedded in the report.")
         b64 = base64.b64encode(data).decode("ascii")
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self._parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">{cap}</figure>')
+        self._parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">{cap}'
+                           '</figure>')
         return self
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> Report:

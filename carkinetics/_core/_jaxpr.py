@@ -197,7 +197,7 @@ def source_elements(eqn: jex_core.JaxprEqn, indices: Mapping[int, Any]) -> list[
         return np.split(a, np.cumsum(p["sizes"])[:-1], axis=p["axis"])
     # The rest (gather, dynamic slices, pad, a transposing reshape) run the primitive itself on the element ids.
     args = []
-    for i, v in enumerate(eqn.invars):
+    for i in range(len(eqn.invars)):
         args.append(jnp.asarray(ids[data.index(i)], dtype=jnp.int32) if i in data else jnp.asarray(indices[i]))
     params = dict(p)
     if params.get("fill_value") is not None:  # an out-of-bounds fill is a float, not an element id

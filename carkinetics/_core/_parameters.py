@@ -407,7 +407,8 @@ class ParameterSpace(eqx.Module):
 
     def with_values(self, model: eqx.Module, values: Float[Array, " n"]) -> Any:
         """Model with the mapped parameters set from natural-unit `values`."""
-        return eqx.tree_at(lambda m: [_getter(n)(m) for n in self.names], model, [values[i] for i in range(len(self.names))])
+        return eqx.tree_at(lambda m: [_getter(n)(m) for n in self.names], model,
+                           [values[i] for i in range(len(self.names))])
 
 
 def get_parameter(model: eqx.Module, name: str) -> Any:

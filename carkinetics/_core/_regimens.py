@@ -74,7 +74,8 @@ def _chemo(name: str, dose_mg_per_m2, days: Sequence[float], bsa_m2, state: str,
     bsa = _check("bsa_m2", bsa_m2, positive=True, what=f" for {name}")
     if _is_concrete(bsa) and not _BSA_M2[0] <= float(bsa) <= _BSA_M2[1]:
         raise ValueError(f"`bsa_m2` = {float(bsa):g} m² for {name} is outside the plausible range "
-                         f"[{_BSA_M2[0]:g}, {_BSA_M2[1]:g}] m²; it is a body surface area in m² (an adult has ~1.8, a mouse ~0.007).")
+                         f"[{_BSA_M2[0]:g}, {_BSA_M2[1]:g}] m²; it is a body surface area in m² (an adult has ~1.8, "
+                         "a mouse ~0.007).")
     dur = float(_check("infusion_minutes", infusion_minutes, positive=True, what=f" for {name}")) / (24 * 60)
     return Regimen([Infusion(float(d), state, amount=dose * bsa, duration=dur) for d in days])
 

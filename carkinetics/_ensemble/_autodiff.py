@@ -123,7 +123,7 @@ def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_step
     to `_REVERSE_KEEP_MAX` members every chunk's VJP (its checkpoints) is kept for the backward pass, above that the
     backward pass solves each chunk again (memory of one chunk, one forward solve more).
     """
-    model, regimen, ts, t0 = inputs
+    model, _, ts, _ = inputs
     n = batch_size(model)
     k, c = _chunking(n, method, model, ts.dtype)
 

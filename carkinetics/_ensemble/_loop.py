@@ -24,8 +24,8 @@ from .._core._solution import RESULTS, Solution
 _OK, _MAX_STEPS, _DT_MIN, _INVALID = 0, 1, 2, 3
 #: On CPU a slot count (lane count) that is a multiple of this many members makes every `(S, W)` float64 row a
 #: multiple of 1 KiB, and the step's many same-shaped arrays then compete for the same cache sets (steps run
-#: markedly slower at such lane counts). `_integrate` therefore moves such lane counts by `_CPU_LANE_PAD` (fewer slots with a queue, padding members
-#: without one).
+#: markedly slower at such lane counts). `_integrate` therefore moves such lane counts by `_CPU_LANE_PAD` (fewer
+#: slots with a queue, padding members without one).
 _CPU_LANE_ALIAS = 128
 _CPU_LANE_PAD = 8
 
@@ -271,7 +271,7 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
         take = free & (new_ids < n)
 
         def refill(slot, queue, stats):
-            _, t, y, dt, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, restart = slot
+            _, _, _, dt, _, _, idx, cache, _, _, fail, nacc, nrej, _ = slot
             stats = record(stats, ids, idx, fail, nacc, nrej)
             new = jnp.where(take, new_ids, ids)
             p1, yi1, t1, r1, e1 = load(new)

@@ -364,7 +364,8 @@ def observations_from_solution(solution: Solution, names: Sequence[str] | None =
 # Writers
 
 
-def _dose_rows(regimen: Regimen | None, compartments: Sequence[str]) -> list[tuple[float, float, int, float, float, int]]:
+def _dose_rows(regimen: Regimen | None,
+               compartments: Sequence[str]) -> list[tuple[float, float, int, float, float, int]]:
     """`(TIME, AMT, CMT, RATE, II, ADDL)` of each dose, in regimen order (`CMT` 1-based into `compartments`)."""
     compartments = tuple(compartments)
     rows = []

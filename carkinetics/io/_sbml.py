@@ -235,9 +235,9 @@ def _elementwise(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
             v = src[idx] if src.ndim else src.item()
             if _is_num(v):
                 out[idx] = np.asarray(v).astype(new).item()
-            elif src.dtype == object and eqn.invars[0].aval.dtype == bool and new != bool:
+            elif src.dtype == object and eqn.invars[0].aval.dtype == np.dtype(bool) and new != np.dtype(bool):
                 out[idx] = _piecewise(1.0, v, 0.0)
-            elif new == bool:
+            elif new == np.dtype(bool):
                 out[idx] = _E(f"({_fmt(v)} != 0)")
             elif np.issubdtype(new, np.floating):
                 out[idx] = v
@@ -508,7 +508,8 @@ def _events(sm: SymbolicModel, regimen: ck.Regimen | None, state_names: Sequence
     prio = 1000000
     for k, d in enumerate(regimen.doses):
         if isinstance(d, ck.Bolus):
-            for t, amt in zip(np.asarray(d.times()).reshape(-1), np.broadcast_to(np.asarray(d.amount), np.asarray(d.times()).shape)):
+            for t, amt in zip(np.asarray(d.times()).reshape(-1),
+                              np.broadcast_to(np.asarray(d.amount), np.asarray(d.times()).shape)):
                 n_ev += 1
                 prio -= 1
                 s = sid[d.state]
@@ -597,7 +598,8 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
              f"SBML time 0 = day {t0:g}: carkinetics day = time + t_start")
     lines = [
         f"// {sm.name}: exported by carkinetics {ck.__version__} from {type(model).__module__}.{type(model).__name__}",
-        f"// Time unit: day (day 0 = CAR-T infusion; {clock}). States with rate rules; observables as assignment rules.",
+        f"// Time unit: day (day 0 = CAR-T infusion; {clock}). States with rate rules; observables as assignment "
+        "rules.",
         f"model {sm.name}()",
         "  // states (rate rules, per day)",
     ]
@@ -612,7 +614,8 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
         lines.append(f"  {s} = {v};")
     lines.append("  // parameters: value; unit; confidence tag; description; source")
     if t0 != 0.0:
-        lines.append(f"  t_start = {_fmt(t0)};  // d; carkinetics day at SBML time 0 (export setting, not a model parameter)")
+        lines.append(f"  t_start = {_fmt(t0)};  "
+                     "// d; carkinetics day at SBML time 0 (export setting, not a model parameter)")
     for pid, val, unit, desc, src, tag in sm.parameters:
         lines.append(f"  {pid} = {_fmt(val)};  // {unit}; [{tag}] {_comment(desc)}; {_comment(src)}")
     if sm.breakpoints:

@@ -25,7 +25,8 @@ def _plt():
 def _lookup(solution, name: str) -> tuple[np.ndarray, str]:
     cls = solution.model_class
     if name in cls.observable_names():
-        return np.asarray(solution.obs_array[..., cls.observable_names().index(name)]), cls.observable_units.get(name, "")
+        return (np.asarray(solution.obs_array[..., cls.observable_names().index(name)]),
+                cls.observable_units.get(name, ""))
     if name in cls.state_names():
         return np.asarray(solution.y_array[..., cls.state_names().index(name)]), cls.state_units.get(name, "")
     raise ValueError(
