@@ -8,6 +8,7 @@ over the `N` members.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -256,7 +257,7 @@ def block_lu_solver(w: Float[Array, "S S N"], pattern, kind: str) -> Callable[[A
 
     def solve(b):
         bp = b[order]
-        x = [None] * s
+        x: list[Any] = [None] * s
         for rows, cols, coupling, singles, diag, multi in plan:
             r = bp[np.asarray(rows)]
             if cols:

@@ -295,7 +295,7 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
                             checkpoints=checkpoints)
     slot, _, stats, out = final
     member, _, _, _, _, _, idx, _, _, _, fail, nacc, nrej, _ = slot
-    if queued:
+    if member is not None:  # a queue: the member data travel with the slots
         idx, fail, nacc, nrej = record(stats, member[0], idx, fail, nacc, nrej)
     # Save times a failed member never reached are NaN (masked after the loop: a NaN-initialised buffer would
     # leak NaN into reverse-mode gradients).
@@ -303,9 +303,9 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
     unsaved = jnp.arange(n_t)[None, :] >= idx[:, None]
     out = jnp.where(unsaved[:, :, None], jnp.nan, out)
     result = jax.vmap(lambda fl: RESULTS.where(
-        fl == _MAX_STEPS, RESULTS.max_steps_reached, RESULTS.where(
-            fl == _DT_MIN, RESULTS.dt_min_reached, RESULTS.where(
-                fl == _INVALID, RESULTS.invalid_parameters, RESULTS.successful))))(fail)
+        fl == _MAX_STEPS, RESULTS.max_steps_reached, RESULTS.where(  # pyright: ignore[reportArgumentType]
+            fl == _DT_MIN, RESULTS.dt_min_reached, RESULTS.where(  # pyright: ignore[reportArgumentType]
+                fl == _INVALID, RESULTS.invalid_parameters, RESULTS.successful))))(fail)  # pyright: ignore[reportArgumentType]
     obs = eqx.filter_vmap(lambda m, yy: jax.vmap(m.observe_flat)(ts, yy), in_axes=(eqx.if_array(0), 0))(model, out)
     ts_b = jnp.broadcast_to(ts, (n, n_t))
     return Solution(ts_b, out, obs, result, nacc + nrej, nacc, nrej, type(model))

@@ -8,6 +8,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -103,7 +104,8 @@ def summary_target(row: TargetRow, statistic: AbstractStatistic, model: Any, *,
                          f"({unit_dimension(unit)}).")
     value = float(convert_unit(row.value, row.unit, unit))
     iv = row.interval()
-    interval = None if iv is None else tuple(float(convert_unit(x, row.unit, unit)) for x in iv)
+    interval = None if iv is None else (float(convert_unit(iv[0], row.unit, unit)),
+                                        float(convert_unit(iv[1], row.unit, unit)))
     if error is None:
         sigma = row.sigma()
         if row.measure in ("lower_bound", "upper_bound"):

@@ -34,7 +34,8 @@ def _run_multistart(problem: CalibrationProblem, z_starts, adam_steps: int, lbfg
             val, g, ok = _safe_value_and_grad(fn, z)
             upd, state = adam.update(g * mask, state, z)
             z_new = optax.apply_updates(z, upd)
-            return (jnp.where(ok, z_new, z), state), val
+            # optax types parameters and updates as pytrees (`Params`, `Updates`); here they are arrays.
+            return (jnp.where(ok, z_new, z), state), val  # pyright: ignore[reportArgumentType]
 
         hist_a = jnp.zeros((0,), z0.dtype)
         z = z0
@@ -49,13 +50,13 @@ def _run_multistart(problem: CalibrationProblem, z_starts, adam_steps: int, lbfg
 
         def lbfgs_step(carry, _):
             z, state = carry
-            val, g = vg(z, state=state)
-            ok = jnp.isfinite(val) & jnp.all(jnp.isfinite(g))
-            g = jnp.where(ok, g, 0.0) * mask
+            val, g = vg(z, state=state)  # `g`, `upd` and `z_new` are arrays (optax types them as pytrees)
+            ok = jnp.isfinite(val) & jnp.all(jnp.isfinite(g))  # pyright: ignore[reportArgumentType]
+            g = jnp.where(ok, g, 0.0) * mask  # pyright: ignore[reportArgumentType]
             upd, new_state = lbfgs.update(g, state, z, value=val, grad=g, value_fn=fn)
             z_new = optax.apply_updates(z, upd * mask)
-            good = ok & jnp.all(jnp.isfinite(z_new))
-            z = jnp.where(good, z_new, z)
+            good = ok & jnp.all(jnp.isfinite(z_new))  # pyright: ignore[reportArgumentType]
+            z = jnp.where(good, z_new, z)  # pyright: ignore[reportArgumentType]
             state = jax.tree_util.tree_map(lambda a, b: jnp.where(good, a, b), new_state, state)
             return (z, state), val
 
@@ -178,8 +179,8 @@ def _run_multistart_ensemble(problem: CalibrationProblem, z_starts, adam_steps: 
                                jnp.zeros((), jnp.int32), c.f, c.g, hist, phase))
 
     def adam_branch(c: _EnsembleOpt, f, g, ok) -> _EnsembleOpt:
-        upd, st = jax.vmap(adam.update)(g, c.adam_state, c.z)
-        z = jnp.where(ok[:, None], c.z + upd, c.z)
+        upd, st = jax.vmap(adam.update)(g, c.adam_state, c.z)  # an array (optax types it as a pytree)
+        z = jnp.where(ok[:, None], c.z + upd, c.z)  # pyright: ignore[reportOperatorIssue]
         k = c.k_adam + 1
         phase = jnp.where(k < adam_steps, 0, 1 if lbfgs_steps > 0 else 3).astype(jnp.int32)
         return eqx.tree_at(lambda x: (x.z, x.adam_state, x.k_adam, x.hist, x.phase), c,

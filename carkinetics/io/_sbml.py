@@ -294,8 +294,8 @@ def _dot_general(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     lhs, rhs = _as_object(invals[0]), _as_object(invals[1])
     letters = iter("abcdefghijklmnopqrstuvwxyz")
-    ls = [None] * lhs.ndim
-    rs = [None] * rhs.ndim
+    ls = [""] * lhs.ndim  # "": not yet lettered
+    rs = [""] * rhs.ndim
     batch = []
     for i, j in zip(lb, rb):
         c = next(letters)
@@ -306,12 +306,12 @@ def _dot_general(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
         ls[i] = rs[j] = c
     lfree = []
     for i in range(lhs.ndim):
-        if ls[i] is None:
+        if not ls[i]:
             ls[i] = next(letters)
             lfree.append(ls[i])
     rfree = []
     for j in range(rhs.ndim):
-        if rs[j] is None:
+        if not rs[j]:
             rs[j] = next(letters)
             rfree.append(rs[j])
     spec = f"{''.join(ls)},{''.join(rs)}->{''.join(batch + lfree + rfree)}"
@@ -586,8 +586,9 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
     t0 = _default_t0(regimen) if t0 is None else float(t0)
     if not math.isfinite(t0):
         raise ValueError(f"`t0` must be a finite day, got {t0!r}.")
-    if regimen is not None and regimen.first_time() is not None and float(regimen.first_time()) < t0:
-        raise ValueError(f"`t0` = {t0} is later than the first dose on day {float(regimen.first_time())}; the SBML "
+    first = None if regimen is None else regimen.first_time()
+    if first is not None and float(first) < t0:
+        raise ValueError(f"`t0` = {t0} is later than the first dose on day {float(first)}; the SBML "
                          "clock must start at or before the first dose.")
     sm = symbolic_model(model, name=name, time="(time + t_start)" if t0 != 0.0 else "time")
     if t0 != 0.0 and "t_start" in {*sm.state_ids, *sm.observable_ids, *(p[0] for p in sm.parameters)}:

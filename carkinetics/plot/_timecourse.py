@@ -107,9 +107,7 @@ def plot_timecourse(
         raise ValueError("`solutions` must hold at least one Solution.")
     if labels is not None and len(labels) != len(sols):
         raise ValueError(f"`labels` has {len(labels)} entries for {len(sols)} solutions.")
-    if names is None:
-        names = sols[0].model_class.observable_names()
-    names = list(names)
+    names = list(sols[0].model_class.observable_names() if names is None else names)
     if not names:
         raise ValueError("`names` must name at least one observable or state.")
     if not (isinstance(ncols, int) and ncols >= 1):
