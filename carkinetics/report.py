@@ -161,6 +161,7 @@ class Report:
         """Write the report to `path` (folders are created) and return the absolute path."""
         path = os.path.abspath(os.fspath(path))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(self.to_html())
+        from ._core._files import atomic_write_text
+
+        atomic_write_text(path, self.to_html())
         return path

@@ -232,8 +232,10 @@ class TranslationMap(eqx.Module):
 
     def to_csv(self, path: str) -> None:
         """Write the long-format table (one row per metric and group) as CSV."""
+        from .._core._files import atomic_text_file
+
         rows = self.rows()
-        with open(path, "w", newline="") as fh:
+        with atomic_text_file(path, newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-
-import carkinetics as ck
 import textwrap
 from collections.abc import Sequence
+
+import carkinetics as ck
 
 from ._bench import BenchCommand
 from ._calibrate import CalibrateCommand
@@ -21,6 +21,7 @@ from ._common import (
     Unavailable,
     UserError,
     add_output_args,
+    check_out_dir,
     setup_host_devices,
     setup_numerics,
 )
@@ -46,11 +47,13 @@ def commands() -> list[Command]:
 
 def build_parser(cmds: Sequence[Command]) -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    description = textwrap.fill("The carkinetics command line: `carkinetics <command> ...`. Times are days (day 0 = CAR-T "
-                   "infusion). Without --model/--preset, simulate and bench run the default preset of the installed "
-                   "plugins (the SLE human preset under its standard regimen). Run `carkinetics <command> --help` "
-                   "for the inputs of each command.", 100)
+    description = textwrap.fill(
+        "The carkinetics command line: `carkinetics <command> ...`. Times are days (day 0 = CAR-T infusion). Without "
+        "--model/--preset, simulate and bench run the default preset of the installed plugins (the SLE human preset "
+        "under its standard regimen). Run `carkinetics <command> --help` for the inputs of each command; "
+        "docs/cli.md describes the input files (regimen and sweep TOML, data tables).", 100)
     parser = _ArgumentParser(prog="carkinetics", description=description, epilog=EPILOG, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"carkinetics {ck.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=_ArgumentParser)
     for cmd in cmds:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help, epilog=EPILOG,
@@ -78,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the `carkinetics` command itself; a caller's own process (main([...])) keeps its XLA_FLAGS
         setup_host_devices(cmd.host_devices(args))
     setup_numerics()
-    ctx = Context(command=cmd.name, out=args.out, quiet=args.quiet, plugins=Plugins())
+    ctx = Context(command=cmd.name, out=args.out, quiet=args.quiet, plugins=Plugins(), outputs=tuple(cmd.outputs))
     try:
+        if not isinstance(cmd, UnavailableCommand):
+            check_out_dir(args.out)  # before any computation: an unwritable --out is found now, not at the end
         return int(cmd.run(args, ctx))
     except UserError as err:
         print(f"carkinetics {cmd.name}: error: {err}", file=sys.stderr)

@@ -28,4 +28,8 @@ from ._sbml import (
     write_sbml as write_sbml,
 )
 from ._tidy import write_tidy_csv as write_tidy_csv
-from .._core._files import atomic_write_text as atomic_write_text
+from .._core._files import (
+    atomic_text_file as atomic_text_file,
+    atomic_write_bytes as atomic_write_bytes,
+    atomic_write_text as atomic_write_text,
+)

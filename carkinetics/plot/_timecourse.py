@@ -226,8 +226,22 @@ def plot_vpc(
     return fig
 
 
+def write_figure(fig: Any, path: str, *, dpi: int = 110) -> None:
+    """Render `fig` as PNG (or the format of `path`'s suffix) and write it atomically (a reader never sees a partial
+    image; an interrupted run leaves the previous file or none)."""
+    import io
+    import os
+
+    from .._core._files import atomic_write_bytes
+
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def save_figure(fig: Any, path: str, *, dpi: int = 110) -> str:
-    """Save `fig` as PNG (or the format of `path`'s suffix), close it, and return `path`."""
-    fig.savefig(path, dpi=dpi)
+    """Save `fig` as PNG (or the format of `path`'s suffix) atomically, close it, and return `path`."""
+    write_figure(fig, path, dpi=dpi)
     _plt().close(fig)
     return path

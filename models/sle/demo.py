@@ -25,6 +25,14 @@ from carkinetics.models.sle.regimens import erlangen_regimen, mouse_regimen
 import carkinetics as ck
 import carkinetics.io as cio
 
+#: Every file the demo writes into its output folder (`carkinetics demo` removes those of an earlier run first).
+DEMO_FILES = (
+    "lymphodepletion_pk.png", "lymphodepletion_fludarabine.csv", "lymphodepletion_cyclophosphamide.csv",
+    "human_erlangen.csv", "human_erlangen.png", "mouse_nzbw.csv", "human_vs_mouse.png", "sensitivity_sobol.png",
+    "sensitivity_sobol.csv", "translation_map.csv", "translation_heatmap.png", "translation_waterfalls.png",
+    "sle_human_erlangen.xml", "sle_human_erlangen.antimony", "parameters_human.csv", "report.html",
+)
+
 #: Horizon (days) of every SLE step: the quick run stops at the shortest grid the metrics allow; the full run uses
 #: the horizon of `carkinetics translate`.
 T_END = {"quick": 120.0, "full": 730.0}
@@ -47,6 +55,8 @@ class DemoContext:
         return T_END["quick" if self.quick else "full"]
 
     def path(self, name: str) -> str:
+        if name not in DEMO_FILES:
+            raise ValueError(f"{name!r} is not in DEMO_FILES (the files the demo declares it writes).")
         p = os.path.join(self.out, name)
         self.files.append(p)
         return p
@@ -54,22 +64,26 @@ class DemoContext:
 
 @dataclasses.dataclass(frozen=True)
 class DemoStep:
-    """One section of the demo: `requires` lists (module, attribute) pairs that must exist for it to run."""
+    """One section of the demo: `requires` lists (module, attribute) pairs that must exist for it to run; `extra`
+    names the optional dependency group of carkinetics (`pip install "carkinetics[extra]"`) that provides them."""
 
     title: str
     requires: tuple[tuple[str, str], ...]
     run: Callable[[DemoContext], None]
     depends_on: tuple[str, ...] = ()  # titles of earlier steps whose results it uses
+    extra: str | None = None
 
 
-def _feature(module: str, name: str) -> tuple[bool, str]:
-    """Whether `module` provides `name` (and, if not, why)."""
+def _feature(module: str, name: str, extra: str | None = None) -> tuple[bool, str]:
+    """Whether `module` provides `name` (and, if not, why and how to install it)."""
+    how = "" if extra is None else (f"; install it with the [{extra}] extra: pip install \"carkinetics[{extra}]\" "
+                                    f"(from a checkout: pip install -e \".[{extra}]\")")
     try:
         mod = importlib.import_module(module)
     except ImportError as err:
-        return False, f"{module} cannot be imported ({err})"
+        return False, f"{module} cannot be imported ({err}){how}"
     if not hasattr(mod, name):
-        return False, f"{module}.{name} is not in this installation"
+        return False, f"{module}.{name} is not in this installation{how}"
     return True, ""
 
 
@@ -175,7 +189,7 @@ def _step_sensitivity(ctx: DemoContext) -> None:
                          float(indices[m].ST_conf[i])])
     fig.tight_layout()
     png = save_figure(fig, ctx.path("sensitivity_sobol.png"))
-    with open(ctx.path("sensitivity_sobol.csv"), "w", newline="") as fh:
+    with cio.atomic_text_file(ctx.path("sensitivity_sobol.csv"), newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["metric", "parameter", "S1", "S1_conf", "ST", "ST_conf"])
         w.writerows(rows)
@@ -220,8 +234,7 @@ def _step_sbml(ctx: DemoContext) -> None:
     model = load_preset("human")
     path = ctx.path("sle_human_erlangen.xml")
     cio.write_sbml(model, path, erlangen_regimen(model))
-    with open(ctx.path("sle_human_erlangen.antimony"), "w") as fh:
-        fh.write(cio.to_antimony(model, erlangen_regimen(model)))
+    cio.atomic_write_text(ctx.path("sle_human_erlangen.antimony"), cio.to_antimony(model, erlangen_regimen(model)))
     ctx.report.text(
         f"The human preset with the Erlangen regimen as SBML ({os.path.basename(path)}) and Antimony, for "
         "libroadrunner, COPASI or AMICI users: states as rate rules, observables as assignment rules, every "
@@ -245,7 +258,7 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("Mouse counterpart", (), _step_mouse),
     DemoStep("Sensitivity sweep (Sobol indices)", (), _step_sensitivity),
     DemoStep("Translation map: mouse to human", (), _step_translation),
-    DemoStep("Export to SBML", (("antimony", "loadAntimonyString"),), _step_sbml),
+    DemoStep("Export to SBML", (("antimony", "loadAntimonyString"),), _step_sbml, extra="sbml"),
     DemoStep("Parameters of the human preset", (), _step_parameters, depends_on=(HUMAN,)),
 )
 
@@ -279,7 +292,7 @@ def run_demo(out: str, *, quick: bool = False, engine: str = "ensemble", steps: 
         if prog is not None:
             prog.step(step.title)
         rep.heading(step.title)
-        missing = [why for ok, why in (_feature(m, a) for m, a in step.requires) if not ok]
+        missing = [why for ok, why in (_feature(m, a, step.extra) for m, a in step.requires) if not ok]
         missing += [f"it needs the step '{d}', which did not run" for d in step.depends_on if d not in done]
         if missing:
             msg = f"Step '{step.title}' is left out of this demo: {missing[0]}."
