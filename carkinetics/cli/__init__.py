@@ -29,7 +29,8 @@ files (regimen and sweep TOML, data tables) are described in docs/cli.md.
   command and checks that `--out` can be written before `run`; `ctx.out_dir()` (called after the inputs are
   checked, before the computation) creates it and removes the `outputs` an earlier run left there, with a note, so
   that a reused folder never mixes two runs (other files are never touched). A command reports mistakes by raising
-  [`UserError`][] (exit 2), [`Unavailable`][] (3) or [`NumericalFailure`][] (4) with a one-line message, and tells
+  [`UserError`][] (exit 2), [`Unavailable`][] (3) or [`NumericalFailure`][] (4; [`FitFailed`][] for a fit) with a
+  one-line message, and tells
   the user about a choice made for them (a default, a value taken from the model) with `note(message)`; numeric
   arguments use the argparse types `whole_number(lo, hi)`, `finite_number` and `seed_arg` (one-line usage errors
   that name the range); `host_devices(args)` may ask for several CPU devices before JAX starts (see `--devices`).
@@ -45,6 +46,7 @@ from ._common import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    FitFailed,
     NumericalFailure,
     StepProgress,
     Unavailable,
@@ -59,7 +61,7 @@ from ._main import main
 from ._plugins import Command, Context, Plugins, Preset, PresetTable
 
 __all__ = [
-    "EXIT_INTERNAL", "EXIT_NUMERICAL", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "Command", "Context",
+    "EXIT_INTERNAL", "EXIT_NUMERICAL", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "Command", "Context", "FitFailed",
     "NumericalFailure", "Plugins", "Preset", "PresetTable", "StepProgress", "Unavailable", "UserError",
     "add_engine_arg", "finite_number", "main", "note", "seed_arg", "whole_number",
 ]

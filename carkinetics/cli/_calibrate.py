@@ -7,15 +7,14 @@ import csv
 import io
 import math
 import os
-import sys
 
 from ._common import (
-    EXIT_NUMERICAL,
     EXIT_OK,
-    NumericalFailure,
+    FitFailed,
     UserError,
     add_engine_arg,
     add_run_args,
+    note,
     seed_arg,
     whole_number,
 )
@@ -58,6 +57,16 @@ def petab_targets(problem, model, condition_id: str):
                                          jnp.asarray([m.measurement for m in rows]), error,
                                          tuple(f"{o.observable_id}@{m.time:g}" for m in rows), o.name or o.formula))
     return targets
+
+
+def _on_bound(value: float, lower: float, upper: float, rtol: float = 1e-6) -> str | None:
+    """`"lower"`/`"upper"` when a fitted value sits on that bound (relative distance below `rtol` of the range)."""
+    span = upper - lower
+    if value - lower <= rtol * span:
+        return "lower"
+    if upper - value <= rtol * span:
+        return "upper"
+    return None
 
 
 def petab_bounds(problem, model, estimate: list[str]) -> dict[str, tuple[float, float]]:
@@ -152,7 +161,7 @@ class CalibrateCommand(Command):
         try:
             res = ck.fit(cp, key=jax.random.key(args.seed), n_starts=args.starts, engine=args.engine)
         except ValueError as err:  # every start gives the failure penalty: the data cannot be fitted
-            raise NumericalFailure(f"the fit failed before it started: {err}") from None
+            raise FitFailed(f"it could not start: {err}") from None
         prog.advance()
         prog.step("writing results")
         fitted = res.values()
@@ -161,12 +170,16 @@ class CalibrateCommand(Command):
         table = io.StringIO()
         w = csv.writer(table, lineterminator="\n")
         w.writerow(["parameter", "start_value", "fitted_value", "unit", "tag", "lower_petab", "upper_petab",
-                    "within_petab_bounds", "fit_succeeded"])
+                    "within_petab_bounds", "at_petab_bound", "fit_succeeded"])
+        on_bound = {}
         for n in estimate:
             lo, hi = bounds[n]
             v = fitted[n]
+            side = _on_bound(v, lo, hi)
+            if side:
+                on_bound[n] = side
             w.writerow([n, repr(float(np.asarray(allp[n].value))), repr(v), allp[n].info.unit, "F", lo, hi,
-                        bool(lo <= v <= hi), res.success])
+                        bool(lo <= v <= hi), side or "", res.success])
         cio.atomic_write_text(path, table.getvalue())
         cio.atomic_write_text(os.path.join(out, "convergence.md"), f"engine: {res.engine}\n\n"
                               + res.convergence_report() + "\n\n" + res.parameter_table() + "\n")
@@ -191,11 +204,14 @@ class CalibrateCommand(Command):
         for p in [path, png, *extra]:
             print(f"wrote {p}")
         print(f"output folder: {out}")
+        for n, side in on_bound.items():
+            lo, hi = bounds[n]
+            note(f"{n} = {fitted[n]:.6g} {allp[n].info.unit} lies on its {side} bound "
+                 f"({side}Bound {lo if side == 'lower' else hi:g} in parameters.tsv): the data pull it further; it is "
+                 "an estimate only if that bound is a real limit.")
         if not res.success:
             at = res.at_bounds()
             why = (f"{', '.join(at)} ran to the edge of its range (a PEtab bound or the declared bound)" if at else
                    "its best start did not converge")
-            print(f"carkinetics calibrate: the fit FAILED: {why}; the values above are not estimates "
-                  "(see convergence.md).", file=sys.stderr)
-            return EXIT_NUMERICAL
+            raise FitFailed(f"{why}; the values above are not estimates (see {os.path.join(out, 'convergence.md')}).")
         return EXIT_OK

@@ -44,6 +44,10 @@ class NumericalFailure(Exception):
     """The solver did not succeed for the given inputs: exit code 4."""
 
 
+class FitFailed(NumericalFailure):
+    """A fit failed for the given inputs (it could not start, or its best start did not converge): exit code 4."""
+
+
 def note(message: str) -> None:
     """One line on stderr that tells the user about a choice made for them (a default, a value taken from the
     model, files removed); printed also with `--quiet`, which silences only progress."""

@@ -17,6 +17,7 @@ from ._common import (
     EXIT_PROCESS_FAILED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    FitFailed,
     NumericalFailure,
     Unavailable,
     UserError,
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except Unavailable as err:
         print(f"carkinetics {cmd.name}: not available: {err}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except FitFailed as err:
+        print(f"carkinetics {cmd.name}: the fit FAILED: {err}", file=sys.stderr)
+        return EXIT_NUMERICAL
     except NumericalFailure as err:
         print(f"carkinetics {cmd.name}: solver failure: {err}", file=sys.stderr)
         return EXIT_NUMERICAL

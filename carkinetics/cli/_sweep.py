@@ -143,6 +143,7 @@ class SweepCommand(Command):
                    "default; [sweep] n, seed, log, metrics), simulate every member in chunks on the chosen engine "
                    "and write sweep.csv (one row per member: parameters and summary metrics such as "
                    "<observable>_cmax, _auc) and sweep.png.")
+    outputs = ("sweep.csv", "sweep.png")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_args(parser)

@@ -234,7 +234,8 @@ def _step_sbml(ctx: DemoContext) -> None:
     model = load_preset("human")
     path = ctx.path("sle_human_erlangen.xml")
     cio.write_sbml(model, path, erlangen_regimen(model))
-    cio.atomic_write_text(ctx.path("sle_human_erlangen.antimony"), cio.to_antimony(model, erlangen_regimen(model)))
+    antimony = cio.to_antimony(model, erlangen_regimen(model))
+    cio.atomic_write_text(ctx.path("sle_human_erlangen.antimony"), antimony)
     ctx.report.text(
         f"The human preset with the Erlangen regimen as SBML ({os.path.basename(path)}) and Antimony, for "
         "libroadrunner, COPASI or AMICI users: states as rate rules, observables as assignment rules, every "
