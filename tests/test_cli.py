@@ -537,3 +537,42 @@ def test_step_progress_estimates_the_rest_from_the_weights(monkeypatch):
     assert lines[0].startswith("translate [") and lines[0].endswith("0/2 0s  map") and "ETA" not in lines[0]
     assert lines[1].endswith("1/2 10s, ETA ~5s  scenarios")  # 10 s for weight 100: about 5 s for weight 50
     assert lines[2] == "translate: 2/2 done in 12.0s"
+
+
+def test_the_toml_examples_of_docs_cli_are_accepted(tmp_path, capsys):
+    # Every TOML block of docs/cli.md is a valid regimen file, sweep spec or parameter file for one of the models it
+    # is written for (TwoCompartmentPK, the SLE human preset), so the documented schema is the implemented one.
+    import re
+
+    from carkinetics.cli import _sweep
+    from carkinetics.models.sle import load_preset
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "cli.md"), encoding="utf-8") as fh:
+        blocks = re.findall(r"^```toml\n(.*?)^```", fh.read(), re.DOTALL | re.MULTILINE)
+    assert len(blocks) >= 8
+    models = [TwoCompartmentPK(), load_preset("human")]
+    tables = set()
+    for i, text in enumerate(blocks):
+        path = tmp_path / f"block{i}.toml"
+        path.write_text(text)
+        if "[ranges]" in text:
+            samples, metrics = _sweep.sweep_spec(str(path), OneCompartmentPK(), 64)
+            assert len(samples["cl"]) == 64 and metrics == ["concentration_auc"]
+            continue
+        if "[parameters" in text:
+            assert float(_inputs.apply_parameters(models[1], str(path)).get("body.weight_kg")) == 60.0
+            continue
+        errors = []
+        for model in models:
+            try:
+                regimen = _inputs.regimen_from_toml(str(path), model)
+                break
+            except cli.UserError as err:
+                errors.append(str(err))
+        else:
+            raise AssertionError(f"docs/cli.md TOML block {i + 1} is refused: {errors}")
+        assert regimen.doses, i
+        tables |= set(re.findall(r"^\[\[(\w+)\]\]", text, re.MULTILINE))
+    capsys.readouterr()
+    assert tables == set(_inputs.REGIMEN_TABLES)  # an example for every table the regimen reader knows

@@ -1,0 +1,130 @@
+"""What the command line and the library write and print: tidy CSV names, atomic files, readable results, the
+version, and install hints for optional features."""
+
+import csv
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import carkinetics as ck
+import carkinetics.io as cio
+from carkinetics import cli
+from carkinetics.models import OneCompartmentPK
+from carkinetics.models.sle import demo
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tidy_csv_names_one_quantity_each(tmp_path):
+    # The SLE model has a state and an observable both named flu_auc (mg*d/L and mg*h/L): `name` must tell them
+    # apart, and every row keeps its own unit.
+    from carkinetics.models.sle import SLECarTModel
+
+    states, observables = SLECarTModel.state_names(), SLECarTModel.observable_names()
+    clash = sorted(set(states) & set(observables))
+    assert "flu_auc" in clash
+    state_names, observable_names = cio._tidy.tidy_names(states, observables)
+    assert "state:flu_auc" in state_names and "flu_auc" in observable_names and "flu_auc" not in state_names
+    assert len(set(state_names) | set(observable_names)) == len(states) + len(observables)
+    # a written table: one unit per name, the clashing state qualified, the others unchanged
+    sol = ck.simulate(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 3))
+    path = cio.write_tidy_csv(tmp_path / "sim.csv", sol)
+    rows = _rows(path)
+    assert {(r["kind"], r["name"], r["unit"]) for r in rows} == {("state", "central", "mg"),
+                                                                ("observable", "concentration", "mg/L")}
+    names = {r["name"]: {r2["unit"] for r2 in rows if r2["name"] == r["name"]} for r in rows}
+    assert all(len(units) == 1 for units in names.values())
+
+
+def test_tidy_csv_of_the_sle_model_has_unique_names(tmp_path):
+    # The written form for a model with clashing names, without solving it: a stand-in solution of the right shape.
+    import types
+
+    from carkinetics.models.sle import SLECarTModel
+
+    cls = SLECarTModel
+    ts = np.array([0.0, 1.0])
+    sol = types.SimpleNamespace(ts=ts, model_class=cls, y_array=np.ones((2, len(cls.state_names()))),
+                                obs_array=2.0 * np.ones((2, len(cls.observable_names()))))
+    rows = _rows(cio.write_tidy_csv(tmp_path / "sle.csv", sol))
+    units = {}
+    for r in rows:
+        units.setdefault(r["name"], set()).add((r["kind"], r["unit"]))
+    assert all(len(u) == 1 for u in units.values()), {k: v for k, v in units.items() if len(v) > 1}
+    assert units["state:flu_auc"] == {("state", cls.state_units["flu_auc"])}
+    assert units["flu_auc"] == {("observable", cls.observable_units["flu_auc"])}
+    assert cls.state_units["flu_auc"] != cls.observable_units["flu_auc"]
+
+
+def test_writers_are_atomic(tmp_path, monkeypatch):
+    # A writer that fails half way leaves the previous file untouched and no temporary file behind.
+    from carkinetics._core import _files
+
+    path = tmp_path / "t.csv"
+    path.write_text("old")
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_files.os, "fsync", boom)
+    sol = ck.simulate(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 3))
+    with pytest.raises(OSError, match="disk full"):
+        cio.write_tidy_csv(path, sol)
+    import matplotlib.pyplot as plt
+
+    from carkinetics.plot import save_figure
+
+    (tmp_path / "f.png").write_text("old")
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(plt.figure(), str(tmp_path / "f.png"))
+    assert path.read_text() == "old" and (tmp_path / "f.png").read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["f.png", "t.csv"]
+    monkeypatch.undo()
+    cio.atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+
+
+def test_solution_and_results_print_readably():
+    sol = ck.simulate(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 5))
+    assert repr(sol.result) == str(sol.result) == "carkinetics.RESULTS<successful>"
+    assert sol.message == "successful"
+    assert repr(sol) == str(sol) == (f"Solution(OneCompartmentPK: 5 save times 0 to 1 d, 1 state, 1 observable; "
+                                     f"successful, {int(sol.num_steps)} steps)")
+    bad = ck.simulate(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 5), max_steps=1,
+                      throw=False)
+    assert "max_steps_reached" in repr(bad) and bad.message.startswith("The maximum number of solver steps")
+    models = ck.batch_models(OneCompartmentPK(), {"cl": jnp.array([50.0, 100.0, 200.0])}, 3)
+    batch = ck.simulate_ensemble(models, ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 5))
+    assert repr(batch).startswith("Solution(OneCompartmentPK, batch (3,): 5 save times 0 to 1 d, 1 state, "
+                                  "1 observable; 3 of 3 successful")
+    assert ck.RESULTS.successful == ck.RESULTS.successful  # still an equinox enumeration
+    import diffrax
+
+    assert diffrax.RESULTS._index_to_message[0] == ""  # diffrax's own table is untouched
+
+
+def test_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"carkinetics {ck.__version__}"
+
+
+def test_demo_names_the_extra_of_a_missing_feature(tmp_path):
+    steps = (demo.DemoStep("SBML", (("no_such_module_xyz", "load"),), lambda ctx: None, extra="sbml"),)
+    _, skipped, failed = demo.run_demo(str(tmp_path), quick=True, steps=steps, progress=None)
+    assert not failed
+    assert 'install it with the [sbml] extra: pip install "carkinetics[sbml]"' in skipped[0]
+    sbml = next(s for s in demo.DEMO_STEPS if s.title == "Export to SBML")
+    assert sbml.extra == "sbml" and ("antimony", "loadAntimonyString") in sbml.requires
+
+
+def test_demo_declares_every_file_it_writes(tmp_path):
+    ctx = demo.DemoContext(out=str(tmp_path), quick=True, report=None)
+    with pytest.raises(ValueError, match="not in DEMO_FILES"):
+        ctx.path("undeclared.csv")
+    commands = {c.name: c for c in cli.Plugins.commands()}
+    assert commands["demo"].outputs == demo.DEMO_FILES
