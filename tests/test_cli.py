@@ -505,8 +505,9 @@ def test_translate_writes_the_report(tmp_path, capsys):
     # (was `python -m carkinetics.translate_map`, now folded into the command)
     from carkinetics.models.sle import SLE_METRICS
 
-    rc = cli.main(["translate", "--out", str(tmp_path), "--gaps", "G1", "--t-end", "120", "--no-scenarios",
-                   "--seed", "0", "--batch-size", "8"])
+    argv = ["translate", "--out", str(tmp_path), "--gaps", "G1", "--t-end", "120", "--no-scenarios", "--seed", "0",
+            "--batch-size", "2", "--checkpoint", str(tmp_path / "ckpt")]
+    rc = cli.main(argv)
     captured = capsys.readouterr()
     assert rc == cli.EXIT_OK, captured.err
     for name in ("translation_heatmap.png", "translation_waterfalls.png", "translation_map.csv",
@@ -516,9 +517,18 @@ def test_translate_writes_the_report(tmp_path, capsys):
     assert len(csv_lines) == 1 + len(SLE_METRICS) * 2  # G1 + ungrouped
     assert "anti-dsDNA t1/2" in (tmp_path / "translation_narrative.md").read_text()
     assert "engine: ensemble (EnsembleRodas5); 2 mechanism groups, 0 parameter samples" in captured.out
-    # the progress line names the stage and its size
+    # the progress lines name the stage and its size, and count the simulations with an ETA
     assert "translation map mouse_nzbw -> human: 2 mechanism groups, 2^2 coalitions x 1 = 4 simulations" in captured.err
+    assert "sweep: 2/4 members (50%)" in captured.err and "ETA" in captured.err
     assert "translate: 1/1 done in" in captured.err
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".staging") or ".tmp" in f]
+    # --checkpoint: a rerun resumes every chunk (nothing solved again) and writes the same map
+    first = (tmp_path / "translation_map.csv").read_text()
+    assert cli.main(argv) == cli.EXIT_OK
+    captured = capsys.readouterr()
+    assert "sweep: 4/4 members (100%)" in captured.err and "4 resumed" in captured.err
+    assert (tmp_path / "translation_map.csv").read_text() == first
+    assert "removed 5 file(s) of an earlier run" in captured.err
 
 
 def test_step_progress_estimates_the_rest_from_the_weights(monkeypatch):

@@ -13,6 +13,7 @@ and a generated narrative.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -354,6 +355,8 @@ def translation_map(
     tags_a: Mapping[str, str] | None = None,
     tags_b: Mapping[str, str] | None = None,
     engine: Engine | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
 ) -> TranslationMap:
     """Attribute the gap of every metric between `model_a` and `model_b` to mechanism groups.
 
@@ -382,6 +385,10 @@ def translation_map(
     - `tags_a`, `tags_b`: confidence tags of the two models' values that override the declared ones (presets
       carry their own tags); they set the sample spread and the `M` flags.
     - `engine`: for an experiment, `"ensemble"` (default: the batched solver) or `"vmap"`.
+    - `progress`: progress lines with an ETA on stderr while an experiment's coalitions are solved.
+    - `checkpoint`: a folder for an experiment's finished chunks (subfolders `point` and, with samples,
+      `samples`); a rerun with the same inputs resumes from it, and a folder written by other inputs is refused
+      naming what differs (see [`carkinetics.sweep`][]).
 
     **Returns:** a [`carkinetics.TranslationMap`][].
 
@@ -418,7 +425,11 @@ def translation_map(
 
     if n_samples and key is None:
         raise ValueError("`key` (a jax.random key) is required with `n_samples` > 0.")
-    res = shapley_attribution(f, model_a, model_b, groups, batch_size=batch_size, engine=engine)
+    def where(part: str) -> str | None:
+        return None if checkpoint is None else os.path.join(os.fspath(checkpoint), part)
+
+    res = shapley_attribution(f, model_a, model_b, groups, batch_size=batch_size, engine=engine, progress=progress,
+                              checkpoint=where("point"))
     if not isinstance(res.values, Mapping):
         raise ValueError(f"`f` must return a dict of named scalar metrics, got {type(res.values).__name__}.")
     metric_names = tuple(n for n in (units or {}) if n in res.values)
@@ -439,7 +450,8 @@ def translation_map(
         samples_a = sample_parameters(model_a, names, key_a, n_samples, spread=spread, tags=tags_a)
         samples_b = sample_parameters(model_b, names, key_b, n_samples, spread=spread, tags=tags_b)
         sres = shapley_attribution(f, model_a, model_b, groups, samples_a=samples_a or None,
-                                   samples_b=samples_b or None, batch_size=batch_size, engine=engine)
+                                   samples_b=samples_b or None, batch_size=batch_size, engine=engine,
+                                   progress=progress, checkpoint=where("samples"))
         if not samples_a and not samples_b:  # nothing to sample: repeat the point estimate
             sample_shapley = np.broadcast_to(stack(res.values), (n_samples, g_count, len(metric_names))).copy()
             sample_total = np.broadcast_to(stack(res.total), (n_samples, len(metric_names))).copy()

@@ -51,6 +51,7 @@ from ._common import (
     StepProgress,
     Unavailable,
     UserError,
+    add_checkpoint_arg,
     add_engine_arg,
     finite_number,
     note,
@@ -63,5 +64,5 @@ from ._plugins import Command, Context, Plugins, Preset, PresetTable
 __all__ = [
     "EXIT_INTERNAL", "EXIT_NUMERICAL", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "Command", "Context", "FitFailed",
     "NumericalFailure", "Plugins", "Preset", "PresetTable", "StepProgress", "Unavailable", "UserError",
-    "add_engine_arg", "finite_number", "main", "note", "seed_arg", "whole_number",
+    "add_checkpoint_arg", "add_engine_arg", "finite_number", "main", "note", "seed_arg", "whole_number",
 ]

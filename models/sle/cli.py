@@ -29,6 +29,7 @@ from carkinetics.cli import (
     Preset,
     PresetTable,
     UserError,
+    add_checkpoint_arg,
     add_engine_arg,
     finite_number,
     seed_arg,
@@ -91,6 +92,7 @@ class TranslateCommand(Command):
         parser.add_argument("--batch-size", type=whole_number(1), default=256,
                             help="simulations per compiled chunk (default 256; tens on a CPU, more on a GPU)")
         add_engine_arg(parser)
+        add_checkpoint_arg(parser)
         parser.add_argument("--no-scenarios", action="store_true", help="skip the scenario-knob table")
 
     def run(self, args: argparse.Namespace, ctx: Context) -> int:
@@ -147,7 +149,8 @@ class TranslateCommand(Command):
             with _staging(out) as stage:  # each file is written there, then renamed into place: never half written
                 paths = write_translation_report(stage, a=args.mouse, b=args.human, key=key, n_samples=args.samples,
                                                  gaps=gaps, t_end=args.t_end, batch_size=bs, scenarios=False,
-                                                 engine=args.engine)
+                                                 engine=args.engine, progress=not ctx.quiet,
+                                                 checkpoint=args.checkpoint)
                 paths = _publish(paths, out)
                 prog.advance()
                 if not args.no_scenarios:
