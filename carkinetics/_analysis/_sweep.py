@@ -28,9 +28,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .. import metrics as _m
 from .._core._dosing import Regimen
 from .._core._model import AbstractKineticModel
-from .._core._parameters import parameters
 from .._core._solution import Solution
 from .._engine._batch import AbstractExperiment, Experiment, batch_models, run_experiment
+from .._core._parameters import floats_to_arrays, parameters
 from .._engine._simulate import ENGINES, Engine, engine_of, resolve_solver
 from .._ensemble import resolve_devices
 from ._checkpoint import FORMAT_VERSION, Checkpoint, fingerprint
@@ -67,7 +67,8 @@ class ParameterBatch(AbstractBatchFunction):
     """
 
     experiment: AbstractExperiment
-    template: Any
+    # Python-float parameters of the template become arrays, so that new template values reuse the compiled chunk.
+    template: Any = eqx.field(converter=floats_to_arrays)
     names: tuple[str, ...] = eqx.field(static=True)
     engine_name: str = eqx.field(static=True)
     per_member_regimen: bool = eqx.field(static=True, default=False)
