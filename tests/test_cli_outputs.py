@@ -128,3 +128,45 @@ def test_demo_declares_every_file_it_writes(tmp_path):
         ctx.path("undeclared.csv")
     commands = {c.name: c for c in cli.Plugins.commands()}
     assert commands["demo"].outputs == demo.DEMO_FILES
+
+
+def test_bench_without_arguments_times_the_sle_course_under_its_regimen():
+    # `carkinetics bench` with no arguments times the default preset (the SLE human course under the Erlangen regimen
+    # on its save grid), not an undosed model whose solve takes a handful of steps.
+    from carkinetics.cli import _inputs, _main
+    from carkinetics.models.sle import save_times
+
+    parser = _main.build_parser([c for c in _main.commands() if c.name == "bench"])
+    run = _inputs.resolve_run(parser.parse_args(["bench"]), cli.Plugins())
+    assert type(run.model).__name__ == "SLECarTModel" and "preset human" in run.label
+    states = {d.state for d in run.regimen.doses}
+    assert {"car_resting", "flu_central", "cy_central"} <= states, states  # CAR-T, fludarabine, cyclophosphamide
+    np.testing.assert_array_equal(np.asarray(run.ts), np.asarray(save_times()))
+
+
+def test_demo_and_translate_attribute_to_the_same_groups(tmp_path, monkeypatch):
+    # The demo's translation step and `carkinetics translate` (defaults) form the groups from the same gap ids, so that
+    # they blame the same mechanisms for the same gap.
+    from carkinetics.models.sle import translation
+
+    seen = {}
+
+    def capture(name, result=None):
+        def fake(*args, **kwargs):
+            seen[name] = kwargs.get("gaps")
+            if result is None:
+                raise RuntimeError("stop after the arguments")
+            return result
+
+        return fake
+
+    monkeypatch.setattr(translation, "sle_translation_map", capture("demo"))
+    step = next(s for s in demo.DEMO_STEPS if s.title.startswith("Translation map"))
+    with pytest.raises(RuntimeError, match="stop after"):
+        step.run(demo.DemoContext(out=str(tmp_path), quick=True, report=None))
+    monkeypatch.setattr(translation, "write_translation_report", capture("translate", {}))
+    assert cli.main(["translate", "--no-scenarios", "--out", str(tmp_path / "t"), "--quiet"]) == cli.EXIT_OK
+    assert seen == {"demo": None, "translate": None}  # both: every gap id the presets tag
+    _, _, gaps_a = translation.load_arm("mouse_nzbw")
+    _, _, gaps_b = translation.load_arm("human")
+    assert len(translation.gap_groups(gaps_a, gaps_b)) >= 6

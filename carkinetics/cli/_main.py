@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Sequence
 
 import carkinetics as ck
@@ -38,6 +41,36 @@ class _ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside a chunked run (where `ck.sweep` stops between chunks itself)."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """Within the block SIGTERM raises `_Terminated` (as SIGINT raises KeyboardInterrupt), so that a command stopped
+    by either signal leaves through the same clean path: one line, exit 143, no half-written file."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(cmd: Command, args: argparse.Namespace, signum: int) -> str:
+    """The line for a command stopped by `signum` outside a chunked run."""
+    how = (f"rerun the same command with --checkpoint {args.checkpoint} to resume from its finished chunks"
+           if getattr(args, "checkpoint", None) else "rerun the command to start again")
+    return (f"carkinetics {cmd.name}: stopped by {signal.Signals(signum).name} before it finished; every file "
+            f"already in {args.out} is complete (files are written whole or not at all); {how}.")
 
 
 def commands() -> list[Command]:
@@ -86,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not isinstance(cmd, UnavailableCommand):
             check_out_dir(args.out)  # before any computation: an unwritable --out is found now, not at the end
-        return int(cmd.run(args, ctx))
+        with _sigterm_stops():
+            return int(cmd.run(args, ctx))
     except UserError as err:
         print(f"carkinetics {cmd.name}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -108,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except ck.Interrupted as err:
         print(f"carkinetics {cmd.name}: {err}", file=sys.stderr)
         return err.exit_code
+    except _Terminated:
+        print(_stopped(cmd, args, signal.SIGTERM), file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print(f"carkinetics {cmd.name}: interrupted", file=sys.stderr)
-        return 130
+        print(_stopped(cmd, args, signal.SIGINT), file=sys.stderr)
+        return 128 + signal.SIGINT
