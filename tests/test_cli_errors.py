@@ -63,6 +63,8 @@ def no_solve(monkeypatch):
         ('[sweep]\nlog = "no"\n', ['[sweep] log must be true or false, got "no"']),
         ("sweep = 5\n", ["sweep (the [sweep] table) must be a table, got 5"]),
         ("[sweep]\nn = 1\n", ["[sweep] n must be at least 2, got 1"]),
+        ("[sweep]\nn = 1e9\n", ["[sweep] n must be at most 100,000,000, got 1,000,000,000"]),
+        ("[sweep]\nn = 1_000_000_000\n", ["[sweep] n must be at most 100,000,000, got 1,000,000,000"]),
         ('[sweep]\nmetrics = ["concentration_auc", "nope"]\n', ["[sweep] metrics names unknown metric(s) ['nope']",
                                                                 "'concentration_cmax'"]),
         ("[sweep]\nnn = 4\n", ["[sweep]: unknown key(s) ['nn']"]),
@@ -93,20 +95,64 @@ def test_sweep_range_mistakes(tmp_path, capsys, no_solve, ranges, fragment):
 @pytest.mark.parametrize(
     "argv, fragment",
     [
-        (["--n", "1"], "argument --n: must be at least 2, got 1"),
-        (["--n", "8.7"], "argument --n: must be a whole number at least 2, got '8.7'"),
-        (["--chunk-size", "0"], "argument --chunk-size: must be at least 1, got 0"),
+        (["--n", "1"], "argument --n: must be between 2 and 100000000, got 1"),
+        (["--n", "8.7"], "argument --n: must be a whole number between 2 and 100000000, got '8.7'"),
+        (["--chunk-size", "0"], "argument --chunk-size: must be between 1 and 100000000, got 0"),
         (["--devices", "64"], "--devices 64: only 1 cpu device(s) are available"),
         (["--num-processes", "0"], "argument --num-processes: must be at least 1, got 0"),
         (["--t-end", "nan"], "argument --t-end: must be a finite number, got 'nan'"),
         (["--points", "1e8"], "argument --points: must be between 2 and 1000000, got 100000000"),
         (["--points", "100000000"], "argument --points: must be between 2 and 1000000, got 100000000"),
+        (["--n", "1e9"], "argument --n: must be between 2 and 100000000, got 1000000000"),
+        (["--chunk-size", "1e9"], "argument --chunk-size: must be between 1 and 100000000, got 1000000000"),
     ],
 )
 def test_sweep_argument_mistakes(tmp_path, capsys, no_solve, argv, fragment):
     (tmp_path / "r.toml").write_text("[ranges]\ncl = [50.0, 200.0]\n")
     _usage_error(capsys, ["sweep", "--model", "OneCompartmentPK", "--ranges", str(tmp_path / "r.toml"), *argv,
                           "--out", str(tmp_path / "o"), "--quiet"], fragment)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--ensemble", "1e7"], "argument --ensemble: must be between 0 and 1000000, got 10000000"),
+        (["--repeats", "0"], "argument --repeats: must be between 1 and 10000, got 0"),
+        (["--repeats", "1e5"], "argument --repeats: must be between 1 and 10000, got 100000"),
+        (["--points", "1e8"], "argument --points: must be between 2 and 1000000, got 100000000"),
+    ],
+)
+def test_bench_argument_mistakes(tmp_path, capsys, no_solve, argv, fragment):
+    _usage_error(capsys, ["bench", "--model", "OneCompartmentPK", *argv, "--out", str(tmp_path / "o"), "--quiet"],
+                 fragment)
+
+
+@pytest.mark.parametrize("error", [MemoryError(), "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8e10 "
+                                                  "bytes.\nmore detail"])
+def test_running_out_of_memory_names_the_arguments_to_lower(tmp_path, capsys, monkeypatch, error):
+    # Memory the inputs ask for and the machine does not have: one line naming the arguments that size it, exit 2
+    # (not a traceback of the XLA allocator).
+    import jax
+
+    def allocate(*args, **kwargs):
+        raise error if isinstance(error, MemoryError) else jax.errors.JaxRuntimeError(error)
+
+    monkeypatch.setattr(ck, "simulate", allocate)
+    monkeypatch.setattr(ck, "sweep_model", allocate)
+    (tmp_path / "r.toml").write_text("[ranges]\ncl = [50.0, 200.0]\n")
+    err = _usage_error(capsys, ["sweep", "--model", "OneCompartmentPK", "--ranges", str(tmp_path / "r.toml"),
+                                "--out", str(tmp_path / "o"), "--quiet"],
+                       "carkinetics sweep: error: out of memory (",
+                       "lower --chunk-size, --points, --n, --devices (what is held in memory at once).")
+    if not isinstance(error, MemoryError):
+        assert "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8e10 bytes.)" in err
+    _usage_error(capsys, ["simulate", "--model", "OneCompartmentPK", "--regimen", "none", "--out",
+                          str(tmp_path / "o"), "--quiet"], "lower --points (what is held")
+    # any other runtime error is not a user mistake: it still reaches the user as a traceback (exit 1 from Python)
+    monkeypatch.setattr(ck, "simulate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["simulate", "--model", "OneCompartmentPK", "--regimen", "none", "--out", str(tmp_path / "o"),
+                  "--quiet"])
 
 
 def test_points_accepts_whole_numbers_in_exponent_form():
@@ -323,8 +369,10 @@ def test_every_builtin_command_declares_its_outputs():
     [
         (["--gaps", ",,,"], "--gaps ',,,' names no gap id"),
         (["--gaps", "G1,G1"], "--gaps 'G1,G1' names a gap id more than once"),
-        (["--samples", "-1"], "argument --samples: must be at least 0, got -1"),
-        (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+        (["--samples", "-1"], "argument --samples: must be between 0 and 100000, got -1"),
+        (["--samples", "1e6"], "argument --samples: must be between 0 and 100000, got 1000000"),
+        (["--batch-size", "1e9"], "argument --batch-size: must be between 1 and 100000000, got 1000000000"),
+        (["--batch-size", "0"], "argument --batch-size: must be between 1 and 100000000, got 0"),
         (["--seed", "abc"], "argument --seed: must be a whole number between 0 and 4294967295, got 'abc'"),
         (["--t-end", "inf"], "argument --t-end: must be a finite number, got 'inf'"),
     ],

@@ -46,6 +46,7 @@ from ._common import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    MAX_MEMBERS,
     FitFailed,
     NumericalFailure,
     StepProgress,
@@ -62,7 +63,8 @@ from ._main import main
 from ._plugins import Command, Context, Plugins, Preset, PresetTable
 
 __all__ = [
-    "EXIT_INTERNAL", "EXIT_NUMERICAL", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "Command", "Context", "FitFailed",
-    "NumericalFailure", "Plugins", "Preset", "PresetTable", "StepProgress", "Unavailable", "UserError",
+    "EXIT_INTERNAL", "EXIT_NUMERICAL", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "MAX_MEMBERS", "Command",
+    "Context", "FitFailed", "NumericalFailure", "Plugins", "Preset", "PresetTable", "StepProgress", "Unavailable",
+    "UserError",
     "add_checkpoint_arg", "add_engine_arg", "finite_number", "main", "note", "seed_arg", "whole_number",
 ]

@@ -9,6 +9,8 @@ import time
 
 from ._common import (
     EXIT_OK,
+    MAX_ENSEMBLE,
+    MAX_REPEATS,
     add_devices_arg,
     add_engine_arg,
     add_run_args,
@@ -82,9 +84,9 @@ class BenchCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_args(parser)
-        parser.add_argument("--repeats", type=whole_number(1), default=5,
+        parser.add_argument("--repeats", type=whole_number(1, MAX_REPEATS), default=5,
                             help="timed calls after compilation (default 5)")
-        parser.add_argument("--ensemble", type=whole_number(0), default=0, metavar="N",
+        parser.add_argument("--ensemble", type=whole_number(0, MAX_ENSEMBLE), default=0, metavar="N",
                             help="also time ck.simulate_ensemble on N perturbed members (per-member time; "
                                  "bench_ensemble.csv)")
         add_engine_arg(parser, default=None,

@@ -20,7 +20,9 @@ EXIT_UNAVAILABLE = 3  # the requested feature is not part of this installation
 EXIT_NUMERICAL = 4  # the solver or a fit failed (e.g. max_steps reached, a fit that did not converge)
 EXIT_PROCESS_FAILED = 5  # a process of a multi-process run stopped responding (resume from the checkpoint)
 
-EPILOG = f"""exit codes: {EXIT_OK} success; {EXIT_USAGE} bad arguments or input files (the message says which);
+EPILOG = f"""exit codes: {EXIT_OK} success; {EXIT_USAGE} bad arguments or input files, or too little memory for them
+(the
+message says which);
 {EXIT_UNAVAILABLE} feature not available in this installation; {EXIT_NUMERICAL} the solver or the fit failed for these
 inputs; {EXIT_PROCESS_FAILED} a process of a multi-process run failed (rerun with the same --checkpoint to resume);
 130/143 stopped by SIGINT/SIGTERM after the chunk in progress (rerun with the same --checkpoint to resume);
@@ -30,6 +32,12 @@ ENGINES = ("ensemble", "vmap")
 
 #: Most save times a command accepts (`--points`): a million save times of a 40-state model are 320 MB per member.
 MAX_POINTS = 1_000_000
+#: Most members of one sweep (`--n`, `[sweep] n`) and most simulations per compiled chunk (`--chunk-size`,
+#: `--batch-size`): a table of a hundred million rows is already ~10 GB.
+MAX_MEMBERS = 100_000_000
+#: Most members of `bench --ensemble` (their whole trajectories are kept) and timed repeats of `bench`.
+MAX_ENSEMBLE = 1_000_000
+MAX_REPEATS = 10_000
 
 
 class UserError(Exception):

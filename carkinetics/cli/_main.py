@@ -73,6 +73,28 @@ def _stopped(cmd: Command, args: argparse.Namespace, signum: int) -> str:
             f"already in {args.out} is complete (files are written whole or not at all); {how}.")
 
 
+#: Arguments that size what a command holds in memory at once, as (attribute, flag), in the order they are suggested.
+_SIZE_ARGS = (("chunk_size", "--chunk-size"), ("batch_size", "--batch-size"), ("ensemble", "--ensemble"),
+              ("points", "--points"), ("starts", "--starts"), ("samples", "--samples"), ("n", "--n"),
+              ("devices", "--devices"))
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    import jax
+
+    return isinstance(err, MemoryError) or (isinstance(err, jax.errors.JaxRuntimeError)
+                                             and "RESOURCE_EXHAUSTED" in str(err))
+
+
+def _memory_line(cmd: Command, args: argparse.Namespace, err: BaseException) -> str:
+    """The line for a command that ran out of memory: what failed and which of its arguments to lower."""
+    what = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    flags = [flag for attr, flag in _SIZE_ARGS if hasattr(args, attr)]
+    how = (f"lower {', '.join(flags)} (what is held in memory at once)" if flags
+           else "use smaller inputs")
+    return f"carkinetics {cmd.name}: error: out of memory ({what}); {how}."
+
+
 def commands() -> list[Command]:
     """The built-in commands followed by the plugin commands (sorted by name)."""
     builtin = [cls() for cls in BUILTIN_COMMANDS]
@@ -139,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     except ck.ProcessFailed as err:
         print(f"carkinetics {cmd.name}: {err}", file=sys.stderr)
         return EXIT_PROCESS_FAILED
+    except (MemoryError, RuntimeError) as err:  # jax.errors.JaxRuntimeError is a RuntimeError
+        if not _out_of_memory(err):
+            raise
+        print(_memory_line(cmd, args, err), file=sys.stderr)
+        return EXIT_USAGE
     except ck.Interrupted as err:
         print(f"carkinetics {cmd.name}: {err}", file=sys.stderr)
         return err.exit_code

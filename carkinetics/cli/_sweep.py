@@ -23,6 +23,7 @@ import os
 
 from ._common import (
     EXIT_OK,
+    MAX_MEMBERS,
     UserError,
     add_checkpoint_arg,
     add_devices_arg,
@@ -59,6 +60,9 @@ def sweep_spec(path: str, model, n_default: int) -> tuple[dict, list[str] | None
     n = toml_value(meta.get("n", n_default), "whole", f"{path} [sweep] n")
     if n < 2:
         raise UserError(f"{path}: [sweep] n must be at least 2, got {n}.")
+    if n > MAX_MEMBERS:
+        raise UserError(f"{path}: [sweep] n must be at most {MAX_MEMBERS:,}, got {n:,}; split the sweep into several "
+                        "runs with different seeds.")
     seed = toml_value(meta.get("seed", 0), "whole", f"{path} [sweep] seed")
     if not 0 <= seed < 2**32:
         raise UserError(f"{path}: [sweep] seed must be between 0 and {2**32 - 1}, got {seed}.")
@@ -148,9 +152,9 @@ class SweepCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_args(parser)
         parser.add_argument("--ranges", metavar="TOML", required=True, help="parameter ranges (see above)")
-        parser.add_argument("--n", type=whole_number(2), default=64,
+        parser.add_argument("--n", type=whole_number(2, MAX_MEMBERS), default=64,
                             help="members when the TOML gives no [sweep] n (default 64)")
-        parser.add_argument("--chunk-size", type=whole_number(1), default=None,
+        parser.add_argument("--chunk-size", type=whole_number(1, MAX_MEMBERS), default=None,
                             help="members per compiled batch, split over the devices (default 256 per device)")
         add_engine_arg(parser)
         add_devices_arg(parser, what="each chunk")

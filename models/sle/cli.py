@@ -24,6 +24,7 @@ from carkinetics.models.sle.regimens import erlangen_regimen, mouse_regimen
 from carkinetics.cli import (
     EXIT_INTERNAL,
     EXIT_OK,
+    MAX_MEMBERS,
     Command,
     Context,
     Preset,
@@ -35,6 +36,9 @@ from carkinetics.cli import (
     seed_arg,
     whole_number,
 )
+
+#: Most parameter samples of `translate --samples` (each sample solves every coalition again).
+MAX_SAMPLES = 100_000
 
 _DESCRIPTIONS = {
     "human": "SLE patient (70 kg, 170 cm) under the Erlangen regimen: Flu/Cy + 1e6 CAR-T cells/kg",
@@ -83,13 +87,13 @@ class TranslateCommand(Command):
         parser.add_argument("--gaps", default=None,
                             help="comma-separated gap ids used as mechanism groups, e.g. G1,G3,G4,G6 (default: all; "
                                  "other differing parameters form 'ungrouped'; cost grows as 2^groups simulations)")
-        parser.add_argument("--samples", type=whole_number(0), default=0,
+        parser.add_argument("--samples", type=whole_number(0, MAX_SAMPLES), default=0,
                             help="parameter samples for uncertainty intervals (default 0: point estimate)")
         parser.add_argument("--seed", type=seed_arg, default=0,
                             help="seed of the parameter samples, as jax.random.key(seed) (default 0)")
         parser.add_argument("--t-end", type=finite_number, default=730.0,
                             help="horizon of the metrics, days, at least 120 (default 730)")
-        parser.add_argument("--batch-size", type=whole_number(1), default=256,
+        parser.add_argument("--batch-size", type=whole_number(1, MAX_MEMBERS), default=256,
                             help="simulations per compiled chunk (default 256; tens on a CPU, more on a GPU)")
         add_engine_arg(parser)
         add_checkpoint_arg(parser)
