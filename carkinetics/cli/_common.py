@@ -21,8 +21,7 @@ EXIT_NUMERICAL = 4  # the solver or a fit failed (e.g. max_steps reached, a fit 
 EXIT_PROCESS_FAILED = 5  # a process of a multi-process run stopped responding (resume from the checkpoint)
 
 EPILOG = f"""exit codes: {EXIT_OK} success; {EXIT_USAGE} bad arguments or input files, or too little memory for them
-(the
-message says which);
+(the message says which);
 {EXIT_UNAVAILABLE} feature not available in this installation; {EXIT_NUMERICAL} the solver or the fit failed for these
 inputs; {EXIT_PROCESS_FAILED} a process of a multi-process run failed (rerun with the same --checkpoint to resume);
 130/143 stopped by SIGINT/SIGTERM after the chunk in progress (rerun with the same --checkpoint to resume);
