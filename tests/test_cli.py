@@ -362,6 +362,10 @@ def test_demo_quick_cli(tmp_path, capsys):
     assert html.count("is left out of this demo") == len(expected)
     if not expected:  # figures: PK, human, human vs mouse, Sobol, translation heatmap and waterfalls
         assert html.count("data:image/png;base64,") == 6
+        # key findings at the top (human course, Sobol, translation); the narrative wraps (no <pre> block)
+        assert html.index("Key findings") < html.index("Lymphodepletion pharmacokinetics")
+        assert html.count("<li>Human SLE under the Erlangen regimen") == 1 and "<pre>" not in html
+        assert "Largest relative mouse-to-human gap" in html and "a smoke run" in html
     if "Sensitivity sweep (Sobol indices)" not in expected:
         with open(tmp_path / "sensitivity_sobol.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))

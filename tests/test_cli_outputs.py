@@ -145,8 +145,8 @@ def test_bench_without_arguments_times_the_sle_course_under_its_regimen():
 
 
 def test_demo_and_translate_attribute_to_the_same_groups(tmp_path, monkeypatch):
-    # The demo's translation step and `carkinetics translate` (defaults) form the groups from the same gap ids, so that
-    # they blame the same mechanisms for the same gap.
+    # The full demo's translation step and `carkinetics translate` (defaults) form the groups from the same gap ids, so
+    # that they blame the same mechanisms for the same gap; the quick demo keeps a few of those same ids.
     from carkinetics.models.sle import translation
 
     seen = {}
@@ -163,10 +163,14 @@ def test_demo_and_translate_attribute_to_the_same_groups(tmp_path, monkeypatch):
     monkeypatch.setattr(translation, "sle_translation_map", capture("demo"))
     step = next(s for s in demo.DEMO_STEPS if s.title.startswith("Translation map"))
     with pytest.raises(RuntimeError, match="stop after"):
-        step.run(demo.DemoContext(out=str(tmp_path), quick=True, report=None))
+        step.run(demo.DemoContext(out=str(tmp_path), quick=False, report=None))
     monkeypatch.setattr(translation, "write_translation_report", capture("translate", {}))
     assert cli.main(["translate", "--no-scenarios", "--out", str(tmp_path / "t"), "--quiet"]) == cli.EXIT_OK
     assert seen == {"demo": None, "translate": None}  # both: every gap id the presets tag
     _, _, gaps_a = translation.load_arm("mouse_nzbw")
     _, _, gaps_b = translation.load_arm("human")
     assert len(translation.gap_groups(gaps_a, gaps_b)) >= 6
+    with pytest.raises(RuntimeError, match="stop after"):
+        step.run(demo.DemoContext(out=str(tmp_path), quick=True, report=None))
+    assert seen["demo"] == demo.QUICK_GAPS
+    assert [g.gap for g in translation.gap_groups(gaps_a, gaps_b, only=demo.QUICK_GAPS)] == list(demo.QUICK_GAPS)

@@ -48,3 +48,26 @@ def test_report_rejects_bad_input(tmp_path):
         rep.note("x", kind="fancy")
     with pytest.raises(ValueError, match="`title` must be a non-empty string"):
         Report("")
+
+
+def test_key_findings_come_first_and_the_narrative_is_a_wrapped_list():
+    # A reader sees the findings before the methods (whatever the call order), and the translation narrative is
+    # paragraphs and a bulleted list that wrap, not a horizontally scrolling <pre> block.
+    from carkinetics.models.sle import demo
+
+    rep = Report("t")
+    rep.heading("Methods").text("how it was done")
+    rep.key_finding("B-cell aplasia lasts 110 days.")
+    demo._narrative(rep, "How the mouse misleads (2 groups).\n- CRS grade: 0 vs 1 <gap>.\n- IL-6 peak: 12 vs 139 "
+                         "pg/mL.\n14 of 14 metric gaps rest on M parameters.")
+    html = rep.to_html()
+    assert html.index("Key findings") < html.index("Methods")
+    assert "<li>B-cell aplasia lasts 110 days.</li>" in html
+    assert ("<p>How the mouse misleads (2 groups).</p>\n<ul><li>CRS grade: 0 vs 1 &lt;gap&gt;.</li><li>IL-6 peak: 12 "
+            "vs 139 pg/mL.</li></ul>") in html
+    assert "<p>14 of 14 metric gaps rest on M parameters.</p>" in html and "<pre>" not in html
+    assert "Key findings" not in Report("t").to_html()  # no box without findings
+    with pytest.raises(ValueError, match="`items` must hold at least one item"):
+        rep.bullets([])
+    with pytest.raises(ValueError, match="`text` must be a non-empty string"):
+        rep.key_finding(" ")
