@@ -3,6 +3,7 @@ version, and install hints for optional features."""
 
 import csv
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
@@ -174,3 +175,30 @@ def test_demo_and_translate_attribute_to_the_same_groups(tmp_path, monkeypatch):
         step.run(demo.DemoContext(out=str(tmp_path), quick=True, report=None))
     assert seen["demo"] == demo.QUICK_GAPS
     assert [g.gap for g in translation.gap_groups(gaps_a, gaps_b, only=demo.QUICK_GAPS)] == list(demo.QUICK_GAPS)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (("human", "human"), "`labels` must be two different names"),
+    (("gap", "human"), "`labels` ['gap'] would repeat a column name of the table"),
+    (("", "human"), "`labels` must be two non-empty strings"),
+])
+def test_translation_table_columns_are_unique(labels, message):
+    # The two labels head the value columns of translation_map.csv: equal labels, or a label equal to a fixed column,
+    # would silently drop a column (a dict key written twice). Refused before anything is solved.
+    from carkinetics.models import TwoCompartmentPK
+
+    a, b = TwoCompartmentPK(cl=5.0), TwoCompartmentPK(cl=192.0)
+    groups = [ck.MechanismGroup("G1 clearance", ("cl",), gap="G1")]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ck.translation_map(lambda m: pytest.fail("solved"), a, b, groups, units={"x": "1"}, labels=labels)
+
+
+def test_translate_refuses_two_presets_of_the_same_name(tmp_path, capsys, monkeypatch):
+    from carkinetics.models.sle import translation
+
+    monkeypatch.setattr(translation, "write_translation_report", lambda *a, **k: pytest.fail("computed"))
+    (tmp_path / "human.toml").write_text("")
+    rc = cli.main(["translate", "--mouse", str(tmp_path / "human.toml"), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == cli.EXIT_USAGE and err.count("\n") == 1
+    assert f"--mouse '{tmp_path / 'human.toml'}' and --human 'human' have the same name 'human'" in err

@@ -135,6 +135,11 @@ def differing_parameters(model_a: Any, model_b: Any, *, rtol: float = 1e-12) -> 
     return tuple(out)
 
 
+#: The fixed columns of `TranslationMap.rows()`/`to_csv` (the two labels head the value columns after "gap").
+TABLE_COLUMNS = ("metric", "unit", "group", "gap", "total_gap", "shapley", "share", "forward_swap", "reverse_swap",
+                 "lo", "hi", "rests_on_M", "M_parameters")
+
+
 class TranslationMap(eqx.Module):
     """Attribution of species gaps (one per metric) to mechanism groups, with intervals and provenance flags.
 
@@ -213,7 +218,7 @@ class TranslationMap(eqx.Module):
         lo, hi = self.intervals()
         return (lo < 0) & (hi > 0) & (np.abs(self.share()) >= MATERIAL_SHARE)
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[dict[str, Any]]:  # columns: TABLE_COLUMNS with the two labels after "gap"
         """The table as a list of dicts, one per (metric, group) cell."""
         lo, hi = self.intervals()
         share, flags = self.share(), self.m_flags()
@@ -416,8 +421,15 @@ def translation_map(
             groups.append(MechanismGroup("ungrouped", rest, description="differing parameters in no group"))
     if not groups:
         raise ValueError("`groups` is empty and the models do not differ; there is nothing to attribute.")
-    if len(labels) != 2 or not all(isinstance(x, str) for x in labels):
-        raise ValueError(f"`labels` must be two strings, got {labels!r}.")
+    if len(labels) != 2 or not all(isinstance(x, str) and x.strip() for x in labels):
+        raise ValueError(f"`labels` must be two non-empty strings, got {labels!r}.")
+    if labels[0] == labels[1]:
+        raise ValueError(f"`labels` must be two different names (each heads the value column of its model in the "
+                         f"table), got {labels!r}.")
+    clash = [x for x in labels if x in TABLE_COLUMNS]
+    if clash:
+        raise ValueError(f"`labels` {clash} would repeat a column name of the table {list(TABLE_COLUMNS)}; choose "
+                         "other names.")
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 0:
         raise ValueError(f"`n_samples` must be a non-negative int, got {n_samples!r}.")
     if not 0.0 < level < 1.0:

@@ -105,6 +105,7 @@ class TranslateCommand(Command):
             SCENARIOS,
             gap_groups,
             load_arm,
+            preset_label,
             sle_scenarios,
             write_scenario_tables,
             write_translation_report,
@@ -116,6 +117,10 @@ class TranslateCommand(Command):
             if not name.endswith(".toml") and name not in preset_names():
                 raise UserError(f"{flag}: unknown preset {name!r}; built-in presets are {list(preset_names())} "
                                 "(or give a .toml path).")
+        if preset_label(args.mouse) == preset_label(args.human):
+            raise UserError(f"--mouse {args.mouse!r} and --human {args.human!r} have the same name "
+                            f"{preset_label(args.human)!r}, which would head both value columns of the map; compare two "
+                            "different presets (rename one of the files).")
         if args.t_end < 120.0:
             raise UserError(f"--t-end must be at least 120 days (the metrics read day 90), got {args.t_end}.")
         gaps = None if args.gaps is None else [g.strip() for g in args.gaps.split(",") if g.strip()]

@@ -198,8 +198,11 @@ def _step_sensitivity(ctx: DemoContext) -> None:
         for i, p in enumerate(names):
             rows.append([m, p, float(indices[m].S1[i]), float(indices[m].S1_conf[i]), float(indices[m].ST[i]),
                          float(indices[m].ST_conf[i])])
+    fig.suptitle(f"Sobol indices: {n} base samples, {x.shape[0]} simulations"
+                 + (" (a smoke run: wide intervals)" if ctx.quick else ""), fontsize=10)
     fig.tight_layout()
     png = save_figure(fig, ctx.path("sensitivity_sobol.png"))
+    wide = sum(1 for r in rows if not r[5] < r[4])  # intervals at least as wide as the index they bound
     with cio.atomic_text_file(ctx.path("sensitivity_sobol.csv"), newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["metric", "parameter", "S1", "S1_conf", "ST", "ST_conf"])
@@ -211,6 +214,8 @@ def _step_sensitivity(ctx: DemoContext) -> None:
         f"{res.engine} engine, {int(res.n_failed)} failed). "
         + ("This is a small illustrative sweep: with so few samples the confidence intervals are wide."
            if ctx.quick else "")
+        + (f" {wide} of {len(rows)} total-index intervals are as wide as the index itself: read those indices as "
+           "'not resolved at this sample size'." if wide and not ctx.quick else "")
     )
     ctx.report.figure(png, "First-order (S1) and total (ST) Sobol indices with bootstrap 95% intervals.")
     top = []

@@ -281,10 +281,15 @@ def sle_translation_map(
     f = experiment if experiment is not None else ArmExperiment(t_end)
     return ck.translation_map(
         f, arm_a, arm_b, groups, units={k: u for k, (u, _) in SLE_METRICS.items()},
-        labels=(os.path.basename(a).removesuffix(".toml"), os.path.basename(b).removesuffix(".toml")),
+        labels=(preset_label(a), preset_label(b)),
         n_samples=n_samples, key=key, batch_size=batch_size, tags_a=tags_a, tags_b=tags_b, engine=engine,
         progress=progress, checkpoint=checkpoint,
     )
+
+
+def preset_label(name: str) -> str:
+    """The name of a preset (or preset file) in a map's tables: the preset name, or the file name without `.toml`."""
+    return os.path.basename(name).removesuffix(".toml")
 
 
 def apply_knobs(arm_a: SLEArm, arm_b: SLEArm, *, dose_basis: str = "preset", conditioning: str = "preset",
