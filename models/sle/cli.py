@@ -119,8 +119,8 @@ class TranslateCommand(Command):
                                 "(or give a .toml path).")
         if preset_label(args.mouse) == preset_label(args.human):
             raise UserError(f"--mouse {args.mouse!r} and --human {args.human!r} have the same name "
-                            f"{preset_label(args.human)!r}, which would head both value columns of the map; compare two "
-                            "different presets (rename one of the files).")
+                            f"{preset_label(args.human)!r}, which would head both value columns of the map; compare "
+                            "two different presets (rename one of the files).")
         if args.t_end < 120.0:
             raise UserError(f"--t-end must be at least 120 days (the metrics read day 90), got {args.t_end}.")
         gaps = None if args.gaps is None else [g.strip() for g in args.gaps.split(",") if g.strip()]
