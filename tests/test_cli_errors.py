@@ -68,6 +68,8 @@ def no_solve(monkeypatch):
         ('[sweep]\nmetrics = ["concentration_auc", "nope"]\n', ["[sweep] metrics names unknown metric(s) ['nope']",
                                                                 "'concentration_cmax'"]),
         ("[sweep]\nnn = 4\n", ["[sweep]: unknown key(s) ['nn']"]),
+        ('[sweep]\nmetrics = ["concentration_auc", "concentration_auc"]\n',
+         ["[sweep] metrics names ['concentration_auc'] more than once"]),
     ],
 )
 def test_sweep_spec_mistakes(tmp_path, capsys, no_solve, spec, fragments):
@@ -305,6 +307,8 @@ def test_data_in_latin1_is_a_usage_error(tmp_path, capsys, no_solve):
     "argv, fragment",
     [
         (["--outputs", ","], "--outputs ',' names no output"),
+        (["--outputs", "concentration, concentration"],
+         "--outputs 'concentration, concentration' names ['concentration'] more than once"),
         (["--t-start", "inf"], "argument --t-start: must be a finite number, got 'inf'"),
         (["--points", "1"], "argument --points: must be between 2 and 1000000, got 1"),
         (["--params", "{dir}/latin1.toml"], "latin1.toml is not UTF-8 text"),

@@ -42,6 +42,9 @@ class SimulateCommand(Command):
             if not names:
                 raise UserError(f"--outputs {args.outputs!r} names no output; give comma-separated observables or "
                                 f"states, e.g. {','.join(model.observable_names()[:2])}.")
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise UserError(f"--outputs {args.outputs!r} names {twice} more than once.")
             valid = set(model.observable_names()) | set(model.state_names())
             bad = [n for n in names if n not in valid]
             if bad:

@@ -70,6 +70,9 @@ def sweep_spec(path: str, model, n_default: int) -> tuple[dict, list[str] | None
     wanted = meta.get("metrics")
     if wanted is not None:
         wanted = list(toml_value(wanted, "strings", f"{path} [sweep] metrics"))
+        twice = sorted({m for m in wanted if wanted.count(m) > 1})
+        if twice:
+            raise UserError(f"{path}: [sweep] metrics names {twice} more than once (each is one column of sweep.csv).")
         available = metric_names(model)
         bad = [m for m in wanted if available is not None and m not in available]
         if bad:
