@@ -130,3 +130,22 @@ def test_a_signal_stops_calibrate_cleanly(tmp_path, signum, code):
     assert f"stopped by {signal.Signals(signum).name} before it finished" in err
     assert "converged" not in out
     assert not (p / "out" / "fitted_parameters.csv").exists()
+
+
+def test_a_stopped_translate_names_the_checkpoint_folder_given(tmp_path, capsys, monkeypatch):
+    # The map keeps its chunks in subfolders of --checkpoint (point/, samples/); the line says to rerun with the
+    # folder the user gave.
+    from carkinetics.models.sle import translation
+
+    ckpt = tmp_path / "ck"
+
+    def stopped(*args, **kwargs):
+        raise ck.Interrupted(signal.SIGINT, 3, 8, str(ckpt / "point"))
+
+    monkeypatch.setattr(translation, "write_translation_report", stopped)
+    rc = cli.main(["translate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 130
+    assert err == (f"carkinetics translate: Stopped by SIGINT after 3 of 8 chunks; rerun the same command with the "
+                   f"same checkpoint '{ckpt}' to resume.\n")
+    assert not [f for f in os.listdir(tmp_path / "o") if f.startswith(".staging")]

@@ -169,6 +169,8 @@ class TranslateCommand(Command):
                     prog.advance()
         except ValueError as err:
             raise UserError(str(err)) from None
+        except ck.Interrupted as err:  # resume with the folder given, not the part of it the stopped stage used
+            raise ck.Interrupted(err.signum, err.done, err.total, args.checkpoint) from None
         prog.close()
         print(f"engine: {args.engine} ({solver}); {n_groups} mechanism groups, {args.samples} parameter samples, "
               f"horizon {args.t_end:g} d")
