@@ -321,6 +321,29 @@ def test_simulate_argument_mistakes(tmp_path, capsys, no_solve, argv, fragment):
                  fragment)
 
 
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--params", "{dir}/none.toml"], "--params '{dir}/none.toml': the TOML file does not exist"),
+        (["--params", "{dir}"], "--params '{dir}' is a folder; give the TOML file"),
+        (["--regimen", "{dir}/none.toml"], "--regimen '{dir}/none.toml': the TOML file does not exist"),
+        (["--events", "{dir}"], "--events '{dir}' is a folder; give the event table (CSV) file"),
+        (["--data", "{dir}"], "--data '{dir}' is a folder; give the data (CSV) file"),
+        (["--data", "{dir}/none.csv"], "--data '{dir}/none.csv': the data (CSV) file does not exist"),
+        (["--params", "{dir}/bad.toml"], "--params {dir}/bad.toml is not valid TOML"),
+    ],
+)
+def test_input_file_mistakes_name_the_argument(tmp_path, capsys, no_solve, argv, fragment):
+    (tmp_path / "bad.toml").write_text("[parameters\n")
+    argv = [a.format(dir=tmp_path) for a in argv]
+    if "--events" not in argv and "--regimen" not in argv:
+        argv = ["--regimen", "none", *argv]
+    _usage_error(capsys, ["simulate", "--model", "OneCompartmentPK", *argv, "--out", str(tmp_path / "o"), "--quiet"],
+                 fragment.format(dir=tmp_path))
+    _usage_error(capsys, ["sweep", "--model", "OneCompartmentPK", "--ranges", str(tmp_path), "--out",
+                          str(tmp_path / "o"), "--quiet"], f"--ranges '{tmp_path}' is a folder; give the TOML file")
+
+
 def test_unwritable_out_is_found_before_any_computation(tmp_path, capsys, no_solve):
     (tmp_path / "r.toml").write_text("[ranges]\ncl = [50.0, 200.0]\n")
     (tmp_path / "file.txt").write_text("not a folder")

@@ -366,20 +366,28 @@ def make_out_dir(path: str, outputs: Sequence[str] = ()) -> str:
     return out
 
 
-def load_toml(path: str) -> dict:
+def check_input_file(path: str, flag: str, what: str) -> None:
+    """A usage error naming `flag` unless `path` is an existing file (a folder, or nothing there, is refused)."""
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path!r} is a folder; give the {what} file.")
+    if not os.path.isfile(path):
+        raise UserError(f"{flag} {path!r}: the {what} file does not exist.")
+
+
+def load_toml(path: str, flag: str) -> dict:
+    """The TOML file given by the argument `flag` (named in every message about the file itself)."""
     import tomllib
 
-    if not os.path.isfile(path):
-        raise UserError(f"The TOML file {path!r} does not exist.")
+    check_input_file(path, flag, "TOML")
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path} is not valid TOML: {err}.") from None
+        raise UserError(f"{flag} {path} is not valid TOML: {err}.") from None
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text (TOML files are UTF-8).") from None
+        raise UserError(f"{flag} {path} is not UTF-8 text (TOML files are UTF-8).") from None
     except OSError as err:
-        raise UserError(f"{path}: cannot be read ({err.strerror}).") from None
+        raise UserError(f"{flag} {path}: cannot be read ({err.strerror}).") from None
 
 
 def is_number(v: object) -> bool:

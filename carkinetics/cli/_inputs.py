@@ -18,6 +18,7 @@ from ._common import (
     NumericalFailure,
     Unavailable,
     UserError,
+    check_input_file,
     check_keys,
     load_toml,
     note,
@@ -82,7 +83,7 @@ def apply_parameters(model: Any, path: str | None) -> Any:
     """Parameter overrides from a TOML file: a `[parameters]` table of dotted name = value."""
     if path is None:
         return model
-    doc = load_toml(path)
+    doc = load_toml(path, "--params")
     check_keys(doc, ["parameters"], path)
     params = doc.get("parameters", {})
     if not isinstance(params, dict):
@@ -230,7 +231,7 @@ def regimen_from_toml(path: str, model: Any):
     taken from the model (with a note), and so are the defaults that set a dose."""
     import carkinetics as ck
 
-    doc = load_toml(path)
+    doc = load_toml(path, "--regimen")
     check_keys(doc, list(REGIMEN_TABLES), path)
     doses = ck.Regimen()
     for kind, entries in doc.items():
@@ -270,8 +271,7 @@ def resolve_regimen(plugins: Plugins, spec: str | None, events: str | None, mode
     if spec is not None and events is not None:
         raise UserError("Give either --regimen or --events, not both.")
     if events is not None:
-        if not os.path.isfile(events):
-            raise UserError(f"The event table {events!r} does not exist.")
+        check_input_file(events, "--events", "event table (CSV)")
         try:
             return ck.read_nonmem_events(events, model.state_names())
         except ValueError as err:
@@ -322,13 +322,12 @@ def read_data(path: str | None, model: Any):
 
     import carkinetics.io as cio
 
-    if not os.path.isfile(path):
-        raise UserError(f"The data file {path!r} does not exist.")
+    check_input_file(path, "--data", "data (CSV)")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             header = [h.strip() for h in (next(csv.reader(fh), []) or [])]
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text.") from None
+        raise UserError(f"--data {path} is not UTF-8 text.") from None
     upper = [h.upper() for h in header]
     try:
         if "DV" in upper:

@@ -50,7 +50,7 @@ def sweep_spec(path: str, model, n_default: int) -> tuple[dict, list[str] | None
 
     import carkinetics as ck
 
-    doc = load_toml(path)
+    doc = load_toml(path, "--ranges")
     check_keys(doc, ["sweep", "ranges"], path)
     meta = toml_value(doc.get("sweep", {}), "table", f"{path}: sweep (the [sweep] table)")
     check_keys(meta, ["n", "seed", "log", "metrics"], f"{path} [sweep]")
