@@ -261,13 +261,13 @@ def _step_translation(ctx: DemoContext) -> None:
     k = max(range(len(tm.metric_names)), key=lambda j: abs(float(tm.value_b[j]) - float(tm.value_a[j]))
             / max(abs(float(tm.value_a[j])), abs(float(tm.value_b[j])), 1e-300))
     g = max(range(len(tm.group_names)), key=lambda j: abs(float(tm.shapley[j, k])))
-    total = float(tm.total[k])
-    share = f" ({100 * float(tm.shapley[g, k]) / total:.0f} % of the gap)" if total else ""
-    unit = tm.metric_units[k]
+    total, phi = float(tm.total[k]), float(tm.shapley[g, k])
+    share = (f" ({100 * phi / total:.0f} % of the gap)" if total and abs(phi) <= abs(total) else
+             f" ({phi:+.3g}, more than the whole gap of {total:+.3g}: other mechanisms pull the other way)")
     ctx.report.key_finding(
-        f"Largest relative mouse-to-human gap: {tm.metric_names[k]} ({float(tm.value_a[k]):.3g} in the NZB/W mouse vs "
-        f"{float(tm.value_b[k]):.3g} {unit} in the human); the mechanism that explains most of it is "
-        f"{tm.group_names[g]}{share}.")
+        f"Largest relative mouse-to-human gap: {tm.metric_names[k]}, {float(tm.value_a[k]):.3g} in the NZB/W mouse vs "
+        f"{float(tm.value_b[k]):.3g} in the human ({tm.metric_units[k]}); the mechanism with the largest attribution "
+        f"is {tm.group_names[g]}{share}.")
 
 
 def _narrative(report: Any, text: str) -> None:
