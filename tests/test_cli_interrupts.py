@@ -82,7 +82,7 @@ def _interrupt_when(proc, path_or_text, signum, timeout=240.0):
 @pytest.mark.slow
 def test_sigint_stops_the_sweep_command_and_a_rerun_resumes_to_the_same_table(tmp_path):
     (tmp_path / "bolus.toml").write_text('[[bolus]]\ntime = 0.0\namount = 100.0\nstate = "central"\n')
-    (tmp_path / "r.toml").write_text("[sweep]\nn = 4096\nseed = 3\n[ranges]\ncl = [50.0, 200.0]\nv = [30.0, 60.0]\n")
+    (tmp_path / "r.toml").write_text("[sweep]\nn = 4096\nseed = 3\n[ranges]\ncl = [50.0, 200.0]\nv1 = [30.0, 60.0]\n")
     ckpt = tmp_path / "ck"
     argv = ["sweep", "--model", "TwoCompartmentPK", "--regimen", str(tmp_path / "bolus.toml"), "--ranges",
             str(tmp_path / "r.toml"), "--chunk-size", "16", "--t-end", "3", "--points", "31", "--quiet"]
@@ -117,12 +117,14 @@ def test_a_signal_stops_calibrate_cleanly(tmp_path, signum, code):
 
     def fitting():
         # the progress line on stderr is written without newlines; read what is there without blocking
-        os.set_blocking(proc.stderr.fileno(), False)
-        chunk = proc.stderr.read()
-        if chunk:
-            err_so_far.append(chunk)
+        try:
+            chunk = os.read(proc.stderr.fileno(), 1 << 16)
+        except BlockingIOError:
+            chunk = b""
+        err_so_far.append(chunk.decode(errors="replace"))
         return "multistart fit" in "".join(err_so_far)
 
+    os.set_blocking(proc.stderr.fileno(), False)
     rc, out, err = _interrupt_when(proc, fitting, signum)
     err = "".join(err_so_far) + err
     assert rc == code, err[-3000:]
