@@ -360,24 +360,27 @@ def test_demo_quick_cli(tmp_path, capsys):
     for title in expected:
         assert f"note: Step '{title}' is left out" in out
     assert html.count("is left out of this demo") == len(expected)
-    if not expected:  # figures: PK, human, human vs mouse, Sobol, translation heatmap and waterfalls
-        assert html.count("data:image/png;base64,") == 6
-        # key findings at the top (human course, Sobol, translation); the narrative wraps (no <pre> block)
+    # the quick run leaves the Sobol sweep out, and says so
+    assert "note: Step 'Sensitivity sweep (Sobol indices)' is left out of the quick run" in out
+    assert not (tmp_path / "sensitivity_sobol.csv").exists()
+    if not expected:  # figures: PK, human, human vs mouse, translation heatmap and waterfalls
+        assert html.count("data:image/png;base64,") == 5
+        # key findings at the top (human course, translation); the narrative wraps (no <pre> block)
         assert html.index("Key findings") < html.index("Lymphodepletion pharmacokinetics")
         assert html.count("<li>Human SLE under the Erlangen regimen") == 1 and "<pre>" not in html
         assert "Largest relative mouse-to-human gap" in html and "a smoke run" in html
-    if "Sensitivity sweep (Sobol indices)" not in expected:
-        with open(tmp_path / "sensitivity_sobol.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        assert len(rows) == len(demo.SOBOL_METRICS) * len(demo.SOBOL_PARAMETERS)
-        assert {r["metric"] for r in rows} == set(demo.SOBOL_METRICS)
-        assert all(np.isfinite(float(r["ST"])) for r in rows)
 
 
 @pytest.mark.slow
 def test_demo_full(tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == cli.EXIT_OK
     assert (tmp_path / "report.html").stat().st_size > 10_000
+    if "Sensitivity sweep (Sobol indices)" not in _expected_skipped():
+        with open(tmp_path / "sensitivity_sobol.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == len(demo.SOBOL_METRICS) * len(demo.SOBOL_PARAMETERS)
+        assert {r["metric"] for r in rows} == set(demo.SOBOL_METRICS)
+        assert all(np.isfinite(float(r["ST"])) for r in rows)
 
 
 def _write_petab_problem(folder, conditions=("c0",)):

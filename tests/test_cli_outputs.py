@@ -202,3 +202,46 @@ def test_translate_refuses_two_presets_of_the_same_name(tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert rc == cli.EXIT_USAGE and err.count("\n") == 1
     assert f"--mouse '{tmp_path / 'human.toml'}' and --human 'human' have the same name 'human'" in err
+
+
+def test_the_quick_demo_leaves_out_the_full_only_steps_and_says_so(tmp_path):
+    # `demo --quick` is meaningfully quicker: it leaves out what needs its own compiled batch (the Sobol sweep), maps
+    # four mechanism groups and solves the human and mouse courses with one compiled program; the report says what
+    # was left out.
+    def boom(ctx):
+        raise RuntimeError("ran")
+
+    steps = (demo.DemoStep("Heavy", (), boom, full_only="too slow for a smoke run"),)
+    _, skipped, failed = demo.run_demo(str(tmp_path), quick=True, steps=steps, progress=None)
+    assert skipped == ["Step 'Heavy' is left out of the quick run: too slow for a smoke run."] and failed == []
+    _, skipped, failed = demo.run_demo(str(tmp_path), quick=False, steps=steps, progress=None)
+    assert skipped == [] and failed == ["Step 'Heavy' failed: RuntimeError: ran"]
+    sobol = next(s for s in demo.DEMO_STEPS if s.title.startswith("Sensitivity"))
+    assert sobol.full_only and [s.title for s in demo.DEMO_STEPS if s.full_only] == [sobol.title]
+    assert len(demo.QUICK_GAPS) == 4
+
+
+def test_the_demo_courses_share_one_regimen_structure():
+    # The human and mouse courses are arms of the translation map: the same dose structure (the other species'
+    # doses are zero), hence one compiled solve for both; the doses are those of the Erlangen and mouse regimens.
+    from carkinetics.models.sle import erlangen_regimen, mouse_regimen
+    from carkinetics.models.sle.translation import arm_regimen, load_arm
+
+    human, _, _ = load_arm("human")
+    mouse, _, _ = load_arm("mouse_nzbw")
+    rh, rm = arm_regimen(human), arm_regimen(mouse)
+    assert [type(d) for d in rh.doses] == [type(d) for d in rm.doses]
+
+    def given(reg):  # the doses that deliver something, as (kind, time, amount or fraction)
+        out = []
+        for d in reg.doses:
+            size = float(getattr(d, "amount", None) if hasattr(d, "amount") else d.fraction)
+            if size:
+                out.append((type(d).__name__, float(d.time if hasattr(d, "time") else d.start), size))
+        return sorted(out)
+
+    assert (len(given(rh)), len(given(rm))) == (5, 2)  # Flu x3, Cy, CAR-T; irradiation, CAR-T
+    np.testing.assert_allclose([x[1:] for x in given(rh)], [x[1:] for x in given(erlangen_regimen(human.model))],
+                               rtol=1e-12)
+    np.testing.assert_allclose([x[1:] for x in given(rm)], [x[1:] for x in given(mouse_regimen(mouse.model))],
+                               rtol=1e-12)

@@ -208,14 +208,14 @@ class DemoCommand(Command):
     help = "the main job on built-in defaults: figures + self-contained HTML report"
     description = ("Simulate the human SLE course under the Erlangen regimen and its mouse counterpart, run a small "
                    "Sobol sensitivity sweep and the mouse-to-human translation map, and write figures (PNG), tidy "
-                   "tables (CSV) and report.html into the output folder. --quick is a smoke run: a short horizon, "
-                   "few Sobol samples and a translation map over fewer mechanism groups.")
+                   "tables (CSV) and report.html into the output folder. --quick is a smoke run: a 120-day horizon, "
+                   "no Sobol sweep and a translation map over four mechanism groups.")
     default_out = "carkinetics_output"
     outputs = DEMO_FILES
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--quick", action="store_true",
-                            help="shorter horizon, fewer samples (a few minutes on a CPU)")
+                            help="smoke run: 120-day horizon, no Sobol sweep, four mechanism groups in the map")
         add_engine_arg(parser)
 
     def run(self, args: argparse.Namespace, ctx: Context) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from carkinetics.models.sle.metrics import SLE_METRICS, save_times, sle_metrics
 from carkinetics.models.sle.presets import load_preset
-from carkinetics.models.sle.regimens import erlangen_regimen, mouse_regimen
+from carkinetics.models.sle.regimens import erlangen_regimen
 
 import carkinetics as ck
 import carkinetics.io as cio
@@ -77,6 +77,7 @@ class DemoStep:
     run: Callable[[DemoContext], None]
     depends_on: tuple[str, ...] = ()  # titles of earlier steps whose results it uses
     extra: str | None = None
+    full_only: str | None = None  # why the quick run leaves the step out (None: it runs in both)
 
 
 def _feature(module: str, name: str, extra: str | None = None) -> tuple[bool, str]:
@@ -128,12 +129,20 @@ def _step_lymphodepletion(ctx: DemoContext) -> None:
 PANELS = ("car_blood", "b_blood", "anti_dsdna", "il6", "sledai", "lymphocytes")
 
 
+def _course(preset: str, t_end: float) -> tuple[Any, ck.Solution]:
+    """A preset's course under its protocol, as an arm of the translation map: the regimens of all arms share one
+    structure (doses of the other species are zero), so the human and mouse courses share one compiled solve."""
+    from carkinetics.models.sle.translation import arm_regimen, load_arm
+
+    arm, _, _ = load_arm(preset)
+    return arm.model, ck.simulate(arm.model, arm_regimen(arm), save_times(t_end))
+
+
 def _step_human(ctx: DemoContext) -> None:
     from carkinetics.plot import plot_timecourse, save_figure
 
-    model = load_preset("human")
-    ts = save_times(ctx.t_end)
-    sol = ck.simulate(model, erlangen_regimen(model), ts)
+    model, sol = _course("human", ctx.t_end)
+    ts = sol.ts
     ctx.results["human"] = (model, sol)
     cio.write_tidy_csv(ctx.path("human_erlangen.csv"), sol)
     fig = plot_timecourse(sol, list(PANELS), ncols=3, title="Human SLE, Erlangen regimen (Flu/Cy + 1e6 CAR-T/kg)")
@@ -153,8 +162,7 @@ def _step_human(ctx: DemoContext) -> None:
 def _step_mouse(ctx: DemoContext) -> None:
     from carkinetics.plot import plot_timecourse, save_figure
 
-    model = load_preset("mouse_nzbw")
-    sol = ck.simulate(model, mouse_regimen(model), save_times(ctx.t_end))
+    model, sol = _course("mouse_nzbw", ctx.t_end)
     ctx.results["mouse"] = (model, sol)
     cio.write_tidy_csv(ctx.path("mouse_nzbw.csv"), sol)
     sols, labels = [sol], ["mouse (NZB/W)"]
@@ -165,6 +173,10 @@ def _step_mouse(ctx: DemoContext) -> None:
     ctx.report.text("The same model with the NZB/W mouse preset, irradiation conditioning and 1e6 CAR-T cells.")
     ctx.report.figure(save_figure(fig, ctx.path("human_vs_mouse.png")), "Human and mouse courses side by side.")
 
+
+#: Saltelli base samples of the sensitivity step (full run only: the few a quick run could afford give intervals
+#: wider than the indices).
+SOBOL_BASE_SAMPLES = 32
 
 #: Parameters of the sensitivity step (ranges: half to double the preset value) and the SLE metrics it reads.
 SOBOL_PARAMETERS = ("car.rho", "car.alpha", "car.k_kill", "bcell.d_pb")
@@ -189,7 +201,7 @@ def _step_sensitivity(ctx: DemoContext) -> None:
     problem = {"names": names, "bounds": bounds}
     fn = ck.model_function(model, erlangen_regimen(model), save_times(ctx.t_end), names, sobol_metrics,
                            engine=ctx.engine)
-    n = 8 if ctx.quick else 32
+    n = SOBOL_BASE_SAMPLES
     indices, x, res = ck.sobol_analysis(fn, problem, n, key=jax.random.key(0), has_ok=True, progress=ctx.progress)
     fig, axes = plt.subplots(1, len(SOBOL_METRICS), figsize=(4.4 * len(SOBOL_METRICS), 3.4), squeeze=False)
     rows = []
@@ -198,8 +210,7 @@ def _step_sensitivity(ctx: DemoContext) -> None:
         for i, p in enumerate(names):
             rows.append([m, p, float(indices[m].S1[i]), float(indices[m].S1_conf[i]), float(indices[m].ST[i]),
                          float(indices[m].ST_conf[i])])
-    fig.suptitle(f"Sobol indices: {n} base samples, {x.shape[0]} simulations"
-                 + (" (a smoke run: wide intervals)" if ctx.quick else ""), fontsize=10)
+    fig.suptitle(f"Sobol indices: {n} base samples, {x.shape[0]} simulations", fontsize=10)
     fig.tight_layout()
     png = save_figure(fig, ctx.path("sensitivity_sobol.png"))
     wide = sum(1 for r in rows if not r[5] < r[4])  # intervals at least as wide as the index they bound
@@ -211,11 +222,9 @@ def _step_sensitivity(ctx: DemoContext) -> None:
         f"Sobol indices of three SLE metrics ({'; '.join(f'{m}: {SLE_METRICS[m][1]}' for m in SOBOL_METRICS)}) of "
         f"the human Erlangen course over {ctx.t_end:g} days, for {len(names)} parameters each varied uniformly from "
         f"half to double its preset value (Saltelli design, {n} base samples, {x.shape[0]} simulations on the "
-        f"{res.engine} engine, {int(res.n_failed)} failed). "
-        + ("This is a small illustrative sweep: with so few samples the confidence intervals are wide."
-           if ctx.quick else "")
+        f"{res.engine} engine, {int(res.n_failed)} failed)."
         + (f" {wide} of {len(rows)} total-index intervals are as wide as the index itself: read those indices as "
-           "'not resolved at this sample size'." if wide and not ctx.quick else "")
+           "'not resolved at this sample size'." if wide else "")
     )
     ctx.report.figure(png, "First-order (S1) and total (ST) Sobol indices with bootstrap 95% intervals.")
     top = []
@@ -225,7 +234,7 @@ def _step_sensitivity(ctx: DemoContext) -> None:
         top.append(f"{m}: {names[i]} (ST {st[i]:.2f} ± {float(indices[m].ST_conf[i]):.2f})")
     ctx.report.key_finding(
         "Most influential parameter (total Sobol index, half to double the preset values) per metric: "
-        + "; ".join(top) + (f" ({n} base samples: a smoke run, the intervals are wide)." if ctx.quick else "."))
+        + "; ".join(top) + ".")
     ctx.report.table(["metric", "parameter", "S1", "±", "ST", "±"], rows)
 
 
@@ -312,7 +321,9 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("Lymphodepletion pharmacokinetics", (), _step_lymphodepletion),
     DemoStep(HUMAN, (), _step_human),
     DemoStep("Mouse counterpart", (), _step_mouse),
-    DemoStep("Sensitivity sweep (Sobol indices)", (), _step_sensitivity),
+    DemoStep("Sensitivity sweep (Sobol indices)", (), _step_sensitivity,
+             full_only="a Sobol sweep needs its own compiled batch and more samples than a smoke run affords; run "
+                       "`carkinetics demo` without --quick for it"),
     DemoStep("Translation map: mouse to human", (), _step_translation),
     DemoStep("Export to SBML", (("antimony", "loadAntimonyString"),), _step_sbml, extra="sbml"),
     DemoStep("Parameters of the human preset", (), _step_parameters, depends_on=(HUMAN,)),
@@ -326,7 +337,7 @@ def run_demo(out: str, *, quick: bool = False, engine: str = "ensemble", steps: 
     **Arguments:**
 
     - `out`: the output folder (it must exist).
-    - `quick`: the short horizon and fewer samples.
+    - `quick`: a smoke run: the short horizon, four mechanism groups, no step marked `full_only`.
     - `engine`: `"ensemble"` or `"vmap"`, for the batched steps (sensitivity sweep, translation map).
     - `steps`: the steps to run, in order.
     - `progress`: `progress(n_steps, label)` returns an object with `step(what)`, `advance()` and `close()` (e.g.
@@ -350,7 +361,11 @@ def run_demo(out: str, *, quick: bool = False, engine: str = "ensemble", steps: 
         rep.heading(step.title)
         missing = [why for ok, why in (_feature(m, a, step.extra) for m, a in step.requires) if not ok]
         missing += [f"it needs the step '{d}', which did not run" for d in step.depends_on if d not in done]
-        if missing:
+        if quick and step.full_only and not missing:
+            msg = f"Step '{step.title}' is left out of the quick run: {step.full_only}."
+            rep.note(msg, kind="skipped")
+            skipped.append(msg)
+        elif missing:
             msg = f"Step '{step.title}' is left out of this demo: {missing[0]}."
             rep.note(msg, kind="skipped")
             skipped.append(msg)
