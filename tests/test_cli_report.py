@@ -71,3 +71,29 @@ def test_key_findings_come_first_and_the_narrative_is_a_wrapped_list():
         rep.bullets([])
     with pytest.raises(ValueError, match="`text` must be a non-empty string"):
         rep.key_finding(" ")
+
+
+def test_translation_heatmap_colour_scale_is_in_the_unit_of_its_labels():
+    # The cells are labelled in percent; the colour bar was in fractions (-1..1). Both are percent now, and the title
+    # says what the shares are shares of (so that a reader knows why a column's shares add up to 100 in |value|).
+    import jax.numpy as jnp
+    import numpy as np
+
+    import carkinetics as ck
+    import carkinetics.plot
+
+    groups = [ck.MechanismGroup("clearance", ("cl",)), ck.MechanismGroup("volume", ("v",))]
+    tm = ck.translation_map(lambda m: {"t_half": jnp.log(2.0) * m.v / m.cl, "cmax": 100.0 / m.v},
+                            OneCompartmentPK(cl=2.0, v=0.5), OneCompartmentPK(), groups, labels=("mouse", "human"))
+    fig = ck.plot.translation_heatmap(tm)
+    heat, bar = fig.axes
+    fig.canvas.draw()
+    assert bar.get_ylabel() == "share of the gap (%)"
+    ticks = [t.get_text() for t in bar.get_yticklabels() if t.get_text()]
+    assert {"-100", "0", "100"} <= set(ticks)
+    labels = [t.get_text() for t in heat.texts]
+    np.testing.assert_allclose(sorted(float(s.rstrip("*?")) for s in labels),
+                               sorted(np.round(100 * tm.share().ravel())), atol=0.5)
+    assert np.allclose(np.abs(tm.share()).sum(0), 1.0)  # the |shares| of a column add up to 100 %
+    assert "add up to 100" in heat.get_title()
+    plt.close(fig)

@@ -62,9 +62,14 @@ def translation_heatmap(tmap: Any, *, ax: Any = None, annotate: bool = True) -> 
                 ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                         color="white" if abs(share[i, j]) > 0.6 else "black")
     a, b = tmap.labels
-    ax.set_title(f"Share of the {a} -> {b} gap by mechanism (%)\n* rests on M-tagged parameters, "
-                 "? sign not robust", fontsize=9)
-    fig.colorbar(im, ax=ax, label="Shapley share of gap", shrink=0.8)
+    ax.set_title(f"Share of the {a} -> {b} gap by mechanism (%): Shapley value over the metric's summed |Shapley "
+                 "values| (the |shares| of a column add up to 100)\n* rests on M-tagged parameters, ? sign not robust",
+                 fontsize=9)
+    from matplotlib.ticker import FuncFormatter
+
+    # the colour scale in the unit of the cell labels (percent), the image itself holds the shares (fractions)
+    fig.colorbar(im, ax=ax, label="share of the gap (%)", shrink=0.8,
+                 format=FuncFormatter(lambda v, _: f"{100 * v:.0f}"))
     return fig
 
 
