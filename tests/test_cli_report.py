@@ -73,7 +73,7 @@ def test_key_findings_come_first_and_the_narrative_is_a_wrapped_list():
         rep.key_finding(" ")
 
 
-def test_translation_heatmap_colour_scale_is_in_the_unit_of_its_labels():
+def test_translation_figures_explain_their_colours():
     # The cells are labelled in percent; the colour bar was in fractions (-1..1). Both are percent now, and the title
     # says what the shares are shares of (so that a reader knows why a column's shares add up to 100 in |value|).
     import jax.numpy as jnp
@@ -96,4 +96,13 @@ def test_translation_heatmap_colour_scale_is_in_the_unit_of_its_labels():
                                sorted(np.round(100 * tm.share().ravel())), atol=0.5)
     assert np.allclose(np.abs(tm.share()).sum(0), 1.0)  # the |shares| of a column add up to 100 %
     assert "add up to 100" in heat.get_title()
+    plt.close(fig)
+    # the waterfalls say what their colours and hatching mean: one legend under all panels, or one per lone panel
+    want = {"mouse value", "human value", "mechanism raises the metric", "mechanism lowers the metric",
+            "rests on M-tagged (unverified) values"}
+    fig = ck.plot.attribution_waterfalls(tm)
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == want
+    plt.close(fig)
+    fig = ck.plot.attribution_waterfall(tm, "cmax")
+    assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} == want
     plt.close(fig)
