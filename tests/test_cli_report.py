@@ -106,3 +106,18 @@ def test_translation_figures_explain_their_colours():
     fig = ck.plot.attribution_waterfall(tm, "cmax")
     assert {t.get_text() for t in fig.axes[0].get_legend().get_texts()} == want
     plt.close(fig)
+
+
+def test_timecourse_panels_take_readable_titles():
+    import jax.numpy as jnp
+
+    import carkinetics as ck
+    from carkinetics.models.sle import demo
+    from carkinetics.plot import plot_timecourse
+
+    sol = ck.simulate(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 5))
+    fig = plot_timecourse(sol, ["concentration", "central"], panel_titles={"concentration": "plasma concentration"})
+    assert [ax.get_title() for ax in fig.axes] == ["plasma concentration", "central"]
+    assert fig.axes[0].get_ylabel() == "concentration [mg/L]"  # the name and unit stay on the axis
+    plt.close(fig)
+    assert set(demo.PANEL_TITLES) == set(demo.PANELS)  # every demo panel has a readable title

@@ -127,6 +127,10 @@ def _step_lymphodepletion(ctx: DemoContext) -> None:
 
 #: Observables shown in the course figures.
 PANELS = ("car_blood", "b_blood", "anti_dsdna", "il6", "sledai", "lymphocytes")
+#: Their titles in the figures.
+PANEL_TITLES = {"car_blood": "CAR-T cells in blood", "b_blood": "B cells in blood",
+                "anti_dsdna": "anti-dsDNA antibodies", "il6": "IL-6 in plasma",
+                "sledai": "disease activity (SLEDAI-2K-like)", "lymphocytes": "lymphocytes in blood"}
 
 
 def _course(preset: str, t_end: float) -> tuple[Any, ck.Solution]:
@@ -145,7 +149,8 @@ def _step_human(ctx: DemoContext) -> None:
     ts = sol.ts
     ctx.results["human"] = (model, sol)
     cio.write_tidy_csv(ctx.path("human_erlangen.csv"), sol)
-    fig = plot_timecourse(sol, list(PANELS), ncols=3, title="Human SLE, Erlangen regimen (Flu/Cy + 1e6 CAR-T/kg)")
+    fig = plot_timecourse(sol, list(PANELS), ncols=3, panel_titles=PANEL_TITLES,
+                          title="Human SLE, Erlangen regimen (Flu/Cy + 1e6 CAR-T/kg)")
     ctx.report.text(
         f"The composed SLE CAR-T model with the human preset, under the Erlangen regimen, on the SLE save grid "
         f"(days {float(ts[0]):g} to {float(ts[-1]):g}; {int(sol.num_steps)} solver steps)."
@@ -169,7 +174,8 @@ def _step_mouse(ctx: DemoContext) -> None:
     if "human" in ctx.results:
         sols.insert(0, ctx.results["human"][1])
         labels.insert(0, "human")
-    fig = plot_timecourse(sols, list(PANELS), labels=labels, ncols=3, title="Human vs mouse (NZB/W) course")
+    fig = plot_timecourse(sols, list(PANELS), labels=labels, ncols=3, panel_titles=PANEL_TITLES,
+                          title="Human vs mouse (NZB/W) course")
     ctx.report.text("The same model with the NZB/W mouse preset, irradiation conditioning and 1e6 CAR-T cells.")
     ctx.report.figure(save_figure(fig, ctx.path("human_vs_mouse.png")), "Human and mouse courses side by side.")
 
