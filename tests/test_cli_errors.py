@@ -475,6 +475,26 @@ def test_petab_duplicate_columns_are_named(tmp_path, capsys, no_solve, monkeypat
     _usage_error(capsys, _calibrate(p), "measurements.tsv has duplicate column(s) ['time'] in its header")
 
 
+def test_a_fit_that_cannot_start_exits_4_with_the_reason(tmp_path, capsys, monkeypatch):
+    # The command's side of a fit that cannot start (the library's side, with the real problem, is tested in
+    # test_hardening_fit.py and end to end by the slow test below): one line, exit 4, nothing reported as converged.
+    p = _petab(tmp_path / "p")
+
+    def cannot_start(*args, **kwargs):
+        raise ValueError("The data cannot be fitted: every start gives the failure penalty. At the first start "
+                         "'conc' is not positive at some data time (does any dose reach this observable?).")
+
+    monkeypatch.setattr(ck, "fit", cannot_start)
+    rc = cli.main(_calibrate(p))
+    captured = capsys.readouterr()
+    assert rc == cli.EXIT_NUMERICAL
+    assert captured.err == ("carkinetics calibrate: the fit FAILED: it could not start: The data cannot be fitted: "
+                            "every start gives the failure penalty. At the first start 'conc' is not positive at "
+                            "some data time (does any dose reach this observable?).\n")
+    assert "converged" not in captured.out and not (p / "out" / "fitted_parameters.csv").exists()
+
+
+@pytest.mark.slow
 def test_a_fit_no_dose_reaches_fails_with_exit_4(tmp_path, capsys):
     # Log-scale data of an observable that no dose reaches (--regimen none): every start gives the failure penalty;
     # the command says the fit failed and why, exit 4 (never "converged" with exit 0).
@@ -495,6 +515,13 @@ def test_petab_bounds_bound_the_fit_and_a_failed_fit_exits_4(tmp_path, capsys, m
     # ignored, and 150 was "fitted"). The best value then sits on the bound: the command says so in a note.
     p = _petab(tmp_path / "p")
     _edit_tsv(p / "parameters.tsv", "cl", lowerBound=170, nominalValue=300)
+    real_fit, results = ck.fit, []
+
+    def keep(*args, **kwargs):
+        results.append(real_fit(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(ck, "fit", keep)
     rc = cli.main(_calibrate(p))
     captured = capsys.readouterr()
     assert rc == cli.EXIT_OK, captured.err
@@ -503,13 +530,11 @@ def test_petab_bounds_bound_the_fit_and_a_failed_fit_exits_4(tmp_path, capsys, m
     assert row["within_petab_bounds"] == "True" and row["at_petab_bound"] == "lower" and row["fit_succeeded"] == "True"
     assert "note: cl = 170 L/d lies on its lower bound (lowerBound 170 in parameters.tsv)" in captured.err
     # A fit whose best start did not converge still writes its files, but says that it failed: exit 4.
-    real_fit = ck.fit
-
-    def not_converged(*args, **kwargs):
+    def not_converged(*args, **kwargs):  # the same fit (not run again), its starts marked not converged
         import equinox as eqx
         import jax.numpy as jnp
 
-        res = real_fit(*args, **kwargs)
+        res = results[0]
         return eqx.tree_at(lambda r: r.converged, res, jnp.zeros_like(res.converged))
 
     monkeypatch.setattr(ck, "fit", not_converged)
