@@ -87,7 +87,7 @@ class Report:
             self._parts.append(f"<p>{html.escape(para.strip())}</p>")
         return self
 
-    def bullets(self, items: Sequence[str], intro: str = "") -> "Report":
+    def bullets(self, items: Sequence[str], intro: str = "") -> Report:
         """A bulleted list of plain-text items (wrapped like paragraphs), after an optional introductory sentence."""
         items = [str(i).strip() for i in items]
         if not items:
@@ -96,7 +96,7 @@ class Report:
         self._parts.append(head + "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
         return self
 
-    def key_finding(self, text: str) -> "Report":
+    def key_finding(self, text: str) -> Report:
         """A one-sentence finding for the "Key findings" box at the top of the report (in call order), so that a
         reader sees the results before the methods."""
         if not isinstance(text, str) or not text.strip():

@@ -4,8 +4,8 @@ Every SLE step uses the application's one save grid (`save_times`), one metric s
 the translation map (`load_arm`, `arm_regimen`: one regimen structure, so the human and mouse courses share one
 compiled solve); the full run's map has the gap groups, horizon and experiment (`ArmExperiment`) of `carkinetics
 translate`, the quick run's map four of those groups (`QUICK_GAPS`). The quick run leaves out the steps marked
-`full_only` (the Sobol sweep) with a note. A step whose requirements are not installed (e.g. Antimony for the SBML export) is left out with a note; a step that fails
-is reported in the HTML report and does not stop the others. Uses only the public `carkinetics` API,
+`full_only` (the Sobol sweep) with a note. A step whose requirements are not installed (e.g. Antimony for the SBML
+export) is left out with a note; a step that fails is reported in the HTML report and does not stop the others. Uses only the public `carkinetics` API,
 `carkinetics.io`, `carkinetics.plot`, `carkinetics.report` and the application's own modules.
 """
 
