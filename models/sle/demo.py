@@ -5,8 +5,9 @@ the translation map (`load_arm`, `arm_regimen`: one regimen structure, so the hu
 compiled solve); the full run's map has the gap groups, horizon and experiment (`ArmExperiment`) of `carkinetics
 translate`, the quick run's map four of those groups (`QUICK_GAPS`). The quick run leaves out the steps marked
 `full_only` (the Sobol sweep) with a note. A step whose requirements are not installed (e.g. Antimony for the SBML
-export) is left out with a note; a step that fails is reported in the HTML report and does not stop the others. Uses only the public `carkinetics` API,
-`carkinetics.io`, `carkinetics.plot`, `carkinetics.report` and the application's own modules.
+export) is left out with a note; a step that fails is reported in the HTML report and does not stop the others.
+Uses only the public `carkinetics` API, `carkinetics.io`, `carkinetics.plot`, `carkinetics.report` and the
+application's own modules.
 """
 
 from __future__ import annotations
