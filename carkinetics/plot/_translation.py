@@ -142,10 +142,12 @@ def _waterfall_legend(tmap: Any) -> list:
     from matplotlib.patches import Patch
 
     a_lab, b_lab = tmap.labels
-    handles = [Patch(color="0.55", label=f"{a_lab} value"), Patch(color="0.3", label=f"{b_lab} value"),
-               Patch(color="tab:red", label="mechanism raises the metric"),
-               Patch(color="tab:blue", label="mechanism lowers the metric"),
-               Patch(facecolor="white", edgecolor="black", hatch="//", label="rests on M-tagged (unverified) values")]
+    handles: list[Any] = [
+        Patch(color="0.55", label=f"{a_lab} value"), Patch(color="0.3", label=f"{b_lab} value"),
+        Patch(color="tab:red", label="mechanism raises the metric"),
+        Patch(color="tab:blue", label="mechanism lowers the metric"),
+        Patch(facecolor="white", edgecolor="black", hatch="//", label="rests on M-tagged (unverified) values"),
+    ]
     if tmap.n_samples:
         from matplotlib.lines import Line2D
 
