@@ -13,6 +13,7 @@ and a generated narrative.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -134,6 +135,11 @@ def differing_parameters(model_a: Any, model_b: Any, *, rtol: float = 1e-12) -> 
     return tuple(out)
 
 
+#: The fixed columns of `TranslationMap.rows()`/`to_csv` (the two labels head the value columns after "gap").
+TABLE_COLUMNS = ("metric", "unit", "group", "gap", "total_gap", "shapley", "share", "forward_swap", "reverse_swap",
+                 "lo", "hi", "rests_on_M", "M_parameters")
+
+
 class TranslationMap(eqx.Module):
     """Attribution of species gaps (one per metric) to mechanism groups, with intervals and provenance flags.
 
@@ -212,7 +218,7 @@ class TranslationMap(eqx.Module):
         lo, hi = self.intervals()
         return (lo < 0) & (hi > 0) & (np.abs(self.share()) >= MATERIAL_SHARE)
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[dict[str, Any]]:  # columns: TABLE_COLUMNS with the two labels after "gap"
         """The table as a list of dicts, one per (metric, group) cell."""
         lo, hi = self.intervals()
         share, flags = self.share(), self.m_flags()
@@ -232,8 +238,10 @@ class TranslationMap(eqx.Module):
 
     def to_csv(self, path: str) -> None:
         """Write the long-format table (one row per metric and group) as CSV."""
+        from .._core._files import atomic_text_file
+
         rows = self.rows()
-        with open(path, "w", newline="") as fh:
+        with atomic_text_file(path, newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
@@ -352,6 +360,8 @@ def translation_map(
     tags_a: Mapping[str, str] | None = None,
     tags_b: Mapping[str, str] | None = None,
     engine: Engine | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
 ) -> TranslationMap:
     """Attribute the gap of every metric between `model_a` and `model_b` to mechanism groups.
 
@@ -380,6 +390,10 @@ def translation_map(
     - `tags_a`, `tags_b`: confidence tags of the two models' values that override the declared ones (presets
       carry their own tags); they set the sample spread and the `M` flags.
     - `engine`: for an experiment, `"ensemble"` (default: the batched solver) or `"vmap"`.
+    - `progress`: progress lines with an ETA on stderr while an experiment's coalitions are solved.
+    - `checkpoint`: a folder for an experiment's finished chunks (subfolders `point` and, with samples,
+      `samples`); a rerun with the same inputs resumes from it, and a folder written by other inputs is refused
+      naming what differs (see [`carkinetics.sweep`][]).
 
     **Returns:** a [`carkinetics.TranslationMap`][].
 
@@ -407,8 +421,15 @@ def translation_map(
             groups.append(MechanismGroup("ungrouped", rest, description="differing parameters in no group"))
     if not groups:
         raise ValueError("`groups` is empty and the models do not differ; there is nothing to attribute.")
-    if len(labels) != 2 or not all(isinstance(x, str) for x in labels):
-        raise ValueError(f"`labels` must be two strings, got {labels!r}.")
+    if len(labels) != 2 or not all(isinstance(x, str) and x.strip() for x in labels):
+        raise ValueError(f"`labels` must be two non-empty strings, got {labels!r}.")
+    if labels[0] == labels[1]:
+        raise ValueError(f"`labels` must be two different names (each heads the value column of its model in the "
+                         f"table), got {labels!r}.")
+    clash = [x for x in labels if x in TABLE_COLUMNS]
+    if clash:
+        raise ValueError(f"`labels` {clash} would repeat a column name of the table {list(TABLE_COLUMNS)}; choose "
+                         "other names.")
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 0:
         raise ValueError(f"`n_samples` must be a non-negative int, got {n_samples!r}.")
     if not 0.0 < level < 1.0:
@@ -416,7 +437,11 @@ def translation_map(
 
     if n_samples and key is None:
         raise ValueError("`key` (a jax.random key) is required with `n_samples` > 0.")
-    res = shapley_attribution(f, model_a, model_b, groups, batch_size=batch_size, engine=engine)
+    def where(part: str) -> str | None:
+        return None if checkpoint is None else os.path.join(os.fspath(checkpoint), part)
+
+    res = shapley_attribution(f, model_a, model_b, groups, batch_size=batch_size, engine=engine, progress=progress,
+                              checkpoint=where("point"))
     if not isinstance(res.values, Mapping):
         raise ValueError(f"`f` must return a dict of named scalar metrics, got {type(res.values).__name__}.")
     metric_names = tuple(n for n in (units or {}) if n in res.values)
@@ -437,7 +462,8 @@ def translation_map(
         samples_a = sample_parameters(model_a, names, key_a, n_samples, spread=spread, tags=tags_a)
         samples_b = sample_parameters(model_b, names, key_b, n_samples, spread=spread, tags=tags_b)
         sres = shapley_attribution(f, model_a, model_b, groups, samples_a=samples_a or None,
-                                   samples_b=samples_b or None, batch_size=batch_size, engine=engine)
+                                   samples_b=samples_b or None, batch_size=batch_size, engine=engine,
+                                   progress=progress, checkpoint=where("samples"))
         if not samples_a and not samples_b:  # nothing to sample: repeat the point estimate
             sample_shapley = np.broadcast_to(stack(res.values), (n_samples, g_count, len(metric_names))).copy()
             sample_total = np.broadcast_to(stack(res.total), (n_samples, len(metric_names))).copy()

@@ -275,7 +275,9 @@ class ParameterTable(tuple):
         """Write the table as CSV (one row per parameter)."""
         import csv
 
-        with open(path, "w", newline="") as fh:
+        from ._files import atomic_text_file
+
+        with atomic_text_file(path, newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["parameter", "value", "unit", "lower", "upper", "tag", "description", "source"])
             for p in self:

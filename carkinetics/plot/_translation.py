@@ -62,9 +62,14 @@ def translation_heatmap(tmap: Any, *, ax: Any = None, annotate: bool = True) -> 
                 ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                         color="white" if abs(share[i, j]) > 0.6 else "black")
     a, b = tmap.labels
-    ax.set_title(f"Share of the {a} -> {b} gap by mechanism (%)\n* rests on M-tagged parameters, "
-                 "? sign not robust", fontsize=9)
-    fig.colorbar(im, ax=ax, label="Shapley share of gap", shrink=0.8)
+    ax.set_title(f"Share of the {a} -> {b} gap by mechanism (%): Shapley value over the metric's summed |Shapley "
+                 "values| (the |shares| of a column add up to 100)\n* rests on M-tagged parameters, ? sign not robust",
+                 fontsize=9)
+    from matplotlib.ticker import FuncFormatter
+
+    # the colour scale in the unit of the cell labels (percent), the image itself holds the shares (fractions)
+    fig.colorbar(im, ax=ax, label="share of the gap (%)", shrink=0.8,
+                 format=FuncFormatter(lambda v, _: f"{100 * v:.0f}"))
     return fig
 
 
@@ -72,7 +77,8 @@ def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
     """Waterfall of one metric: from the `a` value, one step per mechanism (its Shapley value), to the `b` value.
 
     Steps are ordered by size; error bars give the sample interval of each Shapley value (if the map has
-    samples), hatched bars rest on `M`-tagged parameters.
+    samples), hatched bars rest on `M`-tagged parameters; a legend says so (on a new figure; `attribution_waterfalls`
+    puts one legend under all panels).
 
     **Arguments:**
 
@@ -90,6 +96,7 @@ def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
     lo, hi = tmap.intervals()
     flags = tmap.m_flags()[:, k]
     order = np.argsort(-np.abs(phi))
+    standalone = ax is None
     if ax is None:
         fig, ax = plt.subplots(figsize=(1.5 + 0.55 * (len(phi) + 2), 3.6), constrained_layout=True)
     else:
@@ -125,7 +132,28 @@ def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
     ax.set_ylabel(f"{metric} [{unit}]" if unit else metric, fontsize=8)
     ax.set_title(f"{metric}: {a_lab} -> {b_lab}", fontsize=9)
     ax.axhline(0.0, color="black", lw=0.5)
+    if standalone:
+        ax.legend(handles=_waterfall_legend(tmap), fontsize=7, loc="best")
     return fig
+
+
+def _waterfall_legend(tmap: Any) -> list:
+    """Legend entries of the waterfall colours, hatching and error bars."""
+    from matplotlib.patches import Patch
+
+    a_lab, b_lab = tmap.labels
+    handles: list[Any] = [
+        Patch(color="0.55", label=f"{a_lab} value"), Patch(color="0.3", label=f"{b_lab} value"),
+        Patch(color="tab:red", label="mechanism raises the metric"),
+        Patch(color="tab:blue", label="mechanism lowers the metric"),
+        Patch(facecolor="white", edgecolor="black", hatch="//", label="rests on M-tagged (unverified) values"),
+    ]
+    if tmap.n_samples:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="black", lw=0.8, marker="_", label=f"{round(100 * tmap.level)} % "
+                              "sample interval"))
+    return handles
 
 
 def attribution_waterfalls(tmap: Any, *, ncols: int = 3) -> Any:
@@ -141,4 +169,5 @@ def attribution_waterfalls(tmap: Any, *, ncols: int = 3) -> Any:
         attribution_waterfall(tmap, metric, ax=axes[i // ncols][i % ncols])
     for j in range(n, nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
+    fig.legend(handles=_waterfall_legend(tmap), loc="outside lower center", ncols=3, fontsize=8)
     return fig

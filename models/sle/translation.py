@@ -246,6 +246,8 @@ def sle_translation_map(
     batch_size: int | None = 256,
     experiment: ArmExperiment | None = None,
     engine: str | None = None,
+    progress: bool = False,
+    checkpoint: str | None = None,
 ) -> TranslationMap:
     """The SLE translation map between two presets (default: NZB/W mouse -> human), groups from the gap tags.
 
@@ -266,6 +268,8 @@ def sle_translation_map(
     - `batch_size`: simulations per engine call.
     - `experiment`: an `ArmExperiment` (default `ArmExperiment(t_end)`).
     - `engine`: `"ensemble"` (default, the batched solver) or `"vmap"`.
+    - `progress`, `checkpoint`: progress lines with an ETA, and a folder to resume from (see
+      [`carkinetics.translation_map`][]).
 
     **Returns:** a [`carkinetics.TranslationMap`][] with metrics `SLE_METRICS`.
     """
@@ -277,9 +281,15 @@ def sle_translation_map(
     f = experiment if experiment is not None else ArmExperiment(t_end)
     return ck.translation_map(
         f, arm_a, arm_b, groups, units={k: u for k, (u, _) in SLE_METRICS.items()},
-        labels=(os.path.basename(a).removesuffix(".toml"), os.path.basename(b).removesuffix(".toml")),
+        labels=(preset_label(a), preset_label(b)),
         n_samples=n_samples, key=key, batch_size=batch_size, tags_a=tags_a, tags_b=tags_b, engine=engine,
+        progress=progress, checkpoint=checkpoint,
     )
+
+
+def preset_label(name: str) -> str:
+    """The name of a preset (or preset file) in a map's tables: the preset name, or the file name without `.toml`."""
+    return os.path.basename(name).removesuffix(".toml")
 
 
 def apply_knobs(arm_a: SLEArm, arm_b: SLEArm, *, dose_basis: str = "preset", conditioning: str = "preset",
@@ -395,12 +405,14 @@ def write_scenario_tables(out_dir: str, rows: Sequence[Mapping[str, Any]]) -> di
 def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "human", key: Any = None,
                              n_samples: int = 0, gaps: Sequence[str] | None = None, t_end: float = 730.0,
                              batch_size: int | None = 256, scenarios: bool = True,
-                             engine: str | None = None) -> dict[str, str]:
+                             engine: str | None = None, progress: bool = False,
+                             checkpoint: str | None = None) -> dict[str, str]:
     """Compute the SLE translation map and write its figure, tables and narrative into `out_dir`.
 
     Writes `translation_heatmap.png`, `translation_waterfalls.png`, `translation_map.csv`, `translation_map.md`,
     `translation_narrative.md` and (with `scenarios`) `translation_scenarios.csv`/`.md` (the scenarios are solved
-    in chunks of `batch_size` too, so that they reuse the map's compiled batch).
+    in chunks of `batch_size` too, so that they reuse the map's compiled batch). `progress`, `checkpoint`: see
+    `sle_translation_map`.
 
     **Returns:** a dict from kind to the written path.
     """
@@ -411,7 +423,7 @@ def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "h
 
     os.makedirs(out_dir, exist_ok=True)
     tm = sle_translation_map(a, b, gaps=gaps, n_samples=n_samples, key=key, t_end=t_end, batch_size=batch_size,
-                             engine=engine)
+                             engine=engine, progress=progress, checkpoint=checkpoint)
     paths = {k: os.path.join(out_dir, v) for k, v in {
         "heatmap": "translation_heatmap.png", "waterfalls": "translation_waterfalls.png",
         "csv": "translation_map.csv", "markdown": "translation_map.md", "narrative": "translation_narrative.md"}.items()}
