@@ -27,6 +27,18 @@ B_APLASIA_FRACTION = 0.05
 CAR_DETECTION_PER_UL = 1.0
 #: SLEDAI-2K-like activity below this value counts as remission (DORIS-like low activity).
 REMISSION_SLEDAI = 4.0
+#: Blood B cells per µL below which B cells count as depleted and above which they have "reappeared": the
+#: depletion definition of rituximab trials in SLE (< 5 CD19+ cells/µL, Albert D et al., Ann Rheum Dis 2008),
+#: used for the published B-cell reappearance/aplasia targets (a modelling choice [A]).
+B_RETURN_PER_UL = 5.0
+#: The continuous SLEDAI index below which a patient counts as in DORIS-like remission: clinical SLEDAI-2K 0 (the
+#: smallest SLEDAI item scores 1, so an integer score below 1 is 0) [A: approximation of DORIS 2021, which also
+#: needs a physician global assessment < 0.5 and prednisolone <= 5 mg/d, not modelled].
+DORIS_SLEDAI = 1.0
+#: Windows (days) of the Stein 2019 multiphasic shape read from a blood CAR-T trajectory: the contraction slope
+#: from 3 to 14 days after Tmax, the persistence slope from day 90 to day 365.
+STEIN_CONTRACTION_WINDOW = (3.0, 14.0)
+STEIN_PERSISTENCE_WINDOW = (90.0, 365.0)
 
 #: Metric name -> (unit, definition).
 SLE_METRICS: dict[str, tuple[str, str]] = {
@@ -103,4 +115,62 @@ def sle_metrics(sol: ck.Solution) -> dict[str, Any]:
         "CRS grade": m.cmax(ts, o.crs_grade, t_start=0.0),
         "SLEDAI d90": m.value_at(ts, o.sledai, 90.0),
         "remission days": m.time_below(ts, o.sledai, REMISSION_SLEDAI, t_start=0.0, t_end=t_end),
+    }
+
+
+def _loglinear(ts, values, mask):
+    """Least-squares line through `log(values)` over the grid points where `mask` is 1: (slope, intercept)."""
+    w = mask.astype(ts.dtype)
+    ly = jnp.log(jnp.maximum(values, 1e-300))
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    mt, my = jnp.sum(w * ts) / n, jnp.sum(w * ly) / n
+    slope = jnp.sum(w * (ts - mt) * (ly - my)) / jnp.maximum(jnp.sum(w * (ts - mt) ** 2), 1e-300)
+    return slope, my - slope * mt
+
+
+def stein_shape(ts: jax.Array, car_blood: jax.Array) -> dict[str, jax.Array]:
+    """The Stein 2019 multiphasic shape of a blood CAR-T trajectory (days after infusion, cells/µL), read as the
+    popCK model reads a patient: exponential growth `R0·exp(ρt)` up to Tmax, then `(1 − F_B)·Cmax·exp(−α(t − Tmax))
+    + F_B·Cmax·exp(−β(t − Tmax))`.
+
+    - `tmax` (d): time of the peak after day 0 (parabola-interpolated); `cmax` (cells/µL): the peak.
+    - `fold_expansion` (1): `Cmax/R0`, with `R0` the day-0 value of the log-linear fit over `[0, Tmax]`.
+    - `contraction_rate` α (1/d): minus the log-linear slope over `Tmax + STEIN_CONTRACTION_WINDOW`.
+    - `persistence_rate` β (1/d): minus the log-linear slope over `STEIN_PERSISTENCE_WINDOW` (needs a horizon of
+      at least 365 d).
+    - `slow_fraction` F_B (1): the persistence line extrapolated back to Tmax, over Cmax.
+
+    Differentiable in `car_blood` (the windows follow the sampled peak, which moves by grid steps). Blood
+    cells/µL stand in for the transgene copies/µg gDNA of Stein 2019 (a proxy [A]: the two differ by the
+    changing leukocyte count).
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    from carkinetics.models.sle.metrics import stein_shape
+    ts = jnp.linspace(0.0, 400.0, 1601)
+    c = jnp.where(ts < 9.0, jnp.exp(0.9 * ts), jnp.exp(8.1) * (0.99 * jnp.exp(-0.16 * (ts - 9.0))
+                  + 0.01 * jnp.exp(-0.0032 * (ts - 9.0))))
+    float(stein_shape(ts, c)["persistence_rate"])     # ~0.0032 /d
+    ```
+    """
+    c = jnp.where(ts >= 0.0, car_blood, 0.0)
+    k = jnp.argmax(c)
+    t_peak = jax.lax.stop_gradient(ts[k])
+    cmax = c[k]
+    pos = c > 1e-12
+    g_slope, g_int = _loglinear(ts, c, (ts >= 0.0) & (ts <= t_peak) & pos)
+    a, b = STEIN_CONTRACTION_WINDOW
+    c_slope, _ = _loglinear(ts, c, (ts >= t_peak + a) & (ts <= t_peak + b) & pos)
+    p0, p1 = STEIN_PERSISTENCE_WINDOW
+    p_slope, p_int = _loglinear(ts, c, (ts >= p0) & (ts <= p1) & pos)
+    del g_slope
+    return {
+        "tmax": ck.metrics.tmax(ts, c),
+        "cmax": cmax,
+        "fold_expansion": cmax / jnp.exp(g_int),
+        "contraction_rate": -c_slope,
+        "persistence_rate": -p_slope,
+        "slow_fraction": jnp.exp(p_int + p_slope * t_peak) / cmax,
     }
