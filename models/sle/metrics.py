@@ -58,6 +58,18 @@ SLE_METRICS: dict[str, tuple[str, str]] = {
     "CRS grade": ("0-4", "peak of the continuous ASTCT-like CRS index (integer part = grade)"),
     "SLEDAI d90": ("1", "SLEDAI-2K-like activity index at day 90 (remission depth)"),
     "remission days": ("d", "days after infusion with the activity index below 4 (remission durability)"),
+    "UPCR d180": ("g/g", "urine protein/creatinine at day 180 (renal outcome: active nephritis plus irreversible "
+                  "damage)"),
+}
+
+#: Metrics that can be censored at the horizon (they measure how long a state lasts) -> the name of the output of
+#: `sle_metrics(..., censoring=True)` that is 1 when the state still holds at the last save time, so the value is
+#: a lower bound ("at least the horizon").
+SLE_CENSORING: dict[str, str] = {
+    "B aplasia": "B aplasia censored",
+    "anti-dsDNA positive days": "anti-dsDNA positive days censored",
+    "CAR persistence": "CAR persistence censored",
+    "remission days": "remission days censored",
 }
 
 
@@ -79,10 +91,12 @@ def save_times(t_end: float = 365.0) -> jax.Array:
     return jnp.asarray(np.concatenate([early, late]))
 
 
-def sle_metrics(sol: ck.Solution) -> dict[str, Any]:
+def sle_metrics(sol: ck.Solution, *, censoring: bool = False) -> dict[str, Any]:
     """The SLE metric set (`SLE_METRICS`: names, units, definitions) of one solution on a grid starting at day -6.
 
-    Failed simulations give NaN (the engines mask failed members).
+    With `censoring=True` the outputs also hold the censoring flags of `SLE_CENSORING` (1.0 when the state a
+    duration metric measures still holds at the horizon, e.g. B cells still depleted). Failed simulations give NaN
+    (the engines mask failed members).
 
     **Example:**
 
@@ -100,7 +114,7 @@ def sle_metrics(sol: ck.Solution) -> dict[str, Any]:
     b = o.b_blood / o.b_blood[0]
     window = ((ts >= 14.0) & (ts <= 60.0)).astype(ts.dtype)
     k_el = jnp.sum(window * o.igg_k_el) / jnp.sum(window)
-    return {
+    out = {
         "B aplasia": m.time_below(ts, b, B_APLASIA_FRACTION, t_start=0.0, t_end=t_end),
         "B nadir": 100.0 * m.nadir(ts, b, t_start=0.0),
         "anti-dsDNA d90": 100.0 * m.value_at(ts, o.anti_dsdna_rel, 90.0),
@@ -115,7 +129,17 @@ def sle_metrics(sol: ck.Solution) -> dict[str, Any]:
         "CRS grade": m.cmax(ts, o.crs_grade, t_start=0.0),
         "SLEDAI d90": m.value_at(ts, o.sledai, 90.0),
         "remission days": m.time_below(ts, o.sledai, REMISSION_SLEDAI, t_start=0.0, t_end=t_end),
+        "UPCR d180": m.value_at(ts, o.proteinuria, 180.0),
     }
+    if censoring:
+        one = jnp.asarray(1.0, ts.dtype)
+        out.update({
+            "B aplasia censored": jnp.where(b[-1] < B_APLASIA_FRACTION, one, 0.0),
+            "anti-dsDNA positive days censored": jnp.where(o.anti_dsdna_index[-1] >= 1.0, one, 0.0),
+            "CAR persistence censored": jnp.where(o.car_blood[-1] >= CAR_DETECTION_PER_UL, one, 0.0),
+            "remission days censored": jnp.where(o.sledai[-1] < REMISSION_SLEDAI, one, 0.0),
+        })
+    return out
 
 
 def _loglinear(ts, values, mask):
