@@ -20,7 +20,9 @@ reported spread get an acceptance interval here, with the reason.
 1. Oncology-like setting, fitted to the Stein 2019 multiphasic shape (`oncology_ck_targets.csv`: fold expansion,
    Tmax, contraction rate α, fraction to the slow phase F_B, persistence rate β) and to the oncology humoral rows
    of `human_sle_targets.csv` (Hill 2019: adults in durable CR, i.e. lasting B-cell aplasia): the cellular
-   kinetics of the 4-1BB murine-scFv CD19 product (`STAGE1`). Written to `fits/human_oncology_ck.json`.
+   kinetics of the 4-1BB murine-scFv CD19 product (`STAGE1`). Each Stein typical value is compared with a
+   log-normal error combining its RSE and a model discrepancy of the setting (`STEIN_DISCREPANCY`); the activation
+   lag has a literature prior (`STAGE1_PRIOR_SD`). Written to `fits/human_oncology_ck.json`.
 2. SLE setting, fitted to the SLE rows: the product parameters start at the stage-1 values with the stage-1
    Laplace posterior as their prior (sd on the unconstrained scale, at most the tag prior), the host parameters
    (`HOST`) have the tag priors. Written to `fits/human_sle.json`: every estimated parameter, tag F, with both
@@ -72,6 +74,18 @@ T_END = {"sle": 250.0, "oncology": 365.0}
 #: between-patient 95 % range is typical x/÷ exp(1.96 omega).
 STEIN_IIV = {"fold_expansion": (3900.0, 2.4), "tmax": (9.3, 0.38), "contraction_rate": (0.16, 0.91),
              "slow_fraction": (0.0079, 0.80), "persistence_rate": (0.0032, 0.86)}
+
+
+#: Model discrepancy (sd on the log scale) added to the RSE of each Stein 2019 typical value: the oncology-like
+#: preset stands in for the ELIANA/ENSIGN patients with an assumed leukaemic burden and host [A], so a typical value
+#: of that population is compared with the preset's typical patient with this extra uncertainty.
+STEIN_DISCREPANCY = 0.3
+#: Prior sds (unconstrained scale) that replace the tag prior in stage 1: the activation lag `car.tau_lag` (tag A,
+#: 1.5 d) is bracketed by the time to first division of stimulated T cells (30-40 h, Gett AV, Hodgkin PD, Nat Immunol
+#: 2000;1:239 [M]) and the blood lag phase of liso-cel, a 4-1BB FMC63 CD19 product (3.27 d, 95 % CI 2.71-3.97;
+#: Ogasawara 2021 [R], `carkinetics.models.LagPhaseCK`): sd 0.5 keeps it within a few days (with the tag prior 1.5
+#: the fit drifted to a 15-day activation lag, which neither source allows).
+STAGE1_PRIOR_SD = {"car.tau_lag": 0.5}
 
 
 def stein_range(key: str) -> tuple[float, float]:
@@ -157,7 +171,8 @@ class Target:
 
     `statistic(model)` builds the statistic (kinds `sle`, `oncology`); `accept` is the interval a calibrated value
     must fall in when the row reports no spread (or when the row is read as a bound for the typical patient);
-    `error` (`"upper_bound"`, or a NormalError sd) overrides the row's default error model in the loss.
+    `error` (`"upper_bound"`; `"stein"`: log-normal with the row's RSE and `STEIN_DISCREPANCY`; or a NormalError
+    sd) overrides the row's default error model in the loss.
     """
 
     target_id: str
@@ -204,19 +219,21 @@ def targets() -> list[Target]:
         Target("b_blood_reference_range", "sle", ck.ValueAt("b_blood", -6.0), note="untreated blood B cells"),
         Target("t_blood_reference_range", "sle", ck.ValueAt("t_blood", -6.0), note="untreated blood T cells"),
         # --- oncology-like setting (stage 1) ---------------------------------------------------------------------
-        # the loss uses the precision of the typical value (RSE); a calibrated product must lie within the
-        # published between-patient range (typical x/÷ exp(1.96 omega), Stein 2019 IIV)
+        # the loss compares the typical value with a log-normal error (its RSE and the STEIN_DISCREPANCY of the
+        # setting); a calibrated product must lie within the published between-patient range (typical x/÷
+        # exp(1.96 omega), Stein 2019 IIV)
         Target("stein2019_foldx", "oncology", SteinShape("car_blood", "fold_expansion"),
-               accept=stein_range("fold_expansion"), note="Cmax / R0; accepted: between-patient range"),
+               accept=stein_range("fold_expansion"), error="stein", note="Cmax / R0; accepted: between-patient range"),
         Target("stein2019_tmax", "oncology", SteinShape("car_blood", "tmax"), accept=stein_range("tmax"),
-               note="day of the peak; accepted: between-patient range"),
+               error="stein", note="day of the peak; accepted: between-patient range"),
         Target("stein2019_alpha", "oncology", SteinShape("car_blood", "contraction_rate"),
-               accept=stein_range("contraction_rate"),
+               accept=stein_range("contraction_rate"), error="stein",
                note="log-linear slope 3-14 d after Tmax; accepted: between-patient range"),
         Target("stein2019_fb", "oncology", SteinShape("car_blood", "slow_fraction"), accept=stein_range("slow_fraction"),
+               error="stein",
                note="persistence line back-extrapolated to Tmax over Cmax; accepted: between-patient range"),
         Target("stein2019_beta", "oncology", SteinShape("car_blood", "persistence_rate"),
-               accept=stein_range("persistence_rate"),
+               accept=stein_range("persistence_rate"), error="stein",
                note="log-linear slope over days 90-365; accepted: between-patient range"),
         Target("hill2019_total_igg_change", "oncology", RelativeChange("total_igg", 365.0, -6.0),
                accept=(-0.275, -0.075), error=0.05,
@@ -314,7 +331,10 @@ def bound_targets(kind: str, model):
             tg = ck.SummaryData(t.statistic, hi, err, t.target_id, t.statistic.unit(
                 model.observable_units[t.statistic.observable]), (-math.inf, hi))
         else:
-            err = None if t.error is None else ck.NormalError(float(t.error))
+            if t.error == "stein":
+                err = ck.LogNormalError(math.hypot(row.spread / 100.0, STEIN_DISCREPANCY))
+            else:
+                err = None if t.error is None else ck.NormalError(float(t.error))
             if err is None and not math.isfinite(row.sigma()) and row.value <= 0:
                 err = ck.NormalError(0.1)
             tg = ck.summary_target(row, t.statistic, model, error=err)
@@ -331,6 +351,9 @@ def build_problem(kind: str = "sle", model=None, *, priors: Any = "tags", estima
     base, regimen, grid = setting(kind)
     model = base if model is None else model
     names = list(estimate if estimate is not None else (STAGE1 if kind == "oncology" else ESTIMATE))
+    if kind == "oncology" and priors == "tags":
+        tags = ck.parameters(model)
+        priors = {n: STAGE1_PRIOR_SD.get(n, ck.PRIOR_SD[tags[n].info.tag]) for n in names}
     return ck.CalibrationProblem(model, regimen, bound_targets(kind, model), names, priors=priors, grid=grid,
                                  solver=ck.EnsembleRodas5(), max_steps=20_000)
 

@@ -154,7 +154,7 @@ def run_population(model, key, n, *, omega=None, product=None, bands=True):
     m = model if product is None else with_product(model, product)
     reg = erlangen_regimen(m, product=product) if product is not None else erlangen_regimen(m)
     res = ck.sweep_model(m, reg, save_times(T_END), pop.samples,
-                         metrics=_metrics_with_bands if bands else population_metrics, chunk_size=512,
+                         metrics=_metrics_with_bands if bands else population_metrics, chunk_size=min(512, n),
                          progress=False)
     out = {k: np.asarray(v) for k, v in res.outputs.items()}
     out["ok"] = np.asarray(res.ok) if hasattr(res, "ok") else np.isfinite(out["B return"])
