@@ -509,7 +509,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         return dry_run(args.seed)
     os.makedirs(args.out_dir, exist_ok=True)
-    n_starts, lbfgs, adam, psteps = (2, 20, 10, 20) if args.quick else (4, 60, 30, 40)
+    n_starts, lbfgs, adam, psteps = (2, 20, 10, 20) if args.quick else (4, 120, 30, 40)
     n_starts = args.starts or n_starts
     lbfgs = lbfgs if args.lbfgs_steps is None else args.lbfgs_steps
     adam = adam if args.adam_steps is None else args.adam_steps

@@ -174,6 +174,7 @@ def population_numbers(out):
         "n": n, "n_failed": int((~ok).sum()),
         "b_return_mean": float(np.mean(ret)), "b_return_sd": float(np.std(ret, ddof=1)),
         "b_return_median": float(np.median(ret)), "b_returned_fraction": float(returned.sum() / n),
+        "b_depleted_fraction": float(np.mean(out["B depleted"][ok] > 0.5)),
         "b_aplasia_mean": float(np.mean(out["B aplasia"][ok])), "b_aplasia_sd": float(np.std(out["B aplasia"][ok], ddof=1)),
         "crs_grade_fractions": [float(c / n) for c in counts],
         "dsdna_negative_d91": float(np.mean(out["anti-dsDNA index d91"][ok] < 1.0)),

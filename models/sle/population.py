@@ -102,8 +102,10 @@ def sle_virtual_population(model: Any, key: jax.Array, n: int, *,
 
 #: The per-patient read-outs of `population_metrics`: name -> (unit, definition).
 POPULATION_METRICS: dict[str, tuple[str, str]] = {
-    "B return": ("d", f"first day after day 1 with blood B cells >= {B_RETURN_PER_UL:g}/uL (the horizon if never)"),
-    "B returned": ("1", "1 if B cells reappeared before the horizon"),
+    "B depleted": ("1", f"1 if blood B cells fell below {B_RETURN_PER_UL:g}/uL after the infusion"),
+    "B return": ("d", f"first day blood B cells rise above {B_RETURN_PER_UL:g}/uL after their depletion (the horizon "
+                 "if never)"),
+    "B returned": ("1", "1 if B cells were depleted and reappeared before the horizon"),
     "B aplasia": ("d", f"days from day 0 with blood B cells below {B_RETURN_PER_UL:g}/uL"),
     "CRS index": ("0-4", "peak of the continuous ASTCT-like CRS index (integer part = grade)"),
     "anti-dsDNA index d91": ("1", "anti-dsDNA relative to its positivity cutoff at day 91 (< 1 negative)"),
@@ -118,9 +120,12 @@ def population_metrics(sol: ck.Solution) -> dict[str, Any]:
     """The per-patient read-outs (`POPULATION_METRICS`) of one solution on a grid from day -6 to >= 730."""
     m = ck.metrics
     o, ts = sol.observables, sol.ts
-    ret = m.first_crossing(ts, o.b_blood, B_RETURN_PER_UL, "up", t_start=1.0)
+    t_down = m.first_crossing(ts, o.b_blood, B_RETURN_PER_UL, "down", t_start=0.0)
+    depleted = jnp.isfinite(t_down)
+    ret = m.first_crossing(ts, o.b_blood, B_RETURN_PER_UL, "up", t_start=jnp.where(depleted, t_down, ts[-1]))
     car = jnp.where(ts >= 1.0, o.car_blood, 0.0)
     return {
+        "B depleted": depleted.astype(ts.dtype),
         "B return": jnp.where(jnp.isfinite(ret), ret, ts[-1]),
         "B returned": jnp.isfinite(ret).astype(ts.dtype),
         "B aplasia": m.time_below(ts, o.b_blood, B_RETURN_PER_UL, t_start=0.0),
