@@ -80,6 +80,11 @@ from ._ensemble import (
     EnsembleTsit5 as EnsembleTsit5,
 )
 from ._analysis._interrupt import Interrupted as Interrupted
+from ._analysis._distributed import (
+    DistributedSetting as DistributedSetting,
+    ProcessFailed as ProcessFailed,
+    distributed_setup as distributed_setup,
+)
 from ._analysis._sweep import (
     AbstractBatchFunction as AbstractBatchFunction,
     ParameterBatch as ParameterBatch,

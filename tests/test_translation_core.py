@@ -1,5 +1,6 @@
 """Translation map machinery on a small PK model: efficiency, ungrouped gaps, samples, flags, tables, figures."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,9 +56,13 @@ def test_samples_reproducible_and_intervals_cover_point():
     tm1 = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, **kw)
     tm2 = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, **kw)
     tm3 = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, **{**kw, "key": jax.random.key(4)})
-    np.testing.assert_array_equal(tm1.sample_shapley, tm2.sample_shapley)  # fixed seed: identical
-    assert np.max(np.abs(tm1.sample_shapley - tm3.sample_shapley)) > 1e-6  # another seed: different
+    np.testing.assert_array_equal(tm1.sample_shapley, tm2.sample_shapley)  # fixed key: identical
+    assert np.max(np.abs(tm1.sample_shapley - tm3.sample_shapley)) > 1e-6  # another key: different
     assert tm1.sample_shapley.shape == (16, 3, 3) and bool(np.all(tm1.sample_ok))
+    # the map records its key's data (reproducibility), and samples need a key
+    assert tm1.key_data == tuple(int(v) for v in np.asarray(jax.random.key_data(jax.random.key(3))).ravel())
+    with pytest.raises(ValueError, match="`key`"):
+        ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, n_samples=2, batch_size=BATCH)
     np.testing.assert_allclose(tm1.sample_shapley.sum(1), tm1.sample_total, rtol=1e-8)  # efficiency per sample
     lo, hi = tm1.intervals(0.9)
     assert np.all(lo <= hi)
@@ -135,8 +140,7 @@ def test_censored_metrics_are_marked_as_bounds():
 
 def test_tables(tmp_path):
     tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"), n_samples=4,
-                            key=jax.random.key(0),
-                            batch_size=BATCH)
+                            key=jax.random.key(0), batch_size=BATCH)
     path = tmp_path / "map.csv"
     tm.to_csv(str(path))
     lines = path.read_text().strip().splitlines()
@@ -189,23 +193,23 @@ def test_failed_coalitions_are_reported():
     assert "4 of 8 coalition evaluations gave non-finite metrics" in tm.narrative()
 
 
+class _Bounded(eqx.Module):
+    """An onset time that may be negative (shifted lower bound) and a fraction (bounded on both sides)."""
+
+    onset: float = ck.param(70.0, unit="d", lower=-1e4, description="onset", source="test value", tag="A")
+    frac: float = ck.param(0.8, unit="1", upper=1.0, description="fraction", source="test value", tag="R")
+
+
 def test_sample_parameters_transforms(getkey):
-    import equinox as eqx
-
-    from carkinetics.models.sle import SLECarTModel
-
-    class Shifted(eqx.Module):  # an onset day on [-1e4, inf): no log transform applies
-        onset: float = ck.param(70.0, unit="d", description="onset", source="test", tag="A", lower=-1e4)
-
-    s = ck.sample_parameters(Shifted(), ["onset"], getkey(), 4000)
+    model = _Bounded()
+    s = ck.sample_parameters(model, ["onset", "frac"], getkey(), 4000, tags={"frac": "M"})
     t = np.asarray(s["onset"])
-    # a shifted lower bound gives a normal spread relative to the value (sd 1.5 x 70 d for A), clipped to the bounds
+    # a shifted lower bound gives a normal spread relative to the value (sd PRIOR_SD["A"] x 70 d), clipped to the
+    # bounds, not log(x + 1e4)
     assert np.median(t) == pytest.approx(70.0, abs=5.0) and np.all(t >= -1e4)
     assert np.std(t) == pytest.approx(ck.PRIOR_SD["A"] * 70.0, rel=0.05)
-    model = SLECarTModel()  # humoral.f_ll_dsdna: a fraction (0.05)
-    s = ck.sample_parameters(model, ["humoral.f_ll_dsdna"], getkey(), 4000, tags={"humoral.f_ll_dsdna": "M"})
-    f = np.asarray(s["humoral.f_ll_dsdna"])
+    f = np.asarray(s["frac"])
     logit = np.log(f / (1.0 - f))
     assert np.all((f > 0.0) & (f < 1.0))
     assert np.std(logit) == pytest.approx(ck.PRIOR_SD["M"], rel=0.05)
-    assert np.median(logit) == pytest.approx(np.log(0.05 / 0.95), abs=0.07)
+    assert np.median(logit) == pytest.approx(np.log(4.0), abs=0.07)

@@ -115,12 +115,13 @@ def warn_unresolved_infusions(regimen: Regimen, dtype) -> None:
         starts = d.starts()
         if isinstance(starts, jax.core.Tracer) or isinstance(d.duration, jax.core.Tracer):
             continue
-        s = np.asarray(starts, dtype=dtype)
-        e = np.asarray(np.asarray(starts, dtype=np.float64) + float(d.duration), dtype=dtype)
+        s0, dur = np.broadcast_arrays(np.asarray(starts, dtype=np.float64), np.asarray(d.duration, dtype=np.float64))
+        s = np.asarray(s0, dtype=dtype)
+        e = np.asarray(s0 + dur, dtype=dtype)
         bad = e <= s
         if np.any(bad):
-            warnings.warn(f"An infusion into {d.state!r} of {float(d.duration) * 86400:g} s starting on day "
-                          f"{float(s[bad][0]):g} is shorter than the time resolution of {np.dtype(dtype).name} at that "
+            warnings.warn(f"An infusion into {d.state!r} of {float(dur[bad].flat[0]) * 86400:g} s starting on day "
+                          f"{float(s[bad].flat[0]):g} is shorter than the time resolution of {np.dtype(dtype).name} at that "
                           f"time; its amount is delivered as a bolus at its start. Use float64 (jax_enable_x64) "
                           "or a bolus to silence this.", UserWarning, stacklevel=3)
 

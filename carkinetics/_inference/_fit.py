@@ -212,11 +212,6 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
     starts = jnp.asarray(starts, dtype=problem.z0.dtype)
     if starts.ndim != 2 or starts.shape[1] != problem.z0.shape[0]:
         raise ValueError(f"`starts` must have shape (S, {problem.z0.shape[0]}), got {starts.shape}.")
-    start_losses = np.asarray(jax.vmap(problem.loss)(starts))
-    if not np.any(np.isfinite(start_losses) & (start_losses < problem.failure_loss)):
-        reasons = problem.diagnose(starts[0])
-        raise ValueError("The data cannot be fitted: every start gives the failure penalty. At the first start "
-                         + ("; ".join(reasons) if reasons else "the loss is not finite") + ".")
     mask = jnp.ones_like(problem.z0)
     lr = jnp.asarray(learning_rate, problem.z0.dtype)
     if engine == "ensemble":
@@ -225,6 +220,11 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
     else:
         z_final, losses, gnorms, hist = _run_multistart(problem, starts, adam_steps, lbfgs_steps, lr, mask,
                                                         linesearch)
+    start_losses = np.asarray(hist)[:, 0]  # the loss at each start, from the fit's own first evaluation
+    if not np.any(np.isfinite(start_losses) & (start_losses < problem.failure_loss)):
+        reasons = problem.diagnose(starts[0])
+        raise ValueError("The data cannot be fitted: every start gives the failure penalty. At the first start "
+                         + ("; ".join(reasons) if reasons else "the loss is not finite") + ".")
     losses_np = np.asarray(losses)
     best = int(np.nanargmin(np.where(np.isfinite(losses_np), losses_np, np.inf)))
     h = np.asarray(hist)

@@ -18,6 +18,7 @@ car_only = no_conditioning_regimen(model, cells_per_kg=1e6)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,7 +95,10 @@ def conditioning(model: SLECarTModel | None = None, *, flu_mg_per_m2: float | Se
     - `cy_mg_per_m2`, `cy_days`: cyclophosphamide likewise (60-min infusions). Empty `*_days` leave a drug out.
     """
     w, h = _body(model, weight_kg, height_cm)
-    area = ck.bsa_mosteller(w, h)
+    # the body of a model preset (human or mouse) is checked by its parameter bounds; a user's numbers by the
+    # human plausibility check of `bsa_mosteller`
+    area = (math.sqrt(w * h / 3600.0) if model is not None and weight_kg is None and height_cm is None
+            else ck.bsa_mosteller(w, h))
     reg = ck.Regimen()
     flu_days, cy_days = tuple(flu_days), tuple(cy_days)
     for d, dose in zip(flu_days, _per_day("flu", flu_mg_per_m2, flu_days)):
