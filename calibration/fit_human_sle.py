@@ -462,6 +462,16 @@ def plot_trajectories(problems_and_z, path):
     plt.close(fig)
 
 
+def _convergence_note(label, res) -> str:
+    """One line on a stage's convergence for the fit file's notes (a failed stage is never reported as converged)."""
+    import numpy as np
+
+    g = np.asarray(res.grad_norms)
+    state = "converged" if res.success else "NOT CONVERGED (best start failed the gtol/ftol criteria of ck.fit)"
+    return (f"{label} {state}: {int(np.sum(np.asarray(res.converged)))}/{g.size} starts converged, {res.n_agree} "
+            f"within ftol of the best loss {float(res.loss):.6g}, best |grad| {float(g[res.best]):.3g}")
+
+
 def dry_run(seed: int = 0) -> int:
     import jax
     import jax.numpy as jnp
@@ -528,7 +538,8 @@ def main(argv=None) -> int:
                 notes=("Stage 1 of the human SLE calibration: the cellular kinetics of the 4-1BB murine-scFv CD19 "
                        "product in the oncology-like setting (preset human_oncology, tisa-cel 3.1e6/kg after Flu 30 "
                        "x 4 + Cy 500 x 2), fitted to Stein 2019 and Hill 2019. Its values and Laplace sds are the "
-                       "priors of stage 2 (human_sle.json); presets do not apply this file."))
+                       "priors of stage 2 (human_sle.json); presets do not apply this file. "
+                       + _convergence_note("Stage 1", res1) + "."))
 
     # stage 2: SLE, product parameters with the stage-1 posterior as prior, host parameters with tag priors
     base, _, _ = setting("sle")
@@ -554,7 +565,8 @@ def main(argv=None) -> int:
                        "priors (ck.PRIOR_SD). Profile identifiability: "
                        + (", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in flags.items()) or "not run")
                        + ". Laplace: not informed by the SLE data: " + (", ".join(uninformed) or "none")
-                       + f". Typical-patient targets hit within their accepted interval: {hits}/{len(rows1 + rows2)}."))
+                       + f". Typical-patient targets hit within their accepted interval: {hits}/{len(rows1 + rows2)}"
+                       + ". " + _convergence_note("stage 1", res1) + "; " + _convergence_note("stage 2", res2) + "."))
     summary = {
         "targets": [{"target_id": r[0], "setting": s, "model": r[1], "published": r[2], "interval": list(r[3]),
                      "hit": bool(r[4]), "unit": r[5]} for s, rr in (("oncology", rows1), ("sle", rows2)) for r in rr],
@@ -570,7 +582,7 @@ def main(argv=None) -> int:
     plot_trajectories([("oncology", p1, res1.z), ("sle", p2, res2.z)],
                       os.path.join(args.out_dir, "fit_trajectories.png"))
     print(f"wrote {args.stage1_file}, {args.fit_file} and the reports in {args.out_dir}")
-    return 0 if all(r[4] for r in rows1 + rows2) else 1
+    return 0 if all(r[4] for r in rows1 + rows2) and res1.success and res2.success else 1
 
 
 if __name__ == "__main__":
