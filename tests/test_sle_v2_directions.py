@@ -17,6 +17,7 @@ the published between-patient ranges. Mice: syngeneic CAR-T, no runaway expansio
 
 import importlib.util
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -237,6 +238,7 @@ def _fit_script():
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "calibration", "fit_human_sle.py")
     spec = importlib.util.spec_from_file_location("_fit_human_sle", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses in the script look their module up in sys.modules
     spec.loader.exec_module(mod)
     return mod
 

@@ -10,6 +10,7 @@ patients and figures is `calibration/population_report.py` (summary: `calibratio
 import importlib.util
 import math
 import os
+import sys
 
 import jax
 import pytest
@@ -25,6 +26,7 @@ def _report_script():
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "calibration", "population_report.py")
     spec = importlib.util.spec_from_file_location("_population_report", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses in the script look their module up in sys.modules
     spec.loader.exec_module(mod)
     return mod
 
