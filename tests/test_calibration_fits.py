@@ -72,7 +72,7 @@ def test_the_default_is_the_calibrated_model_and_the_fit_file_the_single_source(
     moved = set(ck.differing_parameters(sle.load_preset("human"), default))
     assert moved <= set(fitted)
     # a fitted value equal to its class default is one the SLE data do not inform (Laplace: posterior sd = prior sd;
-    # e.g. myeloid.k_cd40, whose contact drive leaves the typical patient's CRS index at grade 1): the notes say so
+    # a parameter left exactly at its start): the notes list it as not informed
     doc = ck.read_fit_provenance(human.FIT_FILE)
     not_informed = doc["provenance"]["notes"].split("not informed by the SLE data:")[1].split(". ")[0]
     for name in set(fitted) - moved:
