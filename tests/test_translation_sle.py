@@ -74,7 +74,7 @@ def test_reduced_map_reproducible_efficient_and_flagged(reduced_map, experiment)
     tm = reduced_map
     assert tm.group_names == ("G1 IgG clearance", "G4 rejection", "ungrouped")
     assert tm.metric_names == tuple(sle.SLE_METRICS)
-    assert not set(sle.SLE_CENSORING.values()) & set(tm.metric_names)  # flags are read, not attributed
+    assert not set(tr.SLE_CENSORING.values()) & set(tm.metric_names)  # flags are read, not attributed
     assert np.isfinite(tm.total).all() and tm.n_failed == 0
     rel = np.abs(tm.shapley.sum(0) - tm.total) / np.maximum(np.abs(tm.total), 1e-300)
     assert np.max(rel[np.abs(tm.total) > 1e-9]) <= 1e-8  # Shapley efficiency on the SLE model
