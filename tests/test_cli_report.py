@@ -99,7 +99,7 @@ def test_translation_figures_explain_their_colours():
     plt.close(fig)
     # the waterfalls say what their colours and hatching mean: one legend under all panels, or one per lone panel
     want = {"mouse value", "human value", "mechanism raises the metric", "mechanism lowers the metric",
-            "rests on M-tagged (unverified) values"}
+            "rests on A/M-tagged (unverified) values"}
     fig = ck.plot.attribution_waterfalls(tm)
     assert {t.get_text() for t in fig.legends[0].get_texts()} == want
     plt.close(fig)

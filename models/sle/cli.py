@@ -44,7 +44,8 @@ from carkinetics.models.sle.regimens import erlangen_regimen, mouse_regimen
 MAX_SAMPLES = 100_000
 
 _DESCRIPTIONS = {
-    "human": "SLE patient (70 kg, 170 cm) under the Erlangen regimen: Flu/Cy + 1e6 CAR-T cells/kg",
+    "human": "SLE patient (70 kg, 170 cm), the calibrated default (fits/human_sle.json), under the Erlangen regimen: "
+             "Flu/Cy + 1e6 CAR-T cells/kg",
     "mouse_nzbw": "NZB/W F1 lupus mouse: total-body irradiation + 1e6 CAR-T cells",
     "mouse_mrl_lpr": "MRL/lpr lupus mouse: total-body irradiation + 1e6 CAR-T cells",
 }
