@@ -150,6 +150,22 @@ from ._inference._identifiability import (
     laplace as laplace,
     profile_likelihood as profile_likelihood,
 )
+from ._inference._popdata import (
+    PopulationData as PopulationData,
+    example_data as example_data,
+    read_population_data as read_population_data,
+)
+from ._inference._population_model import (
+    AbstractResidualError as AbstractResidualError,
+    AdditiveError as AdditiveError,
+    CombinedError as CombinedError,
+    LogAdditiveError as LogAdditiveError,
+    PopulationParameters as PopulationParameters,
+    PopulationProblem as PopulationProblem,
+    ProportionalError as ProportionalError,
+)
+from ._inference._popfit import PopulationFit as PopulationFit, fit_population as fit_population
+from ._inference._popdiag import diagnostics_table as population_diagnostics, npde as npde
 from ._inference._fitio import (
     apply_fit as apply_fit,
     load_fit as load_fit,
