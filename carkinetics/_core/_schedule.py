@@ -111,10 +111,12 @@ def warn_unresolved_infusions(regimen: Regimen, dtype) -> None:
         if isinstance(starts, jax.core.Tracer) or isinstance(d.duration, jax.core.Tracer):
             continue
         s = np.asarray(starts, dtype=dtype)
-        e = np.asarray(np.asarray(starts, dtype=np.float64) + float(d.duration), dtype=dtype)
+        dur = np.asarray(d.duration, dtype=np.float64)  # per member in a batched regimen
+        dur_b = dur.reshape(dur.shape + (1,) * max(0, s.ndim - dur.ndim)) if dur.shape != s.shape else dur
+        e = np.asarray(np.asarray(starts, dtype=np.float64) + dur_b, dtype=dtype)
         bad = e <= s
         if np.any(bad):
-            warnings.warn(f"An infusion into {d.state!r} of {float(d.duration) * 86400:g} s starting on day "
+            warnings.warn(f"An infusion into {d.state!r} of {float(dur.min()) * 86400:g} s starting on day "
                           f"{float(s[bad][0]):g} is shorter than the time resolution of {np.dtype(dtype).name} at that "
                           f"time; its amount is delivered as a bolus at its start. Use float64 (jax_enable_x64) "
                           "or a bolus to silence this.", UserWarning, stacklevel=3)

@@ -70,30 +70,46 @@ def _data_m2ll(problem: PopulationProblem, psi, eta):
 
 
 @eqx.filter_jit
-def _mh_proposal(problem: PopulationProblem, psi, eta, key, scale, independent):
+def _m2ll_from_pred(problem: PopulationProblem, psi, pred, ok):
+    ell = problem.observation_terms(problem.unpack(psi).sigma, pred)[0]
+    total = jnp.sum(ell, axis=1)
+    return jnp.where(ok & jnp.isfinite(total), total, jnp.inf)
+
+
+@eqx.filter_jit
+def _mh_steps(problem: PopulationProblem, psi, eta, m2ll, pred, ok, key, scale):
+    """Two independent (prior) and two random-walk Metropolis-Hastings steps for every subject-chain: one batched
+    solve each (one trace of the solve, in a loop)."""
     p = problem.unpack(psi)
     low = sl.cholesky(p.omega)
-    xi = jax.random.normal(key, eta.shape, dtype=eta.dtype) @ low.T
-    return jnp.where(independent, xi, eta + scale * xi)
-
-
-@eqx.filter_jit
-def _mh_accept(problem: PopulationProblem, psi, eta, eta_new, m2ll, m2ll_new, pred, pred_new, key, independent):
-    p = problem.unpack(psi)
     om_inv = sl.inverse(p.omega)
     prior = lambda e: jnp.einsum("nq,qr,nr->n", e, om_inv, e)
-    # log acceptance ratio: the prior cancels for the independent (prior) proposal
-    log_ratio = -0.5 * (m2ll_new - m2ll) - 0.5 * jnp.where(independent, 0.0, prior(eta_new) - prior(eta))
-    u = jax.random.uniform(key, m2ll.shape, dtype=m2ll.dtype)
-    accept = jnp.log(u) < log_ratio
-    return (jnp.where(accept[:, None], eta_new, eta), jnp.where(accept, m2ll_new, m2ll),
-            jnp.where(accept[:, None], pred_new, pred), jnp.mean(accept))
+
+    def step(j, carry):
+        eta, m2ll, pred, ok, acc, key = carry
+        independent = j < 2
+        key, kp, ku = jax.random.split(key, 3)
+        xi = jax.random.normal(kp, eta.shape, dtype=eta.dtype) @ low.T
+        prop = jnp.where(independent, xi, eta + scale * xi)
+        pred_new, ok_new = problem.predict(problem.phi(p, prop))
+        ell = jnp.sum(problem.observation_terms(p.sigma, pred_new)[0], axis=1)
+        m2ll_new = jnp.where(ok_new & jnp.isfinite(ell), ell, jnp.inf)
+        # log acceptance ratio: the prior cancels for the independent (prior) proposal
+        log_ratio = -0.5 * (m2ll_new - m2ll) - 0.5 * jnp.where(independent, 0.0, prior(prop) - prior(eta))
+        accept = jnp.log(jax.random.uniform(ku, m2ll.shape, dtype=m2ll.dtype)) < log_ratio
+        acc = acc + jnp.where(independent, 0.0, jnp.mean(accept))
+        return (jnp.where(accept[:, None], prop, eta), jnp.where(accept, m2ll_new, m2ll),
+                jnp.where(accept[:, None], pred_new, pred), jnp.where(accept, ok_new, ok), acc, key)
+
+    eta, m2ll, pred, ok, acc, _ = jax.lax.fori_loop(0, 4, step, (eta, m2ll, pred, ok, jnp.zeros((), eta.dtype), key))
+    return eta, m2ll, pred, ok, acc / 2.0, problem.phi(p, eta), p.omega
 
 
 @eqx.filter_jit
-def _phi_omega(problem: PopulationProblem, psi, eta):
-    p = problem.unpack(psi)
-    return problem.phi(p, eta), p.omega
+def _eta_of(problem: PopulationProblem, psi, phi):
+    """The random effects that keep the individual parameters `phi` under new population parameters."""
+    mu = problem.typical_phi(problem.unpack(psi))
+    return (phi - mu)[:, np.asarray(problem.random_index, dtype=int)]
 
 
 def _design(problem: PopulationProblem) -> tuple[np.ndarray, list[slice]]:
@@ -166,21 +182,16 @@ def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = 
     history: list[float] = []
     t0 = time.perf_counter()
     total = k1 + k2
+    ok = jnp.isfinite(m2ll)
     for k in range(1, total + 1):
-        key, *ks = jax.random.split(key, 9)
-        acc_rw = []
-        for j, independent in enumerate((True, True, False, False)):
-            prop = _mh_proposal(pc, psi, eta, ks[2 * j], jnp.asarray(scale, dtype=psi.dtype), independent)
-            m2ll_new, pred_new = _data_m2ll(pc, psi, prop)
-            eta, m2ll, pred, rate = _mh_accept(pc, psi, eta, prop, m2ll, m2ll_new, pred, pred_new, ks[2 * j + 1],
-                                               independent)
-            if not independent:
-                acc_rw.append(float(rate))
-        rate = float(np.mean(acc_rw))
+        key, sub = jax.random.split(key)
+        eta, m2ll, pred, ok, rate_j, phi_j, omega_j = _mh_steps(pc, psi, eta, m2ll, pred, ok, sub,
+                                                                jnp.asarray(scale, dtype=psi.dtype))
+        rate = float(rate_j)
         scale *= 1.1 if rate > 0.4 else (0.9 if rate < 0.3 else 1.0)
         acceptance.append(rate)
         # sufficient statistics of this sample (averaged over chains)
-        phi, old = (np.asarray(x, float) for x in _phi_omega(pc, psi, eta))  # (N C, d), (q, q)
+        phi, old = np.asarray(phi_j, float), np.asarray(omega_j, float)  # (N C, d), (q, q)
         s_xphi = design_c.T @ phi / c
         s_2 = phi.T @ phi / c
         gamma = 1.0 if k <= k1 else 1.0 / (k - k1)
@@ -216,7 +227,9 @@ def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = 
         if k <= k1:
             log_sigma = np.maximum(log_sigma, log_sigma_old + math.log(0.95))
         psi = jnp.asarray(np.concatenate([theta, beta, problem._omega_to_psi(omega), log_sigma]))
-        m2ll, pred = _data_m2ll(pc, psi, eta)  # the new parameters change the likelihood of the current chains
+        # the chains keep their individual parameters; only the residual error changes their likelihood
+        eta = _eta_of(pc, psi, phi_j)
+        m2ll = _m2ll_from_pred(pc, psi, pred, ok)
         history.append(float(jnp.sum(m2ll)) / c)
         trajectory.append(np.asarray(psi, float))
         if progress is not None and (k % 50 == 0 or k == total):
