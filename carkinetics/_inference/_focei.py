@@ -406,8 +406,8 @@ def exact_gradient(problem: PopulationProblem, psi, eta0) -> tuple[np.ndarray, E
 def covariance_step(problem: PopulationProblem, psi, eta, *, step: float = 1e-3
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """`(cov, R, S, message)`: `R` the Hessian of the OFV (central differences of exact gradients), `S` the sum of
-    outer products of per-subject gradients, `cov = 2 R^-1` (NaN with a message when `R` is not positive
-    definite)."""
+    outer products of per-subject gradients of the OFV, `cov = 2 R^-1` (NaN with a message when `R` is not positive
+    definite). The sandwich estimator (NONMEM's default, nlmixr2's `"r,s"`) is `R^-1 S R^-1`."""
     p = psi.shape[0]
     cols = []
     for k in range(p):

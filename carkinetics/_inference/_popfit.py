@@ -202,12 +202,17 @@ def build_result(problem: PopulationProblem, method: str, psi, state, *, converg
         message += f"; subjects {failed} failed (solver or EBE)"
     npsi = psi.shape[0]
     cov = np.full((npsi, npsi), np.nan)
+    extra = dict(extra or {})
     t0 = time.perf_counter()
     if covariance and np.isfinite(minus2ll):
         if progress is not None:
             progress(f"{method}: covariance step ({2 * npsi} gradients)")
-        cov, _, _, cov_msg = covariance_step(problem, psi, state.eta)
+        cov, r, s, cov_msg = covariance_step(problem, psi, state.eta)
         message += f"; {cov_msg}"
+        if np.all(np.isfinite(cov)):
+            r_inv = np.linalg.inv(r)
+            extra["covariance_sandwich"] = r_inv @ s @ r_inv
+            extra["se_sandwich"] = _standard_errors(problem, psi, extra["covariance_sandwich"])
     times = dict(times, covariance=time.perf_counter() - t0)
     se = _standard_errors(problem, psi, cov)
     eta = np.asarray(state.eta, float)
@@ -231,7 +236,7 @@ def build_result(problem: PopulationProblem, method: str, psi, state, *, converg
         labels=problem.labels, se=se, eta=eta, individual={n: values[:, k] for k, n in enumerate(problem.names)},
         shrinkage=shrink, converged=bool(converged), message=message, failed_subjects=tuple(failed),
         iterations=int(iterations), ofv_history=tuple(float(h) for h in history), times=times,
-        n_subjects=data.n_subjects, n_observations=data.n_observations, problem=problem, extra=dict(extra or {}))
+        n_subjects=data.n_subjects, n_observations=data.n_observations, problem=problem, extra=extra)
 
 
 def _printer(progress: bool | Callable[[str], None]) -> Callable[[str], None] | None:
