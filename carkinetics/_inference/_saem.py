@@ -60,16 +60,6 @@ def _chain_problem(problem: PopulationProblem, chains: int) -> PopulationProblem
 
 
 @eqx.filter_jit
-def _data_m2ll(problem: PopulationProblem, psi, eta):
-    """`-2 log p(y | eta)` per subject-chain `(N C,)` (inf where the solve failed)."""
-    p = problem.unpack(psi)
-    pred, ok = problem.predict(problem.phi(p, eta))
-    ell = problem.observation_terms(p.sigma, pred)[0]
-    total = jnp.sum(ell, axis=1)
-    return jnp.where(ok & jnp.isfinite(total), total, jnp.inf), pred
-
-
-@eqx.filter_jit
 def _m2ll_from_pred(problem: PopulationProblem, psi, pred, ok):
     ell = problem.observation_terms(problem.unpack(psi).sigma, pred)[0]
     total = jnp.sum(ell, axis=1)
@@ -170,11 +160,9 @@ def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = 
     perm = np.asarray(ridx)  # names index of each random-effect column
     psi = jnp.asarray(problem.psi0)
     eta = jnp.zeros((n * c, len(problem.random)), dtype=psi.dtype)
-    m2ll, pred = _data_m2ll(pc, psi, eta)
-    if not np.all(np.isfinite(np.asarray(m2ll))):
-        bad = sorted({problem.data.ids[i % n] for i in np.flatnonzero(~np.isfinite(np.asarray(m2ll)))})
-        return SAEMResult(psi, eta[:n], False, f"the likelihood is not finite at the initial estimates for subjects "
-                          f"{bad}", 0, [], np.asarray(psi)[None], np.zeros(0))
+    # the chains start at eta = 0 with an infinite objective: the first (independent) proposal is always accepted
+    m2ll = jnp.full(n * c, jnp.inf, dtype=psi.dtype)
+    pred = jnp.zeros(pc.data.dv.shape, dtype=psi.dtype)
     scale = 0.5
     stats = None
     trajectory = [np.asarray(psi, float)]
@@ -182,7 +170,7 @@ def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = 
     history: list[float] = []
     t0 = time.perf_counter()
     total = k1 + k2
-    ok = jnp.isfinite(m2ll)
+    ok = jnp.zeros(n * c, dtype=bool)
     for k in range(1, total + 1):
         key, sub = jax.random.split(key)
         eta, m2ll, pred, ok, rate_j, phi_j, omega_j = _mh_steps(pc, psi, eta, m2ll, pred, ok, sub,
@@ -237,6 +225,10 @@ def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = 
                      f"{rate:.2f}, -2 log p(y | eta) {history[-1]:.3f}, {time.perf_counter() - t0:.1f}s")
     traj = np.stack(trajectory)
     finite = bool(np.all(np.isfinite(traj[-1])) and np.all(np.isfinite(np.asarray(m2ll))))
+    if not np.all(np.isfinite(np.asarray(m2ll))):
+        bad = sorted({problem.data.ids[i % n] for i in np.flatnonzero(~np.isfinite(np.asarray(m2ll)))})
+        return SAEMResult(psi, jnp.mean(eta.reshape(c, n, -1), axis=0), False, f"the likelihood is not finite for "
+                          f"subjects {bad} (every proposal failed)", total, history, traj, np.asarray(acceptance))
     tail = traj[-min(20, k2):]
     drift = float(np.max(np.abs(tail - tail[-1]))) if finite else float("inf")
     converged = finite and drift < 0.05
