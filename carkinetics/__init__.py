@@ -165,7 +165,11 @@ from ._inference._population_model import (
     ProportionalError as ProportionalError,
 )
 from ._inference._popfit import PopulationFit as PopulationFit, fit_population as fit_population
-from ._inference._popdiag import diagnostics_table as population_diagnostics, npde as npde
+from ._inference._popdiag import (
+    diagnostics_table as population_diagnostics,
+    npde as npde,
+    write_table as write_table,
+)
 from ._inference._fitio import (
     apply_fit as apply_fit,
     load_fit as load_fit,

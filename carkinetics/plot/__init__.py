@@ -28,3 +28,10 @@ from ._vpc import (
     plot_vpc_percentiles as plot_vpc_percentiles,
     vpc_statistics as vpc_statistics,
 )
+from ._popfit import (
+    plot_gof as plot_gof,
+    plot_individual_fits as plot_individual_fits,
+    plot_parameter_covariates as plot_parameter_covariates,
+    plot_population_vpc as plot_population_vpc,
+    population_vpc as population_vpc,
+)
