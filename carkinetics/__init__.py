@@ -165,6 +165,10 @@ from ._inference._population_model import (
     ProportionalError as ProportionalError,
 )
 from ._inference._popfit import PopulationFit as PopulationFit, fit_population as fit_population
+from ._inference._posterior import (
+    PopulationPosterior as PopulationPosterior,
+    sample_population_posterior as sample_population_posterior,
+)
 from ._inference._popdiag import (
     diagnostics_table as population_diagnostics,
     npde as npde,
