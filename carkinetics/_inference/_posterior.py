@@ -67,6 +67,7 @@ def _lkj_cholesky_logpdf(low: jax.Array, eta: float) -> jax.Array:
 
 
 class _Layout(eqx.Module):
+    centered: bool = eqx.field(static=True)
     d: int = eqx.field(static=True)
     e: int = eqx.field(static=True)
     q: int = eqx.field(static=True)
@@ -83,10 +84,10 @@ class _Layout(eqx.Module):
         return self.n_population + self.n * self.q
 
 
-def _layout(problem: PopulationProblem) -> _Layout:
+def _layout(problem: PopulationProblem, centered: bool = True) -> _Layout:
     n_corr = sum(len(g) * (len(g) - 1) // 2 for g in problem.blocks)
     d, e, _, s = problem.sizes
-    return _Layout(d, e, len(problem.random), n_corr, s, problem.data.n_subjects)
+    return _Layout(centered, d, e, len(problem.random), n_corr, s, problem.data.n_subjects)
 
 
 def _unpack(problem: PopulationProblem, lay: _Layout, x: jax.Array):
@@ -110,7 +111,12 @@ def _unpack(problem: PopulationProblem, lay: _Layout, x: jax.Array):
         pos += k
         idx = np.asarray(g)
         chol = chol.at[np.ix_(idx, idx)].set(sd[idx][:, None] * low)
-    eta = z @ chol.T
+    if lay.centered:  # the coordinates are the random effects themselves; z = L^-1 eta for the prior
+        eta = z
+        z = jax.scipy.linalg.solve_triangular(chol, eta.T, lower=True).T
+        extra = extra - lay.n * jnp.sum(jnp.log(jnp.diagonal(chol)))
+    else:
+        eta = z @ chol.T
     params = PopulationParameters(theta=theta, beta=beta, omega=chol @ chol.T, sigma=jnp.exp(log_sigma))
     return params, eta, z, extra
 
@@ -176,6 +182,7 @@ class PopulationPosterior(eqx.Module):
     times: dict[str, float]
     problem: PopulationProblem
     positions: np.ndarray
+    centered: bool = eqx.field(static=True, default=True)
 
     def means(self) -> dict[str, float]:
         """Posterior means of the typical values, variances (`omega.<name>`) and residual parameters."""
@@ -247,7 +254,7 @@ class PopulationPosterior(eqx.Module):
         problem = self.problem
         c, s = self.omega.shape[:2]
         flat = self.positions.reshape(c * s, -1)
-        lay = _layout(problem)
+        lay = _layout(problem, self.centered)
         picks = np.asarray(jax.random.randint(key, (n_draws,), 0, c * s))
         out = []
         for r, i in enumerate(picks):
@@ -285,7 +292,8 @@ def _observe(problem: PopulationProblem, params: PopulationParameters, pred, key
 
 def sample_population_posterior(problem: PopulationProblem, key: Any, *, num_warmup: int = 500,
                                 num_samples: int = 500, chains: int = 4, init: Any = None,
-                                target_acceptance: float = 0.8, max_num_doublings: int = 8,
+                                target_acceptance: float = 0.8, max_num_doublings: int = 8, centered: bool = True,
+                                dense_mass: bool = False,
                                 progress: bool | Callable[[str], None] = False) -> PopulationPosterior:
     """Sample the posterior of a population model with NUTS (blackjax) through the ODE.
 
@@ -323,7 +331,7 @@ def sample_population_posterior(problem: PopulationProblem, key: Any, *, num_war
     except ImportError as err:
         raise ImportError("NUTS needs blackjax and arviz: pip install 'carkinetics[bayes]'.") from err
     say = progress if callable(progress) else ((lambda s: print(s, file=sys.stderr, flush=True)) if progress else None)
-    lay = _layout(problem)
+    lay = _layout(problem, centered)
     logdensity = _logdensity_fn(problem, lay)
     x0 = _initial_position(problem, lay, init)
     positions, divergent, steps, step_sizes = [], [], [], []
@@ -332,7 +340,8 @@ def sample_population_posterior(problem: PopulationProblem, key: Any, *, num_war
     @jax.jit
     def run_chain(key, x):
         k_warm, k_sample = jax.random.split(key)
-        warmup = blackjax.window_adaptation(blackjax.nuts, logdensity, target_acceptance_rate=target_acceptance,
+        warmup = blackjax.window_adaptation(blackjax.nuts, logdensity, is_mass_matrix_diagonal=not dense_mass,
+                                            target_acceptance_rate=target_acceptance,
                                             max_num_doublings=max_num_doublings)
         (state, params), _ = warmup.run(k_warm, x, num_steps=num_warmup)
         kernel = blackjax.nuts(logdensity, **params)  # (the adapted parameters carry max_num_doublings)
@@ -385,7 +394,7 @@ def sample_population_posterior(problem: PopulationProblem, key: Any, *, num_war
     return PopulationPosterior(theta=theta, omega=omega, sigma=sig, beta=bet, eta=np.asarray(eta).reshape(
         c, s, lay.n, lay.q), rhat=rhat, ess_bulk=ess_b, ess_tail=ess_t, divergences=np.asarray(divergent),
         converged=converged, message=message, step_size=np.asarray(step_sizes), mean_steps=np.asarray(steps),
-        times={"sampling": time.perf_counter() - t0}, problem=problem, positions=pos)
+        times={"sampling": time.perf_counter() - t0}, problem=problem, positions=pos, centered=centered)
 
 
 def _initial_position(problem: PopulationProblem, lay: _Layout, init: Any) -> jax.Array:
@@ -409,7 +418,10 @@ def _initial_position(problem: PopulationProblem, lay: _Layout, init: Any) -> ja
                 zij = low[i, j] / math.sqrt(rest)
                 corr_params.append(math.atanh(float(np.clip(zij, -0.999999, 0.999999))))
                 rest -= low[i, j] ** 2
-    z = np.linalg.solve(chol_blocks, np.asarray(eta, float).T).T if lay.q else np.zeros((lay.n, 0))
+    if lay.centered:
+        z = np.asarray(eta, float)
+    else:
+        z = np.linalg.solve(chol_blocks, np.asarray(eta, float).T).T if lay.q else np.zeros((lay.n, 0))
     return jnp.asarray(np.concatenate([np.asarray(p.theta, float), np.asarray(p.beta, float), np.log(sd),
                                        np.asarray(corr_params, float), np.log(np.asarray(p.sigma, float)),
                                        z.reshape(-1)]))
