@@ -163,9 +163,12 @@ def estimate_eta(problem: PopulationProblem, psi, eta0, *, max_iter: int = 60, t
             break
         eta_try = _select(active, eta_try, eta)
         new = _evaluate(problem, psi, eta_try)
+        l_old = cond.l
         (eta, pred, jac, ok, cond), lam, stalled = _lm_accept(active, (eta_try, *new), (eta, pred, jac, ok, cond), lam)
-        # a rejected step that cannot change l any more has converged (flat within rounding)
-        converged = converged | np.asarray(stalled)
+        # converged as well: l no longer changes (a minimum at a kink of the model, where the gradient need not
+        # vanish), or a rejected step that cannot change l any more (flat within rounding)
+        flat = np.asarray(jnp.abs(l_old - cond.l) <= 1e-10 * (1.0 + jnp.abs(cond.l))) & np.asarray(cond.ok)
+        converged = converged | np.asarray(stalled) | (flat & (it > 1))
     return EBEState(eta, cond, pred, jac, ok, converged, it)
 
 
@@ -175,7 +178,9 @@ def estimate_eta(problem: PopulationProblem, psi, eta0, *, max_iter: int = 60, t
 
 class Expansion(NamedTuple):
     """Second-order expansion of every subject's predictions around its parameters `phi` `(N, d)`: values
-    `(N, M)`, first derivatives `(N, M, d)`, second derivatives `(N, M, d, d)`."""
+    `(N, M)`, first derivatives `(N, M, d)`, second derivatives `(N, M, d, d)`, of `log f` for observations with a
+    log-scale error model (where exponential kinetics are close to linear in log-parameters, and the expansion keeps
+    predictions positive), of `f` itself otherwise."""
 
     phi: Array
     pred: Array
@@ -185,7 +190,12 @@ class Expansion(NamedTuple):
 
 def expansion(problem: PopulationProblem, psi, state: EBEState, *, step: float = 1e-3) -> Expansion:
     """The second-order expansion at the EBEs of `state`; second derivatives by central differences of the
-    forward-mode Jacobians (`2 d` batched solves: a shift of typical value `k` shifts every subject's `phi_k`)."""
+    forward-mode Jacobians (`2 d` batched solves: a shift of typical value `k` shifts every subject's `phi_k`).
+
+    Where the forward and backward differences of a derivative disagree by more than half their size, the
+    prediction has a kink between them (e.g. an observation at the peak time of a piecewise model, where the OFV
+    is not twice differentiable); such entries are set to zero (locally linear) instead of a meaningless large
+    difference quotient."""
     d = len(problem.names)
     plus, minus = [], []
     for k in range(d):
@@ -197,9 +207,19 @@ def expansion(problem: PopulationProblem, psi, state: EBEState, *, step: float =
 
 @eqx.filter_jit
 def _expansion(problem, psi, eta, pred, jac, plus, minus, step):
-    hess = jnp.stack([(jp - jm) / (2.0 * step) for jp, jm in zip(plus, minus)], axis=-1)
+    cols = []
+    for jp, jm in zip(plus, minus):
+        fwd, bwd = (jp - jac) / step, (jac - jm) / step
+        kink = jnp.abs(fwd - bwd) > 0.5 * jnp.maximum(jnp.abs(fwd), jnp.abs(bwd)) + 1e-8 * jnp.abs(jac) / step
+        cols.append(jnp.where(kink | ~jnp.isfinite(fwd + bwd), 0.0, 0.5 * (fwd + bwd)))
+    hess = jnp.stack(cols, axis=-1)
     hess = 0.5 * (hess + jnp.swapaxes(hess, -1, -2))
-    return Expansion(problem.phi(problem.unpack(psi), eta), pred, jac, jnp.nan_to_num(hess))
+    logm = problem.log_scale_mask()
+    f = jnp.maximum(pred, 1e-300)
+    g = jnp.where(logm, jnp.log(f), pred)
+    jg = jnp.where(logm[..., None], jac / f[..., None], jac)
+    tg = jnp.where(logm[..., None, None], hess / f[..., None, None] - jg[..., :, None] * jg[..., None, :], hess)
+    return Expansion(problem.phi(problem.unpack(psi), eta), g, jg, tg)
 
 
 def _surrogate(problem: PopulationProblem, psi, ex: Expansion, eta0, n_newton: int = 12):
@@ -211,13 +231,16 @@ def _surrogate(problem: PopulationProblem, psi, ex: Expansion, eta0, n_newton: i
     logdet_om = sl.logdet(sl.cholesky(p.omega))
     data = problem.data
 
-    def local(eta, om_inv, sigma, mu_i, phi_i, f, jac, hess, *obs):
+    def local(eta, om_inv, sigma, mu_i, phi_i, g, jac, hess, logm, *obs):
         """`l`, its gradient and Hessian in `eta`, and `A`, on the expansion (exact derivatives of the model)."""
         delta = (mu_i - phi_i).at[ridx].add(eta)
         hd = hess @ delta
-        fq = f + jac @ delta + 0.5 * hd @ delta
-        je = (jac + hd)[:, ridx]
+        gq = g + jac @ delta + 0.5 * hd @ delta
+        jgq = jac + hd
+        fq = jnp.where(logm, jnp.exp(jnp.minimum(gq, 700.0)), gq)
+        je = jnp.where(logm[:, None], fq[:, None] * jgq, jgq)[:, ridx]
         te = hess[:, ridx][:, :, ridx]
+        te = jnp.where(logm[:, None, None], fq[:, None, None] * (te + jgq[:, ridx, None] * jgq[:, None, ridx]), te)
         ell, dell, d2ell, w = problem.observation_terms_of(sigma, fq, *obs)
         l = jnp.sum(ell) + eta @ om_inv @ eta
         g = je.T @ dell + 2.0 * om_inv @ eta
@@ -230,24 +253,30 @@ def _surrogate(problem: PopulationProblem, psi, ex: Expansion, eta0, n_newton: i
         frozen = jax.tree_util.tree_map(lax.stop_gradient, args)
 
         def body(_, eta):
-            _, g, h, a = local(eta, *frozen)
-            low = sl.cholesky(h)
-            low = jnp.where(jnp.all(jnp.isfinite(low)), low, sl.cholesky(2.0 * a))
-            s = -sl.cho_solve(low, g)
+            l0, g, h, a = local(eta, *frozen)
+            pd = jnp.all(jnp.isfinite(sl.cholesky(h)))
+            s = -sl.cho_solve(sl.cholesky(jnp.where(pd, h, 2.0 * a)), g)
             s = s * jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.max(jnp.abs(s), initial=0.0), 1e-300))
-            return jnp.where(jnp.all(jnp.isfinite(s)), eta + s, eta)
+            s = jnp.where(jnp.all(jnp.isfinite(s)), s, 0.0)
+            # backtracking: the first of s, s/2, s/4, s/8 that does not increase l (else stay)
+            trial = [eta + s * 0.5**k for k in range(4)]
+            values = jnp.stack([local(x, *frozen)[0] for x in trial])
+            ok = jnp.isfinite(values) & (values <= l0)
+            first = jnp.argmax(ok)
+            return jnp.where(jnp.any(ok), jnp.stack(trial)[first], eta)
 
         eta_star = lax.stop_gradient(lax.fori_loop(0, n_newton, body, lax.stop_gradient(eta0_i)))
-        # one Newton step that carries d eta / d psi (the implicit-function derivative at the mode)
+        # one Newton step that carries d eta / d psi (the implicit-function derivative at the mode); the choice of
+        # matrix is made without derivatives, so that a failed factorisation never leaks NaN into the gradient
         _, g, h, a = local(eta_star, *args)
-        low = sl.cholesky(h)
-        low = jnp.where(jnp.all(jnp.isfinite(low)), low, sl.cholesky(2.0 * a))
-        eta_t = eta_star - sl.cho_solve(low, g)
+        pd = jnp.all(jnp.isfinite(sl.cholesky(lax.stop_gradient(h))))
+        newton = sl.cho_solve(sl.cholesky(jnp.where(pd, h, 2.0 * a)), g)
+        eta_t = eta_star - (newton - lax.stop_gradient(newton))  # the value stays at the mode found
         l, _, _, a = local(eta_t, *args)
         return l + logdet_om + sl.logdet(sl.cholesky(a)), eta_t
 
-    return jax.vmap(one)(eta0, mu, ex.phi, ex.pred, ex.jac, ex.hess, data.dv, data.censored, data.limit, data.mask,
-                         data.obs_index)
+    return jax.vmap(one)(eta0, mu, ex.phi, ex.pred, ex.jac, ex.hess, problem.log_scale_mask(), data.dv,
+                         data.censored, data.limit, data.mask, data.obs_index)
 
 
 @eqx.filter_jit

@@ -527,6 +527,15 @@ class PopulationProblem(eqx.Module):
         d = self.data
         return self.observation_terms_of(sigma, pred, d.dv, d.censored, d.limit, d.mask, d.obs_index)
 
+    def log_scale_mask(self) -> Array:
+        """`(N, M)`: True for observations whose error model works on the log scale."""
+        names = self.model.observable_names()
+        mask = jnp.zeros(self.data.obs_index.shape, bool)
+        for k, o in enumerate(names):
+            if self.errors[k].log_scale:
+                mask = mask | (self.data.obs_index == k)
+        return mask
+
     # -- simulation --------------------------------------------------------------------------------------------
 
     def simulate(self, key: Any, params: PopulationParameters | None = None) -> tuple[PopulationData, Array]:
