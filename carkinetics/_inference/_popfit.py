@@ -186,7 +186,7 @@ def _individual(problem: PopulationProblem, psi, eta):
 
 
 def build_result(problem: PopulationProblem, method: str, psi, state, *, converged: bool, message: str,
-                 iterations: int, history: list[float], times: dict[str, float], covariance: bool,
+                 iterations: int, history: list[float], times: dict[str, float], covariance: bool | str,
                  ofv_is: float = float("nan"), extra: dict[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None) -> PopulationFit:
     """Assemble a [`carkinetics.PopulationFit`][] at `psi` with EBEs `state` (and run the covariance step)."""
@@ -206,8 +206,9 @@ def build_result(problem: PopulationProblem, method: str, psi, state, *, converg
     t0 = time.perf_counter()
     if covariance and np.isfinite(minus2ll):
         if progress is not None:
-            progress(f"{method}: covariance step ({2 * npsi} gradients)")
-        cov, r, s, cov_msg = covariance_step(problem, psi, state.eta)
+            progress(f"{method}: covariance step")
+        cov, r, s, cov_msg = covariance_step(problem, psi, state.eta,
+                                             method="expansion" if covariance is True else str(covariance))
         message += f"; {cov_msg}"
         if np.all(np.isfinite(cov)):
             r_inv = np.linalg.inv(r)
@@ -248,7 +249,7 @@ def _printer(progress: bool | Callable[[str], None]) -> Callable[[str], None] | 
 
 
 def fit_population(problem: PopulationProblem, method: str = "focei", *, key: Any = None, max_iter: int | None = None,
-                   tol: float = 1e-4, covariance: bool = True, progress: bool | Callable[[str], None] = False,
+                   tol: float = 1e-4, covariance: bool | str = True, progress: bool | Callable[[str], None] = False,
                    saem_iterations: tuple[int, int] = (250, 150), chains: int | None = None,
                    importance_samples: int = 300) -> PopulationFit:
     """Estimate the population parameters of `problem` by FOCEi or SAEM.
@@ -262,7 +263,9 @@ def fit_population(problem: PopulationProblem, method: str = "focei", *, key: An
     - `key`: a `jax.random` key, required for `"saem"` (the MCMC and the importance sampling).
     - `max_iter`: outer iterations for FOCEi (default 100).
     - `tol`: FOCEi convergence tolerance on the Newton decrement of the OFV.
-    - `covariance`: run the covariance step (standard errors).
+    - `covariance`: the covariance step (standard errors): `True` or `"expansion"` (the Hessian of the OFV on the
+      second-order expansion of the predictions at the estimates: no extra solve), `"exact"` (central differences
+      of exact gradients, `2 p` re-solved EBE problems and expansions), `False` (none).
     - `progress`: `True` prints one line per iteration on stderr (or give a callable taking a line).
     - `saem_iterations`: `(K1, K2)`, the SAEM iterations with step size 1 (exploration) and `1/k` (convergence).
     - `chains`: Markov chains per subject for SAEM (default: enough for 50 chains in all).
@@ -284,6 +287,8 @@ def fit_population(problem: PopulationProblem, method: str = "focei", *, key: An
     fit.converged, round(fit.ofv, 1)      # (True, 116.8), the nlmixr2 FOCEi OBJF of this model and data
     ```
     """
+    if covariance not in (True, False, "expansion", "exact"):
+        raise ValueError(f"`covariance` must be True, 'expansion', 'exact' or False, got {covariance!r}.")
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {list(METHODS)}, got {method!r}.")
     if not isinstance(problem, PopulationProblem):
