@@ -24,7 +24,8 @@ def test_theophylline_and_indometacin_as_published():
     np.testing.assert_allclose(np.asarray(th.dv[0, :2]), [0.74, 2.84], rtol=0, atol=0)
     np.testing.assert_allclose(np.asarray(th.time[0, 1]), 0.25 / 24, rtol=1e-15)
     np.testing.assert_allclose(np.asarray(th.covariates["WT"][:3]), [79.6, 72.4, 70.5], rtol=0, atol=0)
-    np.testing.assert_allclose(float(np.sum(np.asarray(th.dv)[np.asarray(th.mask)])), 654.78, rtol=1e-12)  # sum of R Theoph$conc
+    total = float(np.sum(np.asarray(th.dv)[np.asarray(th.mask)]))
+    np.testing.assert_allclose(total, 654.78, rtol=1e-12)  # sum(Theoph$conc) in R
     ind = ck.read_population_data(ck.example_data("indometacin"), OneCompartmentPK, time_unit="h")
     assert (ind.n_subjects, ind.n_observations) == (6, 66)
     assert np.asarray(ind.ts).shape == (11,)   # the same 11 sampling times for all subjects

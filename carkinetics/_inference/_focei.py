@@ -60,10 +60,10 @@ _EBE_TOL = 1e-8
 
 
 class Conditional(eqx.Module):
-    """Per-subject conditional quantities at `(psi, eta)`: objective `l` `(N,)`, its gradient in `eta` `(N, q)`,
+    """Per-subject conditional quantities at `(psi, eta)`: objective `lval` `(N,)`, its gradient in `eta` `(N, q)`,
     the curvature `A` `(N, q, q)`, the FOCEi contribution `ofv` `(N,)` and whether the solve succeeded `ok`."""
 
-    l: Array
+    lval: Array
     grad: Array
     amat: Array
     ofv: Array
@@ -83,13 +83,13 @@ def _conditional(problem: PopulationProblem, psi, eta, pred, jac, ok) -> Conditi
     om_inv = sl.inverse(p.omega)
     logdet_om = sl.logdet(sl.cholesky(p.omega))
     quad = jnp.einsum("nq,qr,nr->n", eta, om_inv, eta)
-    l = jnp.sum(ell, axis=1) + quad
+    lval = jnp.sum(ell, axis=1) + quad
     grad = jnp.einsum("nm,nmq->nq", dell, je) + 2.0 * eta @ om_inv
     amat = jnp.einsum("nm,nmq,nmr->nqr", w, je, je) + om_inv[None, :, :]
-    ofv = l + logdet_om + sl.logdet(sl.cholesky(amat))
-    good = ok & jnp.isfinite(l) & jnp.all(jnp.isfinite(grad), axis=1) & jnp.isfinite(ofv)
-    return Conditional(l=jnp.where(good, l, jnp.inf), grad=grad, amat=amat, ofv=jnp.where(good, ofv, jnp.inf),
-                       ok=good)
+    ofv = lval + logdet_om + sl.logdet(sl.cholesky(amat))
+    good = ok & jnp.isfinite(lval) & jnp.all(jnp.isfinite(grad), axis=1) & jnp.isfinite(ofv)
+    return Conditional(lval=jnp.where(good, lval, jnp.inf), grad=grad, amat=amat,
+                       ofv=jnp.where(good, ofv, jnp.inf), ok=good)
 
 
 @eqx.filter_jit
@@ -126,7 +126,7 @@ def _select(accept, new, old):
 @eqx.filter_jit
 def _lm_accept(active, new, old, lam):
     cond_t, cond = new[4], old[4]
-    accept = active & cond_t.ok & (cond_t.l <= cond.l)
+    accept = active & cond_t.ok & (cond_t.lval <= cond.lval)
     lam = jnp.where(accept, lam * 0.3, jnp.maximum(lam * 10.0, 1e-3))
     lam = jnp.where(lam < 1e-6, 0.0, lam)
     return _select(accept, new, old), lam, ~accept & active & (lam > 1e8)
@@ -157,7 +157,7 @@ def estimate_eta(problem: PopulationProblem, psi, eta0, *, max_iter: int = 60, t
     lam = jnp.zeros(n, dtype=eta.dtype)
     converged = np.zeros(n, bool)
     it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007
+    for it in range(1, max_iter + 1):
         eta_try, dec = _lm_propose(cond, eta, lam)
         converged = np.asarray(dec < tol) & np.asarray(cond.ok)
         active = ~converged & np.asarray(cond.ok)
@@ -165,11 +165,11 @@ def estimate_eta(problem: PopulationProblem, psi, eta0, *, max_iter: int = 60, t
             break
         eta_try = _select(active, eta_try, eta)
         new = _evaluate(problem, psi, eta_try)
-        l_old = cond.l
+        l_old = cond.lval
         (eta, pred, jac, ok, cond), lam, stalled = _lm_accept(active, (eta_try, *new), (eta, pred, jac, ok, cond), lam)
         # converged as well: l no longer changes (a minimum at a kink of the model, where the gradient need not
         # vanish), or a rejected step that cannot change l any more (flat within rounding)
-        flat = np.asarray(jnp.abs(l_old - cond.l) <= 1e-10 * (1.0 + jnp.abs(cond.l))) & np.asarray(cond.ok)
+        flat = np.asarray(jnp.abs(l_old - cond.lval) <= 1e-10 * (1.0 + jnp.abs(cond.lval))) & np.asarray(cond.ok)
         converged = converged | np.asarray(stalled) | (flat & (it > 1))
     return EBEState(eta, cond, pred, jac, ok, converged, it)
 
@@ -244,11 +244,11 @@ def _surrogate(problem: PopulationProblem, psi, ex: Expansion, eta0, n_newton: i
         te = hess[:, ridx][:, :, ridx]
         te = jnp.where(logm[:, None, None], fq[:, None, None] * (te + jgq[:, ridx, None] * jgq[:, None, ridx]), te)
         ell, dell, d2ell, w = problem.observation_terms_of(sigma, fq, *obs)
-        l = jnp.sum(ell) + eta @ om_inv @ eta
+        lval = jnp.sum(ell) + eta @ om_inv @ eta
         g = je.T @ dell + 2.0 * om_inv @ eta
         h = je.T @ (d2ell[:, None] * je) + jnp.einsum("m,mab->ab", dell, te) + 2.0 * om_inv
         a = je.T @ (w[:, None] * je) + om_inv
-        return l, g, h, a
+        return lval, g, h, a
 
     def one(eta0_i, *subject):
         args = (om_inv, p.sigma, *subject)
@@ -274,8 +274,8 @@ def _surrogate(problem: PopulationProblem, psi, ex: Expansion, eta0, n_newton: i
         pd = jnp.all(jnp.isfinite(sl.cholesky(lax.stop_gradient(h))))
         newton = sl.cho_solve(sl.cholesky(jnp.where(pd, h, 2.0 * a)), g)
         eta_t = eta_star - (newton - lax.stop_gradient(newton))  # the value stays at the mode found
-        l, _, _, a = local(eta_t, *args)
-        return l + logdet_om + sl.logdet(sl.cholesky(a)), eta_t
+        lval, _, _, a = local(eta_t, *args)
+        return lval + logdet_om + sl.logdet(sl.cholesky(a)), eta_t
 
     return jax.vmap(one)(eta0, mu, ex.phi, ex.pred, ex.jac, ex.hess, problem.log_scale_mask(), data.dv,
                          data.censored, data.limit, data.mask, data.obs_index)
@@ -373,7 +373,7 @@ def focei(problem: PopulationProblem, *, psi0: Any = None, eta0: Any = None, max
     g = np.full(psi.shape, np.nan)
     b = np.full(psi.shape * 2, np.nan)
     it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007
+    for it in range(1, max_iter + 1):
         ex = expansion(problem, psi, state)
         solves += 4 * len(problem.names)
         g = np.asarray(_surrogate_derivatives(problem, psi, ex, state.eta)[1], float)

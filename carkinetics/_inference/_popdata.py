@@ -10,6 +10,7 @@ baseline covariates. The result is a [`carkinetics.PopulationData`][]: every sub
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.resources
 import os
@@ -172,10 +173,8 @@ def _observable(row: _Row, observables: Mapping[str, str] | tuple[str, ...] | No
         return _cmt(row, observables, "observation")
     raw = row.cells.get("CMT", "")
     key = raw
-    try:
+    with contextlib.suppress(ValueError):
         key = str(int(float(raw)))
-    except ValueError:
-        pass
     if key not in observables:
         raise ValueError(f"Line {row.line}: column CMT = {raw!r} is not one of the observation compartments "
                          f"{sorted(observables)} given in `observables`.")
@@ -277,10 +276,8 @@ def read_population_data(
                 raise ValueError(f"`observables` maps CMT {k!r} to {v!r}, which is not an observable of the model "
                                  f"({list(names)}).")
             key = str(k)
-            try:
+            with contextlib.suppress(ValueError):
                 key = str(int(float(k)))
-            except ValueError:
-                pass
             obs_map[key] = v
     else:
         obs_map = tuple(observables)
@@ -355,7 +352,8 @@ def read_population_data(
                              "give its observations.")
         for c in cov_cols:
             if c not in s["cov"]:
-                raise ValueError(f"Subject ID {sid} (from line {s['first_line']}) has no value in covariate column {c}.")
+                raise ValueError(f"Subject ID {sid} (from line {s['first_line']}) has no value in covariate column "
+                                 f"{c}.")
     ids = tuple(subjects)
     n = len(ids)
     m = max(len(s["obs"]) for s in subjects.values())
@@ -383,4 +381,5 @@ def read_population_data(
                           regimen=regimen, ts=jnp.asarray(ts), time=jnp.asarray(arr["time"]),
                           dv=jnp.asarray(arr["dv"]), mask=jnp.asarray(mask), censored=jnp.asarray(cens),
                           limit=jnp.asarray(arr["limit"]), time_index=jnp.asarray(tidx), obs_index=jnp.asarray(oidx),
-                          covariates=covs, lines=jnp.asarray(lines), time_unit=time_unit, any_censored=bool(cens.any()))
+                          covariates=covs, lines=jnp.asarray(lines), time_unit=time_unit,
+                          any_censored=bool(cens.any()))

@@ -531,7 +531,7 @@ class PopulationProblem(eqx.Module):
         """`(N, M)`: True for observations whose error model works on the log scale."""
         names = self.model.observable_names()
         mask = jnp.zeros(self.data.obs_index.shape, bool)
-        for k, o in enumerate(names):
+        for k in range(len(names)):
             if self.errors[k].log_scale:
                 mask = mask | (self.data.obs_index == k)
         return mask
@@ -573,7 +573,8 @@ class PopulationProblem(eqx.Module):
     def with_data(self, data: PopulationData) -> PopulationProblem:
         """The same model on another data set with the same covariates (e.g. simulated or censored data)."""
         if set(data.covariates) != set(self.data.covariates):
-            raise ValueError(f"`data` has covariates {sorted(data.covariates)}, the problem {sorted(self.data.covariates)}.")
+            raise ValueError(f"`data` has covariates {sorted(data.covariates)}, the problem "
+                             f"{sorted(self.data.covariates)}.")
         design = jnp.asarray(np.stack([np.log(np.asarray(data.covariates[e.covariate]) / e.reference)
                                        for e in self.effects], axis=1) if self.effects else
                              np.zeros((data.n_subjects, 0)))

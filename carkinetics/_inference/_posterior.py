@@ -86,13 +86,13 @@ class _Layout(eqx.Module):
 
 def _layout(problem: PopulationProblem, centered: bool = True) -> _Layout:
     n_corr = sum(len(g) * (len(g) - 1) // 2 for g in problem.blocks)
-    d, e, _, s = problem.sizes
-    return _Layout(centered, d, e, len(problem.random), n_corr, s, problem.data.n_subjects)
+    d, e, _, n_sigma = problem.sizes
+    return _Layout(centered, d, e, len(problem.random), n_corr, n_sigma, problem.data.n_subjects)
 
 
 def _unpack(problem: PopulationProblem, lay: _Layout, x: jax.Array):
     """`(PopulationParameters, eta (N, q), log prior + log Jacobian of the correlation map)`."""
-    d, e, q, nc, s = lay.d, lay.e, lay.q, lay.n_corr, lay.s
+    d, e, q, nc = lay.d, lay.e, lay.q, lay.n_corr
     theta, beta = x[:d], x[d:d + e]
     log_sd = x[d + e:d + e + q]
     corr = x[d + e + q:d + e + q + nc]
