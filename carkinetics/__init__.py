@@ -170,7 +170,7 @@ from ._inference._posterior import (
     sample_population_posterior as sample_population_posterior,
 )
 from ._inference._popdiag import (
-    diagnostics_table as population_diagnostics,
+    population_diagnostics as population_diagnostics,
     npde as npde,
     write_table as write_table,
 )

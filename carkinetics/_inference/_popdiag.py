@@ -117,7 +117,7 @@ def npde(fit: Any, key: Any, n_samples: int = 500) -> np.ndarray:
     return out
 
 
-def diagnostics_table(fit: Any, *, npde_key: Any = None, npde_samples: int = 500) -> dict[str, np.ndarray]:
+def population_diagnostics(fit: Any, *, npde_key: Any = None, npde_samples: int = 500) -> dict[str, np.ndarray]:
     """One row per observation: `ID, TIME` (in the data's time unit), `DV, CENS, PRED, IPRED, RES, IRES, IWRES,
     WRES, CWRES`, optionally `NPDE`, the EBEs `ETA_<parameter>` and `LINE` (line in the source table).
 
