@@ -188,7 +188,8 @@ def _individual(problem: PopulationProblem, psi, eta):
 def build_result(problem: PopulationProblem, method: str, psi, state, *, converged: bool, message: str,
                  iterations: int, history: list[float], times: dict[str, float], covariance: bool | str,
                  ofv_is: float = float("nan"), extra: dict[str, Any] | None = None,
-                 progress: Callable[[str], None] | None = None) -> PopulationFit:
+                 progress: Callable[[str], None] | None = None,
+                 given_covariance: tuple[np.ndarray, str] | None = None) -> PopulationFit:
     """Assemble a [`carkinetics.PopulationFit`][] at `psi` with EBEs `state` (and run the covariance step)."""
     psi = jnp.asarray(psi)
     p = problem.unpack(psi)
@@ -204,7 +205,10 @@ def build_result(problem: PopulationProblem, method: str, psi, state, *, converg
     cov = np.full((npsi, npsi), np.nan)
     extra = dict(extra or {})
     t0 = time.perf_counter()
-    if covariance and np.isfinite(minus2ll):
+    if given_covariance is not None:
+        cov, cov_msg = given_covariance
+        message += f"; {cov_msg}"
+    elif covariance and np.isfinite(minus2ll):
         if progress is not None:
             progress(f"{method}: covariance step")
         cov, r, s, cov_msg = covariance_step(problem, psi, state.eta,
@@ -214,7 +218,7 @@ def build_result(problem: PopulationProblem, method: str, psi, state, *, converg
             r_inv = np.linalg.inv(r)
             extra["covariance_sandwich"] = r_inv @ s @ r_inv
             extra["se_sandwich"] = _standard_errors(problem, psi, extra["covariance_sandwich"])
-    times = dict(times, covariance=time.perf_counter() - t0)
+    times = dict(times, covariance=times.get("covariance", 0.0) + time.perf_counter() - t0)
     se = _standard_errors(problem, psi, cov)
     eta = np.asarray(state.eta, float)
     values = np.asarray(_individual(problem, psi, state.eta), float)
@@ -263,9 +267,11 @@ def fit_population(problem: PopulationProblem, method: str = "focei", *, key: An
     - `key`: a `jax.random` key, required for `"saem"` (the MCMC and the importance sampling).
     - `max_iter`: outer iterations for FOCEi (default 100).
     - `tol`: FOCEi convergence tolerance on the Newton decrement of the OFV.
-    - `covariance`: the covariance step (standard errors): `True` or `"expansion"` (the Hessian of the OFV on the
-      second-order expansion of the predictions at the estimates: no extra solve), `"exact"` (central differences
-      of exact gradients, `2 p` re-solved EBE problems and expansions), `False` (none).
+    - `covariance`: the covariance step (standard errors). FOCEi: `True` or `"expansion"` (the Hessian of the OFV
+      on the second-order expansion of the predictions at the estimates: no extra solve), `"exact"` (central
+      differences of exact gradients, `2 p` re-solved EBE problems and expansions). SAEM: `True` or `"sa"`
+      (Louis' observed information from Markov chains at the estimates, as Monolix; no derivative of the model),
+      or the FOCEi options (a linearisation at the SAEM estimates, like nlmixr2's `linFim`). `False`: none.
     - `progress`: `True` prints one line per iteration on stderr (or give a callable taking a line).
     - `saem_iterations`: `(K1, K2)`, the SAEM iterations with step size 1 (exploration) and `1/k` (convergence).
     - `chains`: Markov chains per subject for SAEM (default: enough for 50 chains in all).
@@ -287,8 +293,10 @@ def fit_population(problem: PopulationProblem, method: str = "focei", *, key: An
     fit.converged, round(fit.ofv, 1)      # (True, 116.8), the nlmixr2 FOCEi OBJF of this model and data
     ```
     """
-    if covariance not in (True, False, "expansion", "exact"):
-        raise ValueError(f"`covariance` must be True, 'expansion', 'exact' or False, got {covariance!r}.")
+    if covariance not in (True, False, "expansion", "exact", "sa"):
+        raise ValueError(f"`covariance` must be True, 'expansion', 'exact', 'sa' or False, got {covariance!r}.")
+    if covariance == "sa" and method != "saem":
+        raise ValueError("`covariance='sa'` (stochastic approximation of the information) needs method='saem'.")
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {list(METHODS)}, got {method!r}.")
     if not isinstance(problem, PopulationProblem):
@@ -305,15 +313,29 @@ def fit_population(problem: PopulationProblem, method: str = "focei", *, key: An
         raise ValueError("SAEM needs a `key` (jax.random.key(...)) for its Markov chains.")
     from ._saem import importance_sampling_ofv, saem
 
+    from ._saem import fisher_information
+
     res = saem(problem, key, iterations=saem_iterations, chains=chains, progress=say)
     state = estimate_eta(problem, res.psi, res.eta_mean)
+    given = None
+    if covariance in (True, "sa") and res.chains is not None:
+        if say is not None:
+            say("saem: covariance (Louis' information from Markov chains at the estimates)")
+        t_cov = time.perf_counter()
+        given = fisher_information(problem, res.psi, res, jax.random.fold_in(key, 2))
+        t_cov = time.perf_counter() - t_cov
     ofv_is = float("nan")
     if importance_samples > 0:
         ofv_is = importance_sampling_ofv(problem, res.psi, state, jax.random.fold_in(key, 1), importance_samples)
         n_const = int(np.asarray(problem.data.mask & ~problem.data.censored).sum())
         ofv_is -= n_const * LOG_2PI
     times = {"estimation": time.perf_counter() - t0}
-    return build_result(problem, "saem", res.psi, state, converged=res.converged, message=res.message,
-                        iterations=res.iterations, history=res.ofv_history, times=times, covariance=covariance,
-                        ofv_is=ofv_is, extra={"trajectory": res.trajectory, "acceptance": res.acceptance},
-                        progress=say)
+    if given is not None:
+        times["estimation"] -= t_cov
+        times["covariance"] = t_cov
+    result = build_result(problem, "saem", res.psi, state, converged=res.converged, message=res.message,
+                          iterations=res.iterations, history=res.ofv_history, times=times,
+                          covariance=False if given is not None else covariance, ofv_is=ofv_is,
+                          extra={"trajectory": res.trajectory, "acceptance": res.acceptance}, progress=say,
+                          given_covariance=given)
+    return result

@@ -46,6 +46,8 @@ from ._population_model import PopulationProblem
 class SAEMResult(NamedTuple):
     psi: Any
     eta_mean: Any
+    chains: Any  # the final state of the chains (eta (N C, q), m2ll, pred, ok) and the proposal scales
+    n_chains: int
     converged: bool
     message: str
     iterations: int
@@ -67,32 +69,69 @@ def _m2ll_from_pred(problem: PopulationProblem, psi, pred, ok):
 
 
 @eqx.filter_jit
-def _mh_steps(problem: PopulationProblem, psi, eta, m2ll, pred, ok, key, scale):
-    """Two independent (prior) and two random-walk Metropolis-Hastings steps for every subject-chain: one batched
-    solve each (one trace of the solve, in a loop)."""
+def _mh_steps(problem: PopulationProblem, psi, eta, m2ll, pred, ok, key, scale, scale_c):
+    """Metropolis-Hastings moves of every subject-chain, each one batched solve (one trace of the solve, in a loop):
+    two with the prior `N(0, Omega)` as independent proposal, two random-walk steps `eta + s L xi` (`L L' =
+    Omega`), then one random-walk step per random effect alone (`scale_c[k] sqrt(Omega_kk)`), as Monolix's three
+    kernels. Returns the new state, the acceptance rates of the joint and of the component-wise random walks, the
+    individual parameters and `Omega`."""
     p = problem.unpack(psi)
     low = sl.cholesky(p.omega)
     om_inv = sl.inverse(p.omega)
     prior = lambda e: jnp.einsum("nq,qr,nr->n", e, om_inv, e)
+    q = eta.shape[1]
+    sd = jnp.sqrt(jnp.diagonal(p.omega))
+    n_steps = 4 + q
 
     def step(j, carry):
-        eta, m2ll, pred, ok, acc, key = carry
+        eta, m2ll, pred, ok, acc, acc_c, key = carry
         independent = j < 2
+        joint = j < 4
+        comp = jnp.clip(j - 4, 0, max(q - 1, 0))
         key, kp, ku = jax.random.split(key, 3)
-        xi = jax.random.normal(kp, eta.shape, dtype=eta.dtype) @ low.T
-        prop = jnp.where(independent, xi, eta + scale * xi)
+        xi = jax.random.normal(kp, eta.shape, dtype=eta.dtype)
+        onehot = jax.nn.one_hot(comp, q, dtype=eta.dtype)
+        move = jnp.where(joint, scale * (xi @ low.T), (scale_c[comp] * sd[comp]) * xi * onehot[None, :])
+        prop = jnp.where(independent, xi @ low.T, eta + move)
         pred_new, ok_new = problem.predict(problem.phi(p, prop))
         ell = jnp.sum(problem.observation_terms(p.sigma, pred_new)[0], axis=1)
         m2ll_new = jnp.where(ok_new & jnp.isfinite(ell), ell, jnp.inf)
         # log acceptance ratio: the prior cancels for the independent (prior) proposal
         log_ratio = -0.5 * (m2ll_new - m2ll) - 0.5 * jnp.where(independent, 0.0, prior(prop) - prior(eta))
         accept = jnp.log(jax.random.uniform(ku, m2ll.shape, dtype=m2ll.dtype)) < log_ratio
-        acc = acc + jnp.where(independent, 0.0, jnp.mean(accept))
+        rate = jnp.mean(accept)
+        acc = acc + jnp.where(joint & ~independent, rate, 0.0)
+        acc_c = acc_c + jnp.where(joint, 0.0, rate) * onehot
         return (jnp.where(accept[:, None], prop, eta), jnp.where(accept, m2ll_new, m2ll),
-                jnp.where(accept[:, None], pred_new, pred), jnp.where(accept, ok_new, ok), acc, key)
+                jnp.where(accept[:, None], pred_new, pred), jnp.where(accept, ok_new, ok), acc, acc_c, key)
 
-    eta, m2ll, pred, ok, acc, _ = jax.lax.fori_loop(0, 4, step, (eta, m2ll, pred, ok, jnp.zeros((), eta.dtype), key))
-    return eta, m2ll, pred, ok, acc / 2.0, problem.phi(p, eta), p.omega
+    init = (eta, m2ll, pred, ok, jnp.zeros((), eta.dtype), jnp.zeros(q, eta.dtype), key)
+    eta, m2ll, pred, ok, acc, acc_c, _ = jax.lax.fori_loop(0, n_steps, step, init)
+    return eta, m2ll, pred, ok, acc / 2.0, acc_c, problem.phi(p, eta), p.omega
+
+
+@eqx.filter_jit
+def _complete_data_derivatives(problem: PopulationProblem, psi, phi, pred):
+    """Per subject-chain gradient `(N, p)` and Hessian `(N, p, p)` in `psi` of the complete-data log-likelihood
+    `log p(y | phi; sigma) + log p(phi; theta, beta, Omega)` (no derivative of the model: `pred` is fixed)."""
+    data = problem.data
+    ridx = np.asarray(problem.random_index, dtype=int)
+
+    def loglik(z, phi_i, pred_i, design_i, *obs):
+        p = problem.unpack(z)
+        mu = p.theta
+        for k, e in enumerate(problem.effects):
+            mu = mu.at[problem.names.index(e.parameter)].add(p.beta[k] * design_i[k])
+        r = (phi_i - mu)[ridx]
+        low = sl.cholesky(p.omega)
+        log_prior = -0.5 * (len(ridx) * math.log(2 * math.pi) + sl.logdet(low) + r @ sl.cho_solve(low, r))
+        ell = problem.observation_terms_of(p.sigma, pred_i, *obs)[0]
+        return log_prior - 0.5 * jnp.sum(ell)
+
+    def one(*args):
+        return jax.grad(loglik)(psi, *args), jax.hessian(loglik)(psi, *args)
+
+    return jax.vmap(one)(phi, pred, problem.design, data.dv, data.censored, data.limit, data.mask, data.obs_index)
 
 
 @eqx.filter_jit
@@ -164,6 +203,7 @@ def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = 
     m2ll = jnp.full(n * c, jnp.inf, dtype=psi.dtype)
     pred = jnp.zeros(pc.data.dv.shape, dtype=psi.dtype)
     scale = 0.5
+    scale_c = np.full(len(problem.random), 1.0)
     stats = None
     trajectory = [np.asarray(psi, float)]
     acceptance = []
@@ -173,10 +213,12 @@ def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = 
     ok = jnp.zeros(n * c, dtype=bool)
     for k in range(1, total + 1):
         key, sub = jax.random.split(key)
-        eta, m2ll, pred, ok, rate_j, phi_j, omega_j = _mh_steps(pc, psi, eta, m2ll, pred, ok, sub,
-                                                                jnp.asarray(scale, dtype=psi.dtype))
+        eta, m2ll, pred, ok, rate_j, rate_c, phi_j, omega_j = _mh_steps(
+            pc, psi, eta, m2ll, pred, ok, sub, jnp.asarray(scale, dtype=psi.dtype), jnp.asarray(scale_c, psi.dtype))
         rate = float(rate_j)
         scale *= 1.1 if rate > 0.4 else (0.9 if rate < 0.3 else 1.0)
+        rc = np.asarray(rate_c, float)
+        scale_c *= np.where(rc > 0.4, 1.1, np.where(rc < 0.3, 0.9, 1.0))
         acceptance.append(rate)
         # sufficient statistics of this sample (averaged over chains)
         phi, old = np.asarray(phi_j, float), np.asarray(omega_j, float)  # (N C, d), (q, q)
@@ -227,15 +269,54 @@ def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = 
     finite = bool(np.all(np.isfinite(traj[-1])) and np.all(np.isfinite(np.asarray(m2ll))))
     if not np.all(np.isfinite(np.asarray(m2ll))):
         bad = sorted({problem.data.ids[i % n] for i in np.flatnonzero(~np.isfinite(np.asarray(m2ll)))})
-        return SAEMResult(psi, jnp.mean(eta.reshape(c, n, -1), axis=0), False, f"the likelihood is not finite for "
-                          f"subjects {bad} (every proposal failed)", total, history, traj, np.asarray(acceptance))
+        return SAEMResult(psi, jnp.mean(eta.reshape(c, n, -1), axis=0), None, c, False, f"the likelihood is not "
+                          f"finite for subjects {bad} (every proposal failed)", total, history, traj,
+                          np.asarray(acceptance))
     tail = traj[-min(20, k2):]
     drift = float(np.max(np.abs(tail - tail[-1]))) if finite else float("inf")
     converged = finite and drift < 0.05
     message = (f"{k1} + {k2} iterations, {c} chain(s) per subject; parameter drift over the last {len(tail)} "
                f"iterations {drift:.2g} (unconstrained scale)" + ("" if converged else ": NOT stabilised"))
     eta_mean = jnp.mean(eta.reshape(c, n, -1), axis=0)
-    return SAEMResult(psi, eta_mean, converged, message, total, history, traj, np.asarray(acceptance))
+    chains_state = (eta, m2ll, pred, ok, scale, scale_c)
+    return SAEMResult(psi, eta_mean, chains_state, c, converged, message, total, history, traj,
+                      np.asarray(acceptance))
+
+
+def fisher_information(problem: PopulationProblem, psi, result: SAEMResult, key: Any, iterations: int = 200
+                       ) -> tuple[np.ndarray, str]:
+    """Observed Fisher information of `psi` by Louis' principle, estimated from Markov chains at the estimates (as
+    Monolix's stochastic-approximation standard errors): `I = sum_i (-E[d2 log p(y_i, phi_i)] - Var[d log p(y_i,
+    phi_i)])` over the conditional distribution of each subject's parameters. Only the complete-data likelihood is
+    differentiated (the predictions are held), so models whose predictions are not smooth in their parameters are
+    fine. Returns `(covariance = I^-1, message)`."""
+    n, c = problem.data.n_subjects, result.n_chains
+    pc = _chain_problem(problem, c)
+    eta, m2ll, pred, ok, scale, scale_c = result.chains
+    p = psi.shape[0]
+    sum_g = np.zeros((n, p))
+    sum_gg = np.zeros((n, p, p))
+    sum_h = np.zeros((n, p, p))
+    for k in range(iterations):
+        key, sub = jax.random.split(key)
+        eta, m2ll, pred, ok, _, _, phi, _ = _mh_steps(pc, psi, eta, m2ll, pred, ok, sub,
+                                                      jnp.asarray(scale, psi.dtype), jnp.asarray(scale_c, psi.dtype))
+        g, h = (np.asarray(x, float) for x in _complete_data_derivatives(pc, psi, phi, pred))
+        g = g.reshape(c, n, p)
+        sum_g += g.sum(axis=0)
+        sum_gg += np.einsum("cnp,cnr->npr", g, g)
+        sum_h += h.reshape(c, n, p, p).sum(axis=0)
+    m = iterations * c
+    mean_g = sum_g / m
+    info = np.sum(-sum_h / m - (sum_gg / m - np.einsum("np,nr->npr", mean_g, mean_g)), axis=0)
+    info = 0.5 * (info + info.T)
+    try:
+        np.linalg.cholesky(info)
+    except np.linalg.LinAlgError:
+        return np.full((p, p), np.nan), "covariance step failed: the stochastic-approximation information is not " \
+            "positive definite"
+    return np.linalg.inv(info), (f"covariance: Louis' observed information from {iterations} x {c} Markov-chain "
+                                 "draws at the estimates")
 
 
 @eqx.filter_jit
