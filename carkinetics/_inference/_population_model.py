@@ -250,7 +250,8 @@ class PopulationProblem(eqx.Module):
       with the exponent estimated (its given value is the initial estimate); the covariate is a column of the data.
     - `solver`: an ensemble method (default: the model class's, with up to 8 saves per step) or a diffrax solver
       (`jax.vmap` engine, for cross-checks).
-    - `rtol`, `atol`, `max_steps`: integration settings (tight by default: derivatives are taken of the solution).
+    - `rtol`, `atol`, `max_steps`: integration settings (default `1e-8` in float64, `1e-5` in float32: derivatives
+      are taken of the solution, so the tolerances are tight; population fits are meant for float64).
 
     **Raises:** `ValueError` for unknown parameters or covariates, a parameter with random effects that is not
     estimated, a malformed `omega` or `blocks`, an error model for an observable the data do not measure.
@@ -286,7 +287,8 @@ class PopulationProblem(eqx.Module):
                  *, error: AbstractResidualError | Mapping[str, AbstractResidualError],
                  estimate: Sequence[str] | None = None, omega: Any = None,
                  blocks: str | Sequence[Sequence[str]] = "diagonal", covariates: Sequence[CovariateEffect] = (),
-                 solver: Any = None, rtol: float = 1e-8, atol: float = 1e-8, max_steps: int = 100_000):
+                 solver: Any = None, rtol: float | None = None, atol: float | None = None,
+                 max_steps: int = 100_000):
         if not isinstance(model, AbstractKineticModel):
             raise ValueError(f"`model` must be a carkinetics model instance, got {model!r}.")
         if not isinstance(data, PopulationData):
@@ -382,7 +384,10 @@ class PopulationProblem(eqx.Module):
             if isinstance(solver, EnsembleTsit5) and solver.saves_per_step is None:
                 solver = EnsembleTsit5(slots=solver.slots, saves_per_step=8)
         self.solver = solver
-        self.rtol, self.atol, self.max_steps = float(rtol), float(atol), int(max_steps)
+        x64 = bool(jax.config.jax_enable_x64)  # derivatives are taken of the solution: tight tolerances in float64
+        self.rtol = float(rtol if rtol is not None else (1e-8 if x64 else 1e-5))
+        self.atol = float(atol if atol is not None else (1e-8 if x64 else 1e-5))
+        self.max_steps = int(max_steps)
         self.psi0 = jnp.asarray(np.concatenate([theta0, beta0, self._omega_to_psi(omega0), np.log(sigma0)]))
 
     def observation_terms_of(self, sigma: Array, pred: Array, dv: Array, censored: Array, limit: Array, mask: Array,
