@@ -85,7 +85,7 @@ def test_exact_gradient_matches_finite_differences_of_the_ofv(problem):
     psi = problem.psi0 + 0.05
     eta0 = jnp.zeros((12, 3))
     grad, state = _focei.exact_gradient(problem, psi, eta0)
-    h = 1e-4
+    h = 1e-3  # smaller steps meet the integration noise (rtol 1e-8 on 132 observations): ~1e-5 in the OFV
     fd = []
     for k in range(psi.shape[0]):
         e = np.eye(psi.shape[0])[k] * h
