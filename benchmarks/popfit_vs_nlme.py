@@ -126,7 +126,8 @@ def _nlme(path: str, repeats: int) -> dict | None:
     if proc.returncode != 0:
         print(f"nlme: failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
         return None
-    out = json.loads(proc.stdout.strip().splitlines()[-1].replace("\n", " "))
+    text = proc.stdout
+    out = json.loads(text[text.index("{"):text.rindex("}") + 1].replace("\n", " "))
     out["process_wall_s"] = wall
     return out
 
