@@ -2,8 +2,10 @@
 
 Workload: the Stein 2019 CAR-T kinetics model (`Stein2019CK`), 6 estimated parameters (foldx, tmax, cmax, alpha, fb,
 beta; log/logit scale), synthetic transgene data at 27 days (Table 1 values, log-normal noise sd 0.02, numpy seed 0;
-the problem of tests/test_calibrate.py), grid of 40 points, Tsit5 / EnsembleTsit5 at rtol 1e-6, atol 1e-8.
-Starts: `make_starts(scale=0.3)` from `jax.random.key(7)` (timed runs use new starts of the same shape).
+the problem of tests/test_calibrate.py), grid of 40 points, the model class's solvers and tolerances
+(`solver=None`: EnsembleTsit5 on the ensemble engine, diffrax Tsit5 on the vmap engine; rtol 1e-6, atol 1e-8;
+`max_steps` 20,000 over the whole horizon). Starts: `make_starts(scale=0.3)` from `jax.random.key(7)` (timed runs
+use new starts of the same shape).
 
 For each number of starts S the script reports, compile (first call) separately from the run (min of repeats,
 results blocked on), in float64:
@@ -12,7 +14,10 @@ results blocked on), in float64:
   ensemble solve, reverse mode) vs `jax.vmap(jax.value_and_grad(problem.loss))` (vmap of diffrax);
 - `fit`: one short fit, `ck.fit(problem, starts, adam_steps=20, lbfgs_steps=20, engine=...)`, and its best loss.
 
-Example: `python benchmarks/calibration_engines.py --starts 4,16,64 --repeats 3`
+Examples:
+
+    python benchmarks/calibration_engines.py --quick          # smoke run: 4 starts, 2 + 2 iterations, one repeat
+    python benchmarks/calibration_engines.py --starts 4,16,64 --repeats 2
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+
+import _workloads as W
 
 
 def main():
@@ -30,7 +37,10 @@ def main():
     p.add_argument("--lbfgs-steps", type=int, default=20)
     p.add_argument("--skip-fit", action="store_true")
     p.add_argument("--json", default=None, help="write the rows to this JSON file")
+    p.add_argument("--quick", action="store_true", help="smoke run: 4 starts, 2 Adam + 2 L-BFGS, one repeat")
     args = p.parse_args()
+    if args.quick:
+        args.starts, args.repeats, args.adam_steps, args.lbfgs_steps = "4", 1, 2, 2
 
     import jax
 
@@ -43,7 +53,7 @@ def main():
     from carkinetics.models import Stein2019CK
 
     dev = jax.devices()[0]
-    print(f"jax {jax.__version__}, dtype float64, device {dev.device_kind} ({jax.default_backend()})")
+    print(W.machine())
     names = ["foldx", "tmax", "cmax", "alpha", "fb", "beta"]
     days = np.array([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 28, 35, 42, 56, 70, 90, 120, 150, 180,
                      240, 300, 365])
@@ -78,7 +88,7 @@ def main():
         if not args.skip_fit:
             for eng in ("ensemble", "vmap"):
                 kw = dict(adam_steps=args.adam_steps, lbfgs_steps=args.lbfgs_steps, engine=eng)
-                first, _ = timed(lambda z: ck.fit(problem, starts=z, **kw).z_final, z1)
+                first, _ = timed(lambda z, kw=kw: ck.fit(problem, starts=z, **kw).z_final, z1)
                 best = None
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
@@ -93,9 +103,9 @@ def main():
         rows.append(row)
         print(json.dumps(row))
 
-    print(f"\n| starts | loss+grad ensemble (ms/start) | loss+grad vmap (ms/start) | speed-up | compile ens / vmap (s) "
-          f"| fit ensemble (ms/start) | fit vmap (ms/start) | speed-up | fit compile+run ens / vmap (s) "
-          f"| best loss ens / vmap |")
+    print("\n| starts | loss+grad ensemble (ms/start) | loss+grad vmap (ms/start) | speed-up | compile ens / vmap (s) "
+          "| fit ensemble (ms/start) | fit vmap (ms/start) | speed-up | fit compile+run ens / vmap (s) "
+          "| best loss ens / vmap |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["starts"]

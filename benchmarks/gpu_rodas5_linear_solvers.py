@@ -4,21 +4,25 @@ Times `ck.simulate_ensemble` with `EnsembleRodas5(linear_solver=...)` for each o
 (`jax.lax.linalg.lu` on the full matrix: cuSOLVER/cuBLAS batched getrf on GPU), "vectorized" (elimination unrolled over
 the states, batch-vectorised), "loop" (the same elimination in a `fori_loop`), "block" (only the diagonal blocks of the
 Jacobian's block-triangular form are factorised: vectorised below 12 states on accelerators, LAPACK from there) and
-"block_lapack" (LAPACK for every block). Workloads: the 29-state SLE model (Erlangen regimen, days -5..365 with
-half-day-offset daily saves, rtol = atol = 1e-6, log-normal perturbations of five parameters, seed 0) at each N of
-`--n`, and optionally (`--ref-n`) the 9-state reference workload (rtol 1e-6, atol 1e-8) with EnsembleRodas5 for the
-kinds of `--ref-kinds` and EnsembleTsit5. Compile is reported separately, results are blocked on, the time is the
-minimum of `--repeats`, float64 throughout. The max difference between the kinds' solutions (relative to each state's
-maximum) shows they compute the same method. A time budget (`--budget-s`) skips the remaining configurations rather than
-overrunning a lease.
+"block_lapack" (LAPACK for every block). Workloads (see `_workloads.py`): the current SLE model (`load_preset("human")`,
+`erlangen_regimen`, `save_times(365)` from the first dose, the model class's tolerances, log-normal perturbations of
+five rate parameters, seed 0) at each N of `--n`, and optionally (`--ref-n`) the 9-state reference workload (rtol
+1e-6, atol 1e-8) with EnsembleRodas5 for the kinds of `--ref-kinds` and EnsembleTsit5. Compile is reported
+separately, results are blocked on, the time is the minimum of `--repeats`, float64 throughout; failures are counted
+(`throw=False`). The max difference between the kinds' solutions (relative to each state's maximum) shows they
+compute the same method. A time budget (`--budget-s`) skips the remaining configurations rather than overrunning a
+lease.
 
     python benchmarks/gpu_rodas5_linear_solvers.py --n 10000,100000 --kinds lapack,block --ref-n 100000 --budget-s 420
+    python benchmarks/gpu_rodas5_linear_solvers.py --quick      # CPU smoke run: N = 8, lapack and block, ref N = 16
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+
+import _workloads as W
 
 
 def main():
@@ -29,7 +33,10 @@ def main():
     p.add_argument("--ref-n", type=int, default=0, help="also time the reference workload at this N (0: skip)")
     p.add_argument("--ref-kinds", default="vectorized,block", help="`linear_solver` values for the reference workload")
     p.add_argument("--budget-s", type=float, default=1e9, help="skip what would start after this many seconds")
+    p.add_argument("--quick", action="store_true", help="smoke run: SLE N = 8 (lapack, block), reference N = 16")
     args = p.parse_args()
+    if args.quick:
+        args.n, args.kinds, args.repeats, args.ref_n, args.ref_kinds = "8", "lapack,block", 1, 16, "block"
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -37,12 +44,10 @@ def main():
     import numpy as np
 
     import carkinetics as ck
-    from carkinetics.models.sle import erlangen_regimen, load_preset
 
     start = time.perf_counter()
     kinds = args.kinds.split(",")
-    print(f"jax {jax.__version__}, float64, device {jax.devices()[0].device_kind} ({jax.default_backend()})",
-          flush=True)
+    print(W.machine(), flush=True)
 
     def timed(label, fn, models, n):
         if time.perf_counter() - start > args.budget_s:
@@ -72,37 +77,26 @@ def main():
                 print(f"{label}: max |{k} - {first}| / state max: {float(np.max(np.abs(v - have[first]) / scale)):.2e}",
                       flush=True)
 
-    base = load_preset("human")
-    regimen = erlangen_regimen(base)
-    ts = jnp.asarray(-5.0 + 0.5 + np.arange(370.0))
-    varied = ["car.rho", "car.k_kill", "car.k_exh", "humoral.k_igg", "myeloid.k_il6"]
-    for n in (int(x) for x in args.n.split(",")):
-        rng = np.random.default_rng(0)
-        fac = np.exp(rng.normal(0.0, 0.2, (n, len(varied))))
-        fac[0] = 1.0
-        models = jax.vmap(lambda d: base.replace(d))({v: jnp.asarray(float(base.get(v)) * fac[:, i])
-                                                      for i, v in enumerate(varied)})
+    def solve(w, solver):
+        ts = jnp.asarray(w.ts)
+        return jax.jit(lambda m: ck.simulate_ensemble(m, w.regimen, ts, t0=w.t0, solver=solver, rtol=w.rtol,
+                                                      atol=w.atol, throw=False))
+
+    w = W.sle_workload()
+    for n in (int(x) for x in args.n.split(",") if x):
+        models = W.perturbed_batch(w, n)
         sols = {}
         for kind in kinds:
-            fn = jax.jit(lambda m, kind=kind: ck.simulate_ensemble(
-                m, regimen, ts, solver=ck.EnsembleRodas5(linear_solver=kind), rtol=1e-6, atol=1e-6))
+            fn = solve(w, ck.EnsembleRodas5(linear_solver=kind))
             sols[kind] = timed(f"sle rodas5 linear_solver={kind:12s}", fn, models, n)
         compare(sols, f"sle N={n}")
     if args.ref_n:
-        from carkinetics.models.reference_workload import SHARED_ORDER, ReferenceWorkload
-
-        ref = ReferenceWorkload()
-        fac = np.exp(np.random.default_rng(0).normal(0.0, 0.3, (args.ref_n, len(SHARED_ORDER))))
-        fac[0] = 1.0
-        models = jax.vmap(lambda d: ref.replace(d))({v: jnp.asarray(float(ref.get(v)) * fac[:, i])
-                                                     for i, v in enumerate(SHARED_ORDER)})
-        ts_ref = jnp.linspace(0.0, 365.0, 366)
-        fn = jax.jit(lambda m: ck.simulate_ensemble(m, None, ts_ref, rtol=1e-6, atol=1e-8))
-        timed("reference ens_tsit5                        ", fn, models, args.ref_n)
+        w = W.reference_workload()
+        models = W.perturbed_batch(w, args.ref_n)
+        timed("reference ens_tsit5                        ", solve(w, ck.EnsembleTsit5()), models, args.ref_n)
         sols = {}
         for kind in args.ref_kinds.split(","):
-            fn = jax.jit(lambda m, kind=kind: ck.simulate_ensemble(
-                m, None, ts_ref, solver=ck.EnsembleRodas5(linear_solver=kind), rtol=1e-6, atol=1e-8))
+            fn = solve(w, ck.EnsembleRodas5(linear_solver=kind))
             sols[kind] = timed(f"reference rodas5 linear_solver={kind:12s}", fn, models, args.ref_n)
         compare(sols, f"reference N={args.ref_n}")
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)

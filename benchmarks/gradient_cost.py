@@ -1,32 +1,43 @@
 """Gradient cost of a population loss: reverse mode vs forward mode vs finite differences, relative to one loss.
 
-Workload: the 9-state timing model (`ReferenceWorkload`; or `--model sle`), N virtual patients whose parameters
-are population values (P = 3 log-scale parameters, the differentiated inputs) times fixed log-normal random
-effects (seed 0). Loss: mean squared log-error of three observables at all daily saves against the nominal
-population's trajectories. Tolerances: rtol 1e-6, atol 1e-8 (sle: 1e-6, 1e-6).
+Workload (`--model`, see `_workloads.py`): the 9-state timing model (`ReferenceWorkload`) or the current SLE model
+(`load_preset("human")`, `erlangen_regimen`, `save_times(365)` from the first dose), N virtual patients whose
+parameters are population values (P = 3 log-scale parameters, the differentiated inputs) times fixed log-normal
+random effects (sd 0.2, seed 0). Loss: mean squared log-error of the first three observables at all saves against
+the nominal population's trajectories (computed at rtol 1e-9), evaluated at log-parameters + 0.05. Tolerances: the
+workload's (reference rtol 1e-6, atol 1e-8; SLE: the model class's defaults).
 
-The ensemble runs with `simulate_ensemble`'s default slots (`--slots default`: 120 on CPU, so a member queue
-for N > 120; reverse mode then differentiates a re-solve without the queue, see `simulate_ensemble`); `--slots all`
-uses one slot per member for every pass, `--slots K` K slots.
+The ensemble method (`--method tsit5|rodas5`: `ck.EnsembleTsit5` / `ck.EnsembleRodas5`) runs with its default slots
+(`--slots default`: 120 on CPU, so a member queue for N > 120; reverse mode then differentiates a re-solve without
+the queue), `--slots all` one slot per member, `--slots K` K slots (the method's `slots` field).
 
 Per N the script reports, each compiled first (compile time printed separately), blocked on, min of repeats:
 
-- `loss`: one forward population solve + loss (`ck.simulate_ensemble`, EnsembleTsit5 or `--method rodas5`);
+- `loss`: one forward population solve + loss (`ck.simulate_ensemble` with the ensemble method);
 - `reverse`: `jax.grad` through the checkpointed solver loop (the default adjoint), and its ratio to `loss`;
 - `forward`: `jax.jacfwd` with `adjoint=diffrax.ForwardMode()` (P tangents);
 - `fd`: central finite differences (2 P losses, step 1e-5 in log space);
-- `vmap_reverse`: `jax.grad` of the same loss with `jax.vmap(ck.simulate)` (diffrax Tsit5, reverse mode);
+- `vmap_reverse`: `jax.grad` of the same loss with `ck.simulate_ensemble(..., solver=diffrax.Tsit5())` (`jax.vmap`
+  of the per-member diffrax engine, reverse mode);
+- `vmap_diffrax_reverse` (reference workload): the same with the peer in its plainest form,
+  `jax.vmap(diffrax.diffeqsolve)` on the right-hand side written out;
 
 and the relative difference of each gradient from the reverse-mode one. Memory: the compiled executable's
 temporary buffer size (XLA memory analysis) of the reverse-mode gradient.
 
-Example: `python benchmarks/gradient_cost.py --n 100,1000 --repeats 3`
+Examples:
+
+    python benchmarks/gradient_cost.py --quick                        # smoke run (N = 20, one repeat)
+    python benchmarks/gradient_cost.py --n 100,1000 --repeats 3
+    python benchmarks/gradient_cost.py --model sle --method rodas5 --n 100,1000 --skip-vmap
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import dataclasses
+
+import _workloads as W
 
 
 def _slots(arg, n):
@@ -37,14 +48,17 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", default="100,1000")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="smoke run: N = 20, one repeat")
     p.add_argument("--model", choices=["reference", "sle"], default="reference")
     p.add_argument("--method", choices=["tsit5", "rodas5"], default="tsit5")
     p.add_argument("--skip-vmap", action="store_true")
-    p.add_argument("--slots", default="default", help="simulate_ensemble slots: 'default' (None: 120 on CPU, N on "
-                   "accelerators), 'all' (= N: no member queue) or an int")
+    p.add_argument("--slots", default="default", help="the ensemble method's slots: 'default' (None: 120 on CPU, N "
+                   "on accelerators), 'all' (= N: no member queue) or an int")
     p.add_argument("--checkpoints", default="", help="comma-separated checkpoint counts for extra reverse-mode rows "
                    "(diffrax.RecursiveCheckpointAdjoint(checkpoints=K): more checkpoints, fewer recomputations)")
     args = p.parse_args()
+    if args.quick:
+        args.n, args.repeats = "20", 1
 
     import jax
 
@@ -55,80 +69,71 @@ def main():
 
     import carkinetics as ck
 
-    print(f"jax {jax.__version__}, dtype float64, device {jax.devices()[0].device_kind} ({jax.default_backend()})")
+    print(W.machine())
+    w = W.workload(args.model)
+    base, regimen, ts = w.model, w.regimen, jnp.asarray(w.ts)
     if args.model == "reference":
-        from carkinetics.models.reference_workload import ReferenceWorkload
-
-        base, regimen = ReferenceWorkload(), None
-        ts = jnp.linspace(0.0, 365.0, 366)
-        pop = ["rho", "kk", "kab"]
-        rtol, atol = 1e-6, 1e-8
+        pop = ("rho", "kk", "kab")
     else:
-        from carkinetics.models.sle import erlangen_regimen, load_preset
-
-        base = load_preset("human")
-        regimen = erlangen_regimen(base)
-        ts = jnp.asarray(-5.0 + 0.5 + np.arange(370.0))
-        pop = ["car.rho", "car.k_kill", "humoral.k_igg"]
-        rtol, atol = 1e-6, 1e-6
-    method = ck.EnsembleTsit5() if args.method == "tsit5" else ck.EnsembleRodas5()
+        pop = W.pick_parameters(base, W.SLE_POPULATION, 3)
+    method0 = ck.EnsembleTsit5() if args.method == "tsit5" else ck.EnsembleRodas5()
     theta0 = jnp.log(jnp.array([float(base.get(n)) for n in pop]))
-    print(f"population parameters (log scale): {pop}; method {type(method).__name__}; rtol {rtol}, atol {atol}")
+    print(f"workload {w.name}; population parameters (log scale): {list(pop)}; method {type(method0).__name__}; "
+          f"rtol {w.rtol}, atol {w.atol}")
 
     for n in [int(float(x)) for x in args.n.split(",")]:
+        method = dataclasses.replace(method0, slots=_slots(args.slots, n))
         eta = jnp.asarray(np.random.default_rng(0).normal(0.0, 0.2, (n, len(pop))))
 
-        def models_of(theta):
+        def models_of(theta, eta=eta):
             vals = jnp.exp(theta[None, :] + eta)
-            return jax.vmap(lambda v: base.replace({k: v[i] for i, k in enumerate(pop)}))(vals)
+            return ck.batch_models(base, {k: vals[:, i] for i, k in enumerate(pop)})
 
-        truth = ck.simulate_ensemble(models_of(theta0), regimen, ts, method=method, rtol=1e-9, atol=1e-11)
+        truth = ck.simulate_ensemble(models_of(theta0), regimen, ts, t0=w.t0, solver=method, rtol=1e-9, atol=1e-11,
+                                     max_steps=1_000_000)
         # Log observables above a floor: 1e-6 for the reference workload; for the SLE model 1e-6 x each observable's
-        # maximum (CAR T cells in the body reach 2e10: an absolute floor of 1e-6 sat far below the solver's absolute
-        # tolerance, so the loss followed sub-atol round-off and finite differences were meaningless).
+        # maximum (cell counts in the body reach ~1e10: an absolute floor of 1e-6 would sit far below the solver's
+        # absolute tolerance, so the loss would follow sub-atol round-off and finite differences be meaningless).
         floor = 1e-6
         if args.model == "sle":
             floor = 1e-6 * jnp.max(jnp.abs(truth.obs_array[..., :3]), axis=(0, 1), keepdims=True)
 
-        def observe(sol):
-            return jnp.log(jnp.abs(sol.obs_array[..., :3]) + floor)
+        def observe(y_obs, floor=floor):
+            return jnp.log(jnp.abs(y_obs[..., :3]) + floor)
 
-        data = observe(truth)
+        data = observe(truth.obs_array)
         theta = theta0 + 0.05  # evaluate away from the optimum (non-zero gradient)
 
-        def loss(th, adjoint=None):
-            sol = ck.simulate_ensemble(models_of(th), regimen, ts, method=method, rtol=rtol, atol=atol,
-                                       adjoint=adjoint, slots=_slots(args.slots, n))
-            return jnp.mean((observe(sol) - data) ** 2)
+        def loss(th, adjoint=None, models_of=models_of, method=method, data=data, observe=observe):
+            sol = ck.simulate_ensemble(models_of(th), regimen, ts, t0=w.t0, solver=method, rtol=w.rtol, atol=w.atol,
+                                       adjoint=adjoint, throw=False)
+            return jnp.mean((observe(sol.obs_array) - data) ** 2)
 
-        def vmap_loss(th):
-            sol = jax.vmap(lambda m: ck.simulate(m, regimen, ts, rtol=rtol, atol=atol, throw=False))(models_of(th))
-            return jnp.mean((observe(sol) - data) ** 2)
+        def vmap_loss(th, models_of=models_of, data=data, observe=observe):
+            sol = ck.simulate_ensemble(models_of(th), regimen, ts, t0=w.t0, solver=diffrax.Tsit5(), rtol=w.rtol,
+                                       atol=w.atol, throw=False)
+            return jnp.mean((observe(sol.obs_array) - data) ** 2)
 
         h = 1e-5
         eye = jnp.eye(len(pop))
         fns = {
             "loss": jax.jit(loss),
             "reverse": jax.jit(jax.grad(loss)),
-            "forward": jax.jit(jax.jacfwd(lambda th: loss(th, diffrax.ForwardMode()))),
-            "fd": jax.jit(lambda th: jax.vmap(lambda e: (loss(th + h * e) - loss(th - h * e)) / (2 * h))(eye)),
+            "forward": jax.jit(jax.jacfwd(lambda th, loss=loss: loss(th, diffrax.ForwardMode()))),
+            "fd": jax.jit(lambda th, loss=loss, h=h, eye=eye: jax.vmap(
+                lambda e: (loss(th + h * e) - loss(th - h * e)) / (2 * h))(eye)),
         }
         for k in [int(x) for x in args.checkpoints.split(",") if x]:
             fns[f"reverse_ck{k}"] = jax.jit(jax.grad(
-                lambda th, k=k: loss(th, diffrax.RecursiveCheckpointAdjoint(checkpoints=k))))
+                lambda th, k=k, loss=loss: loss(th, diffrax.RecursiveCheckpointAdjoint(checkpoints=k))))
         if not args.skip_vmap:
             fns["vmap_reverse"] = jax.jit(jax.grad(vmap_loss))
+            if args.model == "reference":
+                fns["vmap_diffrax_reverse"] = jax.jit(jax.grad(_plain_diffrax_loss(w, pop, eta, data, observe)))
         res = {}
         for name, fn in fns.items():
-            t = time.perf_counter()
-            out = jax.block_until_ready(fn(theta))
-            first = time.perf_counter() - t
-            times = []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                jax.block_until_ready(fn(theta))
-                times.append(time.perf_counter() - t)
-            res[name] = (out, min(times), max(first - min(times), 0.0))
+            c, t, out = W.first_and_best(fn, theta, repeats=args.repeats)
+            res[name] = (out, t, c)
         g_rev = np.asarray(res["reverse"][0])
         try:
             mem = fns["reverse"].lower(theta).compile().memory_analysis()
@@ -136,11 +141,42 @@ def main():
         except Exception as e:  # memory analysis is backend-dependent
             mem_s = f"n/a ({type(e).__name__})"
         t_loss = res["loss"][1]
-        print(f"\nN = {n}: loss {float(res['loss'][0]):.6g}; reverse-mode gradient {g_rev}; memory {mem_s}")
-        print(f"{'what':14s} {'compile (s)':>12s} {'time (s)':>10s} {'x loss':>8s} {'rel. diff vs reverse':>22s}")
+        print(f"\nN = {n} (slots {method.slots or 'default'}): loss {float(res['loss'][0]):.6g}; reverse-mode "
+              f"gradient {g_rev}; memory {mem_s}")
+        print(f"{'what':22s} {'compile (s)':>12s} {'time (s)':>10s} {'x loss':>8s} {'rel. diff vs reverse':>22s}")
         for name, (out, t, c) in res.items():
             d = "" if name == "loss" else f"{np.max(np.abs(np.asarray(out) - g_rev)) / np.max(np.abs(g_rev)):.1e}"
-            print(f"{name:14s} {c:12.2f} {t:10.4f} {t / t_loss:8.2f} {d:>22s}")
+            print(f"{name:22s} {c:12.2f} {t:10.4f} {t / t_loss:8.2f} {d:>22s}", flush=True)
+
+
+def _plain_diffrax_loss(w, pop, eta, data, observe):
+    """The reference workload's population loss with `jax.vmap(diffrax.diffeqsolve)` on the written-out right-hand
+    side (Tsit5, PIDController at the workload's tolerances, reverse mode through the default adjoint)."""
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    from carkinetics.models.reference_workload import SHARED_ORDER
+
+    base = w.model
+    ts = jnp.asarray(w.ts)
+    y0 = jnp.asarray(base.initial_state_flat())
+    p0 = jnp.array([float(base.get(k)) for k in SHARED_ORDER])
+    idx = jnp.array([SHARED_ORDER.index(k) for k in pop])
+    term = diffrax.ODETerm(lambda t, y, p: W.reference_rhs(t, y, p, jnp))
+
+    def one(p):
+        sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), ts[0], ts[-1], None, y0, args=p,
+                                  saveat=diffrax.SaveAt(ts=ts), max_steps=100_000, throw=False,
+                                  stepsize_controller=diffrax.PIDController(rtol=w.rtol, atol=w.atol))
+        y = sol.ys  # observables of ReferenceWorkload: car_t = ce + cm, b_cells = b, autoantibody = ab
+        return jnp.stack([y[:, 0] + y[:, 1], y[:, 2], y[:, 5]], axis=-1)
+
+    def loss(th):
+        p = jnp.broadcast_to(p0, (eta.shape[0], p0.size)).at[:, idx].set(jnp.exp(th[None, :] + eta))
+        return jnp.mean((observe(jax.vmap(one)(p)) - data) ** 2)
+
+    return loss
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@ alpha, F_B and beta from starts perturbed by `--start-scale` on the log/logit sc
 likelihood: a prior centred on the truth would make recovery trivial), then reports relative errors, Laplace
 standard errors and profile likelihoods.
 
-Run: `python calibration/fit_stein_2019.py --quick` (small budget) or without `--quick`.
+The model class's solvers and tolerances apply (`Stein2019CK`: non-stiff; the fit on the ensemble engine with
+`ck.EnsembleTsit5()`, single simulations with diffrax Tsit5; rtol 1e-6, atol 1e-8).
+
+Run: `python calibration/fit_stein_2019.py --dry-run` (build the problem, one loss + gradient and two L-BFGS steps;
+writes nothing), `--quick` (small budget) or without either.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ def synthetic_data(sigma: float, replicates: int, seed: int):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small budget (2 starts, 40 L-BFGS steps)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build the problem, one batched loss + gradient and two L-BFGS steps from two starts; "
+                             "writes nothing")
     parser.add_argument("--sigma", type=float, default=0.1, help="log-scale residual sd of the synthetic data")
     parser.add_argument("--replicates", type=int, default=3, help="observations per sampling day")
     parser.add_argument("--seed", type=int, default=0)
@@ -61,12 +68,23 @@ def main(argv=None) -> int:
     import carkinetics.plot as ckplot
     from carkinetics.models import Stein2019CK
 
-    os.makedirs(args.out_dir, exist_ok=True)
     truth = Stein2019CK()
     days, obs = synthetic_data(args.sigma, args.replicates, args.seed)
     data = ck.TimeCourseData("transgene", jnp.asarray(days), jnp.asarray(obs), ck.LogNormalError(args.sigma),
                              label=f"synthetic (sigma {args.sigma:g}, seed {args.seed})")
     problem = ck.CalibrationProblem(truth, None, [data], list(NAMES), priors=None, n_grid=120, t0=0.0)
+    if args.dry_run:
+        starts = ck.make_starts(problem, jax.random.key(args.seed + 1), 2, scale=args.start_scale,
+                                include_default=False)
+        loss, grad = jax.value_and_grad(lambda z: jnp.sum(problem.ensemble_losses(z)))(starts)
+        print(f"problem: {days.size} observations, estimate {list(problem.names)}, {problem.ts.size} grid times; "
+              f"batched loss at 2 starts {float(loss):.6g}, |grad| {float(jnp.linalg.norm(grad)):.3g}")
+        t0 = time.time()
+        res = ck.fit(problem, starts=starts, adam_steps=0, lbfgs_steps=2)
+        print(f"ck.fit, 2 starts x 2 L-BFGS steps (engine {res.engine}): {time.time() - t0:.1f} s, best loss "
+              f"{float(res.loss):.6g}; values {res.values()}")
+        return 0 if np.isfinite(float(res.loss)) else 1
+    os.makedirs(args.out_dir, exist_ok=True)
     n_starts, adam, lbfgs = (2, 0, 40) if args.quick else (8, 100, 80)
     starts = ck.make_starts(problem, jax.random.key(args.seed + 1), n_starts, scale=args.start_scale,
                             include_default=False)
@@ -86,8 +104,9 @@ def main(argv=None) -> int:
     lines = ["| parameter | Table 1 [R] | recovered [F] | rel. error | Laplace sd | |error|/sd | profile |",
              "|---|---|---|---|---|---|---|"]
     for k, n in enumerate(NAMES):
+        ident = "identifiable" if profiles[k].identifiable else "NOT"
         lines.append(f"| {n} | {true[k]:.5g} | {est[k]:.5g} | {est[k] / true[k] - 1:+.2%} | {lap.sd[k]:.3g} | "
-                     f"{abs(est[k] - true[k]) / lap.sd[k]:.2f} | {'identifiable' if profiles[k].identifiable else 'NOT'} |")
+                     f"{abs(est[k] - true[k]) / lap.sd[k]:.2f} | {ident} |")
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(args.out_dir, "report.md"), "w") as fh:

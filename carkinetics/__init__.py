@@ -79,6 +79,11 @@ from ._ensemble import (
     EnsembleTsit5 as EnsembleTsit5,
 )
 from ._analysis._interrupt import Interrupted as Interrupted
+from ._analysis._distributed import (
+    DistributedSetting as DistributedSetting,
+    ProcessFailed as ProcessFailed,
+    distributed_setup as distributed_setup,
+)
 from ._analysis._sweep import (
     AbstractBatchFunction as AbstractBatchFunction,
     ParameterBatch as ParameterBatch,
@@ -132,17 +137,14 @@ from ._inference._observation import (
     LogNormalError as LogNormalError,
     NormalError as NormalError,
 )
-from ._inference._calibrate import (
-    PRIOR_SD as PRIOR_SD,
-    CalibrationProblem as CalibrationProblem,
-    FitResult as FitResult,
+from ._inference._data import (
     SummaryData as SummaryData,
     TimeCourseData as TimeCourseData,
-    fit as fit,
-    make_starts as make_starts,
     summary_target as summary_target,
     timecourse_target as timecourse_target,
 )
+from ._inference._problem import PRIOR_SD as PRIOR_SD, CalibrationProblem as CalibrationProblem
+from ._inference._fit import FitResult as FitResult, fit as fit, make_starts as make_starts
 from ._inference._identifiability import (
     IdentifiabilityWarning as IdentifiabilityWarning,
     LaplaceResult as LaplaceResult,

@@ -1,4 +1,4 @@
-"""The 9-state solver-core timing workload (`/work/shared/bench/reference_workload.py`) as a carkinetics model.
+"""The 9-state solver-core timing workload shared with the peer benchmarks, as a carkinetics model.
 
 A CAR-T / B-cell / autoantibody / cytokine ODE of representative size (9 states, saturable kinetics,
 stiff-ish cytokine and drug dynamics). **Not a calibrated model**: it fixes a workload so solver timings are
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 import carkinetics as ck
 
-_SRC = "solver-core timing workload (/work/shared/bench/reference_workload.py); not calibrated"
+_SRC = "solver-core timing workload of the benchmarks (benchmarks/README.md); not calibrated"
 
 
 def _p(default, unit, description):
@@ -30,7 +30,8 @@ def _p(default, unit, description):
 
 
 class ReferenceWorkload(ck.AbstractKineticModel):
-    """The 9-state timing workload of issue 8 (identical equations and defaults to the shared reference).
+    """The 9-state solver-timing workload of the benchmarks (identical equations and defaults to the shared
+    reference).
 
     **Example:**
 

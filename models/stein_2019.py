@@ -10,7 +10,7 @@ Transgene level (copies/µg gDNA) of an effector pool `E` and a memory-like pool
 
 E(0) = R0 = Cmax/foldx, so that without tocilizumab E(Tmax) = Cmax. The observable is E + M, which equals the
 closed form C(t) = (1−F_B)·Cmax·e^{−α(t−Tmax)} + F_B·Cmax·e^{−β(t−Tmax)} after Tmax (see `stein_closed_form`).
-This ODE form is the Phoenix re-implementation quoted in `shared/references/kinetics.md` §2.1 [R2].
+This ODE form is the re-implementation of the published model in nlmixr2lib (`Stein_2019_Tisagenlecleucel.R`) [R2].
 
 | parameter | default | unit | tag | source |
 |---|---|---|---|---|
@@ -23,8 +23,8 @@ This ODE form is the Phoenix re-implementation quoted in `shared/references/kine
 | f_toci | 1.2 | 1 | R | Stein 2019 Table 1 (RSE 7.5 %) |
 | t_toci | 1e6 | d | A | day of the first tocilizumab dose; the default (far beyond any horizon) means none given |
 
-Values transcribed via nlmixr2lib `Stein_2019_Tisagenlecleucel.R` ("Stein 2019 Table 1") and the Europe PMC
-abstract (kinetics.md §2.1).
+Values transcribed via nlmixr2lib `Stein_2019_Tisagenlecleucel.R` ("Stein 2019 Table 1") and the paper's abstract
+(Europe PMC).
 """
 
 from __future__ import annotations

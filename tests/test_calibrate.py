@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-import carkinetics._inference._calibrate as _cal
+from helpers import TraceCounter
 import carkinetics._inference._identifiability as _ident
 from carkinetics.models import Stein2019CK
 
@@ -86,31 +86,32 @@ def test_identifiability_flags_unpinned_parameters(problem, fitted, truth):
     data = ck.TimeCourseData("transgene", jnp.asarray(early), jnp.asarray(y), ck.LogNormalError(SIGMA))
     prob = ck.CalibrationProblem(truth, None, [data], NAMES, priors="tags", n_grid=40, t_end=13.0)
     assert prob.ts.shape == problem.ts.shape
-    n0 = dict(_cal._TRACES)
-    res = ck.fit(prob, starts=np.asarray(fitted.z_starts), adam_steps=0, lbfgs_steps=60)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        lap = ck.laplace(res)
-        prof_beta = ck.profile_likelihood(res, "beta", n_points=5, steps=80, span=1.0)
-        prof_cmax = ck.profile_likelihood(res, "cmax", n_points=5, steps=80, span=1.0)
+    with TraceCounter() as traces:
+        res = ck.fit(prob, starts=np.asarray(fitted.z_starts), adam_steps=0, lbfgs_steps=60)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lap = ck.laplace(res)
+            prof_beta = ck.profile_likelihood(res, "beta", n_points=5, steps=80, span=1.0)
+            prof_cmax = ck.profile_likelihood(res, "cmax", n_points=5, steps=80, span=1.0)
     texts = [str(w.message) for w in caught if issubclass(w.category, ck.IdentifiabilityWarning)]
     print(*texts, prof_beta.summary(), prof_cmax.summary(), sep="\n")
-    assert _cal._TRACES["multistart"] == n0["multistart"] and _cal._TRACES["grad_batch"] == n0["grad_batch"]
+    assert traces["_run_multistart_ensemble"] == 0 and traces["_run_multistart"] == 0
+    assert traces["_grad_batch"] == 0
     for name in ("fb", "beta"):
         assert any(f"{name!r} is not informed" in t for t in texts), name
     assert not any("'cmax' is not informed" in t or "'tmax' is not informed" in t for t in texts)
     assert any(t.startswith("Non-identifiable direction") for t in texts)
     # the data profile of beta is flat (rise < 0.1 over a factor e either way); cmax's rises above 1.92 both sides
     assert not prof_beta.identifiable and float(np.max(prof_beta.delta)) < 0.1
-    assert prof_cmax.identifiable and float(np.min(prof_cmax.delta[[0, -1]])) > ck._identifiability.CHI2_95_HALF
-    assert _cal._TRACES["profile"] == n0["profile"] + 1  # one compile for both parameters
+    assert prof_cmax.identifiable and float(np.min(prof_cmax.delta[[0, -1]])) > _ident.CHI2_95_HALF
+    assert traces["_profile_batch"] == 1  # one compile for both parameters
 
 
 def test_multistart_no_retrace(problem, fitted):
-    n0 = _cal._TRACES["multistart"]
     starts = ck.make_starts(problem, jax.random.key(11), 4, scale=0.2, include_default=False)
-    res = ck.fit(problem, starts=starts, adam_steps=0, lbfgs_steps=60)
-    assert _cal._TRACES["multistart"] == n0
+    with TraceCounter() as traces:
+        res = ck.fit(problem, starts=starts, adam_steps=0, lbfgs_steps=60)
+    assert traces["_run_multistart_ensemble"] == 0 and traces["_run_multistart"] == 0
     assert abs(float(res.loss) - float(fitted.loss)) < 1e-6 * abs(float(fitted.loss))
 
 

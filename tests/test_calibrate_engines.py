@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-import carkinetics._inference._calibrate as _cal
+from helpers import TraceCounter
+import carkinetics._inference._fit as _fit
 from test_calibrate import NAMES, SIGMA, problem, truth  # noqa: F401  (shared module-scoped fixtures)
 
 ALPHA = NAMES.index("alpha")
@@ -66,10 +67,9 @@ def test_failed_start_gets_failure_loss_no_nan_and_no_retrace(problem, starts, f
               np.asarray(problem.ensemble_losses(jnp.asarray(z - e)))) / (2 * h)
         np.testing.assert_allclose(g[ok, j], fd[ok], rtol=1e-4, atol=1e-4 * np.abs(fd[ok]).max(), err_msg=NAMES[j])
     # The fit: same shapes as `fitted`, so nothing is traced again; the failed start stays at failure_loss.
-    n0 = dict(_cal._TRACES)
-    res = ck.fit(problem, starts=z, adam_steps=0, lbfgs_steps=60)
-    assert _cal._TRACES["multistart"] == n0["multistart"]
-    assert _cal._TRACES["multistart_ensemble"] == n0["multistart_ensemble"]
+    with TraceCounter() as traces:
+        res = ck.fit(problem, starts=z, adam_steps=0, lbfgs_steps=60)
+    assert traces["_run_multistart_ensemble"] == 0 and traces["_run_multistart"] == 0
     losses = np.asarray(res.losses)
     assert losses[1] == problem.failure_loss and np.all(np.isfinite(np.asarray(res.z_final)))
     assert np.all(np.isfinite(np.asarray(res.history))) and np.all(np.isfinite(np.asarray(res.grad_norms)))
@@ -92,16 +92,27 @@ def test_adam_phase_fallbacks_and_validation(truth):
     # The Adam phase decreases every start's loss.
     h = np.asarray(res.history)
     assert np.all(h[:, 30] < h[:, 0])
-    # Fallbacks: zoom line search, or a solver without an ensemble counterpart, run the vmap engine.
+    # The engine follows the problem's solver: a diffrax solver runs the vmap engine, an ensemble method (or none)
+    # the batched engine; the zoom line search runs on vmap. An explicit engine that conflicts with either raises.
     dopri = ck.CalibrationProblem(truth, None, [data], ["alpha", "beta"], priors=None, n_grid=30,
                                   solver=diffrax.Dopri5())
-    kvaerno = ck.CalibrationProblem(truth, None, [data], ["alpha", "beta"], priors=None, n_grid=30,
-                                    solver=diffrax.Kvaerno5())
-    assert _cal._choose_engine(dopri, "ensemble", "backtracking") == "vmap"
-    assert _cal._choose_engine(prob, "ensemble", "zoom") == "vmap"
-    assert _cal._choose_engine(kvaerno, "ensemble", "backtracking") == "ensemble"  # -> EnsembleRodas5
-    assert _cal._choose_engine(prob, "vmap", "backtracking") == "vmap"
-    with pytest.raises(ValueError, match="no ensemble counterpart"):
+    rodas = ck.CalibrationProblem(truth, None, [data], ["alpha", "beta"], priors=None, n_grid=30,
+                                  solver=ck.EnsembleRodas5())
+    assert _fit._choose_engine(dopri, None, "backtracking") == "vmap"
+    assert _fit._choose_engine(prob, None, "zoom") == "vmap"
+    assert _fit._choose_engine(prob, None, "backtracking") == "ensemble"
+    assert _fit._choose_engine(rodas, None, "backtracking") == "ensemble"
+    assert _fit._choose_engine(prob, "vmap", "backtracking") == "vmap"
+    assert rodas.ensemble_solver(slots=2) == ck.EnsembleRodas5(slots=2)  # `fit(..., slots=)` sets the method's slots
+    assert prob.ensemble_solver() == ck.default_solver(truth, "ensemble")
+    with pytest.raises(ValueError, match="`engine` = 'ensemble' but the problem's solver Dopri5 runs on the 'vmap'"):
+        ck.fit(dopri, starts=starts, engine="ensemble")
+    with pytest.raises(ValueError, match="`engine` = 'vmap' but the problem's solver EnsembleRodas5 runs on the "
+                                         "'ensemble'"):
+        ck.fit(rodas, starts=starts, engine="vmap")
+    with pytest.raises(ValueError, match="zoom line search runs on the vmap engine only"):
+        ck.fit(prob, starts=starts, engine="ensemble", linesearch="zoom")
+    with pytest.raises(ValueError, match="Dopri5 is a diffrax solver; batched losses need an ensemble method"):
         dopri.ensemble_losses(jnp.asarray(starts))
     with pytest.raises(ValueError, match="`engine` must be"):
         ck.fit(prob, starts=starts, engine="batched")

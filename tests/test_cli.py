@@ -213,7 +213,7 @@ def test_sweep_devices_split_the_members_and_do_not_change_results(files, tmp_pa
     proc = subprocess.run([sys.executable, "-m", "carkinetics.cli", *common, "--devices", "2", "--out",
                            str(files / "two")], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "10 members on 2 cpu device(s); 0 failed" in proc.stdout
+    assert "10 members on 2 cpu device(s) in 1 process(es); 0 failed" in proc.stdout
     one, two = _read_tidy(files / "one" / "sweep.csv"), _read_tidy(files / "two" / "sweep.csv")
     assert [r["cl"] for r in one] == [r["cl"] for r in two]
     for a, b in zip(one, two):

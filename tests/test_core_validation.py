@@ -101,9 +101,9 @@ def test_negative_traced_dose_raises_via_error_if():
     [
         (dict(rtol=0.0), r"`rtol` must be a positive finite number, got 0\.0"),
         (dict(atol=-1.0), r"`atol` must be a positive finite number, got -1\.0"),
-        (dict(max_steps=0), r"`max_steps` must be a positive int, got 0"),
-        (dict(dt0=-0.1), r"`dt0` must be a positive number of days or None, got -0\.1"),
-        (dict(solver="tsit5"), r"`solver` must be a diffrax solver instance"),
+        (dict(max_steps=0), r"`max_steps` must be a positive int \(steps per member over the whole horizon\), got 0"),
+        (dict(adjoint="forward"), r"`adjoint` must be None or a diffrax adjoint"),
+        (dict(solver="tsit5"), r"`solver` must be a diffrax solver such as diffrax\.Tsit5\(\) or an ensemble method"),
     ],
 )
 def test_bad_solver_options_raise(kwargs, match):

@@ -5,6 +5,8 @@ Tolerances: solves use rtol 1e-8 / atol 1e-10 unless stated; a global error of ~
 for an adaptive 5th-order method over a few segments, so agreement is asserted at 1e-5 relative (floor noted).
 """
 
+import dataclasses
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -13,8 +15,8 @@ import pytest
 import scipy.linalg
 
 import carkinetics as ck
-from carkinetics import _simulate as _simulate_module
-from carkinetics._ensemble import _driver
+from carkinetics._core import _simulate as _core_simulate
+from carkinetics._ensemble import _api, _autodiff, _linalg, _loop
 from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 from carkinetics.models.reference_workload import ReferenceWorkload
 from helpers import rel_err
@@ -24,6 +26,11 @@ IDS = ["tsit5", "rodas5"]
 TS = jnp.linspace(0.0, 3.0, 25)  # every 3 h for 3 days
 V = 46.5
 CLS = jnp.array([60.0, 130.0, 250.0])  # L/d
+
+
+def with_slots(method, slots):
+    """`method` with `slots` members integrated at once (a static field of the ensemble method; None: default)."""
+    return dataclasses.replace(method, slots=slots)
 
 
 def one_cpt_models(cls=CLS):
@@ -46,7 +53,7 @@ def test_per_member_boluses_match_analytic(method):
     t2 = jnp.array([1.0, 1.5, 2.0])
     a2 = jnp.array([900.0, 500.0, 1200.0])
     reg = jax.vmap(lambda t, a: ck.Regimen([ck.Bolus(0.0, 1800.0, "central"), ck.Bolus(t, a, "central")]))(t2, a2)
-    sol = ck.simulate_ensemble(one_cpt_models(), reg, TS, method=method, rtol=1e-8, atol=1e-10)
+    sol = ck.simulate_ensemble(one_cpt_models(), reg, TS, solver=method, rtol=1e-8, atol=1e-10)
     assert sol.y_array.shape == (3, 25, 1) and sol.obs_array.shape == (3, 25, 1) and sol.ts.shape == (3, 25)
     assert bool(jnp.all(sol.ok))
     for i in range(3):
@@ -78,7 +85,7 @@ def test_infusions_and_shared_regimen_agree_with_simulate(method):
     reg = ck.Regimen([ck.Bolus(0.0, 100.0, "central"), ck.Infusion(0.5, "central", amount=50.0, duration=0.25),
                       ck.Infusion(0.5, "peripheral", rate=400.0, duration=0.5),
                       ck.Bolus(1.25, 30.0, "peripheral", ii=0.5, addl=2)])
-    sol = ck.simulate_ensemble(models, reg, TS, method=method, rtol=1e-8, atol=1e-10)
+    sol = ck.simulate_ensemble(models, reg, TS, solver=method, rtol=1e-8, atol=1e-10)
     assert bool(jnp.all(sol.ok))
     for i in range(3):
         m = jax.tree.map(lambda x: x[i], models)
@@ -95,7 +102,7 @@ def test_reference_workload_agrees_with_diffrax(method):
     base = ReferenceWorkload()
     models = jax.vmap(lambda s, k: base.replace(rho=0.9 * s, kk=0.5 * k))(jnp.array([1.0, 0.8, 1.2]),
                                                                            jnp.array([1.0, 1.3, 0.7]))
-    sol = ck.simulate_ensemble(models, None, ts, method=method)
+    sol = ck.simulate_ensemble(models, None, ts, solver=method)
     assert bool(jnp.all(sol.ok))
     for i in range(3):
         m = jax.tree.map(lambda x: x[i], models)
@@ -120,7 +127,7 @@ def test_rodas5_handles_a_stiff_model_in_few_steps():
         exact = np.stack([scipy.linalg.expm(a * float(t)) @ np.array([100.0, 0.0]) for t in TS])
         assert rel_err(sol.y_array[i], exact, floor=1e-3) < 1e-5
     explicit = ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), rtol=1e-8, atol=1e-10,
-                                    max_steps=2000)
+                                    max_steps=2000, throw=False)
     assert not bool(jnp.any(explicit.ok))
 
 
@@ -134,9 +141,9 @@ def test_member_queue_gives_identical_results(method):
     a2 = jnp.array([900.0, 500.0, 1200.0, 100.0, 50.0, 700.0, 300.0])
     reg = jax.vmap(lambda t, a: ck.Regimen([ck.Bolus(-0.25, 1800.0, "central"), ck.Bolus(t, a, "central")]))(t2, a2)
     models = one_cpt_models(cls)
-    full = ck.simulate_ensemble(models, reg, TS, method=method, rtol=1e-8, atol=1e-10, slots=7)
+    full = ck.simulate_ensemble(models, reg, TS, solver=with_slots(method, 7), rtol=1e-8, atol=1e-10)
     for slots in (2, 3):
-        sol = ck.simulate_ensemble(models, reg, TS, method=method, rtol=1e-8, atol=1e-10, slots=slots)
+        sol = ck.simulate_ensemble(models, reg, TS, solver=with_slots(method, slots), rtol=1e-8, atol=1e-10)
         assert bool(jnp.all(sol.ok))
         assert rel_err(sol.y_array, full.y_array, floor=1e-6) < 1e-12
         assert np.array_equal(np.asarray(sol.num_steps), np.asarray(full.num_steps))
@@ -153,22 +160,23 @@ def test_cpu_lane_counts_avoid_aliasing_widths(monkeypatch):
     if jax.default_backend() != "cpu":
         pytest.skip("the lane rule applies on CPU only")
     lanes = []
-    inner = _driver._integrate_lanes
+    inner = _loop._integrate_lanes
 
     def spy(model, *args):
         lanes.append(args[-3])  # the lane count `_integrate` chose
         return inner(model, *args)
 
-    monkeypatch.setattr(_driver, "_integrate_lanes", spy)
-    monkeypatch.setattr(_driver, "_CPU_LANE_ALIAS", 4)
-    monkeypatch.setattr(_driver, "_CPU_LANE_PAD", 1)
+    monkeypatch.setattr(_loop, "_integrate_lanes", spy)
+    monkeypatch.setattr(_loop, "_CPU_LANE_ALIAS", 4)
+    monkeypatch.setattr(_loop, "_CPU_LANE_PAD", 1)
     cls = jnp.array([60.0, 130.0, 250.0, 90.0, 400.0, 75.0, 180.0, 110.0])
     t2 = jnp.linspace(0.2, 2.6, 8)
     ts = jnp.linspace(0.0, 3.0, 17)  # a shape used by no other test: traced afresh under the patch
 
     def solve(c, slots):
         reg = jax.vmap(lambda t: ck.Regimen([ck.Bolus(0.0, 1000.0, "central"), ck.Bolus(t, 400.0, "central")]))(t2)
-        return ck.simulate_ensemble(one_cpt_models(c), reg, ts, rtol=1e-9, atol=1e-11, slots=slots)
+        return ck.simulate_ensemble(one_cpt_models(c), reg, ts, solver=ck.EnsembleTsit5(slots=slots), rtol=1e-9,
+                                    atol=1e-11)
 
     ref = solve(cls, 3)
     assert lanes == [3]
@@ -189,7 +197,8 @@ def test_invalid_traced_parameters_are_reported_per_member():
     # Under jit the parameters are traced: a member with a negative clearance is not integrated and reported as
     # invalid_parameters (outputs NaN) while the others are exact; throw=True turns it into an error.
     reg = ck.Bolus(0.0, 1800.0, "central")
-    run = jax.jit(lambda cls, throw: ck.simulate_ensemble(one_cpt_models(cls), reg, TS, slots=2, throw=throw),
+    run = jax.jit(lambda cls, throw: ck.simulate_ensemble(one_cpt_models(cls), reg, TS,
+                                                        solver=ck.EnsembleTsit5(slots=2), throw=throw),
                   static_argnums=1)
     cls = jnp.array([60.0, -5.0, 130.0])
     sol = run(cls, False)
@@ -213,13 +222,14 @@ from carkinetics.models import OneCompartmentPK
 models = jax.vmap(lambda cl: OneCompartmentPK(cl=cl, v=46.5))(jnp.linspace(50.0, 300.0, 8))
 reg = jax.vmap(lambda t: ck.Bolus(t, 1800.0, "central"))(jnp.linspace(0.0, 1.5, 8))
 ts = jnp.linspace(0.0, 3.0, 25)
-one = ck.simulate_ensemble(models, reg, ts, slots=2)
-run = jax.jit(lambda m: ck.simulate_ensemble(m, reg, ts, slots=2, devices="all"))
+one = ck.simulate_ensemble(models, reg, ts, solver=ck.EnsembleTsit5(slots=2))
+run = jax.jit(lambda m: ck.simulate_ensemble(m, reg, ts, solver=ck.EnsembleTsit5(slots=2), devices="all",
+                                             throw=False))
 sharded = run(models)
 bad = run(jax.tree.map(lambda x: x.at[5].set(-1.0) if x.shape == (8,) and float(x[0]) == 50.0 else x, models))
 def loss(cl, devices):  # reverse mode through the queued solve's custom VJP, inside shard_map when sharded
     m = jax.vmap(lambda c: OneCompartmentPK(cl=c, v=46.5))(cl)
-    sol = ck.simulate_ensemble(m, reg, ts, slots=2, devices=devices)
+    sol = ck.simulate_ensemble(m, reg, ts, solver=ck.EnsembleTsit5(slots=2), devices=devices)
     return jnp.sum(jnp.log(sol.observables.concentration + 1.0))
 cls = jnp.linspace(50.0, 300.0, 8)
 g_one, g_sharded = jax.grad(loss)(cls, None), jax.jit(jax.grad(loss), static_argnums=1)(cls, "all")
@@ -273,7 +283,7 @@ print(json.dumps({"ok": bool(jnp.all(two.ok)), "diff": float(np.max(np.abs(np.as
 
 @pytest.mark.slow
 def test_sharded_rodas5_lapack_does_not_deadlock():
-    # Regression: with 29 states Rodas5 factorises with LAPACK; XLA's parallel batched LU deadlocked when two host
+    # Regression: with 29+ states Rodas5 factorises with LAPACK; XLA's parallel batched LU deadlocked when two host
     # devices called it at once (20 members each). Now chunked: completes, and agrees with one device to the
     # solver tolerance (1e-4 of each state's maximum; the SLE model amplifies round-off between compilations).
     import json
@@ -313,7 +323,7 @@ def test_failure_is_reported_per_member(slots):
     cls = jnp.array([60.0, V * 2e5, 130.0])
     models = one_cpt_models(cls)
     reg = ck.Bolus(0.0, 1800.0, "central")
-    sol = ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), max_steps=300, slots=slots)
+    sol = ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(slots=slots), max_steps=300, throw=False)
     assert np.asarray(sol.ok).tolist() == [True, False, True]
     assert np.asarray(sol.result == ck.RESULTS.max_steps_reached).tolist() == [False, True, False]
     assert int(sol.num_steps[1]) == 300
@@ -321,14 +331,14 @@ def test_failure_is_reported_per_member(slots):
     for i in (0, 2):
         exact = one_cpt_exact(float(cls[i]), [0.0], [1800.0], np.asarray(TS))
         assert rel_err(sol.ys.central[i], exact, floor=1e-3) < 1e-4
-    with pytest.raises(Exception, match="at least one member failed"):
+    with pytest.raises(Exception, match="1 of 3 members failed; member 1: the solver stopped"):
         ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), max_steps=300, throw=True).y_array.block_until_ready()
 
 
 def _total_concentration(cl, adjoint, method, slots=None):
     models = one_cpt_models(cl * jnp.array([0.5, 1.0, 2.0]))
-    sol = ck.simulate_ensemble(models, ck.Bolus(0.0, 1800.0, "central"), TS, method=method, adjoint=adjoint,
-                               rtol=1e-10, atol=1e-12, slots=slots)
+    sol = ck.simulate_ensemble(models, ck.Bolus(0.0, 1800.0, "central"), TS, solver=with_slots(method, slots),
+                               adjoint=adjoint, rtol=1e-10, atol=1e-12)
     return jnp.sum(sol.observables.concentration)
 
 
@@ -371,16 +381,16 @@ def test_queued_reverse_mode_matches_forward_mode(monkeypatch, reverse_slots, ke
     # all members at once, or (at most 3 members at once here) two chunks of 3 (one padding member) whose VJPs are
     # kept, or (more than 4 members) whose backward pass solves each chunk again. The gradient with respect to
     # per-member clearances and per-member dose amounts must equal forward mode (jacfwd) and the no-queue gradient.
-    monkeypatch.setattr(_driver, "_REVERSE_SLOTS", reverse_slots)
-    monkeypatch.setattr(_driver, "_REVERSE_KEEP_MAX", keep_max)
+    monkeypatch.setattr(_autodiff, "_REVERSE_SLOTS", reverse_slots)
+    monkeypatch.setattr(_autodiff, "_REVERSE_KEEP_MAX", keep_max)
     cls = jnp.array([60.0, 90.0, 130.0, 180.0, 250.0])
     ts = jnp.linspace(0.0, 3.0, 13 + reverse_slots % 7 + keep_max % 5)  # a distinct shape per case: no compiled reuse
 
     def loss(theta, slots, adjoint=None):
         cl, amount = theta[:5], theta[5:]
         reg = jax.vmap(lambda a: ck.Regimen([ck.Bolus(0.0, a, "central"), ck.Bolus(1.3, 0.5 * a, "central")]))(amount)
-        sol = ck.simulate_ensemble(one_cpt_models(cl), reg, ts, solver=ck.EnsembleTsit5(), rtol=1e-10, atol=1e-12,
-                                   slots=slots, adjoint=adjoint)
+        sol = ck.simulate_ensemble(one_cpt_models(cl), reg, ts, solver=ck.EnsembleTsit5(slots=slots), rtol=1e-10,
+                                   atol=1e-12, adjoint=adjoint)
         w = jnp.arange(1.0, 6.0)[:, None]
         return jnp.sum(w * jnp.log(sol.observables.concentration))
 
@@ -397,22 +407,22 @@ def test_queued_reverse_mode_matches_forward_mode(monkeypatch, reverse_slots, ke
 
 
 def test_derivative_chunks_fit_the_cpu_cache():
-    # On CPU a differentiated solve runs in chunks whose step touches about 1 MiB: the SLE model (29 states) with
-    # Rodas5 carries 29 * 29 + 290 floats per member (9,048 bytes in float64: 115 members per MiB), so 1000 members
-    # go in 9 chunks of 112; the 9-state reference workload with Tsit5 (720 bytes) stays in one chunk, and float32
+    # On CPU a differentiated solve runs in chunks whose step touches about 1 MiB: the SLE model (38 states) with
+    # Rodas5 carries 38 * 38 + 380 floats per member (14,592 bytes in float64: 71 members per MiB), so 1000 members
+    # go in 15 chunks of 67; the 9-state reference workload with Tsit5 (720 bytes) stays in one chunk, and float32
     # halves the bytes per member. Accelerators use one chunk of up to 4096 members.
     from carkinetics.models.sle import load_preset
 
     sle, ref = load_preset("human"), ReferenceWorkload()
     if jax.default_backend() == "cpu":
-        assert _driver._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float64) == (9, 112)
-        assert _driver._chunking(100, ck.EnsembleRodas5(), sle, jnp.float64) == (1, 100)
-        assert _driver._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float32) == (5, 200)
-        assert _driver._chunking(1000, ck.EnsembleTsit5(), ref, jnp.float64) == (1, 1000)
-        assert _driver._chunking(5000, ck.EnsembleTsit5(), ref, jnp.float64) == (4, 1250)
+        assert _autodiff._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float64) == (15, 67)
+        assert _autodiff._chunking(100, ck.EnsembleRodas5(), sle, jnp.float64) == (2, 50)
+        assert _autodiff._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float32) == (7, 143)
+        assert _autodiff._chunking(1000, ck.EnsembleTsit5(), ref, jnp.float64) == (1, 1000)
+        assert _autodiff._chunking(5000, ck.EnsembleTsit5(), ref, jnp.float64) == (4, 1250)
     else:
-        assert _driver._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float64) == (1, 1000)
-        assert _driver._chunking(10000, ck.EnsembleRodas5(), sle, jnp.float64) == (3, 3334)
+        assert _autodiff._chunking(1000, ck.EnsembleRodas5(), sle, jnp.float64) == (1, 1000)
+        assert _autodiff._chunking(10000, ck.EnsembleRodas5(), sle, jnp.float64) == (3, 3334)
 
 
 def test_reverse_mode_gradient_through_a_parameter_dependent_breakpoint():
@@ -453,7 +463,7 @@ def test_reverse_mode_gradient_through_a_parameter_dependent_breakpoint():
 
 def test_no_retrace_on_new_values():
     # New parameter values, dose amounts/times and save-time values (same shapes) must not recompile.
-    cache = _driver._simulate_ensemble._cached
+    cache = _api._simulate_ensemble._cached
 
     def run(scale, amount, t_second):
         reg = ck.Regimen([ck.Bolus(0.0, amount, "central"), ck.Bolus(t_second, 100.0, "central")])
@@ -471,7 +481,7 @@ def test_no_recompile_on_new_tolerances():
     # ensemble solver and in `ck.simulate`.
     models = one_cpt_models(CLS)
     reg = ck.Regimen([ck.Bolus(0.0, 1800.0, "central")])
-    ens_cache, sim_cache = _driver._simulate_ensemble._cached, _simulate_module._simulate._cached
+    ens_cache, sim_cache = _api._simulate_ensemble._cached, _core_simulate.diffrax_solve._cached
     steps = []
     for i, tol in enumerate((1e-4, 1e-9)):
         sol = ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), rtol=tol, atol=tol * 1e-2)
@@ -488,16 +498,14 @@ def test_no_recompile_on_new_tolerances():
 def test_batched_lu_solve(size):
     # All code paths (6: unrolled factor and solves; 20: unrolled factor, looped solves; 40: both looped) against
     # numpy; pivoting is required (random matrices have no dominant diagonal).
-    from carkinetics._ensemble import base
-
     rng = np.random.default_rng(size)
     a = rng.normal(size=(size, size, 5))
     b = rng.normal(size=(size, 5))
-    x = jax.jit(lambda a, b: base.batched_lu_solve(*base.batched_lu_factor(a), b))(jnp.asarray(a), jnp.asarray(b))
+    x = jax.jit(lambda a, b: _linalg.batched_lu_solve(*_linalg.batched_lu_factor(a), b))(jnp.asarray(a), jnp.asarray(b))
     ref = np.stack([np.linalg.solve(a[:, :, i], b[:, i]) for i in range(5)], axis=1)
     assert np.max(np.abs(np.asarray(x) - ref)) < 1e-10 * np.max(np.abs(ref))
     # The factors themselves: row i of P a (row perm[i] of a) equals row i of L U, and |L| <= 1 (partial pivoting).
-    lu, perm = (np.asarray(v) for v in jax.jit(base.batched_lu_factor)(jnp.asarray(a)))
+    lu, perm = (np.asarray(v) for v in jax.jit(_linalg.batched_lu_factor)(jnp.asarray(a)))
     for i in range(5):
         low = np.tril(lu[:, :, i], -1) + np.eye(size)
         assert np.max(np.abs(low @ np.triu(lu[:, :, i]) - a[perm[:, i], :, i])) < 1e-12 * np.max(np.abs(a))
@@ -509,8 +517,12 @@ def test_input_validation():
     with pytest.raises(ValueError, match="leading batch axis"):
         ck.simulate_ensemble(single, None, TS)
     models = one_cpt_models()
-    with pytest.raises(ValueError, match="`method` must be an ensemble method"):
-        ck.simulate_ensemble(models, None, TS, method=diffrax.Tsit5())
+    with pytest.raises(ValueError, match="`solver` must be a diffrax solver"):
+        ck.simulate_ensemble(models, None, TS, solver="rodas5")
+    with pytest.raises(ValueError, match="`devices` applies to ensemble methods only"):
+        ck.simulate_ensemble(models, None, TS, solver=diffrax.Tsit5(), devices=1)
+    with pytest.raises(ValueError, match="`slots` of EnsembleTsit5 must be a positive int"):
+        ck.EnsembleTsit5(slots=0)
     bad_reg = jax.vmap(lambda a: ck.Bolus(0.0, a, "central"))(jnp.ones(5))
     with pytest.raises(ValueError, match="leading batch size N = 3"):
         ck.simulate_ensemble(models, bad_reg, TS)

@@ -154,10 +154,12 @@ def test_model_sobol_one_compartment():
                           lambda sol: {"auc": ck.metrics.auc(sol.ts, sol.observables.concentration),
                                        "c0": sol.observables.concentration[0],
                                        "c1": sol.observables.concentration[-1]})
+    assert isinstance(f, ck.ParameterBatch) and f.engine == "ensemble"  # a batch function on the default engine
     prob = {"names": ["cl", "v"], "bounds": [[50.0, 200.0], [30.0, 60.0]]}
-    idx, x, res = ck.sobol_analysis(f, prob, 1024, key=jax.random.key(0), has_ok=True, chunk_size=1024,
-                                 confidence=0.99, progress=False)
-    assert res.n_failed == 0 and res.n_members == 4096
+    # `has_ok` is inferred for a model function (it returns (outputs, ok))
+    idx, x, res = ck.sobol_analysis(f, prob, 1024, key=jax.random.key(0), chunk_size=1024, confidence=0.99,
+                                    progress=False)
+    assert res.n_failed == 0 and res.n_members == 4096 and res.engine == "ensemble"
     # c0 = D/V depends on V only: exact zero total index for CL (Jansen: A and AB_cl give identical c0), and
     # S1 = ST = 1 for V within the 99 % bootstrap interval.
     np.testing.assert_allclose(idx["c0"].ST[0], 0.0, atol=1e-12)

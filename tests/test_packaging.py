@@ -27,6 +27,8 @@ def test_wheel_contains_models_under_carkinetics_only(tmp_path):
     assert "carkinetics/models/__init__.py" in names
     assert "carkinetics/models/pk.py" in names
     assert not any(n.startswith("models/") for n in names)
-    presets = sorted((ROOT / "models" / "presets").glob("*.toml"))
+    assert "carkinetics/models/sle/__init__.py" in names  # the SLE application, a subpackage of the models
+    presets = sorted((ROOT / "models" / "sle" / "presets").glob("*.toml"))
+    assert presets  # the species presets ship with the SLE application
     for p in presets:
-        assert f"carkinetics/models/presets/{p.name}" in names
+        assert f"carkinetics/models/sle/presets/{p.name}" in names

@@ -11,7 +11,7 @@ import pytest
 import carkinetics as ck
 import carkinetics.io as cio
 from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
-from carkinetics.plot import plot_timecourse, plot_vpc, save_figure, vpc_bands
+from carkinetics.plot import plot_timecourse, plot_vpc, save_figure
 
 
 def _png_ok(path):
@@ -54,7 +54,7 @@ def test_vpc_bands_are_quantiles_and_plot(tmp_path):
     ok = np.ones(400, bool)
     ok[:9] = False  # 391 members left: an odd count, so the median is one member (exact under exp)
     samples[:9] = np.nan  # failed members are masked out
-    bands = vpc_bands(samples, (0.05, 0.5, 0.95), mask=ok)
+    bands = ck.percentile_bands(samples, (5.0, 50.0, 95.0), ok=ok)
     # the median of exp(-k t) over k is exp(-median(k) t) (monotone transform), checked at t = 10
     assert bands[1, -1] == pytest.approx(np.exp(-np.median(k[9:]) * 10.0), rel=1e-12)
     assert np.all(bands[0] <= bands[1]) and np.all(bands[1] <= bands[2])

@@ -1,6 +1,7 @@
 """Percentile VPC statistics (hand values) and figure (smoke test paired with a value check)."""
 
 import matplotlib
+import jax
 import numpy as np
 import pytest
 
@@ -33,7 +34,7 @@ def test_vpc_replicate_interval_and_mask():
     sims[:10] = 1e6
     ok[:10] = False  # failed members must not enter the VPC
     t_obs = np.repeat([0.5, 2.5], 50)
-    st = vpc_statistics(ts, sims, t_obs, np.zeros(100), bins=[0, 1, 3], ok=ok, n_replicates=300, seed=1)
+    st = vpc_statistics(ts, sims, t_obs, np.zeros(100), bins=[0, 1, 3], ok=ok, n_replicates=300, key=jax.random.key(1))
     # The median of 50 N(0,1) draws has SD 1.2533 / sqrt(50) = 0.177; its 5-95 % range is about +-0.29.
     width = st.simulated_hi[1] - st.simulated_lo[1]
     np.testing.assert_allclose(width, 2 * 1.645 * 0.177, rtol=0.2)

@@ -194,7 +194,7 @@ def test_sle_model_under_the_erlangen_regimen_matches_roadrunner():
     rr.integrator.absolute_tolerance = 1e-10
     rr.timeCourseSelections = ["time", *names]
     res = rr.simulate(times=list(map(float, ts + 6.0)))
-    sol = ck.simulate(model, regimen, ts, rtol=1e-10, atol=1e-10, max_steps=200_000)
+    sol = ck.simulate(model, regimen, ts, rtol=1e-10, atol=1e-10, max_steps=400_000)
     for i, name in enumerate(names):
         ref = np.asarray(sol.y_array[:, i])
         # states that stay near zero are compared on an absolute scale of 1 state unit

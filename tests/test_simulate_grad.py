@@ -98,13 +98,13 @@ def test_second_call_with_new_values_does_not_recompile(caplog):
         caplog.clear()
         out = ck.simulate(OneCompartmentPK(cl=123.0, v=41.0), reg2, ts + 0.01)
         out.ys.central.block_until_ready()
-    compiles = [r for r in caplog.records if "Compiling" in r.getMessage() and "_simulate" in r.getMessage()]
+    compiles = [r for r in caplog.records if "Compiling" in r.getMessage() and "diffrax_solve" in r.getMessage()]
     assert compiles == []
     # and the first call did compile (the log capture works): a new structure compiles once
     with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
         caplog.clear()
         ck.simulate(OneCompartmentPK(), ck.Regimen([ck.Bolus(0.0, 1.0, "central", ii=1.0, addl=2)]), ts)
-    assert len([r for r in caplog.records if "Compiling" in r.getMessage() and "_simulate" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "Compiling" in r.getMessage() and "diffrax_solve" in r.getMessage()]) == 1
 
 
 def test_solver_failure_is_reported_not_silent():
@@ -113,7 +113,10 @@ def test_solver_failure_is_reported_not_silent():
     sol = ck.simulate(m, ck.Bolus(0.0, 100.0, "central"), ts, max_steps=3, throw=False)
     assert not bool(sol.ok)
     assert sol.result == ck.RESULTS.max_steps_reached
-    with pytest.raises(eqx.EquinoxRuntimeError, match="maximum number of solver steps"):
+    # save times the solver never reached are NaN (as in the batched engine), never inf or the state where it stopped
+    y = np.asarray(sol.y_array[:, 0])
+    assert y[0] == pytest.approx(100.0) and np.isnan(y[-1]) and not np.any(np.isinf(y))
+    with pytest.raises(ck.SimulationError, match="maximum number of solver steps"):
         ck.simulate(m, ck.Bolus(0.0, 100.0, "central"), ts, max_steps=3, throw=True)
 
 
@@ -155,7 +158,7 @@ def test_floats_weak_arrays_and_parameter_space_values_share_one_compilation(cap
         caplog.clear()
         for m in variants:
             ck.simulate(m, reg, ts).ys.central.block_until_ready()
-    assert [r for r in caplog.records if "Compiling" in r.getMessage() and "_simulate" in r.getMessage()] == []
+    assert [r for r in caplog.records if "Compiling" in r.getMessage() and "diffrax_solve" in r.getMessage()] == []
 
 
 def test_flat_vector_field_vjp_is_exact_and_transposes_to_one_concatenation():

@@ -93,12 +93,13 @@ def test_unknown_primitives_fall_back_to_dense_dependencies():
 
 
 def test_sle_model_block_triangular_form():
-    # The human SLE model: one block of 13 states (T/NK cells, IL-7/15, CAR T and B-cell compartments,
-    # plasmablasts), one of 3 (fludarabine PK) and 13 single states; permuted, the pattern is block lower triangular.
+    # The human SLE model (v2, 38 states): one block of 22 states (T/NK cells, IL-7/15, the anti-CAR response, CAR-T
+    # pools, B lineage and plasma cells, anti-dsDNA, myeloid activation and the tolerance loop), one of 3 (fludarabine
+    # PK) and 13 single states; permuted, the pattern is block lower triangular.
     pattern = _pattern(load_preset("human"))
     order, blocks = block_triangular(pattern)
-    assert sorted(order.tolist()) == list(range(29))
-    assert sorted(e - a for a, e in blocks) == [1] * 13 + [3, 13]
+    assert sorted(order.tolist()) == list(range(38))
+    assert sorted(e - a for a, e in blocks) == [1] * 13 + [3, 22]
     pp = pattern[np.ix_(order, order)]
     for a, e in blocks:
         assert not pp[a:e, e:].any()
@@ -107,9 +108,9 @@ def test_sle_model_block_triangular_form():
 
 
 def test_column_colouring_is_valid_and_tight_on_library_models():
-    # Columns of one colour share no row; on the SLE model (largest row: 13 entries) and the reference workload
+    # Columns of one colour share no row; on the SLE model (largest row: 23 entries) and the reference workload
     # (4) the greedy colouring reaches that lower bound.
-    for model, expected in [(load_preset("human"), 13), (ReferenceWorkload(), 4)]:
+    for model, expected in [(load_preset("human"), 23), (ReferenceWorkload(), 4)]:
         pattern = _pattern(model)
         colour = column_colouring(pattern)
         assert colour.max() + 1 == expected == pattern.sum(axis=1).max()
@@ -240,7 +241,7 @@ def test_rodas5_block_solver_agrees_with_lapack_on_the_sle_model():
 
     (_, blk), (_, lap) = run(1.0, "block"), run(1.0, "lapack")
     assert bool(jnp.all(blk.ok)) and np.array_equal(np.asarray(blk.num_steps), np.asarray(lap.num_steps))
-    state_max = jnp.max(jnp.abs(lap.y_array), axis=1, keepdims=True)  # (2, 1, 29); tocilizumab is 0 throughout
+    state_max = jnp.max(jnp.abs(lap.y_array), axis=1, keepdims=True)  # (2, 1, 38); tocilizumab is 0 throughout
     diff = jnp.abs(blk.y_array - lap.y_array) / jnp.where(state_max > 0, state_max, 1.0)
     assert float(jnp.max(diff)) < 1e-9
     g_blk = jax.grad(lambda s: run(s, "block")[0])(1.0)

@@ -1,5 +1,6 @@
-"""`sweep` / `sweep_model`: chunked = unchunked, masking of failed members, checkpoint resume, no retrace,
-regimen batches and the ensemble evaluator, sharded (4 forced CPU devices, in a subprocess) = single device."""
+"""`sweep` / `sweep_model`: chunked = unchunked, masking of failed members, checkpoint resume (and refusal of another
+run's or a corrupt checkpoint), no retrace, regimen batches on both engines, sharded (4 forced CPU devices, in a
+subprocess) = single device."""
 
 import json
 import os
@@ -58,27 +59,27 @@ def test_failed_members_are_masked_and_counted():
     assert np.all(np.isnan(auc[~res.ok])) and np.all(np.isfinite(auc[res.ok]))
 
 
-def test_ensemble_evaluator_matches_vmap():
+def test_ensemble_engine_matches_vmap():
     cl = np.linspace(40.0, 200.0, 7)
     regs = [ck.Regimen([ck.Bolus(0.0, a, "central")]) for a in np.linspace(50.0, 110.0, 7)]
     args = (OneCompartmentPK(), None, TS, {"cl": cl})
-    ref = ck.sweep_model(*args, regimens=regs, chunk_size=4, progress=False)
-    ens = ck.sweep_model(*args, regimens=regs, chunk_size=4, progress=False, evaluator=ck.EnsembleEvaluator())
+    ref = ck.sweep_model(*args, regimens=regs, chunk_size=4, progress=False, engine="vmap")
+    ens = ck.sweep_model(*args, regimens=regs, chunk_size=4, progress=False)  # default: the batched engine
+    assert ens.engine == "ensemble" and ref.engine == "vmap"
     assert ens.n_failed == 0 and ref.n_failed == 0
     # Per-member regimens: Cmax = dose_i / V (right-continuous bolus at t = 0).
     np.testing.assert_allclose(ref.outputs["concentration_cmax"], np.linspace(50.0, 110.0, 7) / OneCompartmentPK().v,
                                rtol=1e-12)
     for k in ("concentration_cmax", "concentration_auc", "concentration_last"):
         np.testing.assert_allclose(ens.outputs[k], ref.outputs[k], rtol=1e-6)
-    with pytest.raises(ValueError, match="EnsembleEvaluator"):
-        ck.sweep_model(*args, progress=False, evaluator=ck.EnsembleEvaluator(), dt0=0.1)
+    with pytest.raises(ValueError, match="`engine` = 'vmap'"):
+        ck.sweep_model(*args, regimens=regs, progress=False, engine="vmap", solver=ck.EnsembleTsit5())
 
 
 def test_resume_after_interruption(tmp_path):
     cl = np.linspace(40.0, 200.0, 10)
-    # The generic `sweep` below evaluates the member with vmap(simulate), so the reference uses that engine too.
-    ref = ck.sweep_model(OneCompartmentPK(), DOSE, TS, {"cl": cl}, chunk_size=4, progress=False,
-                         evaluator=ck.vmap_evaluator)
+    # The generic `sweep` below runs the batch function that `sweep_model(engine="vmap")` runs.
+    ref = ck.sweep_model(OneCompartmentPK(), DOSE, TS, {"cl": cl}, chunk_size=4, progress=False, engine="vmap")
 
     class Interrupt(Exception):
         pass
@@ -91,11 +92,12 @@ def test_resume_after_interruption(tmp_path):
             raise Interrupt
 
     from carkinetics._analysis._sweep import sweep  # the generic entry with on_chunk
-    from carkinetics._analysis._sweep import _ModelMember, observable_metrics
-    from carkinetics._core._parameters import floats_to_arrays
 
-    fn = _ModelMember(floats_to_arrays(OneCompartmentPK()), DOSE, TS, observable_metrics, False, {})
-    inputs = {"params": {"cl": cl}}
+    def batch_function(template):
+        return ck.ParameterBatch(ck.Experiment(DOSE, TS, ck.observable_metrics), template, ("cl",), "vmap")
+
+    fn = batch_function(OneCompartmentPK())
+    inputs = {"cl": cl}
     with pytest.raises(Interrupt):
         sweep(fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True, on_chunk=stop_after_two)
     assert sorted(p.name for p in tmp_path.glob("chunk_*.npz")) == ["chunk_000000.npz", "chunk_000001.npz"]
@@ -111,8 +113,20 @@ def test_resume_after_interruption(tmp_path):
                   on_chunk=lambda i, n: done.append(i))
     assert done == [] and again.n_resumed_chunks == 3
     np.testing.assert_array_equal(again.outputs["concentration_auc"], ref.outputs["concentration_auc"])
-    with pytest.raises(ValueError, match="different sweep"):
-        sweep(fn, {"params": {"cl": cl * 1.01}}, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True)
+    with pytest.raises(ValueError, match=r"different run: it differs in \['inputs_sha256'\]"):
+        sweep(fn, {"cl": cl * 1.01}, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True)
+    # The manifest is keyed on the member function too: another template (the same inputs) is refused.
+    other = batch_function(OneCompartmentPK(v=30.0))
+    with pytest.raises(ValueError, match=r"different run: it differs in \['function_sha256'\]"):
+        sweep(other, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True)
+    # Corrupt files raise ValueError naming the file, never results.
+    chunk = tmp_path / "chunk_000001.npz"
+    chunk.write_bytes(chunk.read_bytes()[:50])
+    with pytest.raises(ValueError, match="chunk_000001.npz"):
+        sweep(fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="manifest.json"):
+        sweep(fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True)
 
 
 def test_no_retrace_on_new_values():
@@ -164,9 +178,10 @@ _SHARDED = textwrap.dedent(
     diff = rel(shard, single)
     ens_diff = ens_vs_vmap = ens_failed = None
     if sys.argv[-1] == "ensemble":
-        ens = ck.sweep_model(*args, chunk_size=8, progress=False, devices="all", evaluator=ck.EnsembleEvaluator())
-        ens1 = ck.sweep_model(*args, chunk_size=8, progress=False, evaluator=ck.EnsembleEvaluator())
-        ens_diff, ens_vs_vmap, ens_failed = rel(ens, ens1), rel(ens, single), ens.n_failed
+        ens = ck.sweep_model(*args, chunk_size=8, progress=False, devices="all", engine="ensemble")
+        ens1 = ck.sweep_model(*args, chunk_size=8, progress=False, engine="ensemble")
+        vm = ck.sweep_model(*args, chunk_size=8, progress=False, devices="all", engine="vmap")
+        ens_diff, ens_vs_vmap, ens_failed = rel(ens, ens1), rel(ens, vm), ens.n_failed + vm.n_failed
     print(json.dumps({"n_devices": shard.n_devices, "single_devices": single.n_devices, "max_rel_diff": diff,
                       "ens_diff": ens_diff, "ens_vs_vmap": ens_vs_vmap, "ens_failed": ens_failed,
                       "chunk_size": shard.chunk_size, "failed": shard.n_failed,
@@ -191,9 +206,10 @@ def test_sharded_equals_single_device():
 
 
 @pytest.mark.slow
-def test_sharded_ensemble_evaluator():
+def test_sharded_ensemble_engine():
     res = _run_sharded("ensemble")
-    # The batched ensemble solver sharded over 4 devices equals itself on one device, and vmap(simulate) to tol.
+    # The batched ensemble solver sharded over 4 devices equals itself on one device, and the (sharded) vmap engine
+    # to the solver tolerance.
     assert res["n_devices"] == 4 and res["max_rel_diff"] <= 1e-12
     assert res["ens_failed"] == 0 and res["ens_diff"] <= 1e-12 and res["ens_vs_vmap"] <= 1e-5
 
@@ -204,7 +220,10 @@ def test_progress_reports_failures_and_generic_ok_flag(capsys):
 
     res = ck.sweep(member, np.arange(8.0), chunk_size=3, has_ok=True, progress=True)
     err = capsys.readouterr().err
-    assert "chunk 3/3" in err and "8 members, 3 failed" in err
+    # one line after the first chunk, one at the end (with the failure count)
+    assert "sweep: 3/8 members (38%)" in err and " elapsed, ETA " in err, err
+    assert err.strip().splitlines()[-1].startswith("sweep: 8/8 members (100%)")
+    assert err.strip().splitlines()[-1].endswith(", 3 failed"), err
     assert res.n_failed == 3
     np.testing.assert_array_equal(res.outputs["y"][:5], 2.0 * np.arange(5.0))
     assert np.all(np.isnan(res.outputs["y"][5:]))

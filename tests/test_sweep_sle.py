@@ -1,5 +1,7 @@
-"""sweep_model on the composed SLE model with `sle_metrics` (slow: compiles the 30-state model under vmap and in the ensemble engine)."""
+"""sweep_model on the composed SLE model with `sle_metrics` (slow: compiles the 38-state model under vmap and in the
+ensemble engine)."""
 
+import diffrax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,32 +10,29 @@ import carkinetics as ck
 
 
 @pytest.mark.slow
-def test_sle_sweep_matches_single_simulations():
-    from carkinetics.models.sle import SLECarTModel, erlangen_regimen, load_preset, simulate_default
+def test_sle_sweep_engines_agree_and_match_single_simulations():
+    from carkinetics.models.sle import SLECarTModel, erlangen_regimen, save_times, sle_metrics
 
-    model = load_preset("human")
+    model = SLECarTModel()
     regimen = erlangen_regimen(model)
-    ts = jnp.linspace(-6.0, 120.0, 253)
+    ts = save_times(180.0)
     rho = float(model.car.rho) * np.array([0.8, 1.0, 1.25])
-    res = ck.sweep_model(model, regimen, ts, {"car.rho": rho}, metrics=ck.sle_metrics, chunk_size=2,
-                         solver=SLECarTModel.default_solver(), rtol=1e-6, atol=1e-6, max_steps=50_000,
-                         progress=False, evaluator=ck.vmap_evaluator)
-    assert res.n_failed == 0 and res.engine == "vmap"
-    for i in (0, 2):
-        sol = simulate_default(model.replace({"car.rho": rho[i]}), regimen, ts)
-        ref = ck.sle_metrics(sol)
-        for k, v in ref.items():
-            assert res.outputs[k][i] == pytest.approx(float(v), rel=1e-7, abs=1e-9), k
-    # The default engine (batched ensemble, EnsembleTsit5 at the same tolerances) agrees to 1e-3 relative
-    # (a different step sequence at rtol = atol = 1e-6 on a 29-state model; metrics read off a 0.5-day grid).
-    ens = ck.sweep_model(model, regimen, ts, {"car.rho": rho}, metrics=ck.sle_metrics, chunk_size=3,
-                         solver=SLECarTModel.default_solver(), rtol=1e-6, atol=1e-6, max_steps=50_000,
-                         progress=False)
-    assert ens.engine == "ensemble" and ens.n_failed == 0
-    for k in res.outputs:
-        np.testing.assert_allclose(ens.outputs[k], res.outputs[k], rtol=1e-3, atol=1e-6, err_msg=k)
-    out = res.outputs
-    # Deep B-cell aplasia after CAR-T (clinical: months), and a faster-expanding CAR-T peaks higher.
-    assert np.all(out["b_aplasia_days"] > 20.0) and np.all(out["b_nadir_pct"] < 5.0)
-    assert out["car_cmax"][2] > out["car_cmax"][1] > out["car_cmax"][0]
-    assert np.all((out["crs_grade_max"] >= 0.0) & (out["crs_grade_max"] <= 4.0))
+    res = ck.sweep_model(model, regimen, ts, {"car.rho": rho}, metrics=sle_metrics, chunk_size=3,
+                         solver=diffrax.Kvaerno5(), rtol=1e-6, atol=1e-6, max_steps=50_000, progress=False)
+    assert res.n_failed == 0
+    sol = ck.simulate(model.replace({"car.rho": rho[2]}), regimen, ts, solver=diffrax.Kvaerno5())
+    ref = sle_metrics(sol)
+    for k, v in ref.items():
+        assert res.outputs[k][2] == pytest.approx(float(v), rel=1e-6, abs=1e-8), k
+    # The default engine (batched EnsembleRodas5 at the same tolerances) agrees to 1e-2 relative on the metrics
+    # (a different step sequence at rtol = atol = 1e-6; metrics read off a 0.25/1-day grid).
+    ens = ck.sweep_model(model, regimen, ts, {"car.rho": rho}, metrics=sle_metrics, chunk_size=3, rtol=1e-6,
+                         atol=1e-6, max_steps=50_000, progress=False)
+    assert ens.n_failed == 0
+    for k in ("CAR Cmax", "CAR Tmax", "IL-6 peak", "anti-dsDNA d90", "SLEDAI d90"):
+        np.testing.assert_allclose(ens.outputs[k], res.outputs[k], rtol=1e-2, atol=1e-3, err_msg=k)
+    # a faster-expanding CAR-T peaks higher and releases more IL-6
+    out = ens.outputs
+    assert out["CAR Cmax"][2] > out["CAR Cmax"][1] > out["CAR Cmax"][0]
+    assert out["IL-6 peak"][2] > out["IL-6 peak"][0]
+    assert np.all(jnp.asarray(out["B nadir"]) < 5.0)

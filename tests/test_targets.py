@@ -11,6 +11,7 @@ import pytest
 from jax.scipy.stats import norm
 
 import carkinetics as ck
+from carkinetics.models.sle import QUANTITIES
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "calibration", "data")
 GOOD = {
@@ -24,7 +25,7 @@ GOOD = {
 def test_all_shipped_target_files_validate():
     files = sorted(glob.glob(os.path.join(DATA, "*.csv")))
     assert len(files) == 3
-    table = ck.load_targets(files)
+    table = ck.load_targets(files, quantities=QUANTITIES)
     assert len(table) == len(set(table.ids())) >= 40
     r = table["mackensen2022_b_reappearance"]
     assert (r.value, r.sigma(), r.unit, r.tag) == (110.0, 32.0, "d", "R")
@@ -64,24 +65,24 @@ def test_all_shipped_target_files_validate():
 def test_validator_rejects_malformed_rows(change, message):
     raw = dict(GOOD, **change)
     with pytest.raises(ValueError, match=message) as e:
-        ck.validate_target_row(raw, "file.csv:7")
+        ck.validate_target_row(raw, QUANTITIES, "file.csv:7")
     assert "file.csv:7 (x2022_b)" in str(e.value) or "file.csv:7" in str(e.value)
 
 
 def test_validator_accepts_good_row_and_file_errors(tmp_path):
-    row = ck.validate_target_row(GOOD)
+    row = ck.validate_target_row(GOOD, QUANTITIES)
     assert row.value == 110.0 and row.value_in("wk") == pytest.approx(110 / 7)
     p = tmp_path / "t.csv"
     header = ",".join(GOOD)
     line = ",".join(GOOD.values())
     p.write_text(header + "\n" + line + "\n" + line + "\n")
     with pytest.raises(ValueError, match="duplicated"):
-        ck.load_targets(p)
+        ck.load_targets(p, quantities=QUANTITIES)
     p.write_text("target_id,value\nx,1\n")
     with pytest.raises(ValueError, match="lacks the columns"):
-        ck.load_targets(p)
+        ck.load_targets(p, quantities=QUANTITIES)
     with pytest.raises(ValueError, match="does not exist"):
-        ck.load_targets(tmp_path / "missing.csv")
+        ck.load_targets(tmp_path / "missing.csv", quantities=QUANTITIES)
 
 
 def test_units():
@@ -147,13 +148,13 @@ def test_observation_models():
 def test_summary_target_binding_converts_units():
     from carkinetics.models import Stein2019CK
 
-    row = ck.validate_target_row(dict(GOOD, quantity="car_tmax", value="2", spread="0.5", unit="wk"))
+    row = ck.validate_target_row(dict(GOOD, quantity="car_tmax", value="2", spread="0.5", unit="wk"), QUANTITIES)
     tg = ck.summary_target(row, ck.PeakTime("transgene"), Stein2019CK)
     assert float(tg.value) == 14.0 and tg.unit == "d" and tg.interval == (10.5, 17.5)
     assert isinstance(tg.error, ck.NormalError) and float(tg.error.sigma) == 3.5
-    peak = ck.validate_target_row(dict(GOOD, quantity="car_peak_blood", unit="cells/uL"))
+    peak = ck.validate_target_row(dict(GOOD, quantity="car_peak_blood", unit="cells/uL"), QUANTITIES)
     with pytest.raises(ValueError, match="is in 'cells/uL'"):
         ck.summary_target(peak, ck.PeakHeight("transgene"), Stein2019CK)
-    lb = ck.validate_target_row(dict(GOOD, measure="lower_bound", spread_kind="none", spread=""))
+    lb = ck.validate_target_row(dict(GOOD, measure="lower_bound", spread_kind="none", spread=""), QUANTITIES)
     tg = ck.summary_target(lb, ck.TimeBelow("transgene", 1.0), Stein2019CK)
     assert isinstance(tg.error, ck.CensoredError) and tg.error.uloq == 110.0 and tg.interval == (110.0, math.inf)

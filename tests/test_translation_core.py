@@ -1,5 +1,7 @@
 """Translation map machinery on a small PK model: efficiency, ungrouped gaps, samples, flags, tables, figures."""
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -50,13 +52,17 @@ def test_without_ungrouped_the_parameters_stay_at_a():
 
 
 def test_samples_reproducible_and_intervals_cover_point():
-    kw = dict(units=UNITS, n_samples=16, seed=3, batch_size=BATCH)
+    kw = dict(units=UNITS, n_samples=16, key=jax.random.key(3), batch_size=BATCH)
     tm1 = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, **kw)
     tm2 = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, **kw)
-    tm3 = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, **{**kw, "seed": 4})
-    np.testing.assert_array_equal(tm1.sample_shapley, tm2.sample_shapley)  # fixed seed: identical
-    assert np.max(np.abs(tm1.sample_shapley - tm3.sample_shapley)) > 1e-6  # another seed: different
+    tm3 = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, **{**kw, "key": jax.random.key(4)})
+    np.testing.assert_array_equal(tm1.sample_shapley, tm2.sample_shapley)  # fixed key: identical
+    assert np.max(np.abs(tm1.sample_shapley - tm3.sample_shapley)) > 1e-6  # another key: different
     assert tm1.sample_shapley.shape == (16, 3, 3) and bool(np.all(tm1.sample_ok))
+    # the map records its key's data (reproducibility), and samples need a key
+    assert tm1.key_data == tuple(int(v) for v in np.asarray(jax.random.key_data(jax.random.key(3))).ravel())
+    with pytest.raises(ValueError, match="`key`"):
+        ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, n_samples=2, batch_size=BATCH)
     np.testing.assert_allclose(tm1.sample_shapley.sum(1), tm1.sample_total, rtol=1e-8)  # efficiency per sample
     lo, hi = tm1.intervals(0.9)
     assert np.all(lo <= hi)
@@ -95,7 +101,7 @@ def test_m_flags_and_narrative():
 
 def test_tables(tmp_path):
     tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"), n_samples=4,
-                            batch_size=BATCH)
+                            key=jax.random.key(0), batch_size=BATCH)
     path = tmp_path / "map.csv"
     tm.to_csv(str(path))
     lines = path.read_text().strip().splitlines()
@@ -112,7 +118,8 @@ def test_figures(tmp_path):
     matplotlib.use("Agg")
     import carkinetics.plot
 
-    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, n_samples=4, batch_size=BATCH)
+    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, n_samples=4, key=jax.random.key(0),
+                            batch_size=BATCH)
     fig = ck.plot.translation_heatmap(tm)
     image = fig.axes[0].images[0].get_array()
     np.testing.assert_allclose(np.asarray(image), tm.share())  # the heatmap shows the shares
@@ -147,16 +154,20 @@ def test_failed_coalitions_are_reported():
     assert "4 of 8 coalition evaluations gave non-finite metrics" in tm.narrative()
 
 
-def test_sample_parameters_transforms(getkey):
-    from carkinetics.models.sle import SLECarTModel
+class _Bounded(eqx.Module):
+    """An onset time that may be negative (shifted lower bound) and a fraction (bounded on both sides)."""
 
-    model = SLECarTModel()  # car.t_rej: onset day 70 with bounds [-1e4, inf); humoral.f_pb_dsdna: a fraction
-    s = ck.sample_parameters(model, ["car.t_rej", "humoral.f_pb_dsdna"], getkey(), 4000,
-                             tags={"car.t_rej": "A", "humoral.f_pb_dsdna": "M"})
-    t = np.asarray(s["car.t_rej"])
+    onset: float = ck.param(70.0, unit="d", lower=-1e4, description="onset", source="test value", tag="A")
+    frac: float = ck.param(0.8, unit="1", upper=1.0, description="fraction", source="test value", tag="R")
+
+
+def test_sample_parameters_transforms(getkey):
+    model = _Bounded()
+    s = ck.sample_parameters(model, ["onset", "frac"], getkey(), 4000, tags={"frac": "M"})
+    t = np.asarray(s["onset"])
     # a shifted lower bound gives a normal spread relative to the value (sd 0.3 x 70 d), not log(x + 1e4)
     assert np.std(t) == pytest.approx(0.3 * 70.0, rel=0.05) and np.median(t) == pytest.approx(70.0, abs=1.5)
-    f = np.asarray(s["humoral.f_pb_dsdna"])
+    f = np.asarray(s["frac"])
     logit = np.log(f / (1.0 - f))
     assert np.all((f > 0.0) & (f < 1.0))
     assert np.std(logit) == pytest.approx(0.5, rel=0.05) and np.median(logit) == pytest.approx(np.log(4.0), abs=0.05)

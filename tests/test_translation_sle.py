@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
-from carkinetics import _translate_sle as sle
+from carkinetics.models.sle import (
+    ArmExperiment,
+    gap_groups,
+    sle_scenarios,
+    sle_translation_map,
+    translation as sle,
+    write_translation_report,
+)
 
 T_END = 120.0  # short horizon for the default suite (metrics use day 90)
 BATCH = 8  # every call pads to this chunk size, so the whole module compiles the SLE batch once
@@ -16,14 +23,14 @@ BATCH = 8  # every call pads to this chunk size, so the whole module compiles th
 
 @pytest.fixture(scope="module")
 def metrics_fn():
-    return ck.SLEMetrics(T_END)
+    return ArmExperiment(T_END)
 
 
 @pytest.fixture(scope="module")
 def arms():
     mouse, tags_m, gaps_m = sle.load_arm("mouse_nzbw")
     human, tags_h, gaps_h = sle.load_arm("human")
-    return mouse, human, ck.gap_groups(gaps_m, gaps_h)
+    return mouse, human, gap_groups(gaps_m, gaps_h)
 
 
 def _group(groups, gap):
@@ -66,12 +73,12 @@ def test_two_group_difference_gets_the_whole_gap(arms, metrics_fn):
 
 
 def test_reduced_shipped_map_reproducible(metrics_fn):
-    kw = dict(gaps=("G1", "G4"), n_samples=2, seed=0, metrics_fn=metrics_fn, batch_size=BATCH)
-    tm = ck.sle_translation_map("mouse_nzbw", "human", **kw)
-    tm2 = ck.sle_translation_map("mouse_nzbw", "human", **kw)
+    kw = dict(gaps=("G1", "G4"), n_samples=2, key=jax.random.key(0), experiment=metrics_fn, batch_size=BATCH)
+    tm = sle_translation_map("mouse_nzbw", "human", **kw)
+    tm2 = sle_translation_map("mouse_nzbw", "human", **kw)
     assert tm.group_names == ("G1 IgG clearance", "G4 rejection", "ungrouped")
     assert tm.metric_names == tuple(sle.SLE_METRICS)
-    np.testing.assert_array_equal(tm.shapley, tm2.shapley)  # fixed seed and presets: identical map
+    np.testing.assert_array_equal(tm.shapley, tm2.shapley)  # fixed key and presets: identical map
     np.testing.assert_array_equal(tm.sample_shapley, tm2.sample_shapley)
     ok = np.isfinite(tm.total)
     assert ok.all() and tm.n_failed == 0
@@ -93,7 +100,7 @@ def test_knobs_set_the_protocols(arms):
     a, b = sle.apply_knobs(mouse, human, dose_basis="per_kg")
     assert float(a.protocol.car_cells_per_kg) == float(b.protocol.car_cells_per_kg) == 1e6
     a, b = sle.apply_knobs(mouse, human, dose_basis="per_target")
-    assert a.protocol.dose_basis == b.protocol.dose_basis == "per_target"
+    assert float(a.protocol.per_target_dosing) == float(b.protocol.per_target_dosing) == 1.0
     assert float(a.protocol.car_cells_per_target) == float(b.protocol.car_cells_per_target)
     # per-target dosing gives the human its per-kg dose back: cells = per_target x CD19 pool = 1e6/kg x 70 kg
     cells = float(sle.arm_regimen(b).doses[-1].amount)
@@ -108,7 +115,7 @@ def test_knobs_set_the_protocols(arms):
 
 def test_scenarios_and_no_retrace(metrics_fn, caplog):
     scen = {"presets": {}, "lymphodepletion alone": {"ld_alone": True}}
-    rows = ck.sle_scenarios("mouse_nzbw", "human", scenarios=scen, metrics_fn=metrics_fn, batch_size=BATCH)
+    rows = sle_scenarios("mouse_nzbw", "human", scenarios=scen, experiment=metrics_fn, batch_size=BATCH)
     assert len(rows) == 2 * len(sle.SLE_METRICS)
     get = {(r["scenario"], r["metric"]): r for r in rows}
     # without CAR-T there are no CAR-T cells: log10 Cmax is the floor log10(1e-12) in both arms
@@ -117,15 +124,15 @@ def test_scenarios_and_no_retrace(metrics_fn, caplog):
     # with CAR-T the human B-cell aplasia is much longer than with lymphodepletion alone
     assert get[("presets", "B aplasia")]["human"] > get[("lymphodepletion alone", "B aplasia")]["human"] + 30.0
     with caplog.at_level(logging.WARNING), jax.log_compiles():
-        rows2 = ck.sle_scenarios("mouse_mrl_lpr", "human", scenarios=scen, metrics_fn=metrics_fn, batch_size=BATCH)
+        rows2 = sle_scenarios("mouse_mrl_lpr", "human", scenarios=scen, experiment=metrics_fn, batch_size=BATCH)
     assert not [r for r in caplog.records if "_evaluate_batch" in r.getMessage()]  # new values: no recompilation
     assert rows2[0]["metric"] == rows[0]["metric"]
 
 
 @pytest.mark.slow
 def test_full_shipped_map_reproducible(tmp_path):
-    paths = ck.write_translation_report(str(tmp_path / "a"), seed=0, n_samples=0, scenarios=False)
-    paths2 = ck.write_translation_report(str(tmp_path / "b"), seed=0, n_samples=0, scenarios=False)
+    paths = write_translation_report(str(tmp_path / "a"), key=jax.random.key(0), n_samples=0, scenarios=False)
+    paths2 = write_translation_report(str(tmp_path / "b"), key=jax.random.key(0), n_samples=0, scenarios=False)
     text = pathlib.Path(paths["csv"]).read_text()
     assert text == pathlib.Path(paths2["csv"]).read_text()  # fixed presets and seed: the same map, to the digit
     rows = text.strip().splitlines()

@@ -144,6 +144,7 @@ class Checkpoint:
         if not os.path.exists(path):
             return None
         try:
+            # The file is opened here, not by np.load: np.load leaks its handle when a truncated archive fails.
             with open(path, "rb") as fh, np.load(fh) as z:
                 leaves = [z[f"leaf_{k}"] for k in range(n_leaves)]
                 ok = z["ok"]

@@ -13,6 +13,7 @@ stopped.
 from __future__ import annotations
 
 import abc
+import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +30,11 @@ from .._core._dosing import Regimen
 from .._core._model import AbstractKineticModel
 from .._core._solution import Solution
 from .._engine._batch import AbstractExperiment, Experiment, batch_models, run_experiment
-from .._core._parameters import parameters
+from .._core._parameters import floats_to_arrays, parameters
 from .._engine._simulate import ENGINES, Engine, engine_of, resolve_solver
 from .._ensemble import resolve_devices
 from ._checkpoint import FORMAT_VERSION, Checkpoint, fingerprint
+from ._distributed import ProcessFailed, ProcessGroup, gather, versions
 from ._interrupt import Interrupted, stop_on_signals
 from ._progress import Progress
 
@@ -65,7 +67,8 @@ class ParameterBatch(AbstractBatchFunction):
     """
 
     experiment: AbstractExperiment
-    template: Any
+    # Python-float parameters of the template become arrays, so that new template values reuse the compiled chunk.
+    template: Any = eqx.field(converter=floats_to_arrays)
     names: tuple[str, ...] = eqx.field(static=True)
     engine_name: str = eqx.field(static=True)
     per_member_regimen: bool = eqx.field(static=True, default=False)
@@ -100,8 +103,10 @@ class SweepResult(eqx.Module):
       values; use `ok` to select members.
     - `ok`: boolean array `(n_members,)`, `False` for failed members.
     - `n_failed`: number of failed members.
-    - `n_members`, `chunk_size`, `n_chunks`, `n_devices`: the layout that was used.
+    - `n_members`, `chunk_size`, `n_chunks`, `n_devices`: the layout that was used (`n_devices` counts the devices
+      of every process).
     - `n_resumed_chunks`: chunks loaded from the checkpoint instead of being computed.
+    - `n_processes`: the processes that computed it (see [`carkinetics.distributed_setup`][]).
     - `engine`: what integrated the members: `"ensemble"` (the batched solver), `"vmap"` (`jax.vmap` of a
       per-member function or of the per-member diffrax engine) or `"custom"` (another batch function).
     """
@@ -115,6 +120,7 @@ class SweepResult(eqx.Module):
     n_devices: int = eqx.field(static=True)
     n_resumed_chunks: int = eqx.field(static=True)
     engine: str = eqx.field(static=True)
+    n_processes: int = eqx.field(static=True, default=1)
 
 
 def _leading_size(leaves: Sequence[np.ndarray]) -> int:
@@ -157,18 +163,127 @@ def _run_chunk(fn: Callable, chunk: Any, has_ok: bool, mesh: Mesh | None) -> tup
     return mapped(fn_dyn, chunk)
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1 and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
+def _host(dev_out: tuple[Any, jax.Array]) -> tuple[list[np.ndarray], np.ndarray]:
+    out, ok = dev_out
+    return [np.asarray(x) for x in jax.tree_util.tree_leaves(out)], np.asarray(ok)
 
 
 def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     return int(value)
+
+
+def _sweep_devices(devices: Any) -> list | None:
+    """The devices of a sweep. In a multi-process run `None` means every device of every process (a process left
+    out would idle), and every process must own at least one of the devices."""
+    if jax.process_count() == 1:
+        return resolve_devices(devices)
+    devs = resolve_devices("all" if devices is None else devices)
+    assert devs is not None
+    owners = {d.process_index for d in devs}
+    missing = [i for i in range(jax.process_count()) if i not in owners]
+    if missing:
+        raise ValueError(f"`devices` must include devices of every process in a multi-process run; process(es) "
+                         f"{missing} own none of the {len(devs)} devices given (use devices='all').")
+    return devs
+
+
+def _replicated(tree: Any, mesh: Mesh) -> Any:
+    """The array leaves of `tree` as global arrays replicated over `mesh` (every process holds the same values,
+    checked at start-up), so they can enter a computation that spans processes."""
+    rep = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        if not eqx.is_array(x):
+            return x
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, rep, lambda idx: host[idx])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+class _Layout(eqx.Module):
+    """Where member `j` of chunk `i` lives in the outputs, and how resumed chunks travel as bytes."""
+
+    n: int
+    chunk_size: int
+    shapes: tuple[tuple[tuple[int, ...], Any], ...]  # per output leaf: trailing shape, dtype
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        return i * self.chunk_size, min((i + 1) * self.chunk_size, self.n)
+
+    def nbytes(self, i: int) -> int:
+        lo, hi = self.bounds(i)
+        return (hi - lo) * (1 + sum(int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for s, d in self.shapes))
+
+    def pack(self, i: int, results: Sequence[np.ndarray], ok: np.ndarray) -> np.ndarray:
+        lo, hi = self.bounds(i)
+        parts = [np.ascontiguousarray(r[lo:hi]).view(np.uint8).ravel() for r in results]
+        return np.concatenate(parts + [ok[lo:hi].astype(np.uint8)])
+
+    def unpack(self, i: int, data: np.ndarray, results: Sequence[np.ndarray], ok: np.ndarray) -> None:
+        lo, hi = self.bounds(i)
+        pos = 0
+        for r in results:
+            size = (hi - lo) * int(np.prod(r.shape[1:], dtype=np.int64)) * r.dtype.itemsize
+            r[lo:hi] = data[pos:pos + size].view(r.dtype).reshape((hi - lo,) + r.shape[1:])
+            pos += size
+        ok[lo:hi] = data[pos:pos + hi - lo].astype(bool)
+
+
+_BROADCAST_BYTES = 1 << 24  # resumed chunks travel from process 0 in broadcasts of about 16 MiB
+
+
+def _resume(checkpoint: Any, manifest: dict, layout: _Layout, n_chunks: int, group: ProcessGroup | None,
+            store: Callable, results: Sequence[np.ndarray], ok: np.ndarray) -> tuple[Checkpoint | None, np.ndarray]:
+    """Open the checkpoint and load its finished chunks into `results`/`ok` (through `store`).
+
+    One process reads and writes the checkpoint: the only one, or process 0 of several, which shares the outcome
+    (an error every process raises, or which chunks are finished) and broadcasts the finished chunks' outputs.
+    Returns the checkpoint (`None` on the other processes) and the finished chunks as a boolean mask.
+    """
+    writer = group is None or group.pid == 0
+    ckpt, resumed, status = None, np.zeros(n_chunks, dtype=bool), {}
+    if writer:
+        try:
+            ckpt = Checkpoint(checkpoint, manifest)
+            for i in range(n_chunks):
+                loaded = ckpt.load(i, len(results))
+                if loaded is not None:
+                    lo, hi = layout.bounds(i)
+                    if any(len(x) < hi - lo for x in (*loaded[0], loaded[1])):
+                        raise ValueError(f"The checkpoint chunk {ckpt.file(i)!r} holds fewer members than chunk {i} "
+                                         f"has ({hi - lo}); delete that file and run again to recompute it.")
+                    store(i, *loaded, resumed=True)
+                    resumed[i] = True
+            status = {"done": np.packbits(resumed).tobytes().hex()}
+        except ValueError as err:
+            if group is None:
+                raise
+            status = {"error": str(err)}
+    if group is None:
+        return ckpt, resumed
+    status = json.loads(group.share("checkpoint", json.dumps(status)))
+    if "error" in status:
+        raise ValueError(status["error"])
+    if not writer:
+        resumed = np.unpackbits(np.frombuffer(bytes.fromhex(status["done"]), np.uint8))[:n_chunks] > 0
+    # The finished chunks travel from process 0 in broadcasts of about _BROADCAST_BYTES.
+    done = [int(i) for i in np.flatnonzero(resumed)]
+    while done:
+        batch, size = [], 0
+        while done and (not batch or size < _BROADCAST_BYTES):
+            batch.append(done.pop(0))
+            size += layout.nbytes(batch[-1])
+        data = np.concatenate([layout.pack(j, results, ok) for j in batch]) if writer else np.zeros(size, np.uint8)
+        data = group.broadcast(data)
+        pos = 0
+        for j in batch:
+            if not writer:
+                layout.unpack(j, data[pos:pos + layout.nbytes(j)], results, ok)
+            pos += layout.nbytes(j)
+    return ckpt, resumed
 
 
 def sweep(
@@ -182,7 +297,7 @@ def sweep(
     has_ok: bool = False,
     on_chunk: Callable[[int, int], Any] | None = None,
 ) -> SweepResult:
-    """Evaluate `fn` on every member of a batch, in chunks of bounded size, on one or several devices.
+    """Evaluate `fn` on every member of a batch, in chunks of bounded size, on one or several devices and processes.
 
     **Arguments:**
 
@@ -191,24 +306,36 @@ def sweep(
       `(outputs, ok)`, `ok` a boolean per member (e.g. `Solution.ok`). An `eqx.Module` whose array fields change
       between calls does not recompile.
     - `inputs`: a pytree whose leaves are arrays with the same leading size N (the members).
-    - `chunk_size`: members per compiled call (rounded up to a multiple of the device count). Memory on the device
-      is bounded by about two chunks.
+    - `chunk_size`: members per chunk (each compiled call pads a chunk to a multiple of the device count). Memory on
+      the device is bounded by about two chunks. The chunks, and so a checkpoint, do not depend on the devices.
     - `devices`: `None` (default device), `"all"`, an int (the first n devices) or a sequence of devices. Members of
-      each chunk are split across them with `shard_map`.
+      each chunk are split across them with `shard_map`. After [`carkinetics.distributed_setup`][] (several
+      processes), `"all"` and `None` mean every device of every process.
     - `checkpoint`: a directory. Each finished chunk is written there atomically next to a `manifest.json` keyed on
       `fn` (its arrays, settings and code), `inputs` and the layout; rerunning the same sweep loads the finished
       chunks and computes only the missing ones. A directory written by a different sweep raises `ValueError`
-      naming what differs.
-    - `progress`: print progress (done/total, rate, ETA, failures) on stderr.
+      naming what differs. With several processes only process 0 reads and writes it (it need not be shared), and
+      a checkpoint written with one process count resumes with another.
+    - `progress`: print progress (done/total, rate, ETA, failures) on stderr (process 0 only).
     - `has_ok`: whether `fn` returns `(outputs, ok)`.
-    - `on_chunk`: called as `on_chunk(chunk_index, n_chunks)` after each computed (not resumed) chunk is stored.
+    - `on_chunk`: called as `on_chunk(chunk_index, n_chunks)` after each computed (not resumed) chunk is stored, on
+      every process (a callback that writes files should do so on process 0 only, `jax.process_index() == 0`).
+
+    **Multi-process runs.** Every process calls `sweep` with the same arguments (the inputs are in every process's
+    memory; each process builds only its devices' shards). Each chunk is computed on the global device mesh and
+    gathered once; every process returns the same result. At start-up the processes compare package versions and
+    fingerprints of `fn`, `inputs` and the layout, and all raise `ValueError` naming the process that differs. A
+    process that dies, fails or exits early is reported by the others with its id ([`carkinetics.ProcessFailed`][],
+    within the `heartbeat_timeout` of [`carkinetics.distributed_setup`][]); a signal to any process stops all of
+    them after the current chunk ([`carkinetics.Interrupted`][]).
 
     **Returns:** a [`carkinetics.SweepResult`][]; outputs are NumPy arrays on the host, failed members masked with
     NaN and counted in `n_failed`.
 
-    **Raises:** `ValueError` for malformed inputs, a bad `chunk_size`/`devices`, or a checkpoint directory that
-    belongs to another sweep; [`carkinetics.Interrupted`][] (a `KeyboardInterrupt`) when SIGINT or SIGTERM stopped
-    the sweep cleanly after the chunk in progress (finished chunks are in the checkpoint: rerun to resume).
+    **Raises:** `ValueError` for malformed inputs, a bad `chunk_size`/`devices`, a checkpoint directory that
+    belongs to another sweep, or processes that disagree; [`carkinetics.Interrupted`][] (a `KeyboardInterrupt`)
+    when SIGINT or SIGTERM stopped the sweep cleanly after the chunk in progress (finished chunks are in the
+    checkpoint: rerun to resume); [`carkinetics.ProcessFailed`][] when another process died or failed.
 
     **Example:**
 
@@ -229,97 +356,138 @@ def sweep(
     n = _leading_size(leaves)
     if n == 0:
         raise ValueError("`inputs` has zero members.")
-    devs = resolve_devices(devices)
+    devs = _sweep_devices(devices)
     n_dev = 1 if devs is None else len(devs)
-    chunk_size = int(math.ceil(min(chunk_size, n) / n_dev) * n_dev)
-    n_chunks = int(math.ceil(n / chunk_size))
+    n_proc = jax.process_count()
+    chunk_size = min(chunk_size, n)
+    call_size = math.ceil(chunk_size / n_dev) * n_dev  # members per compiled call: an equal share per device
+    n_chunks = math.ceil(n / chunk_size)
     mesh = None if devs is None else Mesh(np.array(devs), (_AXIS,))
     sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec(_AXIS))
+    group = ProcessGroup("sweep") if n_proc > 1 else None
 
     def chunk_inputs(i: int):
         lo, hi = i * chunk_size, min((i + 1) * chunk_size, n)
         parts = []
         for leaf in leaves:
             part = leaf[lo:hi]
-            if hi - lo < chunk_size:  # pad with copies of the last member: valid inputs, results dropped
-                part = np.concatenate([part, np.repeat(part[-1:], chunk_size - (hi - lo), axis=0)])
+            if hi - lo < call_size:  # pad with copies of the last member: valid inputs, results dropped
+                part = np.concatenate([part, np.repeat(part[-1:], call_size - (hi - lo), axis=0)])
             if sharding is None:
                 parts.append(jnp.asarray(part))
             else:
                 parts.append(jax.make_array_from_callback(part.shape, sharding, lambda idx, p=part: p[idx]))
         return jax.tree_util.tree_unflatten(treedef, parts)
 
+    fn_sha = in_sha = ""
+    if checkpoint is not None or group is not None:
+        fn_sha, in_sha = fingerprint(fn, has_ok), fingerprint(str(treedef), leaves)
+    if group is not None:
+        assert mesh is not None
+        fn = _replicated(fn, mesh)
     first = chunk_inputs(0)
     out_shape = eqx.filter_eval_shape(_run_chunk, fn, first, has_ok, mesh)
     out_leaves_shape, out_treedef = jax.tree_util.tree_flatten(out_shape[0])
     results = [np.empty((n,) + s.shape[1:], dtype=s.dtype) for s in out_leaves_shape]
     ok_all = np.empty((n,), dtype=bool)
+    layout = _Layout(n, chunk_size, tuple((tuple(s.shape[1:]), s.dtype) for s in out_leaves_shape))
 
-    ckpt = None
+    if group is not None:
+        assert devs is not None
+        group.agree({"versions": versions(), "function": fn_sha, "inputs": in_sha,
+                     "layout": {"n_members": n, "chunk_size": chunk_size, "has_ok": has_ok,
+                                "devices": [d.id for d in devs], "checkpoint": checkpoint is not None}})
+        group.total = n_chunks
+        group.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
+
+    bar = Progress("sweep", n, enabled=progress and jax.process_index() == 0)
+
+    def store(i: int, out_leaves: Sequence[np.ndarray], ok: np.ndarray, resumed: bool = False) -> None:
+        lo, hi = layout.bounds(i)
+        for dst, src in zip(results, out_leaves):
+            dst[lo:hi] = src[: hi - lo]
+        ok_all[lo:hi] = ok[: hi - lo]
+        bar.update(hi - lo, int(np.sum(~ok[: hi - lo])), resumed=resumed)
+
+    ckpt, resumed = None, np.zeros(n_chunks, dtype=bool)
     if checkpoint is not None:
         manifest = {
             "format": FORMAT_VERSION,
-            "function_sha256": fingerprint(fn, has_ok),
-            "inputs_sha256": fingerprint(str(treedef), leaves),
+            "function_sha256": fn_sha,
+            "inputs_sha256": in_sha,
             "n_members": n,
             "chunk_size": chunk_size,
             "n_chunks": n_chunks,
             "outputs": str(out_treedef),
             "output_shapes": [[list(s.shape[1:]), s.dtype.str] for s in out_leaves_shape],
         }
-        ckpt = Checkpoint(checkpoint, manifest)
+        ckpt, resumed = _resume(checkpoint, manifest, layout, n_chunks, group, store, results, ok_all)
+    n_resumed = int(resumed.sum())
 
-    bar = Progress("sweep", n, enabled=progress)
-
-    def store(i: int, out_leaves: Sequence[np.ndarray], ok: np.ndarray, resumed: bool = False) -> None:
-        lo, hi = i * chunk_size, min((i + 1) * chunk_size, n)
-        for dst, src in zip(results, out_leaves):
-            dst[lo:hi] = src[: hi - lo]
-        ok_all[lo:hi] = ok[: hi - lo]
-        bar.update(hi - lo, int(np.sum(~ok[: hi - lo])), resumed=resumed)
-
-    n_resumed = 0
-    pending = None  # (index, device outputs): one chunk in flight while the previous one is copied back
-
-    def finish(i: int, dev_out: Any) -> None:
-        out, ok = dev_out
-        out_leaves = [_to_host(x) for x in jax.tree_util.tree_leaves(out)]
-        ok = _to_host(ok)
+    def finish(i: int, out_leaves: Sequence[np.ndarray], ok: np.ndarray) -> None:
+        lo, hi = layout.bounds(i)
         if ckpt is not None:
-            ckpt.save(i, out_leaves, ok)
+            ckpt.save(i, [x[: hi - lo] for x in out_leaves], ok[: hi - lo])
         store(i, out_leaves, ok)
         if on_chunk is not None:
             on_chunk(i, n_chunks)
 
-    done = 0
+    todo = [i for i in range(n_chunks) if not resumed[i]]
+    done = n_resumed
+    if group is not None:
+        group.done = done
+
+    def run(i: int) -> Any:
+        return _run_chunk(fn, first if i == 0 else chunk_inputs(i), has_ok, mesh)
+
     try:
         with stop_on_signals("sweep") as stop:
-            for i in range(n_chunks):
-                loaded = None if ckpt is None else ckpt.load(i, len(results))
-                if loaded is not None:
-                    n_resumed += 1
-                    done += 1
-                    store(i, *loaded, resumed=True)
-                    continue
-                chunk = first if i == 0 else chunk_inputs(i)
-                dev_out = _run_chunk(fn, chunk, has_ok, mesh)
+            signum = None
+            if group is None:
+                pending = None  # (index, device outputs): one chunk in flight while the previous one is copied back
+                for i in todo:
+                    dev_out = run(i)
+                    if pending is not None:
+                        finish(pending[0], *_host(pending[1]))
+                        done += 1
+                    pending = (i, dev_out)
+                    if stop.signum is not None:
+                        break
                 if pending is not None:
-                    finish(*pending)
+                    finish(pending[0], *_host(pending[1]))
                     done += 1
-                pending = (i, dev_out)
-                if stop.signum is not None:
-                    break
-            if pending is not None:
-                finish(*pending)
-                done += 1
-            if stop.signum is not None and done < n_chunks:
-                raise Interrupted(stop.signum, done, n_chunks, None if ckpt is None else ckpt.path)
+                signum = stop.signum
+            else:
+                # No collective is ever queued behind a computation: each chunk is computed, the processes meet at
+                # a death-aware barrier, and only then gather (a dead peer is reported, never waited for).
+                assert mesh is not None
+                dev_out = run(todo[0]) if todo else None
+                for k, i in enumerate(todo):
+                    jax.block_until_ready(dev_out)
+                    signum = group.sync(stop.signum)
+                    gathered = group.collective(lambda out=dev_out: gather(out, mesh))
+                    if k + 1 < len(todo) and signum is None:
+                        dev_out = run(todo[k + 1])  # computes while this chunk is written
+                    finish(i, gathered[:-1], gathered[-1])
+                    done += 1
+                    group.done = done
+                    if signum is not None:
+                        break
+            if signum is not None and done < n_chunks:
+                raise Interrupted(signum, done, n_chunks, None if checkpoint is None else os.fspath(checkpoint))
+    except (Interrupted, ProcessFailed):
+        raise
+    except BaseException as err:
+        if group is not None:
+            group.note_failure(err)  # the others name this process and its error instead of waiting for it
+        raise
     finally:
         bar.close()
 
     outputs = jax.tree_util.tree_unflatten(out_treedef, results)
     engine = fn.engine if isinstance(fn, AbstractBatchFunction) else "vmap"
-    return SweepResult(outputs, ok_all, int(np.sum(~ok_all)), n, chunk_size, n_chunks, n_dev, n_resumed, engine)
+    return SweepResult(outputs, ok_all, int(np.sum(~ok_all)), n, chunk_size, n_chunks, n_dev, n_resumed, engine,
+                       n_proc)
 
 
 def observable_metrics(sol: Solution) -> dict[str, jax.Array]:

@@ -42,7 +42,7 @@ class MechanismGroup(eqx.Module):
     - `name`: short label, e.g. `"G1 IgG clearance"`.
     - `parameters`: dotted parameter names (e.g. `("humoral.k_igg",)`), as in [`carkinetics.parameters`][].
     - `description`: one sentence saying what the mechanism is.
-    - `gap`: the gap-mechanism identifier of `shared/references/translation.md` (e.g. `"G1"`), or `""`.
+    - `gap`: an identifier of the gap mechanism the group stands for (e.g. `"G1"`), or `""`.
 
     **Example:**
 

@@ -257,8 +257,8 @@ class TranslationMap(eqx.Module):
                 cells.append(c)
             lines.append(f"| {metric} | {self.metric_units[k]} | {_fmt(self.value_a[k])} | {_fmt(self.value_b[k])} | "
                          f"{_fmt(self.total[k])} | " + " | ".join(cells) + " |")
-        note = (f"\n\nShapley value of each mechanism group in the unit of the metric (share of the summed "
-                f"|attributions|"
+        note = ("\n\nShapley value of each mechanism group in the unit of the metric (share of the summed "
+                "|attributions|"
                 + (f"; {pct}% interval over {int(np.sum(self.sample_ok))} parameter samples, key {list(self.key_data)}"
                    if self.n_samples else "")
                 + "). `*`: material attribution resting on unverified (M-tagged) parameters.")

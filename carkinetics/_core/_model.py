@@ -23,6 +23,11 @@ class AbstractKineticModel(eqx.Module):
     - `state_units`, `observable_units`: mappings from each name to its unit string.
     - `breakpoint_parameters` (optional, default none): dotted names of parameters that are times at which
       the vector field is discontinuous (e.g. Stein's `tmax`); the integrator restarts there.
+    - `breakpoint_origin` (optional, default `None`): the name of a state. If given, the declared breakpoints are
+      *durations after the first dose of that state* (the first bolus with a positive amount or infusion with a
+      positive rate, e.g. the CAR-T infusion) instead of days, so the switches move with the dose; without such a
+      dose they lie beyond the horizon. The vector field must then measure time from that dose itself (e.g. with
+      a clock state), since it never sees doses.
     - solver defaults (optional): `stiff` (default `False`): whether the default solvers are implicit
       (`EnsembleRodas5`, `diffrax.Kvaerno5`) rather than explicit (`EnsembleTsit5`, `diffrax.Tsit5`);
       `diffrax_solver`: a diffrax solver instance that overrides the per-member default; `default_rtol`,
@@ -44,6 +49,7 @@ class AbstractKineticModel(eqx.Module):
     state_units: eqx.AbstractClassVar[Mapping[str, str]]
     observable_units: eqx.AbstractClassVar[Mapping[str, str]]
     breakpoint_parameters: ClassVar[tuple[str, ...]] = ()
+    breakpoint_origin: ClassVar[str | None] = None
     stiff: ClassVar[bool] = False
     diffrax_solver: ClassVar[Any] = None
     default_rtol: ClassVar[float] = 1e-6
@@ -86,7 +92,8 @@ class AbstractKineticModel(eqx.Module):
         return get_parameter(self, name)
 
     def breakpoints(self) -> Float[Array, " n"]:
-        """Times (days) of the declared discontinuities of the vector field."""
+        """Values of the declared breakpoint parameters: days of the discontinuities of the vector field, or
+        durations after the first dose of `breakpoint_origin` when the class names one."""
         vals = [jnp.asarray(get_parameter(self, n), dtype=float) for n in self.breakpoint_parameters]
         return jnp.stack(vals) if vals else jnp.zeros((0,))
 

@@ -23,7 +23,7 @@ from ._custom_types import Array, Float
 
 _META_KEY = "carkinetics_param"
 
-#: Confidence tags, as in ``shared/references/kinetics.md`` plus two of the package's own.
+#: Confidence tags of every number: how it was obtained (the first four grade published values).
 CONFIDENCE_TAGS: dict[str, str] = {
     "R": "read verbatim in the cited primary source (abstract, label, table)",
     "R2": "read in a secondary source quoting the primary work; not checked against it",

@@ -17,7 +17,8 @@ from ._dosing import Bolus, Infusion, Regimen, _check, _is_concrete
 #: Plausible human body sizes; values outside are almost always unit mistakes (grams for kg, metres for cm).
 _WEIGHT_KG = (0.3, 400.0)
 _HEIGHT_CM = (20.0, 260.0)
-_BSA_M2 = (0.05, 3.5)
+#: Body surface areas from a mouse (~0.007 m²) to a large adult; outside: a unit mistake (cm² for m²).
+_BSA_M2 = (0.003, 3.5)
 
 
 def _body(name: str, value: Any, bounds: tuple[float, float], unit: str, hints: dict[str, float]) -> float:
@@ -74,7 +75,7 @@ def _chemo(name: str, dose_mg_per_m2, days: Sequence[float], bsa_m2, state: str,
     bsa = _check("bsa_m2", bsa_m2, positive=True, what=f" for {name}")
     if _is_concrete(bsa) and not _BSA_M2[0] <= float(bsa) <= _BSA_M2[1]:
         raise ValueError(f"`bsa_m2` = {float(bsa):g} m² for {name} is outside the plausible range "
-                         f"[{_BSA_M2[0]:g}, {_BSA_M2[1]:g}] m²; it is a body surface area in m² (an adult has ~1.8).")
+                         f"[{_BSA_M2[0]:g}, {_BSA_M2[1]:g}] m²; it is a body surface area in m² (an adult has ~1.8, a mouse ~0.007).")
     dur = float(_check("infusion_minutes", infusion_minutes, positive=True, what=f" for {name}")) / (24 * 60)
     return Regimen([Infusion(float(d), state, amount=dose * bsa, duration=dur) for d in days])
 

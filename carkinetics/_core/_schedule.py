@@ -1,8 +1,9 @@
 """The integration schedule shared by every engine: save-time validation and the dose/breakpoint segments.
 
 Both `simulate` (diffrax, one member) and `simulate_ensemble` (batched) integrate the same piecewise problem:
-the horizon is cut at every dose event, infusion start/end and declared model breakpoint; at the start of each
-segment a jump `y <- mult * y + add` is applied, and within it the zero-order input `rate` is constant.
+the horizon is cut at every dose event, infusion start/end and declared model breakpoint (a day, or a duration
+after the first dose of the model's `breakpoint_origin` state); at the start of each segment a jump
+`y <- mult * y + add` is applied, and within it the zero-order input `rate` is constant.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def check_model_and_regimen(model: Any, regimen: Any) -> Regimen:
     elif not isinstance(regimen, Regimen):
         raise ValueError(f"`regimen` must be a Regimen, a dose or None, got {type(regimen).__name__}.")
     names = model.state_names()
+    origin = type(model).breakpoint_origin
+    if origin is not None and origin not in names:
+        raise ValueError(f"`{type(model).__name__}.breakpoint_origin` = {origin!r} is not a state of the model; "
+                         f"states are {list(names)}.")
     unknown = sorted(regimen.state_names() - set(names))
     if unknown:
         raise ValueError(
@@ -110,14 +115,13 @@ def warn_unresolved_infusions(regimen: Regimen, dtype) -> None:
         starts = d.starts()
         if isinstance(starts, jax.core.Tracer) or isinstance(d.duration, jax.core.Tracer):
             continue
-        s = np.asarray(starts, dtype=dtype)
-        dur = np.asarray(d.duration, dtype=np.float64)  # per member in a batched regimen
-        dur_b = dur.reshape(dur.shape + (1,) * max(0, s.ndim - dur.ndim)) if dur.shape != s.shape else dur
-        e = np.asarray(np.asarray(starts, dtype=np.float64) + dur_b, dtype=dtype)
+        s0, dur = np.broadcast_arrays(np.asarray(starts, dtype=np.float64), np.asarray(d.duration, dtype=np.float64))
+        s = np.asarray(s0, dtype=dtype)
+        e = np.asarray(s0 + dur, dtype=dtype)
         bad = e <= s
         if np.any(bad):
-            warnings.warn(f"An infusion into {d.state!r} of {float(dur.min()) * 86400:g} s starting on day "
-                          f"{float(s[bad][0]):g} is shorter than the time resolution of {np.dtype(dtype).name} at that "
+            warnings.warn(f"An infusion into {d.state!r} of {float(dur[bad].flat[0]) * 86400:g} s starting on day "
+                          f"{float(s[bad].flat[0]):g} is shorter than the time resolution of {np.dtype(dtype).name} at that "
                           f"time; its amount is delivered as a bolus at its start. Use float64 (jax_enable_x64) "
                           "or a bolus to silence this.", UserWarning, stacklevel=3)
 
@@ -164,6 +168,14 @@ def build_segments(model: Any, regimen: Regimen, ts: Float[Array, " T"], t0: Flo
         t0 = eqx.error_if(t0, bad, "`t0` is later than ts[0] or than a dose event.")
     t0 = jnp.asarray(t0, dtype=dtype)
     model_bps = model.breakpoints().astype(dtype)
+    origin = type(model).breakpoint_origin
+    if origin is not None and model_bps.shape[0]:
+        # durations after the first dose of the origin state (inf, i.e. beyond the horizon, if it is never dosed)
+        k = names.index(origin)
+        first_dose = jnp.min(jnp.concatenate([jnp.where(rr.jump_add[:, k] > 0, rr.jump_times, jnp.inf),
+                                              jnp.where(rr.inf_amount[:, k] > 0, rr.inf_start, jnp.inf)]).astype(dtype),
+                             initial=jnp.inf)
+        model_bps = model_bps + first_dose
     n_inf = rr.inf_start.shape[0]
     n_other = n_inf + model_bps.shape[0]
     # Infusion windows at the working precision: the rate delivers the dose's amount over the window as it is

@@ -49,6 +49,9 @@ def diffrax_solve(model: AbstractKineticModel, regimen: Regimen, ts, t0, solver:
             stepsize_controller=controller, max_steps=max_steps, adjoint=adjoint, throw=False,
         )
         mask = (ts >= s) & ((ts < e) | (last & (ts <= e)))
+        # Only save times the solver reached: after a failure diffrax fills the others with inf, or (the last one)
+        # with the state where it stopped; those stay NaN, as in the batched engine.
+        mask = mask & (sol.ts[:-1] == jnp.clip(ts, s, e))
         out = jnp.where(mask[:, None], sol.ys[:-1], out)
         st = sol.stats
         i32 = jnp.int32

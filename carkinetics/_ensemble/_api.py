@@ -20,10 +20,9 @@ from ._method import AbstractEnsembleMethod
 from ._sharding import _AXIS, _shard, _sharded_solve, resolve_devices
 
 #: Default number of slots on CPU: members integrated at once (the rest wait in a queue). Small batches keep the
-#: working set in cache and let the queue keep every slot busy. Measured on the reference workload (EnsembleTsit5,
-#: one core, min of 8 interleaved runs): ~210 ns per member-step for 96-240 slots except at multiples of 128
-#: (128: 250-260 ns, 256: 370-450 ns, 1024: 540 ns; see `_CPU_LANE_ALIAS`); 120 was the fastest or within 3 % of it
-#: on the reference and SLE models with both methods.
+#: working set in cache and let the queue keep every slot busy; the cost per member-step is flat from about 96 to 240
+#: slots except at multiples of 128 (see `_CPU_LANE_ALIAS`), and 120 is at the fast end of that range
+#: (`benchmarks/ensemble_vs_peers.py`).
 _CPU_SLOTS = 120
 
 

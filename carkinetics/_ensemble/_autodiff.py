@@ -43,11 +43,8 @@ def _solver(method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoi
 #: one slot per member and no queue (one loop iteration per step of the batch: the cheapest loop to transpose).
 _REVERSE_SLOTS = 4096
 #: On CPU such a solve runs in chunks whose step touches about this many bytes (`method.member_floats`), so that a
-#: chunk's working set stays in a core's L2 cache (1 MiB per core on the machine measured). SLE model (29 states,
-#: Rodas5, ~9 KiB per member), population gradient at N = 1000 on one core (`benchmarks/gradient_cost.py`'s loss,
-#: 1.1-1.2 s): 7.7 s with all 1,008 members at once, 5.1 / 4.4 / 5.1 s in chunks of 60 / 120 / 240 members.
-#: Reference workload (9 states, Tsit5, ~0.7 KiB; loss 0.10-0.11 s): 0.33 s at once, 0.41 / 0.37 / 0.36 s in chunks
-#: of 120 / 248 / 504.
+#: chunk's working set stays in a core's L2 cache (a transposed step touches several times the forward step's
+#: memory; `benchmarks/gradient_cost.py` measures the chunk sizes this rule gives).
 _REVERSE_CHUNK_BYTES = 1 << 20
 #: Up to this many members the backward pass applies the VJPs the forward pass kept (memory grows with N); above
 #: it, it solves each chunk again (one forward solve more, memory of one chunk).
@@ -206,8 +203,8 @@ def _queued_solve_forward_mode(inputs, *, method, rtol, atol, max_steps, saves_p
     """`_integrate` with a member queue in forward mode (`adjoint=diffrax.ForwardMode()`).
 
     Tangents carried through the queue run its refill branch for every iteration (a batched `cond` becomes a
-    `select`), so a `jax.jacfwd` cost 7x the solve at N = 1000 with 128 slots, against 3.6x with one slot per
-    member. The custom JVP therefore solves primal and tangents together with `min(N, _REVERSE_SLOTS)` slots; plain
+    `select`), which makes a `jax.jacfwd` through the queue about twice as expensive as through one slot per member.
+    The custom JVP therefore solves primal and tangents together with `min(N, _REVERSE_SLOTS)` slots; plain
     forward solves keep the queue.
     """
     model, regimen, ts, t0 = inputs

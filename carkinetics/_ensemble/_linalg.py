@@ -17,9 +17,8 @@ import numpy as np
 from .._core._custom_types import Array, Float
 from ._method import BatchedField
 
-#: Matrices up to this size are factorised with a Python-unrolled elimination (fastest to run: on the 29-state SLE
-#: model ~3x faster Rosenbrock steps than the loop, for ~10 s more compile on a loaded CPU); larger ones with a
-#: `fori_loop` over columns (compile time independent of the size, ~3x the flops).
+#: Matrices up to this size are factorised with a Python-unrolled elimination (fastest to run, longer to compile);
+#: larger ones with a `fori_loop` over columns (compile time independent of the size, about three times the flops).
 UNROLL_MAX = 32
 #: The same threshold for the triangular solves (cheap per column; looping them costs little at run time).
 UNROLL_MAX_SOLVE = 12
@@ -91,8 +90,8 @@ _LAPACK_CHUNK = 4
 def lapack_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
     """The same factorisation as `batched_lu_factor` by XLA's batched LU (LAPACK `getrf` per member on CPU).
 
-    For more than ~16 states this is faster than the batch-vectorised elimination (a 29 x 29 matrix on CPU: ~3.5 vs
-    ~18 us per member; on one H100 the SLE model's Rodas5 solves ran ~20 % faster) and compiles in constant time.
+    For more than ~16 states this is faster than the batch-vectorised elimination (the elimination's work grows with
+    the cube of the size on every member) and compiles in constant time.
     Differentiable like any `jax.lax.linalg.lu`.
     """
     s, _, n = a.shape
@@ -212,10 +211,9 @@ def implicit_solver(w: Float[Array, "S S N"], make_solve: Callable[[Array], Call
 def _block_lapack_min() -> int:
     """The smallest diagonal block that `block_lu_solver(..., "auto")` factorises with LAPACK instead of elimination.
 
-    CPU: 16 (a 29 x 29 matrix: LAPACK ~3.5 vs ~18 us per member; the SLE model's 13-state block is faster
-    vectorised). Accelerators: 12 (one H100, SLE model at N = 1e4 / 1e5: the 13-state block by cuSOLVER and
-    vectorised ran at the same speed, 124 / 36 vs 120 / 37 us per solve, and cuSOLVER compiled 1-6 s faster;
-    `benchmarks/results/gpu_rodas5_linear_solvers_h100_2026-11-27.log`).
+    CPU: 16 (LAPACK wins on larger blocks, vectorised elimination on smaller ones). Accelerators: 12 (both run a
+    13-state block at the same speed and cuSOLVER compiles faster). `benchmarks/gpu_rodas5_linear_solvers.py`
+    measures the crossover.
     """
     return 16 if jax.default_backend() == "cpu" else 12
 

@@ -24,9 +24,8 @@ from .._core._solution import RESULTS, Solution
 
 _OK, _MAX_STEPS, _DT_MIN, _INVALID = 0, 1, 2, 3
 #: On CPU a slot count (lane count) that is a multiple of this many members makes every `(S, W)` float64 row a
-#: multiple of 1 KiB, and the step's many same-shaped arrays then compete for the same cache sets: the reference
-#: workload ran 1.3-1.9x slower per member-step at 128, 256, 384 and 1024 lanes than at 120, 248, 376 and 1016.
-#: `_integrate` therefore moves such lane counts by `_CPU_LANE_PAD` (fewer slots with a queue, padding members
+#: multiple of 1 KiB, and the step's many same-shaped arrays then compete for the same cache sets (steps run
+#: markedly slower at such lane counts). `_integrate` therefore moves such lane counts by `_CPU_LANE_PAD` (fewer slots with a queue, padding members
 #: without one).
 _CPU_LANE_ALIAS = 128
 _CPU_LANE_PAD = 8

@@ -79,7 +79,7 @@ class EnsembleRodas5(AbstractEnsembleMethod):
     Use it with [`carkinetics.simulate_ensemble`][] when time scales differ by orders of magnitude (drug PK
     in hours, cytokines in minutes, B-cell reconstitution in months).
 
-    **Example:** `ck.simulate_ensemble(models, regimen, ts, method=ck.EnsembleRodas5())`.
+    **Example:** `ck.simulate_ensemble(models, regimen, ts, solver=ck.EnsembleRodas5(slots=60))`.
 
     ??? cite "Reference"
 
@@ -100,11 +100,8 @@ class EnsembleRodas5(AbstractEnsembleMethod):
     #: form: only the diagonal blocks are factorised, vectorised below 16 states on CPU and 12 on accelerators, LAPACK
     #: from there, and solves are block forward substitutions; `"block_lapack"`: LAPACK for every block), or `"auto"`
     #: (= `"block"`, on every backend). All use partial pivoting (within each block for the block solvers, which is
-    #: exact: the off-diagonal blocks only couple to earlier blocks). Measured (`benchmarks/README.md`) on one CPU
-    #: core: the SLE model (29 states; blocks of 13, 3 and 13 x 1) 4.8 -> 1.8 ms per solve with `"block"` instead of
-    #: LAPACK, the reference workload (9 states; 4 + 5 x 1) 0.23 -> 0.12 ms instead of vectorised. One H100, SLE
-    #: model: 312 -> 120 us per solve at N = 1e4 and 104 -> 36 us at N = 1e5 (`"lapack"` -> `"block"` /
-    #: `"block_lapack"`, compile 10-11 -> 14-21 s); reference workload at N = 1e5: 7.1 -> 4.3 us (vectorised -> block).
+    #: exact: the off-diagonal blocks only couple to earlier blocks). The block solvers factorise far fewer entries on
+    #: models whose states couple sparsely (`benchmarks/gpu_rodas5_linear_solvers.py` compares the choices).
     linear_solver: str = eqx.field(static=True, default="auto")
 
     def member_floats(self, n_states: int) -> int:

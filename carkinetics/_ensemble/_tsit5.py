@@ -65,7 +65,7 @@ class EnsembleTsit5(AbstractEnsembleMethod):
     interpolant as diffrax's `Tsit5`). Use it with [`carkinetics.simulate_ensemble`][]; for stiff models use
     [`carkinetics.EnsembleRodas5`][].
 
-    **Example:** `ck.simulate_ensemble(models, regimen, ts, method=ck.EnsembleTsit5())`.
+    **Example:** `ck.simulate_ensemble(models, regimen, ts, solver=ck.EnsembleTsit5())`.
 
     ??? cite "Reference"
 
@@ -83,7 +83,7 @@ class EnsembleTsit5(AbstractEnsembleMethod):
         h = dt[None, :]
         if y.shape[0] <= _UNROLL_MAX_STATES:
             # Small models: stages written out with the tableau as Python constants (zeros skipped), which XLA fuses
-            # into fewer, cheaper kernels (~1.5x faster steps on the 9-state reference workload on CPU).
+            # into fewer, cheaper kernels (`benchmarks/ensemble_vs_peers.py` measures the effect).
             ks = [cache]
             for i in range(6):
                 row = _A_FULL[i]

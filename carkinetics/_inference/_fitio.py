@@ -59,7 +59,7 @@ def save_fit(path: str | os.PathLike, fit: Any, *, data_files: Sequence[str | os
     - `script`, `notes`, `optimizer`: free-text provenance.
     """
     from .. import __version__
-    from ._calibrate import FitResult
+    from ._fit import FitResult
 
     if not isinstance(fit, FitResult):
         raise ValueError(f"`fit` must be a FitResult, got {type(fit).__name__}.")

@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._calibrate import _TRACES, CalibrationProblem, FitResult, _safe_value_and_grad
+from ._fit import FitResult
+from ._optimisers import _safe_value_and_grad
+from ._problem import CalibrationProblem
 
 #: Half the 95 % quantile of chi-square with 1 degree of freedom: the likelihood-ratio threshold of a profile.
 CHI2_95_HALF = 1.920729410347062
@@ -35,7 +37,6 @@ class IdentifiabilityWarning(UserWarning):
 
 @eqx.filter_jit
 def _grad_batch(problem: CalibrationProblem, zs):
-    _TRACES["grad_batch"] += 1
     return jax.vmap(jax.grad(problem.data_nll))(zs)
 
 
@@ -165,7 +166,6 @@ def laplace(problem_or_fit: CalibrationProblem | FitResult, z: Any = None, *, st
 @eqx.filter_jit
 def _profile_batch(problem: CalibrationProblem, z_hat, index, grid, which: str, steps: int, learning_rate):
     # `index` is a traced integer: profiling another parameter of the same problem compiles nothing new
-    _TRACES["profile"] += 1
     fn = {"loss": problem.loss, "data": problem.data_nll}[which]
     n = z_hat.shape[0]
     mask = jnp.ones((n,), z_hat.dtype).at[index].set(0.0)

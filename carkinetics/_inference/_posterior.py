@@ -33,7 +33,7 @@ import numpy as np
 
 from .._analysis._population import Population
 from .._core._parameters import parameters
-from ._calibrate import PRIOR_SD
+from ._problem import PRIOR_SD
 from ._population_model import PopulationParameters, PopulationProblem
 
 _LKJ_ETA = 2.0

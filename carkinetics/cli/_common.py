@@ -15,9 +15,12 @@ EXIT_INTERNAL = 1  # a bug: printed with a traceback
 EXIT_USAGE = 2  # a user mistake: bad arguments or input files (no traceback)
 EXIT_UNAVAILABLE = 3  # the requested feature is not part of this installation
 EXIT_NUMERICAL = 4  # the solver failed (e.g. max_steps reached) for the given inputs
+EXIT_PROCESS_FAILED = 5  # a process of a multi-process run stopped responding (resume from the checkpoint)
 
 EPILOG = f"""exit codes: {EXIT_OK} success; {EXIT_USAGE} bad arguments or input files (the message says which);
 {EXIT_UNAVAILABLE} feature not available in this installation; {EXIT_NUMERICAL} the solver failed for these inputs;
+{EXIT_PROCESS_FAILED} a process of a multi-process run failed (rerun with the same --checkpoint to resume);
+130/143 stopped by SIGINT/SIGTERM after the chunk in progress (rerun with the same --checkpoint to resume);
 {EXIT_INTERNAL} internal error (please report it with the traceback)."""
 
 ENGINES = ("ensemble", "vmap")
@@ -110,6 +113,22 @@ def add_devices_arg(p: argparse.ArgumentParser, default: str | None = "all", wha
     p.add_argument("--devices", type=devices_arg, default=default, metavar="all|K",
                    help=f"split {what} over K devices: 'all' (default) = every GPU, or on CPU one device per "
                         "available core; 1 = one device (one CPU core). Results do not depend on it")
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    """`--coordinator HOST:PORT --num-processes N --process-id I` for runs across processes and hosts (defaults from
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID or a Slurm step; see `ck.distributed_setup`)."""
+    g = p.add_argument_group("across processes and hosts (jax.distributed)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="address of process 0's coordination service (default: from the environment)")
+    g.add_argument("--num-processes", type=int, default=None, metavar="N", help="number of processes")
+    g.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's id, 0..N-1")
+
+
+def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", metavar="DIR", default=None,
+                   help="write each finished chunk to DIR; rerunning the same command resumes from it (a DIR written "
+                        "by different inputs is refused)")
 
 
 def add_output_args(p: argparse.ArgumentParser, default_out: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+import carkinetics as ck
 import textwrap
 from collections.abc import Sequence
 
@@ -13,6 +15,7 @@ from ._fit_population import FitPopulationCommand
 from ._common import (
     EPILOG,
     EXIT_NUMERICAL,
+    EXIT_PROCESS_FAILED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     NumericalFailure,
@@ -89,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     except NumericalFailure as err:
         print(f"carkinetics {cmd.name}: solver failure: {err}", file=sys.stderr)
         return EXIT_NUMERICAL
+    except ck.SimulationError as err:
+        print(f"carkinetics {cmd.name}: solver failure: {err}", file=sys.stderr)
+        return EXIT_NUMERICAL
+    except ck.ProcessFailed as err:
+        print(f"carkinetics {cmd.name}: {err}", file=sys.stderr)
+        return EXIT_PROCESS_FAILED
+    except ck.Interrupted as err:
+        print(f"carkinetics {cmd.name}: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"carkinetics {cmd.name}: interrupted", file=sys.stderr)
         return 130

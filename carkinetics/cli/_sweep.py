@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 
 from ._common import (
     EXIT_OK,
     UserError,
+    add_checkpoint_arg,
     add_devices_arg,
+    add_distributed_args,
     add_engine_arg,
     add_run_args,
     check_keys,
@@ -117,6 +120,8 @@ class SweepCommand(Command):
                             help="members per compiled batch, split over the devices (default 256 per device)")
         add_engine_arg(parser)
         add_devices_arg(parser, what="each chunk")
+        add_checkpoint_arg(parser)
+        add_distributed_args(parser)
 
     def host_devices(self, args: argparse.Namespace) -> str | int | None:
         return args.devices
@@ -126,16 +131,23 @@ class SweepCommand(Command):
         import numpy as np
 
         import carkinetics as ck
+        import carkinetics.io
 
+        try:
+            setting = ck.distributed_setup(args.coordinator, args.num_processes, args.process_id)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        writer = setting.process_id == 0  # every process computes; only process 0 writes files
         run = resolve_run(args, ctx.plugins)
         samples, wanted = sweep_spec(args.ranges, run.model, args.n)
-        out = ctx.out_dir()
-        devices = device_count(args.devices)
+        out = ctx.out_dir() if writer else args.out
+        devices = device_count(args.devices) if setting.num_processes == 1 else len(jax.devices())
         chunk = 256 * devices if args.chunk_size is None else check_positive("--chunk-size", args.chunk_size)
         n_members = len(next(iter(samples.values())))
         try:
             res = ck.sweep_model(run.model, run.regimen, run.ts, samples, engine=args.engine, chunk_size=chunk,
-                                 progress=not ctx.quiet, devices=devices if devices > 1 else None)
+                                 progress=not ctx.quiet and writer, devices=devices if devices > 1 else None,
+                                 checkpoint=args.checkpoint)
         except ValueError as err:
             raise UserError(str(err)) from None
         metrics = {k: np.asarray(v) for k, v in res.outputs.items() if np.asarray(v).ndim == 1}
@@ -144,17 +156,21 @@ class SweepCommand(Command):
             if bad:
                 raise UserError(f"{args.ranges}: unknown metric(s) {bad}; available: {sorted(metrics)}.")
             metrics = {k: metrics[k] for k in wanted}
+        if not writer:
+            return EXIT_OK
         path = os.path.join(out, "sweep.csv")
         names = list(samples)
-        with open(path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["member", *names, *metrics])
-            for i in range(n_members):
-                w.writerow([i, *[repr(float(samples[p][i])) for p in names],
-                            *[repr(float(metrics[m][i])) for m in metrics]])
+        text = io.StringIO()
+        w = csv.writer(text, lineterminator="\n")
+        w.writerow(["member", *names, *metrics])
+        for i in range(n_members):
+            w.writerow([i, *[repr(float(samples[p][i])) for p in names],
+                        *[repr(float(metrics[m][i])) for m in metrics]])
+        ck.io.atomic_write_text(path, text.getvalue())  # a reader never sees a partial table
         png = sweep_figure(samples, metrics, os.path.join(out, "sweep.png"))
         solver = type(ck.default_solver(run.model, res.engine)).__name__
-        print(f"{n_members} members on {res.n_devices} {jax.default_backend()} device(s); "
+        print(f"{n_members} members on {res.n_devices} {jax.default_backend()} device(s) in "
+              f"{setting.num_processes} process(es); "
               f"{res.n_failed} failed (masked as nan)")
         print(f"engine: {res.engine} ({solver}); model: {run.label}")
         print(f"wrote {path}\nwrote {png}\noutput folder: {out}")

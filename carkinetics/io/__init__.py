@@ -28,3 +28,4 @@ from ._sbml import (
     write_sbml as write_sbml,
 )
 from ._tidy import write_tidy_csv as write_tidy_csv
+from .._core._files import atomic_write_text as atomic_write_text

@@ -16,7 +16,7 @@ def _plt():
 
 def _collect(fit: Any):
     """Time courses, summary predictions and the fitted trajectory of a FitResult (NumPy)."""
-    from .._inference._calibrate import SummaryData, TimeCourseData
+    from .._inference._data import SummaryData, TimeCourseData
 
     problem = fit.problem
     sol = problem.simulate(fit.z)

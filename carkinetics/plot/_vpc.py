@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
+import jax
 import numpy as np
 
 
@@ -44,7 +45,7 @@ def vpc_statistics(
     n_replicates: int = 200,
     ci: tuple[float, float] = (5.0, 95.0),
     ok: Any = None,
-    seed: int = 0,
+    key: Any = None,
 ) -> VPCStatistics:
     """Compute a percentile VPC.
 
@@ -56,7 +57,8 @@ def vpc_statistics(
     - `bins`: bin edges (days), increasing; an observation at time t falls in bin i if `edges[i] <= t <
       edges[i+1]` (the last bin includes its right edge).
     - `percentiles`: the percentiles compared; `n_replicates`: replicate trials; `ci`: the percentile interval
-      of the replicate percentiles; `seed`: NumPy seed of the replicate draws (fixed for reproducibility).
+      of the replicate percentiles; `key`: a `jax.random` key for the replicate draws (default `jax.random.key(0)`;
+      a fixed key gives a reproducible VPC).
 
     Each replicate draws, for every observation, a random simulated member evaluated (linear interpolation) at
     that observation's time, then takes the percentiles per bin, exactly as the data percentiles are taken.
@@ -91,8 +93,8 @@ def vpc_statistics(
     nb = edges.size - 1
     # Simulated values at every observation time for every member: (N, n_obs).
     sim_at = np.stack([np.interp(dt, ts, row) for row in x])
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, x.shape[0], size=(n_replicates, dt.size))
+    key = jax.random.key(0) if key is None else key
+    draws = np.asarray(jax.random.randint(key, (n_replicates, dt.size), 0, x.shape[0]))
     rep = sim_at[draws, np.arange(dt.size)[None, :]]  # (R, n_obs)
     obs_q = np.full((q.size, nb), np.nan)
     sim_q = np.full((n_replicates, q.size, nb), np.nan)

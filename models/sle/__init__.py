@@ -1,6 +1,6 @@
-"""The SLE CAR-T application (`carkinetics.models.sle`): one composed model of lymphodepletion, CAR-T cell
-kinetics, B cells, autoantibodies, cytokines/CRS and disease activity, with its regimens, metrics, species presets
-and the mouse-to-human translation protocol.
+"""The SLE CAR-T application (`carkinetics.models.sle`): one composed model of conditioning, CAR-T cell kinetics, host
+anti-CAR rejection, B cells and plasma cells, autoantibodies, cytokine release/CRS and disease activity, with its
+products, regimens, metrics, presets and the mouse-to-human translation protocol.
 
 Built only on the public `carkinetics` API; the library itself never imports this package. Its command-line
 plugins (presets and the default run, `carkinetics translate`, `carkinetics demo`) are `cli.py` and `demo.py`,
@@ -18,11 +18,30 @@ from carkinetics.models.sle.lymphodepletion import (
     LymphodepletionParams as LymphodepletionParams,
     TCellParams as TCellParams,
 )
-from carkinetics.models.sle.model import BodyParams as BodyParams, SLECarTModel as SLECarTModel
+from carkinetics.models.sle.model import (
+    CAR_DOSE_STATE as CAR_DOSE_STATE,
+    BodyParams as BodyParams,
+    SLECarTModel as SLECarTModel,
+)
+from carkinetics.models.sle.products import (
+    PRODUCTS as PRODUCTS,
+    Product as Product,
+    ProductParams as ProductParams,
+    get_product as get_product,
+    host_of as host_of,
+    with_product as with_product,
+)
+from carkinetics.models.sle.rejection import RejectionParams as RejectionParams
 from carkinetics.models.sle.regimens import (
     TBI_STATES as TBI_STATES,
+    car_cells as car_cells,
+    car_infusion as car_infusion,
+    conditioning as conditioning,
+    dexamethasone as dexamethasone,
     erlangen_regimen as erlangen_regimen,
+    flu_cy_regimen as flu_cy_regimen,
     mouse_regimen as mouse_regimen,
+    no_conditioning_regimen as no_conditioning_regimen,
     tocilizumab as tocilizumab,
 )
 from carkinetics.models.sle.metrics import (
@@ -34,6 +53,7 @@ from carkinetics.models.sle.presets import (
     PresetEntry as PresetEntry,
     dump_preset as dump_preset,
     load_preset as load_preset,
+    preset_meta as preset_meta,
     preset_names as preset_names,
     preset_parameter_table as preset_parameter_table,
     preset_records as preset_records,

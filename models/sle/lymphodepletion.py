@@ -37,17 +37,8 @@ with the baseline split of production into thymic/marrow output `s = f_out·d·X
 so depletion raises the level towards `IL₀/(1 − c)` (the surge emerges from depletion) and the expansion of
 CAR-T cells and NK cells consumes it again.
 
-| parameter (group.name) | default | unit | tag | source |
-|---|---|---|---|---|
-| ld.flu_cl_nonrenal | 77.76 | L/d | D | Langenhorst 2019: 3.24 L/h/70 kg × 24 |
-| ld.flu_renal_gfr_fraction | 0.782 | 1 | M | Langenhorst 2019: CL_r = 0.782·eGFR (units to check) |
-| ld.flu_v1, flu_v2, flu_v3 | 39, 20, 50 | L | R | Langenhorst 2019 |
-| ld.flu_q2, flu_q3 | 206.4, 91.2 | L/d | D | Langenhorst 2019: 8.6, 3.8 L/h × 24 |
-| ld.cy_cl, cy_v | 129.84, 46.5 | L/d, L | D, R | Ahmed 2020 |
-| ld.k_flu, k_cy, k_e0, sens_* | see class | | A | tuned to a ~90 % lymphocyte nadir and IL-15 peak near day 2 |
-| tcell.* | see class | | R/D/M/A | kinetics.md §3.4, §4; translation.md a3 |
-
-Every parameter with its full source is in `parameter_table()` of the model.
+The parameter tables (values, units, tags, sources) are in the docstrings of `LymphodepletionParams` and
+`TCellParams`, generated from the fields. Every parameter with its full source is in `parameter_table()` of the model.
 
 **References:** Langenhorst JB et al., Clin Pharmacokinet 2019, doi:10.1007/s40262-018-0715-9; Ahmed JH et al.,
 Front Pharmacol 2020;11:406; Kochenderfer JN et al., J Clin Oncol 2017;35:1803; De Bock M et al., PLoS One
@@ -63,10 +54,13 @@ import jax.numpy as jnp
 
 import carkinetics as ck
 
+from carkinetics.models.sle._doc import document_params
+
 #: litres per day per mL/min (1 mL/min × 1440 min/d / 1000 mL/L).
 _ML_MIN_TO_L_D = 1.44
 
 
+@document_params
 class LymphodepletionParams(eqx.Module):
     """Parameter group `ld`: fludarabine/cyclophosphamide PK and the chemotherapy kill."""
 
@@ -92,14 +86,14 @@ class LymphodepletionParams(eqx.Module):
                            source="Ahmed JH et al., Front Pharmacol 2020;11:406", tag="R")
     k_flu: float = ck.param(
         1.6, unit="L/(mg*d)", description="lymphocyte kill rate per mg/L of fludarabine",
-        source="tuned: Erlangen Flu AUC ~0.72 mg*d/L gives log-kill ~1.15 (half of a ~90% nadir, kinetics.md 3.4 [M])",
+        source="hand-set: Erlangen Flu AUC ~0.72 mg*d/L gives log-kill ~1.15 (half of a ~90% lymphocyte nadir [M])",
         tag="A")
     k_cy: float = ck.param(
         0.08, unit="L/(mg*d)", description="lymphocyte kill rate per mg/L of cyclophosphamide",
-        source="tuned: Cy 1,000 mg/m2 AUC ~14 mg*d/L gives log-kill ~1.1 (other half of a ~90% nadir [M])", tag="A")
+        source="hand-set: Cy 1,000 mg/m2 AUC ~14 mg*d/L gives log-kill ~1.1 (other half of a ~90% nadir [M])", tag="A")
     k_e0: float = ck.param(
         0.5, unit="1/d", description="rate of the delayed execution of chemotherapy-induced lymphocyte death",
-        source="tuned to put the IL-15 peak near day 2 after infusion (Kochenderfer 2017 JCO [R])", tag="A")
+        source="hand-set to put the IL-15 peak near day 2 after infusion (Kochenderfer JN et al., J Clin Oncol 2017;35:1803 [R])", tag="A")
     sens_b: float = ck.param(1.0, unit="1", description="chemotherapy sensitivity of B-lineage cells relative to T cells",
                              source="assumption (B and T equally sensitive)", tag="A")
     sens_t: float = ck.param(1.0, unit="1", description="chemotherapy sensitivity of T cells (reference)",
@@ -108,11 +102,12 @@ class LymphodepletionParams(eqx.Module):
                               source="assumption (NK as sensitive as T cells)", tag="A")
 
 
+@document_params
 class TCellParams(eqx.Module):
     """Parameter group `tcell`: endogenous T and NK cells and the homeostatic cytokines IL-7 and IL-15."""
 
     t_blood0: float = ck.param(1000.0, unit="cells/uL", description="untreated blood CD3+ T-cell count",
-                               source="chosen inside the normal range 700-2,100/uL (Synnovis; kinetics.md 4 [R]); "
+                               source="chosen inside the normal range 700-2,100/uL (Synnovis/CDLI lab reference ranges [R]); "
                                       "SLE is often lymphopenic [M]", tag="A")
     f_blood_t: float = ck.param(
         0.033, unit="1", description="fraction of T cells in blood",
@@ -129,7 +124,7 @@ class TCellParams(eqx.Module):
         tag="R", upper=1.0)
     g_il7: float = ck.param(
         5.0, unit="1", description="gain of homeostatic T-cell division on the relative IL-7 excess",
-        source="tuned so blood T cells recover over months after Flu/Cy (Blood 2025 Erlangen SLE vs NHL [R qualitative])",
+        source="hand-set so blood T cells recover over months after Flu/Cy (Erlangen SLE vs B-NHL, Blood 2025, doi:10.1182/blood.2025028375 [R qualitative])",
         tag="A")
     nk_blood0: float = ck.param(200.0, unit="cells/uL", description="untreated blood NK-cell count",
                                 source="textbook normal range 90-600/uL", tag="M")
@@ -140,16 +135,16 @@ class TCellParams(eqx.Module):
     f_nk_marrow: float = ck.param(0.5, unit="1", description="fraction of NK production from marrow (rest: IL-15-driven division)",
                                   source="assumption", tag="A", upper=1.0)
     il7_0: float = ck.param(3.8, unit="pg/mL", description="baseline plasma IL-7",
-                            source="De Bock M et al., PLoS One 2013;8:e55876 (translation.md a3)", tag="R")
+                            source="De Bock M et al., PLoS One 2013;8:e55876 (baseline plasma levels)", tag="R")
     il15_0: float = ck.param(2.4, unit="pg/mL", description="baseline plasma IL-15",
-                             source="De Bock M et al., PLoS One 2013;8:e55876 (translation.md a3)", tag="R")
+                             source="De Bock M et al., PLoS One 2013;8:e55876 (baseline plasma levels)", tag="R")
     k_il7: float = ck.param(2.0, unit="1/d", description="IL-7 total clearance rate at baseline",
                             source="rhIL-7 terminal t1/2 ~6-9 h", tag="M")
     k_il15: float = ck.param(10.0, unit="1/d", description="IL-15 total clearance rate at baseline",
                              source="IL-15 plasma t1/2 ~1-2 h", tag="M")
     c_il7: float = ck.param(
         0.6, unit="1", description="fraction of IL-7 clearance due to lymphocyte consumption at baseline",
-        source="chosen so the maximal surge 1/(1-c) is 2.5x (IL-7 rises ~2-3x after LD, kinetics.md 3.4 [M])",
+        source="chosen so the maximal surge 1/(1-c) is 2.5x (IL-7 rises ~2-3x after lymphodepletion [M])",
         tag="A", upper=1.0)
     c_il15: float = ck.param(
         0.85, unit="1", description="fraction of IL-15 clearance due to lymphocyte consumption at baseline",
@@ -249,7 +244,7 @@ class FludarabinePK(ck.AbstractKineticModel):
 
     ```python
     import jax.numpy as jnp, carkinetics as ck
-    from carkinetics.models import FludarabinePK
+    from carkinetics.models.sle import FludarabinePK
     pk = FludarabinePK()
     sol = ck.simulate(pk, ck.fludarabine(25.0, (0.0,), bsa_m2=1.8), jnp.linspace(0.0, 3.0, 13))
     ```
@@ -293,7 +288,7 @@ class CyclophosphamidePK(ck.AbstractKineticModel):
 
     ```python
     import jax.numpy as jnp, carkinetics as ck
-    from carkinetics.models import CyclophosphamidePK
+    from carkinetics.models.sle import CyclophosphamidePK
     sol = ck.simulate(CyclophosphamidePK(), ck.cyclophosphamide(1000.0, (0.0,)), jnp.linspace(0.0, 2.0, 9))
     ```
     """

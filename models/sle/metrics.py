@@ -33,14 +33,17 @@ SLE_METRICS: dict[str, tuple[str, str]] = {
     "B aplasia": ("d", "days after infusion with blood B cells below 5 % of baseline (total)"),
     "B nadir": ("% of baseline", "lowest blood B-cell count after infusion"),
     "anti-dsDNA d90": ("% of baseline", "anti-dsDNA at day 90"),
+    "anti-dsDNA positive days": ("d", "days after infusion with anti-dsDNA at or above its positivity cutoff "
+                                 "(censored at the horizon)"),
     "anti-dsDNA floor": ("% of baseline", "lowest anti-dsDNA after infusion (LLPC-fed floor)"),
     "anti-dsDNA t1/2": ("d", "IgG elimination half-life along the trajectory, days 14-60 (ln 2 over the mean "
                         "elimination rate constant; FcRn saturation included)"),
+    "vaccine IgG nadir": ("% of baseline", "lowest protective (vaccine) IgG after infusion (LLPC-made)"),
     "CAR Cmax": ("log10 cells/uL", "log10 of the peak blood CAR-T count"),
     "CAR Tmax": ("d", "day of the blood CAR-T peak"),
     "CAR persistence": ("d", "days after infusion with blood CAR-T >= 1 cell/uL"),
     "IL-6 peak": ("pg/mL", "peak plasma IL-6 after infusion"),
-    "CRS grade": ("0-4", "peak of the continuous CRS index"),
+    "CRS grade": ("0-4", "peak of the continuous ASTCT-like CRS index (integer part = grade)"),
     "SLEDAI d90": ("1", "SLEDAI-2K-like activity index at day 90 (remission depth)"),
     "remission days": ("d", "days after infusion with the activity index below 4 (remission durability)"),
 }
@@ -88,9 +91,11 @@ def sle_metrics(sol: ck.Solution) -> dict[str, Any]:
     return {
         "B aplasia": m.time_below(ts, b, B_APLASIA_FRACTION, t_start=0.0, t_end=t_end),
         "B nadir": 100.0 * m.nadir(ts, b, t_start=0.0),
-        "anti-dsDNA d90": 100.0 * m.value_at(ts, o.anti_dsdna, 90.0),
-        "anti-dsDNA floor": 100.0 * m.nadir(ts, o.anti_dsdna, t_start=0.0),
+        "anti-dsDNA d90": 100.0 * m.value_at(ts, o.anti_dsdna_rel, 90.0),
+        "anti-dsDNA positive days": t_end - m.time_below(ts, o.anti_dsdna_index, 1.0, t_start=0.0, t_end=t_end),
+        "anti-dsDNA floor": 100.0 * m.nadir(ts, o.anti_dsdna_rel, t_start=0.0),
         "anti-dsDNA t1/2": jnp.log(2.0) / k_el,
+        "vaccine IgG nadir": 100.0 * m.nadir(ts, o.vaccine_igg, t_start=0.0),
         "CAR Cmax": jnp.log10(jnp.maximum(m.cmax(ts, o.car_blood), 1e-12)),
         "CAR Tmax": m.tmax(ts, o.car_blood),
         "CAR persistence": t_end - m.time_below(ts, o.car_blood, CAR_DETECTION_PER_UL, t_start=0.0, t_end=t_end),

@@ -1,28 +1,28 @@
-"""Species presets of `SLECarTModel` as readable TOML data files, with validation on load.
+"""Presets of `SLECarTModel` as readable TOML data files that hold only what differs from the class defaults.
 
-A preset is one TOML file (`models/presets/{human,mouse_nzbw,mouse_mrl_lpr}.toml`, shipped as package data).
-It has an optional `[meta]` table (`name`, `species`, `description`) and one table per parameter, addressed by
-its dotted name, for every parameter of the model:
+The class defaults are the human values (`SLECarTModel()`); a preset (`presets/<name>.toml`, shipped as package data)
+lists only the parameters whose value differs, each with its own unit, source and confidence tag (one fact, one
+place). It has an optional `[meta]` table (`name`, `species`, `description`, `product`) and one table per
+parameter, addressed by its dotted name:
 
 ```toml
 [humoral.k_igg]
-value = 0.033007
+value = 0.099
 unit = "1/d"
-tag = "D"
-source = "human IgG t1/2 ~21 d (kinetics.md 4): ln2/21"
-gap = "G1"                      # optional: translation-gap mechanism of translation.md
+tag = "M"
+source = "mouse IgG t1/2 ~7 d (Vieira P, Rajewsky K, Eur J Immunol 1988;18:313)"
+gap = "G1"                      # optional: translation-gap mechanism G1-G12
 description = "IgG elimination rate"   # optional
 ```
 
-Loading checks, with a `ValueError` naming the file and the parameter: unknown group or parameter names,
-missing parameters, missing or empty `value`/`unit`/`source`/`tag`, unknown confidence tags, unknown entry keys,
-non-numeric or non-finite values, values outside the declared bounds, units that differ from the model's
-declared unit, and malformed `gap` labels. All presets build the same `SLECarTModel` class: they differ only in
-values, so parameter groups can be swapped between them.
+Loading checks, with a `ValueError` naming the file and the parameter: unknown group or parameter names, missing or
+empty `value`/`unit`/`source`/`tag`, unknown confidence tags, unknown entry keys, non-numeric or non-finite values,
+values outside the declared bounds, units that differ from the model's declared unit, and malformed `gap` labels.
+All presets build the same `SLECarTModel` class (same structure), so parameter groups can be swapped between them.
 
-The provenance (source, tag, gap) of a preset's values is returned by `preset_records` and, as a printable table,
-by `preset_parameter_table`; the `source`/`tag` of `model.parameter_table()` describe the class defaults (the
-human preset).
+`preset_records(name)` returns the listed entries; `preset_records(name, complete=True)` adds the class defaults
+(with the class provenance) for the rest; `preset_parameter_table(name)` is the complete table with the preset's
+provenance.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import carkinetics as ck
 
 from carkinetics.models.sle.model import SLECarTModel
 
-_PRESETS = ("human", "mouse_nzbw", "mouse_mrl_lpr")
+_PRESETS = ("human", "human_oncology", "mouse_nzbw", "mouse_mrl_lpr")
 _REQUIRED = ("value", "unit", "source", "tag")
 _OPTIONAL = ("gap", "description")
 _GAP = re.compile(r"^G(?:[1-9]|1[0-2])$")
@@ -102,17 +102,20 @@ def _flatten(label: str, data: Mapping[str, Any], groups: set[str]) -> dict[str,
     return flat
 
 
-def preset_records(name: str | os.PathLike) -> dict[str, PresetEntry]:
+def preset_records(name: str | os.PathLike, *, complete: bool = False) -> dict[str, PresetEntry]:
     """The validated entries of a preset (name or TOML path), keyed by dotted parameter name.
+
+    With `complete=True` every parameter of the model is included: the unlisted ones with the class default value
+    and the class provenance (source, tag; no gap).
 
     **Raises:** `ValueError` naming the file and the parameter for every problem listed in the module docstring.
 
     **Example:**
 
     ```python
-    from carkinetics.models import preset_records
+    from carkinetics.models.sle import preset_records
     rec = preset_records("mouse_nzbw")["humoral.k_igg"]
-    rec.value, rec.unit, rec.tag, rec.gap      # (0.099, '1/d', 'D', 'G1')
+    rec.value, rec.unit, rec.gap      # (0.099..., '1/d', 'G1')
     ```
     """
     label, data = _read(name)
@@ -122,10 +125,6 @@ def preset_records(name: str | os.PathLike) -> dict[str, PresetEntry]:
     unknown = sorted(set(flat) - set(declared))
     if unknown:
         raise ValueError(f"The {label} has unknown parameter(s) {unknown}; known parameters are {sorted(declared)}.")
-    missing = sorted(set(declared) - set(flat))
-    if missing:
-        raise ValueError(f"The {label} is missing parameter(s) {missing}; every parameter needs value, unit, source "
-                         "and tag.")
     out: dict[str, PresetEntry] = {}
     for pname, entry in flat.items():
         info = declared[pname].info
@@ -137,7 +136,8 @@ def preset_records(name: str | os.PathLike) -> dict[str, PresetEntry]:
             raise ValueError(f"The {where} has unknown key(s) {extra}; allowed keys are {list(_REQUIRED + _OPTIONAL)}.")
         for key in _REQUIRED:
             if key not in entry or (isinstance(entry[key], str) and not entry[key].strip()):
-                raise ValueError(f"The {where} has no {key!r}; every parameter needs value, unit, source and tag.")
+                raise ValueError(f"The {where} has no {key!r}; every listed parameter needs value, unit, source and "
+                                 "tag.")
         value = entry["value"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"The {where} must have a finite numeric value, got {value!r}.")
@@ -155,21 +155,34 @@ def preset_records(name: str | os.PathLike) -> dict[str, PresetEntry]:
                              f"[{info.lower}, {info.upper}] ({info.description}).")
         gap = entry.get("gap")
         if gap is not None and (not isinstance(gap, str) or not _GAP.match(gap)):
-            raise ValueError(f"The {where} has gap {gap!r}; use a mechanism label 'G1' ... 'G12' of translation.md.")
+            raise ValueError(f"The {where} has gap {gap!r}; use a mechanism label 'G1' ... 'G12' (the translation gap ids).")
         out[pname] = PresetEntry(float(value), entry["unit"], entry["source"], entry["tag"], gap,
                                  entry.get("description"))
+    if complete:
+        for pname, p in declared.items():
+            if pname not in out:
+                out[pname] = PresetEntry(float(p.value), p.info.unit, p.info.source, p.info.tag, None,
+                                         p.info.description)
     return out
 
 
+def preset_meta(name: str | os.PathLike) -> dict[str, Any]:
+    """The `[meta]` table of a preset (empty if it has none)."""
+    _, data = _read(name)
+    meta = data.get("meta", {})
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
 def load_preset(name: str | os.PathLike) -> SLECarTModel:
-    """Build an `SLECarTModel` from a preset name (`"human"`, `"mouse_nzbw"`, `"mouse_mrl_lpr"`) or a TOML path.
+    """Build an `SLECarTModel` from a preset name (see `preset_names`) or a TOML path: the class defaults with the
+    preset's values.
 
     **Raises:** `ValueError` for an unknown name or an invalid file (see `preset_records`).
 
     **Example:**
 
     ```python
-    from carkinetics.models import load_preset
+    from carkinetics.models.sle import load_preset
     mouse = load_preset("mouse_nzbw")
     float(mouse.humoral.k_igg)      # ~0.099 /d (IgG t1/2 ~7 d)
     ```
@@ -179,18 +192,16 @@ def load_preset(name: str | os.PathLike) -> SLECarTModel:
 
 
 def preset_parameter_table(name: str | os.PathLike) -> ck.ParameterTable:
-    """The parameter table of a preset with the preset's own provenance (source and tag of each value).
-
-    `load_preset(name).parameter_table()` shows the class metadata (the human sources); use this for mouse presets.
+    """The complete parameter table of a preset with the preset's own provenance where it sets a value.
 
     **Example:**
 
     ```python
-    from carkinetics.models import preset_parameter_table
+    from carkinetics.models.sle import preset_parameter_table
     print(preset_parameter_table("mouse_nzbw").to_markdown()[:200])
     ```
     """
-    records = preset_records(name)
+    records = preset_records(name, complete=True)
     declared = ck.parameters(SLECarTModel())
     rows = []
     for pname, p in declared.items():
@@ -208,18 +219,21 @@ def _toml_str(s: str) -> str:
 
 def dump_preset(model: SLECarTModel, path: str | os.PathLike, *, name: str, description: str,
                 records: Mapping[str, PresetEntry] | None = None, species: str = "") -> None:
-    """Write `model`'s parameter values as a preset TOML file (e.g. after calibration).
+    """Write the parameters of `model` that differ from the class defaults as a preset TOML file (e.g. after
+    calibration).
 
     Provenance comes from `records` (dotted name → `PresetEntry`, whose `value` is ignored) where given, else from
-    the class metadata. A value that differs from the record's is written with its record provenance unchanged,
-    so set `tag="F"` and a source naming the fit for fitted values.
+    the class metadata: set `tag="F"` and a source naming the fit for fitted values.
     """
     if not isinstance(model, SLECarTModel):
         raise ValueError(f"`model` must be an SLECarTModel, got {type(model).__name__}.")
     records = dict(records or {})
+    default = ck.parameters(SLECarTModel())
     lines = ["[meta]", f"name = {_toml_str(name)}", f"species = {_toml_str(species)}",
              f"description = {_toml_str(description)}", ""]
     for p in ck.parameter_table(model):
+        if float(p.value) == float(default[p.name].value):
+            continue
         rec = records.get(p.name)
         unit, source, tag = p.info.unit, p.info.source, p.info.tag
         gap, desc = None, p.info.description

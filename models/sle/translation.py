@@ -9,7 +9,7 @@ cannot be swapped parameter by parameter, so both species are given the *same* r
 the batch from protocol parameters ([`carkinetics.SLEProtocol`][]): fludarabine (mg/m² on days -5, -4, -3) and
 cyclophosphamide (mg/m² on day -3) with the body surface area of the model's own `body` group, a total-body
 irradiation kill fraction on day -1 (states `TBI_STATES`), and a CAR-T dose at day 0 per kg of the model's own
-body weight (or, with `dose_basis="per_target"`, per CD19⁺ target cell of the model's own untreated B-cell pool).
+body weight (or, with `per_target_dosing = 1`, per CD19⁺ target cell of the model's own untreated B-cell pool).
 The human protocol has TBI fraction 0; the mouse protocol has Flu/Cy doses 0. The protocol's conditioning
 parameters join the gap group **G5** (lymphodepletion) and its dose joins **G6** (dose and E:T scaling), so the
 effect of "TBI instead of Flu/Cy" and of "cells per mouse instead of cells per kg" is attributed like any other
@@ -40,6 +40,7 @@ import numpy as np
 import carkinetics as ck
 from carkinetics import Bolus, FractionalKill, Infusion, MechanismGroup, Regimen, TranslationMap, param, parameters
 from carkinetics.models.sle.metrics import SLE_METRICS, save_times, sle_metrics
+from carkinetics.models.sle.model import CAR_DOSE_STATE
 from carkinetics.models.sle.regimens import TBI_STATES
 
 #: Short labels of the gap mechanisms of `shared/references/translation.md`.
@@ -55,8 +56,9 @@ class SLEProtocol(eqx.Module):
 
     **Fields:** `flu_mg_per_m2` (fludarabine per day on days -5, -4, -3), `cy_mg_per_m2` (cyclophosphamide on day
     -3), `tbi_fraction` (lymphocyte kill fraction of total-body irradiation on day -1), `car_cells_per_kg`
-    (CAR-T cells per kg body weight, used with `dose_basis="per_kg"`), `car_cells_per_target` (CAR-T cells per
-    untreated CD19⁺ target cell, used with `dose_basis="per_target"`), `dose_basis` (static).
+    (CAR-T cells per kg body weight), `car_cells_per_target` (CAR-T cells per untreated CD19⁺ target cell),
+    `per_target_dosing` (1: the dose is `car_cells_per_target` per target cell, 0: `car_cells_per_kg` per kg; a
+    number rather than a flag, so that arms dosed either way share one compiled batch).
 
     **Example:** `SLEProtocol()` is the Erlangen protocol (Flu 25 mg/m² x 3, Cy 1,000 mg/m², 1e6 CAR-T/kg).
     """
@@ -73,11 +75,9 @@ class SLEProtocol(eqx.Module):
     car_cells_per_target: float = param(
         1e-3, unit="cells/cell", description="CAR-T cells per untreated CD19+ target cell (per-target dosing)",
         source="assumption: set from a reference arm by `per_target_protocol`", tag="A")
-    dose_basis: str = eqx.field(static=True, default="per_kg")
-
-    def __check_init__(self):
-        if self.dose_basis not in ("per_kg", "per_target"):
-            raise ValueError(f"`dose_basis` must be 'per_kg' or 'per_target', got {self.dose_basis!r}.")
+    per_target_dosing: float = param(0.0, unit="1", description="1: dose per CD19+ target cell; 0: dose per kg",
+                                     source="scenario switch of the translation map (not a biological value)",
+                                     tag="A", upper=1.0)
 
 
 def mouse_protocol(model: Any, *, cells: float = 1e6, tbi_fraction: float = 0.9) -> SLEProtocol:
@@ -117,23 +117,19 @@ def arm_regimen(arm: SLEArm) -> Regimen:
     flu = [Infusion(d, "flu_central", amount=p.flu_mg_per_m2 * area, duration=0.5 / 24) for d in (-5.0, -4.0, -3.0)]
     cy = Infusion(-3.0, "cy_central", amount=p.cy_mg_per_m2 * area, duration=1.0 / 24)
     tbi = FractionalKill(-1.0, p.tbi_fraction, TBI_STATES)
-    if p.dose_basis == "per_kg":
-        cells = p.car_cells_per_kg * m.body.weight_kg
-    else:
-        cells = p.car_cells_per_target * _untreated_cd19(m)
-    return Regimen([*flu, cy, tbi, Bolus(0.0, cells, "car_effector")])
+    w = p.per_target_dosing
+    cells = (1.0 - w) * p.car_cells_per_kg * m.body.weight_kg + w * p.car_cells_per_target * _untreated_cd19(m)
+    return Regimen([*flu, cy, tbi, Bolus(0.0, cells, CAR_DOSE_STATE)])
 
 
 def per_target_protocol(protocol: SLEProtocol, arm_ref: SLEArm) -> SLEProtocol:
     """`protocol` switched to per-target dosing with the cells per CD19⁺ target cell of the reference arm."""
     ref = arm_ref.protocol
-    if ref.dose_basis == "per_kg":
+    if float(ref.per_target_dosing) == 0.0:
         per_target = float(ref.car_cells_per_kg * arm_ref.model.body.weight_kg / _untreated_cd19(arm_ref.model))
     else:
         per_target = float(ref.car_cells_per_target)
-    p = eqx.tree_at(lambda q: q.car_cells_per_target, protocol, per_target)
-    return SLEProtocol(p.flu_mg_per_m2, p.cy_mg_per_m2, p.tbi_fraction, p.car_cells_per_kg, p.car_cells_per_target,
-                       dose_basis="per_target")
+    return eqx.tree_at(lambda q: (q.car_cells_per_target, q.per_target_dosing), protocol, (per_target, 1.0))
 
 
 class ArmExperiment(ck.AbstractExperiment):
@@ -175,7 +171,7 @@ def preset_metadata(name: str) -> dict[str, dict[str, str]]:
     """Per-parameter `tag` and `gap` of a preset: `{dotted name: {"tag": ..., "gap": ...}}` (`gap` may be `""`)."""
     from carkinetics.models.sle.presets import preset_records
 
-    return {n: {"tag": r.tag, "gap": r.gap or ""} for n, r in preset_records(name).items()}
+    return {n: {"tag": r.tag, "gap": r.gap or ""} for n, r in preset_records(name, complete=True).items()}
 
 
 def load_arm(name: str, *, protocol: SLEProtocol | None = None) -> tuple[SLEArm, dict[str, str], dict[str, str]]:
@@ -196,7 +192,8 @@ def load_arm(name: str, *, protocol: SLEProtocol | None = None) -> tuple[SLEArm,
         tags.update({"protocol.car_cells_per_kg": "M", "protocol.tbi_fraction": "A",
                      "protocol.flu_mg_per_m2": "A", "protocol.cy_mg_per_m2": "A"})
     gaps.update({"protocol.flu_mg_per_m2": "G5", "protocol.cy_mg_per_m2": "G5", "protocol.tbi_fraction": "G5",
-                 "protocol.car_cells_per_kg": "G6", "protocol.car_cells_per_target": "G6"})
+                 "protocol.car_cells_per_kg": "G6", "protocol.car_cells_per_target": "G6",
+                 "protocol.per_target_dosing": "G6"})
     return SLEArm(model, protocol), tags, gaps
 
 

@@ -1,0 +1,302 @@
+"""SLE model v2: every direction the literature reports, on the human default (hand-set values, tag A, until the
+calibration of issue 21 item 7), the oncology-like preset (the Stein 2019 shape) and the mouse presets.
+
+One batched solve (`ck.simulate_ensemble`, `EnsembleRodas5`) of all scenarios in a single compiled call: every member
+gets the same regimen *structure* (Flu on days -6..-3, Cy on days -6, -5, -3, irradiation on day -1, CAR-T on day 0,
+tocilizumab and dexamethasone on day 3), with zero amounts where a scenario has no such dose.
+
+Directions (sources in the model docstrings): B-cell return later with a higher CAR-T dose, earlier without
+conditioning, later with a human than a murine scFv, earlier for an allogeneic product (shorter persistence); CRS
+rises with dose, antigen burden and CD28 (Turtle 2016; Cappell & Kochenderfer 2021); tocilizumab and dexamethasone
+lower it; a BCMA arm removes the LLPC-fed autoantibody floor and protective (vaccine) IgG, CD19 alone does not; no
+conditioning lowers the CAR-T peak. Typical patient: SLEDAI <= 2 from month 3 through month 24 and anti-dsDNA below
+its cutoff by month 3 (Mackensen 2022; Müller 2024). Oncology-like setting: the Stein 2019 multiphasic shape within
+the published between-patient ranges. Mice: syngeneic CAR-T, no runaway expansion, durable B-cell depletion.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import carkinetics as ck
+from carkinetics.models import sle
+
+T_END = 730.0
+FLU_DAYS = (-6.0, -5.0, -4.0, -3.0)
+CY_DAYS = (-6.0, -5.0, -3.0)
+ERLANGEN = dict(flu=(0.0, 25.0, 25.0, 25.0), cy=(0.0, 0.0, 1000.0))
+NONE = dict(flu=(0.0,) * 4, cy=(0.0,) * 3)
+KYMRIAH_ALL = dict(flu=(30.0,) * 4, cy=(500.0, 500.0, 0.0))  # tisa-cel ALL label: Flu 30 x 4, Cy 500 x 2
+
+
+def _regimen(model, *, flu, cy, tbi=0.0, cells_per_kg=1e6, cells=None, toci_mg_per_kg=0.0, dex_mg=0.0):
+    w = float(model.body.weight_kg)
+    return (sle.conditioning(model, flu_mg_per_m2=flu, flu_days=FLU_DAYS, cy_mg_per_m2=cy, cy_days=CY_DAYS)
+            + ck.FractionalKill(-1.0, tbi, sle.TBI_STATES)
+            + sle.car_infusion(model, cells=cells, cells_per_kg=None if cells is not None else cells_per_kg)
+            + sle.tocilizumab(3.0, weight_kg=w, mg_per_kg=toci_mg_per_kg) + sle.dexamethasone(3.0, mg=dex_mg))
+
+
+def _scenarios():
+    human = sle.SLECarTModel()
+    burden = human.replace({"bcell.b_blood0": 750.0})
+    onc = sle.load_preset("human_oncology")
+    nzbw, mrl = sle.load_preset("mouse_nzbw"), sle.load_preset("mouse_mrl_lpr")
+    return {
+        "base": (human, _regimen(human, **ERLANGEN)),
+        "dose 1e5": (human, _regimen(human, **ERLANGEN, cells_per_kg=1e5)),
+        "dose 1e7": (human, _regimen(human, **ERLANGEN, cells_per_kg=1e7)),
+        "no conditioning": (human, _regimen(human, **NONE)),
+        "human scFv": (sle.with_product(human, "rese-cel"), _regimen(human, **ERLANGEN)),
+        "allogeneic": (sle.with_product(human, "UCART19"), _regimen(human, **ERLANGEN)),
+        "CD28": (sle.with_product(human, "axi-cel"), _regimen(human, **ERLANGEN)),
+        "BCMA-CD19": (sle.with_product(human, "BCMA-CD19 cCAR"), _regimen(human, **ERLANGEN)),
+        "burden x3": (burden, _regimen(burden, **ERLANGEN)),
+        "burden x3 + toci + dex": (burden, _regimen(burden, **ERLANGEN, toci_mg_per_kg=8.0, dex_mg=10.0)),
+        "Flu/Cy alone": (human, _regimen(human, **ERLANGEN, cells_per_kg=0.0)),
+        "high relapse risk": (human.replace({"bcell.auto_breach": 0.05}), _regimen(human, **ERLANGEN)),
+        "oncology": (onc, _regimen(onc, **KYMRIAH_ALL, cells_per_kg=3.1e6)),
+        "NZB/W": (nzbw, _regimen(nzbw, **NONE, tbi=0.9, cells=1e6)),
+        "NZB/W untreated": (nzbw, _regimen(nzbw, **NONE, tbi=0.0, cells=0.0)),
+        "MRL/lpr": (mrl, _regimen(mrl, **NONE, tbi=0.9, cells=1e6)),
+    }
+
+
+def _stack_models(models):
+    tables = [ck.parameters(m) for m in models]
+    names = [n for n in tables[0] if any(float(t[n].value) != float(tables[0][n].value) for t in tables)]
+    return ck.batch_models(models[0], {n: np.array([float(t[n].value) for t in tables]) for n in names})
+
+
+def _stack_regimens(regimens):
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *regimens)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """All scenarios in one ensemble solve: {name: (model, ts, observables as numpy, SLE metrics)}."""
+    sc = _scenarios()
+    names = list(sc)
+    models = _stack_models([sc[n][0] for n in names])
+    regimens = _stack_regimens([sc[n][1] for n in names])
+    ts = sle.save_times(T_END)
+    sol = ck.simulate_ensemble(models, regimens, ts, solver=ck.EnsembleRodas5(), throw=False)
+    out = {"ok": np.asarray(sol.ok), "y": np.asarray(sol.y_array), "names": names}
+    for i, n in enumerate(names):
+        one = jax.tree_util.tree_map(lambda x: x[i] if isinstance(x, jax.Array) and x.ndim >= 1 else x, sol)
+        obs = {k: np.asarray(v) for k, v in one.observables._asdict().items()}
+        met = {k: float(v) for k, v in sle.sle_metrics(one).items()}
+        out[n] = (sc[n][0], np.asarray(ts), obs, met)
+    return out
+
+
+def _m(batch, name, metric):
+    return batch[name][3][metric]
+
+
+def _at(batch, name, obs, day):
+    _, ts, o, _ = batch[name]
+    return float(np.interp(day, ts, o[obs]))
+
+
+# ---- numerics -----------------------------------------------------------------------------------------------------
+
+
+def test_every_member_succeeds_with_finite_non_negative_states(batch):
+    assert batch["ok"].all(), dict(zip(batch["names"], batch["ok"]))
+    y = batch["y"]
+    assert np.isfinite(y).all()
+    # states are non-negative up to the solver tolerance (atol 1e-6 on states of order 1e-3 .. 1e11)
+    scale = np.maximum(np.max(np.abs(y), axis=1, keepdims=True), 1.0)
+    assert np.min(y / scale) > -1e-6
+
+
+# ---- B-cell return: dose, conditioning, immunogenicity ------------------------------------------------------------
+
+
+def test_b_cell_return_later_with_higher_dose(batch):
+    a = [_m(batch, n, "B aplasia") for n in ("dose 1e5", "base", "dose 1e7")]
+    assert a[0] < a[1] < a[2], a
+
+
+def test_b_cell_return_earlier_without_conditioning(batch):
+    assert _m(batch, "no conditioning", "B aplasia") < _m(batch, "base", "B aplasia") - 30.0
+
+
+def test_no_conditioning_lowers_the_car_t_peak(batch):
+    # log10 cells/uL: at least tenfold lower without the IL-7/IL-15 surge and the free T-cell niche
+    assert _m(batch, "no conditioning", "CAR Cmax") < _m(batch, "base", "CAR Cmax") - 1.0
+
+
+def test_human_scfv_returns_b_cells_later_than_murine(batch):
+    assert _m(batch, "human scFv", "B aplasia") > _m(batch, "base", "B aplasia") + 5.0
+    assert _m(batch, "human scFv", "CAR persistence") > _m(batch, "base", "CAR persistence")
+
+
+def test_allogeneic_product_persists_shorter(batch):
+    assert _m(batch, "allogeneic", "CAR persistence") < 0.5 * _m(batch, "base", "CAR persistence")
+    assert _m(batch, "allogeneic", "B aplasia") < _m(batch, "base", "B aplasia") - 30.0
+
+
+def test_rejection_is_a_host_response_not_a_clock(batch):
+    # the anti-CAR response rises after host T cells recover: negligible in the first two weeks, dominant by day 120
+    assert _at(batch, "base", "rejection_rate", 14.0) < 0.01
+    assert _at(batch, "base", "rejection_rate", 120.0) > 0.2
+    # an HLA-mismatched product meets far more precursors: rejection is under way within two weeks
+    assert _at(batch, "allogeneic", "rejection_rate", 14.0) > 10.0 * _at(batch, "base", "rejection_rate", 14.0)
+
+
+# ---- cytokine release ---------------------------------------------------------------------------------------------
+
+
+def test_crs_rises_with_dose(batch):
+    il6 = [_m(batch, n, "IL-6 peak") for n in ("dose 1e5", "base", "dose 1e7")]
+    grade = [_m(batch, n, "CRS grade") for n in ("dose 1e5", "base", "dose 1e7")]
+    assert il6[0] < il6[1] < il6[2], il6
+    assert grade[0] <= grade[1] <= grade[2], grade
+
+
+def test_crs_rises_with_antigen_burden_up_to_severe_grades(batch):
+    assert _m(batch, "burden x3", "IL-6 peak") > 5.0 * _m(batch, "base", "IL-6 peak")
+    assert _m(batch, "burden x3", "CRS grade") >= 3.0  # no ceiling: grades 3-4 are reachable
+
+
+def test_crs_rises_with_cd28(batch):
+    assert _m(batch, "CD28", "IL-6 peak") > 2.0 * _m(batch, "base", "IL-6 peak")
+    assert _m(batch, "CD28", "CRS grade") > _m(batch, "base", "CRS grade")
+    assert _m(batch, "CD28", "CAR Tmax") < _m(batch, "base", "CAR Tmax")  # CD28 CARs peak earlier
+
+
+def test_tocilizumab_and_dexamethasone_lower_crs(batch):
+    assert _m(batch, "burden x3 + toci + dex", "CRS grade") < _m(batch, "burden x3", "CRS grade") - 1.0
+    # tocilizumab blocks receptor-mediated IL-6 clearance: serum IL-6 rises although the grade falls
+    assert _m(batch, "burden x3 + toci + dex", "IL-6 peak") > _m(batch, "burden x3", "IL-6 peak")
+    assert _at(batch, "burden x3 + toci + dex", "toci_conc", 6.0) > 50.0
+
+
+# ---- plasma cells, autoantibodies, vaccine IgG --------------------------------------------------------------------
+
+
+def test_bcma_arm_removes_llpc_fed_autoantibody_and_vaccine_igg(batch):
+    assert _m(batch, "BCMA-CD19", "anti-dsDNA floor") < 0.3 * _m(batch, "base", "anti-dsDNA floor")
+    assert _m(batch, "base", "vaccine IgG nadir") > 90.0  # CD19 alone spares LLPC (Hill 2019)
+    assert _m(batch, "BCMA-CD19", "vaccine IgG nadir") < 50.0  # a BCMA arm does not
+
+
+# ---- typical patient ----------------------------------------------------------------------------------------------
+
+
+def test_typical_patient_remission_from_month_3_through_month_24(batch):
+    _, ts, o, _ = batch["base"]
+    window = (ts >= 91.0) & (ts <= 730.0)
+    assert o["sledai"][window].max() <= 2.0
+    assert _at(batch, "base", "anti_dsdna_index", 91.0) < 1.0  # anti-dsDNA negative by 3 months
+    assert _m(batch, "base", "anti-dsDNA positive days") <= 91.0
+
+
+def test_typical_patient_within_the_published_sle_ranges(batch):
+    # B-cell reappearance 110 +/- 32 d (Mackensen 2022); CAR-T peak day 7-14 and 15-98 cells/uL (Kochenderfer 2017,
+    # similar expansion in SLE and B-NHL); CRS grade 1 (Mueller 2024)
+    assert 78.0 <= _m(batch, "base", "B aplasia") <= 142.0
+    assert 7.0 <= _m(batch, "base", "CAR Tmax") <= 14.0
+    assert np.log10(15.0) <= _m(batch, "base", "CAR Cmax") <= np.log10(98.0)
+    assert 1.0 <= _m(batch, "base", "CRS grade") < 2.0
+    assert _m(batch, "base", "vaccine IgG nadir") > 90.0
+
+
+def test_b_cells_return_naive_and_remission_outlasts_return(batch):
+    _, ts, o, _ = batch["base"]
+    model = batch["base"][0]
+    assert _at(batch, "base", "b_blood", 365.0) > 0.5 * float(model.bcell.b_blood0)
+    i = int(np.searchsorted(ts, 365.0))
+    y = batch["y"][batch["names"].index("base"), i]
+    names = sle.SLECarTModel.state_names()
+    b0 = sle.bcells.baseline(model.bcell, model.volumes()[0]).state
+    # returning cells are naive: autoreactive memory/GC B stays below 10 % of its pre-treatment size
+    assert y[names.index("b_auto")] < 0.1 * float(b0.auto)
+
+
+def test_relapse_is_a_parameterised_risk_not_a_fate(batch):
+    # Flu/Cy alone: transient improvement, relapse within two years (the loop re-ignites from the spared B cells)
+    _, ts, o, _ = batch["Flu/Cy alone"]
+    assert o["sledai"][ts >= 540.0].max() > 8.0
+    # a higher milieu-independent breach rate brings relapse forward (population-level risk, item 7)
+    late = lambda n: float(np.max(batch[n][2]["sledai"][batch[n][1] >= 365.0]))  # noqa: E731
+    assert late("high relapse risk") > late("base")
+
+
+# ---- oncology-like setting: Stein 2019 ----------------------------------------------------------------------------
+
+
+def _loglinear(ts, c, a, b):
+    w = (ts >= a) & (ts <= b) & (c > 0)
+    return np.polyfit(ts[w], np.log(c[w]), 1)
+
+
+def test_stein_multiphasic_shape_in_the_oncology_like_setting(batch):
+    """Stein 2019 (tisa-cel, B-ALL): Tmax 9.3 d, fold expansion 3,900 (omega^2 2.4), contraction t1/2 4.3 d (0.91),
+    persistence t1/2 ~220 d (0.86), F_B 0.79 % (0.80). Ranges: typical values x/÷ exp(1.96 omega)."""
+    _, ts, o, _ = batch["oncology"]
+    c = o["car_blood"]
+    k = int(np.argmax(c))
+    tmax, cmax = ts[k], c[k]
+    expansion = _loglinear(ts, c, 0.0, tmax)
+    foldx = cmax / np.exp(expansion[1])  # Stein: C = R0 exp(rho t) up to Tmax, foldx = Cmax / R0
+    contraction = np.log(2.0) / -_loglinear(ts, c, tmax + 3.0, tmax + 14.0)[0]
+    slow = _loglinear(ts, c, 90.0, 365.0)
+    persistence = np.log(2.0) / -slow[0]
+    f_b = np.exp(np.polyval(slow, tmax)) / cmax  # slow phase extrapolated back to the peak
+    spread = lambda typ, omega2: (typ / np.exp(1.96 * np.sqrt(omega2)), typ * np.exp(1.96 * np.sqrt(omega2)))  # noqa: E731
+    lo, hi = spread(9.3, 0.38)
+    assert lo <= tmax <= hi
+    lo, hi = spread(3900.0, 2.4)
+    assert lo <= foldx <= hi, foldx
+    assert 2.0 <= contraction <= 10.0, contraction  # rapid contraction near 4.3 d (range 0.7-28 d)
+    lo, hi = spread(217.0, 0.86)
+    assert lo <= persistence <= hi, persistence
+    lo, hi = spread(0.0079, 0.80)
+    assert lo <= f_b <= hi, f_b
+    assert persistence > 10.0 * contraction  # two distinct phases
+
+
+# ---- mice -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["NZB/W", "MRL/lpr"])
+def test_mouse_syngeneic_car_t_no_runaway_durable_b_depletion(batch, name):
+    model, ts, o, _ = batch[name]
+    lymph0 = float(model.bcell.b_blood0 + model.tcell.t_blood0 + model.tcell.nk_blood0)
+    # no runaway expansion: the peak stays below 20 % and the day-365 level below 2 % of the untreated blood
+    # lymphocytes; the syngeneic all-murine CAR is not rejected and persists >= 1 year (Kansal 2019)
+    assert o["car_blood"].max() < 0.2 * lymph0
+    assert 0.1 < _at(batch, name, "car_blood", 365.0) < 0.02 * lymph0
+    assert o["rejection_rate"].max() < 1e-6
+    # durable B-cell depletion: below a quarter of the untreated count from day 30 to day 365
+    window = (ts >= 30.0) & (ts <= 365.0)
+    assert o["b_blood"][window].max() < 0.25 * float(model.bcell.b_blood0)
+    # autoantibody elimination (Kansal 2019) and no severe CRS (none reported in syngeneic lupus mice)
+    assert _at(batch, name, "anti_dsdna_index", 90.0) < 1.0
+    assert o["crs_grade"].max() < 2.0
+
+
+def test_mouse_readouts_in_mouse_units(batch):
+    _, ts, treated, _ = batch["NZB/W"]
+    _, _, untreated, _ = batch["NZB/W untreated"]
+    day = lambda o, d: float(np.interp(d, ts, o))  # noqa: E731
+    assert day(untreated["proteinuria_score"], 0.0) >= 2.5  # nephritic: dipstick 3+
+    assert day(treated["proteinuria_score"], 90.0) < day(untreated["proteinuria_score"], 90.0) - 1.0
+    assert day(treated["survival"], 180.0) > day(untreated["survival"], 180.0) + 0.2
+
+
+# ---- conditioning alone -------------------------------------------------------------------------------------------
+
+
+def test_flu_cy_alone_lymphocyte_nadir_and_homeostatic_cytokine_surge(batch):
+    model, ts, o, _ = batch["Flu/Cy alone"]
+    t_rel = o["t_blood"] / float(model.tcell.t_blood0)
+    assert 0.05 <= t_rel.min() <= 0.2  # ~90 % lymphocyte nadir after Flu/Cy [M]
+    il15 = o["il15"] / float(model.tcell.il15_0)
+    assert 1.0 <= ts[np.argmax(il15)] <= 3.5  # IL-15 peak ~day 2 after infusion (Kochenderfer 2017)
+    assert 3.0 <= il15.max() <= 1.0 / (1.0 - float(model.tcell.c_il15))  # ~5x (De Bock 2013), below the ceiling
+    assert o["car_blood"].max() == 0.0 and o["rejection_rate"].max() == 0.0  # no product, no anti-CAR response
