@@ -95,7 +95,8 @@ def test_exact_gradient_matches_finite_differences_of_the_ofv(problem):
     np.testing.assert_allclose(grad, fd, rtol=2e-3, atol=2e-3)
 
 
-@pytest.mark.slow  # ~20 s of CPU (SAEM and importance-sampling compiles): keeps the default suite of these files under 90 s
+# slow: the SAEM and importance-sampling compiles (~20 s of CPU) would put the default suite of these files over 90 s
+@pytest.mark.slow
 def test_saem_agrees_with_focei(problem, focei):
     saem = ck.fit_population(problem, "saem", key=jax.random.key(20250101), saem_iterations=(150, 100), chains=4,
                              importance_samples=200)

@@ -311,9 +311,7 @@ def fit_population(problem: PopulationProblem, method: str = "focei", *, key: An
                             extra={"gradient": res.gradient, "n_solves": res.n_solves}, progress=say)
     if key is None:
         raise ValueError("SAEM needs a `key` (jax.random.key(...)) for its Markov chains.")
-    from ._saem import importance_sampling_ofv, saem
-
-    from ._saem import fisher_information
+    from ._saem import fisher_information, importance_sampling_ofv, saem
 
     res = saem(problem, key, iterations=saem_iterations, chains=chains, progress=say)
     state = estimate_eta(problem, res.psi, res.eta_mean)

@@ -33,8 +33,8 @@ import numpy as np
 
 from .._analysis._population import Population
 from .._core._parameters import parameters
-from ._problem import PRIOR_SD
 from ._population_model import PopulationParameters, PopulationProblem
+from ._problem import PRIOR_SD
 
 _LKJ_ETA = 2.0
 

@@ -297,7 +297,7 @@ def fisher_information(problem: PopulationProblem, psi, result: SAEMResult, key:
     sum_g = np.zeros((n, p))
     sum_gg = np.zeros((n, p, p))
     sum_h = np.zeros((n, p, p))
-    for k in range(iterations):
+    for _ in range(iterations):
         key, sub = jax.random.split(key)
         eta, m2ll, pred, ok, _, _, phi, _ = _mh_steps(pc, psi, eta, m2ll, pred, ok, sub,
                                                       jnp.asarray(scale, psi.dtype), jnp.asarray(scale_c, psi.dtype))
