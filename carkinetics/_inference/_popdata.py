@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.resources
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,7 +56,7 @@ def example_data(name: str) -> str:
     """
     if name not in EXAMPLE_DATA:
         raise ValueError(f"Unknown example data set {name!r}; available: {sorted(EXAMPLE_DATA)}.")
-    return os.fspath(importlib.resources.files("carkinetics") / "data" / f"{name}.csv")
+    return str(importlib.resources.files("carkinetics") / "data" / f"{name}.csv")
 
 
 class PopulationData(eqx.Module):

@@ -323,7 +323,7 @@ class PopulationProblem(eqx.Module):
         if omega is None:
             var = np.array([float(random[n]) for n in rand]) if isinstance(random, Mapping) else np.full(q, 0.1)
             if np.any(~np.isfinite(var)) or np.any(var <= 0):
-                raise ValueError(f"Initial variances in `random` must be positive and finite, got {dict(random)}.")
+                raise ValueError(f"Initial variances in `random` must be positive and finite, got {random!r}.")
             omega0 = np.diag(var)
         else:
             omega0 = np.asarray(omega, dtype=float)
@@ -384,7 +384,8 @@ class PopulationProblem(eqx.Module):
             if isinstance(solver, EnsembleTsit5) and solver.saves_per_step is None:
                 solver = EnsembleTsit5(slots=solver.slots, saves_per_step=8)
         self.solver = solver
-        x64 = bool(jax.config.jax_enable_x64)  # derivatives are taken of the solution: tight tolerances in float64
+        # derivatives are taken of the solution: tight tolerances in float64
+        x64 = jax.dtypes.canonicalize_dtype(np.float64) == np.float64
         self.rtol = float(rtol if rtol is not None else (1e-8 if x64 else 1e-5))
         self.atol = float(atol if atol is not None else (1e-8 if x64 else 1e-5))
         self.max_steps = int(max_steps)

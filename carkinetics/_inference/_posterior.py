@@ -343,12 +343,12 @@ def sample_population_posterior(problem: PopulationProblem, key: Any, *, num_war
         warmup = blackjax.window_adaptation(blackjax.nuts, logdensity, is_mass_matrix_diagonal=not dense_mass,
                                             target_acceptance_rate=target_acceptance,
                                             max_num_doublings=max_num_doublings)
-        (state, params), _ = warmup.run(k_warm, x, num_steps=num_warmup)
+        (state, params), _ = warmup.run(k_warm, x, num_steps=num_warmup)  # pyright: ignore[reportCallIssue]
         kernel = blackjax.nuts(logdensity, **params)  # (the adapted parameters carry max_num_doublings)
 
         def one(state, k):
             state, info = kernel.step(k, state)
-            return state, (state.position, info.is_divergent, info.num_integration_steps)
+            return state, (state.position, info.is_divergent, info.num_integration_steps)  # pyright: ignore
 
         _, (pos, div, n_steps) = jax.lax.scan(one, state, jax.random.split(k_sample, num_samples))
         return pos, div, n_steps, params["step_size"]
@@ -382,7 +382,7 @@ def sample_population_posterior(problem: PopulationProblem, key: Any, *, num_war
     draws.update({f"sigma.{n}": v for n, v in sig.items()})
     draws.update({f"beta.{n}": v for n, v in bet.items()})
     idata = az.from_dict(posterior=draws)
-    rhat = {k: float(v) for k, v in az.rhat(idata).data_vars.items()}
+    rhat = {k: float(v) for k, v in az.rhat(idata).data_vars.items()}  # pyright: ignore[reportAttributeAccessIssue]
     ess_b = {k: float(v) for k, v in az.ess(idata, method="bulk").data_vars.items()}
     ess_t = {k: float(v) for k, v in az.ess(idata, method="tail").data_vars.items()}
     n_div = int(np.sum(divergent))
