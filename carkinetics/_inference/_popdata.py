@@ -23,7 +23,7 @@ import numpy as np
 
 from .._core._custom_types import Array, Bool, Float, Int
 from .._core._dosing import Bolus, Infusion, Regimen
-from ..io._nonmem import _MISSING, Source, _cmt, _read_rows, _Row, dose_from_row
+from ..io._nonmem import _MISSING, Source, _check_number, _cmt, _read_rows, _Row, dose_from_row
 
 #: Days per unit of time, for `time_unit`.
 TIME_UNITS: dict[str, float] = {"d": 1.0, "h": 1.0 / 24.0, "min": 1.0 / 1440.0, "w": 7.0}
@@ -156,13 +156,7 @@ def _number(row: _Row, column: str, what: str) -> float | None:
     raw = row.cells.get(column, "")
     if raw in _MISSING:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"Line {row.line}: column {column} = {raw!r} is not a number ({what}).") from None
-    if not np.isfinite(value):
-        raise ValueError(f"Line {row.line}: column {column} = {raw!r} is not finite ({what}).")
-    return value
+    return _check_number(raw, column, row.line, what)
 
 
 def _observable(row: _Row, observables: Mapping[str, str] | tuple[str, ...] | None, names: tuple[str, ...]) -> str:

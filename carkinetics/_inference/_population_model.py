@@ -560,7 +560,14 @@ class PopulationProblem(eqx.Module):
         pred, ok = self.predict(self.phi(params, eta))
         if not bool(jnp.all(ok)):
             raise ValueError(f"Simulation failed for subjects {np.flatnonzero(~np.asarray(ok)).tolist()}.")
-        eps = jax.random.normal(k2, pred.shape, dtype=pred.dtype)
+        y = self.observe(params, pred, k2)
+        sim = self.data.with_values(y, jnp.zeros_like(self.data.censored))
+        return sim, eta
+
+    def observe(self, params: PopulationParameters, pred: Array, key: Any) -> Array:
+        """Observations drawn around the predictions `pred` `(N, M)` with each observable's residual error model at
+        `params.sigma` (log-normal errors around `log pred`)."""
+        eps = jax.random.normal(key, pred.shape, dtype=pred.dtype)
         names = self.model.observable_names()
         y = pred
         pos = 0
@@ -573,8 +580,7 @@ class PopulationProblem(eqx.Module):
             pos += k
             yo = jnp.exp(jnp.log(jnp.maximum(pred, _TINY)) + sd * eps) if err.log_scale else pred + sd * eps
             y = jnp.where(self.data.obs_index == names.index(o), yo, y)
-        sim = self.data.with_values(y, jnp.zeros_like(self.data.censored))
-        return sim, eta
+        return y
 
     def with_data(self, data: PopulationData) -> PopulationProblem:
         """The same model on another data set with the same covariates (e.g. simulated or censored data)."""

@@ -260,7 +260,7 @@ class PopulationPosterior(eqx.Module):
         for r, i in enumerate(picks):
             params, eta, _, _ = _unpack(problem, lay, jnp.asarray(flat[i]))
             pred, _ = problem.predict(problem.phi(params, eta))
-            out.append(np.asarray(_observe(problem, params, pred, jax.random.fold_in(key, r))))
+            out.append(np.asarray(problem.observe(params, pred, jax.random.fold_in(key, r))))
         return np.stack(out)
 
     def ppc_coverage(self, key: Any, n_draws: int = 200, level: float = 0.9) -> float:
@@ -271,23 +271,6 @@ class PopulationPosterior(eqx.Module):
         lo, hi = np.percentile(rep, [50 * (1 - level), 50 * (1 + level)], axis=0)
         y = np.asarray(data.dv)
         return float(np.mean((y[sel] >= lo[sel]) & (y[sel] <= hi[sel])))
-
-
-def _observe(problem: PopulationProblem, params: PopulationParameters, pred, key):
-    names = problem.model.observable_names()
-    eps = jax.random.normal(key, pred.shape, dtype=pred.dtype)
-    y = pred
-    pos = 0
-    for o in names:
-        if o not in problem.data.observables:
-            continue
-        err = problem.errors[names.index(o)]
-        k = len(err.parameter_names)
-        sd = jnp.sqrt(err.variance(pred, params.sigma[pos:pos + k]))
-        pos += k
-        yo = jnp.exp(jnp.log(jnp.maximum(pred, 1e-300)) + sd * eps) if err.log_scale else pred + sd * eps
-        y = jnp.where(problem.data.obs_index == names.index(o), yo, y)
-    return y
 
 
 def sample_population_posterior(problem: PopulationProblem, key: Any, *, num_warmup: int = 500,

@@ -108,13 +108,16 @@ def _integer(raw: str, column: str, line: int) -> int:
     return int(value)
 
 
-def _check_number(raw: str, column: str, line: int) -> None:
+def _check_number(raw: str, column: str, line: int, what: str = "") -> float:
+    """The finite number in cell `raw` of `column` on `line`; `what` (the column's role) is named in the error."""
+    role = f" ({what})" if what else ""
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"Line {line}: column {column} = {raw!r} is not a number.") from None
+        raise ValueError(f"Line {line}: column {column} = {raw!r} is not a number{role}.") from None
     if not math.isfinite(value):
-        raise ValueError(f"Line {line}: column {column} = {raw!r} is not finite.")
+        raise ValueError(f"Line {line}: column {column} = {raw!r} is not finite{role}.")
+    return value
 
 
 def _read_rows(source: Source, required: Sequence[str], what: str) -> tuple[tuple[str, ...], list[_Row]]:
