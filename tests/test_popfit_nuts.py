@@ -52,10 +52,12 @@ def test_nuts_theophylline_four_chains_agrees_with_focei():
     problem = ck.PopulationProblem(model, data, {"ka": 0.6, "cl": 0.3, "v": 0.1}, error=ck.AdditiveError(0.7),
                                    rtol=1e-6, atol=1e-6)
     fit = ck.fit_population(problem, "focei")
-    post = ck.sample_population_posterior(problem, jax.random.key(11), init=fit, num_warmup=500, num_samples=500,
+    # 1,000 draws per chain: with 500, theta.ka's R-hat came out 1.011 (its own Monte Carlo error at that length
+    # is of that order), so the R-hat <= 1.01 criterion was decided by noise
+    post = ck.sample_population_posterior(problem, jax.random.key(11), init=fit, num_warmup=500, num_samples=1000,
                                           progress=True)
     print(post.summary())
-    assert post.omega.shape[:2] == (4, 500)
+    assert post.omega.shape[:2] == (4, 1000)
     assert int(post.divergences.sum()) == 0
     assert max(post.rhat.values()) <= 1.01, post.rhat
     assert min(post.ess_bulk.values()) >= 100, post.ess_bulk
