@@ -145,7 +145,7 @@ def test_plugin_discovery_lists_the_sle_commands_models_and_presets():
             "SLECarTModel"} <= set(plugins.model_names())
     assert plugins.model_class("SLECarTModel").__name__ == "SLECarTModel"
     commands = {c.name: c for c in cli.Plugins.commands()}
-    assert {"demo", "translate"} <= set(commands)
+    assert {"demo", "translate", "trial"} <= set(commands)
     assert not any(isinstance(c, _plugins.UnavailableCommand) for c in commands.values())
     assert {"human", "mouse_nzbw", "mouse_mrl_lpr"} <= set(plugins.presets())
     assert plugins.default_preset().name == "human"

@@ -1,10 +1,11 @@
 """The SLE CAR-T application (`carkinetics.models.sle`): one composed model of conditioning, CAR-T cell kinetics, host
 anti-CAR rejection, B cells and plasma cells, autoantibodies, cytokine release/CRS and disease activity, with its
-products, regimens, metrics, presets and the mouse-to-human translation protocol.
+products, regimens, metrics, presets, the mouse-to-human translation protocol and model-linked virtual trials
+(`trials.py`, figures in `trial_plots.py`).
 
 Built only on the public `carkinetics` API; the library itself never imports this package. Its command-line
-plugins (presets and the default run, `carkinetics translate`, `carkinetics demo`) are `cli.py` and `demo.py`,
-loaded by the command line through entry points, not imported here.
+plugins (presets and the default run, `carkinetics translate`, `carkinetics demo`, `carkinetics trial`) are `cli.py`
+and `demo.py`, loaded by the command line through entry points, not imported here.
 """
 
 from carkinetics.models.sle.autoantibodies import HumoralParams as HumoralParams
@@ -67,6 +68,18 @@ from carkinetics.models.sle.translation import (
     sle_scenarios as sle_scenarios,
     sle_translation_map as sle_translation_map,
     write_translation_report as write_translation_report,
+)
+from carkinetics.models.sle.trials import (
+    DoseOutcomes as DoseOutcomes,
+    StandardOfCare as StandardOfCare,
+    TrialExperiment as TrialExperiment,
+    comparator_power as comparator_power,
+    conditioning_analysis as conditioning_analysis,
+    eligibility_analysis as eligibility_analysis,
+    monitoring_analysis as monitoring_analysis,
+    run_model_trial as run_model_trial,
+    simulate_dose_outcomes as simulate_dose_outcomes,
+    trial_population as trial_population,
 )
 from carkinetics.models.sle.targets import (
     QUANTITIES as QUANTITIES,

@@ -3,16 +3,19 @@
 - `PRESETS` (group `carkinetics.presets`): the species presets `human`, `mouse_nzbw`, `mouse_mrl_lpr` with their
   standard regimens (Erlangen Flu/Cy + CAR-T for the patient, irradiation + CAR-T for the mice) and the SLE save
   grid, the named regimens `erlangen` and `mouse`, preset files, and the default run (`human`).
-- `TranslateCommand` (`carkinetics translate`) and `DemoCommand` (`carkinetics demo`), group `carkinetics.commands`.
+- `TranslateCommand` (`carkinetics translate`), `DemoCommand` (`carkinetics demo`) and `TrialCommand`
+  (`carkinetics trial`, model-linked dose-escalation trials), group `carkinetics.commands`.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import math
 import os
 import sys
+from typing import Any
 
 from carkinetics.models.sle.metrics import save_times
 from carkinetics.models.sle.presets import load_preset, preset_names
@@ -184,3 +187,179 @@ class DemoCommand(Command):
         print(f"report: {path}")
         print(f"output folder: {out}")
         return EXIT_INTERNAL if failed else EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# carkinetics trial
+
+
+def _float_list(flag: str, text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: expected comma-separated numbers such as 1e5,3e5,1e6; got {text!r}.") from None
+    if not values:
+        raise UserError(f"{flag}: expected at least one number; got {text!r}.")
+    return values
+
+
+class TrialCommand(Command):
+    name = "trial"
+    help = "model-linked dose-escalation trials (3+3, BOIN, CRM) on virtual SLE patients"
+    description = ("Draw virtual SLE patients (between-patient variability of baseline activity, B-cell, plasmablast "
+                   "and anti-dsDNA burden, eGFR, CAR-T expansion, myeloid responsiveness), simulate each patient "
+                   "once at every dose in one batched solve (Erlangen Flu/Cy, CAR-T on day 0), read out DLT (CRS "
+                   "grade >= 3), month-6 remission, B-cell aplasia and seroconversion, then run the design on "
+                   "patients resampled from that pool. Writes operating_characteristics.csv/.json, "
+                   "dose_outcomes.csv, patients.csv, selected_dose.png and dose_response.png.")
+    default_out = "carkinetics_trial"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--preset", default="human", help="SLE preset or preset file (default human)")
+        parser.add_argument("--product", default=None,
+                            help="CAR-T product name (see carkinetics.models.sle.PRODUCTS; default: the preset's)")
+        parser.add_argument("--doses", default="1e5,3e5,1e6,3e6",
+                            help="strictly increasing CAR-T doses, cells/kg, comma-separated (default 1e5,3e5,1e6,3e6)")
+        parser.add_argument("--design", choices=("boin", "crm", "3+3"), default="boin", help="design (default boin)")
+        parser.add_argument("--target", type=float, default=0.3, help="target DLT rate in (0, 1) (default 0.3)")
+        parser.add_argument("--skeleton", default=None,
+                            help="CRM skeleton: strictly increasing DLT probabilities, one per dose (required for crm)")
+        parser.add_argument("--trials", type=int, default=1000, help="virtual trials (default 1000)")
+        parser.add_argument("--cohort-size", type=int, default=3, help="patients per cohort (default 3)")
+        parser.add_argument("--cohorts", type=int, default=10, help="maximum cohorts per trial (default 10)")
+        parser.add_argument("--patients-per-dose", type=int, default=100,
+                            help="virtual patients simulated at every dose (the resampled pool; default 100)")
+        parser.add_argument("--key", type=int, default=0, help="seed, as jax.random.key(KEY) (default 0)")
+        parser.add_argument("--t-end", type=float, default=200.0, help="horizon, days, at least 181 (default 200)")
+        add_engine_arg(parser)
+
+    def _design(self, args: argparse.Namespace, n_doses: int) -> Any:
+        import numpy as np
+
+        import carkinetics.trials as ct
+
+        if not (math.isfinite(args.target) and 0.0 < args.target < 1.0):
+            raise UserError(f"--target must be a probability strictly between 0 and 1, got {args.target}.")
+        if args.design == "3+3":
+            if args.cohort_size != 3:
+                raise UserError(f"--design 3+3 needs --cohort-size 3, got {args.cohort_size}.")
+            return ct.ThreePlusThree()
+        if args.design == "boin":
+            return ct.BOIN(target=args.target)
+        if args.skeleton is None:
+            raise UserError("--design crm needs --skeleton (one prior DLT probability per dose).")
+        skeleton = _float_list("--skeleton", args.skeleton)
+        if len(skeleton) != n_doses or any(not 0.0 < s < 1.0 for s in skeleton):
+            raise UserError(f"--skeleton must give {n_doses} probabilities strictly between 0 and 1 (one per dose), "
+                            f"got {skeleton}.")
+        try:
+            return ct.CRM(target=args.target, skeleton=np.asarray(skeleton))
+        except ValueError as err:
+            raise UserError(f"--skeleton: {err}") from None
+
+    def run(self, args: argparse.Namespace, ctx: Context) -> int:
+        import csv
+        import json
+
+        import jax
+        import numpy as np
+
+        from carkinetics.models.sle.products import PRODUCTS
+        from carkinetics.models.sle.trial_plots import plot_dose_response, plot_selected_dose
+        from carkinetics.models.sle.trials import run_model_trial, simulate_dose_outcomes, trial_population
+
+        doses = _float_list("--doses", args.doses)
+        if len(doses) < 2:
+            raise UserError(f"--doses must give at least two dose levels, got {doses}.")
+        if any(not (math.isfinite(d) and d > 0.0) for d in doses):
+            raise UserError(f"--doses must be finite positive cells/kg, got {doses}.")
+        if any(b <= a for a, b in itertools.pairwise(doses)):
+            raise UserError(f"--doses must increase strictly (a monotone dose ladder, lowest first), got {doses}.")
+        for flag, value in (("--trials", args.trials), ("--cohort-size", args.cohort_size),
+                            ("--cohorts", args.cohorts), ("--patients-per-dose", args.patients_per_dose)):
+            if value < 1:
+                raise UserError(f"{flag} must be a positive integer, got {value}.")
+        if not (math.isfinite(args.t_end) and args.t_end >= 181.0):
+            raise UserError(f"--t-end must be at least 181 days (the month-6 read-out is day 180), got {args.t_end}.")
+        if not args.preset.endswith(".toml") and args.preset not in preset_names():
+            raise UserError(f"--preset: unknown preset {args.preset!r}; built-in presets are {list(preset_names())} "
+                            "(or give a .toml path).")
+        if args.product is not None and args.product not in PRODUCTS:
+            raise UserError(f"--product: unknown product {args.product!r}; products are {sorted(PRODUCTS)}.")
+        design = self._design(args, len(doses))
+
+        out = ctx.out_dir()
+        key = jax.random.key(args.key)
+        k_pop, k_trials = jax.random.split(key)
+        n_sim = args.patients_per_dose * len(doses)
+        # ETA weights in simulations; one compilation costs about as much as ~2,000 SLE simulations on a CPU core
+        prog = ctx.progress([n_sim + 2000, 200, 50])
+        prog.step(f"simulating {args.patients_per_dose} virtual patients x {len(doses)} doses = {n_sim} courses "
+                  f"({args.engine} engine)")
+        try:
+            model = load_preset(args.preset)
+            pop = trial_population(model, k_pop, args.patients_per_dose)
+            pool = simulate_dose_outcomes(model, doses, product=args.product, population=pop, t_end=args.t_end,
+                                          engine=args.engine)
+            prog.advance()
+            prog.step(f"{args.trials} virtual {type(design).name} trials on the resampled pool")
+            trial = run_model_trial(pool, design, n_trials=args.trials, key=k_trials, cohort_size=args.cohort_size,
+                                    n_cohorts=args.cohorts)
+            prog.advance()
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        prog.step("tables and figures")
+        oc = trial.oc
+        paths = {}
+        paths["oc_csv"] = os.path.join(out, "operating_characteristics.csv")
+        sel = np.asarray(oc.selection_probability)
+        with open(paths["oc_csv"], "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["dose_index", "dose_cells_per_kg", "pool_dlt_rate", "p_selected", "mean_patients",
+                        "mean_dlts"])
+            for d, dose in enumerate(doses):
+                w.writerow([d, dose, float(oc.true_dlt[d]), float(sel[d]), float(oc.mean_patients[d]),
+                            float(oc.mean_dlts[d])])
+            w.writerow(["none", "", "", float(sel[-1]), "", ""])
+        paths["oc_json"] = os.path.join(out, "operating_characteristics.json")
+        with open(paths["oc_json"], "w") as fh:
+            json.dump({"design": oc.design, "target": args.target, "n_trials": oc.n_trials,
+                       "cohort_size": args.cohort_size, "n_cohorts": args.cohorts, "key": args.key,
+                       "preset": args.preset, "product": pool.product, "doses_cells_per_kg": doses,
+                       "patients_per_dose": pool.n_patients, "patients_failed": pool.n_failed,
+                       "resampling": "patients simulated once per dose; each trial resamples them with replacement",
+                       "pool_dlt_rate": np.asarray(oc.true_dlt).tolist(), "selection_probability": sel.tolist(),
+                       "mean_patients": np.asarray(oc.mean_patients).tolist(),
+                       "mean_dlts": np.asarray(oc.mean_dlts).tolist(),
+                       "early_stop_probability": float(oc.early_stop_probability),
+                       "mean_total_patients": float(oc.mean_total_patients),
+                       "remission_at_selected_dose": trial.remission_at_selected,
+                       "pool_rates": {k: v.tolist() for k, v in trial.rates.items()}}, fh, indent=2)
+        rows = pool.table()
+        paths["doses_csv"] = os.path.join(out, "dose_outcomes.csv")
+        with open(paths["doses_csv"], "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        paths["patients_csv"] = os.path.join(out, "patients.csv")
+        with open(paths["patients_csv"], "w", newline="") as fh:
+            w = csv.writer(fh)
+            covs = sorted(pool.covariates)
+            ends = list(pool.endpoints)
+            w.writerow(["patient", "dose_cells_per_kg", *covs, *ends, "dlt", "remission_m6"])
+            for d, dose in enumerate(doses):
+                for i in range(pool.n_patients):
+                    w.writerow([i, dose, *(float(pool.covariates[c][i]) for c in covs),
+                                *(float(pool.endpoints[e][d, i]) for e in ends), int(pool.dlt[d, i]),
+                                int(pool.remission[d, i])])
+        paths["selected"] = plot_selected_dose(trial, os.path.join(out, "selected_dose.png"))
+        paths["response"] = plot_dose_response(pool, os.path.join(out, "dose_response.png"))
+        prog.advance()
+        prog.close()
+        print(oc.summary())
+        print(f"pool: {pool.n_patients} virtual patients per dose ({pool.n_failed} failed); remission at the "
+              f"selected dose {trial.remission_at_selected:.3f}")
+        for path in paths.values():
+            print(f"wrote {path}")
+        print(f"output folder: {out}")
+        return EXIT_OK
