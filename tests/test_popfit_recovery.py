@@ -34,6 +34,9 @@ def _z_scores(fit, theta, omega, sigma):
     return z
 
 
+# slow: a 96-subject full-Omega FOCEi fit with its own compilations (~40 s) would put the default suite of the
+# population tests over 90 s on 2 cores
+@pytest.mark.slow
 def test_oral_full_omega_combined_error():
     """96 subjects on the theophylline design, correlated IIV on ka, CL, V (full Omega), combined error."""
     omega = np.array([[0.40, 0.02, 0.03], [0.02, 0.07, 0.02], [0.03, 0.02, 0.02]])
