@@ -70,32 +70,32 @@ class Report:
         self.subtitle = subtitle
         self._parts: list[str] = []
 
-    def heading(self, text: str, level: int = 2) -> "Report":
+    def heading(self, text: str, level: int = 2) -> Report:
         """A section heading (`level` 2 or 3)."""
         if level not in (2, 3):
             raise ValueError(f"`level` must be 2 or 3, got {level!r}.")
         self._parts.append(f"<h{level}>{html.escape(text)}</h{level}>")
         return self
 
-    def text(self, text: str) -> "Report":
+    def text(self, text: str) -> Report:
         """Paragraphs of plain text (blank lines separate paragraphs; HTML is escaped)."""
         for para in str(text).strip().split("\n\n"):
             self._parts.append(f"<p>{html.escape(para.strip())}</p>")
         return self
 
-    def code(self, text: str) -> "Report":
+    def code(self, text: str) -> Report:
         """Preformatted text (a command line, a Markdown table)."""
         self._parts.append(f"<pre>{html.escape(str(text))}</pre>")
         return self
 
-    def note(self, text: str, kind: str = "info") -> "Report":
+    def note(self, text: str, kind: str = "info") -> Report:
         """A highlighted note; `kind` is `"info"`, `"skipped"` (a step left out) or `"warning"`."""
         if kind not in _KINDS:
             raise ValueError(f"`kind` must be one of {_KINDS}, got {kind!r}.")
         self._parts.append(f'<div class="note {kind}">{html.escape(str(text))}</div>')
         return self
 
-    def figure(self, fig_or_path: Any, caption: str = "") -> "Report":
+    def figure(self, fig_or_path: Any, caption: str = "") -> Report:
         """Embed a PNG file (path) or a matplotlib `Figure` (rendered at 110 dpi) as a base64 image."""
         if isinstance(fig_or_path, (str, os.PathLike)):
             path = os.fspath(fig_or_path)
@@ -108,15 +108,17 @@ class Report:
             fig_or_path.savefig(buf, format="png", dpi=110)
             data = buf.getvalue()
         else:
-            raise ValueError(f"`fig_or_path` must be a PNG path or a matplotlib Figure, got {type(fig_or_path).__name__}.")
+            raise ValueError(f"`fig_or_path` must be a PNG path or a matplotlib Figure, got "
+                             f"{type(fig_or_path).__name__}.")
         if not data.startswith(b"\x89PNG"):
             raise ValueError("Only PNG images can be embedded in the report.")
         b64 = base64.b64encode(data).decode("ascii")
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self._parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">{cap}</figure>')
+        self._parts.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">{cap}'
+                           '</figure>')
         return self
 
-    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> "Report":
+    def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> Report:
         """A table; floats are shown with 4 significant digits."""
         headers = list(headers)
         for i, r in enumerate(rows):
@@ -128,7 +130,7 @@ class Report:
         self._parts.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         return self
 
-    def parameter_table(self, model: Any, caption: str = "") -> "Report":
+    def parameter_table(self, model: Any, caption: str = "") -> Report:
         """The model's parameters: name, value, unit, bounds, confidence tag, description and source."""
         import numpy as np
 
@@ -147,7 +149,7 @@ class Report:
         import carkinetics as ck
 
         sub = f'<p class="subtitle">{html.escape(self.subtitle)}</p>' if self.subtitle else ""
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         return (
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>"

@@ -129,7 +129,8 @@ class TwoCompartmentPK(ck.AbstractKineticModel):
     observable_units = {"concentration": "mg/L"}
 
     cl: float = ck.param(8.0 * 24, unit="L/d", description="total clearance (non-renal 3.24 + renal ~4.8 L/h)",
-                         source="Langenhorst JB et al., Clin Pharmacokinet 2019, doi:10.1007/s40262-018-0715-9", tag="D")
+                         source="Langenhorst JB et al., Clin Pharmacokinet 2019, doi:10.1007/s40262-018-0715-9",
+                         tag="D")
     v1: float = ck.param(39.0, unit="L", description="central volume",
                          source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="R")
     q: float = ck.param(8.6 * 24, unit="L/d", description="intercompartmental clearance",

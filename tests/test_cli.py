@@ -79,7 +79,8 @@ def test_events_csv_gives_the_same_result_as_toml(files):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--model", "Nope"], "--model 'Nope' is not an installed model; choose one of ['OneCompartmentOralPK', 'OneCompartmentPK'"),
+        (["--model", "Nope"],
+         "--model 'Nope' is not an installed model; choose one of ['OneCompartmentOralPK', 'OneCompartmentPK'"),
         (["--regimen", "nope"], "--regimen 'nope' is neither a TOML file nor a regimen of the installed plugins"),
         (["--params", "{dir}/bad_params.toml"], "Parameter 'cl' = -1.0 L/d is outside its declared bounds"),
         (["--params", "{dir}/missing.toml"], "does not exist"),

@@ -19,10 +19,10 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any
 
-from .._core._files import atomic_write
-
 import jax
 import numpy as np
+
+from .._core._files import atomic_write
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
@@ -155,7 +155,8 @@ class Checkpoint:
 
     def save(self, i: int, leaves: Sequence[np.ndarray], ok: np.ndarray) -> None:
         arrays = {f"leaf_{k}": leaf for k, leaf in enumerate(leaves)}
-        atomic_write(self.file(i), lambda fh: np.savez(fh, ok=ok, **arrays))
+        # numpy's stubs match `**arrays` against `allow_pickle`; every entry is an array.
+        atomic_write(self.file(i), lambda fh: np.savez(fh, ok=ok, **arrays))  # pyright: ignore[reportArgumentType]
 
 
 _MEANING = {

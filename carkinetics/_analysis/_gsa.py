@@ -22,7 +22,6 @@ from .._engine._simulate import Engine, engine_of, resolve_solver
 from ._sweep import ParameterBatch
 
 
-
 @dataclasses.dataclass(frozen=True)
 class GSAProblem:
     """Uniform input factors of a sensitivity analysis: `names` and `bounds` (`(d, 2)`, lower and upper).

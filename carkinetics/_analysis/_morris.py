@@ -23,8 +23,6 @@ import numpy as np
 from ._gsa import GSAProblem, _analyse_tree, _check_confidence, _check_int, _has_ok, gsa_problem
 from ._sweep import SweepResult, sweep
 
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Morris
 

@@ -73,7 +73,7 @@ def _mvn(key: jax.Array, n: int, cov: np.ndarray) -> np.ndarray:
     # Eigen-factorisation rather than Cholesky, so that singular (perfectly correlated) covariances work.
     w, v = np.linalg.eigh(cov)
     factor = v * np.sqrt(np.clip(w, 0.0, None))
-    z = np.asarray(jax.random.normal(key, (n, cov.shape[0]), dtype=jnp.float64 if jax.config.jax_enable_x64 else None),
+    z = np.asarray(jax.random.normal(key, (n, cov.shape[0]), dtype=jnp.float64 if jax.config.jax_enable_x64 else None),  # pyright: ignore[reportAttributeAccessIssue]
                    dtype=float)
     return z @ factor.T
 

@@ -26,8 +26,6 @@ import numpy as np
 from ._gsa import GSAProblem, _analyse_tree, _check_confidence, _check_int, _has_ok, gsa_problem
 from ._sweep import SweepResult, sweep
 
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Sobol
 
@@ -60,7 +58,7 @@ def saltelli_sample(
     n = _check_int("n", n, 2)
     d = prob.num_vars
     if method == "random":
-        u = np.asarray(jax.random.uniform(key, (n, 2 * d), dtype=jnp.float64 if jax.config.jax_enable_x64 else None),
+        u = np.asarray(jax.random.uniform(key, (n, 2 * d), dtype=jnp.float64 if jax.config.jax_enable_x64 else None),  # pyright: ignore[reportAttributeAccessIssue]
                        dtype=float)
     elif method == "sobol":
         try:
@@ -68,7 +66,8 @@ def saltelli_sample(
         except ImportError as err:  # SciPy is optional at run time
             raise ValueError("`method='sobol'` needs SciPy; install it or use method='random'.") from err
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
-        u = qmc.Sobol(2 * d, scramble=True, seed=seed).random(n)
+        # SciPy >= 1.15 calls `seed` `rng` (and still accepts `seed`); SciPy 1.11-1.14 know only `seed`.
+        u = qmc.Sobol(2 * d, scramble=True, seed=seed).random(n)  # pyright: ignore[reportCallIssue]
     else:
         raise ValueError(f"`method` must be 'random' or 'sobol', got {method!r}.")
     a, b = u[:, :d], u[:, d:]

@@ -28,9 +28,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from .. import metrics as _m
 from .._core._dosing import Regimen
 from .._core._model import AbstractKineticModel
+from .._core._parameters import floats_to_arrays, parameters
 from .._core._solution import Solution
 from .._engine._batch import AbstractExperiment, Experiment, batch_models, run_experiment
-from .._core._parameters import floats_to_arrays, parameters
 from .._engine._simulate import ENGINES, Engine, engine_of, resolve_solver
 from .._ensemble import resolve_devices
 from ._checkpoint import FORMAT_VERSION, Checkpoint, fingerprint
@@ -70,7 +70,7 @@ class ParameterBatch(AbstractBatchFunction):
     # Python-float parameters of the template become arrays, so that new template values reuse the compiled chunk.
     template: Any = eqx.field(converter=floats_to_arrays)
     names: tuple[str, ...] = eqx.field(static=True)
-    engine_name: str = eqx.field(static=True)
+    engine_name: Engine = eqx.field(static=True)
     per_member_regimen: bool = eqx.field(static=True, default=False)
 
     @property
@@ -124,9 +124,9 @@ class SweepResult(eqx.Module):
 
 
 def _leading_size(leaves: Sequence[np.ndarray]) -> int:
-    sizes = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
-    if None in sizes:
+    if any(leaf.ndim == 0 for leaf in leaves):
         raise ValueError("Every leaf of `inputs` must have a leading member axis; found a scalar leaf.")
+    sizes = {leaf.shape[0] for leaf in leaves}
     if len(sizes) != 1:
         raise ValueError(f"Every leaf of `inputs` must have the same leading (member) size; got sizes {sorted(sizes)}.")
     return sizes.pop()

@@ -11,10 +11,11 @@ repeat counts). Structure (target state names, repeat counts) is static.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -178,7 +179,7 @@ class Regimen(eqx.Module):
                 raise ValueError(f"A Regimen holds Bolus, Infusion and FractionalKill events, got {d!r}.")
         self.doses = tuple(doses)
 
-    def __add__(self, other: "Regimen | AbstractDose") -> "Regimen":
+    def __add__(self, other: Regimen | AbstractDose) -> Regimen:
         if isinstance(other, AbstractDose):
             other = Regimen((other,))
         if not isinstance(other, Regimen):
@@ -191,12 +192,13 @@ class Regimen(eqx.Module):
     def state_names(self) -> set[str]:
         names: set[str] = set()
         for d in self.doses:
-            names.update(d.states if isinstance(d, FractionalKill) else (d.state,))
+            names.update(d.states if isinstance(d, FractionalKill) else (cast(Bolus | Infusion, d).state,))
         return names
 
     def first_time(self) -> Float[Array, ""] | None:
         """Time of the earliest event, or `None` for an empty regimen."""
-        ts = [jnp.min(d.starts() if isinstance(d, Infusion) else d.times()) for d in self.doses]
+        ts = [jnp.min(d.starts() if isinstance(d, Infusion) else cast(Bolus | FractionalKill, d).times())
+              for d in self.doses]
         return jnp.min(jnp.stack(ts)) if ts else None
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
@@ -152,6 +153,11 @@ def eval_jaxpr(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], args: Sequence[V], 
     return [read(v) for v in jaxpr.outvars]
 
 
+def _shape(v: Any) -> tuple[int, ...]:
+    """The shape of an array variable of a jaxpr (its aval is a `ShapedArray`)."""
+    return tuple(cast(jax.core.ShapedArray, v.aval).shape)
+
+
 def source_elements(eqn: jex_core.JaxprEqn, indices: Mapping[int, Any]) -> list[np.ndarray]:
     """For a [`MOVEMENT`][] primitive: which input element each output element is.
 
@@ -169,10 +175,10 @@ def source_elements(eqn: jex_core.JaxprEqn, indices: Mapping[int, Any]) -> list[
     data = MOVEMENT[name](len(eqn.invars))
     ids, start = [], 0
     for i in data:
-        shape = tuple(eqn.invars[i].aval.shape)
+        shape = _shape(eqn.invars[i])
         ids.append(np.arange(start, start + int(np.prod(shape, dtype=int)), dtype=np.int64).reshape(shape))
         start += ids[-1].size
-    out_shapes = [tuple(v.aval.shape) for v in eqn.outvars]
+    out_shapes = [_shape(v) for v in eqn.outvars]
     a = ids[0]
     # Static data movement in numpy (no device work: this also runs while an outer computation is being traced).
     if name == "transpose":
@@ -197,7 +203,7 @@ def source_elements(eqn: jex_core.JaxprEqn, indices: Mapping[int, Any]) -> list[
         return np.split(a, np.cumsum(p["sizes"])[:-1], axis=p["axis"])
     # The rest (gather, dynamic slices, pad, a transposing reshape) run the primitive itself on the element ids.
     args = []
-    for i, v in enumerate(eqn.invars):
+    for i in range(len(eqn.invars)):
         args.append(jnp.asarray(ids[data.index(i)], dtype=jnp.int32) if i in data else jnp.asarray(indices[i]))
     params = dict(p)
     if params.get("fill_value") is not None:  # an out-of-bounds fill is a float, not an element id

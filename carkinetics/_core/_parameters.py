@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -407,7 +408,8 @@ class ParameterSpace(eqx.Module):
 
     def with_values(self, model: eqx.Module, values: Float[Array, " n"]) -> Any:
         """Model with the mapped parameters set from natural-unit `values`."""
-        return eqx.tree_at(lambda m: [_getter(n)(m) for n in self.names], model, [values[i] for i in range(len(self.names))])
+        return eqx.tree_at(lambda m: [_getter(n)(m) for n in self.names], model,
+                           [values[i] for i in range(len(self.names))])
 
 
 def get_parameter(model: eqx.Module, name: str) -> Any:

@@ -13,7 +13,6 @@ import numpy as np
 
 from ._dosing import Bolus, Infusion, Regimen, _check, _is_concrete
 
-
 #: Plausible human body sizes; values outside are almost always unit mistakes (grams for kg, metres for cm).
 _WEIGHT_KG = (0.3, 400.0)
 _HEIGHT_CM = (20.0, 260.0)
@@ -33,12 +32,20 @@ def _body(name: str, value: Any, bounds: tuple[float, float], unit: str, hints: 
                      "(For animal models give flat doses, e.g. `cells=` per animal.)")
 
 
+def _weight(weight_kg: Any) -> float:
+    return _body("weight_kg", weight_kg, _WEIGHT_KG, "kg", {"g": 1e-3, "lb": 0.4536})
+
+
+def _height(height_cm: Any) -> float:
+    return _body("height_cm", height_cm, _HEIGHT_CM, "cm", {"m": 100.0, "in": 2.54})
+
+
 def check_body_size(weight_kg: Any = None, height_cm: Any = None) -> tuple[float | None, float | None]:
     """Validate a body weight (kg) and height (cm): positive, finite and humanly plausible (0.3-400 kg,
     20-260 cm), with a message naming the likely unit mistake (grams or pounds for kg, metres or inches for cm).
     For animal models, give body size through the model's own parameters instead."""
-    w = None if weight_kg is None else _body("weight_kg", weight_kg, _WEIGHT_KG, "kg", {"g": 1e-3, "lb": 0.4536})
-    h = None if height_cm is None else _body("height_cm", height_cm, _HEIGHT_CM, "cm", {"m": 100.0, "in": 2.54})
+    w = None if weight_kg is None else _weight(weight_kg)
+    h = None if height_cm is None else _height(height_cm)
     return w, h
 
 
@@ -50,7 +57,7 @@ def bsa_mosteller(weight_kg: float, height_cm: float) -> float:
 
     **Example:** `ck.bsa_mosteller(70.0, 170.0)` is about 1.82 m².
     """
-    w, h = check_body_size(weight_kg, height_cm)
+    w, h = _weight(weight_kg), _height(height_cm)
     return float(np.sqrt(h * w / 3600.0))
 
 
@@ -59,7 +66,7 @@ def bsa_dubois(weight_kg: float, height_cm: float) -> float:
 
     Weight and height are checked for plausibility as in [`carkinetics.bsa_mosteller`][].
     """
-    w, h = check_body_size(weight_kg, height_cm)
+    w, h = _weight(weight_kg), _height(height_cm)
     return float(0.007184 * w**0.425 * h**0.725)
 
 
@@ -75,7 +82,8 @@ def _chemo(name: str, dose_mg_per_m2, days: Sequence[float], bsa_m2, state: str,
     bsa = _check("bsa_m2", bsa_m2, positive=True, what=f" for {name}")
     if _is_concrete(bsa) and not _BSA_M2[0] <= float(bsa) <= _BSA_M2[1]:
         raise ValueError(f"`bsa_m2` = {float(bsa):g} m² for {name} is outside the plausible range "
-                         f"[{_BSA_M2[0]:g}, {_BSA_M2[1]:g}] m²; it is a body surface area in m² (an adult has ~1.8, a mouse ~0.007).")
+                         f"[{_BSA_M2[0]:g}, {_BSA_M2[1]:g}] m²; it is a body surface area in m² (an adult has ~1.8, "
+                         "a mouse ~0.007).")
     dur = float(_check("infusion_minutes", infusion_minutes, positive=True, what=f" for {name}")) / (24 * 60)
     return Regimen([Infusion(float(d), state, amount=dose * bsa, duration=dur) for d in days])
 

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -70,8 +71,8 @@ def tolerance_arrays(rtol: Any, atol: Any, dtype) -> tuple[Array, Array]:
     Each may be a Python number, a NumPy scalar or a 0-d array. Concrete values must be finite and positive and
     `rtol` below 1 (a relative error of 100 % or more controls nothing); `ValueError` names the argument otherwise.
     An `rtol` below the machine epsilon of `dtype` is accepted with a warning: the error estimate then sits in the
-    round-off, so smooth problems still integrate but stiff or long ones may exhaust `max_steps`. Traced values (e.g. a tolerance that is an argument of a
-    jitted function) are checked when the solve runs (`eqx.error_if`).
+    round-off, so smooth problems still integrate but stiff or long ones may exhaust `max_steps`. Traced values (e.g. a
+    tolerance that is an argument of a jitted function) are checked when the solve runs (`eqx.error_if`).
     """
     eps = float(jnp.finfo(dtype).eps)
     out = []
@@ -121,9 +122,9 @@ def warn_unresolved_infusions(regimen: Regimen, dtype) -> None:
         bad = e <= s
         if np.any(bad):
             warnings.warn(f"An infusion into {d.state!r} of {float(dur[bad].flat[0]) * 86400:g} s starting on day "
-                          f"{float(s[bad].flat[0]):g} is shorter than the time resolution of {np.dtype(dtype).name} at that "
-                          f"time; its amount is delivered as a bolus at its start. Use float64 (jax_enable_x64) "
-                          "or a bolus to silence this.", UserWarning, stacklevel=3)
+                          f"{float(s[bad].flat[0]):g} is shorter than the time resolution of "
+                          f"{np.dtype(dtype).name} at that time; its amount is delivered as a bolus at its start. "
+                          "Use float64 (jax_enable_x64) or a bolus to silence this.", UserWarning, stacklevel=3)
 
 
 def validate_ts(ts: Any) -> Array:
@@ -143,7 +144,8 @@ def validate_ts(ts: Any) -> Array:
         )
     if np.any(np.diff(arr) < 0):
         i = int(np.flatnonzero(np.diff(arr) < 0)[0])
-        raise ValueError(f"`ts` must be sorted in non-decreasing order; ts[{i}] = {arr[i]} > ts[{i + 1}] = {arr[i + 1]}.")
+        raise ValueError(f"`ts` must be sorted in non-decreasing order; ts[{i}] = {arr[i]} > "
+                         f"ts[{i + 1}] = {arr[i + 1]}.")
     return jnp.asarray(arr)
 
 

@@ -34,7 +34,8 @@ def diffrax_solve(model: AbstractKineticModel, regimen: Regimen, ts, t0, solver:
     n_seg = starts.shape[0]
     is_last = jnp.arange(n_seg) == n_seg - 1
 
-    term = diffrax.ODETerm(lambda t, y, rate: model.vector_field_flat(t, y, None) + rate)
+    # diffrax types `t` as RealScalarLike; inside a solve it is always an array.
+    term = diffrax.ODETerm(lambda t, y, rate: model.vector_field_flat(t, y, None) + rate)  # pyright: ignore[reportArgumentType]
     controller = diffrax.PIDController(rtol=rtol, atol=atol)
 
     def segment(carry, seg):
@@ -51,20 +52,22 @@ def diffrax_solve(model: AbstractKineticModel, regimen: Regimen, ts, t0, solver:
         mask = (ts >= s) & ((ts < e) | (last & (ts <= e)))
         # Only save times the solver reached: after a failure diffrax fills the others with inf, or (the last one)
         # with the state where it stopped; those stay NaN, as in the batched engine.
-        mask = mask & (sol.ts[:-1] == jnp.clip(ts, s, e))
-        out = jnp.where(mask[:, None], sol.ys[:-1], out)
+        sol_ts, sol_ys = sol.ts, sol.ys
+        assert sol_ts is not None and sol_ys is not None  # SaveAt(ts=..., t1=True) saves both
+        mask = mask & (sol_ts[:-1] == jnp.clip(ts, s, e))
+        out = jnp.where(mask[:, None], sol_ys[:-1], out)
         st = sol.stats
         i32 = jnp.int32
         nsteps = nsteps + st["num_steps"].astype(i32)
         # `max_steps` counts the steps of the whole horizon, as in the batched engine.
-        seg_result = RESULTS.where(nsteps > max_steps, RESULTS.max_steps_reached, RESULTS.promote(sol.result))
+        seg_result = RESULTS.where(nsteps > max_steps, RESULTS.max_steps_reached, RESULTS.promote(sol.result))  # pyright: ignore[reportArgumentType]
         result = RESULTS.where(failed, result, seg_result)
-        return (sol.ys[-1], out, result, nsteps, nacc + st["num_accepted_steps"].astype(i32),
+        return (sol_ys[-1], out, result, nsteps, nacc + st["num_accepted_steps"].astype(i32),
                 nrej + st["num_rejected_steps"].astype(i32)), None
 
     zero = jnp.array(0, dtype=jnp.int32)
     result0 = RESULTS.successful if invalid is None else RESULTS.where(invalid, RESULTS.invalid_parameters,
-                                                                       RESULTS.successful)
+                                                                       RESULTS.successful)  # pyright: ignore[reportArgumentType]
     init = (y0, jnp.full((ts.shape[0], n_states), jnp.nan, dtype), result0, zero, zero, zero)
     (_, out, result, nsteps, nacc, nrej), _ = jax.lax.scan(segment, init, (starts, ends, mult, add, rates, is_last))
     # Save times not reached by a failed member stay NaN; its observables follow.

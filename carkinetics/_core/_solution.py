@@ -12,7 +12,8 @@ import numpy as np
 from ._custom_types import Array, Float, Int, Times
 
 
-class RESULTS(diffrax.RESULTS):
+# pyright reads diffrax.RESULTS (an `eqxi.Enumeration`) as a final Enum; Enumerations are meant to be extended.
+class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     """Outcomes of a simulation: diffrax's solver outcomes (`successful`, `max_steps_reached`, `dt_min_reached`,
     ...) plus `invalid_parameters` for a member whose traced parameters were out of bounds (reported only with
     `throw=False`; such a member is not integrated)."""

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import diffrax
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -71,7 +72,7 @@ def default_solver(model: Any, engine: Engine = "ensemble") -> Any:
     raise ValueError(f"`engine` must be one of {list(ENGINES)}, got {engine!r}.")
 
 
-def engine_of(solver: Any) -> str:
+def engine_of(solver: Any) -> Engine:
     """`"ensemble"` for an ensemble method, `"vmap"` for a diffrax solver (`ValueError` for anything else)."""
     if isinstance(solver, AbstractEnsembleMethod):
         return "ensemble"
@@ -143,7 +144,9 @@ def failure_report(model: AbstractKineticModel, regimen: Regimen, ts: Any, sol: 
     from .._core._parameters import parameters as _params
     from .._core._schedule import build_segments
 
-    lines = [f"the solver stopped ({sol.message.rstrip('.')})"]
+    message = sol.message
+    assert isinstance(message, str)  # one member
+    lines = [f"the solver stopped ({message.rstrip('.')})"]
     on_bound = []
     for name, p in _params(model).items():
         v = np.asarray(p.value, float)

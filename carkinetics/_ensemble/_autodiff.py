@@ -14,11 +14,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._core._solution import Solution
 from .._core._schedule import batch_size
+from .._core._solution import Solution
 from ._loop import _integrate, _pad_members
 from ._method import AbstractEnsembleMethod
-
 
 
 def _solver(method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoints):
@@ -124,7 +123,7 @@ def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_step
     to `_REVERSE_KEEP_MAX` members every chunk's VJP (its checkpoints) is kept for the backward pass, above that the
     backward pass solves each chunk again (memory of one chunk, one forward solve more).
     """
-    model, regimen, ts, t0 = inputs
+    model, _, ts, _ = inputs
     n = batch_size(model)
     k, c = _chunking(n, method, model, ts.dtype)
 
@@ -151,7 +150,7 @@ def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_step
     if n <= _REVERSE_KEEP_MAX:
         vjp_static = []
 
-        def forward(xs):
+        def forward_keep(xs):
             out, vjp_fn = chunk_vjp(xs)
             # The VJP as a pytree: its arrays go through `lax.map`, its jaxpr (static) is kept aside.
             vjp_fn = eqx.filter_closure_convert(vjp_fn, eqx.filter(out, eqx.is_inexact_array))
@@ -159,14 +158,14 @@ def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_step
             vjp_static.append(vjp_st)
             return out, vjp_dynamic
 
-        outs, residual = jax.lax.map(forward, xs)
+        outs, residual = jax.lax.map(forward_keep, xs)
         apply = functools.partial(_apply_kept_vjp, vjp_static=vjp_static[-1])
     else:
-        def forward(xs):
+        def forward_recompute(xs):
             dyn, rtol, atol = xs
             return solve(eqx.combine(dyn, static), rtol, atol, kind="lax")
 
-        outs, residual = jax.lax.map(forward, xs), xs
+        outs, residual = jax.lax.map(forward_recompute, xs), xs
         apply = functools.partial(_apply_recomputed_vjp, chunk_vjp=chunk_vjp)
     out = _join_members(outs, n)
     vjp_fn = jax.tree_util.Partial(functools.partial(_chunked_vjp, k=k, c=c, n=n, apply=apply), residual)

@@ -8,6 +8,7 @@ over the `N` members.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -50,8 +51,8 @@ def batched_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
         is_p = jnp.arange(s - k)[:, None] == p[None, :]
         rest = jnp.where(is_p[:, None, :], m[0][None], m)[1:]  # the first row moves into the pivot's place
         idx = jnp.where(is_p, idx[0][None], idx)[1:]
-        l = rest[:, k, :] / pivot[k][None, :]
-        m = jnp.concatenate([rest[:, :k], l[:, None, :], rest[:, k + 1:] - l[:, None, :] * pivot[None, k + 1:]],
+        mult = rest[:, k, :] / pivot[k][None, :]
+        m = jnp.concatenate([rest[:, :k], mult[:, None, :], rest[:, k + 1:] - mult[:, None, :] * pivot[None, k + 1:]],
                             axis=1)
     lu_rows.append(m[0])
     perm_rows.append(idx[0])
@@ -74,10 +75,10 @@ def _lu_factor_loop(a):
         pk, pp = perm[k], jnp.take_along_axis(perm, p[None, :], axis=0)[0]
         perm = jnp.where(is_k, pp[None], jnp.where(is_p, pk[None], perm))
         below = rows[:, None] > k  # (S, 1)
-        l = jnp.where(below, a[:, k, :] / a[k, k][None, :], 0.0)  # (S, N)
+        mult = jnp.where(below, a[:, k, :] / a[k, k][None, :], 0.0)  # (S, N)
         u_row = jnp.where(below, a[k], 0.0)  # row k right of the diagonal, indexed by column
-        a = a - l[:, None, :] * u_row[None, :, :]
-        a = jnp.where(below[:, :, None] & is_k[None, :, :], l[:, None, :], a)
+        a = a - mult[:, None, :] * u_row[None, :, :]
+        a = jnp.where(below[:, :, None] & is_k[None, :, :], mult[:, None, :], a)
         return a, perm
 
     return jax.lax.fori_loop(0, s - 1, column, (a, perm0))
@@ -197,7 +198,7 @@ def implicit_solver(w: Float[Array, "S S N"], make_solve: Callable[[Array], Call
 
     @solve.def_jvp
     def solve_jvp(primals, tangents):
-        (w, b), solve_c = primals
+        (_, b), solve_c = primals
         dw, db = tangents[0]
         x = solve_c(b)
         rhs = jnp.zeros_like(x) if db is None else db
@@ -256,7 +257,7 @@ def block_lu_solver(w: Float[Array, "S S N"], pattern, kind: str) -> Callable[[A
 
     def solve(b):
         bp = b[order]
-        x = [None] * s
+        x: list[Any] = [None] * s
         for rows, cols, coupling, singles, diag, multi in plan:
             r = bp[np.asarray(rows)]
             if cols:

@@ -12,7 +12,6 @@ shortened so that no more fall inside it), so the loop body has no inner loop an
 
 from __future__ import annotations
 
-
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
@@ -25,8 +24,8 @@ from .._core._solution import RESULTS, Solution
 _OK, _MAX_STEPS, _DT_MIN, _INVALID = 0, 1, 2, 3
 #: On CPU a slot count (lane count) that is a multiple of this many members makes every `(S, W)` float64 row a
 #: multiple of 1 KiB, and the step's many same-shaped arrays then compete for the same cache sets (steps run
-#: markedly slower at such lane counts). `_integrate` therefore moves such lane counts by `_CPU_LANE_PAD` (fewer slots with a queue, padding members
-#: without one).
+#: markedly slower at such lane counts). `_integrate` therefore moves such lane counts by `_CPU_LANE_PAD` (fewer
+#: slots with a queue, padding members without one).
 _CPU_LANE_ALIAS = 128
 _CPU_LANE_PAD = 8
 
@@ -272,7 +271,7 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
         take = free & (new_ids < n)
 
         def refill(slot, queue, stats):
-            _, t, y, dt, k, seg_end, idx, cache, rate, done, fail, nacc, nrej, restart = slot
+            _, _, _, dt, _, _, idx, cache, _, _, fail, nacc, nrej, _ = slot
             stats = record(stats, ids, idx, fail, nacc, nrej)
             new = jnp.where(take, new_ids, ids)
             p1, yi1, t1, r1, e1 = load(new)
@@ -296,7 +295,7 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
                             checkpoints=checkpoints)
     slot, _, stats, out = final
     member, _, _, _, _, _, idx, _, _, _, fail, nacc, nrej, _ = slot
-    if queued:
+    if member is not None:  # a queue: the member data travel with the slots
         idx, fail, nacc, nrej = record(stats, member[0], idx, fail, nacc, nrej)
     # Save times a failed member never reached are NaN (masked after the loop: a NaN-initialised buffer would
     # leak NaN into reverse-mode gradients).
@@ -304,9 +303,9 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
     unsaved = jnp.arange(n_t)[None, :] >= idx[:, None]
     out = jnp.where(unsaved[:, :, None], jnp.nan, out)
     result = jax.vmap(lambda fl: RESULTS.where(
-        fl == _MAX_STEPS, RESULTS.max_steps_reached, RESULTS.where(
-            fl == _DT_MIN, RESULTS.dt_min_reached, RESULTS.where(
-                fl == _INVALID, RESULTS.invalid_parameters, RESULTS.successful))))(fail)
+        fl == _MAX_STEPS, RESULTS.max_steps_reached, RESULTS.where(  # pyright: ignore[reportArgumentType]
+            fl == _DT_MIN, RESULTS.dt_min_reached, RESULTS.where(  # pyright: ignore[reportArgumentType]
+                fl == _INVALID, RESULTS.invalid_parameters, RESULTS.successful))))(fail)  # pyright: ignore[reportArgumentType]
     obs = eqx.filter_vmap(lambda m, yy: jax.vmap(m.observe_flat)(ts, yy), in_axes=(eqx.if_array(0), 0))(model, out)
     ts_b = jnp.broadcast_to(ts, (n, n_t))
     return Solution(ts_b, out, obs, result, nacc + nrej, nacc, nrej, type(model))

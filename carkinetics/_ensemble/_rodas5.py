@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import equinox as eqx
-
-from ._linalg import (_lu_factor_loop, batched_jacobian, batched_lu_factor, batched_lu_solve, block_lu_solver,
-                      implicit_solver, lapack_lu_factor)
+from ._linalg import (
+    _lu_factor_loop,
+    batched_jacobian,
+    batched_lu_factor,
+    batched_lu_solve,
+    block_lu_solver,
+    implicit_solver,
+    lapack_lu_factor,
+)
 from ._method import AbstractEnsembleMethod
 from ._sparsity import jacobian_pattern
 

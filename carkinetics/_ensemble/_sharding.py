@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from .._core._schedule import batch_size
 from .._core._solution import Solution
 from ._autodiff import _apply_vjp, _solve_and_vjp_without_queue, _solver
-from .._core._schedule import batch_size
 from ._loop import _first_members, _pad_members
 
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
 from .._core._custom_types import Array, Float
 from ._observation import AbstractObservationModel, CensoredError, LogNormalError, NormalError
 from ._targets import AbstractStatistic, TargetRow, convert_unit, unit_dimension
-
 
 #: Default log-scale error for summary targets published without a spread, by confidence tag.
 DEFAULT_LOG_SIGMA: dict[str, float] = {"R": 0.2, "R2": 0.3, "D": 0.3, "M": 0.5, "A": 0.5, "F": 0.3}
@@ -38,7 +38,8 @@ class TimeCourseData(eqx.Module):
     def __check_init__(self):
         t, v = np.shape(self.times), np.shape(self.values)
         if len(t) != 1 or t != v or t[0] == 0:
-            raise ValueError(f"`times` and `values` must be non-empty 1-D arrays of equal length, got shapes {t} and {v}.")
+            raise ValueError(f"`times` and `values` must be non-empty 1-D arrays of equal length, got shapes {t} "
+                             f"and {v}.")
         if isinstance(self.values, jax.core.Tracer) or isinstance(self.times, jax.core.Tracer):
             return
         times, values = np.asarray(self.times, float), np.asarray(self.values, float)
@@ -47,8 +48,9 @@ class TimeCourseData(eqx.Module):
             raise ValueError(f"`times`{where} must be finite; positions {np.flatnonzero(~np.isfinite(times)).tolist()} "
                              "are not.")
         if not np.all(np.isfinite(values)):
-            raise ValueError(f"`values`{where} must be finite; positions {np.flatnonzero(~np.isfinite(values)).tolist()} "
-                             "are NaN or infinite (drop missing observations, or censor them with CensoredError).")
+            raise ValueError(f"`values`{where} must be finite; positions "
+                             f"{np.flatnonzero(~np.isfinite(values)).tolist()} are NaN or infinite (drop missing "
+                             "observations, or censor them with CensoredError).")
         if _log_scale(self.error) and np.any(values <= 0):
             raise ValueError(f"`values`{where} must be positive for a log-scale error model "
                              f"({type(self.error).__name__}); positions {np.flatnonzero(values <= 0).tolist()} are "
@@ -98,10 +100,12 @@ def summary_target(row: TargetRow, statistic: AbstractStatistic, model: Any, *,
     unit = statistic.unit(cls.observable_units[statistic.observable])
     if unit_dimension(row.unit) != unit_dimension(unit):
         raise ValueError(f"Target {row.target_id!r} is in {row.unit!r} ({unit_dimension(row.unit)}) but "
-                         f"{type(statistic).__name__} of {statistic.observable!r} is in {unit!r} ({unit_dimension(unit)}).")
+                         f"{type(statistic).__name__} of {statistic.observable!r} is in {unit!r} "
+                         f"({unit_dimension(unit)}).")
     value = float(convert_unit(row.value, row.unit, unit))
     iv = row.interval()
-    interval = None if iv is None else tuple(float(convert_unit(x, row.unit, unit)) for x in iv)
+    interval = None if iv is None else (float(convert_unit(iv[0], row.unit, unit)),
+                                        float(convert_unit(iv[1], row.unit, unit)))
     if error is None:
         sigma = row.sigma()
         if row.measure in ("lower_bound", "upper_bound"):

@@ -34,7 +34,6 @@ from ._optimisers import _run_multistart, _run_multistart_ensemble
 from ._problem import _Z_CLIP, CalibrationProblem
 
 
-
 class FitResult(eqx.Module):
     """The outcome of [`carkinetics.fit`][].
 
@@ -91,7 +90,8 @@ class FitResult(eqx.Module):
         allp = parameters(self.problem.model)
         start = np.asarray(self.problem.values(self.problem.z0))
         fitted = np.asarray(self.problem.values(self.z))
-        head = "| parameter | prior centre / default | fitted [F] | unit | tag of default | sd (z scale) |\n|---|---|---|---|---|---|"
+        head = ("| parameter | prior centre / default | fitted [F] | unit | tag of default | sd (z scale) |\n"
+                "|---|---|---|---|---|---|")
         rows = []
         for k, n in enumerate(self.problem.names):
             sd = "" if sd_z is None else f"{float(np.asarray(sd_z)[k]):.3g}"
@@ -100,7 +100,8 @@ class FitResult(eqx.Module):
 
     def convergence_report(self) -> str:
         """Per-start final loss, gradient norm and convergence flag, plus the agreement of the starts."""
-        lines = [f"multistart: {len(np.asarray(self.losses))} starts, best loss {float(self.loss):.6g} (start {self.best}), "
+        lines = [f"multistart: {len(np.asarray(self.losses))} starts, best loss {float(self.loss):.6g} "
+                 f"(start {self.best}), "
                  f"{self.n_agree} starts within ftol={self.ftol:g} of the best, "
                  f"{int(np.sum(np.asarray(self.converged)))} converged (|grad| <= {self.gtol:g}, or relative loss "
                  f"change <= {self.ftol:g} over the last 5 iterations with |grad| <= sqrt(ftol) max(1, |loss|); "
@@ -109,9 +110,9 @@ class FitResult(eqx.Module):
                  + ("" if self.success else "; THE FIT FAILED: the best start did not converge")
                  + (f"; at a bound: {self.at_bounds()}" if self.at_bounds() else ""),
                  "| start | final loss | grad norm | converged |", "|---|---|---|---|"]
-        for i, (l, g, c) in enumerate(zip(np.asarray(self.losses), np.asarray(self.grad_norms),
+        for i, (loss, g, c) in enumerate(zip(np.asarray(self.losses), np.asarray(self.grad_norms),
                                           np.asarray(self.converged))):
-            lines.append(f"| {i}{' *' if i == self.best else ''} | {l:.6g} | {g:.3g} | {bool(c)} |")
+            lines.append(f"| {i}{' *' if i == self.best else ''} | {loss:.6g} | {g:.3g} | {bool(c)} |")
         return "\n".join(lines)
 
 

@@ -96,7 +96,7 @@ def save_fit(path: str | os.PathLike, fit: Any, *, data_files: Sequence[str | os
             "n_starts": int(np.asarray(fit.losses).shape[0]),
             "n_converged": int(np.sum(np.asarray(fit.converged))),
             "n_agree": fit.n_agree,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "carkinetics_version": __version__,
             "optimizer": optimizer or "multistart Adam + L-BFGS (optax)",
             "script": script,

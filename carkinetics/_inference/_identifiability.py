@@ -182,8 +182,8 @@ def _profile_batch(problem: CalibrationProblem, z_hat, index, grid, which: str, 
             best_z = jnp.where(better, z, best_z)
             best_v = jnp.where(better, val, best_v)
             upd, state = opt.update(g * mask, state, z)
-            z_new = optax.apply_updates(z, upd)
-            return (jnp.where(ok, z_new, z), state, best_z, best_v), None
+            z_new = optax.apply_updates(z, upd)  # an array (optax types it as a pytree)
+            return (jnp.where(ok, z_new, z), state, best_z, best_v), None  # pyright: ignore[reportArgumentType]
 
         init = (z0, opt.init(z0), z0, jnp.asarray(jnp.inf, z_hat.dtype))
         (z, _, best_z, best_v), _ = jax.lax.scan(step, init, None, length=steps)

@@ -14,7 +14,6 @@ from .._core._custom_types import Array
 from ._problem import CalibrationProblem
 
 
-
 def _safe_value_and_grad(fn, z):
     val, g = jax.value_and_grad(fn)(z)
     ok = jnp.isfinite(val) & jnp.all(jnp.isfinite(g))
@@ -35,7 +34,8 @@ def _run_multistart(problem: CalibrationProblem, z_starts, adam_steps: int, lbfg
             val, g, ok = _safe_value_and_grad(fn, z)
             upd, state = adam.update(g * mask, state, z)
             z_new = optax.apply_updates(z, upd)
-            return (jnp.where(ok, z_new, z), state), val
+            # optax types parameters and updates as pytrees (`Params`, `Updates`); here they are arrays.
+            return (jnp.where(ok, z_new, z), state), val  # pyright: ignore[reportArgumentType]
 
         hist_a = jnp.zeros((0,), z0.dtype)
         z = z0
@@ -50,13 +50,13 @@ def _run_multistart(problem: CalibrationProblem, z_starts, adam_steps: int, lbfg
 
         def lbfgs_step(carry, _):
             z, state = carry
-            val, g = vg(z, state=state)
-            ok = jnp.isfinite(val) & jnp.all(jnp.isfinite(g))
-            g = jnp.where(ok, g, 0.0) * mask
+            val, g = vg(z, state=state)  # `g`, `upd` and `z_new` are arrays (optax types them as pytrees)
+            ok = jnp.isfinite(val) & jnp.all(jnp.isfinite(g))  # pyright: ignore[reportArgumentType]
+            g = jnp.where(ok, g, 0.0) * mask  # pyright: ignore[reportArgumentType]
             upd, new_state = lbfgs.update(g, state, z, value=val, grad=g, value_fn=fn)
             z_new = optax.apply_updates(z, upd * mask)
-            good = ok & jnp.all(jnp.isfinite(z_new))
-            z = jnp.where(good, z_new, z)
+            good = ok & jnp.all(jnp.isfinite(z_new))  # pyright: ignore[reportArgumentType]
+            z = jnp.where(good, z_new, z)  # pyright: ignore[reportArgumentType]
             state = jax.tree_util.tree_map(lambda a, b: jnp.where(good, a, b), new_state, state)
             return (z, state), val
 
@@ -179,8 +179,8 @@ def _run_multistart_ensemble(problem: CalibrationProblem, z_starts, adam_steps: 
                                jnp.zeros((), jnp.int32), c.f, c.g, hist, phase))
 
     def adam_branch(c: _EnsembleOpt, f, g, ok) -> _EnsembleOpt:
-        upd, st = jax.vmap(adam.update)(g, c.adam_state, c.z)
-        z = jnp.where(ok[:, None], c.z + upd, c.z)
+        upd, st = jax.vmap(adam.update)(g, c.adam_state, c.z)  # an array (optax types it as a pytree)
+        z = jnp.where(ok[:, None], c.z + upd, c.z)  # pyright: ignore[reportOperatorIssue]
         k = c.k_adam + 1
         phase = jnp.where(k < adam_steps, 0, 1 if lbfgs_steps > 0 else 3).astype(jnp.int32)
         return eqx.tree_at(lambda x: (x.z, x.adam_state, x.k_adam, x.hist, x.phase), c,
@@ -208,7 +208,7 @@ def _run_multistart_ensemble(problem: CalibrationProblem, z_starts, adam_steps: 
             sv, yv = z - c.z, c.g_new - c.g
             sy = jnp.sum(sv * yv, axis=1)
             pair = moved & (sy > 1e-10 * jnp.linalg.norm(sv, axis=1) * jnp.linalg.norm(yv, axis=1))
-            push = lambda mem, new: jnp.where(pair.reshape((n_s,) + (1,) * (mem.ndim - 1)),  # noqa: E731
+            push = lambda mem, new: jnp.where(pair.reshape((n_s,) + (1,) * (mem.ndim - 1)),
                                               jnp.concatenate([new[:, None], mem[:, :-1]], axis=1), mem)
             s_mem, y_mem = push(c.s_mem, sv), push(c.y_mem, yv)
             rho = push(c.rho, jnp.where(pair, 1.0 / jnp.where(pair, sy, 1.0), 0.0))

@@ -19,7 +19,6 @@ from .._engine._simulate import default_solver, engine_of, simulate, simulate_en
 from ._data import SummaryData, TimeCourseData, _log_scale
 from ._targets import statistic_times
 
-
 #: Prior standard deviation on the unconstrained (log / logit) scale, by confidence tag. A published value read in
 #: the primary source (`R`) is trusted to about ±30 % (1 sd), a recalled one (`M`) only to a factor ~e.
 PRIOR_SD: dict[str, float] = {"R": 0.3, "R2": 0.5, "D": 0.5, "M": 1.0, "A": 1.5, "F": 1.0}

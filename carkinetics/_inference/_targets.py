@@ -172,7 +172,8 @@ class TargetTable(tuple):
         return [r.target_id for r in self]
 
     def select(self, **criteria: Any) -> TargetTable:
-        """Rows whose columns equal the given values (a sequence value means 'one of'), e.g. `select(species="human")`."""
+        """Rows whose columns equal the given values (a sequence value means 'one of'), e.g.
+        `select(species="human")`."""
         def ok(r):
             for k, v in criteria.items():
                 if k not in COLUMNS:
@@ -188,7 +189,8 @@ class TargetTable(tuple):
         return TargetTable(r for r in self if ok(r))
 
     def to_markdown(self) -> str:
-        head = "| target | quantity | measure | value | spread | unit | time | tag | source |\n|---|---|---|---|---|---|---|---|---|"
+        head = ("| target | quantity | measure | value | spread | unit | time | tag | source |\n"
+                "|---|---|---|---|---|---|---|---|---|")
         rows = []
         for r in self:
             iv = r.interval()
@@ -355,7 +357,8 @@ def load_targets(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
                     raise ValueError(f"{path}:{i}: the row has more fields than the header (unquoted comma?).")
                 row = validate_target_row(raw, quantities, f"{path}:{i}")
                 if row.target_id in seen:
-                    raise ValueError(f"{path}:{i}: target_id {row.target_id!r} is duplicated (first in {seen[row.target_id]}).")
+                    raise ValueError(f"{path}:{i}: target_id {row.target_id!r} is duplicated "
+                                     f"(first in {seen[row.target_id]}).")
                 seen[row.target_id] = f"{path}:{i}"
                 rows.append(row)
     return TargetTable(rows)
@@ -490,7 +493,8 @@ class FoldChange(AbstractStatistic):
 
 
 class HalfLife(AbstractStatistic):
-    """Half-life (days) from a log-linear least-squares fit over grid points in `[t_start, t_end]`; `metrics.half_life`."""
+    """Half-life (days) from a log-linear least-squares fit over grid points in `[t_start, t_end]`;
+    `metrics.half_life`."""
 
     observable: str = eqx.field(static=True)
     t_start: float = eqx.field(static=True)

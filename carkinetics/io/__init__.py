@@ -1,5 +1,6 @@
 """Interop: SBML/Antimony export, PEtab-style tables, NONMEM-style data, tidy CSV tables of a simulation."""
 
+from .._core._files import atomic_write_text as atomic_write_text
 from ._nonmem import (
     Observations as Observations,
     observations_from_solution as observations_from_solution,
@@ -28,4 +29,3 @@ from ._sbml import (
     write_sbml as write_sbml,
 )
 from ._tidy import write_tidy_csv as write_tidy_csv
-from .._core._files import atomic_write_text as atomic_write_text

@@ -373,7 +373,8 @@ def observations_from_solution(solution: Solution, names: Sequence[str] | None =
 # Writers
 
 
-def _dose_rows(regimen: Regimen | None, compartments: Sequence[str]) -> list[tuple[float, float, int, float, float, int]]:
+def _dose_rows(regimen: Regimen | None,
+               compartments: Sequence[str]) -> list[tuple[float, float, int, float, float, int]]:
     """`(TIME, AMT, CMT, RATE, II, ADDL)` of each dose, in regimen order (`CMT` 1-based into `compartments`)."""
     compartments = tuple(compartments)
     rows = []
@@ -383,7 +384,7 @@ def _dose_rows(regimen: Regimen | None, compartments: Sequence[str]) -> list[tup
         elif isinstance(d, Infusion):
             t, amt, rate = float(d.start), float(d.amount), float(d.rate)
         else:  # a valid dose the format cannot express: a value error, not a type error
-            raise ValueError(f"{type(d).__name__} events cannot be written to a NONMEM-style table.")  # noqa: TRY004
+            raise ValueError(f"{type(d).__name__} events cannot be written to a NONMEM-style table.")
         if d.state not in compartments:
             raise ValueError(f"Dose state {d.state!r} is not in `compartments` {list(compartments)}.")
         rows.append((t, amt, compartments.index(d.state) + 1, rate, float(d.ii), d.addl))

@@ -133,7 +133,8 @@ class PetabProblem:
         if condition_id is not None:
             cond = {c.condition_id: c for c in self.conditions}.get(condition_id)
             if cond is None:
-                raise ValueError(f"Unknown condition {condition_id!r}; known: {[c.condition_id for c in self.conditions]}.")
+                raise ValueError(f"Unknown condition {condition_id!r}; known: "
+                                 f"{[c.condition_id for c in self.conditions]}.")
             for k, v in cond.values.items():
                 if k not in ids:
                     raise ValueError(f"Condition {condition_id!r} overrides {k!r}, which is not a parameter of "
@@ -201,7 +202,8 @@ def _validate(problem: PetabProblem, model) -> None:
         if m.observable_id not in obs_ids:
             raise err("measurements", i, f"observableId {m.observable_id!r} is not in the observables table {obs_ids}.")
         if m.condition_id not in cond_ids:
-            raise err("measurements", i, f"simulationConditionId {m.condition_id!r} is not in the conditions table {cond_ids}.")
+            raise err("measurements", i,
+                      f"simulationConditionId {m.condition_id!r} is not in the conditions table {cond_ids}.")
         for col, v in (("time", m.time), ("measurement", m.measurement)):
             if not math.isfinite(v):
                 raise err("measurements", i, f"{col} = {v!r} is not finite.")
@@ -325,7 +327,7 @@ def write_petab(problem: PetabProblem, folder: str | os.PathLike, *, model: ck.A
     `antimony` package.
     """
     if not isinstance(model, ck.AbstractKineticModel):
-        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")  # noqa: TRY004
+        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
     if isinstance(regimen, ck.AbstractDose):
         regimen = ck.Regimen([regimen])
     first = None if regimen is None else regimen.first_time()
@@ -407,7 +409,8 @@ def read_petab(folder: str | os.PathLike, *, model: ck.AbstractKineticModel | No
     if not os.path.isdir(folder):
         raise ValueError(f"The PEtab folder {folder!r} does not exist.")
     j = os.path.join
-    _, mrows = _read_tsv(j(folder, "measurements.tsv"), ["observableId", "simulationConditionId", "time", "measurement"])
+    _, mrows = _read_tsv(j(folder, "measurements.tsv"),
+                         ["observableId", "simulationConditionId", "time", "measurement"])
     measurements = tuple(
         PetabMeasurement(r["observableId"], r["simulationConditionId"],
                          _f(r["time"], f"measurements.tsv line {n}, column time"),

@@ -235,9 +235,9 @@ def _elementwise(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
             v = src[idx] if src.ndim else src.item()
             if _is_num(v):
                 out[idx] = np.asarray(v).astype(new).item()
-            elif src.dtype == object and eqn.invars[0].aval.dtype == bool and new != bool:
+            elif src.dtype == object and eqn.invars[0].aval.dtype == np.dtype(bool) and new != np.dtype(bool):
                 out[idx] = _piecewise(1.0, v, 0.0)
-            elif new == bool:
+            elif new == np.dtype(bool):
                 out[idx] = _E(f"({_fmt(v)} != 0)")
             elif np.issubdtype(new, np.floating):
                 out[idx] = v
@@ -294,8 +294,8 @@ def _dot_general(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     lhs, rhs = _as_object(invals[0]), _as_object(invals[1])
     letters = iter("abcdefghijklmnopqrstuvwxyz")
-    ls = [None] * lhs.ndim
-    rs = [None] * rhs.ndim
+    ls = [""] * lhs.ndim  # "": not yet lettered
+    rs = [""] * rhs.ndim
     batch = []
     for i, j in zip(lb, rb):
         c = next(letters)
@@ -306,12 +306,12 @@ def _dot_general(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
         ls[i] = rs[j] = c
     lfree = []
     for i in range(lhs.ndim):
-        if ls[i] is None:
+        if not ls[i]:
             ls[i] = next(letters)
             lfree.append(ls[i])
     rfree = []
     for j in range(rhs.ndim):
-        if rs[j] is None:
+        if not rs[j]:
             rs[j] = next(letters)
             rfree.append(rs[j])
     spec = f"{''.join(ls)},{''.join(rs)}->{''.join(batch + lfree + rfree)}"
@@ -420,7 +420,7 @@ def symbolic_model(model: ck.AbstractKineticModel, *, name: str | None = None, t
     equivalent (the message names the primitive).
     """
     if not isinstance(model, ck.AbstractKineticModel):
-        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")  # noqa: TRY004
+        raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
     name = name or type(model).__name__
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"`name` must be an identifier (letters, digits, underscores), got {name!r}.")
@@ -508,7 +508,8 @@ def _events(sm: SymbolicModel, regimen: ck.Regimen | None, state_names: Sequence
     prio = 1000000
     for k, d in enumerate(regimen.doses):
         if isinstance(d, ck.Bolus):
-            for t, amt in zip(np.asarray(d.times()).reshape(-1), np.broadcast_to(np.asarray(d.amount), np.asarray(d.times()).shape)):
+            for t, amt in zip(np.asarray(d.times()).reshape(-1),
+                              np.broadcast_to(np.asarray(d.amount), np.asarray(d.times()).shape)):
                 n_ev += 1
                 prio -= 1
                 s = sid[d.state]
@@ -539,7 +540,7 @@ def _events(sm: SymbolicModel, regimen: ck.Regimen | None, state_names: Sequence
                 elines.append(f"  dose_{n_ev}_off: at (time >= {_fmt(float(t) + dur - t0)}), priority = {prio}, "
                               f"t0 = false, fromTrigger = false: {rid} = 0;")
         else:  # pragma: no cover - Regimen only holds the three types
-            raise ValueError(f"Unsupported dose type {type(d).__name__}.")  # noqa: TRY004
+            raise ValueError(f"Unsupported dose type {type(d).__name__}.")
     return extra, plines, elines
 
 
@@ -585,8 +586,9 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
     t0 = _default_t0(regimen) if t0 is None else float(t0)
     if not math.isfinite(t0):
         raise ValueError(f"`t0` must be a finite day, got {t0!r}.")
-    if regimen is not None and regimen.first_time() is not None and float(regimen.first_time()) < t0:
-        raise ValueError(f"`t0` = {t0} is later than the first dose on day {float(regimen.first_time())}; the SBML "
+    first = None if regimen is None else regimen.first_time()
+    if first is not None and float(first) < t0:
+        raise ValueError(f"`t0` = {t0} is later than the first dose on day {float(first)}; the SBML "
                          "clock must start at or before the first dose.")
     sm = symbolic_model(model, name=name, time="(time + t_start)" if t0 != 0.0 else "time")
     if t0 != 0.0 and "t_start" in {*sm.state_ids, *sm.observable_ids, *(p[0] for p in sm.parameters)}:
@@ -597,7 +599,8 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
              f"SBML time 0 = day {t0:g}: carkinetics day = time + t_start")
     lines = [
         f"// {sm.name}: exported by carkinetics {ck.__version__} from {type(model).__module__}.{type(model).__name__}",
-        f"// Time unit: day (day 0 = CAR-T infusion; {clock}). States with rate rules; observables as assignment rules.",
+        f"// Time unit: day (day 0 = CAR-T infusion; {clock}). States with rate rules; observables as assignment "
+        "rules.",
         f"model {sm.name}()",
         "  // states (rate rules, per day)",
     ]
@@ -612,7 +615,8 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
         lines.append(f"  {s} = {v};")
     lines.append("  // parameters: value; unit; confidence tag; description; source")
     if t0 != 0.0:
-        lines.append(f"  t_start = {_fmt(t0)};  // d; carkinetics day at SBML time 0 (export setting, not a model parameter)")
+        lines.append(f"  t_start = {_fmt(t0)};  "
+                     "// d; carkinetics day at SBML time 0 (export setting, not a model parameter)")
     for pid, val, unit, desc, src, tag in sm.parameters:
         lines.append(f"  {pid} = {_fmt(val)};  // {unit}; [{tag}] {_comment(desc)}; {_comment(src)}")
     if sm.breakpoints:

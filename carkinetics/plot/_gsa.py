@@ -67,7 +67,7 @@ def plot_sobol(result: Any, *, ax: Any = None, title: str | None = None, sort: b
     ax.barh(y - h / 2, st[order], height=h, xerr=ct[order], color="C3", alpha=0.8, label="total ST", capsize=2)
     ax.set_yticks(y, [names[i] for i in order])
     ax.axvline(0.0, color="black", lw=0.8)
-    ax.set_xlabel(f"Sobol index ({int(round(100 * result.confidence))} % bootstrap interval)")
+    ax.set_xlabel(f"Sobol index ({round(100 * result.confidence)} % bootstrap interval)")
     ax.set_title(title or f"Sobol indices (n = {result.n_base} base samples)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

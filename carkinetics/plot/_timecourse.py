@@ -25,7 +25,8 @@ def _plt():
 def _lookup(solution, name: str) -> tuple[np.ndarray, str]:
     cls = solution.model_class
     if name in cls.observable_names():
-        return np.asarray(solution.obs_array[..., cls.observable_names().index(name)]), cls.observable_units.get(name, "")
+        return (np.asarray(solution.obs_array[..., cls.observable_names().index(name)]),
+                cls.observable_units.get(name, ""))
     if name in cls.state_names():
         return np.asarray(solution.y_array[..., cls.state_names().index(name)]), cls.state_units.get(name, "")
     raise ValueError(
@@ -106,9 +107,7 @@ def plot_timecourse(
         raise ValueError("`solutions` must hold at least one Solution.")
     if labels is not None and len(labels) != len(sols):
         raise ValueError(f"`labels` has {len(labels)} entries for {len(sols)} solutions.")
-    if names is None:
-        names = sols[0].model_class.observable_names()
-    names = list(names)
+    names = list(sols[0].model_class.observable_names() if names is None else names)
     if not names:
         raise ValueError("`names` must name at least one observable or state.")
     if not (isinstance(ncols, int) and ncols >= 1):

@@ -6,22 +6,25 @@ many trials at once (`jax.vmap` over trials, `lax.scan` over cohorts), with DLTs
 from a pool of simulated patients. Doses are indexed from 0 (lowest first). See `docs/trials.md`.
 """
 
-from ._base import AbstractDesign as AbstractDesign
-from ._base import Action as Action
-from ._base import Decision as Decision
-from ._base import TrialState as TrialState
-from ._base import initial_state as initial_state
-from ._boin import BOIN as BOIN
-from ._boin import BOINBoundaryTable as BOINBoundaryTable
-from ._boin import boin_boundaries as boin_boundaries
-from ._crm import CRM as CRM
-from ._crm import CRMPosterior as CRMPosterior
+from ._base import (
+    AbstractDesign as AbstractDesign,
+    Action as Action,
+    Decision as Decision,
+    TrialState as TrialState,
+    initial_state as initial_state,
+)
+from ._boin import BOIN as BOIN, BOINBoundaryTable as BOINBoundaryTable, boin_boundaries as boin_boundaries
+from ._crm import CRM as CRM, CRMPosterior as CRMPosterior
 from ._isotonic import isotonic_regression as isotonic_regression
-from ._outcomes import AbstractOutcomeSource as AbstractOutcomeSource
-from ._outcomes import BernoulliOutcomes as BernoulliOutcomes
-from ._outcomes import ResampledOutcomes as ResampledOutcomes
-from ._simulate import OperatingCharacteristics as OperatingCharacteristics
-from ._simulate import SimulatedTrials as SimulatedTrials
-from ._simulate import operating_characteristics as operating_characteristics
-from ._simulate import simulate_trials as simulate_trials
+from ._outcomes import (
+    AbstractOutcomeSource as AbstractOutcomeSource,
+    BernoulliOutcomes as BernoulliOutcomes,
+    ResampledOutcomes as ResampledOutcomes,
+)
+from ._simulate import (
+    OperatingCharacteristics as OperatingCharacteristics,
+    SimulatedTrials as SimulatedTrials,
+    operating_characteristics as operating_characteristics,
+    simulate_trials as simulate_trials,
+)
 from ._three_plus_three import ThreePlusThree as ThreePlusThree

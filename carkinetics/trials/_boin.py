@@ -199,7 +199,7 @@ class BOIN(AbstractDesign):
         self.phi2 = phi2
         self.cutoff_eli = check_open_probability("BOIN", "cutoff_eli", cutoff_eli)
         if not isinstance(extrasafe, bool):
-            raise ValueError(f"BOIN: `extrasafe` must be True or False; got {extrasafe!r}.")  # noqa: TRY004
+            raise ValueError(f"BOIN: `extrasafe` must be True or False; got {extrasafe!r}.")
         self.extrasafe = extrasafe
         if isinstance(offset, bool) or not isinstance(offset, numbers.Real) or not 0.0 <= float(offset) < 0.5:
             raise ValueError(f"BOIN: `offset` must be a number in [0, 0.5); got {offset!r}.")

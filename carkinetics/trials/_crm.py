@@ -134,7 +134,7 @@ class CRM(AbstractDesign):
         self.overdose_cutoff = (None if overdose_cutoff is None
                                 else check_open_probability("CRM", "overdose_cutoff", overdose_cutoff))
         if not isinstance(plug_in, bool):
-            raise ValueError(f"CRM: `plug_in` must be True or False; got {plug_in!r}.")  # noqa: TRY004
+            raise ValueError(f"CRM: `plug_in` must be True or False; got {plug_in!r}.")
         self.plug_in = plug_in
         if isinstance(n_quadrature, bool) or not isinstance(n_quadrature, numbers.Integral) or n_quadrature < 101:
             raise ValueError(f"CRM: `n_quadrature` must be an integer of at least 101; got {n_quadrature!r}.")

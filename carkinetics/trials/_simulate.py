@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -79,7 +80,7 @@ class OperatingCharacteristics(eqx.Module):
         return "\n".join(lines)
 
 
-def _outcome_source(owner: str, true_dlt: object, outcomes: object) -> AbstractOutcomeSource:
+def _outcome_source(owner: str, true_dlt: Any, outcomes: Any) -> AbstractOutcomeSource:
     if (true_dlt is None) == (outcomes is None):
         raise ValueError(f"{owner}: give exactly one of `true_dlt` (DLT probabilities per dose) and `outcomes` "
                          f"(a (n_doses, n_pool) boolean array of simulated patients, or an outcome source).")
@@ -102,7 +103,7 @@ def _check_key(owner: str, key: object) -> None:
 def _prepare(owner, design, true_dlt, outcomes, n_trials, cohort_size, n_cohorts, key, start_dose):
     if not isinstance(design, AbstractDesign):
         msg = f"{owner}: `design` must be a design such as BOIN(...), CRM(...) or ThreePlusThree(); got {design!r}."
-        raise ValueError(msg)  # noqa: TRY004 (bad arguments raise ValueError in this package)
+        raise ValueError(msg)
     source = _outcome_source(owner, true_dlt, outcomes)
     n_trials = check_positive_int(owner, "n_trials", n_trials)
     cohort_size = check_positive_int(owner, "cohort_size", cohort_size)
@@ -111,7 +112,8 @@ def _prepare(owner, design, true_dlt, outcomes, n_trials, cohort_size, n_cohorts
     n_doses = source.dlt_probability.shape[0]
     if n_doses < 2:
         raise ValueError(f"{owner}: the dose ladder must have at least two doses; got {n_doses}.")
-    if isinstance(start_dose, bool) or not isinstance(start_dose, numbers.Integral) or not 0 <= start_dose < n_doses:
+    if (isinstance(start_dose, bool) or not isinstance(start_dose, numbers.Integral)
+            or not 0 <= int(start_dose) < n_doses):
         raise ValueError(f"{owner}: `start_dose` must be a dose index in [0, {n_doses - 1}]; got {start_dose!r}.")
     design.check_trial(n_doses, cohort_size)
     return source, n_trials, cohort_size, n_cohorts, int(start_dose)
