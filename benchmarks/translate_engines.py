@@ -46,7 +46,7 @@ DEFAULT_ARGS = ["--mouse", "mouse_nzbw", "--human", "human", "--samples", "0", "
 QUICK_ARGS = ["--no-scenarios", "--t-end", "180"]
 #: Columns of `TranslationMap.rows()` that are not the two presets' metric values.
 KNOWN_COLUMNS = {"metric", "unit", "group", "gap", "total_gap", "shapley", "share", "forward_swap", "reverse_swap",
-                 "lo", "hi", "rests_on_M", "M_parameters"}
+                 "lo", "hi", "rests_on_unverified", "unverified_tags", "unverified_parameters"}
 EXIT_PENDING = 2
 
 

@@ -59,6 +59,7 @@ from ._attribution._shapley import (
 )
 from ._attribution._translation import (
     DEFAULT_SPREAD as DEFAULT_SPREAD,
+    UNVERIFIED_TAGS as UNVERIFIED_TAGS,
     TranslationMap as TranslationMap,
     differing_parameters as differing_parameters,
     sample_parameters as sample_parameters,

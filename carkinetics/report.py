@@ -13,6 +13,8 @@ rep.heading("Results")
 rep.text("Trajectories of the two-compartment model.")
 rep.table(["parameter", "value"], [["cl", 192.0], ["v1", 39.0]], caption="Fludarabine PK")
 rep.note("The sensitivity step was skipped.", kind="skipped")
+rep.bullets(["clearance 192 L/d", "central volume 39 L"], intro="Fitted values:")
+rep.key_finding("Clearance is four times the literature value.")
 path = rep.write(os.path.join(tempfile.mkdtemp(), "report.html"))
 ```
 """
@@ -40,6 +42,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{padding:.5em .8em;border-left:4px solid #4a90d9;background:#f2f7fd;margin:.8em 0}
 .note.skipped{border-color:#d9a04a;background:#fdf8f0}.note.warning{border-color:#d94a4a;background:#fdf2f2}
 pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
+.findings{padding:.6em 1em;border:1px solid #cfe0f3;background:#f7fbff;margin:1em 0}.findings h2{margin-top:.2em}
 footer{color:#888;font-size:.8em;margin-top:3em}
 """
 
@@ -69,6 +72,7 @@ class Report:
         self.title = title
         self.subtitle = subtitle
         self._parts: list[str] = []
+        self._findings: list[str] = []
 
     def heading(self, text: str, level: int = 2) -> Report:
         """A section heading (`level` 2 or 3)."""
@@ -81,6 +85,23 @@ class Report:
         """Paragraphs of plain text (blank lines separate paragraphs; HTML is escaped)."""
         for para in str(text).strip().split("\n\n"):
             self._parts.append(f"<p>{html.escape(para.strip())}</p>")
+        return self
+
+    def bullets(self, items: Sequence[str], intro: str = "") -> Report:
+        """A bulleted list of plain-text items (wrapped like paragraphs), after an optional introductory sentence."""
+        items = [str(i).strip() for i in items]
+        if not items:
+            raise ValueError("`items` must hold at least one item for a bulleted list.")
+        head = f"<p>{html.escape(intro.strip())}</p>" if intro.strip() else ""
+        self._parts.append(head + "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
+        return self
+
+    def key_finding(self, text: str) -> Report:
+        """A one-sentence finding for the "Key findings" box at the top of the report (in call order), so that a
+        reader sees the results before the methods."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"`text` must be a non-empty string, got {text!r}.")
+        self._findings.append(text.strip())
         return self
 
     def code(self, text: str) -> Report:
@@ -149,6 +170,9 @@ class Report:
         import carkinetics as ck
 
         sub = f'<p class="subtitle">{html.escape(self.subtitle)}</p>' if self.subtitle else ""
+        if self._findings:
+            sub += ('<div class="findings"><h2>Key findings</h2><ul>'
+                    + "".join(f"<li>{html.escape(f)}</li>" for f in self._findings) + "</ul></div>")
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         return (
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -163,6 +187,7 @@ class Report:
         """Write the report to `path` (folders are created) and return the absolute path."""
         path = os.path.abspath(os.fspath(path))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(self.to_html())
+        from ._core._files import atomic_write_text
+
+        atomic_write_text(path, self.to_html())
         return path

@@ -107,7 +107,7 @@ def test_user_mistakes_exit_2_without_traceback(files, capsys, argv, message):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["simulate", "--points", "many"], "argument --points: invalid int value: 'many'"),
+        (["simulate", "--points", "many"], "argument --points: must be a whole number between 2 and 1000000, got 'many'"),
         (["sweep", "--model", "OneCompartmentPK"], "the following arguments are required: --ranges"),
         (["sweep", "--ranges", "r.toml", "--engine", "jit"], "argument --engine: invalid choice: 'jit'"),
         (["nope"], "argument command: invalid choice: 'nope'"),
@@ -361,20 +361,27 @@ def test_demo_quick_cli(tmp_path, capsys):
     for title in expected:
         assert f"note: Step '{title}' is left out" in out
     assert html.count("is left out of this demo") == len(expected)
-    if not expected:  # figures: PK, human, human vs mouse, Sobol, translation heatmap and waterfalls
-        assert html.count("data:image/png;base64,") == 6
-    if "Sensitivity sweep (Sobol indices)" not in expected:
-        with open(tmp_path / "sensitivity_sobol.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        assert len(rows) == len(demo.SOBOL_METRICS) * len(demo.SOBOL_PARAMETERS)
-        assert {r["metric"] for r in rows} == set(demo.SOBOL_METRICS)
-        assert all(np.isfinite(float(r["ST"])) for r in rows)
+    # the quick run leaves the Sobol sweep out, and says so
+    assert "note: Step 'Sensitivity sweep (Sobol indices)' is left out of the quick run" in out
+    assert not (tmp_path / "sensitivity_sobol.csv").exists()
+    if not expected:  # figures: PK, human, human vs mouse, translation heatmap and waterfalls
+        assert html.count("data:image/png;base64,") == 5
+        # key findings at the top (human course, translation); the narrative wraps (no <pre> block)
+        assert html.index("Key findings") < html.index("Lymphodepletion pharmacokinetics")
+        assert html.count("<li>Human SLE under the Erlangen regimen") == 1 and "<pre>" not in html
+        assert "Largest relative mouse-to-human gap" in html and "a smoke run" in html
 
 
 @pytest.mark.slow
 def test_demo_full(tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == cli.EXIT_OK
     assert (tmp_path / "report.html").stat().st_size > 10_000
+    if "Sensitivity sweep (Sobol indices)" not in _expected_skipped():
+        with open(tmp_path / "sensitivity_sobol.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == len(demo.SOBOL_METRICS) * len(demo.SOBOL_PARAMETERS)
+        assert {r["metric"] for r in rows} == set(demo.SOBOL_METRICS)
+        assert all(np.isfinite(float(r["ST"])) for r in rows)
 
 
 def _write_petab_problem(folder, conditions=("c0",)):
@@ -506,8 +513,9 @@ def test_translate_writes_the_report(tmp_path, capsys):
     # (was `python -m carkinetics.translate_map`, now folded into the command)
     from carkinetics.models.sle import SLE_METRICS
 
-    rc = cli.main(["translate", "--out", str(tmp_path), "--gaps", "G1", "--t-end", "120", "--no-scenarios",
-                   "--seed", "0", "--batch-size", "8"])
+    argv = ["translate", "--out", str(tmp_path), "--gaps", "G1", "--t-end", "120", "--no-scenarios", "--seed", "0",
+            "--batch-size", "2", "--checkpoint", str(tmp_path / "ckpt")]
+    rc = cli.main(argv)
     captured = capsys.readouterr()
     assert rc == cli.EXIT_OK, captured.err
     for name in ("translation_heatmap.png", "translation_waterfalls.png", "translation_map.csv",
@@ -517,9 +525,18 @@ def test_translate_writes_the_report(tmp_path, capsys):
     assert len(csv_lines) == 1 + len(SLE_METRICS) * 2  # G1 + ungrouped
     assert "anti-dsDNA t1/2" in (tmp_path / "translation_narrative.md").read_text()
     assert "engine: ensemble (EnsembleRodas5); 2 mechanism groups, 0 parameter samples" in captured.out
-    # the progress line names the stage and its size
+    # the progress lines name the stage and its size, and count the simulations with an ETA
     assert "translation map mouse_nzbw -> human: 2 mechanism groups, 2^2 coalitions x 1 = 4 simulations" in captured.err
+    assert "sweep: 2/4 members (50%)" in captured.err and "ETA" in captured.err
     assert "translate: 1/1 done in" in captured.err
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".staging") or ".tmp" in f]
+    # --checkpoint: a rerun resumes every chunk (nothing solved again) and writes the same map
+    first = (tmp_path / "translation_map.csv").read_text()
+    assert cli.main(argv) == cli.EXIT_OK
+    captured = capsys.readouterr()
+    assert "sweep: 4/4 members (100%)" in captured.err and "4 resumed" in captured.err
+    assert (tmp_path / "translation_map.csv").read_text() == first
+    assert "removed 5 file(s) of an earlier run" in captured.err
 
 
 def test_step_progress_estimates_the_rest_from_the_weights(monkeypatch):
@@ -538,3 +555,42 @@ def test_step_progress_estimates_the_rest_from_the_weights(monkeypatch):
     assert lines[0].startswith("translate [") and lines[0].endswith("0/2 0s  map") and "ETA" not in lines[0]
     assert lines[1].endswith("1/2 10s, ETA ~5s  scenarios")  # 10 s for weight 100: about 5 s for weight 50
     assert lines[2] == "translate: 2/2 done in 12.0s"
+
+
+def test_the_toml_examples_of_docs_cli_are_accepted(tmp_path, capsys):
+    # Every TOML block of docs/cli.md is a valid regimen file, sweep spec or parameter file for one of the models it
+    # is written for (TwoCompartmentPK, the SLE human preset), so the documented schema is the implemented one.
+    import re
+
+    from carkinetics.cli import _sweep
+    from carkinetics.models.sle import load_preset
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "cli.md"), encoding="utf-8") as fh:
+        blocks = re.findall(r"^```toml\n(.*?)^```", fh.read(), re.DOTALL | re.MULTILINE)
+    assert len(blocks) >= 8
+    models = [TwoCompartmentPK(), load_preset("human")]
+    tables = set()
+    for i, text in enumerate(blocks):
+        path = tmp_path / f"block{i}.toml"
+        path.write_text(text)
+        if "[ranges]" in text:
+            samples, metrics = _sweep.sweep_spec(str(path), OneCompartmentPK(), 64)
+            assert len(samples["cl"]) == 64 and metrics == ["concentration_auc"]
+            continue
+        if "[parameters" in text:
+            assert float(_inputs.apply_parameters(models[1], str(path)).get("body.weight_kg")) == 60.0
+            continue
+        errors = []
+        for model in models:
+            try:
+                regimen = _inputs.regimen_from_toml(str(path), model)
+                break
+            except cli.UserError as err:
+                errors.append(str(err))
+        else:
+            raise AssertionError(f"docs/cli.md TOML block {i + 1} is refused: {errors}")
+        assert regimen.doses, i
+        tables |= set(re.findall(r"^\[\[(\w+)\]\]", text, re.MULTILINE))
+    capsys.readouterr()
+    assert tables == set(_inputs.REGIMEN_TABLES)  # an example for every table the regimen reader knows

@@ -3,7 +3,8 @@
 Blocks fenced as ```python slow run only under `-m slow` (together with the file's other blocks, which they may
 depend on). Pages added to docs/ by anyone are picked up automatically. To keep the default suite fast, the
 pages share one fresh Python process (one JAX import, shared compilation cache) but each page runs in its own
-namespace, from the repository root; a failing page is reported with its traceback.
+namespace and in its own empty temporary folder, never the repository root (as a user runs them: the data the
+examples need must come with the installed package); a failing page is reported with its traceback.
 """
 
 import glob
@@ -19,10 +20,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _FENCE = re.compile(r"^```python([^\n`]*)\n(.*?)^```\s*$", re.DOTALL | re.MULTILINE)
 
 _RUNNER = r'''
-import json, sys, traceback
+import json, os, sys, tempfile, traceback
 pages = json.load(open(sys.argv[1]))
 failed = {}
 for page, blocks in pages.items():
+    # an empty folder per page (passed in the environment: pages may read sys.argv, as scripts do)
+    os.chdir(tempfile.mkdtemp(prefix=page.replace(os.sep, "_") + "-", dir=os.environ["CARKINETICS_DOCS_PAGES"]))
     namespace = {"__name__": "__main__"}
     for i, code in enumerate(blocks):
         try:
@@ -53,10 +56,12 @@ def extract_blocks(text: str) -> list[tuple[str, bool]]:
 def _run_pages(pages: dict[str, list[str]], tmp_path, timeout: int) -> None:
     (tmp_path / "pages.json").write_text(json.dumps(pages))
     (tmp_path / "runner.py").write_text(_RUNNER)
-    env = dict(os.environ, MPLBACKEND="Agg", CARKINETICS_DOCS_TMP=str(tmp_path))
+    (tmp_path / "pages").mkdir()
+    env = dict(os.environ, MPLBACKEND="Agg", CARKINETICS_DOCS_TMP=str(tmp_path),
+               CARKINETICS_DOCS_PAGES=str(tmp_path / "pages"))
     proc = subprocess.run([sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "pages.json"),
-                           str(tmp_path / "failed.json")], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                           str(tmp_path / "failed.json")], cwd=tmp_path / "pages", env=env, capture_output=True,
+                          text=True, timeout=timeout)
     assert proc.returncode == 0, f"the doc runner crashed:\n{proc.stderr[-4000:]}"
     failed = json.loads((tmp_path / "failed.json").read_text())
     assert not failed, "\n\n".join(f"{page} failed:\n{tb}" for page, tb in failed.items())

@@ -92,10 +92,15 @@ def test_every_parameter_has_provenance():
 
 def test_tag_counts_are_reported():
     counts = collections.Counter(p.info.tag for p in sle.SLECarTModel().parameter_table())
-    # hand-set human defaults until the calibration (issue 21 item 7): assumptions dominate, nothing is "F" yet
+    # the class defaults are the hand-set priors of the calibration: assumptions dominate, nothing is "F"; the
+    # fitted values live in the fit file that the presets apply (tag F there)
     assert counts["F"] == 0
     assert counts["A"] > counts["R"] > 0
     assert set(counts) <= set(ck.CONFIDENCE_TAGS)
+    fitted = collections.Counter(p.info.tag for p in sle.preset_parameter_table("human"))
+    assert fitted["F"] == len(ck.load_fit(sle.fit_path("human_sle.json"))) > 0
+    assert fitted["A"] == counts["A"] - sum(1 for n in ck.load_fit(sle.fit_path("human_sle.json"))
+                                            if ck.parameters(sle.SLECarTModel())[n].info.tag == "A")
 
 
 @pytest.mark.parametrize("name", sle.preset_names())
@@ -106,8 +111,10 @@ def test_presets_hold_only_values_that_differ_from_the_class_defaults(name):
         assert not math.isclose(rec.value, float(default[pname].value), rel_tol=1e-12), (name, pname)
         assert rec.source.strip() and rec.tag in ck.CONFIDENCE_TAGS
         assert "kinetics.md" not in rec.source and "translation.md" not in rec.source, (name, pname)
-    if name == "human":
-        assert records == {}  # the class defaults are the human values
+    if name == "human":  # the class defaults plus the fitted values: the preset lists nothing of its own
+        assert sle.preset_records(name, calibrated=False) == {}
+        assert set(records) == set(ck.load_fit(sle.fit_path("human_sle.json")))
+        assert all(r.tag == "F" for r in records.values())
 
 
 def test_untreated_human_and_mouse_are_steady_states():

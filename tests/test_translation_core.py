@@ -71,32 +71,71 @@ def test_samples_reproducible_and_intervals_cover_point():
     assert lo[1, k] <= tm1.shapley[1, k] <= hi[1, k]
 
 
+def test_sample_spreads_are_the_calibration_priors():
+    # one table: the translation samples use the calibration priors, assumptions widest, then recalled, then read
+    assert ck.DEFAULT_SPREAD is ck.PRIOR_SD
+    assert ck.PRIOR_SD["A"] > ck.PRIOR_SD["M"] > ck.PRIOR_SD["R"]
+    assert ck.UNVERIFIED_TAGS == ("A", "M")
+
+
 def test_sample_parameters_spread_by_tag_and_bounds(getkey):
     model = TwoCompartmentPK()  # cl: D, v1: R
-    s = ck.sample_parameters(model, ["cl", "v1"], getkey(), 4000, tags={"cl": "M"})
+    s = ck.sample_parameters(model, ["cl", "v1", "v2"], getkey(), 4000, tags={"cl": "M", "v2": "A"},
+                             scales={"v1": 0.05})
     log_ratio_cl = np.log(np.asarray(s["cl"]) / float(model.cl))
     log_ratio_v1 = np.log(np.asarray(s["v1"]) / float(model.v1))
-    # lognormal around the model value: sd 0.5 for M, 0.1 for R (4000 draws: sampling error of the sd ~1.1%)
-    assert np.std(log_ratio_cl) == pytest.approx(0.5, rel=0.05)
-    assert np.std(log_ratio_v1) == pytest.approx(0.1, rel=0.05)
+    log_ratio_v2 = np.log(np.asarray(s["v2"]) / float(model.v2))
+    # lognormal around the model value: sd PRIOR_SD["M"] = 1.0 for M, 1.5 for A, and a per-parameter scale (e.g. a
+    # fitted value's posterior sd) replaces the tag's spread (4000 draws: sampling error of the sd ~1.1%)
+    assert np.std(log_ratio_cl) == pytest.approx(ck.PRIOR_SD["M"], rel=0.05)
+    assert np.std(log_ratio_v2) == pytest.approx(ck.PRIOR_SD["A"], rel=0.05)
+    assert np.std(log_ratio_v1) == pytest.approx(0.05, rel=0.05)
     assert abs(np.median(log_ratio_cl)) < 0.05
     assert np.all(np.asarray(s["cl"]) > 0)
     # a parameter on its bound (0) is held fixed, not sampled
     assert ck.sample_parameters(OneCompartmentPK(cl=0.0), ["cl"], getkey(), 5) == {}
     with pytest.raises(ValueError, match="not one of"):
         ck.sample_parameters(model, ["cl"], getkey(), 5, tags={"cl": "X"})
+    with pytest.raises(ValueError, match="scales"):
+        ck.sample_parameters(model, ["cl"], getkey(), 5, scales={"nope": 0.1})
 
 
-def test_m_flags_and_narrative():
+def test_unverified_flags_a_and_m_and_narrative():
+    # cl: D in both models; v1: M in the mouse; v2 differs too and is A in the human
     tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"),
-                            tags_a={"v1": "M"}, batch_size=BATCH)
-    flags = tm.m_flags()
-    assert tm.group_m_parameters == ((), ("v1",), ())
+                            tags_a={"v1": "M"}, tags_b={"v2": "A"}, batch_size=BATCH)
+    flags = tm.unverified_flags()
+    assert tm.group_unverified_parameters == ((), ("v1", "v2"), ())
+    assert tm.group_unverified_tags == ("", "A,M", "")
     k = tm.metric_names.index("cmax")
     assert flags[1, k] and not flags[0, k]  # cmax rests on the (M-tagged) mouse V1
+    tm_a = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, tags_b={"cl": "A"}, batch_size=BATCH)
+    assert tm_a.group_unverified_tags[0] == "A"  # an assumption is flagged like a recalled value
+    assert tm_a.unverified_flags()[0, tm_a.metric_names.index("auc")]
     text = tm.narrative()
     assert "cmax: mouse 100 vs human 2.56 mg/L" in text
-    assert "G2 volume" in text and "rests on unverified M parameters: v1" in text
+    assert "G2 volume" in text and "rests on unverified (A,M-tagged) parameters: v1, v2" in text
+    assert "*AM" in tm.to_markdown()
+
+
+def test_censored_metrics_are_marked_as_bounds():
+    def f(model):
+        out = _metrics(model)
+        return {**out, "auc_censored": (model.cl < 10.0).astype(float)}  # say: the mouse AUC ran to the horizon
+
+    tm = ck.translation_map(f, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"),
+                            censored={"auc": "auc_censored"}, batch_size=BATCH)
+    assert "auc_censored" not in tm.metric_names  # flags are read, not attributed
+    k = tm.metric_names.index("auc")
+    assert bool(tm.censored_a[k]) and not bool(tm.censored_b[k])
+    assert tm.value_text(k, "a").startswith(">= ") and not tm.value_text(k, "b").startswith(">=")
+    assert tm.gap_text(k).startswith("<= ")  # the mouse value is a lower bound, so the gap is an upper bound
+    assert f"| auc | mg d/L | >= {tm.value_text(k, 'a')[3:]} |" in tm.to_markdown()
+    assert "censored at the horizon" in tm.narrative()
+    rows = [r for r in tm.rows() if r["metric"] == "auc"]
+    assert rows[0]["mouse_censored"] and not rows[0]["human_censored"]
+    with pytest.raises(ValueError, match="censored"):
+        ck.translation_map(f, MOUSE, HUMAN, GROUPS, censored={"auc": "nope"}, batch_size=BATCH)
 
 
 def test_tables(tmp_path):
@@ -106,7 +145,7 @@ def test_tables(tmp_path):
     tm.to_csv(str(path))
     lines = path.read_text().strip().splitlines()
     assert len(lines) == 1 + 3 * 3  # header + metrics x groups
-    assert lines[0].startswith("metric,unit,group,gap,mouse,human,total_gap,shapley,share")
+    assert lines[0].startswith("metric,unit,group,gap,mouse,human,mouse_censored,human_censored,total_gap,shapley")
     md = tm.to_markdown()
     assert md.count("\n| ") == 3 and md.count("\n|---") == 1  # one row per metric, one separator
     assert "| cmax | mg/L | 100 | 2.56 |" in md
@@ -165,9 +204,12 @@ def test_sample_parameters_transforms(getkey):
     model = _Bounded()
     s = ck.sample_parameters(model, ["onset", "frac"], getkey(), 4000, tags={"frac": "M"})
     t = np.asarray(s["onset"])
-    # a shifted lower bound gives a normal spread relative to the value (sd 0.3 x 70 d), not log(x + 1e4)
-    assert np.std(t) == pytest.approx(0.3 * 70.0, rel=0.05) and np.median(t) == pytest.approx(70.0, abs=1.5)
+    # a shifted lower bound gives a normal spread relative to the value (sd PRIOR_SD["A"] x 70 d), clipped to the
+    # bounds, not log(x + 1e4)
+    assert np.median(t) == pytest.approx(70.0, abs=5.0) and np.all(t >= -1e4)
+    assert np.std(t) == pytest.approx(ck.PRIOR_SD["A"] * 70.0, rel=0.05)
     f = np.asarray(s["frac"])
     logit = np.log(f / (1.0 - f))
     assert np.all((f > 0.0) & (f < 1.0))
-    assert np.std(logit) == pytest.approx(0.5, rel=0.05) and np.median(logit) == pytest.approx(np.log(4.0), abs=0.05)
+    assert np.std(logit) == pytest.approx(ck.PRIOR_SD["M"], rel=0.05)
+    assert np.median(logit) == pytest.approx(np.log(4.0), abs=0.07)

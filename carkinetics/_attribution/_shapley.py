@@ -17,6 +17,7 @@ efficiency (`sum_i phi_i = v(all) - v(none)`) holds to floating-point round-off.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -387,7 +388,8 @@ def _evaluate_batch(f, models, engine):
 
 
 def evaluate_models(f: Callable[[Any], Any] | AbstractExperiment, model: Any, values: Mapping[str, Any], *,
-                    batch_size: int | None = None, engine: Engine | None = None) -> Any:
+                    batch_size: int | None = None, engine: Engine | None = None, progress: bool = False,
+                    checkpoint: str | os.PathLike | None = None) -> Any:
     """Evaluate `f` on copies of `model` whose named parameters take the given batched values.
 
     **Arguments:**
@@ -399,6 +401,10 @@ def evaluate_models(f: Callable[[Any], Any] | AbstractExperiment, model: Any, va
     - `batch_size`: members per call. Chunks are padded to exactly `batch_size`, so any `N` (and any choice of
       parameters) reuses one compilation per `f`, model structure and `batch_size`. `None`: one call with all `N`.
     - `engine`: for an experiment: `"ensemble"` (default) or `"vmap"` (see [`carkinetics.run_experiment`][]).
+    - `progress`, `checkpoint`: for an experiment, the chunks run through [`carkinetics.sweep`][]: progress lines
+      with an ETA on stderr, and each finished chunk written to the `checkpoint` folder so that a rerun with the
+      same inputs resumes (a folder written by other inputs is refused), SIGINT/SIGTERM stopping cleanly after the
+      chunk in progress ([`carkinetics.Interrupted`][]).
 
     **Returns:** the pytree of outputs with leading axis `N`.
     """
@@ -413,6 +419,17 @@ def evaluate_models(f: Callable[[Any], Any] | AbstractExperiment, model: Any, va
         raise ValueError("`values` must name at least one parameter to batch over.")
     n_total = next(iter(sizes.values()))
     chunk = n_total if batch_size is None else batch_size
+    if isinstance(f, AbstractExperiment):
+        from .._analysis._sweep import ParameterBatch, sweep
+
+        pad = -n_total % chunk  # whole chunks of exactly `batch_size` (one compilation), padded with the last member
+        padded = {n: np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) if pad else a for n, a in arrays.items()}
+        fn = ParameterBatch(f, model, names, engine_name(f, model, engine))
+        res = sweep(fn, padded, chunk_size=chunk, checkpoint=checkpoint, progress=progress, has_ok=True)
+        return jax.tree_util.tree_map(lambda v: jnp.asarray(v[:n_total]), res.outputs)
+    if checkpoint is not None:
+        raise ValueError("`checkpoint` needs an experiment `f` (an AbstractExperiment); a plain function is "
+                         "evaluated in one pass.")
     outs = []
     for start in range(0, n_total, chunk):
         idx = np.minimum(np.arange(start, start + chunk), n_total - 1)  # pad by repeating the last member
@@ -448,6 +465,8 @@ def evaluate_coalitions(
     samples_b: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
     engine: Engine | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
 ) -> Any:
     """Evaluate `f` on the coalition models of the given `masks` in one jitted, chunked, vectorised batch.
 
@@ -463,6 +482,8 @@ def evaluate_coalitions(
       replace the model's value in every coalition; a parameter outside every group is taken from `samples_a`.
     - `batch_size`: evaluations per vectorised call; chunks are padded to `batch_size` so that one compilation
       serves any number of groups, coalitions and samples (`None`: one call with all of them).
+    - `progress`, `checkpoint`: progress lines and a checkpoint folder for an experiment `f` (see
+      [`carkinetics.evaluate_models`][]).
 
     The coalition models are built as one batched pytree, per parameter leaf `where(mask, value_b, value_a)`,
     and evaluated by `eqx.filter_vmap(f)` under one `eqx.filter_jit` (see [`carkinetics.evaluate_models`][]).
@@ -513,7 +534,8 @@ def evaluate_coalitions(
         out = _evaluate_batch(f, batch_models(model_a, None, 1), engine)
         out = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (k * s, *v.shape[1:])), out)
     else:
-        out = evaluate_models(f, model_a, values, batch_size=batch_size, engine=engine)
+        out = evaluate_models(f, model_a, values, batch_size=batch_size, engine=engine, progress=progress,
+                              checkpoint=checkpoint)
     shape = (k,) if n_samples is None else (k, s)
     return jax.tree_util.tree_map(lambda v: v.reshape(*shape, *v.shape[1:]), out)
 
@@ -528,6 +550,8 @@ def shapley_attribution(
     samples_b: Mapping[str, Any] | None = None,
     batch_size: int | None = None,
     engine: Engine | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
 ) -> ShapleyResult:
     """Exact Shapley attribution of `f(model_b-like) - f(model_a)` to mechanism groups.
 
@@ -548,6 +572,8 @@ def shapley_attribution(
       attribution is then computed per sample (sample axis second in every leaf).
     - `batch_size`: evaluations per vectorised chunk (`None`: all at once).
     - `engine`: for an experiment, `"ensemble"` (default) or `"vmap"`.
+    - `progress`, `checkpoint`: progress lines with an ETA and a checkpoint folder to resume from, for an
+      experiment `f` (see [`carkinetics.evaluate_models`][]).
 
     **Returns:** a [`carkinetics.ShapleyResult`][].
 
@@ -570,7 +596,7 @@ def shapley_attribution(
         raise ValueError("`groups` must contain at least one MechanismGroup.")
     masks = coalition_masks(len(groups))
     cv = evaluate_coalitions(f, model_a, model_b, groups, masks, samples_a=samples_a, samples_b=samples_b,
-                             batch_size=batch_size, engine=engine)
+                             batch_size=batch_size, engine=engine, progress=progress, checkpoint=checkpoint)
     return _result(tuple(g.name for g in groups), masks, cv, 1 if samples_a is None and samples_b is None else 2,
                    engine_name(f, model_a, engine))
 

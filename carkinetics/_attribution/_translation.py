@@ -4,15 +4,19 @@
 parameterisations of the same model (e.g. a mouse preset `a` and a human preset `b`), and attributes the gap
 `f(b) - f(a)` of every metric to mechanism groups by exact Shapley values over all `2**G` group subsets
 ([`carkinetics.shapley_attribution`][]), with the one-group swaps in both directions alongside. Uncertainty:
-the whole attribution is repeated over parameter samples drawn around both presets (wider for `M`-tagged,
-unverified values; [`carkinetics.sample_parameters`][]) and summarised as intervals; cells whose attribution rests
-on `M`-tagged parameters are flagged. The result is a [`carkinetics.TranslationMap`][] with CSV/Markdown tables
-and a generated narrative.
+the whole attribution is repeated over parameter samples drawn around both presets, with the spread of each value
+set by its confidence tag from the same table as the calibration priors ([`carkinetics.PRIOR_SD`][]: widest for
+assumptions `A`, then recalled values `M`, narrowest for read values `R`; a fitted value can carry its own
+posterior sd), and summarised as intervals; cells whose attribution rests on unverified (`A`- or `M`-tagged)
+parameters are flagged, and metrics censored at the simulation horizon (e.g. a B-cell aplasia that lasts the whole
+horizon) are marked as bounds. The result is a [`carkinetics.TranslationMap`][] with CSV/Markdown tables and a
+generated narrative.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,17 +25,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._core._parameters import parameters
+from .._core._parameters import PRIOR_SD, parameters
 from .._engine._batch import AbstractExperiment
 from .._engine._simulate import Engine
 from ._shapley import MechanismGroup, _check_groups, _check_pair, shapley_attribution
 
-#: Default spread (standard deviation in the unconstrained log / logit space) of parameter samples, by
-#: confidence tag. `M` (unverified) values get the widest spread.
-DEFAULT_SPREAD: dict[str, float] = {"R": 0.1, "R2": 0.2, "D": 0.2, "F": 0.2, "A": 0.3, "M": 0.5}
+#: Default spread (standard deviation in the unconstrained log / logit space) of parameter samples, by confidence
+#: tag: the calibration priors, [`carkinetics.PRIOR_SD`][] (one table): `A` 1.5 (widest), `M` and `F` 1.0, `R2`
+#: and `D` 0.5, `R` 0.3.
+DEFAULT_SPREAD: dict[str, float] = PRIOR_SD
+
+#: Confidence tags of unverified values: a material attribution that rests on a parameter with one of these tags
+#: (in either model) is flagged.
+UNVERIFIED_TAGS: tuple[str, ...] = ("A", "M")
 
 #: A group's attribution is "material" for a metric when its |Shapley value| is at least this share of the sum
-#: of |Shapley values| over groups; material cells that rest on `M`-tagged parameters are flagged.
+#: of |Shapley values| over groups; material cells that rest on unverified (`A`/`M`) parameters are flagged.
 MATERIAL_SHARE = 0.1
 
 
@@ -43,6 +52,7 @@ def sample_parameters(
     *,
     spread: Mapping[str, float] | None = None,
     tags: Mapping[str, str] | None = None,
+    scales: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Draw parameter samples around the values of `model`, with a spread set by each parameter's confidence tag.
 
@@ -60,10 +70,13 @@ def sample_parameters(
     - `names`: dotted parameter names to sample.
     - `key`: a `jax.random` key (a fixed seed gives reproducible samples).
     - `n_samples`: number of samples `S` (>= 1).
-    - `spread`: standard deviation per confidence tag; default [`carkinetics.DEFAULT_SPREAD`][] (`M`: 0.5, i.e.
-      a factor of about 1.65 per standard deviation; `R`: 0.1).
+    - `spread`: standard deviation per confidence tag; default [`carkinetics.DEFAULT_SPREAD`][] (= the
+      calibration priors [`carkinetics.PRIOR_SD`][]: `A` 1.5, a factor ~4.5 per standard deviation; `M` 1.0; `R`
+      0.3).
     - `tags`: confidence tags that override the declared ones, by parameter name (a preset file may carry its own
       tag for a value, e.g. an `M`-tagged mouse value of a parameter whose human default is `R`).
+    - `scales`: standard deviations (unconstrained scale) by parameter name that replace the tag's spread, e.g. the
+      posterior sd of a fitted (`F`) value from its fit file.
 
     **Returns:** a dict from name to an array of shape `(S,)` (only the sampled, not the held, parameters).
 
@@ -81,15 +94,26 @@ def sample_parameters(
     spread = dict(DEFAULT_SPREAD if spread is None else spread)
     allp = parameters(model)
     tag_of = _tags(model, tags)
+    scales = dict(scales or {})
+    for n, sc in scales.items():
+        if n not in allp:
+            raise ValueError(f"`scales` names {n!r}, which is not a parameter of {type(model).__name__}.")
+        if not (np.isfinite(sc) and sc >= 0):
+            raise ValueError(f"`scales[{n!r}]` must be a finite, non-negative sd, got {sc!r}.")
+    sd_of = {}
     chosen = []
     for n in names:
         if n not in allp:
             raise ValueError(f"Unknown parameter {n!r} for {type(model).__name__} in `names`.")
         p = allp[n]
-        if tag_of[n] not in spread:
+        if n in scales:
+            sd_of[n] = float(scales[n])
+        elif tag_of[n] not in spread:
             raise ValueError(f"`spread` has no entry for the confidence tag {tag_of[n]!r} of parameter {n!r}.")
+        else:
+            sd_of[n] = float(spread[tag_of[n]])
         v = np.asarray(p.value, dtype=float)
-        if v.ndim == 0 and p.info.lower < float(v) < p.info.upper and float(v) != 0.0 and spread[tag_of[n]] > 0:
+        if v.ndim == 0 and p.info.lower < float(v) < p.info.upper and float(v) != 0.0 and sd_of[n] > 0:
             chosen.append(n)
     if not chosen:
         return {}
@@ -97,7 +121,7 @@ def sample_parameters(
     out = {}
     for i, n in enumerate(chosen):
         x, lo, hi = float(np.asarray(allp[n].value)), allp[n].info.lower, allp[n].info.upper
-        sd = spread[tag_of[n]] * eps[:, i]
+        sd = sd_of[n] * eps[:, i]
         if lo == 0.0 and np.isinf(hi):
             vals = x * np.exp(sd)
         elif np.isfinite(lo) and np.isfinite(hi):
@@ -134,6 +158,11 @@ def differing_parameters(model_a: Any, model_b: Any, *, rtol: float = 1e-12) -> 
     return tuple(out)
 
 
+#: The fixed columns of `TranslationMap.rows()`/`to_csv` (the two labels head the value columns after "gap").
+TABLE_COLUMNS = ("metric", "unit", "group", "gap", "total_gap", "shapley", "share", "forward_swap", "reverse_swap",
+                 "lo", "hi", "rests_on_M", "M_parameters")
+
+
 class TranslationMap(eqx.Module):
     """Attribution of species gaps (one per metric) to mechanism groups, with intervals and provenance flags.
 
@@ -143,9 +172,12 @@ class TranslationMap(eqx.Module):
 
     - `labels`: names of the two parameterisations, e.g. `("mouse_nzbw", "human")`; the gap is `b - a`.
     - `group_names`, `group_gaps`, `group_descriptions`: the mechanism groups (gap ids such as `"G1"`).
-    - `group_m_parameters`: per group, the names of its differing parameters tagged `M` in either model.
+    - `group_unverified_parameters`: per group, the names of its differing parameters tagged unverified (`A` or
+      `M`, `UNVERIFIED_TAGS`) in either model; `group_unverified_tags`: per group, those tags (e.g. `"A,M"`).
     - `metric_names`, `metric_units`.
     - `value_a`, `value_b` `(K,)`: the metrics of the two models; `total` `(K,)` = `value_b - value_a`.
+    - `censored_a`, `censored_b` `(K,)`: whether the metric of each model is censored at the simulation horizon
+      (a lower bound, e.g. an aplasia lasting the whole horizon); a gap with a censored side is a bound.
     - `shapley` `(G, K)`: exact Shapley values (they sum to `total`).
     - `forward` `(G, K)`: only group `g` from `b` (`f(a + g) - f(a)`); `reverse` `(G, K)`: `f(b) - f(b - g)`.
     - `sample_shapley` `(S, G, K)`, `sample_total` `(S, K)`, `sample_ok` `(S,)`: the per-sample attributions.
@@ -160,7 +192,8 @@ class TranslationMap(eqx.Module):
     group_names: tuple[str, ...] = eqx.field(static=True)
     group_gaps: tuple[str, ...] = eqx.field(static=True)
     group_descriptions: tuple[str, ...] = eqx.field(static=True)
-    group_m_parameters: tuple[tuple[str, ...], ...] = eqx.field(static=True)
+    group_unverified_parameters: tuple[tuple[str, ...], ...] = eqx.field(static=True)
+    group_unverified_tags: tuple[str, ...] = eqx.field(static=True)
     metric_names: tuple[str, ...] = eqx.field(static=True)
     metric_units: tuple[str, ...] = eqx.field(static=True)
     value_a: np.ndarray
@@ -174,6 +207,8 @@ class TranslationMap(eqx.Module):
     sample_ok: np.ndarray
     n_failed: int = eqx.field(static=True)
     key_data: tuple[int, ...] = eqx.field(static=True)
+    censored_a: np.ndarray
+    censored_b: np.ndarray
     engine: str = eqx.field(static=True, default="vmap")
     level: float = eqx.field(static=True, default=0.9)
 
@@ -201,47 +236,66 @@ class TranslationMap(eqx.Module):
         q = (1.0 - level) / 2.0
         return np.quantile(s, q, axis=0), np.quantile(s, 1.0 - q, axis=0)
 
-    def m_flags(self) -> np.ndarray:
+    def unverified_flags(self) -> np.ndarray:
         """`(G, K)` booleans: the attribution is material (|share| >= `MATERIAL_SHARE`) and the group's gap rests
-        on at least one `M`-tagged (unverified) parameter."""
-        rests_on_m = np.array([len(m) > 0 for m in self.group_m_parameters])[:, None]
-        return rests_on_m & (np.abs(self.share()) >= MATERIAL_SHARE)
+        on at least one unverified (`A`- or `M`-tagged) parameter."""
+        rests = np.array([len(m) > 0 for m in self.group_unverified_parameters], dtype=bool)[:, None]
+        return rests & (np.abs(self.share()) >= MATERIAL_SHARE)
+
+    def value_text(self, k: int, which: str) -> str:
+        """The value of metric `k` of model `which` (`"a"` or `"b"`) as text, `">= x"` when censored."""
+        v, c = (self.value_a[k], self.censored_a[k]) if which == "a" else (self.value_b[k], self.censored_b[k])
+        return (">= " if bool(c) else "") + _fmt(v)
+
+    def gap_text(self, k: int) -> str:
+        """The gap of metric `k` as text: `">= x"` / `"<= x"` when one side is censored, `"x (both censored)"`."""
+        ca, cb = bool(self.censored_a[k]), bool(self.censored_b[k])
+        g = _fmt(self.total[k])
+        if ca and cb:
+            return f"{g} (both censored)"
+        return (">= " if cb else "<= " if ca else "") + g
 
     def sign_uncertain(self) -> np.ndarray:
         """`(G, K)` booleans: the sample interval of a material attribution contains zero (its direction is unsure)."""
         lo, hi = self.intervals()
         return (lo < 0) & (hi > 0) & (np.abs(self.share()) >= MATERIAL_SHARE)
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[dict[str, Any]]:  # columns: TABLE_COLUMNS with the two labels after "gap"
         """The table as a list of dicts, one per (metric, group) cell."""
         lo, hi = self.intervals()
-        share, flags = self.share(), self.m_flags()
+        share, flags = self.share(), self.unverified_flags()
+        a, b = self.labels
         out = []
         for k, metric in enumerate(self.metric_names):
             for g, group in enumerate(self.group_names):
                 out.append({
                     "metric": metric, "unit": self.metric_units[k], "group": group, "gap": self.group_gaps[g],
-                    f"{self.labels[0]}": float(self.value_a[k]), f"{self.labels[1]}": float(self.value_b[k]),
+                    f"{a}": float(self.value_a[k]), f"{b}": float(self.value_b[k]),
+                    f"{a}_censored": bool(self.censored_a[k]), f"{b}_censored": bool(self.censored_b[k]),
                     "total_gap": float(self.total[k]), "shapley": float(self.shapley[g, k]),
                     "share": float(share[g, k]), "forward_swap": float(self.forward[g, k]),
                     "reverse_swap": float(self.reverse[g, k]), "lo": float(lo[g, k]), "hi": float(hi[g, k]),
-                    "rests_on_M": bool(flags[g, k]),
-                    "M_parameters": " ".join(self.group_m_parameters[g]),
+                    "rests_on_unverified": bool(flags[g, k]),
+                    "unverified_tags": self.group_unverified_tags[g],
+                    "unverified_parameters": " ".join(self.group_unverified_parameters[g]),
                 })
         return out
 
     def to_csv(self, path: str) -> None:
         """Write the long-format table (one row per metric and group) as CSV."""
+        from .._core._files import atomic_text_file
+
         rows = self.rows()
-        with open(path, "w", newline="") as fh:
+        with atomic_text_file(path, newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
 
     def to_markdown(self) -> str:
-        """A Markdown table: one row per metric; per group the Shapley value (share, interval; `*` = rests on M)."""
+        """A Markdown table: one row per metric; per group the Shapley value (share, interval; `*A`/`*M` = rests on
+        A-/M-tagged parameters); censored values read `>= x`."""
         lo, hi = self.intervals()
-        share, flags = self.share(), self.m_flags()
+        share, flags = self.share(), self.unverified_flags()
         a, b = self.labels
         pct = int(round(100 * self.level))
         head = (f"| metric | unit | {a} | {b} | gap | " + " | ".join(self.group_names) + " |\n"
@@ -253,22 +307,24 @@ class TranslationMap(eqx.Module):
                 c = f"{_fmt(self.shapley[g, k])} ({100 * share[g, k]:.0f}%"
                 if self.n_samples:
                     c += f"; {pct}% [{_fmt(lo[g, k])}, {_fmt(hi[g, k])}]"
-                c += ")" + (" *" if flags[g, k] else "")
+                c += ")" + (f" *{self.group_unverified_tags[g].replace(',', '')}" if flags[g, k] else "")
                 cells.append(c)
-            lines.append(f"| {metric} | {self.metric_units[k]} | {_fmt(self.value_a[k])} | {_fmt(self.value_b[k])} | "
-                         f"{_fmt(self.total[k])} | " + " | ".join(cells) + " |")
+            lines.append(f"| {metric} | {self.metric_units[k]} | {self.value_text(k, 'a')} | "
+                         f"{self.value_text(k, 'b')} | {self.gap_text(k)} | " + " | ".join(cells) + " |")
         note = ("\n\nShapley value of each mechanism group in the unit of the metric (share of the summed "
                 "|attributions|"
                 + (f"; {pct}% interval over {int(np.sum(self.sample_ok))} parameter samples, key {list(self.key_data)}"
                    if self.n_samples else "")
-                + "). `*`: material attribution resting on unverified (M-tagged) parameters.")
+                + "). `*A` / `*M`: material attribution resting on unverified parameters (assumptions, tag A; "
+                "recalled values, tag M). `>= x`: censored at the simulation horizon (the metric lasted the whole "
+                "horizon; the gap is then a bound).")
         return "\n".join(lines) + note
 
     def narrative(self, top: int = 2) -> str:
         """A short generated text: per metric, where the `a` model misleads about `b` and which mechanisms explain it."""
         a, b = self.labels
         lo, hi = self.intervals()
-        share, flags, unsure = self.share(), self.m_flags(), self.sign_uncertain()
+        share, flags, unsure = self.share(), self.unverified_flags(), self.sign_uncertain()
         order = np.argsort(-np.abs(_rel_gap(self.value_a, self.value_b)))
         paras = [f"How the {a} model misleads about {b} ({len(self.group_names)} mechanism groups, exact Shapley "
                  f"attribution over all {2 ** len(self.group_names)} group subsets"
@@ -283,7 +339,7 @@ class TranslationMap(eqx.Module):
             if tot == 0.0 or np.all(np.abs(self.shapley[:, k]) == 0):
                 paras.append(f"- {name}: {a} and {b} agree ({_fmt(va)} {unit}); nothing to attribute.")
                 continue
-            ratio = _ratio_text(va, vb)
+            ratio = "" if (self.censored_a[k] or self.censored_b[k]) else _ratio_text(va, vb)
             drivers = np.argsort(-np.abs(self.shapley[:, k]))[:top]
             parts = []
             for g in drivers:
@@ -293,21 +349,25 @@ class TranslationMap(eqx.Module):
                        + (f", {int(round(100 * self.level))}% interval {_fmt(lo[g, k])} to {_fmt(hi[g, k])}"
                           if self.n_samples else "") + ")")
                 if flags[g, k]:
-                    names = self.group_m_parameters[g]
+                    names = self.group_unverified_parameters[g]
                     more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-                    txt += " [rests on unverified M parameters: " + ", ".join(names[:3]) + more + "]"
+                    txt += (f" [rests on unverified ({self.group_unverified_tags[g]}-tagged) parameters: "
+                            + ", ".join(names[:3]) + more + "]")
                 if unsure[g, k]:
                     txt += " [sign not robust to parameter uncertainty]"
                 parts.append(txt)
-            paras.append(f"- {name}: {a} {_fmt(va)} vs {b} {_fmt(vb)} {unit} (gap {_fmt(tot)}{ratio}). "
+            cens = ("; censored at the horizon, the gap is a bound"
+                    if (self.censored_a[k] or self.censored_b[k]) else "")
+            paras.append(f"- {name}: {a} {self.value_text(k, 'a')} vs {b} {self.value_text(k, 'b')} {unit} "
+                         f"(gap {self.gap_text(k)}{ratio}{cens}). "
                          + ("Main mechanisms: " + "; ".join(parts) + "." if parts else "No single mechanism dominates."))
         if self.n_failed:
             paras.append(f"Warning: {self.n_failed} of {2 ** len(self.group_names)} coalition evaluations gave "
                          "non-finite metrics (failed simulations or undefined metrics); their attributions are NaN.")
         n_flag = int(np.sum(np.any(flags, axis=0)))
         paras.append(f"{n_flag} of {len(self.metric_names)} metric gaps have a material attribution that rests on "
-                     "unverified (M-tagged) parameters; check those values against the primary sources before "
-                     "quoting the numbers.")
+                     "unverified parameters (assumptions, tag A, or recalled values, tag M); check those values "
+                     "against the primary sources before quoting the numbers.")
         return "\n".join(paras)
 
 
@@ -351,7 +411,13 @@ def translation_map(
     include_ungrouped: bool = True,
     tags_a: Mapping[str, str] | None = None,
     tags_b: Mapping[str, str] | None = None,
+    scales_a: Mapping[str, float] | None = None,
+    scales_b: Mapping[str, float] | None = None,
+    censored: Mapping[str, str] | None = None,
+    flag_tags: Sequence[str] = UNVERIFIED_TAGS,
     engine: Engine | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
 ) -> TranslationMap:
     """Attribute the gap of every metric between `model_a` and `model_b` to mechanism groups.
 
@@ -371,15 +437,26 @@ def translation_map(
       `(n_samples + 1) * 2**G` evaluations of `f`.
     - `key`: a `jax.random` key for the samples (required with `n_samples > 0`; a fixed key gives a reproducible
       map).
-    - `spread`: sample spread per confidence tag; default [`carkinetics.DEFAULT_SPREAD`][].
+    - `spread`: sample spread per confidence tag; default [`carkinetics.DEFAULT_SPREAD`][] (the calibration
+      priors [`carkinetics.PRIOR_SD`][]).
     - `level`: central probability of the reported intervals.
     - `batch_size`: evaluations per vectorised chunk.
     - `include_ungrouped`: parameters that differ between the models but are in no group are collected into an
       extra group `"ungrouped"` (so that the attributions sum to the whole gap `f(b) - f(a)`); with `False`
       they stay at `model_a`'s values and the attributed gap is `f(a with all groups from b) - f(a)`.
     - `tags_a`, `tags_b`: confidence tags of the two models' values that override the declared ones (presets
-      carry their own tags); they set the sample spread and the `M` flags.
+      carry their own tags); they set the sample spread and the flags.
+    - `scales_a`, `scales_b`: per-parameter sample sds (unconstrained scale) that replace the tag's spread, e.g.
+      the posterior sd of fitted values.
+    - `censored`: `{metric: name of an output of f}` whose value is 1 (true) when the metric is censored at the
+      simulation horizon (such outputs are read, not attributed); censored values are reported as bounds.
+    - `flag_tags`: confidence tags of unverified values (default `("A", "M")`): material attributions resting on
+      them are flagged.
     - `engine`: for an experiment, `"ensemble"` (default: the batched solver) or `"vmap"`.
+    - `progress`: progress lines with an ETA on stderr while an experiment's coalitions are solved.
+    - `checkpoint`: a folder for an experiment's finished chunks (subfolders `point` and, with samples,
+      `samples`); a rerun with the same inputs resumes from it, and a folder written by other inputs is refused
+      naming what differs (see [`carkinetics.sweep`][]).
 
     **Returns:** a [`carkinetics.TranslationMap`][].
 
@@ -407,8 +484,15 @@ def translation_map(
             groups.append(MechanismGroup("ungrouped", rest, description="differing parameters in no group"))
     if not groups:
         raise ValueError("`groups` is empty and the models do not differ; there is nothing to attribute.")
-    if len(labels) != 2 or not all(isinstance(x, str) for x in labels):
-        raise ValueError(f"`labels` must be two strings, got {labels!r}.")
+    if len(labels) != 2 or not all(isinstance(x, str) and x.strip() for x in labels):
+        raise ValueError(f"`labels` must be two non-empty strings, got {labels!r}.")
+    if labels[0] == labels[1]:
+        raise ValueError(f"`labels` must be two different names (each heads the value column of its model in the "
+                         f"table), got {labels!r}.")
+    clash = [x for x in labels if x in TABLE_COLUMNS]
+    if clash:
+        raise ValueError(f"`labels` {clash} would repeat a column name of the table {list(TABLE_COLUMNS)}; choose "
+                         "other names.")
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 0:
         raise ValueError(f"`n_samples` must be a non-negative int, got {n_samples!r}.")
     if not 0.0 < level < 1.0:
@@ -416,11 +500,21 @@ def translation_map(
 
     if n_samples and key is None:
         raise ValueError("`key` (a jax.random key) is required with `n_samples` > 0.")
-    res = shapley_attribution(f, model_a, model_b, groups, batch_size=batch_size, engine=engine)
+    def where(part: str) -> str | None:
+        return None if checkpoint is None else os.path.join(os.fspath(checkpoint), part)
+
+    res = shapley_attribution(f, model_a, model_b, groups, batch_size=batch_size, engine=engine, progress=progress,
+                              checkpoint=where("point"))
     if not isinstance(res.values, Mapping):
         raise ValueError(f"`f` must return a dict of named scalar metrics, got {type(res.values).__name__}.")
-    metric_names = tuple(n for n in (units or {}) if n in res.values)
-    metric_names += tuple(n for n in res.values if n not in metric_names)
+    censored = dict(censored or {})
+    for metric, flag in censored.items():
+        if flag not in res.values or metric not in res.values:
+            raise ValueError(f"`censored` maps {metric!r} to {flag!r}, but `f` returns no output of that name "
+                             f"(outputs: {sorted(res.values)}).")
+    flag_outputs = set(censored.values())
+    metric_names = tuple(n for n in (units or {}) if n in res.values and n not in flag_outputs)
+    metric_names += tuple(n for n in res.values if n not in metric_names and n not in flag_outputs)
     for n in metric_names:
         if np.ndim(res.base[n]) != 0:
             raise ValueError(f"Metric {n!r} returned by `f` is not a scalar (shape {np.shape(res.base[n])}).")
@@ -434,10 +528,13 @@ def translation_map(
     if n_samples:
         key_a, key_b = jax.random.split(key)
         names = [p for g in groups for p in g.parameters]
-        samples_a = sample_parameters(model_a, names, key_a, n_samples, spread=spread, tags=tags_a)
-        samples_b = sample_parameters(model_b, names, key_b, n_samples, spread=spread, tags=tags_b)
+        samples_a = sample_parameters(model_a, names, key_a, n_samples, spread=spread, tags=tags_a,
+                                      scales={k: v for k, v in (scales_a or {}).items() if k in names})
+        samples_b = sample_parameters(model_b, names, key_b, n_samples, spread=spread, tags=tags_b,
+                                      scales={k: v for k, v in (scales_b or {}).items() if k in names})
         sres = shapley_attribution(f, model_a, model_b, groups, samples_a=samples_a or None,
-                                   samples_b=samples_b or None, batch_size=batch_size, engine=engine)
+                                   samples_b=samples_b or None, batch_size=batch_size, engine=engine,
+                                   progress=progress, checkpoint=where("samples"))
         if not samples_a and not samples_b:  # nothing to sample: repeat the point estimate
             sample_shapley = np.broadcast_to(stack(res.values), (n_samples, g_count, len(metric_names))).copy()
             sample_total = np.broadcast_to(stack(res.total), (n_samples, len(metric_names))).copy()
@@ -453,10 +550,22 @@ def translation_map(
 
     ta, tb = _tags(model_a, tags_a), _tags(model_b, tags_b)
     differing = set(differing_parameters(model_a, model_b))
-    m_params = tuple(tuple(p for p in g.parameters if p in differing and "M" in (ta[p], tb[p])) for g in groups)
+    flag_tags = tuple(flag_tags)
+    u_params = tuple(tuple(p for p in g.parameters if p in differing and ({ta[p], tb[p]} & set(flag_tags)))
+                     for g in groups)
+    u_tags = tuple(",".join(t for t in flag_tags if any(t in (ta[p], tb[p]) for p in ps)) for ps in u_params)
+
+    def flags(values):
+        out = np.zeros(len(metric_names), dtype=bool)
+        for k, n in enumerate(metric_names):
+            if n in censored:
+                out[k] = bool(np.asarray(values[censored[n]]) > 0.5)
+        return out
+
     return TranslationMap(
         labels=tuple(labels), group_names=tuple(g.name for g in groups), group_gaps=tuple(g.gap for g in groups),
-        group_descriptions=tuple(g.description for g in groups), group_m_parameters=m_params,
+        group_descriptions=tuple(g.description for g in groups), group_unverified_parameters=u_params,
+        group_unverified_tags=u_tags, censored_a=flags(res.base), censored_b=flags(res.target),
         metric_names=metric_names, metric_units=metric_units,
         value_a=stack(res.base), value_b=stack(res.target), total=stack(res.total), shapley=stack(res.values),
         forward=stack(res.forward_swaps()), reverse=stack(res.reverse_swaps()),
@@ -467,4 +576,5 @@ def translation_map(
     )
 
 
-__all__ = ["DEFAULT_SPREAD", "TranslationMap", "differing_parameters", "sample_parameters", "translation_map"]
+__all__ = ["DEFAULT_SPREAD", "UNVERIFIED_TAGS", "TranslationMap", "differing_parameters", "sample_parameters",
+           "translation_map"]

@@ -34,6 +34,14 @@ CONFIDENCE_TAGS: dict[str, str] = {
     "F": "fitted by carkinetics to the named published targets (not a published estimate)",
 }
 
+#: How uncertain a value of each confidence tag is: the standard deviation on the unconstrained (log / logit) scale.
+#: The one table behind the calibration priors (`CalibrationProblem(priors="tags")`) and the parameter samples of
+#: the uncertainty analyses (`sample_parameters`, the translation map). A published value read in the primary
+#: source (`R`) is trusted to about +/-30 % (1 sd), a recalled one (`M`) only to a factor ~e, an assumption (`A`)
+#: least (a factor ~4.5). A fitted value (`F`) is better described by its own posterior sd where one is known
+#: (the fit file's `sd`); 1.0 is the fallback.
+PRIOR_SD: dict[str, float] = {"R": 0.3, "R2": 0.5, "D": 0.5, "M": 1.0, "A": 1.5, "F": 1.0}
+
 
 @dataclasses.dataclass(frozen=True)
 class ParamInfo:
@@ -275,7 +283,9 @@ class ParameterTable(tuple):
         """Write the table as CSV (one row per parameter)."""
         import csv
 
-        with open(path, "w", newline="") as fh:
+        from ._files import atomic_text_file
+
+        with atomic_text_file(path, newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["parameter", "value", "unit", "lower", "upper", "tag", "description", "source"])
             for p in self:

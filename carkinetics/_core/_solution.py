@@ -23,6 +23,18 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     )
 
 
+# Readable outcomes: `repr(sol.result)` is `carkinetics.RESULTS<successful>` (diffrax's success message is empty,
+# which printed as `RESULTS<>`); only this subclass's own message table changes, not diffrax's.
+RESULTS.__module__ = "carkinetics"
+RESULTS._index_to_message[int(RESULTS.successful._value)] = "successful"
+
+
+def result_names(result: Any) -> list[str]:
+    """The `RESULTS` member names of a (batched) result, flattened (`["successful", "max_steps_reached", ...]`)."""
+    names = {int(item._value): name for name, item in RESULTS._name_to_item.items()}
+    return [names.get(int(v), "unknown") for v in np.asarray(result._value).ravel()]
+
+
 class Solution(eqx.Module):
     """The result of [`carkinetics.simulate`][].
 
@@ -66,6 +78,30 @@ class Solution(eqx.Module):
         values = np.asarray(self.result._value)
         messages = [RESULTS._index_to_message[int(v)] or "successful" for v in values.ravel()]
         return messages[0] if values.ndim == 0 else messages
+
+    def __repr__(self) -> str:
+        """One line: model, save times, outcome and steps (the field-by-field form under tracing)."""
+        try:
+            ts = np.asarray(self.ts)
+            outcomes = result_names(self.result)
+            steps = np.asarray(self.num_steps)
+        except Exception:  # traced values (inside jit/vmap): no concrete numbers to show
+            return eqx.tree_pformat(self, short_arrays=True)
+        cls = self.model_class
+        span = (f"{ts.shape[-1]} save times {float(ts.min()):g} to {float(ts.max()):g} d" if ts.size
+                else "no save times")
+        ns, no = len(cls.state_names()), len(cls.observable_names())
+        what = f"{ns} state{'s' * (ns != 1)}, {no} observable{'s' * (no != 1)}"
+        if steps.ndim == 0:
+            return f"Solution({cls.__name__}: {span}, {what}; {outcomes[0]}, {int(steps)} steps)"
+        failed = [o for o in outcomes if o != "successful"]
+        counts = ", ".join(f"{failed.count(o)} {o}" for o in sorted(set(failed)))
+        status = f"{len(outcomes) - len(failed)} of {len(outcomes)} successful" + (f" ({counts})" if counts else "")
+        lo, hi = int(steps.min()), int(steps.max())
+        return (f"Solution({cls.__name__}, batch {tuple(steps.shape)}: {span}, {what}; {status}, "
+                f"{lo if lo == hi else f'{lo} to {hi}'} steps)")
+
+    __str__ = __repr__
 
     @property
     def state_units(self):

@@ -14,14 +14,13 @@ import numpy as np
 
 from .._core._custom_types import Array, Float
 from .._core._model import AbstractKineticModel
-from .._core._parameters import ParameterSpace, floats_to_arrays, parameters
+from .._core._parameters import PRIOR_SD, ParameterSpace, floats_to_arrays, parameters
 from .._engine._simulate import default_solver, engine_of, simulate, simulate_ensemble
 from ._data import SummaryData, TimeCourseData, _log_scale
 from ._targets import statistic_times
 
-#: Prior standard deviation on the unconstrained (log / logit) scale, by confidence tag. A published value read in
-#: the primary source (`R`) is trusted to about ±30 % (1 sd), a recalled one (`M`) only to a factor ~e.
-PRIOR_SD: dict[str, float] = {"R": 0.3, "R2": 0.5, "D": 0.5, "M": 1.0, "A": 1.5, "F": 1.0}
+
+__all__ = ["PRIOR_SD", "CalibrationProblem"]  # PRIOR_SD (sd by confidence tag) is defined in _core/_parameters.py
 
 _Z_CLIP = 40.0  # |z| beyond this maps to values at the edge of float range; clipped for safety
 

@@ -9,12 +9,13 @@ import time
 
 from ._common import (
     EXIT_OK,
-    UserError,
+    MAX_ENSEMBLE,
+    MAX_REPEATS,
     add_devices_arg,
     add_engine_arg,
     add_run_args,
-    check_positive,
     device_count,
+    whole_number,
 )
 from ._inputs import resolve_run
 from ._plugins import Command, Context
@@ -37,10 +38,9 @@ def _bench_ensemble(args, run, space, base, engine: str, out: str) -> None:
     import numpy as np
 
     import carkinetics as ck
+    import carkinetics.io
 
     n = int(args.ensemble)
-    if n < 1:
-        raise UserError(f"--ensemble must be a positive number of members, got {n}.")
     solver = ck.default_solver(run.model, engine)
     fac = np.exp(0.1 * np.random.default_rng(0).standard_normal((n, base.shape[0])))
     batch = jax.vmap(lambda v: space.with_values(run.model, v))(jnp.asarray(perturbed(space, base[None, :], fac)))
@@ -60,7 +60,7 @@ def _bench_ensemble(args, run, space, base, engine: str, out: str) -> None:
     compile_s = max(first - best, 0.0)
     n_failed = int(np.sum(~np.asarray(sol.ok)))
     path = os.path.join(out, "bench_ensemble.csv")
-    with open(path, "w", newline="") as fh:
+    with ck.io.atomic_text_file(path, newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["model", "engine", "method", "members", "device", "devices", "dtype", "compile_s", "best_batch_s",
                     "per_member_s", "mean_steps", "n_failed"])
@@ -80,11 +80,13 @@ class BenchCommand(Command):
                    "SLE human course under the Erlangen regimen on its save grid): compile + first call, then the "
                    "best and median of --repeats calls with perturbed parameter values (jax.block_until_ready). "
                    "Writes bench.csv; --ensemble N also times ck.simulate_ensemble (bench_ensemble.csv).")
+    outputs = ("bench.csv", "bench_ensemble.csv")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_args(parser)
-        parser.add_argument("--repeats", type=int, default=5, help="timed calls after compilation (default 5)")
-        parser.add_argument("--ensemble", type=int, default=0, metavar="N",
+        parser.add_argument("--repeats", type=whole_number(1, MAX_REPEATS), default=5,
+                            help="timed calls after compilation (default 5)")
+        parser.add_argument("--ensemble", type=whole_number(0, MAX_ENSEMBLE), default=0, metavar="N",
                             help="also time ck.simulate_ensemble on N perturbed members (per-member time; "
                                  "bench_ensemble.csv)")
         add_engine_arg(parser, default=None,
@@ -100,9 +102,9 @@ class BenchCommand(Command):
         import numpy as np
 
         import carkinetics as ck
+        import carkinetics.io
 
         run = resolve_run(args, ctx.plugins)
-        check_positive("--repeats", args.repeats)
         engine = args.engine or "vmap"
         solver = ck.default_solver(run.model, engine)
         ts = jnp.asarray(run.ts)
@@ -134,7 +136,7 @@ class BenchCommand(Command):
         best = min(r[0] for r in rows)
         device = jax.devices()[0]
         path = os.path.join(out, "bench.csv")
-        with open(path, "w", newline="") as fh:
+        with ck.io.atomic_text_file(path, newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["model", "engine", "solver", "device", "dtype", "n_save", "compile_plus_first_s", "best_s",
                         "median_s", "num_steps", "all_ok"])

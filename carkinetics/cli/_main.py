@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import textwrap
+import threading
+from collections.abc import Sequence
 
 import carkinetics as ck
-import textwrap
-from collections.abc import Sequence
 
 from ._bench import BenchCommand
 from ._calibrate import CalibrateCommand
@@ -18,10 +21,12 @@ from ._common import (
     EXIT_PROCESS_FAILED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    FitFailed,
     NumericalFailure,
     Unavailable,
     UserError,
     add_output_args,
+    check_out_dir,
     setup_host_devices,
     setup_numerics,
 )
@@ -40,6 +45,58 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside a chunked run (where `ck.sweep` stops between chunks itself)."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """Within the block SIGTERM raises `_Terminated` (as SIGINT raises KeyboardInterrupt), so that a command stopped
+    by either signal leaves through the same clean path: one line, exit 143, no half-written file."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stopped(cmd: Command, args: argparse.Namespace, signum: int) -> str:
+    """The line for a command stopped by `signum` outside a chunked run."""
+    how = (f"rerun the same command with --checkpoint {args.checkpoint} to resume from its finished chunks"
+           if getattr(args, "checkpoint", None) else "rerun the command to start again")
+    return (f"carkinetics {cmd.name}: stopped by {signal.Signals(signum).name} before it finished; every file "
+            f"already in {args.out} is complete (files are written whole or not at all); {how}.")
+
+
+#: Arguments that size what a command holds in memory at once, as (attribute, flag), in the order they are suggested.
+_SIZE_ARGS = (("chunk_size", "--chunk-size"), ("batch_size", "--batch-size"), ("ensemble", "--ensemble"),
+              ("points", "--points"), ("starts", "--starts"), ("samples", "--samples"), ("n", "--n"),
+              ("devices", "--devices"))
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    import jax
+
+    return isinstance(err, MemoryError) or (isinstance(err, jax.errors.JaxRuntimeError)
+                                             and "RESOURCE_EXHAUSTED" in str(err))
+
+
+def _memory_line(cmd: Command, args: argparse.Namespace, err: BaseException) -> str:
+    """The line for a command that ran out of memory: what failed and which of its arguments to lower."""
+    what = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    flags = [flag for attr, flag in _SIZE_ARGS if hasattr(args, attr)]
+    how = (f"lower {', '.join(flags)} (what is held in memory at once)" if flags
+           else "use smaller inputs")
+    return f"carkinetics {cmd.name}: error: out of memory ({what}); {how}."
+
+
 def commands() -> list[Command]:
     """The built-in commands followed by the plugin commands (sorted by name)."""
     builtin = [cls() for cls in BUILTIN_COMMANDS]
@@ -48,11 +105,13 @@ def commands() -> list[Command]:
 
 def build_parser(cmds: Sequence[Command]) -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    description = textwrap.fill("The carkinetics command line: `carkinetics <command> ...`. Times are days (day 0 = CAR-T "
-                   "infusion). Without --model/--preset, simulate and bench run the default preset of the installed "
-                   "plugins (the SLE human preset under its standard regimen). Run `carkinetics <command> --help` "
-                   "for the inputs of each command.", 100)
+    description = textwrap.fill(
+        "The carkinetics command line: `carkinetics <command> ...`. Times are days (day 0 = CAR-T infusion). Without "
+        "--model/--preset, simulate and bench run the default preset of the installed plugins (the SLE human preset "
+        "under its standard regimen). Run `carkinetics <command> --help` for the inputs of each command; "
+        "docs/cli.md describes the input files (regimen and sweep TOML, data tables).", 100)
     parser = _ArgumentParser(prog="carkinetics", description=description, epilog=EPILOG, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"carkinetics {ck.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=_ArgumentParser)
     for cmd in cmds:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help, epilog=EPILOG,
@@ -80,15 +139,21 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the `carkinetics` command itself; a caller's own process (main([...])) keeps its XLA_FLAGS
         setup_host_devices(cmd.host_devices(args))
     setup_numerics()
-    ctx = Context(command=cmd.name, out=args.out, quiet=args.quiet, plugins=Plugins())
+    ctx = Context(command=cmd.name, out=args.out, quiet=args.quiet, plugins=Plugins(), outputs=tuple(cmd.outputs))
     try:
-        return int(cmd.run(args, ctx))
+        if not isinstance(cmd, UnavailableCommand):
+            check_out_dir(args.out)  # before any computation: an unwritable --out is found now, not at the end
+        with _sigterm_stops():
+            return int(cmd.run(args, ctx))
     except UserError as err:
         print(f"carkinetics {cmd.name}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except Unavailable as err:
         print(f"carkinetics {cmd.name}: not available: {err}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except FitFailed as err:
+        print(f"carkinetics {cmd.name}: the fit FAILED: {err}", file=sys.stderr)
+        return EXIT_NUMERICAL
     except NumericalFailure as err:
         print(f"carkinetics {cmd.name}: solver failure: {err}", file=sys.stderr)
         return EXIT_NUMERICAL
@@ -98,9 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     except ck.ProcessFailed as err:
         print(f"carkinetics {cmd.name}: {err}", file=sys.stderr)
         return EXIT_PROCESS_FAILED
+    except (MemoryError, RuntimeError) as err:  # jax.errors.JaxRuntimeError is a RuntimeError
+        if not _out_of_memory(err):
+            raise
+        print(_memory_line(cmd, args, err), file=sys.stderr)
+        return EXIT_USAGE
     except ck.Interrupted as err:
         print(f"carkinetics {cmd.name}: {err}", file=sys.stderr)
         return err.exit_code
+    except _Terminated:
+        print(_stopped(cmd, args, signal.SIGTERM), file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print(f"carkinetics {cmd.name}: interrupted", file=sys.stderr)
-        return 130
+        print(_stopped(cmd, args, signal.SIGINT), file=sys.stderr)
+        return 128 + signal.SIGINT

@@ -74,14 +74,18 @@ class Command(abc.ABC):
     """A subcommand: `carkinetics <name> ...`.
 
     Class attributes: `name` (the subcommand; for a plugin, equal to its entry-point name), `help` (one line for
-    `carkinetics --help`), `description` (the command's `--help` text) and `default_out` (default of `--out`;
-    `None`: `carkinetics_<name>`). The core adds `--out` and `--quiet` to every command.
+    `carkinetics --help`), `description` (the command's `--help` text), `default_out` (default of `--out`;
+    `None`: `carkinetics_<name>`) and `outputs` (the file names or glob patterns the command writes into `--out`:
+    `ctx.out_dir()` removes those an earlier run left there, so that a reused folder never mixes two runs; other
+    files are never touched). The core adds `--out` and `--quiet` to every command and checks before `run` that
+    `--out` can be written.
     """
 
     name: ClassVar[str]
     help: ClassVar[str]
     description: ClassVar[str] = ""
     default_out: ClassVar[str | None] = None
+    outputs: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -127,7 +131,7 @@ def _entry_points(group: str) -> list[importlib.metadata.EntryPoint]:
 def _load(ep: importlib.metadata.EntryPoint) -> Any:
     try:
         return ep.load()
-    except Exception as err:  # noqa: BLE001  (a broken plugin must not take the rest of the command line with it)
+    except Exception as err:
         raise Unavailable(f"the plugin {ep.name} = {ep.value!r} ({ep.group}) cannot be loaded: "
                           f"{type(err).__name__}: {err}") from None
 
@@ -241,10 +245,13 @@ class Context:
     out: str
     quiet: bool
     plugins: Plugins
+    outputs: Sequence[str] = ()
 
     def out_dir(self) -> str:
-        """Create the output folder (`--out`) and return its absolute path (`UserError` if it cannot be created)."""
-        return make_out_dir(self.out)
+        """Create the output folder (`--out`), remove the files of `outputs` (the command's `Command.outputs`) that an
+        earlier run left there (with a note on stderr), and return its absolute path (`UserError` if it cannot be
+        created or written). Call it after the inputs are checked and before the computation."""
+        return make_out_dir(self.out, self.outputs)
 
     def progress(self, steps: int | Sequence[float], label: str | None = None) -> StepProgress:
         """A step progress line on stderr (silent with `--quiet`): `steps` equal steps, or one weight per step

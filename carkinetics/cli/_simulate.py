@@ -17,7 +17,8 @@ class SimulateCommand(Command):
                    "standard regimen and save grid; without --model/--preset the default preset, i.e. the SLE human "
                    "course under the Erlangen regimen) with parameter overrides, and write simulation.csv (tidy: "
                    "time, kind, name, value, unit), simulation.png (one panel per output, units on the axes, "
-                   "optional data overlay) and parameters.csv.")
+                   "optional data overlay) and parameters.csv (and model.xml with --sbml).")
+    outputs = ("simulation.csv", "simulation.png", "parameters.csv", "model.xml")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_args(parser)
@@ -36,8 +37,14 @@ class SimulateCommand(Command):
         model, ts = run.model, run.ts
         data = read_data(args.data, model)
         names = None
-        if args.outputs:
+        if args.outputs is not None:
             names = [n.strip() for n in args.outputs.split(",") if n.strip()]
+            if not names:
+                raise UserError(f"--outputs {args.outputs!r} names no output; give comma-separated observables or "
+                                f"states, e.g. {','.join(model.observable_names()[:2])}.")
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise UserError(f"--outputs {args.outputs!r} names {twice} more than once.")
             valid = set(model.observable_names()) | set(model.state_names())
             bad = [n for n in names if n not in valid]
             if bad:

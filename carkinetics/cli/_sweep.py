@@ -23,6 +23,7 @@ import os
 
 from ._common import (
     EXIT_OK,
+    MAX_MEMBERS,
     UserError,
     add_checkpoint_arg,
     add_devices_arg,
@@ -30,41 +31,62 @@ from ._common import (
     add_engine_arg,
     add_run_args,
     check_keys,
-    check_positive,
     device_count,
+    is_number,
     load_toml,
+    toml_repr,
+    toml_value,
+    whole_number,
 )
 from ._inputs import resolve_run
 from ._plugins import Command, Context
 
 
 def sweep_spec(path: str, model, n_default: int) -> tuple[dict, list[str] | None]:
-    """The samples `{name: (n,) values}` and the wanted metric names of a sweep spec (see the module docstring)."""
+    """The samples `{name: (n,) values}` and the wanted metric names of a sweep spec (see the module docstring);
+    every key is checked for its type (`UserError` naming the file, table and key)."""
     import jax
     import numpy as np
 
     import carkinetics as ck
 
-    doc = load_toml(path)
+    doc = load_toml(path, "--ranges")
     check_keys(doc, ["sweep", "ranges"], path)
-    meta = doc.get("sweep", {})
+    meta = toml_value(doc.get("sweep", {}), "table", f"{path}: sweep (the [sweep] table)")
     check_keys(meta, ["n", "seed", "log", "metrics"], f"{path} [sweep]")
     ranges = doc.get("ranges")
     if not isinstance(ranges, dict) or not ranges:
         raise UserError(f"{path}: a [ranges] table of parameter = [lower, upper] is required.")
-    n = int(meta.get("n", n_default))
+    n = toml_value(meta.get("n", n_default), "whole", f"{path} [sweep] n")
     if n < 2:
         raise UserError(f"{path}: [sweep] n must be at least 2, got {n}.")
-    use_log = bool(meta.get("log", True))
+    if n > MAX_MEMBERS:
+        raise UserError(f"{path}: [sweep] n must be at most {MAX_MEMBERS:,}, got {n:,}; split the sweep into several "
+                        "runs with different seeds.")
+    seed = toml_value(meta.get("seed", 0), "whole", f"{path} [sweep] seed")
+    if not 0 <= seed < 2**32:
+        raise UserError(f"{path}: [sweep] seed must be between 0 and {2**32 - 1}, got {seed}.")
+    use_log = toml_value(meta.get("log", True), "bool", f"{path} [sweep] log")
+    wanted = meta.get("metrics")
+    if wanted is not None:
+        wanted = list(toml_value(wanted, "strings", f"{path} [sweep] metrics"))
+        twice = sorted({m for m in wanted if wanted.count(m) > 1})
+        if twice:
+            raise UserError(f"{path}: [sweep] metrics names {twice} more than once (each is one column of sweep.csv).")
+        available = metric_names(model)
+        bad = [m for m in wanted if available is not None and m not in available]
+        if bad:
+            raise UserError(f"{path}: [sweep] metrics names unknown metric(s) {bad}; available: {available}.")
     allp = ck.parameters(model)
-    u = np.asarray(jax.random.uniform(jax.random.key(int(meta.get("seed", 0))), (n, len(ranges))))
+    u = np.asarray(jax.random.uniform(jax.random.key(seed), (n, len(ranges))))
     samples = {}
     for j, (name, bounds) in enumerate(ranges.items()):
         if name not in allp:
             raise UserError(f"{path}: unknown parameter {name!r}; known parameters are {sorted(allp)}.")
-        if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(is_number(b) for b in bounds)
                 and bounds[0] < bounds[1]):
-            raise UserError(f"{path}: range of {name!r} must be [lower, upper] with lower < upper, got {bounds!r}.")
+            raise UserError(f"{path}: range of {name!r} must be [lower, upper] with lower < upper, got "
+                            f"{toml_repr(bounds)}.")
         lo, hi = float(bounds[0]), float(bounds[1])
         info = allp[name].info
         if lo < info.lower or hi > info.upper:
@@ -73,7 +95,24 @@ def sweep_spec(path: str, model, n_default: int) -> tuple[dict, list[str] | None
         col = u[:, j]
         samples[name] = np.exp(np.log(lo) + col * (np.log(hi) - np.log(lo))) if use_log and lo > 0 else \
             lo + col * (hi - lo)
-    return samples, meta.get("metrics")
+    return samples, wanted
+
+
+def metric_names(model) -> list[str] | None:
+    """The per-member metrics `carkinetics sweep` reports for `model` (the keys of `ck.observable_metrics`), found
+    without a solve; `None` if they cannot be found that way (then they are checked after the sweep)."""
+    import types
+
+    import numpy as np
+
+    import carkinetics as ck
+
+    stand_in = types.SimpleNamespace(model_class=type(model), ts=np.linspace(0.0, 1.0, 3),
+                                     obs_array=np.ones((3, len(model.observable_names()))))
+    try:
+        return sorted(ck.observable_metrics(stand_in))  # type: ignore[arg-type]
+    except Exception:  # (only a shortcut: the names are checked again after the sweep)
+        return None
 
 
 def sweep_figure(samples: dict, metrics: dict, path: str, max_metrics: int = 4) -> str:
@@ -111,12 +150,14 @@ class SweepCommand(Command):
                    "default; [sweep] n, seed, log, metrics), simulate every member in chunks on the chosen engine "
                    "and write sweep.csv (one row per member: parameters and summary metrics such as "
                    "<observable>_cmax, _auc) and sweep.png.")
+    outputs = ("sweep.csv", "sweep.png")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_args(parser)
         parser.add_argument("--ranges", metavar="TOML", required=True, help="parameter ranges (see above)")
-        parser.add_argument("--n", type=int, default=64, help="members when the TOML gives no [sweep] n (default 64)")
-        parser.add_argument("--chunk-size", type=int, default=None,
+        parser.add_argument("--n", type=whole_number(2, MAX_MEMBERS), default=64,
+                            help="members when the TOML gives no [sweep] n (default 64)")
+        parser.add_argument("--chunk-size", type=whole_number(1, MAX_MEMBERS), default=None,
                             help="members per compiled batch, split over the devices (default 256 per device)")
         add_engine_arg(parser)
         add_devices_arg(parser, what="each chunk")
@@ -142,7 +183,7 @@ class SweepCommand(Command):
         samples, wanted = sweep_spec(args.ranges, run.model, args.n)
         out = ctx.out_dir() if writer else args.out
         devices = device_count(args.devices) if setting.num_processes == 1 else len(jax.devices())
-        chunk = 256 * devices if args.chunk_size is None else check_positive("--chunk-size", args.chunk_size)
+        chunk = 256 * devices if args.chunk_size is None else args.chunk_size
         n_members = len(next(iter(samples.values())))
         try:
             res = ck.sweep_model(run.model, run.regimen, run.ts, samples, engine=args.engine, chunk_size=chunk,

@@ -1,6 +1,10 @@
 """Interop: SBML/Antimony export, PEtab-style tables, NONMEM-style data, tidy CSV tables of a simulation."""
 
-from .._core._files import atomic_write_text as atomic_write_text
+from .._core._files import (
+    atomic_text_file as atomic_text_file,
+    atomic_write_bytes as atomic_write_bytes,
+    atomic_write_text as atomic_write_text,
+)
 from ._nonmem import (
     Observations as Observations,
     observations_from_solution as observations_from_solution,

@@ -37,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._core._dosing import Bolus, Infusion, Regimen
+from .._core._files import atomic_text_file
 from .._core._solution import Solution
 
 # --------------------------------------------------------------------------------------------------------------
@@ -393,7 +394,7 @@ def _dose_rows(regimen: Regimen | None,
 
 def _write_csv(path: str | os.PathLike | io.TextIOBase, lines: list[list]) -> None:
     if isinstance(path, (str, os.PathLike)):
-        with open(path, "w", newline="", encoding="utf-8") as fh:
+        with atomic_text_file(path, newline="") as fh:
             csv.writer(fh).writerows(lines)
     else:
         csv.writer(path).writerows(lines)

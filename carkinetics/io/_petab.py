@@ -29,6 +29,8 @@ import numpy as np
 
 import carkinetics as ck
 
+from .._core._files import atomic_text_file, atomic_write_text
+
 _SCALES = ("lin", "log", "log10")
 _TRANSFORMS = ("lin", "log", "log10")
 _NOISE = ("normal", "laplace")
@@ -273,7 +275,7 @@ def _num(x: float) -> str:
 
 
 def _write_tsv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_text_file(path, newline="") as fh:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
         w.writerow(header)
         for r in rows:
@@ -344,8 +346,7 @@ def write_petab(problem: PetabProblem, folder: str | os.PathLike, *, model: ck.A
     sbml = to_sbml(model, regimen, t0=0.0)
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "model.xml"), "w", encoding="utf-8") as fh:
-        fh.write(sbml)
+    atomic_write_text(os.path.join(folder, "model.xml"), sbml)
     _write_tsv(os.path.join(folder, "measurements.tsv"),
                ["observableId", "simulationConditionId", "time", "measurement", "noiseParameters", "replicateId",
                 "datasetId"],
@@ -363,16 +364,16 @@ def write_petab(problem: PetabProblem, folder: str | os.PathLike, *, model: ck.A
                 "noiseDistribution"],
                [list(o) for o in problem.observables])
     yaml_path = os.path.join(folder, "problem.yaml")
-    with open(yaml_path, "w", encoding="utf-8") as fh:
-        fh.write(
-            "format_version: 1\n"
-            "parameter_file: parameters.tsv\n"
-            "problems:\n"
-            "    - condition_files: [conditions.tsv]\n"
-            "      measurement_files: [measurements.tsv]\n"
-            "      observable_files: [observables.tsv]\n"
-            "      sbml_files: [model.xml]\n"
-        )
+    atomic_write_text(
+        yaml_path,
+        "format_version: 1\n"
+        "parameter_file: parameters.tsv\n"
+        "problems:\n"
+        "    - condition_files: [conditions.tsv]\n"
+        "      measurement_files: [measurements.tsv]\n"
+        "      observable_files: [observables.tsv]\n"
+        "      sbml_files: [model.xml]\n",
+    )
     return yaml_path
 
 
@@ -382,6 +383,10 @@ def _read_tsv(path: str, required: Sequence[str]) -> tuple[list[str], list[tuple
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t")
         header = [h.strip() for h in (reader.fieldnames or [])]
+        dup = sorted({h for h in header if header.count(h) > 1})
+        if dup:  # csv.DictReader would keep the last of them silently
+            raise ValueError(f"{os.path.basename(path)} has duplicate column(s) {dup} in its header; each column "
+                             "must appear once.")
         missing = [c for c in required if c not in header]
         if missing:
             raise ValueError(f"{os.path.basename(path)} lacks required column(s) {missing}; found {header}.")

@@ -678,6 +678,7 @@ def to_sbml(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.AbstractDos
 
 def write_sbml(model: ck.AbstractKineticModel, path, regimen: ck.Regimen | ck.AbstractDose | None = None, *,
                name: str | None = None, t0: float | None = None) -> None:
-    """Write `to_sbml(model, regimen, t0=t0)` to `path` (an `.xml`/`.sbml` file)."""
-    with open(path, "w") as fh:
-        fh.write(to_sbml(model, regimen, name=name, t0=t0))
+    """Write `to_sbml(model, regimen, t0=t0)` to `path` (an `.xml`/`.sbml` file), atomically."""
+    from .._core._files import atomic_write_text
+
+    atomic_write_text(path, to_sbml(model, regimen, name=name, t0=t0))

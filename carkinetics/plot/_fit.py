@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ._timecourse import write_figure
+
 
 def _plt():
     import matplotlib.pyplot as plt
@@ -79,7 +81,7 @@ def plot_fit(fit: Any, *, path: str | None = None, log_scale: bool = True, title
         fig.suptitle(title)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=120)
+        write_figure(fig, path, dpi=120)
     return fig
 
 
@@ -105,7 +107,7 @@ def plot_obs_vs_pred(fit: Any, *, path: str | None = None, log_scale: bool = Tru
     ax.legend(fontsize=8)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=120)
+        write_figure(fig, path, dpi=120)
     return fig
 
 
@@ -125,7 +127,7 @@ def plot_residuals(fit: Any, *, path: str | None = None):
     ax.legend(fontsize=8)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=120)
+        write_figure(fig, path, dpi=120)
     return fig
 
 
@@ -144,5 +146,5 @@ def plot_profiles(profiles: Any, *, path: str | None = None):
         ax.set_title("identifiable" if pr.identifiable else "NOT identifiable", fontsize=9)
     fig.tight_layout()
     if path:
-        fig.savefig(path, dpi=120)
+        write_figure(fig, path, dpi=120)
     return fig

@@ -71,6 +71,7 @@ def plot_timecourse(
     title: str | None = None,
     ncols: int = 2,
     panel_size: tuple[float, float] = (4.6, 3.0),
+    panel_titles: Mapping[str, str] | None = None,
 ):
     """One panel per output (observable or state), with units on the y axis and optional data overlays.
 
@@ -85,6 +86,8 @@ def plot_timecourse(
     - `logy`: log y axis (default: automatic, when a panel spans more than three decades).
     - `ylim_floor`: lower y limit on log axes (e.g. a detection limit); default: `decades` below the maximum.
     - `title`, `ncols`, `panel_size`: figure layout.
+    - `panel_titles`: a readable title per output name (e.g. `{"b_blood": "B cells in blood"}`); the y axis keeps
+      the name and unit. Default: the names.
 
     **Returns:** a `matplotlib.figure.Figure`.
 
@@ -137,7 +140,7 @@ def plot_timecourse(
             elif vals.size:  # show at most `decades` below the maximum (values near 0 would flatten the plot)
                 ax.set_ylim(bottom=max(float(vals.min()), float(vals.max()) * 10.0 ** (-decades)) / 1.5,
                             top=float(vals.max()) * 1.5)
-        ax.set_title(name, fontsize=10)
+        ax.set_title((panel_titles or {}).get(name, name), fontsize=10)
         ax.set_ylabel(f"{name} [{unit}]" if unit else name, fontsize=9)
         ax.set_xlabel(TIME_LABEL, fontsize=9)
         ax.axvline(0.0, color="0.7", lw=0.8, ls=":")
@@ -225,8 +228,22 @@ def plot_vpc(
     return fig
 
 
+def write_figure(fig: Any, path: str, *, dpi: int = 110) -> None:
+    """Render `fig` as PNG (or the format of `path`'s suffix) and write it atomically (a reader never sees a partial
+    image; an interrupted run leaves the previous file or none)."""
+    import io
+    import os
+
+    from .._core._files import atomic_write_bytes
+
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def save_figure(fig: Any, path: str, *, dpi: int = 110) -> str:
-    """Save `fig` as PNG (or the format of `path`'s suffix), close it, and return `path`."""
-    fig.savefig(path, dpi=dpi)
+    """Save `fig` as PNG (or the format of `path`'s suffix) atomically, close it, and return `path`."""
+    write_figure(fig, path, dpi=dpi)
     _plt().close(fig)
     return path

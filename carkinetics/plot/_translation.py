@@ -19,7 +19,8 @@ def translation_heatmap(tmap: Any, *, ax: Any = None, annotate: bool = True) -> 
     The colour is the share of each metric's gap attributed to the group (Shapley value over the sum of
     |Shapley values| of the metric, from -1 to 1; red: the group moves the metric towards the `b` value in the
     positive direction, blue: negative). Annotations give the share in percent; `*` marks a material attribution
-    that rests on unverified (`M`-tagged) parameters, `?` one whose sign is not robust to parameter uncertainty.
+    that rests on unverified (`A`- or `M`-tagged) parameters, `?` one whose sign is not robust to parameter
+    uncertainty; a metric whose value is censored at the simulation horizon in either model is labelled `(>=)`.
 
     **Arguments:**
 
@@ -42,7 +43,7 @@ def translation_heatmap(tmap: Any, *, ax: Any = None, annotate: bool = True) -> 
     """
     plt = _plt()
     share = tmap.share()
-    flags = tmap.m_flags()
+    flags = tmap.unverified_flags()
     unsure = tmap.sign_uncertain()
     g, k = share.shape
     if ax is None:
@@ -51,7 +52,9 @@ def translation_heatmap(tmap: Any, *, ax: Any = None, annotate: bool = True) -> 
         fig = ax.figure
     im = ax.imshow(share, cmap="RdBu_r", vmin=-1.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(k))
-    ax.set_xticklabels([f"{n}\n[{u}]" if u else n for n, u in zip(tmap.metric_names, tmap.metric_units)],
+    cens = np.asarray(tmap.censored_a, bool) | np.asarray(tmap.censored_b, bool)
+    ax.set_xticklabels([(f"{n}\n[{u}]" if u else n) + (" (>=)" if c else "")
+                        for n, u, c in zip(tmap.metric_names, tmap.metric_units, cens)],
                        rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(g))
     ax.set_yticklabels(tmap.group_names, fontsize=8)
@@ -62,9 +65,14 @@ def translation_heatmap(tmap: Any, *, ax: Any = None, annotate: bool = True) -> 
                 ax.text(j, i, txt, ha="center", va="center", fontsize=7,
                         color="white" if abs(share[i, j]) > 0.6 else "black")
     a, b = tmap.labels
-    ax.set_title(f"Share of the {a} -> {b} gap by mechanism (%)\n* rests on M-tagged parameters, "
-                 "? sign not robust", fontsize=9)
-    fig.colorbar(im, ax=ax, label="Shapley share of gap", shrink=0.8)
+    ax.set_title(f"Share of the {a} -> {b} gap by mechanism (%): Shapley value over the metric's summed |Shapley "
+                 "values| (the |shares| of a column add up to 100)\n* rests on A/M-tagged (unverified) parameters, "
+                 "? sign not robust, (>=) censored at the horizon", fontsize=9)
+    from matplotlib.ticker import FuncFormatter
+
+    # the colour scale in the unit of the cell labels (percent), the image itself holds the shares (fractions)
+    fig.colorbar(im, ax=ax, label="share of the gap (%)", shrink=0.8,
+                 format=FuncFormatter(lambda v, _: f"{100 * v:.0f}"))
     return fig
 
 
@@ -72,7 +80,9 @@ def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
     """Waterfall of one metric: from the `a` value, one step per mechanism (its Shapley value), to the `b` value.
 
     Steps are ordered by size; error bars give the sample interval of each Shapley value (if the map has
-    samples), hatched bars rest on `M`-tagged parameters.
+    samples), hatched bars rest on unverified (`A`/`M`-tagged) parameters; a legend says so (on a new figure;
+    `attribution_waterfalls` puts one legend under all panels); a value censored at the simulation horizon is
+    labelled `>=`.
 
     **Arguments:**
 
@@ -88,8 +98,9 @@ def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
     k = tmap.metric_names.index(metric)
     phi = tmap.shapley[:, k]
     lo, hi = tmap.intervals()
-    flags = tmap.m_flags()[:, k]
+    flags = tmap.unverified_flags()[:, k]
     order = np.argsort(-np.abs(phi))
+    standalone = ax is None
     if ax is None:
         fig, ax = plt.subplots(figsize=(1.5 + 0.55 * (len(phi) + 2), 3.6), constrained_layout=True)
     else:
@@ -97,7 +108,7 @@ def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
     a_lab, b_lab = tmap.labels
     level = float(tmap.value_a[k])
     ax.bar(0, level, color="0.55", width=0.7)
-    labels = [a_lab]
+    labels = [a_lab + (" (>=)" if bool(tmap.censored_a[k]) else "")]
     extents = [0.0, level, float(tmap.value_b[k])]
     for pos, g in enumerate(order, start=1):
         d = float(phi[g])
@@ -112,7 +123,7 @@ def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
         extents.append(level)
         labels.append(tmap.group_names[g])
     ax.bar(len(order) + 1, float(tmap.value_b[k]), color="0.3", width=0.7)
-    labels.append(b_lab)
+    labels.append(b_lab + (" (>=)" if bool(tmap.censored_b[k]) else ""))
     # Waterfall steps start at the previous level, so matplotlib's sticky bar edges would leave no margin above the
     # tallest level and bars would look cut off: set the limits explicitly with a 6 % margin.
     levels = np.asarray(extents, dtype=float)
@@ -125,7 +136,28 @@ def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
     ax.set_ylabel(f"{metric} [{unit}]" if unit else metric, fontsize=8)
     ax.set_title(f"{metric}: {a_lab} -> {b_lab}", fontsize=9)
     ax.axhline(0.0, color="black", lw=0.5)
+    if standalone:
+        ax.legend(handles=_waterfall_legend(tmap), fontsize=7, loc="best")
     return fig
+
+
+def _waterfall_legend(tmap: Any) -> list:
+    """Legend entries of the waterfall colours, hatching and error bars."""
+    from matplotlib.patches import Patch
+
+    a_lab, b_lab = tmap.labels
+    handles: list[Any] = [
+        Patch(color="0.55", label=f"{a_lab} value"), Patch(color="0.3", label=f"{b_lab} value"),
+        Patch(color="tab:red", label="mechanism raises the metric"),
+        Patch(color="tab:blue", label="mechanism lowers the metric"),
+        Patch(facecolor="white", edgecolor="black", hatch="//", label="rests on A/M-tagged (unverified) values"),
+    ]
+    if tmap.n_samples:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="black", lw=0.8, marker="_", label=f"{round(100 * tmap.level)} % "
+                              "sample interval"))
+    return handles
 
 
 def attribution_waterfalls(tmap: Any, *, ncols: int = 3) -> Any:
@@ -141,4 +173,5 @@ def attribution_waterfalls(tmap: Any, *, ncols: int = 3) -> Any:
         attribution_waterfall(tmap, metric, ax=axes[i // ncols][i % ncols])
     for j in range(n, nrows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
+    fig.legend(handles=_waterfall_legend(tmap), loc="outside lower center", ncols=3, fontsize=8)
     return fig

@@ -53,9 +53,11 @@ from carkinetics.models.sle.metrics import (
 from carkinetics.models.sle.presets import (
     PresetEntry as PresetEntry,
     dump_preset as dump_preset,
+    fit_path as fit_path,
     load_preset as load_preset,
     preset_meta as preset_meta,
     preset_names as preset_names,
+    preset_fit as preset_fit,
     preset_parameter_table as preset_parameter_table,
     preset_records as preset_records,
 )

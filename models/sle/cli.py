@@ -10,30 +10,42 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import math
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any
-
-from carkinetics.models.sle.metrics import save_times
-from carkinetics.models.sle.presets import load_preset, preset_names
-from carkinetics.models.sle.regimens import erlangen_regimen, mouse_regimen
 
 from carkinetics.cli import (
     EXIT_INTERNAL,
     EXIT_OK,
+    MAX_MEMBERS,
     Command,
     Context,
     Preset,
     PresetTable,
     UserError,
+    add_checkpoint_arg,
     add_engine_arg,
+    finite_number,
+    seed_arg,
+    whole_number,
 )
+from carkinetics.models.sle.demo import DEMO_FILES
+from carkinetics.models.sle.metrics import save_times
+from carkinetics.models.sle.presets import load_preset, preset_names
+from carkinetics.models.sle.regimens import erlangen_regimen, mouse_regimen
+
+#: Most parameter samples of `translate --samples` (each sample solves every coalition again).
+MAX_SAMPLES = 100_000
 
 _DESCRIPTIONS = {
-    "human": "SLE patient (70 kg, 170 cm) under the Erlangen regimen: Flu/Cy + 1e6 CAR-T cells/kg",
+    "human": "SLE patient (70 kg, 170 cm), the calibrated default (fits/human_sle.json), under the Erlangen regimen: "
+             "Flu/Cy + 1e6 CAR-T cells/kg",
     "mouse_nzbw": "NZB/W F1 lupus mouse: total-body irradiation + 1e6 CAR-T cells",
     "mouse_mrl_lpr": "MRL/lpr lupus mouse: total-body irradiation + 1e6 CAR-T cells",
 }
@@ -67,7 +79,10 @@ class TranslateCommand(Command):
                    "solve every coalition with the SLE metric set on the SLE save grid (ArmExperiment) and "
                    "attribute the difference of each metric to mechanisms (exact Shapley values); then the "
                    "scenario knobs. Writes translation_heatmap.png, translation_waterfalls.png, "
-                   "translation_map.csv/.md, translation_narrative.md and translation_scenarios.csv/.md.")
+                   "translation_map.csv/.md, translation_narrative.md and translation_scenarios.csv/.md (each file "
+                   "written completely or not at all).")
+    outputs = ("translation_heatmap.png", "translation_waterfalls.png", "translation_map.csv", "translation_map.md",
+               "translation_narrative.md", "translation_scenarios.csv", "translation_scenarios.md")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--mouse", default="mouse_nzbw",
@@ -76,41 +91,48 @@ class TranslateCommand(Command):
         parser.add_argument("--gaps", default=None,
                             help="comma-separated gap ids used as mechanism groups, e.g. G1,G3,G4,G6 (default: all; "
                                  "other differing parameters form 'ungrouped'; cost grows as 2^groups simulations)")
-        parser.add_argument("--samples", type=int, default=0,
+        parser.add_argument("--samples", type=whole_number(0, MAX_SAMPLES), default=0,
                             help="parameter samples for uncertainty intervals (default 0: point estimate)")
-        parser.add_argument("--seed", type=int, default=0,
+        parser.add_argument("--seed", type=seed_arg, default=0,
                             help="seed of the parameter samples, as jax.random.key(seed) (default 0)")
-        parser.add_argument("--t-end", type=float, default=730.0,
+        parser.add_argument("--t-end", type=finite_number, default=730.0,
                             help="horizon of the metrics, days, at least 120 (default 730)")
-        parser.add_argument("--batch-size", type=int, default=256,
+        parser.add_argument("--batch-size", type=whole_number(1, MAX_MEMBERS), default=256,
                             help="simulations per compiled chunk (default 256; tens on a CPU, more on a GPU)")
         add_engine_arg(parser)
+        add_checkpoint_arg(parser)
         parser.add_argument("--no-scenarios", action="store_true", help="skip the scenario-knob table")
 
     def run(self, args: argparse.Namespace, ctx: Context) -> int:
         import jax
+
+        import carkinetics as ck
         from carkinetics.models.sle.translation import (
             SCENARIOS,
             gap_groups,
             load_arm,
+            preset_label,
             sle_scenarios,
             write_scenario_tables,
             write_translation_report,
         )
 
-        import carkinetics as ck
-
         for flag, name in (("--mouse", args.mouse), ("--human", args.human)):
             if not name.endswith(".toml") and name not in preset_names():
                 raise UserError(f"{flag}: unknown preset {name!r}; built-in presets are {list(preset_names())} "
                                 "(or give a .toml path).")
-        if args.samples < 0:
-            raise UserError(f"--samples must be non-negative, got {args.samples}.")
-        if not (math.isfinite(args.t_end) and args.t_end >= 120.0):
+        if preset_label(args.mouse) == preset_label(args.human):
+            raise UserError(f"--mouse {args.mouse!r} and --human {args.human!r} have the same name "
+                            f"{preset_label(args.human)!r}, which would head both value columns of the map; compare "
+                            "two different presets (rename one of the files).")
+        if args.t_end < 120.0:
             raise UserError(f"--t-end must be at least 120 days (the metrics read day 90), got {args.t_end}.")
-        if args.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {args.batch_size}.")
         gaps = None if args.gaps is None else [g.strip() for g in args.gaps.split(",") if g.strip()]
+        if gaps is not None and not gaps:
+            raise UserError(f"--gaps {args.gaps!r} names no gap id; give comma-separated ids such as G1,G3 (or leave "
+                            "--gaps out for all of them).")
+        if gaps is not None and len(set(gaps)) != len(gaps):
+            raise UserError(f"--gaps {args.gaps!r} names a gap id more than once.")
         try:  # the groups of the map, as sle_translation_map forms them (checks --gaps before any solve)
             arm_a, _, gaps_a = load_arm(args.mouse)
             arm_b, _, gaps_b = load_arm(args.human)
@@ -137,17 +159,22 @@ class TranslateCommand(Command):
                   f"coalitions x {1 + args.samples} = {2**n_groups * (1 + args.samples)} simulations "
                   f"({args.engine} engine, {solver})")
         try:
-            paths = write_translation_report(out, a=args.mouse, b=args.human, key=key, n_samples=args.samples,
-                                             gaps=gaps, t_end=args.t_end, batch_size=bs, scenarios=False,
-                                             engine=args.engine)
-            prog.advance()
-            if not args.no_scenarios:
-                prog.step(f"scenario knobs: {len(SCENARIOS)} scenarios x 2 arms = {n_scen} simulations")
-                rows = sle_scenarios(args.mouse, args.human, t_end=args.t_end, batch_size=bs, engine=args.engine)
-                paths.update(write_scenario_tables(out, rows))
+            with _staging(out) as stage:  # each file is written there, then renamed into place: never half written
+                paths = write_translation_report(stage, a=args.mouse, b=args.human, key=key, n_samples=args.samples,
+                                                 gaps=gaps, t_end=args.t_end, batch_size=bs, scenarios=False,
+                                                 engine=args.engine, progress=not ctx.quiet,
+                                                 checkpoint=args.checkpoint)
+                paths = _publish(paths, out)
                 prog.advance()
+                if not args.no_scenarios:
+                    prog.step(f"scenario knobs: {len(SCENARIOS)} scenarios x 2 arms = {n_scen} simulations")
+                    rows = sle_scenarios(args.mouse, args.human, t_end=args.t_end, batch_size=bs, engine=args.engine)
+                    paths.update(_publish(write_scenario_tables(stage, rows), out))
+                    prog.advance()
         except ValueError as err:
             raise UserError(str(err)) from None
+        except ck.Interrupted as err:  # resume with the folder given, not the part of it the stopped stage used
+            raise ck.Interrupted(err.signum, err.done, err.total, args.checkpoint) from None
         prog.close()
         print(f"engine: {args.engine} ({solver}); {n_groups} mechanism groups, {args.samples} parameter samples, "
               f"horizon {args.t_end:g} d")
@@ -155,6 +182,25 @@ class TranslateCommand(Command):
             print(f"wrote {path}")
         print(f"output folder: {out}")
         return EXIT_OK
+
+
+@contextlib.contextmanager
+def _staging(out: str):
+    """A temporary folder inside `out` (same file system, so a rename is atomic), removed afterwards."""
+    stage = tempfile.mkdtemp(prefix=".staging-", dir=out)
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(paths: dict[str, str], out: str) -> dict[str, str]:
+    """Rename the staged files into `out`; returns their final paths."""
+    final = {}
+    for kind, path in paths.items():
+        final[kind] = os.path.join(out, os.path.basename(path))
+        os.replace(path, final[kind])
+    return final
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -166,12 +212,14 @@ class DemoCommand(Command):
     help = "the main job on built-in defaults: figures + self-contained HTML report"
     description = ("Simulate the human SLE course under the Erlangen regimen and its mouse counterpart, run a small "
                    "Sobol sensitivity sweep and the mouse-to-human translation map, and write figures (PNG), tidy "
-                   "tables (CSV) and report.html into the output folder.")
+                   "tables (CSV) and report.html into the output folder. --quick is a smoke run: a 120-day horizon, "
+                   "no Sobol sweep and a translation map over four mechanism groups.")
     default_out = "carkinetics_output"
+    outputs = DEMO_FILES
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--quick", action="store_true",
-                            help="shorter horizon, fewer samples (a few minutes on a CPU)")
+                            help="smoke run: 120-day horizon, no Sobol sweep, four mechanism groups in the map")
         add_engine_arg(parser)
 
     def run(self, args: argparse.Namespace, ctx: Context) -> int:

@@ -1,10 +1,13 @@
 """`carkinetics demo`: the main job on built-in defaults, as a sequence of report steps.
 
-Every SLE step uses the application's one save grid (`save_times`), one metric set (`sle_metrics`) and, for the
-translation map, the same gap groups, horizon and experiment (`ArmExperiment`) as `carkinetics translate`. A step
-whose requirements are not installed (e.g. Antimony for the SBML export) is left out with a note; a step that fails
-is reported in the HTML report and does not stop the others. Uses only the public `carkinetics` API,
-`carkinetics.io`, `carkinetics.plot`, `carkinetics.report` and the application's own modules.
+Every SLE step uses the application's one save grid (`save_times`), one metric set (`sle_metrics`) and the arms of
+the translation map (`load_arm`, `arm_regimen`: one regimen structure, so the human and mouse courses share one
+compiled solve); the full run's map has the gap groups, horizon and experiment (`ArmExperiment`) of `carkinetics
+translate`, the quick run's map four of those groups (`QUICK_GAPS`). The quick run leaves out the steps marked
+`full_only` (the Sobol sweep) with a note. A step whose requirements are not installed (e.g. Antimony for the SBML
+export) is left out with a note; a step that fails is reported in the HTML report and does not stop the others.
+Uses only the public `carkinetics` API, `carkinetics.io`, `carkinetics.plot`, `carkinetics.report` and the
+application's own modules.
 """
 
 from __future__ import annotations
@@ -20,10 +23,23 @@ from typing import Any
 
 from carkinetics.models.sle.metrics import SLE_METRICS, save_times, sle_metrics
 from carkinetics.models.sle.presets import load_preset
-from carkinetics.models.sle.regimens import erlangen_regimen, mouse_regimen
+from carkinetics.models.sle.regimens import erlangen_regimen
 
 import carkinetics as ck
 import carkinetics.io as cio
+
+#: Every file the demo writes into its output folder (`carkinetics demo` removes those of an earlier run first).
+DEMO_FILES = (
+    "lymphodepletion_pk.png", "lymphodepletion_fludarabine.csv", "lymphodepletion_cyclophosphamide.csv",
+    "human_erlangen.csv", "human_erlangen.png", "mouse_nzbw.csv", "human_vs_mouse.png", "sensitivity_sobol.png",
+    "sensitivity_sobol.csv", "translation_map.csv", "translation_heatmap.png", "translation_waterfalls.png",
+    "sle_human_erlangen.xml", "sle_human_erlangen.antimony", "parameters_human.csv", "report.html",
+)
+
+#: Gap ids of the quick run's translation map (the mechanisms behind most of the mouse-to-human gaps of the full map;
+#: the others form 'ungrouped'): 2^5 coalitions instead of 2^(every gap id + 1). The full run uses every gap id, as
+#: `carkinetics translate` does.
+QUICK_GAPS = ("G1", "G3", "G7", "G9")
 
 #: Horizon (days) of every SLE step: the quick run stops at the shortest grid the metrics allow; the full run uses
 #: the horizon of `carkinetics translate`.
@@ -47,6 +63,8 @@ class DemoContext:
         return T_END["quick" if self.quick else "full"]
 
     def path(self, name: str) -> str:
+        if name not in DEMO_FILES:
+            raise ValueError(f"{name!r} is not in DEMO_FILES (the files the demo declares it writes).")
         p = os.path.join(self.out, name)
         self.files.append(p)
         return p
@@ -54,22 +72,27 @@ class DemoContext:
 
 @dataclasses.dataclass(frozen=True)
 class DemoStep:
-    """One section of the demo: `requires` lists (module, attribute) pairs that must exist for it to run."""
+    """One section of the demo: `requires` lists (module, attribute) pairs that must exist for it to run; `extra`
+    names the optional dependency group of carkinetics (`pip install "carkinetics[extra]"`) that provides them."""
 
     title: str
     requires: tuple[tuple[str, str], ...]
     run: Callable[[DemoContext], None]
     depends_on: tuple[str, ...] = ()  # titles of earlier steps whose results it uses
+    extra: str | None = None
+    full_only: str | None = None  # why the quick run leaves the step out (None: it runs in both)
 
 
-def _feature(module: str, name: str) -> tuple[bool, str]:
-    """Whether `module` provides `name` (and, if not, why)."""
+def _feature(module: str, name: str, extra: str | None = None) -> tuple[bool, str]:
+    """Whether `module` provides `name` (and, if not, why and how to install it)."""
+    how = "" if extra is None else (f"; install it with the [{extra}] extra: pip install \"carkinetics[{extra}]\" "
+                                    f"(from a checkout: pip install -e \".[{extra}]\")")
     try:
         mod = importlib.import_module(module)
     except ImportError as err:
-        return False, f"{module} cannot be imported ({err})"
+        return False, f"{module} cannot be imported ({err}){how}"
     if not hasattr(mod, name):
-        return False, f"{module}.{name} is not in this installation"
+        return False, f"{module}.{name} is not in this installation{how}"
     return True, ""
 
 
@@ -107,39 +130,62 @@ def _step_lymphodepletion(ctx: DemoContext) -> None:
 
 #: Observables shown in the course figures.
 PANELS = ("car_blood", "b_blood", "anti_dsdna", "il6", "sledai", "lymphocytes")
+#: Their titles in the figures.
+PANEL_TITLES = {"car_blood": "CAR-T cells in blood", "b_blood": "B cells in blood",
+                "anti_dsdna": "anti-dsDNA antibodies", "il6": "IL-6 in plasma",
+                "sledai": "disease activity (SLEDAI-2K-like)", "lymphocytes": "lymphocytes in blood"}
+
+
+def _course(preset: str, t_end: float) -> tuple[Any, ck.Solution]:
+    """A preset's course under its protocol, as an arm of the translation map: the regimens of all arms share one
+    structure (doses of the other species are zero), so the human and mouse courses share one compiled solve."""
+    from carkinetics.models.sle.translation import arm_regimen, load_arm
+
+    arm, _, _ = load_arm(preset)
+    return arm.model, ck.simulate(arm.model, arm_regimen(arm), save_times(t_end))
 
 
 def _step_human(ctx: DemoContext) -> None:
     from carkinetics.plot import plot_timecourse, save_figure
 
-    model = load_preset("human")
-    ts = save_times(ctx.t_end)
-    sol = ck.simulate(model, erlangen_regimen(model), ts)
+    model, sol = _course("human", ctx.t_end)
+    ts = sol.ts
     ctx.results["human"] = (model, sol)
     cio.write_tidy_csv(ctx.path("human_erlangen.csv"), sol)
-    fig = plot_timecourse(sol, list(PANELS), ncols=3, title="Human SLE, Erlangen regimen (Flu/Cy + 1e6 CAR-T/kg)")
+    fig = plot_timecourse(sol, list(PANELS), ncols=3, panel_titles=PANEL_TITLES,
+                          title="Human SLE, Erlangen regimen (Flu/Cy + 1e6 CAR-T/kg)")
     ctx.report.text(
         f"The composed SLE CAR-T model with the human preset, under the Erlangen regimen, on the SLE save grid "
         f"(days {float(ts[0]):g} to {float(ts[-1]):g}; {int(sol.num_steps)} solver steps)."
     )
     ctx.report.figure(save_figure(fig, ctx.path("human_erlangen.png")), "Human SLE course (blood counts per µL).")
+    m = {k: float(v) for k, v in sle_metrics(sol).items()}
+    ctx.report.key_finding(
+        f"Human SLE under the Erlangen regimen (model, days 0 to {ctx.t_end:g}): blood CAR-T cells peak at "
+        f"{10 ** m['CAR Cmax']:.3g} cells/µL on day {m['CAR Tmax']:.0f}; B-cell aplasia (below 5 % of baseline) "
+        f"lasts {m['B aplasia']:.0f} days; anti-dsDNA is at {m['anti-dsDNA d90']:.0f} % of baseline on day 90; "
+        f"peak CRS index {m['CRS grade']:.2g} (0-4).")
 
 
 def _step_mouse(ctx: DemoContext) -> None:
     from carkinetics.plot import plot_timecourse, save_figure
 
-    model = load_preset("mouse_nzbw")
-    sol = ck.simulate(model, mouse_regimen(model), save_times(ctx.t_end))
+    model, sol = _course("mouse_nzbw", ctx.t_end)
     ctx.results["mouse"] = (model, sol)
     cio.write_tidy_csv(ctx.path("mouse_nzbw.csv"), sol)
     sols, labels = [sol], ["mouse (NZB/W)"]
     if "human" in ctx.results:
         sols.insert(0, ctx.results["human"][1])
         labels.insert(0, "human")
-    fig = plot_timecourse(sols, list(PANELS), labels=labels, ncols=3, title="Human vs mouse (NZB/W) course")
+    fig = plot_timecourse(sols, list(PANELS), labels=labels, ncols=3, panel_titles=PANEL_TITLES,
+                          title="Human vs mouse (NZB/W) course")
     ctx.report.text("The same model with the NZB/W mouse preset, irradiation conditioning and 1e6 CAR-T cells.")
     ctx.report.figure(save_figure(fig, ctx.path("human_vs_mouse.png")), "Human and mouse courses side by side.")
 
+
+#: Saltelli base samples of the sensitivity step (full run only: the few a quick run could afford give intervals
+#: wider than the indices).
+SOBOL_BASE_SAMPLES = 32
 
 #: Parameters of the sensitivity step (ranges: half to double the preset value) and the SLE metrics it reads.
 SOBOL_PARAMETERS = ("car.rho", "car.alpha", "car.k_kill", "bcell.d_pb")
@@ -164,7 +210,7 @@ def _step_sensitivity(ctx: DemoContext) -> None:
     problem = {"names": names, "bounds": bounds}
     fn = ck.model_function(model, erlangen_regimen(model), save_times(ctx.t_end), names, sobol_metrics,
                            engine=ctx.engine)
-    n = 8 if ctx.quick else 32
+    n = SOBOL_BASE_SAMPLES
     indices, x, res = ck.sobol_analysis(fn, problem, n, key=jax.random.key(0), has_ok=True, progress=ctx.progress)
     fig, axes = plt.subplots(1, len(SOBOL_METRICS), figsize=(4.4 * len(SOBOL_METRICS), 3.4), squeeze=False)
     rows = []
@@ -173,9 +219,11 @@ def _step_sensitivity(ctx: DemoContext) -> None:
         for i, p in enumerate(names):
             rows.append([m, p, float(indices[m].S1[i]), float(indices[m].S1_conf[i]), float(indices[m].ST[i]),
                          float(indices[m].ST_conf[i])])
+    fig.suptitle(f"Sobol indices: {n} base samples, {x.shape[0]} simulations", fontsize=10)
     fig.tight_layout()
     png = save_figure(fig, ctx.path("sensitivity_sobol.png"))
-    with open(ctx.path("sensitivity_sobol.csv"), "w", newline="") as fh:
+    wide = sum(1 for r in rows if not r[5] < r[4])  # intervals at least as wide as the index they bound
+    with cio.atomic_text_file(ctx.path("sensitivity_sobol.csv"), newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["metric", "parameter", "S1", "S1_conf", "ST", "ST_conf"])
         w.writerows(rows)
@@ -183,11 +231,19 @@ def _step_sensitivity(ctx: DemoContext) -> None:
         f"Sobol indices of three SLE metrics ({'; '.join(f'{m}: {SLE_METRICS[m][1]}' for m in SOBOL_METRICS)}) of "
         f"the human Erlangen course over {ctx.t_end:g} days, for {len(names)} parameters each varied uniformly from "
         f"half to double its preset value (Saltelli design, {n} base samples, {x.shape[0]} simulations on the "
-        f"{res.engine} engine, {int(res.n_failed)} failed). "
-        + ("This is a small illustrative sweep: with so few samples the confidence intervals are wide."
-           if ctx.quick else "")
+        f"{res.engine} engine, {int(res.n_failed)} failed)."
+        + (f" {wide} of {len(rows)} total-index intervals are as wide as the index itself: read those indices as "
+           "'not resolved at this sample size'." if wide else "")
     )
     ctx.report.figure(png, "First-order (S1) and total (ST) Sobol indices with bootstrap 95% intervals.")
+    top = []
+    for m in SOBOL_METRICS:
+        st = [float(v) for v in indices[m].ST]
+        i = max(range(len(names)), key=lambda j: st[j] if st[j] == st[j] else -1.0)
+        top.append(f"{m}: {names[i]} (ST {st[i]:.2f} ± {float(indices[m].ST_conf[i]):.2f})")
+    ctx.report.key_finding(
+        "Most influential parameter (total Sobol index, half to double the preset values) per metric: "
+        + "; ".join(top) + ".")
     ctx.report.table(["metric", "parameter", "S1", "±", "ST", "±"], rows)
 
 
@@ -201,27 +257,58 @@ def _step_translation(ctx: DemoContext) -> None:
         translation_heatmap,
     )
 
-    tm = sle_translation_map("mouse_nzbw", "human", t_end=ctx.t_end, key=jax.random.key(0), engine=ctx.engine)
+    gaps = QUICK_GAPS if ctx.quick else None  # None: every gap id the presets tag, as `carkinetics translate`
+    tm = sle_translation_map("mouse_nzbw", "human", gaps=gaps, t_end=ctx.t_end, key=jax.random.key(0),
+                             engine=ctx.engine)
     tm.to_csv(ctx.path("translation_map.csv"))
     heat = save_figure(translation_heatmap(tm), ctx.path("translation_heatmap.png"))
     water = save_figure(attribution_waterfalls(tm, ncols=4), ctx.path("translation_waterfalls.png"))
+    which = (f"The gap mechanisms {', '.join(QUICK_GAPS)} of `carkinetics translate` ({len(tm.group_names)} groups "
+             "with 'ungrouped', which holds the other differing parameters; a smoke run: the full demo and "
+             "`carkinetics translate` use every gap id)" if ctx.quick else
+             f"Every gap mechanism the presets tag ({len(tm.group_names)} groups, the groups of "
+             "`carkinetics translate`)")
     ctx.report.text(
         f"Which mechanisms explain the difference between the NZB/W mouse and the human course (days 0 to "
-        f"{ctx.t_end:g})? Every gap mechanism the presets tag ({len(tm.group_names)} groups, the groups of "
-        "`carkinetics translate`) is swapped between the two presets and each metric's gap is attributed exactly "
+        f"{ctx.t_end:g})? {which} are swapped between the two presets and each metric's gap is attributed exactly "
         f"(Shapley values over all {2 ** len(tm.group_names)} group subsets, solved on the {ctx.engine} engine)."
     )
     ctx.report.figure(heat, "Share of each metric's mouse-to-human gap by mechanism group.")
     ctx.report.figure(water, "Attribution waterfalls: from the mouse value, one step per mechanism, to the human value.")
-    ctx.report.code(tm.narrative())
+    _narrative(ctx.report, tm.narrative())
+    k = max(range(len(tm.metric_names)), key=lambda j: abs(float(tm.value_b[j]) - float(tm.value_a[j]))
+            / max(abs(float(tm.value_a[j])), abs(float(tm.value_b[j])), 1e-300))
+    g = max(range(len(tm.group_names)), key=lambda j: abs(float(tm.shapley[j, k])))
+    total, phi = float(tm.total[k]), float(tm.shapley[g, k])
+    share = (f" ({100 * phi / total:.0f} % of the gap)" if total and abs(phi) <= abs(total) else
+             f" ({phi:+.3g}, more than the whole gap of {total:+.3g}: other mechanisms pull the other way)")
+    ctx.report.key_finding(
+        f"Largest relative mouse-to-human gap: {tm.metric_names[k]}, {float(tm.value_a[k]):.3g} in the NZB/W mouse vs "
+        f"{float(tm.value_b[k]):.3g} in the human ({tm.metric_units[k]}); the mechanism with the largest attribution "
+        f"is {tm.group_names[g]}{share}.")
+
+
+def _narrative(report: Any, text: str) -> None:
+    """A narrative's lines into the report: `- ` lines as a bulleted list, the others as paragraphs (wrapped, never
+    a horizontally scrolling block)."""
+    items: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("- "):
+            items.append(line[2:])
+            continue
+        if items:
+            report.bullets(items)
+            items = []
+        if line.strip():
+            report.text(line)
 
 
 def _step_sbml(ctx: DemoContext) -> None:
     model = load_preset("human")
     path = ctx.path("sle_human_erlangen.xml")
     cio.write_sbml(model, path, erlangen_regimen(model))
-    with open(ctx.path("sle_human_erlangen.antimony"), "w") as fh:
-        fh.write(cio.to_antimony(model, erlangen_regimen(model)))
+    antimony = cio.to_antimony(model, erlangen_regimen(model))
+    cio.atomic_write_text(ctx.path("sle_human_erlangen.antimony"), antimony)
     ctx.report.text(
         f"The human preset with the Erlangen regimen as SBML ({os.path.basename(path)}) and Antimony, for "
         "libroadrunner, COPASI or AMICI users: states as rate rules, observables as assignment rules, every "
@@ -243,9 +330,11 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("Lymphodepletion pharmacokinetics", (), _step_lymphodepletion),
     DemoStep(HUMAN, (), _step_human),
     DemoStep("Mouse counterpart", (), _step_mouse),
-    DemoStep("Sensitivity sweep (Sobol indices)", (), _step_sensitivity),
+    DemoStep("Sensitivity sweep (Sobol indices)", (), _step_sensitivity,
+             full_only="a Sobol sweep needs its own compiled batch and more samples than a smoke run affords; run "
+                       "`carkinetics demo` without --quick for it"),
     DemoStep("Translation map: mouse to human", (), _step_translation),
-    DemoStep("Export to SBML", (("antimony", "loadAntimonyString"),), _step_sbml),
+    DemoStep("Export to SBML", (("antimony", "loadAntimonyString"),), _step_sbml, extra="sbml"),
     DemoStep("Parameters of the human preset", (), _step_parameters, depends_on=(HUMAN,)),
 )
 
@@ -257,7 +346,7 @@ def run_demo(out: str, *, quick: bool = False, engine: str = "ensemble", steps: 
     **Arguments:**
 
     - `out`: the output folder (it must exist).
-    - `quick`: the short horizon and fewer samples.
+    - `quick`: a smoke run: the short horizon, four mechanism groups, no step marked `full_only`.
     - `engine`: `"ensemble"` or `"vmap"`, for the batched steps (sensitivity sweep, translation map).
     - `steps`: the steps to run, in order.
     - `progress`: `progress(n_steps, label)` returns an object with `step(what)`, `advance()` and `close()` (e.g.
@@ -279,9 +368,13 @@ def run_demo(out: str, *, quick: bool = False, engine: str = "ensemble", steps: 
         if prog is not None:
             prog.step(step.title)
         rep.heading(step.title)
-        missing = [why for ok, why in (_feature(m, a) for m, a in step.requires) if not ok]
+        missing = [why for ok, why in (_feature(m, a, step.extra) for m, a in step.requires) if not ok]
         missing += [f"it needs the step '{d}', which did not run" for d in step.depends_on if d not in done]
-        if missing:
+        if quick and step.full_only and not missing:
+            msg = f"Step '{step.title}' is left out of the quick run: {step.full_only}."
+            rep.note(msg, kind="skipped")
+            skipped.append(msg)
+        elif missing:
             msg = f"Step '{step.title}' is left out of this demo: {missing[0]}."
             rep.note(msg, kind="skipped")
             skipped.append(msg)

@@ -7,9 +7,10 @@ explicit times are dose times.
 `car_t.py`, `rejection.py`, `bcells.py`, `autoantibodies.py`, `cytokines.py` and `disease.py`, configured by the
 product facts of `products.py`. Each module docstring states its equations; each parameter group's docstring holds
 its parameter table, generated from the fields. Parameter groups are the fields `body, product, car, rejection,
-bcell, humoral, tcell, ld, myeloid, disease`, so dotted names read `"car.rho"`. The class defaults are the human
-values (hand-set, tag A where no published value exists, until the calibration of issue 21 item 7); presets hold only
-the values that differ.
+bcell, humoral, tcell, ld, myeloid, disease`, so dotted names read `"car.rho"`. The class defaults are the hand-set
+human values (tag A where no published value exists): the priors of the calibration. The shipped default is the
+calibrated model, `load_preset("human")`: these defaults with the fitted values of `calibration/fits/human_sle.json`
+(tag F); the other presets hold only the values that differ from it.
 
 Time is days after CAR-T infusion (day 0); conditioning is on negative days.
 
@@ -77,7 +78,8 @@ class SLECarTModel(ck.AbstractKineticModel):
     """Composed mechanistic model of CAR-T therapy in SLE (states and equations: module docstrings).
 
     **Parameter groups:** `body`, `product`, `car`, `rejection`, `bcell`, `humoral`, `tcell`, `ld`, `myeloid`,
-    `disease`; the defaults are the adult human SLE values with the MB-CART19.1 product.
+    `disease`; the defaults are the hand-set adult human SLE values with the MB-CART19.1 product (the calibrated
+    default is `load_preset("human")`).
 
     **Example:**
 

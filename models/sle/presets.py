@@ -20,9 +20,18 @@ empty `value`/`unit`/`source`/`tag`, unknown confidence tags, unknown entry keys
 values outside the declared bounds, units that differ from the model's declared unit, and malformed `gap` labels.
 All presets build the same `SLECarTModel` class (same structure), so parameter groups can be swapped between them.
 
-`preset_records(name)` returns the listed entries; `preset_records(name, complete=True)` adds the class defaults
-(with the class provenance) for the rest; `preset_parameter_table(name)` is the complete table with the preset's
-provenance.
+**Calibrated presets.** A preset's `[meta]` table may name a fit file, `fit = "human_sle.json"`: a file written by
+`carkinetics.save_fit` and shipped as package data (`carkinetics.models.sle.fits`, source `calibration/fits/`).
+`load_preset` then builds the class defaults, sets the fitted values from that file (tag `F`, with the fit file,
+its data files and their SHA-256 as the source; the tag and source of the default they replaced are kept in the
+file as the prior), and finally the preset's own values. The fit file is the only place the fitted numbers live:
+a preset never copies them. `load_preset(name, calibrated=False)` skips the fit (the priors of the calibration,
+used by `calibration/fit_human_sle.py`). The shipped human presets and the mouse presets all name the human SLE
+fit, so every preset lists only what differs from the calibrated adult human (one fact, one place).
+
+`preset_records(name)` returns the preset's entries (the fitted ones first, then the listed ones);
+`preset_records(name, complete=True)` adds the class defaults (with the class provenance) for the rest;
+`preset_parameter_table(name)` is the complete table with the preset's provenance.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import carkinetics as ck
 from carkinetics.models.sle.model import SLECarTModel
 
 _PRESETS = ("human", "human_oncology", "mouse_nzbw", "mouse_mrl_lpr")
+_FITS_PACKAGE = "carkinetics.models.sle.fits"
 _REQUIRED = ("value", "unit", "source", "tag")
 _OPTIONAL = ("gap", "description")
 _GAP = re.compile(r"^G(?:[1-9]|1[0-2])$")
@@ -59,8 +69,64 @@ class PresetEntry:
 
 
 def preset_names() -> tuple[str, ...]:
-    """Names of the shipped presets: `("human", "mouse_nzbw", "mouse_mrl_lpr")`."""
+    """Names of the shipped presets: `("human", "human_oncology", "mouse_nzbw", "mouse_mrl_lpr")`."""
     return _PRESETS
+
+
+def fit_path(name: str) -> str:
+    """Path of a shipped fit file (package data `carkinetics.models.sle.fits`; source `calibration/fits/`).
+
+    **Example:** `fit_path("human_sle.json")`.
+    """
+    if not isinstance(name, str) or not name.endswith(".json") or "/" in name or os.sep in name:
+        raise ValueError(f"`name` must be the file name of a shipped fit (e.g. 'human_sle.json'), got {name!r}.")
+    path = str(importlib.resources.files(_FITS_PACKAGE).joinpath(name))
+    if not os.path.isfile(path):
+        raise ValueError(f"No shipped fit file {name!r} (looked in {os.path.dirname(path)!r}).")
+    return path
+
+
+def preset_fit(name: str | os.PathLike) -> str | None:
+    """Path of the fit file a preset names in `[meta] fit` (`None` if it names none)."""
+    label, data = _read(name)
+    meta = data.get("meta", {})
+    fit = meta.get("fit") if isinstance(meta, Mapping) else None
+    if fit is None:
+        return None
+    if not isinstance(fit, str) or not fit.strip():
+        raise ValueError(f"The {label} has `fit = {fit!r}` in [meta]; give the file name of a shipped fit.")
+    try:
+        return fit_path(fit)
+    except ValueError as err:
+        raise ValueError(f"The {label}: {err}") from None
+
+
+def _fit_records(path: str, declared: Mapping[str, Any]) -> dict[str, PresetEntry]:
+    """The fitted values of a fit file as preset entries (tag F; the source names the file and its data)."""
+    doc = ck.read_fit_provenance(path)
+    if doc["model"] != SLECarTModel.__name__:
+        raise ValueError(f"Fit file {path!r} was fitted to {doc['model']}, not {SLECarTModel.__name__}.")
+    prov = doc.get("provenance", {})
+    data = "; ".join(f"{os.path.basename(d.get('path', ''))} sha256 {str(d.get('sha256', ''))[:12]}"
+                     for d in prov.get("data", []))
+    where = f"calibration/fits/{os.path.basename(path)}"
+    out: dict[str, PresetEntry] = {}
+    for pname, entry in doc["parameters"].items():
+        if pname not in declared:
+            raise ValueError(f"Fit file {path!r} sets {pname!r}, which is not a parameter of SLECarTModel (a fit of "
+                             "an older model version: refit).")
+        info = declared[pname].info
+        if entry["unit"] != info.unit:
+            raise ValueError(f"Fit file {path!r}: parameter {pname!r} is in {entry['unit']!r} but SLECarTModel "
+                             f"declares {info.unit!r}.")
+        value = float(entry["value"])
+        if not (info.lower <= value <= info.upper):
+            raise ValueError(f"Fit file {path!r}: parameter {pname!r} = {value!r} lies outside the declared bounds "
+                             f"[{info.lower}, {info.upper}].")
+        source = (f"fitted by carkinetics ({where}, {prov.get('date', 'undated')}; data: {data or 'none recorded'})"
+                  f"; prior: {entry.get('prior_source', info.source)} [{entry.get('prior_tag', info.tag)}]")
+        out[pname] = PresetEntry(value, info.unit, source, "F", None, entry.get("description") or info.description)
+    return out
 
 
 def _read(name_or_path: str | os.PathLike) -> tuple[str, dict]:
@@ -102,11 +168,14 @@ def _flatten(label: str, data: Mapping[str, Any], groups: set[str]) -> dict[str,
     return flat
 
 
-def preset_records(name: str | os.PathLike, *, complete: bool = False) -> dict[str, PresetEntry]:
+def preset_records(name: str | os.PathLike, *, complete: bool = False,
+                   calibrated: bool = True) -> dict[str, PresetEntry]:
     """The validated entries of a preset (name or TOML path), keyed by dotted parameter name.
 
-    With `complete=True` every parameter of the model is included: the unlisted ones with the class default value
-    and the class provenance (source, tag; no gap).
+    With `calibrated=True` (default) the fitted values of the fit file the preset names (`[meta] fit`) come first
+    (tag `F`), then the preset's own entries, which take precedence; `calibrated=False` gives the preset's own
+    entries only. With `complete=True` every parameter of the model is included: the others with the class
+    default value and the class provenance (source, tag; no gap).
 
     **Raises:** `ValueError` naming the file and the parameter for every problem listed in the module docstring.
 
@@ -122,6 +191,7 @@ def preset_records(name: str | os.PathLike, *, complete: bool = False) -> dict[s
     declared = ck.parameters(SLECarTModel())
     groups = {n.split(".")[0] for n in declared}
     flat = _flatten(label, data, groups)
+    fit = preset_fit(name) if calibrated else None
     unknown = sorted(set(flat) - set(declared))
     if unknown:
         raise ValueError(f"The {label} has unknown parameter(s) {unknown}; known parameters are {sorted(declared)}.")
@@ -158,6 +228,8 @@ def preset_records(name: str | os.PathLike, *, complete: bool = False) -> dict[s
             raise ValueError(f"The {where} has gap {gap!r}; use a mechanism label 'G1' ... 'G12' (the translation gap ids).")
         out[pname] = PresetEntry(float(value), entry["unit"], entry["source"], entry["tag"], gap,
                                  entry.get("description"))
+    if fit is not None:
+        out = {**_fit_records(fit, declared), **out}
     if complete:
         for pname, p in declared.items():
             if pname not in out:
@@ -173,9 +245,13 @@ def preset_meta(name: str | os.PathLike) -> dict[str, Any]:
     return dict(meta) if isinstance(meta, Mapping) else {}
 
 
-def load_preset(name: str | os.PathLike) -> SLECarTModel:
-    """Build an `SLECarTModel` from a preset name (see `preset_names`) or a TOML path: the class defaults with the
-    preset's values.
+def load_preset(name: str | os.PathLike, *, calibrated: bool = True) -> SLECarTModel:
+    """Build an `SLECarTModel` from a preset name (see `preset_names`) or a TOML path: the class defaults, the
+    fitted values of the fit file the preset names (unless `calibrated=False`), then the preset's own values.
+
+    `load_preset("human")` is the calibrated default of the application (fit file `human_sle.json`, written by
+    `calibration/fit_human_sle.py`); `load_preset("human", calibrated=False)` the hand-set class defaults it was
+    calibrated from.
 
     **Raises:** `ValueError` for an unknown name or an invalid file (see `preset_records`).
 
@@ -187,12 +263,13 @@ def load_preset(name: str | os.PathLike) -> SLECarTModel:
     float(mouse.humoral.k_igg)      # ~0.099 /d (IgG t1/2 ~7 d)
     ```
     """
-    records = preset_records(name)
+    records = preset_records(name, calibrated=calibrated)
     return SLECarTModel().replace({k: r.value for k, r in records.items()})
 
 
-def preset_parameter_table(name: str | os.PathLike) -> ck.ParameterTable:
-    """The complete parameter table of a preset with the preset's own provenance where it sets a value.
+def preset_parameter_table(name: str | os.PathLike, *, calibrated: bool = True) -> ck.ParameterTable:
+    """The complete parameter table of a preset with the preset's own provenance where it sets a value (fitted
+    values with tag `F` and the fit file as their source).
 
     **Example:**
 
@@ -201,7 +278,7 @@ def preset_parameter_table(name: str | os.PathLike) -> ck.ParameterTable:
     print(preset_parameter_table("mouse_nzbw").to_markdown()[:200])
     ```
     """
-    records = preset_records(name, complete=True)
+    records = preset_records(name, complete=True, calibrated=calibrated)
     declared = ck.parameters(SLECarTModel())
     rows = []
     for pname, p in declared.items():

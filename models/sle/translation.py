@@ -16,14 +16,28 @@ effect of "TBI instead of Flu/Cy" and of "cells per mouse instead of cells per k
 mechanism, together with the model parameters the presets tag with the same gap id. The arm (model + protocol) is
 a [`carkinetics.SLEArm`][]; its parameters read `"model.humoral.k_igg"` or `"protocol.tbi_fraction"`.
 
-**Metrics** (`carkinetics.models.sle.sle_metrics`, on the SLE save grid, run by `ArmExperiment`): B-cell aplasia duration and nadir; anti-dsDNA at day 90, its floor
-and the half-life of its plasmablast-fed part; CAR-T Cmax (log10), Tmax and persistence; IL-6 peak and CRS grade;
-SLEDAI at day 90 (remission depth) and days in remission (durability). Definitions and units are in `SLE_METRICS`.
+**Metrics** (`carkinetics.models.sle.sle_metrics`, on the SLE save grid, run by `ArmExperiment`): B-cell aplasia
+duration and nadir; anti-dsDNA at day 90, its positive days, its floor and the half-life of its plasmablast-fed
+part; CAR-T Cmax (log10), Tmax and persistence; IL-6 peak and CRS grade; SLEDAI at day 90 (remission depth), days in
+remission (durability) and the urine protein/creatinine at day 180 (renal outcome). Definitions and units are in
+`SLE_METRICS`. The horizon is 730 days by default (two years: the human remission and B-cell return are on that
+scale); the four duration metrics (`SLE_CENSORING`: B aplasia, anti-dsDNA positive days, CAR persistence,
+remission days) are marked censored, `>= x`, when their state still holds at the horizon (e.g. B cells still
+depleted in a mouse with a syngeneic CAR).
+
+**Presets.** Both arms are built with `load_preset`, i.e. from the calibrated human default (`human_sle.json`) plus
+each preset's own values; the groups come from the presets' gap ids.
+
+**Uncertainty.** Parameter samples (`n_samples`) spread each value by its confidence tag with the calibration
+priors (`ck.PRIOR_SD`: assumptions `A` widest, then recalled `M`, then read `R`); fitted values (`F`) use their
+posterior sd from the fit file instead. Material attributions that rest on unverified (`A`- or `M`-tagged) values
+are flagged (`*A`, `*M` in the tables).
 
 **Scenario knobs** ([`carkinetics.sle_translation_map`][] arguments, and [`carkinetics.sle_scenarios`][] for the
 gap under each knob): `dose_basis` (per kg vs per target cell), `conditioning` (each species' own, both Flu/Cy,
 both TBI, none), `ld_alone` (lymphodepletion without CAR-T: how much of the remission is the conditioning itself),
-and `damage0` (disease stage at treatment: accumulated damage).
+and `damage0` (disease stage at treatment: accumulated irreversible damage, which moves the renal outcome
+`UPCR d180`). Each knob in `SCENARIOS` changes at least one metric gap (a test checks it).
 """
 
 from __future__ import annotations
@@ -39,7 +53,7 @@ import numpy as np
 
 import carkinetics as ck
 from carkinetics import Bolus, FractionalKill, Infusion, MechanismGroup, Regimen, TranslationMap, param, parameters
-from carkinetics.models.sle.metrics import SLE_METRICS, save_times, sle_metrics
+from carkinetics.models.sle.metrics import SLE_CENSORING, SLE_METRICS, save_times, sle_metrics
 from carkinetics.models.sle.model import CAR_DOSE_STATE
 from carkinetics.models.sle.regimens import TBI_STATES
 
@@ -136,7 +150,8 @@ class ArmExperiment(ck.AbstractExperiment):
     """The experiment of the SLE map: each member is an [`SLEArm`][]; its regimen is built from the arm's protocol
     (`arm_regimen`) and its solution read out as the SLE metric set (`sle_metrics`) on the SLE save grid.
 
-    A module (not a closure), so that the compiled batch is reused across calls with the same horizon.
+    The outputs also hold the censoring flags of the duration metrics (`SLE_CENSORING`). A module (not a
+    closure), so that the compiled batch is reused across calls with the same horizon.
     """
 
     ts: Any
@@ -160,7 +175,7 @@ class ArmExperiment(ck.AbstractExperiment):
 
     def outputs(self, arm: SLEArm, solution: ck.Solution) -> dict[str, Any]:
         del arm  # the read-out depends on the solution only
-        return sle_metrics(solution)
+        return sle_metrics(solution, censoring=True)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -174,6 +189,32 @@ def preset_metadata(name: str) -> dict[str, dict[str, str]]:
     return {n: {"tag": r.tag, "gap": r.gap or ""} for n, r in preset_records(name, complete=True).items()}
 
 
+def fit_scales(name: str) -> dict[str, float]:
+    """Posterior sds (unconstrained scale) of the fitted (`F`) values of a preset, from its fit file, by arm-level
+    name (`"model.car.rho"`): the sample spread of those values in the translation map (instead of a tag's spread).
+    Fitted values the preset overrides with its own value are left out."""
+    from carkinetics.models.sle.presets import load_preset, preset_fit, preset_records
+
+    path = preset_fit(name)
+    if path is None:
+        return {}
+    own = preset_records(name, calibrated=False)
+    model = load_preset(name)
+    doc = ck.read_fit_provenance(path)
+    out = {}
+    for n, entry in doc["parameters"].items():
+        sd = entry.get("sd")
+        if n in own or sd is None or not np.isfinite(sd) or sd <= 0:
+            continue
+        space = ck.ParameterSpace(model, [n])
+        v = float(np.asarray(model.get(n)))
+        h = 1e-6 * max(abs(v), 1e-12)
+        dz = float(np.asarray(space.to_vector(model.replace({n: v + h})))[0]
+                   - np.asarray(space.to_vector(model))[0]) / h
+        out[f"model.{n}"] = abs(dz) * float(sd)
+    return out
+
+
 def load_arm(name: str, *, protocol: SLEProtocol | None = None) -> tuple[SLEArm, dict[str, str], dict[str, str]]:
     """A preset as an arm with its default protocol, plus its per-parameter tags and gap ids (arm-level names).
 
@@ -181,7 +222,7 @@ def load_arm(name: str, *, protocol: SLEProtocol | None = None) -> tuple[SLEArm,
     """
     from carkinetics.models.sle.presets import load_preset
 
-    model = load_preset(name)
+    model = load_preset(name)  # the calibrated default plus the preset's own values
     if protocol is None:
         protocol = mouse_protocol(model) if os.path.basename(name).startswith("mouse") else SLEProtocol()
     meta = preset_metadata(name)
@@ -246,6 +287,8 @@ def sle_translation_map(
     batch_size: int | None = 256,
     experiment: ArmExperiment | None = None,
     engine: str | None = None,
+    progress: bool = False,
+    checkpoint: str | None = None,
 ) -> TranslationMap:
     """The SLE translation map between two presets (default: NZB/W mouse -> human), groups from the gap tags.
 
@@ -261,13 +304,17 @@ def sle_translation_map(
     - `ld_alone`: no CAR-T in either arm (the lymphodepletion-alone arm).
     - `damage0`: damage index at treatment for both arms (disease stage), default each preset's value.
     - `n_samples`, `key`: parameter samples for the uncertainty analysis and their `jax.random` key (see
-      [`carkinetics.translation_map`][]).
+      [`carkinetics.translation_map`][]; spreads: the calibration priors by tag, the fit's posterior sd for fitted
+      values).
     - `t_end`: horizon (days) of the metrics.
     - `batch_size`: simulations per engine call.
     - `experiment`: an `ArmExperiment` (default `ArmExperiment(t_end)`).
     - `engine`: `"ensemble"` (default, the batched solver) or `"vmap"`.
+    - `progress`, `checkpoint`: progress lines with an ETA, and a folder to resume from (see
+      [`carkinetics.translation_map`][]).
 
-    **Returns:** a [`carkinetics.TranslationMap`][] with metrics `SLE_METRICS`.
+    **Returns:** a [`carkinetics.TranslationMap`][] with metrics `SLE_METRICS`, the duration metrics marked
+    censored at the horizon where their state still holds (`SLE_CENSORING`).
     """
     arm_a, tags_a, gaps_a = load_arm(a)
     arm_b, tags_b, gaps_b = load_arm(b)
@@ -277,9 +324,16 @@ def sle_translation_map(
     f = experiment if experiment is not None else ArmExperiment(t_end)
     return ck.translation_map(
         f, arm_a, arm_b, groups, units={k: u for k, (u, _) in SLE_METRICS.items()},
-        labels=(os.path.basename(a).removesuffix(".toml"), os.path.basename(b).removesuffix(".toml")),
-        n_samples=n_samples, key=key, batch_size=batch_size, tags_a=tags_a, tags_b=tags_b, engine=engine,
+        labels=(preset_label(a), preset_label(b)),
+        n_samples=n_samples, key=key, batch_size=batch_size, tags_a=tags_a, tags_b=tags_b,
+        scales_a=fit_scales(a) if n_samples else None, scales_b=fit_scales(b) if n_samples else None,
+        censored=SLE_CENSORING, engine=engine, progress=progress, checkpoint=checkpoint,
     )
+
+
+def preset_label(name: str) -> str:
+    """The name of a preset (or preset file) in a map's tables: the preset name, or the file name without `.toml`."""
+    return os.path.basename(name).removesuffix(".toml")
 
 
 def apply_knobs(arm_a: SLEArm, arm_b: SLEArm, *, dose_basis: str = "preset", conditioning: str = "preset",
@@ -329,7 +383,8 @@ def sle_scenarios(a: str = "mouse_nzbw", b: str = "human", *, t_end: float = 730
 
     `batch_size`: simulations per vectorised call (`None`: all arms of one structure in one call).
 
-    **Returns:** rows `{"scenario", "metric", "unit", a, b, "gap"}` (one per scenario and metric).
+    **Returns:** rows `{"scenario", "metric", "unit", a, b, "gap", "censored"}` (one per scenario and metric;
+    `censored` names the arm(s) whose value is censored at the horizon: `""`, `a`, `b` or both, comma-separated).
     """
     scenarios = dict(SCENARIOS if scenarios is None else scenarios)
     arm_a, _, _ = load_arm(a)
@@ -350,8 +405,10 @@ def sle_scenarios(a: str = "mouse_nzbw", b: str = "human", *, t_end: float = 730
     for j, label in enumerate(scenarios):
         va, vb = results[2 * j], results[2 * j + 1]
         for name, (unit, _) in SLE_METRICS.items():
+            flag = SLE_CENSORING.get(name)
+            cens = [lab for lab, v in ((la, va), (lb, vb)) if flag is not None and float(v[flag]) > 0.5]
             rows.append({"scenario": label, "metric": name, "unit": unit, la: float(va[name]), lb: float(vb[name]),
-                         "gap": float(vb[name] - va[name])})
+                         "gap": float(vb[name] - va[name]), "censored": ",".join(cens)})
     return rows
 
 
@@ -367,10 +424,25 @@ def scenarios_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """Scenario rows of [`carkinetics.sle_scenarios`][] as a Markdown table (scenarios x metric gaps)."""
     scen = list(dict.fromkeys(r["scenario"] for r in rows))
     mets = list(dict.fromkeys(r["metric"] for r in rows))
-    val = {(r["scenario"], r["metric"]): r["gap"] for r in rows}
+    labels = [k for k in rows[0] if k not in ("scenario", "metric", "unit", "gap", "censored")]
+
+    def cell(r):
+        cens = set(filter(None, r.get("censored", "").split(",")))
+        g = f"{r['gap']:.3g}"
+        if len(cens) == 2:
+            return g + " (both >=)"
+        if labels and labels[-1] in cens:
+            return ">= " + g
+        if labels and labels[0] in cens:
+            return "<= " + g
+        return g
+
+    val = {(r["scenario"], r["metric"]): cell(r) for r in rows}
     head = "| scenario | " + " | ".join(mets) + " |\n" + "|---" * (len(mets) + 1) + "|"
-    lines = [head] + [f"| {s} | " + " | ".join(f"{val[(s, m)]:.3g}" for m in mets) + " |" for s in scen]
-    return "\n".join(lines) + "\n\nGap = second arm minus first arm, per metric (units as in the map)."
+    lines = [head] + [f"| {s} | " + " | ".join(val[(s, m)] for m in mets) + " |" for s in scen]
+    return ("\n".join(lines) + "\n\nGap = second arm minus first arm, per metric (units as in the map). `>= x` / "
+            "`<= x`: the second / first arm's value is censored at the horizon (its state lasted the whole horizon), "
+            "so the gap is a bound.")
 
 
 def write_scenario_tables(out_dir: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
@@ -395,12 +467,14 @@ def write_scenario_tables(out_dir: str, rows: Sequence[Mapping[str, Any]]) -> di
 def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "human", key: Any = None,
                              n_samples: int = 0, gaps: Sequence[str] | None = None, t_end: float = 730.0,
                              batch_size: int | None = 256, scenarios: bool = True,
-                             engine: str | None = None) -> dict[str, str]:
+                             engine: str | None = None, progress: bool = False,
+                             checkpoint: str | None = None) -> dict[str, str]:
     """Compute the SLE translation map and write its figure, tables and narrative into `out_dir`.
 
     Writes `translation_heatmap.png`, `translation_waterfalls.png`, `translation_map.csv`, `translation_map.md`,
     `translation_narrative.md` and (with `scenarios`) `translation_scenarios.csv`/`.md` (the scenarios are solved
-    in chunks of `batch_size` too, so that they reuse the map's compiled batch).
+    in chunks of `batch_size` too, so that they reuse the map's compiled batch). `progress`, `checkpoint`: see
+    `sle_translation_map`.
 
     **Returns:** a dict from kind to the written path.
     """
@@ -411,7 +485,7 @@ def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "h
 
     os.makedirs(out_dir, exist_ok=True)
     tm = sle_translation_map(a, b, gaps=gaps, n_samples=n_samples, key=key, t_end=t_end, batch_size=batch_size,
-                             engine=engine)
+                             engine=engine, progress=progress, checkpoint=checkpoint)
     paths = {k: os.path.join(out_dir, v) for k, v in {
         "heatmap": "translation_heatmap.png", "waterfalls": "translation_waterfalls.png",
         "csv": "translation_map.csv", "markdown": "translation_map.md", "narrative": "translation_narrative.md"}.items()}
