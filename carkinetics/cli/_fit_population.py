@@ -73,6 +73,8 @@ def _effects(items: list[str]):
 class FitPopulationCommand(Command):
     name = "fit-population"
     help = "population (mixed-effects) fit of a NONMEM-style data set: FOCEi, SAEM or NUTS"
+    outputs = ("estimates.json", "summary.txt", "diagnostics.csv", "individual.csv", "gof.png", "individual_fits.png",
+               "vpc.png")
     description = ("Fit a nonlinear mixed-effects model to a NONMEM-style data set (ID, TIME, AMT, DV, EVID, MDV, CMT, "
                    "BLQ/LLOQ, covariates): log-normal random effects on the parameters named by --random, a residual "
                    "error model, BLQ records by the M3 likelihood. Writes estimates.json (theta on the natural scale, "
