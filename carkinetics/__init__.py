@@ -139,6 +139,30 @@ from ._inference._observation import (
     LogNormalError as LogNormalError,
     NormalError as NormalError,
 )
+from ._inference._popdata import (
+    PopulationData as PopulationData,
+    example_data as example_data,
+    read_population_data as read_population_data,
+)
+from ._inference._popdiag import (
+    npde as npde,
+    population_diagnostics as population_diagnostics,
+    write_table as write_table,
+)
+from ._inference._popfit import PopulationFit as PopulationFit, fit_population as fit_population
+from ._inference._population_model import (
+    AbstractResidualError as AbstractResidualError,
+    AdditiveError as AdditiveError,
+    CombinedError as CombinedError,
+    LogAdditiveError as LogAdditiveError,
+    PopulationParameters as PopulationParameters,
+    PopulationProblem as PopulationProblem,
+    ProportionalError as ProportionalError,
+)
+from ._inference._posterior import (
+    PopulationPosterior as PopulationPosterior,
+    sample_population_posterior as sample_population_posterior,
+)
 from ._inference._problem import PRIOR_SD as PRIOR_SD, CalibrationProblem as CalibrationProblem
 from ._inference._targets import (
     UNITS as UNITS,

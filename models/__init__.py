@@ -1,6 +1,6 @@
 """Concrete carkinetics models (importable as `carkinetics.models`).
 
-- `pk.py`: linear one- and two-compartment PK (reference models for the simulation core).
+- `pk.py`: linear one- and two-compartment PK, IV and oral (reference models for the simulation core).
 - `stein_2019.py`: Stein 2019 tisagenlecleucel cellular kinetics (`Stein2019CK`, `stein_closed_form`).
 - `lag_ck.py`: lag-phase cellular kinetics of the liso-cel popCK structure, Ogasawara 2021 (`LagPhaseCK`,
   `lag_ck_closed_form`).
@@ -10,6 +10,10 @@
 """
 
 from carkinetics.models.lag_ck import LagPhaseCK as LagPhaseCK, lag_ck_closed_form as lag_ck_closed_form
-from carkinetics.models.pk import OneCompartmentPK as OneCompartmentPK, TwoCompartmentPK as TwoCompartmentPK
+from carkinetics.models.pk import (
+    OneCompartmentOralPK as OneCompartmentOralPK,
+    OneCompartmentPK as OneCompartmentPK,
+    TwoCompartmentPK as TwoCompartmentPK,
+)
 from carkinetics.models.reference_workload import ReferenceWorkload as ReferenceWorkload
 from carkinetics.models.stein_2019 import Stein2019CK as Stein2019CK, stein_closed_form as stein_closed_form

@@ -79,7 +79,8 @@ def test_events_csv_gives_the_same_result_as_toml(files):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--model", "Nope"], "--model 'Nope' is not an installed model; choose one of ['OneCompartmentPK'"),
+        (["--model", "Nope"],
+         "--model 'Nope' is not an installed model; choose one of ['OneCompartmentOralPK', 'OneCompartmentPK'"),
         (["--regimen", "nope"], "--regimen 'nope' is neither a TOML file nor a regimen of the installed plugins"),
         (["--params", "{dir}/bad_params.toml"], "Parameter 'cl' = -1.0 L/d is outside its declared bounds"),
         (["--params", "{dir}/missing.toml"], "does not exist"),
@@ -150,7 +151,7 @@ def test_plugin_discovery_lists_the_sle_commands_models_and_presets():
     assert {"human", "mouse_nzbw", "mouse_mrl_lpr"} <= set(plugins.presets())
     assert plugins.default_preset().name == "human"
     assert {"erlangen", "mouse"} <= set(plugins.regimen_names())
-    assert [c.name for c in _main.commands()][:4] == ["simulate", "sweep", "calibrate", "bench"]
+    assert [c.name for c in _main.commands()][:5] == ["simulate", "sweep", "calibrate", "fit-population", "bench"]
 
 
 def test_broken_plugins_exit_3_and_leave_the_rest_working(files, capsys, monkeypatch):

@@ -383,7 +383,7 @@ def test_files_of_an_earlier_run_are_removed_and_said(tmp_path, capsys):
 def test_every_builtin_command_declares_its_outputs():
     for cmd in _main.commands():
         if isinstance(cmd, cli.Command) and cmd.name in ("simulate", "sweep", "calibrate", "bench", "translate",
-                                                            "demo"):
+                                                            "demo", "fit-population"):
             assert cmd.outputs, cmd.name
 
 

@@ -1,7 +1,8 @@
 """The `carkinetics` command line, and the plugin protocol through which installed packages extend it.
 
 Built-in commands (one module each): `simulate` (`_simulate.py`), `sweep` (`_sweep.py`, with its TOML spec
-language), `calibrate` (`_calibrate.py`, PEtab problems), `bench` (`_bench.py`). Shared argument groups, devices,
+language), `calibrate` (`_calibrate.py`, PEtab problems), `fit-population` (`_fit_population.py`, mixed-effects fits of
+NONMEM-style data sets), `bench` (`_bench.py`). Shared argument groups, devices,
 progress and output folders are in `_common.py`; turning arguments into a model, regimen and save grid is
 `_inputs.py`; parser assembly, dispatch and exit codes are `_main.py`; discovery is `_plugins.py`.
 

@@ -14,6 +14,7 @@ import carkinetics as ck
 
 from ._bench import BenchCommand
 from ._calibrate import CalibrateCommand
+from ._fit_population import FitPopulationCommand
 from ._common import (
     EPILOG,
     EXIT_NUMERICAL,
@@ -33,7 +34,8 @@ from ._plugins import Command, Context, Plugins, UnavailableCommand
 from ._simulate import SimulateCommand
 from ._sweep import SweepCommand
 
-BUILTIN_COMMANDS: tuple[type[Command], ...] = (SimulateCommand, SweepCommand, CalibrateCommand, BenchCommand)
+BUILTIN_COMMANDS: tuple[type[Command], ...] = (SimulateCommand, SweepCommand, CalibrateCommand, FitPopulationCommand,
+                                               BenchCommand)
 
 
 class _ArgumentParser(argparse.ArgumentParser):

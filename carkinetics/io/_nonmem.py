@@ -109,13 +109,16 @@ def _integer(raw: str, column: str, line: int) -> int:
     return int(value)
 
 
-def _check_number(raw: str, column: str, line: int) -> None:
+def _check_number(raw: str, column: str, line: int, what: str = "") -> float:
+    """The finite number in cell `raw` of `column` on `line`; `what` (the column's role) is named in the error."""
+    role = f" ({what})" if what else ""
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"Line {line}: column {column} = {raw!r} is not a number.") from None
+        raise ValueError(f"Line {line}: column {column} = {raw!r} is not a number{role}.") from None
     if not math.isfinite(value):
-        raise ValueError(f"Line {line}: column {column} = {raw!r} is not finite.")
+        raise ValueError(f"Line {line}: column {column} = {raw!r} is not finite{role}.")
+    return value
 
 
 def _read_rows(source: Source, required: Sequence[str], what: str) -> tuple[tuple[str, ...], list[_Row]]:
@@ -258,34 +261,40 @@ def read_nonmem_events(source: Source, compartments: Sequence[str], *, subject_i
     """
     compartments = _names(compartments, "compartments", "state")
     header, rows = _read_rows(source, ("TIME", "AMT", "CMT"), "event table")
-    doses = []
-    for row in _select_subject(header, rows, subject_id, single=True):
-        if row.evid != 1:
-            continue
-        line, need = row.line, "a dose record"
-        time = row.number("TIME", needed_for=need)
-        amt = row.number("AMT", needed_for=need)
-        if amt < 0:
-            raise ValueError(f"Line {line}: AMT = {amt} is negative; doses must be non-negative.")
-        state = _cmt(row, compartments, "dose")
-        if row.number("SS", 0.0) != 0:
-            raise ValueError(f"Line {line}: SS = {row.cells['SS']} (steady-state dosing) is not supported; give the "
-                             "doses explicitly with II and ADDL.")
-        rate = row.number("RATE", 0.0)
-        ii = row.number("II", 0.0)
-        addl = int(row.number("ADDL", 0.0))
-        if addl < 0:
-            raise ValueError(f"Line {line}: ADDL = {addl} must be a non-negative integer.")
-        if addl > 0 and ii <= 0:
-            raise ValueError(f"Line {line}: ADDL = {addl} needs a positive II, got II = {ii}.")
-        if rate < 0:
-            raise ValueError(f"Line {line}: RATE = {rate} (modelled rate/duration) is not supported; give RATE > 0 "
-                             "or 0.")
-        if rate > 0:
-            doses.append(Infusion(time, state, rate=rate, duration=amt / rate, ii=ii, addl=addl))
-        else:
-            doses.append(Bolus(time, amt, state, ii=ii, addl=addl))
-    return Regimen(doses)
+    return Regimen([dose_from_row(row, compartments) for row in _select_subject(header, rows, subject_id, single=True)
+                    if row.evid == 1])
+
+
+def dose_from_row(row: _Row, compartments: tuple[str, ...], time_factor: float = 1.0) -> Bolus | Infusion:
+    """The dose of one `EVID = 1` row: a bolus (`RATE` 0 or missing) or a zero-order infusion (`RATE` > 0).
+
+    `time_factor` converts the table's time unit to days (`TIME`, `II` multiplied by it, `RATE` divided by it).
+    `ValueError` naming the line and column for a negative amount, an unknown compartment, `SS` != 0, a negative
+    `RATE` code, or `ADDL` without a positive `II`.
+    """
+    line, need = row.line, "a dose record"
+    time = row.number("TIME", needed_for=need) * time_factor
+    amt = row.number("AMT", needed_for=need)
+    if amt < 0:
+        raise ValueError(f"Line {line}: AMT = {amt} is negative; doses must be non-negative.")
+    state = _cmt(row, compartments, "dose")
+    if row.number("SS", 0.0) != 0:
+        raise ValueError(f"Line {line}: SS = {row.cells['SS']} (steady-state dosing) is not supported; give the "
+                         "doses explicitly with II and ADDL.")
+    rate = row.number("RATE", 0.0)
+    ii = row.number("II", 0.0) * time_factor
+    addl = int(row.number("ADDL", 0.0))
+    if addl < 0:
+        raise ValueError(f"Line {line}: ADDL = {addl} must be a non-negative integer.")
+    if addl > 0 and ii <= 0:
+        raise ValueError(f"Line {line}: ADDL = {addl} needs a positive II, got II = {ii}.")
+    if rate < 0:
+        raise ValueError(f"Line {line}: RATE = {rate} (modelled rate/duration) is not supported; give RATE > 0 "
+                         "or 0.")
+    if rate > 0:
+        rate = rate / time_factor
+        return Infusion(time, state, rate=rate, duration=amt / rate, ii=ii, addl=addl)
+    return Bolus(time, amt, state, ii=ii, addl=addl)
 
 
 class Observations(NamedTuple):

@@ -11,6 +11,13 @@ from ._gsa import (
     plot_sobol as plot_sobol,
     plot_sobol_timecourse as plot_sobol_timecourse,
 )
+from ._popfit import (
+    plot_gof as plot_gof,
+    plot_individual_fits as plot_individual_fits,
+    plot_parameter_covariates as plot_parameter_covariates,
+    plot_population_vpc as plot_population_vpc,
+    population_vpc as population_vpc,
+)
 from ._timecourse import (
     plot_timecourse as plot_timecourse,
     plot_vpc as plot_vpc,
