@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TraceCounter
 
 import carkinetics as ck
-from helpers import TraceCounter
 import carkinetics._inference._identifiability as _ident
 from carkinetics.models import Stein2019CK
 
@@ -69,7 +69,7 @@ def test_loss_gradient_matches_finite_differences(problem):
     zs = jnp.tile(z, (2 * len(NAMES), 1))
     g = np.asarray(_ident._grad_batch(problem, zs))[0]
     jloss = eqx.filter_jit(lambda p, q: p.loss(q))
-    loss = lambda q: jloss(problem, q)  # noqa: E731
+    loss = lambda q: jloss(problem, q)
     h = 1e-5
     for i in range(len(NAMES)):
         e = jnp.zeros_like(z).at[i].set(h)

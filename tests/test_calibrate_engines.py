@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TraceCounter
+from test_calibrate import NAMES, SIGMA, problem, truth  # noqa: F401  (shared module-scoped fixtures)
 
 import carkinetics as ck
-from helpers import TraceCounter
 import carkinetics._inference._fit as _fit
-from test_calibrate import NAMES, SIGMA, problem, truth  # noqa: F401  (shared module-scoped fixtures)
 
 ALPHA = NAMES.index("alpha")
 

@@ -13,13 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from helpers import rel_err
 
 import carkinetics as ck
 from carkinetics._core import _simulate as _core_simulate
 from carkinetics._ensemble import _api, _autodiff, _linalg, _loop
 from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 from carkinetics.models.reference_workload import ReferenceWorkload
-from helpers import rel_err
 
 METHODS = [ck.EnsembleTsit5(), ck.EnsembleRodas5()]
 IDS = ["tsit5", "rodas5"]

@@ -6,10 +6,10 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 
 import carkinetics as ck
 import carkinetics.io as cio
+from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 
 
 def _problem(model):

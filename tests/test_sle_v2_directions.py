@@ -222,7 +222,7 @@ def test_relapse_is_a_parameterised_risk_not_a_fate(batch):
     _, ts, o, _ = batch["Flu/Cy alone"]
     assert o["sledai"][ts >= 540.0].max() > 8.0
     # a higher milieu-independent breach rate brings relapse forward (population-level risk, item 7)
-    late = lambda n: float(np.max(batch[n][2]["sledai"][batch[n][1] >= 365.0]))  # noqa: E731
+    late = lambda n: float(np.max(batch[n][2]["sledai"][batch[n][1] >= 365.0]))
     assert late("high relapse risk") > late("base")
 
 
@@ -247,7 +247,7 @@ def test_stein_multiphasic_shape_in_the_oncology_like_setting(batch):
     slow = _loglinear(ts, c, 90.0, 365.0)
     persistence = np.log(2.0) / -slow[0]
     f_b = np.exp(np.polyval(slow, tmax)) / cmax  # slow phase extrapolated back to the peak
-    spread = lambda typ, omega2: (typ / np.exp(1.96 * np.sqrt(omega2)), typ * np.exp(1.96 * np.sqrt(omega2)))  # noqa: E731
+    spread = lambda typ, omega2: (typ / np.exp(1.96 * np.sqrt(omega2)), typ * np.exp(1.96 * np.sqrt(omega2)))
     lo, hi = spread(9.3, 0.38)
     assert lo <= tmax <= hi
     lo, hi = spread(3900.0, 2.4)
@@ -283,7 +283,7 @@ def test_mouse_syngeneic_car_t_no_runaway_durable_b_depletion(batch, name):
 def test_mouse_readouts_in_mouse_units(batch):
     _, ts, treated, _ = batch["NZB/W"]
     _, _, untreated, _ = batch["NZB/W untreated"]
-    day = lambda o, d: float(np.interp(d, ts, o))  # noqa: E731
+    day = lambda o, d: float(np.interp(d, ts, o))
     assert day(untreated["proteinuria_score"], 0.0) >= 2.5  # nephritic: dipstick 3+
     assert day(treated["proteinuria_score"], 90.0) < day(untreated["proteinuria_score"], 90.0) - 1.0
     assert day(treated["survival"], 180.0) > day(untreated["survival"], 180.0) + 0.2

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import rel_err
 
 import carkinetics as ck
 from carkinetics._ensemble._linalg import batched_jacobian, block_lu_solver, column_colouring, implicit_solver
@@ -17,7 +18,6 @@ from carkinetics._ensemble._sparsity import block_levels, block_triangular, jaco
 from carkinetics.models import OneCompartmentPK, Stein2019CK, TwoCompartmentPK
 from carkinetics.models.reference_workload import ReferenceWorkload
 from carkinetics.models.sle import load_preset
-from helpers import rel_err
 
 SEED = 20261126
 

@@ -27,7 +27,6 @@ from typing import NamedTuple
 import equinox as eqx
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 

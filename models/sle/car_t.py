@@ -61,7 +61,6 @@ import equinox as eqx
 import jax.numpy as jnp
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 _STEIN = "Stein AM et al., CPT Pharmacometrics Syst Pharmacol 2019;8:285, doi:10.1002/psp4.12388 (Table 1)"

@@ -51,7 +51,6 @@ import equinox as eqx
 import jax.numpy as jnp
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 

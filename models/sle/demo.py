@@ -21,12 +21,11 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import carkinetics as ck
+import carkinetics.io as cio
 from carkinetics.models.sle.metrics import SLE_METRICS, save_times, sle_metrics
 from carkinetics.models.sle.presets import load_preset
 from carkinetics.models.sle.regimens import erlangen_regimen
-
-import carkinetics as ck
-import carkinetics.io as cio
 
 #: Every file the demo writes into its output folder (`carkinetics demo` removes those of an earlier run first).
 DEMO_FILES = (
@@ -99,8 +98,8 @@ def _feature(module: str, name: str, extra: str | None = None) -> tuple[bool, st
 def _step_lymphodepletion(ctx: DemoContext) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
-    from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 
+    from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
     from carkinetics.plot import save_figure
 
     bsa = ck.bsa_mosteller(70.0, 170.0)
@@ -249,8 +248,8 @@ def _step_sensitivity(ctx: DemoContext) -> None:
 
 def _step_translation(ctx: DemoContext) -> None:
     import jax
-    from carkinetics.models.sle.translation import sle_translation_map
 
+    from carkinetics.models.sle.translation import sle_translation_map
     from carkinetics.plot import (
         attribution_waterfalls,
         save_figure,
@@ -384,7 +383,7 @@ def run_demo(out: str, *, quick: bool = False, engine: str = "ensemble", steps: 
                 step.run(ctx)
                 done.append(step.title)
                 rep.note(f"Step took {time.perf_counter() - t0:.1f} s.", kind="info")
-            except Exception as err:  # noqa: BLE001  (a failing step must not hide the rest of the report)
+            except Exception as err:
                 msg = f"Step '{step.title}' failed: {type(err).__name__}: {err}"
                 rep.note(msg, kind="warning")
                 failed.append(msg)

@@ -35,7 +35,6 @@ import equinox as eqx
 import jax.numpy as jnp
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 #: Dipstick cut points (mg/dL) for scores 1+ to 4+, and the level below which the score is 0.

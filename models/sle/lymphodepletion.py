@@ -53,7 +53,6 @@ import equinox as eqx
 import jax.numpy as jnp
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 #: litres per day per mL/min (1 mL/min × 1440 min/d / 1000 mL/L).

@@ -44,7 +44,6 @@ from typing import Any
 import equinox as eqx
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 _MACKENSEN = "Mackensen A et al., Nat Med 2022;28:2124-2132, doi:10.1038/s41591-022-02017-5"

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 import carkinetics as ck
-
 from carkinetics.models.sle.model import CAR_DOSE_STATE, SLECarTModel
 from carkinetics.models.sle.products import Product, get_product
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import equinox as eqx
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 
