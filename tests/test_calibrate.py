@@ -90,7 +90,7 @@ def test_identifiability_flags_unpinned_parameters(problem, fitted, truth):
         res = ck.fit(prob, starts=np.asarray(fitted.z_starts), adam_steps=0, lbfgs_steps=60)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            lap = ck.laplace(res)
+            ck.laplace(res)
             prof_beta = ck.profile_likelihood(res, "beta", n_points=5, steps=80, span=1.0)
             prof_cmax = ck.profile_likelihood(res, "cmax", n_points=5, steps=80, span=1.0)
     texts = [str(w.message) for w in caught if issubclass(w.category, ck.IdentifiabilityWarning)]

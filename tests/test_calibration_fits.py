@@ -50,7 +50,7 @@ def test_human_fit_file_hits_every_sle_target_with_spread():
     with_spread = {r.target_id for r in sle if r.interval() is not None and r.population.startswith("SLE")
                    and "rituximab" not in r.population}
     assert with_spread == {r[0] for r in rows}
-    for tid, pred, value, (lo, hi), hit, unit in rows:
+    for tid, pred, _value, (lo, hi), _hit, unit in rows:
         assert np.isfinite(pred) and lo <= pred <= hi, f"{tid}: model {pred:.4g} {unit} outside [{lo}, {hi}]"
 
 

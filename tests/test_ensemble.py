@@ -88,7 +88,7 @@ def test_infusions_and_shared_regimen_agree_with_simulate(method):
     sol = ck.simulate_ensemble(models, reg, TS, solver=method, rtol=1e-8, atol=1e-10)
     assert bool(jnp.all(sol.ok))
     for i in range(3):
-        m = jax.tree.map(lambda x: x[i], models)
+        m = jax.tree.map(lambda x, i=i: x[i], models)
         ref = ck.simulate(m, reg, TS, rtol=1e-11, atol=1e-13, max_steps=20_000)
         assert rel_err(sol.y_array[i], ref.y_array, floor=1e-3) < 1e-5
 
@@ -105,7 +105,7 @@ def test_reference_workload_agrees_with_diffrax(method):
     sol = ck.simulate_ensemble(models, None, ts, solver=method)
     assert bool(jnp.all(sol.ok))
     for i in range(3):
-        m = jax.tree.map(lambda x: x[i], models)
+        m = jax.tree.map(lambda x, i=i: x[i], models)
         ref = ck.simulate(m, None, ts, rtol=1e-10, atol=1e-12)
         assert rel_err(sol.y_array[i], ref.y_array, floor=1e-6) < 2e-4
 

@@ -84,7 +84,7 @@ def batch():
     sol = ck.simulate_ensemble(models, regimens, ts, solver=ck.EnsembleRodas5(), throw=False)
     out = {"ok": np.asarray(sol.ok), "y": np.asarray(sol.y_array), "names": names}
     for i, n in enumerate(names):
-        one = jax.tree_util.tree_map(lambda x: x[i] if isinstance(x, jax.Array) and x.ndim >= 1 else x, sol)
+        one = jax.tree_util.tree_map(lambda x, i=i: x[i] if isinstance(x, jax.Array) and x.ndim >= 1 else x, sol)
         obs = {k: np.asarray(v) for k, v in one.observables._asdict().items()}
         met = {k: float(v) for k, v in sle.sle_metrics(one).items()}
         out[n] = (sc[n][0], np.asarray(ts), obs, met)
@@ -206,7 +206,7 @@ def test_typical_patient_within_the_published_sle_ranges(batch):
 
 
 def test_b_cells_return_naive_and_remission_outlasts_return(batch):
-    _, ts, o, _ = batch["base"]
+    _, ts, _, _ = batch["base"]
     model = batch["base"][0]
     assert _at(batch, "base", "b_blood", 365.0) > 0.5 * float(model.bcell.b_blood0)
     i = int(np.searchsorted(ts, 365.0))

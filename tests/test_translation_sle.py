@@ -28,8 +28,8 @@ def metrics_fn():
 
 @pytest.fixture(scope="module")
 def arms():
-    mouse, tags_m, gaps_m = sle.load_arm("mouse_nzbw")
-    human, tags_h, gaps_h = sle.load_arm("human")
+    mouse, _, gaps_m = sle.load_arm("mouse_nzbw")
+    human, _, gaps_h = sle.load_arm("human")
     return mouse, human, gap_groups(gaps_m, gaps_h)
 
 
