@@ -51,7 +51,7 @@ al., Nat Med 2022;28:2124; Leadbetter EA et al., Nature 2002;416:603; Christense
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -124,27 +124,27 @@ class BCellParams(eqx.Module):
 class BState(NamedTuple):
     """B-lineage pools (cells)."""
 
-    marrow: object
-    naive: object
-    memory: object
-    auto: object
-    pb_auto: object
-    pb_other: object
-    llpc_auto: object
-    llpc: object
-    tumour: object
+    marrow: Any
+    naive: Any
+    memory: Any
+    auto: Any
+    pb_auto: Any
+    pb_other: Any
+    llpc_auto: Any
+    llpc: Any
+    tumour: Any
 
 
 class BBaseline(NamedTuple):
     """Untreated steady state (cells) and the rate constants it implies."""
 
     state: BState
-    k_nm: object
-    k_na: object
-    k_mpb: object
-    k_apb: object
-    k_ll_auto: object
-    k_ll: object
+    k_nm: Any
+    k_na: Any
+    k_mpb: Any
+    k_apb: Any
+    k_ll_auto: Any
+    k_ll: Any
 
 
 def baseline(b: BCellParams, blood_ul) -> BBaseline:

@@ -55,7 +55,7 @@ doi:10.1038/s41571-021-00530-z; Majzner RG et al., Cancer Discov 2020;10:702; Ko
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -147,12 +147,12 @@ class CarTParams(eqx.Module):
 class CarState(NamedTuple):
     """CAR-T pools (cells)."""
 
-    resting: object
-    act1: object
-    act2: object
-    effector: object
-    memory: object
-    exhausted: object
+    resting: Any
+    act1: Any
+    act2: Any
+    effector: Any
+    memory: Any
+    exhausted: Any
 
 
 #: Cells (per pool) below which a population does not divide: a pool under one cell is extinct. Without it,

@@ -45,7 +45,7 @@ raise CRS).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -108,11 +108,11 @@ class MyeloidParams(eqx.Module):
 class CytState(NamedTuple):
     """Myeloid activation (0-1), IL-6 (pg/mL), endothelial activation (0-1), tocilizumab (mg), dexamethasone (mg)."""
 
-    myeloid_act: object
-    il6: object
-    endothelial: object
-    toci: object
-    dex: object
+    myeloid_act: Any
+    il6: Any
+    endothelial: Any
+    toci: Any
+    dex: Any
 
 
 def toci_conc_occupancy(m: MyeloidParams, toci, weight_kg):

@@ -29,7 +29,7 @@ Gilkeson G, Lupus Sci Med 2018;5:e000199; Kansal R et al., Sci Transl Med 2019;1
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -72,9 +72,9 @@ class DiseaseParams(eqx.Module):
 class DiseaseState(NamedTuple):
     """Activity (relative), damage (SDI), cumulative mortality hazard."""
 
-    activity: object
-    damage: object
-    cum_hazard: object
+    activity: Any
+    damage: Any
+    cum_hazard: Any
 
 
 def disease_derivatives(d: DiseaseParams, s: DiseaseState, *, ic_rel, t_rel) -> DiseaseState:

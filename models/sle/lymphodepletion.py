@@ -47,7 +47,7 @@ Front Pharmacol 2020;11:406; Kochenderfer JN et al., J Clin Oncol 2017;35:1803; 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -166,10 +166,10 @@ def flu_clearance(ld: LymphodepletionParams, weight_kg, egfr_ml_min):
 class FluPK(NamedTuple):
     """Derivatives (mg/d) of the fludarabine states and the central concentration (mg/L)."""
 
-    d_central: object
-    d_p2: object
-    d_p3: object
-    conc: object
+    d_central: Any
+    d_p2: Any
+    d_p3: Any
+    conc: Any
 
 
 def flu_pk(ld: LymphodepletionParams, weight_kg, egfr_ml_min, central, p2, p3) -> FluPK:
@@ -201,10 +201,10 @@ def chemo_drive(ld: LymphodepletionParams, flu_conc, cy_conc):
 class HomeostasisDerivs(NamedTuple):
     """Derivatives of the endogenous T/NK cells (cells/d) and IL-7/IL-15 (pg/mL/d)."""
 
-    d_t_cells: object
-    d_nk_cells: object
-    d_il7: object
-    d_il15: object
+    d_t_cells: Any
+    d_nk_cells: Any
+    d_il7: Any
+    d_il15: Any
 
 
 def baseline_t_nk(tcell: TCellParams, blood_ul):
@@ -250,13 +250,13 @@ class FludarabinePK(ck.AbstractKineticModel):
     """
 
     class State(NamedTuple):
-        flu_central: object
-        flu_p2: object
-        flu_p3: object
-        flu_eliminated: object
+        flu_central: Any
+        flu_p2: Any
+        flu_p3: Any
+        flu_eliminated: Any
 
     class Observables(NamedTuple):
-        flu_conc: object
+        flu_conc: Any
 
     state_units = {"flu_central": "mg", "flu_p2": "mg", "flu_p3": "mg", "flu_eliminated": "mg"}
     observable_units = {"flu_conc": "mg/L"}
@@ -293,11 +293,11 @@ class CyclophosphamidePK(ck.AbstractKineticModel):
     """
 
     class State(NamedTuple):
-        cy_central: object
-        cy_eliminated: object
+        cy_central: Any
+        cy_eliminated: Any
 
     class Observables(NamedTuple):
-        cy_conc: object
+        cy_conc: Any
 
     state_units = {"cy_central": "mg", "cy_eliminated": "mg"}
     observable_units = {"cy_conc": "mg/L"}
