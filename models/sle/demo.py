@@ -19,7 +19,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import carkinetics as ck
 import carkinetics.io as cio
@@ -52,7 +52,7 @@ class DemoContext:
     out: str
     quick: bool
     report: Any
-    engine: str = "ensemble"
+    engine: Literal["ensemble", "vmap"] = "ensemble"
     progress: bool = True
     files: list[str] = dataclasses.field(default_factory=list)
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -338,7 +338,8 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
 )
 
 
-def run_demo(out: str, *, quick: bool = False, engine: str = "ensemble", steps: Sequence[DemoStep] = DEMO_STEPS,
+def run_demo(out: str, *, quick: bool = False, engine: Literal["ensemble", "vmap"] = "ensemble",
+             steps: Sequence[DemoStep] = DEMO_STEPS,
              progress: Callable[[int, str], Any] | None = None) -> tuple[str, list[str], list[str]]:
     """Run the demo steps and write `report.html` into `out`.
 
