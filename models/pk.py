@@ -10,7 +10,10 @@ Two compartments:  dA1/dt = -(CL/V1) A1 - (Q/V1) A1 + (Q/V2) A2;   dA2/dt = (Q/V
 |---|---|---|---|
 | cl | 129.84 | L/d | cyclophosphamide CL 5.41 L/h × 24 (Ahmed 2020 Front Pharmacol 11:406) [R]/[D] |
 | v | 46.5 | L | cyclophosphamide V (Ahmed 2020) [R] |
-| two-compartment cl, v1, q, v2 | 192, 39, 206.4, 20 | L/d, L, L/d, L | fludarabine (Langenhorst 2019 Clin Pharmacokinet), first two compartments only [R]/[D] |
+| two-compartment cl, v1, q, v2 | 192, 39, 206.4, 20 | L/d, L, L/d, L | fludarabine (Langenhorst 2019) [R]/[D] |
+
+The two-compartment values are the first two compartments only of the fludarabine model of Langenhorst 2019
+(Clin Pharmacokinet).
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ class TwoCompartmentPK(ck.AbstractKineticModel):
     observable_units = {"concentration": "mg/L"}
 
     cl: float = ck.param(8.0 * 24, unit="L/d", description="total clearance (non-renal 3.24 + renal ~4.8 L/h)",
-                         source="Langenhorst JB et al., Clin Pharmacokinet 2019, doi:10.1007/s40262-018-0715-9", tag="D")
+                         source="Langenhorst JB et al., Clin Pharmacokinet 2019, doi:10.1007/s40262-018-0715-9",
+                         tag="D")
     v1: float = ck.param(39.0, unit="L", description="central volume",
                          source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="R")
     q: float = ck.param(8.6 * 24, unit="L/d", description="intercompartmental clearance",

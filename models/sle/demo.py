@@ -273,7 +273,8 @@ def _step_translation(ctx: DemoContext) -> None:
         f"(Shapley values over all {2 ** len(tm.group_names)} group subsets, solved on the {ctx.engine} engine)."
     )
     ctx.report.figure(heat, "Share of each metric's mouse-to-human gap by mechanism group.")
-    ctx.report.figure(water, "Attribution waterfalls: from the mouse value, one step per mechanism, to the human value.")
+    ctx.report.figure(water,
+                      "Attribution waterfalls: from the mouse value, one step per mechanism, to the human value.")
     _narrative(ctx.report, tm.narrative())
     k = max(range(len(tm.metric_names)), key=lambda j: abs(float(tm.value_b[j]) - float(tm.value_a[j]))
             / max(abs(float(tm.value_a[j])), abs(float(tm.value_b[j])), 1e-300))

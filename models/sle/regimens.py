@@ -187,7 +187,8 @@ def mouse_regimen(model: SLECarTModel | None = None, *, cells: float = 1e6, tbi_
 def tocilizumab(day: float, *, weight_kg: float = 70.0, mg_per_kg: float = 8.0) -> ck.Bolus:
     """Tocilizumab IV (8 mg/kg, the label dose for CRS [M]) as a bolus into `toci_central` (mg)."""
     if not (weight_kg > 0 and mg_per_kg >= 0):
-        raise ValueError(f"`weight_kg` must be positive and `mg_per_kg` non-negative, got {weight_kg!r}, {mg_per_kg!r}.")
+        raise ValueError(f"`weight_kg` must be positive and `mg_per_kg` non-negative, got {weight_kg!r}, "
+                         f"{mg_per_kg!r}.")
     return ck.Bolus(day, mg_per_kg * weight_kg, "toci_central")
 
 
