@@ -25,7 +25,8 @@ SIGMA = 0.02
 
 
 def _synthetic(truth, seed=0, sigma=SIGMA):
-    clean = np.asarray(ck.simulate(truth, None, jnp.asarray(DAYS), t0=0.0, rtol=1e-10, atol=1e-10).observables.transgene)
+    sol = ck.simulate(truth, None, jnp.asarray(DAYS), t0=0.0, rtol=1e-10, atol=1e-10)
+    clean = np.asarray(sol.observables.transgene)
     rng = np.random.default_rng(seed)
     return clean * np.exp(sigma * rng.standard_normal(DAYS.shape))
 
@@ -81,7 +82,8 @@ def test_identifiability_flags_unpinned_parameters(problem, fitted, truth):
     # Expansion-phase data only (27 points over days 0.5-13): the memory phase (fb, beta) cannot be determined.
     # Same shapes as the main problem, so the compiled fit/Hessian programs are reused (priors are values).
     early = np.linspace(0.5, 13.0, DAYS.shape[0])
-    clean = np.asarray(ck.simulate(truth, None, jnp.asarray(early), t0=0.0, rtol=1e-10, atol=1e-10).observables.transgene)
+    sol = ck.simulate(truth, None, jnp.asarray(early), t0=0.0, rtol=1e-10, atol=1e-10)
+    clean = np.asarray(sol.observables.transgene)
     y = clean * np.exp(SIGMA * np.random.default_rng(1).standard_normal(early.shape))
     data = ck.TimeCourseData("transgene", jnp.asarray(early), jnp.asarray(y), ck.LogNormalError(SIGMA))
     prob = ck.CalibrationProblem(truth, None, [data], NAMES, priors="tags", n_grid=40, t_end=13.0)

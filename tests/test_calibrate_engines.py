@@ -80,7 +80,8 @@ def test_failed_start_gets_failure_loss_no_nan_and_no_retrace(problem, starts, f
 def test_adam_phase_fallbacks_and_validation(truth):  # noqa: F811
     # A two-parameter problem (cheap to compile) through Adam then L-BFGS: recovers the truth from noise-free data.
     days = np.array([1.0, 3.0, 7.0, 14.0, 28.0, 56.0, 90.0, 180.0])
-    clean = np.asarray(ck.simulate(truth, None, jnp.asarray(days), t0=0.0, rtol=1e-10, atol=1e-10).observables.transgene)
+    sol = ck.simulate(truth, None, jnp.asarray(days), t0=0.0, rtol=1e-10, atol=1e-10)
+    clean = np.asarray(sol.observables.transgene)
     data = ck.TimeCourseData("transgene", jnp.asarray(days), jnp.asarray(clean), ck.LogNormalError(SIGMA))
     prob = ck.CalibrationProblem(truth, None, [data], ["alpha", "beta"], priors=None, n_grid=30)
     z0 = np.asarray(prob.z0)

@@ -71,7 +71,8 @@ def test_human_fit_quick_run(tmp_path):
     for name in summary["laplace_not_informed"]:
         if name in summary["profiled"]:
             assert name in summary["profile_not_identifiable"], name
-    assert summary["profile_not_identifiable"], "six parameters from seven, partly redundant summary numbers: some must stay open"
+    assert summary["profile_not_identifiable"], (
+        "six parameters from seven, partly redundant summary numbers: some must stay open")
     refit, committed = ck.load_fit(tmp_path / "fit.json"), ck.load_fit(human.FIT_FILE)
     assert refit.keys() == set(human.ESTIMATE)
     for name in ("car.rho", "car.k_kill"):  # well-determined (profile / Laplace) values agree with the committed fit

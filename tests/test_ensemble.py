@@ -332,7 +332,8 @@ def test_failure_is_reported_per_member(slots):
         exact = one_cpt_exact(float(cls[i]), [0.0], [1800.0], np.asarray(TS))
         assert rel_err(sol.ys.central[i], exact, floor=1e-3) < 1e-4
     with pytest.raises(Exception, match="1 of 3 members failed; member 1: the solver stopped"):
-        ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), max_steps=300, throw=True).y_array.block_until_ready()
+        failing = ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), max_steps=300, throw=True)
+        failing.y_array.block_until_ready()
 
 
 def _total_concentration(cl, adjoint, method, slots=None):

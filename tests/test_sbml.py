@@ -67,7 +67,8 @@ class _Toy(ck.AbstractKineticModel):
         on = jnp.where(t < self.t_switch, 1.0, 0.25)
         effect = self.grp.emax * y.x**self.hill / (self.ec50**self.hill + y.x**self.hill)
         dx = self.grp.k_in * on - jnp.asarray(_KDEG)[0] * y.x - 0.1 * jnp.maximum(y.y - 1.0, 0.0) * y.x
-        dy = effect - jnp.asarray(_KDEG)[1] * y.y + 0.05 * jnp.exp(-t) * jnp.log1p(y.x) + 0.01 * jnp.minimum(y.x, y.y) ** 2
+        dy = (effect - jnp.asarray(_KDEG)[1] * y.y + 0.05 * jnp.exp(-t) * jnp.log1p(y.x)
+              + 0.01 * jnp.minimum(y.x, y.y) ** 2)
         return self.State(x=dx, y=dy)
 
     def observe(self, t, y):

@@ -21,7 +21,8 @@ def _metrics(model):
     ts = jnp.linspace(0.0, 1.0, 49)
     sol = ck.simulate(model, ck.Bolus(0.0, 100.0, "central"), ts, throw=False)
     c = sol.observables.concentration
-    return {"cmax": ck.metrics.cmax(ts, c), "auc": ck.metrics.auc(ts, c), "log10_trough": jnp.log10(jnp.maximum(c[-1], 1e-12))}
+    return {"cmax": ck.metrics.cmax(ts, c), "auc": ck.metrics.auc(ts, c),
+            "log10_trough": jnp.log10(jnp.maximum(c[-1], 1e-12))}
 
 
 MOUSE = TwoCompartmentPK(cl=5.0, v1=1.0, q=3.0, v2=0.6)
