@@ -12,8 +12,11 @@ Two compartments:  dA1/dt = -(CL/V1) A1 - (Q/V1) A1 + (Q/V2) A2;   dA2/dt = (Q/V
 |---|---|---|---|
 | cl | 129.84 | L/d | cyclophosphamide CL 5.41 L/h × 24 (Ahmed 2020 Front Pharmacol 11:406) [R]/[D] |
 | v | 46.5 | L | cyclophosphamide V (Ahmed 2020) [R] |
-| oral ka, cl, v | 36, 66, 31.5 | 1/d, L/d, L | theophylline, nlmixr2 `theo_sd` estimates (1.5 /h, 2.75 L/h, 31.5 L) [M] |
-| two-compartment cl, v1, q, v2 | 192, 39, 206.4, 20 | L/d, L, L/d, L | fludarabine (Langenhorst 2019 Clin Pharmacokinet), first two compartments only [R]/[D] |
+| oral ka, cl, v | 36, 66, 31.5 | 1/d, L/d, L | theophylline, nlmixr2 `theo_sd` estimates [M] |
+| two-compartment cl, v1, q, v2 | 192, 39, 206.4, 20 | L/d, L, L/d, L | fludarabine (Langenhorst 2019) [R]/[D] |
+
+The oral values are nlmixr2's `theo_sd` estimates per hour (ka 1.5 /h, CL 2.75 L/h, V 31.5 L). The two-compartment
+values are the first two compartments only of the fludarabine model of Langenhorst 2019 (Clin Pharmacokinet).
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ def stein_closed_form(params: Stein2019CK | Mapping[str, Any], t) -> Any:
         p.setdefault("f_toci", 1.0)
         p.setdefault("t_toci", jnp.inf)
     else:
-        raise ValueError(f"`params` must be a Stein2019CK or a mapping of parameter values, got {type(params).__name__}.")
+        raise ValueError(f"`params` must be a Stein2019CK or a mapping of parameter values, got "
+                         f"{type(params).__name__}.")
     t = jnp.asarray(t, dtype=float)
     rho = jnp.log(p["foldx"]) / p["tmax"]
     r0 = p["cmax"] / p["foldx"]

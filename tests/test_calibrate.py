@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TraceCounter
 
 import carkinetics as ck
-from helpers import TraceCounter
 import carkinetics._inference._identifiability as _ident
 from carkinetics.models import Stein2019CK
 
@@ -25,7 +25,8 @@ SIGMA = 0.02
 
 
 def _synthetic(truth, seed=0, sigma=SIGMA):
-    clean = np.asarray(ck.simulate(truth, None, jnp.asarray(DAYS), t0=0.0, rtol=1e-10, atol=1e-10).observables.transgene)
+    sol = ck.simulate(truth, None, jnp.asarray(DAYS), t0=0.0, rtol=1e-10, atol=1e-10)
+    clean = np.asarray(sol.observables.transgene)
     rng = np.random.default_rng(seed)
     return clean * np.exp(sigma * rng.standard_normal(DAYS.shape))
 
@@ -69,7 +70,7 @@ def test_loss_gradient_matches_finite_differences(problem):
     zs = jnp.tile(z, (2 * len(NAMES), 1))
     g = np.asarray(_ident._grad_batch(problem, zs))[0]
     jloss = eqx.filter_jit(lambda p, q: p.loss(q))
-    loss = lambda q: jloss(problem, q)  # noqa: E731
+    loss = lambda q: jloss(problem, q)
     h = 1e-5
     for i in range(len(NAMES)):
         e = jnp.zeros_like(z).at[i].set(h)
@@ -81,7 +82,8 @@ def test_identifiability_flags_unpinned_parameters(problem, fitted, truth):
     # Expansion-phase data only (27 points over days 0.5-13): the memory phase (fb, beta) cannot be determined.
     # Same shapes as the main problem, so the compiled fit/Hessian programs are reused (priors are values).
     early = np.linspace(0.5, 13.0, DAYS.shape[0])
-    clean = np.asarray(ck.simulate(truth, None, jnp.asarray(early), t0=0.0, rtol=1e-10, atol=1e-10).observables.transgene)
+    sol = ck.simulate(truth, None, jnp.asarray(early), t0=0.0, rtol=1e-10, atol=1e-10)
+    clean = np.asarray(sol.observables.transgene)
     y = clean * np.exp(SIGMA * np.random.default_rng(1).standard_normal(early.shape))
     data = ck.TimeCourseData("transgene", jnp.asarray(early), jnp.asarray(y), ck.LogNormalError(SIGMA))
     prob = ck.CalibrationProblem(truth, None, [data], NAMES, priors="tags", n_grid=40, t_end=13.0)
@@ -90,7 +92,7 @@ def test_identifiability_flags_unpinned_parameters(problem, fitted, truth):
         res = ck.fit(prob, starts=np.asarray(fitted.z_starts), adam_steps=0, lbfgs_steps=60)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            lap = ck.laplace(res)
+            ck.laplace(res)
             prof_beta = ck.profile_likelihood(res, "beta", n_points=5, steps=80, span=1.0)
             prof_cmax = ck.profile_likelihood(res, "cmax", n_points=5, steps=80, span=1.0)
     texts = [str(w.message) for w in caught if issubclass(w.category, ck.IdentifiabilityWarning)]

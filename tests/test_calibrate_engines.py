@@ -9,26 +9,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TraceCounter
+from test_calibrate import NAMES, SIGMA, problem, truth  # noqa: F401  (shared module-scoped fixtures; F811 below)
 
 import carkinetics as ck
-from helpers import TraceCounter
 import carkinetics._inference._fit as _fit
-from test_calibrate import NAMES, SIGMA, problem, truth  # noqa: F401  (shared module-scoped fixtures)
 
 ALPHA = NAMES.index("alpha")
 
 
 @pytest.fixture(scope="module")
-def starts(problem):
+def starts(problem):  # noqa: F811
     return ck.make_starts(problem, jax.random.key(7), 4, scale=0.3, include_default=False)
 
 
 @pytest.fixture(scope="module")
-def fitted(problem, starts):  # the same call as test_calibrate's fixture (shares its compiled program)
+def fitted(problem, starts):  # noqa: F811  same call as test_calibrate's fixture (shares its compiled program)
     return ck.fit(problem, starts=starts, adam_steps=0, lbfgs_steps=60)
 
 
-def test_ensemble_and_vmap_engines_reach_the_same_optimum(problem, starts, fitted, truth):
+def test_ensemble_and_vmap_engines_reach_the_same_optimum(problem, starts, fitted, truth):  # noqa: F811
     ref = ck.fit(problem, starts=starts, adam_steps=0, lbfgs_steps=60, engine="vmap")
     assert fitted.engine == "ensemble" and ref.engine == "vmap"
     print(fitted.convergence_report(), ref.convergence_report(), sep="\n")
@@ -47,7 +47,7 @@ def test_ensemble_and_vmap_engines_reach_the_same_optimum(problem, starts, fitte
     assert fitted.n_agree == 4 and bool(np.all(np.asarray(fitted.converged)))
 
 
-def test_failed_start_gets_failure_loss_no_nan_and_no_retrace(problem, starts, fitted):
+def test_failed_start_gets_failure_loss_no_nan_and_no_retrace(problem, starts, fitted):  # noqa: F811
     z = np.array(starts)
     z[1, ALPHA] += 30.0  # alpha ~ e^30 x default: the solve fails (step limit)
     # Raw batched loss and gradient: the failed member gets failure_loss (priors=None: no prior term) and a
@@ -77,10 +77,11 @@ def test_failed_start_gets_failure_loss_no_nan_and_no_retrace(problem, starts, f
     assert res.best != 1
 
 
-def test_adam_phase_fallbacks_and_validation(truth):
+def test_adam_phase_fallbacks_and_validation(truth):  # noqa: F811
     # A two-parameter problem (cheap to compile) through Adam then L-BFGS: recovers the truth from noise-free data.
     days = np.array([1.0, 3.0, 7.0, 14.0, 28.0, 56.0, 90.0, 180.0])
-    clean = np.asarray(ck.simulate(truth, None, jnp.asarray(days), t0=0.0, rtol=1e-10, atol=1e-10).observables.transgene)
+    sol = ck.simulate(truth, None, jnp.asarray(days), t0=0.0, rtol=1e-10, atol=1e-10)
+    clean = np.asarray(sol.observables.transgene)
     data = ck.TimeCourseData("transgene", jnp.asarray(days), jnp.asarray(clean), ck.LogNormalError(SIGMA))
     prob = ck.CalibrationProblem(truth, None, [data], ["alpha", "beta"], priors=None, n_grid=30)
     z0 = np.asarray(prob.z0)

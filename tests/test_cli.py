@@ -107,7 +107,8 @@ def test_user_mistakes_exit_2_without_traceback(files, capsys, argv, message):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["simulate", "--points", "many"], "argument --points: must be a whole number between 2 and 1000000, got 'many'"),
+        (["simulate", "--points", "many"],
+         "argument --points: must be a whole number between 2 and 1000000, got 'many'"),
         (["sweep", "--model", "OneCompartmentPK"], "the following arguments are required: --ranges"),
         (["sweep", "--ranges", "r.toml", "--engine", "jit"], "argument --engine: invalid choice: 'jit'"),
         (["nope"], "argument command: invalid choice: 'nope'"),

@@ -62,7 +62,7 @@ def test_sobol():
 def test_morris():
     names, prob = _gsa_inputs()
     f = ck.model_function(MODEL, REGIMEN, TS, names, _metrics, **TOL)
-    ens, x, res = ck.morris_analysis(f, prob, 6, key=jax.random.key(1), progress=False, n_bootstrap=10)
+    ens, _, res = ck.morris_analysis(f, prob, 6, key=jax.random.key(1), progress=False, n_bootstrap=10)
     assert res.engine == "ensemble"
     g = ck.model_function(MODEL, REGIMEN, TS, names, _metrics, engine="vmap", **TOL)
     vm, _, res2 = ck.morris_analysis(g, prob, 6, key=jax.random.key(1), progress=False, n_bootstrap=10)

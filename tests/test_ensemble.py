@@ -13,13 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from helpers import rel_err
 
 import carkinetics as ck
 from carkinetics._core import _simulate as _core_simulate
 from carkinetics._ensemble import _api, _autodiff, _linalg, _loop
 from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 from carkinetics.models.reference_workload import ReferenceWorkload
-from helpers import rel_err
 
 METHODS = [ck.EnsembleTsit5(), ck.EnsembleRodas5()]
 IDS = ["tsit5", "rodas5"]
@@ -88,7 +88,7 @@ def test_infusions_and_shared_regimen_agree_with_simulate(method):
     sol = ck.simulate_ensemble(models, reg, TS, solver=method, rtol=1e-8, atol=1e-10)
     assert bool(jnp.all(sol.ok))
     for i in range(3):
-        m = jax.tree.map(lambda x: x[i], models)
+        m = jax.tree.map(lambda x, i=i: x[i], models)
         ref = ck.simulate(m, reg, TS, rtol=1e-11, atol=1e-13, max_steps=20_000)
         assert rel_err(sol.y_array[i], ref.y_array, floor=1e-3) < 1e-5
 
@@ -105,7 +105,7 @@ def test_reference_workload_agrees_with_diffrax(method):
     sol = ck.simulate_ensemble(models, None, ts, solver=method)
     assert bool(jnp.all(sol.ok))
     for i in range(3):
-        m = jax.tree.map(lambda x: x[i], models)
+        m = jax.tree.map(lambda x, i=i: x[i], models)
         ref = ck.simulate(m, None, ts, rtol=1e-10, atol=1e-12)
         assert rel_err(sol.y_array[i], ref.y_array, floor=1e-6) < 2e-4
 
@@ -332,7 +332,8 @@ def test_failure_is_reported_per_member(slots):
         exact = one_cpt_exact(float(cls[i]), [0.0], [1800.0], np.asarray(TS))
         assert rel_err(sol.ys.central[i], exact, floor=1e-3) < 1e-4
     with pytest.raises(Exception, match="1 of 3 members failed; member 1: the solver stopped"):
-        ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), max_steps=300, throw=True).y_array.block_until_ready()
+        failing = ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), max_steps=300, throw=True)
+        failing.y_array.block_until_ready()
 
 
 def _total_concentration(cl, adjoint, method, slots=None):

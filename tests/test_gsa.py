@@ -40,7 +40,7 @@ def test_analytic_reference_values():
 
 
 def test_ishigami_sobol_matches_analytic_within_ci():
-    idx, x, res = ck.sobol_analysis(ishigami, PROBLEM, 8192, key=jax.random.key(0), confidence=0.99,
+    idx, _, res = ck.sobol_analysis(ishigami, PROBLEM, 8192, key=jax.random.key(0), confidence=0.99,
                                  n_bootstrap=200, chunk_size=8192, progress=False)
     s1, st = ishigami_analytic()
     assert res.n_members == 8192 * 5 and res.n_failed == 0 and idx.n_base == 8192 and idx.n_dropped == 0
@@ -128,7 +128,7 @@ def test_morris_matches_salib_and_linear_truth():
     np.testing.assert_allclose(ours.mu_star_conf, ref["mu_star_conf"], rtol=0.35, atol=1e-12)  # x2: |EE| constant
     # Our design is a valid Morris design that SALib analyses identically; linear model: EE = slope x width.
     prob = {"names": ["a", "b", "c"], "bounds": [[0.0, 2.0], [-1.0, 1.0], [5.0, 6.0]]}
-    stats, _, res = ck.morris_analysis(lambda v: 3.0 * v[0] - 2.0 * v[1] + 0.0 * v[2], prob, 12,
+    stats, _, _ = ck.morris_analysis(lambda v: 3.0 * v[0] - 2.0 * v[1] + 0.0 * v[2], prob, 12,
                                     key=jax.random.key(0), progress=False)
     np.testing.assert_allclose(stats.mu, [6.0, -4.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(stats.mu_star, [6.0, 4.0, 0.0], atol=1e-12)

@@ -7,8 +7,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-import carkinetics as ck  # noqa: E402
-from carkinetics.plot import plot_morris, plot_sobol, plot_sobol_timecourse  # noqa: E402
+import carkinetics as ck
+from carkinetics.plot import plot_morris, plot_sobol, plot_sobol_timecourse
 
 PROB = {"names": ["a", "b", "c"], "bounds": [[0.0, 1.0]] * 3}
 

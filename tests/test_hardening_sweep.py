@@ -100,7 +100,7 @@ def test_sigint_stops_cleanly_and_the_sweep_resumes_to_the_same_result(tmp_path)
     rc, lines, err = _run(tmp_path / "a", interrupt_after=3)
     assert rc == 130, err
     assert "Segmentation" not in err and "Traceback" not in err
-    done = int([x for x in lines if x.startswith("interrupted")][0].split()[1])
+    done = int(next(x for x in lines if x.startswith("interrupted")).split()[1])
     assert 4 <= done < 40
     assert len(list((tmp_path / "a").glob("chunk_*.npz"))) == done
     rc, resumed, err = _run(tmp_path / "a")

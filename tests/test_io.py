@@ -6,10 +6,10 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 
 import carkinetics as ck
 import carkinetics.io as cio
+from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 
 
 def _problem(model):
@@ -48,7 +48,8 @@ def test_petab_round_trip(tmp_path):
     # parameter rows come from the metadata: estimated cl on log10 scale within 100-fold of its value
     cl = next(p for p in back.parameters if p.parameter_id == "cl")
     assert (cl.scale, cl.estimate) == ("log10", True)
-    assert cl.lower == pytest.approx(5.41 * 24 / 100, rel=1e-12) and cl.upper == pytest.approx(5.41 * 24 * 100, rel=1e-12)
+    assert cl.lower == pytest.approx(5.41 * 24 / 100, rel=1e-12)
+    assert cl.upper == pytest.approx(5.41 * 24 * 100, rel=1e-12)
     t, y = back.measurement_arrays("low", "conc")
     np.testing.assert_array_equal(t, [0.25, 0.5])
     np.testing.assert_array_equal(y, [1.3, 0.9])
@@ -134,7 +135,8 @@ def test_petab_validation_against_model():
 
 def test_nonmem_dataset_round_trip():
     model = TwoCompartmentPK()
-    regimen = ck.Regimen([ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2), ck.Infusion(0.5, "peripheral", rate=40.0, duration=0.25)])
+    regimen = ck.Regimen([ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2),
+                          ck.Infusion(0.5, "peripheral", rate=40.0, duration=0.25)])
     ts = jnp.array([0.0, 0.5, 1.0, 2.5])
     sol = ck.simulate(model, regimen, ts)
     obs = cio.observations_from_solution(sol)

@@ -4,11 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import central_fd
 
 import carkinetics as ck
 from carkinetics import metrics as M
-
-from helpers import central_fd
 
 TS = jnp.array([0.0, 1.0, 2.0, 4.0])
 V = jnp.array([0.0, 2.0, 4.0, 0.0])  # a triangle peaking at t = 2

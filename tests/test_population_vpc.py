@@ -1,13 +1,13 @@
 """Percentile VPC statistics (hand values) and figure (smoke test paired with a value check)."""
 
-import matplotlib
 import jax
+import matplotlib
 import numpy as np
 import pytest
 
 matplotlib.use("Agg")
 
-from carkinetics.plot import plot_vpc_percentiles, vpc_statistics  # noqa: E402
+from carkinetics.plot import plot_vpc_percentiles, vpc_statistics
 
 
 def test_vpc_statistics_hand_values():

@@ -3,7 +3,6 @@
 import logging
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -11,7 +11,6 @@ from importlib.resources import files
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import carkinetics as ck

@@ -11,7 +11,6 @@ from carkinetics.models import sle
 from carkinetics.models.sle.cytokines import MyeloidParams, crs_grade
 from carkinetics.models.sle.disease import DiseaseParams, dipstick_score
 
-
 # ---- products -----------------------------------------------------------------------------------------------------
 
 

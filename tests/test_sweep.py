@@ -122,10 +122,10 @@ def test_resume_after_interruption(tmp_path):
     # Corrupt files raise ValueError naming the file, never results.
     chunk = tmp_path / "chunk_000001.npz"
     chunk.write_bytes(chunk.read_bytes()[:50])
-    with pytest.raises(ValueError, match="chunk_000001.npz"):
+    with pytest.raises(ValueError, match=r"chunk_000001\.npz"):
         sweep(fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True)
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ValueError, match="manifest.json"):
+    with pytest.raises(ValueError, match=r"manifest\.json"):
         sweep(fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True)
 
 

@@ -21,7 +21,8 @@ def _metrics(model):
     ts = jnp.linspace(0.0, 1.0, 49)
     sol = ck.simulate(model, ck.Bolus(0.0, 100.0, "central"), ts, throw=False)
     c = sol.observables.concentration
-    return {"cmax": ck.metrics.cmax(ts, c), "auc": ck.metrics.auc(ts, c), "log10_trough": jnp.log10(jnp.maximum(c[-1], 1e-12))}
+    return {"cmax": ck.metrics.cmax(ts, c), "auc": ck.metrics.auc(ts, c),
+            "log10_trough": jnp.log10(jnp.maximum(c[-1], 1e-12))}
 
 
 MOUSE = TwoCompartmentPK(cl=5.0, v1=1.0, q=3.0, v2=0.6)
@@ -155,21 +156,21 @@ def test_figures(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    import carkinetics.plot
+    import carkinetics.plot as ckplot
 
     tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, n_samples=4, key=jax.random.key(0),
                             batch_size=BATCH)
-    fig = ck.plot.translation_heatmap(tm)
+    fig = ckplot.translation_heatmap(tm)
     image = fig.axes[0].images[0].get_array()
     np.testing.assert_allclose(np.asarray(image), tm.share())  # the heatmap shows the shares
     fig.savefig(tmp_path / "heat.png")
-    fig2 = ck.plot.attribution_waterfall(tm, "auc")
+    fig2 = ckplot.attribution_waterfall(tm, "auc")
     assert len(fig2.axes[0].patches) == 3 + 2  # groups + the two end bars
-    fig3 = ck.plot.attribution_waterfalls(tm)
+    fig3 = ckplot.attribution_waterfalls(tm)
     assert sum(ax.get_visible() for ax in fig3.axes) == 3
     assert (tmp_path / "heat.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="Unknown metric"):
-        ck.plot.attribution_waterfall(tm, "tmax")
+        ckplot.attribution_waterfall(tm, "tmax")
 
 
 def test_translation_map_no_retrace():

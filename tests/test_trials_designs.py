@@ -583,4 +583,4 @@ def test_docstring_examples_run():
               for code in _examples(obj)]
     assert len(blocks) >= 8
     for code in blocks:
-        exec(compile(code, "<docstring example>", "exec"), {"__name__": "__docstring__"})  # noqa: S102 (our own docs)
+        exec(compile(code, "<docstring example>", "exec"), {"__name__": "__docstring__"})

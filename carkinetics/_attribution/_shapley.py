@@ -10,8 +10,9 @@ from `model_a`. For a scalar (or pytree-valued) output `f(model)` the *game* is 
 
 All `2**G` coalition models are built as one batched pytree (per parameter leaf `where(mask, value_b, value_a)`)
 and evaluated by `eqx.filter_vmap` under one `eqx.filter_jit`, in chunks of a fixed size (one compilation serves
-any number of groups, coalitions and parameter samples); the Shapley values are then a fixed linear map of the coalition values (a `(G, 2**G)` matrix in closed form), so
-efficiency (`sum_i phi_i = v(all) - v(none)`) holds to floating-point round-off.
+any number of groups, coalitions and parameter samples); the Shapley values are then a fixed linear map of the
+coalition values (a `(G, 2**G)` matrix in closed form), so efficiency (`sum_i phi_i = v(all) - v(none)`) holds
+to floating-point round-off.
 """
 
 from __future__ import annotations
@@ -312,7 +313,7 @@ class ShapleyResult(eqx.Module):
         return max(errs)
 
 
-def engine_name(f: Any, template: Any, engine: Engine | None) -> str:
+def engine_name(f: Any, template: Any, engine: Engine | None) -> Engine:
     """The engine that evaluates `f` on members like `template` (see `ShapleyResult.engine`)."""
     if isinstance(f, AbstractExperiment):
         return engine_of(resolve_solver(f.model(template), f.solver, engine))
@@ -417,7 +418,7 @@ def evaluate_models(f: Callable[[Any], Any] | AbstractExperiment, model: Any, va
                          f"{ {n: a.shape for n, a in arrays.items()} }.")
     if not names:
         raise ValueError("`values` must name at least one parameter to batch over.")
-    n_total = next(iter(sizes.values()))
+    n_total: int = arrays[names[0]].shape[0]  # all leading axes agree (checked above)
     chunk = n_total if batch_size is None else batch_size
     if isinstance(f, AbstractExperiment):
         from .._analysis._sweep import ParameterBatch, sweep

@@ -6,6 +6,7 @@ import argparse
 import csv
 import os
 import time
+from typing import TYPE_CHECKING
 
 from ._common import (
     EXIT_OK,
@@ -20,6 +21,9 @@ from ._common import (
 from ._inputs import resolve_run
 from ._plugins import Command, Context
 
+if TYPE_CHECKING:
+    from .._engine._simulate import Engine
+
 
 def perturbed(space, base, factors):
     """`base * factors` clipped to the declared bounds of `space`'s parameters (a fraction at 0.8 times 1.3 would be
@@ -29,7 +33,7 @@ def perturbed(space, base, factors):
     return np.clip(np.asarray(base) * factors, np.asarray(space.lower), np.asarray(space.upper))
 
 
-def _bench_ensemble(args, run, space, base, engine: str, out: str) -> None:
+def _bench_ensemble(args, run, space, base, engine: Engine, out: str) -> None:
     """`bench --ensemble N`: N members (every parameter times a log-normal factor, sigma 0.1, fixed seed, clipped to
     its declared bounds) with `ck.simulate_ensemble` and the model class's solver on `engine`; per-member time,
     compile time, mean steps; written to bench_ensemble.csv."""
@@ -38,7 +42,7 @@ def _bench_ensemble(args, run, space, base, engine: str, out: str) -> None:
     import numpy as np
 
     import carkinetics as ck
-    import carkinetics.io
+    import carkinetics.io as ckio
 
     n = int(args.ensemble)
     solver = ck.default_solver(run.model, engine)
@@ -60,7 +64,7 @@ def _bench_ensemble(args, run, space, base, engine: str, out: str) -> None:
     compile_s = max(first - best, 0.0)
     n_failed = int(np.sum(~np.asarray(sol.ok)))
     path = os.path.join(out, "bench_ensemble.csv")
-    with ck.io.atomic_text_file(path, newline="") as fh:
+    with ckio.atomic_text_file(path, newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["model", "engine", "method", "members", "device", "devices", "dtype", "compile_s", "best_batch_s",
                     "per_member_s", "mean_steps", "n_failed"])
@@ -102,7 +106,7 @@ class BenchCommand(Command):
         import numpy as np
 
         import carkinetics as ck
-        import carkinetics.io
+        import carkinetics.io as ckio
 
         run = resolve_run(args, ctx.plugins)
         engine = args.engine or "vmap"
@@ -136,7 +140,7 @@ class BenchCommand(Command):
         best = min(r[0] for r in rows)
         device = jax.devices()[0]
         path = os.path.join(out, "bench.csv")
-        with ck.io.atomic_text_file(path, newline="") as fh:
+        with ckio.atomic_text_file(path, newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["model", "engine", "solver", "device", "dtype", "n_save", "compile_plus_first_s", "best_s",
                         "median_s", "num_steps", "all_ok"])

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Any, Literal, TextIO, overload
 
 #: Exit codes (also listed in `carkinetics --help`).
 EXIT_OK = 0
@@ -408,7 +408,23 @@ TOML_KINDS: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
-def toml_value(value: object, kind: str, where: str) -> object:
+@overload
+def toml_value(value: object, kind: Literal["whole"], where: str) -> int: ...
+@overload
+def toml_value(value: object, kind: Literal["number"], where: str) -> int | float: ...
+@overload
+def toml_value(value: object, kind: Literal["bool"], where: str) -> bool: ...
+@overload
+def toml_value(value: object, kind: Literal["string"], where: str) -> str: ...
+@overload
+def toml_value(value: object, kind: Literal["table"], where: str) -> dict[str, Any]: ...
+@overload
+def toml_value(value: object, kind: Literal["numbers"], where: str) -> list[int | float]: ...
+@overload
+def toml_value(value: object, kind: Literal["strings"], where: str) -> list[str]: ...
+@overload
+def toml_value(value: object, kind: str, where: str) -> object: ...
+def toml_value(value: object, kind: str, where: str) -> Any:
     """`value` of a TOML key checked against `kind` (see `TOML_KINDS`; `whole` gives an int), or `UserError` naming
     `where` (file, table and key), what was expected and what was found."""
     test, what = TOML_KINDS[kind]

@@ -57,19 +57,19 @@ def resolve_run(args: argparse.Namespace, plugins: Plugins, *, times: bool = Tru
 
 def resolve_model(plugins: Plugins, name: str | None, preset_name: str | None) -> tuple[Any, Preset | None]:
     """`--model` (an installed class, default parameters) and/or `--preset`; neither: the default preset."""
-    if preset_name is None and name is None:
-        preset = plugins.default_preset()
-        if preset is None:
-            raise UserError(f"No installed plugin declares a default preset: give --model (one of "
-                            f"{plugins.model_names()}) or --preset.")
-    elif preset_name is not None:
+    if preset_name is not None:
         preset = plugins.preset(preset_name)
-    else:
+    elif name is not None:
         cls = plugins.model_class(name)
         try:
             return cls(), None
         except TypeError as err:
             raise UserError(f"--model {name!r} cannot be built with default parameters ({err}).") from None
+    else:
+        preset = plugins.default_preset()
+        if preset is None:
+            raise UserError(f"No installed plugin declares a default preset: give --model (one of "
+                            f"{plugins.model_names()}) or --preset.")
     try:
         model = preset.load()
     except (ValueError, FileNotFoundError, KeyError) as err:

@@ -109,9 +109,10 @@ class UnavailableCommand(Command):
     help = "(not available in this installation)"
 
     def __init__(self, name: str, reason: str):
-        self.name = name
+        # per-instance values of the `Command` class variables: one stand-in instance per unloadable plugin
+        self.name = name  # pyright: ignore[reportAttributeAccessIssue]
         self.reason = reason
-        self.description = f"Not available: {reason}"
+        self.description = f"Not available: {reason}"  # pyright: ignore[reportAttributeAccessIssue]
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         del parser  # its arguments are unknown; the core passes any it is given

@@ -20,6 +20,7 @@ import argparse
 import csv
 import io
 import os
+from typing import TYPE_CHECKING, cast
 
 from ._common import (
     EXIT_OK,
@@ -40,6 +41,9 @@ from ._common import (
 )
 from ._inputs import resolve_run
 from ._plugins import Command, Context
+
+if TYPE_CHECKING:
+    from .._engine._simulate import Engine
 
 
 def sweep_spec(path: str, model, n_default: int) -> tuple[dict, list[str] | None]:
@@ -172,7 +176,7 @@ class SweepCommand(Command):
         import numpy as np
 
         import carkinetics as ck
-        import carkinetics.io
+        import carkinetics.io as ckio
 
         try:
             setting = ck.distributed_setup(args.coordinator, args.num_processes, args.process_id)
@@ -207,9 +211,9 @@ class SweepCommand(Command):
         for i in range(n_members):
             w.writerow([i, *[repr(float(samples[p][i])) for p in names],
                         *[repr(float(metrics[m][i])) for m in metrics]])
-        ck.io.atomic_write_text(path, text.getvalue())  # a reader never sees a partial table
+        ckio.atomic_write_text(path, text.getvalue())  # a reader never sees a partial table
         png = sweep_figure(samples, metrics, os.path.join(out, "sweep.png"))
-        solver = type(ck.default_solver(run.model, res.engine)).__name__
+        solver = type(ck.default_solver(run.model, cast("Engine", res.engine))).__name__
         print(f"{n_members} members on {res.n_devices} {jax.default_backend()} device(s) in "
               f"{setting.num_processes} process(es); "
               f"{res.n_failed} failed (masked as nan)")

@@ -13,6 +13,7 @@ parameter is a calendar time at which something happens: the only explicit times
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 #: Name prefixes allowed for parameters with unit "d" (see the module docstring).
 DURATION_PREFIXES = ("tau_", "t_half_")
@@ -36,7 +37,7 @@ def param_rows(cls) -> list[tuple[str, str, str, str, str, str]]:
         info = f.metadata.get("carkinetics_param")
         if info is None:
             continue
-        rows.append((f.name, _fmt(f.default), info.unit, info.tag, info.description, info.source))
+        rows.append((f.name, _fmt(cast(float, f.default)), info.unit, info.tag, info.description, info.source))
     return rows
 
 

@@ -22,12 +22,11 @@ al., Arthritis Rheum 2006; Mackensen A et al., Nat Med 2022;28:2124; Waldmann TA
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 
@@ -65,9 +64,9 @@ class HumoralParams(eqx.Module):
 class AbState(NamedTuple):
     """Antibody states: anti-dsDNA (U/mL), vaccine IgG (relative), total IgG (g/L)."""
 
-    anti_dsdna: object
-    vaccine_igg: object
-    total_igg: object
+    anti_dsdna: Any
+    vaccine_igg: Any
+    total_igg: Any
 
 
 def igg_clearance(h: HumoralParams, total_igg):

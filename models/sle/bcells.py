@@ -4,8 +4,8 @@ plasma cells, with the tolerance mechanism that keeps a remission after B cells 
 Parameter group `bcell` (`BCellParams`, table in its docstring). States are total-body cell numbers (cells):
 `b_marrow` (P, CD19⁺ precursors), `b_naive` (N), `b_memory` (M, memory B of ordinary specificities, e.g. vaccine
 responses), `b_auto` (A, autoreactive memory/germinal-centre B), `pb_auto`, `pb_other` (CD19⁺ plasmablasts made from
-A and M) and `llpc_auto`, `llpc` (CD19⁻ BCMA⁺ long-lived plasma cells seeded by the plasmablasts); `tumour` (CD19⁺ malignant B
-cells: 0 in SLE, used by the oncology-like preset that reproduces the oncology cellular kinetics).
+A and M) and `llpc_auto`, `llpc` (CD19⁻ BCMA⁺ long-lived plasma cells seeded by the plasmablasts); `tumour` (CD19⁺
+malignant B cells: 0 in SLE, used by the oncology-like preset that reproduces the oncology cellular kinetics).
 
 **Killing.** λ19 and λB are the CAR kill rates per CD19⁺ and per BCMA⁺ target (`car_t.py`; 0 without that arm), `e`
 the chemotherapy kill (`ld.sens_b · ld_effect`). CD19 is on P, N, M, A and plasmablasts; BCMA on plasmablasts and
@@ -51,13 +51,12 @@ al., Nat Med 2022;28:2124; Leadbetter EA et al., Nature 2002;416:603; Christense
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 
@@ -87,10 +86,12 @@ class BCellParams(eqx.Module):
         source="assumption (active SLE)", tag="A", upper=1.0)
     d_auto: float = ck.param(0.05, unit="1/d", description="turnover rate of autoreactive memory/GC B cells",
                              source="assumption (activated, GC-cycling cells turn over in weeks)", tag="A")
-    auto_self: float = ck.param(0.5, unit="1", description="fraction of autoreactive B turnover replaced by self-renewal",
-                                source="assumption", tag="A", upper=1.0)
+    auto_self: float = ck.param(
+        0.5, unit="1", description="fraction of autoreactive B turnover replaced by self-renewal",
+        source="assumption", tag="A", upper=1.0)
     auto_breach: float = ck.param(
-        0.01, unit="1", description="milieu-independent tolerance breach (relapse risk) relative to the pre-treatment rate",
+        0.01, unit="1",
+        description="milieu-independent tolerance breach (relapse risk) relative to the pre-treatment rate",
         source="assumption: remission to 24 months in the Erlangen series (Mueller F et al., N Engl J Med "
                "2024;390:687 [R])", tag="A", upper=1.0)
     ic_half: float = ck.param(0.3, unit="1", description="immune-complex level (relative) giving half the breach drive",
@@ -115,7 +116,8 @@ class BCellParams(eqx.Module):
                              source="tetanus IgG t1/2 11 y taken as LLPC lifespan (Amanna IJ et al., N Engl J Med "
                                     "2007;357:1903 [R]): ln2/4015 d", tag="D")
     tumour0: float = ck.param(0.0, unit="cells", description="CD19+ malignant B cells at treatment (0 in SLE)",
-                              source="by definition: SLE has no malignant B cells (set in the oncology-like preset)", tag="D")
+                              source="by definition: SLE has no malignant B cells (set in the oncology-like preset)",
+                              tag="D")
     r_tumour: float = ck.param(0.03, unit="1/d", description="net growth rate of malignant B cells",
                                source="assumption (B-ALL blast doubling of weeks)", tag="A")
     tumour_max: float = ck.param(1e12, unit="cells", description="carrying capacity of malignant B cells",
@@ -125,27 +127,27 @@ class BCellParams(eqx.Module):
 class BState(NamedTuple):
     """B-lineage pools (cells)."""
 
-    marrow: object
-    naive: object
-    memory: object
-    auto: object
-    pb_auto: object
-    pb_other: object
-    llpc_auto: object
-    llpc: object
-    tumour: object
+    marrow: Any
+    naive: Any
+    memory: Any
+    auto: Any
+    pb_auto: Any
+    pb_other: Any
+    llpc_auto: Any
+    llpc: Any
+    tumour: Any
 
 
 class BBaseline(NamedTuple):
     """Untreated steady state (cells) and the rate constants it implies."""
 
     state: BState
-    k_nm: object
-    k_na: object
-    k_mpb: object
-    k_apb: object
-    k_ll_auto: object
-    k_ll: object
+    k_nm: Any
+    k_na: Any
+    k_mpb: Any
+    k_apb: Any
+    k_ll_auto: Any
+    k_ll: Any
 
 
 def baseline(b: BCellParams, blood_ul) -> BBaseline:

@@ -55,13 +55,12 @@ doi:10.1038/s41571-021-00530-z; Majzner RG et al., Cancer Discov 2020;10:702; Ko
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 _STEIN = "Stein AM et al., CPT Pharmacometrics Syst Pharmacol 2019;8:285, doi:10.1002/psp4.12388 (Table 1)"
@@ -72,8 +71,9 @@ _CAPPELL = "Cappell KM, Kochenderfer JN, Nat Rev Clin Oncol 2021;18:715, doi:10.
 class CarTParams(eqx.Module):
     """Parameter group `car`: activation, proliferation, contraction, memory, exhaustion, killing, costimulation."""
 
-    k_on: float = ck.param(2.0, unit="1/d", description="antigen-triggered activation rate of resting infused CAR-T cells",
-                           source="assumption: infused cells meet antigen within about a day", tag="A")
+    k_on: float = ck.param(
+        2.0, unit="1/d", description="antigen-triggered activation rate of resting infused CAR-T cells",
+        source="assumption: infused cells meet antigen within about a day", tag="A")
     tau_lag: float = ck.param(
         1.5, unit="d", description="duration of the activation programme from antigen encounter to first division",
         source="time to first division of stimulated T cells ~30-40 h (Gett AV, Hodgkin PD, Nat Immunol 2000;1:239 "
@@ -81,7 +81,8 @@ class CarTParams(eqx.Module):
     d_rest: float = ck.param(0.1, unit="1/d", description="loss rate of infused CAR-T cells that never meet antigen",
                              source="assumption", tag="A")
     rho: float = ck.param(
-        1.0, unit="1/d", description="maximal proliferation rate of effector CAR-T cells (full antigen, baseline cytokines)",
+        1.0, unit="1/d",
+        description="maximal proliferation rate of effector CAR-T cells (full antigen, baseline cytokines)",
         source="hand-set so that after Flu/Cy the net expansion rate is near Stein's 0.889/d "
                "(doubling 0.78 d, Stein 2019 [R])", tag="A")
     k_stim: float = ck.param(1e4, unit="cells/uL",
@@ -111,12 +112,13 @@ class CarTParams(eqx.Module):
     d_exh: float = ck.param(0.2, unit="1/d", description="death rate of exhausted CAR-T cells", source="assumption",
                             tag="A")
     k_kill: float = ck.param(0.8, unit="1/d", description="maximal kill rate per target cell",
-                             source="assumption; clinical KKillMax 0.343/d for bb2121 (Singh AP et al., CPT Pharmacometrics "
-                                    "Syst Pharmacol 2021;10:362 [R2])", tag="A")
+                             source="assumption; clinical KKillMax 0.343/d for bb2121 (Singh AP et al., CPT "
+                                    "Pharmacometrics Syst Pharmacol 2021;10:362 [R2])", tag="A")
     kd_kill: float = ck.param(50.0, unit="cells/uL", description="effector density giving half-maximal killing",
                               source="assumption", tag="A")
-    q_kill: float = ck.param(2.0, unit="1", description="targets per effector at which killing saturates (serial killing)",
-                             source="assumption (a few kills per effector per day [M])", tag="A")
+    q_kill: float = ck.param(
+        2.0, unit="1", description="targets per effector at which killing saturates (serial killing)",
+        source="assumption (a few kills per effector per day [M])", tag="A")
     f_blood: float = ck.param(
         0.033, unit="1", description="fraction of CAR-T cells in blood",
         source="as endogenous T cells (Hosseini I et al., npj Syst Biol Appl 2020 partitions: 5000/153000 = 0.033)",
@@ -125,8 +127,9 @@ class CarTParams(eqx.Module):
         0.003, unit="1", description="fraction of resting and activating (not yet dividing) CAR-T cells in blood",
         source="assumption: infused cells leave blood for tissues within hours (the distribution phase of the "
                "four-phase CK of Liu C et al., Clin Pharmacol Ther 2021;109:716 [R qualitative])", tag="A", upper=1.0)
-    f_toci: float = ck.param(1.2, unit="1", description="multiplier on proliferation under full tocilizumab IL-6R occupancy",
-                             source=_STEIN + " (F_toci)", tag="R")
+    f_toci: float = ck.param(
+        1.2, unit="1", description="multiplier on proliferation under full tocilizumab IL-6R occupancy",
+        source=_STEIN + " (F_toci)", tag="R")
     f_ster: float = ck.param(1.0, unit="1", description="multiplier on proliferation under full steroid effect",
                              source=_STEIN + " (F_ster)", tag="R")
     cd28_rho_fold: float = ck.param(
@@ -148,12 +151,12 @@ class CarTParams(eqx.Module):
 class CarState(NamedTuple):
     """CAR-T pools (cells)."""
 
-    resting: object
-    act1: object
-    act2: object
-    effector: object
-    memory: object
-    exhausted: object
+    resting: Any
+    act1: Any
+    act2: Any
+    effector: Any
+    memory: Any
+    exhausted: Any
 
 
 #: Cells (per pool) below which a population does not divide: a pool under one cell is extinct. Without it,

@@ -45,27 +45,29 @@ raise CRS).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 
 @document_params
 class MyeloidParams(eqx.Module):
-    """Parameter group `myeloid`: myeloid activation, IL-6, fever, endothelium, ASTCT thresholds, tocilizumab, steroid."""
+    """Parameter group `myeloid`: myeloid activation, IL-6, fever, endothelium, ASTCT thresholds, tocilizumab,
+    steroid."""
 
     il6_0: float = ck.param(3.0, unit="pg/mL", description="baseline plasma IL-6", source="a few pg/mL [M]", tag="M")
     k_il6: float = ck.param(50.0, unit="1/d", description="IL-6 clearance rate",
                             source="Hosseini I et al., npj Syst Biol Appl 2020: IL-6 t1/2 20 min (ln2/(20/1440) = "
                                    "49.9/d)", tag="D")
     il6_max: float = ck.param(
-        3e4, unit="pg/mL", description="IL-6 above baseline with the whole myeloid compartment activated (physiological maximum)",
-        source="IL-6 peaks of 1e3-1e5 pg/mL in severe CRS (Teachey DT et al., Cancer Discov 2016;6:664 [M])", tag="M")
+        3e4, unit="pg/mL",
+        description="IL-6 above baseline with the whole myeloid compartment activated (physiological maximum)",
+        source="IL-6 peaks of 1e3-1e5 pg/mL in severe CRS (Teachey DT et al., Cancer Discov 2016;6:664 [M])",
+        tag="M")
     k_my: float = ck.param(1.0, unit="1/d", description="rate of myeloid activation/deactivation",
                            source="assumption (macrophage activation over ~1 day)", tag="A")
     k_damp: float = ck.param(3e4, unit="cells/(uL*d)", description="kill flux density giving unit DAMP drive",
@@ -76,14 +78,17 @@ class MyeloidParams(eqx.Module):
                            source="assumption (threshold-like activation)", tag="A")
     f_rec: float = ck.param(0.5, unit="1", description="fraction of IL-6 clearance through the IL-6 receptor",
                             source="assumption (tocilizumab raises serum IL-6 [M])", tag="A", upper=1.0)
-    temp_rise_max: float = ck.param(3.0, unit="degC", description="maximal rise of body temperature by pyrogenic cytokines",
-                                    source="fevers up to ~40 degC in CRS [M]", tag="M")
-    k_fever: float = ck.param(30.0, unit="pg/mL", description="signalling IL-6 giving half the maximal temperature rise",
-                              source="assumption (fever at IL-6 of tens of pg/mL)", tag="A")
+    temp_rise_max: float = ck.param(
+        3.0, unit="degC", description="maximal rise of body temperature by pyrogenic cytokines",
+        source="fevers up to ~40 degC in CRS [M]", tag="M")
+    k_fever: float = ck.param(
+        30.0, unit="pg/mL", description="signalling IL-6 giving half the maximal temperature rise",
+        source="assumption (fever at IL-6 of tens of pg/mL)", tag="A")
     k_endo: float = ck.param(1.0, unit="1/d", description="rate of endothelial activation/recovery",
                              source="assumption", tag="A")
-    k_vasc: float = ck.param(2000.0, unit="pg/mL", description="signalling IL-6 giving half-maximal endothelial activation",
-                             source="assumption (hypotension/hypoxia with IL-6 in the 1e2-1e4 pg/mL range [M])", tag="A")
+    k_vasc: float = ck.param(
+        2000.0, unit="pg/mL", description="signalling IL-6 giving half-maximal endothelial activation",
+        source="assumption (hypotension/hypoxia with IL-6 in the 1e2-1e4 pg/mL range [M])", tag="A")
     n_vasc: float = ck.param(2.0, unit="1", description="Hill coefficient of endothelial activation",
                              source="assumption", tag="A")
     endo_g2: float = ck.param(0.05, unit="1", description="endothelial activation at ASTCT grade 2",
@@ -98,22 +103,24 @@ class MyeloidParams(eqx.Module):
                              source="tocilizumab label (Vss ~6.4 L) [M]", tag="M")
     toci_ic50: float = ck.param(1.0, unit="mg/L", description="tocilizumab concentration giving 50 % IL-6R occupancy",
                                 source="assumption", tag="A")
-    t_half_dex: float = ck.param(2.0, unit="d", description="half-life of the dexamethasone effect (biological half-life)",
-                                 source="dexamethasone biological half-life 36-54 h [M]", tag="M")
+    t_half_dex: float = ck.param(
+        2.0, unit="d", description="half-life of the dexamethasone effect (biological half-life)",
+        source="dexamethasone biological half-life 36-54 h [M]", tag="M")
     dex_ec50: float = ck.param(10.0, unit="mg", description="dexamethasone in the body giving half the maximal effect",
                                source="assumption (10 mg dexamethasone is a standard CRS dose [M])", tag="A")
-    dex_emax: float = ck.param(0.9, unit="1", description="maximal inhibition of myeloid activation and fever by steroid",
-                               source="assumption", tag="A", upper=1.0)
+    dex_emax: float = ck.param(
+        0.9, unit="1", description="maximal inhibition of myeloid activation and fever by steroid",
+        source="assumption", tag="A", upper=1.0)
 
 
 class CytState(NamedTuple):
     """Myeloid activation (0-1), IL-6 (pg/mL), endothelial activation (0-1), tocilizumab (mg), dexamethasone (mg)."""
 
-    myeloid_act: object
-    il6: object
-    endothelial: object
-    toci: object
-    dex: object
+    myeloid_act: Any
+    il6: Any
+    endothelial: Any
+    toci: Any
+    dex: Any
 
 
 def toci_conc_occupancy(m: MyeloidParams, toci, weight_kg):

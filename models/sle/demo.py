@@ -19,14 +19,13 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from carkinetics.models.sle.metrics import SLE_METRICS, save_times, sle_metrics
-from carkinetics.models.sle.presets import load_preset
-from carkinetics.models.sle.regimens import erlangen_regimen
+from typing import Any, Literal
 
 import carkinetics as ck
 import carkinetics.io as cio
+from carkinetics.models.sle.metrics import SLE_METRICS, save_times, sle_metrics
+from carkinetics.models.sle.presets import load_preset
+from carkinetics.models.sle.regimens import erlangen_regimen
 
 #: Every file the demo writes into its output folder (`carkinetics demo` removes those of an earlier run first).
 DEMO_FILES = (
@@ -53,7 +52,7 @@ class DemoContext:
     out: str
     quick: bool
     report: Any
-    engine: str = "ensemble"
+    engine: Literal["ensemble", "vmap"] = "ensemble"
     progress: bool = True
     files: list[str] = dataclasses.field(default_factory=list)
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -99,8 +98,8 @@ def _feature(module: str, name: str, extra: str | None = None) -> tuple[bool, st
 def _step_lymphodepletion(ctx: DemoContext) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
-    from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
 
+    from carkinetics.models import OneCompartmentPK, TwoCompartmentPK
     from carkinetics.plot import save_figure
 
     bsa = ck.bsa_mosteller(70.0, 170.0)
@@ -249,8 +248,8 @@ def _step_sensitivity(ctx: DemoContext) -> None:
 
 def _step_translation(ctx: DemoContext) -> None:
     import jax
-    from carkinetics.models.sle.translation import sle_translation_map
 
+    from carkinetics.models.sle.translation import sle_translation_map
     from carkinetics.plot import (
         attribution_waterfalls,
         save_figure,
@@ -274,7 +273,8 @@ def _step_translation(ctx: DemoContext) -> None:
         f"(Shapley values over all {2 ** len(tm.group_names)} group subsets, solved on the {ctx.engine} engine)."
     )
     ctx.report.figure(heat, "Share of each metric's mouse-to-human gap by mechanism group.")
-    ctx.report.figure(water, "Attribution waterfalls: from the mouse value, one step per mechanism, to the human value.")
+    ctx.report.figure(water,
+                      "Attribution waterfalls: from the mouse value, one step per mechanism, to the human value.")
     _narrative(ctx.report, tm.narrative())
     k = max(range(len(tm.metric_names)), key=lambda j: abs(float(tm.value_b[j]) - float(tm.value_a[j]))
             / max(abs(float(tm.value_a[j])), abs(float(tm.value_b[j])), 1e-300))
@@ -339,7 +339,8 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
 )
 
 
-def run_demo(out: str, *, quick: bool = False, engine: str = "ensemble", steps: Sequence[DemoStep] = DEMO_STEPS,
+def run_demo(out: str, *, quick: bool = False, engine: Literal["ensemble", "vmap"] = "ensemble",
+             steps: Sequence[DemoStep] = DEMO_STEPS,
              progress: Callable[[int, str], Any] | None = None) -> tuple[str, list[str], list[str]]:
     """Run the demo steps and write `report.html` into `out`.
 
@@ -384,7 +385,7 @@ def run_demo(out: str, *, quick: bool = False, engine: str = "ensemble", steps: 
                 step.run(ctx)
                 done.append(step.title)
                 rep.note(f"Step took {time.perf_counter() - t0:.1f} s.", kind="info")
-            except Exception as err:  # noqa: BLE001  (a failing step must not hide the rest of the report)
+            except Exception as err:
                 msg = f"Step '{step.title}' failed: {type(err).__name__}: {err}"
                 rep.note(msg, kind="warning")
                 failed.append(msg)

@@ -4,8 +4,8 @@ and mouse units (proteinuria dipstick score, survival), with an explicit bridge 
 Parameter group `disease` (`DiseaseParams`, table in its docstring). `activity` is relative (1 = untreated) and
 reversible; `damage` (SDI-like units) only accrues; `cum_hazard` is the integrated mortality hazard. Immune
 complexes are taken proportional to anti-dsDNA relative to its untreated level; a share `1 − φ_B` of the drive is
-B-cell independent (T cells/IFN), represented by the endogenous T-cell pool relative to baseline (the translation gaps G10, G11 of the
-project's mouse-to-human notes):
+B-cell independent (T cells/IFN), represented by the endogenous T-cell pool relative to baseline (the translation
+gaps G10, G11 of the project's mouse-to-human notes):
 
     drive          = φ_B · IC + (1 − φ_B) · T/T₀,        IC = anti_dsdna/anti_dsdna₀
     d activity/dt  = k_act (drive^h − activity)
@@ -29,13 +29,13 @@ Gilkeson G, Lupus Sci Med 2018;5:e000199; Kansal R et al., Sci Transl Med 2019;1
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import itertools
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 #: Dipstick cut points (mg/dL) for scores 1+ to 4+, and the level below which the score is 0.
@@ -48,8 +48,10 @@ class DiseaseParams(eqx.Module):
 
     sledai0: float = ck.param(16.0, unit="1", description="SLEDAI-2K before treatment",
                               source="Mackensen A et al., Nat Med 2022;28:2124 (median 16, range 8-16)", tag="R")
-    phi_b: float = ck.param(0.85, unit="1", description="share of the disease drive from immune complexes (B-cell dependent)",
-                            source="assumption (B-cell-dependent share of SLE activity; run over a range in the translation map)", tag="A", upper=1.0)
+    phi_b: float = ck.param(
+        0.85, unit="1", description="share of the disease drive from immune complexes (B-cell dependent)",
+        source="assumption (B-cell-dependent share of SLE activity; run over a range in the translation map)",
+        tag="A", upper=1.0)
     hill: float = ck.param(2.0, unit="1", description="steepness of activity in the drive",
                            source="assumption (SLEDAI 0-2 at 3 months, Mackensen 2022 [R], with an LLPC-fed floor)",
                            tag="A")
@@ -66,16 +68,17 @@ class DiseaseParams(eqx.Module):
                                 tag="A")
     up_damage: float = ck.param(0.2, unit="g/g", description="urine protein/creatinine per unit damage",
                                 source="assumption", tag="A")
-    creat_urine: float = ck.param(100.0, unit="mg/dL", description="urine creatinine concentration (for the dipstick score)",
-                                  source="typical adult spot-urine creatinine ~100 mg/dL [M]", tag="M")
+    creat_urine: float = ck.param(
+        100.0, unit="mg/dL", description="urine creatinine concentration (for the dipstick score)",
+        source="typical adult spot-urine creatinine ~100 mg/dL [M]", tag="M")
 
 
 class DiseaseState(NamedTuple):
     """Activity (relative), damage (SDI), cumulative mortality hazard."""
 
-    activity: object
-    damage: object
-    cum_hazard: object
+    activity: Any
+    damage: Any
+    cum_hazard: Any
 
 
 def disease_derivatives(d: DiseaseParams, s: DiseaseState, *, ic_rel, t_rel) -> DiseaseState:
@@ -95,6 +98,6 @@ def dipstick_score(d: DiseaseParams, upcr):
     mg_dl = jnp.log(jnp.maximum(upcr * d.creat_urine, 1e-12))
     cuts = [jnp.log(c) for c in DIPSTICK_MG_DL]
     score = 0.0
-    for lo, hi in zip(cuts[:-1], cuts[1:]):  # four fixed segments (static unroll)
+    for lo, hi in itertools.pairwise(cuts):  # four fixed segments (static unroll)
         score = score + jnp.clip((mg_dl - lo) / (hi - lo), 0.0, 1.0)
     return score

@@ -47,13 +47,12 @@ Front Pharmacol 2020;11:406; Kochenderfer JN et al., J Clin Oncol 2017;35:1803; 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 #: litres per day per mL/min (1 mL/min × 1440 min/d / 1000 mL/L).
@@ -76,14 +75,17 @@ class LymphodepletionParams(eqx.Module):
                              source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="R")
     flu_v3: float = ck.param(50.0, unit="L", description="fludarabine second peripheral volume per 70 kg",
                              source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="R")
-    flu_q2: float = ck.param(8.6 * 24, unit="L/d", description="fludarabine intercompartmental clearance Q2 (8.6 L/h x 24)",
-                             source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="D")
-    flu_q3: float = ck.param(3.8 * 24, unit="L/d", description="fludarabine intercompartmental clearance Q3 (3.8 L/h x 24)",
-                             source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="D")
+    flu_q2: float = ck.param(
+        8.6 * 24, unit="L/d", description="fludarabine intercompartmental clearance Q2 (8.6 L/h x 24)",
+        source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="D")
+    flu_q3: float = ck.param(
+        3.8 * 24, unit="L/d", description="fludarabine intercompartmental clearance Q3 (3.8 L/h x 24)",
+        source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="D")
     cy_cl: float = ck.param(5.41 * 24, unit="L/d", description="cyclophosphamide clearance per 70 kg (5.41 L/h x 24)",
                             source="Ahmed JH et al., Front Pharmacol 2020;11:406", tag="D")
-    cy_v: float = ck.param(46.5, unit="L", description="cyclophosphamide volume per 70 kg (BSA^0.861 scaling replaced by W/70)",
-                           source="Ahmed JH et al., Front Pharmacol 2020;11:406", tag="R")
+    cy_v: float = ck.param(
+        46.5, unit="L", description="cyclophosphamide volume per 70 kg (BSA^0.861 scaling replaced by W/70)",
+        source="Ahmed JH et al., Front Pharmacol 2020;11:406", tag="R")
     k_flu: float = ck.param(
         1.6, unit="L/(mg*d)", description="lymphocyte kill rate per mg/L of fludarabine",
         source="hand-set: Erlangen Flu AUC ~0.72 mg*d/L gives log-kill ~1.15 (half of a ~90% lymphocyte nadir [M])",
@@ -93,9 +95,11 @@ class LymphodepletionParams(eqx.Module):
         source="hand-set: Cy 1,000 mg/m2 AUC ~14 mg*d/L gives log-kill ~1.1 (other half of a ~90% nadir [M])", tag="A")
     k_e0: float = ck.param(
         0.5, unit="1/d", description="rate of the delayed execution of chemotherapy-induced lymphocyte death",
-        source="hand-set to put the IL-15 peak near day 2 after infusion (Kochenderfer JN et al., J Clin Oncol 2017;35:1803 [R])", tag="A")
-    sens_b: float = ck.param(1.0, unit="1", description="chemotherapy sensitivity of B-lineage cells relative to T cells",
-                             source="assumption (B and T equally sensitive)", tag="A")
+        source="hand-set to put the IL-15 peak near day 2 after infusion (Kochenderfer JN et al., J Clin Oncol "
+               "2017;35:1803 [R])", tag="A")
+    sens_b: float = ck.param(
+        1.0, unit="1", description="chemotherapy sensitivity of B-lineage cells relative to T cells",
+        source="assumption (B and T equally sensitive)", tag="A")
     sens_t: float = ck.param(1.0, unit="1", description="chemotherapy sensitivity of T cells (reference)",
                              source="reference population (=1 by definition)", tag="A")
     sens_nk: float = ck.param(1.0, unit="1", description="chemotherapy sensitivity of NK cells relative to T cells",
@@ -107,8 +111,8 @@ class TCellParams(eqx.Module):
     """Parameter group `tcell`: endogenous T and NK cells and the homeostatic cytokines IL-7 and IL-15."""
 
     t_blood0: float = ck.param(1000.0, unit="cells/uL", description="untreated blood CD3+ T-cell count",
-                               source="chosen inside the normal range 700-2,100/uL (Synnovis/CDLI lab reference ranges [R]); "
-                                      "SLE is often lymphopenic [M]", tag="A")
+                               source="chosen inside the normal range 700-2,100/uL (Synnovis/CDLI lab reference ranges "
+                                      "[R]); SLE is often lymphopenic [M]", tag="A")
     f_blood_t: float = ck.param(
         0.033, unit="1", description="fraction of T cells in blood",
         source="Hosseini 2020 partitions (spleen 200, LN 190, BM 60; volumes 210/400/500 mL; PB 5,000 mL): "
@@ -124,7 +128,8 @@ class TCellParams(eqx.Module):
         tag="R", upper=1.0)
     g_il7: float = ck.param(
         5.0, unit="1", description="gain of homeostatic T-cell division on the relative IL-7 excess",
-        source="hand-set so blood T cells recover over months after Flu/Cy (Erlangen SLE vs B-NHL, Blood 2025, doi:10.1182/blood.2025028375 [R qualitative])",
+        source="hand-set so blood T cells recover over months after Flu/Cy (Erlangen SLE vs B-NHL, Blood 2025, "
+               "doi:10.1182/blood.2025028375 [R qualitative])",
         tag="A")
     nk_blood0: float = ck.param(200.0, unit="cells/uL", description="untreated blood NK-cell count",
                                 source="textbook normal range 90-600/uL", tag="M")
@@ -132,8 +137,9 @@ class TCellParams(eqx.Module):
                                  source="assumption", tag="A", upper=1.0)
     d_nk: float = ck.param(0.07, unit="1/d", description="NK-cell loss rate (lifespan ~2 weeks)",
                            source="deuterium labelling of human NK cells (~2 week lifespan)", tag="M")
-    f_nk_marrow: float = ck.param(0.5, unit="1", description="fraction of NK production from marrow (rest: IL-15-driven division)",
-                                  source="assumption", tag="A", upper=1.0)
+    f_nk_marrow: float = ck.param(
+        0.5, unit="1", description="fraction of NK production from marrow (rest: IL-15-driven division)",
+        source="assumption", tag="A", upper=1.0)
     il7_0: float = ck.param(3.8, unit="pg/mL", description="baseline plasma IL-7",
                             source="De Bock M et al., PLoS One 2013;8:e55876 (baseline plasma levels)", tag="R")
     il15_0: float = ck.param(2.4, unit="pg/mL", description="baseline plasma IL-15",
@@ -167,10 +173,10 @@ def flu_clearance(ld: LymphodepletionParams, weight_kg, egfr_ml_min):
 class FluPK(NamedTuple):
     """Derivatives (mg/d) of the fludarabine states and the central concentration (mg/L)."""
 
-    d_central: object
-    d_p2: object
-    d_p3: object
-    conc: object
+    d_central: Any
+    d_p2: Any
+    d_p3: Any
+    conc: Any
 
 
 def flu_pk(ld: LymphodepletionParams, weight_kg, egfr_ml_min, central, p2, p3) -> FluPK:
@@ -202,10 +208,10 @@ def chemo_drive(ld: LymphodepletionParams, flu_conc, cy_conc):
 class HomeostasisDerivs(NamedTuple):
     """Derivatives of the endogenous T/NK cells (cells/d) and IL-7/IL-15 (pg/mL/d)."""
 
-    d_t_cells: object
-    d_nk_cells: object
-    d_il7: object
-    d_il15: object
+    d_t_cells: Any
+    d_nk_cells: Any
+    d_il7: Any
+    d_il15: Any
 
 
 def baseline_t_nk(tcell: TCellParams, blood_ul):
@@ -251,13 +257,13 @@ class FludarabinePK(ck.AbstractKineticModel):
     """
 
     class State(NamedTuple):
-        flu_central: object
-        flu_p2: object
-        flu_p3: object
-        flu_eliminated: object
+        flu_central: Any
+        flu_p2: Any
+        flu_p3: Any
+        flu_eliminated: Any
 
     class Observables(NamedTuple):
-        flu_conc: object
+        flu_conc: Any
 
     state_units = {"flu_central": "mg", "flu_p2": "mg", "flu_p3": "mg", "flu_eliminated": "mg"}
     observable_units = {"flu_conc": "mg/L"}
@@ -294,11 +300,11 @@ class CyclophosphamidePK(ck.AbstractKineticModel):
     """
 
     class State(NamedTuple):
-        cy_central: object
-        cy_eliminated: object
+        cy_central: Any
+        cy_eliminated: Any
 
     class Observables(NamedTuple):
-        cy_conc: object
+        cy_conc: Any
 
     state_units = {"cy_central": "mg", "cy_eliminated": "mg"}
     observable_units = {"cy_conc": "mg/L"}

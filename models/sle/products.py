@@ -8,13 +8,15 @@ product)` writes these facts into the model's `product` parameter group (`Produc
 product can also be interpolated or swept). The *effects* of each fact are mechanism parameters with their own
 sources, in the groups that use them:
 
-| fact | where it acts | effect parameters |
-|---|---|---|
-| CD19 / BCMA arm | which cells stimulate and are killed: CD19 on B-lineage cells up to plasmablasts, BCMA on plasmablasts and long-lived plasma cells (LLPC) | `car.k_kill`, `car.k_stim` |
-| CD28 vs 4-1BB | proliferation, memory formation, exhaustion, cytokine release per engaged CAR-T cell | `car.cd28_rho_fold`, `car.cd28_memory_fold`, `car.cd28_exhaustion_fold`, `car.cd28_cytokine_fold` |
-| scFv foreign to the host | anti-CAR precursor frequency | `rejection.f_prec_xeno` (vs `rejection.f_prec_self`) |
-| HLA mismatch | alloreactive precursor frequency | `rejection.f_prec_allo` |
-| hypoimmune edits | fraction of T-cell recognition evaded | `rejection.hip_escape` |
+- **CD19 / BCMA arm** acts on which cells stimulate and are killed: CD19 on B-lineage cells up to plasmablasts,
+  BCMA on plasmablasts and long-lived plasma cells (LLPC). Effect parameters: `car.k_kill`, `car.k_stim`.
+- **CD28 vs 4-1BB** acts on proliferation, memory formation, exhaustion and cytokine release per engaged CAR-T
+  cell. Effect parameters: `car.cd28_rho_fold`, `car.cd28_memory_fold`, `car.cd28_exhaustion_fold`,
+  `car.cd28_cytokine_fold`.
+- **scFv foreign to the host** acts on the anti-CAR precursor frequency. Effect parameters:
+  `rejection.f_prec_xeno` (vs `rejection.f_prec_self`).
+- **HLA mismatch** acts on the alloreactive precursor frequency. Effect parameter: `rejection.f_prec_allo`.
+- **hypoimmune edits** act on the fraction of T-cell recognition evaded. Effect parameter: `rejection.hip_escape`.
 
 **A BCMA arm kills plasmablasts and LLPC**, so it removes the LLPC-fed autoantibody floor that CD19 alone spares,
 and it lowers protective (vaccine) IgG too, because vaccine IgG is LLPC-made (Hill 2019; Amanna 2007). The CAR
@@ -44,7 +46,6 @@ from typing import Any
 import equinox as eqx
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 _MACKENSEN = "Mackensen A et al., Nat Med 2022;28:2124-2132, doi:10.1038/s41591-022-02017-5"
@@ -61,7 +62,8 @@ class ProductParams(eqx.Module):
     cd28: float = ck.param(0.0, unit="1", description="costimulatory domain: 0 = 4-1BB, 1 = CD28",
                            source=f"{_MACKENSEN}: 4-1BB-CD3zeta CAR", tag="R", upper=1.0)
     scfv_foreign: float = ck.param(
-        1.0, unit="1", description="binder foreign to the host: 1 = xenogeneic scFv (murine in human), 0 = same species",
+        1.0, unit="1",
+        description="binder foreign to the host: 1 = xenogeneic scFv (murine in human), 0 = same species",
         source="MB-CART19.1 binder taken as the murine FMC63 scFv (recalled, not read in Mackensen 2022)", tag="M",
         upper=1.0)
     hla_mismatch: float = ck.param(0.0, unit="1", description="HLA mismatch of the product: 0 autologous, 1 allogeneic",

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 import carkinetics as ck
-
 from carkinetics.models.sle.model import CAR_DOSE_STATE, SLECarTModel
 from carkinetics.models.sle.products import Product, get_product
 
@@ -74,7 +73,10 @@ def car_infusion(model: SLECarTModel | None = None, *, product: str | Product | 
 
 def _per_day(name: str, dose: float | Sequence[float], days: Sequence[float]) -> list[float]:
     days = list(days)
-    doses = [float(dose)] * len(days) if np.ndim(dose) == 0 else [float(d) for d in dose]
+    if np.ndim(dose) == 0:
+        doses = [float(cast(float, dose))] * len(days)
+    else:
+        doses = [float(d) for d in cast(Sequence[float], dose)]
     if len(doses) != len(days):
         raise ValueError(f"`{name}_mg_per_m2` lists {len(doses)} doses for {len(days)} days {days!r}.")
     if any(not np.isfinite(d) or d < 0 for d in doses):
@@ -185,15 +187,16 @@ def mouse_regimen(model: SLECarTModel | None = None, *, cells: float = 1e6, tbi_
 def tocilizumab(day: float, *, weight_kg: float = 70.0, mg_per_kg: float = 8.0) -> ck.Bolus:
     """Tocilizumab IV (8 mg/kg, the label dose for CRS [M]) as a bolus into `toci_central` (mg)."""
     if not (weight_kg > 0 and mg_per_kg >= 0):
-        raise ValueError(f"`weight_kg` must be positive and `mg_per_kg` non-negative, got {weight_kg!r}, {mg_per_kg!r}.")
+        raise ValueError(f"`weight_kg` must be positive and `mg_per_kg` non-negative, got {weight_kg!r}, "
+                         f"{mg_per_kg!r}.")
     return ck.Bolus(day, mg_per_kg * weight_kg, "toci_central")
 
 
 def dexamethasone(days: float | Sequence[float], *, mg: float = 10.0) -> ck.Regimen:
     """Dexamethasone IV, `mg` on each of `days` (10 mg is a usual CRS dose [M]), as boluses into `dex` (mg)."""
-    days = (days,) if np.ndim(days) == 0 else tuple(days)
-    if not days:
+    day_list = (cast(float, days),) if np.ndim(days) == 0 else tuple(cast(Sequence[float], days))
+    if not day_list:
         raise ValueError("`days` must list at least one day.")
     if not (np.isfinite(mg) and mg >= 0):
         raise ValueError(f"`mg` must be finite and non-negative, got {mg!r}.")
-    return ck.Regimen([ck.Bolus(float(d), mg, "dex") for d in days])
+    return ck.Regimen([ck.Bolus(float(d), mg, "dex") for d in day_list])

@@ -36,7 +36,6 @@ from __future__ import annotations
 import equinox as eqx
 
 import carkinetics as ck
-
 from carkinetics.models.sle._doc import document_params
 
 
@@ -49,7 +48,8 @@ class RejectionParams(eqx.Module):
         source="assumption; naive precursor frequencies ~1e-6-1e-5 per epitope (Jenkins MK, Moon JJ, J Immunol "
                "2012;188:4135 [M]) for a murine scFv with several epitopes", tag="A", upper=1.0)
     f_prec_self: float = ck.param(
-        2e-6, unit="1", description="anti-CAR precursor frequency for a same-species binder (junction and idiotype epitopes)",
+        2e-6, unit="1",
+        description="anti-CAR precursor frequency for a same-species binder (junction and idiotype epitopes)",
         source="assumption; anti-CAR responses also reported with human scFv CARs (Wagner DL et al., Nat Rev Clin "
                "Oncol 2021;18:379 [R2])", tag="A", upper=1.0)
     f_prec_allo: float = ck.param(
@@ -57,17 +57,20 @@ class RejectionParams(eqx.Module):
         source="assumption: below the 1-10 % of T cells that are alloreactive in vitro (Suchin EJ et al., J Immunol "
                "2001;166:973 [M]), for the share that meets donor HLA in vivo", tag="A", upper=1.0)
     hip_escape: float = ck.param(
-        0.999, unit="1", description="fraction of T-cell recognition evaded by hypoimmune edits (HLA-I/II KO, CD47 high)",
+        0.999, unit="1",
+        description="fraction of T-cell recognition evaded by hypoimmune edits (HLA-I/II KO, CD47 high)",
         source="assumption; hypoimmune CD19 CAR-T evade allo-rejection in immunocompetent humanised mice (Hu X et al., "
                "Nat Commun 2023 [R abstract])", tag="A", upper=1.0)
-    k_prime: float = ck.param(0.1, unit="1/d", description="recruitment rate of precursors into the response (full antigen and help)",
-                              source="assumption", tag="A")
+    k_prime: float = ck.param(
+        0.1, unit="1/d", description="recruitment rate of precursors into the response (full antigen and help)",
+        source="assumption", tag="A")
     r_exp: float = ck.param(
         0.27, unit="1/d", description="maximal expansion rate of anti-CAR T cells (full antigen and help)",
         source="assumption; primary human CD8 responses expand ~1e3-1e4-fold over ~2 weeks (Miller JD et al., "
                "Immunity 2008;28:710 [M])", tag="A")
-    k_ag: float = ck.param(5.0, unit="cells/uL", description="CAR-T density (lymphoid tissue) giving half-maximal priming",
-                           source="assumption", tag="A")
+    k_ag: float = ck.param(
+        5.0, unit="cells/uL", description="CAR-T density (lymphoid tissue) giving half-maximal priming",
+        source="assumption", tag="A")
     k_help: float = ck.param(
         600.0, unit="cells/uL", description="host blood T-cell count giving half-maximal help to the anti-CAR response",
         source="assumption; B-cell return after CAR-T tracked CD4 recovery (Erlangen SLE vs B-NHL, Blood 2025, "
@@ -78,7 +81,8 @@ class RejectionParams(eqx.Module):
         tag="A")
     d_anti: float = ck.param(0.005, unit="1/d", description="loss rate of anti-CAR T cells without antigen",
                              source="assumption: the response leaves long-lived memory (re-infused CAR-T failed to "
-                                    "expand with anti-CAR T cells present: Nat Med 2025, doi:10.1038/s41591-025-03718-3 [R2])", tag="A")
+                                    "expand with anti-CAR T cells present: Nat Med 2025, "
+                                    "doi:10.1038/s41591-025-03718-3 [R2])", tag="A")
     kappa_max: float = ck.param(2.0, unit="1/d", description="maximal rejection rate of CAR-T cells",
                                 source="assumption (a few CTL kills per day)", tag="A")
     k_h: float = ck.param(50.0, unit="cells/uL",
