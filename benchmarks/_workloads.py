@@ -47,8 +47,9 @@ class Workload:
 def force_host_devices(k: int) -> None:
     """Ask XLA for `k` CPU host devices (must run before jax is imported)."""
     if k > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={k}").strip()
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={k}"
+        ).strip()
 
 
 def reference_workload() -> Workload:
@@ -88,8 +89,17 @@ def sle_workload(t_end: float = 365.0) -> Workload:
     ts = np.asarray(save_times(t_end), dtype=float)
     ts = ts[ts >= t0]
     cls = type(m)
-    return Workload("sle", m, regimen, ts, t0, cls.default_rtol, cls.default_atol,
-                    pick_parameters(m, SLE_VARIED, len(SLE_VARIED)), 0.2)
+    return Workload(
+        "sle",
+        m,
+        regimen,
+        ts,
+        t0,
+        cls.default_rtol,
+        cls.default_atol,
+        pick_parameters(m, SLE_VARIED, len(SLE_VARIED)),
+        0.2,
+    )
 
 
 def workload(name: str) -> Workload:
@@ -122,22 +132,25 @@ def perturbed_batch(w: Workload, n: int):
 def reference_rhs(t, y, p, xp):
     """The reference workload's right-hand side written out (`p` in `SHARED_ORDER`; `xp` = numpy or jax.numpy)."""
     del t
-    (rho, kb, rh, k7, de, kem, dm, sb, db, kk, kkill, kdiff, dpb, ppb, pll, dll, kab, kil6, dil6, kcy, s7, d7,
-     c7) = (p[i] for i in range(23))
+    (rho, kb, rh, k7, de, kem, dm, sb, db, kk, kkill, kdiff, dpb, ppb, pll, dll, kab, kil6, dil6, kcy, s7, d7, c7) = (
+        p[i] for i in range(23)
+    )
     ce, cm, b, pb, ll, ab, il6, cy, il7 = (y[i] for i in range(9))
     kill = kk * ce * b / (b + kkill)
     grow = rho * b / (b + kb) + rh * il7 / (il7 + k7)
-    return xp.stack([
-        grow * ce - de * ce - kem * ce,
-        kem * ce - dm * cm,
-        sb - db * b - kill - kdiff * b - 0.02 * cy * b,
-        kdiff * b * 100 - dpb * pb - kk * ce * pb / (pb + kkill),
-        -dll * ll,
-        ppb * pb + pll * ll - kab * ab,
-        kil6 * kill - dil6 * il6,
-        -kcy * cy,
-        s7 - d7 * il7 - c7 * (b + ce + cm) * il7,
-    ])
+    return xp.stack(
+        [
+            grow * ce - de * ce - kem * ce,
+            kem * ce - dm * cm,
+            sb - db * b - kill - kdiff * b - 0.02 * cy * b,
+            kdiff * b * 100 - dpb * pb - kk * ce * pb / (pb + kkill),
+            -dll * ll,
+            ppb * pb + pll * ll - kab * ab,
+            kil6 * kill - dil6 * il6,
+            -kcy * cy,
+            s7 - d7 * il7 - c7 * (b + ce + cm) * il7,
+        ]
+    )
 
 
 def first_and_best(fn, *args, repeats: int = 3):
@@ -173,12 +186,19 @@ def machine() -> str:
     import carkinetics as ck
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__)), check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            check=False,
+        ).stdout.strip()
     except OSError:
         commit = "?"
     dev = jax.devices()
     dtype = "float64" if jax.config.jax_enable_x64 else "float32"
-    return (f"jax {jax.__version__}, carkinetics {ck.__version__} (commit {commit or '?'}), {dtype}, "
-            f"{len(dev)} x {dev[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} visible CPU cores, "
-            f"{time.strftime('%Y-%m-%d')}")
+    return (
+        f"jax {jax.__version__}, carkinetics {ck.__version__} (commit {commit or '?'}), {dtype}, "
+        f"{len(dev)} x {dev[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} visible CPU cores, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )

@@ -55,11 +55,13 @@ def main():
     dev = jax.devices()[0]
     print(W.machine())
     names = ["foldx", "tmax", "cmax", "alpha", "fb", "beta"]
-    days = np.array([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 28, 35, 42, 56, 70, 90, 120, 150, 180,
-                     240, 300, 365])
+    days = np.array(
+        [1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 28, 35, 42, 56, 70, 90, 120, 150, 180, 240, 300, 365]
+    )
     truth = Stein2019CK()
-    clean = np.asarray(ck.simulate(truth, None, jnp.asarray(days), t0=0.0, rtol=1e-10, atol=1e-10)
-                       .observables.transgene)
+    clean = np.asarray(
+        ck.simulate(truth, None, jnp.asarray(days), t0=0.0, rtol=1e-10, atol=1e-10).observables.transgene
+    )
     y = clean * np.exp(0.02 * np.random.default_rng(0).standard_normal(days.shape))
     data = ck.TimeCourseData("transgene", jnp.asarray(days), jnp.asarray(y), ck.LogNormalError(0.02))
     problem = ck.CalibrationProblem(truth, None, [data], names, priors=None, n_grid=40)
@@ -103,27 +105,36 @@ def main():
         rows.append(row)
         print(json.dumps(row))
 
-    print("\n| starts | loss+grad ensemble (ms/start) | loss+grad vmap (ms/start) | speed-up | compile ens / vmap (s) "
-          "| fit ensemble (ms/start) | fit vmap (ms/start) | speed-up | fit compile+run ens / vmap (s) "
-          "| best loss ens / vmap |")
+    print(
+        "\n| starts | loss+grad ensemble (ms/start) | loss+grad vmap (ms/start) | speed-up | compile ens / vmap (s) "
+        "| fit ensemble (ms/start) | fit vmap (ms/start) | speed-up | fit compile+run ens / vmap (s) "
+        "| best loss ens / vmap |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["starts"]
         le, lv = 1e3 * r["lossgrad_ensemble_run_s"] / s, 1e3 * r["lossgrad_vmap_run_s"] / s
-        line = (f"| {s} | {le:.3g} | {lv:.3g} | {lv / le:.2g}x | {r['lossgrad_ensemble_first_s']:.1f} / "
-                f"{r['lossgrad_vmap_first_s']:.1f} |")
+        line = (
+            f"| {s} | {le:.3g} | {lv:.3g} | {lv / le:.2g}x | {r['lossgrad_ensemble_first_s']:.1f} / "
+            f"{r['lossgrad_vmap_first_s']:.1f} |"
+        )
         if "fit_ensemble_run_s" in r:
             fe, fv = 1e3 * r["fit_ensemble_run_s"] / s, 1e3 * r["fit_vmap_run_s"] / s
-            line += (f" {fe:.3g} | {fv:.3g} | {fv / fe:.2g}x | {r['fit_ensemble_first_s']:.1f} / "
-                     f"{r['fit_vmap_first_s']:.1f} | {r['fit_ensemble_best_loss']:.6g} / "
-                     f"{r['fit_vmap_best_loss']:.6g} |")
+            line += (
+                f" {fe:.3g} | {fv:.3g} | {fv / fe:.2g}x | {r['fit_ensemble_first_s']:.1f} / "
+                f"{r['fit_vmap_first_s']:.1f} | {r['fit_ensemble_best_loss']:.6g} / "
+                f"{r['fit_vmap_best_loss']:.6g} |"
+            )
         else:
             line += " - | - | - | - | - |"
         print(line)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": dev.device_kind, "backend": jax.default_backend(), "dtype": "float64",
-                       "rows": rows}, fh, indent=1)
+            json.dump(
+                {"device": dev.device_kind, "backend": jax.default_backend(), "dtype": "float64", "rows": rows},
+                fh,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

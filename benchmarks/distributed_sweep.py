@@ -54,21 +54,31 @@ def _workload(name: str, n: int):
 
         model = ReferenceWorkload()
         ts = jnp.linspace(0.0, 365.0, 366)
-        samples = {"rho": model.rho * rng.lognormal(0.0, 0.2, n), "kk": model.kk * rng.lognormal(0.0, 0.3, n),
-                   "ppb": model.ppb * rng.lognormal(0.0, 0.3, n)}
+        samples = {
+            "rho": model.rho * rng.lognormal(0.0, 0.2, n),
+            "kk": model.kk * rng.lognormal(0.0, 0.3, n),
+            "ppb": model.ppb * rng.lognormal(0.0, 0.3, n),
+        }
 
         def metrics(sol):
             o = sol.observables
-            return {"car_cmax": m.cmax(sol.ts, o.car_t), "car_auc": m.auc(sol.ts, o.car_t),
-                    "b_below_10pct_days": m.time_below(sol.ts, o.b_cells / o.b_cells[0], 0.1)}
+            return {
+                "car_cmax": m.cmax(sol.ts, o.car_t),
+                "car_auc": m.auc(sol.ts, o.car_t),
+                "b_below_10pct_days": m.time_below(sol.ts, o.b_cells / o.b_cells[0], 0.1),
+            }
 
         return model, None, ts, samples, metrics
     from carkinetics.models import TwoCompartmentPK
 
     model = TwoCompartmentPK()
     ts = jnp.linspace(0.0, 2.0, 21)
-    samples = {"cl": model.cl * rng.lognormal(0.0, 0.3, n), "v1": model.v1 * rng.lognormal(0.0, 0.2, n),
-               "q": model.q * rng.lognormal(0.0, 0.3, n), "v2": model.v2 * rng.lognormal(0.0, 0.2, n)}
+    samples = {
+        "cl": model.cl * rng.lognormal(0.0, 0.3, n),
+        "v1": model.v1 * rng.lognormal(0.0, 0.2, n),
+        "q": model.q * rng.lognormal(0.0, 0.3, n),
+        "v2": model.v2 * rng.lognormal(0.0, 0.2, n),
+    }
 
     def metrics(sol):
         c = sol.observables.concentration
@@ -80,8 +90,13 @@ def _workload(name: str, n: int):
 def worker(args) -> dict:
     import carkinetics as ck
 
-    setting = ck.distributed_setup(args.coordinator, args.num_processes, args.process_id,
-                                   initialization_timeout=120, environ={} if args.coordinator is None else None)
+    setting = ck.distributed_setup(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        initialization_timeout=120,
+        environ={} if args.coordinator is None else None,
+    )
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -104,10 +119,19 @@ def worker(args) -> dict:
     best = min(timeit.repeat(run, number=1, repeat=args.repeats))
     r = res["r"]
     overhead = _overhead(model, regimen, ts, one, metrics, args.overhead_repeats)
-    out = {"process_id": setting.process_id, "processes": r.n_processes, "devices": r.n_devices,
-           "chunks": r.n_chunks, "compile_s": first - again, "sweep_s": best, "members_per_s": args.members / best,
-           "failed": r.n_failed, **overhead, "device_kind": jax.devices()[0].device_kind,
-           "outputs": {k: np.asarray(v).tolist() for k, v in r.outputs.items()}}
+    out = {
+        "process_id": setting.process_id,
+        "processes": r.n_processes,
+        "devices": r.n_devices,
+        "chunks": r.n_chunks,
+        "compile_s": first - again,
+        "sweep_s": best,
+        "members_per_s": args.members / best,
+        "failed": r.n_failed,
+        **overhead,
+        "device_kind": jax.devices()[0].device_kind,
+        "outputs": {k: np.asarray(v).tolist() for k, v in r.outputs.items()},
+    }
     return out
 
 
@@ -131,8 +155,9 @@ def _overhead(model, regimen, ts, one, metrics, repeats: int) -> dict:
     dev_out = jax.block_until_ready(_run_chunk(fn, chunk, True, mesh))
     nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(dev_out))
     if jax.process_count() == 1:
-        fetch = min(timeit.repeat(lambda: [np.asarray(x) for x in jax.tree_util.tree_leaves(dev_out)], number=1,
-                                  repeat=repeats))
+        fetch = min(
+            timeit.repeat(lambda: [np.asarray(x) for x in jax.tree_util.tree_leaves(dev_out)], number=1, repeat=repeats)
+        )
         return {"barrier_ms": 0.0, "gather_ms": 1e3 * fetch, "chunk_bytes": nbytes}
     group = ProcessGroup("benchmark")
     gather(dev_out, mesh)  # compile
@@ -156,22 +181,42 @@ def _free_port() -> int:
 
 def launch(name: str, args) -> dict:
     n_proc, n_dev = CONFIGS[name]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROC",
-                                                                    "JAX_PROCESS_ID"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS_ID"))
+    }
     env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_dev}"
-    common = [sys.executable, os.path.abspath(__file__), "--worker", "--model", args.model, "--members",
-              str(args.members), "--chunk-size", str(args.chunk_size), "--repeats", str(args.repeats),
-              "--overhead-repeats", str(args.overhead_repeats)]
+    common = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        "--model",
+        args.model,
+        "--members",
+        str(args.members),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--repeats",
+        str(args.repeats),
+        "--overhead-repeats",
+        str(args.overhead_repeats),
+    ]
     port = _free_port()
     procs = []
     with contextlib.ExitStack() as stack:
         # outputs go to files: a process blocked on a full pipe would hold the others at their exit barrier
-        files = [(stack.enter_context(tempfile.TemporaryFile("w+")), stack.enter_context(tempfile.TemporaryFile("w+")))
-                 for _ in range(n_proc)]
+        files = [
+            (stack.enter_context(tempfile.TemporaryFile("w+")), stack.enter_context(tempfile.TemporaryFile("w+")))
+            for _ in range(n_proc)
+        ]
         for i, (out, err) in enumerate(files):
-            extra = [] if n_proc == 1 else ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n_proc),
-                                            "--process-id", str(i)]
+            extra = (
+                []
+                if n_proc == 1
+                else ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n_proc), "--process-id", str(i)]
+            )
             procs.append(subprocess.Popen(common + extra, stdout=out, stderr=err, text=True, env=env))
         for p in procs:
             p.wait(timeout=3600)
@@ -219,29 +264,46 @@ def main(argv=None) -> None:
 
     import jax
 
-    say(f"distributed sweep benchmark, {time.strftime('%Y-%m-%d')}: model {args.model}, {args.members} members, "
-        f"chunk {args.chunk_size}, float64, ensemble engine (model default), best of {args.repeats}")
-    say(f"jax {jax.__version__}, {platform.platform()}, {os.cpu_count()} CPU cores, load average "
+    say(
+        f"distributed sweep benchmark, {time.strftime('%Y-%m-%d')}: model {args.model}, {args.members} members, "
+        f"chunk {args.chunk_size}, float64, ensemble engine (model default), best of {args.repeats}"
+    )
+    say(
+        f"jax {jax.__version__}, {platform.platform()}, {os.cpu_count()} CPU cores, load average "
         f"{os.getloadavg()[0]:.1f} at start; CPU collectives gloo (JAX's default); 2-process runs use a loopback "
-        "coordinator")
+        "coordinator"
+    )
     rows = []
     for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
         row = launch(name, args)
         rows.append(row)
-        say(f"{name}: compile {row['compile_s']:.2f} s, sweep {row['sweep_s']:.3f} s, "
-            f"{row['members_per_s']:.1f} members/s ({row['device_kind']})")
+        say(
+            f"{name}: compile {row['compile_s']:.2f} s, sweep {row['sweep_s']:.3f} s, "
+            f"{row['members_per_s']:.1f} members/s ({row['device_kind']})"
+        )
     ref = rows[0]["outputs"]
     say()
-    say("| configuration | processes x devices | compile (s) | sweep (s) | members/s | vs 1 proc x 1 dev | "
-        "barrier / chunk (ms) | gather / chunk (ms) | chunk outputs (KiB) | max rel. diff vs first |")
+    say(
+        "| configuration | processes x devices | compile (s) | sweep (s) | members/s | vs 1 proc x 1 dev | "
+        "barrier / chunk (ms) | gather / chunk (ms) | chunk outputs (KiB) | max rel. diff vs first |"
+    )
     say("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        diff = max(float(np.max(np.abs(np.asarray(row["outputs"][k]) - np.asarray(ref[k]))
-                                / np.maximum(np.abs(np.asarray(ref[k])), 1e-300))) for k in ref)
-        say(f"| {row['config']} | {row['processes']} x {row['devices'] // row['processes']} | "
+        diff = max(
+            float(
+                np.max(
+                    np.abs(np.asarray(row["outputs"][k]) - np.asarray(ref[k]))
+                    / np.maximum(np.abs(np.asarray(ref[k])), 1e-300)
+                )
+            )
+            for k in ref
+        )
+        say(
+            f"| {row['config']} | {row['processes']} x {row['devices'] // row['processes']} | "
             f"{row['compile_s']:.2f} | {row['sweep_s']:.3f} | {row['members_per_s']:.1f} | "
             f"{row['members_per_s'] / rows[0]['members_per_s']:.2f}x | {row['barrier_ms']:.3f} | "
-            f"{row['gather_ms']:.3f} | {row['chunk_bytes'] / 1024:.1f} | {diff:.1e} |")
+            f"{row['gather_ms']:.3f} | {row['chunk_bytes'] / 1024:.1f} | {diff:.1e} |"
+        )
     if args.log:
         os.makedirs(os.path.dirname(os.path.abspath(args.log)), exist_ok=True)
         with open(args.log, "w", encoding="utf-8") as fh:

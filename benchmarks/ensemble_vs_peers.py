@@ -62,21 +62,33 @@ ALL_TOOLS = "lsoda,cvode,vmap_diffrax,vmap_tsit5,vmap_kvaerno5,ens_tsit5,ens_rod
 def _parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=["reference", "sle"], default="reference")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: N = 20, one repeat, 4 peer members, results to a temporary folder")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: N = 20, one repeat, 4 peer members, results to a temporary folder",
+    )
     p.add_argument("--n", default="1,100,1000", help="comma-separated ensemble sizes (up to 1e5 on CPU)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--vmap-max-n", type=int, default=10_000, help="largest N for the vmapped diffrax tools (slow)")
     p.add_argument("--tools", default=ALL_TOOLS)
     p.add_argument("--work-precision", action="store_true")
     p.add_argument("--wp-n", type=int, default=1000)
-    p.add_argument("--wp-rtols", default="1e-3,3e-4,1e-4,3e-5,1e-5,3e-6,1e-6,3e-7,1e-7,1e-8,1e-9",
-                   help="rtol values of the work-precision sweep; the same for every tool")
-    p.add_argument("--wp-atols", default="scaled,1e-10,1e-12",
-                   help="atol values of the work-precision sweep, each run with every rtol: 'scaled' = rtol x the "
-                        "workload's atol/rtol (1 for the SLE model, 1e-2 for the reference workload) or a number")
-    p.add_argument("--out", default=None, help="folder for the JSON rows and plots (default: benchmarks/results; "
-                                               "--quick: a temporary folder)")
+    p.add_argument(
+        "--wp-rtols",
+        default="1e-3,3e-4,1e-4,3e-5,1e-5,3e-6,1e-6,3e-7,1e-7,1e-8,1e-9",
+        help="rtol values of the work-precision sweep; the same for every tool",
+    )
+    p.add_argument(
+        "--wp-atols",
+        default="scaled,1e-10,1e-12",
+        help="atol values of the work-precision sweep, each run with every rtol: 'scaled' = rtol x the "
+        "workload's atol/rtol (1 for the SLE model, 1e-2 for the reference workload) or a number",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for the JSON rows and plots (default: benchmarks/results; --quick: a temporary folder)",
+    )
     p.add_argument("--peer-members", type=int, default=20, help="members solved one by one by LSODA / CVODE")
     p.add_argument("--host-devices", type=int, default=2, help="CPU host devices for the sharded ensemble runs")
     args = p.parse_args()
@@ -84,8 +96,11 @@ def _parse():
         args.n, args.repeats, args.peer_members = "20", 1, 4
         args.wp_n, args.wp_rtols, args.wp_atols = 20, "1e-4,1e-6", "scaled"
     if args.out is None:
-        args.out = (os.path.join(tempfile.gettempdir(), "carkinetics_bench") if args.quick
-                    else os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+        args.out = (
+            os.path.join(tempfile.gettempdir(), "carkinetics_bench")
+            if args.quick
+            else os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+        )
     return args
 
 
@@ -112,8 +127,11 @@ def main():
     base, regimen, ts_np = w.model, w.regimen, w.ts
     ts = jnp.asarray(ts_np)
     names = base.state_names()
-    print(f"workload {w.name}: {len(names)} states, {ts_np.size} saves on days {ts_np[0]:g}..{ts_np[-1]:g}, "
-          f"rtol {w.rtol:g}, atol {w.atol:g}; varied {list(w.varied)} (sigma {w.sigma})", flush=True)
+    print(
+        f"workload {w.name}: {len(names)} states, {ts_np.size} saves on days {ts_np[0]:g}..{ts_np[-1]:g}, "
+        f"rtol {w.rtol:g}, atol {w.atol:g}; varied {list(w.varied)} (sigma {w.sigma})",
+        flush=True,
+    )
     n_peer = max(1, min(args.peer_members, max(ns)))
     peer_vals = W.member_values(w, n_peer)
 
@@ -141,8 +159,9 @@ def main():
             ref_name = "libroadrunner CVODE rtol 1e-10 atol 1e-12 (project SBML export)"
         except Exception as e:  # libroadrunner missing or export failure: say so, fall back
             print(f"CVODE reference unavailable ({type(e).__name__}: {e}); using diffrax Kvaerno5 rtol 1e-10.")
-            sol = ck.simulate(base, regimen, ts, t0=w.t0, solver=diffrax.Kvaerno5(), rtol=1e-10, atol=1e-12,
-                              max_steps=500_000)
+            sol = ck.simulate(
+                base, regimen, ts, t0=w.t0, solver=diffrax.Kvaerno5(), rtol=1e-10, atol=1e-12, max_steps=500_000
+            )
             ref = np.asarray(sol.y_array)
             ref_name = "diffrax Kvaerno5 rtol 1e-10 atol 1e-12"
     print(f"reference: {ref_name} ({time.perf_counter() - t:.1f} s)", flush=True)
@@ -156,13 +175,25 @@ def main():
     tol = {"rtol": w.rtol, "atol": w.atol}
 
     def record(tool, n, compile_s, batch_s, steps, e, extra=None):
-        row = dict(model=args.model, tool=tool, n=n, compile_s=compile_s, per_solve_s=batch_s / n, steps=steps,
-                   max_rel_err=e, rtol=tol["rtol"], atol=tol["atol"])
+        row = dict(
+            model=args.model,
+            tool=tool,
+            n=n,
+            compile_s=compile_s,
+            per_solve_s=batch_s / n,
+            steps=steps,
+            max_rel_err=e,
+            rtol=tol["rtol"],
+            atol=tol["atol"],
+        )
         row.update(extra or {})
         rows.append(row)
         more = "".join(f"  {k} {v:.3g}" for k, v in (extra or {}).items() if isinstance(v, (int, float)))
-        print(f"{tool:16s} N={n:>7d}  compile {compile_s:7.2f} s  per solve {1e3 * batch_s / n:9.4f} ms  "
-              f"steps {steps!s:>6}  max rel err {e:.2e}{more}", flush=True)
+        print(
+            f"{tool:16s} N={n:>7d}  compile {compile_s:7.2f} s  per solve {1e3 * batch_s / n:9.4f} ms  "
+            f"steps {steps!s:>6}  max rel err {e:.2e}{more}",
+            flush=True,
+        )
 
     def best(f, repeats):
         times = []
@@ -187,8 +218,18 @@ def main():
 
             def one(p, rt, at):
                 return diffrax.diffeqsolve(
-                    term, diffrax.Tsit5(), ts[0], ts[-1], None, y0, args=p, saveat=diffrax.SaveAt(ts=ts),
-                    stepsize_controller=diffrax.PIDController(rtol=rt, atol=at), max_steps=100_000, throw=False)
+                    term,
+                    diffrax.Tsit5(),
+                    ts[0],
+                    ts[-1],
+                    None,
+                    y0,
+                    args=p,
+                    saveat=diffrax.SaveAt(ts=ts),
+                    stepsize_controller=diffrax.PIDController(rtol=rt, atol=at),
+                    max_steps=100_000,
+                    throw=False,
+                )
 
             vm = jax.jit(jax.vmap(one, in_axes=(0, None, None)))
 
@@ -198,21 +239,36 @@ def main():
                 return _Out(s.ys, s.stats["num_steps"], s.result == diffrax.RESULTS.successful)
         elif tool.startswith("vmap_"):
             solver = diffrax.Tsit5() if tool == "vmap_tsit5" else diffrax.Kvaerno5()
-            sim = jax.jit(lambda m, rt, at: ck.simulate_ensemble(
-                m, regimen, ts, t0=w.t0, solver=solver, rtol=rt, atol=at, max_steps=100_000, throw=False))
+            sim = jax.jit(
+                lambda m, rt, at: ck.simulate_ensemble(
+                    m, regimen, ts, t0=w.t0, solver=solver, rtol=rt, atol=at, max_steps=100_000, throw=False
+                )
+            )
 
             def fn(models, rt, at, sim=sim):
                 s = sim(models, rt, at)
                 return _Out(s.y_array, s.num_steps, s.ok)
         else:
             method = ck.EnsembleTsit5() if tool == "ens_tsit5" else ck.EnsembleRodas5()
-            sim = jax.jit(lambda m, rt, at: ck.simulate_ensemble(
-                m, regimen, ts, t0=w.t0, solver=method, rtol=rt, atol=at, max_steps=100_000, throw=False,
-                devices=devices))
+            sim = jax.jit(
+                lambda m, rt, at: ck.simulate_ensemble(
+                    m,
+                    regimen,
+                    ts,
+                    t0=w.t0,
+                    solver=method,
+                    rtol=rt,
+                    atol=at,
+                    max_steps=100_000,
+                    throw=False,
+                    devices=devices,
+                )
+            )
 
             def fn(models, rt, at, sim=sim):
                 s = sim(models, rt, at)
                 return _Out(s.y_array, s.num_steps, s.ok)
+
         jitted[tool, devices] = fn
         return fn
 
@@ -234,12 +290,26 @@ def main():
             m_lsoda = max(1, n_peer // 4)  # LSODA is slow: a quarter of the peer members
 
             def f(i):
-                return solve_ivp(numpy_rhs(peer_vals[i]), (0.0, 365.0), y0, method="LSODA", t_eval=ts_np,
-                                 rtol=tol["rtol"], atol=tol["atol"])
+                return solve_ivp(
+                    numpy_rhs(peer_vals[i]),
+                    (0.0, 365.0),
+                    y0,
+                    method="LSODA",
+                    t_eval=ts_np,
+                    rtol=tol["rtol"],
+                    atol=tol["atol"],
+                )
 
             s = f(0)
-            record("scipy_lsoda", m_lsoda, 0.0, best(lambda: [f(i).y for i in range(m_lsoda)], repeats),
-                   int(s.nfev), err(s.y.T), {"steps_kind": "nfev"})
+            record(
+                "scipy_lsoda",
+                m_lsoda,
+                0.0,
+                best(lambda: [f(i).y for i in range(m_lsoda)], repeats),
+                int(s.nfev),
+                err(s.y.T),
+                {"steps_kind": "nfev"},
+            )
         if "cvode" in tools:
             try:
                 import roadrunner
@@ -260,10 +330,11 @@ def main():
                     rr.reset()  # re-applies initial assignments with the member's parameters
                     return rr.simulate(times=times)
 
-                out = np.asarray(f(0))[:, 1:][-len(ts_np):]
-                peer_out[n_peer - 1] = np.asarray(f(n_peer - 1))[:, 1:][-len(ts_np):]
-                record("roadrunner_cvode", n_peer, 0.0, best(lambda: [f(i) for i in range(n_peer)], repeats), "-",
-                       err(out))
+                out = np.asarray(f(0))[:, 1:][-len(ts_np) :]
+                peer_out[n_peer - 1] = np.asarray(f(n_peer - 1))[:, 1:][-len(ts_np) :]
+                record(
+                    "roadrunner_cvode", n_peer, 0.0, best(lambda: [f(i) for i in range(n_peer)], repeats), "-", err(out)
+                )
             except Exception as e:
                 print(f"libroadrunner CVODE skipped: {type(e).__name__}: {e}")
         for n in ns:
@@ -300,8 +371,18 @@ def main():
         _matched_accuracy(wp_rows)
     path = os.path.join(args.out, f"ensemble_vs_peers_{args.model}{'_wp' if args.work_precision else ''}.json")
     with open(path, "w") as fh:
-        json.dump(dict(machine=W.machine(), device=jax.devices()[0].device_kind, backend=jax.default_backend(),
-                       reference=ref_name, rows=rows, peak_rss_mib=peak), fh, indent=1)
+        json.dump(
+            dict(
+                machine=W.machine(),
+                device=jax.devices()[0].device_kind,
+                backend=jax.default_backend(),
+                reference=ref_name,
+                rows=rows,
+                peak_rss_mib=peak,
+            ),
+            fh,
+            indent=1,
+        )
     print(f"wrote {path}")
 
 
@@ -329,7 +410,7 @@ def _roadrunner_solve(sbml, names, ts_np, t0, rtol, atol):
     rr.integrator.maximum_num_steps = 1_000_000
     rr.timeCourseSelections = ["time", *names]
     out = np.asarray(rr.simulate(times=_rr_times(ts_np, t0)))[:, 1:]
-    return out[-len(ts_np):]
+    return out[-len(ts_np) :]
 
 
 def _matched_accuracy(rows):
@@ -337,8 +418,10 @@ def _matched_accuracy(rows):
     (over the whole (rtol, atol) grid), its tolerances, and its speed-up over libroadrunner CVODE and the vmapped
     diffrax Tsit5."""
     tools = sorted({r["tool"] for r in rows})
-    print("\nmatched accuracy (fastest run with max rel err <= target; ms per solve (speed-up vs CVODE / vmap) "
-          "at rtol / atol):")
+    print(
+        "\nmatched accuracy (fastest run with max rel err <= target; ms per solve (speed-up vs CVODE / vmap) "
+        "at rtol / atol):"
+    )
     print("| target error | " + " | ".join(tools) + " |")
     print("|---|" + "---|" * len(tools))
     for target in (1e-3, 1e-4, 1e-5, 1e-6):
@@ -354,8 +437,10 @@ def _matched_accuracy(rows):
                 cells.append("-")
                 continue
             t = r["per_solve_s"]
-            ratios = [f"{best[ref]['per_solve_s'] / t:.1f}x" if best.get(ref) else "-"
-                      for ref in ("roadrunner_cvode", vmap_ref)]
+            ratios = [
+                f"{best[ref]['per_solve_s'] / t:.1f}x" if best.get(ref) else "-"
+                for ref in ("roadrunner_cvode", vmap_ref)
+            ]
             cells.append(f"{1e3 * t:.3f} ({' / '.join(ratios)}) at {r['rtol']:.0e} / {r['atol']:.0e}")
         print(f"| {target:.0e} | " + " | ".join(cells) + " |")
 
@@ -375,13 +460,22 @@ def _plot(rows, path, model, n):
             if r["max_rel_err"] < best_err:
                 front.append(r)
                 best_err = r["max_rel_err"]
-        line, = ax.loglog([r["per_solve_s"] * 1e3 for r in front], [r["max_rel_err"] for r in front], "-", label=tool)
-        ax.loglog([r["per_solve_s"] * 1e3 for r in rs], [r["max_rel_err"] for r in rs], "o", color=line.get_color(),
-                  ms=3, alpha=0.6)
+        (line,) = ax.loglog([r["per_solve_s"] * 1e3 for r in front], [r["max_rel_err"] for r in front], "-", label=tool)
+        ax.loglog(
+            [r["per_solve_s"] * 1e3 for r in rs],
+            [r["max_rel_err"] for r in rs],
+            "o",
+            color=line.get_color(),
+            ms=3,
+            alpha=0.6,
+        )
     ax.set_xlabel("time per solve (ms)")
     ax.set_ylabel("max relative error vs tight reference")
-    ax.set_title(f"work-precision, {model} workload (batched tools: N = {n})\n"
-                 "points: every (rtol, atol) run; lines: each tool's fastest for its error", fontsize=9)
+    ax.set_title(
+        f"work-precision, {model} workload (batched tools: N = {n})\n"
+        "points: every (rtol, atol) run; lines: each tool's fastest for its error",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

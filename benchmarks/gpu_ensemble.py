@@ -37,16 +37,22 @@ def main():
     p.add_argument("--vmap-max-n", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=None)
-    p.add_argument("--sle-reference", default=None, metavar="NPY",
-                   help="load the SLE model's tight reference (saved with --save-sle-reference) instead of "
-                        "computing it")
+    p.add_argument(
+        "--sle-reference",
+        default=None,
+        metavar="NPY",
+        help="load the SLE model's tight reference (saved with --save-sle-reference) instead of computing it",
+    )
     p.add_argument("--save-sle-reference", default=None, metavar="NPY", help="save the computed SLE reference")
     args = p.parse_args()
     start = time.perf_counter()
     budget = args.budget_s or (210.0 if args.quick else 1500.0)
     n_ref = [int(float(x)) for x in (args.n or ("1e3,1e4,1e5" if args.quick else "1e3,1e4,1e5,1e6")).split(",")]
-    n_sle = [int(float(x)) for x in (args.n_sle if args.n_sle is not None else
-                                     ("1e4" if args.quick else "1e3,1e4,1e5")).split(",") if x]
+    n_sle = [
+        int(float(x))
+        for x in (args.n_sle if args.n_sle is not None else ("1e4" if args.quick else "1e3,1e4,1e5")).split(",")
+        if x
+    ]
     vmap_max = args.vmap_max_n or (10_000 if args.quick else 100_000)
 
     import jax
@@ -80,10 +86,21 @@ def main():
         @jax.jit
         def fn(models):
             p = jnp.stack([getattr(models, k) for k in SHARED_ORDER], axis=1)
-            sol = jax.vmap(lambda q: diffrax.diffeqsolve(
-                term, diffrax.Tsit5(), ts[0], ts[-1], None, y0, args=q, saveat=diffrax.SaveAt(ts=ts),
-                stepsize_controller=diffrax.PIDController(rtol=w.rtol, atol=w.atol), max_steps=100_000,
-                throw=False))(p)
+            sol = jax.vmap(
+                lambda q: diffrax.diffeqsolve(
+                    term,
+                    diffrax.Tsit5(),
+                    ts[0],
+                    ts[-1],
+                    None,
+                    y0,
+                    args=q,
+                    saveat=diffrax.SaveAt(ts=ts),
+                    stepsize_controller=diffrax.PIDController(rtol=w.rtol, atol=w.atol),
+                    max_steps=100_000,
+                    throw=False,
+                )
+            )(p)
             return sol.ys, sol.stats["num_steps"], sol.result == diffrax.RESULTS.successful
 
         return fn
@@ -103,27 +120,44 @@ def main():
                 if tool == "vmap_diffrax":
                     fn = plain_diffrax(w)
                 else:
-                    solver = {"ens_tsit5": ck.EnsembleTsit5(), "ens_rodas5": ck.EnsembleRodas5(),
-                              "vmap_tsit5": diffrax.Tsit5()}[tool]
+                    solver = {
+                        "ens_tsit5": ck.EnsembleTsit5(),
+                        "ens_rodas5": ck.EnsembleRodas5(),
+                        "vmap_tsit5": diffrax.Tsit5(),
+                    }[tool]
 
                     @jax.jit
                     def fn(m, solver=solver):
-                        s = ck.simulate_ensemble(m, w.regimen, ts, t0=w.t0, solver=solver, rtol=w.rtol, atol=w.atol,
-                                                 throw=False)
+                        s = ck.simulate_ensemble(
+                            m, w.regimen, ts, t0=w.t0, solver=solver, rtol=w.rtol, atol=w.atol, throw=False
+                        )
                         return s.y_array, s.num_steps, s.ok
+
                 try:
                     compile_s, bt, (y, steps, ok) = W.first_and_best(fn, models, repeats=args.repeats)
                 except Exception as e:  # e.g. out of memory at the largest N: report and go on
                     print(f"{w.name} {tool} N={n}: failed ({type(e).__name__}: {str(e)[:200]})", flush=True)
                     continue
                 err = W.max_rel_err(y[0], ref, floor)
-                row = dict(workload=w.name, tool=tool, n=n, compile_s=compile_s, batch_s=bt,
-                           per_solve_us=1e6 * bt / n, steps=int(steps[0]), failed=int(np.sum(~np.asarray(ok))),
-                           err=err, peak_gib=peak_mem())
+                row = dict(
+                    workload=w.name,
+                    tool=tool,
+                    n=n,
+                    compile_s=compile_s,
+                    batch_s=bt,
+                    per_solve_us=1e6 * bt / n,
+                    steps=int(steps[0]),
+                    failed=int(np.sum(~np.asarray(ok))),
+                    err=err,
+                    peak_gib=peak_mem(),
+                )
                 rows.append(row)
-                print(f"{w.name:9s} {tool:12s} N={n:>8d} compile {compile_s:6.1f} s  batch {bt:8.3f} s  "
-                      f"{row['per_solve_us']:9.2f} us/solve  steps {row['steps']:5d}  failed {row['failed']}  "
-                      f"err {err:.1e}  peak {row['peak_gib']:.1f} GiB", flush=True)
+                print(
+                    f"{w.name:9s} {tool:12s} N={n:>8d} compile {compile_s:6.1f} s  batch {bt:8.3f} s  "
+                    f"{row['per_solve_us']:9.2f} us/solve  steps {row['steps']:5d}  failed {row['failed']}  "
+                    f"err {err:.1e}  peak {row['peak_gib']:.1f} GiB",
+                    flush=True,
+                )
 
     # ---- reference workload -----------------------------------------------------------------------------------
     from scipy.integrate import solve_ivp
@@ -132,8 +166,15 @@ def main():
 
     w = W.reference_workload()
     p0 = np.array([float(w.model.get(k)) for k in SHARED_ORDER])
-    ref = solve_ivp(lambda t, y: W.reference_rhs(t, y, p0, np), (0.0, 365.0), np.asarray(w.model.initial_state_flat()),
-                    method="LSODA", t_eval=w.ts, rtol=1e-10, atol=1e-12).y.T
+    ref = solve_ivp(
+        lambda t, y: W.reference_rhs(t, y, p0, np),
+        (0.0, 365.0),
+        np.asarray(w.model.initial_state_flat()),
+        method="LSODA",
+        t_eval=w.ts,
+        rtol=1e-10,
+        atol=1e-12,
+    ).y.T
     print(f"reference workload: tight LSODA reference done ({time.perf_counter() - start:.1f} s)", flush=True)
     bench(w, ref, n_ref)
 
@@ -144,8 +185,10 @@ def main():
         if args.sle_reference:
             ref_sle = np.load(args.sle_reference)
             if ref_sle.shape != shape:
-                raise SystemExit(f"{args.sle_reference}: shape {ref_sle.shape}, expected {shape} (the current SLE "
-                                 "model on save_times(365) from the first dose): recompute it.")
+                raise SystemExit(
+                    f"{args.sle_reference}: shape {ref_sle.shape}, expected {shape} (the current SLE "
+                    "model on save_times(365) from the first dose): recompute it."
+                )
             print(f"SLE model: tight reference loaded from {args.sle_reference}", flush=True)
         else:
             try:
@@ -158,13 +201,21 @@ def main():
                 rr.integrator.maximum_num_steps = 1_000_000
                 rr.timeCourseSelections = ["time", *w.model.state_names()]
                 rel = [float(x) for x in w.ts - w.t0]
-                ref_sle = np.asarray(rr.simulate(times=rel if rel[0] == 0.0 else [0.0, *rel]))[-w.ts.size:, 1:]
+                ref_sle = np.asarray(rr.simulate(times=rel if rel[0] == 0.0 else [0.0, *rel]))[-w.ts.size :, 1:]
                 how = "libroadrunner CVODE rtol 1e-10 atol 1e-12"
             except Exception as e:  # libroadrunner missing on the accelerator host: diffrax on the CPU
                 print(f"(CVODE reference unavailable: {type(e).__name__}: {str(e)[:120]})", flush=True)
                 with jax.default_device(cpu):
-                    r = ck.simulate(w.model, w.regimen, jnp.asarray(w.ts), t0=w.t0, solver=diffrax.Kvaerno5(),
-                                    rtol=1e-9, atol=1e-11, max_steps=500_000)
+                    r = ck.simulate(
+                        w.model,
+                        w.regimen,
+                        jnp.asarray(w.ts),
+                        t0=w.t0,
+                        solver=diffrax.Kvaerno5(),
+                        rtol=1e-9,
+                        atol=1e-11,
+                        max_steps=500_000,
+                    )
                     ref_sle = np.asarray(r.y_array)
                 how = "diffrax Kvaerno5 rtol 1e-9 atol 1e-11"
             print(f"SLE model: tight reference ({how}) done ({time.perf_counter() - start:.1f} s)", flush=True)
@@ -173,12 +224,16 @@ def main():
         bench(w, ref_sle, n_sle)
 
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s\n")
-    print(f"| workload | tool | N | compile (s) | batch (s) | µs/solve | steps | failed | max rel err | peak GiB |  "
-          f"({dev.device_kind}, float64)")
+    print(
+        f"| workload | tool | N | compile (s) | batch (s) | µs/solve | steps | failed | max rel err | peak GiB |  "
+        f"({dev.device_kind}, float64)"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workload']} | {r['tool']} | {r['n']:,} | {r['compile_s']:.1f} | {r['batch_s']:.3f} | "
-              f"{r['per_solve_us']:.2f} | {r['steps']} | {r['failed']} | {r['err']:.1e} | {r['peak_gib']:.1f} |")
+        print(
+            f"| {r['workload']} | {r['tool']} | {r['n']:,} | {r['compile_s']:.1f} | {r['batch_s']:.3f} | "
+            f"{r['per_solve_us']:.2f} | {r['steps']} | {r['failed']} | {r['err']:.1e} | {r['peak_gib']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

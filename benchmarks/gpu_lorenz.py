@@ -122,25 +122,36 @@ class Lorenz(ck.AbstractKineticModel):
     state_units = {"x": "1", "y": "1", "z": "1"}
     observable_units = {"x": "1", "y": "1", "z": "1"}
 
-    sigma: float = ck.param(10.0, unit="1/d", description="Prandtl number sigma (a rate here: time is formally days)",
-                            source=f"{_PAPER}; {_CODE} GPU_ODE_JAX/bench_diffrax.py (10.0) and "
-                                   "GPU_ODE_Julia/bench_lorenz_gpu.jl (10.0f0)", tag="R")
-    rho: float = ck.param(28.0, unit="1", description="Rayleigh-number ratio rho; the benchmark sweeps "
-                                                      "rho = linspace(0, 21, N) over the trajectories",
-                          source=f"{_CODE} GPU_ODE_Julia/bin/ode_problems/lorenz.jl (p = 28.0, replaced per "
-                                 "trajectory by parameterList = range(0, 21, length = N))", tag="R")
-    beta: float = ck.param(8.0 / 3.0, unit="1/d", description="geometric factor beta (a rate here)",
-                           source=f"{_PAPER}; {_CODE} GPU_ODE_JAX/bench_diffrax.py (8/3); the DiffEqGPU timing "
-                                  "script bench_lorenz_gpu.jl writes 2.666f0", tag="R")
+    sigma: float = ck.param(
+        10.0,
+        unit="1/d",
+        description="Prandtl number sigma (a rate here: time is formally days)",
+        source=f"{_PAPER}; {_CODE} GPU_ODE_JAX/bench_diffrax.py (10.0) and GPU_ODE_Julia/bench_lorenz_gpu.jl (10.0f0)",
+        tag="R",
+    )
+    rho: float = ck.param(
+        28.0,
+        unit="1",
+        description="Rayleigh-number ratio rho; the benchmark sweeps rho = linspace(0, 21, N) over the trajectories",
+        source=f"{_CODE} GPU_ODE_Julia/bin/ode_problems/lorenz.jl (p = 28.0, replaced per "
+        "trajectory by parameterList = range(0, 21, length = N))",
+        tag="R",
+    )
+    beta: float = ck.param(
+        8.0 / 3.0,
+        unit="1/d",
+        description="geometric factor beta (a rate here)",
+        source=f"{_PAPER}; {_CODE} GPU_ODE_JAX/bench_diffrax.py (8/3); the DiffEqGPU timing "
+        "script bench_lorenz_gpu.jl writes 2.666f0",
+        tag="R",
+    )
 
     def initial_state(self):
         return self.State(x=1.0, y=0.0, z=0.0)
 
     def __call__(self, t, y, args):
         del t, args
-        return self.State(x=self.sigma * (y.y - y.x),
-                          y=self.rho * y.x - y.y - y.x * y.z,
-                          z=y.x * y.y - self.beta * y.z)
+        return self.State(x=self.sigma * (y.y - y.x), y=self.rho * y.x - y.y - y.x * y.z, z=y.x * y.y - self.beta * y.z)
 
     def observe(self, t, y):
         del t
@@ -151,16 +162,60 @@ class Lorenz(ck.AbstractKineticModel):
 #: github.com/utkarsh530/GPUODEBenchmarks (committed in f58c512, 2023-04-19); rounded to 4 significant digits.
 PUBLISHED = {
     "Tesla_V100": {
-        "diffeqgpu_ms": {8: 0.3013, 32: 0.3015, 128: 0.3045, 512: 0.3302, 2048: 0.3493, 8192: 0.3683, 32768: 0.6170,
-                         131072: 1.583, 524288: 4.656, 2097152: 17.84, 8388608: 69.45},
-        "diffrax_ms": {8: 12.42, 32: 13.53, 128: 14.26, 512: 14.48, 2048: 15.89, 8192: 15.42, 32768: 19.16,
-                       131072: 47.80, 524288: 190.3, 2097152: 680.2, 8388608: 2611.0},
+        "diffeqgpu_ms": {
+            8: 0.3013,
+            32: 0.3015,
+            128: 0.3045,
+            512: 0.3302,
+            2048: 0.3493,
+            8192: 0.3683,
+            32768: 0.6170,
+            131072: 1.583,
+            524288: 4.656,
+            2097152: 17.84,
+            8388608: 69.45,
+        },
+        "diffrax_ms": {
+            8: 12.42,
+            32: 13.53,
+            128: 14.26,
+            512: 14.48,
+            2048: 15.89,
+            8192: 15.42,
+            32768: 19.16,
+            131072: 47.80,
+            524288: 190.3,
+            2097152: 680.2,
+            8388608: 2611.0,
+        },
     },
     "RTX_5000": {
-        "diffeqgpu_ms": {8: 0.2529, 32: 0.2592, 128: 0.2616, 512: 0.2726, 2048: 0.2948, 8192: 0.3708, 32768: 0.7543,
-                         131072: 1.666, 524288: 5.511, 2097152: 20.72, 8388608: 83.49},
-        "diffrax_ms": {8: 11.40, 32: 11.75, 128: 12.41, 512: 12.65, 2048: 12.49, 8192: 14.12, 32768: 21.17,
-                       131072: 206.5, 524288: 454.2, 2097152: 1770.0, 8388608: 7068.0},
+        "diffeqgpu_ms": {
+            8: 0.2529,
+            32: 0.2592,
+            128: 0.2616,
+            512: 0.2726,
+            2048: 0.2948,
+            8192: 0.3708,
+            32768: 0.7543,
+            131072: 1.666,
+            524288: 5.511,
+            2097152: 20.72,
+            8388608: 83.49,
+        },
+        "diffrax_ms": {
+            8: 11.40,
+            32: 11.75,
+            128: 12.41,
+            512: 12.65,
+            2048: 12.49,
+            8192: 14.12,
+            32768: 21.17,
+            131072: 206.5,
+            524288: 454.2,
+            2097152: 1770.0,
+            8388608: 7068.0,
+        },
     },
 }
 
@@ -179,14 +234,23 @@ def lorenz_rhs(t, u, rho):
 
 def _parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", default=None, help="comma-separated N (default: 8*4^k up to 32,768 on CPU, "
-                                             "8,388,608 on an accelerator)")
+    p.add_argument(
+        "--n", default=None, help="comma-separated N (default: 8*4^k up to 32,768 on CPU, 8,388,608 on an accelerator)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: N = 8, 2048, 2 repeats, 64 reference members")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per tool and N (default 5; quick 2)")
-    p.add_argument("--ref-members", type=int, default=None, help="members checked against the float64 reference "
-                                                                  "(default 1000; quick 64)")
-    p.add_argument("--host-devices", type=int, default=1, help="CPU only: also run the ensemble sharded over K host "
-                                                               "devices (tool ours_xK)")
+    p.add_argument(
+        "--ref-members",
+        type=int,
+        default=None,
+        help="members checked against the float64 reference (default 1000; quick 64)",
+    )
+    p.add_argument(
+        "--host-devices",
+        type=int,
+        default=1,
+        help="CPU only: also run the ensemble sharded over K host devices (tool ours_xK)",
+    )
     p.add_argument("--published-gpu", choices=sorted(PUBLISHED), default="Tesla_V100")
     p.add_argument("--suffix", default="", help="appended to the result files' names (e.g. b for a second run)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -214,8 +278,13 @@ def _device_tag(dev) -> str:
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
     except Exception:
         return "unknown"
 
@@ -243,14 +312,20 @@ def main():
     stamp = datetime.datetime.now()
     cmd = "python benchmarks/gpu_lorenz.py " + " ".join(sys.argv[1:])
     print(f"## {stamp:%Y-%m-%d %H:%M}, carkinetics {ck.__version__} at {_git_commit()}; {cmd}")
-    print(f"jax {jax.__version__}, diffrax {diffrax.__version__}; device {dev.device_kind} ({dev.platform}); "
-          f"{os.cpu_count()} visible CPU cores; load average {os.getloadavg()[0]:.2f}; "
-          f"jax_enable_x64 = {jax.config.jax_enable_x64}")
+    print(
+        f"jax {jax.__version__}, diffrax {diffrax.__version__}; device {dev.device_kind} ({dev.platform}); "
+        f"{os.cpu_count()} visible CPU cores; load average {os.getloadavg()[0]:.2f}; "
+        f"jax_enable_x64 = {jax.config.jax_enable_x64}"
+    )
     if on_cpu:
-        print("CPU SMOKE RUN: the GPUODEBenchmarks setting on a CPU, not the paper's GPU comparison; the published "
-              f"columns are {args.published_gpu} GPU timings (context only).")
-    print(f"setting: Lorenz sigma = 10, beta = 8/3, rho = linspace(0, 21, N); u0 = [1, 0, 0]; t in [0, 1], endpoint "
-          f"saved; Tsit5, rtol = atol = {RTOL:g}; float32; N = {ns}; {repeats} interleaved repeats (min)")
+        print(
+            "CPU SMOKE RUN: the GPUODEBenchmarks setting on a CPU, not the paper's GPU comparison; the published "
+            f"columns are {args.published_gpu} GPU timings (context only)."
+        )
+    print(
+        f"setting: Lorenz sigma = 10, beta = 8/3, rho = linspace(0, 21, N); u0 = [1, 0, 0]; t in [0, 1], endpoint "
+        f"saved; Tsit5, rtol = atol = {RTOL:g}; float32; N = {ns}; {repeats} interleaved repeats (min)"
+    )
 
     # ---- the two tools ----------------------------------------------------------------------------------------
     def ours_fn(devices):
@@ -260,16 +335,25 @@ def main():
             # A fresh NumPy array per trace: jnp.asarray caches the conversion of one NumPy object, so an array
             # converted once with x64 off stays float32 inside `jax.enable_x64(True)` (the float64 control below).
             ts = np.asarray([T1])
-            return ck.simulate_ensemble(models, None, ts, t0=0.0, solver=ck.EnsembleTsit5(), rtol=RTOL, atol=ATOL,
-                                        devices=devices)
+            return ck.simulate_ensemble(
+                models, None, ts, t0=0.0, solver=ck.EnsembleTsit5(), rtol=RTOL, atol=ATOL, devices=devices
+            )
+
         return run
 
     def diffrax_solve(rho, solver=None, rtol=RTOL, atol=ATOL, dt0=DT0, max_steps=4096):
-        return diffrax.diffeqsolve(diffrax.ODETerm(lorenz_rhs), solver or diffrax.Tsit5(), 0.0, T1, dt0,
-                                   jnp.asarray(U0, dtype=jnp.result_type(rho)), args=rho,
-                                   saveat=diffrax.SaveAt(t1=True),
-                                   stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-                                   max_steps=max_steps)
+        return diffrax.diffeqsolve(
+            diffrax.ODETerm(lorenz_rhs),
+            solver or diffrax.Tsit5(),
+            0.0,
+            T1,
+            dt0,
+            jnp.asarray(U0, dtype=jnp.result_type(rho)),
+            args=rho,
+            saveat=diffrax.SaveAt(t1=True),
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            max_steps=max_steps,
+        )
 
     vmap_diffrax = jax.jit(jax.vmap(diffrax_solve))
 
@@ -282,8 +366,12 @@ def main():
         """(y at t = 1 (N, 3), accepted (N,), rejected (N,), failed members)."""
         if tool == "vmap_diffrax":
             st = sol.stats
-            return (sol.ys[:, -1], st["num_accepted_steps"], st["num_rejected_steps"],
-                    int(np.sum(~np.asarray(sol.result == diffrax.RESULTS.successful))))
+            return (
+                sol.ys[:, -1],
+                st["num_accepted_steps"],
+                st["num_rejected_steps"],
+                int(np.sum(~np.asarray(sol.result == diffrax.RESULTS.successful))),
+            )
         return sol.y_array[:, -1], sol.num_accepted_steps, sol.num_rejected_steps, int(np.sum(~np.asarray(sol.ok)))
 
     # ---- float64 reference (on the float32 parameter values) --------------------------------------------------
@@ -311,9 +399,11 @@ def main():
     with jax.enable_x64(True):
         y_chk = np.asarray(check_fn(jnp.asarray(rho_chk)).ys[:, -1])
     ref_self = rel_err(y_chk, y_ref_chk)[0]
-    print(f"reference: diffrax Dopri8 rtol = atol = 1e-12, float64, on <= {ref_m} members per N; its agreement with "
-          f"float64 Tsit5 at 1e-12 on {rho_chk.size} members: {ref_self:.1e} ({time.perf_counter() - t:.1f} s)",
-          flush=True)
+    print(
+        f"reference: diffrax Dopri8 rtol = atol = 1e-12, float64, on <= {ref_m} members per N; its agreement with "
+        f"float64 Tsit5 at 1e-12 on {rho_chk.size} members: {ref_self:.1e} ({time.perf_counter() - t:.1f} s)",
+        flush=True,
+    )
 
     # ---- timing -----------------------------------------------------------------------------------------------
     rows = []
@@ -344,16 +434,32 @@ def main():
             steps = acc + rej
             best = min(times[name])
             e_max, e_med = rel_err(y[idx], ref)
-            row = dict(tool=name, n=n, dtype=str(y.dtype), compile_s=max(first[name] - best, 0.0), best_s=best,
-                       times_s=times[name], per_solve_us=1e6 * best / n, steps_mean=float(np.mean(steps)),
-                       steps_max=int(np.max(steps)), steps_first=int(steps[0]), steps_last=int(steps[-1]),
-                       rejected_mean=float(np.mean(rej)), failed=failed, ref_members=int(idx.size),
-                       err_max=e_max, err_median=e_med)
+            row = dict(
+                tool=name,
+                n=n,
+                dtype=str(y.dtype),
+                compile_s=max(first[name] - best, 0.0),
+                best_s=best,
+                times_s=times[name],
+                per_solve_us=1e6 * best / n,
+                steps_mean=float(np.mean(steps)),
+                steps_max=int(np.max(steps)),
+                steps_first=int(steps[0]),
+                steps_last=int(steps[-1]),
+                rejected_mean=float(np.mean(rej)),
+                failed=failed,
+                ref_members=int(idx.size),
+                err_max=e_max,
+                err_median=e_med,
+            )
             rows.append(row)
-            print(f"{name:13s} N={n:>8,d}  compile {row['compile_s']:6.2f} s  best {best:9.5f} s "
-                  f"({row['per_solve_us']:9.3f} us/solve)  steps mean {row['steps_mean']:6.1f} max "
-                  f"{row['steps_max']:4d} (rejected {row['rejected_mean']:4.1f})  failed {failed}  err max "
-                  f"{e_max:.1e} median {e_med:.1e} ({idx.size} members)  {row['dtype']}", flush=True)
+            print(
+                f"{name:13s} N={n:>8,d}  compile {row['compile_s']:6.2f} s  best {best:9.5f} s "
+                f"({row['per_solve_us']:9.3f} us/solve)  steps mean {row['steps_mean']:6.1f} max "
+                f"{row['steps_max']:4d} (rejected {row['rejected_mean']:4.1f})  failed {failed}  err max "
+                f"{e_max:.1e} median {e_med:.1e} ({idx.size} members)  {row['dtype']}",
+                flush=True,
+            )
 
     # ---- float64 control: the same tolerances without float32 round-off (untimed) -----------------------------
     control = {}
@@ -365,22 +471,43 @@ def main():
             y, acc, rej, failed = extract(name, fn(r64))
             y = np.asarray(y)
             steps = np.asarray(acc) + np.asarray(rej)
-            control[name] = dict(dtype=str(y.dtype), steps_mean=float(np.mean(steps)),
-                                 rejected_mean=float(np.mean(np.asarray(rej))), failed=failed,
-                                 err_max=rel_err(y, ref_c)[0], members=int(rho_c.size))
-    print("float64 control (rtol = atol = 1e-8, the rho values of the largest N's reference members, untimed): " +
-          "; ".join(f"{k} steps mean {v['steps_mean']:.1f} (rejected {v['rejected_mean']:.1f}), err max "
-                    f"{v['err_max']:.1e} ({v['dtype']})" for k, v in control.items()))
+            control[name] = dict(
+                dtype=str(y.dtype),
+                steps_mean=float(np.mean(steps)),
+                rejected_mean=float(np.mean(np.asarray(rej))),
+                failed=failed,
+                err_max=rel_err(y, ref_c)[0],
+                members=int(rho_c.size),
+            )
+    print(
+        "float64 control (rtol = atol = 1e-8, the rho values of the largest N's reference members, untimed): "
+        + "; ".join(
+            f"{k} steps mean {v['steps_mean']:.1f} (rejected {v['rejected_mean']:.1f}), err max "
+            f"{v['err_max']:.1e} ({v['dtype']})"
+            for k, v in control.items()
+        )
+    )
 
     # ---- summary ----------------------------------------------------------------------------------------------
     by = {(r["tool"], r["n"]): r for r in rows}
     g = args.published_gpu
     extra = [k for k in tools if k.startswith("ours_x")]
-    print(f"\n{'CPU smoke run' if on_cpu else dev.device_kind}: seconds per batch (min of {repeats}), float32; "
-          f"published = {g} adaptive run ({_CODE} paper_artifacts, ms -> s)\n")
-    head = ["N", "ours (s)"] + [f"{k} (s)" for k in extra] + [
-        "vmap diffrax (s)", "vmap / ours", f"pub. DiffEqGPU {g} (s)", f"pub. diffrax {g} (s)",
-        "pub. diffrax / DiffEqGPU", "pub. DiffEqGPU / ours"]
+    print(
+        f"\n{'CPU smoke run' if on_cpu else dev.device_kind}: seconds per batch (min of {repeats}), float32; "
+        f"published = {g} adaptive run ({_CODE} paper_artifacts, ms -> s)\n"
+    )
+    head = (
+        ["N", "ours (s)"]
+        + [f"{k} (s)" for k in extra]
+        + [
+            "vmap diffrax (s)",
+            "vmap / ours",
+            f"pub. DiffEqGPU {g} (s)",
+            f"pub. diffrax {g} (s)",
+            "pub. diffrax / DiffEqGPU",
+            "pub. DiffEqGPU / ours",
+        ]
+    )
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for n in ns:
@@ -389,14 +516,20 @@ def main():
         cells += [f"{by[(k, n)]['best_s']:.4g}" if (k, n) in by else "-" for k in extra]
         cells += [f"{v['best_s']:.4g}" if v else "-", f"{v['best_s'] / o['best_s']:.1f}x" if o and v else "-"]
         pj, pd = pub["diffeqgpu_ms"].get(n), pub["diffrax_ms"].get(n)
-        cells += [f"{pj / 1e3:.3g}" if pj else "-", f"{pd / 1e3:.3g}" if pd else "-",
-                  f"{pd / pj:.1f}x" if pj and pd else "-", f"{pj / 1e3 / o['best_s']:.2g}" if pj and o else "-"]
+        cells += [
+            f"{pj / 1e3:.3g}" if pj else "-",
+            f"{pd / 1e3:.3g}" if pd else "-",
+            f"{pd / pj:.1f}x" if pj and pd else "-",
+            f"{pj / 1e3 / o['best_s']:.2g}" if pj and o else "-",
+        ]
         print("| " + " | ".join(cells) + " |")
     print("\n| N | tool | compile (s) | steps mean / max (rejected) | failed | max err at t = 1 (median) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['tool']} | {r['compile_s']:.2f} | {r['steps_mean']:.1f} / {r['steps_max']} "
-              f"({r['rejected_mean']:.1f}) | {r['failed']} | {r['err_max']:.1e} ({r['err_median']:.1e}) |")
+        print(
+            f"| {r['n']:,} | {r['tool']} | {r['compile_s']:.2f} | {r['steps_mean']:.1f} / {r['steps_max']} "
+            f"({r['rejected_mean']:.1f}) | {r['failed']} | {r['err_max']:.1e} ({r['err_median']:.1e}) |"
+        )
     wall = time.perf_counter() - start
     print(f"\ntotal wall time {wall:.0f} s; load average {os.getloadavg()[0]:.2f}")
 
@@ -404,17 +537,49 @@ def main():
     name = f"lorenz_{_device_tag(dev)}_{stamp:%Y-%m-%d}{'_quick' if args.quick else ''}{args.suffix}"
     base = os.path.join(args.out, name)
     with open(base + ".json", "w") as fh:
-        json.dump(dict(
-            benchmark="GPUODEBenchmarks Lorenz, adaptive Tsit5, float32", paper=_PAPER, code=_CODE + " @ 1a90256",
-            command=cmd, date=stamp.isoformat(timespec="minutes"), device=dev.device_kind, platform=dev.platform,
-            jax=jax.__version__, diffrax=diffrax.__version__, carkinetics=ck.__version__, commit=_git_commit(),
-            setting=dict(sigma=SIGMA, beta=BETA, rho="linspace(0, 21, N) float32", u0=U0, t=[0.0, T1], rtol=RTOL,
-                         atol=ATOL, dt0_diffrax=DT0, saves="t = 1 only", dtype="float32"),
-            reference=dict(solver="diffrax Dopri8", rtol=1e-12, atol=1e-12, dtype="float64",
-                           agreement_with_tsit5_at_1e12=ref_self,
-                           error="max over members of max_i |y_i - ref_i| / max(1, max_i |ref_i|) at t = 1"),
-            repeats=repeats, published_gpu=g, published_ms=pub, rows=rows, float64_control=control,
-            wall_s=wall), fh, indent=1)
+        json.dump(
+            dict(
+                benchmark="GPUODEBenchmarks Lorenz, adaptive Tsit5, float32",
+                paper=_PAPER,
+                code=_CODE + " @ 1a90256",
+                command=cmd,
+                date=stamp.isoformat(timespec="minutes"),
+                device=dev.device_kind,
+                platform=dev.platform,
+                jax=jax.__version__,
+                diffrax=diffrax.__version__,
+                carkinetics=ck.__version__,
+                commit=_git_commit(),
+                setting=dict(
+                    sigma=SIGMA,
+                    beta=BETA,
+                    rho="linspace(0, 21, N) float32",
+                    u0=U0,
+                    t=[0.0, T1],
+                    rtol=RTOL,
+                    atol=ATOL,
+                    dt0_diffrax=DT0,
+                    saves="t = 1 only",
+                    dtype="float32",
+                ),
+                reference=dict(
+                    solver="diffrax Dopri8",
+                    rtol=1e-12,
+                    atol=1e-12,
+                    dtype="float64",
+                    agreement_with_tsit5_at_1e12=ref_self,
+                    error="max over members of max_i |y_i - ref_i| / max(1, max_i |ref_i|) at t = 1",
+                ),
+                repeats=repeats,
+                published_gpu=g,
+                published_ms=pub,
+                rows=rows,
+                float64_control=control,
+                wall_s=wall,
+            ),
+            fh,
+            indent=1,
+        )
     sys.stdout = tee.stream
     with open(base + ".log", "w") as fh:
         fh.write("".join(tee.lines))

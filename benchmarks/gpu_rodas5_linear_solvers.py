@@ -61,9 +61,12 @@ def main():
             t = time.perf_counter()
             jax.block_until_ready(fn(models).y_array)
             best = min(best, time.perf_counter() - t)
-        print(f"{label} N={n}: compile {first - best:6.1f} s, batch {best:7.3f} s, {1e6 * best / n:8.2f} us/solve, "
-              f"steps(member 0) {int(sol.num_steps[0])}, max steps {int(np.max(np.asarray(sol.num_steps)))}, "
-              f"failed {int(np.sum(~np.asarray(sol.ok)))}", flush=True)
+        print(
+            f"{label} N={n}: compile {first - best:6.1f} s, batch {best:7.3f} s, {1e6 * best / n:8.2f} us/solve, "
+            f"steps(member 0) {int(sol.num_steps[0])}, max steps {int(np.max(np.asarray(sol.num_steps)))}, "
+            f"failed {int(np.sum(~np.asarray(sol.ok)))}",
+            flush=True,
+        )
         return np.asarray(sol.y_array)
 
     def compare(sols, label):
@@ -74,13 +77,18 @@ def main():
         scale = np.max(np.abs(have[first]), axis=(0, 1)) + 1e-30
         for k, v in have.items():
             if k != first:
-                print(f"{label}: max |{k} - {first}| / state max: {float(np.max(np.abs(v - have[first]) / scale)):.2e}",
-                      flush=True)
+                print(
+                    f"{label}: max |{k} - {first}| / state max: {float(np.max(np.abs(v - have[first]) / scale)):.2e}",
+                    flush=True,
+                )
 
     def solve(w, solver):
         ts = jnp.asarray(w.ts)
-        return jax.jit(lambda m: ck.simulate_ensemble(m, w.regimen, ts, t0=w.t0, solver=solver, rtol=w.rtol,
-                                                      atol=w.atol, throw=False))
+        return jax.jit(
+            lambda m: ck.simulate_ensemble(
+                m, w.regimen, ts, t0=w.t0, solver=solver, rtol=w.rtol, atol=w.atol, throw=False
+            )
+        )
 
     w = W.sle_workload()
     for n in (int(x) for x in args.n.split(",") if x):

@@ -52,10 +52,18 @@ def main():
     p.add_argument("--model", choices=["reference", "sle"], default="reference")
     p.add_argument("--method", choices=["tsit5", "rodas5"], default="tsit5")
     p.add_argument("--skip-vmap", action="store_true")
-    p.add_argument("--slots", default="default", help="the ensemble method's slots: 'default' (None: 120 on CPU, N "
-                   "on accelerators), 'all' (= N: no member queue) or an int")
-    p.add_argument("--checkpoints", default="", help="comma-separated checkpoint counts for extra reverse-mode rows "
-                   "(diffrax.RecursiveCheckpointAdjoint(checkpoints=K): more checkpoints, fewer recomputations)")
+    p.add_argument(
+        "--slots",
+        default="default",
+        help="the ensemble method's slots: 'default' (None: 120 on CPU, N "
+        "on accelerators), 'all' (= N: no member queue) or an int",
+    )
+    p.add_argument(
+        "--checkpoints",
+        default="",
+        help="comma-separated checkpoint counts for extra reverse-mode rows "
+        "(diffrax.RecursiveCheckpointAdjoint(checkpoints=K): more checkpoints, fewer recomputations)",
+    )
     args = p.parse_args()
     if args.quick:
         args.n, args.repeats = "20", 1
@@ -78,8 +86,10 @@ def main():
         pop = W.pick_parameters(base, W.SLE_POPULATION, 3)
     method0 = ck.EnsembleTsit5() if args.method == "tsit5" else ck.EnsembleRodas5()
     theta0 = jnp.log(jnp.array([float(base.get(n)) for n in pop]))
-    print(f"workload {w.name}; population parameters (log scale): {list(pop)}; method {type(method0).__name__}; "
-          f"rtol {w.rtol}, atol {w.atol}")
+    print(
+        f"workload {w.name}; population parameters (log scale): {list(pop)}; method {type(method0).__name__}; "
+        f"rtol {w.rtol}, atol {w.atol}"
+    )
 
     for n in [int(float(x)) for x in args.n.split(",")]:
         method = dataclasses.replace(method0, slots=_slots(args.slots, n))
@@ -89,8 +99,9 @@ def main():
             vals = jnp.exp(theta[None, :] + eta)
             return ck.batch_models(base, {k: vals[:, i] for i, k in enumerate(pop)})
 
-        truth = ck.simulate_ensemble(models_of(theta0), regimen, ts, t0=w.t0, solver=method, rtol=1e-9, atol=1e-11,
-                                     max_steps=1_000_000)
+        truth = ck.simulate_ensemble(
+            models_of(theta0), regimen, ts, t0=w.t0, solver=method, rtol=1e-9, atol=1e-11, max_steps=1_000_000
+        )
         # Log observables above a floor: 1e-6 for the reference workload; for the SLE model 1e-6 x each observable's
         # maximum (cell counts in the body reach ~1e10: an absolute floor of 1e-6 would sit far below the solver's
         # absolute tolerance, so the loss would follow sub-atol round-off and finite differences be meaningless).
@@ -105,13 +116,23 @@ def main():
         theta = theta0 + 0.05  # evaluate away from the optimum (non-zero gradient)
 
         def loss(th, adjoint=None, models_of=models_of, method=method, data=data, observe=observe):
-            sol = ck.simulate_ensemble(models_of(th), regimen, ts, t0=w.t0, solver=method, rtol=w.rtol, atol=w.atol,
-                                       adjoint=adjoint, throw=False)
+            sol = ck.simulate_ensemble(
+                models_of(th),
+                regimen,
+                ts,
+                t0=w.t0,
+                solver=method,
+                rtol=w.rtol,
+                atol=w.atol,
+                adjoint=adjoint,
+                throw=False,
+            )
             return jnp.mean((observe(sol.obs_array) - data) ** 2)
 
         def vmap_loss(th, models_of=models_of, data=data, observe=observe):
-            sol = ck.simulate_ensemble(models_of(th), regimen, ts, t0=w.t0, solver=diffrax.Tsit5(), rtol=w.rtol,
-                                       atol=w.atol, throw=False)
+            sol = ck.simulate_ensemble(
+                models_of(th), regimen, ts, t0=w.t0, solver=diffrax.Tsit5(), rtol=w.rtol, atol=w.atol, throw=False
+            )
             return jnp.mean((observe(sol.obs_array) - data) ** 2)
 
         h = 1e-5
@@ -120,12 +141,16 @@ def main():
             "loss": jax.jit(loss),
             "reverse": jax.jit(jax.grad(loss)),
             "forward": jax.jit(jax.jacfwd(lambda th, loss=loss: loss(th, diffrax.ForwardMode()))),
-            "fd": jax.jit(lambda th, loss=loss, h=h, eye=eye: jax.vmap(
-                lambda e: (loss(th + h * e) - loss(th - h * e)) / (2 * h))(eye)),
+            "fd": jax.jit(
+                lambda th, loss=loss, h=h, eye=eye: jax.vmap(lambda e: (loss(th + h * e) - loss(th - h * e)) / (2 * h))(
+                    eye
+                )
+            ),
         }
         for k in [int(x) for x in args.checkpoints.split(",") if x]:
-            fns[f"reverse_ck{k}"] = jax.jit(jax.grad(
-                lambda th, k=k, loss=loss: loss(th, diffrax.RecursiveCheckpointAdjoint(checkpoints=k))))
+            fns[f"reverse_ck{k}"] = jax.jit(
+                jax.grad(lambda th, k=k, loss=loss: loss(th, diffrax.RecursiveCheckpointAdjoint(checkpoints=k)))
+            )
         if not args.skip_vmap:
             fns["vmap_reverse"] = jax.jit(jax.grad(vmap_loss))
             if args.model == "reference":
@@ -141,8 +166,10 @@ def main():
         except Exception as e:  # memory analysis is backend-dependent
             mem_s = f"n/a ({type(e).__name__})"
         t_loss = res["loss"][1]
-        print(f"\nN = {n} (slots {method.slots or 'default'}): loss {float(res['loss'][0]):.6g}; reverse-mode "
-              f"gradient {g_rev}; memory {mem_s}")
+        print(
+            f"\nN = {n} (slots {method.slots or 'default'}): loss {float(res['loss'][0]):.6g}; reverse-mode "
+            f"gradient {g_rev}; memory {mem_s}"
+        )
         print(f"{'what':22s} {'compile (s)':>12s} {'time (s)':>10s} {'x loss':>8s} {'rel. diff vs reverse':>22s}")
         for name, (out, t, c) in res.items():
             d = "" if name == "loss" else f"{np.max(np.abs(np.asarray(out) - g_rev)) / np.max(np.abs(g_rev)):.1e}"
@@ -166,9 +193,19 @@ def _plain_diffrax_loss(w, pop, eta, data, observe):
     term = diffrax.ODETerm(lambda t, y, p: W.reference_rhs(t, y, p, jnp))
 
     def one(p):
-        sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), ts[0], ts[-1], None, y0, args=p,
-                                  saveat=diffrax.SaveAt(ts=ts), max_steps=100_000, throw=False,
-                                  stepsize_controller=diffrax.PIDController(rtol=w.rtol, atol=w.atol))
+        sol = diffrax.diffeqsolve(
+            term,
+            diffrax.Tsit5(),
+            ts[0],
+            ts[-1],
+            None,
+            y0,
+            args=p,
+            saveat=diffrax.SaveAt(ts=ts),
+            max_steps=100_000,
+            throw=False,
+            stepsize_controller=diffrax.PIDController(rtol=w.rtol, atol=w.atol),
+        )
         y = sol.ys  # observables of ReferenceWorkload: car_t = ce + cm, b_cells = b, autoantibody = ab
         return jnp.stack([y[:, 0] + y[:, 1], y[:, 2], y[:, 5]], axis=-1)
 

@@ -100,13 +100,25 @@ def _ours(data) -> dict:
         times.append(time.perf_counter() - t0)
     assert fit is not None
     return {
-        "cold_s": times[0], "warm_s": times[1], "compile_s": times[0] - times[1],
-        "estimation_warm_s": fit.times["estimation"], "covariance_warm_s": fit.times["covariance"],
-        "tka": math.log(fit.theta["ka"]) - LOG24, "tcl": math.log(fit.theta["cl"]) - LOG24,
-        "tv": math.log(fit.theta["v"]), "se_tka": fit.se["theta_unconstrained"]["ka"],
-        "se_tcl": fit.se["theta_unconstrained"]["cl"], "se_tv": fit.se["theta_unconstrained"]["v"],
-        "om_ka": fit.omega[0, 0], "om_cl": fit.omega[1, 1], "om_v": fit.omega[2, 2], "sigma": fit.sigma["sd"],
-        "loglik": fit.log_likelihood, "ofv": fit.ofv, "converged": fit.converged, "message": fit.message,
+        "cold_s": times[0],
+        "warm_s": times[1],
+        "compile_s": times[0] - times[1],
+        "estimation_warm_s": fit.times["estimation"],
+        "covariance_warm_s": fit.times["covariance"],
+        "tka": math.log(fit.theta["ka"]) - LOG24,
+        "tcl": math.log(fit.theta["cl"]) - LOG24,
+        "tv": math.log(fit.theta["v"]),
+        "se_tka": fit.se["theta_unconstrained"]["ka"],
+        "se_tcl": fit.se["theta_unconstrained"]["cl"],
+        "se_tv": fit.se["theta_unconstrained"]["v"],
+        "om_ka": fit.omega[0, 0],
+        "om_cl": fit.omega[1, 1],
+        "om_v": fit.omega[2, 2],
+        "sigma": fit.sigma["sd"],
+        "loglik": fit.log_likelihood,
+        "ofv": fit.ofv,
+        "converged": fit.converged,
+        "message": fit.message,
         "fit": fit,
     }
 
@@ -127,7 +139,7 @@ def _nlme(path: str, repeats: int) -> dict | None:
         print(f"nlme: failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
         return None
     text = proc.stdout
-    out = json.loads(text[text.index("{"):text.rindex("}") + 1].replace("\n", " "))
+    out = json.loads(text[text.index("{") : text.rindex("}") + 1].replace("\n", " "))
     out["process_wall_s"] = wall
     return out
 
@@ -147,21 +159,35 @@ def _write_nonmem(data, path: str) -> None:
 
 
 def _row(label, r):
-    return (f"{label:<26}{r['tka']:>8.4f} ({r['se_tka']:.3f}){r['tcl']:>8.4f} ({r['se_tcl']:.3f}){r['tv']:>8.4f} "
-            f"({r['se_tv']:.3f}){r['om_ka']:>8.4f}{r['om_cl']:>8.4f}{r['om_v']:>8.4f}{r['sigma']:>8.4f}"
-            f"{r['loglik']:>11.3f}")
+    return (
+        f"{label:<26}{r['tka']:>8.4f} ({r['se_tka']:.3f}){r['tcl']:>8.4f} ({r['se_tcl']:.3f}){r['tv']:>8.4f} "
+        f"({r['se_tv']:.3f}){r['om_ka']:>8.4f}{r['om_cl']:>8.4f}{r['om_v']:>8.4f}{r['sigma']:>8.4f}"
+        f"{r['loglik']:>11.3f}"
+    )
 
 
 def _compare(label: str, ours: dict, peer: dict | None) -> dict:
     print(f"\n== {label} ==")
-    print(f"{'':<26}{'tka (SE)':>17}{'tcl (SE)':>17}{'tv (SE)':>17}{'om.ka':>8}{'om.cl':>8}{'om.v':>8}"
-          f"{'add.sd':>8}{'logLik':>11}")
+    print(
+        f"{'':<26}{'tka (SE)':>17}{'tcl (SE)':>17}{'tv (SE)':>17}{'om.ka':>8}{'om.cl':>8}{'om.v':>8}"
+        f"{'add.sd':>8}{'logLik':>11}"
+    )
     print(_row("carkinetics FOCEi", ours))
     out = {"carkinetics": {k: v for k, v in ours.items() if k != "fit"}}
     if peer is not None:
-        p = {"tka": peer["lKa"], "tcl": peer["lCl"], "tv": peer["lV"], "se_tka": peer["se_lKa"],
-             "se_tcl": peer["se_lCl"], "se_tv": peer["se_lV"], "om_ka": peer["om_ka"], "om_cl": peer["om_cl"],
-             "om_v": peer["om_v"], "sigma": peer["sigma"], "loglik": peer["loglik"]}
+        p = {
+            "tka": peer["lKa"],
+            "tcl": peer["lCl"],
+            "tv": peer["lV"],
+            "se_tka": peer["se_lKa"],
+            "se_tcl": peer["se_lCl"],
+            "se_tv": peer["se_lV"],
+            "om_ka": peer["om_ka"],
+            "om_cl": peer["om_cl"],
+            "om_v": peer["om_v"],
+            "sigma": peer["sigma"],
+            "loglik": peer["loglik"],
+        }
         print(_row(f"nlme {peer['version']} (LB)", p))
         if peer.get("warning"):
             print(f"  nlme warning: {peer['warning']}")
@@ -169,12 +195,16 @@ def _compare(label: str, ours: dict, peer: dict | None) -> dict:
         print("  difference in units of the carkinetics SE: " + ", ".join(f"{k} {v:+.2f}" for k, v in z.items()))
         out["nlme"] = dict(peer)
         out["difference_in_se"] = z
-    print(f"  carkinetics: cold {ours['cold_s']:.2f} s (compile included), warm {ours['warm_s']:.2f} s "
-          f"(estimation {ours['estimation_warm_s']:.2f} s + covariance step {ours['covariance_warm_s']:.2f} s), "
-          f"compile ~{ours['compile_s']:.2f} s; converged: {ours['converged']}")
+    print(
+        f"  carkinetics: cold {ours['cold_s']:.2f} s (compile included), warm {ours['warm_s']:.2f} s "
+        f"(estimation {ours['estimation_warm_s']:.2f} s + covariance step {ours['covariance_warm_s']:.2f} s), "
+        f"compile ~{ours['compile_s']:.2f} s; converged: {ours['converged']}"
+    )
     if peer is not None:
-        print(f"  nlme: {peer['seconds']:.3f} s for nlme() (min of repeats), {peer['process_wall_s']:.2f} s for the "
-              "whole Rscript process")
+        print(
+            f"  nlme: {peer['seconds']:.3f} s for nlme() (min of repeats), {peer['process_wall_s']:.2f} s for the "
+            "whole Rscript process"
+        )
         speed_cold = peer["seconds"] / ours["cold_s"]
         speed_warm = peer["seconds"] / ours["warm_s"]
         print(f"  speed-up over nlme(): {speed_cold:.2f}x compile included, {speed_warm:.2f}x warm")
@@ -192,24 +222,38 @@ def _cart(n: int, key) -> dict:
     omega = {"foldx": 2.4, "tmax": 0.38, "cmax": 0.65, "alpha": 0.91, "fb": 0.80, "beta": 0.86}
     truth = ck.PopulationProblem(model, data, omega, error=ck.LogAdditiveError(0.56))
     sim, _ = truth.simulate(key)
-    start = ck.replace(model, {"foldx": 2000.0, "tmax": 8.0, "cmax": 15000.0, "alpha": 0.2, "fb": 0.012,
-                               "beta": 0.004})
+    start = ck.replace(model, {"foldx": 2000.0, "tmax": 8.0, "cmax": 15000.0, "alpha": 0.2, "fb": 0.012, "beta": 0.004})
     problem = ck.PopulationProblem(start, sim, {k: 0.5 for k in omega}, error=ck.LogAdditiveError(0.8))
     t0 = time.perf_counter()
-    fit = ck.fit_population(problem, "saem", key=jax.random.fold_in(key, 1), importance_samples=0,
-                            progress=lambda s: print("  " + s, flush=True))
+    fit = ck.fit_population(
+        problem,
+        "saem",
+        key=jax.random.fold_in(key, 1),
+        importance_samples=0,
+        progress=lambda s: print("  " + s, flush=True),
+    )
     wall = time.perf_counter() - t0
     print(f"\n== CAR-T population (Stein 2019 structure), {n} synthetic patients, SAEM ==")
     print(f"{'parameter':<10}{'truth':>12}{'estimate':>12}{'SE':>10}   {'omega truth':>12}{'omega est':>10}{'SE':>8}")
     for name in omega:
-        print(f"{name:<10}{float(ck.get_parameter(model, name)):>12.5g}{fit.theta[name]:>12.5g}"
-              f"{fit.se['theta'][name]:>10.3g}   {omega[name]:>12.3g}{fit.omega_variances()[name]:>10.3g}"
-              f"{fit.se['omega'][name]:>8.3g}")
+        print(
+            f"{name:<10}{float(ck.get_parameter(model, name)):>12.5g}{fit.theta[name]:>12.5g}"
+            f"{fit.se['theta'][name]:>10.3g}   {omega[name]:>12.3g}{fit.omega_variances()[name]:>10.3g}"
+            f"{fit.se['omega'][name]:>8.3g}"
+        )
     print(f"  residual sd: truth 0.56, estimate {fit.sigma['sd']:.4f}; converged: {fit.converged} ({fit.message})")
-    print(f"  wall time {wall:.1f} s (compile included; target <= 600 s on 2 CPU cores: "
-          f"{'met' if wall <= 600 else 'NOT met'})")
-    return {"wall_s": wall, "converged": fit.converged, "theta": fit.theta, "omega": fit.omega_variances(),
-            "sigma": fit.sigma, "times": fit.times}
+    print(
+        f"  wall time {wall:.1f} s (compile included; target <= 600 s on 2 CPU cores: "
+        f"{'met' if wall <= 600 else 'NOT met'})"
+    )
+    return {
+        "wall_s": wall,
+        "converged": fit.converged,
+        "theta": fit.theta,
+        "omega": fit.omega_variances(),
+        "sigma": fit.sigma,
+        "times": fit.times,
+    }
 
 
 def main(argv=None) -> dict:
@@ -220,8 +264,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--cart-subjects", type=int, default=1000)
     ap.add_argument("--json", default=None, help="write the results as JSON")
     args = ap.parse_args(argv)
-    print(f"carkinetics {ck.__version__}, jax {jax.__version__}, device {jax.devices()[0].device_kind} "
-          f"({jax.default_backend()}), float64, {os.cpu_count()} CPU cores visible, {platform.processor() or '?'}")
+    print(
+        f"carkinetics {ck.__version__}, jax {jax.__version__}, device {jax.devices()[0].device_kind} "
+        f"({jax.default_backend()}), float64, {os.cpu_count()} CPU cores visible, {platform.processor() or '?'}"
+    )
     results: dict = {}
     model = OneCompartmentOralPK()
     real = ck.read_population_data(ck.example_data("theophylline"), model, time_unit="h")
@@ -236,14 +282,17 @@ def main(argv=None) -> dict:
         path = os.path.join(tmp, "synthetic.csv")
         _write_nonmem(sim, path)
         ours_n = _ours(sim)
-        res = _compare(f"{args.subjects} synthetic subjects drawn from the 12-subject estimates", ours_n,
-                       _nlme(path, args.repeats))
+        res = _compare(
+            f"{args.subjects} synthetic subjects drawn from the 12-subject estimates", ours_n, _nlme(path, args.repeats)
+        )
         truth = {"tka": ours["tka"], "tcl": ours["tcl"], "tv": ours["tv"]}
         print("  truth (the 12-subject estimates): " + ", ".join(f"{k} {v:.4f}" for k, v in truth.items()))
         if "speedup_cold" in res:
             met = res["speedup_cold"] >= 5.0
-            print(f"  target >= 5x faster than nlme, compile included: {'met' if met else 'NOT met'} "
-                  f"({res['speedup_cold']:.2f}x; warm {res['speedup_warm']:.2f}x)")
+            print(
+                f"  target >= 5x faster than nlme, compile included: {'met' if met else 'NOT met'} "
+                f"({res['speedup_cold']:.2f}x; warm {res['speedup_warm']:.2f}x)"
+            )
             res["target_met"] = met
         results[f"synthetic_{args.subjects}"] = res
     if args.cart:

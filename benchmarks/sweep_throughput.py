@@ -41,8 +41,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--chunk-sizes", type=_parse_ints, default=[128, 512], help="comma-separated chunk sizes")
     ap.add_argument("--devices", type=_parse_ints, default=None, help="device counts (default: 1 and all)")
     ap.add_argument("--host-devices", type=int, default=0, help="force this many CPU devices (XLA flag)")
-    ap.add_argument("--engine", choices=["ensemble", "vmap"], default="ensemble",
-                    help="ck.sweep_model engine: the batched solver (default) or jax.vmap of per-member diffrax")
+    ap.add_argument(
+        "--engine",
+        choices=["ensemble", "vmap"],
+        default="ensemble",
+        help="ck.sweep_model engine: the batched solver (default) or jax.vmap of per-member diffrax",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 members, chunk 32, one repeat, 1 device")
     ap.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     ap.add_argument("--repeats", type=int, default=3)
@@ -67,9 +71,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     devices = jax.devices()
     counts = args.devices or sorted({1, len(devices)})
-    print(f"jax {jax.__version__}, carkinetics {ck.__version__}, backend {jax.default_backend()}, devices "
-          f"{len(devices)} x {devices[0].device_kind}, dtype {args.dtype}, engine {args.engine}, members "
-          f"{args.members}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"jax {jax.__version__}, carkinetics {ck.__version__}, backend {jax.default_backend()}, devices "
+        f"{len(devices)} x {devices[0].device_kind}, dtype {args.dtype}, engine {args.engine}, members "
+        f"{args.members}, {time.strftime('%Y-%m-%d')}"
+    )
     if jax.default_backend() == "cpu":
         print(f"CPU cores visible: {os.cpu_count()} (timings on a shared machine are noisy)")
 
@@ -79,9 +85,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     n = args.members
 
     def draw(k):
-        return {"rho": float(model.get("rho")) * rng.lognormal(0.0, 0.2, k),
-                "kk": float(model.get("kk")) * rng.lognormal(0.0, 0.3, k),
-                "ppb": float(model.get("ppb")) * rng.lognormal(0.0, 0.3, k)}
+        return {
+            "rho": float(model.get("rho")) * rng.lognormal(0.0, 0.2, k),
+            "kk": float(model.get("kk")) * rng.lognormal(0.0, 0.3, k),
+            "ppb": float(model.get("ppb")) * rng.lognormal(0.0, 0.3, k),
+        }
 
     samples = draw(n)
     m = ck.metrics
@@ -89,9 +97,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def metrics(sol):
         o = sol.observables
         b = o.b_cells / o.b_cells[0]
-        return {"car_cmax": m.cmax(sol.ts, o.car_t), "car_tmax": m.tmax(sol.ts, o.car_t),
-                "car_auc": m.auc(sol.ts, o.car_t), "b_below_10pct_days": m.time_below(sol.ts, b, 0.1),
-                "ab_fold_d90": m.fold_change(sol.ts, o.autoantibody, 90.0, 0.0)}
+        return {
+            "car_cmax": m.cmax(sol.ts, o.car_t),
+            "car_tmax": m.tmax(sol.ts, o.car_t),
+            "car_auc": m.auc(sol.ts, o.car_t),
+            "b_below_10pct_days": m.time_below(sol.ts, b, 0.1),
+            "ab_fold_d90": m.fold_change(sol.ts, o.autoantibody, 90.0, 0.0),
+        }
 
     rows = []
     for d in counts:
@@ -99,8 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"skipping {d} devices: only {len(devices)} available")
             continue
         for c in args.chunk_sizes:
-            kw = dict(metrics=metrics, chunk_size=c, devices=None if d == 1 else d, progress=False,
-                      engine=args.engine)
+            kw = dict(metrics=metrics, chunk_size=c, devices=None if d == 1 else d, progress=False, engine=args.engine)
             one = {k: v[:c] for k, v in samples.items()}
             t0 = time.perf_counter()
             jax.block_until_ready(ck.sweep_model(model, None, ts, one, **kw).outputs)
@@ -116,11 +127,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
             best = min(timeit.repeat(run, number=1, repeat=args.repeats))
             r = res["r"]
-            row = {"devices": d, "chunk_size": r.chunk_size, "compile_s": max(first - again, 0.0), "sweep_s": best,
-                   "members_per_s": n / best, "failed": r.n_failed, "engine": r.engine}
+            row = {
+                "devices": d,
+                "chunk_size": r.chunk_size,
+                "compile_s": max(first - again, 0.0),
+                "sweep_s": best,
+                "members_per_s": n / best,
+                "failed": r.n_failed,
+                "engine": r.engine,
+            }
             rows.append(row)
-            print(f"devices {d:2d}  chunk {r.chunk_size:6d}  compile {row['compile_s']:7.2f} s  "
-                  f"sweep {best:8.3f} s  {row['members_per_s']:10.1f} members/s  failed {r.n_failed}")
+            print(
+                f"devices {d:2d}  chunk {r.chunk_size:6d}  compile {row['compile_s']:7.2f} s  "
+                f"sweep {best:8.3f} s  {row['members_per_s']:10.1f} members/s  failed {r.n_failed}"
+            )
     # Accuracy: the last sweep's metrics of 8 members against tight-tolerance single simulations.
     if rows:
         errs = {}
@@ -130,13 +150,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for k, v in ref.items():
                 e = abs(float(r.outputs[k][i]) - float(v)) / max(abs(float(v)), 1e-12)
                 errs[k] = max(errs.get(k, 0.0), e)
-        print("max relative error of the metrics vs rtol=1e-10 reference (8 members): "
-              + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
-    print("\n| engine | devices | members | chunk | compile (s) | sweep (s) | members/s | failed |\n"
-          "|---|---|---|---|---|---|---|---|")
+        print(
+            "max relative error of the metrics vs rtol=1e-10 reference (8 members): "
+            + ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
+        )
+    print(
+        "\n| engine | devices | members | chunk | compile (s) | sweep (s) | members/s | failed |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
     for row in rows:
-        print(f"| {row['engine']} | {row['devices']} | {n} | {row['chunk_size']} | {row['compile_s']:.2f} | "
-              f"{row['sweep_s']:.3f} | {row['members_per_s']:.1f} | {row['failed']} |")
+        print(
+            f"| {row['engine']} | {row['devices']} | {n} | {row['chunk_size']} | {row['compile_s']:.2f} | "
+            f"{row['sweep_s']:.3f} | {row['members_per_s']:.1f} | {row['failed']} |"
+        )
     return rows
 
 

@@ -45,8 +45,22 @@ ENGINES = ("ensemble", "vmap")
 DEFAULT_ARGS = ["--mouse", "mouse_nzbw", "--human", "human", "--samples", "0", "--quiet"]
 QUICK_ARGS = ["--no-scenarios", "--t-end", "180"]
 #: Columns of `TranslationMap.rows()` that are not the two presets' metric values.
-KNOWN_COLUMNS = {"metric", "unit", "group", "gap", "total_gap", "shapley", "share", "forward_swap", "reverse_swap",
-                 "lo", "hi", "rests_on_unverified", "unverified_tags", "unverified_parameters"}
+KNOWN_COLUMNS = {
+    "metric",
+    "unit",
+    "group",
+    "gap",
+    "total_gap",
+    "shapley",
+    "share",
+    "forward_swap",
+    "reverse_swap",
+    "lo",
+    "hi",
+    "rests_on_unverified",
+    "unverified_tags",
+    "unverified_parameters",
+}
 EXIT_PENDING = 2
 
 
@@ -71,8 +85,10 @@ def check_engine_flag(cmd: list[str]) -> None:
     if r.returncode != 0:
         _pending(f"`{shlex.join([*cmd, 'translate', '--help'])}` failed (exit {r.returncode}):\n{text[-2000:]}")
     if "--engine" not in text:
-        _pending("the installed `carkinetics translate` has no `--engine` option (the CLI is being rebuilt and will "
-                 "add `--engine ensemble|vmap`); this benchmark is pending until it does.")
+        _pending(
+            "the installed `carkinetics translate` has no `--engine` option (the CLI is being rebuilt and will "
+            "add `--engine ensemble|vmap`); this benchmark is pending until it does."
+        )
 
 
 def _pending(message: str) -> None:
@@ -88,8 +104,10 @@ def run_translate(cmd: list[str], engine: str, out: str, extra: list[str]) -> tu
     wall = time.perf_counter() - t
     if r.returncode != 0:
         print(r.stdout[-3000:] + r.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"translate_engines: `carkinetics translate --engine {engine}` failed with exit status "
-                         f"{r.returncode} after {wall:.1f} s (output above).")
+        raise SystemExit(
+            f"translate_engines: `carkinetics translate --engine {engine}` failed with exit status "
+            f"{r.returncode} after {wall:.1f} s (output above)."
+        )
     print(f"  {engine}: {wall:.1f} s", flush=True)
     return wall, r
 
@@ -128,8 +146,9 @@ def compare(a: dict, b: dict, tol: float) -> tuple[bool, list[str], dict[str, fl
             problems.append(f"{key}: different columns {sorted(set(ra) ^ set(rb))}")
             continue
         value_cols = [c for c in ra if c not in KNOWN_COLUMNS and _number(ra[c]) is not None]
-        scale = max([abs(_number(r[c]) or 0.0) for r in (ra, rb) for c in [*value_cols, "total_gap"] if c in r]
-                    + [1e-300])
+        scale = max(
+            [abs(_number(r[c]) or 0.0) for r in (ra, rb) for c in [*value_cols, "total_gap"] if c in r] + [1e-300]
+        )
         for col in ra:
             xa, xb = _number(ra[col]), _number(rb[col])
             if xa is None or xb is None or ra[col].strip().lower() in ("true", "false"):
@@ -143,15 +162,19 @@ def compare(a: dict, b: dict, tol: float) -> tuple[bool, list[str], dict[str, fl
             d = abs(xa - xb) / (1.0 if col == "share" else scale)
             worst[col] = max(worst.get(col, 0.0), d)
             if not d <= tol:
-                problems.append(f"{key} {col}: {xa:.6g} (ensemble) vs {xb:.6g} (vmap), difference {d:.2e} of "
-                                f"{'1 (share)' if col == 'share' else f'the metric scale {scale:.3g}'} > {tol:g}")
+                problems.append(
+                    f"{key} {col}: {xa:.6g} (ensemble) vs {xb:.6g} (vmap), difference {d:.2e} of "
+                    f"{'1 (share)' if col == 'share' else f'the metric scale {scale:.3g}'} > {tol:g}"
+                )
     return not problems, problems, worst
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                epilog="Arguments after `--` replace the default translate arguments "
-                                       f"({shlex.join(DEFAULT_ARGS)}); never pass --engine or --out there.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="Arguments after `--` replace the default translate arguments "
+        f"({shlex.join(DEFAULT_ARGS)}); never pass --engine or --out there.",
+    )
     p.add_argument("--repeats", type=int, default=1, help="runs per engine (minimum wall time reported)")
     p.add_argument("--tol", type=float, default=1e-3, help="agreement tolerance (relative to each metric's scale)")
     p.add_argument("--quick", action="store_true", help=f"add {shlex.join(QUICK_ARGS)} to the translate arguments")
@@ -188,19 +211,37 @@ def main(argv: list[str] | None = None) -> int:
     for e in ENGINES:
         print(f"| {e} | {best[e]:.1f} | {', '.join(f'{t:.1f}' for t in times[e])} |")
     print(f"vmap / ensemble: {ratio:.2f}x")
-    print(f"translation_map.csv: {len(tables['ensemble'])} rows; largest difference per numeric column "
-          f"(relative to the metric's scale; share absolute): "
-          + ", ".join(f"{c} {d:.1e}" for c, d in sorted(worst.items())))
+    print(
+        f"translation_map.csv: {len(tables['ensemble'])} rows; largest difference per numeric column "
+        f"(relative to the metric's scale; share absolute): "
+        + ", ".join(f"{c} {d:.1e}" for c, d in sorted(worst.items()))
+    )
     if ok:
         print(f"tables agree to {args.tol:g}")
     else:
-        print(f"tables DISAGREE (tolerance {args.tol:g}):\n  " + "\n  ".join(problems[:30])
-              + (f"\n  ... {len(problems) - 30} more" if len(problems) > 30 else ""))
+        print(
+            f"tables DISAGREE (tolerance {args.tol:g}):\n  "
+            + "\n  ".join(problems[:30])
+            + (f"\n  ... {len(problems) - 30} more" if len(problems) > 30 else "")
+        )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "command": [*cmd, "translate", *extra],
-                       "wall_s": times, "best_s": best, "ratio_vmap_over_ensemble": ratio, "tol": args.tol,
-                       "agree": ok, "max_scaled_diff": worst, "problems": problems, "out": outs}, fh, indent=1)
+            json.dump(
+                {
+                    "date": time.strftime("%Y-%m-%d"),
+                    "command": [*cmd, "translate", *extra],
+                    "wall_s": times,
+                    "best_s": best,
+                    "ratio_vmap_over_ensemble": ratio,
+                    "tol": args.tol,
+                    "agree": ok,
+                    "max_scaled_diff": worst,
+                    "problems": problems,
+                    "out": outs,
+                },
+                fh,
+                indent=1,
+            )
         print(f"wrote {args.json}")
     print(f"outputs in {root}")
     return 0 if ok else 1

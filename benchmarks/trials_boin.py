@@ -42,8 +42,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--t-end", type=float, default=200.0, help="horizon, days (default 200)")
     p.add_argument("--devices", type=int, default=2, help="CPU host devices for the pool solve (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats after the first call (default 3)")
-    p.add_argument("--accuracy-patients", type=int, default=32,
-                   help="patients re-solved at rtol = atol = 1e-9 for the accuracy check (0: skip; default 32)")
+    p.add_argument(
+        "--accuracy-patients",
+        type=int,
+        default=32,
+        help="patients re-solved at rtol = atol = 1e-9 for the accuracy check (0: skip; default 32)",
+    )
     p.add_argument("--quick", action="store_true", help="24 patients, 1,000 trials, one repeat, no accuracy solve")
     args = p.parse_args(argv)
     if args.quick:
@@ -81,49 +85,73 @@ def main(argv: list[str] | None = None) -> dict:
         return max(first - best, 0.0), best, out
 
     n_courses = args.patients * len(doses)
-    print(f"pool: {args.patients} patients x {len(doses)} doses = {n_courses} SLE courses, {args.t_end:g} days, "
-          f"{len(jax.devices())} host device(s)")
+    print(
+        f"pool: {args.patients} patients x {len(doses)} doses = {n_courses} SLE courses, {args.t_end:g} days, "
+        f"{len(jax.devices())} host device(s)"
+    )
     c_pool, t_pool, pool = timed(pool_solve, args.repeats)
     rates = pool.rates()
-    print(f"  compile {c_pool:.1f} s, solve {t_pool:.2f} s ({1e3 * t_pool / n_courses:.2f} ms per course); "
-          f"{pool.n_failed} failed; DLT rate per dose {np.round(rates['DLT'], 3).tolist()}, "
-          f"remission {np.round(rates['remission m6'], 3).tolist()}")
+    print(
+        f"  compile {c_pool:.1f} s, solve {t_pool:.2f} s ({1e3 * t_pool / n_courses:.2f} ms per course); "
+        f"{pool.n_failed} failed; DLT rate per dose {np.round(rates['DLT'], 3).tolist()}, "
+        f"remission {np.round(rates['remission m6'], 3).tolist()}"
+    )
 
     design = ct.BOIN(target=0.3)
     key = jax.random.key(1)
 
     def trials():
-        return run_model_trial(pool, design, n_trials=args.trials, key=key, cohort_size=3,
-                               n_cohorts=args.cohorts).oc
+        return run_model_trial(pool, design, n_trials=args.trials, key=key, cohort_size=3, n_cohorts=args.cohorts).oc
 
     c_tr, t_tr, oc = timed(trials, args.repeats)
-    print(f"trials: {args.trials} BOIN trials x {3 * args.cohorts} patients: compile {c_tr:.1f} s, run {t_tr:.3f} s "
-          f"({1e6 * t_tr / args.trials:.1f} us per trial)")
+    print(
+        f"trials: {args.trials} BOIN trials x {3 * args.cohorts} patients: compile {c_tr:.1f} s, run {t_tr:.3f} s "
+        f"({1e6 * t_tr / args.trials:.1f} us per trial)"
+    )
     print(oc.summary())
     total = t_pool + t_tr
     print(f"TOTAL (pool solve + trials, compile excluded): {total:.1f} s; with compile {total + c_pool + c_tr:.1f} s")
 
-    result = {"patients": args.patients, "doses": doses, "trials": args.trials, "compile_pool_s": c_pool,
-              "pool_s": t_pool, "compile_trials_s": c_tr, "trials_s": t_tr, "total_s": total}
-    ref = ct.operating_characteristics(design, true_dlt=rates["DLT"], n_trials=args.trials, cohort_size=3,
-                                       n_cohorts=args.cohorts, key=jax.random.key(2))
+    result = {
+        "patients": args.patients,
+        "doses": doses,
+        "trials": args.trials,
+        "compile_pool_s": c_pool,
+        "pool_s": t_pool,
+        "compile_trials_s": c_tr,
+        "trials_s": t_tr,
+        "total_s": total,
+    }
+    ref = ct.operating_characteristics(
+        design,
+        true_dlt=rates["DLT"],
+        n_trials=args.trials,
+        cohort_size=3,
+        n_cohorts=args.cohorts,
+        key=jax.random.key(2),
+    )
     a, b = np.asarray(oc.selection_probability), np.asarray(ref.selection_probability)
     se = np.sqrt(np.maximum(a * (1 - a) + b * (1 - b), 1e-12) / args.trials)
     result["resampled_vs_bernoulli_se"] = float(np.max(np.abs(a - b) / se))
-    print(f"accuracy: resampled vs Bernoulli selection probabilities, max |diff| = "
-          f"{result['resampled_vs_bernoulli_se']:.2f} standard errors")
+    print(
+        f"accuracy: resampled vs Bernoulli selection probabilities, max |diff| = "
+        f"{result['resampled_vs_bernoulli_se']:.2f} standard errors"
+    )
     if args.accuracy_patients > 0:
         k = min(args.accuracy_patients, args.patients)
-        sub = ck.Population(samples={n: v[:k] for n, v in pop.samples.items()}, covariates={}, eta=pop.eta[:k],
-                            names=pop.names)
+        sub = ck.Population(
+            samples={n: v[:k] for n, v in pop.samples.items()}, covariates={}, eta=pop.eta[:k], names=pop.names
+        )
         tight = simulate_dose_outcomes(model, doses, population=sub, t_end=args.t_end, rtol=1e-9, atol=1e-9)
         grade = pool.endpoints["CRS grade"][:, :k]
         result["crs_index_max_abs_err"] = float(np.max(np.abs(grade - tight.endpoints["CRS grade"])))
         result["dlt_flags_differ"] = int(np.sum(pool.dlt[:, :k] != tight.dlt))
         result["remission_flags_differ"] = int(np.sum(pool.remission[:, :k] != tight.remission))
-        print(f"accuracy: {k} patients x {len(doses)} doses against rtol = atol = 1e-9: CRS index max |error| "
-              f"{result['crs_index_max_abs_err']:.2e}; DLT flags differing {result['dlt_flags_differ']}, remission "
-              f"flags differing {result['remission_flags_differ']}")
+        print(
+            f"accuracy: {k} patients x {len(doses)} doses against rtol = atol = 1e-9: CRS index max |error| "
+            f"{result['crs_index_max_abs_err']:.2e}; DLT flags differing {result['dlt_flags_differ']}, remission "
+            f"flags differing {result['remission_flags_differ']}"
+        )
     return result
 
 

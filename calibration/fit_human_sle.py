@@ -6,8 +6,8 @@ the fit file the shipped presets apply (`load_preset("human")` is the calibrated
 | kind | meaning |
 |---|---|
 | `sle` | typical SLE patient (preset `human`, Erlangen regimen, MB-CART19.1 1e6/kg): a statistic in the stage-2 loss |
-| `oncology` | oncology-like setting (preset `human_oncology`, tisa-cel 3.1e6/kg after the Kymriah ALL Flu/Cy): a statistic in the stage-1 loss |
-| `population` | a between-patient number (mean ± SD, proportion of patients): checked on the virtual population (`population_report.py`) |
+| `oncology` | oncology-like setting (`human_oncology`, tisa-cel 3.1e6/kg, Kymriah ALL Flu/Cy): stage-1 loss |
+| `population` | a between-patient number (mean ± SD, proportion): checked on the virtual population |
 | `input` | a number the model takes as a parameter or untreated state: checked directly |
 | `not_evaluable` | the model cannot produce it (the reason is stated) |
 
@@ -76,8 +76,13 @@ ONC_CELLS_PER_KG = 3.1e6
 T_END = {"sle": 250.0, "oncology": 365.0}
 #: Stein 2019 Table 1 [R]: typical value and IIV (omega^2 on the log scale) of the multiphasic shape; the
 #: between-patient 95 % range is typical x/÷ exp(1.96 omega).
-STEIN_IIV = {"fold_expansion": (3900.0, 2.4), "tmax": (9.3, 0.38), "contraction_rate": (0.16, 0.91),
-             "slow_fraction": (0.0079, 0.80), "persistence_rate": (0.0032, 0.86)}
+STEIN_IIV = {
+    "fold_expansion": (3900.0, 2.4),
+    "tmax": (9.3, 0.38),
+    "contraction_rate": (0.16, 0.91),
+    "slow_fraction": (0.0079, 0.80),
+    "persistence_rate": (0.0032, 0.86),
+}
 
 
 #: Model discrepancy (sd on the log scale) added to the RSE of each Stein 2019 typical value: the oncology-like
@@ -120,8 +125,13 @@ def _statistics():
     import carkinetics as ck
     from carkinetics.models.sle.metrics import stein_shape
 
-    units = {"tmax": "d", "fold_expansion": "1", "contraction_rate": "1/d", "persistence_rate": "1/d",
-             "slow_fraction": "1"}
+    units = {
+        "tmax": "d",
+        "fold_expansion": "1",
+        "contraction_rate": "1/d",
+        "persistence_rate": "1/d",
+        "slow_fraction": "1",
+    }
 
     class SteinShape(ck.AbstractStatistic):
         """One number of the Stein 2019 shape of `observable` (`carkinetics.models.sle.metrics.stein_shape`)."""
@@ -197,55 +207,127 @@ def targets() -> list[Target]:
     inf = math.inf
     return [
         # --- SLE, typical patient (stage 2) -----------------------------------------------------------------------
-        Target("mackensen2022_b_reappearance", "sle", ck.CrossingTime("b_blood", b, "up", t_start=1.0),
-               note="first up-crossing of 5 B cells/uL after day 1"),
-        Target("muller2024_b_aplasia", "sle", ck.TimeBelow("b_blood", b, t_start=0.0),
-               note="time below 5 B cells/uL from day 0"),
-        Target("mackensen2022_dsdna_seroconversion", "sle", ck.ValueAt("anti_dsdna_index", 91.0),
-               accept=(-inf, 1.0), error="upper_bound",
-               note="5/5 negative by ~3 months; typical patient: anti-dsDNA below its cutoff (index < 1) at day 91"),
+        Target(
+            "mackensen2022_b_reappearance",
+            "sle",
+            ck.CrossingTime("b_blood", b, "up", t_start=1.0),
+            note="first up-crossing of 5 B cells/uL after day 1",
+        ),
+        Target(
+            "muller2024_b_aplasia",
+            "sle",
+            ck.TimeBelow("b_blood", b, t_start=0.0),
+            note="time below 5 B cells/uL from day 0",
+        ),
+        Target(
+            "mackensen2022_dsdna_seroconversion",
+            "sle",
+            ck.ValueAt("anti_dsdna_index", 91.0),
+            accept=(-inf, 1.0),
+            error="upper_bound",
+            note="5/5 negative by ~3 months; typical patient: anti-dsDNA below its cutoff (index < 1) at day 91",
+        ),
         Target("mackensen2022_sledai_baseline", "sle", ck.ValueAt("sledai", -5.0), note="SLEDAI-2K at day -5"),
         Target("mackensen2022_sledai_3mo", "sle", ck.ValueAt("sledai", 91.0), note="SLEDAI-2K at day 91"),
-        Target("mackensen2022_doris_3mo", "sle", ck.ValueAt("sledai", 91.0), accept=(-inf, DORIS_SLEDAI),
-               error="upper_bound",
-               note="DORIS remission in 5/5 at 3 months; typical patient: clinical SLEDAI-2K 0 (index < 1) at day 91 "
-                    "[A: PGA and prednisolone not modelled]"),
-        Target("muller2024_crs_max_grade", "sle", ck.PeakHeight("crs_grade", t_start=0.0),
-               note="peak of the continuous ASTCT-like CRS index (integer part = grade)"),
+        Target(
+            "mackensen2022_doris_3mo",
+            "sle",
+            ck.ValueAt("sledai", 91.0),
+            accept=(-inf, DORIS_SLEDAI),
+            error="upper_bound",
+            note="DORIS remission in 5/5 at 3 months; typical patient: clinical SLEDAI-2K 0 (index < 1) at day 91 "
+            "[A: PGA and prednisolone not modelled]",
+        ),
+        Target(
+            "muller2024_crs_max_grade",
+            "sle",
+            ck.PeakHeight("crs_grade", t_start=0.0),
+            note="peak of the continuous ASTCT-like CRS index (integer part = grade)",
+        ),
         Target("erlangen_car_tmax", "sle", ck.PeakTime("car_blood", t_start=1.0), note="day of the blood CAR-T peak"),
-        Target("sle_car_peak_blood_vs_nhl", "sle", ck.PeakHeight("car_blood", t_start=1.0),
-               note="blood CAR-T peak (SLE expansion ~ B-NHL)"),
-        Target("kochenderfer2017_il15_tmax", "sle", ck.PeakTime("il15", t_start=-6.0), accept=(1.0, 3.0),
-               note="day of the IL-15 peak after Flu/Cy; no spread reported: accepted within +/- 1 d (daily "
-                    "cytokine sampling) [A]; lymphoma Flu/Cy read in the SLE Flu/Cy setting"),
-        Target("igg_half_life_human", "sle", HalfLifeOfRate("igg_k_el", -6.0),
-               note="ln 2 / IgG elimination rate of the untreated patient"),
+        Target(
+            "sle_car_peak_blood_vs_nhl",
+            "sle",
+            ck.PeakHeight("car_blood", t_start=1.0),
+            note="blood CAR-T peak (SLE expansion ~ B-NHL)",
+        ),
+        Target(
+            "kochenderfer2017_il15_tmax",
+            "sle",
+            ck.PeakTime("il15", t_start=-6.0),
+            accept=(1.0, 3.0),
+            note="day of the IL-15 peak after Flu/Cy; no spread reported: accepted within +/- 1 d (daily "
+            "cytokine sampling) [A]; lymphoma Flu/Cy read in the SLE Flu/Cy setting",
+        ),
+        Target(
+            "igg_half_life_human",
+            "sle",
+            HalfLifeOfRate("igg_k_el", -6.0),
+            note="ln 2 / IgG elimination rate of the untreated patient",
+        ),
         Target("b_blood_reference_range", "sle", ck.ValueAt("b_blood", -6.0), note="untreated blood B cells"),
         Target("t_blood_reference_range", "sle", ck.ValueAt("t_blood", -6.0), note="untreated blood T cells"),
         # --- oncology-like setting (stage 1) ---------------------------------------------------------------------
         # the loss compares the typical value with a log-normal error (its RSE and the STEIN_DISCREPANCY of the
         # setting); a calibrated product must lie within the published between-patient range (typical x/÷
         # exp(1.96 omega), Stein 2019 IIV)
-        Target("stein2019_foldx", "oncology", SteinShape("car_blood", "fold_expansion"),
-               accept=stein_range("fold_expansion"), error="stein", note="Cmax / R0; accepted: between-patient range"),
-        Target("stein2019_tmax", "oncology", SteinShape("car_blood", "tmax"), accept=stein_range("tmax"),
-               error="stein", note="day of the peak; accepted: between-patient range"),
-        Target("stein2019_alpha", "oncology", SteinShape("car_blood", "contraction_rate"),
-               accept=stein_range("contraction_rate"), error="stein",
-               note="log-linear slope 3-14 d after Tmax; accepted: between-patient range"),
-        Target("stein2019_fb", "oncology", SteinShape("car_blood", "slow_fraction"), accept=stein_range("slow_fraction"),
-               error="stein",
-               note="persistence line back-extrapolated to Tmax over Cmax; accepted: between-patient range"),
-        Target("stein2019_beta", "oncology", SteinShape("car_blood", "persistence_rate"),
-               accept=stein_range("persistence_rate"), error="stein",
-               note="log-linear slope over days 90-365; accepted: between-patient range"),
-        Target("hill2019_total_igg_change", "oncology", RelativeChange("total_igg", 365.0, -6.0),
-               accept=(-0.275, -0.075), error=0.05,
-               note="oncology adults in durable CR (lasting B aplasia): total IgG change at 1 year; no spread "
-                    "reported: accepted within +/- 0.1 [A]"),
-        Target("hill2019_measles_igg_change", "oncology", RelativeChange("vaccine_igg", 365.0, -6.0),
-               accept=(-0.1, 0.1), error=0.05,
-               note="measles IgG unchanged (+1.2 %, seroprotection lost in 1 of 39): accepted within +/- 0.1 [A]"),
+        Target(
+            "stein2019_foldx",
+            "oncology",
+            SteinShape("car_blood", "fold_expansion"),
+            accept=stein_range("fold_expansion"),
+            error="stein",
+            note="Cmax / R0; accepted: between-patient range",
+        ),
+        Target(
+            "stein2019_tmax",
+            "oncology",
+            SteinShape("car_blood", "tmax"),
+            accept=stein_range("tmax"),
+            error="stein",
+            note="day of the peak; accepted: between-patient range",
+        ),
+        Target(
+            "stein2019_alpha",
+            "oncology",
+            SteinShape("car_blood", "contraction_rate"),
+            accept=stein_range("contraction_rate"),
+            error="stein",
+            note="log-linear slope 3-14 d after Tmax; accepted: between-patient range",
+        ),
+        Target(
+            "stein2019_fb",
+            "oncology",
+            SteinShape("car_blood", "slow_fraction"),
+            accept=stein_range("slow_fraction"),
+            error="stein",
+            note="persistence line back-extrapolated to Tmax over Cmax; accepted: between-patient range",
+        ),
+        Target(
+            "stein2019_beta",
+            "oncology",
+            SteinShape("car_blood", "persistence_rate"),
+            accept=stein_range("persistence_rate"),
+            error="stein",
+            note="log-linear slope over days 90-365; accepted: between-patient range",
+        ),
+        Target(
+            "hill2019_total_igg_change",
+            "oncology",
+            RelativeChange("total_igg", 365.0, -6.0),
+            accept=(-0.275, -0.075),
+            error=0.05,
+            note="oncology adults in durable CR (lasting B aplasia): total IgG change at 1 year; no spread "
+            "reported: accepted within +/- 0.1 [A]",
+        ),
+        Target(
+            "hill2019_measles_igg_change",
+            "oncology",
+            RelativeChange("vaccine_igg", 365.0, -6.0),
+            accept=(-0.1, 0.1),
+            error=0.05,
+            note="measles IgG unchanged (+1.2 %, seroprotection lost in 1 of 39): accepted within +/- 0.1 [A]",
+        ),
         # --- checks of the oncology-like shape not in the loss (algebraic duplicates of rows above) --------------
         Target("stein2019_doubling_time", "check", None, note="= ln2 Tmax / ln(foldx): checked via foldx and Tmax"),
         Target("stein2019_contraction_half_life", "check", None, note="= ln2 / alpha: checked via alpha"),
@@ -254,38 +336,60 @@ def targets() -> list[Target]:
         Target("mackensen2022_crs_grade1_pop", "population", note="mackensen2022_crs_grade1: 3/5 grade 1"),
         Target("muller2024_crs_grade1_pop", "population", note="muller2024_crs_grade1: 10/15 grade 1"),
         Target("muller2024_crs_grade2_pop", "population", note="muller2024_crs_grade2: 1/15 grade 2"),
-        Target("feng2025_crs_grade1_pop", "population",
-               note="feng2025_crs_grade1: 86.7 % grade 1 with the CD19+BCMA co-infusion product"),
+        Target(
+            "feng2025_crs_grade1_pop",
+            "population",
+            note="feng2025_crs_grade1: 86.7 % grade 1 with the CD19+BCMA co-infusion product",
+        ),
         # --- model inputs ------------------------------------------------------------------------------------------
         Target("macallan2005_b_turnover_naive", "input", note="= bcell.d_naive (tag R)"),
-        Target("macallan2005_b_turnover_total", "input",
-               note="turnover of the untreated blood B pool (naive, memory, autoreactive), weighted by pool size"),
+        Target(
+            "macallan2005_b_turnover_total",
+            "input",
+            note="turnover of the untreated blood B pool (naive, memory, autoreactive), weighted by pool size",
+        ),
         # --- not evaluable -----------------------------------------------------------------------------------------
-        Target("cambridge2006_dsdna_rtx", "not_evaluable",
-               note="SLE after rituximab: the model has no anti-CD20 antibody arm (its PK and the incomplete "
-                    "depletion of tissue B cells are not modelled)"),
-        Target("stein2019_cmax", "not_evaluable",
-               note="copies/ug gDNA: the model counts cells/uL (copies per cell and DNA per uL of blood are not "
-                    "modelled); the fold expansion is its unit-free counterpart"),
-        Target("kochenderfer2017_tmax", "not_evaluable",
-               note="lymphoma, CD28 product: not the oncology-like setting (B-ALL, 4-1BB); its range feeds the SLE "
-                    "peak target sle_car_peak_blood_vs_nhl"),
+        Target(
+            "cambridge2006_dsdna_rtx",
+            "not_evaluable",
+            note="SLE after rituximab: the model has no anti-CD20 antibody arm (its PK and the incomplete "
+            "depletion of tissue B cells are not modelled)",
+        ),
+        Target(
+            "stein2019_cmax",
+            "not_evaluable",
+            note="copies/ug gDNA: the model counts cells/uL (copies per cell and DNA per uL of blood are not "
+            "modelled); the fold expansion is its unit-free counterpart",
+        ),
+        Target(
+            "kochenderfer2017_tmax",
+            "not_evaluable",
+            note="lymphoma, CD28 product: not the oncology-like setting (B-ALL, 4-1BB); its range feeds the SLE "
+            "peak target sle_car_peak_blood_vs_nhl",
+        ),
         Target("kochenderfer2017_peak_remitters", "not_evaluable", note="as kochenderfer2017_tmax"),
         Target("kochenderfer2017_peak_nonremitters", "not_evaluable", note="as kochenderfer2017_tmax"),
-        Target("kimmel2021_axicel_d7", "not_evaluable", note="axi-cel (CD28) in lymphoma: not the oncology-like setting"),
+        Target(
+            "kimmel2021_axicel_d7", "not_evaluable", note="axi-cel (CD28) in lymphoma: not the oncology-like setting"
+        ),
         Target("kimmel2021_axicel_d14", "not_evaluable", note="as kimmel2021_axicel_d7"),
         Target("kimmel2021_axicel_d28", "not_evaluable", note="as kimmel2021_axicel_d7"),
         Target("kimmel2021_axicel_d90", "not_evaluable", note="as kimmel2021_axicel_d7"),
-        Target("porter2011_marrow_half_life", "not_evaluable",
-               note="marrow (not blood) CAR-T decay in one CLL patient: no marrow compartment in the model"),
+        Target(
+            "porter2011_marrow_half_life",
+            "not_evaluable",
+            note="marrow (not blood) CAR-T decay in one CLL patient: no marrow compartment in the model",
+        ),
     ]
 
 
 #: The population rows above read these rows of the target file (target id in the file).
-POPULATION_ROWS = {"mackensen2022_crs_grade1_pop": "mackensen2022_crs_grade1",
-                   "muller2024_crs_grade1_pop": "muller2024_crs_grade1",
-                   "muller2024_crs_grade2_pop": "muller2024_crs_grade2",
-                   "feng2025_crs_grade1_pop": "feng2025_crs_grade1"}
+POPULATION_ROWS = {
+    "mackensen2022_crs_grade1_pop": "mackensen2022_crs_grade1",
+    "muller2024_crs_grade1_pop": "muller2024_crs_grade1",
+    "muller2024_crs_grade2_pop": "muller2024_crs_grade2",
+    "feng2025_crs_grade1_pop": "feng2025_crs_grade1",
+}
 
 
 def row_ids() -> set[str]:
@@ -332,8 +436,14 @@ def bound_targets(kind: str, model):
             hi = t.accept[1]
             sd = 0.1 * abs(hi)
             err = ck.CensoredError(ck.NormalError(sd), lloq=hi)
-            tg = ck.SummaryData(t.statistic, hi, err, t.target_id, t.statistic.unit(
-                model.observable_units[t.statistic.observable]), (-math.inf, hi))
+            tg = ck.SummaryData(
+                t.statistic,
+                hi,
+                err,
+                t.target_id,
+                t.statistic.unit(model.observable_units[t.statistic.observable]),
+                (-math.inf, hi),
+            )
         else:
             if t.error == "stein":
                 err = ck.LogNormalError(math.hypot(row.spread / 100.0, STEIN_DISCREPANCY))
@@ -358,8 +468,16 @@ def build_problem(kind: str = "sle", model=None, *, priors: Any = "tags", estima
     if kind == "oncology" and priors == "tags":
         tags = ck.parameters(model)
         priors = {n: STAGE1_PRIOR_SD.get(n, ck.PRIOR_SD[tags[n].info.tag]) for n in names}
-    return ck.CalibrationProblem(model, regimen, bound_targets(kind, model), names, priors=priors, grid=grid,
-                                 solver=ck.EnsembleRodas5(), max_steps=20_000)
+    return ck.CalibrationProblem(
+        model,
+        regimen,
+        bound_targets(kind, model),
+        names,
+        priors=priors,
+        grid=grid,
+        solver=ck.EnsembleRodas5(),
+        max_steps=20_000,
+    )
 
 
 def target_table(problem, z):
@@ -394,7 +512,6 @@ def untreated_b_turnover(model) -> float:
 def run_stage(problem, *, n_starts, adam, lbfgs, seed, profiles, profile_steps, label, out_dir, plot_fit):
     """Fit, Laplace, profiles; prints and writes the stage's report. Returns (fit, laplace, profiles, rows)."""
     import jax
-    import numpy as np
 
     import carkinetics as ck
 
@@ -422,9 +539,21 @@ def run_stage(problem, *, n_starts, adam, lbfgs, seed, profiles, profile_steps, 
     rows, md = target_table(problem, res.z)
     print(md)
     with open(os.path.join(out_dir, f"report_{label}.md"), "w") as fh:
-        fh.write(f"# {label}\n\n" + res.convergence_report() + "\n\n" + res.parameter_table(lap.sd_z) + "\n\n"
-                 + lap.table() + "\n\n" + md + "\n\n" + "\n".join(p.summary() for p in profs) + "\n\n"
-                 + "\n".join(f"- {m}" for m in lap.warnings) + "\n")
+        fh.write(
+            f"# {label}\n\n"
+            + res.convergence_report()
+            + "\n\n"
+            + res.parameter_table(lap.sd_z)
+            + "\n\n"
+            + lap.table()
+            + "\n\n"
+            + md
+            + "\n\n"
+            + "\n".join(p.summary() for p in profs)
+            + "\n\n"
+            + "\n".join(f"- {m}" for m in lap.warnings)
+            + "\n"
+        )
     if plot_fit:
         import carkinetics.plot as ckplot
 
@@ -446,8 +575,11 @@ def plot_trajectories(problems_and_z, path):
     fig, axes = plt.subplots(2, 4, figsize=(18, 7.5))
     for row, (label, problem, z) in zip(axes, problems_and_z):
         names = problem.model.observable_names()
-        for ax, obs, log in zip(row, ("car_blood", "b_blood", "sledai" if label == "sle" else "total_igg",
-                                      "crs_grade"), (True, True, False, False)):
+        for ax, obs, log in zip(
+            row,
+            ("car_blood", "b_blood", "sledai" if label == "sle" else "total_igg", "crs_grade"),
+            (True, True, False, False),
+        ):
             i = names.index(obs)
             for zz, lab, st in ((problem.z0, "prior (hand-set)", "--"), (z, "fitted", "-")):
                 s = problem.simulate(zz)
@@ -472,8 +604,10 @@ def _convergence_note(label, res) -> str:
 
     g = np.asarray(res.grad_norms)
     state = "converged" if res.success else "NOT CONVERGED (best start failed the gtol/ftol criteria of ck.fit)"
-    return (f"{label} {state}: {int(np.sum(np.asarray(res.converged)))}/{g.size} starts converged, {res.n_agree} "
-            f"within ftol of the best loss {float(res.loss):.6g}, best |grad| {float(g[res.best]):.3g}")
+    return (
+        f"{label} {state}: {int(np.sum(np.asarray(res.converged)))}/{g.size} starts converged, {res.n_agree} "
+        f"within ftol of the best loss {float(res.loss):.6g}, best |grad| {float(g[res.best]):.3g}"
+    )
 
 
 def dry_run(seed: int = 0) -> int:
@@ -491,8 +625,10 @@ def dry_run(seed: int = 0) -> int:
         lossgrad = jax.jit(jax.value_and_grad(lambda z, p=problem: jnp.sum(p.ensemble_losses(z))))
         t0 = time.perf_counter()
         loss, grad = jax.block_until_ready(lossgrad(starts))
-        print(f"[{kind}] batched loss + gradient at 2 starts: {float(loss):.6g}, |grad| "
-              f"{float(jnp.linalg.norm(grad)):.3g}; {time.perf_counter() - t0:.1f} s with compilation")
+        print(
+            f"[{kind}] batched loss + gradient at 2 starts: {float(loss):.6g}, |grad| "
+            f"{float(jnp.linalg.norm(grad)):.3g}; {time.perf_counter() - t0:.1f} s with compilation"
+        )
         print(target_table(problem, problem.z0)[1])
         ok = ok and bool(np.isfinite(float(loss)))
     return 0 if ok else 1
@@ -501,8 +637,11 @@ def dry_run(seed: int = 0) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small budget (2 starts, short L-BFGS, 2 profiles)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="build both problems, one batched loss + gradient each, print the target tables")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build both problems, one batched loss + gradient each, print the target tables",
+    )
     parser.add_argument("--out-dir", default=os.path.join(HERE, "results", "human_sle"))
     parser.add_argument("--fit-file", default=FIT_FILE)
     parser.add_argument("--stage1-file", default=STAGE1_FILE)
@@ -533,58 +672,122 @@ def main(argv=None) -> int:
     # stage 1: the product's cellular kinetics in the oncology-like setting
     p1 = build_problem("oncology")
     prof1 = () if args.no_profiles else (STAGE1[:2] if args.quick else STAGE1)
-    res1, lap1, profs1, rows1 = run_stage(p1, n_starts=n_starts, adam=adam, lbfgs=lbfgs, seed=args.seed,
-                                          profiles=prof1, profile_steps=psteps, label="oncology",
-                                          out_dir=args.out_dir, plot_fit=True)
+    res1, lap1, profs1, rows1 = run_stage(
+        p1,
+        n_starts=n_starts,
+        adam=adam,
+        lbfgs=lbfgs,
+        seed=args.seed,
+        profiles=prof1,
+        profile_steps=psteps,
+        label="oncology",
+        out_dir=args.out_dir,
+        plot_fit=True,
+    )
     sd1 = {n: float(s) for n, s in zip(p1.names, np.asarray(lap1.sd))}
-    ck.save_fit(args.stage1_file, res1, data_files=[target_file("oncology_ck"), target_file("human")], sd=sd1,
-                script=script,
-                notes=("Stage 1 of the human SLE calibration: the cellular kinetics of the 4-1BB murine-scFv CD19 "
-                       "product in the oncology-like setting (preset human_oncology, tisa-cel 3.1e6/kg after Flu 30 "
-                       "x 4 + Cy 500 x 2), fitted to Stein 2019 and Hill 2019. Its values and Laplace sds are the "
-                       "priors of stage 2 (human_sle.json); presets do not apply this file. "
-                       + _convergence_note("Stage 1", res1) + "."))
+    ck.save_fit(
+        args.stage1_file,
+        res1,
+        data_files=[target_file("oncology_ck"), target_file("human")],
+        sd=sd1,
+        script=script,
+        notes=(
+            "Stage 1 of the human SLE calibration: the cellular kinetics of the 4-1BB murine-scFv CD19 "
+            "product in the oncology-like setting (preset human_oncology, tisa-cel 3.1e6/kg after Flu 30 "
+            "x 4 + Cy 500 x 2), fitted to Stein 2019 and Hill 2019. Its values and Laplace sds are the "
+            "priors of stage 2 (human_sle.json); presets do not apply this file. "
+            + _convergence_note("Stage 1", res1)
+            + "."
+        ),
+    )
 
     # stage 2: SLE, product parameters with the stage-1 posterior as prior, host parameters with tag priors
     base, _, _ = setting("sle")
     model2 = base.replace(res1.values())
     tag_sd = {n: ck.PRIOR_SD[ck.parameters(base)[n].info.tag] for n in ESTIMATE}
-    priors = {n: (min(float(lap1.sd_z[list(p1.names).index(n)]), tag_sd[n]) if n in STAGE1 else tag_sd[n])
-              for n in ESTIMATE}
+    priors = {
+        n: (min(float(lap1.sd_z[list(p1.names).index(n)]), tag_sd[n]) if n in STAGE1 else tag_sd[n]) for n in ESTIMATE
+    }
     p2 = build_problem("sle", model2, priors=priors)
     prof2 = () if args.no_profiles else (HOST[:2] if args.quick else ESTIMATE)
-    res2, lap2, profs2, rows2 = run_stage(p2, n_starts=n_starts, adam=adam, lbfgs=lbfgs, seed=args.seed + 1,
-                                          profiles=prof2, profile_steps=psteps, label="sle", out_dir=args.out_dir,
-                                          plot_fit=True)
+    res2, lap2, profs2, rows2 = run_stage(
+        p2,
+        n_starts=n_starts,
+        adam=adam,
+        lbfgs=lbfgs,
+        seed=args.seed + 1,
+        profiles=prof2,
+        profile_steps=psteps,
+        label="sle",
+        out_dir=args.out_dir,
+        plot_fit=True,
+    )
     sd2 = {n: float(s) for n, s in zip(p2.names, np.asarray(lap2.sd))}
     uninformed = [n for n in p2.names if any(f"{n!r} is not informed" in m for m in lap2.warnings)]
     flags = {p.name: p.identifiable for p in profs2}
     hits = sum(r[4] for r in rows1 + rows2)
-    ck.save_fit(args.fit_file, res2, data_files=[target_file("human"), target_file("oncology_ck")], sd=sd2,
-                script=script,
-                notes=("Human SLE calibration of SLECarTModel (v2), stage 2 of 2: typical SLE patient, Erlangen "
-                       "regimen, MB-CART19.1 1e6/kg. Prior centres of " + ", ".join(STAGE1) + " are the stage-1 "
-                       "values (fits/human_oncology_ck.json: Stein 2019 shape in the oncology-like setting) with the "
-                       "stage-1 Laplace sd as prior sd (unconstrained scale); the other parameters have the tag "
-                       "priors (ck.PRIOR_SD). Profile identifiability: "
-                       + (", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in flags.items()) or "not run")
-                       + ". Laplace: not informed by the SLE data: " + (", ".join(uninformed) or "none")
-                       + f". Typical-patient targets hit within their accepted interval: {hits}/{len(rows1 + rows2)}"
-                       + ". " + _convergence_note("stage 1", res1) + "; " + _convergence_note("stage 2", res2) + "."))
+    ck.save_fit(
+        args.fit_file,
+        res2,
+        data_files=[target_file("human"), target_file("oncology_ck")],
+        sd=sd2,
+        script=script,
+        notes=(
+            "Human SLE calibration of SLECarTModel (v2), stage 2 of 2: typical SLE patient, Erlangen "
+            "regimen, MB-CART19.1 1e6/kg. Prior centres of " + ", ".join(STAGE1) + " are the stage-1 "
+            "values (fits/human_oncology_ck.json: Stein 2019 shape in the oncology-like setting) with the "
+            "stage-1 Laplace sd as prior sd (unconstrained scale); the other parameters have the tag "
+            "priors (ck.PRIOR_SD). Profile identifiability: "
+            + (", ".join(f"{k}={'yes' if v else 'NO'}" for k, v in flags.items()) or "not run")
+            + ". Laplace: not informed by the SLE data: "
+            + (", ".join(uninformed) or "none")
+            + f". Typical-patient targets hit within their accepted interval: {hits}/{len(rows1 + rows2)}"
+            + ". "
+            + _convergence_note("stage 1", res1)
+            + "; "
+            + _convergence_note("stage 2", res2)
+            + "."
+        ),
+    )
     summary = {
-        "targets": [{"target_id": r[0], "setting": s, "model": r[1], "published": r[2], "interval": list(r[3]),
-                     "hit": bool(r[4]), "unit": r[5]} for s, rr in (("oncology", rows1), ("sle", rows2)) for r in rr],
-        "stage1": {"values": res1.values(), "sd": sd1, "loss": float(res1.loss), "converged": res1.success,
-                   "laplace_warnings": list(lap1.warnings), "profiles": [p.summary() for p in profs1]},
-        "stage2": {"values": res2.values(), "sd": sd2, "loss": float(res2.loss), "converged": res2.success,
-                   "prior_sd_z": priors, "laplace_not_informed": uninformed,
-                   "laplace_warnings": list(lap2.warnings), "profiles": [p.summary() for p in profs2],
-                   "profile_not_identifiable": [p.name for p in profs2 if not p.identifiable]},
+        "targets": [
+            {
+                "target_id": r[0],
+                "setting": s,
+                "model": r[1],
+                "published": r[2],
+                "interval": list(r[3]),
+                "hit": bool(r[4]),
+                "unit": r[5],
+            }
+            for s, rr in (("oncology", rows1), ("sle", rows2))
+            for r in rr
+        ],
+        "stage1": {
+            "values": res1.values(),
+            "sd": sd1,
+            "loss": float(res1.loss),
+            "converged": res1.success,
+            "laplace_warnings": list(lap1.warnings),
+            "profiles": [p.summary() for p in profs1],
+        },
+        "stage2": {
+            "values": res2.values(),
+            "sd": sd2,
+            "loss": float(res2.loss),
+            "converged": res2.success,
+            "prior_sd_z": priors,
+            "laplace_not_informed": uninformed,
+            "laplace_warnings": list(lap2.warnings),
+            "profiles": [p.summary() for p in profs2],
+            "profile_not_identifiable": [p.name for p in profs2 if not p.identifiable],
+        },
     }
     with open(os.path.join(args.out_dir, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
-    plot_trajectories([("oncology", p1, res1.z), ("sle", p2, res2.z)],
-                      os.path.join(args.out_dir, "fit_trajectories.png"))
+    plot_trajectories(
+        [("oncology", p1, res1.z), ("sle", p2, res2.z)], os.path.join(args.out_dir, "fit_trajectories.png")
+    )
     print(f"wrote {args.stage1_file}, {args.fit_file} and the reports in {args.out_dir}")
     return 0 if all(r[4] for r in rows1 + rows2) and res1.success and res2.success else 1
 

@@ -46,7 +46,6 @@ T_END = 400.0
 STRAINS = {"mouse_nzbw": "nzbw", "mouse_mrl_lpr": "mrl"}
 
 
-
 def __getattr__(name):
     """`DATA`: the path of the installed target file (`target_file("mouse")`; its source is
     `calibration/data/`), resolved on first use so that importing this script does not import carkinetics."""
@@ -55,6 +54,7 @@ def __getattr__(name):
 
         return target_file("mouse")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 def target_spec(strain: str, b_threshold: float):
     import carkinetics as ck
@@ -82,8 +82,15 @@ def build_problem(strain: str):
     targets = [ck.summary_target(table[tid], stat, model) for tid, stat in target_spec(strain, b_threshold)]
     priors = {n: ck.PRIOR_SD[records[n].tag] for n in ESTIMATE}  # the preset's tags, not the class defaults'
     grid = np.concatenate([np.arange(-2.0, 30.0, 0.5), np.arange(30.0, T_END + 1.0, 4.0)])
-    return ck.CalibrationProblem(model, mouse_regimen(model, cells=1e6, tbi_fraction=0.9), targets, list(ESTIMATE),
-                                 priors=priors, grid=grid, max_steps=20_000)
+    return ck.CalibrationProblem(
+        model,
+        mouse_regimen(model, cells=1e6, tbi_fraction=0.9),
+        targets,
+        list(ESTIMATE),
+        priors=priors,
+        grid=grid,
+        max_steps=20_000,
+    )
 
 
 def dry_run(problem, strain: str, seed: int = 0) -> int:
@@ -94,32 +101,42 @@ def dry_run(problem, strain: str, seed: int = 0) -> int:
 
     import carkinetics as ck
 
-    print(f"[{strain}] problem: {len(problem.targets)} targets, estimate {list(problem.names)}, {problem.ts.size} grid "
-          f"times from day {float(problem.ts[0]):g} to {float(problem.ts[-1]):g}, ensemble method "
-          f"{type(problem.ensemble_solver()).__name__}")
+    print(
+        f"[{strain}] problem: {len(problem.targets)} targets, estimate {list(problem.names)}, {problem.ts.size} grid "
+        f"times from day {float(problem.ts[0]):g} to {float(problem.ts[-1]):g}, ensemble method "
+        f"{type(problem.ensemble_solver()).__name__}"
+    )
     starts = ck.make_starts(problem, jax.random.key(seed), 2, scale=0.3)
     lossgrad = jax.jit(jax.value_and_grad(lambda z: jnp.sum(problem.ensemble_losses(z))))
     t0 = time.perf_counter()
     loss, grad = jax.block_until_ready(lossgrad(starts))
-    print(f"[{strain}] batched loss + gradient at 2 starts: loss {float(loss):.6g}, |grad| "
-          f"{float(jnp.linalg.norm(grad)):.3g} ({time.perf_counter() - t0:.1f} s with compile)")
+    print(
+        f"[{strain}] batched loss + gradient at 2 starts: loss {float(loss):.6g}, |grad| "
+        f"{float(jnp.linalg.norm(grad)):.3g} ({time.perf_counter() - t0:.1f} s with compile)"
+    )
     t0 = time.perf_counter()
     res = ck.fit(problem, starts=starts, adam_steps=0, lbfgs_steps=2)
     preds = [float(np.asarray(p)) for p in problem.predictions(res.z)]
-    print(f"[{strain}] ck.fit, 2 starts x 2 L-BFGS steps (engine {res.engine}): {time.perf_counter() - t0:.1f} s, "
-          f"best loss {float(res.loss):.6g}; predictions " +
-          ", ".join(f"{tg.target_id} {p:.4g} d" for tg, p in zip(problem.targets, preds)))
+    print(
+        f"[{strain}] ck.fit, 2 starts x 2 L-BFGS steps (engine {res.engine}): {time.perf_counter() - t0:.1f} s, "
+        f"best loss {float(res.loss):.6g}; predictions "
+        + ", ".join(f"{tg.target_id} {p:.4g} d" for tg, p in zip(problem.targets, preds))
+    )
     return 0 if np.isfinite(float(res.loss)) else 1
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small budget (1 start, short L-BFGS, 1 profile)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="build the problems, time one batched loss + gradient and two L-BFGS steps from two "
-                             "starts; writes nothing")
-    parser.add_argument("--strain", choices=sorted(STRAINS), action="append",
-                        help="fit only this strain (repeatable); default both")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build the problems, time one batched loss + gradient and two L-BFGS steps from two "
+        "starts; writes nothing",
+    )
+    parser.add_argument(
+        "--strain", choices=sorted(STRAINS), action="append", help="fit only this strain (repeatable); default both"
+    )
     parser.add_argument("--out-dir", default=os.path.join(HERE, "results", "mouse"))
     parser.add_argument("--fit-dir", default=os.path.join(HERE, "results", "mouse"))
     parser.add_argument("--seed", type=int, default=0)
@@ -144,16 +161,18 @@ def main(argv=None) -> int:
         problem = build_problem(strain)
         n_starts, lbfgs = (1, 20) if args.quick else (4, 60)
         t0 = time.time()
-        res = ck.fit(problem, key=jax.random.key(args.seed), n_starts=n_starts, start_scale=0.3, adam_steps=0,
-                     lbfgs_steps=lbfgs)
+        res = ck.fit(
+            problem, key=jax.random.key(args.seed), n_starts=n_starts, start_scale=0.3, adam_steps=0, lbfgs_steps=lbfgs
+        )
         print(f"[{strain}] fit: {time.time() - t0:.0f} s (shared, loaded machine)")
         print(res.convergence_report())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ck.IdentifiabilityWarning)
             lap = ck.laplace(res)
             names = ESTIMATE[:1] if args.quick else ESTIMATE
-            profiles = [ck.profile_likelihood(res, n, n_points=5, span=1.0, steps=30 if args.quick else 100)
-                        for n in names]
+            profiles = [
+                ck.profile_likelihood(res, n, n_points=5, span=1.0, steps=30 if args.quick else 100) for n in names
+            ]
         print(res.parameter_table(lap.sd_z))
         for w in caught:
             print("IdentifiabilityWarning:", w.message)
@@ -167,12 +186,19 @@ def main(argv=None) -> int:
         print(md)
         for p in profiles:
             print(p.summary())
-        ck.save_fit(os.path.join(args.fit_dir, f"{strain}.json"), res, data_files=[target_file("mouse")],
-                    script="calibration/fit_mouse.py" + (" --quick" if args.quick else ""),
-                    notes=f"{strain}: lower-bound targets only (censored likelihood); see the profiles.")
+        ck.save_fit(
+            os.path.join(args.fit_dir, f"{strain}.json"),
+            res,
+            data_files=[target_file("mouse")],
+            script="calibration/fit_mouse.py" + (" --quick" if args.quick else ""),
+            notes=f"{strain}: lower-bound targets only (censored likelihood); see the profiles.",
+        )
         with open(os.path.join(args.out_dir, f"report_{strain}.md"), "w") as fh:
-            fh.write(f"# {strain}\n\n{res.convergence_report()}\n\n{res.parameter_table(lap.sd_z)}\n\n{md}\n\n"
-                     + "\n".join(p.summary() for p in profiles) + "\n")
+            fh.write(
+                f"# {strain}\n\n{res.convergence_report()}\n\n{res.parameter_table(lap.sd_z)}\n\n{md}\n\n"
+                + "\n".join(p.summary() for p in profiles)
+                + "\n"
+            )
         sol = problem.simulate(res.z)
         ts = np.asarray(problem.ts)
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))

@@ -38,12 +38,21 @@ SUMMARY = os.path.join(HERE, "fits", "human_sle_report.md")
 T_END = 730.0
 #: Published between-patient figures (rows of human_sle_targets.csv): (target id, k, n).
 PROPORTIONS = {
-    "mackensen2022_crs_grade1": (3, 5), "muller2024_crs_grade1": (10, 15), "muller2024_crs_grade2": (1, 15),
-    "feng2025_crs_grade1": (13, 15), "mackensen2022_dsdna_seroconversion": (5, 5), "mackensen2022_doris_3mo": (5, 5),
+    "mackensen2022_crs_grade1": (3, 5),
+    "muller2024_crs_grade1": (10, 15),
+    "muller2024_crs_grade2": (1, 15),
+    "feng2025_crs_grade1": (13, 15),
+    "mackensen2022_dsdna_seroconversion": (5, 5),
+    "mackensen2022_doris_3mo": (5, 5),
 }
 #: Stein 2019 typical values and IIV (omega^2, log scale), Table 1 [R], as half-lives (ln 2 / rate: same omega).
-STEIN = {"tmax": (9.3, 0.38), "fold_expansion": (3900.0, 2.4), "contraction_half_life": (math.log(2) / 0.16, 0.91),
-         "persistence_half_life": (math.log(2) / 0.0032, 0.86), "slow_fraction": (0.0079, 0.80)}
+STEIN = {
+    "tmax": (9.3, 0.38),
+    "fold_expansion": (3900.0, 2.4),
+    "contraction_half_life": (math.log(2) / 0.16, 0.91),
+    "persistence_half_life": (math.log(2) / 0.0032, 0.86),
+    "slow_fraction": (0.0079, 0.80),
+}
 
 
 def _fit_script():
@@ -88,14 +97,18 @@ def typical_tables():
     table = load_sle_targets("human")
     r = table["macallan2005_b_turnover_naive"]
     v = float(model.bcell.d_naive)
-    rows.append(("input", r.target_id, v, r.value, (r.value, r.value), bool(np.isclose(v, r.value)), r.unit,
-                 notes[r.target_id]))
+    rows.append(
+        ("input", r.target_id, v, r.value, (r.value, r.value), bool(np.isclose(v, r.value)), r.unit, notes[r.target_id])
+    )
     r = table["macallan2005_b_turnover_total"]
     v = fh.untreated_b_turnover(model)
     lo, hi = r.interval()
     rows.append(("input", r.target_id, v, r.value, (lo, hi), lo <= v <= hi, r.unit, notes[r.target_id]))
-    return rows, [(t.target_id, t.note) for t in fh.targets() if t.kind == "not_evaluable"], \
-        [(t.target_id, t.note) for t in fh.targets() if t.kind == "check"]
+    return (
+        rows,
+        [(t.target_id, t.note) for t in fh.targets() if t.kind == "not_evaluable"],
+        [(t.target_id, t.note) for t in fh.targets() if t.kind == "check"],
+    )
 
 
 def stein_numbers():
@@ -111,10 +124,14 @@ def stein_numbers():
     ts = save_times(400.0)
     sol = ck.simulate(model, regimen, ts, solver=ck.EnsembleRodas5())
     s = {k: float(v) for k, v in stein_shape(sol.ts, sol.observables.car_blood).items()}
-    out = {"tmax": s["tmax"], "fold_expansion": s["fold_expansion"],
-           "contraction_half_life": math.log(2.0) / s["contraction_rate"],
-           "persistence_half_life": math.log(2.0) / s["persistence_rate"], "slow_fraction": s["slow_fraction"],
-           "cmax": s["cmax"]}
+    out = {
+        "tmax": s["tmax"],
+        "fold_expansion": s["fold_expansion"],
+        "contraction_half_life": math.log(2.0) / s["contraction_rate"],
+        "persistence_half_life": math.log(2.0) / s["persistence_rate"],
+        "slow_fraction": s["slow_fraction"],
+        "cmax": s["cmax"],
+    }
     out["in_range"] = {k: bool(stein_range(k)[1] <= out[k] <= stein_range(k)[2]) for k in STEIN}
     del np
     return out
@@ -153,9 +170,15 @@ def run_population(model, key, n, *, omega=None, product=None, bands=True):
     pop = sle_virtual_population(model, key, n, omega=omega)
     m = model if product is None else with_product(model, product)
     reg = erlangen_regimen(m, product=product) if product is not None else erlangen_regimen(m)
-    res = ck.sweep_model(m, reg, save_times(T_END), pop.samples,
-                         metrics=_metrics_with_bands if bands else population_metrics, chunk_size=min(512, n),
-                         progress=False)
+    res = ck.sweep_model(
+        m,
+        reg,
+        save_times(T_END),
+        pop.samples,
+        metrics=_metrics_with_bands if bands else population_metrics,
+        chunk_size=min(512, n),
+        progress=False,
+    )
     out = {k: np.asarray(v) for k, v in res.outputs.items()}
     out["ok"] = np.asarray(res.ok) if hasattr(res, "ok") else np.isfinite(out["B return"])
     return out, res.n_failed
@@ -171,11 +194,15 @@ def population_numbers(out):
     counts = np.bincount(np.clip(grade, 0, 4), minlength=5)
     n = int(ok.sum())
     return {
-        "n": n, "n_failed": int((~ok).sum()),
-        "b_return_mean": float(np.mean(ret)), "b_return_sd": float(np.std(ret, ddof=1)),
-        "b_return_median": float(np.median(ret)), "b_returned_fraction": float(returned.sum() / n),
+        "n": n,
+        "n_failed": int((~ok).sum()),
+        "b_return_mean": float(np.mean(ret)),
+        "b_return_sd": float(np.std(ret, ddof=1)),
+        "b_return_median": float(np.median(ret)),
+        "b_returned_fraction": float(returned.sum() / n),
         "b_depleted_fraction": float(np.mean(out["B depleted"][ok] > 0.5)),
-        "b_aplasia_mean": float(np.mean(out["B aplasia"][ok])), "b_aplasia_sd": float(np.std(out["B aplasia"][ok], ddof=1)),
+        "b_aplasia_mean": float(np.mean(out["B aplasia"][ok])),
+        "b_aplasia_sd": float(np.std(out["B aplasia"][ok], ddof=1)),
         "crs_grade_fractions": [float(c / n) for c in counts],
         "dsdna_negative_d91": float(np.mean(out["anti-dsDNA index d91"][ok] < 1.0)),
         "doris_d91": float(np.mean(out["SLEDAI d91"][ok] < 1.0)),
@@ -195,13 +222,16 @@ def tune(model, key, n):
     print("|---|---|---|---|---|---|---|---|---|")
     for w_rej in (0.1, 0.25, 0.4, 0.6):
         for w_cd40 in (0.0, 0.3, 0.6):
-            out, _ = run_population(model, key, n, omega=iiv_omega(rejection__r_exp=w_rej, myeloid__k_cd40=w_cd40),
-                                    bands=False)
+            out, _ = run_population(
+                model, key, n, omega=iiv_omega(rejection__r_exp=w_rej, myeloid__k_cd40=w_cd40), bands=False
+            )
             s = population_numbers(out)
             g = s["crs_grade_fractions"]
-            print(f"| {w_rej} | {w_cd40} | {s['b_return_mean']:.0f} | {s['b_return_sd']:.0f} | "
-                  f"{s['b_returned_fraction']:.2f} | {g[0]:.2f} | {g[1]:.2f} | {g[2]:.2f} | {sum(g[3:]):.2f} |",
-                  flush=True)
+            print(
+                f"| {w_rej} | {w_cd40} | {s['b_return_mean']:.0f} | {s['b_return_sd']:.0f} | "
+                f"{s['b_returned_fraction']:.2f} | {g[0]:.2f} | {g[1]:.2f} | {g[2]:.2f} | {sum(g[3:]):.2f} |",
+                flush=True,
+            )
 
 
 def plot_bands(out, path):
@@ -218,9 +248,13 @@ def plot_bands(out, path):
     ts = np.asarray(save_times(T_END))[band_index(np.asarray(save_times(T_END)).size)]
     ok = np.isfinite(out["B return"])
     fig, axes = plt.subplots(1, 5, figsize=(24, 4.2))
-    spec = [("car_blood", "CAR-T (cells/uL)", True, (0, 120)), ("b_blood", "B cells (cells/uL)", True, (0, T_END)),
-            ("crs_grade", "CRS index (ASTCT-like)", False, (0, 20)), ("sledai", "SLEDAI-2K", False, (0, T_END)),
-            ("anti_dsdna_index", "anti-dsDNA / cutoff", True, (0, 180))]
+    spec = [
+        ("car_blood", "CAR-T (cells/uL)", True, (0, 120)),
+        ("b_blood", "B cells (cells/uL)", True, (0, T_END)),
+        ("crs_grade", "CRS index (ASTCT-like)", False, (0, 20)),
+        ("sledai", "SLEDAI-2K", False, (0, T_END)),
+        ("anti_dsdna_index", "anti-dsDNA / cutoff", True, (0, 180)),
+    ]
     for ax, (name, label, log, xlim) in zip(axes, spec):
         v = out[f"traj {name}"][ok]
         p = ck.percentile_bands(v, (5, 25, 50, 75, 95))
@@ -235,12 +269,21 @@ def plot_bands(out, path):
         ax.set_xlabel("days after CAR-T infusion")
         ax.set_title(label, fontsize=10)
         if name == "car_blood":
-            ax.add_patch(plt.Rectangle((7.0, 15.0), 7.0, 83.0, fill=False, ec="C3", lw=1.5,
-                                       label="SLE peak 15-98/uL at day 7-14"))
+            ax.add_patch(
+                plt.Rectangle(
+                    (7.0, 15.0), 7.0, 83.0, fill=False, ec="C3", lw=1.5, label="SLE peak 15-98/uL at day 7-14"
+                )
+            )
         if name == "b_blood":
             ax.axhline(B_RETURN_PER_UL, color="0.4", ls=":", lw=1)
-            ax.errorbar([110.0], [B_RETURN_PER_UL], xerr=[[32.0], [32.0]], fmt="s", color="C3",
-                        label="B reappearance 110 +/- 32 d")
+            ax.errorbar(
+                [110.0],
+                [B_RETURN_PER_UL],
+                xerr=[[32.0], [32.0]],
+                fmt="s",
+                color="C3",
+                label="B reappearance 110 +/- 32 d",
+            )
             ax.axhspan(100.0, 500.0, color="C2", alpha=0.1, label="normal range 100-500/uL")
         if name == "crs_grade":
             for g in (1, 2):
@@ -270,8 +313,12 @@ def plot_distributions(out, path):
     ax = axes[0]
     ax.hist(ret, bins=40, density=True, color="C0", alpha=0.6, label=f"virtual population (n = {ret.size})")
     x = np.linspace(0, max(300.0, float(np.percentile(ret, 99))), 200)
-    ax.plot(x, np.exp(-0.5 * ((x - 110.0) / 32.0) ** 2) / (32.0 * math.sqrt(2 * math.pi)), "C3",
-            label="Mackensen 2022: 110 +/- 32 d (normal)")
+    ax.plot(
+        x,
+        np.exp(-0.5 * ((x - 110.0) / 32.0) ** 2) / (32.0 * math.sqrt(2 * math.pi)),
+        "C3",
+        label="Mackensen 2022: 110 +/- 32 d (normal)",
+    )
     ax.set_xlabel("B-cell reappearance (days after infusion)")
     ax.legend(fontsize=8)
     ax = axes[1]
@@ -292,73 +339,129 @@ def plot_distributions(out, path):
 
 def markdown(typical, not_eval, checks, stein, vp, vp_feng, fit_doc, fit_summary):
     """The committed summary (Markdown)."""
-    lines = ["# Human SLE calibration: the shipped default (`load_preset(\"human\")`)", "",
-             "Written by `calibration/population_report.py` from `fits/human_sle.json` (do not edit by hand). "
-             "Fit: `calibration/fit_human_sle.py`; the full report with figures: `calibration/results/` "
-             "(not committed).", "",
-             f"Fit date {fit_doc['provenance'].get('date')}, carkinetics {fit_doc['provenance'].get('carkinetics_version')}; "
-             "data: " + ", ".join(f"`{os.path.basename(d['path'])}` (sha256 {d['sha256'][:12]})"
-                                  for d in fit_doc["provenance"]["data"]) + ".", "",
-             "## Estimated parameters (tag F)", "",
-             "| parameter | fitted | sd (Laplace) | prior centre | tag of the prior | unit |", "|---|---|---|---|---|---|"]
+    lines = [
+        '# Human SLE calibration: the shipped default (`load_preset("human")`)',
+        "",
+        "Written by `calibration/population_report.py` from `fits/human_sle.json` (do not edit by hand). "
+        "Fit: `calibration/fit_human_sle.py`; the full report with figures: `calibration/results/` "
+        "(not committed).",
+        "",
+        f"Fit date {fit_doc['provenance'].get('date')}, "
+        f"carkinetics {fit_doc['provenance'].get('carkinetics_version')}; "
+        "data: "
+        + ", ".join(
+            f"`{os.path.basename(d['path'])}` (sha256 {d['sha256'][:12]})" for d in fit_doc["provenance"]["data"]
+        )
+        + ".",
+        "",
+        "## Estimated parameters (tag F)",
+        "",
+        "| parameter | fitted | sd (Laplace) | prior centre | tag of the prior | unit |",
+        "|---|---|---|---|---|---|",
+    ]
     for n, e in fit_doc["parameters"].items():
-        lines.append(f"| {n} | {e['value']:.4g} | {e.get('sd', float('nan')):.3g} | {e['prior_centre']:.4g} | "
-                     f"{e['prior_tag']} | {e['unit']} |")
-    lines += ["", "Prior centres of the CAR-T parameters are the stage-1 (oncology-like setting) values; see "
-              "`fits/human_oncology_ck.json` for stage 1.", "", "Identifiability (fit notes): "
-              + fit_doc["provenance"].get("notes", ""), ""]
+        lines.append(
+            f"| {n} | {e['value']:.4g} | {e.get('sd', float('nan')):.3g} | {e['prior_centre']:.4g} | "
+            f"{e['prior_tag']} | {e['unit']} |"
+        )
+    lines += [
+        "",
+        "Prior centres of the CAR-T parameters are the stage-1 (oncology-like setting) values; see "
+        "`fits/human_oncology_ck.json` for stage 1.",
+        "",
+        "Identifiability (fit notes): " + fit_doc["provenance"].get("notes", ""),
+        "",
+    ]
     if fit_summary:
         lines += ["Profiles (stage 2, data objective):", ""] + [f"- {p}" for p in fit_summary["stage2"]["profiles"]]
         lines += ["", "Profiles (stage 1, data objective):", ""] + [f"- {p}" for p in fit_summary["stage1"]["profiles"]]
         lines += [""]
-    lines += ["## Every human target: typical patient", "",
-              "| setting | target | model | published | accepted interval | hit | unit |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Every human target: typical patient",
+        "",
+        "| setting | target | model | published | accepted interval | hit | unit |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for kind, tid, pred, value, (lo, hi), hit, unit, _ in typical:
-        lines.append(f"| {kind} | {tid} | {pred:.4g} | {value:.4g} | [{lo:.4g}, {hi:.4g}] | {'yes' if hit else 'NO'} | "
-                     f"{unit} |")
+        lines.append(
+            f"| {kind} | {tid} | {pred:.4g} | {value:.4g} | [{lo:.4g}, {hi:.4g}] | {'yes' if hit else 'NO'} | {unit} |"
+        )
     lines += ["", "Not evaluable (the reason):", ""] + [f"- `{t}`: {why}" for t, why in not_eval]
-    lines += ["", "Algebraic duplicates (checked through the rows they derive from):", ""] + \
-        [f"- `{t}`: {why}" for t, why in checks]
-    lines += ["", "## Stein 2019 shape of the 4-1BB murine-scFv product (oncology-like setting)", "",
-              "| quantity | model | Stein typical | between-patient 95 % range | within |", "|---|---|---|---|---|"]
+    lines += ["", "Algebraic duplicates (checked through the rows they derive from):", ""] + [
+        f"- `{t}`: {why}" for t, why in checks
+    ]
+    lines += [
+        "",
+        "## Stein 2019 shape of the 4-1BB murine-scFv product (oncology-like setting)",
+        "",
+        "| quantity | model | Stein typical | between-patient 95 % range | within |",
+        "|---|---|---|---|---|",
+    ]
     for k in STEIN:
         typ, lo, hi = stein_range(k)
-        lines.append(f"| {k} | {stein[k]:.4g} | {typ:.4g} | [{lo:.3g}, {hi:.3g}] | {'yes' if stein['in_range'][k] else 'NO'} |")
-    lines += ["", "## Virtual population (Erlangen regimen, MB-CART19.1 1e6/kg; random effects `SLE_IIV`)", "",
-              f"{vp['n']} patients ({vp['n_failed']} failed solves).", "",
-              "| figure | virtual population | published |", "|---|---|---|",
-              f"| B-cell reappearance, mean +/- SD (d) | {vp['b_return_mean']:.0f} +/- {vp['b_return_sd']:.0f} "
-              f"(median {vp['b_return_median']:.0f}; {100 * vp['b_returned_fraction']:.1f} % returned by day 730) | "
-              "110 +/- 32 (Mackensen 2022, n = 5) |",
-              f"| B-cell aplasia, mean +/- SD (d) | {vp['b_aplasia_mean']:.0f} +/- {vp['b_aplasia_sd']:.0f} | "
-              "112 +/- 47 (Mueller 2024, n = 15) |"]
+        lines.append(
+            f"| {k} | {stein[k]:.4g} | {typ:.4g} | [{lo:.3g}, {hi:.3g}] | {'yes' if stein['in_range'][k] else 'NO'} |"
+        )
+    lines += [
+        "",
+        "## Virtual population (Erlangen regimen, MB-CART19.1 1e6/kg; random effects `SLE_IIV`)",
+        "",
+        f"{vp['n']} patients ({vp['n_failed']} failed solves).",
+        "",
+        "| figure | virtual population | published |",
+        "|---|---|---|",
+        f"| B-cell reappearance, mean +/- SD (d) | {vp['b_return_mean']:.0f} +/- {vp['b_return_sd']:.0f} "
+        f"(median {vp['b_return_median']:.0f}; {100 * vp['b_returned_fraction']:.1f} % returned by day 730) | "
+        "110 +/- 32 (Mackensen 2022, n = 5) |",
+        f"| B-cell aplasia, mean +/- SD (d) | {vp['b_aplasia_mean']:.0f} +/- {vp['b_aplasia_sd']:.0f} | "
+        "112 +/- 47 (Mueller 2024, n = 15) |",
+    ]
     g = vp["crs_grade_fractions"]
-    lines.append(f"| CRS none / grade 1 / 2 / >=3 | {g[0]:.2f} / {g[1]:.2f} / {g[2]:.2f} / {sum(g[3:]):.2f} | "
-                 "0.27 / 0.67 / 0.07 / 0 (Mueller 2024, n = 15); 0.40 / 0.60 / 0 / 0 (Mackensen 2022, n = 5) |")
+    lines.append(
+        f"| CRS none / grade 1 / 2 / >=3 | {g[0]:.2f} / {g[1]:.2f} / {g[2]:.2f} / {sum(g[3:]):.2f} | "
+        "0.27 / 0.67 / 0.07 / 0 (Mueller 2024, n = 15); 0.40 / 0.60 / 0 / 0 (Mackensen 2022, n = 5) |"
+    )
     if vp_feng is not None:
         gf = vp_feng["crs_grade_fractions"]
-        lines.append(f"| CRS grade 1, CD19+BCMA co-infusion | {gf[1]:.2f} (none {gf[0]:.2f}, >=2 {sum(gf[2:]):.2f}) | "
-                     "0.867 (Feng 2025, n = 15) |")
-    lines += [f"| anti-dsDNA negative at month 3 | {vp['dsdna_negative_d91']:.3f} | 5/5 (Mackensen 2022) |",
-              f"| DORIS-like remission (SLEDAI < 1) at month 3 | {vp['doris_d91']:.3f} | 5/5 (Mackensen 2022) |",
-              f"| remission (SLEDAI < 4) from month 3 through 24 | {vp['remission_to_24_months']:.3f} | 8/8 SLE "
-              "(Mueller 2024) |",
-              f"| CAR-T peak, median (5-95 %) (cells/uL) | {vp['car_cmax_median']:.0f} ({vp['car_cmax_p5_p95'][0]:.0f}-"
-              f"{vp['car_cmax_p5_p95'][1]:.0f}) | 15-98 (B-NHL medians, Kochenderfer 2017) |",
-              f"| CAR-T Tmax, median (d) | {vp['car_tmax_median']:.1f} | 7-14 (recalled [M]) |", "",
-              "Proportions against the 95 % Clopper-Pearson interval of the published k/n:", "",
-              "| row | published k/n | interval | virtual population | within |", "|---|---|---|---|---|"]
-    vp_prop = {"mackensen2022_crs_grade1": g[1], "muller2024_crs_grade1": g[1], "muller2024_crs_grade2": g[2],
-               "feng2025_crs_grade1": None if vp_feng is None else vp_feng["crs_grade_fractions"][1],
-               "mackensen2022_dsdna_seroconversion": vp["dsdna_negative_d91"], "mackensen2022_doris_3mo": vp["doris_d91"]}
+        lines.append(
+            f"| CRS grade 1, CD19+BCMA co-infusion | {gf[1]:.2f} (none {gf[0]:.2f}, >=2 {sum(gf[2:]):.2f}) | "
+            "0.867 (Feng 2025, n = 15) |"
+        )
+    lines += [
+        f"| anti-dsDNA negative at month 3 | {vp['dsdna_negative_d91']:.3f} | 5/5 (Mackensen 2022) |",
+        f"| DORIS-like remission (SLEDAI < 1) at month 3 | {vp['doris_d91']:.3f} | 5/5 (Mackensen 2022) |",
+        f"| remission (SLEDAI < 4) from month 3 through 24 | {vp['remission_to_24_months']:.3f} | 8/8 SLE "
+        "(Mueller 2024) |",
+        f"| CAR-T peak, median (5-95 %) (cells/uL) | {vp['car_cmax_median']:.0f} ({vp['car_cmax_p5_p95'][0]:.0f}-"
+        f"{vp['car_cmax_p5_p95'][1]:.0f}) | 15-98 (B-NHL medians, Kochenderfer 2017) |",
+        f"| CAR-T Tmax, median (d) | {vp['car_tmax_median']:.1f} | 7-14 (recalled [M]) |",
+        "",
+        "Proportions against the 95 % Clopper-Pearson interval of the published k/n:",
+        "",
+        "| row | published k/n | interval | virtual population | within |",
+        "|---|---|---|---|---|",
+    ]
+    vp_prop = {
+        "mackensen2022_crs_grade1": g[1],
+        "muller2024_crs_grade1": g[1],
+        "muller2024_crs_grade2": g[2],
+        "feng2025_crs_grade1": None if vp_feng is None else vp_feng["crs_grade_fractions"][1],
+        "mackensen2022_dsdna_seroconversion": vp["dsdna_negative_d91"],
+        "mackensen2022_doris_3mo": vp["doris_d91"],
+    }
     for tid, (k, n) in PROPORTIONS.items():
         lo, hi = clopper_pearson(k, n)
         v = vp_prop[tid]
         if v is None:
             continue
         lines.append(f"| {tid} | {k}/{n} | [{lo:.3f}, {hi:.3f}] | {v:.3f} | {'yes' if lo <= v <= hi else 'NO'} |")
-    lines += ["", "Random effects (`carkinetics.models.sle.population.SLE_IIV`):", "",
-              "| parameter | omega | tag | source |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Random effects (`carkinetics.models.sle.population.SLE_IIV`):",
+        "",
+        "| parameter | omega | tag | source |",
+        "|---|---|---|---|",
+    ]
     from carkinetics.models.sle.population import SLE_IIV
 
     for r in SLE_IIV:
@@ -405,15 +508,35 @@ def main(argv=None) -> int:
     plot_distributions(out, os.path.join(args.out_dir, "vp_distributions.png"))
     fit_doc = ck.read_fit_provenance(fit_path("human_sle.json"))
     summary_path = os.path.join(HERE, "results", "human_sle", "summary.json")
-    fit_summary = json.load(open(summary_path)) if os.path.isfile(summary_path) else None
+    fit_summary = None
+    if os.path.isfile(summary_path):
+        with open(summary_path) as fh:
+            fit_summary = json.load(fh)
     md = markdown(typical, not_eval, checks, stein, vp, vp_feng, fit_doc, fit_summary)
     with open(os.path.join(args.out_dir, "report.md"), "w") as fh:
         fh.write(md + "\n![bands](vp_bands.png)\n\n![distributions](vp_distributions.png)\n")
     with open(os.path.join(args.out_dir, "summary.json"), "w") as fh:
-        json.dump({"stein": stein, "vp": vp, "vp_coinfusion": vp_feng,
-                   "typical": [{"setting": r[0], "target_id": r[1], "model": r[2], "published": r[3],
-                                "interval": list(r[4]), "hit": bool(r[5]), "unit": r[6]} for r in typical]},
-                  fh, indent=2)
+        json.dump(
+            {
+                "stein": stein,
+                "vp": vp,
+                "vp_coinfusion": vp_feng,
+                "typical": [
+                    {
+                        "setting": r[0],
+                        "target_id": r[1],
+                        "model": r[2],
+                        "published": r[3],
+                        "interval": list(r[4]),
+                        "hit": bool(r[5]),
+                        "unit": r[6],
+                    }
+                    for r in typical
+                ],
+            },
+            fh,
+            indent=2,
+        )
     if args.summary:
         with open(args.summary, "w") as fh:
             fh.write(md)

@@ -41,10 +41,14 @@ import jax.numpy as jnp
 
 import carkinetics as ck
 
-_OGASAWARA = ("Ogasawara K et al., Clin Pharmacokinet 2021, doi:10.1007/s40262-021-01039-5 (PMC8613160), "
-              "abstract: population means of TRANSCEND NHL 001 (LBCL, n = 261)")
-_SMPC = ("Breyanzi EU SmPC section 5.2 (EMA, 2022), as reproduced by rxreasoner.com: median Cmax 33,766 copies/ug "
-         "in responders (n = 150) and 11,846 in non-responders (n = 45)")
+_OGASAWARA = (
+    "Ogasawara K et al., Clin Pharmacokinet 2021, doi:10.1007/s40262-021-01039-5 (PMC8613160), "
+    "abstract: population means of TRANSCEND NHL 001 (LBCL, n = 261)"
+)
+_SMPC = (
+    "Breyanzi EU SmPC section 5.2 (EMA, 2022), as reproduced by rxreasoner.com: median Cmax 33,766 copies/ug "
+    "in responders (n = 150) and 11,846 in non-responders (n = 45)"
+)
 _NAMES = ("t_lag", "k_growth", "t_peak", "alpha", "beta", "f_fast", "c0")
 
 
@@ -96,27 +100,51 @@ class LagPhaseCK(ck.AbstractKineticModel):
     breakpoint_parameters = ("t_lag", "t_peak")
     breakpoint_origin = "effector"
 
-    t_lag: float = ck.param(3.27, unit="d", description="lag phase duration after the infusion (level constant)",
-                            source=_OGASAWARA, tag="R")
-    k_growth: float = ck.param(math.log(2.0) / 0.755, unit="1/d",
-                               description="exponential growth rate after the lag phase",
-                               source="ln 2 / doubling time 0.755 d (95 % CI 0.667-0.821) [R]; " + _OGASAWARA,
-                               tag="D")
-    t_peak: float = ck.param(9.29, unit="d", description="time of the peak after the infusion (end of growth)",
-                             source=_OGASAWARA, tag="R")
-    alpha: float = ck.param(math.log(2.0) / 5.00, unit="1/d", description="rate of the fast (initial) decline",
-                            source="ln 2 / initial decline half-life 5.00 d (95 % CI 4.15-5.90) [R]; " + _OGASAWARA,
-                            tag="D")
-    beta: float = ck.param(math.log(2.0) / 352.0, unit="1/d", description="rate of the slow (terminal) decline",
-                           source="ln 2 / terminal half-life 352 d (95 % CI 241-647) [R]; " + _OGASAWARA, tag="D")
-    f_fast: float = ck.param(1.0 - 0.0079, unit="1", description="fraction of the peak level in the fast phase",
-                             source="not reported in the Ogasawara 2021 abstract; 1 - F_B with F_B = 0.79 % of "
-                                    "Stein AM et al., CPT Pharmacometrics Syst Pharmacol 2019, doi:10.1002/psp4.12388 "
-                                    "(tisagenlecleucel), borrowed", tag="A", upper=1.0)
-    c0: float = ck.param(100.0, unit="copies/ug",
-                         description="transgene level during the lag phase for an infusion of amount 1",
-                         source="chosen so that the peak (c0 x 251.3 = 25,134) lies between the median Cmax of "
-                                "non-responders and responders; " + _SMPC, tag="A")
+    t_lag: float = ck.param(
+        3.27, unit="d", description="lag phase duration after the infusion (level constant)", source=_OGASAWARA, tag="R"
+    )
+    k_growth: float = ck.param(
+        math.log(2.0) / 0.755,
+        unit="1/d",
+        description="exponential growth rate after the lag phase",
+        source="ln 2 / doubling time 0.755 d (95 % CI 0.667-0.821) [R]; " + _OGASAWARA,
+        tag="D",
+    )
+    t_peak: float = ck.param(
+        9.29, unit="d", description="time of the peak after the infusion (end of growth)", source=_OGASAWARA, tag="R"
+    )
+    alpha: float = ck.param(
+        math.log(2.0) / 5.00,
+        unit="1/d",
+        description="rate of the fast (initial) decline",
+        source="ln 2 / initial decline half-life 5.00 d (95 % CI 4.15-5.90) [R]; " + _OGASAWARA,
+        tag="D",
+    )
+    beta: float = ck.param(
+        math.log(2.0) / 352.0,
+        unit="1/d",
+        description="rate of the slow (terminal) decline",
+        source="ln 2 / terminal half-life 352 d (95 % CI 241-647) [R]; " + _OGASAWARA,
+        tag="D",
+    )
+    f_fast: float = ck.param(
+        1.0 - 0.0079,
+        unit="1",
+        description="fraction of the peak level in the fast phase",
+        source="not reported in the Ogasawara 2021 abstract; 1 - F_B with F_B = 0.79 % of "
+        "Stein AM et al., CPT Pharmacometrics Syst Pharmacol 2019, doi:10.1002/psp4.12388 "
+        "(tisagenlecleucel), borrowed",
+        tag="A",
+        upper=1.0,
+    )
+    c0: float = ck.param(
+        100.0,
+        unit="copies/ug",
+        description="transgene level during the lag phase for an infusion of amount 1",
+        source="chosen so that the peak (c0 x 251.3 = 25,134) lies between the median Cmax of "
+        "non-responders and responders; " + _SMPC,
+        tag="A",
+    )
 
     @property
     def doubling_time(self):
@@ -185,8 +213,9 @@ def lag_ck_closed_form(params: LagPhaseCK | Mapping[str, Any], t) -> Any:
         params = {n: getattr(params, n) for n in _NAMES}
     keys = set(params) if isinstance(params, Mapping) else None
     if keys is None:
-        raise ValueError(f"`params` must be a LagPhaseCK or a mapping of parameter values, got "
-                         f"{type(params).__name__}.")
+        raise ValueError(
+            f"`params` must be a LagPhaseCK or a mapping of parameter values, got {type(params).__name__}."
+        )
     missing = set(_NAMES) - keys
     if missing:
         raise ValueError(f"`params` lacks the LagPhaseCK parameters {sorted(missing)}; got keys {sorted(keys)}.")

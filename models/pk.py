@@ -47,10 +47,20 @@ class OneCompartmentPK(ck.AbstractKineticModel):
     state_units = {"central": "mg"}
     observable_units = {"concentration": "mg/L"}
 
-    cl: float = ck.param(5.41 * 24, unit="L/d", description="clearance",
-                         source="Ahmed JH et al., Front Pharmacol 2020;11:406 (5.41 L/h x 24)", tag="D")
-    v: float = ck.param(46.5, unit="L", description="volume of distribution",
-                        source="Ahmed JH et al., Front Pharmacol 2020;11:406", tag="R")
+    cl: float = ck.param(
+        5.41 * 24,
+        unit="L/d",
+        description="clearance",
+        source="Ahmed JH et al., Front Pharmacol 2020;11:406 (5.41 L/h x 24)",
+        tag="D",
+    )
+    v: float = ck.param(
+        46.5,
+        unit="L",
+        description="volume of distribution",
+        source="Ahmed JH et al., Front Pharmacol 2020;11:406",
+        tag="R",
+    )
 
     def initial_state(self):
         return self.State(central=0.0)
@@ -97,13 +107,27 @@ class OneCompartmentOralPK(ck.AbstractKineticModel):
     state_units = {"depot": "mg", "central": "mg"}
     observable_units = {"concentration": "mg/L"}
 
-    ka: float = ck.param(1.5 * 24, unit="1/d", description="first-order absorption rate constant",
-                         source="theophylline, nlmixr2 theo_sd estimate ~1.5 /h x 24 (Fidler 2019, "
-                         "doi:10.1002/psp4.12445)", tag="M")
-    cl: float = ck.param(2.75 * 24, unit="L/d", description="apparent clearance CL/F",
-                         source="theophylline, nlmixr2 theo_sd estimate ~2.75 L/h x 24 (Fidler 2019)", tag="M")
-    v: float = ck.param(31.5, unit="L", description="apparent volume of distribution V/F",
-                        source="theophylline, nlmixr2 theo_sd estimate ~31.5 L (Fidler 2019)", tag="M")
+    ka: float = ck.param(
+        1.5 * 24,
+        unit="1/d",
+        description="first-order absorption rate constant",
+        source="theophylline, nlmixr2 theo_sd estimate ~1.5 /h x 24 (Fidler 2019, doi:10.1002/psp4.12445)",
+        tag="M",
+    )
+    cl: float = ck.param(
+        2.75 * 24,
+        unit="L/d",
+        description="apparent clearance CL/F",
+        source="theophylline, nlmixr2 theo_sd estimate ~2.75 L/h x 24 (Fidler 2019)",
+        tag="M",
+    )
+    v: float = ck.param(
+        31.5,
+        unit="L",
+        description="apparent volume of distribution V/F",
+        source="theophylline, nlmixr2 theo_sd estimate ~31.5 L (Fidler 2019)",
+        tag="M",
+    )
 
     def initial_state(self):
         return self.State(depot=0.0, central=0.0)
@@ -131,15 +155,30 @@ class TwoCompartmentPK(ck.AbstractKineticModel):
     state_units = {"central": "mg", "peripheral": "mg"}
     observable_units = {"concentration": "mg/L"}
 
-    cl: float = ck.param(8.0 * 24, unit="L/d", description="total clearance (non-renal 3.24 + renal ~4.8 L/h)",
-                         source="Langenhorst JB et al., Clin Pharmacokinet 2019, doi:10.1007/s40262-018-0715-9",
-                         tag="D")
-    v1: float = ck.param(39.0, unit="L", description="central volume",
-                         source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="R")
-    q: float = ck.param(8.6 * 24, unit="L/d", description="intercompartmental clearance",
-                        source="Langenhorst 2019 (8.6 L/h x 24)", tag="D")
-    v2: float = ck.param(20.0, unit="L", description="peripheral volume",
-                         source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="R")
+    cl: float = ck.param(
+        8.0 * 24,
+        unit="L/d",
+        description="total clearance (non-renal 3.24 + renal ~4.8 L/h)",
+        source="Langenhorst JB et al., Clin Pharmacokinet 2019, doi:10.1007/s40262-018-0715-9",
+        tag="D",
+    )
+    v1: float = ck.param(
+        39.0, unit="L", description="central volume", source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="R"
+    )
+    q: float = ck.param(
+        8.6 * 24,
+        unit="L/d",
+        description="intercompartmental clearance",
+        source="Langenhorst 2019 (8.6 L/h x 24)",
+        tag="D",
+    )
+    v2: float = ck.param(
+        20.0,
+        unit="L",
+        description="peripheral volume",
+        source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9",
+        tag="R",
+    )
 
     def initial_state(self):
         return self.State(central=0.0, peripheral=0.0)

@@ -58,8 +58,17 @@ class ReferenceWorkload(ck.AbstractKineticModel):
         b_cells: object
         autoantibody: object
 
-    state_units = {"ce": "cells/uL", "cm": "cells/uL", "b": "cells/uL", "pb": "cells/uL", "ll": "cells/uL",
-                   "ab": "IU/mL", "il6": "pg/mL", "cy": "a.u.", "il7": "pg/mL"}
+    state_units = {
+        "ce": "cells/uL",
+        "cm": "cells/uL",
+        "b": "cells/uL",
+        "pb": "cells/uL",
+        "ll": "cells/uL",
+        "ab": "IU/mL",
+        "il6": "pg/mL",
+        "cy": "a.u.",
+        "il7": "pg/mL",
+    }
     observable_units = {"car_t": "cells/uL", "b_cells": "cells/uL", "autoantibody": "IU/mL"}
 
     rho: float = _p(0.9, "1/d", "maximal antigen-driven CAR-T expansion rate")
@@ -112,5 +121,28 @@ class ReferenceWorkload(ck.AbstractKineticModel):
 
 
 #: Parameter names in the order of the shared reference's `P0` dict (for scipy / roadrunner comparisons).
-SHARED_ORDER = ("rho", "kb", "rh", "k7", "de", "kem", "dm", "sb", "db", "kk", "kkill", "kdiff", "dpb", "ppb", "pll",
-                "dll", "kab", "kil6", "dil6", "kcy", "s7", "d7", "c7")
+SHARED_ORDER = (
+    "rho",
+    "kb",
+    "rh",
+    "k7",
+    "de",
+    "kem",
+    "dm",
+    "sb",
+    "db",
+    "kk",
+    "kkill",
+    "kdiff",
+    "dpb",
+    "ppb",
+    "pll",
+    "dll",
+    "kab",
+    "kil6",
+    "dil6",
+    "kcy",
+    "s7",
+    "d7",
+    "c7",
+)

@@ -74,18 +74,31 @@ class Stein2019CK(ck.AbstractKineticModel):
     observable_units = {"transgene": "copies/ug"}
     breakpoint_parameters = ("tmax", "t_toci")
 
-    foldx: float = ck.param(3900.0, unit="1", description="fold expansion from R0 to Cmax", source=_STEIN, tag="R",
-                            lower=1.0)
+    foldx: float = ck.param(
+        3900.0, unit="1", description="fold expansion from R0 to Cmax", source=_STEIN, tag="R", lower=1.0
+    )
     tmax: float = ck.param(9.3, unit="d", description="time of peak expansion", source=_STEIN, tag="R")
     cmax: float = ck.param(24000.0, unit="copies/ug", description="peak transgene level", source=_STEIN, tag="R")
     alpha: float = ck.param(0.16, unit="1/d", description="effector contraction rate", source=_STEIN, tag="R")
-    fb: float = ck.param(0.0079, unit="1", description="fraction of the peak entering the slow (memory) phase",
-                         source=_STEIN, tag="R", upper=1.0)
+    fb: float = ck.param(
+        0.0079,
+        unit="1",
+        description="fraction of the peak entering the slow (memory) phase",
+        source=_STEIN,
+        tag="R",
+        upper=1.0,
+    )
     beta: float = ck.param(0.0032, unit="1/d", description="memory-phase decline rate", source=_STEIN, tag="R")
-    f_toci: float = ck.param(1.2, unit="1", description="multiplier on rho from the first tocilizumab dose on",
-                             source=_STEIN, tag="R")
-    t_toci: float = ck.param(1.0e6, unit="d", description="day of the first tocilizumab dose (1e6: none given)",
-                             source="modelling choice: tocilizumab timing is a per-patient covariate", tag="A")
+    f_toci: float = ck.param(
+        1.2, unit="1", description="multiplier on rho from the first tocilizumab dose on", source=_STEIN, tag="R"
+    )
+    t_toci: float = ck.param(
+        1.0e6,
+        unit="d",
+        description="day of the first tocilizumab dose (1e6: none given)",
+        source="modelling choice: tocilizumab timing is a per-patient covariate",
+        tag="A",
+    )
 
     @property
     def rho(self):
@@ -140,8 +153,9 @@ def stein_closed_form(params: Stein2019CK | Mapping[str, Any], t) -> Any:
         p.setdefault("f_toci", 1.0)
         p.setdefault("t_toci", jnp.inf)
     else:
-        raise ValueError(f"`params` must be a Stein2019CK or a mapping of parameter values, got "
-                         f"{type(params).__name__}.")
+        raise ValueError(
+            f"`params` must be a Stein2019CK or a mapping of parameter values, got {type(params).__name__}."
+        )
     t = jnp.asarray(t, dtype=float)
     rho = jnp.log(p["foldx"]) / p["tmax"]
     r0 = p["cmax"] / p["foldx"]

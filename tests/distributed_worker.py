@@ -26,13 +26,33 @@ def analysis(*, n: int = 256, chunk_size: int = 64, seed: int = 7, checkpoint: s
     from carkinetics.models import TwoCompartmentPK
 
     ts = jnp.linspace(0.0, 2.0, 21)
-    f = ck.model_function(TwoCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), ts, NAMES,
-                          lambda sol: {"auc": ck.metrics.auc(sol.ts, sol.observables.concentration),
-                                       "last": sol.observables.concentration[-1]})
-    idx, _, res = ck.sobol_analysis(f, {"names": NAMES, "bounds": BOUNDS}, n, key=jax.random.key(seed),
-                                    chunk_size=chunk_size, devices="all", checkpoint=checkpoint, progress=False)
-    out = {"n_processes": res.n_processes, "n_devices": res.n_devices, "n_chunks": res.n_chunks,
-           "n_resumed_chunks": res.n_resumed_chunks, "n_failed": res.n_failed}
+    f = ck.model_function(
+        TwoCompartmentPK(),
+        ck.Bolus(0.0, 100.0, "central"),
+        ts,
+        NAMES,
+        lambda sol: {
+            "auc": ck.metrics.auc(sol.ts, sol.observables.concentration),
+            "last": sol.observables.concentration[-1],
+        },
+    )
+    idx, _, res = ck.sobol_analysis(
+        f,
+        {"names": NAMES, "bounds": BOUNDS},
+        n,
+        key=jax.random.key(seed),
+        chunk_size=chunk_size,
+        devices="all",
+        checkpoint=checkpoint,
+        progress=False,
+    )
+    out = {
+        "n_processes": res.n_processes,
+        "n_devices": res.n_devices,
+        "n_chunks": res.n_chunks,
+        "n_resumed_chunks": res.n_resumed_chunks,
+        "n_failed": res.n_failed,
+    }
     for k in idx:
         for field in ("S1", "ST", "S1_conf", "ST_conf"):
             out[f"{k}_{field}"] = getattr(idx[k], field).tolist()
@@ -50,9 +70,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--heartbeat-timeout", type=float, default=5.0)
     args = p.parse_args(argv)
-    setting = ck.distributed_setup(args.coordinator, args.num_processes, args.process_id,
-                                   heartbeat_timeout=args.heartbeat_timeout, initialization_timeout=60,
-                                   environ={} if args.coordinator is None else None)
+    setting = ck.distributed_setup(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        heartbeat_timeout=args.heartbeat_timeout,
+        initialization_timeout=60,
+        environ={} if args.coordinator is None else None,
+    )
     import jax
 
     jax.config.update("jax_enable_x64", True)

@@ -19,8 +19,9 @@ import carkinetics._inference._identifiability as _ident
 from carkinetics.models import Stein2019CK
 
 NAMES = ["foldx", "tmax", "cmax", "alpha", "fb", "beta"]
-DAYS = np.array([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 28, 35, 42, 56, 70, 90, 120, 150, 180, 240,
-                 300, 365])
+DAYS = np.array(
+    [1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 28, 35, 42, 56, 70, 90, 120, 150, 180, 240, 300, 365]
+)
 SIGMA = 0.02
 
 
@@ -138,8 +139,9 @@ def test_fit_file_roundtrip(tmp_path, fitted, truth):
 def test_problem_validation(truth):
     data = ck.TimeCourseData("transgene", jnp.array([1.0]), jnp.array([2.0]), ck.LogNormalError(0.1))
     with pytest.raises(ValueError, match="not an observable"):
-        ck.CalibrationProblem(truth, None, [ck.TimeCourseData("x", jnp.array([1.0]), jnp.array([2.0]),
-                                                              ck.LogNormalError(0.1))], ["alpha"])
+        ck.CalibrationProblem(
+            truth, None, [ck.TimeCourseData("x", jnp.array([1.0]), jnp.array([2.0]), ck.LogNormalError(0.1))], ["alpha"]
+        )
     with pytest.raises(ValueError, match="Unknown parameter"):
         ck.CalibrationProblem(truth, None, [data], ["nope"])
     with pytest.raises(ValueError, match="`priors` names"):

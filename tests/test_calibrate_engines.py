@@ -63,8 +63,10 @@ def test_failed_start_gets_failure_loss_no_nan_and_no_retrace(problem, starts, f
     for j in range(len(NAMES)):
         e = np.zeros_like(z)
         e[:, j] = h
-        fd = (np.asarray(problem.ensemble_losses(jnp.asarray(z + e))) -
-              np.asarray(problem.ensemble_losses(jnp.asarray(z - e)))) / (2 * h)
+        fd = (
+            np.asarray(problem.ensemble_losses(jnp.asarray(z + e)))
+            - np.asarray(problem.ensemble_losses(jnp.asarray(z - e)))
+        ) / (2 * h)
         np.testing.assert_allclose(g[ok, j], fd[ok], rtol=1e-4, atol=1e-4 * np.abs(fd[ok]).max(), err_msg=NAMES[j])
     # The fit: same shapes as `fitted`, so nothing is traced again; the failed start stays at failure_loss.
     with TraceCounter() as traces:
@@ -95,10 +97,12 @@ def test_adam_phase_fallbacks_and_validation(truth):  # noqa: F811
     assert np.all(h[:, 30] < h[:, 0])
     # The engine follows the problem's solver: a diffrax solver runs the vmap engine, an ensemble method (or none)
     # the batched engine; the zoom line search runs on vmap. An explicit engine that conflicts with either raises.
-    dopri = ck.CalibrationProblem(truth, None, [data], ["alpha", "beta"], priors=None, n_grid=30,
-                                  solver=diffrax.Dopri5())
-    rodas = ck.CalibrationProblem(truth, None, [data], ["alpha", "beta"], priors=None, n_grid=30,
-                                  solver=ck.EnsembleRodas5())
+    dopri = ck.CalibrationProblem(
+        truth, None, [data], ["alpha", "beta"], priors=None, n_grid=30, solver=diffrax.Dopri5()
+    )
+    rodas = ck.CalibrationProblem(
+        truth, None, [data], ["alpha", "beta"], priors=None, n_grid=30, solver=ck.EnsembleRodas5()
+    )
     assert _fit._choose_engine(dopri, None, "backtracking") == "vmap"
     assert _fit._choose_engine(prob, None, "zoom") == "vmap"
     assert _fit._choose_engine(prob, None, "backtracking") == "ensemble"
@@ -108,8 +112,9 @@ def test_adam_phase_fallbacks_and_validation(truth):  # noqa: F811
     assert prob.ensemble_solver() == ck.default_solver(truth, "ensemble")
     with pytest.raises(ValueError, match="`engine` = 'ensemble' but the problem's solver Dopri5 runs on the 'vmap'"):
         ck.fit(dopri, starts=starts, engine="ensemble")
-    with pytest.raises(ValueError, match="`engine` = 'vmap' but the problem's solver EnsembleRodas5 runs on the "
-                                         "'ensemble'"):
+    with pytest.raises(
+        ValueError, match="`engine` = 'vmap' but the problem's solver EnsembleRodas5 runs on the 'ensemble'"
+    ):
         ck.fit(rodas, starts=starts, engine="vmap")
     with pytest.raises(ValueError, match="zoom line search runs on the vmap engine only"):
         ck.fit(prob, starts=starts, engine="ensemble", linesearch="zoom")

@@ -113,8 +113,18 @@ def test_mouse_fits_are_not_shipped():
 @pytest.mark.slow
 def test_human_fit_quick_run(tmp_path):
     human = _load_script("fit_human_sle")
-    rc = human.main(["--quick", "--no-profiles", "--out-dir", str(tmp_path), "--fit-file", str(tmp_path / "fit.json"),
-                     "--stage1-file", str(tmp_path / "stage1.json")])
+    rc = human.main(
+        [
+            "--quick",
+            "--no-profiles",
+            "--out-dir",
+            str(tmp_path),
+            "--fit-file",
+            str(tmp_path / "fit.json"),
+            "--stage1-file",
+            str(tmp_path / "stage1.json"),
+        ]
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     print(json.dumps(summary["targets"], indent=1))
     assert rc in (0, 1)

@@ -32,8 +32,9 @@ duration = 0.25
 
 
 def _regimen():
-    return ck.Regimen([ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2),
-                       ck.Infusion(0.5, "peripheral", amount=20.0, duration=0.25)])
+    return ck.Regimen(
+        [ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2), ck.Infusion(0.5, "peripheral", amount=20.0, duration=0.25)]
+    )
 
 
 def _read_tidy(path):
@@ -44,14 +45,30 @@ def _read_tidy(path):
 @pytest.fixture
 def files(tmp_path):
     (tmp_path / "reg.toml").write_text(REGIMEN_TOML)
-    (tmp_path / "params.toml").write_text('[parameters]\ncl = 150.0\n')
+    (tmp_path / "params.toml").write_text("[parameters]\ncl = 150.0\n")
     return tmp_path
 
 
 def test_simulate_writes_tidy_csv_matching_the_library(files, capsys):
     out = files / "out"
-    rc = cli.main(["simulate", "--model", "TwoCompartmentPK", "--regimen", str(files / "reg.toml"), "--params",
-                   str(files / "params.toml"), "--t-end", "3", "--points", "31", "--out", str(out), "--quiet"])
+    rc = cli.main(
+        [
+            "simulate",
+            "--model",
+            "TwoCompartmentPK",
+            "--regimen",
+            str(files / "reg.toml"),
+            "--params",
+            str(files / "params.toml"),
+            "--t-end",
+            "3",
+            "--points",
+            "31",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == cli.EXIT_OK
     assert f"output folder: {out}" in capsys.readouterr().out
     rows = _read_tidy(out / "simulation.csv")
@@ -69,8 +86,25 @@ def test_simulate_writes_tidy_csv_matching_the_library(files, capsys):
 def test_events_csv_gives_the_same_result_as_toml(files):
     ck.write_nonmem_events(_regimen(), str(files / "ev.csv"), TwoCompartmentPK.state_names())
     for flag, src, out in (("--events", "ev.csv", "a"), ("--regimen", "reg.toml", "b")):
-        assert cli.main(["simulate", "--model", "TwoCompartmentPK", flag, str(files / src), "--t-end", "2",
-                         "--points", "21", "--out", str(files / out), "--quiet"]) == 0
+        assert (
+            cli.main(
+                [
+                    "simulate",
+                    "--model",
+                    "TwoCompartmentPK",
+                    flag,
+                    str(files / src),
+                    "--t-end",
+                    "2",
+                    "--points",
+                    "21",
+                    "--out",
+                    str(files / out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
     a = [float(r["value"]) for r in _read_tidy(files / "a" / "simulation.csv")]
     b = [float(r["value"]) for r in _read_tidy(files / "b" / "simulation.csv")]
     np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -79,8 +113,10 @@ def test_events_csv_gives_the_same_result_as_toml(files):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--model", "Nope"],
-         "--model 'Nope' is not an installed model; choose one of ['OneCompartmentOralPK', 'OneCompartmentPK'"),
+        (
+            ["--model", "Nope"],
+            "--model 'Nope' is not an installed model; choose one of ['OneCompartmentOralPK', 'OneCompartmentPK'",
+        ),
         (["--regimen", "nope"], "--regimen 'nope' is neither a TOML file nor a regimen of the installed plugins"),
         (["--params", "{dir}/bad_params.toml"], "Parameter 'cl' = -1.0 L/d is outside its declared bounds"),
         (["--params", "{dir}/missing.toml"], "does not exist"),
@@ -107,8 +143,10 @@ def test_user_mistakes_exit_2_without_traceback(files, capsys, argv, message):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["simulate", "--points", "many"],
-         "argument --points: must be a whole number between 2 and 1000000, got 'many'"),
+        (
+            ["simulate", "--points", "many"],
+            "argument --points: must be a whole number between 2 and 1000000, got 'many'",
+        ),
         (["sweep", "--model", "OneCompartmentPK"], "the following arguments are required: --ranges"),
         (["sweep", "--ranges", "r.toml", "--engine", "jit"], "argument --engine: invalid choice: 'jit'"),
         (["nope"], "argument command: invalid choice: 'nope'"),
@@ -143,8 +181,9 @@ def _with_entry_points(monkeypatch, extra):
 
 def test_plugin_discovery_lists_the_sle_commands_models_and_presets():
     plugins = cli.Plugins()
-    assert {"OneCompartmentPK", "TwoCompartmentPK", "Stein2019CK", "ReferenceWorkload",
-            "SLECarTModel"} <= set(plugins.model_names())
+    assert {"OneCompartmentPK", "TwoCompartmentPK", "Stein2019CK", "ReferenceWorkload", "SLECarTModel"} <= set(
+        plugins.model_names()
+    )
     assert plugins.model_class("SLECarTModel").__name__ == "SLECarTModel"
     commands = {c.name: c for c in cli.Plugins.commands()}
     assert {"demo", "translate", "trial"} <= set(commands)
@@ -156,8 +195,13 @@ def test_plugin_discovery_lists_the_sle_commands_models_and_presets():
 
 
 def test_broken_plugins_exit_3_and_leave_the_rest_working(files, capsys, monkeypatch):
-    _with_entry_points(monkeypatch, [("carkinetics.commands", "broken", "no_such_module_xyz:Command"),
-                                     ("carkinetics.models", "Broken", "no_such_module_xyz:Model")])
+    _with_entry_points(
+        monkeypatch,
+        [
+            ("carkinetics.commands", "broken", "no_such_module_xyz:Command"),
+            ("carkinetics.models", "Broken", "no_such_module_xyz:Model"),
+        ],
+    )
     assert cli.main(["broken", "--whatever", "1"]) == cli.EXIT_UNAVAILABLE
     err = capsys.readouterr().err
     assert err.startswith("carkinetics broken: not available: ") and "no_such_module_xyz" in err
@@ -166,26 +210,54 @@ def test_broken_plugins_exit_3_and_leave_the_rest_working(files, capsys, monkeyp
     assert rc == cli.EXIT_UNAVAILABLE
     assert "no_such_module_xyz:Model" in capsys.readouterr().err
     # the built-in commands and the working plugins still run
-    assert cli.main(["simulate", "--model", "OneCompartmentPK", "--points", "3", "--out", str(files / "o"),
-                     "--quiet"]) == cli.EXIT_OK
+    assert (
+        cli.main(["simulate", "--model", "OneCompartmentPK", "--points", "3", "--out", str(files / "o"), "--quiet"])
+        == cli.EXIT_OK
+    )
 
 
 def test_solver_failure_exits_4(files, capsys, monkeypatch):
     real = ck.simulate
     monkeypatch.setattr(ck, "simulate", lambda *a, **k: real(*a, **{**k, "max_steps": 2}))
-    rc = cli.main(["simulate", "--model", "TwoCompartmentPK", "--regimen", str(files / "reg.toml"), "--out",
-                   str(files / "o"), "--quiet"])
+    rc = cli.main(
+        [
+            "simulate",
+            "--model",
+            "TwoCompartmentPK",
+            "--regimen",
+            str(files / "reg.toml"),
+            "--out",
+            str(files / "o"),
+            "--quiet",
+        ]
+    )
     assert rc == cli.EXIT_NUMERICAL
     assert "max steps reached" in capsys.readouterr().err
 
 
 def test_sweep_auc_matches_closed_form(files):
     (files / "bolus.toml").write_text('[[bolus]]\ntime = 0.0\namount = 100.0\nstate = "central"\n')
-    (files / "ranges.toml").write_text('[sweep]\nn = 6\nseed = 1\nmetrics = ["concentration_auc"]\n'
-                                       '[ranges]\ncl = [50.0, 200.0]\n')
-    rc = cli.main(["sweep", "--model", "OneCompartmentPK", "--regimen", str(files / "bolus.toml"),
-                   "--ranges", str(files / "ranges.toml"), "--t-end", "2", "--points", "801",
-                   "--out", str(files / "sw"), "--quiet"])
+    (files / "ranges.toml").write_text(
+        '[sweep]\nn = 6\nseed = 1\nmetrics = ["concentration_auc"]\n[ranges]\ncl = [50.0, 200.0]\n'
+    )
+    rc = cli.main(
+        [
+            "sweep",
+            "--model",
+            "OneCompartmentPK",
+            "--regimen",
+            str(files / "bolus.toml"),
+            "--ranges",
+            str(files / "ranges.toml"),
+            "--t-end",
+            "2",
+            "--points",
+            "801",
+            "--out",
+            str(files / "sw"),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     rows = _read_tidy(files / "sw" / "sweep.csv")
     assert len(rows) == 6 and list(rows[0]) == ["member", "cl", "concentration_auc"]
@@ -205,15 +277,33 @@ def test_sweep_devices_split_the_members_and_do_not_change_results(files, tmp_pa
     import sys
 
     (files / "bolus.toml").write_text('[[bolus]]\ntime = 0.0\namount = 100.0\nstate = "central"\n')
-    (files / "ranges.toml").write_text('[sweep]\nn = 10\nseed = 3\nmetrics = ["concentration_auc"]\n'
-                                       '[ranges]\ncl = [50.0, 200.0]\n')
-    common = ["sweep", "--model", "OneCompartmentPK", "--regimen", str(files / "bolus.toml"), "--ranges",
-              str(files / "ranges.toml"), "--t-end", "2", "--points", "201", "--quiet"]
+    (files / "ranges.toml").write_text(
+        '[sweep]\nn = 10\nseed = 3\nmetrics = ["concentration_auc"]\n[ranges]\ncl = [50.0, 200.0]\n'
+    )
+    common = [
+        "sweep",
+        "--model",
+        "OneCompartmentPK",
+        "--regimen",
+        str(files / "bolus.toml"),
+        "--ranges",
+        str(files / "ranges.toml"),
+        "--t-end",
+        "2",
+        "--points",
+        "201",
+        "--quiet",
+    ]
     assert cli.main(common + ["--devices", "1", "--out", str(files / "one")]) == 0
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-m", "carkinetics.cli", *common, "--devices", "2", "--out",
-                           str(files / "two")], capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "carkinetics.cli", *common, "--devices", "2", "--out", str(files / "two")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "10 members on 2 cpu device(s) in 1 process(es); 0 failed" in proc.stdout
     one, two = _read_tidy(files / "one" / "sweep.csv"), _read_tidy(files / "two" / "sweep.csv")
@@ -223,11 +313,36 @@ def test_sweep_devices_split_the_members_and_do_not_change_results(files, tmp_pa
 
 
 def test_sweep_devices_argument_errors(files, capsys):
-    (files / "ranges.toml").write_text('[ranges]\ncl = [50.0, 200.0]\n')
-    common = ["sweep", "--model", "OneCompartmentPK", "--ranges", str(files / "ranges.toml"), "--quiet",
-              "--out", str(files / "sw")]
-    assert cli.main(["bench", "--model", "OneCompartmentPK", "--ensemble", "4", "--devices", "3", "--repeats", "1",
-                     "--out", str(files / "b3"), "--quiet"]) == 2
+    (files / "ranges.toml").write_text("[ranges]\ncl = [50.0, 200.0]\n")
+    common = [
+        "sweep",
+        "--model",
+        "OneCompartmentPK",
+        "--ranges",
+        str(files / "ranges.toml"),
+        "--quiet",
+        "--out",
+        str(files / "sw"),
+    ]
+    assert (
+        cli.main(
+            [
+                "bench",
+                "--model",
+                "OneCompartmentPK",
+                "--ensemble",
+                "4",
+                "--devices",
+                "3",
+                "--repeats",
+                "1",
+                "--out",
+                str(files / "b3"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "--devices 3: only 1 cpu device(s)" in capsys.readouterr().err
     for bad in ("0", "two"):
         assert cli.main(common + ["--devices", bad]) == 2
@@ -260,8 +375,22 @@ def test_setup_host_devices_sets_the_flag_only_before_jax_starts(monkeypatch):
 
 
 def test_bench_reports_steps_of_the_library(files):
-    rc = cli.main(["bench", "--model", "TwoCompartmentPK", "--regimen", str(files / "reg.toml"), "--repeats", "2",
-                   "--t-end", "3", "--out", str(files / "b"), "--quiet"])
+    rc = cli.main(
+        [
+            "bench",
+            "--model",
+            "TwoCompartmentPK",
+            "--regimen",
+            str(files / "reg.toml"),
+            "--repeats",
+            "2",
+            "--t-end",
+            "3",
+            "--out",
+            str(files / "b"),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     row = _read_tidy(files / "b" / "bench.csv")[0]
     assert row["engine"] == "vmap" and row["solver"] == "Tsit5"  # ck.simulate's default for this model class
@@ -272,8 +401,24 @@ def test_bench_reports_steps_of_the_library(files):
 
 
 def test_bench_ensemble_times_members(files):
-    rc = cli.main(["bench", "--model", "TwoCompartmentPK", "--regimen", str(files / "reg.toml"), "--repeats", "1",
-                   "--t-end", "3", "--ensemble", "8", "--out", str(files / "be"), "--quiet"])
+    rc = cli.main(
+        [
+            "bench",
+            "--model",
+            "TwoCompartmentPK",
+            "--regimen",
+            str(files / "reg.toml"),
+            "--repeats",
+            "1",
+            "--t-end",
+            "3",
+            "--ensemble",
+            "8",
+            "--out",
+            str(files / "be"),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     row = _read_tidy(files / "be" / "bench_ensemble.csv")[0]
     assert row["engine"] == "ensemble" and row["method"] == "EnsembleTsit5"
@@ -281,8 +426,27 @@ def test_bench_ensemble_times_members(files):
     assert int(row["devices"]) == 1  # this process started JAX with one CPU device ("all" = 1 here)
     assert float(row["per_member_s"]) == pytest.approx(float(row["best_batch_s"]) / 8, rel=1e-3)
     assert float(row["mean_steps"]) > 0
-    assert cli.main(["bench", "--model", "TwoCompartmentPK", "--regimen", str(files / "reg.toml"), "--ensemble", "0",
-                     "--repeats", "1", "--t-end", "1", "--out", str(files / "be0"), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                "--model",
+                "TwoCompartmentPK",
+                "--regimen",
+                str(files / "reg.toml"),
+                "--ensemble",
+                "0",
+                "--repeats",
+                "1",
+                "--t-end",
+                "1",
+                "--out",
+                str(files / "be0"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert not os.path.exists(files / "be0" / "bench_ensemble.csv")
 
 
@@ -343,7 +507,7 @@ def test_demo_framework_skips_missing_features_and_reports_failures(tmp_path):
     with open(path, encoding="utf-8") as fh:
         html = fh.read()
     assert html.count('class="note skipped"') == 2 and html.count('class="note warning"') == 1
-    assert html.count("data:image/png;base64,") == 1 and "src=\"http" not in html
+    assert html.count("data:image/png;base64,") == 1 and 'src="http' not in html
     with open(tmp_path / "lymphodepletion_fludarabine.csv", newline="") as fh:
         conc = [float(r["value"]) for r in csv.DictReader(fh) if r["name"] == "concentration"]
     # three 45.4 mg infusions (25 mg/m2 x 1.82 m2): the peak lies between 1 and 2 mg/L for V1 = 39 L
@@ -391,11 +555,16 @@ def _write_petab_problem(folder, conditions=("c0",)):
     true = OneCompartmentPK(cl=100.0)
     ts = np.array([0.1, 0.25, 0.5, 1.0, 1.5])
     sol = ck.simulate(true, ck.Bolus(0.0, 100.0, "central"), ts)
-    meas = tuple(cio.PetabMeasurement("conc", conditions[i % len(conditions)], float(t), float(v))
-                 for i, (t, v) in enumerate(zip(ts, np.asarray(sol.observables.concentration))))
-    prob = cio.PetabProblem(meas, cio.petab_parameters_from_model(OneCompartmentPK(), estimate=["cl"]),
-                            tuple(cio.PetabCondition(c, "", {}) for c in conditions),
-                            (cio.PetabObservable("conc", "plasma", "concentration", "log10", "0.05", "normal"),))
+    meas = tuple(
+        cio.PetabMeasurement("conc", conditions[i % len(conditions)], float(t), float(v))
+        for i, (t, v) in enumerate(zip(ts, np.asarray(sol.observables.concentration)))
+    )
+    prob = cio.PetabProblem(
+        meas,
+        cio.petab_parameters_from_model(OneCompartmentPK(), estimate=["cl"]),
+        tuple(cio.PetabCondition(c, "", {}) for c in conditions),
+        (cio.PetabObservable("conc", "plasma", "concentration", "log10", "0.05", "normal"),),
+    )
     cio.write_petab(prob, folder, model=OneCompartmentPK())
     return prob
 
@@ -410,8 +579,18 @@ def test_petab_targets_map_noise_and_transform(tmp_path):
 
 def test_calibrate_rejects_several_conditions(tmp_path, capsys):
     _write_petab_problem(tmp_path / "p", conditions=("a", "b"))
-    rc = cli.main(["calibrate", "--model", "OneCompartmentPK", "--petab", str(tmp_path / "p"),
-                   "--out", str(tmp_path / "o"), "--quiet"])
+    rc = cli.main(
+        [
+            "calibrate",
+            "--model",
+            "OneCompartmentPK",
+            "--petab",
+            str(tmp_path / "p"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     assert rc == cli.EXIT_USAGE
     assert "fits one simulation condition at a time; the measurements use ['a', 'b']" in capsys.readouterr().err
 
@@ -420,8 +599,22 @@ def test_calibrate_rejects_several_conditions(tmp_path, capsys):
 def test_calibrate_recovers_clearance(tmp_path):
     _write_petab_problem(tmp_path / "p")
     (tmp_path / "b.toml").write_text('[[bolus]]\ntime = 0.0\namount = 100.0\nstate = "central"\n')
-    rc = cli.main(["calibrate", "--model", "OneCompartmentPK", "--petab", str(tmp_path / "p"), "--regimen",
-                   str(tmp_path / "b.toml"), "--starts", "2", "--out", str(tmp_path / "o"), "--quiet"])
+    rc = cli.main(
+        [
+            "calibrate",
+            "--model",
+            "OneCompartmentPK",
+            "--petab",
+            str(tmp_path / "p"),
+            "--regimen",
+            str(tmp_path / "b.toml"),
+            "--starts",
+            "2",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     row = _read_tidy(tmp_path / "o" / "fitted_parameters.csv")[0]
     assert row["parameter"] == "cl" and row["tag"] == "F"
@@ -445,8 +638,9 @@ def test_simulate_reads_data_to_overlay(files, kind):
     if kind == "tidy":
         (files / "data.csv").write_text("time,name,value\n0.5,concentration,1.1\n1.0,concentration,0.4\n")
     else:
-        (files / "data.csv").write_text("ID,TIME,AMT,CMT,EVID,DV,MDV\n1,0,100,1,1,.,1\n1,0.5,.,1,0,1.1,0\n"
-                                        "1,1.0,.,1,0,0.4,0\n")
+        (files / "data.csv").write_text(
+            "ID,TIME,AMT,CMT,EVID,DV,MDV\n1,0,100,1,1,.,1\n1,0.5,.,1,0,1.1,0\n1,1.0,.,1,0,0.4,0\n"
+        )
     data = _inputs.read_data(str(files / "data.csv"), TwoCompartmentPK())
     t, v = data.select("concentration")
     np.testing.assert_array_equal(t, [0.5, 1.0])
@@ -496,9 +690,23 @@ def test_simulate_without_arguments_runs_the_sle_human_preset_with_its_regimen(t
 
 def test_sweep_engines_agree_to_the_solver_tolerance(files, capsys):
     (files / "bolus.toml").write_text('[[bolus]]\ntime = 0.0\namount = 100.0\nstate = "central"\n')
-    (files / "ranges.toml").write_text('[sweep]\nn = 4\nseed = 2\n[ranges]\ncl = [50.0, 200.0]\nv = [30.0, 60.0]\n')
-    common = ["sweep", "--model", "OneCompartmentPK", "--regimen", str(files / "bolus.toml"), "--ranges",
-              str(files / "ranges.toml"), "--t-end", "2", "--points", "41", "--devices", "1", "--quiet"]
+    (files / "ranges.toml").write_text("[sweep]\nn = 4\nseed = 2\n[ranges]\ncl = [50.0, 200.0]\nv = [30.0, 60.0]\n")
+    common = [
+        "sweep",
+        "--model",
+        "OneCompartmentPK",
+        "--regimen",
+        str(files / "bolus.toml"),
+        "--ranges",
+        str(files / "ranges.toml"),
+        "--t-end",
+        "2",
+        "--points",
+        "41",
+        "--devices",
+        "1",
+        "--quiet",
+    ]
     assert cli.main(common + ["--out", str(files / "ens")]) == 0
     assert "engine: ensemble (EnsembleTsit5)" in capsys.readouterr().out
     assert cli.main(common + ["--engine", "vmap", "--out", str(files / "vmap")]) == 0
@@ -514,13 +722,32 @@ def test_translate_writes_the_report(tmp_path, capsys):
     # (was `python -m carkinetics.translate_map`, now folded into the command)
     from carkinetics.models.sle import SLE_METRICS
 
-    argv = ["translate", "--out", str(tmp_path), "--gaps", "G1", "--t-end", "120", "--no-scenarios", "--seed", "0",
-            "--batch-size", "2", "--checkpoint", str(tmp_path / "ckpt")]
+    argv = [
+        "translate",
+        "--out",
+        str(tmp_path),
+        "--gaps",
+        "G1",
+        "--t-end",
+        "120",
+        "--no-scenarios",
+        "--seed",
+        "0",
+        "--batch-size",
+        "2",
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+    ]
     rc = cli.main(argv)
     captured = capsys.readouterr()
     assert rc == cli.EXIT_OK, captured.err
-    for name in ("translation_heatmap.png", "translation_waterfalls.png", "translation_map.csv",
-                 "translation_map.md", "translation_narrative.md"):
+    for name in (
+        "translation_heatmap.png",
+        "translation_waterfalls.png",
+        "translation_map.csv",
+        "translation_map.md",
+        "translation_narrative.md",
+    ):
         assert (tmp_path / name).stat().st_size > 200, name
     csv_lines = (tmp_path / "translation_map.csv").read_text().strip().splitlines()
     assert len(csv_lines) == 1 + len(SLE_METRICS) * 2  # G1 + ungrouped

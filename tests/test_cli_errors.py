@@ -54,8 +54,10 @@ def no_solve(monkeypatch):
 @pytest.mark.parametrize(
     "spec, fragments",
     [
-        ('[sweep]\nn = 4\nmetrics = "concentration_auc"\n', ["[sweep] metrics must be a non-empty array of strings",
-                                                             'got "concentration_auc"']),
+        (
+            '[sweep]\nn = 4\nmetrics = "concentration_auc"\n',
+            ["[sweep] metrics must be a non-empty array of strings", 'got "concentration_auc"'],
+        ),
         ("[sweep]\nn = 8.7\n", ["[sweep] n must be a whole number, got 8.7"]),
         ('[sweep]\nn = "many"\n', ['[sweep] n must be a whole number, got "many"']),
         ('[sweep]\nseed = "abc"\n', ['[sweep] seed must be a whole number, got "abc"']),
@@ -65,18 +67,37 @@ def no_solve(monkeypatch):
         ("[sweep]\nn = 1\n", ["[sweep] n must be at least 2, got 1"]),
         ("[sweep]\nn = 1e9\n", ["[sweep] n must be at most 100,000,000, got 1,000,000,000"]),
         ("[sweep]\nn = 1_000_000_000\n", ["[sweep] n must be at most 100,000,000, got 1,000,000,000"]),
-        ('[sweep]\nmetrics = ["concentration_auc", "nope"]\n', ["[sweep] metrics names unknown metric(s) ['nope']",
-                                                                "'concentration_cmax'"]),
+        (
+            '[sweep]\nmetrics = ["concentration_auc", "nope"]\n',
+            ["[sweep] metrics names unknown metric(s) ['nope']", "'concentration_cmax'"],
+        ),
         ("[sweep]\nnn = 4\n", ["[sweep]: unknown key(s) ['nn']"]),
-        ('[sweep]\nmetrics = ["concentration_auc", "concentration_auc"]\n',
-         ["[sweep] metrics names ['concentration_auc'] more than once"]),
+        (
+            '[sweep]\nmetrics = ["concentration_auc", "concentration_auc"]\n',
+            ["[sweep] metrics names ['concentration_auc'] more than once"],
+        ),
     ],
 )
 def test_sweep_spec_mistakes(tmp_path, capsys, no_solve, spec, fragments):
     ranges = tmp_path / "spec.toml"
     ranges.write_text(spec + ("" if "[ranges]" in spec else "[ranges]\ncl = [50.0, 200.0]\n"))
-    _usage_error(capsys, ["sweep", "--model", "OneCompartmentPK", "--regimen", "none", "--ranges", str(ranges),
-                          "--out", str(tmp_path / "o"), "--quiet"], str(ranges), *fragments)
+    _usage_error(
+        capsys,
+        [
+            "sweep",
+            "--model",
+            "OneCompartmentPK",
+            "--regimen",
+            "none",
+            "--ranges",
+            str(ranges),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        str(ranges),
+        *fragments,
+    )
 
 
 @pytest.mark.parametrize(
@@ -90,8 +111,20 @@ def test_sweep_spec_mistakes(tmp_path, capsys, no_solve, spec, fragments):
 )
 def test_sweep_range_mistakes(tmp_path, capsys, no_solve, ranges, fragment):
     (tmp_path / "r.toml").write_text(f"[ranges]\n{ranges}\n")
-    _usage_error(capsys, ["sweep", "--model", "OneCompartmentPK", "--ranges", str(tmp_path / "r.toml"), "--out",
-                          str(tmp_path / "o"), "--quiet"], fragment)
+    _usage_error(
+        capsys,
+        [
+            "sweep",
+            "--model",
+            "OneCompartmentPK",
+            "--ranges",
+            str(tmp_path / "r.toml"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        fragment,
+    )
 
 
 @pytest.mark.parametrize(
@@ -111,8 +144,21 @@ def test_sweep_range_mistakes(tmp_path, capsys, no_solve, ranges, fragment):
 )
 def test_sweep_argument_mistakes(tmp_path, capsys, no_solve, argv, fragment):
     (tmp_path / "r.toml").write_text("[ranges]\ncl = [50.0, 200.0]\n")
-    _usage_error(capsys, ["sweep", "--model", "OneCompartmentPK", "--ranges", str(tmp_path / "r.toml"), *argv,
-                          "--out", str(tmp_path / "o"), "--quiet"], fragment)
+    _usage_error(
+        capsys,
+        [
+            "sweep",
+            "--model",
+            "OneCompartmentPK",
+            "--ranges",
+            str(tmp_path / "r.toml"),
+            *argv,
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        fragment,
+    )
 
 
 @pytest.mark.parametrize(
@@ -125,12 +171,14 @@ def test_sweep_argument_mistakes(tmp_path, capsys, no_solve, argv, fragment):
     ],
 )
 def test_bench_argument_mistakes(tmp_path, capsys, no_solve, argv, fragment):
-    _usage_error(capsys, ["bench", "--model", "OneCompartmentPK", *argv, "--out", str(tmp_path / "o"), "--quiet"],
-                 fragment)
+    _usage_error(
+        capsys, ["bench", "--model", "OneCompartmentPK", *argv, "--out", str(tmp_path / "o"), "--quiet"], fragment
+    )
 
 
-@pytest.mark.parametrize("error", [MemoryError(), "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8e10 "
-                                                  "bytes.\nmore detail"])
+@pytest.mark.parametrize(
+    "error", [MemoryError(), "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8e10 bytes.\nmore detail"]
+)
 def test_running_out_of_memory_names_the_arguments_to_lower(tmp_path, capsys, monkeypatch, error):
     # Memory the inputs ask for and the machine does not have: one line naming the arguments that size it, exit 2
     # (not a traceback of the XLA allocator).
@@ -142,19 +190,34 @@ def test_running_out_of_memory_names_the_arguments_to_lower(tmp_path, capsys, mo
     monkeypatch.setattr(ck, "simulate", allocate)
     monkeypatch.setattr(ck, "sweep_model", allocate)
     (tmp_path / "r.toml").write_text("[ranges]\ncl = [50.0, 200.0]\n")
-    err = _usage_error(capsys, ["sweep", "--model", "OneCompartmentPK", "--ranges", str(tmp_path / "r.toml"),
-                                "--out", str(tmp_path / "o"), "--quiet"],
-                       "carkinetics sweep: error: out of memory (",
-                       "lower --chunk-size, --points, --n, --devices (what is held in memory at once).")
+    err = _usage_error(
+        capsys,
+        [
+            "sweep",
+            "--model",
+            "OneCompartmentPK",
+            "--ranges",
+            str(tmp_path / "r.toml"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        "carkinetics sweep: error: out of memory (",
+        "lower --chunk-size, --points, --n, --devices (what is held in memory at once).",
+    )
     if not isinstance(error, MemoryError):
         assert "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8e10 bytes.)" in err
-    _usage_error(capsys, ["simulate", "--model", "OneCompartmentPK", "--regimen", "none", "--out",
-                          str(tmp_path / "o"), "--quiet"], "lower --points (what is held")
+    _usage_error(
+        capsys,
+        ["simulate", "--model", "OneCompartmentPK", "--regimen", "none", "--out", str(tmp_path / "o"), "--quiet"],
+        "lower --points (what is held",
+    )
     # any other runtime error is not a user mistake: it still reaches the user as a traceback (exit 1 from Python)
     monkeypatch.setattr(ck, "simulate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
-        cli.main(["simulate", "--model", "OneCompartmentPK", "--regimen", "none", "--out", str(tmp_path / "o"),
-                  "--quiet"])
+        cli.main(
+            ["simulate", "--model", "OneCompartmentPK", "--regimen", "none", "--out", str(tmp_path / "o"), "--quiet"]
+        )
 
 
 def test_points_accepts_whole_numbers_in_exponent_form():
@@ -171,9 +234,27 @@ def test_devices_above_the_core_count_are_refused_in_a_fresh_process(tmp_path):
     (tmp_path / "r.toml").write_text("[ranges]\ncl = [50.0, 200.0]\n")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, "-m", "carkinetics.cli", "sweep", "--model", "OneCompartmentPK",
-                           "--ranges", str(tmp_path / "r.toml"), "--devices", "64", "--out", str(tmp_path / "o"),
-                           "--quiet"], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "carkinetics.cli",
+            "sweep",
+            "--model",
+            "OneCompartmentPK",
+            "--ranges",
+            str(tmp_path / "r.toml"),
+            "--devices",
+            "64",
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     cores = _common.available_cores()
     assert proc.returncode == cli.EXIT_USAGE, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
@@ -201,45 +282,83 @@ def test_host_devices_never_exceed_the_cores(monkeypatch):
     [
         ("bolus = [1, 2]\n", ["bolus must be an array of tables, each written [[bolus]]", "got bolus = [1, 2]"]),
         ("[bolus]\ntime = 0\n", ["bolus must be an array of tables"]),
-        ('[[bolus]]\ntime = "0"\namount = 1\nstate = "central"\n',
-         ['[[bolus]] #1: time must be a finite number, got "0"']),
-        ('[[bolus]]\ntime = 0\namount = 1\nstate = 3\n', ["[[bolus]] #1: state must be a non-empty string"]),
-        ('[[bolus]]\ntime = 0\namount = true\nstate = "central"\n',
-         ["[[bolus]] #1: amount must be a finite number, got true"]),
+        (
+            '[[bolus]]\ntime = "0"\namount = 1\nstate = "central"\n',
+            ['[[bolus]] #1: time must be a finite number, got "0"'],
+        ),
+        ("[[bolus]]\ntime = 0\namount = 1\nstate = 3\n", ["[[bolus]] #1: state must be a non-empty string"]),
+        (
+            '[[bolus]]\ntime = 0\namount = true\nstate = "central"\n',
+            ["[[bolus]] #1: amount must be a finite number, got true"],
+        ),
         ('[[bolus]]\ntime = 0\namount = inf\nstate = "central"\n', ["amount must be a finite number, got inf"]),
-        ('[[bolus]]\ntime = 0\namount = 1\nstate = "central"\naddl = 2.5\nii = 1\n',
-         ["[[bolus]] #1: addl must be a whole number, got 2.5"]),
+        (
+            '[[bolus]]\ntime = 0\namount = 1\nstate = "central"\naddl = 2.5\nii = 1\n',
+            ["[[bolus]] #1: addl must be a whole number, got 2.5"],
+        ),
         ('[[bolus]]\ntime = 0\nstate = "central"\n', ["[[bolus]] #1: missing required key(s) ['amount']"]),
-        ('[[infusion]]\nstart = 0\nstate = "central"\namount = 1\n',
-         ["[[infusion]] #1: missing required key(s) ['duration']"]),
-        ('[[fractional_kill]]\ntime = 0\nfraction = 0.5\nstates = "central"\n',
-         ['[[fractional_kill]] #1: states must be a non-empty array of strings, e.g. ["a", "b"], got "central"']),
-        ('[[fludarabine]]\ndays = 5\nbsa_m2 = 1.8\nstate = "central"\n',
-         ["[[fludarabine]] #1: days must be a non-empty array of finite numbers, e.g. [-5, -4, -3], got 5"]),
-        ('[[fludarabine]]\nstate = "central"\n',
-         ["[[fludarabine]] #1: give bsa_m2 (m²), or weight_kg and height_cm: OneCompartmentPK declares no body size"]),
-        ('[[fludarabine]]\nstate = "central"\nweight_kg = 70\n',
-         ["give bsa_m2 (m²), or weight_kg and height_cm (weight_kg given)"]),
-        ('[[fludarabine]]\nstate = "central"\nbsa_m2 = 1.8\nweight_kg = 70\n',
-         ["give either bsa_m2 or weight_kg and height_cm, not both"]),
+        (
+            '[[infusion]]\nstart = 0\nstate = "central"\namount = 1\n',
+            ["[[infusion]] #1: missing required key(s) ['duration']"],
+        ),
+        (
+            '[[fractional_kill]]\ntime = 0\nfraction = 0.5\nstates = "central"\n',
+            ['[[fractional_kill]] #1: states must be a non-empty array of strings, e.g. ["a", "b"], got "central"'],
+        ),
+        (
+            '[[fludarabine]]\ndays = 5\nbsa_m2 = 1.8\nstate = "central"\n',
+            ["[[fludarabine]] #1: days must be a non-empty array of finite numbers, e.g. [-5, -4, -3], got 5"],
+        ),
+        (
+            '[[fludarabine]]\nstate = "central"\n',
+            [
+                "[[fludarabine]] #1: give bsa_m2 (m²), or weight_kg and height_cm: "
+                "OneCompartmentPK declares no body size"
+            ],
+        ),
+        (
+            '[[fludarabine]]\nstate = "central"\nweight_kg = 70\n',
+            ["give bsa_m2 (m²), or weight_kg and height_cm (weight_kg given)"],
+        ),
+        (
+            '[[fludarabine]]\nstate = "central"\nbsa_m2 = 1.8\nweight_kg = 70\n',
+            ["give either bsa_m2 or weight_kg and height_cm, not both"],
+        ),
         ('[[fludarabine]]\nstate = "central"\nweight_kg = 70\nheight_cm = 1.7\n', ["height_cm"]),
-        ('[[car_t]]\ncells_per_kg = 1e6\nstate = "central"\n',
-         ["[[car_t]] #1: cells_per_kg needs weight_kg (kg): OneCompartmentPK declares no body weight"]),
+        (
+            '[[car_t]]\ncells_per_kg = 1e6\nstate = "central"\n',
+            ["[[car_t]] #1: cells_per_kg needs weight_kg (kg): OneCompartmentPK declares no body weight"],
+        ),
         ('[[car_t]]\nstate = "central"\n', ["[[car_t]] #1: give cells (a flat number of CAR-T cells) or cells_per_kg"]),
-        ('[[car_t]]\ncells = 1e6\n', ["unknown state(s) ['car_effector'] for OneCompartmentPK"]),
-        ('[[kill]]\ntime = 0\n', ["unknown key(s) ['kill']"]),
+        ("[[car_t]]\ncells = 1e6\n", ["unknown state(s) ['car_effector'] for OneCompartmentPK"]),
+        ("[[kill]]\ntime = 0\n", ["unknown key(s) ['kill']"]),
     ],
 )
 def test_regimen_file_mistakes(tmp_path, capsys, no_solve, text, fragments):
     (tmp_path / "reg.toml").write_text(text)
-    _usage_error(capsys, ["simulate", "--model", "OneCompartmentPK", "--regimen", str(tmp_path / "reg.toml"),
-                          "--out", str(tmp_path / "o"), "--quiet"], str(tmp_path / "reg.toml"), *fragments)
+    _usage_error(
+        capsys,
+        [
+            "simulate",
+            "--model",
+            "OneCompartmentPK",
+            "--regimen",
+            str(tmp_path / "reg.toml"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        str(tmp_path / "reg.toml"),
+        *fragments,
+    )
 
 
 def test_named_regimen_of_another_model(tmp_path, capsys, no_solve):
-    _usage_error(capsys, ["simulate", "--model", "TwoCompartmentPK", "--regimen", "erlangen", "--out",
-                          str(tmp_path / "o"), "--quiet"],
-                 "--regimen erlangen: does not apply to TwoCompartmentPK")
+    _usage_error(
+        capsys,
+        ["simulate", "--model", "TwoCompartmentPK", "--regimen", "erlangen", "--out", str(tmp_path / "o"), "--quiet"],
+        "--regimen erlangen: does not apply to TwoCompartmentPK",
+    )
 
 
 def _resolve(argv):
@@ -252,8 +371,10 @@ def _resolve(argv):
 def test_body_size_comes_from_the_model_and_is_said(tmp_path, capsys):
     # `[[car_t]] cells_per_kg` and `[[fludarabine]]`/`[[cyclophosphamide]]` without BSA take the body size from the
     # model (the human preset: body.weight_kg 70 kg, body.height_cm 170 cm) and say so; never a silent 1.8 m².
-    (tmp_path / "reg.toml").write_text("[[car_t]]\ncells_per_kg = 1e6\n\n[[fludarabine]]\n\n"
-                                       "[[cyclophosphamide]]\ndose_mg_per_m2 = 500.0\ndays = [-4]\n")
+    (tmp_path / "reg.toml").write_text(
+        "[[car_t]]\ncells_per_kg = 1e6\n\n[[fludarabine]]\n\n"
+        "[[cyclophosphamide]]\ndose_mg_per_m2 = 500.0\ndays = [-4]\n"
+    )
     run = _resolve(["--preset", "human", "--regimen", str(tmp_path / "reg.toml")])
     err = capsys.readouterr().err
     w = float(run.model.body.weight_kg)
@@ -262,14 +383,18 @@ def test_body_size_comes_from_the_model_and_is_said(tmp_path, capsys):
     expected = sorted([1e6 * w, *[25.0 * bsa] * 3, 500.0 * bsa])
     np.testing.assert_allclose(amounts, expected, rtol=1e-12)
     assert f"[[car_t]] #1: no weight_kg given: using the model's body.weight_kg = {w:g} kg" in err
-    assert (f"[[fludarabine]] #1: no bsa_m2 given: using {bsa:.3g} m² (Mosteller) from the model's "
-            f"body.weight_kg = {w:g} kg and body.height_cm = 170 cm") in err
+    assert (
+        f"[[fludarabine]] #1: no bsa_m2 given: using {bsa:.3g} m² (Mosteller) from the model's "
+        f"body.weight_kg = {w:g} kg and body.height_cm = 170 cm"
+    ) in err
     assert "[[fludarabine]] #1: using the default dose_mg_per_m2 = 25 and days = [-5.0, -4.0, -3.0]" in err
     assert "[[cyclophosphamide]] #1: no bsa_m2 given" in err and "[[cyclophosphamide]] #1: using the default" not in err
     assert all(line.startswith("note: ") for line in err.splitlines())
     # given values win, without a note
-    (tmp_path / "given.toml").write_text("[[car_t]]\ncells_per_kg = 1e6\nweight_kg = 50.0\n\n"
-                                         "[[fludarabine]]\nbsa_m2 = 1.5\ndose_mg_per_m2 = 30.0\ndays = [-5]\n")
+    (tmp_path / "given.toml").write_text(
+        "[[car_t]]\ncells_per_kg = 1e6\nweight_kg = 50.0\n\n"
+        "[[fludarabine]]\nbsa_m2 = 1.5\ndose_mg_per_m2 = 30.0\ndays = [-5]\n"
+    )
     run = _resolve(["--preset", "human", "--regimen", str(tmp_path / "given.toml")])
     assert sorted(float(d.amount) for d in run.regimen.doses) == pytest.approx([45.0, 5e7])
     assert capsys.readouterr().err == ""
@@ -282,9 +407,13 @@ def test_body_size_comes_from_the_model_and_is_said(tmp_path, capsys):
 @pytest.mark.parametrize(
     "text, fragments",
     [
-        ("time,name,value\n0.5,concentration,1.1\n1.0,conc,0.4\n",
-         ["line 3: name 'conc' is neither an observable nor a state of OneCompartmentPK",
-          "observables are ['concentration']"]),
+        (
+            "time,name,value\n0.5,concentration,1.1\n1.0,conc,0.4\n",
+            [
+                "line 3: name 'conc' is neither an observable nor a state of OneCompartmentPK",
+                "observables are ['concentration']",
+            ],
+        ),
         ("time,name,value\n0.5,concentration,x\n", ["line 2: time and value must be numbers, got '0.5' and 'x'"]),
         ("time,name,value\nnan,concentration,1\n", ["line 2: time and value must be finite"]),
         ("time,name,value\n", ["no data rows below the header"]),
@@ -293,22 +422,49 @@ def test_body_size_comes_from_the_model_and_is_said(tmp_path, capsys):
 )
 def test_data_mistakes(tmp_path, capsys, no_solve, text, fragments):
     (tmp_path / "data.csv").write_text(text)
-    _usage_error(capsys, ["simulate", "--model", "OneCompartmentPK", "--data", str(tmp_path / "data.csv"), "--out",
-                          str(tmp_path / "o"), "--quiet"], str(tmp_path / "data.csv"), *fragments)
+    _usage_error(
+        capsys,
+        [
+            "simulate",
+            "--model",
+            "OneCompartmentPK",
+            "--data",
+            str(tmp_path / "data.csv"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        str(tmp_path / "data.csv"),
+        *fragments,
+    )
 
 
 def test_data_in_latin1_is_a_usage_error(tmp_path, capsys, no_solve):
     (tmp_path / "data.csv").write_bytes("time,name,value\n0.5,concentration,1.1 # µ\n".encode("latin-1"))
-    _usage_error(capsys, ["simulate", "--model", "OneCompartmentPK", "--data", str(tmp_path / "data.csv"), "--out",
-                          str(tmp_path / "o"), "--quiet"], "is not UTF-8 text")
+    _usage_error(
+        capsys,
+        [
+            "simulate",
+            "--model",
+            "OneCompartmentPK",
+            "--data",
+            str(tmp_path / "data.csv"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+        "is not UTF-8 text",
+    )
 
 
 @pytest.mark.parametrize(
     "argv, fragment",
     [
         (["--outputs", ","], "--outputs ',' names no output"),
-        (["--outputs", "concentration, concentration"],
-         "--outputs 'concentration, concentration' names ['concentration'] more than once"),
+        (
+            ["--outputs", "concentration, concentration"],
+            "--outputs 'concentration, concentration' names ['concentration'] more than once",
+        ),
         (["--t-start", "inf"], "argument --t-start: must be a finite number, got 'inf'"),
         (["--points", "1"], "argument --points: must be between 2 and 1000000, got 1"),
         (["--params", "{dir}/latin1.toml"], "latin1.toml is not UTF-8 text"),
@@ -317,8 +473,9 @@ def test_data_in_latin1_is_a_usage_error(tmp_path, capsys, no_solve):
 def test_simulate_argument_mistakes(tmp_path, capsys, no_solve, argv, fragment):
     (tmp_path / "latin1.toml").write_bytes("[parameters]\n# µ\ncl = 1.0\n".encode("latin-1"))
     argv = [a.format(dir=tmp_path) for a in argv]
-    _usage_error(capsys, ["simulate", "--model", "OneCompartmentPK", *argv, "--out", str(tmp_path / "o"), "--quiet"],
-                 fragment)
+    _usage_error(
+        capsys, ["simulate", "--model", "OneCompartmentPK", *argv, "--out", str(tmp_path / "o"), "--quiet"], fragment
+    )
 
 
 @pytest.mark.parametrize(
@@ -338,24 +495,35 @@ def test_input_file_mistakes_name_the_argument(tmp_path, capsys, no_solve, argv,
     argv = [a.format(dir=tmp_path) for a in argv]
     if "--events" not in argv and "--regimen" not in argv:
         argv = ["--regimen", "none", *argv]
-    _usage_error(capsys, ["simulate", "--model", "OneCompartmentPK", *argv, "--out", str(tmp_path / "o"), "--quiet"],
-                 fragment.format(dir=tmp_path))
-    _usage_error(capsys, ["sweep", "--model", "OneCompartmentPK", "--ranges", str(tmp_path), "--out",
-                          str(tmp_path / "o"), "--quiet"], f"--ranges '{tmp_path}' is a folder; give the TOML file")
+    _usage_error(
+        capsys,
+        ["simulate", "--model", "OneCompartmentPK", *argv, "--out", str(tmp_path / "o"), "--quiet"],
+        fragment.format(dir=tmp_path),
+    )
+    _usage_error(
+        capsys,
+        ["sweep", "--model", "OneCompartmentPK", "--ranges", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"],
+        f"--ranges '{tmp_path}' is a folder; give the TOML file",
+    )
 
 
 def test_unwritable_out_is_found_before_any_computation(tmp_path, capsys, no_solve):
     (tmp_path / "r.toml").write_text("[ranges]\ncl = [50.0, 200.0]\n")
     (tmp_path / "file.txt").write_text("not a folder")
     sweep = ["sweep", "--model", "OneCompartmentPK", "--ranges", str(tmp_path / "r.toml"), "--quiet", "--out"]
-    _usage_error(capsys, [*sweep, str(tmp_path / "file.txt")],
-                 f"--out '{tmp_path / 'file.txt'}' is a file, not a folder")
-    _usage_error(capsys, [*sweep, str(tmp_path / "file.txt" / "sub")],
-                 f"cannot be created: {tmp_path / 'file.txt'} is a file, not a folder")
+    _usage_error(
+        capsys, [*sweep, str(tmp_path / "file.txt")], f"--out '{tmp_path / 'file.txt'}' is a file, not a folder"
+    )
+    _usage_error(
+        capsys,
+        [*sweep, str(tmp_path / "file.txt" / "sub")],
+        f"cannot be created: {tmp_path / 'file.txt'} is a file, not a folder",
+    )
     # a folder where no file can be created (/proc refuses new files even to root)
     _usage_error(capsys, [*sweep, "/proc"], "--out '/proc': cannot write files there")
-    _usage_error(capsys, [*sweep, "/proc/carkinetics_out"], "--out '/proc/carkinetics_out': cannot write files there "
-                                                            "(in /proc)")
+    _usage_error(
+        capsys, [*sweep, "/proc/carkinetics_out"], "--out '/proc/carkinetics_out': cannot write files there (in /proc)"
+    )
     for command in (["translate"], ["calibrate", "--petab", str(tmp_path)], ["bench"], ["demo"]):
         _usage_error(capsys, [*command, "--quiet", "--out", "/proc"], "--out '/proc': cannot write files there")
 
@@ -367,23 +535,32 @@ def test_files_of_an_earlier_run_are_removed_and_said(tmp_path, capsys):
     out.mkdir()
     for name in ("model.xml", "simulation.png", "notes.txt", "sweep.csv"):
         (out / name).write_text("from an earlier run")
-    rc = cli.main(["simulate", "--model", "OneCompartmentPK", "--regimen", "none", "--points", "3", "--out", str(out),
-                   "--quiet"])
+    rc = cli.main(
+        ["simulate", "--model", "OneCompartmentPK", "--regimen", "none", "--points", "3", "--out", str(out), "--quiet"]
+    )
     err = capsys.readouterr().err
     assert rc == 0
     assert not (out / "model.xml").exists()  # --sbml not given this time: a stale model.xml would mislead
     assert (out / "simulation.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "notes.txt").read_text() == "from an earlier run"  # not a file simulate writes
     assert (out / "sweep.csv").read_text() == "from an earlier run"  # written by another command
-    assert err == (f"note: removed 2 file(s) of an earlier run from {out} (this command writes them): model.xml, "
-                   "simulation.png\n")
+    assert err == (
+        f"note: removed 2 file(s) of an earlier run from {out} (this command writes them): model.xml, simulation.png\n"
+    )
     assert not [f for f in os.listdir(out) if ".tmp" in f or f.startswith(".staging")]
 
 
 def test_every_builtin_command_declares_its_outputs():
     for cmd in _main.commands():
-        if isinstance(cmd, cli.Command) and cmd.name in ("simulate", "sweep", "calibrate", "bench", "translate",
-                                                            "demo", "fit-population"):
+        if isinstance(cmd, cli.Command) and cmd.name in (
+            "simulate",
+            "sweep",
+            "calibrate",
+            "bench",
+            "translate",
+            "demo",
+            "fit-population",
+        ):
             assert cmd.outputs, cmd.name
 
 
@@ -419,11 +596,16 @@ def _petab(folder, *, conditions=None):
     """A one-condition PEtab problem: noise-free concentrations of OneCompartmentPK(cl=100) after 100 mg at day 0."""
     ts = np.array([0.1, 0.25, 0.5, 1.0, 1.5])
     sol = ck.simulate(OneCompartmentPK(cl=100.0), ck.Bolus(0.0, 100.0, "central"), ts)
-    meas = tuple(cio.PetabMeasurement("conc", "c0", float(t), float(v))
-                 for t, v in zip(ts, np.asarray(sol.observables.concentration)))
-    prob = cio.PetabProblem(meas, cio.petab_parameters_from_model(OneCompartmentPK(), estimate=["cl"]),
-                            (cio.PetabCondition("c0", "", dict(conditions or {})),),
-                            (cio.PetabObservable("conc", "plasma", "concentration", "log10", "0.05", "normal"),))
+    meas = tuple(
+        cio.PetabMeasurement("conc", "c0", float(t), float(v))
+        for t, v in zip(ts, np.asarray(sol.observables.concentration))
+    )
+    prob = cio.PetabProblem(
+        meas,
+        cio.petab_parameters_from_model(OneCompartmentPK(), estimate=["cl"]),
+        (cio.PetabCondition("c0", "", dict(conditions or {})),),
+        (cio.PetabObservable("conc", "plasma", "concentration", "log10", "0.05", "normal"),),
+    )
     cio.write_petab(prob, folder, model=OneCompartmentPK())
     (folder / "bolus.toml").write_text(BOLUS)
     return folder
@@ -442,8 +624,21 @@ def _edit_tsv(path, row_id, **values):
 
 
 def _calibrate(folder, *extra):
-    return ["calibrate", "--model", "OneCompartmentPK", "--petab", str(folder), "--regimen",
-            str(folder / "bolus.toml"), "--starts", "2", "--out", str(folder / "out"), "--quiet", *extra]
+    return [
+        "calibrate",
+        "--model",
+        "OneCompartmentPK",
+        "--petab",
+        str(folder),
+        "--regimen",
+        str(folder / "bolus.toml"),
+        "--starts",
+        "2",
+        "--out",
+        str(folder / "out"),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_petab_values_outside_the_model_bounds(tmp_path, capsys, no_solve, monkeypatch):
@@ -458,12 +653,17 @@ def test_petab_values_outside_the_model_bounds(tmp_path, capsys, no_solve, monke
     _edit_tsv(s / "parameters.tsv", "cl", lowerBound=129.84)  # the nominal value on the lower bound
     for name in ("simulate", "fit", "CalibrationProblem"):
         monkeypatch.setattr(ck, name, lambda *a, **k: pytest.fail("computed"))
-    _usage_error(capsys, _calibrate(p), "parameters.tsv nominalValue / conditions.tsv 'c0'", "'v'",
-                 "outside its declared bounds")
+    _usage_error(
+        capsys, _calibrate(p), "parameters.tsv nominalValue / conditions.tsv 'c0'", "'v'", "outside its declared bounds"
+    )
     _usage_error(capsys, _calibrate(q), "conditions.tsv 'c0'", "-5.0", "outside its declared bounds")
     _usage_error(capsys, _calibrate(r), "parameters.tsv: bounds [-1, 12984] of 'cl' leave the declared bounds of cl")
-    _usage_error(capsys, _calibrate(s), "parameters.tsv: the start value 129.84 L/d of 'cl'",
-                 "must lie strictly inside its bounds [129.84, 12984]")
+    _usage_error(
+        capsys,
+        _calibrate(s),
+        "parameters.tsv: the start value 129.84 L/d of 'cl'",
+        "must lie strictly inside its bounds [129.84, 12984]",
+    )
 
 
 def test_petab_duplicate_columns_are_named(tmp_path, capsys, no_solve, monkeypatch):
@@ -481,16 +681,20 @@ def test_a_fit_that_cannot_start_exits_4_with_the_reason(tmp_path, capsys, monke
     p = _petab(tmp_path / "p")
 
     def cannot_start(*args, **kwargs):
-        raise ValueError("The data cannot be fitted: every start gives the failure penalty. At the first start "
-                         "'conc' is not positive at some data time (does any dose reach this observable?).")
+        raise ValueError(
+            "The data cannot be fitted: every start gives the failure penalty. At the first start "
+            "'conc' is not positive at some data time (does any dose reach this observable?)."
+        )
 
     monkeypatch.setattr(ck, "fit", cannot_start)
     rc = cli.main(_calibrate(p))
     captured = capsys.readouterr()
     assert rc == cli.EXIT_NUMERICAL
-    assert captured.err == ("carkinetics calibrate: the fit FAILED: it could not start: The data cannot be fitted: "
-                            "every start gives the failure penalty. At the first start 'conc' is not positive at "
-                            "some data time (does any dose reach this observable?).\n")
+    assert captured.err == (
+        "carkinetics calibrate: the fit FAILED: it could not start: The data cannot be fitted: "
+        "every start gives the failure penalty. At the first start 'conc' is not positive at "
+        "some data time (does any dose reach this observable?).\n"
+    )
     assert "converged" not in captured.out and not (p / "out" / "fitted_parameters.csv").exists()
 
 
@@ -504,8 +708,9 @@ def test_a_fit_no_dose_reaches_fails_with_exit_4(tmp_path, capsys):
     rc = cli.main(argv)
     captured = capsys.readouterr()
     assert rc == cli.EXIT_NUMERICAL
-    assert captured.err.startswith("carkinetics calibrate: the fit FAILED: it could not start: The data cannot be "
-                                   "fitted")
+    assert captured.err.startswith(
+        "carkinetics calibrate: the fit FAILED: it could not start: The data cannot be fitted"
+    )
     assert "does any dose reach this observable?" in captured.err and captured.err.count("\n") == 1
     assert "converged" not in captured.out
 
@@ -529,6 +734,7 @@ def test_petab_bounds_bound_the_fit_and_a_failed_fit_exits_4(tmp_path, capsys, m
     assert 170.0 <= float(row["fitted_value"]) <= 170.1
     assert row["within_petab_bounds"] == "True" and row["at_petab_bound"] == "lower" and row["fit_succeeded"] == "True"
     assert "note: cl = 170 L/d lies on its lower bound (lowerBound 170 in parameters.tsv)" in captured.err
+
     # A fit whose best start did not converge still writes its files, but says that it failed: exit 4.
     def not_converged(*args, **kwargs):  # the same fit (not run again), its starts marked not converged
         import equinox as eqx
@@ -541,8 +747,9 @@ def test_petab_bounds_bound_the_fit_and_a_failed_fit_exits_4(tmp_path, capsys, m
     rc = cli.main(_calibrate(p))
     captured = capsys.readouterr()
     assert rc == cli.EXIT_NUMERICAL
-    assert captured.err.splitlines()[-1].startswith("carkinetics calibrate: the fit FAILED: its best start did not "
-                                                    "converge; the values above are not estimates")
+    assert captured.err.splitlines()[-1].startswith(
+        "carkinetics calibrate: the fit FAILED: its best start did not converge; the values above are not estimates"
+    )
     assert "0 converged" in captured.out and "THE FIT FAILED" in (p / "out" / "convergence.md").read_text()
     row = next(r for r in _read_csv(p / "out" / "fitted_parameters.csv") if r["parameter"] == "cl")
     assert row["fit_succeeded"] == "False"

@@ -39,9 +39,11 @@ def test_a_signal_during_a_command_exits_cleanly_with_one_line(tmp_path, capsys,
     err = capsys.readouterr().err
     assert rc == code, err
     last = err.splitlines()[-1]
-    assert last == (f"carkinetics simulate: stopped by {signal.Signals(signum).name} before it finished; every file "
-                    f"already in {out} is complete (files are written whole or not at all); rerun the command to "
-                    "start again.")
+    assert last == (
+        f"carkinetics simulate: stopped by {signal.Signals(signum).name} before it finished; every file "
+        f"already in {out} is complete (files are written whole or not at all); rerun the command to "
+        "start again."
+    )
     assert "Traceback" not in err
     assert not [f for f in os.listdir(out) if ".tmp" in f or f.startswith(".staging")]
     assert signal.getsignal(signal.SIGTERM) == before  # the command's handler is gone again
@@ -50,19 +52,37 @@ def test_a_signal_during_a_command_exits_cleanly_with_one_line(tmp_path, capsys,
 def test_the_interrupt_line_names_the_checkpoint_to_resume_from(tmp_path, capsys, monkeypatch):
     (tmp_path / "r.toml").write_text("[ranges]\ncl = [50.0, 200.0]\n")
     monkeypatch.setattr(ck, "sweep_model", _signal_self(signal.SIGTERM))
-    rc = cli.main(["sweep", "--model", "OneCompartmentPK", "--ranges", str(tmp_path / "r.toml"), "--checkpoint",
-                   str(tmp_path / "ck"), "--out", str(tmp_path / "o"), "--quiet"])
+    rc = cli.main(
+        [
+            "sweep",
+            "--model",
+            "OneCompartmentPK",
+            "--ranges",
+            str(tmp_path / "r.toml"),
+            "--checkpoint",
+            str(tmp_path / "ck"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 143
-    assert err.rstrip().endswith(f"rerun the same command with --checkpoint {tmp_path / 'ck'} to resume from its "
-                                 "finished chunks.")
+    assert err.rstrip().endswith(
+        f"rerun the same command with --checkpoint {tmp_path / 'ck'} to resume from its finished chunks."
+    )
 
 
 def _cli(*argv):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["JAX_PLATFORMS"] = "cpu"
-    return subprocess.Popen([sys.executable, "-m", "carkinetics.cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "carkinetics.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _interrupt_when(proc, path_or_text, signum, timeout=240.0):
@@ -84,8 +104,22 @@ def test_sigint_stops_the_sweep_command_and_a_rerun_resumes_to_the_same_table(tm
     (tmp_path / "bolus.toml").write_text('[[bolus]]\ntime = 0.0\namount = 100.0\nstate = "central"\n')
     (tmp_path / "r.toml").write_text("[sweep]\nn = 4096\nseed = 3\n[ranges]\ncl = [50.0, 200.0]\nv1 = [30.0, 60.0]\n")
     ckpt = tmp_path / "ck"
-    argv = ["sweep", "--model", "TwoCompartmentPK", "--regimen", str(tmp_path / "bolus.toml"), "--ranges",
-            str(tmp_path / "r.toml"), "--chunk-size", "16", "--t-end", "3", "--points", "31", "--quiet"]
+    argv = [
+        "sweep",
+        "--model",
+        "TwoCompartmentPK",
+        "--regimen",
+        str(tmp_path / "bolus.toml"),
+        "--ranges",
+        str(tmp_path / "r.toml"),
+        "--chunk-size",
+        "16",
+        "--t-end",
+        "3",
+        "--points",
+        "31",
+        "--quiet",
+    ]
     proc = _cli(*argv, "--checkpoint", str(ckpt), "--out", str(tmp_path / "a"))
     rc, _, err = _interrupt_when(proc, lambda: len(list(ckpt.glob("chunk_*.npz"))) >= 3, signal.SIGINT)
     assert rc == 130, err[-3000:]
@@ -94,11 +128,19 @@ def test_sigint_stops_the_sweep_command_and_a_rerun_resumes_to_the_same_table(tm
     assert not (tmp_path / "a" / "sweep.csv").exists()  # never a partial table
     done = len(list(ckpt.glob("chunk_*.npz")))
     assert 3 <= done < 256
-    resumed = subprocess.run([sys.executable, "-m", "carkinetics.cli", *argv, "--checkpoint", str(ckpt), "--out",
-                              str(tmp_path / "a")], capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "carkinetics.cli", *argv, "--checkpoint", str(ckpt), "--out", str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    fresh = subprocess.run([sys.executable, "-m", "carkinetics.cli", *argv, "--out", str(tmp_path / "b")],
-                           capture_output=True, text=True, timeout=600)
+    fresh = subprocess.run(
+        [sys.executable, "-m", "carkinetics.cli", *argv, "--out", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert (tmp_path / "a" / "sweep.csv").read_text() == (tmp_path / "b" / "sweep.csv").read_text()
 
@@ -112,7 +154,7 @@ def test_a_signal_stops_calibrate_cleanly(tmp_path, signum, code):
 
     p = _petab(tmp_path / "p")
     argv = [a for a in _calibrate(p) if a != "--quiet"]
-    proc = _cli(*argv[:argv.index("--starts") + 1], "64", *argv[argv.index("--starts") + 2:])
+    proc = _cli(*argv[: argv.index("--starts") + 1], "64", *argv[argv.index("--starts") + 2 :])
     err_so_far = []
 
     def fitting():
@@ -148,6 +190,8 @@ def test_a_stopped_translate_names_the_checkpoint_folder_given(tmp_path, capsys,
     rc = cli.main(["translate", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 130
-    assert err == (f"carkinetics translate: Stopped by SIGINT after 3 of 8 chunks; rerun the same command with the "
-                   f"same checkpoint '{ckpt}' to resume.\n")
+    assert err == (
+        f"carkinetics translate: Stopped by SIGINT after 3 of 8 chunks; rerun the same command with the "
+        f"same checkpoint '{ckpt}' to resume.\n"
+    )
     assert not [f for f in os.listdir(tmp_path / "o") if f.startswith(".staging")]

@@ -36,8 +36,10 @@ def test_tidy_csv_names_one_quantity_each(tmp_path):
     sol = ck.simulate(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 3))
     path = cio.write_tidy_csv(tmp_path / "sim.csv", sol)
     rows = _rows(path)
-    assert {(r["kind"], r["name"], r["unit"]) for r in rows} == {("state", "central", "mg"),
-                                                                ("observable", "concentration", "mg/L")}
+    assert {(r["kind"], r["name"], r["unit"]) for r in rows} == {
+        ("state", "central", "mg"),
+        ("observable", "concentration", "mg/L"),
+    }
     names = {r["name"]: {r2["unit"] for r2 in rows if r2["name"] == r["name"]} for r in rows}
     assert all(len(units) == 1 for units in names.values())
 
@@ -50,8 +52,12 @@ def test_tidy_csv_of_the_sle_model_has_unique_names(tmp_path):
 
     cls = SLECarTModel
     ts = np.array([0.0, 1.0])
-    sol = types.SimpleNamespace(ts=ts, model_class=cls, y_array=np.ones((2, len(cls.state_names()))),
-                                obs_array=2.0 * np.ones((2, len(cls.observable_names()))))
+    sol = types.SimpleNamespace(
+        ts=ts,
+        model_class=cls,
+        y_array=np.ones((2, len(cls.state_names()))),
+        obs_array=2.0 * np.ones((2, len(cls.observable_names()))),
+    )
     rows = _rows(cio.write_tidy_csv(tmp_path / "sle.csv", sol))
     units = {}
     for r in rows:
@@ -94,15 +100,23 @@ def test_solution_and_results_print_readably():
     sol = ck.simulate(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 5))
     assert repr(sol.result) == str(sol.result) == "carkinetics.RESULTS<successful>"
     assert sol.message == "successful"
-    assert repr(sol) == str(sol) == (f"Solution(OneCompartmentPK: 5 save times 0 to 1 d, 1 state, 1 observable; "
-                                     f"successful, {int(sol.num_steps)} steps)")
-    bad = ck.simulate(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 5), max_steps=1,
-                      throw=False)
+    assert (
+        repr(sol)
+        == str(sol)
+        == (
+            f"Solution(OneCompartmentPK: 5 save times 0 to 1 d, 1 state, 1 observable; "
+            f"successful, {int(sol.num_steps)} steps)"
+        )
+    )
+    bad = ck.simulate(
+        OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 5), max_steps=1, throw=False
+    )
     assert "max_steps_reached" in repr(bad) and bad.message.startswith("The maximum number of solver steps")
     models = ck.batch_models(OneCompartmentPK(), {"cl": jnp.array([50.0, 100.0, 200.0])}, 3)
     batch = ck.simulate_ensemble(models, ck.Bolus(0.0, 100.0, "central"), jnp.linspace(0.0, 1.0, 5))
-    assert repr(batch).startswith("Solution(OneCompartmentPK, batch (3,): 5 save times 0 to 1 d, 1 state, "
-                                  "1 observable; 3 of 3 successful")
+    assert repr(batch).startswith(
+        "Solution(OneCompartmentPK, batch (3,): 5 save times 0 to 1 d, 1 state, 1 observable; 3 of 3 successful"
+    )
     assert ck.RESULTS.successful == ck.RESULTS.successful  # still an equinox enumeration
     import diffrax
 
@@ -177,11 +191,14 @@ def test_demo_and_translate_attribute_to_the_same_groups(tmp_path, monkeypatch):
     assert [g.gap for g in translation.gap_groups(gaps_a, gaps_b, only=demo.QUICK_GAPS)] == list(demo.QUICK_GAPS)
 
 
-@pytest.mark.parametrize("labels, message", [
-    (("human", "human"), "`labels` must be two different names"),
-    (("gap", "human"), "`labels` ['gap'] would repeat a column name of the table"),
-    (("", "human"), "`labels` must be two non-empty strings"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (("human", "human"), "`labels` must be two different names"),
+        (("gap", "human"), "`labels` ['gap'] would repeat a column name of the table"),
+        (("", "human"), "`labels` must be two non-empty strings"),
+    ],
+)
 def test_translation_table_columns_are_unique(labels, message):
     # The two labels head the value columns of translation_map.csv: equal labels, or a label equal to a fixed column,
     # would silently drop a column (a dict key written twice). Refused before anything is solved.
@@ -241,7 +258,9 @@ def test_the_demo_courses_share_one_regimen_structure():
         return sorted(out)
 
     assert (len(given(rh)), len(given(rm))) == (5, 2)  # Flu x3, Cy, CAR-T; irradiation, CAR-T
-    np.testing.assert_allclose([x[1:] for x in given(rh)], [x[1:] for x in given(erlangen_regimen(human.model))],
-                               rtol=1e-12)
-    np.testing.assert_allclose([x[1:] for x in given(rm)], [x[1:] for x in given(mouse_regimen(mouse.model))],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        [x[1:] for x in given(rh)], [x[1:] for x in given(erlangen_regimen(human.model))], rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        [x[1:] for x in given(rm)], [x[1:] for x in given(mouse_regimen(mouse.model))], rtol=1e-12
+    )

@@ -31,7 +31,7 @@ def test_report_is_self_contained_and_escaped(tmp_path):
     with open(png, "rb") as fh:
         assert base64.b64decode(imgs[0]) == fh.read()  # the file itself, byte for byte
     assert "&lt;b&gt;paragraph&lt;/b&gt;" in html and "<b>" not in html
-    assert "<td class=\"num\">1.235</td>" in html  # 4 significant digits
+    assert '<td class="num">1.235</td>' in html  # 4 significant digits
     assert "Ahmed JH et al., Front Pharmacol 2020;11:406" in html  # parameter sources are shown
     assert 'class="note skipped"' in html
     assert not re.search(r'(src|href)="(http|//)', html)  # nothing loaded from elsewhere
@@ -58,13 +58,18 @@ def test_key_findings_come_first_and_the_narrative_is_a_wrapped_list():
     rep = Report("t")
     rep.heading("Methods").text("how it was done")
     rep.key_finding("B-cell aplasia lasts 110 days.")
-    demo._narrative(rep, "How the mouse misleads (2 groups).\n- CRS grade: 0 vs 1 <gap>.\n- IL-6 peak: 12 vs 139 "
-                         "pg/mL.\n14 of 14 metric gaps rest on M parameters.")
+    demo._narrative(
+        rep,
+        "How the mouse misleads (2 groups).\n- CRS grade: 0 vs 1 <gap>.\n- IL-6 peak: 12 vs 139 "
+        "pg/mL.\n14 of 14 metric gaps rest on M parameters.",
+    )
     html = rep.to_html()
     assert html.index("Key findings") < html.index("Methods")
     assert "<li>B-cell aplasia lasts 110 days.</li>" in html
-    assert ("<p>How the mouse misleads (2 groups).</p>\n<ul><li>CRS grade: 0 vs 1 &lt;gap&gt;.</li><li>IL-6 peak: 12 "
-            "vs 139 pg/mL.</li></ul>") in html
+    assert (
+        "<p>How the mouse misleads (2 groups).</p>\n<ul><li>CRS grade: 0 vs 1 &lt;gap&gt;.</li><li>IL-6 peak: 12 "
+        "vs 139 pg/mL.</li></ul>"
+    ) in html
     assert "<p>14 of 14 metric gaps rest on M parameters.</p>" in html and "<pre>" not in html
     assert "Key findings" not in Report("t").to_html()  # no box without findings
     with pytest.raises(ValueError, match="`items` must hold at least one item"):
@@ -83,8 +88,13 @@ def test_translation_figures_explain_their_colours():
     import carkinetics.plot
 
     groups = [ck.MechanismGroup("clearance", ("cl",)), ck.MechanismGroup("volume", ("v",))]
-    tm = ck.translation_map(lambda m: {"t_half": jnp.log(2.0) * m.v / m.cl, "cmax": 100.0 / m.v},
-                            OneCompartmentPK(cl=2.0, v=0.5), OneCompartmentPK(), groups, labels=("mouse", "human"))
+    tm = ck.translation_map(
+        lambda m: {"t_half": jnp.log(2.0) * m.v / m.cl, "cmax": 100.0 / m.v},
+        OneCompartmentPK(cl=2.0, v=0.5),
+        OneCompartmentPK(),
+        groups,
+        labels=("mouse", "human"),
+    )
     fig = ck.plot.translation_heatmap(tm)
     heat, bar = fig.axes
     fig.canvas.draw()
@@ -92,14 +102,20 @@ def test_translation_figures_explain_their_colours():
     ticks = [t.get_text() for t in bar.get_yticklabels() if t.get_text()]
     assert {"-100", "0", "100"} <= set(ticks)
     labels = [t.get_text() for t in heat.texts]
-    np.testing.assert_allclose(sorted(float(s.rstrip("*?")) for s in labels),
-                               sorted(np.round(100 * tm.share().ravel())), atol=0.5)
+    np.testing.assert_allclose(
+        sorted(float(s.rstrip("*?")) for s in labels), sorted(np.round(100 * tm.share().ravel())), atol=0.5
+    )
     assert np.allclose(np.abs(tm.share()).sum(0), 1.0)  # the |shares| of a column add up to 100 %
     assert "add up to 100" in heat.get_title()
     plt.close(fig)
     # the waterfalls say what their colours and hatching mean: one legend under all panels, or one per lone panel
-    want = {"mouse value", "human value", "mechanism raises the metric", "mechanism lowers the metric",
-            "rests on A/M-tagged (unverified) values"}
+    want = {
+        "mouse value",
+        "human value",
+        "mechanism raises the metric",
+        "mechanism lowers the metric",
+        "rests on A/M-tagged (unverified) values",
+    }
     fig = ck.plot.attribution_waterfalls(tm)
     assert {t.get_text() for t in fig.legends[0].get_texts()} == want
     plt.close(fig)

@@ -67,8 +67,9 @@ def test_unknown_state_name_raises_with_valid_names():
         ck.simulate(OneCompartmentPK(), ck.Bolus(0.0, 1.0, "centrall"), TS)
 
 
-@pytest.mark.parametrize("value, match", [(-1.0, r"'cl' = -1\.0 L/d is outside its declared bounds"),
-                                          (float("nan"), r"'cl' must be finite")])
+@pytest.mark.parametrize(
+    "value, match", [(-1.0, r"'cl' = -1\.0 L/d is outside its declared bounds"), (float("nan"), r"'cl' must be finite")]
+)
 def test_bad_parameter_values_raise(value, match):
     with pytest.raises(ValueError, match=match):
         OneCompartmentPK().replace(cl=value)
@@ -156,9 +157,9 @@ def _read(text, comps=("depot", "central")):
 def test_nonmem_reader_builds_bolus_infusion_and_repeats():
     text = (
         "ID,TIME,AMT,CMT,EVID,RATE,II,ADDL,DV\n"
-        "1,-5,45,2,1,90,1,2,.\n"      # 45 mg at 90 mg/d (0.5 d) on days -5,-4,-3
+        "1,-5,45,2,1,90,1,2,.\n"  # 45 mg at 90 mg/d (0.5 d) on days -5,-4,-3
         "1,0,100,central,1,0,0,0,.\n"  # bolus by name
-        "1,1,.,2,0,.,.,.,3.2\n"        # observation: skipped
+        "1,1,.,2,0,.,.,.,3.2\n"  # observation: skipped
     )
     reg = _read(text)
     assert len(reg) == 2
@@ -177,8 +178,11 @@ def test_nonmem_reader_builds_bolus_infusion_and_repeats():
     "row, match",
     [
         ("0,100,3,1", r"Line 2: unknown dose compartment CMT = '3'; valid values are 1\.\.2 \(1=depot, 2=central\)"),
-        ("0,100,blood,1", r"Line 2: unknown dose compartment CMT = 'blood'; valid values are 1\.\.2 \(1=depot, "
-                          r"2=central\) or one of these names"),
+        (
+            "0,100,blood,1",
+            r"Line 2: unknown dose compartment CMT = 'blood'; valid values are 1\.\.2 \(1=depot, "
+            r"2=central\) or one of these names",
+        ),
         ("0,-5,1,1", r"Line 2: AMT = -5\.0 is negative"),
         ("zero,5,1,1", r"Line 2: column TIME = 'zero' is not a number"),
         ("0,5,1,4", r"Line 2: EVID = 4 is not supported"),

@@ -43,9 +43,20 @@ def _launch(n: int, *extra: str, per_process: dict | None = None) -> list[subpro
     port = _free_port()
     procs = []
     for i in range(n):
-        args = [sys.executable, WORKER, "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n),
-                "--process-id", str(i), "--heartbeat-timeout", str(HEARTBEAT), *extra,
-                *(per_process or {}).get(i, [])]
+        args = [
+            sys.executable,
+            WORKER,
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num-processes",
+            str(n),
+            "--process-id",
+            str(i),
+            "--heartbeat-timeout",
+            str(HEARTBEAT),
+            *extra,
+            *(per_process or {}).get(i, []),
+        ]
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()))
     return procs
 
@@ -67,8 +78,7 @@ def _finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, st
 
 def _single(*extra: str, timeout: float = 120) -> dict:
     """The worker as one process (the checkpoint's member function is keyed on its module, `__main__`)."""
-    run = subprocess.run([sys.executable, WORKER, *extra], capture_output=True, text=True, env=_env(),
-                         timeout=timeout)
+    run = subprocess.run([sys.executable, WORKER, *extra], capture_output=True, text=True, env=_env(), timeout=timeout)
     assert run.returncode == 0, run.stderr[-3000:]
     return _result(run.stdout)
 
@@ -118,8 +128,9 @@ def reference():
 
     def get(chunk_size: int) -> dict:
         if chunk_size not in cache:
-            cache[chunk_size] = distributed_worker.analysis(chunk_size=chunk_size, n=384 if chunk_size == CHUNK
-                                                            else 256)
+            cache[chunk_size] = distributed_worker.analysis(
+                chunk_size=chunk_size, n=384 if chunk_size == CHUNK else 256
+            )
         return cache[chunk_size]
 
     return get
@@ -135,28 +146,50 @@ def test_settings_from_arguments_and_environment():
     jax_env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:7777", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
     assert _resolve(None, None, None, jax_env)[:3] == ("10.0.0.1:7777", 4, 2)
     assert _resolve("h:1", 2, 1, jax_env)[:3] == ("h:1", 2, 1)  # arguments win over the environment
-    slurm = {"SLURM_STEP_NODELIST": "gpu[017-020],cpu3", "SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5",
-             "SLURM_JOB_ID": "123456", "SLURM_NTASKS": "16"}
+    slurm = {
+        "SLURM_STEP_NODELIST": "gpu[017-020],cpu3",
+        "SLURM_STEP_NUM_TASKS": "8",
+        "SLURM_PROCID": "5",
+        "SLURM_JOB_ID": "123456",
+        "SLURM_NTASKS": "16",
+    }
     assert _resolve(None, None, None, slurm)[:3] == (f"gpu017:{123456 % 4096 + 61440}", 8, 5)
     assert _resolve(None, None, None, {**slurm, "JAX_COORDINATOR_PORT": "5555"})[0] == "gpu017:5555"
-    assert [_slurm_first_host(s) for s in ("node7", "node7,gpu2", "n[3,9-12]", "a-b[08-10]")] == \
-        ["node7", "node7", "n3", "a-b08"]
+    assert [_slurm_first_host(s) for s in ("node7", "node7,gpu2", "n[3,9-12]", "a-b[08-10]")] == [
+        "node7",
+        "node7",
+        "n3",
+        "a-b08",
+    ]
 
 
-@pytest.mark.parametrize("kwargs, environ, match", [
-    ({}, {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0", "SLURM_STEP_NODELIST": "n1", "SLURM_PROCID": "0",
-          "SLURM_STEP_NUM_TASKS": "4", "SLURM_JOB_ID": "1"}, "JAX_NUM_PROCESSES says 2 but SLURM_STEP_NUM_TASKS"),
-    ({"coordinator": "h:1", "process_id": 1}, {}, "not the number of processes"),
-    ({"coordinator": "h:1", "num_processes": 2}, {}, "this process's id is not given"),
-    ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, {}, "between 0 and num_processes - 1 = 1"),
-    ({"num_processes": 2, "process_id": 0}, {}, "no coordinator address"),
-    ({"coordinator": "h", "num_processes": 2, "process_id": 0}, {}, "'HOST:PORT'"),
-    ({"coordinator": "h:99999", "num_processes": 2, "process_id": 0}, {}, "port between 1 and 65535"),
-    ({}, {"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES must be an integer"),
-    ({"num_processes": 0}, {}, "at least 1"),
-    ({"num_processes": 1, "process_id": 1}, {}, "must be 0 for a single process"),
-    ({"heartbeat_timeout": 0}, {}, "heartbeat_timeout"),
-])
+@pytest.mark.parametrize(
+    "kwargs, environ, match",
+    [
+        (
+            {},
+            {
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": "0",
+                "SLURM_STEP_NODELIST": "n1",
+                "SLURM_PROCID": "0",
+                "SLURM_STEP_NUM_TASKS": "4",
+                "SLURM_JOB_ID": "1",
+            },
+            "JAX_NUM_PROCESSES says 2 but SLURM_STEP_NUM_TASKS",
+        ),
+        ({"coordinator": "h:1", "process_id": 1}, {}, "not the number of processes"),
+        ({"coordinator": "h:1", "num_processes": 2}, {}, "this process's id is not given"),
+        ({"coordinator": "h:1", "num_processes": 2, "process_id": 2}, {}, "between 0 and num_processes - 1 = 1"),
+        ({"num_processes": 2, "process_id": 0}, {}, "no coordinator address"),
+        ({"coordinator": "h", "num_processes": 2, "process_id": 0}, {}, "'HOST:PORT'"),
+        ({"coordinator": "h:99999", "num_processes": 2, "process_id": 0}, {}, "port between 1 and 65535"),
+        ({}, {"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES must be an integer"),
+        ({"num_processes": 0}, {}, "at least 1"),
+        ({"num_processes": 1, "process_id": 1}, {}, "must be 0 for a single process"),
+        ({"heartbeat_timeout": 0}, {}, "heartbeat_timeout"),
+    ],
+)
 def test_inconsistent_settings_raise(kwargs, environ, match):
     with pytest.raises(ValueError, match=match):
         ck.distributed_setup(**kwargs, environ=environ)

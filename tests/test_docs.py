@@ -19,7 +19,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _FENCE = re.compile(r"^```python([^\n`]*)\n(.*?)^```\s*$", re.DOTALL | re.MULTILINE)
 
-_RUNNER = r'''
+_RUNNER = r"""
 import json, os, sys, tempfile, traceback
 pages = json.load(open(sys.argv[1]))
 failed = {}
@@ -37,7 +37,7 @@ for page, blocks in pages.items():
     import matplotlib.pyplot as plt
     plt.close("all")
 json.dump(failed, open(sys.argv[2], "w"))
-'''
+"""
 
 
 def _pages():
@@ -57,11 +57,17 @@ def _run_pages(pages: dict[str, list[str]], tmp_path, timeout: int) -> None:
     (tmp_path / "pages.json").write_text(json.dumps(pages))
     (tmp_path / "runner.py").write_text(_RUNNER)
     (tmp_path / "pages").mkdir()
-    env = dict(os.environ, MPLBACKEND="Agg", CARKINETICS_DOCS_TMP=str(tmp_path),
-               CARKINETICS_DOCS_PAGES=str(tmp_path / "pages"))
-    proc = subprocess.run([sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "pages.json"),
-                           str(tmp_path / "failed.json")], cwd=tmp_path / "pages", env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    env = dict(
+        os.environ, MPLBACKEND="Agg", CARKINETICS_DOCS_TMP=str(tmp_path), CARKINETICS_DOCS_PAGES=str(tmp_path / "pages")
+    )
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "pages.json"), str(tmp_path / "failed.json")],
+        cwd=tmp_path / "pages",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"the doc runner crashed:\n{proc.stderr[-4000:]}"
     failed = json.loads((tmp_path / "failed.json").read_text())
     assert not failed, "\n\n".join(f"{page} failed:\n{tb}" for page, tb in failed.items())
@@ -93,8 +99,14 @@ def test_readme_and_tutorials_are_executed():
     pages = _collect(include_slow=False)
     # the README quickstart and the tutorials are among the executed pages
     assert "README.md" in pages
-    for name in ("index", "tutorial_fitting", "tutorial_gpu_sensitivity", "tutorial_timing", "tutorial_translation",
-                 "interop"):
+    for name in (
+        "index",
+        "tutorial_fitting",
+        "tutorial_gpu_sensitivity",
+        "tutorial_timing",
+        "tutorial_translation",
+        "interop",
+    ):
         assert os.path.join("docs", f"{name}.md") in pages or os.path.join("docs", f"{name}.md") in _collect(True)
 
 
@@ -114,7 +126,7 @@ def test_readme_keeps_the_two_commands():
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
         text = fh.read()
     assert "```bash\npip install -e . && carkinetics demo\n```" in text
-    assert "```bash\npip install -e \".[test]\" && python -m pytest\n```" in text
+    assert '```bash\npip install -e ".[test]" && python -m pytest\n```' in text
     with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as fh:
         assert 'pip install -q -e ".[test]" && python -m pytest' in fh.read()
     # the console script named in the first command exists

@@ -31,8 +31,9 @@ def test_sweep_model():
     samples = {"cl": np.linspace(4.0, 12.0, 6), "v1": np.linspace(30.0, 60.0, 6)}
     ens = ck.sweep_model(MODEL, REGIMEN, TS, samples, metrics=_metrics, chunk_size=4, progress=False, **TOL)
     assert ens.engine == "ensemble"
-    vm = ck.sweep_model(MODEL, REGIMEN, TS, samples, metrics=_metrics, chunk_size=4, progress=False, engine="vmap",
-                        **TOL)
+    vm = ck.sweep_model(
+        MODEL, REGIMEN, TS, samples, metrics=_metrics, chunk_size=4, progress=False, engine="vmap", **TOL
+    )
     assert vm.engine == "vmap"
     for k in ("auc", "cmax", "last"):
         _close(ens.outputs[k], vm.outputs[k])
@@ -74,8 +75,11 @@ def test_morris():
 
 A = TwoCompartmentPK(cl=2.0, v1=10.0, q=4.0, v2=20.0)
 B = TwoCompartmentPK()
-GROUPS = [ck.MechanismGroup("clearance", ("cl",)), ck.MechanismGroup("volumes", ("v1", "v2")),
-          ck.MechanismGroup("distribution", ("q",))]
+GROUPS = [
+    ck.MechanismGroup("clearance", ("cl",)),
+    ck.MechanismGroup("volumes", ("v1", "v2")),
+    ck.MechanismGroup("distribution", ("q",)),
+]
 
 
 def test_shapley():

@@ -80,11 +80,17 @@ def test_infusions_and_shared_regimen_agree_with_simulate(method):
     # Bolus + two infusions starting together (a zero-length segment between their starts, which must move
     # nothing) + a repeated bolus, shared by all members; compared with diffrax (ck.simulate) at a tight
     # tolerance, member by member.
-    models = jax.vmap(lambda cl, q: TwoCompartmentPK(cl=cl, q=q))(jnp.array([100.0, 192.0, 300.0]),
-                                                                   jnp.array([150.0, 206.4, 400.0]))
-    reg = ck.Regimen([ck.Bolus(0.0, 100.0, "central"), ck.Infusion(0.5, "central", amount=50.0, duration=0.25),
-                      ck.Infusion(0.5, "peripheral", rate=400.0, duration=0.5),
-                      ck.Bolus(1.25, 30.0, "peripheral", ii=0.5, addl=2)])
+    models = jax.vmap(lambda cl, q: TwoCompartmentPK(cl=cl, q=q))(
+        jnp.array([100.0, 192.0, 300.0]), jnp.array([150.0, 206.4, 400.0])
+    )
+    reg = ck.Regimen(
+        [
+            ck.Bolus(0.0, 100.0, "central"),
+            ck.Infusion(0.5, "central", amount=50.0, duration=0.25),
+            ck.Infusion(0.5, "peripheral", rate=400.0, duration=0.5),
+            ck.Bolus(1.25, 30.0, "peripheral", ii=0.5, addl=2),
+        ]
+    )
     sol = ck.simulate_ensemble(models, reg, TS, solver=method, rtol=1e-8, atol=1e-10)
     assert bool(jnp.all(sol.ok))
     for i in range(3):
@@ -100,8 +106,9 @@ def test_reference_workload_agrees_with_diffrax(method):
     # (floor 1e-6) below 2e-4, i.e. within the accuracy that tolerance buys (diffrax itself: ~1e-5).
     ts = jnp.linspace(0.0, 365.0, 366)
     base = ReferenceWorkload()
-    models = jax.vmap(lambda s, k: base.replace(rho=0.9 * s, kk=0.5 * k))(jnp.array([1.0, 0.8, 1.2]),
-                                                                           jnp.array([1.0, 1.3, 0.7]))
+    models = jax.vmap(lambda s, k: base.replace(rho=0.9 * s, kk=0.5 * k))(
+        jnp.array([1.0, 0.8, 1.2]), jnp.array([1.0, 1.3, 0.7])
+    )
     sol = ck.simulate_ensemble(models, None, ts, solver=method)
     assert bool(jnp.all(sol.ok))
     for i in range(3):
@@ -126,8 +133,9 @@ def test_rodas5_handles_a_stiff_model_in_few_steps():
         a = np.array([[-(k10 + k12), k21], [k12, -k21]])
         exact = np.stack([scipy.linalg.expm(a * float(t)) @ np.array([100.0, 0.0]) for t in TS])
         assert rel_err(sol.y_array[i], exact, floor=1e-3) < 1e-5
-    explicit = ck.simulate_ensemble(models, reg, TS, solver=ck.EnsembleTsit5(), rtol=1e-8, atol=1e-10,
-                                    max_steps=2000, throw=False)
+    explicit = ck.simulate_ensemble(
+        models, reg, TS, solver=ck.EnsembleTsit5(), rtol=1e-8, atol=1e-10, max_steps=2000, throw=False
+    )
     assert not bool(jnp.any(explicit.ok))
 
 
@@ -175,8 +183,9 @@ def test_cpu_lane_counts_avoid_aliasing_widths(monkeypatch):
 
     def solve(c, slots):
         reg = jax.vmap(lambda t: ck.Regimen([ck.Bolus(0.0, 1000.0, "central"), ck.Bolus(t, 400.0, "central")]))(t2)
-        return ck.simulate_ensemble(one_cpt_models(c), reg, ts, solver=ck.EnsembleTsit5(slots=slots), rtol=1e-9,
-                                    atol=1e-11)
+        return ck.simulate_ensemble(
+            one_cpt_models(c), reg, ts, solver=ck.EnsembleTsit5(slots=slots), rtol=1e-9, atol=1e-11
+        )
 
     ref = solve(cls, 3)
     assert lanes == [3]
@@ -197,9 +206,12 @@ def test_invalid_traced_parameters_are_reported_per_member():
     # Under jit the parameters are traced: a member with a negative clearance is not integrated and reported as
     # invalid_parameters (outputs NaN) while the others are exact; throw=True turns it into an error.
     reg = ck.Bolus(0.0, 1800.0, "central")
-    run = jax.jit(lambda cls, throw: ck.simulate_ensemble(one_cpt_models(cls), reg, TS,
-                                                        solver=ck.EnsembleTsit5(slots=2), throw=throw),
-                  static_argnums=1)
+    run = jax.jit(
+        lambda cls, throw: ck.simulate_ensemble(
+            one_cpt_models(cls), reg, TS, solver=ck.EnsembleTsit5(slots=2), throw=throw
+        ),
+        static_argnums=1,
+    )
     cls = jnp.array([60.0, -5.0, 130.0])
     sol = run(cls, False)
     assert np.asarray(sol.result == ck.RESULTS.invalid_parameters).tolist() == [False, True, False]
@@ -302,8 +314,9 @@ def test_rodas5_linear_solvers_agree():
     reg = ck.Regimen([ck.Bolus(0.0, 100.0, "central"), ck.Infusion(0.5, "peripheral", rate=400.0, duration=0.5)])
 
     def total(scale, kind):  # d/d(scale of every clearance) of the summed amounts: nonzero
-        m = jax.vmap(lambda cl, q: TwoCompartmentPK(cl=cl * scale, q=q))(jnp.array([100.0, 192.0, 300.0]),
-                                                                         jnp.array([150.0, 206.4, 400.0]))
+        m = jax.vmap(lambda cl, q: TwoCompartmentPK(cl=cl * scale, q=q))(
+            jnp.array([100.0, 192.0, 300.0]), jnp.array([150.0, 206.4, 400.0])
+        )
         sol = ck.simulate_ensemble(m, reg, TS, solver=ck.EnsembleRodas5(linear_solver=kind), rtol=1e-8, atol=1e-10)
         return jnp.sum(sol.y_array), sol
 
@@ -338,8 +351,15 @@ def test_failure_is_reported_per_member(slots):
 
 def _total_concentration(cl, adjoint, method, slots=None):
     models = one_cpt_models(cl * jnp.array([0.5, 1.0, 2.0]))
-    sol = ck.simulate_ensemble(models, ck.Bolus(0.0, 1800.0, "central"), TS, solver=with_slots(method, slots),
-                               adjoint=adjoint, rtol=1e-10, atol=1e-12)
+    sol = ck.simulate_ensemble(
+        models,
+        ck.Bolus(0.0, 1800.0, "central"),
+        TS,
+        solver=with_slots(method, slots),
+        adjoint=adjoint,
+        rtol=1e-10,
+        atol=1e-12,
+    )
     return jnp.sum(sol.observables.concentration)
 
 
@@ -359,8 +379,10 @@ def test_forward_mode_derivative(method, slots):
     exact = _total_concentration_derivative(cl)
     assert abs(float(jvp) - exact) / abs(exact) < 1e-6
     h = 1e-3
-    fd = (_total_concentration(cl + h, diffrax.ForwardMode(), method)
-          - _total_concentration(cl - h, diffrax.ForwardMode(), method)) / (2 * h)
+    fd = (
+        _total_concentration(cl + h, diffrax.ForwardMode(), method)
+        - _total_concentration(cl - h, diffrax.ForwardMode(), method)
+    ) / (2 * h)
     assert abs(float(jvp) - float(fd)) / abs(exact) < 1e-5
 
 
@@ -375,8 +397,9 @@ def test_reverse_mode_gradient(method, slots):
     assert abs(float(g) - exact) / abs(exact) < 1e-6
 
 
-@pytest.mark.parametrize("reverse_slots, keep_max", [(4096, 4096), (3, 4096), (3, 4)],
-                         ids=["one-chunk", "chunks-kept", "chunks-recomputed"])
+@pytest.mark.parametrize(
+    "reverse_slots, keep_max", [(4096, 4096), (3, 4096), (3, 4)], ids=["one-chunk", "chunks-kept", "chunks-recomputed"]
+)
 def test_queued_reverse_mode_matches_forward_mode(monkeypatch, reverse_slots, keep_max):
     # With a member queue (slots=2 for 5 members) reverse mode differentiates a solve without a queue (custom VJP):
     # all members at once, or (at most 3 members at once here) two chunks of 3 (one padding member) whose VJPs are
@@ -390,8 +413,9 @@ def test_queued_reverse_mode_matches_forward_mode(monkeypatch, reverse_slots, ke
     def loss(theta, slots, adjoint=None):
         cl, amount = theta[:5], theta[5:]
         reg = jax.vmap(lambda a: ck.Regimen([ck.Bolus(0.0, a, "central"), ck.Bolus(1.3, 0.5 * a, "central")]))(amount)
-        sol = ck.simulate_ensemble(one_cpt_models(cl), reg, ts, solver=ck.EnsembleTsit5(slots=slots), rtol=1e-10,
-                                   atol=1e-12, adjoint=adjoint)
+        sol = ck.simulate_ensemble(
+            one_cpt_models(cl), reg, ts, solver=ck.EnsembleTsit5(slots=slots), rtol=1e-10, atol=1e-12, adjoint=adjoint
+        )
         w = jnp.arange(1.0, 6.0)[:, None]
         return jnp.sum(w * jnp.log(sol.observables.concentration))
 

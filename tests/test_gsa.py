@@ -40,8 +40,16 @@ def test_analytic_reference_values():
 
 
 def test_ishigami_sobol_matches_analytic_within_ci():
-    idx, _, res = ck.sobol_analysis(ishigami, PROBLEM, 8192, key=jax.random.key(0), confidence=0.99,
-                                 n_bootstrap=200, chunk_size=8192, progress=False)
+    idx, _, res = ck.sobol_analysis(
+        ishigami,
+        PROBLEM,
+        8192,
+        key=jax.random.key(0),
+        confidence=0.99,
+        n_bootstrap=200,
+        chunk_size=8192,
+        progress=False,
+    )
     s1, st = ishigami_analytic()
     assert res.n_members == 8192 * 5 and res.n_failed == 0 and idx.n_base == 8192 and idx.n_dropped == 0
     # Within the 99 % bootstrap interval, and the interval itself is informative (narrower than 0.06).
@@ -107,8 +115,9 @@ def test_sobol_time_course_and_dropped_failures():
     keep[[0, 10, 100]] = False
     from SALib.analyze import sobol as salib_sobol
 
-    manual = salib_sobol.analyze(PROBLEM, y[:, 3].reshape(512, 5)[keep].reshape(-1), calc_second_order=False,
-                                 num_resamples=10, seed=1)
+    manual = salib_sobol.analyze(
+        PROBLEM, y[:, 3].reshape(512, 5)[keep].reshape(-1), calc_second_order=False, num_resamples=10, seed=1
+    )
     assert dropped.n_dropped == 3 and dropped.n_base == 509
     np.testing.assert_allclose(dropped.S1, manual["S1"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dropped.ST, manual["ST"], rtol=1e-10, atol=1e-12)
@@ -128,14 +137,16 @@ def test_morris_matches_salib_and_linear_truth():
     np.testing.assert_allclose(ours.mu_star_conf, ref["mu_star_conf"], rtol=0.35, atol=1e-12)  # x2: |EE| constant
     # Our design is a valid Morris design that SALib analyses identically; linear model: EE = slope x width.
     prob = {"names": ["a", "b", "c"], "bounds": [[0.0, 2.0], [-1.0, 1.0], [5.0, 6.0]]}
-    stats, _, _ = ck.morris_analysis(lambda v: 3.0 * v[0] - 2.0 * v[1] + 0.0 * v[2], prob, 12,
-                                    key=jax.random.key(0), progress=False)
+    stats, _, _ = ck.morris_analysis(
+        lambda v: 3.0 * v[0] - 2.0 * v[1] + 0.0 * v[2], prob, 12, key=jax.random.key(0), progress=False
+    )
     np.testing.assert_allclose(stats.mu, [6.0, -4.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(stats.mu_star, [6.0, 4.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(stats.sigma, [0.0, 0.0, 0.0], atol=1e-12)
     xs = ck.morris_sample(prob, 12, key=jax.random.key(0), levels=6)
-    sref = salib_morris.analyze(ck.gsa_problem(prob).to_salib(), xs, xs[:, 0] ** 2 + xs[:, 1] * xs[:, 2],
-                                num_levels=6, num_resamples=10, seed=1)
+    sref = salib_morris.analyze(
+        ck.gsa_problem(prob).to_salib(), xs, xs[:, 0] ** 2 + xs[:, 1] * xs[:, 2], num_levels=6, num_resamples=10, seed=1
+    )
     sours = ck.morris_indices(prob, xs, xs[:, 0] ** 2 + xs[:, 1] * xs[:, 2], key=jax.random.key(1))
     np.testing.assert_allclose(sours.mu_star, sref["mu_star"], rtol=1e-10)
     # Time-course outputs: statistics per output column, equal to the scalar analyses.
@@ -150,15 +161,23 @@ def test_morris_matches_salib_and_linear_truth():
 def test_model_sobol_one_compartment():
     # C(t) = D/V exp(-CL/V t): c0 = D/V depends on V only; c1 = C(1 d) is checked against the analytic formula.
     ts = jnp.linspace(0.0, 1.0, 11)
-    f = ck.model_function(OneCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), ts, ["cl", "v"],
-                          lambda sol: {"auc": ck.metrics.auc(sol.ts, sol.observables.concentration),
-                                       "c0": sol.observables.concentration[0],
-                                       "c1": sol.observables.concentration[-1]})
+    f = ck.model_function(
+        OneCompartmentPK(),
+        ck.Bolus(0.0, 100.0, "central"),
+        ts,
+        ["cl", "v"],
+        lambda sol: {
+            "auc": ck.metrics.auc(sol.ts, sol.observables.concentration),
+            "c0": sol.observables.concentration[0],
+            "c1": sol.observables.concentration[-1],
+        },
+    )
     assert isinstance(f, ck.ParameterBatch) and f.engine == "ensemble"  # a batch function on the default engine
     prob = {"names": ["cl", "v"], "bounds": [[50.0, 200.0], [30.0, 60.0]]}
     # `has_ok` is inferred for a model function (it returns (outputs, ok))
-    idx, x, res = ck.sobol_analysis(f, prob, 1024, key=jax.random.key(0), chunk_size=1024, confidence=0.99,
-                                    progress=False)
+    idx, x, res = ck.sobol_analysis(
+        f, prob, 1024, key=jax.random.key(0), chunk_size=1024, confidence=0.99, progress=False
+    )
     assert res.n_failed == 0 and res.n_members == 4096 and res.engine == "ensemble"
     # c0 = D/V depends on V only: exact zero total index for CL (Jansen: A and AB_cl give identical c0), and
     # S1 = ST = 1 for V within the 99 % bootstrap interval.

@@ -46,8 +46,7 @@ print(json.dumps(out))
 
 def test_short_infusions_deliver_their_amount_in_float32():
     env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", _FLOAT32_SCRIPT], capture_output=True, text=True, env=env,
-                         timeout=600)
+    res = subprocess.run([sys.executable, "-c", _FLOAT32_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr
     import json
 
@@ -62,23 +61,29 @@ def test_short_infusions_deliver_their_amount_in_float32():
         assert warned == (t0 == 1000.0), (t0, seconds)
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(rtol=1.5), r"`rtol` = 1.5 must be below 1"),
-    (dict(atol=0.0), r"`atol` must be a positive finite number"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(rtol=1.5), r"`rtol` = 1.5 must be below 1"),
+        (dict(atol=0.0), r"`atol` must be a positive finite number"),
+    ],
+)
 def test_implausible_tolerances_are_rejected(kw, msg):
     for solver in (None, ck.EnsembleTsit5()):
         with pytest.raises(ValueError, match=msg):
             ck.simulate(OneCompartmentPK(), None, jnp.linspace(0.0, 1.0, 3), solver=solver, **kw)
 
 
-@pytest.mark.parametrize("call, msg", [
-    (lambda: ck.bsa_mosteller(70.0, 1.7), r"`height_cm` = 1.7 cm is outside .*1.7 m = 170 cm"),
-    (lambda: ck.bsa_dubois(70_000.0, 170.0), r"`weight_kg` = 70000 kg is outside .*70000 g = 70 kg"),
-    (lambda: ck.car_t_infusion(cells_per_kg=1e6, weight_kg=154.0 * 1000), r"`weight_kg` = 154000 kg"),
-    (lambda: ck.fludarabine(25.0), r"`bsa_m2` is required for fludarabine"),
-    (lambda: ck.cyclophosphamide(1000.0, bsa_m2=18.0), r"`bsa_m2` = 18 m² for cyclophosphamide is outside"),
-])
+@pytest.mark.parametrize(
+    "call, msg",
+    [
+        (lambda: ck.bsa_mosteller(70.0, 1.7), r"`height_cm` = 1.7 cm is outside .*1.7 m = 170 cm"),
+        (lambda: ck.bsa_dubois(70_000.0, 170.0), r"`weight_kg` = 70000 kg is outside .*70000 g = 70 kg"),
+        (lambda: ck.car_t_infusion(cells_per_kg=1e6, weight_kg=154.0 * 1000), r"`weight_kg` = 154000 kg"),
+        (lambda: ck.fludarabine(25.0), r"`bsa_m2` is required for fludarabine"),
+        (lambda: ck.cyclophosphamide(1000.0, bsa_m2=18.0), r"`bsa_m2` = 18 m² for cyclophosphamide is outside"),
+    ],
+)
 def test_body_size_mistakes_name_the_likely_unit(call, msg):
     with pytest.raises(ValueError, match=msg):
         call()
@@ -86,8 +91,14 @@ def test_body_size_mistakes_name_the_likely_unit(call, msg):
 
 def test_rtol_below_dtype_resolution_warns():
     with pytest.warns(UserWarning, match=r"`rtol` = 1e-17 is below the resolution of float64"):
-        ck.simulate(OneCompartmentPK(), ck.Bolus(0.0, 1.0, "central"), jnp.linspace(0.0, 0.1, 3), rtol=1e-17,
-                    max_steps=2_000, throw=False)
+        ck.simulate(
+            OneCompartmentPK(),
+            ck.Bolus(0.0, 1.0, "central"),
+            jnp.linspace(0.0, 0.1, 3),
+            rtol=1e-17,
+            max_steps=2_000,
+            throw=False,
+        )
 
 
 def test_plausible_body_sizes_pass():
@@ -115,5 +126,6 @@ def test_ensemble_failure_names_the_member():
 
 def test_sweep_model_rejects_bad_save_times_with_a_value_error():
     with pytest.raises(ValueError, match="sorted in non-decreasing order"):
-        ck.sweep_model(OneCompartmentPK(), None, jnp.array([0.0, 2.0, 1.0]), {"cl": np.array([1.0, 2.0])},
-                       progress=False)
+        ck.sweep_model(
+            OneCompartmentPK(), None, jnp.array([0.0, 2.0, 1.0]), {"cl": np.array([1.0, 2.0])}, progress=False
+        )

@@ -18,15 +18,19 @@ def test_nan_and_non_positive_log_scale_data_are_rejected_at_construction():
     with pytest.raises(ValueError, match=r"must be positive for a log-scale error model .*positions \[2\]"):
         ck.TimeCourseData("concentration", T, jnp.array([1.0, 0.5, 0.0]), ck.LogNormalError(0.1))
     with pytest.raises(ValueError, match="positive for a log-scale"):
-        ck.TimeCourseData("concentration", T, jnp.array([1.0, -0.5, 0.2]),
-                          ck.CensoredError(ck.LogNormalError(0.1), lloq=0.1))
+        ck.TimeCourseData(
+            "concentration", T, jnp.array([1.0, -0.5, 0.2]), ck.CensoredError(ck.LogNormalError(0.1), lloq=0.1)
+        )
 
 
 def test_data_no_dose_reaches_is_rejected_with_the_reason():
     data = ck.TimeCourseData("concentration", T, jnp.array([1.0, 0.8, 0.5]), ck.LogNormalError(0.1))
     problem = ck.CalibrationProblem(MODEL, None, [data], ["cl"])  # no regimen: the concentration stays 0
-    with pytest.raises(ValueError, match=r"cannot be fitted: every start gives the failure penalty.*"
-                                         r"does any dose reach this observable"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot be fitted: every start gives the failure penalty.*"
+        r"does any dose reach this observable",
+    ):
         ck.fit(problem, n_starts=2, adam_steps=2, lbfgs_steps=2)
 
 
@@ -63,8 +67,11 @@ def _write(path, doc):
     return path
 
 
-GOOD = {"format": "carkinetics-fit/1", "model": "OneCompartmentPK",
-        "parameters": {"cl": {"value": 12.0, "unit": "L/d", "tag": "F"}}}
+GOOD = {
+    "format": "carkinetics-fit/1",
+    "model": "OneCompartmentPK",
+    "parameters": {"cl": {"value": 12.0, "unit": "L/d", "tag": "F"}},
+}
 
 
 def test_fit_files_are_read_strictly(tmp_path):

@@ -19,8 +19,17 @@ SAMPLES = {"cl": np.linspace(5.0, 20.0, 12)}
 
 
 def _sweep(path, dose=100.0, metrics=ck.observable_metrics, **kw):
-    return ck.sweep_model(OneCompartmentPK(), ck.Bolus(0.0, dose, "central"), TS, SAMPLES, metrics=metrics,
-                          chunk_size=4, progress=False, checkpoint=path, **kw)
+    return ck.sweep_model(
+        OneCompartmentPK(),
+        ck.Bolus(0.0, dose, "central"),
+        TS,
+        SAMPLES,
+        metrics=metrics,
+        chunk_size=4,
+        progress=False,
+        checkpoint=path,
+        **kw,
+    )
 
 
 def test_checkpoint_resumes_the_same_sweep(tmp_path):
@@ -81,8 +90,9 @@ print("digest", hashlib.sha256(res.outputs["y"].tobytes()).hexdigest(), res.n_re
 def _run(path, interrupt_after=None):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     lines = []
-    with subprocess.Popen([sys.executable, "-c", _SCRIPT, str(path)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env) as proc:
+    with subprocess.Popen(
+        [sys.executable, "-c", _SCRIPT, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
         deadline = time.time() + 300
         for line in proc.stdout:
             lines.append(line.strip())

@@ -38,11 +38,15 @@ def test_petab_round_trip(tmp_path):
     # gets its nominal value; every condition still gives the same model
     assert back.measurements == prob.measurements and back.observables == prob.observables
     assert back.parameters == tuple(p for p in prob.parameters if p.parameter_id != "v")
-    assert back.conditions == (cio.PetabCondition("low", "100 mg", {"v": 46.5}),
-                               cio.PetabCondition("high", "small V", {"v": 20.0}))
+    assert back.conditions == (
+        cio.PetabCondition("low", "100 mg", {"v": 46.5}),
+        cio.PetabCondition("high", "small V", {"v": 20.0}),
+    )
     for c in ("low", "high"):
-        assert (float(back.apply(model, c).v), float(back.apply(model, c).cl)) == \
-            (float(prob.apply(model, c).v), float(prob.apply(model, c).cl))
+        assert (float(back.apply(model, c).v), float(back.apply(model, c).cl)) == (
+            float(prob.apply(model, c).v),
+            float(prob.apply(model, c).cl),
+        )
     # ... and the PEtab form is written and read back unchanged
     assert cio.read_petab(cio.write_petab(back, tmp_path / "again", model=model), model=model) == back
     # parameter rows come from the metadata: estimated cl on log10 scale within 100-fold of its value
@@ -67,8 +71,9 @@ def test_written_petab_problem_passes_the_petab_linter_and_carries_the_regimen(t
 
     roadrunner = pytest.importorskip("roadrunner")
     model = OneCompartmentPK()
-    regimen = ck.Regimen([ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=1), ck.Infusion(1.5, "central", rate=80.0,
-                                                                                          duration=0.25)])
+    regimen = ck.Regimen(
+        [ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=1), ck.Infusion(1.5, "central", rate=80.0, duration=0.25)]
+    )
     yaml_path = cio.write_petab(_problem(model), tmp_path, model=model, regimen=regimen)
     assert lint_problem(petab.Problem.from_yaml(yaml_path)) is False  # True means errors were reported
     rr = roadrunner.RoadRunner(str(tmp_path / "model.xml"))
@@ -86,11 +91,17 @@ def test_write_petab_rejects_what_petab_cannot_express(tmp_path):
     prob = _problem(model)
     with pytest.raises(ValueError, match=r"doses on day -1, before day 0; PEtab simulates from time 0"):
         cio.write_petab(prob, tmp_path, model=model, regimen=ck.Bolus(-1.0, 10.0, "central"))
-    estimated_and_set = cio.PetabProblem(prob.measurements, prob.parameters,
-                                         (prob.conditions[0], cio.PetabCondition("high", "", {"cl": 50.0})),
-                                         prob.observables)
-    with pytest.raises(ValueError, match=r"Parameter 'cl' is estimated in the parameters table and set by "
-                                         r"condition\(s\) \['high'\]"):
+    estimated_and_set = cio.PetabProblem(
+        prob.measurements,
+        prob.parameters,
+        (prob.conditions[0], cio.PetabCondition("high", "", {"cl": 50.0})),
+        prob.observables,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"Parameter 'cl' is estimated in the parameters table and set by "
+        r"condition\(s\) \['high'\]",
+    ):
         cio.write_petab(estimated_and_set, tmp_path, model=model)
     with pytest.raises(ValueError, match=r"`model` must be a carkinetics AbstractKineticModel, got NoneType"):
         cio.write_petab(prob, tmp_path, model=None)
@@ -120,13 +131,17 @@ def test_petab_validation_against_model():
     with pytest.raises(ValueError, match="observableFormula 'not_an_output'"):
         cio.PetabProblem(prob.measurements, prob.parameters, prob.conditions, (bad_obs,)).validate(model)
     with pytest.raises(ValueError, match="column 'k_unknown' is not a parameter id"):
-        cio.PetabProblem(prob.measurements, prob.parameters,
-                         (cio.PetabCondition("low", "", {"k_unknown": 1.0}), prob.conditions[1]),
-                         prob.observables).validate(model)
+        cio.PetabProblem(
+            prob.measurements,
+            prob.parameters,
+            (cio.PetabCondition("low", "", {"k_unknown": 1.0}), prob.conditions[1]),
+            prob.observables,
+        ).validate(model)
     bad_par = prob.parameters[0]._replace(lower=-1.0)
     with pytest.raises(ValueError, match="log10-scaled parameter 'cl' needs lowerBound > 0"):
-        cio.PetabProblem(prob.measurements, (bad_par, *prob.parameters[1:]), prob.conditions,
-                         prob.observables).validate()
+        cio.PetabProblem(
+            prob.measurements, (bad_par, *prob.parameters[1:]), prob.conditions, prob.observables
+        ).validate()
     with pytest.raises(ValueError, match="Unknown parameter 'nope'"):
         cio.petab_parameters_from_model(model, estimate=["nope"])
     with pytest.raises(ValueError, match="does not exist"):
@@ -135,14 +150,16 @@ def test_petab_validation_against_model():
 
 def test_nonmem_dataset_round_trip():
     model = TwoCompartmentPK()
-    regimen = ck.Regimen([ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2),
-                          ck.Infusion(0.5, "peripheral", rate=40.0, duration=0.25)])
+    regimen = ck.Regimen(
+        [ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2), ck.Infusion(0.5, "peripheral", rate=40.0, duration=0.25)]
+    )
     ts = jnp.array([0.0, 0.5, 1.0, 2.5])
     sol = ck.simulate(model, regimen, ts)
     obs = cio.observations_from_solution(sol)
     buf = io.StringIO()
-    cio.write_nonmem_dataset(buf, regimen=regimen, compartments=model.state_names(), observations=obs,
-                             observables=model.observable_names())
+    cio.write_nonmem_dataset(
+        buf, regimen=regimen, compartments=model.state_names(), observations=obs, observables=model.observable_names()
+    )
     text = buf.getvalue()
     lines = text.splitlines()
     assert lines[0] == "ID,TIME,AMT,CMT,EVID,RATE,II,ADDL,DV,MDV"
@@ -164,12 +181,13 @@ def test_nonmem_observation_errors():
     with pytest.raises(ValueError, match=r"lacks required column\(s\) \['DV'\]"):
         cio.read_nonmem_observations(io.StringIO("TIME,CMT\n1,1\n"), ["a"])
     with pytest.raises(ValueError, match="FractionalKill events cannot be written"):
-        cio.write_nonmem_dataset(io.StringIO(), regimen=ck.Regimen([ck.FractionalKill(0.0, 0.5, ["a"])]),
-                                 compartments=["a"])
+        cio.write_nonmem_dataset(
+            io.StringIO(), regimen=ck.Regimen([ck.FractionalKill(0.0, 0.5, ["a"])]), compartments=["a"]
+        )
     obs = cio.read_nonmem_observations(
-        io.StringIO("ID,TIME,CMT,DV,MDV,EVID\n1,1,a,2.0,0,0\n1,2,1,3.0,1,0\n2,1,1,5.0,0,0\n"), ["a"], subject_id="2")
+        io.StringIO("ID,TIME,CMT,DV,MDV,EVID\n1,1,a,2.0,0,0\n1,2,1,3.0,1,0\n2,1,1,5.0,0,0\n"), ["a"], subject_id="2"
+    )
     assert obs.value.tolist() == [5.0] and obs.subject == ("2",) and math.isclose(obs.time[0], 1.0)
-
 
 
 # ---- NONMEM-style tables: one strict parser for every reader ------------------------------------------------------
@@ -179,26 +197,42 @@ _HEADER = "ID,TIME,AMT,CMT,EVID,MDV,DV\n"
 
 def _both_readers(text):
     """Both readers on the same text (each gets a fresh stream)."""
-    return (lambda: ck.read_nonmem_events(io.StringIO(text), ["central"]),
-            lambda: cio.read_nonmem_observations(io.StringIO(text), ["conc"]))
+    return (
+        lambda: ck.read_nonmem_events(io.StringIO(text), ["central"]),
+        lambda: cio.read_nonmem_observations(io.StringIO(text), ["conc"]),
+    )
 
 
 @pytest.mark.parametrize(
     "body, match",
     [
         ("1,0,1,1,1.5,0,.\n", r"Line 2: column EVID = '1\.5' is not an integer\."),
-        ("1,0,1,1,7,0,.\n", (r"Line 2: EVID = 7 is not supported \(not a NONMEM event type\); carkinetics reads EVID "
-                             r"0 \(observation\), 1 \(dose\), 2 \(other\), and NONMEM defines 0 to 4\.")),
+        (
+            "1,0,1,1,7,0,.\n",
+            (
+                r"Line 2: EVID = 7 is not supported \(not a NONMEM event type\); carkinetics reads EVID "
+                r"0 \(observation\), 1 \(dose\), 2 \(other\), and NONMEM defines 0 to 4\."
+            ),
+        ),
         ("1,0,1,1,3,0,.\n", r"Line 2: EVID = 3 is not supported \(NONMEM's reset\); carkinetics reads EVID 0"),
         ("1,0,.,1,0,0.5,2\n", r"Line 2: column MDV = '0\.5' is not an integer\."),
         ("1,0,.,1,0,2,2\n", r"Line 2: column MDV = '2' must be 0 or 1\."),
-        ("1,0,1,1,1,0,.,9\n", (r"Line 2 has 8 field\(s\) but the header has 7 columns \(ID, TIME, AMT, CMT, EVID, "
-                               r"MDV, DV\)")),
+        (
+            "1,0,1,1,1,0,.,9\n",
+            (
+                r"Line 2 has 8 field\(s\) but the header has 7 columns \(ID, TIME, AMT, CMT, EVID, "
+                r"MDV, DV\)"
+            ),
+        ),
         ("1,0,.,1,0,0,1.0\n1,1,.,1,0\n", r"Line 3 has 5 field\(s\) but the header has 7 columns"),
         ("1,0,1e999,1,1,0,.\n", r"Line 2: column AMT = '1e999' is not finite\."),
-        ("1,0,.,1,0,0,1.0\n2,0,.,1,0,0,2.0\n1,1,.,1,0,0,3.0\n",
-         (r"Line 4: ID 1 appears again after ID 2 \(its rows start on line 2\); the rows of each subject must be "
-         r"contiguous")),
+        (
+            "1,0,.,1,0,0,1.0\n2,0,.,1,0,0,2.0\n1,1,.,1,0,0,3.0\n",
+            (
+                r"Line 4: ID 1 appears again after ID 2 \(its rows start on line 2\); the rows of each subject must be "
+                r"contiguous"
+            ),
+        ),
     ],
 )
 def test_nonmem_readers_reject_malformed_rows(body, match):
@@ -229,22 +263,34 @@ def test_nonmem_readers_accept_a_byte_order_mark_and_reject_latin1(tmp_path):
         assert cio.read_nonmem_observations(fh, ["conc"]).value.tolist() == [1.8]
     # a Latin-1 file (a micro sign in a covariate) is not UTF-8: a ValueError naming the encoding and the line
     latin = tmp_path / "latin1.csv"
-    latin.write_bytes("ID,TIME,AMT,CMT,EVID,DV,MDV,UNIT\n1,0,100,1,1,.,1,mg\n1,0.5,.,1,0,1.8,0,\u00b5g/L\n"
-                      .encode("latin-1"))
+    latin.write_bytes(
+        "ID,TIME,AMT,CMT,EVID,DV,MDV,UNIT\n1,0,100,1,1,.,1,mg\n1,0.5,.,1,0,1.8,0,\u00b5g/L\n".encode("latin-1")
+    )
     match = r"latin1\.csv' is not UTF-8 text: byte 0xb5 on line 3, character 19 .*Save the file as UTF-8"
-    for read in (lambda: ck.read_nonmem_events(latin, ["central"]),
-                 lambda: cio.read_nonmem_observations(latin, ["conc"])):
+    for read in (
+        lambda: ck.read_nonmem_events(latin, ["central"]),
+        lambda: cio.read_nonmem_observations(latin, ["conc"]),
+    ):
         with pytest.raises(ValueError, match=match):
             read()
-    with open(latin, encoding="utf-8") as fh, pytest.raises(ValueError, match=r"is not UTF-8 text: byte 0xb5 on "
-                                                                                   r"line 3"):
+    with (
+        open(latin, encoding="utf-8") as fh,
+        pytest.raises(
+            ValueError,
+            match=r"is not UTF-8 text: byte 0xb5 on "
+            r"line 3",
+        ),
+    ):
         cio.read_nonmem_observations(fh, ["conc"])
 
 
 def test_nonmem_readers_check_compartments_and_subjects():
     table = "ID,TIME,AMT,CMT,EVID,DV,MDV\n1,0,100,1,1,.,1\n1,0.5,.,2,0,1.8,0\n"
-    with pytest.raises(ValueError, match=r"Line 3: unknown observation compartment CMT = '2'; valid values are "
-                                         r"1\.\.1 \(1=conc\) or one of these names\."):
+    with pytest.raises(
+        ValueError,
+        match=r"Line 3: unknown observation compartment CMT = '2'; valid values are "
+        r"1\.\.1 \(1=conc\) or one of these names\.",
+    ):
         cio.read_nonmem_observations(io.StringIO(table), ["conc"])
     with pytest.raises(ValueError, match=r"Line 2: unknown dose compartment CMT = '1\.5'"):
         ck.read_nonmem_events(io.StringIO("TIME,AMT,CMT\n0,1,1.5\n"), ["central"])

@@ -48,8 +48,13 @@ def test_source_elements_match_the_primitive_run_on_element_ids(name):
     closed = jax.make_jaxpr(_MOVES[name])(x)
     eqns = [e for e in closed.jaxpr.eqns if e.primitive.name == name]
     if not eqns:  # jnp wraps some in a jit
-        eqns = [e for outer in closed.jaxpr.eqns if "jaxpr" in outer.params
-                for e in outer.params["jaxpr"].jaxpr.eqns if e.primitive.name == name]
+        eqns = [
+            e
+            for outer in closed.jaxpr.eqns
+            if "jaxpr" in outer.params
+            for e in outer.params["jaxpr"].jaxpr.eqns
+            if e.primitive.name == name
+        ]
     assert eqns, f"{name!r} does not appear in the traced function"
     eqn = eqns[0]
     data = MOVEMENT[name](len(eqn.invars))
@@ -116,8 +121,11 @@ def test_eval_jaxpr_over_numbers_reproduces_the_function_through_calls():
     assert names & {"jit", "pjit"}
     calls = []
     rules = _number_rules()
-    traced = Rules(table={}, default=lambda eqn, ins: calls.append(eqn.primitive.name) or rules.default(eqn, ins),
-                   constant=rules.constant)
+    traced = Rules(
+        table={},
+        default=lambda eqn, ins: calls.append(eqn.primitive.name) or rules.default(eqn, ins),
+        constant=rules.constant,
+    )
     (out,) = eval_jaxpr(closed.jaxpr, closed.consts, [np.asarray(x)], traced)
     assert np.array_equal(out, np.asarray(f(x)))
     assert not {"jit", "pjit", "custom_jvp_call"} & set(calls)  # every call was walked into, none bound whole

@@ -14,8 +14,32 @@ LagPhaseCK, lag_ck_closed_form = models.LagPhaseCK, models.lag_ck_closed_form
 NAMES = ("t_lag", "k_growth", "t_peak", "alpha", "beta", "f_fast", "c0")
 TIGHT = {"rtol": 1e-12, "atol": 1e-14}
 # days after the infusion: lag (< 3.27), growth (3.27-9.29), fast decline, slow decline; none on a switch time
-TAU = jnp.array([0.25, 1.0, 2.0, 3.0, 3.5, 4.0, 5.0, 6.5, 8.0, 9.0, 9.5, 11.0, 14.0, 21.0, 28.0, 42.0, 60.0, 90.0,
-                 180.0, 365.0, 540.0, 730.0])
+TAU = jnp.array(
+    [
+        0.25,
+        1.0,
+        2.0,
+        3.0,
+        3.5,
+        4.0,
+        5.0,
+        6.5,
+        8.0,
+        9.0,
+        9.5,
+        11.0,
+        14.0,
+        21.0,
+        28.0,
+        42.0,
+        60.0,
+        90.0,
+        180.0,
+        365.0,
+        540.0,
+        730.0,
+    ]
+)
 
 
 def infusion(day=0.0, amount=1.0):
@@ -26,11 +50,14 @@ PRE = jnp.array([-5.0, -0.5])  # two days before the infusion: every simulation 
 TS = jnp.concatenate([PRE, TAU])
 
 
-@pytest.mark.parametrize("values", [
-    {},  # the published typical values
-    {"t_lag": 1.5, "k_growth": 1.4, "t_peak": 6.0, "alpha": 0.3, "beta": 0.01, "f_fast": 0.9, "c0": 20.0},
-    {"t_lag": 5.0, "t_peak": 4.0},  # no growth phase: the decline starts from c0 at t_peak
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},  # the published typical values
+        {"t_lag": 1.5, "k_growth": 1.4, "t_peak": 6.0, "alpha": 0.3, "beta": 0.01, "f_fast": 0.9, "c0": 20.0},
+        {"t_lag": 5.0, "t_peak": 4.0},  # no growth phase: the decline starts from c0 at t_peak
+    ],
+)
 def test_ode_matches_closed_form_in_every_phase(values):
     model = LagPhaseCK().replace(**values)
     sol = ck.simulate(model, infusion(), TS, **TIGHT)
@@ -132,18 +159,25 @@ def test_gradients_match_central_differences(day):
 def test_parameter_recovery_from_synthetic_data():
     # three subjects' sampling days (typical TRANSCEND-like density, jittered), one shared parameter set
     truth = LagPhaseCK()
-    days = np.sort(np.concatenate([
-        [1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 21.0, 28.0, 56.0, 90.0, 180.0, 365.0, 730.0],
-        [1.5, 3.0, 5.0, 7.0, 9.0, 12.0, 17.0, 24.0, 35.0, 70.0, 120.0, 270.0, 450.0],
-        [0.5, 2.5, 3.5, 5.5, 9.5, 11.0, 15.0, 28.0, 42.0, 100.0, 200.0, 300.0, 540.0]]))
+    days = np.sort(
+        np.concatenate(
+            [
+                [1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 14.0, 21.0, 28.0, 56.0, 90.0, 180.0, 365.0, 730.0],
+                [1.5, 3.0, 5.0, 7.0, 9.0, 12.0, 17.0, 24.0, 35.0, 70.0, 120.0, 270.0, 450.0],
+                [0.5, 2.5, 3.5, 5.5, 9.5, 11.0, 15.0, 28.0, 42.0, 100.0, 200.0, 300.0, 540.0],
+            ]
+        )
+    )
     sigma = 0.15  # log-scale residual sd
     noise = sigma * jax.random.normal(jax.random.key(2024), days.shape)
-    data = ck.TimeCourseData("transgene", jnp.asarray(days), lag_ck_closed_form(truth, days) * jnp.exp(noise),
-                             ck.LogNormalError(sigma))
+    data = ck.TimeCourseData(
+        "transgene", jnp.asarray(days), lag_ck_closed_form(truth, days) * jnp.exp(noise), ck.LogNormalError(sigma)
+    )
     # start 13-90 % away from the truth; flat priors (maximum likelihood) so the truth is not a prior centre
     start = truth.replace(t_lag=2.6, k_growth=0.75, t_peak=10.5, alpha=0.11, beta=0.0028, f_fast=0.985, c0=150.0)
-    problem = ck.CalibrationProblem(start, infusion(), [data], list(NAMES), priors=None, n_grid=2, rtol=1e-8,
-                                    atol=1e-10)
+    problem = ck.CalibrationProblem(
+        start, infusion(), [data], list(NAMES), priors=None, n_grid=2, rtol=1e-8, atol=1e-10
+    )
     res = ck.fit(problem, key=jax.random.key(0), n_starts=4, start_scale=0.3)
     assert res.n_agree >= 3 and bool(res.converged[res.best])
     lap = ck.laplace(res, warn=False)

@@ -76,7 +76,7 @@ def test_import_graph_of_the_library_has_no_cycle():
         stack.append(n)
         for d in sorted(graph[n]):
             if state.get(d) == 1:
-                cycles.append(stack[stack.index(d):] + [d])
+                cycles.append(stack[stack.index(d) :] + [d])
             elif d not in state:
                 visit(d)
         stack.pop()

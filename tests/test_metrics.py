@@ -85,7 +85,7 @@ def test_half_life():
     v = 100.0 * 0.5 ** (ts / 6.0)
     assert float(M.half_life(ts, v, 0.0, 20.0)) == pytest.approx(6.0, rel=1e-10)
     # Biphasic: fast phase t1/2 = 1 d until day 5, then 10 d; the window picks the terminal phase.
-    v2 = jnp.where(ts < 5.0, 0.5 ** ts, 0.5**5 * 0.5 ** ((ts - 5.0) / 10.0))
+    v2 = jnp.where(ts < 5.0, 0.5**ts, 0.5**5 * 0.5 ** ((ts - 5.0) / 10.0))
     assert float(M.half_life(ts, v2, 5.0, 20.0)) == pytest.approx(10.0, rel=1e-10)
     assert float(M.half_life(ts, v2, 0.0, 5.0)) == pytest.approx(1.0, rel=1e-10)
     assert np.isnan(float(M.half_life(ts, v, 3.5, 3.9)))  # no grid point in the window

@@ -20,8 +20,11 @@ def test_models_package_is_the_repository_models_folder():
 
 @pytest.mark.slow
 def test_wheel_contains_models_under_carkinetics_only(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     (whl,) = tmp_path.glob("carkinetics-*.whl")
     names = zipfile.ZipFile(whl).namelist()
     assert "carkinetics/models/__init__.py" in names

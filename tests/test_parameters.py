@@ -14,8 +14,9 @@ from carkinetics.models import OneCompartmentPK
 
 class _Group(eqx.Module):
     frac: float = ck.param(0.25, unit="1", description="a fraction", source="test", tag="A", lower=0.0, upper=1.0)
-    shift: float = ck.param(-2.0, unit="d", description="an unbounded shift", source="test", tag="A",
-                            lower=-math.inf, upper=math.inf)
+    shift: float = ck.param(
+        -2.0, unit="d", description="an unbounded shift", source="test", tag="A", lower=-math.inf, upper=math.inf
+    )
 
 
 class _Nested(eqx.Module):

@@ -25,8 +25,13 @@ def test_timecourse_panels_units_and_overlay(tmp_path):
     s1 = ck.simulate(TwoCompartmentPK(), ck.Bolus(0.0, 100.0, "central"), ts)
     s2 = ck.simulate(TwoCompartmentPK(cl=96.0), ck.Bolus(0.0, 100.0, "central"), ts)
     data = cio.Observations(np.array([0.5, 1.0, 2.0]), np.array([1.0, 0.4, 0.1]), ("concentration",) * 3)
-    fig = plot_timecourse([s1, s2], ["concentration", "central", "peripheral"], labels=["CL 192", "CL 96"],
-                          data=data, title="two-compartment PK")
+    fig = plot_timecourse(
+        [s1, s2],
+        ["concentration", "central", "peripheral"],
+        labels=["CL 192", "CL 96"],
+        data=data,
+        title="two-compartment PK",
+    )
     axes = [a for a in fig.axes if a.get_visible()]
     assert [a.get_ylabel() for a in axes] == ["concentration [mg/L]", "central [mg]", "peripheral [mg]"]
     # two simulated lines + the data markers on the first panel; the 100-fold decay is shown on a log axis

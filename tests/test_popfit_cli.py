@@ -14,15 +14,29 @@ THEOPH = ["--data", ck.example_data("theophylline"), "--model", "OneCompartmentO
 @pytest.mark.parametrize("plots", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_fit_population_writes_estimates_tables_and_plots(tmp_path, capsys, plots):
     out = tmp_path / "theoph"
-    code = main(["fit-population", *THEOPH, "--random", "ka=0.6,cl=0.3,v=0.1", "--error", "additive:0.7",
-                 "--init", "ka=37.8,cl=65.2,v=31.5", "--out", str(out), "--quiet", *([] if plots else ["--no-plots"])])
+    code = main(
+        [
+            "fit-population",
+            *THEOPH,
+            "--random",
+            "ka=0.6,cl=0.3,v=0.1",
+            "--error",
+            "additive:0.7",
+            "--init",
+            "ka=37.8,cl=65.2,v=31.5",
+            "--out",
+            str(out),
+            "--quiet",
+            *([] if plots else ["--no-plots"]),
+        ]
+    )
     assert code == 0, capsys.readouterr()
     est = json.loads((out / "estimates.json").read_text())
     for key in ("theta", "omega", "sigma", "ofv", "se", "shrinkage", "converged", "n_subjects", "n_observations"):
         assert key in est
     assert est["converged"] is True and est["n_subjects"] == 12 and est["n_observations"] == 132
-    assert abs(est["ofv"] - 116.8044) < 0.01                       # nlmixr2 FOCEi OBJF
-    np.testing.assert_allclose(est["theta"]["cl"] / 24, 2.75, rtol=0.01)   # L/h
+    assert abs(est["ofv"] - 116.8044) < 0.01  # nlmixr2 FOCEi OBJF
+    np.testing.assert_allclose(est["theta"]["cl"] / 24, 2.75, rtol=0.01)  # L/h
     np.testing.assert_allclose(est["omega"]["ka"], 0.402, atol=0.005)
     assert set(est["se"]) == {"theta", "theta_unconstrained", "beta", "omega", "sigma"}
     pngs = ("gof.png", "individual_fits.png", "vpc.png") if plots else ()
@@ -37,8 +51,7 @@ def test_fit_population_writes_estimates_tables_and_plots(tmp_path, capsys, plot
 def test_malformed_data_is_a_usage_error_naming_line_and_column(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("ID,TIME,AMT,DV,EVID,CMT\n1,0,320,.,1,1\n1,1,.,7..5,0,2\n")
-    code = main(["fit-population", "--data", str(bad), "--model", "OneCompartmentOralPK", "--out",
-                 str(tmp_path / "o")])
+    code = main(["fit-population", "--data", str(bad), "--model", "OneCompartmentOralPK", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2
     assert "Line 3: column DV = '7..5' is not a number" in err
@@ -61,8 +74,21 @@ def test_a_fit_that_fails_is_reported_as_failed(tmp_path, capsys):
     assert "ck" not in _fit_population.__dict__  # the command imports carkinetics at run time
     try:
         ck.fit_population = one_iteration
-        code = main(["fit-population", *THEOPH, "--random", "ka=0.6,cl=0.3,v=0.1", "--error", "additive:0.7",
-                     "--no-plots", "--no-covariance", "--out", str(out), "--quiet"])
+        code = main(
+            [
+                "fit-population",
+                *THEOPH,
+                "--random",
+                "ka=0.6,cl=0.3,v=0.1",
+                "--error",
+                "additive:0.7",
+                "--no-plots",
+                "--no-covariance",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
     finally:
         ck.fit_population = original
     captured = capsys.readouterr().out

@@ -19,8 +19,11 @@ NO = jnp.zeros(4, bool)
 ERRORS = [
     (ck.AdditiveError(0.7), jnp.array([0.7]), lambda y, f: stats.norm.logpdf(y, f, 0.7)),
     (ck.ProportionalError(0.2), jnp.array([0.2]), lambda y, f: stats.norm.logpdf(y, f, 0.2 * f)),
-    (ck.CombinedError(0.3, 0.1), jnp.array([0.3, 0.1]),
-     lambda y, f: stats.norm.logpdf(y, f, np.sqrt(0.09 + (0.1 * f) ** 2))),
+    (
+        ck.CombinedError(0.3, 0.1),
+        jnp.array([0.3, 0.1]),
+        lambda y, f: stats.norm.logpdf(y, f, np.sqrt(0.09 + (0.1 * f) ** 2)),
+    ),
     (ck.LogAdditiveError(0.4), jnp.array([0.4]), lambda y, f: stats.lognorm.logpdf(y, 0.4, scale=f)),
 ]
 
@@ -44,8 +47,9 @@ def test_minus_two_log_likelihood_and_derivatives_match_scipy(error, s, referenc
             ys = f + sd * nodes
         d2 = jax.vmap(jax.grad(jax.grad(one)), in_axes=(None, 0))(jnp.asarray(f), jnp.asarray(ys))
         expected = 0.5 * float(np.sum(weights * np.asarray(d2)) / np.sqrt(2 * np.pi))
-        w_f = float(observation_terms(error, s, jnp.asarray([f]), jnp.asarray([f]), jnp.zeros(1, bool),
-                                      jnp.asarray([f]))[3][0])
+        w_f = float(
+            observation_terms(error, s, jnp.asarray([f]), jnp.asarray([f]), jnp.zeros(1, bool), jnp.asarray([f]))[3][0]
+        )
         np.testing.assert_allclose(w_f, expected, rtol=1e-8)
 
 
@@ -63,15 +67,34 @@ def test_censored_observations_use_the_normal_cdf():
 
 def test_parameter_vector_round_trip_and_labels():
     model = OneCompartmentOralPK()
-    data = ck.read_population_data(io.StringIO("ID,TIME,AMT,DV,EVID,CMT,WT\n1,0,300,.,1,1,70\n1,1,.,5,0,2,70\n"
-                                               "2,0,300,.,1,1,80\n2,2,.,6,0,2,80\n"), model, covariates=["WT"])
+    data = ck.read_population_data(
+        io.StringIO("ID,TIME,AMT,DV,EVID,CMT,WT\n1,0,300,.,1,1,70\n1,1,.,5,0,2,70\n2,0,300,.,1,1,80\n2,2,.,6,0,2,80\n"),
+        model,
+        covariates=["WT"],
+    )
     omega = np.array([[0.4, 0.1, 0.0], [0.1, 0.2, 0.0], [0.0, 0.0, 0.05]])
-    problem = ck.PopulationProblem(model, data, ["ka", "cl", "v"], omega=omega, blocks=[["ka", "cl"], ["v"]],
-                                   error=ck.CombinedError(0.1, 0.2),
-                                   covariates=[ck.CovariateEffect("cl", "WT", 0.75, 70.0)])
+    problem = ck.PopulationProblem(
+        model,
+        data,
+        ["ka", "cl", "v"],
+        omega=omega,
+        blocks=[["ka", "cl"], ["v"]],
+        error=ck.CombinedError(0.1, 0.2),
+        covariates=[ck.CovariateEffect("cl", "WT", 0.75, 70.0)],
+    )
     assert problem.sizes == (3, 1, 4, 2)
-    assert problem.labels == ("theta(ka)", "theta(cl)", "theta(v)", "beta(cl~WT)", "omega.logdiag(ka)",
-                              "omega.logdiag(cl)", "omega.lower(cl,ka)", "omega.logdiag(v)", "sigma(sd)", "sigma(cv)")
+    assert problem.labels == (
+        "theta(ka)",
+        "theta(cl)",
+        "theta(v)",
+        "beta(cl~WT)",
+        "omega.logdiag(ka)",
+        "omega.logdiag(cl)",
+        "omega.lower(cl,ka)",
+        "omega.logdiag(v)",
+        "sigma(sd)",
+        "sigma(cv)",
+    )
     p = problem.unpack(problem.psi0)
     np.testing.assert_allclose(np.asarray(p.omega), omega, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(np.asarray(p.sigma), [0.1, 0.2], rtol=1e-12)
@@ -82,16 +105,22 @@ def test_parameter_vector_round_trip_and_labels():
     np.testing.assert_allclose(float(jnp.exp(phi[1, 1] - phi[0, 1])), (80 / 70) ** 0.75, rtol=1e-12)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"random": {"ka": 0.1, "kx": 0.1}}, r"Unknown parameter 'kx'"),
-    ({"random": {"ka": 0.1}, "estimate": ["cl"]}, r"have random effects but are not in `estimate`"),
-    ({"random": {"ka": -0.1}}, r"must be positive and finite"),
-    ({"random": ["ka", "cl"], "omega": [[1.0, 2.0], [2.0, 1.0]], "blocks": "full"}, r"must be positive definite"),
-    ({"random": ["ka", "cl"], "blocks": [["ka"]]}, r"must put every parameter of `random`"),
-    ({"random": ["ka"], "error": 0.7}, r"`error` must be a residual error model"),
-    ({"random": ["ka"], "error": {"conc": ck.AdditiveError(1.0)}}, r"not an observable of the model"),
-    ({"random": ["ka"], "covariates": [ck.CovariateEffect("cl", "WT", 0.75, 70.0)]}, r"not a covariate of the data"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"random": {"ka": 0.1, "kx": 0.1}}, r"Unknown parameter 'kx'"),
+        ({"random": {"ka": 0.1}, "estimate": ["cl"]}, r"have random effects but are not in `estimate`"),
+        ({"random": {"ka": -0.1}}, r"must be positive and finite"),
+        ({"random": ["ka", "cl"], "omega": [[1.0, 2.0], [2.0, 1.0]], "blocks": "full"}, r"must be positive definite"),
+        ({"random": ["ka", "cl"], "blocks": [["ka"]]}, r"must put every parameter of `random`"),
+        ({"random": ["ka"], "error": 0.7}, r"`error` must be a residual error model"),
+        ({"random": ["ka"], "error": {"conc": ck.AdditiveError(1.0)}}, r"not an observable of the model"),
+        (
+            {"random": ["ka"], "covariates": [ck.CovariateEffect("cl", "WT", 0.75, 70.0)]},
+            r"not a covariate of the data",
+        ),
+    ],
+)
 def test_problem_validation(kwargs, match):
     model = OneCompartmentOralPK()
     data = ck.read_population_data(io.StringIO("ID,TIME,AMT,DV,EVID,CMT\n1,0,300,.,1,1\n1,1,.,5,0,2\n"), model)

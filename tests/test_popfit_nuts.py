@@ -30,8 +30,9 @@ def test_positions_round_trip_and_priors_from_tags():
     model = OneCompartmentOralPK()
     data = ck.read_population_data(ck.example_data("theophylline"), model, time_unit="h")
     omega = np.array([[0.4, 0.05, 0.0], [0.05, 0.1, 0.0], [0.0, 0.0, 0.02]])
-    problem = ck.PopulationProblem(model, data, ["ka", "cl", "v"], omega=omega, blocks=[["ka", "cl"], ["v"]],
-                                   error=ck.AdditiveError(0.7))
+    problem = ck.PopulationProblem(
+        model, data, ["ka", "cl", "v"], omega=omega, blocks=[["ka", "cl"], ["v"]], error=ck.AdditiveError(0.7)
+    )
     for centered in (True, False):
         lay = _posterior._layout(problem, centered)
         x = _posterior._initial_position(problem, lay, None)
@@ -49,13 +50,15 @@ def test_positions_round_trip_and_priors_from_tags():
 def test_nuts_theophylline_four_chains_agrees_with_focei():
     model = OneCompartmentOralPK(ka=math.exp(0.45) * 24, cl=math.exp(1.0) * 24, v=math.exp(3.45))
     data = ck.read_population_data(ck.example_data("theophylline"), model, time_unit="h")
-    problem = ck.PopulationProblem(model, data, {"ka": 0.6, "cl": 0.3, "v": 0.1}, error=ck.AdditiveError(0.7),
-                                   rtol=1e-6, atol=1e-6)
+    problem = ck.PopulationProblem(
+        model, data, {"ka": 0.6, "cl": 0.3, "v": 0.1}, error=ck.AdditiveError(0.7), rtol=1e-6, atol=1e-6
+    )
     fit = ck.fit_population(problem, "focei")
     # 1,000 draws per chain: with 500, theta.ka's R-hat came out 1.011 (its own Monte Carlo error at that length
     # is of that order), so the R-hat <= 1.01 criterion was decided by noise
-    post = ck.sample_population_posterior(problem, jax.random.key(11), init=fit, num_warmup=500, num_samples=1000,
-                                          progress=True)
+    post = ck.sample_population_posterior(
+        problem, jax.random.key(11), init=fit, num_warmup=500, num_samples=1000, progress=True
+    )
     print(post.summary())
     assert post.omega.shape[:2] == (4, 1000)
     assert int(post.divergences.sum()) == 0

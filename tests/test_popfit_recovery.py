@@ -40,12 +40,14 @@ def _z_scores(fit, theta, omega, sigma):
 def test_oral_full_omega_combined_error():
     """96 subjects on the theophylline design, correlated IIV on ka, CL, V (full Omega), combined error."""
     omega = np.array([[0.40, 0.02, 0.03], [0.02, 0.07, 0.02], [0.03, 0.02, 0.02]])
-    truth = ck.PopulationProblem(TRUTH, _design(96), ["ka", "cl", "v"], omega=omega, blocks="full",
-                                 error=ck.CombinedError(sd=0.3, cv=0.08))
+    truth = ck.PopulationProblem(
+        TRUTH, _design(96), ["ka", "cl", "v"], omega=omega, blocks="full", error=ck.CombinedError(sd=0.3, cv=0.08)
+    )
     data, _ = truth.simulate(jax.random.key(1))
     start = OneCompartmentOralPK(ka=1.0 * 24, cl=3.5 * 24, v=25.0)
-    problem = ck.PopulationProblem(start, data, {"ka": 0.3, "cl": 0.2, "v": 0.1}, blocks="full",
-                                   error=ck.CombinedError(sd=0.5, cv=0.2))
+    problem = ck.PopulationProblem(
+        start, data, {"ka": 0.3, "cl": 0.2, "v": 0.1}, blocks="full", error=ck.CombinedError(sd=0.5, cv=0.2)
+    )
     fit = ck.fit_population(problem, "focei")
     assert fit.converged, fit.message
     z = _z_scores(fit, {"ka": 36.0, "cl": 66.0, "v": 31.5}, omega, {"sd": 0.3, "cv": 0.08})
@@ -58,8 +60,7 @@ def test_oral_full_omega_combined_error():
 def test_m3_recovers_what_dropping_blq_biases():
     """120 subjects, additive error, 29 % of the samples below an LLOQ of 3.5 mg/L. The M3 likelihood recovers
     every parameter within 1 SE; dropping the BLQ records biases clearance low by more than 2 SE."""
-    truth = ck.PopulationProblem(TRUTH, _design(120), {"ka": 0.4, "cl": 0.07, "v": 0.02},
-                                 error=ck.AdditiveError(0.5))
+    truth = ck.PopulationProblem(TRUTH, _design(120), {"ka": 0.4, "cl": 0.07, "v": 0.02}, error=ck.AdditiveError(0.5))
     data, _ = truth.simulate(jax.random.key(6))
     censored = data.censor_below(3.5)
     assert 0.25 < censored.n_censored / censored.n_observations < 0.33
@@ -81,9 +82,12 @@ STEIN_OMEGA = {"foldx": 2.4, "tmax": 0.38, "cmax": 0.65, "alpha": 0.91, "fb": 0.
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known gap: on 90 simulated Stein 2019 patients SAEM recovers the typical "
-                   "values but overestimates the variances of cmax and fb and the residual error, and Louis' "
-                   "information is not positive definite (docs/population_fitting.md, 'Known limits')")
+@pytest.mark.xfail(
+    strict=False,
+    reason="known gap: on 90 simulated Stein 2019 patients SAEM recovers the typical "
+    "values but overestimates the variances of cmax and fb and the residual error, and Louis' "
+    "information is not positive definite (docs/population_fitting.md, 'Known limits')",
+)
 def test_stein_2019_published_variability_90_patients():
     """90 virtual patients from the Stein 2019 typical values and between-patient variances (Table 1), 12 qPCR
     samples each over a year, log-normal residual error 0.56: SAEM (the model is piecewise in tmax, so FOCEi's
@@ -96,8 +100,7 @@ def test_stein_2019_published_variability_90_patients():
     data = ck.read_population_data(io.StringIO(table), model)
     truth = ck.PopulationProblem(model, data, STEIN_OMEGA, error=ck.LogAdditiveError(0.56))
     sim, _ = truth.simulate(jax.random.key(2019))
-    start = ck.replace(model, {"foldx": 2000.0, "tmax": 8.0, "cmax": 15000.0, "alpha": 0.2, "fb": 0.012,
-                               "beta": 0.004})
+    start = ck.replace(model, {"foldx": 2000.0, "tmax": 8.0, "cmax": 15000.0, "alpha": 0.2, "fb": 0.012, "beta": 0.004})
     problem = ck.PopulationProblem(start, sim, {k: 0.5 for k in STEIN_OMEGA}, error=ck.LogAdditiveError(0.8))
     fit = ck.fit_population(problem, "saem", key=jax.random.key(0), chains=2, importance_samples=0)
     theta = {n: float(ck.get_parameter(model, n)) for n in STEIN_OMEGA}

@@ -52,7 +52,7 @@ def test_focei_matches_nlmixr2(focei):
     assert abs(focei.minus2ll - (116.8044 + 132 * math.log(2 * math.pi))) < 0.01
     assert abs(focei.log_likelihood - (-179.7021)) < 0.005
     for name, (est, se) in NLMIXR2_FOCEI.items():
-        assert abs(_log_per_hour(focei, name) - est) < 0.05 * se, name           # within 5 % of one SE
+        assert abs(_log_per_hour(focei, name) - est) < 0.05 * se, name  # within 5 % of one SE
         assert abs(focei.cv_percent()[name] - NLMIXR2_FOCEI_CV[name]) < 0.5, name  # BSV CV% to 0.5 points
         # standard errors: nlmixr2's r,s sandwich; ours the same estimator, within 15 %
         ours = focei.extra["se_sandwich"]["theta_unconstrained"][name]
@@ -98,8 +98,9 @@ def test_exact_gradient_matches_finite_differences_of_the_ofv(problem):
 # slow: the SAEM and importance-sampling compiles (~20 s of CPU) would put the default suite of these files over 90 s
 @pytest.mark.slow
 def test_saem_agrees_with_focei(problem, focei):
-    saem = ck.fit_population(problem, "saem", key=jax.random.key(20250101), saem_iterations=(150, 100), chains=4,
-                             importance_samples=200)
+    saem = ck.fit_population(
+        problem, "saem", key=jax.random.key(20250101), saem_iterations=(150, 100), chains=4, importance_samples=200
+    )
     assert saem.converged, saem.message
     for name in ("ka", "cl", "v"):
         se = focei.se["theta_unconstrained"][name]

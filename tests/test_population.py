@@ -39,8 +39,9 @@ class _Fraction(ck.AbstractKineticModel):
 
 def test_lognormal_iiv_moments_and_correlation():
     m = OneCompartmentPK()
-    pop = ck.virtual_population(m, jax.random.key(0), N, omega={"cl": 0.3, "v": 0.2},
-                                correlation=[[1.0, 0.5], [0.5, 1.0]])
+    pop = ck.virtual_population(
+        m, jax.random.key(0), N, omega={"cl": 0.3, "v": 0.2}, correlation=[[1.0, 0.5], [0.5, 1.0]]
+    )
     lcl = np.log(pop.samples["cl"] / m.cl)
     lv = np.log(pop.samples["v"] / m.v)
     # 4-5 standard errors as tolerances (fixed key): mean 0, SD omega, correlation 0.5.
@@ -53,8 +54,9 @@ def test_lognormal_iiv_moments_and_correlation():
 
 def test_covariance_form_equals_omega_form():
     m = OneCompartmentPK()
-    a = ck.virtual_population(m, jax.random.key(3), 50, omega={"cl": 0.3, "v": 0.2},
-                              correlation=[[1.0, -0.4], [-0.4, 1.0]])
+    a = ck.virtual_population(
+        m, jax.random.key(3), 50, omega={"cl": 0.3, "v": 0.2}, correlation=[[1.0, -0.4], [-0.4, 1.0]]
+    )
     b = ck.virtual_population(m, jax.random.key(3), 50, covariance=[[0.09, -0.024], [-0.024, 0.04]], names=["cl", "v"])
     np.testing.assert_allclose(a.samples["cl"], b.samples["cl"], rtol=1e-12)
     np.testing.assert_allclose(a.samples["v"], b.samples["v"], rtol=1e-12)
@@ -63,14 +65,19 @@ def test_covariance_form_equals_omega_form():
 def test_covariate_power_model_exact():
     cov = ck.sample_covariates(jax.random.key(1), 200)
     m = OneCompartmentPK()
-    pop = ck.virtual_population(m, jax.random.key(2), 200, covariates=cov,
-                                effects=[ck.CovariateEffect("cl", "weight_kg", 0.75, 70.0),
-                                         ck.CovariateEffect("v", "weight_kg", 1.0, 70.0)])
+    pop = ck.virtual_population(
+        m,
+        jax.random.key(2),
+        200,
+        covariates=cov,
+        effects=[ck.CovariateEffect("cl", "weight_kg", 0.75, 70.0), ck.CovariateEffect("v", "weight_kg", 1.0, 70.0)],
+    )
     np.testing.assert_allclose(pop.samples["cl"], m.cl * (cov["weight_kg"] / 70.0) ** 0.75, rtol=1e-12)
     np.testing.assert_allclose(pop.samples["v"], m.v * cov["weight_kg"] / 70.0, rtol=1e-12)
     np.testing.assert_allclose(cov["bsa_m2"], np.sqrt(cov["weight_kg"] * cov["height_cm"] / 3600.0), rtol=1e-14)
     assert ck.bsa_mosteller(float(cov["weight_kg"][0]), float(cov["height_cm"][0])) == pytest.approx(
-        float(cov["bsa_m2"][0]), rel=1e-12)
+        float(cov["bsa_m2"][0]), rel=1e-12
+    )
 
 
 def test_covariate_distribution():
@@ -106,16 +113,18 @@ def test_population_into_sweep_model_and_bands():
     m = OneCompartmentPK()
     pop = ck.virtual_population(m, jax.random.key(7), 12, omega={"v": 0.3})
     ts = jnp.linspace(0.0, 1.0, 6)
-    res = ck.sweep_model(m, ck.Bolus(0.0, 100.0, "central"), ts, pop.samples, chunk_size=8, progress=False,
-                         keep_trajectories=True)
+    res = ck.sweep_model(
+        m, ck.Bolus(0.0, 100.0, "central"), ts, pop.samples, chunk_size=8, progress=False, keep_trajectories=True
+    )
     np.testing.assert_allclose(res.outputs["concentration_cmax"], 100.0 / pop.samples["v"], rtol=1e-12)
     bands = ck.percentile_bands(res.outputs["observables"][:, :, 0], (5, 50, 95), ok=res.ok)
     assert bands.shape == (3, 6)
     np.testing.assert_allclose(bands[1, 0], np.median(100.0 / pop.samples["v"]), rtol=1e-12)
     np.testing.assert_allclose(ck.percentile_bands(np.arange(12.0).reshape(4, 3), (50,)), [[4.5, 5.5, 6.5]])
-    np.testing.assert_allclose(ck.percentile_bands(np.arange(12.0).reshape(4, 3), (0, 100), ok=[True, False, True,
-                                                                                                 False]),
-                               [[0.0, 1.0, 2.0], [6.0, 7.0, 8.0]])
+    np.testing.assert_allclose(
+        ck.percentile_bands(np.arange(12.0).reshape(4, 3), (0, 100), ok=[True, False, True, False]),
+        [[0.0, 1.0, 2.0], [6.0, 7.0, 8.0]],
+    )
 
 
 def test_validation_errors():

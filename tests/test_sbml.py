@@ -67,8 +67,12 @@ class _Toy(ck.AbstractKineticModel):
         on = jnp.where(t < self.t_switch, 1.0, 0.25)
         effect = self.grp.emax * y.x**self.hill / (self.ec50**self.hill + y.x**self.hill)
         dx = self.grp.k_in * on - jnp.asarray(_KDEG)[0] * y.x - 0.1 * jnp.maximum(y.y - 1.0, 0.0) * y.x
-        dy = (effect - jnp.asarray(_KDEG)[1] * y.y + 0.05 * jnp.exp(-t) * jnp.log1p(y.x)
-              + 0.01 * jnp.minimum(y.x, y.y) ** 2)
+        dy = (
+            effect
+            - jnp.asarray(_KDEG)[1] * y.y
+            + 0.05 * jnp.exp(-t) * jnp.log1p(y.x)
+            + 0.01 * jnp.minimum(y.x, y.y) ** 2
+        )
         return self.State(x=dx, y=dy)
 
     def observe(self, t, y):
@@ -78,11 +82,13 @@ class _Toy(ck.AbstractKineticModel):
 
 def test_two_compartment_with_regimen_matches_roadrunner():
     model = TwoCompartmentPK()
-    regimen = ck.Regimen([
-        ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2),
-        ck.Infusion(0.5, "peripheral", amount=50.0, duration=0.25),
-        ck.FractionalKill(2.5, 0.3, ["central", "peripheral"]),
-    ])
+    regimen = ck.Regimen(
+        [
+            ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2),
+            ck.Infusion(0.5, "peripheral", amount=50.0, duration=0.25),
+            ck.FractionalKill(2.5, 0.3, ["central", "peripheral"]),
+        ]
+    )
     ts = np.linspace(0.0, 4.0, 81)
     sbml = cio.to_sbml(model, regimen)
     rr = _run_roadrunner(sbml, ts, ["central", "peripheral", "concentration"])
@@ -222,11 +228,13 @@ def test_exported_sbml_passes_libsbml_consistency_checks(case):
     libsbml = pytest.importorskip("libsbml")
     if case == "two_compartment_with_regimen":
         model = TwoCompartmentPK()
-        regimen = ck.Regimen([
-            ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2),
-            ck.Infusion(0.5, "peripheral", amount=50.0, duration=0.25),
-            ck.FractionalKill(2.5, 0.3, ["central", "peripheral"]),
-        ])
+        regimen = ck.Regimen(
+            [
+                ck.Bolus(0.0, 100.0, "central", ii=1.0, addl=2),
+                ck.Infusion(0.5, "peripheral", amount=50.0, duration=0.25),
+                ck.FractionalKill(2.5, 0.3, ["central", "peripheral"]),
+            ]
+        )
     else:
         from carkinetics.models.sle import erlangen_regimen, load_preset
 

@@ -71,8 +71,9 @@ def test_efficiency_and_brute_force_on_random_game(getkey):
     g = 5
     table = jax.random.normal(getkey(), (2**g,), dtype=jnp.float64) * 10.0
     res = ck.shapley_values(lambda mask: table[_index(mask)], g, batch_size=7)
-    np.testing.assert_allclose(np.asarray(res.values), _brute_force_shapley(np.asarray(table), g), rtol=1e-12,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(res.values), _brute_force_shapley(np.asarray(table), g), rtol=1e-12, atol=1e-12
+    )
     assert res.efficiency_error() <= 1e-8
 
 
@@ -121,19 +122,26 @@ def test_experiment_attribution_matches_per_member_function(engine):
         c, ts = sol.observables.concentration, sol.ts
         return {"cmax": c[0], "log_half_life": jnp.log(jnp.log(2.0) * (ts[2] - ts[1]) / jnp.log(c[1] / c[2]))}
 
-    exp = ck.Experiment(ck.Bolus(0.0, 100.0, "central"), jnp.array([0.0, 0.005, 0.01]), metrics, rtol=1e-12,
-                        atol=1e-12)
+    exp = ck.Experiment(ck.Bolus(0.0, 100.0, "central"), jnp.array([0.0, 0.005, 0.01]), metrics, rtol=1e-12, atol=1e-12)
     res = ck.shapley_attribution(exp, mouse, human, groups, engine=engine)
     ref = ck.shapley_attribution(_pk_metrics, mouse, human, groups)
     for k in ("cmax", "log_half_life"):
-        np.testing.assert_allclose(np.asarray(res.values[k]), np.asarray(ref.values[k]), rtol=1e-8,
-                                   atol=1e-10 * float(np.max(np.abs(np.asarray(ref.total[k])))))
+        np.testing.assert_allclose(
+            np.asarray(res.values[k]),
+            np.asarray(ref.values[k]),
+            rtol=1e-8,
+            atol=1e-10 * float(np.max(np.abs(np.asarray(ref.total[k])))),
+        )
     assert res.efficiency_error() <= 1e-8
     # an experiment's solver must fit the engine asked for
     with pytest.raises(ValueError, match="`engine`"):
         other = "vmap" if engine == "ensemble" else "ensemble"
-        ck.evaluate_models(ck.Experiment(exp.regimen_, exp.ts, metrics, solver=ck.default_solver(mouse, engine)),
-                           mouse, {"cl": jnp.array([2.0, 3.0])}, engine=other)
+        ck.evaluate_models(
+            ck.Experiment(exp.regimen_, exp.ts, metrics, solver=ck.default_solver(mouse, engine)),
+            mouse,
+            {"cl": jnp.array([2.0, 3.0])},
+            engine=other,
+        )
 
 
 def test_two_differing_groups_get_the_whole_gap():
@@ -212,8 +220,7 @@ def test_input_errors():
     with pytest.raises(ValueError, match="batch_size"):
         ck.shapley_values(lambda m: m.sum(), 2, batch_size=0)
     with pytest.raises(ValueError, match="samples_b"):
-        ck.shapley_attribution(lambda m: m.cl, a, b, [ck.MechanismGroup("x", ("cl",))],
-                               samples_b={"v": jnp.ones(2)})
+        ck.shapley_attribution(lambda m: m.cl, a, b, [ck.MechanismGroup("x", ("cl",))], samples_b={"v": jnp.ones(2)})
 
 
 def test_no_retrace_on_new_values():

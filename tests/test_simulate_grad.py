@@ -78,8 +78,9 @@ def test_vmap_over_dose_times_of_same_structure():
     times = jnp.array([0.0, 0.5, 1.25])
 
     def run(t):
-        return ck.simulate(OneCompartmentPK(cl=60.0, v=40.0), ck.Bolus(t, 100.0, "central"), TS, t0=-1.0,
-                           throw=False, **TIGHT).ys.central
+        return ck.simulate(
+            OneCompartmentPK(cl=60.0, v=40.0), ck.Bolus(t, 100.0, "central"), TS, t0=-1.0, throw=False, **TIGHT
+        ).ys.central
 
     out = jax.vmap(run)(times)
     t = np.asarray(TS)

@@ -65,8 +65,13 @@ def test_repeated_infusions_match_superposition():
 
     def one(t0):
         s = t - t0
-        return np.where(s < 0, 0.0, np.where(s < dur, rate / k * (1 - np.exp(-k * s)),
-                                              rate / k * (1 - np.exp(-k * dur)) * np.exp(-k * (s - dur))))
+        return np.where(
+            s < 0,
+            0.0,
+            np.where(
+                s < dur, rate / k * (1 - np.exp(-k * s)), rate / k * (1 - np.exp(-k * dur)) * np.exp(-k * (s - dur))
+            ),
+        )
 
     expected = one(0.0) + one(1.0) + one(2.0)
     assert rel_err(sol.ys.central, expected, floor=1e-9) <= 1e-6

@@ -18,8 +18,18 @@ from carkinetics.models import sle
 from carkinetics.models.sle import _doc
 
 GROUPS = ("body", "product", "car", "rejection", "bcell", "humoral", "tcell", "ld", "myeloid", "disease")
-MODULES = ("car_t", "rejection", "bcells", "autoantibodies", "cytokines", "disease", "lymphodepletion", "products",
-           "model", "regimens")
+MODULES = (
+    "car_t",
+    "rejection",
+    "bcells",
+    "autoantibodies",
+    "cytokines",
+    "disease",
+    "lymphodepletion",
+    "products",
+    "model",
+    "regimens",
+)
 
 
 def test_parameter_groups():
@@ -98,8 +108,9 @@ def test_tag_counts_are_reported():
     assert set(counts) <= set(ck.CONFIDENCE_TAGS)
     fitted = collections.Counter(p.info.tag for p in sle.preset_parameter_table("human"))
     assert fitted["F"] == len(ck.load_fit(sle.fit_path("human_sle.json"))) > 0
-    assert fitted["A"] == counts["A"] - sum(1 for n in ck.load_fit(sle.fit_path("human_sle.json"))
-                                            if ck.parameters(sle.SLECarTModel())[n].info.tag == "A")
+    assert fitted["A"] == counts["A"] - sum(
+        1 for n in ck.load_fit(sle.fit_path("human_sle.json")) if ck.parameters(sle.SLECarTModel())[n].info.tag == "A"
+    )
 
 
 @pytest.mark.parametrize("name", sle.preset_names())

@@ -17,8 +17,12 @@ from carkinetics.models.sle.disease import DiseaseParams, dipstick_score
 def test_registry_covers_the_products_of_the_field():
     p = sle.PRODUCTS
     erlangen = p["MB-CART19.1"]
-    assert (erlangen.targets, erlangen.costim, erlangen.scfv, erlangen.origin) == (("CD19",), "4-1BB", "murine",
-                                                                                  "autologous")
+    assert (erlangen.targets, erlangen.costim, erlangen.scfv, erlangen.origin) == (
+        ("CD19",),
+        "4-1BB",
+        "murine",
+        "autologous",
+    )
     assert any(x.targets == ("CD19",) and x.scfv == "human" for x in p.values())
     assert any(x.targets == ("CD19",) and x.costim == "CD28" for x in p.values())
     assert any(x.origin == "allogeneic" for x in p.values())
@@ -33,13 +37,16 @@ def test_class_defaults_are_the_erlangen_product():
     assert sle.with_product(model, "MB-CART19.1").product == model.product
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("axi-cel", dict(cd19=1.0, bcma=0.0, cd28=1.0, scfv_foreign=1.0, hla_mismatch=0.0, hla_evasion=0.0)),
-    ("rese-cel", dict(cd19=1.0, bcma=0.0, cd28=0.0, scfv_foreign=0.0, hla_mismatch=0.0, hla_evasion=0.0)),
-    ("UCART19", dict(cd19=1.0, bcma=0.0, cd28=0.0, scfv_foreign=1.0, hla_mismatch=1.0, hla_evasion=0.0)),
-    ("HIP-CD19", dict(cd19=1.0, bcma=0.0, cd28=0.0, scfv_foreign=1.0, hla_mismatch=1.0, hla_evasion=1.0)),
-    ("BCMA-CD19 cCAR", dict(cd19=1.0, bcma=1.0, cd28=0.0, scfv_foreign=1.0, hla_mismatch=0.0, hla_evasion=0.0)),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("axi-cel", dict(cd19=1.0, bcma=0.0, cd28=1.0, scfv_foreign=1.0, hla_mismatch=0.0, hla_evasion=0.0)),
+        ("rese-cel", dict(cd19=1.0, bcma=0.0, cd28=0.0, scfv_foreign=0.0, hla_mismatch=0.0, hla_evasion=0.0)),
+        ("UCART19", dict(cd19=1.0, bcma=0.0, cd28=0.0, scfv_foreign=1.0, hla_mismatch=1.0, hla_evasion=0.0)),
+        ("HIP-CD19", dict(cd19=1.0, bcma=0.0, cd28=0.0, scfv_foreign=1.0, hla_mismatch=1.0, hla_evasion=1.0)),
+        ("BCMA-CD19 cCAR", dict(cd19=1.0, bcma=1.0, cd28=0.0, scfv_foreign=1.0, hla_mismatch=0.0, hla_evasion=0.0)),
+    ],
+)
 def test_with_product_sets_the_product_facts(name, expected):
     model = sle.with_product(sle.SLECarTModel(), name)
     assert {k: float(getattr(model.product, k)) for k in expected} == expected
@@ -79,8 +86,14 @@ def _amounts(regimen, state):
 def test_flu_cy_builder_in_mg_per_m2_on_chosen_days():
     model = sle.SLECarTModel()
     area = ck.bsa_mosteller(70.0, 170.0)
-    reg = sle.flu_cy_regimen(model, flu_mg_per_m2=30.0, flu_days=(-6, -5, -4, -3), cy_mg_per_m2=[500.0, 250.0],
-                             cy_days=(-6, -5), product="tisa-cel")
+    reg = sle.flu_cy_regimen(
+        model,
+        flu_mg_per_m2=30.0,
+        flu_days=(-6, -5, -4, -3),
+        cy_mg_per_m2=[500.0, 250.0],
+        cy_days=(-6, -5),
+        product="tisa-cel",
+    )
     np.testing.assert_allclose(_amounts(reg, "flu_central"), [30.0 * area] * 4, rtol=1e-12)
     np.testing.assert_allclose(_amounts(reg, "cy_central"), [500.0 * area, 250.0 * area], rtol=1e-12)
     np.testing.assert_allclose(_amounts(reg, sle.CAR_DOSE_STATE), [3.1e6 * 70.0], rtol=1e-12)
@@ -138,10 +151,13 @@ def test_preset_names_and_structure():
     human = sle.load_preset("human")
     for name in sle.preset_names():
         other = sle.load_preset(name)
-        assert jax.tree_util.tree_structure(eqx.filter(other, eqx.is_array_like)) == \
-            jax.tree_util.tree_structure(eqx.filter(human, eqx.is_array_like))
+        assert jax.tree_util.tree_structure(eqx.filter(other, eqx.is_array_like)) == jax.tree_util.tree_structure(
+            eqx.filter(human, eqx.is_array_like)
+        )
+    # without its fit, the human preset is the class defaults (the fitted values: tests/test_calibration_fits.py)
+    uncalibrated = sle.load_preset("human", calibrated=False)
     for name, p in ck.parameters(sle.SLECarTModel()).items():
-        assert float(human.get(name)) == float(p.value), name
+        assert float(uncalibrated.get(name)) == float(p.value), name
 
 
 def test_preset_records_complete_and_table():
@@ -164,19 +180,22 @@ def _write(tmp_path, text):
 ENTRY = '[humoral.k_igg]\nvalue = 0.1\nunit = "1/d"\ntag = "A"\nsource = "x"\n'
 
 
-@pytest.mark.parametrize("text, match", [
-    ('[car.not_a_param]\nvalue = 1.0\nunit = "1"\ntag = "A"\nsource = "x"\n', "unknown parameter"),
-    ('[spleen.size]\nvalue = 1.0\nunit = "1"\ntag = "A"\nsource = "x"\n', "unknown parameter group"),
-    (ENTRY.replace('unit = "1/d"\n', ""), "has no 'unit'"),
-    (ENTRY.replace('source = "x"\n', ""), "has no 'source'"),
-    (ENTRY.replace('tag = "A"', 'tag = "Z"'), "confidence tag"),
-    (ENTRY.replace("value = 0.1", "value = -1.0"), "outside the declared bounds"),
-    (ENTRY.replace('"1/d"', '"1/h"'), "declares '1/d'"),
-    (ENTRY + 'gap = "G99"\n', "gap"),
-    (ENTRY + "extra = 1\n", "unknown key"),
-    (ENTRY.replace("value = 0.1", 'value = "fast"'), "finite numeric value"),
-    ("[broken", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('[car.not_a_param]\nvalue = 1.0\nunit = "1"\ntag = "A"\nsource = "x"\n', "unknown parameter"),
+        ('[spleen.size]\nvalue = 1.0\nunit = "1"\ntag = "A"\nsource = "x"\n', "unknown parameter group"),
+        (ENTRY.replace('unit = "1/d"\n', ""), "has no 'unit'"),
+        (ENTRY.replace('source = "x"\n', ""), "has no 'source'"),
+        (ENTRY.replace('tag = "A"', 'tag = "Z"'), "confidence tag"),
+        (ENTRY.replace("value = 0.1", "value = -1.0"), "outside the declared bounds"),
+        (ENTRY.replace('"1/d"', '"1/h"'), "declares '1/d'"),
+        (ENTRY + 'gap = "G99"\n', "gap"),
+        (ENTRY + "extra = 1\n", "unknown key"),
+        (ENTRY.replace("value = 0.1", 'value = "fast"'), "finite numeric value"),
+        ("[broken", "not valid TOML"),
+    ],
+)
 def test_preset_validation_errors(tmp_path, text, match):
     with pytest.raises(ValueError, match=match):
         sle.load_preset(_write(tmp_path, text))

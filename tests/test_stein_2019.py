@@ -8,8 +8,9 @@ from helpers import rel_err
 import carkinetics as ck
 from carkinetics.models import Stein2019CK, stein_closed_form
 
-TS = jnp.array([0.0, 0.5, 1.0, 3.0, 5.0, 7.0, 9.0, 9.3, 9.5, 12.0, 14.0, 21.0, 28.0, 42.0, 60.0, 90.0, 180.0, 365.0,
-                730.0])
+TS = jnp.array(
+    [0.0, 0.5, 1.0, 3.0, 5.0, 7.0, 9.0, 9.3, 9.5, 12.0, 14.0, 21.0, 28.0, 42.0, 60.0, 90.0, 180.0, 365.0, 730.0]
+)
 
 
 def test_ode_matches_closed_form_table1():

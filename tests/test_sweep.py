@@ -68,8 +68,9 @@ def test_ensemble_engine_matches_vmap():
     assert ens.engine == "ensemble" and ref.engine == "vmap"
     assert ens.n_failed == 0 and ref.n_failed == 0
     # Per-member regimens: Cmax = dose_i / V (right-continuous bolus at t = 0).
-    np.testing.assert_allclose(ref.outputs["concentration_cmax"], np.linspace(50.0, 110.0, 7) / OneCompartmentPK().v,
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        ref.outputs["concentration_cmax"], np.linspace(50.0, 110.0, 7) / OneCompartmentPK().v, rtol=1e-12
+    )
     for k in ("concentration_cmax", "concentration_auc", "concentration_last"):
         np.testing.assert_allclose(ens.outputs[k], ref.outputs[k], rtol=1e-6)
     with pytest.raises(ValueError, match="`engine` = 'vmap'"):
@@ -102,15 +103,17 @@ def test_resume_after_interruption(tmp_path):
         sweep(fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True, on_chunk=stop_after_two)
     assert sorted(p.name for p in tmp_path.glob("chunk_*.npz")) == ["chunk_000000.npz", "chunk_000001.npz"]
     done.clear()
-    res = sweep(fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True,
-                on_chunk=lambda i, n: done.append(i))
+    res = sweep(
+        fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True, on_chunk=lambda i, n: done.append(i)
+    )
     assert res.n_resumed_chunks == 2 and done == [2]  # only the missing chunk was computed
     for k in ref.outputs:
         np.testing.assert_array_equal(res.outputs[k], ref.outputs[k])
     # A third run computes nothing; a different sweep refuses the directory.
     done.clear()
-    again = sweep(fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True,
-                  on_chunk=lambda i, n: done.append(i))
+    again = sweep(
+        fn, inputs, chunk_size=4, checkpoint=tmp_path, progress=False, has_ok=True, on_chunk=lambda i, n: done.append(i)
+    )
     assert done == [] and again.n_resumed_chunks == 3
     np.testing.assert_array_equal(again.outputs["concentration_auc"], ref.outputs["concentration_auc"])
     with pytest.raises(ValueError, match=r"different run: it differs in \['inputs_sha256'\]"):
@@ -139,8 +142,13 @@ def test_no_retrace_on_new_values():
     kw = dict(metrics=metrics, chunk_size=4, progress=False)
     ck.sweep_model(OneCompartmentPK(), DOSE, TS, {"cl": np.linspace(50.0, 100.0, 8)}, **kw)
     n_first = len(traces)
-    res = ck.sweep_model(OneCompartmentPK(v=30.0), ck.Regimen([ck.Bolus(0.0, 7.0, "central")]), TS,
-                         {"cl": np.linspace(20.0, 30.0, 8)}, **kw)
+    res = ck.sweep_model(
+        OneCompartmentPK(v=30.0),
+        ck.Regimen([ck.Bolus(0.0, 7.0, "central")]),
+        TS,
+        {"cl": np.linspace(20.0, 30.0, 8)},
+        **kw,
+    )
     assert n_first >= 1 and len(traces) == n_first
     assert res.outputs["auc"][0] == pytest.approx(7.0 / 30.0 * 30.0 / 20.0 * (1 - np.exp(-20.0 / 30.0 * 2.0)), rel=1e-3)
 
@@ -192,8 +200,7 @@ _SHARDED = textwrap.dedent(
 
 def _run_sharded(*extra):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _SHARDED, *extra], capture_output=True, text=True, env=env,
-                         timeout=600)
+    out = subprocess.run([sys.executable, "-c", _SHARDED, *extra], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -83,8 +83,11 @@ def test_any_diffrax_solver_runs_on_vmap_and_conflicts_raise():
     # A solver of one engine with the other engine named: ValueError naming both.
     with pytest.raises(ValueError, match=r"`solver` Tsit5 runs on the 'vmap' engine but `engine` = 'ensemble'"):
         ck.sweep_model(*args, progress=False, solver=diffrax.Tsit5(), engine="ensemble")
-    with pytest.raises(ValueError, match=r"`solver` EnsembleTsit5 runs on the 'ensemble' engine but `engine` = "
-                                         r"'vmap'"):
+    with pytest.raises(
+        ValueError,
+        match=r"`solver` EnsembleTsit5 runs on the 'ensemble' engine but `engine` = "
+        r"'vmap'",
+    ):
         ck.sweep_model(*args, progress=False, solver=ck.EnsembleTsit5(), engine="vmap")
     with pytest.raises(ValueError, match="`engine` must be one of"):
         ck.sweep_model(*args, progress=False, engine="jit")

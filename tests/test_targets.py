@@ -15,9 +15,22 @@ from carkinetics.models.sle import QUANTITIES
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "calibration", "data")
 GOOD = {
-    "target_id": "x2022_b", "quantity": "b_cell_reappearance_time", "measure": "mean", "value": "110",
-    "spread_kind": "sd", "spread": "32", "spread_low": "", "spread_high": "", "unit": "d", "time": "",
-    "population": "SLE", "n": "5", "species": "human", "source": "Mackensen 2022", "doi": "10.1038/x", "tag": "R",
+    "target_id": "x2022_b",
+    "quantity": "b_cell_reappearance_time",
+    "measure": "mean",
+    "value": "110",
+    "spread_kind": "sd",
+    "spread": "32",
+    "spread_low": "",
+    "spread_high": "",
+    "unit": "d",
+    "time": "",
+    "population": "SLE",
+    "n": "5",
+    "species": "human",
+    "source": "Mackensen 2022",
+    "doi": "10.1038/x",
+    "tag": "R",
     "note": "",
 }
 
@@ -57,8 +70,17 @@ def test_all_shipped_target_files_validate():
         ({"doi": "doi:10.1/x"}, "must look like"),
         ({"source": ""}, "every target needs a citation"),
         ({"n": "2.5"}, "positive whole number"),
-        ({"measure": "proportion", "quantity": "crs_grade1_fraction", "unit": "1", "value": "60",
-          "spread_kind": "none", "spread": ""}, "proportion must lie in"),
+        (
+            {
+                "measure": "proportion",
+                "quantity": "crs_grade1_fraction",
+                "unit": "1",
+                "value": "60",
+                "spread_kind": "none",
+                "spread": "",
+            },
+            "proportion must lie in",
+        ),
         ({"measure": "average"}, "measure"),
     ],
 )
@@ -95,7 +117,7 @@ def test_units():
 
 def test_statistics_hand_values_and_gradients():
     ts = jnp.linspace(0.0, 10.0, 101)
-    y = 100.0 * jnp.exp(-0.3 * ts)                              # half-life ln2/0.3
+    y = 100.0 * jnp.exp(-0.3 * ts)  # half-life ln2/0.3
     assert float(ck.HalfLife("b", 2.0, 8.0)(ts, y)) == pytest.approx(math.log(2) / 0.3, rel=1e-10)
     assert float(ck.FoldChange("b", 5.0, 0.0)(ts, y)) == pytest.approx(math.exp(-1.5), rel=1e-3)
     assert float(ck.ValueAt("b", 5.0)(ts, y)) == pytest.approx(100 * math.exp(-1.5), rel=1e-12)
@@ -104,7 +126,7 @@ def test_statistics_hand_values_and_gradients():
     assert float(ck.TimeBelow("b", 10.0)(ts, y)) == pytest.approx(10.0 - t_cross, abs=1e-3)
     assert float(ck.TimeAbove("b", 10.0, t_start=1.0)(ts, y)) == pytest.approx(t_cross - 1.0, abs=1e-3)
     assert float(ck.CrossingTime("b", 10.0, "down")(ts, y)) == pytest.approx(t_cross, abs=1e-3)
-    assert float(ck.CrossingTime("b", 1000.0, "up")(ts, y)) == 10.0       # no crossing: horizon
+    assert float(ck.CrossingTime("b", 1000.0, "up")(ts, y)) == 10.0  # no crossing: horizon
     bump = jnp.exp(-((ts - 4.3) ** 2))
     assert float(ck.PeakTime("b")(ts, bump)) == pytest.approx(4.3, abs=2e-3)
     assert float(ck.PeakTime("b", t_start=6.0)(ts, bump + 0.1 * (ts > 8))) >= 6.0
@@ -133,8 +155,9 @@ def test_observation_models():
     cens = ck.CensoredError(ck.LogNormalError(0.3), lloq=1.0)
     assert float(cens.nll(0.2, 1.0)) == pytest.approx(-float(norm.logcdf((0 - np.log(0.2)) / 0.3)), rel=1e-12)
     assert float(cens.nll(jnp.array([0.2, 5.0]), jnp.array([0.5, 4.0]))) == pytest.approx(
-        float(cens.nll(0.2, 0.5)) + float(ln.__class__(0.3).nll(5.0, 4.0)), rel=1e-12)
-    lb = ck.CensoredError(ck.NormalError(14.3), uloq=143.0)    # "at least 143 days"
+        float(cens.nll(0.2, 0.5)) + float(ln.__class__(0.3).nll(5.0, 4.0)), rel=1e-12
+    )
+    lb = ck.CensoredError(ck.NormalError(14.3), uloq=143.0)  # "at least 143 days"
     assert float(lb.nll(200.0, 143.0)) == pytest.approx(-float(norm.logcdf((200 - 143) / 14.3)), rel=1e-12)
     assert float(lb.nll(100.0, 143.0)) > 4.0
     g = jax.grad(lambda p: cens.nll(p, 1.0))(0.8)

@@ -21,8 +21,11 @@ def _metrics(model):
     ts = jnp.linspace(0.0, 1.0, 49)
     sol = ck.simulate(model, ck.Bolus(0.0, 100.0, "central"), ts, throw=False)
     c = sol.observables.concentration
-    return {"cmax": ck.metrics.cmax(ts, c), "auc": ck.metrics.auc(ts, c),
-            "log10_trough": jnp.log10(jnp.maximum(c[-1], 1e-12))}
+    return {
+        "cmax": ck.metrics.cmax(ts, c),
+        "auc": ck.metrics.auc(ts, c),
+        "log10_trough": jnp.log10(jnp.maximum(c[-1], 1e-12)),
+    }
 
 
 MOUSE = TwoCompartmentPK(cl=5.0, v1=1.0, q=3.0, v2=0.6)
@@ -81,8 +84,9 @@ def test_sample_spreads_are_the_calibration_priors():
 
 def test_sample_parameters_spread_by_tag_and_bounds(getkey):
     model = TwoCompartmentPK()  # cl: D, v1: R
-    s = ck.sample_parameters(model, ["cl", "v1", "v2"], getkey(), 4000, tags={"cl": "M", "v2": "A"},
-                             scales={"v1": 0.05})
+    s = ck.sample_parameters(
+        model, ["cl", "v1", "v2"], getkey(), 4000, tags={"cl": "M", "v2": "A"}, scales={"v1": 0.05}
+    )
     log_ratio_cl = np.log(np.asarray(s["cl"]) / float(model.cl))
     log_ratio_v1 = np.log(np.asarray(s["v1"]) / float(model.v1))
     log_ratio_v2 = np.log(np.asarray(s["v2"]) / float(model.v2))
@@ -103,8 +107,17 @@ def test_sample_parameters_spread_by_tag_and_bounds(getkey):
 
 def test_unverified_flags_a_and_m_and_narrative():
     # cl: D in both models; v1: M in the mouse; v2 differs too and is A in the human
-    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"),
-                            tags_a={"v1": "M"}, tags_b={"v2": "A"}, batch_size=BATCH)
+    tm = ck.translation_map(
+        _metrics,
+        MOUSE,
+        HUMAN,
+        GROUPS,
+        units=UNITS,
+        labels=("mouse", "human"),
+        tags_a={"v1": "M"},
+        tags_b={"v2": "A"},
+        batch_size=BATCH,
+    )
     flags = tm.unverified_flags()
     assert tm.group_unverified_parameters == ((), ("v1", "v2"), ())
     assert tm.group_unverified_tags == ("", "A,M", "")
@@ -124,8 +137,16 @@ def test_censored_metrics_are_marked_as_bounds():
         out = _metrics(model)
         return {**out, "auc_censored": (model.cl < 10.0).astype(float)}  # say: the mouse AUC ran to the horizon
 
-    tm = ck.translation_map(f, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"),
-                            censored={"auc": "auc_censored"}, batch_size=BATCH)
+    tm = ck.translation_map(
+        f,
+        MOUSE,
+        HUMAN,
+        GROUPS,
+        units=UNITS,
+        labels=("mouse", "human"),
+        censored={"auc": "auc_censored"},
+        batch_size=BATCH,
+    )
     assert "auc_censored" not in tm.metric_names  # flags are read, not attributed
     k = tm.metric_names.index("auc")
     assert bool(tm.censored_a[k]) and not bool(tm.censored_b[k])
@@ -140,8 +161,17 @@ def test_censored_metrics_are_marked_as_bounds():
 
 
 def test_tables(tmp_path):
-    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, labels=("mouse", "human"), n_samples=4,
-                            key=jax.random.key(0), batch_size=BATCH)
+    tm = ck.translation_map(
+        _metrics,
+        MOUSE,
+        HUMAN,
+        GROUPS,
+        units=UNITS,
+        labels=("mouse", "human"),
+        n_samples=4,
+        key=jax.random.key(0),
+        batch_size=BATCH,
+    )
     path = tmp_path / "map.csv"
     tm.to_csv(str(path))
     lines = path.read_text().strip().splitlines()
@@ -158,8 +188,9 @@ def test_figures(tmp_path):
     matplotlib.use("Agg")
     import carkinetics.plot as ckplot
 
-    tm = ck.translation_map(_metrics, MOUSE, HUMAN, GROUPS, units=UNITS, n_samples=4, key=jax.random.key(0),
-                            batch_size=BATCH)
+    tm = ck.translation_map(
+        _metrics, MOUSE, HUMAN, GROUPS, units=UNITS, n_samples=4, key=jax.random.key(0), batch_size=BATCH
+    )
     fig = ckplot.translation_heatmap(tm)
     image = fig.axes[0].images[0].get_array()
     np.testing.assert_allclose(np.asarray(image), tm.share())  # the heatmap shows the shares

@@ -34,8 +34,15 @@ def arms():
 @pytest.fixture(scope="module")
 def reduced_map(experiment):
     """One reduced map (G1, G4 and the rest ungrouped) with two parameter samples, shared by several tests."""
-    return sle.sle_translation_map("mouse_nzbw", "human", gaps=("G1", "G4"), n_samples=2, key=jax.random.key(0),
-                                   experiment=experiment, batch_size=BATCH)
+    return sle.sle_translation_map(
+        "mouse_nzbw",
+        "human",
+        gaps=("G1", "G4"),
+        n_samples=2,
+        key=jax.random.key(0),
+        experiment=experiment,
+        batch_size=BATCH,
+    )
 
 
 def _group(groups, gap):
@@ -78,8 +85,15 @@ def test_reduced_map_reproducible_efficient_and_flagged(reduced_map, experiment)
     assert np.isfinite(tm.total).all() and tm.n_failed == 0
     rel = np.abs(tm.shapley.sum(0) - tm.total) / np.maximum(np.abs(tm.total), 1e-300)
     assert np.max(rel[np.abs(tm.total) > 1e-9]) <= 1e-8  # Shapley efficiency on the SLE model
-    tm2 = sle.sle_translation_map("mouse_nzbw", "human", gaps=("G1", "G4"), n_samples=2, key=jax.random.key(0),
-                                  experiment=experiment, batch_size=BATCH)
+    tm2 = sle.sle_translation_map(
+        "mouse_nzbw",
+        "human",
+        gaps=("G1", "G4"),
+        n_samples=2,
+        key=jax.random.key(0),
+        experiment=experiment,
+        batch_size=BATCH,
+    )
     np.testing.assert_array_equal(tm.shapley, tm2.shapley)  # fixed key and presets: identical map
     np.testing.assert_array_equal(tm.sample_shapley, tm2.sample_shapley)
     # the IgG-clearance group carries the autoantibody half-life gap (mouse ~7 d -> human ~21 d)
@@ -94,8 +108,11 @@ def test_reduced_map_reproducible_efficient_and_flagged(reduced_map, experiment)
     assert "*A" in tm.to_markdown()
 
 
-@pytest.mark.xfail(strict=True, reason="the NZB/W preset's B aplasia (~132 d) ends before the horizon, so it is not "
-                   "censored (the known gap of test_mouse_presets_meet_the_published_lower_bounds)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="the NZB/W preset's B aplasia (~132 d) ends before the horizon, so it is not "
+    "censored (the known gap of test_mouse_presets_meet_the_published_lower_bounds)",
+)
 def test_horizon_censored_metrics_are_marked(reduced_map):
     tm = reduced_map
     # the syngeneic mouse CAR keeps B cells depleted and CAR-T detectable for the whole two years; the calibrated
@@ -148,8 +165,9 @@ def test_every_scenario_knob_changes_an_outcome(experiment, caplog):
     gap = {(r["scenario"], r["metric"]): r["gap"] for r in rows}
     base = next(iter(tr.SCENARIOS))
     for scen in list(tr.SCENARIOS)[1:]:
-        moved = [m for m in sle.SLE_METRICS
-                 if abs(gap[(scen, m)] - gap[(base, m)]) > 1e-6 * max(1.0, abs(gap[(base, m)]))]
+        moved = [
+            m for m in sle.SLE_METRICS if abs(gap[(scen, m)] - gap[(base, m)]) > 1e-6 * max(1.0, abs(gap[(base, m)]))
+        ]
         assert moved, f"scenario {scen!r} leaves every metric gap at the base row: drop or fix the knob"
     # the disease-stage knobs act through the irreversible damage on the renal outcome
     early = next(s for s in tr.SCENARIOS if s.startswith("early"))
@@ -163,8 +181,7 @@ def test_every_scenario_knob_changes_an_outcome(experiment, caplog):
     md = tr.scenarios_markdown(rows)
     assert "<= " in md  # the mouse's censored aplasia makes the gap an upper bound
     with caplog.at_level(logging.WARNING), jax.log_compiles():
-        sle.sle_scenarios("mouse_mrl_lpr", "human", scenarios={"presets": {}}, experiment=experiment,
-                          batch_size=BATCH)
+        sle.sle_scenarios("mouse_mrl_lpr", "human", scenarios={"presets": {}}, experiment=experiment, batch_size=BATCH)
     assert not [r for r in caplog.records if "_evaluate_batch" in r.getMessage()]  # new values: no recompilation
 
 
@@ -172,5 +189,5 @@ def test_every_scenario_knob_changes_an_outcome(experiment, caplog):
 def test_full_shipped_map_reproducible(tmp_path):
     paths = sle.write_translation_report(str(tmp_path / "a"), key=jax.random.key(0), n_samples=0, scenarios=False)
     paths2 = sle.write_translation_report(str(tmp_path / "b"), key=jax.random.key(0), n_samples=0, scenarios=False)
-    text = open(paths["csv"]).read()
-    assert text == open(paths2["csv"]).read()  # fixed presets and key: the same map, to the digit
+    with open(paths["csv"]) as fa, open(paths2["csv"]) as fb:
+        assert fa.read() == fb.read()  # fixed presets and key: the same map, to the digit

@@ -36,9 +36,12 @@ N_OC = 4000  # trials per operating-characteristics estimate (shared config: com
 def _state(n_patients, n_dlt, current, last=(3, 0), eliminated=None):
     n_doses = len(n_patients)
     return trials.TrialState(
-        n_patients=jnp.asarray(n_patients), n_dlt=jnp.asarray(n_dlt), current=jnp.asarray(current),
+        n_patients=jnp.asarray(n_patients),
+        n_dlt=jnp.asarray(n_dlt),
+        current=jnp.asarray(current),
         eliminated=jnp.zeros(n_doses, dtype=bool) if eliminated is None else jnp.asarray(eliminated),
-        last_cohort_patients=jnp.asarray(last[0]), last_cohort_dlt=jnp.asarray(last[1]),
+        last_cohort_patients=jnp.asarray(last[0]),
+        last_cohort_dlt=jnp.asarray(last[1]),
     )
 
 
@@ -59,7 +62,9 @@ def test_boin_boundaries_closed_form(target):
     # custom phi1/phi2 go through the same formula
     assert boin_boundaries(target, 0.5 * target, 1.5 * target)[0] == pytest.approx(
         math.log((1 - 0.5 * target) / (1 - target))
-        / math.log(target * (1 - 0.5 * target) / (0.5 * target * (1 - target))), abs=1e-14)
+        / math.log(target * (1 - 0.5 * target) / (0.5 * target * (1 - target))),
+        abs=1e-14,
+    )
 
 
 def test_boin_boundaries_published_target_030():
@@ -222,8 +227,10 @@ def _get_boundary(target, npts, cutoff_eli):
     """Port of the BOIN R package's `get.boundary` (full table): escalate / de-escalate / eliminate per n."""
     lam_e, lam_d = boin_boundaries(target)
     b_e = [math.floor(lam_e * k) for k in range(npts + 1)]
-    b_d = [round(lam_d * k) + 1 if abs(round(lam_d * k) - lam_d * k) < 1e-12 else math.ceil(lam_d * k)
-           for k in range(npts + 1)]
+    b_d = [
+        round(lam_d * k) + 1 if abs(round(lam_d * k) - lam_d * k) < 1e-12 else math.ceil(lam_d * k)
+        for k in range(npts + 1)
+    ]
     b_elim = [None] * (npts + 1)
     for k in range(3, npts + 1):
         hits = [m for m in range(1, k + 1) if _tail(target, k, m) > cutoff_eli]
@@ -262,17 +269,20 @@ def _numpy_boin_trial(rng, p_true, target, n_cohorts, cohort_size, cutoff_eli=0.
 
 @pytest.fixture(scope="module")
 def boin_oc():
-    return operating_characteristics(BOIN(0.3), true_dlt=SCENARIO, n_trials=N_OC, cohort_size=3, n_cohorts=10,
-                                     key=jax.random.key(2024))
+    return operating_characteristics(
+        BOIN(0.3), true_dlt=SCENARIO, n_trials=N_OC, cohort_size=3, n_cohorts=10, key=jax.random.key(2024)
+    )
 
 
 def test_boin_operating_characteristics_are_reproducible(boin_oc):
-    again = operating_characteristics(BOIN(0.3), true_dlt=SCENARIO, n_trials=N_OC, cohort_size=3, n_cohorts=10,
-                                      key=jax.random.key(2024))
+    again = operating_characteristics(
+        BOIN(0.3), true_dlt=SCENARIO, n_trials=N_OC, cohort_size=3, n_cohorts=10, key=jax.random.key(2024)
+    )
     for a, b in zip(jax.tree.leaves(boin_oc), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # same key: bit-identical
-    other = operating_characteristics(BOIN(0.3), true_dlt=SCENARIO, n_trials=N_OC, cohort_size=3, n_cohorts=10,
-                                      key=jax.random.key(2025))
+    other = operating_characteristics(
+        BOIN(0.3), true_dlt=SCENARIO, n_trials=N_OC, cohort_size=3, n_cohorts=10, key=jax.random.key(2025)
+    )
     assert not np.array_equal(np.asarray(other.mean_patients), np.asarray(boin_oc.mean_patients))
     # bookkeeping identities (exact)
     assert float(jnp.sum(boin_oc.selection_probability)) == pytest.approx(1.0, abs=1e-12)
@@ -306,8 +316,9 @@ def test_boin_operating_characteristics_match_numpy_port_of_get_oc(boin_oc):
 def test_operating_characteristics_vmap_over_scenarios(boin_oc):
     # scenarios may be traced (the user's vmap): same numbers as one call per scenario, range checked at run time
     def selection(p):
-        return operating_characteristics(BOIN(0.3), true_dlt=p, n_trials=N_OC, cohort_size=3, n_cohorts=10,
-                                         key=jax.random.key(2024)).selection_probability
+        return operating_characteristics(
+            BOIN(0.3), true_dlt=p, n_trials=N_OC, cohort_size=3, n_cohorts=10, key=jax.random.key(2024)
+        ).selection_probability
 
     scenarios = jnp.asarray([SCENARIO, [0.3, 0.4, 0.5, 0.6, 0.7]])
     batched = jax.vmap(selection)(scenarios)
@@ -322,8 +333,9 @@ def test_resampled_outcomes_deterministic_pool():
     # (pool and trial sizes as in the next test, which then reuses this compilation)
     outcomes = np.zeros((5, 20_000), dtype=bool)
     outcomes[2:] = True
-    oc = operating_characteristics(BOIN(0.3), outcomes=outcomes, n_trials=N_OC, cohort_size=3, n_cohorts=10,
-                                   key=jax.random.key(3))
+    oc = operating_characteristics(
+        BOIN(0.3), outcomes=outcomes, n_trials=N_OC, cohort_size=3, n_cohorts=10, key=jax.random.key(3)
+    )
     # 0/3 -> 0/3 -> 3/3 (doses 2-4 eliminated) -> back to dose 1 for the remaining 7 cohorts
     np.testing.assert_allclose(oc.mean_patients, [3.0, 24.0, 3.0, 0.0, 0.0], atol=0)
     np.testing.assert_allclose(oc.mean_dlts, [0.0, 0.0, 3.0, 0.0, 0.0], atol=0)
@@ -337,10 +349,12 @@ def test_resampled_outcomes_match_bernoulli_with_pool_rates():
     tolerance = rng.uniform(size=20_000)
     outcomes = np.asarray(SCENARIO)[:, None] > tolerance[None, :]
     rates = outcomes.mean(axis=1)
-    by_pool = operating_characteristics(BOIN(0.3), outcomes=outcomes, n_trials=N_OC, cohort_size=3, n_cohorts=10,
-                                        key=jax.random.key(8))
-    by_rate = operating_characteristics(BOIN(0.3), true_dlt=rates, n_trials=N_OC, cohort_size=3, n_cohorts=10,
-                                        key=jax.random.key(9))
+    by_pool = operating_characteristics(
+        BOIN(0.3), outcomes=outcomes, n_trials=N_OC, cohort_size=3, n_cohorts=10, key=jax.random.key(8)
+    )
+    by_rate = operating_characteristics(
+        BOIN(0.3), true_dlt=rates, n_trials=N_OC, cohort_size=3, n_cohorts=10, key=jax.random.key(9)
+    )
     np.testing.assert_allclose(by_pool.true_dlt, rates, atol=1e-15)
     a, b = np.asarray(by_pool.selection_probability), np.asarray(by_rate.selection_probability)
     se = np.sqrt(2 * 0.5 * (a + b) * (1 - 0.5 * (a + b)) / N_OC) + 1e-3 / N_OC
@@ -357,8 +371,9 @@ def test_three_plus_three_escalation_probability(p):
     # (1 - p)^3 + 3 p (1 - p)^2 (1 - p)^3 = (1 - p)^3 [1 + 3 p (1 - p)^2]  (Storer 1989).
     # With 3 cohorts, dose 1 is treated iff the design escalated from dose 0.
     n = 100_000
-    sims = simulate_trials(ThreePlusThree(), true_dlt=[p, 0.5], n_trials=n, cohort_size=3, n_cohorts=3,
-                           key=jax.random.key(int(100 * p)))
+    sims = simulate_trials(
+        ThreePlusThree(), true_dlt=[p, 0.5], n_trials=n, cohort_size=3, n_cohorts=3, key=jax.random.key(int(100 * p))
+    )
     estimate = float(np.mean(np.asarray(sims.n_patients[:, 1]) > 0))
     exact = (1 - p) ** 3 * (1 + 3 * p * (1 - p) ** 2)
     se = math.sqrt(exact * (1 - exact) / n)
@@ -394,8 +409,9 @@ def test_three_plus_three_rules():
 
 def test_three_plus_three_runs_to_its_natural_end():
     # with 2 n_doses cohorts every trial ends by the rule: <= 6 patients per dose, an MTD or none
-    sims = simulate_trials(ThreePlusThree(), true_dlt=SCENARIO, n_trials=2000, cohort_size=3, n_cohorts=10,
-                           key=jax.random.key(4))
+    sims = simulate_trials(
+        ThreePlusThree(), true_dlt=SCENARIO, n_trials=2000, cohort_size=3, n_cohorts=10, key=jax.random.key(4)
+    )
     assert int(jnp.max(sims.n_patients)) <= 6
     assert bool(jnp.all(sims.n_patients % 3 == 0))
     # a selected MTD has >= 6 patients with <= 1 DLT, and every higher treated dose had >= 2 DLTs
@@ -485,8 +501,14 @@ def test_crm_decisions_no_skipping_and_coherence():
 
 def test_crm_selects_the_right_dose_in_a_clear_cut_scenario():
     design = CRM(0.3, [0.05, 0.12, 0.25, 0.40, 0.55])
-    oc = operating_characteristics(design, true_dlt=[0.02, 0.05, 0.3, 0.65, 0.85], n_trials=1000, cohort_size=3,
-                                   n_cohorts=10, key=jax.random.key(21))
+    oc = operating_characteristics(
+        design,
+        true_dlt=[0.02, 0.05, 0.3, 0.65, 0.85],
+        n_trials=1000,
+        cohort_size=3,
+        n_cohorts=10,
+        key=jax.random.key(21),
+    )
     assert float(oc.selection_probability[2]) > 0.8
     assert float(oc.mean_patients[2]) > float(jnp.max(oc.mean_patients.at[2].set(0.0)))
     assert float(oc.early_stop_probability) == 0.0  # no overdose control: the full sample size
@@ -547,11 +569,18 @@ def test_bad_trial_input_raises(kwargs, name):
 
 def test_design_specific_trial_checks():
     with pytest.raises(ValueError, match="`cohort_size` must be 3"):
-        simulate_trials(ThreePlusThree(), true_dlt=[0.1, 0.2], n_trials=10, cohort_size=2, n_cohorts=4,
-                        key=jax.random.key(0))
+        simulate_trials(
+            ThreePlusThree(), true_dlt=[0.1, 0.2], n_trials=10, cohort_size=2, n_cohorts=4, key=jax.random.key(0)
+        )
     with pytest.raises(ValueError, match="`skeleton` has 3 doses"):
-        simulate_trials(CRM(0.3, [0.1, 0.2, 0.3]), true_dlt=[0.1, 0.2], n_trials=10, cohort_size=1, n_cohorts=4,
-                        key=jax.random.key(0))
+        simulate_trials(
+            CRM(0.3, [0.1, 0.2, 0.3]),
+            true_dlt=[0.1, 0.2],
+            n_trials=10,
+            cohort_size=1,
+            n_cohorts=4,
+            key=jax.random.key(0),
+        )
     with pytest.raises(ValueError, match="`design`"):
         simulate_trials("BOIN", true_dlt=[0.1, 0.2], n_trials=10, cohort_size=1, n_cohorts=4, key=jax.random.key(0))
 
@@ -561,8 +590,9 @@ def test_operating_characteristics_compile_once(caplog):
     kwargs = {"n_trials": 50, "cohort_size": 3, "n_cohorts": 4, "key": jax.random.key(0)}
     with caplog.at_level(logging.WARNING), jax.log_compiles():
         first = operating_characteristics(BOIN(0.3), true_dlt=[0.1, 0.2, 0.3], **kwargs)
-        second = operating_characteristics(BOIN(0.3), true_dlt=np.array([0.05, 0.25, 0.5]),
-                                           **(kwargs | {"key": jax.random.key(1)}))
+        second = operating_characteristics(
+            BOIN(0.3), true_dlt=np.array([0.05, 0.25, 0.5]), **(kwargs | {"key": jax.random.key(1)})
+        )
     messages = [r.getMessage() for r in caplog.records]
     traces = [m for m in messages if "Finished tracing" in m and "_operating_characteristics_jit" in m]
     assert len(traces) == 1, messages  # new values of the same shape reuse the compiled simulation
@@ -579,8 +609,9 @@ def test_docstring_examples_run():
 
     objects = [getattr(trials, name) for name in dir(trials) if not name.startswith("_")]
     objects += [BOIN.boundary_table]
-    blocks = [textwrap.dedent(code) for obj in objects if inspect.isclass(obj) or callable(obj)
-              for code in _examples(obj)]
+    blocks = [
+        textwrap.dedent(code) for obj in objects if inspect.isclass(obj) or callable(obj) for code in _examples(obj)
+    ]
     assert len(blocks) >= 8
     for code in blocks:
         exec(compile(code, "<docstring example>", "exec"), {"__name__": "__docstring__"})

@@ -66,8 +66,13 @@ def _feed(h: Any, obj: Any, seen: set[int]) -> None:
                 h.update(b"<empty>")
     elif isinstance(obj, (types.MethodType, types.BuiltinFunctionType)):
         h.update(f"method:{getattr(obj, '__qualname__', repr(obj))};".encode())
-        _feed(h, getattr(obj, "__self__", None) if not isinstance(getattr(obj, "__self__", None), types.ModuleType)
-              else None, seen)
+        _feed(
+            h,
+            getattr(obj, "__self__", None)
+            if not isinstance(getattr(obj, "__self__", None), types.ModuleType)
+            else None,
+            seen,
+        )
     elif dataclasses.is_dataclass(obj):  # equinox modules and other dataclasses: by their fields
         h.update(f"{type(obj).__module__}.{type(obj).__qualname__}(".encode())
         for f in dataclasses.fields(obj):
@@ -124,14 +129,17 @@ class Checkpoint:
                 if not isinstance(old, dict):
                     raise ValueError("not a JSON object")
             except (ValueError, UnicodeDecodeError) as e:
-                raise ValueError(f"The checkpoint manifest {mpath!r} is corrupt ({e}); delete the directory "
-                                 f"{self.path!r} to start afresh.") from None
+                raise ValueError(
+                    f"The checkpoint manifest {mpath!r} is corrupt ({e}); delete the directory "
+                    f"{self.path!r} to start afresh."
+                ) from None
             if old != manifest:
                 diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
                 raise ValueError(
                     f"The checkpoint directory {self.path!r} belongs to a different run: it differs in {diff} "
                     f"({_explain(diff)}). Resuming would mix results; use a new directory or delete this one to "
-                    "start afresh.")
+                    "start afresh."
+                )
         else:
             atomic_write(mpath, lambda fh: fh.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
 
@@ -149,8 +157,10 @@ class Checkpoint:
                 leaves = [z[f"leaf_{k}"] for k in range(n_leaves)]
                 ok = z["ok"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"The checkpoint chunk {path!r} is truncated or corrupt ({type(e).__name__}); delete "
-                             "that file and run again to recompute it.") from None
+            raise ValueError(
+                f"The checkpoint chunk {path!r} is truncated or corrupt ({type(e).__name__}); delete "
+                "that file and run again to recompute it."
+            ) from None
         return leaves, ok
 
     def save(self, i: int, leaves: Sequence[np.ndarray], ok: np.ndarray) -> None:
@@ -162,8 +172,12 @@ class Checkpoint:
 _MEANING = {
     "function_sha256": "the member function: model, regimen, save times, tolerances, metrics or other settings",
     "inputs_sha256": "the swept inputs",
-    "chunk_size": "the chunk size", "n_chunks": "the number of chunks", "n_members": "the number of members",
-    "outputs": "the output structure", "output_shapes": "the output shapes", "format": "the checkpoint format",
+    "chunk_size": "the chunk size",
+    "n_chunks": "the number of chunks",
+    "n_members": "the number of members",
+    "outputs": "the output structure",
+    "output_shapes": "the output shapes",
+    "format": "the checkpoint format",
 }
 
 

@@ -72,16 +72,25 @@ class ProcessFailed(RuntimeError):
     the checkpoint.
     """
 
-    def __init__(self, reasons: Mapping[int, str], num_processes: int, *, done: int | None = None,
-                 total: int | None = None, checkpoint: str | None = None):
+    def __init__(
+        self,
+        reasons: Mapping[int, str],
+        num_processes: int,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        checkpoint: str | None = None,
+    ):
         self.reasons = dict(sorted(reasons.items()))
         self.process_ids = tuple(self.reasons)
         self.done, self.total, self.checkpoint = done, total, checkpoint
         what = "; ".join(f"process {i} of {num_processes} {why}" for i, why in self.reasons.items())
         where = f" after {done} of {total} chunks" if done is not None else ""
         if checkpoint:
-            how = (f"The finished chunks are in the checkpoint {checkpoint!r}: relaunch all processes with the same "
-                   "command (any process count) to resume")
+            how = (
+                f"The finished chunks are in the checkpoint {checkpoint!r}: relaunch all processes with the same "
+                "command (any process count) to resume"
+            )
         else:
             how = "No checkpoint was given, so a relaunch starts afresh (pass a checkpoint directory to resume)"
         super().__init__(f"The run stopped{where}: {what}. {how}.")
@@ -131,8 +140,9 @@ def _slurm(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
     return out
 
 
-def _resolve(coordinator: Any, num_processes: Any, process_id: Any,
-             environ: Mapping[str, str]) -> tuple[str | None, int | None, int | None, dict[str, str]]:
+def _resolve(
+    coordinator: Any, num_processes: Any, process_id: Any, environ: Mapping[str, str]
+) -> tuple[str | None, int | None, int | None, dict[str, str]]:
     jax_env = {
         "coordinator": (environ.get("JAX_COORDINATOR_ADDRESS") or None, "JAX_COORDINATOR_ADDRESS"),
         "num_processes": (_env_int(environ, "JAX_NUM_PROCESSES"), "JAX_NUM_PROCESSES"),
@@ -149,8 +159,10 @@ def _resolve(coordinator: Any, num_processes: Any, process_id: Any,
         jv, jname = jax_env[key]
         sv, sname = slurm.get(key, (None, ""))
         if jv is not None and sv is not None and jv != sv:
-            raise ValueError(f"Inconsistent settings for `{key}`: {jname} says {jv!r} but {sname} (Slurm) says "
-                             f"{sv!r}; unset one of them or pass `{key}` explicitly.")
+            raise ValueError(
+                f"Inconsistent settings for `{key}`: {jname} says {jv!r} but {sname} (Slurm) says "
+                f"{sv!r}; unset one of them or pass `{key}` explicitly."
+            )
         if jv is not None:
             values[key], sources[key] = jv, jname
         elif sv is not None:
@@ -160,12 +172,14 @@ def _resolve(coordinator: Any, num_processes: Any, process_id: Any,
 
 def _check_coordinator(coordinator: Any, source: str) -> str:
     if not isinstance(coordinator, str) or ":" not in coordinator:
-        raise ValueError(f"`coordinator` must be 'HOST:PORT' (the address of process 0), got {coordinator!r} from "
-                         f"{source}.")
+        raise ValueError(
+            f"`coordinator` must be 'HOST:PORT' (the address of process 0), got {coordinator!r} from {source}."
+        )
     host, port = coordinator.rsplit(":", 1)
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"`coordinator` must be 'HOST:PORT' with a port between 1 and 65535, got {coordinator!r} "
-                         f"from {source}.")
+        raise ValueError(
+            f"`coordinator` must be 'HOST:PORT' with a port between 1 and 65535, got {coordinator!r} from {source}."
+        )
     return coordinator
 
 
@@ -242,23 +256,30 @@ def distributed_setup(
         return DistributedSetting(0, 1, None)
     if n is None:
         have = " and ".join(f"`{k}` ({s})" for k, s in sources.items())
-        raise ValueError(f"{have} given but not the number of processes: pass `num_processes` or set "
-                         "JAX_NUM_PROCESSES (or launch with srun).")
+        raise ValueError(
+            f"{have} given but not the number of processes: pass `num_processes` or set "
+            "JAX_NUM_PROCESSES (or launch with srun)."
+        )
     n = int(n)
     if n == 1:
         if pid not in (None, 0):
             raise ValueError(f"`process_id` must be 0 for a single process, got {pid} from {sources['process_id']}.")
         return DistributedSetting(0, 1, None)
     if pid is None:
-        raise ValueError(f"`num_processes` is {n} (from {sources['num_processes']}) but this process's id is not "
-                         "given: pass `process_id` or set JAX_PROCESS_ID (or launch with srun).")
+        raise ValueError(
+            f"`num_processes` is {n} (from {sources['num_processes']}) but this process's id is not "
+            "given: pass `process_id` or set JAX_PROCESS_ID (or launch with srun)."
+        )
     pid = int(pid)
     if not 0 <= pid < n:
-        raise ValueError(f"`process_id` must be between 0 and num_processes - 1 = {n - 1}, got {pid} from "
-                         f"{sources['process_id']}.")
+        raise ValueError(
+            f"`process_id` must be between 0 and num_processes - 1 = {n - 1}, got {pid} from {sources['process_id']}."
+        )
     if coord is None:
-        raise ValueError(f"`num_processes` is {n} but no coordinator address is given: pass `coordinator` "
-                         "'HOST:PORT' (process 0's address) or set JAX_COORDINATOR_ADDRESS.")
+        raise ValueError(
+            f"`num_processes` is {n} but no coordinator address is given: pass `coordinator` "
+            "'HOST:PORT' (process 0's address) or set JAX_COORDINATOR_ADDRESS."
+        )
     coord = _check_coordinator(coord, sources["coordinator"])
 
     from jax._src import distributed as jd  # the runtime's state: who is connected, as whom
@@ -266,16 +287,24 @@ def distributed_setup(
     if jax.distributed.is_initialized():
         have = (jd.global_state.process_id, jd.global_state.num_processes, jd.global_state.coordinator_address)
         if have != (pid, n, coord):
-            raise ValueError(f"jax.distributed is already initialised as process {have[0]} of {have[1]} with "
-                             f"coordinator {have[2]!r}, not as process {pid} of {n} with {coord!r}.")
+            raise ValueError(
+                f"jax.distributed is already initialised as process {have[0]} of {have[1]} with "
+                f"coordinator {have[2]!r}, not as process {pid} of {n} with {coord!r}."
+            )
         return DistributedSetting(pid, n, coord)
 
     previous = jax.config.values["jax_enable_recoverability"]
     jax.config.update("jax_enable_recoverability", True)  # read once, when process 0 starts the service
     try:
-        jax.distributed.initialize(coord, n, pid, local_device_ids=local_device_ids,
-                                   initialization_timeout=init_timeout, heartbeat_timeout_seconds=heartbeat,
-                                   shutdown_timeout_seconds=heartbeat)
+        jax.distributed.initialize(
+            coord,
+            n,
+            pid,
+            local_device_ids=local_device_ids,
+            initialization_timeout=init_timeout,
+            heartbeat_timeout_seconds=heartbeat,
+            shutdown_timeout_seconds=heartbeat,
+        )
     finally:
         jax.config.update("jax_enable_recoverability", previous)
     if not _EXIT_HOOK:
@@ -324,9 +353,13 @@ def versions() -> dict[str, str]:
     return out
 
 
-_PART = {"versions": "package versions", "function": "the member function (model, regimen, save times, "
-         "tolerances, metrics or other settings)", "inputs": "the swept inputs", "layout": "the layout (members, "
-         "chunk size, devices)", "checkpoint": "the checkpoint directory"}
+_PART = {
+    "versions": "package versions",
+    "function": "the member function (model, regimen, save times, tolerances, metrics or other settings)",
+    "inputs": "the swept inputs",
+    "layout": "the layout (members, chunk size, devices)",
+    "checkpoint": "the checkpoint directory",
+}
 
 
 class ProcessGroup:
@@ -362,8 +395,10 @@ class ProcessGroup:
         live = self.client.get_live_nodes(self.ids)
         _PASSED[0] += 1
         dead = [i for i in self.ids if i not in live]
-        reasons = {i: "stopped responding (no heartbeat within the heartbeat timeout: it was killed, crashed or "
-                   "lost its host)" for i in dead}
+        reasons = {
+            i: "stopped responding (no heartbeat within the heartbeat timeout: it was killed, crashed or lost its host)"
+            for i in dead
+        }
         for i, why in self._notes("failed", _PASSED[0]).items():
             reasons.setdefault(i, f"failed with {why}")
         for i in self._notes("exited", _PASSED[0]):
@@ -376,28 +411,36 @@ class ProcessGroup:
         """Every process raises the same `ValueError` unless all `record`s equal process 0's."""
         self.client.key_value_set(f"{self.ns}/start/{self.pid}", json.dumps(record, sort_keys=True))
         self.barrier()
-        records = {int(k.rsplit("/", 1)[1]): json.loads(v) for k, v in self.client.key_value_dir_get(
-            f"{self.ns}/start/")}
+        records = {
+            int(k.rsplit("/", 1)[1]): json.loads(v) for k, v in self.client.key_value_dir_get(f"{self.ns}/start/")
+        }
         ref = records[0] if 0 in records else dict(record)
         for i in self.ids:
             other = records.get(i)
             if other is None:
-                raise ValueError(f"Process {i} of {self.n} did not start the same run as process 0 (it is running a "
-                                 "different program or a different sequence of runs); every process must run the "
-                                 "same command.")
+                raise ValueError(
+                    f"Process {i} of {self.n} did not start the same run as process 0 (it is running a "
+                    "different program or a different sequence of runs); every process must run the "
+                    "same command."
+                )
             diff = [k for k in ref if other.get(k) != ref[k]]
             if diff:
                 parts = []
                 for k in diff:
                     if isinstance(ref[k], dict):
-                        sub = [f"{s} {other[k].get(s)!r} vs {ref[k].get(s)!r}" for s in ref[k]
-                               if other[k].get(s) != ref[k].get(s)]
+                        sub = [
+                            f"{s} {other[k].get(s)!r} vs {ref[k].get(s)!r}"
+                            for s in ref[k]
+                            if other[k].get(s) != ref[k].get(s)
+                        ]
                         parts.append(f"{_PART.get(k, k)} ({', '.join(sub)})")
                     else:
                         parts.append(_PART.get(k, k))
-                raise ValueError(f"Process {i} of {self.n} differs from process 0 in {'; '.join(parts)}. Every "
-                                 "process must run the same code and package versions on the same inputs; the "
-                                 "run was not started.")
+                raise ValueError(
+                    f"Process {i} of {self.n} differs from process 0 in {'; '.join(parts)}. Every "
+                    "process must run the same code and package versions on the same inputs; the "
+                    "run was not started."
+                )
 
     def share(self, key: str, value: str) -> str:
         """Process 0's `value` on every process."""
@@ -454,7 +497,7 @@ def gather(tree: Any, mesh: Any) -> list[np.ndarray]:
     out, pos = [], 0
     for x in leaves:
         width = int(np.prod(x.shape[1:], dtype=np.int64)) * x.dtype.itemsize
-        out.append(np.ascontiguousarray(rows[:, pos:pos + width]).view(x.dtype).reshape(x.shape))
+        out.append(np.ascontiguousarray(rows[:, pos : pos + width]).view(x.dtype).reshape(x.shape))
         pos += width
     return out
 

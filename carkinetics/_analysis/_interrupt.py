@@ -27,8 +27,11 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int, done: int, total: int, checkpoint: str | None):
         self.signum, self.done, self.total, self.checkpoint = int(signum), int(done), int(total), checkpoint
         name = signal.Signals(signum).name
-        how = (f"rerun the same command with the same checkpoint {checkpoint!r} to resume" if checkpoint
-               else "no checkpoint was given, so a rerun starts afresh (pass a checkpoint directory to resume)")
+        how = (
+            f"rerun the same command with the same checkpoint {checkpoint!r} to resume"
+            if checkpoint
+            else "no checkpoint was given, so a rerun starts afresh (pass a checkpoint directory to resume)"
+        )
         super().__init__(f"Stopped by {name} after {done} of {total} chunks; {how}.")
 
     @property
@@ -59,8 +62,10 @@ def stop_on_signals(label: str = "run", stream=None) -> Iterator[StopRequest]:
             signal.signal(signal.SIGINT, previous[signal.SIGINT])
             raise KeyboardInterrupt
         request.signum = signum
-        out.write(f"\n{label}: {signal.Signals(signum).name} received; stopping after the current chunk "
-                  "(press Ctrl-C again to abort at once)\n")
+        out.write(
+            f"\n{label}: {signal.Signals(signum).name} received; stopping after the current chunk "
+            "(press Ctrl-C again to abort at once)\n"
+        )
         out.flush()
 
     try:

@@ -139,8 +139,10 @@ def morris_indices(
     xs = ((x - prob.lower()) / prob.width()).reshape(r, d + 1, d)
     moves = np.abs(np.diff(xs, axis=1)) > 1e-12
     if not np.all(moves.sum(axis=2) == 1) or not np.all(moves.sum(axis=1) == 1):
-        raise ValueError("`x` is not a Morris trajectory design: each step must change exactly one factor, and each "
-                         "factor exactly once per trajectory.")
+        raise ValueError(
+            "`x` is not a Morris trajectory design: each step must change exactly one factor, and each "
+            "factor exactly once per trajectory."
+        )
     blocks = y.reshape((r, d + 1) + y.shape[1:])
     keep = np.isfinite(blocks.reshape(r, -1)).all(axis=1)
     if ok is not None:
@@ -153,8 +155,16 @@ def morris_indices(
         raise ValueError(f"Only {n_keep} Morris trajectories have all runs successful and finite; need at least 2.")
     mu, mu_star, sigma, sd = _morris_core(jnp.asarray(xs[keep]), jnp.asarray(blocks[keep]), key, n_bootstrap)
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    return MorrisResult(prob.names, np.asarray(mu), np.asarray(mu_star), np.asarray(sigma), z * np.asarray(sd),
-                        confidence, n_keep, r - n_keep)
+    return MorrisResult(
+        prob.names,
+        np.asarray(mu),
+        np.asarray(mu_star),
+        np.asarray(sigma),
+        z * np.asarray(sd),
+        confidence,
+        n_keep,
+        r - n_keep,
+    )
 
 
 def morris_analysis(
@@ -190,8 +200,15 @@ def morris_analysis(
     prob = gsa_problem(problem)
     k_sample, k_boot = jax.random.split(key)
     x = morris_sample(prob, r, key=k_sample, levels=levels)
-    res = sweep(fn, x, chunk_size=chunk_size, devices=devices, checkpoint=checkpoint, progress=progress,
-                has_ok=_has_ok(fn, has_ok))
+    res = sweep(
+        fn,
+        x,
+        chunk_size=chunk_size,
+        devices=devices,
+        checkpoint=checkpoint,
+        progress=progress,
+        has_ok=_has_ok(fn, has_ok),
+    )
     stats = _analyse_tree(
         res.outputs,
         lambda y: morris_indices(prob, x, y, key=k_boot, ok=res.ok, n_bootstrap=n_bootstrap, confidence=confidence),

@@ -73,8 +73,10 @@ def _mvn(key: jax.Array, n: int, cov: np.ndarray) -> np.ndarray:
     # Eigen-factorisation rather than Cholesky, so that singular (perfectly correlated) covariances work.
     w, v = np.linalg.eigh(cov)
     factor = v * np.sqrt(np.clip(w, 0.0, None))
-    z = np.asarray(jax.random.normal(key, (n, cov.shape[0]), dtype=jnp.float64 if jax.config.jax_enable_x64 else None),  # pyright: ignore[reportAttributeAccessIssue]
-                   dtype=float)
+    z = np.asarray(
+        jax.random.normal(key, (n, cov.shape[0]), dtype=jnp.float64 if jax.config.jax_enable_x64 else None),  # pyright: ignore[reportAttributeAccessIssue]
+        dtype=float,
+    )
     return z @ factor.T
 
 
@@ -204,8 +206,10 @@ def virtual_population(
     effects = [CovariateEffect(*e) for e in effects]
     for e in effects:
         if e.covariate not in covariates:
-            raise ValueError(f"Covariate effect on {e.parameter!r} uses {e.covariate!r}, which is not in `covariates` "
-                             f"(given: {sorted(covariates)}).")
+            raise ValueError(
+                f"Covariate effect on {e.parameter!r} uses {e.covariate!r}, which is not in `covariates` "
+                f"(given: {sorted(covariates)})."
+            )
         if not e.reference > 0:
             raise ValueError(f"The reference of the covariate effect {e!r} must be positive.")
         if np.any(covariates[e.covariate] <= 0):

@@ -20,8 +20,16 @@ class Progress:
     """`label: 120/400 members (30%), 95.2/s, 1s elapsed, ETA 3s, 0 failed`, redrawn in place on a terminal and
     printed every `every_s` seconds otherwise. Disabled with `enabled=False`."""
 
-    def __init__(self, label: str, total: int, *, unit: str = "members", enabled: bool = True,
-                 stream: TextIO | None = None, every_s: float = 5.0):
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        unit: str = "members",
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        every_s: float = 5.0,
+    ):
         self.label, self.total, self.unit, self.enabled = label, int(total), unit, bool(enabled)
         self.stream = sys.stderr if stream is None else stream
         self.done = 0
@@ -38,8 +46,10 @@ class Progress:
         rate = computed / elapsed if elapsed > 0 else 0.0
         pct = 100.0 * self.done / self.total if self.total else 100.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        text = (f"{self.label}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), {rate:.3g}/s, "
-                f"{_duration(elapsed)} elapsed")
+        text = (
+            f"{self.label}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), {rate:.3g}/s, "
+            f"{_duration(elapsed)} elapsed"
+        )
         if self.done < self.total and eta == eta:
             text += f", ETA {_duration(eta)}"
         if self.skipped:
@@ -70,6 +80,7 @@ class Progress:
         if self._tty:
             self.stream.write("\n")
         if self.done < self.total:
-            self.stream.write(f"{self.label}: stopped after {self.done}/{self.total} {self.unit}, "
-                              f"{self.failed} failed\n")
+            self.stream.write(
+                f"{self.label}: stopped after {self.done}/{self.total} {self.unit}, {self.failed} failed\n"
+            )
         self.stream.flush()

@@ -58,8 +58,10 @@ def saltelli_sample(
     n = _check_int("n", n, 2)
     d = prob.num_vars
     if method == "random":
-        u = np.asarray(jax.random.uniform(key, (n, 2 * d), dtype=jnp.float64 if jax.config.jax_enable_x64 else None),  # pyright: ignore[reportAttributeAccessIssue]
-                       dtype=float)
+        u = np.asarray(
+            jax.random.uniform(key, (n, 2 * d), dtype=jnp.float64 if jax.config.jax_enable_x64 else None),  # pyright: ignore[reportAttributeAccessIssue]
+            dtype=float,
+        )
     elif method == "sobol":
         try:
             from scipy.stats import qmc
@@ -196,8 +198,16 @@ def sobol_indices(
     blocks = np.where(keep.reshape((n,) + (1,) * (blocks.ndim - 1)), blocks, 0.0)  # dropped rows: zeros
     s1, st, s1_sd, st_sd = _sobol_core(jnp.asarray(blocks), jnp.asarray(keep), key, n_bootstrap)
     z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    return SobolResult(prob.names, np.asarray(s1), z * np.asarray(s1_sd), np.asarray(st), z * np.asarray(st_sd),
-                       confidence, n_keep, n - n_keep)
+    return SobolResult(
+        prob.names,
+        np.asarray(s1),
+        z * np.asarray(s1_sd),
+        np.asarray(st),
+        z * np.asarray(st_sd),
+        confidence,
+        n_keep,
+        n - n_keep,
+    )
 
 
 def sobol_analysis(
@@ -246,8 +256,15 @@ def sobol_analysis(
     prob = gsa_problem(problem)
     k_sample, k_boot = jax.random.split(key)
     x = saltelli_sample(prob, n, key=k_sample, method=method)
-    res = sweep(fn, x, chunk_size=chunk_size, devices=devices, checkpoint=checkpoint, progress=progress,
-                has_ok=_has_ok(fn, has_ok))
+    res = sweep(
+        fn,
+        x,
+        chunk_size=chunk_size,
+        devices=devices,
+        checkpoint=checkpoint,
+        progress=progress,
+        has_ok=_has_ok(fn, has_ok),
+    )
     indices = _analyse_tree(
         res.outputs,
         lambda y: sobol_indices(prob, y, key=k_boot, ok=res.ok, n_bootstrap=n_bootstrap, confidence=confidence),

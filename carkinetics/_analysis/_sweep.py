@@ -184,8 +184,10 @@ def _sweep_devices(devices: Any) -> list | None:
     owners = {d.process_index for d in devs}
     missing = [i for i in range(jax.process_count()) if i not in owners]
     if missing:
-        raise ValueError(f"`devices` must include devices of every process in a multi-process run; process(es) "
-                         f"{missing} own none of the {len(devs)} devices given (use devices='all').")
+        raise ValueError(
+            f"`devices` must include devices of every process in a multi-process run; process(es) "
+            f"{missing} own none of the {len(devs)} devices given (use devices='all')."
+        )
     return devs
 
 
@@ -227,16 +229,24 @@ class _Layout(eqx.Module):
         pos = 0
         for r in results:
             size = (hi - lo) * int(np.prod(r.shape[1:], dtype=np.int64)) * r.dtype.itemsize
-            r[lo:hi] = data[pos:pos + size].view(r.dtype).reshape((hi - lo,) + r.shape[1:])
+            r[lo:hi] = data[pos : pos + size].view(r.dtype).reshape((hi - lo,) + r.shape[1:])
             pos += size
-        ok[lo:hi] = data[pos:pos + hi - lo].astype(bool)
+        ok[lo:hi] = data[pos : pos + hi - lo].astype(bool)
 
 
 _BROADCAST_BYTES = 1 << 24  # resumed chunks travel from process 0 in broadcasts of about 16 MiB
 
 
-def _resume(checkpoint: Any, manifest: dict, layout: _Layout, n_chunks: int, group: ProcessGroup | None,
-            store: Callable, results: Sequence[np.ndarray], ok: np.ndarray) -> tuple[Checkpoint | None, np.ndarray]:
+def _resume(
+    checkpoint: Any,
+    manifest: dict,
+    layout: _Layout,
+    n_chunks: int,
+    group: ProcessGroup | None,
+    store: Callable,
+    results: Sequence[np.ndarray],
+    ok: np.ndarray,
+) -> tuple[Checkpoint | None, np.ndarray]:
     """Open the checkpoint and load its finished chunks into `results`/`ok` (through `store`).
 
     One process reads and writes the checkpoint: the only one, or process 0 of several, which shares the outcome
@@ -253,8 +263,10 @@ def _resume(checkpoint: Any, manifest: dict, layout: _Layout, n_chunks: int, gro
                 if loaded is not None:
                     lo, hi = layout.bounds(i)
                     if any(len(x) < hi - lo for x in (*loaded[0], loaded[1])):
-                        raise ValueError(f"The checkpoint chunk {ckpt.file(i)!r} holds fewer members than chunk {i} "
-                                         f"has ({hi - lo}); delete that file and run again to recompute it.")
+                        raise ValueError(
+                            f"The checkpoint chunk {ckpt.file(i)!r} holds fewer members than chunk {i} "
+                            f"has ({hi - lo}); delete that file and run again to recompute it."
+                        )
                     store(i, *loaded, resumed=True)
                     resumed[i] = True
             status = {"done": np.packbits(resumed).tobytes().hex()}
@@ -281,7 +293,7 @@ def _resume(checkpoint: Any, manifest: dict, layout: _Layout, n_chunks: int, gro
         pos = 0
         for j in batch:
             if not writer:
-                layout.unpack(j, data[pos:pos + layout.nbytes(j)], results, ok)
+                layout.unpack(j, data[pos : pos + layout.nbytes(j)], results, ok)
             pos += layout.nbytes(j)
     return ckpt, resumed
 
@@ -394,9 +406,20 @@ def sweep(
 
     if group is not None:
         assert devs is not None
-        group.agree({"versions": versions(), "function": fn_sha, "inputs": in_sha,
-                     "layout": {"n_members": n, "chunk_size": chunk_size, "has_ok": has_ok,
-                                "devices": [d.id for d in devs], "checkpoint": checkpoint is not None}})
+        group.agree(
+            {
+                "versions": versions(),
+                "function": fn_sha,
+                "inputs": in_sha,
+                "layout": {
+                    "n_members": n,
+                    "chunk_size": chunk_size,
+                    "has_ok": has_ok,
+                    "devices": [d.id for d in devs],
+                    "checkpoint": checkpoint is not None,
+                },
+            }
+        )
         group.total = n_chunks
         group.checkpoint = None if checkpoint is None else os.fspath(checkpoint)
 
@@ -486,8 +509,7 @@ def sweep(
 
     outputs = jax.tree_util.tree_unflatten(out_treedef, results)
     engine = fn.engine if isinstance(fn, AbstractBatchFunction) else "vmap"
-    return SweepResult(outputs, ok_all, int(np.sum(~ok_all)), n, chunk_size, n_chunks, n_dev, n_resumed, engine,
-                       n_proc)
+    return SweepResult(outputs, ok_all, int(np.sum(~ok_all)), n, chunk_size, n_chunks, n_dev, n_resumed, engine, n_proc)
 
 
 def observable_metrics(sol: Solution) -> dict[str, jax.Array]:
@@ -619,13 +641,28 @@ def sweep_model(
         inputs = (samples, stacked)
     if n is None:
         raise ValueError("Give `samples` and/or `regimens`: there is nothing to sweep over.")
-    experiment = Experiment(regimen if regimens is None else None, ts, metrics, solver=solver, rtol=rtol, atol=atol,
-                            max_steps=max_steps, t0=t0, keep_trajectories=keep_trajectories)
+    experiment = Experiment(
+        regimen if regimens is None else None,
+        ts,
+        metrics,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+        t0=t0,
+        keep_trajectories=keep_trajectories,
+    )
     resolved = resolve_solver(model, solver, engine)
-    fn = ParameterBatch(experiment if regimens is None else _PerMemberRegimen(experiment), model, tuple(samples),
-                        engine_of(resolved), per_member_regimen=regimens is not None)
-    return sweep(fn, inputs, chunk_size=chunk_size, devices=devices, checkpoint=checkpoint, progress=progress,
-                 has_ok=True)
+    fn = ParameterBatch(
+        experiment if regimens is None else _PerMemberRegimen(experiment),
+        model,
+        tuple(samples),
+        engine_of(resolved),
+        per_member_regimen=regimens is not None,
+    )
+    return sweep(
+        fn, inputs, chunk_size=chunk_size, devices=devices, checkpoint=checkpoint, progress=progress, has_ok=True
+    )
 
 
 def _n_members(model: Any, samples: Mapping[str, np.ndarray]) -> int:
@@ -641,13 +678,16 @@ def _n_members(model: Any, samples: Mapping[str, np.ndarray]) -> int:
     if len(set(sizes.values())) > 1:
         first = next(iter(sizes))
         other = next(k for k in sizes if sizes[k] != sizes[first])
-        raise ValueError(f"All `samples` must have the same number of members; {other!r} has {sizes[other]}, not "
-                         f"{sizes[first]}.")
+        raise ValueError(
+            f"All `samples` must have the same number of members; {other!r} has {sizes[other]}, not {sizes[first]}."
+        )
     for name, arr in samples.items():
         info = allp[name].info
         bad = ~np.isfinite(arr) | (arr < info.lower) | (arr > info.upper)
         if np.any(bad):
             i = int(np.flatnonzero(bad.reshape(arr.shape[0], -1).any(axis=1))[0])
-            raise ValueError(f"`samples[{name!r}]` member {i} = {arr[i]!r} {info.unit} is non-finite or outside the "
-                             f"declared bounds [{info.lower}, {info.upper}].")
+            raise ValueError(
+                f"`samples[{name!r}]` member {i} = {arr[i]!r} {info.unit} is non-finite or outside the "
+                f"declared bounds [{info.lower}, {info.upper}]."
+            )
     return next(iter(sizes.values()))

@@ -157,7 +157,9 @@ def swap(model_a: Any, model_b: Any, groups: Sequence[MechanismGroup]) -> Any:
     if not names:
         return model_a
     return eqx.tree_at(
-        lambda m: [_getter(n)(m) for n in names], model_a, [_getter(n)(model_b) for n in names],
+        lambda m: [_getter(n)(m) for n in names],
+        model_a,
+        [_getter(n)(model_b) for n in names],
         is_leaf=lambda x: x is None,
     )
 
@@ -296,8 +298,10 @@ class ShapleyResult(eqx.Module):
     def reverse_swaps(self) -> Any:
         """Effect of group `i` measured from `model_b`: `v(all) - v(all - {i})`, stacked over groups."""
         full = 2**self.n_groups - 1
-        outs = [jax.tree_util.tree_map(jnp.subtract, self.target, self._take(full & ~(1 << i)))
-                for i in range(self.n_groups)]
+        outs = [
+            jax.tree_util.tree_map(jnp.subtract, self.target, self._take(full & ~(1 << i)))
+            for i in range(self.n_groups)
+        ]
         return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
 
     def efficiency_error(self) -> float:
@@ -388,9 +392,16 @@ def _evaluate_batch(f, models, engine):
     return eqx.filter_vmap(f)(models)
 
 
-def evaluate_models(f: Callable[[Any], Any] | AbstractExperiment, model: Any, values: Mapping[str, Any], *,
-                    batch_size: int | None = None, engine: Engine | None = None, progress: bool = False,
-                    checkpoint: str | os.PathLike | None = None) -> Any:
+def evaluate_models(
+    f: Callable[[Any], Any] | AbstractExperiment,
+    model: Any,
+    values: Mapping[str, Any],
+    *,
+    batch_size: int | None = None,
+    engine: Engine | None = None,
+    progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+) -> Any:
     """Evaluate `f` on copies of `model` whose named parameters take the given batched values.
 
     **Arguments:**
@@ -414,8 +425,10 @@ def evaluate_models(f: Callable[[Any], Any] | AbstractExperiment, model: Any, va
     arrays = {n: np.asarray(v) for n, v in values.items()}
     sizes = {n: a.shape[0] if a.ndim else None for n, a in arrays.items()}
     if any(v is None for v in sizes.values()) or len(set(sizes.values())) > 1:
-        raise ValueError(f"All `values` need a leading axis of the same length, got shapes "
-                         f"{ {n: a.shape for n, a in arrays.items()} }.")
+        raise ValueError(
+            f"All `values` need a leading axis of the same length, got shapes "
+            f"{ {n: a.shape for n, a in arrays.items()} }."
+        )
     if not names:
         raise ValueError("`values` must name at least one parameter to batch over.")
     n_total: int = arrays[names[0]].shape[0]  # all leading axes agree (checked above)
@@ -429,8 +442,9 @@ def evaluate_models(f: Callable[[Any], Any] | AbstractExperiment, model: Any, va
         res = sweep(fn, padded, chunk_size=chunk, checkpoint=checkpoint, progress=progress, has_ok=True)
         return jax.tree_util.tree_map(lambda v: jnp.asarray(v[:n_total]), res.outputs)
     if checkpoint is not None:
-        raise ValueError("`checkpoint` needs an experiment `f` (an AbstractExperiment); a plain function is "
-                         "evaluated in one pass.")
+        raise ValueError(
+            "`checkpoint` needs an experiment `f` (an AbstractExperiment); a plain function is evaluated in one pass."
+        )
     outs = []
     for start in range(0, n_total, chunk):
         idx = np.minimum(np.arange(start, start + chunk), n_total - 1)  # pad by repeating the last member
@@ -443,8 +457,10 @@ def _n_samples(samples: Mapping[str, Any] | None, what: str) -> int | None:
     if samples is None:
         return None
     if not isinstance(samples, Mapping):
-        raise ValueError(f"`{what}` must be a mapping from parameter name to an array of sampled values, got "
-                         f"{type(samples).__name__}.")
+        raise ValueError(
+            f"`{what}` must be a mapping from parameter name to an array of sampled values, got "
+            f"{type(samples).__name__}."
+        )
     sizes = {n: np.shape(v)[0] if np.ndim(v) else None for n, v in samples.items()}
     bad = {n: s for n, s in sizes.items() if s is None}
     if bad:
@@ -510,8 +526,10 @@ def evaluate_coalitions(
             raise ValueError(f"Sampled parameter {n!r} is not a parameter of {type(model_a).__name__}.")
     only_b = sorted(set(samples_b) - set(grouped))
     if only_b:
-        raise ValueError(f"`samples_b` samples {only_b}, which belong to no group and are therefore always taken from "
-                         "`model_a`; sample them in `samples_a` instead.")
+        raise ValueError(
+            f"`samples_b` samples {only_b}, which belong to no group and are therefore always taken from "
+            "`model_a`; sample them in `samples_a` instead."
+        )
     names = tuple(dict.fromkeys([*grouped, *samples_a]))
     s = n_samples or 1
     k = masks.shape[0]
@@ -535,8 +553,9 @@ def evaluate_coalitions(
         out = _evaluate_batch(f, batch_models(model_a, None, 1), engine)
         out = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (k * s, *v.shape[1:])), out)
     else:
-        out = evaluate_models(f, model_a, values, batch_size=batch_size, engine=engine, progress=progress,
-                              checkpoint=checkpoint)
+        out = evaluate_models(
+            f, model_a, values, batch_size=batch_size, engine=engine, progress=progress, checkpoint=checkpoint
+        )
     shape = (k,) if n_samples is None else (k, s)
     return jax.tree_util.tree_map(lambda v: v.reshape(*shape, *v.shape[1:]), out)
 
@@ -596,10 +615,26 @@ def shapley_attribution(
     if not groups:
         raise ValueError("`groups` must contain at least one MechanismGroup.")
     masks = coalition_masks(len(groups))
-    cv = evaluate_coalitions(f, model_a, model_b, groups, masks, samples_a=samples_a, samples_b=samples_b,
-                             batch_size=batch_size, engine=engine, progress=progress, checkpoint=checkpoint)
-    return _result(tuple(g.name for g in groups), masks, cv, 1 if samples_a is None and samples_b is None else 2,
-                   engine_name(f, model_a, engine))
+    cv = evaluate_coalitions(
+        f,
+        model_a,
+        model_b,
+        groups,
+        masks,
+        samples_a=samples_a,
+        samples_b=samples_b,
+        batch_size=batch_size,
+        engine=engine,
+        progress=progress,
+        checkpoint=checkpoint,
+    )
+    return _result(
+        tuple(g.name for g in groups),
+        masks,
+        cv,
+        1 if samples_a is None and samples_b is None else 2,
+        engine_name(f, model_a, engine),
+    )
 
 
 class GroupSwaps(eqx.Module):
@@ -653,6 +688,6 @@ def one_group_swaps(
     cv = evaluate_coalitions(f, model_a, model_b, groups, masks, batch_size=batch_size, engine=engine)
     base = jax.tree_util.tree_map(lambda v: v[0], cv)
     target = jax.tree_util.tree_map(lambda v: v[1], cv)
-    forward = jax.tree_util.tree_map(lambda v: v[2:2 + g] - v[0], cv)
-    reverse = jax.tree_util.tree_map(lambda v: v[1] - v[2 + g:], cv)
+    forward = jax.tree_util.tree_map(lambda v: v[2 : 2 + g] - v[0], cv)
+    reverse = jax.tree_util.tree_map(lambda v: v[1] - v[2 + g :], cv)
     return GroupSwaps(tuple(gr.name for gr in groups), base, target, forward, reverse)

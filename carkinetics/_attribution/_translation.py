@@ -159,8 +159,21 @@ def differing_parameters(model_a: Any, model_b: Any, *, rtol: float = 1e-12) -> 
 
 
 #: The fixed columns of `TranslationMap.rows()`/`to_csv` (the two labels head the value columns after "gap").
-TABLE_COLUMNS = ("metric", "unit", "group", "gap", "total_gap", "shapley", "share", "forward_swap", "reverse_swap",
-                 "lo", "hi", "rests_on_M", "M_parameters")
+TABLE_COLUMNS = (
+    "metric",
+    "unit",
+    "group",
+    "gap",
+    "total_gap",
+    "shapley",
+    "share",
+    "forward_swap",
+    "reverse_swap",
+    "lo",
+    "hi",
+    "rests_on_M",
+    "M_parameters",
+)
 
 
 class TranslationMap(eqx.Module):
@@ -268,17 +281,28 @@ class TranslationMap(eqx.Module):
         out = []
         for k, metric in enumerate(self.metric_names):
             for g, group in enumerate(self.group_names):
-                out.append({
-                    "metric": metric, "unit": self.metric_units[k], "group": group, "gap": self.group_gaps[g],
-                    f"{a}": float(self.value_a[k]), f"{b}": float(self.value_b[k]),
-                    f"{a}_censored": bool(self.censored_a[k]), f"{b}_censored": bool(self.censored_b[k]),
-                    "total_gap": float(self.total[k]), "shapley": float(self.shapley[g, k]),
-                    "share": float(share[g, k]), "forward_swap": float(self.forward[g, k]),
-                    "reverse_swap": float(self.reverse[g, k]), "lo": float(lo[g, k]), "hi": float(hi[g, k]),
-                    "rests_on_unverified": bool(flags[g, k]),
-                    "unverified_tags": self.group_unverified_tags[g],
-                    "unverified_parameters": " ".join(self.group_unverified_parameters[g]),
-                })
+                out.append(
+                    {
+                        "metric": metric,
+                        "unit": self.metric_units[k],
+                        "group": group,
+                        "gap": self.group_gaps[g],
+                        f"{a}": float(self.value_a[k]),
+                        f"{b}": float(self.value_b[k]),
+                        f"{a}_censored": bool(self.censored_a[k]),
+                        f"{b}_censored": bool(self.censored_b[k]),
+                        "total_gap": float(self.total[k]),
+                        "shapley": float(self.shapley[g, k]),
+                        "share": float(share[g, k]),
+                        "forward_swap": float(self.forward[g, k]),
+                        "reverse_swap": float(self.reverse[g, k]),
+                        "lo": float(lo[g, k]),
+                        "hi": float(hi[g, k]),
+                        "rests_on_unverified": bool(flags[g, k]),
+                        "unverified_tags": self.group_unverified_tags[g],
+                        "unverified_parameters": " ".join(self.group_unverified_parameters[g]),
+                    }
+                )
         return out
 
     def to_csv(self, path: str) -> None:
@@ -297,9 +321,14 @@ class TranslationMap(eqx.Module):
         lo, hi = self.intervals()
         share, flags = self.share(), self.unverified_flags()
         a, b = self.labels
-        pct = int(round(100 * self.level))
-        head = (f"| metric | unit | {a} | {b} | gap | " + " | ".join(self.group_names) + " |\n"
-                + "|---" * (5 + len(self.group_names)) + "|")
+        pct = round(100 * self.level)
+        head = (
+            f"| metric | unit | {a} | {b} | gap | "
+            + " | ".join(self.group_names)
+            + " |\n"
+            + "|---" * (5 + len(self.group_names))
+            + "|"
+        )
         lines = [head]
         for k, metric in enumerate(self.metric_names):
             cells = []
@@ -309,27 +338,41 @@ class TranslationMap(eqx.Module):
                     c += f"; {pct}% [{_fmt(lo[g, k])}, {_fmt(hi[g, k])}]"
                 c += ")" + (f" *{self.group_unverified_tags[g].replace(',', '')}" if flags[g, k] else "")
                 cells.append(c)
-            lines.append(f"| {metric} | {self.metric_units[k]} | {self.value_text(k, 'a')} | "
-                         f"{self.value_text(k, 'b')} | {self.gap_text(k)} | " + " | ".join(cells) + " |")
-        note = ("\n\nShapley value of each mechanism group in the unit of the metric (share of the summed "
-                "|attributions|"
-                + (f"; {pct}% interval over {int(np.sum(self.sample_ok))} parameter samples, key {list(self.key_data)}"
-                   if self.n_samples else "")
-                + "). `*A` / `*M`: material attribution resting on unverified parameters (assumptions, tag A; "
-                "recalled values, tag M). `>= x`: censored at the simulation horizon (the metric lasted the whole "
-                "horizon; the gap is then a bound).")
+            lines.append(
+                f"| {metric} | {self.metric_units[k]} | {self.value_text(k, 'a')} | "
+                f"{self.value_text(k, 'b')} | {self.gap_text(k)} | " + " | ".join(cells) + " |"
+            )
+        note = (
+            "\n\nShapley value of each mechanism group in the unit of the metric (share of the summed "
+            "|attributions|"
+            + (
+                f"; {pct}% interval over {int(np.sum(self.sample_ok))} parameter samples, key {list(self.key_data)}"
+                if self.n_samples
+                else ""
+            )
+            + "). `*A` / `*M`: material attribution resting on unverified parameters (assumptions, tag A; "
+            "recalled values, tag M). `>= x`: censored at the simulation horizon (the metric lasted the whole "
+            "horizon; the gap is then a bound)."
+        )
         return "\n".join(lines) + note
 
     def narrative(self, top: int = 2) -> str:
-        """A short generated text: per metric, where the `a` model misleads about `b` and which mechanisms explain it."""
+        """A short generated text: per metric, where the `a` model misleads about `b` and which mechanisms explain
+        it."""
         a, b = self.labels
         lo, hi = self.intervals()
         share, flags, unsure = self.share(), self.unverified_flags(), self.sign_uncertain()
         order = np.argsort(-np.abs(_rel_gap(self.value_a, self.value_b)))
-        paras = [f"How the {a} model misleads about {b} ({len(self.group_names)} mechanism groups, exact Shapley "
-                 f"attribution over all {2 ** len(self.group_names)} group subsets"
-                 + (f", {int(np.sum(self.sample_ok))} parameter samples, key {list(self.key_data)}" if self.n_samples else "")
-                 + "). Metrics are ordered by the size of the gap."]
+        paras = [
+            f"How the {a} model misleads about {b} ({len(self.group_names)} mechanism groups, exact Shapley "
+            f"attribution over all {2 ** len(self.group_names)} group subsets"
+            + (
+                f", {int(np.sum(self.sample_ok))} parameter samples, key {list(self.key_data)}"
+                if self.n_samples
+                else ""
+            )
+            + "). Metrics are ordered by the size of the gap."
+        ]
         for k in order:
             name, unit = self.metric_names[k], self.metric_units[k]
             va, vb, tot = float(self.value_a[k]), float(self.value_b[k]), float(self.total[k])
@@ -345,29 +388,44 @@ class TranslationMap(eqx.Module):
             for g in drivers:
                 if abs(share[g, k]) < MATERIAL_SHARE / 2:
                     continue
-                txt = (f"{self.group_names[g]} {_fmt(self.shapley[g, k])} {unit} ({100 * share[g, k]:.0f}%"
-                       + (f", {int(round(100 * self.level))}% interval {_fmt(lo[g, k])} to {_fmt(hi[g, k])}"
-                          if self.n_samples else "") + ")")
+                txt = (
+                    f"{self.group_names[g]} {_fmt(self.shapley[g, k])} {unit} ({100 * share[g, k]:.0f}%"
+                    + (
+                        f", {round(100 * self.level)}% interval {_fmt(lo[g, k])} to {_fmt(hi[g, k])}"
+                        if self.n_samples
+                        else ""
+                    )
+                    + ")"
+                )
                 if flags[g, k]:
                     names = self.group_unverified_parameters[g]
                     more = f" and {len(names) - 3} more" if len(names) > 3 else ""
-                    txt += (f" [rests on unverified ({self.group_unverified_tags[g]}-tagged) parameters: "
-                            + ", ".join(names[:3]) + more + "]")
+                    txt += (
+                        f" [rests on unverified ({self.group_unverified_tags[g]}-tagged) parameters: "
+                        + ", ".join(names[:3])
+                        + more
+                        + "]"
+                    )
                 if unsure[g, k]:
                     txt += " [sign not robust to parameter uncertainty]"
                 parts.append(txt)
-            cens = ("; censored at the horizon, the gap is a bound"
-                    if (self.censored_a[k] or self.censored_b[k]) else "")
-            paras.append(f"- {name}: {a} {self.value_text(k, 'a')} vs {b} {self.value_text(k, 'b')} {unit} "
-                         f"(gap {self.gap_text(k)}{ratio}{cens}). "
-                         + ("Main mechanisms: " + "; ".join(parts) + "." if parts else "No single mechanism dominates."))
+            cens = "; censored at the horizon, the gap is a bound" if (self.censored_a[k] or self.censored_b[k]) else ""
+            paras.append(
+                f"- {name}: {a} {self.value_text(k, 'a')} vs {b} {self.value_text(k, 'b')} {unit} "
+                f"(gap {self.gap_text(k)}{ratio}{cens}). "
+                + ("Main mechanisms: " + "; ".join(parts) + "." if parts else "No single mechanism dominates.")
+            )
         if self.n_failed:
-            paras.append(f"Warning: {self.n_failed} of {2 ** len(self.group_names)} coalition evaluations gave "
-                         "non-finite metrics (failed simulations or undefined metrics); their attributions are NaN.")
+            paras.append(
+                f"Warning: {self.n_failed} of {2 ** len(self.group_names)} coalition evaluations gave "
+                "non-finite metrics (failed simulations or undefined metrics); their attributions are NaN."
+            )
         n_flag = int(np.sum(np.any(flags, axis=0)))
-        paras.append(f"{n_flag} of {len(self.metric_names)} metric gaps have a material attribution that rests on "
-                     "unverified parameters (assumptions, tag A, or recalled values, tag M); check those values "
-                     "against the primary sources before quoting the numbers.")
+        paras.append(
+            f"{n_flag} of {len(self.metric_names)} metric gaps have a material attribution that rests on "
+            "unverified parameters (assumptions, tag A, or recalled values, tag M); check those values "
+            "against the primary sources before quoting the numbers."
+        )
         return "\n".join(paras)
 
 
@@ -487,12 +545,15 @@ def translation_map(
     if len(labels) != 2 or not all(isinstance(x, str) and x.strip() for x in labels):
         raise ValueError(f"`labels` must be two non-empty strings, got {labels!r}.")
     if labels[0] == labels[1]:
-        raise ValueError(f"`labels` must be two different names (each heads the value column of its model in the "
-                         f"table), got {labels!r}.")
+        raise ValueError(
+            f"`labels` must be two different names (each heads the value column of its model in the "
+            f"table), got {labels!r}."
+        )
     clash = [x for x in labels if x in TABLE_COLUMNS]
     if clash:
-        raise ValueError(f"`labels` {clash} would repeat a column name of the table {list(TABLE_COLUMNS)}; choose "
-                         "other names.")
+        raise ValueError(
+            f"`labels` {clash} would repeat a column name of the table {list(TABLE_COLUMNS)}; choose other names."
+        )
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 0:
         raise ValueError(f"`n_samples` must be a non-negative int, got {n_samples!r}.")
     if not 0.0 < level < 1.0:
@@ -500,18 +561,22 @@ def translation_map(
 
     if n_samples and key is None:
         raise ValueError("`key` (a jax.random key) is required with `n_samples` > 0.")
+
     def where(part: str) -> str | None:
         return None if checkpoint is None else os.path.join(os.fspath(checkpoint), part)
 
-    res = shapley_attribution(f, model_a, model_b, groups, batch_size=batch_size, engine=engine, progress=progress,
-                              checkpoint=where("point"))
+    res = shapley_attribution(
+        f, model_a, model_b, groups, batch_size=batch_size, engine=engine, progress=progress, checkpoint=where("point")
+    )
     if not isinstance(res.values, Mapping):
         raise ValueError(f"`f` must return a dict of named scalar metrics, got {type(res.values).__name__}.")
     censored = dict(censored or {})
     for metric, flag in censored.items():
         if flag not in res.values or metric not in res.values:
-            raise ValueError(f"`censored` maps {metric!r} to {flag!r}, but `f` returns no output of that name "
-                             f"(outputs: {sorted(res.values)}).")
+            raise ValueError(
+                f"`censored` maps {metric!r} to {flag!r}, but `f` returns no output of that name "
+                f"(outputs: {sorted(res.values)})."
+            )
     flag_outputs = set(censored.values())
     metric_names = tuple(n for n in (units or {}) if n in res.values and n not in flag_outputs)
     metric_names += tuple(n for n in res.values if n not in metric_names and n not in flag_outputs)
@@ -526,15 +591,39 @@ def translation_map(
 
     g_count = len(groups)
     if n_samples:
+        assert key is not None  # checked at entry
         key_a, key_b = jax.random.split(key)
         names = [p for g in groups for p in g.parameters]
-        samples_a = sample_parameters(model_a, names, key_a, n_samples, spread=spread, tags=tags_a,
-                                      scales={k: v for k, v in (scales_a or {}).items() if k in names})
-        samples_b = sample_parameters(model_b, names, key_b, n_samples, spread=spread, tags=tags_b,
-                                      scales={k: v for k, v in (scales_b or {}).items() if k in names})
-        sres = shapley_attribution(f, model_a, model_b, groups, samples_a=samples_a or None,
-                                   samples_b=samples_b or None, batch_size=batch_size, engine=engine,
-                                   progress=progress, checkpoint=where("samples"))
+        samples_a = sample_parameters(
+            model_a,
+            names,
+            key_a,
+            n_samples,
+            spread=spread,
+            tags=tags_a,
+            scales={k: v for k, v in (scales_a or {}).items() if k in names},
+        )
+        samples_b = sample_parameters(
+            model_b,
+            names,
+            key_b,
+            n_samples,
+            spread=spread,
+            tags=tags_b,
+            scales={k: v for k, v in (scales_b or {}).items() if k in names},
+        )
+        sres = shapley_attribution(
+            f,
+            model_a,
+            model_b,
+            groups,
+            samples_a=samples_a or None,
+            samples_b=samples_b or None,
+            batch_size=batch_size,
+            engine=engine,
+            progress=progress,
+            checkpoint=where("samples"),
+        )
         if not samples_a and not samples_b:  # nothing to sample: repeat the point estimate
             sample_shapley = np.broadcast_to(stack(res.values), (n_samples, g_count, len(metric_names))).copy()
             sample_total = np.broadcast_to(stack(res.total), (n_samples, len(metric_names))).copy()
@@ -551,8 +640,9 @@ def translation_map(
     ta, tb = _tags(model_a, tags_a), _tags(model_b, tags_b)
     differing = set(differing_parameters(model_a, model_b))
     flag_tags = tuple(flag_tags)
-    u_params = tuple(tuple(p for p in g.parameters if p in differing and ({ta[p], tb[p]} & set(flag_tags)))
-                     for g in groups)
+    u_params = tuple(
+        tuple(p for p in g.parameters if p in differing and ({ta[p], tb[p]} & set(flag_tags))) for g in groups
+    )
     u_tags = tuple(",".join(t for t in flag_tags if any(t in (ta[p], tb[p]) for p in ps)) for ps in u_params)
 
     def flags(values):
@@ -563,18 +653,37 @@ def translation_map(
         return out
 
     return TranslationMap(
-        labels=tuple(labels), group_names=tuple(g.name for g in groups), group_gaps=tuple(g.gap for g in groups),
-        group_descriptions=tuple(g.description for g in groups), group_unverified_parameters=u_params,
-        group_unverified_tags=u_tags, censored_a=flags(res.base), censored_b=flags(res.target),
-        metric_names=metric_names, metric_units=metric_units,
-        value_a=stack(res.base), value_b=stack(res.target), total=stack(res.total), shapley=stack(res.values),
-        forward=stack(res.forward_swaps()), reverse=stack(res.reverse_swaps()),
-        sample_shapley=sample_shapley, sample_total=sample_total, sample_ok=sample_ok,
+        labels=(str(labels[0]), str(labels[1])),
+        group_names=tuple(g.name for g in groups),
+        group_gaps=tuple(g.gap for g in groups),
+        group_descriptions=tuple(g.description for g in groups),
+        group_unverified_parameters=u_params,
+        group_unverified_tags=u_tags,
+        censored_a=flags(res.base),
+        censored_b=flags(res.target),
+        metric_names=metric_names,
+        metric_units=metric_units,
+        value_a=stack(res.base),
+        value_b=stack(res.target),
+        total=stack(res.total),
+        shapley=stack(res.values),
+        forward=stack(res.forward_swaps()),
+        reverse=stack(res.reverse_swaps()),
+        sample_shapley=sample_shapley,
+        sample_total=sample_total,
+        sample_ok=sample_ok,
         n_failed=int(np.sum(~np.asarray(res.ok))),
         key_data=() if key is None else tuple(int(v) for v in np.asarray(jax.random.key_data(key)).ravel()),
-        level=float(level), engine=res.engine,
+        level=float(level),
+        engine=res.engine,
     )
 
 
-__all__ = ["DEFAULT_SPREAD", "UNVERIFIED_TAGS", "TranslationMap", "differing_parameters", "sample_parameters",
-           "translation_map"]
+__all__ = [
+    "DEFAULT_SPREAD",
+    "UNVERIFIED_TAGS",
+    "TranslationMap",
+    "differing_parameters",
+    "sample_parameters",
+    "translation_map",
+]

@@ -26,8 +26,9 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _check(name: str, value: Any, *, nonneg: bool = False, positive: bool = False, le_one: bool = False,
-           what: str = "") -> Any:
+def _check(
+    name: str, value: Any, *, nonneg: bool = False, positive: bool = False, le_one: bool = False, what: str = ""
+) -> Any:
     """Validate a numeric argument: `ValueError` for concrete values, `eqx.error_if` for traced ones."""
     if value is None:
         raise ValueError(f"`{name}` is required{what}.")
@@ -197,8 +198,10 @@ class Regimen(eqx.Module):
 
     def first_time(self) -> Float[Array, ""] | None:
         """Time of the earliest event, or `None` for an empty regimen."""
-        ts = [jnp.min(d.starts() if isinstance(d, Infusion) else cast(Bolus | FractionalKill, d).times())
-              for d in self.doses]
+        ts = [
+            jnp.min(d.starts() if isinstance(d, Infusion) else cast(Bolus | FractionalKill, d).times())
+            for d in self.doses
+        ]
         return jnp.min(jnp.stack(ts)) if ts else None
 
 
@@ -259,6 +262,11 @@ def resolve_regimen(regimen: Regimen, state_names: Sequence[str]) -> ResolvedReg
         return jnp.concatenate(xs, axis=0) if xs else jnp.zeros(shape)
 
     return ResolvedRegimen(
-        cat(jt, (0,)), cat(jm, (0, n)), cat(ja, (0, n)), cat(ist, (0,)), cat(ien, (0,)), cat(ira, (0, n)),
+        cat(jt, (0,)),
+        cat(jm, (0, n)),
+        cat(ja, (0, n)),
+        cat(ist, (0,)),
+        cat(ien, (0,)),
+        cat(ira, (0, n)),
         cat(iam, (0, n)),
     )

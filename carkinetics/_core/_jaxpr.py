@@ -30,13 +30,71 @@ V = TypeVar("V")
 Rule = Callable[[jex_core.JaxprEqn, list], list]
 
 #: One output element from the same element of every operand (rank-0 operands broadcast).
-ELEMENTWISE = frozenset({
-    "abs", "acos", "acosh", "add", "and", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "clamp",
-    "convert_element_type", "cos", "cosh", "digamma", "div", "eq", "erf", "erf_inv", "erfc", "exp", "exp2", "expm1",
-    "floor", "ge", "gt", "integer_pow", "is_finite", "le", "lgamma", "log", "log1p", "logistic", "lt", "max", "min",
-    "mul", "ne", "neg", "nextafter", "not", "or", "pow", "real", "reduce_precision", "rem", "round", "rsqrt",
-    "select_n", "sign", "sin", "sinh", "sqrt", "square", "stop_gradient", "sub", "tan", "tanh", "xor",
-})
+ELEMENTWISE = frozenset(
+    {
+        "abs",
+        "acos",
+        "acosh",
+        "add",
+        "and",
+        "asin",
+        "asinh",
+        "atan",
+        "atan2",
+        "atanh",
+        "cbrt",
+        "ceil",
+        "clamp",
+        "convert_element_type",
+        "cos",
+        "cosh",
+        "digamma",
+        "div",
+        "eq",
+        "erf",
+        "erf_inv",
+        "erfc",
+        "exp",
+        "exp2",
+        "expm1",
+        "floor",
+        "ge",
+        "gt",
+        "integer_pow",
+        "is_finite",
+        "le",
+        "lgamma",
+        "log",
+        "log1p",
+        "logistic",
+        "lt",
+        "max",
+        "min",
+        "mul",
+        "ne",
+        "neg",
+        "nextafter",
+        "not",
+        "or",
+        "pow",
+        "real",
+        "reduce_precision",
+        "rem",
+        "round",
+        "rsqrt",
+        "select_n",
+        "sign",
+        "sin",
+        "sinh",
+        "sqrt",
+        "square",
+        "stop_gradient",
+        "sub",
+        "tan",
+        "tanh",
+        "xor",
+    }
+)
 
 #: Every output is the corresponding operand, unchanged.
 IDENTITY = frozenset({"copy", "copy_p", "optimization_barrier"})
@@ -59,32 +117,66 @@ def _two(n: int) -> tuple[int, ...]:
 #: Data movement: every output element is one element of the data operands. Maps each primitive to the positions of
 #: its data operands given the operand count; the other operands are indices, which must be concrete to move data.
 MOVEMENT: Mapping[str, Callable[[int], tuple[int, ...]]] = {
-    "broadcast_in_dim": _first, "concatenate": _all, "dynamic_slice": _first, "dynamic_update_slice": _two,
-    "expand_dims": _first, "gather": _first, "pad": _two, "reshape": _first, "rev": _first, "slice": _first,
-    "split": _first, "squeeze": _first, "stack": _all, "transpose": _first,
+    "broadcast_in_dim": _first,
+    "concatenate": _all,
+    "dynamic_slice": _first,
+    "dynamic_update_slice": _two,
+    "expand_dims": _first,
+    "gather": _first,
+    "pad": _two,
+    "reshape": _first,
+    "rev": _first,
+    "slice": _first,
+    "split": _first,
+    "squeeze": _first,
+    "stack": _all,
+    "transpose": _first,
 }
 
 #: Reductions over the `axes` parameter.
-REDUCTIONS = frozenset({"argmax", "argmin", "reduce_and", "reduce_max", "reduce_min", "reduce_or", "reduce_prod",
-                        "reduce_sum"})
+REDUCTIONS = frozenset(
+    {"argmax", "argmin", "reduce_and", "reduce_max", "reduce_min", "reduce_or", "reduce_prod", "reduce_sum"}
+)
 
 #: Tensor contraction (`jnp.dot`, `@`, `einsum`).
 DOT_GENERAL = frozenset({"dot_general"})
 
 #: Call primitives: their sub-jaxpr is evaluated in place, with the equation's operands as its inputs.
-CALLS = frozenset({"checkpoint", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-                   "custom_vjp_call_jaxpr", "jit", "pjit", "remat"})
+CALLS = frozenset(
+    {
+        "checkpoint",
+        "closed_call",
+        "core_call",
+        "custom_jvp_call",
+        "custom_vjp_call",
+        "custom_vjp_call_jaxpr",
+        "jit",
+        "pjit",
+        "remat",
+    }
+)
 _CALL_PARAM_KEYS = ("jaxpr", "call_jaxpr", "fun_jaxpr")
 
 
-def rule_table(*, elementwise: Rule | None = None, identity: Rule | None = None, movement: Rule | None = None,
-               reduction: Rule | None = None, dot_general: Rule | None = None,
-               extra: Mapping[str, Rule] | None = None) -> dict[str, Rule]:
+def rule_table(
+    *,
+    elementwise: Rule | None = None,
+    identity: Rule | None = None,
+    movement: Rule | None = None,
+    reduction: Rule | None = None,
+    dot_general: Rule | None = None,
+    extra: Mapping[str, Rule] | None = None,
+) -> dict[str, Rule]:
     """A rule table giving every primitive of a class the domain's handler for that class (`None`: not handled,
     so those primitives reach the domain's default rule); `extra` adds or overrides single primitives."""
     table: dict[str, Rule] = {}
-    for names, rule in ((ELEMENTWISE, elementwise), (IDENTITY, identity), (MOVEMENT, movement),
-                        (REDUCTIONS, reduction), (DOT_GENERAL, dot_general)):
+    for names, rule in (
+        (ELEMENTWISE, elementwise),
+        (IDENTITY, identity),
+        (MOVEMENT, movement),
+        (REDUCTIONS, reduction),
+        (DOT_GENERAL, dot_general),
+    ):
         if rule is not None:
             table.update(dict.fromkeys(names, rule))
     table.update(extra or {})

@@ -290,8 +290,16 @@ class ParameterTable(tuple):
             w.writerow(["parameter", "value", "unit", "lower", "upper", "tag", "description", "source"])
             for p in self:
                 w.writerow(
-                    [p.name, float(np.asarray(p.value)), p.info.unit, p.info.lower, p.info.upper, p.info.tag,
-                     p.info.description, p.info.source]
+                    [
+                        p.name,
+                        float(np.asarray(p.value)),
+                        p.info.unit,
+                        p.info.lower,
+                        p.info.upper,
+                        p.info.tag,
+                        p.info.description,
+                        p.info.source,
+                    ]
                 )
 
     def __str__(self) -> str:
@@ -358,8 +366,13 @@ class ParameterSpace(eqx.Module):
     upper: tuple[float, ...] = eqx.field(static=True)
     units: tuple[str, ...] = eqx.field(static=True)
 
-    def __init__(self, model: eqx.Module, names: Sequence[str] | None = None, *,
-                 bounds: Mapping[str, tuple[float, float]] | None = None):
+    def __init__(
+        self,
+        model: eqx.Module,
+        names: Sequence[str] | None = None,
+        *,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
+    ):
         allp = parameters(model)
         if names is None:
             names = [n for n, p in allp.items() if np.ndim(p.value) == 0]
@@ -380,12 +393,16 @@ class ParameterSpace(eqx.Module):
             lo, hi = (float(x) for x in lohi)
             info = allp[name].info
             if not (info.lower <= lo < hi <= info.upper):
-                raise ValueError(f"Working bounds ({lo}, {hi}) of {name!r} must lie inside its declared bounds "
-                                 f"[{info.lower}, {info.upper}] with lower < upper.")
+                raise ValueError(
+                    f"Working bounds ({lo}, {hi}) of {name!r} must lie inside its declared bounds "
+                    f"[{info.lower}, {info.upper}] with lower < upper."
+                )
             value = allp[name].value
             if _is_concrete(value) and not lo < float(np.asarray(value)) < hi:
-                raise ValueError(f"The current value {float(np.asarray(value))} of {name!r} lies outside its working "
-                                 f"bounds ({lo}, {hi}).")
+                raise ValueError(
+                    f"The current value {float(np.asarray(value))} of {name!r} lies outside its working "
+                    f"bounds ({lo}, {hi})."
+                )
             i = list(names).index(name)
             lower[i], upper[i] = lo, hi
         self.names = tuple(names)
@@ -418,8 +435,9 @@ class ParameterSpace(eqx.Module):
 
     def with_values(self, model: eqx.Module, values: Float[Array, " n"]) -> Any:
         """Model with the mapped parameters set from natural-unit `values`."""
-        return eqx.tree_at(lambda m: [_getter(n)(m) for n in self.names], model,
-                           [values[i] for i in range(len(self.names))])
+        return eqx.tree_at(
+            lambda m: [_getter(n)(m) for n in self.names], model, [values[i] for i in range(len(self.names))]
+        )
 
 
 def get_parameter(model: eqx.Module, name: str) -> Any:

@@ -28,8 +28,10 @@ def _body(name: str, value: Any, bounds: tuple[float, float], unit: str, hints: 
         return v
     likely = [f"{v:g} {u} = {v * f:g} {unit}" for u, f in hints.items() if lo <= v * f <= hi]
     hint = f" Was it given in another unit ({' or '.join(likely)})?" if likely else ""
-    raise ValueError(f"`{name}` = {v:g} {unit} is outside the plausible human range [{lo:g}, {hi:g}] {unit}.{hint} "
-                     "(For animal models give flat doses, e.g. `cells=` per animal.)")
+    raise ValueError(
+        f"`{name}` = {v:g} {unit} is outside the plausible human range [{lo:g}, {hi:g}] {unit}.{hint} "
+        "(For animal models give flat doses, e.g. `cells=` per animal.)"
+    )
 
 
 def _weight(weight_kg: Any) -> float:
@@ -77,19 +79,29 @@ def _chemo(name: str, dose_mg_per_m2, days: Sequence[float], bsa_m2, state: str,
         raise ValueError(f"`days` for {name} must list at least one day, got {days!r}.")
     dose = _check("dose_mg_per_m2", dose_mg_per_m2, nonneg=True, what=f" for {name}")
     if bsa_m2 is None:
-        raise ValueError(f"`bsa_m2` is required for {name}: give the body surface area in m² (e.g. "
-                         "ck.bsa_mosteller(weight_kg, height_cm)); there is no default body size.")
+        raise ValueError(
+            f"`bsa_m2` is required for {name}: give the body surface area in m² (e.g. "
+            "ck.bsa_mosteller(weight_kg, height_cm)); there is no default body size."
+        )
     bsa = _check("bsa_m2", bsa_m2, positive=True, what=f" for {name}")
     if _is_concrete(bsa) and not _BSA_M2[0] <= float(bsa) <= _BSA_M2[1]:
-        raise ValueError(f"`bsa_m2` = {float(bsa):g} m² for {name} is outside the plausible range "
-                         f"[{_BSA_M2[0]:g}, {_BSA_M2[1]:g}] m²; it is a body surface area in m² (an adult has ~1.8, "
-                         "a mouse ~0.007).")
+        raise ValueError(
+            f"`bsa_m2` = {float(bsa):g} m² for {name} is outside the plausible range "
+            f"[{_BSA_M2[0]:g}, {_BSA_M2[1]:g}] m²; it is a body surface area in m² (an adult has ~1.8, "
+            "a mouse ~0.007)."
+        )
     dur = float(_check("infusion_minutes", infusion_minutes, positive=True, what=f" for {name}")) / (24 * 60)
     return Regimen([Infusion(float(d), state, amount=dose * bsa, duration=dur) for d in days])
 
 
-def fludarabine(dose_mg_per_m2=25.0, days: Sequence[float] = (-5.0, -4.0, -3.0), *, bsa_m2=None,
-                state: str = "flu_central", infusion_minutes: float = 30.0) -> Regimen:
+def fludarabine(
+    dose_mg_per_m2=25.0,
+    days: Sequence[float] = (-5.0, -4.0, -3.0),
+    *,
+    bsa_m2=None,
+    state: str = "flu_central",
+    infusion_minutes: float = 30.0,
+) -> Regimen:
     """Fludarabine as 30-min infusions of `dose_mg_per_m2` × BSA mg on each of `days` (`bsa_m2` required).
 
     Default: 25 mg/m²/day on days −5, −4, −3 (Erlangen SLE / RESET regimen; Mackensen 2022 Nat Med
@@ -100,8 +112,14 @@ def fludarabine(dose_mg_per_m2=25.0, days: Sequence[float] = (-5.0, -4.0, -3.0),
     return _chemo("fludarabine", dose_mg_per_m2, days, bsa_m2, state, infusion_minutes)
 
 
-def cyclophosphamide(dose_mg_per_m2=1000.0, days: Sequence[float] = (-3.0,), *, bsa_m2=None,
-                     state: str = "cy_central", infusion_minutes: float = 60.0) -> Regimen:
+def cyclophosphamide(
+    dose_mg_per_m2=1000.0,
+    days: Sequence[float] = (-3.0,),
+    *,
+    bsa_m2=None,
+    state: str = "cy_central",
+    infusion_minutes: float = 60.0,
+) -> Regimen:
     """Cyclophosphamide as 60-min infusions of `dose_mg_per_m2` × BSA mg on each of `days` (`bsa_m2` required).
 
     Default: 1,000 mg/m² on day −3 (Erlangen SLE / RESET regimen, as `fludarabine`).
@@ -109,8 +127,9 @@ def cyclophosphamide(dose_mg_per_m2=1000.0, days: Sequence[float] = (-3.0,), *, 
     return _chemo("cyclophosphamide", dose_mg_per_m2, days, bsa_m2, state, infusion_minutes)
 
 
-def car_t_infusion(*, state: str = "car_effector", cells_per_kg=None, weight_kg=None, cells=None,
-                   day: float = 0.0) -> Bolus:
+def car_t_infusion(
+    *, state: str = "car_effector", cells_per_kg=None, weight_kg=None, cells=None, day: float = 0.0
+) -> Bolus:
     """CAR-T cell infusion as a bolus of viable CAR+ cells into `state` (unit: cells).
 
     Give either `cells_per_kg` with `weight_kg` (e.g. 1e6/kg × 70 kg, Mackensen 2022 [R]) or a flat `cells`.
@@ -125,7 +144,8 @@ def car_t_infusion(*, state: str = "car_effector", cells_per_kg=None, weight_kg=
                 f"`cells_per_kg` and `weight_kg` are both required when `cells` is not given; got "
                 f"cells_per_kg={cells_per_kg!r}, weight_kg={weight_kg!r}."
             )
-        weight = check_body_size(weight_kg)[0] if _is_concrete(weight_kg) else _check("weight_kg", weight_kg,
-                                                                                          positive=True)
+        weight = (
+            check_body_size(weight_kg)[0] if _is_concrete(weight_kg) else _check("weight_kg", weight_kg, positive=True)
+        )
         cells = _check("cells_per_kg", cells_per_kg, nonneg=True) * weight
     return Bolus(day, cells, state)

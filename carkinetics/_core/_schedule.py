@@ -54,8 +54,10 @@ def check_model_and_regimen(model: Any, regimen: Any) -> Regimen:
     names = model.state_names()
     origin = type(model).breakpoint_origin
     if origin is not None and origin not in names:
-        raise ValueError(f"`{type(model).__name__}.breakpoint_origin` = {origin!r} is not a state of the model; "
-                         f"states are {list(names)}.")
+        raise ValueError(
+            f"`{type(model).__name__}.breakpoint_origin` = {origin!r} is not a state of the model; "
+            f"states are {list(names)}."
+        )
     unknown = sorted(regimen.state_names() - set(names))
     if unknown:
         raise ValueError(
@@ -80,28 +82,41 @@ def tolerance_arrays(rtol: Any, atol: Any, dtype) -> tuple[Array, Array]:
         if isinstance(tol, jax.core.Tracer):
             arr = jnp.asarray(tol)
             if arr.shape != () or not jnp.issubdtype(arr.dtype, jnp.floating):
-                raise ValueError(f"`{name}` must be a positive finite number or a floating-point scalar array, got "
-                                 f"a traced array of shape {arr.shape} and dtype {arr.dtype}.")
+                raise ValueError(
+                    f"`{name}` must be a positive finite number or a floating-point scalar array, got "
+                    f"a traced array of shape {arr.shape} and dtype {arr.dtype}."
+                )
             arr = arr.astype(dtype)
             bad = ~(jnp.isfinite(arr) & (arr > 0))
             if name == "rtol":
                 bad = bad | (arr >= 1)
-            out.append(eqx.error_if(arr, bad, f"`{name}` must be a positive finite number"
-                                    + (" below 1." if name == "rtol" else ".")))
+            out.append(
+                eqx.error_if(
+                    arr, bad, f"`{name}` must be a positive finite number" + (" below 1." if name == "rtol" else ".")
+                )
+            )
             continue
         value = tol
-        if isinstance(tol, (np.ndarray, jax.Array)) and np.shape(tol) == () and np.issubdtype(
-                np.asarray(tol).dtype, np.floating):
+        if (
+            isinstance(tol, (np.ndarray, jax.Array))
+            and np.shape(tol) == ()
+            and np.issubdtype(np.asarray(tol).dtype, np.floating)
+        ):
             value = float(tol)
         if isinstance(value, bool) or not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
             raise ValueError(f"`{name}` must be a positive finite number, got {tol!r}.")
         if name == "rtol" and value >= 1:
-            raise ValueError(f"`rtol` = {value:g} must be below 1: it is a relative error (1e-6 asks for six "
-                             "significant digits).")
+            raise ValueError(
+                f"`rtol` = {value:g} must be below 1: it is a relative error (1e-6 asks for six significant digits)."
+            )
         if name == "rtol" and value < eps:
-            warnings.warn(f"`rtol` = {value:g} is below the resolution of {jnp.dtype(dtype).name} numbers (machine "
-                          f"epsilon {eps:.1e}): the error estimate is dominated by round-off. Use a larger rtol or "
-                          "float64 (enable `jax_enable_x64`).", UserWarning, stacklevel=4)
+            warnings.warn(
+                f"`rtol` = {value:g} is below the resolution of {jnp.dtype(dtype).name} numbers (machine "
+                f"epsilon {eps:.1e}): the error estimate is dominated by round-off. Use a larger rtol or "
+                "float64 (enable `jax_enable_x64`).",
+                UserWarning,
+                stacklevel=4,
+            )
         out.append(jnp.asarray(float(value), dtype))
     return out[0], out[1]
 
@@ -121,10 +136,14 @@ def warn_unresolved_infusions(regimen: Regimen, dtype) -> None:
         e = np.asarray(s0 + dur, dtype=dtype)
         bad = e <= s
         if np.any(bad):
-            warnings.warn(f"An infusion into {d.state!r} of {float(dur[bad].flat[0]) * 86400:g} s starting on day "
-                          f"{float(s[bad].flat[0]):g} is shorter than the time resolution of "
-                          f"{np.dtype(dtype).name} at that time; its amount is delivered as a bolus at its start. "
-                          "Use float64 (jax_enable_x64) or a bolus to silence this.", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"An infusion into {d.state!r} of {float(dur[bad].flat[0]) * 86400:g} s starting on day "
+                f"{float(s[bad].flat[0]):g} is shorter than the time resolution of "
+                f"{np.dtype(dtype).name} at that time; its amount is delivered as a bolus at its start. "
+                "Use float64 (jax_enable_x64) or a bolus to silence this.",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def validate_ts(ts: Any) -> Array:
@@ -144,8 +163,9 @@ def validate_ts(ts: Any) -> Array:
         )
     if np.any(np.diff(arr) < 0):
         i = int(np.flatnonzero(np.diff(arr) < 0)[0])
-        raise ValueError(f"`ts` must be sorted in non-decreasing order; ts[{i}] = {arr[i]} > "
-                         f"ts[{i + 1}] = {arr[i + 1]}.")
+        raise ValueError(
+            f"`ts` must be sorted in non-decreasing order; ts[{i}] = {arr[i]} > ts[{i + 1}] = {arr[i + 1]}."
+        )
     return jnp.asarray(arr)
 
 
@@ -174,9 +194,15 @@ def build_segments(model: Any, regimen: Regimen, ts: Float[Array, " T"], t0: Flo
     if origin is not None and model_bps.shape[0]:
         # durations after the first dose of the origin state (inf, i.e. beyond the horizon, if it is never dosed)
         k = names.index(origin)
-        first_dose = jnp.min(jnp.concatenate([jnp.where(rr.jump_add[:, k] > 0, rr.jump_times, jnp.inf),
-                                              jnp.where(rr.inf_amount[:, k] > 0, rr.inf_start, jnp.inf)]).astype(dtype),
-                             initial=jnp.inf)
+        first_dose = jnp.min(
+            jnp.concatenate(
+                [
+                    jnp.where(rr.jump_add[:, k] > 0, rr.jump_times, jnp.inf),
+                    jnp.where(rr.inf_amount[:, k] > 0, rr.inf_start, jnp.inf),
+                ]
+            ).astype(dtype),
+            initial=jnp.inf,
+        )
         model_bps = model_bps + first_dose
     n_inf = rr.inf_start.shape[0]
     n_other = n_inf + model_bps.shape[0]
@@ -212,18 +238,24 @@ def batch_size(model: Any) -> int:
     """The batch size `N` of a model whose array leaves all carry a leading member axis (`ValueError` otherwise)."""
     leaves = [x for x in jax.tree_util.tree_leaves(model) if eqx.is_array(x)]
     if not leaves:
-        raise ValueError("`model` has no array leaves; give every parameter a leading batch axis of size N "
-                         "(e.g. build the models with `jax.vmap`).")
+        raise ValueError(
+            "`model` has no array leaves; give every parameter a leading batch axis of size N "
+            "(e.g. build the models with `jax.vmap`)."
+        )
     bad = [x.shape for x in leaves if x.ndim == 0]
     if bad:
-        raise ValueError("Every array leaf of `model` must carry a leading batch axis of size N, but some are "
-                         "scalars; build the batch with `jax.vmap(make_model)(values)` or "
-                         "`jax.tree.map(lambda x: jnp.broadcast_to(x, (N,) + x.shape), model)`.")
+        raise ValueError(
+            "Every array leaf of `model` must carry a leading batch axis of size N, but some are "
+            "scalars; build the batch with `jax.vmap(make_model)(values)` or "
+            "`jax.tree.map(lambda x: jnp.broadcast_to(x, (N,) + x.shape), model)`."
+        )
     n = leaves[0].shape[0]
     shapes = sorted({x.shape[0] for x in leaves})
     if len(shapes) != 1:
-        raise ValueError(f"The array leaves of `model` have different leading (batch) sizes {shapes}; they must "
-                         "all equal the ensemble size N.")
+        raise ValueError(
+            f"The array leaves of `model` have different leading (batch) sizes {shapes}; they must "
+            "all equal the ensemble size N."
+        )
     return int(n)
 
 
@@ -235,8 +267,10 @@ def broadcast_regimen(regimen: Regimen, n: int) -> Regimen:
         if x.ndim == 0:
             return jnp.broadcast_to(x, (n,))
         if x.shape[0] != n:
-            raise ValueError(f"A batched `regimen` must have leading batch size N = {n} (the model's), got a leaf "
-                             f"of shape {x.shape}.")
+            raise ValueError(
+                f"A batched `regimen` must have leading batch size N = {n} (the model's), got a leaf "
+                f"of shape {x.shape}."
+            )
         return x
 
     return jax.tree_util.tree_map(bcast, regimen)

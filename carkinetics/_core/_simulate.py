@@ -21,8 +21,19 @@ from ._solution import RESULTS, Solution
 
 
 @eqx.filter_jit
-def diffrax_solve(model: AbstractKineticModel, regimen: Regimen, ts, t0, solver: diffrax.AbstractSolver, rtol, atol,
-                  max_steps: int, adjoint: diffrax.AbstractAdjoint, throw: bool, invalid) -> Solution:
+def diffrax_solve(
+    model: AbstractKineticModel,
+    regimen: Regimen,
+    ts,
+    t0,
+    solver: diffrax.AbstractSolver,
+    rtol,
+    atol,
+    max_steps: int,
+    adjoint: diffrax.AbstractAdjoint,
+    throw: bool,
+    invalid,
+) -> Solution:
     """Integrate one validated member (see `carkinetics.simulate`); `max_steps` bounds the steps over the horizon.
 
     `invalid` is `None` or a traced boolean: the member's traced parameters are out of bounds, so it is reported as
@@ -45,9 +56,18 @@ def diffrax_solve(model: AbstractKineticModel, regimen: Regimen, ts, t0, solver:
         e = jnp.where(failed, s, e)  # after a failure, do no more work
         y = m * y + a
         sol = diffrax.diffeqsolve(
-            term, solver, s, e, None, y, args=rate,
+            term,
+            solver,
+            s,
+            e,
+            None,
+            y,
+            args=rate,
             saveat=diffrax.SaveAt(ts=jnp.clip(ts, s, e), t1=True),
-            stepsize_controller=controller, max_steps=max_steps, adjoint=adjoint, throw=False,
+            stepsize_controller=controller,
+            max_steps=max_steps,
+            adjoint=adjoint,
+            throw=False,
         )
         mask = (ts >= s) & ((ts < e) | (last & (ts <= e)))
         # Only save times the solver reached: after a failure diffrax fills the others with inf, or (the last one)
@@ -62,12 +82,21 @@ def diffrax_solve(model: AbstractKineticModel, regimen: Regimen, ts, t0, solver:
         # `max_steps` counts the steps of the whole horizon, as in the batched engine.
         seg_result = RESULTS.where(nsteps > max_steps, RESULTS.max_steps_reached, RESULTS.promote(sol.result))  # pyright: ignore[reportArgumentType]
         result = RESULTS.where(failed, result, seg_result)
-        return (sol_ys[-1], out, result, nsteps, nacc + st["num_accepted_steps"].astype(i32),
-                nrej + st["num_rejected_steps"].astype(i32)), None
+        return (
+            sol_ys[-1],
+            out,
+            result,
+            nsteps,
+            nacc + st["num_accepted_steps"].astype(i32),
+            nrej + st["num_rejected_steps"].astype(i32),
+        ), None
 
     zero = jnp.array(0, dtype=jnp.int32)
-    result0 = RESULTS.successful if invalid is None else RESULTS.where(invalid, RESULTS.invalid_parameters,
-                                                                       RESULTS.successful)  # pyright: ignore[reportArgumentType]
+    result0 = (
+        RESULTS.successful
+        if invalid is None
+        else RESULTS.where(invalid, RESULTS.invalid_parameters, RESULTS.successful)  # pyright: ignore[reportArgumentType]
+    )
     init = (y0, jnp.full((ts.shape[0], n_states), jnp.nan, dtype), result0, zero, zero, zero)
     (_, out, result, nsteps, nacc, nrej), _ = jax.lax.scan(segment, init, (starts, ends, mult, add, rates, is_last))
     # Save times not reached by a failed member stay NaN; its observables follow.

@@ -18,9 +18,7 @@ class RESULTS(diffrax.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     ...) plus `invalid_parameters` for a member whose traced parameters were out of bounds (reported only with
     `throw=False`; such a member is not integrated)."""
 
-    invalid_parameters = (
-        "A parameter was non-finite or outside its declared bounds, so the simulation was not run."
-    )
+    invalid_parameters = "A parameter was non-finite or outside its declared bounds, so the simulation was not run."
 
 
 # Readable outcomes: `repr(sol.result)` is `carkinetics.RESULTS<successful>` (diffrax's success message is empty,
@@ -88,8 +86,7 @@ class Solution(eqx.Module):
         except Exception:  # traced values (inside jit/vmap): no concrete numbers to show
             return eqx.tree_pformat(self, short_arrays=True)
         cls = self.model_class
-        span = (f"{ts.shape[-1]} save times {float(ts.min()):g} to {float(ts.max()):g} d" if ts.size
-                else "no save times")
+        span = f"{ts.shape[-1]} save times {float(ts.min()):g} to {float(ts.max()):g} d" if ts.size else "no save times"
         ns, no = len(cls.state_names()), len(cls.observable_names())
         what = f"{ns} state{'s' * (ns != 1)}, {no} observable{'s' * (no != 1)}"
         if steps.ndim == 0:
@@ -98,8 +95,10 @@ class Solution(eqx.Module):
         counts = ", ".join(f"{failed.count(o)} {o}" for o in sorted(set(failed)))
         status = f"{len(outcomes) - len(failed)} of {len(outcomes)} successful" + (f" ({counts})" if counts else "")
         lo, hi = int(steps.min()), int(steps.max())
-        return (f"Solution({cls.__name__}, batch {tuple(steps.shape)}: {span}, {what}; {status}, "
-                f"{lo if lo == hi else f'{lo} to {hi}'} steps)")
+        return (
+            f"Solution({cls.__name__}, batch {tuple(steps.shape)}: {span}, {what}; {status}, "
+            f"{lo if lo == hi else f'{lo} to {hi}'} steps)"
+        )
 
     __str__ = __repr__
 

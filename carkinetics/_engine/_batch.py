@@ -30,8 +30,9 @@ def _is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def batch_models(template: Any, values: Mapping[str, Any] | None = None, n: int | None = None, *,
-                 check_bounds: bool = True) -> Any:
+def batch_models(
+    template: Any, values: Mapping[str, Any] | None = None, n: int | None = None, *, check_bounds: bool = True
+) -> Any:
     """A batch of `N` copies of `template` whose named parameters take the given per-member values.
 
     Every array leaf of the result carries a leading member axis of size `N` (the form
@@ -61,8 +62,9 @@ def batch_models(template: Any, values: Mapping[str, Any] | None = None, n: int 
     arrays = {}
     for name, v in values.items():
         if name not in known:
-            raise ValueError(f"Unknown parameter {name!r}; parameters of {type(template).__name__} are "
-                             f"{sorted(known)}.")
+            raise ValueError(
+                f"Unknown parameter {name!r}; parameters of {type(template).__name__} are {sorted(known)}."
+            )
         a = v if _is_traced(v) else np.asarray(v, dtype=float)
         if jnp.ndim(a) < 1:
             raise ValueError(f"The values of {name!r} need a leading member axis, got a scalar.")
@@ -72,8 +74,10 @@ def batch_models(template: Any, values: Mapping[str, Any] | None = None, n: int 
             bad = ~np.isfinite(a) | (a < info.lower) | (a > info.upper)
             if np.any(bad):
                 i = int(np.flatnonzero(bad.reshape(a.shape[0], -1).any(axis=1))[0])
-                raise ValueError(f"Member {i} of {name!r} = {a[i]!r} {info.unit} is non-finite or outside the "
-                                 f"declared bounds [{info.lower}, {info.upper}].")
+                raise ValueError(
+                    f"Member {i} of {name!r} = {a[i]!r} {info.unit} is non-finite or outside the "
+                    f"declared bounds [{info.lower}, {info.upper}]."
+                )
         arrays[name] = a
     distinct = set(sizes.values())
     if len(distinct) > 1:
@@ -88,6 +92,7 @@ def batch_models(template: Any, values: Mapping[str, Any] | None = None, n: int 
     if isinstance(n, bool) or int(n) < 1:
         raise ValueError(f"The batch size must be a positive int, got {n!r}.")
     n = int(n)
+
     # Leaves go through NumPy so that none is weakly typed: which parameters are batched must not change the
     # weak-type pattern of the leaves (that would force a new compilation).
     def widen(x):
@@ -101,8 +106,11 @@ def batch_models(template: Any, values: Mapping[str, Any] | None = None, n: int 
     if not arrays:
         return base
     names = tuple(arrays)
-    return eqx.tree_at(lambda m: [_getter(k)(m) for k in names], base,
-                       [jnp.asarray(arrays[k], dtype=_getter(k)(base).dtype) for k in names])
+    return eqx.tree_at(
+        lambda m: [_getter(k)(m) for k in names],
+        base,
+        [jnp.asarray(arrays[k], dtype=_getter(k)(base).dtype) for k in names],
+    )
 
 
 class AbstractExperiment(eqx.Module):
@@ -176,10 +184,19 @@ class Experiment(AbstractExperiment):
     t0: float | None = eqx.field(static=True)
     keep_trajectories: bool = eqx.field(static=True)
 
-    def __init__(self, regimen: Regimen | AbstractDose | None, ts: Any,
-                 metrics: Callable[[Solution], Mapping[str, Any]] | None = None, *, solver: Any = None,
-                 rtol: float | None = None, atol: float | None = None, max_steps: int = 100_000,
-                 t0: float | None = None, keep_trajectories: bool = False):
+    def __init__(
+        self,
+        regimen: Regimen | AbstractDose | None,
+        ts: Any,
+        metrics: Callable[[Solution], Mapping[str, Any]] | None = None,
+        *,
+        solver: Any = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        max_steps: int = 100_000,
+        t0: float | None = None,
+        keep_trajectories: bool = False,
+    ):
         if regimen is not None and not isinstance(regimen, (Regimen, AbstractDose)):
             raise ValueError(f"`regimen` must be a Regimen, a dose or None, got {type(regimen).__name__}.")
         if metrics is not None and not callable(metrics):
@@ -214,8 +231,9 @@ def _mask_failed(out: Any, ok: Array) -> Any:
     return jax.tree_util.tree_map(mask, out)
 
 
-def run_experiment(experiment: AbstractExperiment, members: Any, *, engine: Engine | None = None,
-                   devices: Any = None) -> tuple[Any, Array]:
+def run_experiment(
+    experiment: AbstractExperiment, members: Any, *, engine: Engine | None = None, devices: Any = None
+) -> tuple[Any, Array]:
     """Run `experiment` on a batch of members with one engine call: `(outputs, ok)`.
 
     **Arguments:**
@@ -235,8 +253,18 @@ def run_experiment(experiment: AbstractExperiment, members: Any, *, engine: Engi
     models = eqx.filter_vmap(experiment.model)(members)
     regimens = eqx.filter_vmap(lambda m: _as_regimen(experiment.regimen(m)))(members)
     solver = resolve_solver(models, experiment.solver, engine)
-    sol = simulate_ensemble(models, regimens, experiment.ts, solver=solver, t0=experiment.t0, rtol=experiment.rtol,
-                            atol=experiment.atol, max_steps=experiment.max_steps, throw=False, devices=devices)
+    sol = simulate_ensemble(
+        models,
+        regimens,
+        experiment.ts,
+        solver=solver,
+        t0=experiment.t0,
+        rtol=experiment.rtol,
+        atol=experiment.atol,
+        max_steps=experiment.max_steps,
+        throw=False,
+        devices=devices,
+    )
     out = eqx.filter_vmap(experiment.outputs)(members, sol)
     return _mask_failed(out, sol.ok), sol.ok
 

@@ -41,6 +41,8 @@ class SimulationError(RuntimeError):
     """A simulation failed (`throw=True`): the message says which member, the solver's outcome and the likely
     cause (a non-finite vector field and the parameters behind it, a tolerance below the number resolution, or a
     stiff model / too small `max_steps`)."""
+
+
 ENGINES: tuple[str, ...] = ("ensemble", "vmap")
 
 
@@ -78,8 +80,10 @@ def engine_of(solver: Any) -> Engine:
         return "ensemble"
     if isinstance(solver, diffrax.AbstractSolver):
         return "vmap"
-    raise ValueError("`solver` must be a diffrax solver such as diffrax.Tsit5() or an ensemble method such as "
-                     f"ck.EnsembleRodas5(), got {solver!r}.")
+    raise ValueError(
+        "`solver` must be a diffrax solver such as diffrax.Tsit5() or an ensemble method such as "
+        f"ck.EnsembleRodas5(), got {solver!r}."
+    )
 
 
 def resolve_solver(model: Any, solver: Any = None, engine: Engine | None = None) -> Any:
@@ -91,15 +95,18 @@ def resolve_solver(model: Any, solver: Any = None, engine: Engine | None = None)
         return default_solver(model, engine or "ensemble")
     kind = engine_of(solver)
     if engine is not None and kind != engine:
-        raise ValueError(f"`solver` {type(solver).__name__} runs on the {kind!r} engine but `engine` = {engine!r}; "
-                         "give one of them, or a solver of that engine.")
+        raise ValueError(
+            f"`solver` {type(solver).__name__} runs on the {kind!r} engine but `engine` = {engine!r}; "
+            "give one of them, or a solver of that engine."
+        )
     return solver
 
 
 def _check_max_steps(max_steps: Any) -> int:
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"`max_steps` must be a positive int (steps per member over the whole horizon), got "
-                         f"{max_steps!r}.")
+        raise ValueError(
+            f"`max_steps` must be a positive int (steps per member over the whole horizon), got {max_steps!r}."
+        )
     return max_steps
 
 
@@ -115,19 +122,28 @@ def _check_t0(t0: Any, ts: Any, regimen: Regimen) -> None:
     if t0 is None or isinstance(t0, jax.core.Tracer):
         return
     if not isinstance(ts, jax.core.Tracer) and float(t0) > float(ts[0]):
-        raise ValueError(f"`t0` = {t0} is later than the first save time ts[0] = {float(ts[0])}; save times before "
-                         "the start of the simulation are invalid.")
+        raise ValueError(
+            f"`t0` = {t0} is later than the first save time ts[0] = {float(ts[0])}; save times before "
+            "the start of the simulation are invalid."
+        )
     first = regimen.first_time()
-    if first is not None and not isinstance(first, jax.core.Tracer) and jnp.ndim(first) == 0 and \
-            float(first) < float(t0):
-        raise ValueError(f"`t0` = {t0} is later than the first dose event at t = {float(first)}; start the "
-                         "simulation at or before the first dose.")
+    if (
+        first is not None
+        and not isinstance(first, jax.core.Tracer)
+        and jnp.ndim(first) == 0
+        and float(first) < float(t0)
+    ):
+        raise ValueError(
+            f"`t0` = {t0} is later than the first dose event at t = {float(first)}; start the "
+            "simulation at or before the first dose."
+        )
 
 
 def _tolerances(model: Any, rtol: Any, atol: Any, dtype) -> tuple[jax.Array, jax.Array]:
     cls = type(model)
-    return tolerance_arrays(cls.default_rtol if rtol is None else rtol, cls.default_atol if atol is None else atol,
-                            dtype)
+    return tolerance_arrays(
+        cls.default_rtol if rtol is None else rtol, cls.default_atol if atol is None else atol, dtype
+    )
 
 
 def _traced(tree: Any) -> bool:
@@ -138,8 +154,9 @@ def _member(tree: Any, i: int) -> Any:
     return jax.tree_util.tree_map(lambda x: x[i] if eqx.is_array(x) and jnp.ndim(x) > 0 else x, tree)
 
 
-def failure_report(model: AbstractKineticModel, regimen: Regimen, ts: Any, sol: Solution, rtol: Any,
-                   max_steps: int) -> str:
+def failure_report(
+    model: AbstractKineticModel, regimen: Regimen, ts: Any, sol: Solution, rtol: Any, max_steps: int
+) -> str:
     """A diagnosis of one failed member (host-side, concrete values): why the solver stopped."""
     from .._core._parameters import parameters as _params
     from .._core._schedule import build_segments
@@ -170,16 +187,22 @@ def failure_report(model: AbstractKineticModel, regimen: Regimen, ts: Any, sol: 
             bad = (t, names)
             break
     if bad is not None:
-        lines.append(f"the model's vector field is not finite at t = {bad[0]:g} d (derivatives of {bad[1]}): a "
-                     "parameter value makes it divide by zero or overflow"
-                     + (f"; parameters on a bound: {', '.join(on_bound)}" if on_bound else ""))
+        lines.append(
+            f"the model's vector field is not finite at t = {bad[0]:g} d (derivatives of {bad[1]}): a "
+            "parameter value makes it divide by zero or overflow"
+            + (f"; parameters on a bound: {', '.join(on_bound)}" if on_bound else "")
+        )
     elif float(np.asarray(rtol)) < float(jnp.finfo(ts.dtype).eps):
-        lines.append(f"rtol = {float(np.asarray(rtol)):g} is below the resolution of {ts.dtype} numbers: use a "
-                     "larger rtol or float64")
+        lines.append(
+            f"rtol = {float(np.asarray(rtol)):g} is below the resolution of {ts.dtype} numbers: use a "
+            "larger rtol or float64"
+        )
     else:
-        lines.append(f"no non-finite value was found: the model may be stiff for this solver (use an implicit one, "
-                     f"e.g. diffrax.Kvaerno5() or ck.EnsembleRodas5()) or need more than max_steps = {max_steps} "
-                     "steps" + (f"; parameters on a bound: {', '.join(on_bound)}" if on_bound else ""))
+        lines.append(
+            f"no non-finite value was found: the model may be stiff for this solver (use an implicit one, "
+            f"e.g. diffrax.Kvaerno5() or ck.EnsembleRodas5()) or need more than max_steps = {max_steps} "
+            "steps" + (f"; parameters on a bound: {', '.join(on_bound)}" if on_bound else "")
+        )
     return "; ".join(lines) + "."
 
 
@@ -247,10 +270,21 @@ def simulate(
     regimen = check_model_and_regimen(model, regimen)
     solver = resolve_solver(model, solver, None if solver is not None else "vmap")
     if engine_of(solver) == "ensemble":
-        batch = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None] if eqx.is_array_like(x) else x,
-                                       floats_to_arrays(model))
-        sol = simulate_ensemble(batch, regimen, ts, solver=solver, t0=t0, rtol=rtol, atol=atol,
-                                max_steps=max_steps, adjoint=adjoint, throw=throw)
+        batch = jax.tree_util.tree_map(
+            lambda x: jnp.asarray(x)[None] if eqx.is_array_like(x) else x, floats_to_arrays(model)
+        )
+        sol = simulate_ensemble(
+            batch,
+            regimen,
+            ts,
+            solver=solver,
+            t0=t0,
+            rtol=rtol,
+            atol=atol,
+            max_steps=max_steps,
+            adjoint=adjoint,
+            throw=throw,
+        )
         return jax.tree_util.tree_map(lambda x: x[0] if eqx.is_array(x) else x, sol)
     max_steps = _check_max_steps(max_steps)
     adjoint = _check_adjoint(adjoint)
@@ -352,22 +386,46 @@ def simulate_ensemble(
     rtol_arr, atol_arr = _tolerances(model, rtol, atol, ts.dtype)
     host_check = throw and not _traced((model, regimen, ts, t0_arr, rtol_arr, atol_arr))
     if engine_of(solver) == "ensemble":
-        sol = ensemble_solve(model, regimen, ts, t0_arr, solver, rtol_arr, atol_arr, max_steps, adjoint, devices,
-                             throw and not host_check)
+        sol = ensemble_solve(
+            model,
+            regimen,
+            ts,
+            t0_arr,
+            solver,
+            rtol_arr,
+            atol_arr,
+            max_steps,
+            adjoint,
+            devices,
+            throw and not host_check,
+        )
     else:
         if devices is not None:
-            raise ValueError("`devices` applies to ensemble methods only; with a diffrax solver the members run "
-                             "under jax.vmap on one device.")
-        sol = _vmap_solve(model, broadcast_regimen(regimen, n), ts, t0_arr, solver, rtol_arr, atol_arr, max_steps,
-                          adjoint, throw and not host_check)
+            raise ValueError(
+                "`devices` applies to ensemble methods only; with a diffrax solver the members run "
+                "under jax.vmap on one device."
+            )
+        sol = _vmap_solve(
+            model,
+            broadcast_regimen(regimen, n),
+            ts,
+            t0_arr,
+            solver,
+            rtol_arr,
+            atol_arr,
+            max_steps,
+            adjoint,
+            throw and not host_check,
+        )
     if host_check:
         ok = np.asarray(sol.ok)
         if not ok.all():
             i = int(np.flatnonzero(~ok)[0])
             member_regimen = _member(broadcast_regimen(regimen, n), i)
-            raise SimulationError(f"simulate_ensemble: {int((~ok).sum())} of {n} members failed; member {i}: "
-                                  + failure_report(_member(model, i), member_regimen, ts, _member(sol, i), rtol_arr,
-                                                   max_steps))
+            raise SimulationError(
+                f"simulate_ensemble: {int((~ok).sum())} of {n} members failed; member {i}: "
+                + failure_report(_member(model, i), member_regimen, ts, _member(sol, i), rtol_arr, max_steps)
+            )
     return sol
 
 
@@ -379,8 +437,12 @@ def _vmap_solve(model, regimen, ts, t0, solver, rtol, atol, max_steps, adjoint, 
 
     sol = eqx.filter_vmap(one)(model, regimen)
     if throw:
-        y = eqx.error_if(sol.y_array, ~jnp.all(sol.ok), "simulate_ensemble: at least one member failed (maximum "
-                         "number of steps reached, step size underflow, or parameters outside their declared "
-                         "bounds); use throw=False and inspect Solution.result / Solution.ok per member.")
+        y = eqx.error_if(
+            sol.y_array,
+            ~jnp.all(sol.ok),
+            "simulate_ensemble: at least one member failed (maximum "
+            "number of steps reached, step size underflow, or parameters outside their declared "
+            "bounds); use throw=False and inspect Solution.result / Solution.ok per member.",
+        )
         sol = eqx.tree_at(lambda s: s.y_array, sol, y)
     return sol

@@ -26,8 +26,19 @@ from ._sharding import _AXIS, _shard, _sharded_solve, resolve_devices
 _CPU_SLOTS = 120
 
 
-def ensemble_solve(model, regimen: Regimen, ts, t0, method: AbstractEnsembleMethod, rtol, atol, max_steps: int,
-                   adjoint: diffrax.AbstractAdjoint, devices: Any, throw: bool) -> Solution:
+def ensemble_solve(
+    model,
+    regimen: Regimen,
+    ts,
+    t0,
+    method: AbstractEnsembleMethod,
+    rtol,
+    atol,
+    max_steps: int,
+    adjoint: diffrax.AbstractAdjoint,
+    devices: Any,
+    throw: bool,
+) -> Solution:
     """Integrate a validated batch (`model` leaves carry a leading axis `N`) with an ensemble method.
 
     Called by `carkinetics.simulate_ensemble` (which validates the arguments and documents them); `regimen` is
@@ -38,8 +49,10 @@ def ensemble_solve(model, regimen: Regimen, ts, t0, method: AbstractEnsembleMeth
     elif isinstance(adjoint, diffrax.RecursiveCheckpointAdjoint):
         kind, checkpoints = "checkpointed", adjoint.checkpoints
     else:
-        raise ValueError("With an ensemble method, `adjoint` must be None, diffrax.RecursiveCheckpointAdjoint() or "
-                         f"diffrax.ForwardMode(), got {adjoint!r}.")
+        raise ValueError(
+            "With an ensemble method, `adjoint` must be None, diffrax.RecursiveCheckpointAdjoint() or "
+            f"diffrax.ForwardMode(), got {adjoint!r}."
+        )
     n = batch_size(model)
     regimen = broadcast_regimen(regimen, n)
     slots = method.slots
@@ -50,26 +63,33 @@ def ensemble_solve(model, regimen: Regimen, ts, t0, method: AbstractEnsembleMeth
         saves_per_step = method.default_saves_per_step
     devs = resolve_devices(devices)
     mesh = None if devs is None or len(devs) == 1 else Mesh(np.array(devs), (_AXIS,))
-    return _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
-                              checkpoints, throw, mesh)
+    return _simulate_ensemble(
+        model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoints, throw, mesh
+    )
 
 
 @eqx.filter_jit
-def _simulate_ensemble(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
-                       checkpoints, throw, mesh) -> Solution:
+def _simulate_ensemble(
+    model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoints, throw, mesh
+) -> Solution:
     core = _solver(method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoints)
     if mesh is None:
         sol = core(model, regimen, ts, t0)
     elif kind == "checkpointed":
         # Reverse mode through `shard_map` trips equinox's checkpointed loop (closure-converted arguments carry
         # different shardings on the way back), so the backward pass runs on one device (`_sharded_solve`).
-        sol = _sharded_solve((model, regimen, ts, t0), method, rtol, atol, max_steps, saves_per_step, slots,
-                             checkpoints, mesh)
+        sol = _sharded_solve(
+            (model, regimen, ts, t0), method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh
+        )
     else:
         sol = _shard(core, model, regimen, ts, t0, mesh)
     if throw:
-        y = eqx.error_if(sol.y_array, ~jnp.all(sol.ok), "simulate_ensemble: at least one member failed (maximum "
-                         "number of steps reached, step size underflow, or parameters outside their declared "
-                         "bounds); use throw=False and inspect Solution.result / Solution.ok per member.")
+        y = eqx.error_if(
+            sol.y_array,
+            ~jnp.all(sol.ok),
+            "simulate_ensemble: at least one member failed (maximum "
+            "number of steps reached, step size underflow, or parameters outside their declared "
+            "bounds); use throw=False and inspect Solution.result / Solution.ok per member.",
+        )
         sol = eqx.tree_at(lambda s: s.y_array, sol, y)
     return sol

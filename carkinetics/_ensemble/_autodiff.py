@@ -26,14 +26,23 @@ def _solver(method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoi
     def core(model, regimen, ts, t0):
         if kind == "checkpointed" and slots < batch_size(model):
             # A member queue: reverse mode goes through `_queued_solve`'s custom VJP (no queue on the way back).
-            return _queued_solve((model, regimen, ts, t0), method, rtol, atol, max_steps, saves_per_step, slots,
-                                 checkpoints)
+            return _queued_solve(
+                (model, regimen, ts, t0), method, rtol, atol, max_steps, saves_per_step, slots, checkpoints
+            )
         if kind == "lax" and slots < batch_size(model):
             # The same for forward mode: `_queued_solve_forward_mode`'s custom JVP solves without the queue.
-            return _queued_solve_forward_mode((model, regimen, ts, t0), method=method, rtol=rtol, atol=atol,
-                                              max_steps=max_steps, saves_per_step=saves_per_step, slots=slots)
-        return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
-                          checkpoints)
+            return _queued_solve_forward_mode(
+                (model, regimen, ts, t0),
+                method=method,
+                rtol=rtol,
+                atol=atol,
+                max_steps=max_steps,
+                saves_per_step=saves_per_step,
+                slots=slots,
+            )
+        return _integrate(
+            model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoints
+        )
 
     return core
 
@@ -75,8 +84,9 @@ def _queued_solve_fwd(perturbed, inputs, method, rtol, atol, max_steps, saves_pe
 
 
 @_queued_solve.def_bwd
-def _queued_solve_bwd(residuals, grad_obj, perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots,
-                      checkpoints):
+def _queued_solve_bwd(
+    residuals, grad_obj, perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints
+):
     del perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints
     return _apply_vjp(residuals, grad_obj)
 
@@ -129,8 +139,7 @@ def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_step
 
     def solve(inputs, rtol, atol, kind="checkpointed"):
         model, regimen, ts, t0 = inputs
-        return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, c, kind,
-                          checkpoints)
+        return _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, c, kind, checkpoints)
 
     def vjp_of(inputs, rtol, atol):
         diff, nondiff = eqx.partition(inputs, perturbed)
@@ -161,6 +170,7 @@ def _solve_and_vjp_without_queue(perturbed, inputs, method, rtol, atol, max_step
         outs, residual = jax.lax.map(forward_keep, xs)
         apply = functools.partial(_apply_kept_vjp, vjp_static=vjp_static[-1])
     else:
+
         def forward_recompute(xs):
             dyn, rtol, atol = xs
             return solve(eqx.combine(dyn, static), rtol, atol, kind="lax")
@@ -186,14 +196,24 @@ def _chunked_vjp(residual, ct, *, k, c, n, apply):
     """The VJP of a chunked solve (`_solve_and_vjp_without_queue`) applied to a member-first cotangent `ct`."""
     g_model, g_regimen, g_ts, g_t0 = jax.lax.map(apply, (residual, _split_members(ct, n, k, c)))
     total = lambda x: jnp.sum(x, axis=0)
-    return ((_join_members(g_model, n), _join_members(g_regimen, n), jax.tree_util.tree_map(total, g_ts),
-             jax.tree_util.tree_map(total, g_t0)),)
+    return (
+        (
+            _join_members(g_model, n),
+            _join_members(g_regimen, n),
+            jax.tree_util.tree_map(total, g_ts),
+            jax.tree_util.tree_map(total, g_t0),
+        ),
+    )
 
 
 def _apply_vjp(residuals, grad_obj):
     diff_out, vjp_fn = residuals
-    ct = jax.tree_util.tree_map(lambda o, g: None if o is None else (jnp.zeros_like(o) if g is None else g),
-                                diff_out, grad_obj, is_leaf=lambda x: x is None)
+    ct = jax.tree_util.tree_map(
+        lambda o, g: None if o is None else (jnp.zeros_like(o) if g is None else g),
+        diff_out,
+        grad_obj,
+        is_leaf=lambda x: x is None,
+    )
     return vjp_fn(ct)[0]
 
 
@@ -225,6 +245,8 @@ def _queued_solve_forward_mode_jvp(primals, tangents, *, method, rtol, atol, max
     if k == 1:
         return eqx.filter_jvp(solve, (inputs,), (t_inputs,))
     dynamic, static = eqx.partition(_split_inputs(inputs, n, k, c), eqx.is_array)
-    out, t_out = jax.lax.map(lambda xs: eqx.filter_jvp(solve, (eqx.combine(xs[0], static),), (xs[1],)),
-                             (dynamic, _split_inputs(t_inputs, n, k, c)))
+    out, t_out = jax.lax.map(
+        lambda xs: eqx.filter_jvp(solve, (eqx.combine(xs[0], static),), (xs[1],)),
+        (dynamic, _split_inputs(t_inputs, n, k, c)),
+    )
     return _join_members(out, n), _join_members(t_out, n)

@@ -52,8 +52,9 @@ def batched_lu_factor(a: Float[Array, "S S N"]) -> tuple[Array, Array]:
         rest = jnp.where(is_p[:, None, :], m[0][None], m)[1:]  # the first row moves into the pivot's place
         idx = jnp.where(is_p, idx[0][None], idx)[1:]
         mult = rest[:, k, :] / pivot[k][None, :]
-        m = jnp.concatenate([rest[:, :k], mult[:, None, :], rest[:, k + 1:] - mult[:, None, :] * pivot[None, k + 1:]],
-                            axis=1)
+        m = jnp.concatenate(
+            [rest[:, :k], mult[:, None, :], rest[:, k + 1 :] - mult[:, None, :] * pivot[None, k + 1 :]], axis=1
+        )
     lu_rows.append(m[0])
     perm_rows.append(idx[0])
     return jnp.stack(lu_rows), jnp.stack(perm_rows)
@@ -127,7 +128,7 @@ def batched_lu_solve(lu: Array, perm: Array, b: Float[Array, "S N"]) -> Float[Ar
 
         return jax.lax.fori_loop(0, s, bwd, jax.lax.fori_loop(0, s - 1, fwd, x))
     for j in range(s - 1):  # forward substitution with the unit lower factor
-        x = x.at[j + 1:].add(-lu[j + 1:, j, :] * x[j][None, :])
+        x = x.at[j + 1 :].add(-lu[j + 1 :, j, :] * x[j][None, :])
     for j in range(s - 1, -1, -1):  # back substitution with the upper factor
         xj = x[j] / lu[j, j]
         x = x.at[j].set(xj)
@@ -179,8 +180,9 @@ def column_colouring(pattern: np.ndarray) -> np.ndarray:
     return colour
 
 
-def implicit_solver(w: Float[Array, "S S N"], make_solve: Callable[[Array], Callable[[Array], Array]]
-                    ) -> Callable[[Array], Array]:
+def implicit_solver(
+    w: Float[Array, "S S N"], make_solve: Callable[[Array], Callable[[Array], Array]]
+) -> Callable[[Array], Array]:
     """`solve(b)` for `w x = b` whose derivatives follow from `x = w^-1 b`, not from the factorisation's arithmetic.
 
     `make_solve(w)` factorises `w` and returns its solve; here it sees `w` without derivatives, and the JVP of a
@@ -268,7 +270,7 @@ def block_lu_solver(w: Float[Array, "S S N"], pattern, kind: str) -> Callable[[A
                 for k, i in enumerate(singles):
                     x[i] = xs[k]
             for a, e, (lu, perm) in multi:
-                xb = batched_lu_solve(lu, perm, r[where[a]:where[a] + (e - a)])
+                xb = batched_lu_solve(lu, perm, r[where[a] : where[a] + (e - a)])
                 for k in range(e - a):
                     x[a + k] = xb[k]
         return jnp.stack(x)[inverse]

@@ -46,32 +46,49 @@ def _rms(x):
 def _pad_members(tree, extra):
     """`tree`'s member-first array leaves with `extra` copies of the last member appended."""
     return jax.tree_util.tree_map(
-        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if eqx.is_array(x) and extra else x, tree)
+        lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if eqx.is_array(x) and extra else x, tree
+    )
 
 
 def _first_members(tree, n):
     return jax.tree_util.tree_map(lambda x: x[:n] if eqx.is_array(x) else x, tree)
 
 
-def _integrate(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
-               checkpoints) -> Solution:
+def _integrate(
+    model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoints
+) -> Solution:
     """`_integrate_lanes` with a CPU lane count that is not a multiple of `_CPU_LANE_ALIAS` (see there)."""
     n = batch_size(model)
     w = min(slots, n)
     if jax.default_backend() != "cpu" or w % _CPU_LANE_ALIAS != 0:
-        return _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, w, kind,
-                                checkpoints)
+        return _integrate_lanes(
+            model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, w, kind, checkpoints
+        )
     if w < n:  # a queue: a few slots fewer (the same steps per member, the queue turns over a little more often)
-        return _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step,
-                                w - _CPU_LANE_PAD, kind, checkpoints)
+        return _integrate_lanes(
+            model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, w - _CPU_LANE_PAD, kind, checkpoints
+        )
     # One slot per member: a few extra members (copies of the last), sliced off again (no effect on gradients).
-    sol = _integrate_lanes(_pad_members(model, _CPU_LANE_PAD), _pad_members(regimen, _CPU_LANE_PAD), ts, t0, method,
-                           rtol, atol, max_steps, saves_per_step, n + _CPU_LANE_PAD, kind, checkpoints)
+    sol = _integrate_lanes(
+        _pad_members(model, _CPU_LANE_PAD),
+        _pad_members(regimen, _CPU_LANE_PAD),
+        ts,
+        t0,
+        method,
+        rtol,
+        atol,
+        max_steps,
+        saves_per_step,
+        n + _CPU_LANE_PAD,
+        kind,
+        checkpoints,
+    )
     return _first_members(sol, n)
 
 
-def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind,
-                     checkpoints) -> Solution:
+def _integrate_lanes(
+    model, regimen, ts, t0, method, rtol, atol, max_steps, saves_per_step, slots, kind, checkpoints
+) -> Solution:
     n_states = len(model.state_names())
     n = batch_size(model)
     w = min(slots, n)  # members integrated at once; the others wait in a queue and take over finished slots
@@ -90,8 +107,7 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
     # cheap, and finite where a partial derivative is infinite (0 * inf).
     params_all, static = eqx.partition(model, eqx.is_array)
 
-    vf = eqx.filter_vmap(lambda m, t, y: m.vector_field_flat(t, y, None), in_axes=(eqx.if_array(0), 0, 1),
-                         out_axes=1)
+    vf = eqx.filter_vmap(lambda m, t, y: m.vector_field_flat(t, y, None), in_axes=(eqx.if_array(0), 0, 1), out_axes=1)
 
     def field(params, rate):
         m = eqx.combine(params, static)
@@ -109,8 +125,9 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
         f1 = f(t + h0, y + h0[None, :] * f0)
         d2 = _rms((f1 - f0) / scale) / h0
         dmax = jnp.maximum(d1, d2)
-        h1 = jnp.where(dmax <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3),
-                       (0.01 / jnp.where(dmax > 0, dmax, 1.0)) ** (1.0 / q))
+        h1 = jnp.where(
+            dmax <= 1e-15, jnp.maximum(1e-6, h0 * 1e-3), (0.01 / jnp.where(dmax > 0, dmax, 1.0)) ** (1.0 / q)
+        )
         h = jnp.minimum(100 * h0, h1)
         # The initial step size is not differentiated (as in diffrax's PIDController), which spares reverse mode
         # these two evaluations of the model (SLE model, Rodas5: gradient compile 19.7 -> 16.2 s). Later step sizes
@@ -124,8 +141,13 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
         return method.init(f, t, y, f0), initial_dt(f, t, y, f0)
 
     def select(mask, new, old):  # per-slot choice between two pytrees of (..., W) arrays
-        return jax.tree_util.tree_map(lambda a, b: jnp.where(mask.reshape((1,) * (a.ndim - 1) + (w,)), a, b)
-                                      if a.ndim >= 1 and a.shape[-1] == w else a, new, old)
+        return jax.tree_util.tree_map(
+            lambda a, b: (
+                jnp.where(mask.reshape((1,) * (a.ndim - 1) + (w,)), a, b) if a.ndim >= 1 and a.shape[-1] == w else a
+            ),
+            new,
+            old,
+        )
 
     def load(ids):
         """The state of members `ids` at their start: (params, y0, t, y, k, seg_end, rate, last, dense shape)."""
@@ -143,8 +165,10 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
     params0, y00, t00, rate0, seg_end0 = load(ids0)
     # Every slot (re)starts its step size and method cache at the top of the next iteration (`restart`): the model's
     # vector field is traced once for all restarts (first segment, jumps, refills), which keeps compile time down.
-    cache0 = jax.tree_util.tree_map(lambda sd: jnp.zeros(sd.shape, sd.dtype), jax.eval_shape(
-        lambda: method.init(field(params0, rate0), t00, y00, y00)))
+    cache0 = jax.tree_util.tree_map(
+        lambda sd: jnp.zeros(sd.shape, sd.dtype),
+        jax.eval_shape(lambda: method.init(field(params0, rate0), t00, y00, y00)),
+    )
     dt0 = jnp.ones((w,), dtype)
     # One scratch slot (index T) receives the writes of members that save nothing this iteration (out-of-bounds
     # "drop" writes would be transposed into NaN-filled gathers in reverse mode).
@@ -155,8 +179,22 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
     # carry, which keeps reverse mode's checkpoints small (and `stats` is filled after the loop).
     queued = w < n
     member0 = (ids0, params0, y00)
-    slot0 = (member0 if queued else None, t00, y00, dt0, zero_i, seg_end0, zero_i, cache0, rate0,
-             jnp.zeros((w,), bool), fail_init[ids0], zero_i, zero_i, jnp.ones((w,), bool))
+    slot0 = (
+        member0 if queued else None,
+        t00,
+        y00,
+        dt0,
+        zero_i,
+        seg_end0,
+        zero_i,
+        cache0,
+        rate0,
+        jnp.zeros((w,), bool),
+        fail_init[ids0],
+        zero_i,
+        zero_i,
+        jnp.ones((w,), bool),
+    )
     init = (slot0, jnp.asarray(w, jnp.int32), stats0 if queued else None, out0)
 
     def finished_of(done, fail, idx):
@@ -245,8 +283,7 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
         nacc = nacc + moved.astype(jnp.int32)
         nrej = nrej + reject.astype(jnp.int32)
         too_many = live & ~done & (nacc + nrej >= max_steps)
-        tiny = live & ~done & ((reject & (dt_new < 10 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(t), 1.0)))
-                               | stalled)
+        tiny = live & ~done & ((reject & (dt_new < 10 * jnp.finfo(dtype).eps * jnp.maximum(jnp.abs(t), 1.0))) | stalled)
         fail = jnp.where(too_many, _MAX_STEPS, jnp.where(tiny, _DT_MIN, fail))
 
         # Saves: the save times inside the accepted step [t_old, t_new) from the dense output; finished members
@@ -275,11 +312,25 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
             stats = record(stats, ids, idx, fail, nacc, nrej)
             new = jnp.where(take, new_ids, ids)
             p1, yi1, t1, r1, e1 = load(new)
-            fresh = (t1, yi1, dt, zero_i, e1, zero_i, cache, r1, jnp.zeros((w,), bool), fail_init[new], zero_i,
-                     zero_i, jnp.ones((w,), bool))
+            fresh = (
+                t1,
+                yi1,
+                dt,
+                zero_i,
+                e1,
+                zero_i,
+                cache,
+                r1,
+                jnp.zeros((w,), bool),
+                fail_init[new],
+                zero_i,
+                zero_i,
+                jnp.ones((w,), bool),
+            )
             # Parameters are member-first (W, ...); everything else batch-last (..., W).
-            p_sel = jax.tree_util.tree_map(lambda a, b: jnp.where(take.reshape((w,) + (1,) * (a.ndim - 1)), a, b),
-                                           p1, params)
+            p_sel = jax.tree_util.tree_map(
+                lambda a, b: jnp.where(take.reshape((w,) + (1,) * (a.ndim - 1)), a, b), p1, params
+            )
             member = (new, p_sel, select(take, yi1, y_init))
             return (member,) + select(take, fresh, slot[1:]), queue + jnp.sum(take, dtype=jnp.int32), stats
 
@@ -291,8 +342,9 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
         return slot, queue, stats, out
 
     loop_bound = -(-n // w) * (max_steps + n_seg + 2 * n_t + 4)
-    final = eqxi.while_loop(cond_fun, body_fun, init, max_steps=loop_bound, buffers=lambda c: c[-1], kind=kind,
-                            checkpoints=checkpoints)
+    final = eqxi.while_loop(
+        cond_fun, body_fun, init, max_steps=loop_bound, buffers=lambda c: c[-1], kind=kind, checkpoints=checkpoints
+    )
     slot, _, stats, out = final
     member, _, _, _, _, _, idx, _, _, _, fail, nacc, nrej, _ = slot
     if member is not None:  # a queue: the member data travel with the slots
@@ -302,10 +354,21 @@ def _integrate_lanes(model, regimen, ts, t0, method, rtol, atol, max_steps, save
     out = out[:, :n_t]
     unsaved = jnp.arange(n_t)[None, :] >= idx[:, None]
     out = jnp.where(unsaved[:, :, None], jnp.nan, out)
-    result = jax.vmap(lambda fl: RESULTS.where(
-        fl == _MAX_STEPS, RESULTS.max_steps_reached, RESULTS.where(  # pyright: ignore[reportArgumentType]
-            fl == _DT_MIN, RESULTS.dt_min_reached, RESULTS.where(  # pyright: ignore[reportArgumentType]
-                fl == _INVALID, RESULTS.invalid_parameters, RESULTS.successful))))(fail)  # pyright: ignore[reportArgumentType]
+    result = jax.vmap(
+        lambda fl: RESULTS.where(
+            fl == _MAX_STEPS,
+            RESULTS.max_steps_reached,  # pyright: ignore[reportArgumentType]
+            RESULTS.where(  # pyright: ignore[reportArgumentType]
+                fl == _DT_MIN,
+                RESULTS.dt_min_reached,  # pyright: ignore[reportArgumentType]
+                RESULTS.where(  # pyright: ignore[reportArgumentType]
+                    fl == _INVALID,
+                    RESULTS.invalid_parameters,
+                    RESULTS.successful,  # pyright: ignore[reportArgumentType]
+                ),
+            ),
+        )
+    )(fail)  # pyright: ignore[reportArgumentType]
     obs = eqx.filter_vmap(lambda m, yy: jax.vmap(m.observe_flat)(ts, yy), in_axes=(eqx.if_array(0), 0))(model, out)
     ts_b = jnp.broadcast_to(ts, (n, n_t))
     return Solution(ts_b, out, obs, result, nacc + nrej, nacc, nrej, type(model))

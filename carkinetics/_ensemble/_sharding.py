@@ -44,6 +44,7 @@ def resolve_devices(devices: Any) -> list | None:
         raise ValueError("`devices` must not be an empty sequence.")
     return devices
 
+
 _AXIS = "members"
 
 
@@ -58,13 +59,15 @@ def _shard(core, model, regimen, ts, t0, mesh) -> Solution:
         return core(model, regimen, ts, None if t0 is None else t0_in)
 
     if hasattr(jax, "shard_map"):
-        mapped = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), PartitionSpec()),
-                               out_specs=spec, check_vma=False)
+        mapped = jax.shard_map(
+            local, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), PartitionSpec()), out_specs=spec, check_vma=False
+        )
     else:  # JAX < 0.6
         from jax.experimental.shard_map import shard_map
 
-        mapped = shard_map(local, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), PartitionSpec()),
-                           out_specs=spec, check_rep=False)
+        mapped = shard_map(
+            local, mesh=mesh, in_specs=(spec, spec, PartitionSpec(), PartitionSpec()), out_specs=spec, check_rep=False
+        )
     sol = mapped(_pad_members(model, extra), _pad_members(regimen, extra), ts, t0_in)
     return _first_members(sol, n)
 
@@ -91,7 +94,8 @@ def _sharded_solve_fwd(perturbed, inputs, method, rtol, atol, max_steps, saves_p
 
 
 @_sharded_solve.def_bwd
-def _sharded_solve_bwd(residuals, grad_obj, perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots,
-                       checkpoints, mesh):
+def _sharded_solve_bwd(
+    residuals, grad_obj, perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh
+):
     del perturbed, inputs, method, rtol, atol, max_steps, saves_per_step, slots, checkpoints, mesh
     return _apply_vjp(residuals, grad_obj)

@@ -69,8 +69,12 @@ def _dependency_rules(s: int) -> Rules:
         del value  # only the shape matters: a constant depends on no state
         return np.zeros(tuple(getattr(aval, "shape", ())) + (s,), bool)
 
-    table = rule_table(elementwise=exact(elementwise), identity=exact(lambda eqn, ins: ins),
-                       movement=exact(movement), reduction=exact(reduction))
+    table = rule_table(
+        elementwise=exact(elementwise),
+        identity=exact(lambda eqn, ins: ins),
+        movement=exact(movement),
+        reduction=exact(reduction),
+    )
     return Rules(table=table, default=conservative, constant=constant)
 
 
@@ -85,8 +89,9 @@ def block_triangular(pattern: np.ndarray) -> tuple[np.ndarray, list[tuple[int, i
     import scipy.sparse.csgraph
 
     s = pattern.shape[0]
-    n_comp, label = scipy.sparse.csgraph.connected_components(scipy.sparse.csr_matrix(pattern), directed=True,
-                                                              connection="strong")
+    n_comp, label = scipy.sparse.csgraph.connected_components(
+        scipy.sparse.csr_matrix(pattern), directed=True, connection="strong"
+    )
     # Condensation: component a depends on component b if some state of a depends on some state of b.
     deps = [set() for _ in range(n_comp)]
     rows, cols = np.nonzero(pattern)

@@ -90,8 +90,10 @@ class FitResult(eqx.Module):
         allp = parameters(self.problem.model)
         start = np.asarray(self.problem.values(self.problem.z0))
         fitted = np.asarray(self.problem.values(self.z))
-        head = ("| parameter | prior centre / default | fitted [F] | unit | tag of default | sd (z scale) |\n"
-                "|---|---|---|---|---|---|")
+        head = (
+            "| parameter | prior centre / default | fitted [F] | unit | tag of default | sd (z scale) |\n"
+            "|---|---|---|---|---|---|"
+        )
         rows = []
         for k, n in enumerate(self.problem.names):
             sd = "" if sd_z is None else f"{float(np.asarray(sd_z)[k]):.3g}"
@@ -100,24 +102,29 @@ class FitResult(eqx.Module):
 
     def convergence_report(self) -> str:
         """Per-start final loss, gradient norm and convergence flag, plus the agreement of the starts."""
-        lines = [f"multistart: {len(np.asarray(self.losses))} starts, best loss {float(self.loss):.6g} "
-                 f"(start {self.best}), "
-                 f"{self.n_agree} starts within ftol={self.ftol:g} of the best, "
-                 f"{int(np.sum(np.asarray(self.converged)))} converged (|grad| <= {self.gtol:g}, or relative loss "
-                 f"change <= {self.ftol:g} over the last 5 iterations with |grad| <= sqrt(ftol) max(1, |loss|); "
-                 "from a finite loss below the failure penalty, no worse than the start, no parameter at the edge of "
-                 "its range)"
-                 + ("" if self.success else "; THE FIT FAILED: the best start did not converge")
-                 + (f"; at a bound: {self.at_bounds()}" if self.at_bounds() else ""),
-                 "| start | final loss | grad norm | converged |", "|---|---|---|---|"]
-        for i, (loss, g, c) in enumerate(zip(np.asarray(self.losses), np.asarray(self.grad_norms),
-                                          np.asarray(self.converged))):
+        lines = [
+            f"multistart: {len(np.asarray(self.losses))} starts, best loss {float(self.loss):.6g} "
+            f"(start {self.best}), "
+            f"{self.n_agree} starts within ftol={self.ftol:g} of the best, "
+            f"{int(np.sum(np.asarray(self.converged)))} converged (|grad| <= {self.gtol:g}, or relative loss "
+            f"change <= {self.ftol:g} over the last 5 iterations with |grad| <= sqrt(ftol) max(1, |loss|); "
+            "from a finite loss below the failure penalty, no worse than the start, no parameter at the edge of "
+            "its range)"
+            + ("" if self.success else "; THE FIT FAILED: the best start did not converge")
+            + (f"; at a bound: {self.at_bounds()}" if self.at_bounds() else ""),
+            "| start | final loss | grad norm | converged |",
+            "|---|---|---|---|",
+        ]
+        for i, (loss, g, c) in enumerate(
+            zip(np.asarray(self.losses), np.asarray(self.grad_norms), np.asarray(self.converged))
+        ):
             lines.append(f"| {i}{' *' if i == self.best else ''} | {loss:.6g} | {g:.3g} | {bool(c)} |")
         return "\n".join(lines)
 
 
-def make_starts(problem: CalibrationProblem, key: Any, n_starts: int, *, scale: float = 0.5,
-                include_default: bool = True) -> Float[Array, "S n"]:
+def make_starts(
+    problem: CalibrationProblem, key: Any, n_starts: int, *, scale: float = 0.5, include_default: bool = True
+) -> Float[Array, "S n"]:
     """Starting points: the prior centre (if `include_default`) plus normal perturbations of sd `scale` on the
     unconstrained scale (a factor ~e^±scale for log-transformed parameters)."""
     if isinstance(n_starts, bool) or not isinstance(n_starts, int) or n_starts < 1:
@@ -140,18 +147,33 @@ def _choose_engine(problem: CalibrationProblem, engine: str | None, linesearch: 
     if engine not in ENGINES:
         raise ValueError(f"`engine` must be one of {list(ENGINES)} or None, got {engine!r}.")
     if own is not None and own != engine:
-        raise ValueError(f"`engine` = {engine!r} but the problem's solver {type(problem.solver).__name__} runs on the "
-                         f"{own!r} engine.")
+        raise ValueError(
+            f"`engine` = {engine!r} but the problem's solver {type(problem.solver).__name__} runs on the "
+            f"{own!r} engine."
+        )
     if engine == "ensemble" and linesearch != "backtracking":
-        raise ValueError("The zoom line search runs on the vmap engine only; use engine='vmap' or "
-                         "linesearch='backtracking'.")
+        raise ValueError(
+            "The zoom line search runs on the vmap engine only; use engine='vmap' or linesearch='backtracking'."
+        )
     return engine
 
 
-def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, starts: Any = None,
-        start_scale: float = 0.5, adam_steps: int = 200, lbfgs_steps: int = 50, learning_rate: float = 0.05,
-        gtol: float = 1e-3, ftol: float = 1e-6, linesearch: str = "backtracking", engine: str | None = None,
-        slots: int | None = None) -> FitResult:
+def fit(
+    problem: CalibrationProblem,
+    *,
+    key: Any = None,
+    n_starts: int = 8,
+    starts: Any = None,
+    start_scale: float = 0.5,
+    adam_steps: int = 200,
+    lbfgs_steps: int = 50,
+    learning_rate: float = 0.05,
+    gtol: float = 1e-3,
+    ftol: float = 1e-6,
+    linesearch: str = "backtracking",
+    engine: str | None = None,
+    slots: int | None = None,
+) -> FitResult:
     """Minimise `problem.loss` from several starts at once: Adam (cosine-decayed) then L-BFGS.
 
     **Arguments:**
@@ -216,16 +238,19 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
     mask = jnp.ones_like(problem.z0)
     lr = jnp.asarray(learning_rate, problem.z0.dtype)
     if engine == "ensemble":
-        z_final, losses, gnorms, hist = _run_multistart_ensemble(problem, starts, adam_steps, lbfgs_steps, lr, mask,
-                                                                 slots)
+        z_final, losses, gnorms, hist = _run_multistart_ensemble(
+            problem, starts, adam_steps, lbfgs_steps, lr, mask, slots
+        )
     else:
-        z_final, losses, gnorms, hist = _run_multistart(problem, starts, adam_steps, lbfgs_steps, lr, mask,
-                                                        linesearch)
+        z_final, losses, gnorms, hist = _run_multistart(problem, starts, adam_steps, lbfgs_steps, lr, mask, linesearch)
     start_losses = np.asarray(hist)[:, 0]  # the loss at each start, from the fit's own first evaluation
     if not np.any(np.isfinite(start_losses) & (start_losses < problem.failure_loss)):
         reasons = problem.diagnose(starts[0])
-        raise ValueError("The data cannot be fitted: every start gives the failure penalty. At the first start "
-                         + ("; ".join(reasons) if reasons else "the loss is not finite") + ".")
+        raise ValueError(
+            "The data cannot be fitted: every start gives the failure penalty. At the first start "
+            + ("; ".join(reasons) if reasons else "the loss is not finite")
+            + "."
+        )
     losses_np = np.asarray(losses)
     best = int(np.nanargmin(np.where(np.isfinite(losses_np), losses_np, np.inf)))
     h = np.asarray(hist)
@@ -241,5 +266,18 @@ def fit(problem: CalibrationProblem, *, key: Any = None, n_starts: int = 8, star
     g = np.asarray(gnorms)
     stalled_ok = (rel <= ftol) & (g <= np.maximum(gtol, np.sqrt(ftol) * np.maximum(1.0, np.abs(final))))
     converged = ((g <= gtol) | stalled_ok) & valid & inside
-    return FitResult(problem, z_final[best], losses[best], starts, z_final, losses, gnorms, jnp.asarray(converged),
-                     hist, best, float(gtol), float(ftol), engine)
+    return FitResult(
+        problem,
+        z_final[best],
+        losses[best],
+        starts,
+        z_final,
+        losses,
+        gnorms,
+        jnp.asarray(converged),
+        hist,
+        best,
+        float(gtol),
+        float(ftol),
+        engine,
+    )

@@ -44,9 +44,17 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def save_fit(path: str | os.PathLike, fit: Any, *, data_files: Sequence[str | os.PathLike] = (),
-             target_ids: Sequence[str] | None = None, sd: Mapping[str, float] | None = None, script: str = "",
-             notes: str = "", optimizer: str | None = None) -> dict[str, Any]:
+def save_fit(
+    path: str | os.PathLike,
+    fit: Any,
+    *,
+    data_files: Sequence[str | os.PathLike] = (),
+    target_ids: Sequence[str] | None = None,
+    sd: Mapping[str, float] | None = None,
+    script: str = "",
+    notes: str = "",
+    optimizer: str | None = None,
+) -> dict[str, Any]:
     """Write a fitted parameter set with provenance to a JSON file; returns the written dictionary.
 
     **Arguments:**
@@ -74,8 +82,15 @@ def save_fit(path: str | os.PathLike, fit: Any, *, data_files: Sequence[str | os
     params = {}
     for k, n in enumerate(problem.names):
         info = allp[n].info
-        entry = {"value": fitted[n], "unit": info.unit, "tag": "F", "prior_centre": float(start[k]),
-                 "prior_tag": info.tag, "prior_source": info.source, "description": info.description}
+        entry = {
+            "value": fitted[n],
+            "unit": info.unit,
+            "tag": "F",
+            "prior_centre": float(start[k]),
+            "prior_tag": info.tag,
+            "prior_source": info.source,
+            "description": info.description,
+        }
         if sd is not None and n in sd and math.isfinite(float(sd[n])):
             entry["sd"] = float(sd[n])
         params[n] = entry
@@ -127,18 +142,21 @@ def _read(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"Fit file {path!r} has no 'parameters' object.")
     for name, entry in params.items():
         if not isinstance(entry, dict):
-            raise ValueError(f"Fit file {path!r}: parameter {name!r} must be an object with 'value' and 'unit', got "
-                             f"{entry!r}.")
+            raise ValueError(
+                f"Fit file {path!r}: parameter {name!r} must be an object with 'value' and 'unit', got {entry!r}."
+            )
         for key in ("value", "unit"):
             if key not in entry:
                 raise ValueError(f"Fit file {path!r}: parameter {name!r} lacks its {key!r}.")
         value = entry["value"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-            raise ValueError(f"Fit file {path!r}: parameter {name!r} has the value {value!r}; a finite number is "
-                             "required.")
+            raise ValueError(
+                f"Fit file {path!r}: parameter {name!r} has the value {value!r}; a finite number is required."
+            )
         if not isinstance(entry["unit"], str):
-            raise ValueError(f"Fit file {path!r}: the unit of parameter {name!r} must be a string, got "
-                             f"{entry['unit']!r}.")
+            raise ValueError(
+                f"Fit file {path!r}: the unit of parameter {name!r} must be a string, got {entry['unit']!r}."
+            )
     return doc
 
 
@@ -172,8 +190,10 @@ def apply_fit(model: Any, fit: Mapping[str, float] | str | os.PathLike) -> Any:
         allp = parameters(model)
         for name, entry in doc["parameters"].items():
             if name in allp and entry["unit"] != allp[name].info.unit:
-                raise ValueError(f"Fit file {os.fspath(fit)!r}: parameter {name!r} is in {entry['unit']!r} but the "
-                                 f"model declares {allp[name].info.unit!r}.")
+                raise ValueError(
+                    f"Fit file {os.fspath(fit)!r}: parameter {name!r} is in {entry['unit']!r} but the "
+                    f"model declares {allp[name].info.unit!r}."
+                )
         fit = {name: float(entry["value"]) for name, entry in doc["parameters"].items()}
     if not isinstance(fit, Mapping):
         raise ValueError(f"`fit` must be a mapping name -> value or a fit-file path, got {type(fit).__name__}.")

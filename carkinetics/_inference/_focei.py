@@ -90,8 +90,9 @@ def _conditional(problem: PopulationProblem, psi, eta, pred, jac, ok) -> Conditi
     amat = jnp.einsum("nm,nmq,nmr->nqr", w, je, je) + om_inv[None, :, :]
     ofv = lval + logdet_om + sl.logdet(sl.cholesky(amat))
     good = ok & jnp.isfinite(lval) & jnp.all(jnp.isfinite(grad), axis=1) & jnp.isfinite(ofv)
-    return Conditional(lval=jnp.where(good, lval, jnp.inf), grad=grad, amat=amat,
-                       ofv=jnp.where(good, ofv, jnp.inf), ok=good)
+    return Conditional(
+        lval=jnp.where(good, lval, jnp.inf), grad=grad, amat=amat, ofv=jnp.where(good, ofv, jnp.inf), ok=good
+    )
 
 
 @eqx.filter_jit
@@ -179,8 +180,9 @@ def estimate_eta(problem: PopulationProblem, psi, eta0, *, max_iter: int = 60, t
         eta_try = _select(active, eta_try, eta)
         new = _evaluate(problem, psi, eta_try)
         l_old = cond.lval
-        (eta, pred, jac, ok, cond), lam, stalled = _lm_accept(active, (eta_try, *new), (eta, pred, jac, ok, cond), lam,
-                                                              predicted)
+        (eta, pred, jac, ok, cond), lam, stalled = _lm_accept(
+            active, (eta_try, *new), (eta, pred, jac, ok, cond), lam, predicted
+        )
         # converged as well: l no longer changes (a minimum at a kink of the model, where the gradient need not
         # vanish), or a rejected step that cannot change l any more (flat within rounding)
         flat = np.asarray(jnp.abs(l_old - cond.lval) <= 1e-10 * (1.0 + jnp.abs(cond.lval))) & np.asarray(cond.ok)
@@ -291,13 +293,26 @@ def _surrogate(problem: PopulationProblem, psi, ex: Expansion, eta0, n_newton: i
         lval, _, _, a = local(eta_t, *args)
         return lval + logdet_om + sl.logdet(sl.cholesky(a)), eta_t
 
-    return jax.vmap(one)(eta0, mu, ex.phi, ex.pred, ex.jac, ex.hess, problem.log_scale_mask(), data.dv,
-                         data.censored, data.limit, data.mask, data.obs_index)
+    return jax.vmap(one)(
+        eta0,
+        mu,
+        ex.phi,
+        ex.pred,
+        ex.jac,
+        ex.hess,
+        problem.log_scale_mask(),
+        data.dv,
+        data.censored,
+        data.limit,
+        data.mask,
+        data.obs_index,
+    )
 
 
 @eqx.filter_jit
 def _surrogate_derivatives(problem, psi, ex, eta0):
     """`(OFV, gradient, per-subject gradients (N, p), EBEs)` of the OFV on the expansion (forward mode)."""
+
     def per_subject(z):
         ofv_i, eta_t = _surrogate(problem, z, ex, eta0)
         return ofv_i, (ofv_i, eta_t)
@@ -306,8 +321,9 @@ def _surrogate_derivatives(problem, psi, ex, eta0):
     return jnp.sum(ofv_i), jnp.sum(gi, axis=0), gi, eta_t
 
 
-def surrogate_hessian(problem: PopulationProblem, psi, ex: Expansion, eta0, *, step: float = 1e-4,
-                      gradient: Any = None) -> np.ndarray:
+def surrogate_hessian(
+    problem: PopulationProblem, psi, ex: Expansion, eta0, *, step: float = 1e-4, gradient: Any = None
+) -> np.ndarray:
     """Hessian of the OFV on the expansion, by differences of its exact gradients: central by default; forward
     (`p` gradients instead of `2 p`) when the gradient at `psi` is given, as in the trust-region model."""
     p = psi.shape[0]
@@ -370,8 +386,15 @@ class FOCEiResult(NamedTuple):
     n_solves: int
 
 
-def focei(problem: PopulationProblem, *, psi0: Any = None, eta0: Any = None, max_iter: int = 100, tol: float = 1e-4,
-          progress: Callable[[str], None] | None = None) -> FOCEiResult:
+def focei(
+    problem: PopulationProblem,
+    *,
+    psi0: Any = None,
+    eta0: Any = None,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    progress: Callable[[str], None] | None = None,
+) -> FOCEiResult:
     """Minimise the FOCEi OFV over the population parameters (see the module docstring)."""
     psi = problem.psi0 if psi0 is None else jnp.asarray(psi0)
     n, q = problem.data.n_subjects, len(problem.random)
@@ -383,9 +406,18 @@ def focei(problem: PopulationProblem, *, psi0: Any = None, eta0: Any = None, max
     history = [ofv]
     if not np.isfinite(ofv):
         bad = [problem.data.ids[i] for i in np.flatnonzero(~np.asarray(state.cond.ok))]
-        return FOCEiResult(psi, state, history, False, f"The OFV is not finite at the initial estimates (subjects "
-                           f"{bad} failed: the solver stopped or the likelihood is zero).", 0,
-                           np.full(psi.shape, np.nan), np.full(psi.shape * 2, np.nan), solves)
+        return FOCEiResult(
+            psi,
+            state,
+            history,
+            False,
+            f"The OFV is not finite at the initial estimates (subjects "
+            f"{bad} failed: the solver stopped or the likelihood is zero).",
+            0,
+            np.full(psi.shape, np.nan),
+            np.full(psi.shape * 2, np.nan),
+            solves,
+        )
     radius = 0.5
     converged = False
     message = f"stopped after max_iter = {max_iter} iterations without convergence"
@@ -400,8 +432,10 @@ def focei(problem: PopulationProblem, *, psi0: Any = None, eta0: Any = None, max
         b = surrogate_hessian(problem, psi, ex, state.eta, gradient=gj)
         dec = newton_decrement(g, b)
         if progress is not None:
-            progress(f"focei: iteration {it}, OFV {ofv:.6f}, decrement "
-                     f"{dec:.3g}, radius {radius:.3g}, {time.perf_counter() - t0:.1f}s")
+            progress(
+                f"focei: iteration {it}, OFV {ofv:.6f}, decrement "
+                f"{dec:.3g}, radius {radius:.3g}, {time.perf_counter() - t0:.1f}s"
+            )
         if not np.all(np.isfinite(g)):
             message = "the OFV gradient is not finite"
             break
@@ -454,8 +488,9 @@ def exact_gradient(problem: PopulationProblem, psi, eta0) -> tuple[np.ndarray, E
     return np.asarray(g, float), state
 
 
-def covariance_step(problem: PopulationProblem, psi, eta, *, method: str = "expansion", step: float = 1e-3
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+def covariance_step(
+    problem: PopulationProblem, psi, eta, *, method: str = "expansion", step: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """`(cov, R, S, message)`: `R` the Hessian of the OFV, `S` the sum of outer products of per-subject gradients of
     the OFV, `cov = 2 R^-1` (NaN with a message when `R` is not positive definite). The sandwich estimator
     (NONMEM's default, nlmixr2's `"r,s"`) is `R^-1 S R^-1`.

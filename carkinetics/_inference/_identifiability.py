@@ -80,14 +80,23 @@ class LaplaceResult(eqx.Module):
         for i, n in enumerate(self.names):
             p = float(self.prior_sd_z[i])
             ratio = "" if not math.isfinite(p) else f"{float(self.sd_z[i]) / p:.2f}"
-            rows.append(f"| {n} | {float(self.values[i]):.5g} | {float(self.sd[i]):.3g} | {float(self.sd_z[i]):.3g} | "
-                        f"{p:.3g} | {ratio} |")
+            rows.append(
+                f"| {n} | {float(self.values[i]):.5g} | {float(self.sd[i]):.3g} | {float(self.sd_z[i]):.3g} | "
+                f"{p:.3g} | {ratio} |"
+            )
         return "\n".join([head, *rows])
 
 
-def laplace(problem_or_fit: CalibrationProblem | FitResult, z: Any = None, *, step: float = 1e-4,
-            rel_eig_tol: float = 1e-6, prior_ratio_tol: float = 0.9, corr_tol: float = 0.95,
-            warn: bool = True) -> LaplaceResult:
+def laplace(
+    problem_or_fit: CalibrationProblem | FitResult,
+    z: Any = None,
+    *,
+    step: float = 1e-4,
+    rel_eig_tol: float = 1e-6,
+    prior_ratio_tol: float = 0.9,
+    corr_tol: float = 0.95,
+    warn: bool = True,
+) -> LaplaceResult:
     """Laplace covariance, correlation matrix and identifiability diagnostics at `z`.
 
     **Arguments:**
@@ -124,29 +133,37 @@ def laplace(problem_or_fit: CalibrationProblem | FitResult, z: Any = None, *, st
         v = evecs[:, k]
         order = np.argsort(-np.abs(v))[:3]
         comp = " + ".join(f"{v[j]:+.2f}*{names[j]}" for j in order if abs(v[j]) > 0.1)
-        msgs.append(f"Non-identifiable direction (data-Hessian eigenvalue {evals[k]:.3g}, max {top:.3g}) "
-                    f"along {comp} (unconstrained scale): the data cannot pin down this combination.")
+        msgs.append(
+            f"Non-identifiable direction (data-Hessian eigenvalue {evals[k]:.3g}, max {top:.3g}) "
+            f"along {comp} (unconstrained scale): the data cannot pin down this combination."
+        )
     try:
         cov = np.linalg.inv(h_post)
         if not np.all(np.isfinite(cov)) or np.any(np.diag(cov) <= 0):
             raise np.linalg.LinAlgError
     except np.linalg.LinAlgError:
         cov = np.linalg.pinv(h_post)
-        msgs.append("The Hessian of the negative log posterior is singular or indefinite at this point: the "
-                    "covariance is a pseudo-inverse (not at a minimum, or flat directions without priors).")
+        msgs.append(
+            "The Hessian of the negative log posterior is singular or indefinite at this point: the "
+            "covariance is a pseudo-inverse (not at a minimum, or flat directions without priors)."
+        )
     sd_z = np.sqrt(np.abs(np.diag(cov)))
     corr = cov / np.outer(sd_z, sd_z)
     w = np.asarray(problem.prior_weight)
     prior_sd = np.where(w > 0, 1.0 / np.sqrt(np.where(w > 0, w, 1.0)), np.inf)
     for i, n in enumerate(names):
         if np.isfinite(prior_sd[i]) and sd_z[i] > prior_ratio_tol * prior_sd[i]:
-            msgs.append(f"Parameter {n!r} is not informed by the data: posterior sd {sd_z[i]:.3g} is "
-                        f"{sd_z[i] / prior_sd[i]:.0%} of its prior sd {prior_sd[i]:.3g} (unconstrained scale).")
+            msgs.append(
+                f"Parameter {n!r} is not informed by the data: posterior sd {sd_z[i]:.3g} is "
+                f"{sd_z[i] / prior_sd[i]:.0%} of its prior sd {prior_sd[i]:.3g} (unconstrained scale)."
+            )
     for i in range(len(names)):
         for j in range(i + 1, len(names)):
             if abs(corr[i, j]) > corr_tol:
-                msgs.append(f"Parameters {names[i]!r} and {names[j]!r} are strongly correlated "
-                            f"(r = {corr[i, j]:+.3f}): only a combination is determined.")
+                msgs.append(
+                    f"Parameters {names[i]!r} and {names[j]!r} are strongly correlated "
+                    f"(r = {corr[i, j]:+.3f}): only a combination is determined."
+                )
     # delta method: d value / d z for each transform
     zz = jnp.asarray(z)
     jac = np.asarray(jax.jacfwd(lambda q: problem.values(q))(zz))
@@ -155,8 +172,21 @@ def laplace(problem_or_fit: CalibrationProblem | FitResult, z: Any = None, *, st
     if warn:
         for m in msgs:
             warnings.warn(m, IdentifiabilityWarning, stacklevel=2)
-    return LaplaceResult(names, np.asarray(z), values, h_post, h_data, cov, sd_z, np.abs(dvals) * sd_z, corr,
-                         prior_sd, evals, evecs, tuple(msgs))
+    return LaplaceResult(
+        names,
+        np.asarray(z),
+        values,
+        h_post,
+        h_data,
+        cov,
+        sd_z,
+        np.abs(dvals) * sd_z,
+        corr,
+        prior_sd,
+        evals,
+        evecs,
+        tuple(msgs),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -221,16 +251,31 @@ class Profile(eqx.Module):
 
     def summary(self) -> str:
         lo, hi = self.ci
-        flag = "identifiable" if self.identifiable else "NOT identifiable (profile flat on the " + \
-            " and ".join(s for s, ok in (("lower", self.identifiable_lower), ("upper", self.identifiable_upper))
-                         if not ok) + " side)"
+        flag = (
+            "identifiable"
+            if self.identifiable
+            else "NOT identifiable (profile flat on the "
+            + " and ".join(
+                s for s, ok in (("lower", self.identifiable_lower), ("upper", self.identifiable_upper)) if not ok
+            )
+            + " side)"
+        )
         return f"{self.name}: {flag}; 95 % profile interval [{lo:.4g}, {hi:.4g}] ({self.which} objective)"
 
 
-def profile_likelihood(problem_or_fit: CalibrationProblem | FitResult, name: str, z_hat: Any = None, *,
-                       span: float = math.log(10.0), n_points: int = 9, steps: int = 200,
-                       learning_rate: float = 0.05, which: str = "data", threshold: float = CHI2_95_HALF,
-                       warn: bool = True) -> Profile:
+def profile_likelihood(
+    problem_or_fit: CalibrationProblem | FitResult,
+    name: str,
+    z_hat: Any = None,
+    *,
+    span: float = math.log(10.0),
+    n_points: int = 9,
+    steps: int = 200,
+    learning_rate: float = 0.05,
+    which: str = "data",
+    threshold: float = CHI2_95_HALF,
+    warn: bool = True,
+) -> Profile:
     """Profile likelihood of parameter `name`: fix it on a grid around the optimum, re-optimise all others.
 
     **Arguments:**
@@ -267,14 +312,15 @@ def profile_likelihood(problem_or_fit: CalibrationProblem | FitResult, name: str
     z_hat = jnp.asarray(z_hat, dtype=problem.z0.dtype)
     i = problem.names.index(name)
     grid = z_hat[i] + jnp.linspace(-span, span, n_points, dtype=z_hat.dtype)
-    obj, zs = _profile_batch(problem, z_hat, jnp.asarray(i), grid, which, int(steps),
-                             jnp.asarray(learning_rate, z_hat.dtype))
+    obj, zs = _profile_batch(
+        problem, z_hat, jnp.asarray(i), grid, which, int(steps), jnp.asarray(learning_rate, z_hat.dtype)
+    )
     obj = np.asarray(obj)
     centre = n_points // 2
     best = float(np.nanmin(obj))
     delta = obj - best
     lower_ok = bool(np.any(delta[:centre] > threshold))
-    upper_ok = bool(np.any(delta[centre + 1:] > threshold))
+    upper_ok = bool(np.any(delta[centre + 1 :] > threshold))
     vals = np.asarray(jax.vmap(problem.values)(zs))[:, i]
 
     def edge(idx: Sequence[int]) -> float:

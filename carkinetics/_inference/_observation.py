@@ -156,8 +156,12 @@ class CensoredError(AbstractObservationModel):
         above = jnp.zeros(obs.shape, bool) if self.uloq is None else obs >= self.uloq
         censored = below | above
         safe_obs = jnp.where(censored, jnp.where(below, self.lloq or 1.0, self.uloq or 1.0), obs)
-        dens = 0.5 * ((self.transform(safe_obs) - hp) / s) ** 2 + jnp.log(s) + _HALF_LOG_2PI \
+        dens = (
+            0.5 * ((self.transform(safe_obs) - hp) / s) ** 2
+            + jnp.log(s)
+            + _HALF_LOG_2PI
             + self.base._log_jacobian(safe_obs)
+        )
         lo = 0.0 if self.lloq is None else self.transform(jnp.asarray(self.lloq, pred.dtype))
         hi = 0.0 if self.uloq is None else self.transform(jnp.asarray(self.uloq, pred.dtype))
         l_below = -log_ndtr((lo - hp) / s)

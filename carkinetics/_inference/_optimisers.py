@@ -21,8 +21,9 @@ def _safe_value_and_grad(fn, z):
 
 
 @eqx.filter_jit
-def _run_multistart(problem: CalibrationProblem, z_starts, adam_steps: int, lbfgs_steps: int, learning_rate,
-                    mask, linesearch: str):
+def _run_multistart(
+    problem: CalibrationProblem, z_starts, adam_steps: int, lbfgs_steps: int, learning_rate, mask, linesearch: str
+):
     fn = problem.loss
 
     def one(z0):
@@ -44,8 +45,9 @@ def _run_multistart(problem: CalibrationProblem, z_starts, adam_steps: int, lbfg
         if linesearch == "zoom":
             lbfgs = optax.lbfgs()
         else:  # Armijo backtracking: cheaper to compile than the zoom (strong Wolfe) search, robust enough here
-            lbfgs = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=25,
-                                                                                  store_grad=True))
+            lbfgs = optax.lbfgs(
+                linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=25, store_grad=True)
+            )
         vg = optax.value_and_grad_from_state(fn)
 
         def lbfgs_step(carry, _):
@@ -92,8 +94,9 @@ def _lbfgs_direction(g, s_mem, y_mem, rho):
     yy = jnp.dot(y_mem[0], y_mem[0])
     gnorm = jnp.linalg.norm(g)
     has = (rho[0] > 0) & (yy > 0)
-    gamma = jnp.where(has, 1.0 / jnp.where(has, rho[0] * yy, 1.0),
-                      jnp.minimum(1.0, 1.0 / jnp.where(gnorm > 0, gnorm, 1.0)))
+    gamma = jnp.where(
+        has, 1.0 / jnp.where(has, rho[0] * yy, 1.0), jnp.minimum(1.0, 1.0 / jnp.where(gnorm > 0, gnorm, 1.0))
+    )
 
     def second(r, mem):
         sv, yv, rr, a = mem
@@ -129,8 +132,9 @@ class _EnsembleOpt(eqx.Module):
 
 
 @eqx.filter_jit
-def _run_multistart_ensemble(problem: CalibrationProblem, z_starts, adam_steps: int, lbfgs_steps: int,
-                             learning_rate, mask, slots: int | None):
+def _run_multistart_ensemble(
+    problem: CalibrationProblem, z_starts, adam_steps: int, lbfgs_steps: int, learning_rate, mask, slots: int | None
+):
     """The ensemble engine of `fit`: every loss and gradient of all starts comes from one `simulate_ensemble` call.
 
     Adam (per-start clipping, vmapped optax update) then a batched L-BFGS whose Armijo backtracking line search
@@ -173,18 +177,31 @@ def _run_multistart_ensemble(problem: CalibrationProblem, z_starts, adam_steps: 
         frozen = c.frozen | bad | (gd > -_GD_TINY * jnp.maximum(1.0, jnp.abs(c.f)))
         hist = record(c.hist, adam_steps + c.k_lbfgs, c.f)
         phase = jnp.where(jnp.all(frozen), 3, 2).astype(jnp.int32)
-        return eqx.tree_at(lambda x: (x.d, x.gd, x.frozen, x.accepted, x.alpha, x.n_trial, x.f_new, x.g_new,
-                                      x.hist, x.phase),
-                           c, (d, jnp.where(bad, 0.0, gd), frozen, frozen, jnp.ones((n_s,), dtype),
-                               jnp.zeros((), jnp.int32), c.f, c.g, hist, phase))
+        return eqx.tree_at(
+            lambda x: (x.d, x.gd, x.frozen, x.accepted, x.alpha, x.n_trial, x.f_new, x.g_new, x.hist, x.phase),
+            c,
+            (
+                d,
+                jnp.where(bad, 0.0, gd),
+                frozen,
+                frozen,
+                jnp.ones((n_s,), dtype),
+                jnp.zeros((), jnp.int32),
+                c.f,
+                c.g,
+                hist,
+                phase,
+            ),
+        )
 
     def adam_branch(c: _EnsembleOpt, f, g, ok) -> _EnsembleOpt:
         upd, st = jax.vmap(adam.update)(g, c.adam_state, c.z)  # an array (optax types it as a pytree)
         z = jnp.where(ok[:, None], c.z + upd, c.z)  # pyright: ignore[reportOperatorIssue]
         k = c.k_adam + 1
         phase = jnp.where(k < adam_steps, 0, 1 if lbfgs_steps > 0 else 3).astype(jnp.int32)
-        return eqx.tree_at(lambda x: (x.z, x.adam_state, x.k_adam, x.hist, x.phase), c,
-                           (z, st, k, record(c.hist, c.k_adam, f), phase))
+        return eqx.tree_at(
+            lambda x: (x.z, x.adam_state, x.k_adam, x.hist, x.phase), c, (z, st, k, record(c.hist, c.k_adam, f), phase)
+        )
 
     def lbfgs_start_branch(c: _EnsembleOpt, f, g, ok) -> _EnsembleOpt:
         c = eqx.tree_at(lambda x: (x.f, x.g), c, (f, g))
@@ -199,8 +216,9 @@ def _run_multistart_ensemble(problem: CalibrationProblem, z_starts, adam_steps: 
         n_trial = c.n_trial + 1
         failed = ~accepted & (n_trial >= _MAX_LS)
         alpha = jnp.where(accepted, c.alpha, 0.5 * c.alpha)
-        c = eqx.tree_at(lambda x: (x.f_new, x.g_new, x.accepted, x.n_trial, x.alpha), c,
-                        (f_new, g_new, accepted, n_trial, alpha))
+        c = eqx.tree_at(
+            lambda x: (x.f_new, x.g_new, x.accepted, x.n_trial, x.alpha), c, (f_new, g_new, accepted, n_trial, alpha)
+        )
 
         def finish(c: _EnsembleOpt) -> _EnsembleOpt:
             moved = c.accepted & ~c.frozen
@@ -208,8 +226,9 @@ def _run_multistart_ensemble(problem: CalibrationProblem, z_starts, adam_steps: 
             sv, yv = z - c.z, c.g_new - c.g
             sy = jnp.sum(sv * yv, axis=1)
             pair = moved & (sy > 1e-10 * jnp.linalg.norm(sv, axis=1) * jnp.linalg.norm(yv, axis=1))
-            push = lambda mem, new: jnp.where(pair.reshape((n_s,) + (1,) * (mem.ndim - 1)),
-                                              jnp.concatenate([new[:, None], mem[:, :-1]], axis=1), mem)
+            push = lambda mem, new: jnp.where(
+                pair.reshape((n_s,) + (1,) * (mem.ndim - 1)), jnp.concatenate([new[:, None], mem[:, :-1]], axis=1), mem
+            )
             s_mem, y_mem = push(c.s_mem, sv), push(c.y_mem, yv)
             rho = push(c.rho, jnp.where(pair, 1.0 / jnp.where(pair, sy, 1.0), 0.0))
             had_memory = jnp.any(c.rho > 0, axis=1)
@@ -221,32 +240,58 @@ def _run_multistart_ensemble(problem: CalibrationProblem, z_starts, adam_steps: 
             f0 = jnp.where(moved, c.f_new, c.f)
             g0 = jnp.where(moved[:, None], c.g_new, c.g)
             k = c.k_lbfgs + 1
-            c = eqx.tree_at(lambda x: (x.z, x.f, x.g, x.s_mem, x.y_mem, x.rho, x.frozen, x.k_lbfgs), c,
-                            (z, f0, g0, s_mem, y_mem, rho, frozen, k))
-            return jax.lax.cond(k < lbfgs_steps, new_direction,
-                                lambda c: eqx.tree_at(lambda x: x.phase, c, jnp.asarray(3, jnp.int32)), c)
+            c = eqx.tree_at(
+                lambda x: (x.z, x.f, x.g, x.s_mem, x.y_mem, x.rho, x.frozen, x.k_lbfgs),
+                c,
+                (z, f0, g0, s_mem, y_mem, rho, frozen, k),
+            )
+            return jax.lax.cond(
+                k < lbfgs_steps,
+                new_direction,
+                lambda c: eqx.tree_at(lambda x: x.phase, c, jnp.asarray(3, jnp.int32)),
+                c,
+            )
 
         return jax.lax.cond(jnp.all(accepted | failed), finish, lambda c: c, c)
 
     def final_branch(c: _EnsembleOpt, f, g, ok) -> _EnsembleOpt:
-        return eqx.tree_at(lambda x: (x.f, x.gnorm, x.hist, x.phase), c,
-                           (f, jnp.linalg.norm(g, axis=1), record(c.hist, n_hist - 1, f), jnp.asarray(4, jnp.int32)))
+        return eqx.tree_at(
+            lambda x: (x.f, x.gnorm, x.hist, x.phase),
+            c,
+            (f, jnp.linalg.norm(g, axis=1), record(c.hist, n_hist - 1, f), jnp.asarray(4, jnp.int32)),
+        )
 
     def body(c: _EnsembleOpt) -> _EnsembleOpt:
         z_eval = jnp.where(c.phase == 2, c.z + c.alpha[:, None] * c.d, c.z)
         f, g, ok = value_and_grad(z_eval)
-        return jax.lax.switch(jnp.clip(c.phase, 0, 3), [adam_branch, lbfgs_start_branch, trial_branch, final_branch],
-                              c, f, g, ok)
+        return jax.lax.switch(
+            jnp.clip(c.phase, 0, 3), [adam_branch, lbfgs_start_branch, trial_branch, final_branch], c, f, g, ok
+        )
 
     zeros_s = jnp.zeros((n_s,), dtype)
     zeros_sn = jnp.zeros((n_s, n_p), dtype)
     false_s = jnp.zeros((n_s,), bool)
     init = _EnsembleOpt(
-        phase=jnp.asarray(0 if adam_steps > 0 else 1, jnp.int32), k_adam=jnp.asarray(0, jnp.int32),
-        k_lbfgs=jnp.asarray(0, jnp.int32), n_trial=jnp.asarray(0, jnp.int32), z=z_starts,
-        adam_state=jax.vmap(adam.init)(z_starts), f=zeros_s, g=zeros_sn, d=zeros_sn, gd=zeros_s, alpha=zeros_s + 1,
-        accepted=false_s, frozen=false_s, f_new=zeros_s, g_new=zeros_sn,
-        s_mem=jnp.zeros((n_s, m, n_p), dtype), y_mem=jnp.zeros((n_s, m, n_p), dtype), rho=jnp.zeros((n_s, m), dtype),
-        hist=jnp.zeros((n_s, n_hist), dtype), gnorm=zeros_s)
+        phase=jnp.asarray(0 if adam_steps > 0 else 1, jnp.int32),
+        k_adam=jnp.asarray(0, jnp.int32),
+        k_lbfgs=jnp.asarray(0, jnp.int32),
+        n_trial=jnp.asarray(0, jnp.int32),
+        z=z_starts,
+        adam_state=jax.vmap(adam.init)(z_starts),
+        f=zeros_s,
+        g=zeros_sn,
+        d=zeros_sn,
+        gd=zeros_s,
+        alpha=zeros_s + 1,
+        accepted=false_s,
+        frozen=false_s,
+        f_new=zeros_s,
+        g_new=zeros_sn,
+        s_mem=jnp.zeros((n_s, m, n_p), dtype),
+        y_mem=jnp.zeros((n_s, m, n_p), dtype),
+        rho=jnp.zeros((n_s, m), dtype),
+        hist=jnp.zeros((n_s, n_hist), dtype),
+        gnorm=zeros_s,
+    )
     out = jax.lax.while_loop(lambda c: c.phase < 4, body, init)
     return out.z, out.f, out.gnorm, out.hist

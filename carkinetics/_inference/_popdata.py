@@ -117,20 +117,31 @@ class PopulationData(eqx.Module):
         designs of 12), renamed `ids` (default: `"1"`, `"2"`, ... when an index repeats, else their own IDs)."""
         idx = np.asarray(indices, dtype=int)
         if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= self.n_subjects:
-            raise ValueError(f"`indices` must be a non-empty 1-D array of subject positions in [0, "
-                             f"{self.n_subjects}), got {np.asarray(indices)!r}.")
+            raise ValueError(
+                f"`indices` must be a non-empty 1-D array of subject positions in [0, "
+                f"{self.n_subjects}), got {np.asarray(indices)!r}."
+            )
         if ids is None:
-            ids = [self.ids[i] for i in idx] if len(set(idx.tolist())) == idx.size else [str(k + 1) for k in
-                                                                                          range(idx.size)]
+            ids = (
+                [self.ids[i] for i in idx]
+                if len(set(idx.tolist())) == idx.size
+                else [str(k + 1) for k in range(idx.size)]
+            )
         if len(ids) != idx.size or len(set(ids)) != idx.size:
             raise ValueError("`ids` must give one distinct identifier per index.")
         pick = lambda x: x[idx] if eqx.is_array(x) and jnp.ndim(x) > 0 else x
-        arrays = {f: pick(getattr(self, f)) for f in ("time", "dv", "mask", "censored", "limit", "time_index",
-                                                       "obs_index", "lines")}
-        return dataclasses.replace(self, ids=tuple(str(i) for i in ids), regimen=jax.tree_util.tree_map(pick,
-                                   self.regimen), covariates={k: pick(v) for k, v in self.covariates.items()},
-                                   any_censored=bool(np.any(np.asarray(arrays["censored"] & arrays["mask"]))),
-                                   **arrays)
+        arrays = {
+            f: pick(getattr(self, f))
+            for f in ("time", "dv", "mask", "censored", "limit", "time_index", "obs_index", "lines")
+        }
+        return dataclasses.replace(
+            self,
+            ids=tuple(str(i) for i in ids),
+            regimen=jax.tree_util.tree_map(pick, self.regimen),
+            covariates={k: pick(v) for k, v in self.covariates.items()},
+            any_censored=bool(np.any(np.asarray(arrays["censored"] & arrays["mask"]))),
+            **arrays,
+        )
 
     def with_values(self, dv: Any, censored: Any = None) -> PopulationData:
         """The same design with new observation values `(N, M)` (and censoring flags): e.g. simulated data."""
@@ -148,8 +159,9 @@ class PopulationData(eqx.Module):
 
     def without_censored(self) -> PopulationData:
         """The data with censored observations dropped (masked out): the naive alternative to M3."""
-        return dataclasses.replace(self, mask=self.mask & ~self.censored, censored=jnp.zeros_like(self.censored),
-                                   any_censored=False)
+        return dataclasses.replace(
+            self, mask=self.mask & ~self.censored, censored=jnp.zeros_like(self.censored), any_censored=False
+        )
 
 
 def _number(row: _Row, column: str, what: str) -> float | None:
@@ -169,8 +181,10 @@ def _observable(row: _Row, observables: Mapping[str, str] | tuple[str, ...] | No
     with contextlib.suppress(ValueError):
         key = str(int(float(raw)))
     if key not in observables:
-        raise ValueError(f"Line {row.line}: column CMT = {raw!r} is not one of the observation compartments "
-                         f"{sorted(observables)} given in `observables`.")
+        raise ValueError(
+            f"Line {row.line}: column CMT = {raw!r} is not one of the observation compartments "
+            f"{sorted(observables)} given in `observables`."
+        )
     return observables[key]
 
 
@@ -266,8 +280,9 @@ def read_population_data(
         obs_map = {}
         for k, v in observables.items():
             if v not in names:
-                raise ValueError(f"`observables` maps CMT {k!r} to {v!r}, which is not an observable of the model "
-                                 f"({list(names)}).")
+                raise ValueError(
+                    f"`observables` maps CMT {k!r} to {v!r}, which is not an observable of the model ({list(names)})."
+                )
             key = str(k)
             with contextlib.suppress(ValueError):
                 key = str(int(float(k)))
@@ -298,18 +313,22 @@ def read_population_data(
         if t_raw is None:
             raise ValueError(f"Line {row.line}: column TIME is empty; every record needs a time.")
         if sid in last_time and t_raw < last_time[sid][0]:
-            raise ValueError(f"Line {row.line}: column TIME = {t_raw:g} is earlier than TIME = {last_time[sid][0]:g} "
-                             f"on line {last_time[sid][1]} of the same subject (ID {sid}); sort each subject's "
-                             "records by time.")
+            raise ValueError(
+                f"Line {row.line}: column TIME = {t_raw:g} is earlier than TIME = {last_time[sid][0]:g} "
+                f"on line {last_time[sid][1]} of the same subject (ID {sid}); sort each subject's "
+                "records by time."
+            )
         last_time[sid] = (t_raw, row.line)
         for c in cov_cols:
             v = _number(row, c, "a covariate")
             if v is None:
                 continue
             if c in s["cov"] and s["cov"][c][0] != v:
-                raise ValueError(f"Line {row.line}: column {c} = {v:g} differs from {s['cov'][c][0]:g} on line "
-                                 f"{s['cov'][c][1]} of the same subject (ID {sid}); time-varying covariates are not "
-                                 "supported (use the baseline value).")
+                raise ValueError(
+                    f"Line {row.line}: column {c} = {v:g} differs from {s['cov'][c][0]:g} on line "
+                    f"{s['cov'][c][1]} of the same subject (ID {sid}); time-varying covariates are not "
+                    "supported (use the baseline value)."
+                )
             s["cov"].setdefault(c, (v, row.line))
         if row.evid == 1:
             s["doses"].extend(_expand(dose_from_row(row, states, factor)))
@@ -321,32 +340,41 @@ def read_population_data(
             f = _number(row, cens_col, "a censoring flag")
             if f not in (None, 0.0, 1.0):
                 extra = " (upper censoring, -1, is not supported)" if f == -1 else ""
-                raise ValueError(f"Line {row.line}: column {cens_col} = {row.cells[cens_col]!r} must be 0 or 1 "
-                                 f"(1 = below the limit of quantification){extra}.")
+                raise ValueError(
+                    f"Line {row.line}: column {cens_col} = {row.cells[cens_col]!r} must be 0 or 1 "
+                    f"(1 = below the limit of quantification){extra}."
+                )
             flag = int(f or 0)
         dv = _number(row, "DV", "the observation")
         lim = _number(row, limit_col, "the limit of quantification") if limit_col is not None else None
         if flag:
             if lim is None and dv is None:
-                raise ValueError(f"Line {row.line}: a censored record ({cens_col} = 1) needs its limit in column "
-                                 f"{limit_col or 'DV'}, which is empty.")
+                raise ValueError(
+                    f"Line {row.line}: a censored record ({cens_col} = 1) needs its limit in column "
+                    f"{limit_col or 'DV'}, which is empty."
+                )
             lim = lim if lim is not None else dv
             dv = lim
         elif dv is None:
-            raise ValueError(f"Line {row.line}: column DV is empty; it is required for an observation record "
-                             "(EVID 0, MDV 0). Set MDV = 1 for a missing sample.")
+            raise ValueError(
+                f"Line {row.line}: column DV is empty; it is required for an observation record "
+                "(EVID 0, MDV 0). Set MDV = 1 for a missing sample."
+            )
         observable = _observable(row, obs_map, names)
         s["obs"].append((t_raw * factor, dv, bool(flag), lim if flag else dv, names.index(observable), row.line))
     if not subjects:
         raise ValueError("The population data table has no records.")
     for sid, s in subjects.items():
         if not s["obs"]:
-            raise ValueError(f"Subject ID {sid} (from line {s['first_line']}) has no observation records; remove it or "
-                             "give its observations.")
+            raise ValueError(
+                f"Subject ID {sid} (from line {s['first_line']}) has no observation records; remove it or "
+                "give its observations."
+            )
         for c in cov_cols:
             if c not in s["cov"]:
-                raise ValueError(f"Subject ID {sid} (from line {s['first_line']}) has no value in covariate column "
-                                 f"{c}.")
+                raise ValueError(
+                    f"Subject ID {sid} (from line {s['first_line']}) has no value in covariate column {c}."
+                )
     ids = tuple(subjects)
     n = len(ids)
     m = max(len(s["obs"]) for s in subjects.values())
@@ -364,15 +392,26 @@ def read_population_data(
             arr["time"][i, j], arr["dv"][i, j], arr["limit"][i, j] = t, dv, lim
             mask[i, j], cens[i, j], oidx[i, j], lines[i, j] = True, c, o, line
             tidx[i, j] = int(np.searchsorted(ts, t))
-        arr["time"][i, len(obs):] = obs[-1][0]
-        tidx[i, len(obs):] = tidx[i, len(obs) - 1]
+        arr["time"][i, len(obs) :] = obs[-1][0]
+        tidx[i, len(obs) :] = tidx[i, len(obs) - 1]
         first = [float(d.time if isinstance(d, Bolus) else d.start) for d in subjects[sid]["doses"]]
         t_pad.append(min(first + [obs[0][0]]))
     regimen = _pad_regimens([subjects[sid]["doses"] for sid in ids], t_pad)
     covs = {c: jnp.asarray([subjects[sid]["cov"][c][0] for sid in ids], dtype=float) for c in cov_cols}
-    return PopulationData(ids=ids, observables=tuple(dict.fromkeys(names[o] for o in oidx[mask].tolist())),
-                          regimen=regimen, ts=jnp.asarray(ts), time=jnp.asarray(arr["time"]),
-                          dv=jnp.asarray(arr["dv"]), mask=jnp.asarray(mask), censored=jnp.asarray(cens),
-                          limit=jnp.asarray(arr["limit"]), time_index=jnp.asarray(tidx), obs_index=jnp.asarray(oidx),
-                          covariates=covs, lines=jnp.asarray(lines), time_unit=time_unit,
-                          any_censored=bool(cens.any()))
+    return PopulationData(
+        ids=ids,
+        observables=tuple(dict.fromkeys(names[o] for o in oidx[mask].tolist())),
+        regimen=regimen,
+        ts=jnp.asarray(ts),
+        time=jnp.asarray(arr["time"]),
+        dv=jnp.asarray(arr["dv"]),
+        mask=jnp.asarray(mask),
+        censored=jnp.asarray(cens),
+        limit=jnp.asarray(arr["limit"]),
+        time_index=jnp.asarray(tidx),
+        obs_index=jnp.asarray(oidx),
+        covariates=covs,
+        lines=jnp.asarray(lines),
+        time_unit=time_unit,
+        any_censored=bool(cens.any()),
+    )

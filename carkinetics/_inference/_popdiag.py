@@ -50,7 +50,7 @@ def _weighted_residuals(problem: PopulationProblem, psi, eta, pred, jac):
         ht = jnp.where(sel, f_t, ht)
         dh = jnp.where(sel, d_t, dh)
         hy = jnp.where(sel, err.transform(jnp.where(data.mask, data.dv, 1.0)), hy)
-        var = jnp.where(sel, err.variance(pred, p.sigma[pos:pos + k]), var)
+        var = jnp.where(sel, err.variance(pred, p.sigma[pos : pos + k]), var)
         pos += k
     measured = data.mask & ~data.censored
     iw = jnp.where(measured, (hy - ht) / jnp.sqrt(var), jnp.nan)
@@ -78,9 +78,15 @@ def _residual_arrays(problem: PopulationProblem, psi, eta) -> dict[str, np.ndarr
     data = problem.data
     measured = np.asarray(data.mask & ~data.censored)
     dv = np.where(measured, np.asarray(data.dv), np.nan)
-    out = {"PRED": np.asarray(pred), "IPRED": np.asarray(ipred), "RES": dv - np.asarray(pred),
-           "IRES": dv - np.asarray(ipred), "IWRES": np.asarray(iwres), "WRES": np.asarray(wres),
-           "CWRES": np.asarray(cwres)}
+    out = {
+        "PRED": np.asarray(pred),
+        "IPRED": np.asarray(ipred),
+        "RES": dv - np.asarray(pred),
+        "IRES": dv - np.asarray(ipred),
+        "IWRES": np.asarray(iwres),
+        "WRES": np.asarray(wres),
+        "CWRES": np.asarray(cwres),
+    }
     mask = np.asarray(data.mask)
     return {k: np.where(mask, v, np.nan) for k, v in out.items()}
 

@@ -102,13 +102,19 @@ class PopulationFit(eqx.Module):
 
     def summary(self) -> str:
         """A text table of the estimates, standard errors, relative standard errors and shrinkage."""
-        lines = [f"{self.method.upper()} fit: {self.n_subjects} subjects, {self.n_observations} observations; "
-                 f"OFV {self.ofv:.4f} (without n log 2pi, n = {self.n_constant}), -2LL {self.minus2ll:.4f}; "
-                 f"{'converged' if self.converged else 'NOT CONVERGED'}: {self.message}"]
+        lines = [
+            f"{self.method.upper()} fit: {self.n_subjects} subjects, {self.n_observations} observations; "
+            f"OFV {self.ofv:.4f} (without n log 2pi, n = {self.n_constant}), -2LL {self.minus2ll:.4f}; "
+            f"{'converged' if self.converged else 'NOT CONVERGED'}: {self.message}"
+        ]
         lines.append(f"{'parameter':<22}{'estimate':>14}{'SE':>12}{'RSE%':>8}")
         for group in ("theta", "beta", "omega", "sigma"):
-            values = {"theta": self.theta, "beta": self.beta, "sigma": self.sigma,
-                      "omega": _omega_entries(self.omega, self.random, self.problem.blocks)}[group]
+            values = {
+                "theta": self.theta,
+                "beta": self.beta,
+                "sigma": self.sigma,
+                "omega": _omega_entries(self.omega, self.random, self.problem.blocks),
+            }[group]
             for k, v in values.items():
                 se = self.se.get(group, {}).get(k, float("nan"))
                 rse = 100 * se / abs(v) if v else float("nan")
@@ -129,7 +135,7 @@ class PopulationFit(eqx.Module):
             "sigma": {k: float(v) for k, v in self.sigma.items()},
             "ofv": float(self.ofv),
             "ofv_constant": f"ofv = -2 log L - n log(2 pi), n = {self.n_constant} (NONMEM/nlmixr2 OBJF); "
-                            "minus2ll includes it",
+            "minus2ll includes it",
             "minus2ll": float(self.minus2ll),
             "log_likelihood": float(self.log_likelihood),
             "ofv_importance_sampling": None if not np.isfinite(self.ofv_is) else float(self.ofv_is),
@@ -185,11 +191,23 @@ def _individual(problem: PopulationProblem, psi, eta):
     return jax.vmap(problem.theta_values)(phi)
 
 
-def build_result(problem: PopulationProblem, method: str, psi, state, *, converged: bool, message: str,
-                 iterations: int, history: list[float], times: dict[str, float], covariance: bool | str,
-                 ofv_is: float = float("nan"), extra: dict[str, Any] | None = None,
-                 progress: Callable[[str], None] | None = None,
-                 given_covariance: tuple[np.ndarray, str] | None = None) -> PopulationFit:
+def build_result(
+    problem: PopulationProblem,
+    method: str,
+    psi,
+    state,
+    *,
+    converged: bool,
+    message: str,
+    iterations: int,
+    history: list[float],
+    times: dict[str, float],
+    covariance: bool | str,
+    ofv_is: float = float("nan"),
+    extra: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+    given_covariance: tuple[np.ndarray, str] | None = None,
+) -> PopulationFit:
     """Assemble a [`carkinetics.PopulationFit`][] at `psi` with EBEs `state` (and run the covariance step)."""
     psi = jnp.asarray(psi)
     p = problem.unpack(psi)
@@ -211,8 +229,9 @@ def build_result(problem: PopulationProblem, method: str, psi, state, *, converg
     elif covariance and np.isfinite(minus2ll):
         if progress is not None:
             progress(f"{method}: covariance step")
-        cov, r, s, cov_msg = covariance_step(problem, psi, state.eta,
-                                             method="expansion" if covariance is True else str(covariance))
+        cov, r, s, cov_msg = covariance_step(
+            problem, psi, state.eta, method="expansion" if covariance is True else str(covariance)
+        )
         message += f"; {cov_msg}"
         if np.all(np.isfinite(cov)):
             r_inv = np.linalg.inv(r)
@@ -234,14 +253,33 @@ def build_result(problem: PopulationProblem, method: str, psi, state, *, converg
     shrink["epsilon"] = float(1.0 - np.std(np.asarray(iwres)[sel], ddof=1)) if sel.sum() > 1 else math.nan
     theta = dict(zip(problem.names, np.asarray(problem.theta_values(p.theta), float).tolist()))
     return PopulationFit(
-        method=method, theta=theta,
+        method=method,
+        theta=theta,
         beta={f"{e.parameter}~{e.covariate}": float(b) for e, b in zip(problem.effects, np.asarray(p.beta))},
-        omega=omega, sigma=dict(zip(problem.sigma_names, np.asarray(p.sigma, float).tolist())), ofv=ofv,
-        minus2ll=minus2ll, n_constant=n_const, ofv_is=float(ofv_is), psi=np.asarray(psi, float), covariance=cov,
-        labels=problem.labels, se=se, eta=eta, individual={n: values[:, k] for k, n in enumerate(problem.names)},
-        shrinkage=shrink, converged=bool(converged), message=message, failed_subjects=tuple(failed),
-        iterations=int(iterations), ofv_history=tuple(float(h) for h in history), times=times,
-        n_subjects=data.n_subjects, n_observations=data.n_observations, problem=problem, extra=extra)
+        omega=omega,
+        sigma=dict(zip(problem.sigma_names, np.asarray(p.sigma, float).tolist())),
+        ofv=ofv,
+        minus2ll=minus2ll,
+        n_constant=n_const,
+        ofv_is=float(ofv_is),
+        psi=np.asarray(psi, float),
+        covariance=cov,
+        labels=problem.labels,
+        se=se,
+        eta=eta,
+        individual={n: values[:, k] for k, n in enumerate(problem.names)},
+        shrinkage=shrink,
+        converged=bool(converged),
+        message=message,
+        failed_subjects=tuple(failed),
+        iterations=int(iterations),
+        ofv_history=tuple(float(h) for h in history),
+        times=times,
+        n_subjects=data.n_subjects,
+        n_observations=data.n_observations,
+        problem=problem,
+        extra=extra,
+    )
 
 
 def _printer(progress: bool | Callable[[str], None]) -> Callable[[str], None] | None:
@@ -252,10 +290,19 @@ def _printer(progress: bool | Callable[[str], None]) -> Callable[[str], None] | 
     return None
 
 
-def fit_population(problem: PopulationProblem, method: str = "focei", *, key: Any = None, max_iter: int | None = None,
-                   tol: float = 1e-4, covariance: bool | str = True, progress: bool | Callable[[str], None] = False,
-                   saem_iterations: tuple[int, int] = (250, 150), chains: int | None = None,
-                   importance_samples: int = 300) -> PopulationFit:
+def fit_population(
+    problem: PopulationProblem,
+    method: str = "focei",
+    *,
+    key: Any = None,
+    max_iter: int | None = None,
+    tol: float = 1e-4,
+    covariance: bool | str = True,
+    progress: bool | Callable[[str], None] = False,
+    saem_iterations: tuple[int, int] = (250, 150),
+    chains: int | None = None,
+    importance_samples: int = 300,
+) -> PopulationFit:
     """Estimate the population parameters of `problem` by FOCEi or SAEM.
 
     **Arguments:**
@@ -306,9 +353,20 @@ def fit_population(problem: PopulationProblem, method: str = "focei", *, key: An
     if method == "focei":
         res = focei(problem, max_iter=100 if max_iter is None else int(max_iter), tol=tol, progress=say)
         times = {"estimation": time.perf_counter() - t0}
-        return build_result(problem, "focei", res.psi, res.state, converged=res.converged, message=res.message,
-                            iterations=res.iterations, history=res.ofv_history, times=times, covariance=covariance,
-                            extra={"gradient": res.gradient, "n_solves": res.n_solves}, progress=say)
+        return build_result(
+            problem,
+            "focei",
+            res.psi,
+            res.state,
+            converged=res.converged,
+            message=res.message,
+            iterations=res.iterations,
+            history=res.ofv_history,
+            times=times,
+            covariance=covariance,
+            extra={"gradient": res.gradient, "n_solves": res.n_solves},
+            progress=say,
+        )
     if key is None:
         raise ValueError("SAEM needs a `key` (jax.random.key(...)) for its Markov chains.")
     from ._saem import fisher_information, importance_sampling_ofv, saem
@@ -331,9 +389,20 @@ def fit_population(problem: PopulationProblem, method: str = "focei", *, key: An
     if given is not None:
         times["estimation"] -= t_cov
         times["covariance"] = t_cov
-    result = build_result(problem, "saem", res.psi, state, converged=res.converged, message=res.message,
-                          iterations=res.iterations, history=res.ofv_history, times=times,
-                          covariance=False if given is not None else covariance, ofv_is=ofv_is,
-                          extra={"trajectory": res.trajectory, "acceptance": res.acceptance}, progress=say,
-                          given_covariance=given)
+    result = build_result(
+        problem,
+        "saem",
+        res.psi,
+        state,
+        converged=res.converged,
+        message=res.message,
+        iterations=res.iterations,
+        history=res.ofv_history,
+        times=times,
+        covariance=False if given is not None else covariance,
+        ofv_is=ofv_is,
+        extra={"trajectory": res.trajectory, "acceptance": res.acceptance},
+        progress=say,
+        given_covariance=given,
+    )
     return result

@@ -162,8 +162,9 @@ def _elementwise_derivative(fn, x):
     return jax.jvp(fn, (x,), (jnp.ones_like(x),))
 
 
-def observation_terms(error: AbstractResidualError, s: Array, y: Array, f: Array, censored: Array, limit: Array,
-                      *, censoring: bool = True) -> tuple[Array, Array, Array, Array]:
+def observation_terms(
+    error: AbstractResidualError, s: Array, y: Array, f: Array, censored: Array, limit: Array, *, censoring: bool = True
+) -> tuple[Array, Array, Array, Array]:
     """Per observation: `ell = -2 log p(y | f)` (with `log 2 pi`), `d ell / df`, `d2 ell / df2` and the information
     weight `w`.
 
@@ -283,12 +284,22 @@ class PopulationProblem(eqx.Module):
     atol: float = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
 
-    def __init__(self, model: AbstractKineticModel, data: PopulationData, random: Mapping[str, float] | Sequence[str],
-                 *, error: AbstractResidualError | Mapping[str, AbstractResidualError],
-                 estimate: Sequence[str] | None = None, omega: Any = None,
-                 blocks: str | Sequence[Sequence[str]] = "diagonal", covariates: Sequence[CovariateEffect] = (),
-                 solver: Any = None, rtol: float | None = None, atol: float | None = None,
-                 max_steps: int = 100_000):
+    def __init__(
+        self,
+        model: AbstractKineticModel,
+        data: PopulationData,
+        random: Mapping[str, float] | Sequence[str],
+        *,
+        error: AbstractResidualError | Mapping[str, AbstractResidualError],
+        estimate: Sequence[str] | None = None,
+        omega: Any = None,
+        blocks: str | Sequence[Sequence[str]] = "diagonal",
+        covariates: Sequence[CovariateEffect] = (),
+        solver: Any = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        max_steps: int = 100_000,
+    ):
         if not isinstance(model, AbstractKineticModel):
             raise ValueError(f"`model` must be a carkinetics model instance, got {model!r}.")
         if not isinstance(data, PopulationData):
@@ -313,8 +324,10 @@ class PopulationProblem(eqx.Module):
             if e.parameter not in est:
                 raise ValueError(f"The covariate effect {e!r} acts on {e.parameter!r}, which is not estimated.")
             if e.covariate not in data.covariates:
-                raise ValueError(f"The covariate effect {e!r} uses {e.covariate!r}, which is not a covariate of the "
-                                 f"data (read with covariates=[...]; available: {sorted(data.covariates)}).")
+                raise ValueError(
+                    f"The covariate effect {e!r} uses {e.covariate!r}, which is not a covariate of the "
+                    f"data (read with covariates=[...]; available: {sorted(data.covariates)})."
+                )
             if not e.reference > 0 or np.any(np.asarray(data.covariates[e.covariate]) <= 0):
                 raise ValueError(f"The power model {e!r} needs a positive reference and positive covariate values.")
         self.space = ParameterSpace(model, est)
@@ -328,8 +341,9 @@ class PopulationProblem(eqx.Module):
         else:
             omega0 = np.asarray(omega, dtype=float)
             if omega0.shape != (q, q) or not np.allclose(omega0, omega0.T):
-                raise ValueError(f"`omega` must be a symmetric ({q}, {q}) matrix ordered as `random`, got shape "
-                                 f"{omega0.shape}.")
+                raise ValueError(
+                    f"`omega` must be a symmetric ({q}, {q}) matrix ordered as `random`, got shape {omega0.shape}."
+                )
         if blocks == "diagonal":
             blk = tuple((i,) for i in range(q))
         elif blocks == "full":
@@ -340,8 +354,10 @@ class PopulationProblem(eqx.Module):
             blk = tuple(tuple(rand.index(n) if n in rand else -1 for n in g) for g in blocks)
             flat = sorted(i for g in blk for i in g)
             if flat != list(range(q)):
-                raise ValueError(f"`blocks` {[list(g) for g in blocks]} must put every parameter of `random` "
-                                 f"{list(rand)} in exactly one group.")
+                raise ValueError(
+                    f"`blocks` {[list(g) for g in blocks]} must put every parameter of `random` "
+                    f"{list(rand)} in exactly one group."
+                )
         mask = np.zeros((q, q), bool)
         for g in blk:
             mask[np.ix_(g, g)] = True
@@ -363,8 +379,10 @@ class PopulationProblem(eqx.Module):
             raise ValueError(f"`error` must be a residual error model such as ck.AdditiveError(0.7), got {error!r}.")
         for e in errs.values():
             if not isinstance(e, AbstractResidualError):
-                raise ValueError(f"Residual error models must be ck.AdditiveError, ck.ProportionalError, "
-                                 f"ck.CombinedError or ck.LogAdditiveError, got {e!r}.")
+                raise ValueError(
+                    f"Residual error models must be ck.AdditiveError, ck.ProportionalError, "
+                    f"ck.CombinedError or ck.LogAdditiveError, got {e!r}."
+                )
         # one error model per observable of the model (observables the data lack get the first one; never used)
         first = next(iter(errs.values()))
         self.errors = tuple(errs.get(o, first) for o in names)
@@ -377,8 +395,11 @@ class PopulationProblem(eqx.Module):
         self.blocks = blk
         self.effects = effects
         cov = data.covariates
-        self.design = jnp.asarray(np.stack([np.log(np.asarray(cov[e.covariate]) / e.reference) for e in effects],
-                                           axis=1) if effects else np.zeros((data.n_subjects, 0)))
+        self.design = jnp.asarray(
+            np.stack([np.log(np.asarray(cov[e.covariate]) / e.reference) for e in effects], axis=1)
+            if effects
+            else np.zeros((data.n_subjects, 0))
+        )
         if solver is None:
             solver = default_solver(model)
             if isinstance(solver, EnsembleTsit5) and solver.saves_per_step is None:
@@ -391,8 +412,9 @@ class PopulationProblem(eqx.Module):
         self.max_steps = int(max_steps)
         self.psi0 = jnp.asarray(np.concatenate([theta0, beta0, self._omega_to_psi(omega0), np.log(sigma0)]))
 
-    def observation_terms_of(self, sigma: Array, pred: Array, dv: Array, censored: Array, limit: Array, mask: Array,
-                             obs_index: Array) -> tuple[Array, Array, Array, Array]:
+    def observation_terms_of(
+        self, sigma: Array, pred: Array, dv: Array, censored: Array, limit: Array, mask: Array, obs_index: Array
+    ) -> tuple[Array, Array, Array, Array]:
         """`observation_terms` for arbitrary observation arrays of one shape (e.g. one subject's row)."""
         names = self.model.observable_names()
         out = [jnp.zeros_like(pred) for _ in range(4)]
@@ -402,8 +424,9 @@ class PopulationProblem(eqx.Module):
                 continue
             err = self.errors[names.index(o)]
             k = len(err.parameter_names)
-            terms = observation_terms(err, sigma[pos:pos + k], dv, pred, censored, limit,
-                                      censoring=self.data.any_censored)
+            terms = observation_terms(
+                err, sigma[pos : pos + k], dv, pred, censored, limit, censoring=self.data.any_censored
+            )
             pos += k
             sel = mask & (obs_index == names.index(o))
             out = [jnp.where(sel, t, acc) for t, acc in zip(terms, out)]
@@ -458,13 +481,13 @@ class PopulationProblem(eqx.Module):
         d, e, n_om, s = self.sizes
         if psi.shape != (d + e + n_om + s,):
             raise ValueError(f"`psi` must have shape ({d + e + n_om + s},), got {psi.shape}.")
-        theta, beta = psi[:d], psi[d:d + e]
+        theta, beta = psi[:d], psi[d : d + e]
         pos = d + e
         q = len(self.random)
         chol = jnp.zeros((q, q), dtype=psi.dtype)
         for g in self.blocks:
             m = len(g)
-            diag = jnp.exp(psi[pos:pos + m])
+            diag = jnp.exp(psi[pos : pos + m])
             pos += m
             idx = np.asarray(g)
             chol = chol.at[idx, idx].set(diag)
@@ -477,9 +500,16 @@ class PopulationProblem(eqx.Module):
 
     def pack(self, params: PopulationParameters) -> Float[Array, " p"]:
         """The unconstrained vector of `params` (host-side; the inverse of `unpack`)."""
-        return jnp.asarray(np.concatenate([np.asarray(params.theta, float), np.asarray(params.beta, float),
-                                           self._omega_to_psi(np.asarray(params.omega, float)),
-                                           np.log(np.asarray(params.sigma, float))]))
+        return jnp.asarray(
+            np.concatenate(
+                [
+                    np.asarray(params.theta, float),
+                    np.asarray(params.beta, float),
+                    self._omega_to_psi(np.asarray(params.omega, float)),
+                    np.log(np.asarray(params.sigma, float)),
+                ]
+            )
+        )
 
     def theta_values(self, theta: Float[Array, " d"]) -> Float[Array, " d"]:
         """Typical values in natural units from unconstrained `theta`."""
@@ -506,8 +536,17 @@ class PopulationProblem(eqx.Module):
         return batch_models(self.model, {n: values[:, k] for k, n in enumerate(self.names)}, check_bounds=False)
 
     def _solve(self, phi: Float[Array, "N d"], adjoint: Any = None):
-        sol = simulate_ensemble(self.models(phi), self.data.regimen, self.data.ts, solver=self.solver,
-                                rtol=self.rtol, atol=self.atol, max_steps=self.max_steps, adjoint=adjoint, throw=False)
+        sol = simulate_ensemble(
+            self.models(phi),
+            self.data.regimen,
+            self.data.ts,
+            solver=self.solver,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_steps=self.max_steps,
+            adjoint=adjoint,
+            throw=False,
+        )
         rows = jnp.arange(self.data.n_subjects)[:, None]
         pred = sol.obs_array[rows, self.data.time_index, self.data.obs_index]
         return pred, sol.ok
@@ -519,6 +558,7 @@ class PopulationProblem(eqx.Module):
     def predict_jacobian(self, phi: Float[Array, "N d"]) -> tuple[Float[Array, "N M"], Float[Array, "N M d"], Any]:
         """Predictions, their derivatives in each subject's own `phi` `(N, M, d)` (forward mode, one batched solve
         carrying `d` tangents), and the solver status."""
+
         def f(u):
             pred, ok = self._solve(phi + u[None, :], adjoint=diffrax.ForwardMode())
             return pred, (pred, ok)
@@ -526,8 +566,9 @@ class PopulationProblem(eqx.Module):
         jac, (pred, ok) = jax.jacfwd(f, has_aux=True)(jnp.zeros(len(self.names), dtype=phi.dtype))
         return pred, jac, ok
 
-    def observation_terms(self, sigma: Float[Array, " s"], pred: Float[Array, "N M"]
-                          ) -> tuple[Array, Array, Array, Array]:
+    def observation_terms(
+        self, sigma: Float[Array, " s"], pred: Float[Array, "N M"]
+    ) -> tuple[Array, Array, Array, Array]:
         """`-2 log p(y | f)`, its first and second derivatives in `f` and the information weight per observation
         (0 for padding)."""
         d = self.data
@@ -555,8 +596,11 @@ class PopulationProblem(eqx.Module):
         params = self.unpack(self.psi0) if params is None else params
         k1, k2 = jax.random.split(key)
         n, q = self.data.n_subjects, len(self.random)
-        eta = jax.random.normal(k1, (n, q), dtype=params.omega.dtype) @ jnp.linalg.cholesky(params.omega).T \
-            if q else jnp.zeros((n, 0))
+        eta = (
+            jax.random.normal(k1, (n, q), dtype=params.omega.dtype) @ jnp.linalg.cholesky(params.omega).T
+            if q
+            else jnp.zeros((n, 0))
+        )
         pred, ok = self.predict(self.phi(params, eta))
         if not bool(jnp.all(ok)):
             raise ValueError(f"Simulation failed for subjects {np.flatnonzero(~np.asarray(ok)).tolist()}.")
@@ -576,7 +620,7 @@ class PopulationProblem(eqx.Module):
                 continue
             err = self.errors[names.index(o)]
             k = len(err.parameter_names)
-            sd = jnp.sqrt(err.variance(pred, params.sigma[pos:pos + k]))
+            sd = jnp.sqrt(err.variance(pred, params.sigma[pos : pos + k]))
             pos += k
             yo = jnp.exp(jnp.log(jnp.maximum(pred, _TINY)) + sd * eps) if err.log_scale else pred + sd * eps
             y = jnp.where(self.data.obs_index == names.index(o), yo, y)
@@ -585,11 +629,14 @@ class PopulationProblem(eqx.Module):
     def with_data(self, data: PopulationData) -> PopulationProblem:
         """The same model on another data set with the same covariates (e.g. simulated or censored data)."""
         if set(data.covariates) != set(self.data.covariates):
-            raise ValueError(f"`data` has covariates {sorted(data.covariates)}, the problem "
-                             f"{sorted(self.data.covariates)}.")
-        design = jnp.asarray(np.stack([np.log(np.asarray(data.covariates[e.covariate]) / e.reference)
-                                       for e in self.effects], axis=1) if self.effects else
-                             np.zeros((data.n_subjects, 0)))
+            raise ValueError(
+                f"`data` has covariates {sorted(data.covariates)}, the problem {sorted(self.data.covariates)}."
+            )
+        design = jnp.asarray(
+            np.stack([np.log(np.asarray(data.covariates[e.covariate]) / e.reference) for e in self.effects], axis=1)
+            if self.effects
+            else np.zeros((data.n_subjects, 0))
+        )
         return eqx.tree_at(lambda p: (p.data, p.design), self, (data, design))
 
     def with_psi0(self, psi0: Any) -> PopulationProblem:

@@ -43,7 +43,7 @@ def _corr_cholesky(y: jax.Array, m: int) -> tuple[jax.Array, jax.Array]:
     """Cholesky factor of an `m x m` correlation matrix from `m(m-1)/2` unconstrained values (canonical partial
     correlations `tanh(y)`), and the log-Jacobian of the map."""
     z = jnp.tanh(y)
-    log_jac = jnp.sum(jnp.log1p(-z**2))
+    log_jac = jnp.sum(jnp.log1p(-(z**2)))
     rows = [jnp.zeros(m, y.dtype).at[0].set(1.0)]
     pos = 0
     for i in range(1, m):
@@ -93,11 +93,11 @@ def _layout(problem: PopulationProblem, centered: bool = True) -> _Layout:
 def _unpack(problem: PopulationProblem, lay: _Layout, x: jax.Array):
     """`(PopulationParameters, eta (N, q), log prior + log Jacobian of the correlation map)`."""
     d, e, q, nc = lay.d, lay.e, lay.q, lay.n_corr
-    theta, beta = x[:d], x[d:d + e]
-    log_sd = x[d + e:d + e + q]
-    corr = x[d + e + q:d + e + q + nc]
-    log_sigma = x[d + e + q + nc:lay.n_population]
-    z = x[lay.n_population:].reshape(lay.n, q)
+    theta, beta = x[:d], x[d : d + e]
+    log_sd = x[d + e : d + e + q]
+    corr = x[d + e + q : d + e + q + nc]
+    log_sigma = x[d + e + q + nc : lay.n_population]
+    z = x[lay.n_population :].reshape(lay.n, q)
     sd = jnp.exp(log_sd)
     chol = jnp.zeros((q, q), x.dtype)
     extra = jnp.zeros((), x.dtype)
@@ -105,7 +105,7 @@ def _unpack(problem: PopulationProblem, lay: _Layout, x: jax.Array):
     for g in problem.blocks:
         m = len(g)
         k = m * (m - 1) // 2
-        low, log_jac = _corr_cholesky(corr[pos:pos + k], m) if m > 1 else (jnp.ones((1, 1), x.dtype), 0.0)
+        low, log_jac = _corr_cholesky(corr[pos : pos + k], m) if m > 1 else (jnp.ones((1, 1), x.dtype), 0.0)
         if m > 1:
             extra = extra + log_jac + _lkj_cholesky_logpdf(low, _LKJ_ETA)
         pos += k
@@ -125,18 +125,31 @@ def _prior_centre(problem: PopulationProblem, lay: _Layout) -> tuple[np.ndarray,
     """Means and standard deviations of the normal priors of the population coordinates (correlations: LKJ)."""
     p0 = problem.unpack(problem.psi0)
     tags = parameters(problem.model)
-    mean = np.concatenate([np.asarray(p0.theta, float), np.asarray(p0.beta, float),
-                           0.5 * np.log(np.diag(np.asarray(p0.omega, float))), np.zeros(lay.n_corr),
-                           np.log(np.asarray(p0.sigma, float))])
-    sd = np.concatenate([[PRIOR_SD[tags[n].info.tag] for n in problem.names], np.ones(lay.e), np.ones(lay.q),
-                         np.ones(lay.n_corr), np.ones(lay.s)])
+    mean = np.concatenate(
+        [
+            np.asarray(p0.theta, float),
+            np.asarray(p0.beta, float),
+            0.5 * np.log(np.diag(np.asarray(p0.omega, float))),
+            np.zeros(lay.n_corr),
+            np.log(np.asarray(p0.sigma, float)),
+        ]
+    )
+    sd = np.concatenate(
+        [
+            [PRIOR_SD[tags[n].info.tag] for n in problem.names],
+            np.ones(lay.e),
+            np.ones(lay.q),
+            np.ones(lay.n_corr),
+            np.ones(lay.s),
+        ]
+    )
     return mean, sd
 
 
 def _logdensity_fn(problem: PopulationProblem, lay: _Layout) -> Callable[[jax.Array], jax.Array]:
     mean, sd = (jnp.asarray(a) for a in _prior_centre(problem, lay))
     normal = np.ones(lay.n_population, bool)
-    normal[lay.d + lay.e + lay.q:lay.d + lay.e + lay.q + lay.n_corr] = False  # LKJ instead
+    normal[lay.d + lay.e + lay.q : lay.d + lay.e + lay.q + lay.n_corr] = False  # LKJ instead
     normal = jnp.asarray(normal)
 
     def logdensity(x):
@@ -145,7 +158,7 @@ def _logdensity_fn(problem: PopulationProblem, lay: _Layout) -> Callable[[jax.Ar
         safe = jnp.where(jnp.isfinite(pred), pred, 1.0)
         ell = problem.observation_terms(params.sigma, safe)[0]
         lik = -0.5 * jnp.sum(ell)
-        pop = x[:lay.n_population]
+        pop = x[: lay.n_population]
         prior = -0.5 * jnp.sum(jnp.where(normal, ((pop - mean) / sd) ** 2, 0.0)) - 0.5 * jnp.sum(z**2) + extra
         good = jnp.all(ok) & jnp.all(jnp.isfinite(pred)) & jnp.isfinite(lik)
         return jnp.where(good, lik + prior, -jnp.inf)
@@ -193,9 +206,12 @@ class PopulationPosterior(eqx.Module):
         return out
 
     def summary(self) -> str:
-        lines = [f"NUTS posterior: {self.omega.shape[0]} chains x {self.omega.shape[1]} draws, "
-                 f"{int(np.sum(self.divergences))} divergences; {'converged' if self.converged else 'NOT CONVERGED'}:"
-                 f" {self.message}", f"{'quantity':<18}{'mean':>12}{'sd':>11}{'R-hat':>8}{'ESS bulk':>10}"]
+        lines = [
+            f"NUTS posterior: {self.omega.shape[0]} chains x {self.omega.shape[1]} draws, "
+            f"{int(np.sum(self.divergences))} divergences; {'converged' if self.converged else 'NOT CONVERGED'}:"
+            f" {self.message}",
+            f"{'quantity':<18}{'mean':>12}{'sd':>11}{'R-hat':>8}{'ESS bulk':>10}",
+        ]
         draws = self._draws()
         for k, v in draws.items():
             lines.append(f"{k:<18}{np.mean(v):>12.5g}{np.std(v):>11.4g}{self.rhat[k]:>8.4f}{self.ess_bulk[k]:>10.0f}")
@@ -218,10 +234,14 @@ class PopulationPosterior(eqx.Module):
             "sigma": {n: m[n] for n in self.sigma},
             "beta": {n: m[n] for n in self.beta},
             "sd": {k: float(np.std(v)) for k, v in self._draws().items()},
-            "rhat": self.rhat, "ess_bulk": self.ess_bulk, "ess_tail": self.ess_tail,
+            "rhat": self.rhat,
+            "ess_bulk": self.ess_bulk,
+            "ess_tail": self.ess_tail,
             "divergences": int(np.sum(self.divergences)),
-            "converged": bool(self.converged), "message": self.message,
-            "n_subjects": self.problem.data.n_subjects, "n_observations": self.problem.data.n_observations,
+            "converged": bool(self.converged),
+            "message": self.message,
+            "n_subjects": self.problem.data.n_subjects,
+            "n_observations": self.problem.data.n_observations,
             "times_s": self.times,
         }
 
@@ -241,8 +261,9 @@ class PopulationPosterior(eqx.Module):
         low = np.linalg.cholesky(flat_omega[pick] + 1e-15 * np.eye(flat_omega.shape[1]))
         eta = np.einsum("nqr,nr->nq", low, z)
         space = problem.space
-        theta_z = np.stack([np.asarray(space.to_vector(space.with_values(problem.model, jnp.asarray(v))))
-                            for v in flat_theta[pick]])
+        theta_z = np.stack(
+            [np.asarray(space.to_vector(space.with_values(problem.model, jnp.asarray(v)))) for v in flat_theta[pick]]
+        )
         ridx = np.asarray(problem.random_index, dtype=int)
         theta_z[:, ridx] += eta
         values = np.asarray(jax.vmap(problem.theta_values)(jnp.asarray(theta_z)))
@@ -273,11 +294,20 @@ class PopulationPosterior(eqx.Module):
         return float(np.mean((y[sel] >= lo[sel]) & (y[sel] <= hi[sel])))
 
 
-def sample_population_posterior(problem: PopulationProblem, key: Any, *, num_warmup: int = 500,
-                                num_samples: int = 500, chains: int = 4, init: Any = None,
-                                target_acceptance: float = 0.8, max_num_doublings: int = 8, centered: bool = True,
-                                dense_mass: bool = False,
-                                progress: bool | Callable[[str], None] = False) -> PopulationPosterior:
+def sample_population_posterior(
+    problem: PopulationProblem,
+    key: Any,
+    *,
+    num_warmup: int = 500,
+    num_samples: int = 500,
+    chains: int = 4,
+    init: Any = None,
+    target_acceptance: float = 0.8,
+    max_num_doublings: int = 8,
+    centered: bool = True,
+    dense_mass: bool = False,
+    progress: bool | Callable[[str], None] = False,
+) -> PopulationPosterior:
     """Sample the posterior of a population model with NUTS (blackjax) through the ODE.
 
     **Arguments:**
@@ -323,9 +353,13 @@ def sample_population_posterior(problem: PopulationProblem, key: Any, *, num_war
     @jax.jit
     def run_chain(key, x):
         k_warm, k_sample = jax.random.split(key)
-        warmup = blackjax.window_adaptation(blackjax.nuts, logdensity, is_mass_matrix_diagonal=not dense_mass,
-                                            target_acceptance_rate=target_acceptance,
-                                            max_num_doublings=max_num_doublings)
+        warmup = blackjax.window_adaptation(
+            blackjax.nuts,
+            logdensity,
+            is_mass_matrix_diagonal=not dense_mass,
+            target_acceptance_rate=target_acceptance,
+            max_num_doublings=max_num_doublings,
+        )
         (state, params), _ = warmup.run(k_warm, x, num_steps=num_warmup)  # pyright: ignore[reportCallIssue]
         kernel = blackjax.nuts(logdensity, **params)  # (the adapted parameters carry max_num_doublings)
 
@@ -345,9 +379,11 @@ def sample_population_posterior(problem: PopulationProblem, key: Any, *, num_war
         steps.append(float(np.mean(np.asarray(n_steps))))
         step_sizes.append(float(eps))
         if say:
-            say(f"nuts: chain {c + 1}/{chains} done ({num_warmup} warm-up + {num_samples} draws, step size "
+            say(
+                f"nuts: chain {c + 1}/{chains} done ({num_warmup} warm-up + {num_samples} draws, step size "
                 f"{float(eps):.3g}, {steps[-1]:.1f} leapfrog steps per draw, {divergent[-1]} divergences), "
-                f"{time.perf_counter() - t0:.0f}s")
+                f"{time.perf_counter() - t0:.0f}s"
+            )
     pos = np.stack(positions)  # (C, S, dim)
     unpack = jax.jit(jax.vmap(lambda x: _unpack(problem, lay, x)[:2]))
     flat = jnp.asarray(pos.reshape(-1, pos.shape[-1]))
@@ -372,12 +408,28 @@ def sample_population_posterior(problem: PopulationProblem, key: Any, *, num_war
     worst = max(rhat.values())
     min_ess = min(ess_b.values())
     converged = worst <= 1.01 and n_div == 0 and min_ess >= 100
-    message = (f"max R-hat {worst:.4f} (<= 1.01 required), {n_div} divergences, min bulk ESS {min_ess:.0f} "
-               "(>= 100 required)")
-    return PopulationPosterior(theta=theta, omega=omega, sigma=sig, beta=bet, eta=np.asarray(eta).reshape(
-        c, s, lay.n, lay.q), rhat=rhat, ess_bulk=ess_b, ess_tail=ess_t, divergences=np.asarray(divergent),
-        converged=converged, message=message, step_size=np.asarray(step_sizes), mean_steps=np.asarray(steps),
-        times={"sampling": time.perf_counter() - t0}, problem=problem, positions=pos, centered=centered)
+    message = (
+        f"max R-hat {worst:.4f} (<= 1.01 required), {n_div} divergences, min bulk ESS {min_ess:.0f} (>= 100 required)"
+    )
+    return PopulationPosterior(
+        theta=theta,
+        omega=omega,
+        sigma=sig,
+        beta=bet,
+        eta=np.asarray(eta).reshape(c, s, lay.n, lay.q),
+        rhat=rhat,
+        ess_bulk=ess_b,
+        ess_tail=ess_t,
+        divergences=np.asarray(divergent),
+        converged=converged,
+        message=message,
+        step_size=np.asarray(step_sizes),
+        mean_steps=np.asarray(steps),
+        times={"sampling": time.perf_counter() - t0},
+        problem=problem,
+        positions=pos,
+        centered=centered,
+    )
 
 
 def _initial_position(problem: PopulationProblem, lay: _Layout, init: Any) -> jax.Array:
@@ -405,6 +457,15 @@ def _initial_position(problem: PopulationProblem, lay: _Layout, init: Any) -> ja
         z = np.asarray(eta, float)
     else:
         z = np.linalg.solve(chol_blocks, np.asarray(eta, float).T).T if lay.q else np.zeros((lay.n, 0))
-    return jnp.asarray(np.concatenate([np.asarray(p.theta, float), np.asarray(p.beta, float), np.log(sd),
-                                       np.asarray(corr_params, float), np.log(np.asarray(p.sigma, float)),
-                                       z.reshape(-1)]))
+    return jnp.asarray(
+        np.concatenate(
+            [
+                np.asarray(p.theta, float),
+                np.asarray(p.beta, float),
+                np.log(sd),
+                np.asarray(corr_params, float),
+                np.log(np.asarray(p.sigma, float)),
+                z.reshape(-1),
+            ]
+        )
+    )

@@ -19,11 +19,9 @@ from .._engine._simulate import default_solver, engine_of, simulate, simulate_en
 from ._data import SummaryData, TimeCourseData, _log_scale
 from ._targets import statistic_times
 
-
 __all__ = ["PRIOR_SD", "CalibrationProblem"]  # PRIOR_SD (sd by confidence tag) is defined in _core/_parameters.py
 
 _Z_CLIP = 40.0  # |z| beyond this maps to values at the edge of float range; clipped for safety
-
 
 
 class CalibrationProblem(eqx.Module):
@@ -80,11 +78,25 @@ class CalibrationProblem(eqx.Module):
     max_steps: int = eqx.field(static=True)
     failure_loss: float = eqx.field(static=True)
 
-    def __init__(self, model: AbstractKineticModel, regimen: Any, targets: Sequence[Any], estimate: Sequence[str], *,
-                 priors: str | Mapping[str, float] | None = "tags", t_end: float | None = None, n_grid: int = 300,
-                 grid: Any = None, bounds: Mapping[str, tuple[float, float]] | None = None,
-                 t0: float | None = None, solver: Any = None, rtol: float | None = None,
-                 atol: float | None = None, max_steps: int = 20_000, failure_loss: float = 1e10):
+    def __init__(
+        self,
+        model: AbstractKineticModel,
+        regimen: Any,
+        targets: Sequence[Any],
+        estimate: Sequence[str],
+        *,
+        priors: str | Mapping[str, float] | None = "tags",
+        t_end: float | None = None,
+        n_grid: int = 300,
+        grid: Any = None,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
+        t0: float | None = None,
+        solver: Any = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        max_steps: int = 20_000,
+        failure_loss: float = 1e10,
+    ):
         if not isinstance(model, AbstractKineticModel):
             raise ValueError(f"`model` must be an AbstractKineticModel, got {type(model).__name__}.")
         targets = tuple(targets)
@@ -104,8 +116,10 @@ class CalibrationProblem(eqx.Module):
             else:
                 raise ValueError(f"Each target must be a TimeCourseData or SummaryData, got {type(tg).__name__}.")
             if obs not in names:
-                raise ValueError(f"Target observable {obs!r} is not an observable of {type(model).__name__}; "
-                                 f"observables are {list(names)}.")
+                raise ValueError(
+                    f"Target observable {obs!r} is not an observable of {type(model).__name__}; "
+                    f"observables are {list(names)}."
+                )
             obs_index.append(names.index(obs))
             times.extend(tt)
         self.space = ParameterSpace(model, list(estimate), bounds=bounds)
@@ -187,8 +201,17 @@ class CalibrationProblem(eqx.Module):
 
     def simulate(self, z: Float[Array, " n"]):
         """Simulate at the problem's grid with parameters `z` (`throw=False`; check `.ok`)."""
-        return simulate(self.to_model(z), self.regimen, self.ts, t0=self.t0, solver=self.solver, rtol=self.rtol,
-                        atol=self.atol, max_steps=self.max_steps, throw=False)
+        return simulate(
+            self.to_model(z),
+            self.regimen,
+            self.ts,
+            t0=self.t0,
+            solver=self.solver,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_steps=self.max_steps,
+            throw=False,
+        )
 
     def predict_from_solution(self, sol) -> tuple[Array, ...]:
         """Model predictions for every target (arrays for time courses, scalars for summaries)."""
@@ -232,9 +255,11 @@ class CalibrationProblem(eqx.Module):
         """The ensemble method of batched losses: the problem's `solver` if it is one, else the model class's
         default ensemble method; `slots` overrides its slot count."""
         if self.solver is not None and engine_of(self.solver) != "ensemble":
-            raise ValueError(f"The problem's solver {type(self.solver).__name__} is a diffrax solver; batched losses "
-                             "need an ensemble method (give solver=None or ck.EnsembleRodas5(), or use "
-                             "engine='vmap').")
+            raise ValueError(
+                f"The problem's solver {type(self.solver).__name__} is a diffrax solver; batched losses "
+                "need an ensemble method (give solver=None or ck.EnsembleRodas5(), or use "
+                "engine='vmap')."
+            )
         method = default_solver(self.model, "ensemble") if self.solver is None else self.solver
         return method if slots is None else dataclasses.replace(method, slots=slots)
 
@@ -246,8 +271,17 @@ class CalibrationProblem(eqx.Module):
         """
         base = floats_to_arrays(self.model)
         models = jax.vmap(lambda z: self.space.to_model(base, jnp.clip(z, -_Z_CLIP, _Z_CLIP)))(zs)
-        sol = simulate_ensemble(models, self.regimen, self.ts, solver=self.ensemble_solver(slots), t0=self.t0,
-                                rtol=self.rtol, atol=self.atol, max_steps=self.max_steps, throw=False)
+        sol = simulate_ensemble(
+            models,
+            self.regimen,
+            self.ts,
+            solver=self.ensemble_solver(slots),
+            t0=self.t0,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_steps=self.max_steps,
+            throw=False,
+        )
         return jax.vmap(self.loss_from_solution)(zs, sol)
 
     def data_nll(self, z: Float[Array, " n"]) -> Array:
@@ -274,14 +308,19 @@ class CalibrationProblem(eqx.Module):
         out = []
         terms, _ = self._terms_from_solution(sol)
         for tg, pred, term in zip(self.targets, self.predict_from_solution(sol), np.asarray(terms)):
-            what = (f"target {tg.observable!r}" if isinstance(tg, TimeCourseData)
-                    else f"summary {tg.target_id or type(tg.statistic).__name__}")
+            what = (
+                f"target {tg.observable!r}"
+                if isinstance(tg, TimeCourseData)
+                else f"summary {tg.target_id or type(tg.statistic).__name__}"
+            )
             p = np.asarray(pred, float)
             if not np.all(np.isfinite(p)):
                 out.append(f"{what}: the model predicts non-finite values")
             elif _log_scale(tg.error) and np.any(p <= 0):
-                out.append(f"{what}: the model predicts {float(np.min(p)):g} (<= 0) where a log-scale error model "
-                           "needs positive values (does any dose reach this observable?)")
+                out.append(
+                    f"{what}: the model predicts {float(np.min(p)):g} (<= 0) where a log-scale error model "
+                    "needs positive values (does any dose reach this observable?)"
+                )
             elif not np.isfinite(term):
                 out.append(f"{what}: the likelihood is not finite")
         return out

@@ -102,8 +102,15 @@ def _mh_steps(problem: PopulationProblem, psi, eta, m2ll, pred, ok, key, scale, 
         rate = jnp.mean(accept)
         acc = acc + jnp.where(joint & ~independent, rate, 0.0)
         acc_c = acc_c + jnp.where(joint, 0.0, rate) * onehot
-        return (jnp.where(accept[:, None], prop, eta), jnp.where(accept, m2ll_new, m2ll),
-                jnp.where(accept[:, None], pred_new, pred), jnp.where(accept, ok_new, ok), acc, acc_c, key)
+        return (
+            jnp.where(accept[:, None], prop, eta),
+            jnp.where(accept, m2ll_new, m2ll),
+            jnp.where(accept[:, None], pred_new, pred),
+            jnp.where(accept, ok_new, ok),
+            acc,
+            acc_c,
+            key,
+        )
 
     init = (eta, m2ll, pred, ok, jnp.zeros((), eta.dtype), jnp.zeros(q, eta.dtype), key)
     eta, m2ll, pred, ok, acc, acc_c, _ = jax.lax.fori_loop(0, n_steps, step, init)
@@ -149,7 +156,7 @@ def _design(problem: PopulationProblem) -> tuple[np.ndarray, list[slice]]:
     for name in problem.names:
         ks = [k for k, e in enumerate(problem.effects) if e.parameter == name]
         cols.append(np.ones((n, 1)))
-        cols += [design[:, k:k + 1] for k in ks]
+        cols += [design[:, k : k + 1] for k in ks]
         blocks.append(slice(pos, pos + 1 + len(ks)))
         pos += 1 + len(ks)
     return np.concatenate(cols, axis=1), blocks
@@ -159,7 +166,7 @@ def _design(problem: PopulationProblem) -> tuple[np.ndarray, list[slice]]:
 def _sigma_update(problem: PopulationProblem, psi, pred, n_newton: int = 25):
     """`log sigma` maximising the likelihood of the current predictions (Newton on the log parameters)."""
     d, e, n_om, s = problem.sizes
-    start = psi[d + e + n_om:]
+    start = psi[d + e + n_om :]
 
     def objective(log_sigma):
         ell = problem.observation_terms(jnp.exp(log_sigma), pred)[0]
@@ -178,13 +185,21 @@ def _sigma_update(problem: PopulationProblem, psi, pred, n_newton: int = 25):
     return jax.lax.fori_loop(0, n_newton, body, start)
 
 
-def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = (250, 150), chains: int | None = None,
-         progress: Callable[[str], None] | None = None) -> SAEMResult:
+def saem(
+    problem: PopulationProblem,
+    key: Any,
+    *,
+    iterations: tuple[int, int] = (250, 150),
+    chains: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> SAEMResult:
     """Run SAEM from `problem.psi0` (see the module docstring)."""
     missing = [n for n in problem.names if n not in problem.random]
     if missing:
-        raise ValueError(f"SAEM needs a random effect on every estimated parameter; {missing} have none (add them to "
-                         "`random`, or fit with method='focei').")
+        raise ValueError(
+            f"SAEM needs a random effect on every estimated parameter; {missing} have none (add them to "
+            "`random`, or fit with method='focei')."
+        )
     k1, k2 = (int(x) for x in iterations)
     if k1 < 1 or k2 < 1:
         raise ValueError(f"`saem_iterations` must be two positive ints (K1, K2), got {iterations!r}.")
@@ -214,7 +229,8 @@ def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = 
     for k in range(1, total + 1):
         key, sub = jax.random.split(key)
         eta, m2ll, pred, ok, rate_j, rate_c, phi_j, omega_j = _mh_steps(
-            pc, psi, eta, m2ll, pred, ok, sub, jnp.asarray(scale, dtype=psi.dtype), jnp.asarray(scale_c, psi.dtype))
+            pc, psi, eta, m2ll, pred, ok, sub, jnp.asarray(scale, dtype=psi.dtype), jnp.asarray(scale_c, psi.dtype)
+        )
         rate = float(rate_j)
         scale *= 1.1 if rate > 0.4 else (0.9 if rate < 0.3 else 1.0)
         rc = np.asarray(rate_c, float)
@@ -252,7 +268,7 @@ def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = 
         if np.linalg.eigvalsh(omega).min() <= 0:
             omega = omega + (1e-10 - min(0.0, np.linalg.eigvalsh(omega).min())) * np.eye(len(omega))
         log_sigma_hat = np.asarray(_sigma_update(pc, psi, pred), float)
-        log_sigma_old = np.asarray(psi[d + e + n_om:], float)
+        log_sigma_old = np.asarray(psi[d + e + n_om :], float)
         log_sigma = log_sigma_old + gamma * (log_sigma_hat - log_sigma_old)
         if k <= k1:
             log_sigma = np.maximum(log_sigma, log_sigma_old + math.log(0.95))
@@ -263,28 +279,41 @@ def saem(problem: PopulationProblem, key: Any, *, iterations: tuple[int, int] = 
         history.append(float(jnp.sum(m2ll)) / c)
         trajectory.append(np.asarray(psi, float))
         if progress is not None and (k % 50 == 0 or k == total):
-            progress(f"saem: iteration {k}/{total} ({'exploration' if k <= k1 else 'convergence'}), acceptance "
-                     f"{rate:.2f}, -2 log p(y | eta) {history[-1]:.3f}, {time.perf_counter() - t0:.1f}s")
+            progress(
+                f"saem: iteration {k}/{total} ({'exploration' if k <= k1 else 'convergence'}), acceptance "
+                f"{rate:.2f}, -2 log p(y | eta) {history[-1]:.3f}, {time.perf_counter() - t0:.1f}s"
+            )
     traj = np.stack(trajectory)
     finite = bool(np.all(np.isfinite(traj[-1])) and np.all(np.isfinite(np.asarray(m2ll))))
     if not np.all(np.isfinite(np.asarray(m2ll))):
         bad = sorted({problem.data.ids[i % n] for i in np.flatnonzero(~np.isfinite(np.asarray(m2ll)))})
-        return SAEMResult(psi, jnp.mean(eta.reshape(c, n, -1), axis=0), None, c, False, f"the likelihood is not "
-                          f"finite for subjects {bad} (every proposal failed)", total, history, traj,
-                          np.asarray(acceptance))
-    tail = traj[-min(20, k2):]
+        return SAEMResult(
+            psi,
+            jnp.mean(eta.reshape(c, n, -1), axis=0),
+            None,
+            c,
+            False,
+            f"the likelihood is not finite for subjects {bad} (every proposal failed)",
+            total,
+            history,
+            traj,
+            np.asarray(acceptance),
+        )
+    tail = traj[-min(20, k2) :]
     drift = float(np.max(np.abs(tail - tail[-1]))) if finite else float("inf")
     converged = finite and drift < 0.05
-    message = (f"{k1} + {k2} iterations, {c} chain(s) per subject; parameter drift over the last {len(tail)} "
-               f"iterations {drift:.2g} (unconstrained scale)" + ("" if converged else ": NOT stabilised"))
+    message = (
+        f"{k1} + {k2} iterations, {c} chain(s) per subject; parameter drift over the last {len(tail)} "
+        f"iterations {drift:.2g} (unconstrained scale)" + ("" if converged else ": NOT stabilised")
+    )
     eta_mean = jnp.mean(eta.reshape(c, n, -1), axis=0)
     chains_state = (eta, m2ll, pred, ok, scale, scale_c)
-    return SAEMResult(psi, eta_mean, chains_state, c, converged, message, total, history, traj,
-                      np.asarray(acceptance))
+    return SAEMResult(psi, eta_mean, chains_state, c, converged, message, total, history, traj, np.asarray(acceptance))
 
 
-def fisher_information(problem: PopulationProblem, psi, result: SAEMResult, key: Any, iterations: int = 200
-                       ) -> tuple[np.ndarray, str]:
+def fisher_information(
+    problem: PopulationProblem, psi, result: SAEMResult, key: Any, iterations: int = 200
+) -> tuple[np.ndarray, str]:
     """Observed Fisher information of `psi` by Louis' principle, estimated from Markov chains at the estimates (as
     Monolix's stochastic-approximation standard errors): `I = sum_i (-E[d2 log p(y_i, phi_i)] - Var[d log p(y_i,
     phi_i)])` over the conditional distribution of each subject's parameters. Only the complete-data likelihood is
@@ -299,8 +328,9 @@ def fisher_information(problem: PopulationProblem, psi, result: SAEMResult, key:
     sum_h = np.zeros((n, p, p))
     for _ in range(iterations):
         key, sub = jax.random.split(key)
-        eta, m2ll, pred, ok, _, _, phi, _ = _mh_steps(pc, psi, eta, m2ll, pred, ok, sub,
-                                                      jnp.asarray(scale, psi.dtype), jnp.asarray(scale_c, psi.dtype))
+        eta, m2ll, pred, ok, _, _, phi, _ = _mh_steps(
+            pc, psi, eta, m2ll, pred, ok, sub, jnp.asarray(scale, psi.dtype), jnp.asarray(scale_c, psi.dtype)
+        )
         g, h = (np.asarray(x, float) for x in _complete_data_derivatives(pc, psi, phi, pred))
         g = g.reshape(c, n, p)
         sum_g += g.sum(axis=0)
@@ -313,10 +343,12 @@ def fisher_information(problem: PopulationProblem, psi, result: SAEMResult, key:
     try:
         np.linalg.cholesky(info)
     except np.linalg.LinAlgError:
-        return np.full((p, p), np.nan), "covariance step failed: the stochastic-approximation information is not " \
-            "positive definite"
-    return np.linalg.inv(info), (f"covariance: Louis' observed information from {iterations} x {c} Markov-chain "
-                                 "draws at the estimates")
+        return np.full(
+            (p, p), np.nan
+        ), "covariance step failed: the stochastic-approximation information is not positive definite"
+    return np.linalg.inv(info), (
+        f"covariance: Louis' observed information from {iterations} x {c} Markov-chain draws at the estimates"
+    )
 
 
 @eqx.filter_jit
@@ -333,20 +365,29 @@ def _is_weights(problem: PopulationProblem, psi, mode, low_prec, key, df):
     pred, ok = problem.predict(problem.phi(p, eta))
     ell = jnp.sum(problem.observation_terms(p.sigma, pred)[0], axis=1)
     om_low = sl.cholesky(p.omega)
-    log_prior = -0.5 * (q * math.log(2 * math.pi) + sl.logdet(om_low)
-                        + jnp.einsum("nq,nq->n", eta, sl.cho_solve(om_low[None], eta)))
+    log_prior = -0.5 * (
+        q * math.log(2 * math.pi) + sl.logdet(om_low) + jnp.einsum("nq,nq->n", eta, sl.cho_solve(om_low[None], eta))
+    )
     dev = eta - mode
-    maha = jnp.einsum("nq,nq->n", jnp.einsum("nqr,nr->nq", jnp.swapaxes(low_prec, 1, 2), dev),
-                      jnp.einsum("nqr,nr->nq", jnp.swapaxes(low_prec, 1, 2), dev))
-    log_q = (gammaln((df + q) / 2) - gammaln(df / 2) - 0.5 * q * math.log(df * math.pi)
-             + jnp.sum(jnp.log(jnp.diagonal(low_prec, axis1=1, axis2=2)), axis=1)
-             - 0.5 * (df + q) * jnp.log1p(maha / df))
+    maha = jnp.einsum(
+        "nq,nq->n",
+        jnp.einsum("nqr,nr->nq", jnp.swapaxes(low_prec, 1, 2), dev),
+        jnp.einsum("nqr,nr->nq", jnp.swapaxes(low_prec, 1, 2), dev),
+    )
+    log_q = (
+        gammaln((df + q) / 2)
+        - gammaln(df / 2)
+        - 0.5 * q * math.log(df * math.pi)
+        + jnp.sum(jnp.log(jnp.diagonal(low_prec, axis1=1, axis2=2)), axis=1)
+        - 0.5 * (df + q) * jnp.log1p(maha / df)
+    )
     lw = -0.5 * ell + log_prior - log_q
     return jnp.where(ok & jnp.isfinite(lw), lw, -jnp.inf)
 
 
-def importance_sampling_ofv(problem: PopulationProblem, psi, state: Any, key: Any, n_samples: int,
-                            chains: int | None = None) -> float:
+def importance_sampling_ofv(
+    problem: PopulationProblem, psi, state: Any, key: Any, n_samples: int, chains: int | None = None
+) -> float:
     """`-2 log L` (constant included) by importance sampling around the EBEs of `state`."""
     n = problem.data.n_subjects
     c = max(1, math.ceil(50 / n)) if chains is None else int(chains)

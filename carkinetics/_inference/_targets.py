@@ -49,21 +49,47 @@ UNITS: dict[str, tuple[str, float]] = {
     "mg*h/L": ("exposure", 1.0),
     "1": ("dimensionless", 1.0),
     "%": ("dimensionless", 0.01),
-    "grade": ("dimensionless", 1.0),   # CRS grade (ASTCT 0-4) as a number
-    "score": ("dimensionless", 1.0),   # clinical index (SLEDAI-2K) as a number
-    "g/g": ("dimensionless", 1.0),     # protein/creatinine ratio
+    "grade": ("dimensionless", 1.0),  # CRS grade (ASTCT 0-4) as a number
+    "score": ("dimensionless", 1.0),  # clinical index (SLEDAI-2K) as a number
+    "g/g": ("dimensionless", 1.0),  # protein/creatinine ratio
     "cells": ("cell_count", 1.0),
     "mg*d/L": ("exposure", 24.0),
     "IU/mL": ("titre", 1.0),
     "AU": ("arbitrary", 1.0),
 }
 
-MEASURES = ("mean", "median", "typical", "proportion", "mode", "reference_range", "single_patient", "lower_bound",
-            "upper_bound")
+MEASURES = (
+    "mean",
+    "median",
+    "typical",
+    "proportion",
+    "mode",
+    "reference_range",
+    "single_patient",
+    "lower_bound",
+    "upper_bound",
+)
 SPREAD_KINDS = ("none", "sd", "se", "rse", "range", "ci95", "iqr")
 _TAGS = ("R", "R2", "D", "M", "A", "F")
-COLUMNS = ("target_id", "quantity", "measure", "value", "spread_kind", "spread", "spread_low", "spread_high", "unit",
-           "time", "population", "n", "species", "source", "doi", "tag", "note")
+COLUMNS = (
+    "target_id",
+    "quantity",
+    "measure",
+    "value",
+    "spread_kind",
+    "spread",
+    "spread_low",
+    "spread_high",
+    "unit",
+    "time",
+    "population",
+    "n",
+    "species",
+    "source",
+    "doi",
+    "tag",
+    "note",
+)
 
 
 def base_unit(unit: str) -> str:
@@ -174,6 +200,7 @@ class TargetTable(tuple):
     def select(self, **criteria: Any) -> TargetTable:
         """Rows whose columns equal the given values (a sequence value means 'one of'), e.g.
         `select(species="human")`."""
+
         def ok(r):
             for k, v in criteria.items():
                 if k not in COLUMNS:
@@ -189,15 +216,19 @@ class TargetTable(tuple):
         return TargetTable(r for r in self if ok(r))
 
     def to_markdown(self) -> str:
-        head = ("| target | quantity | measure | value | spread | unit | time | tag | source |\n"
-                "|---|---|---|---|---|---|---|---|---|")
+        head = (
+            "| target | quantity | measure | value | spread | unit | time | tag | source |\n"
+            "|---|---|---|---|---|---|---|---|---|"
+        )
         rows = []
         for r in self:
             iv = r.interval()
             spread = "" if iv is None else f"[{iv[0]:.4g}, {iv[1]:.4g}]"
             t = "" if math.isnan(r.time) else f"{r.time:g}"
-            rows.append(f"| {r.target_id} | {r.quantity} | {r.measure} | {r.value:.4g} | {spread} | {r.unit} | {t} | "
-                        f"{r.tag} | {r.source} |")
+            rows.append(
+                f"| {r.target_id} | {r.quantity} | {r.measure} | {r.value:.4g} | {spread} | {r.unit} | {t} | "
+                f"{r.tag} | {r.source} |"
+            )
         return "\n".join([head, *rows])
 
     def __str__(self) -> str:
@@ -271,9 +302,7 @@ def validate_target_row(raw: Mapping[str, Any], quantities: Mapping[str, str], w
         if math.isnan(low) or math.isnan(high):
             raise ValueError(f"{where}: spread_kind {kind!r} needs both 'spread_low' and 'spread_high'.")
         if not (low <= value <= high) or low == high:
-            raise ValueError(
-                f"{where}: the {kind} [{low}, {high}] must contain value {value} and have positive width."
-            )
+            raise ValueError(f"{where}: the {kind} [{low}, {high}] must contain value {value} and have positive width.")
         if not math.isnan(spread):
             raise ValueError(f"{where}: spread_kind {kind!r} uses 'spread_low'/'spread_high'; leave 'spread' empty.")
     else:
@@ -295,17 +324,32 @@ def validate_target_row(raw: Mapping[str, Any], quantities: Mapping[str, str], w
     if not txt["species"]:
         raise ValueError(f"{where}: column 'species' is empty.")
     return TargetRow(
-        target_id=tid, quantity=txt["quantity"], measure=txt["measure"], value=value, spread_kind=kind,
-        spread=spread, spread_low=low, spread_high=high, unit=txt["unit"], time=time, population=txt["population"],
-        n=n, species=txt["species"], source=txt["source"], doi=doi, tag=txt["tag"], note=txt["note"],
+        target_id=tid,
+        quantity=txt["quantity"],
+        measure=txt["measure"],
+        value=value,
+        spread_kind=kind,
+        spread=spread,
+        spread_low=low,
+        spread_high=high,
+        unit=txt["unit"],
+        time=time,
+        population=txt["population"],
+        n=n,
+        species=txt["species"],
+        source=txt["source"],
+        doi=doi,
+        tag=txt["tag"],
+        note=txt["note"],
         dimension=dim_q,
     )
 
 
 def _check_quantities(quantities: Any) -> dict[str, str]:
     if not isinstance(quantities, Mapping) or not quantities:
-        raise ValueError("`quantities` must be a non-empty mapping from quantity name to physical dimension, got "
-                         f"{quantities!r}.")
+        raise ValueError(
+            f"`quantities` must be a non-empty mapping from quantity name to physical dimension, got {quantities!r}."
+        )
     dims = {d for d, _ in UNITS.values()}
     bad = {k: v for k, v in quantities.items() if v not in dims}
     if bad:
@@ -313,8 +357,9 @@ def _check_quantities(quantities: Any) -> dict[str, str]:
     return dict(quantities)
 
 
-def load_targets(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
-                 quantities: Mapping[str, str]) -> TargetTable:
+def load_targets(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], *, quantities: Mapping[str, str]
+) -> TargetTable:
     """Read and validate tidy CSV target files (see `calibration/data/README.md` for the columns).
 
     **Arguments:**
@@ -357,8 +402,9 @@ def load_targets(paths: str | os.PathLike | Sequence[str | os.PathLike], *,
                     raise ValueError(f"{path}:{i}: the row has more fields than the header (unquoted comma?).")
                 row = validate_target_row(raw, quantities, f"{path}:{i}")
                 if row.target_id in seen:
-                    raise ValueError(f"{path}:{i}: target_id {row.target_id!r} is duplicated "
-                                     f"(first in {seen[row.target_id]}).")
+                    raise ValueError(
+                        f"{path}:{i}: target_id {row.target_id!r} is duplicated (first in {seen[row.target_id]})."
+                    )
                 seen[row.target_id] = f"{path}:{i}"
                 rows.append(row)
     return TargetTable(rows)
@@ -565,4 +611,3 @@ def statistic_times(stats: Iterable[AbstractStatistic]) -> list[float]:
     for s in stats:
         out.extend(float(t) for t in s.times())
     return out
-

@@ -66,35 +66,74 @@ def _bench_ensemble(args, run, space, base, engine: Engine, out: str) -> None:
     path = os.path.join(out, "bench_ensemble.csv")
     with ckio.atomic_text_file(path, newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["model", "engine", "method", "members", "device", "devices", "dtype", "compile_s", "best_batch_s",
-                    "per_member_s", "mean_steps", "n_failed"])
-        w.writerow([type(run.model).__name__, engine, type(solver).__name__, n, jax.devices()[0].platform, n_dev,
-                    str(ts.dtype), f"{compile_s:.4f}", f"{best:.6f}", f"{best / n:.8f}",
-                    f"{float(np.mean(np.asarray(sol.num_steps))):.1f}", n_failed])
-    print(f"ensemble of {n} ({engine} engine, {type(solver).__name__}, {n_dev} {jax.devices()[0].platform} "
-          f"device(s)): compile {compile_s:.2f} s, {1e6 * best / n:.1f} us per member (best of {args.repeats}), "
-          f"failed {n_failed}")
+        w.writerow(
+            [
+                "model",
+                "engine",
+                "method",
+                "members",
+                "device",
+                "devices",
+                "dtype",
+                "compile_s",
+                "best_batch_s",
+                "per_member_s",
+                "mean_steps",
+                "n_failed",
+            ]
+        )
+        w.writerow(
+            [
+                type(run.model).__name__,
+                engine,
+                type(solver).__name__,
+                n,
+                jax.devices()[0].platform,
+                n_dev,
+                str(ts.dtype),
+                f"{compile_s:.4f}",
+                f"{best:.6f}",
+                f"{best / n:.8f}",
+                f"{float(np.mean(np.asarray(sol.num_steps))):.1f}",
+                n_failed,
+            ]
+        )
+    print(
+        f"ensemble of {n} ({engine} engine, {type(solver).__name__}, {n_dev} {jax.devices()[0].platform} "
+        f"device(s)): compile {compile_s:.2f} s, {1e6 * best / n:.1f} us per member (best of {args.repeats}), "
+        f"failed {n_failed}"
+    )
     print(f"wrote {path}")
 
 
 class BenchCommand(Command):
     name = "bench"
     help = "time the solver core on this machine (compile time, best-of-N solve)"
-    description = ("Compile and time ck.simulate for one model and regimen (default: the default preset, i.e. the "
-                   "SLE human course under the Erlangen regimen on its save grid): compile + first call, then the "
-                   "best and median of --repeats calls with perturbed parameter values (jax.block_until_ready). "
-                   "Writes bench.csv; --ensemble N also times ck.simulate_ensemble (bench_ensemble.csv).")
+    description = (
+        "Compile and time ck.simulate for one model and regimen (default: the default preset, i.e. the "
+        "SLE human course under the Erlangen regimen on its save grid): compile + first call, then the "
+        "best and median of --repeats calls with perturbed parameter values (jax.block_until_ready). "
+        "Writes bench.csv; --ensemble N also times ck.simulate_ensemble (bench_ensemble.csv)."
+    )
     outputs = ("bench.csv", "bench_ensemble.csv")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_args(parser)
-        parser.add_argument("--repeats", type=whole_number(1, MAX_REPEATS), default=5,
-                            help="timed calls after compilation (default 5)")
-        parser.add_argument("--ensemble", type=whole_number(0, MAX_ENSEMBLE), default=0, metavar="N",
-                            help="also time ck.simulate_ensemble on N perturbed members (per-member time; "
-                                 "bench_ensemble.csv)")
-        add_engine_arg(parser, default=None,
-                       default_help="vmap for the single simulation (ck.simulate's default), ensemble for --ensemble")
+        parser.add_argument(
+            "--repeats", type=whole_number(1, MAX_REPEATS), default=5, help="timed calls after compilation (default 5)"
+        )
+        parser.add_argument(
+            "--ensemble",
+            type=whole_number(0, MAX_ENSEMBLE),
+            default=0,
+            metavar="N",
+            help="also time ck.simulate_ensemble on N perturbed members (per-member time; bench_ensemble.csv)",
+        )
+        add_engine_arg(
+            parser,
+            default=None,
+            default_help="vmap for the single simulation (ck.simulate's default), ensemble for --ensemble",
+        )
         add_devices_arg(parser, default=None, what="the --ensemble members (default all)")
 
     def host_devices(self, args: argparse.Namespace) -> str | int | None:
@@ -142,17 +181,46 @@ class BenchCommand(Command):
         path = os.path.join(out, "bench.csv")
         with ckio.atomic_text_file(path, newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["model", "engine", "solver", "device", "dtype", "n_save", "compile_plus_first_s", "best_s",
-                        "median_s", "num_steps", "all_ok"])
-            w.writerow([type(model).__name__, engine, type(solver).__name__, device.platform, str(ts.dtype),
-                        ts.shape[0], f"{compile_s:.4f}", f"{best:.6f}", f"{float(np.median([r[0] for r in rows])):.6f}",
-                        int(sol.num_steps), all(r[2] for r in rows)])
-        print(f"{run.label} on {device.platform} ({device.device_kind}), {engine} engine, {type(solver).__name__}, "
-              f"{ts.dtype}, {ts.shape[0]} save times: compile+first {compile_s:.2f} s, best of {args.repeats} "
-              f"{1e3 * best:.2f} ms, {int(sol.num_steps)} steps")
+            w.writerow(
+                [
+                    "model",
+                    "engine",
+                    "solver",
+                    "device",
+                    "dtype",
+                    "n_save",
+                    "compile_plus_first_s",
+                    "best_s",
+                    "median_s",
+                    "num_steps",
+                    "all_ok",
+                ]
+            )
+            w.writerow(
+                [
+                    type(model).__name__,
+                    engine,
+                    type(solver).__name__,
+                    device.platform,
+                    str(ts.dtype),
+                    ts.shape[0],
+                    f"{compile_s:.4f}",
+                    f"{best:.6f}",
+                    f"{float(np.median([r[0] for r in rows])):.6f}",
+                    int(sol.num_steps),
+                    all(r[2] for r in rows),
+                ]
+            )
+        print(
+            f"{run.label} on {device.platform} ({device.device_kind}), {engine} engine, {type(solver).__name__}, "
+            f"{ts.dtype}, {ts.shape[0]} save times: compile+first {compile_s:.2f} s, best of {args.repeats} "
+            f"{1e3 * best:.2f} ms, {int(sol.num_steps)} steps"
+        )
         if args.ensemble:
             _bench_ensemble(args, run, space, base, args.engine or "ensemble", out)
-        print("(wall-clock on this machine; min of repeats with jax.block_until_ready; see benchmarks/ for the "
-              "reference workloads)")
+        print(
+            "(wall-clock on this machine; min of repeats with jax.block_until_ready; see benchmarks/ for the "
+            "reference workloads)"
+        )
         print(f"wrote {path}\noutput folder: {out}")
         return EXIT_OK

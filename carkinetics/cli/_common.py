@@ -117,34 +117,57 @@ seed_arg = whole_number(0, 2**32 - 1)
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (default: the default preset of the installed plugins, e.g. the SLE human preset)")
-    g.add_argument("--model", default=None,
-                   help="an installed model class, e.g. TwoCompartmentPK or SLECarTModel (default parameters; "
-                        "see --preset)")
-    g.add_argument("--preset", default=None,
-                   help="a named preset (model, standard regimen and save grid), e.g. human, mouse_nzbw, "
-                        "mouse_mrl_lpr, or a preset file")
-    g.add_argument("--params", metavar="TOML", default=None,
-                   help='parameter overrides: a [parameters] table of dotted name = value, e.g. "car.rho" = 0.8')
+    g.add_argument(
+        "--model",
+        default=None,
+        help="an installed model class, e.g. TwoCompartmentPK or SLECarTModel (default parameters; see --preset)",
+    )
+    g.add_argument(
+        "--preset",
+        default=None,
+        help="a named preset (model, standard regimen and save grid), e.g. human, mouse_nzbw, "
+        "mouse_mrl_lpr, or a preset file",
+    )
+    g.add_argument(
+        "--params",
+        metavar="TOML",
+        default=None,
+        help='parameter overrides: a [parameters] table of dotted name = value, e.g. "car.rho" = 0.8',
+    )
 
 
 def add_regimen_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("dosing (days; day 0 = CAR-T infusion; default: the preset's standard regimen)")
-    g.add_argument("--regimen", metavar="TOML|NAME|none", default=None,
-                   help="a TOML file with [[bolus]], [[infusion]], [[fractional_kill]], [[fludarabine]], "
-                        "[[cyclophosphamide]], [[car_t]] tables, a regimen named by a plugin (e.g. erlangen, "
-                        "mouse), or none")
-    g.add_argument("--events", metavar="CSV", default=None,
-                   help="a NONMEM-style event table (TIME, AMT, CMT, EVID, RATE, II, ADDL)")
+    g.add_argument(
+        "--regimen",
+        metavar="TOML|NAME|none",
+        default=None,
+        help="a TOML file with [[bolus]], [[infusion]], [[fractional_kill]], [[fludarabine]], "
+        "[[cyclophosphamide]], [[car_t]] tables, a regimen named by a plugin (e.g. erlangen, "
+        "mouse), or none",
+    )
+    g.add_argument(
+        "--events",
+        metavar="CSV",
+        default=None,
+        help="a NONMEM-style event table (TIME, AMT, CMT, EVID, RATE, II, ADDL)",
+    )
 
 
 def add_time_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("save times (default: the preset's save grid, else 0 to 28 d at 281 points)")
-    g.add_argument("--t-start", type=finite_number, default=None,
-                   help="first save time, days (default 0, or the preset's)")
-    g.add_argument("--t-end", type=finite_number, default=None,
-                   help="last save time, days (default 28, or the preset's)")
-    g.add_argument("--points", type=whole_number(2, MAX_POINTS), default=None,
-                   help=f"number of evenly spaced save times, 2 to {MAX_POINTS:,} (default 281)")
+    g.add_argument(
+        "--t-start", type=finite_number, default=None, help="first save time, days (default 0, or the preset's)"
+    )
+    g.add_argument(
+        "--t-end", type=finite_number, default=None, help="last save time, days (default 28, or the preset's)"
+    )
+    g.add_argument(
+        "--points",
+        type=whole_number(2, MAX_POINTS),
+        default=None,
+        help=f"number of evenly spaced save times, 2 to {MAX_POINTS:,} (default 281)",
+    )
 
 
 def add_run_args(p: argparse.ArgumentParser, *, times: bool = True) -> None:
@@ -156,10 +179,14 @@ def add_run_args(p: argparse.ArgumentParser, *, times: bool = True) -> None:
 
 
 def add_engine_arg(p: argparse.ArgumentParser, default: str | None = "ensemble", default_help: str = "") -> None:
-    p.add_argument("--engine", choices=ENGINES, default=default,
-                   help="ensemble: the batched solver (the model class's ensemble method); vmap: jax.vmap of the "
-                        "per-member diffrax solver (the model class's diffrax solver). They agree to the solver "
-                        f"tolerance (default: {default_help or default})")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=default,
+        help="ensemble: the batched solver (the model class's ensemble method); vmap: jax.vmap of the "
+        "per-member diffrax solver (the model class's diffrax solver). They agree to the solver "
+        f"tolerance (default: {default_help or default})",
+    )
 
 
 def devices_arg(text: str) -> str | int:
@@ -176,25 +203,38 @@ def devices_arg(text: str) -> str | int:
 
 
 def add_devices_arg(p: argparse.ArgumentParser, default: str | None = "all", what: str = "the members") -> None:
-    p.add_argument("--devices", type=devices_arg, default=default, metavar="all|K",
-                   help=f"split {what} over K devices: 'all' (default) = every GPU, or on CPU one device per "
-                        "available core; 1 = one device (one CPU core). Results do not depend on it")
+    p.add_argument(
+        "--devices",
+        type=devices_arg,
+        default=default,
+        metavar="all|K",
+        help=f"split {what} over K devices: 'all' (default) = every GPU, or on CPU one device per "
+        "available core; 1 = one device (one CPU core). Results do not depend on it",
+    )
 
 
 def add_distributed_args(p: argparse.ArgumentParser) -> None:
     """`--coordinator HOST:PORT --num-processes N --process-id I` for runs across processes and hosts (defaults from
     JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID or a Slurm step; see `ck.distributed_setup`)."""
     g = p.add_argument_group("across processes and hosts (jax.distributed)")
-    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
-                   help="address of process 0's coordination service (default: from the environment)")
+    g.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=None,
+        help="address of process 0's coordination service (default: from the environment)",
+    )
     g.add_argument("--num-processes", type=whole_number(1), default=None, metavar="N", help="number of processes")
     g.add_argument("--process-id", type=whole_number(0), default=None, metavar="I", help="this process's id, 0..N-1")
 
 
 def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", metavar="DIR", default=None,
-                   help="write each finished chunk to DIR; rerunning the same command resumes from it (a DIR written "
-                        "by different inputs is refused)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        default=None,
+        help="write each finished chunk to DIR; rerunning the same command resumes from it (a DIR written "
+        "by different inputs is refused)",
+    )
 
 
 def add_output_args(p: argparse.ArgumentParser, default_out: str) -> None:
@@ -248,10 +288,13 @@ def device_count(requested: str | int) -> int:
         return available
     if int(requested) > available:
         backend = jax.default_backend()
-        why = (f"this machine has {available_cores()} CPU core(s), and one device per core is the most that helps; "
-               "in a Python process the count is fixed when JAX starts: set "
-               "XLA_FLAGS=--xla_force_host_platform_device_count=K before" if backend == "cpu" else
-               "ask for at most that many")
+        why = (
+            f"this machine has {available_cores()} CPU core(s), and one device per core is the most that helps; "
+            "in a Python process the count is fixed when JAX starts: set "
+            "XLA_FLAGS=--xla_force_host_platform_device_count=K before"
+            if backend == "cpu"
+            else "ask for at most that many"
+        )
         raise UserError(f"--devices {requested}: only {available} {backend} device(s) are available ({why}).")
     return int(requested)
 
@@ -274,8 +317,7 @@ class StepProgress:
     that assumes the remaining time is proportional to the remaining weight.
     """
 
-    def __init__(self, steps: int | Sequence[float], label: str, *, enabled: bool = True,
-                 stream: TextIO | None = None):
+    def __init__(self, steps: int | Sequence[float], label: str, *, enabled: bool = True, stream: TextIO | None = None):
         self.weights = [1.0] * max(int(steps), 1) if isinstance(steps, int) else [float(w) for w in steps]
         self.label = label
         self.enabled = enabled
@@ -290,8 +332,8 @@ class StepProgress:
         width = 24
         filled = int(width * self.done / total)
         text = f"{self.label} [{'#' * filled}{'-' * (width - filled)}] {self.done}/{total} {_duration(elapsed)}"
-        done_w = sum(self.weights[:self.done])
-        left_w = sum(self.weights[self.done:])
+        done_w = sum(self.weights[: self.done])
+        left_w = sum(self.weights[self.done :])
         if self.done and done_w > 0 and left_w > 0:
             text += f", ETA ~{_duration(elapsed * left_w / done_w)}"
         return f"{text}  {what}"
@@ -310,8 +352,9 @@ class StepProgress:
     def close(self) -> None:
         if self.enabled:
             end = "\n" if self.tty else ""
-            self.stream.write(f"{end}{self.label}: {self.done}/{len(self.weights)} done in "
-                              f"{time.perf_counter() - self.t0:.1f}s\n")
+            self.stream.write(
+                f"{end}{self.label}: {self.done}/{len(self.weights)} done in {time.perf_counter() - self.t0:.1f}s\n"
+            )
             self.stream.flush()
 
 
@@ -351,14 +394,21 @@ def make_out_dir(path: str, outputs: Sequence[str] = ()) -> str:
     except OSError as err:
         raise UserError(f"--out {path!r}: cannot create the folder ({err.strerror}).") from None
     _check_writable(path, out)
-    stale = sorted({f for pattern in outputs for f in glob.glob(os.path.join(glob.escape(out), pattern))
-                    if os.path.isfile(f) or os.path.islink(f)})
+    stale = sorted(
+        {
+            f
+            for pattern in outputs
+            for f in glob.glob(os.path.join(glob.escape(out), pattern))
+            if os.path.isfile(f) or os.path.islink(f)
+        }
+    )
     for f in stale:
         try:
             os.remove(f)
         except OSError as err:
-            raise UserError(f"--out {path!r}: cannot remove {os.path.basename(f)} of an earlier run "
-                            f"({err.strerror}).") from None
+            raise UserError(
+                f"--out {path!r}: cannot remove {os.path.basename(f)} of an earlier run ({err.strerror})."
+            ) from None
     if stale:
         names = [os.path.basename(f) for f in stale]
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
@@ -401,10 +451,14 @@ TOML_KINDS: dict[str, tuple[Callable[[object], bool], str]] = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "string": (lambda v: isinstance(v, str) and v != "", "a non-empty string (in quotes)"),
     "table": (lambda v: isinstance(v, dict), "a table"),
-    "numbers": (lambda v: isinstance(v, list) and len(v) > 0 and all(is_number(x) for x in v),
-                "a non-empty array of finite numbers, e.g. [-5, -4, -3]"),
-    "strings": (lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) and x for x in v),
-                'a non-empty array of strings, e.g. ["a", "b"]'),
+    "numbers": (
+        lambda v: isinstance(v, list) and len(v) > 0 and all(is_number(x) for x in v),
+        "a non-empty array of finite numbers, e.g. [-5, -4, -3]",
+    ),
+    "strings": (
+        lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(x, str) and x for x in v),
+        'a non-empty array of strings, e.g. ["a", "b"]',
+    ),
 }
 
 
@@ -457,4 +511,3 @@ def check_positive(name: str, value: int) -> int:
     if value < 1:
         raise UserError(f"{name} must be at least 1, got {value}.")
     return value
-

@@ -33,8 +33,9 @@ def _error_model(text: str | None, dv_scale: float):
         return ck.AdditiveError(max(0.2 * dv_scale, 1e-6))
     kind, _, values = text.partition(":")
     if kind not in ERRORS:
-        raise UserError(f"--error: the kind must be one of {list(ERRORS)}, got {kind!r} (e.g. additive:0.7, "
-                        "combined:0.1,0.1).")
+        raise UserError(
+            f"--error: the kind must be one of {list(ERRORS)}, got {kind!r} (e.g. additive:0.7, combined:0.1,0.1)."
+        )
     try:
         nums = [float(v) for v in values.split(",")] if values else []
     except ValueError:
@@ -61,8 +62,9 @@ def _effects(items: list[str]):
     for item in items:
         parts = item.split(":")
         if len(parts) != 4:
-            raise UserError(f"--covariate-effect {item!r}: use PARAMETER:COLUMN:EXPONENT:REFERENCE, e.g. "
-                            "cl:WT:0.75:70.")
+            raise UserError(
+                f"--covariate-effect {item!r}: use PARAMETER:COLUMN:EXPONENT:REFERENCE, e.g. cl:WT:0.75:70."
+            )
         try:
             out.append(ck.CovariateEffect(parts[0], parts[1].upper(), float(parts[2]), float(parts[3])))
         except ValueError:
@@ -73,38 +75,65 @@ def _effects(items: list[str]):
 class FitPopulationCommand(Command):
     name = "fit-population"
     help = "population (mixed-effects) fit of a NONMEM-style data set: FOCEi, SAEM or NUTS"
-    outputs = ("estimates.json", "summary.txt", "diagnostics.csv", "individual.csv", "gof.png", "individual_fits.png",
-               "vpc.png")
-    description = ("Fit a nonlinear mixed-effects model to a NONMEM-style data set (ID, TIME, AMT, DV, EVID, MDV, CMT, "
-                   "BLQ/LLOQ, covariates): log-normal random effects on the parameters named by --random, a residual "
-                   "error model, BLQ records by the M3 likelihood. Writes estimates.json (theta on the natural scale, "
-                   "omega as variances, sigma, ofv, se, shrinkage, converged, n_subjects, n_observations), "
-                   "summary.txt, diagnostics.csv (PRED, IPRED, IWRES, WRES, CWRES per observation), individual.csv "
-                   "(EBEs and individual parameters) and goodness-of-fit, individual-fit and VPC plots. Exit code 4 "
-                   "when the fit did not converge (the outputs are still written, with converged = false).")
+    outputs = (
+        "estimates.json",
+        "summary.txt",
+        "diagnostics.csv",
+        "individual.csv",
+        "gof.png",
+        "individual_fits.png",
+        "vpc.png",
+    )
+    description = (
+        "Fit a nonlinear mixed-effects model to a NONMEM-style data set (ID, TIME, AMT, DV, EVID, MDV, CMT, "
+        "BLQ/LLOQ, covariates): log-normal random effects on the parameters named by --random, a residual "
+        "error model, BLQ records by the M3 likelihood. Writes estimates.json (theta on the natural scale, "
+        "omega as variances, sigma, ofv, se, shrinkage, converged, n_subjects, n_observations), "
+        "summary.txt, diagnostics.csv (PRED, IPRED, IWRES, WRES, CWRES per observation), individual.csv "
+        "(EBEs and individual parameters) and goodness-of-fit, individual-fit and VPC plots. Exit code 4 "
+        "when the fit did not converge (the outputs are still written, with converged = false)."
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--model", required=True,
-                            help="an installed model class, e.g. OneCompartmentOralPK (its parameter values start the "
-                                 "fit; see --init)")
+        parser.add_argument(
+            "--model",
+            required=True,
+            help="an installed model class, e.g. OneCompartmentOralPK (its parameter values start the fit; see --init)",
+        )
         parser.add_argument("--data", metavar="FILE.csv", required=True, help="NONMEM-style data set")
-        parser.add_argument("--method", choices=("focei", "saem", "nuts"), default="focei",
-                            help="estimation method (default focei)")
-        parser.add_argument("--random", metavar="P=VAR,...",
-                            help="parameters with random effects and their initial variances, e.g. ka=0.6,cl=0.3,v=0.1"
-                                 " (default: every scalar parameter not tagged A, variance 0.1)")
+        parser.add_argument(
+            "--method", choices=("focei", "saem", "nuts"), default="focei", help="estimation method (default focei)"
+        )
+        parser.add_argument(
+            "--random",
+            metavar="P=VAR,...",
+            help="parameters with random effects and their initial variances, e.g. ka=0.6,cl=0.3,v=0.1"
+            " (default: every scalar parameter not tagged A, variance 0.1)",
+        )
         parser.add_argument("--init", metavar="P=VALUE,...", help="initial typical values (default: the model's)")
-        parser.add_argument("--error", metavar="KIND[:VALUES]",
-                            help="residual error: additive[:sd], proportional[:cv], combined[:sd,cv], lognormal[:sd] "
-                                 "(default additive, sd = 20 %% of the mean |DV|)")
+        parser.add_argument(
+            "--error",
+            metavar="KIND[:VALUES]",
+            help="residual error: additive[:sd], proportional[:cv], combined[:sd,cv], lognormal[:sd] "
+            "(default additive, sd = 20 %% of the mean |DV|)",
+        )
         parser.add_argument("--blocks", choices=("diagonal", "full"), default="diagonal", help="Omega structure")
         parser.add_argument("--time-unit", choices=("d", "h", "min", "w"), default="d", help="unit of TIME (default d)")
         parser.add_argument("--covariates", metavar="COL,...", default="", help="baseline covariate columns to read")
-        parser.add_argument("--covariate-effect", metavar="P:COL:EXP:REF", action="append", default=[],
-                            help="estimated power effect (COL/REF)^EXP on a typical value (repeatable)")
-        parser.add_argument("--observable-cmt", metavar="CMT=NAME,...", default=None,
-                            help="observation CMT codes to observables, e.g. 2=concentration (default: the model's "
-                                 "single observable, or CMT as its index)")
+        parser.add_argument(
+            "--covariate-effect",
+            metavar="P:COL:EXP:REF",
+            action="append",
+            default=[],
+            help="estimated power effect (COL/REF)^EXP on a typical value (repeatable)",
+        )
+        parser.add_argument(
+            "--observable-cmt",
+            metavar="CMT=NAME,...",
+            default=None,
+            help="observation CMT codes to observables, e.g. 2=concentration (default: the model's "
+            "single observable, or CMT as its index)",
+        )
         parser.add_argument("--seed", type=int, default=0, help="seed of SAEM / NUTS / VPC (jax.random.key(seed))")
         parser.add_argument("--no-covariance", action="store_true", help="skip the covariance step (no SEs)")
         parser.add_argument("--no-plots", action="store_true", help="write tables only")
@@ -131,9 +160,13 @@ class FitPopulationCommand(Command):
         covs = [c for c in args.covariates.split(",") if c.strip()]
         covs += [e.split(":")[1] for e in args.covariate_effect if e.count(":") == 3]
         try:
-            data = ck.read_population_data(args.data, model, observables=observables,
-                                           covariates=list(dict.fromkeys(c.upper() for c in covs)),
-                                           time_unit=args.time_unit)
+            data = ck.read_population_data(
+                args.data,
+                model,
+                observables=observables,
+                covariates=list(dict.fromkeys(c.upper() for c in covs)),
+                time_unit=args.time_unit,
+            )
         except (ValueError, OSError) as err:
             raise UserError(f"--data {args.data}: {err}") from None
         if args.random:
@@ -144,15 +177,18 @@ class FitPopulationCommand(Command):
         dv = np.asarray(data.dv)[np.asarray(data.mask)]
         error = _error_model(args.error, float(np.mean(np.abs(dv))) if dv.size else 1.0)
         try:
-            problem = ck.PopulationProblem(model, data, random, error=error, blocks=args.blocks,
-                                           covariates=_effects(args.covariate_effect))
+            problem = ck.PopulationProblem(
+                model, data, random, error=error, blocks=args.blocks, covariates=_effects(args.covariate_effect)
+            )
         except ValueError as err:
             raise UserError(str(err)) from None
         out = ctx.out_dir()
         say = None if ctx.quiet else (lambda line: print(line, flush=True))
         if say:
-            say(f"fit-population: {data.n_subjects} subjects, {data.n_observations} observations "
-                f"({data.n_censored} censored), {len(problem.psi0)} population parameters, method {args.method}")
+            say(
+                f"fit-population: {data.n_subjects} subjects, {data.n_observations} observations "
+                f"({data.n_censored} censored), {len(problem.psi0)} population parameters, method {args.method}"
+            )
         key = jax.random.key(args.seed)
         if args.method == "nuts":
             return self._nuts(problem, key, args, out, say)
@@ -199,8 +235,11 @@ def _plots(fit, out: str, key) -> list[str]:
     from carkinetics.plot import plot_gof, plot_individual_fits, plot_population_vpc, save_figure
 
     names = []
-    for name, fig in (("gof.png", plot_gof(fit)), ("individual_fits.png", plot_individual_fits(fit)),
-                      ("vpc.png", plot_population_vpc(fit, key, n_replicates=100))):
+    for name, fig in (
+        ("gof.png", plot_gof(fit)),
+        ("individual_fits.png", plot_individual_fits(fit)),
+        ("vpc.png", plot_population_vpc(fit, key, n_replicates=100)),
+    ):
         save_figure(fig, os.path.join(out, name))
         names.append(name)
     return names

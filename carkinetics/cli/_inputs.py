@@ -68,8 +68,10 @@ def resolve_model(plugins: Plugins, name: str | None, preset_name: str | None) -
     else:
         preset = plugins.default_preset()
         if preset is None:
-            raise UserError(f"No installed plugin declares a default preset: give --model (one of "
-                            f"{plugins.model_names()}) or --preset.")
+            raise UserError(
+                f"No installed plugin declares a default preset: give --model (one of "
+                f"{plugins.model_names()}) or --preset."
+            )
     try:
         model = preset.load()
     except (ValueError, FileNotFoundError, KeyError) as err:
@@ -112,18 +114,45 @@ def apply_parameters(model: Any, path: str | None) -> Any:
 #: `ck.Infusion`, `ck.FractionalKill`, `ck.fludarabine`, `ck.cyclophosphamide`, `ck.car_t_infusion`); omitted
 #: optional keys take those functions' defaults. Documented with an example per table in docs/cli.md.
 REGIMEN_TABLES: dict[str, dict[str, tuple[str, bool]]] = {
-    "bolus": {"time": ("number", True), "amount": ("number", True), "state": ("string", True),
-              "ii": ("number", False), "addl": ("whole", False)},
-    "infusion": {"start": ("number", True), "state": ("string", True), "duration": ("number", True),
-                 "rate": ("number", False), "amount": ("number", False), "ii": ("number", False),
-                 "addl": ("whole", False)},
-    "fractional_kill": {"time": ("number", True), "fraction": ("number", True), "states": ("strings", True),
-                        "ii": ("number", False), "addl": ("whole", False)},
-    "fludarabine": {"dose_mg_per_m2": ("number", False), "days": ("numbers", False), "bsa_m2": ("number", False),
-                    "weight_kg": ("number", False), "height_cm": ("number", False), "state": ("string", False),
-                    "infusion_minutes": ("number", False)},
-    "car_t": {"cells_per_kg": ("number", False), "weight_kg": ("number", False), "cells": ("number", False),
-              "day": ("number", False), "state": ("string", False)},
+    "bolus": {
+        "time": ("number", True),
+        "amount": ("number", True),
+        "state": ("string", True),
+        "ii": ("number", False),
+        "addl": ("whole", False),
+    },
+    "infusion": {
+        "start": ("number", True),
+        "state": ("string", True),
+        "duration": ("number", True),
+        "rate": ("number", False),
+        "amount": ("number", False),
+        "ii": ("number", False),
+        "addl": ("whole", False),
+    },
+    "fractional_kill": {
+        "time": ("number", True),
+        "fraction": ("number", True),
+        "states": ("strings", True),
+        "ii": ("number", False),
+        "addl": ("whole", False),
+    },
+    "fludarabine": {
+        "dose_mg_per_m2": ("number", False),
+        "days": ("numbers", False),
+        "bsa_m2": ("number", False),
+        "weight_kg": ("number", False),
+        "height_cm": ("number", False),
+        "state": ("string", False),
+        "infusion_minutes": ("number", False),
+    },
+    "car_t": {
+        "cells_per_kg": ("number", False),
+        "weight_kg": ("number", False),
+        "cells": ("number", False),
+        "day": ("number", False),
+        "state": ("string", False),
+    },
 }
 REGIMEN_TABLES["cyclophosphamide"] = dict(REGIMEN_TABLES["fludarabine"])
 
@@ -172,15 +201,19 @@ def _chemo_dose(kind: str, e: dict, where: str, model: Any):
                 taken.append(f"{body[key][0]} = {body[key][1]:g} {BODY_SIZE[key]}")
             else:
                 given = "" if not size else f" ({', '.join(size)} given)"
-                raise UserError(f"{where}: give bsa_m2 (m²), or weight_kg and height_cm{given}: "
-                                f"{type(model).__name__} declares no body size to take the {key} from.")
+                raise UserError(
+                    f"{where}: give bsa_m2 (m²), or weight_kg and height_cm{given}: "
+                    f"{type(model).__name__} declares no body size to take the {key} from."
+                )
         try:
             e["bsa_m2"] = ck.bsa_mosteller(size["weight_kg"], size["height_cm"])
         except ValueError as err:
             raise UserError(f"{where}: {err}") from None
         if taken:
-            note(f"{where}: no bsa_m2 given: using {e['bsa_m2']:.3g} m² (Mosteller) from the model's "
-                 f"{' and '.join(taken)}.")
+            note(
+                f"{where}: no bsa_m2 given: using {e['bsa_m2']:.3g} m² (Mosteller) from the model's "
+                f"{' and '.join(taken)}."
+            )
     defaults = []
     if "dose_mg_per_m2" not in e:
         defaults.append(f"dose_mg_per_m2 = {_default(fn, 'dose_mg_per_m2'):g}")
@@ -201,12 +234,16 @@ def _car_t_dose(e: dict, where: str, model: Any):
         if "weight_kg" not in e:
             body = model_body_size(model)
             if "weight_kg" not in body:
-                raise UserError(f"{where}: cells_per_kg needs weight_kg (kg): {type(model).__name__} declares no "
-                                "body weight to take it from (or give cells).")
+                raise UserError(
+                    f"{where}: cells_per_kg needs weight_kg (kg): {type(model).__name__} declares no "
+                    "body weight to take it from (or give cells)."
+                )
             name, w = body["weight_kg"]
             e["weight_kg"] = w
-            note(f"{where}: no weight_kg given: using the model's {name} = {w:g} kg "
-                 f"({float(e['cells_per_kg']) * w:.3g} cells).")
+            note(
+                f"{where}: no weight_kg given: using the model's {name} = {w:g} kg "
+                f"({float(e['cells_per_kg']) * w:.3g} cells)."
+            )
     return ck.car_t_infusion(**e)
 
 
@@ -236,8 +273,10 @@ def regimen_from_toml(path: str, model: Any):
     doses = ck.Regimen()
     for kind, entries in doc.items():
         if not (isinstance(entries, list) and all(isinstance(x, dict) for x in entries)):
-            raise UserError(f"{path}: {kind} must be an array of tables, each written [[{kind}]] followed by its "
-                            f"keys (see docs/cli.md), got {kind} = {toml_repr(entries)}.")
+            raise UserError(
+                f"{path}: {kind} must be an array of tables, each written [[{kind}]] followed by its "
+                f"keys (see docs/cli.md), got {kind} = {toml_repr(entries)}."
+            )
         schema = REGIMEN_TABLES[kind]
         for i, entry in enumerate(entries):
             where = f"{path}: [[{kind}]] #{i + 1}"
@@ -260,8 +299,10 @@ def check_regimen_states(regimen: Any, model: Any, where: str) -> None:
         return
     unknown = sorted(set(regimen.state_names()) - set(model.state_names()))
     if unknown:
-        raise UserError(f"{where}: unknown state(s) {unknown} for {type(model).__name__}; valid states are "
-                        f"{list(model.state_names())}.")
+        raise UserError(
+            f"{where}: unknown state(s) {unknown} for {type(model).__name__}; valid states are "
+            f"{list(model.state_names())}."
+        )
 
 
 def resolve_regimen(plugins: Plugins, spec: str | None, events: str | None, model: Any, preset: Preset | None):
@@ -284,8 +325,10 @@ def resolve_regimen(plugins: Plugins, spec: str | None, events: str | None, mode
         return regimen_from_toml(spec, model)
     make = plugins.named_regimen(spec)
     if make is None:
-        raise UserError(f"--regimen {spec!r} is neither a TOML file nor a regimen of the installed plugins "
-                        f"({plugins.regimen_names()}) nor 'none'.")
+        raise UserError(
+            f"--regimen {spec!r} is neither a TOML file nor a regimen of the installed plugins "
+            f"({plugins.regimen_names()}) nor 'none'."
+        )
     try:
         regimen = make(model)
     except ValueError as err:
@@ -342,30 +385,40 @@ def read_data(path: str | None, model: Any):
                         t.append(float(row["time"]))
                         v.append(float(row["value"]))
                     except (TypeError, ValueError):
-                        raise UserError(f"{where}: time and value must be numbers, got {row['time']!r} and "
-                                        f"{row['value']!r}.") from None
+                        raise UserError(
+                            f"{where}: time and value must be numbers, got {row['time']!r} and {row['value']!r}."
+                        ) from None
                     if not (math.isfinite(t[-1]) and math.isfinite(v[-1])):
                         raise UserError(f"{where}: time and value must be finite, got {t[-1]} and {v[-1]}.")
                     name = (row["name"] or "").strip()
                     if name not in known:
-                        raise UserError(f"{where}: name {name!r} is neither an observable nor a state of "
-                                        f"{type(model).__name__}; observables are {list(model.observable_names())}, "
-                                        f"states are {list(model.state_names())}.")
+                        raise UserError(
+                            f"{where}: name {name!r} is neither an observable nor a state of "
+                            f"{type(model).__name__}; observables are {list(model.observable_names())}, "
+                            f"states are {list(model.state_names())}."
+                        )
                     n.append(name)
             if not n:
                 raise UserError(f"{path}: no data rows below the header.")
             return cio.Observations(np.asarray(t), np.asarray(v), tuple(n), ("",) * len(n))
     except ValueError as err:
         raise UserError(f"{path}: {err}") from None
-    raise UserError(f"{path}: expected NONMEM-style columns (TIME, DV, CMT) or tidy columns (time, name, value); "
-                    f"found {header}.")
+    raise UserError(
+        f"{path}: expected NONMEM-style columns (TIME, DV, CMT) or tidy columns (time, name, value); found {header}."
+    )
 
 
 def result_message(sol) -> str:
     import carkinetics as ck
 
-    for name in ("max_steps_reached", "singular", "breakdown", "dt_min_reached", "invalid_parameters",
-                 "internal_error"):
+    for name in (
+        "max_steps_reached",
+        "singular",
+        "breakdown",
+        "dt_min_reached",
+        "invalid_parameters",
+        "internal_error",
+    ):
         item = getattr(ck.RESULTS, name, None)
         if item is not None and bool(sol.result == item):
             return name.replace("_", " ")

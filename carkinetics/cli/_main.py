@@ -14,7 +14,6 @@ import carkinetics as ck
 
 from ._bench import BenchCommand
 from ._calibrate import CalibrateCommand
-from ._fit_population import FitPopulationCommand
 from ._common import (
     EPILOG,
     EXIT_NUMERICAL,
@@ -30,12 +29,18 @@ from ._common import (
     setup_host_devices,
     setup_numerics,
 )
+from ._fit_population import FitPopulationCommand
 from ._plugins import Command, Context, Plugins, UnavailableCommand
 from ._simulate import SimulateCommand
 from ._sweep import SweepCommand
 
-BUILTIN_COMMANDS: tuple[type[Command], ...] = (SimulateCommand, SweepCommand, CalibrateCommand, FitPopulationCommand,
-                                               BenchCommand)
+BUILTIN_COMMANDS: tuple[type[Command], ...] = (
+    SimulateCommand,
+    SweepCommand,
+    CalibrateCommand,
+    FitPopulationCommand,
+    BenchCommand,
+)
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -69,31 +74,43 @@ def _sigterm_stops():
 
 def _stopped(cmd: Command, args: argparse.Namespace, signum: int) -> str:
     """The line for a command stopped by `signum` outside a chunked run."""
-    how = (f"rerun the same command with --checkpoint {args.checkpoint} to resume from its finished chunks"
-           if getattr(args, "checkpoint", None) else "rerun the command to start again")
-    return (f"carkinetics {cmd.name}: stopped by {signal.Signals(signum).name} before it finished; every file "
-            f"already in {args.out} is complete (files are written whole or not at all); {how}.")
+    how = (
+        f"rerun the same command with --checkpoint {args.checkpoint} to resume from its finished chunks"
+        if getattr(args, "checkpoint", None)
+        else "rerun the command to start again"
+    )
+    return (
+        f"carkinetics {cmd.name}: stopped by {signal.Signals(signum).name} before it finished; every file "
+        f"already in {args.out} is complete (files are written whole or not at all); {how}."
+    )
 
 
 #: Arguments that size what a command holds in memory at once, as (attribute, flag), in the order they are suggested.
-_SIZE_ARGS = (("chunk_size", "--chunk-size"), ("batch_size", "--batch-size"), ("ensemble", "--ensemble"),
-              ("points", "--points"), ("starts", "--starts"), ("samples", "--samples"), ("n", "--n"),
-              ("devices", "--devices"))
+_SIZE_ARGS = (
+    ("chunk_size", "--chunk-size"),
+    ("batch_size", "--batch-size"),
+    ("ensemble", "--ensemble"),
+    ("points", "--points"),
+    ("starts", "--starts"),
+    ("samples", "--samples"),
+    ("n", "--n"),
+    ("devices", "--devices"),
+)
 
 
 def _out_of_memory(err: BaseException) -> bool:
     import jax
 
-    return isinstance(err, MemoryError) or (isinstance(err, jax.errors.JaxRuntimeError)
-                                             and "RESOURCE_EXHAUSTED" in str(err))
+    return isinstance(err, MemoryError) or (
+        isinstance(err, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(err)
+    )
 
 
 def _memory_line(cmd: Command, args: argparse.Namespace, err: BaseException) -> str:
     """The line for a command that ran out of memory: what failed and which of its arguments to lower."""
     what = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
     flags = [flag for attr, flag in _SIZE_ARGS if hasattr(args, attr)]
-    how = (f"lower {', '.join(flags)} (what is held in memory at once)" if flags
-           else "use smaller inputs")
+    how = f"lower {', '.join(flags)} (what is held in memory at once)" if flags else "use smaller inputs"
     return f"carkinetics {cmd.name}: error: out of memory ({what}); {how}."
 
 
@@ -109,13 +126,16 @@ def build_parser(cmds: Sequence[Command]) -> argparse.ArgumentParser:
         "The carkinetics command line: `carkinetics <command> ...`. Times are days (day 0 = CAR-T infusion). Without "
         "--model/--preset, simulate and bench run the default preset of the installed plugins (the SLE human preset "
         "under its standard regimen). Run `carkinetics <command> --help` for the inputs of each command; "
-        "docs/cli.md describes the input files (regimen and sweep TOML, data tables).", 100)
+        "docs/cli.md describes the input files (regimen and sweep TOML, data tables).",
+        100,
+    )
     parser = _ArgumentParser(prog="carkinetics", description=description, epilog=EPILOG, formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"carkinetics {ck.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command", parser_class=_ArgumentParser)
     for cmd in cmds:
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help, epilog=EPILOG,
-                           formatter_class=fmt)
+        p = sub.add_parser(
+            cmd.name, help=cmd.help, description=cmd.description or cmd.help, epilog=EPILOG, formatter_class=fmt
+        )
         cmd.add_arguments(p)
         add_output_args(p, cmd.default_out or f"carkinetics_{cmd.name}")
     return parser

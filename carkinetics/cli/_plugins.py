@@ -133,8 +133,9 @@ def _load(ep: importlib.metadata.EntryPoint) -> Any:
     try:
         return ep.load()
     except Exception as err:
-        raise Unavailable(f"the plugin {ep.name} = {ep.value!r} ({ep.group}) cannot be loaded: "
-                          f"{type(err).__name__}: {err}") from None
+        raise Unavailable(
+            f"the plugin {ep.name} = {ep.value!r} ({ep.group}) cannot be loaded: {type(err).__name__}: {err}"
+        ) from None
 
 
 class Plugins:
@@ -165,8 +166,10 @@ class Plugins:
             for ep in self._preset_eps:
                 table = _load(ep)
                 if not isinstance(table, PresetTable):
-                    raise Unavailable(f"the plugin {ep.name} = {ep.value!r} ({ep.group}) is not a "
-                                      f"carkinetics.cli.PresetTable but a {type(table).__name__}.")
+                    raise Unavailable(
+                        f"the plugin {ep.name} = {ep.value!r} ({ep.group}) is not a "
+                        f"carkinetics.cli.PresetTable but a {type(table).__name__}."
+                    )
                 tables.append(table)
             self._tables = tables
         return self._tables
@@ -195,8 +198,10 @@ class Plugins:
                 except ValueError as err:
                     errors.append(str(err))
             raise UserError(f"--preset {name!r}: {errors[0]}")
-        raise UserError(f"--preset {name!r} is not an installed preset; choose one of {sorted(presets)}"
-                        + (" or give a preset file." if readers else "."))
+        raise UserError(
+            f"--preset {name!r} is not an installed preset; choose one of {sorted(presets)}"
+            + (" or give a preset file." if readers else ".")
+        )
 
     def default_preset(self) -> Preset | None:
         """The preset of the default run: the `default` of the first preset table that declares one."""
@@ -222,8 +227,11 @@ class Plugins:
         out = []
         for ep in _entry_points(GROUP_COMMANDS):
             if ep.name in reserved:
-                print(f"carkinetics: warning: the plugin command {ep.name} = {ep.value!r} is ignored (a built-in "
-                      "command has that name)", file=sys.stderr)
+                print(
+                    f"carkinetics: warning: the plugin command {ep.name} = {ep.value!r} is ignored (a built-in "
+                    "command has that name)",
+                    file=sys.stderr,
+                )
                 continue
             try:
                 obj = _load(ep)

@@ -13,21 +13,27 @@ from ._plugins import Command, Context
 class SimulateCommand(Command):
     name = "simulate"
     help = "simulate one model under one regimen -> tidy CSV + PNG"
-    description = ("Simulate a model (an installed model class with default parameters, or a preset with its "
-                   "standard regimen and save grid; without --model/--preset the default preset, i.e. the SLE human "
-                   "course under the Erlangen regimen) with parameter overrides, and write simulation.csv (tidy: "
-                   "time, kind, name, value, unit), simulation.png (one panel per output, units on the axes, "
-                   "optional data overlay) and parameters.csv (and model.xml with --sbml).")
+    description = (
+        "Simulate a model (an installed model class with default parameters, or a preset with its "
+        "standard regimen and save grid; without --model/--preset the default preset, i.e. the SLE human "
+        "course under the Erlangen regimen) with parameter overrides, and write simulation.csv (tidy: "
+        "time, kind, name, value, unit), simulation.png (one panel per output, units on the axes, "
+        "optional data overlay) and parameters.csv (and model.xml with --sbml)."
+    )
     outputs = ("simulation.csv", "simulation.png", "parameters.csv", "model.xml")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_args(parser)
-        parser.add_argument("--outputs", default=None,
-                            help="comma-separated observables/states to plot (default: all observables)")
-        parser.add_argument("--data", metavar="CSV", default=None,
-                            help="measurements to overlay: NONMEM-style (TIME, DV, CMT) or tidy (time, name, value)")
-        parser.add_argument("--sbml", action="store_true",
-                            help="also export the model and regimen as SBML (model.xml)")
+        parser.add_argument(
+            "--outputs", default=None, help="comma-separated observables/states to plot (default: all observables)"
+        )
+        parser.add_argument(
+            "--data",
+            metavar="CSV",
+            default=None,
+            help="measurements to overlay: NONMEM-style (TIME, DV, CMT) or tidy (time, name, value)",
+        )
+        parser.add_argument("--sbml", action="store_true", help="also export the model and regimen as SBML (model.xml)")
 
     def run(self, args: argparse.Namespace, ctx: Context) -> int:
         import carkinetics.io as cio
@@ -40,16 +46,20 @@ class SimulateCommand(Command):
         if args.outputs is not None:
             names = [n.strip() for n in args.outputs.split(",") if n.strip()]
             if not names:
-                raise UserError(f"--outputs {args.outputs!r} names no output; give comma-separated observables or "
-                                f"states, e.g. {','.join(model.observable_names()[:2])}.")
+                raise UserError(
+                    f"--outputs {args.outputs!r} names no output; give comma-separated observables or "
+                    f"states, e.g. {','.join(model.observable_names()[:2])}."
+                )
             twice = sorted({n for n in names if names.count(n) > 1})
             if twice:
                 raise UserError(f"--outputs {args.outputs!r} names {twice} more than once.")
             valid = set(model.observable_names()) | set(model.state_names())
             bad = [n for n in names if n not in valid]
             if bad:
-                raise UserError(f"--outputs: unknown name(s) {bad}; observables are "
-                                f"{list(model.observable_names())}, states are {list(model.state_names())}.")
+                raise UserError(
+                    f"--outputs: unknown name(s) {bad}; observables are "
+                    f"{list(model.observable_names())}, states are {list(model.state_names())}."
+                )
         out = ctx.out_dir()
         prog = ctx.progress(2)
         prog.step(f"{run.label}: integrating {ts[0]:g}..{ts[-1]:g} d")

@@ -65,8 +65,10 @@ def sweep_spec(path: str, model, n_default: int) -> tuple[dict, list[str] | None
     if n < 2:
         raise UserError(f"{path}: [sweep] n must be at least 2, got {n}.")
     if n > MAX_MEMBERS:
-        raise UserError(f"{path}: [sweep] n must be at most {MAX_MEMBERS:,}, got {n:,}; split the sweep into several "
-                        "runs with different seeds.")
+        raise UserError(
+            f"{path}: [sweep] n must be at most {MAX_MEMBERS:,}, got {n:,}; split the sweep into several "
+            "runs with different seeds."
+        )
     seed = toml_value(meta.get("seed", 0), "whole", f"{path} [sweep] seed")
     if not 0 <= seed < 2**32:
         raise UserError(f"{path}: [sweep] seed must be between 0 and {2**32 - 1}, got {seed}.")
@@ -87,18 +89,26 @@ def sweep_spec(path: str, model, n_default: int) -> tuple[dict, list[str] | None
     for j, (name, bounds) in enumerate(ranges.items()):
         if name not in allp:
             raise UserError(f"{path}: unknown parameter {name!r}; known parameters are {sorted(allp)}.")
-        if not (isinstance(bounds, list) and len(bounds) == 2 and all(is_number(b) for b in bounds)
-                and bounds[0] < bounds[1]):
-            raise UserError(f"{path}: range of {name!r} must be [lower, upper] with lower < upper, got "
-                            f"{toml_repr(bounds)}.")
+        if not (
+            isinstance(bounds, list)
+            and len(bounds) == 2
+            and all(is_number(b) for b in bounds)
+            and bounds[0] < bounds[1]
+        ):
+            raise UserError(
+                f"{path}: range of {name!r} must be [lower, upper] with lower < upper, got {toml_repr(bounds)}."
+            )
         lo, hi = float(bounds[0]), float(bounds[1])
         info = allp[name].info
         if lo < info.lower or hi > info.upper:
-            raise UserError(f"{path}: range [{lo}, {hi}] of {name!r} leaves its declared bounds "
-                            f"[{info.lower}, {info.upper}] {info.unit}.")
+            raise UserError(
+                f"{path}: range [{lo}, {hi}] of {name!r} leaves its declared bounds "
+                f"[{info.lower}, {info.upper}] {info.unit}."
+            )
         col = u[:, j]
-        samples[name] = np.exp(np.log(lo) + col * (np.log(hi) - np.log(lo))) if use_log and lo > 0 else \
-            lo + col * (hi - lo)
+        samples[name] = (
+            np.exp(np.log(lo) + col * (np.log(hi) - np.log(lo))) if use_log and lo > 0 else lo + col * (hi - lo)
+        )
     return samples, wanted
 
 
@@ -111,8 +121,9 @@ def metric_names(model) -> list[str] | None:
 
     import carkinetics as ck
 
-    stand_in = types.SimpleNamespace(model_class=type(model), ts=np.linspace(0.0, 1.0, 3),
-                                     obs_array=np.ones((3, len(model.observable_names()))))
+    stand_in = types.SimpleNamespace(
+        model_class=type(model), ts=np.linspace(0.0, 1.0, 3), obs_array=np.ones((3, len(model.observable_names())))
+    )
     try:
         return sorted(ck.observable_metrics(stand_in))  # type: ignore[arg-type]
     except Exception:  # (only a shortcut: the names are checked again after the sweep)
@@ -128,8 +139,7 @@ def sweep_figure(samples: dict, metrics: dict, path: str, max_metrics: int = 4) 
 
     mnames = list(metrics)[:max_metrics]
     pnames = list(samples)
-    fig, axes = plt.subplots(len(mnames), len(pnames), figsize=(3.2 * len(pnames), 2.6 * len(mnames)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(mnames), len(pnames), figsize=(3.2 * len(pnames), 2.6 * len(mnames)), squeeze=False)
     for i, m in enumerate(mnames):
         for j, p in enumerate(pnames):
             ax = axes[i][j]
@@ -150,19 +160,29 @@ def sweep_figure(samples: dict, metrics: dict, path: str, max_metrics: int = 4) 
 class SweepCommand(Command):
     name = "sweep"
     help = "sample parameter ranges, simulate each member, write metrics"
-    description = ("Sample the parameter ranges of a TOML file ([ranges] name = [lower, upper], log-uniform by "
-                   "default; [sweep] n, seed, log, metrics), simulate every member in chunks on the chosen engine "
-                   "and write sweep.csv (one row per member: parameters and summary metrics such as "
-                   "<observable>_cmax, _auc) and sweep.png.")
+    description = (
+        "Sample the parameter ranges of a TOML file ([ranges] name = [lower, upper], log-uniform by "
+        "default; [sweep] n, seed, log, metrics), simulate every member in chunks on the chosen engine "
+        "and write sweep.csv (one row per member: parameters and summary metrics such as "
+        "<observable>_cmax, _auc) and sweep.png."
+    )
     outputs = ("sweep.csv", "sweep.png")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_args(parser)
         parser.add_argument("--ranges", metavar="TOML", required=True, help="parameter ranges (see above)")
-        parser.add_argument("--n", type=whole_number(2, MAX_MEMBERS), default=64,
-                            help="members when the TOML gives no [sweep] n (default 64)")
-        parser.add_argument("--chunk-size", type=whole_number(1, MAX_MEMBERS), default=None,
-                            help="members per compiled batch, split over the devices (default 256 per device)")
+        parser.add_argument(
+            "--n",
+            type=whole_number(2, MAX_MEMBERS),
+            default=64,
+            help="members when the TOML gives no [sweep] n (default 64)",
+        )
+        parser.add_argument(
+            "--chunk-size",
+            type=whole_number(1, MAX_MEMBERS),
+            default=None,
+            help="members per compiled batch, split over the devices (default 256 per device)",
+        )
         add_engine_arg(parser)
         add_devices_arg(parser, what="each chunk")
         add_checkpoint_arg(parser)
@@ -190,9 +210,17 @@ class SweepCommand(Command):
         chunk = 256 * devices if args.chunk_size is None else args.chunk_size
         n_members = len(next(iter(samples.values())))
         try:
-            res = ck.sweep_model(run.model, run.regimen, run.ts, samples, engine=args.engine, chunk_size=chunk,
-                                 progress=not ctx.quiet and writer, devices=devices if devices > 1 else None,
-                                 checkpoint=args.checkpoint)
+            res = ck.sweep_model(
+                run.model,
+                run.regimen,
+                run.ts,
+                samples,
+                engine=args.engine,
+                chunk_size=chunk,
+                progress=not ctx.quiet and writer,
+                devices=devices if devices > 1 else None,
+                checkpoint=args.checkpoint,
+            )
         except ValueError as err:
             raise UserError(str(err)) from None
         metrics = {k: np.asarray(v) for k, v in res.outputs.items() if np.asarray(v).ndim == 1}
@@ -209,14 +237,17 @@ class SweepCommand(Command):
         w = csv.writer(text, lineterminator="\n")
         w.writerow(["member", *names, *metrics])
         for i in range(n_members):
-            w.writerow([i, *[repr(float(samples[p][i])) for p in names],
-                        *[repr(float(metrics[m][i])) for m in metrics]])
+            w.writerow(
+                [i, *[repr(float(samples[p][i])) for p in names], *[repr(float(metrics[m][i])) for m in metrics]]
+            )
         ckio.atomic_write_text(path, text.getvalue())  # a reader never sees a partial table
         png = sweep_figure(samples, metrics, os.path.join(out, "sweep.png"))
         solver = type(ck.default_solver(run.model, cast("Engine", res.engine))).__name__
-        print(f"{n_members} members on {res.n_devices} {jax.default_backend()} device(s) in "
-              f"{setting.num_processes} process(es); "
-              f"{res.n_failed} failed (masked as nan)")
+        print(
+            f"{n_members} members on {res.n_devices} {jax.default_backend()} device(s) in "
+            f"{setting.num_processes} process(es); "
+            f"{res.n_failed} failed (masked as nan)"
+        )
         print(f"engine: {res.engine} ({solver}); model: {run.label}")
         print(f"wrote {path}\nwrote {png}\noutput folder: {out}")
         return EXIT_OK

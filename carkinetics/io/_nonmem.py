@@ -186,8 +186,9 @@ def _read_rows(source: Source, required: Sequence[str], what: str) -> tuple[tupl
     return header, rows
 
 
-def _select_subject(header: Sequence[str], rows: list[_Row], subject_id: str | int | None, *,
-                    single: bool) -> list[_Row]:
+def _select_subject(
+    header: Sequence[str], rows: list[_Row], subject_id: str | int | None, *, single: bool
+) -> list[_Row]:
     """The rows of `subject_id`; with `single`, a table of several subjects needs a `subject_id`."""
     if "ID" not in header:
         if subject_id is not None:
@@ -261,8 +262,13 @@ def read_nonmem_events(source: Source, compartments: Sequence[str], *, subject_i
     """
     compartments = _names(compartments, "compartments", "state")
     header, rows = _read_rows(source, ("TIME", "AMT", "CMT"), "event table")
-    return Regimen([dose_from_row(row, compartments) for row in _select_subject(header, rows, subject_id, single=True)
-                    if row.evid == 1])
+    return Regimen(
+        [
+            dose_from_row(row, compartments)
+            for row in _select_subject(header, rows, subject_id, single=True)
+            if row.evid == 1
+        ]
+    )
 
 
 def dose_from_row(row: _Row, compartments: tuple[str, ...], time_factor: float = 1.0) -> Bolus | Infusion:
@@ -279,8 +285,10 @@ def dose_from_row(row: _Row, compartments: tuple[str, ...], time_factor: float =
         raise ValueError(f"Line {line}: AMT = {amt} is negative; doses must be non-negative.")
     state = _cmt(row, compartments, "dose")
     if row.number("SS", 0.0) != 0:
-        raise ValueError(f"Line {line}: SS = {row.cells['SS']} (steady-state dosing) is not supported; give the "
-                         "doses explicitly with II and ADDL.")
+        raise ValueError(
+            f"Line {line}: SS = {row.cells['SS']} (steady-state dosing) is not supported; give the "
+            "doses explicitly with II and ADDL."
+        )
     rate = row.number("RATE", 0.0)
     ii = row.number("II", 0.0) * time_factor
     addl = int(row.number("ADDL", 0.0))
@@ -289,8 +297,7 @@ def dose_from_row(row: _Row, compartments: tuple[str, ...], time_factor: float =
     if addl > 0 and ii <= 0:
         raise ValueError(f"Line {line}: ADDL = {addl} needs a positive II, got II = {ii}.")
     if rate < 0:
-        raise ValueError(f"Line {line}: RATE = {rate} (modelled rate/duration) is not supported; give RATE > 0 "
-                         "or 0.")
+        raise ValueError(f"Line {line}: RATE = {rate} (modelled rate/duration) is not supported; give RATE > 0 or 0.")
     if rate > 0:
         rate = rate / time_factor
         return Infusion(time, state, rate=rate, duration=amt / rate, ii=ii, addl=addl)
@@ -313,8 +320,9 @@ class Observations(NamedTuple):
         return self.time[mask][order], self.value[mask][order]
 
 
-def read_nonmem_observations(source: Source, observables: Sequence[str], *,
-                             subject_id: str | int | None = None) -> Observations:
+def read_nonmem_observations(
+    source: Source, observables: Sequence[str], *, subject_id: str | int | None = None
+) -> Observations:
     """Read the observation records (`EVID = 0`, `MDV = 0`) of a NONMEM-style CSV table.
 
     **Arguments:**
@@ -374,12 +382,13 @@ def observations_from_solution(solution: Solution, names: Sequence[str] | None =
 # Writers
 
 
-def _dose_rows(regimen: Regimen | None,
-               compartments: Sequence[str]) -> list[tuple[float, float, int, float, float, int]]:
+def _dose_rows(
+    regimen: Regimen | None, compartments: Sequence[str]
+) -> list[tuple[float, float, int, float, float, int]]:
     """`(TIME, AMT, CMT, RATE, II, ADDL)` of each dose, in regimen order (`CMT` 1-based into `compartments`)."""
     compartments = tuple(compartments)
     rows = []
-    for d in (regimen.doses if regimen is not None else ()):
+    for d in regimen.doses if regimen is not None else ():
         if isinstance(d, Bolus):
             t, amt, rate = float(d.time), float(d.amount), 0.0
         elif isinstance(d, Infusion):
@@ -411,9 +420,15 @@ def write_nonmem_events(regimen: Regimen, path: str | os.PathLike | io.TextIOBas
     _write_csv(path, lines)
 
 
-def write_nonmem_dataset(path: str | os.PathLike | io.TextIOBase, *, regimen: Regimen | None = None,
-                         compartments: Sequence[str] = (), observations: Observations | None = None,
-                         observables: Sequence[str] = (), subject_id: str | int = 1) -> None:
+def write_nonmem_dataset(
+    path: str | os.PathLike | io.TextIOBase,
+    *,
+    regimen: Regimen | None = None,
+    compartments: Sequence[str] = (),
+    observations: Observations | None = None,
+    observables: Sequence[str] = (),
+    subject_id: str | int = 1,
+) -> None:
     """Write doses and observations of one subject as one NONMEM-style CSV.
 
     Columns: `ID, TIME, AMT, CMT, EVID, RATE, II, ADDL, DV, MDV`. Dose `CMT` is the 1-based index of the target
@@ -424,13 +439,16 @@ def write_nonmem_dataset(path: str | os.PathLike | io.TextIOBase, *, regimen: Re
     observable not in `observables`.
     """
     observables = tuple(observables)
-    rows = [(t, 0, [subject_id, t, amt, cmt, 1, rate, ii, addl, ".", 1])
-            for t, amt, cmt, rate, ii, addl in _dose_rows(regimen, compartments)]
+    rows = [
+        (t, 0, [subject_id, t, amt, cmt, 1, rate, ii, addl, ".", 1])
+        for t, amt, cmt, rate, ii, addl in _dose_rows(regimen, compartments)
+    ]
     if observations is not None:
         for t, v, name in zip(observations.time, observations.value, observations.observable):
             if name not in observables:
                 raise ValueError(f"Observation of {name!r} is not in `observables` {list(observables)}.")
-            rows.append((float(t), 1, [subject_id, float(t), ".", observables.index(name) + 1, 0, ".", ".", ".",
-                                       float(v), 0]))
+            rows.append(
+                (float(t), 1, [subject_id, float(t), ".", observables.index(name) + 1, 0, ".", ".", ".", float(v), 0])
+            )
     rows.sort(key=lambda r: (r[0], r[1]))
     _write_csv(path, [["ID", "TIME", "AMT", "CMT", "EVID", "RATE", "II", "ADDL", "DV", "MDV"]] + [r[2] for r in rows])

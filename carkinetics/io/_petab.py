@@ -135,18 +135,22 @@ class PetabProblem:
         if condition_id is not None:
             cond = {c.condition_id: c for c in self.conditions}.get(condition_id)
             if cond is None:
-                raise ValueError(f"Unknown condition {condition_id!r}; known: "
-                                 f"{[c.condition_id for c in self.conditions]}.")
+                raise ValueError(
+                    f"Unknown condition {condition_id!r}; known: {[c.condition_id for c in self.conditions]}."
+                )
             for k, v in cond.values.items():
                 if k not in ids:
-                    raise ValueError(f"Condition {condition_id!r} overrides {k!r}, which is not a parameter of "
-                                     f"{type(model).__name__}.")
+                    raise ValueError(
+                        f"Condition {condition_id!r} overrides {k!r}, which is not a parameter of "
+                        f"{type(model).__name__}."
+                    )
                 updates[ids[k]] = v
         return model.replace(updates)
 
 
-def petab_parameters_from_model(model: ck.AbstractKineticModel, estimate: Sequence[str] = (), *,
-                                fold: float = 100.0) -> tuple[PetabParameter, ...]:
+def petab_parameters_from_model(
+    model: ck.AbstractKineticModel, estimate: Sequence[str] = (), *, fold: float = 100.0
+) -> tuple[PetabParameter, ...]:
     """Parameter-table rows for every scalar parameter of `model` (units and descriptions from the metadata).
 
     Estimated parameters (`estimate`, dotted names) get `log10` scale and bounds `nominal / fold` to
@@ -204,29 +208,44 @@ def _validate(problem: PetabProblem, model) -> None:
         if m.observable_id not in obs_ids:
             raise err("measurements", i, f"observableId {m.observable_id!r} is not in the observables table {obs_ids}.")
         if m.condition_id not in cond_ids:
-            raise err("measurements", i,
-                      f"simulationConditionId {m.condition_id!r} is not in the conditions table {cond_ids}.")
+            raise err(
+                "measurements",
+                i,
+                f"simulationConditionId {m.condition_id!r} is not in the conditions table {cond_ids}.",
+            )
         for col, v in (("time", m.time), ("measurement", m.measurement)):
             if not math.isfinite(v):
                 raise err("measurements", i, f"{col} = {v!r} is not finite.")
     transforms = {o.observable_id: o.transformation for o in problem.observables}
     for i, m in enumerate(problem.measurements):
         if transforms[m.observable_id] in ("log", "log10") and m.measurement <= 0:
-            raise err("measurements", i, f"measurement = {m.measurement} must be positive for the "
-                      f"{transforms[m.observable_id]}-transformed observable {m.observable_id!r}.")
+            raise err(
+                "measurements",
+                i,
+                f"measurement = {m.measurement} must be positive for the "
+                f"{transforms[m.observable_id]}-transformed observable {m.observable_id!r}.",
+            )
     for i, p in enumerate(problem.parameters):
         if p.scale not in _SCALES:
             raise err("parameters", i, f"parameterScale {p.scale!r} of {p.parameter_id!r} is not one of {_SCALES}.")
         if not p.lower <= p.nominal <= p.upper:
-            raise err("parameters", i, f"nominalValue {p.nominal} of {p.parameter_id!r} is outside "
-                      f"[{p.lower}, {p.upper}].")
+            raise err(
+                "parameters", i, f"nominalValue {p.nominal} of {p.parameter_id!r} is outside [{p.lower}, {p.upper}]."
+            )
         if p.estimate:
             if not (math.isfinite(p.lower) and math.isfinite(p.upper) and p.lower < p.upper):
-                raise err("parameters", i, f"estimated parameter {p.parameter_id!r} needs finite bounds with "
-                          f"lowerBound < upperBound, got [{p.lower}, {p.upper}].")
+                raise err(
+                    "parameters",
+                    i,
+                    f"estimated parameter {p.parameter_id!r} needs finite bounds with "
+                    f"lowerBound < upperBound, got [{p.lower}, {p.upper}].",
+                )
             if p.scale in ("log", "log10") and p.lower <= 0:
-                raise err("parameters", i, f"{p.scale}-scaled parameter {p.parameter_id!r} needs lowerBound > 0, "
-                          f"got {p.lower}.")
+                raise err(
+                    "parameters",
+                    i,
+                    f"{p.scale}-scaled parameter {p.parameter_id!r} needs lowerBound > 0, got {p.lower}.",
+                )
     for i, o in enumerate(problem.observables):
         if o.transformation not in _TRANSFORMS:
             raise err("observables", i, f"observableTransformation {o.transformation!r} is not one of {_TRANSFORMS}.")
@@ -239,8 +258,11 @@ def _validate(problem: PetabProblem, model) -> None:
             if "must be positive" in str(e):
                 raise
             if o.noise_formula not in par_ids and not o.noise_formula.startswith("noiseParameter"):
-                raise err("observables", i, f"noiseFormula {o.noise_formula!r} is neither a number nor a parameter "
-                          f"id of the parameters table.") from None
+                raise err(
+                    "observables",
+                    i,
+                    f"noiseFormula {o.noise_formula!r} is neither a number nor a parameter id of the parameters table.",
+                ) from None
     for i, c in enumerate(problem.conditions):
         for k, v in c.values.items():
             if not math.isfinite(v):
@@ -250,12 +272,20 @@ def _validate(problem: PetabProblem, model) -> None:
         names = set(model.observable_names()) | set(model.state_names())
         for i, p in enumerate(problem.parameters):
             if p.parameter_id not in pids and not p.parameter_id.startswith(("noise", "sigma")):
-                raise err("parameters", i, f"parameterId {p.parameter_id!r} is not a parameter of "
-                          f"{type(model).__name__} (ids: {sorted(pids)}).")
+                raise err(
+                    "parameters",
+                    i,
+                    f"parameterId {p.parameter_id!r} is not a parameter of "
+                    f"{type(model).__name__} (ids: {sorted(pids)}).",
+                )
         for i, o in enumerate(problem.observables):
             if o.formula not in names:
-                raise err("observables", i, f"observableFormula {o.formula!r} must be one observable or state name "
-                          f"of {type(model).__name__}: {sorted(names)}.")
+                raise err(
+                    "observables",
+                    i,
+                    f"observableFormula {o.formula!r} must be one observable or state name "
+                    f"of {type(model).__name__}: {sorted(names)}.",
+                )
         for i, c in enumerate(problem.conditions):
             for k in c.values:
                 if k not in pids:
@@ -299,14 +329,20 @@ def _petab_form(problem: PetabProblem, model: ck.AbstractKineticModel) -> PetabP
                 "condition values."
             )
     default = {k: float(rows[k].nominal) if k in rows else float(np.asarray(values[k])) for k in overridden}
-    conditions = tuple(c._replace(values={k: float(c.values.get(k, default[k])) for k in overridden})
-                       for c in problem.conditions)
+    conditions = tuple(
+        c._replace(values={k: float(c.values.get(k, default[k])) for k in overridden}) for c in problem.conditions
+    )
     parameters = tuple(p for p in problem.parameters if p.parameter_id not in default)
     return PetabProblem(problem.measurements, parameters, conditions, problem.observables)
 
 
-def write_petab(problem: PetabProblem, folder: str | os.PathLike, *, model: ck.AbstractKineticModel,
-                regimen: ck.Regimen | ck.AbstractDose | None = None) -> str:
+def write_petab(
+    problem: PetabProblem,
+    folder: str | os.PathLike,
+    *,
+    model: ck.AbstractKineticModel,
+    regimen: ck.Regimen | ck.AbstractDose | None = None,
+) -> str:
     """Write `problem` as a PEtab v1 problem into `folder` (created if needed); returns the `problem.yaml` path.
 
     **Arguments:**
@@ -347,22 +383,45 @@ def write_petab(problem: PetabProblem, folder: str | os.PathLike, *, model: ck.A
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
     atomic_write_text(os.path.join(folder, "model.xml"), sbml)
-    _write_tsv(os.path.join(folder, "measurements.tsv"),
-               ["observableId", "simulationConditionId", "time", "measurement", "noiseParameters", "replicateId",
-                "datasetId"],
-               [list(m) for m in problem.measurements])
-    _write_tsv(os.path.join(folder, "parameters.tsv"),
-               ["parameterId", "parameterName", "parameterScale", "lowerBound", "upperBound", "nominalValue",
-                "estimate"],
-               [[p.parameter_id, p.parameter_name, p.scale, float(p.lower), float(p.upper), float(p.nominal),
-                 bool(p.estimate)] for p in problem.parameters])
+    _write_tsv(
+        os.path.join(folder, "measurements.tsv"),
+        ["observableId", "simulationConditionId", "time", "measurement", "noiseParameters", "replicateId", "datasetId"],
+        [list(m) for m in problem.measurements],
+    )
+    _write_tsv(
+        os.path.join(folder, "parameters.tsv"),
+        ["parameterId", "parameterName", "parameterScale", "lowerBound", "upperBound", "nominalValue", "estimate"],
+        [
+            [
+                p.parameter_id,
+                p.parameter_name,
+                p.scale,
+                float(p.lower),
+                float(p.upper),
+                float(p.nominal),
+                bool(p.estimate),
+            ]
+            for p in problem.parameters
+        ],
+    )
     cols = sorted({k for c in problem.conditions for k in c.values})
-    _write_tsv(os.path.join(folder, "conditions.tsv"), ["conditionId", "conditionName", *cols],
-               [[c.condition_id, c.name, *[float(c.values[k]) for k in cols]] for c in problem.conditions])
-    _write_tsv(os.path.join(folder, "observables.tsv"),
-               ["observableId", "observableName", "observableFormula", "observableTransformation", "noiseFormula",
-                "noiseDistribution"],
-               [list(o) for o in problem.observables])
+    _write_tsv(
+        os.path.join(folder, "conditions.tsv"),
+        ["conditionId", "conditionName", *cols],
+        [[c.condition_id, c.name, *[float(c.values[k]) for k in cols]] for c in problem.conditions],
+    )
+    _write_tsv(
+        os.path.join(folder, "observables.tsv"),
+        [
+            "observableId",
+            "observableName",
+            "observableFormula",
+            "observableTransformation",
+            "noiseFormula",
+            "noiseDistribution",
+        ],
+        [list(o) for o in problem.observables],
+    )
     yaml_path = os.path.join(folder, "problem.yaml")
     atomic_write_text(
         yaml_path,
@@ -385,13 +444,15 @@ def _read_tsv(path: str, required: Sequence[str]) -> tuple[list[str], list[tuple
         header = [h.strip() for h in (reader.fieldnames or [])]
         dup = sorted({h for h in header if header.count(h) > 1})
         if dup:  # csv.DictReader would keep the last of them silently
-            raise ValueError(f"{os.path.basename(path)} has duplicate column(s) {dup} in its header; each column "
-                             "must appear once.")
+            raise ValueError(
+                f"{os.path.basename(path)} has duplicate column(s) {dup} in its header; each column must appear once."
+            )
         missing = [c for c in required if c not in header]
         if missing:
             raise ValueError(f"{os.path.basename(path)} lacks required column(s) {missing}; found {header}.")
-        rows = [(i + 2, {k.strip(): (v or "").strip() for k, v in r.items() if k is not None})
-                for i, r in enumerate(reader)]
+        rows = [
+            (i + 2, {k.strip(): (v or "").strip() for k, v in r.items() if k is not None}) for i, r in enumerate(reader)
+        ]
     return header, rows
 
 
@@ -414,36 +475,61 @@ def read_petab(folder: str | os.PathLike, *, model: ck.AbstractKineticModel | No
     if not os.path.isdir(folder):
         raise ValueError(f"The PEtab folder {folder!r} does not exist.")
     j = os.path.join
-    _, mrows = _read_tsv(j(folder, "measurements.tsv"),
-                         ["observableId", "simulationConditionId", "time", "measurement"])
+    _, mrows = _read_tsv(
+        j(folder, "measurements.tsv"), ["observableId", "simulationConditionId", "time", "measurement"]
+    )
     measurements = tuple(
-        PetabMeasurement(r["observableId"], r["simulationConditionId"],
-                         _f(r["time"], f"measurements.tsv line {n}, column time"),
-                         _f(r["measurement"], f"measurements.tsv line {n}, column measurement"),
-                         r.get("noiseParameters", ""), r.get("replicateId", ""), r.get("datasetId", ""))
-        for n, r in mrows)
-    _, prows = _read_tsv(j(folder, "parameters.tsv"),
-                         ["parameterId", "parameterScale", "lowerBound", "upperBound", "nominalValue", "estimate"])
+        PetabMeasurement(
+            r["observableId"],
+            r["simulationConditionId"],
+            _f(r["time"], f"measurements.tsv line {n}, column time"),
+            _f(r["measurement"], f"measurements.tsv line {n}, column measurement"),
+            r.get("noiseParameters", ""),
+            r.get("replicateId", ""),
+            r.get("datasetId", ""),
+        )
+        for n, r in mrows
+    )
+    _, prows = _read_tsv(
+        j(folder, "parameters.tsv"),
+        ["parameterId", "parameterScale", "lowerBound", "upperBound", "nominalValue", "estimate"],
+    )
     parameters = []
     for n, r in prows:
         est = r["estimate"]
         if est not in ("0", "1"):
             raise ValueError(f"parameters.tsv line {n}, column estimate: {est!r} must be 0 or 1.")
-        parameters.append(PetabParameter(
-            r["parameterId"], r.get("parameterName", ""), r["parameterScale"],
-            _f(r["lowerBound"], f"parameters.tsv line {n}, column lowerBound"),
-            _f(r["upperBound"], f"parameters.tsv line {n}, column upperBound"),
-            _f(r["nominalValue"], f"parameters.tsv line {n}, column nominalValue"), est == "1"))
+        parameters.append(
+            PetabParameter(
+                r["parameterId"],
+                r.get("parameterName", ""),
+                r["parameterScale"],
+                _f(r["lowerBound"], f"parameters.tsv line {n}, column lowerBound"),
+                _f(r["upperBound"], f"parameters.tsv line {n}, column upperBound"),
+                _f(r["nominalValue"], f"parameters.tsv line {n}, column nominalValue"),
+                est == "1",
+            )
+        )
     cheader, crows = _read_tsv(j(folder, "conditions.tsv"), ["conditionId"])
     value_cols = [c for c in cheader if c not in ("conditionId", "conditionName")]
     conditions = tuple(
-        PetabCondition(r["conditionId"], r.get("conditionName", ""),
-                       {k: _f(r[k], f"conditions.tsv line {n}, column {k}") for k in value_cols if r.get(k, "") != ""})
-        for n, r in crows)
+        PetabCondition(
+            r["conditionId"],
+            r.get("conditionName", ""),
+            {k: _f(r[k], f"conditions.tsv line {n}, column {k}") for k in value_cols if r.get(k, "") != ""},
+        )
+        for n, r in crows
+    )
     _, orows = _read_tsv(j(folder, "observables.tsv"), ["observableId", "observableFormula", "noiseFormula"])
     observables = tuple(
-        PetabObservable(r["observableId"], r.get("observableName", ""), r["observableFormula"],
-                        r.get("observableTransformation", "") or "lin", r["noiseFormula"],
-                        r.get("noiseDistribution", "") or "normal")
-        for n, r in orows)
+        PetabObservable(
+            r["observableId"],
+            r.get("observableName", ""),
+            r["observableFormula"],
+            r.get("observableTransformation", "") or "lin",
+            r["noiseFormula"],
+            r.get("noiseDistribution", "") or "normal",
+        )
+        for n, r in orows
+    )
     return PetabProblem(measurements, tuple(parameters), conditions, observables).validate(model)

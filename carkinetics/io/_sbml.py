@@ -219,8 +219,10 @@ def _movement(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
                 )
             indices[i] = v
     pool = np.concatenate([_as_object(invals[i]).reshape(-1) for i in data])
-    return [_maybe_numeric(pool[ids.reshape(-1)].reshape(ids.shape), var.aval.dtype)
-            for ids, var in zip(source_elements(eqn, indices), eqn.outvars)]
+    return [
+        _maybe_numeric(pool[ids.reshape(-1)].reshape(ids.shape), var.aval.dtype)
+        for ids, var in zip(source_elements(eqn, indices), eqn.outvars)
+    ]
 
 
 def _elementwise(eqn, invals: list[np.ndarray]) -> list[np.ndarray]:
@@ -339,9 +341,16 @@ def _no_rule(eqn, invals):
 # The symbolic domain: every value is a numpy array, numeric where known and of dtype object (holding `_E`
 # expressions and numbers) where it depends on parameters, states or time.
 _RULES = Rules(
-    table={name: _folding(rule) for name, rule in rule_table(
-        elementwise=_elementwise, identity=lambda eqn, invals: invals, movement=_movement, reduction=_reduce,
-        dot_general=_dot_general).items()},
+    table={
+        name: _folding(rule)
+        for name, rule in rule_table(
+            elementwise=_elementwise,
+            identity=lambda eqn, invals: invals,
+            movement=_movement,
+            reduction=_reduce,
+            dot_general=_dot_general,
+        ).items()
+    },
     default=_folding(_no_rule),
     constant=lambda value, aval: np.asarray(value),
 )
@@ -352,14 +361,98 @@ _RULES = Rules(
 
 _RESERVED = {
     # Antimony keywords and SBML/MathML names that cannot be used as identifiers
-    "time", "model", "module", "end", "function", "species", "compartment", "reaction", "const", "var", "at",
-    "after", "priority", "persistent", "fromtrigger", "t0", "in", "is", "has", "import", "delete", "unit",
-    "formula", "ext", "substanceonly", "dna", "gene", "operator", "and", "or", "not", "xor", "true", "false",
-    "pi", "exponentiale", "e", "inf", "infinity", "nan", "notanumber", "avogadro", "rateof", "exp", "ln", "log",
-    "log10", "pow", "power", "sqrt", "root", "abs", "floor", "ceil", "ceiling", "factorial", "min", "max",
-    "piecewise", "sin", "cos", "tan", "sec", "csc", "cot", "sinh", "cosh", "tanh", "asin", "acos", "atan",
-    "arcsin", "arccos", "arctan", "delay", "quotient", "rem", "implies", "eq", "neq", "lt", "gt", "leq", "geq",
-    "plus", "minus", "times", "divide", "sbo", "identity", "event", "events",
+    "time",
+    "model",
+    "module",
+    "end",
+    "function",
+    "species",
+    "compartment",
+    "reaction",
+    "const",
+    "var",
+    "at",
+    "after",
+    "priority",
+    "persistent",
+    "fromtrigger",
+    "t0",
+    "in",
+    "is",
+    "has",
+    "import",
+    "delete",
+    "unit",
+    "formula",
+    "ext",
+    "substanceonly",
+    "dna",
+    "gene",
+    "operator",
+    "and",
+    "or",
+    "not",
+    "xor",
+    "true",
+    "false",
+    "pi",
+    "exponentiale",
+    "e",
+    "inf",
+    "infinity",
+    "nan",
+    "notanumber",
+    "avogadro",
+    "rateof",
+    "exp",
+    "ln",
+    "log",
+    "log10",
+    "pow",
+    "power",
+    "sqrt",
+    "root",
+    "abs",
+    "floor",
+    "ceil",
+    "ceiling",
+    "factorial",
+    "min",
+    "max",
+    "piecewise",
+    "sin",
+    "cos",
+    "tan",
+    "sec",
+    "csc",
+    "cot",
+    "sinh",
+    "cosh",
+    "tanh",
+    "asin",
+    "acos",
+    "atan",
+    "arcsin",
+    "arccos",
+    "arctan",
+    "delay",
+    "quotient",
+    "rem",
+    "implies",
+    "eq",
+    "neq",
+    "lt",
+    "gt",
+    "leq",
+    "geq",
+    "plus",
+    "minus",
+    "times",
+    "divide",
+    "sbo",
+    "identity",
+    "event",
+    "events",
 }
 
 
@@ -444,8 +537,16 @@ def symbolic_model(model: ck.AbstractKineticModel, *, name: str | None = None, t
             arr = np.empty(val.shape, dtype=object)
             for k, idx in enumerate(np.ndindex(val.shape)):
                 eid = _sanitize(f"{pid}_{k}", taken)
-                rows.append((eid, float(val[idx]), p.info.unit, f"{p.info.description} (element {idx})",
-                             p.info.source, p.info.tag))
+                rows.append(
+                    (
+                        eid,
+                        float(val[idx]),
+                        p.info.unit,
+                        f"{p.info.description} (element {idx})",
+                        p.info.source,
+                        p.info.tag,
+                    )
+                )
                 arr[idx] = _E(eid)
             sym_params.append(arr)
     getters = [functools.partial(_get, parts=tuple(p.name.split("."))) for p in plist]
@@ -473,8 +574,15 @@ def symbolic_model(model: ck.AbstractKineticModel, *, name: str | None = None, t
         return tuple(_fmt(v) for v in np.asarray(a, dtype=object).reshape(-1))
 
     return SymbolicModel(
-        name=name, state_ids=state_ids, observable_ids=obs_ids, parameter_ids=param_ids, parameters=tuple(rows),
-        rates=strs(rates), observables=strs(obs), initial=strs(init), breakpoints=strs(bps),
+        name=name,
+        state_ids=state_ids,
+        observable_ids=obs_ids,
+        parameter_ids=param_ids,
+        parameters=tuple(rows),
+        rates=strs(rates),
+        observables=strs(obs),
+        initial=strs(init),
+        breakpoints=strs(bps),
         state_units={sid: model.state_units.get(s, "") for sid, s in zip(state_ids, state_names)},
         observable_units={oid: model.observable_units.get(o, "") for oid, o in zip(obs_ids, obs_names)},
     )
@@ -508,22 +616,27 @@ def _events(sm: SymbolicModel, regimen: ck.Regimen | None, state_names: Sequence
     prio = 1000000
     for k, d in enumerate(regimen.doses):
         if isinstance(d, ck.Bolus):
-            for t, amt in zip(np.asarray(d.times()).reshape(-1),
-                              np.broadcast_to(np.asarray(d.amount), np.asarray(d.times()).shape)):
+            for t, amt in zip(
+                np.asarray(d.times()).reshape(-1), np.broadcast_to(np.asarray(d.amount), np.asarray(d.times()).shape)
+            ):
                 n_ev += 1
                 prio -= 1
                 s = sid[d.state]
-                elines.append(f"  dose_{n_ev}: at (time >= {_fmt(float(t) - t0)}), priority = {prio}, t0 = false, "
-                              f"fromTrigger = false: {s} = {s} + {_fmt(float(amt))};  // bolus into {d.state}, "
-                              f"day {float(t):g}")
+                elines.append(
+                    f"  dose_{n_ev}: at (time >= {_fmt(float(t) - t0)}), priority = {prio}, t0 = false, "
+                    f"fromTrigger = false: {s} = {s} + {_fmt(float(amt))};  // bolus into {d.state}, "
+                    f"day {float(t):g}"
+                )
         elif isinstance(d, ck.FractionalKill):
             for t in np.asarray(d.times()).reshape(-1):
                 n_ev += 1
                 prio -= 1
                 f = float(np.asarray(d.fraction))
                 assigns = ", ".join(f"{sid[s]} = {sid[s]} * {_fmt(1.0 - f)}" for s in d.states)
-                elines.append(f"  dose_{n_ev}: at (time >= {_fmt(float(t) - t0)}), priority = {prio}, t0 = false, "
-                              f"fromTrigger = false: {assigns};  // fractional kill {f:g}, day {float(t):g}")
+                elines.append(
+                    f"  dose_{n_ev}: at (time >= {_fmt(float(t) - t0)}), priority = {prio}, t0 = false, "
+                    f"fromTrigger = false: {assigns};  // fractional kill {f:g}, day {float(t):g}"
+                )
         elif isinstance(d, ck.Infusion):
             rate = float(np.asarray(d.rate))
             dur = float(np.asarray(d.duration))
@@ -532,13 +645,18 @@ def _events(sm: SymbolicModel, regimen: ck.Regimen | None, state_names: Sequence
                 prio -= 1
                 rid = f"infusion_{k + 1}_{j + 1}_rate"
                 s = sid[d.state]
-                plines.append(f"  {rid} = 0;  // {d.state} units/d, zero-order infusion from day {float(t):g} "
-                              f"for {dur:g} d")
+                plines.append(
+                    f"  {rid} = 0;  // {d.state} units/d, zero-order infusion from day {float(t):g} for {dur:g} d"
+                )
                 extra[s].append(rid)
-                elines.append(f"  dose_{n_ev}_on: at (time >= {_fmt(float(t) - t0)}), priority = {prio}, t0 = false, "
-                              f"fromTrigger = false: {rid} = {_fmt(rate)};")
-                elines.append(f"  dose_{n_ev}_off: at (time >= {_fmt(float(t) + dur - t0)}), priority = {prio}, "
-                              f"t0 = false, fromTrigger = false: {rid} = 0;")
+                elines.append(
+                    f"  dose_{n_ev}_on: at (time >= {_fmt(float(t) - t0)}), priority = {prio}, t0 = false, "
+                    f"fromTrigger = false: {rid} = {_fmt(rate)};"
+                )
+                elines.append(
+                    f"  dose_{n_ev}_off: at (time >= {_fmt(float(t) + dur - t0)}), priority = {prio}, "
+                    f"t0 = false, fromTrigger = false: {rid} = 0;"
+                )
         else:  # pragma: no cover - Regimen only holds the three types
             raise ValueError(f"Unsupported dose type {type(d).__name__}.")
     return extra, plines, elines
@@ -549,8 +667,13 @@ def _default_t0(regimen: ck.Regimen | None) -> float:
     return 0.0 if first is None else min(0.0, float(first))
 
 
-def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.AbstractDose | None = None, *,
-                name: str | None = None, t0: float | None = None) -> str:
+def to_antimony(
+    model: ck.AbstractKineticModel,
+    regimen: ck.Regimen | ck.AbstractDose | None = None,
+    *,
+    name: str | None = None,
+    t0: float | None = None,
+) -> str:
     """Antimony text of `model` with its parameters (and `regimen` as SBML events).
 
     **Arguments:**
@@ -588,15 +711,18 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
         raise ValueError(f"`t0` must be a finite day, got {t0!r}.")
     first = None if regimen is None else regimen.first_time()
     if first is not None and float(first) < t0:
-        raise ValueError(f"`t0` = {t0} is later than the first dose on day {float(first)}; the SBML "
-                         "clock must start at or before the first dose.")
+        raise ValueError(
+            f"`t0` = {t0} is later than the first dose on day {float(first)}; the SBML "
+            "clock must start at or before the first dose."
+        )
     sm = symbolic_model(model, name=name, time="(time + t_start)" if t0 != 0.0 else "time")
     if t0 != 0.0 and "t_start" in {*sm.state_ids, *sm.observable_ids, *(p[0] for p in sm.parameters)}:
-        raise ValueError("The model has an output or parameter named 't_start', which the time offset needs; "
-                         "export with t0=0 or rename it.")
+        raise ValueError(
+            "The model has an output or parameter named 't_start', which the time offset needs; "
+            "export with t0=0 or rename it."
+        )
     extra, plines, elines = _events(sm, regimen, model.state_names(), t0)
-    clock = ("SBML time 0 = day 0" if t0 == 0.0 else
-             f"SBML time 0 = day {t0:g}: carkinetics day = time + t_start")
+    clock = "SBML time 0 = day 0" if t0 == 0.0 else f"SBML time 0 = day {t0:g}: carkinetics day = time + t_start"
     lines = [
         f"// {sm.name}: exported by carkinetics {ck.__version__} from {type(model).__module__}.{type(model).__name__}",
         f"// Time unit: day (day 0 = CAR-T infusion; {clock}). States with rate rules; observables as assignment "
@@ -615,8 +741,9 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
         lines.append(f"  {s} = {v};")
     lines.append("  // parameters: value; unit; confidence tag; description; source")
     if t0 != 0.0:
-        lines.append(f"  t_start = {_fmt(t0)};  "
-                     "// d; carkinetics day at SBML time 0 (export setting, not a model parameter)")
+        lines.append(
+            f"  t_start = {_fmt(t0)};  // d; carkinetics day at SBML time 0 (export setting, not a model parameter)"
+        )
     for pid, val, unit, desc, src, tag in sm.parameters:
         lines.append(f"  {pid} = {_fmt(val)};  // {unit}; [{tag}] {_comment(desc)}; {_comment(src)}")
     if sm.breakpoints:
@@ -624,8 +751,9 @@ def to_antimony(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.Abstrac
         lines.append("  breakpoint_counter = 0;")
         for k, b in enumerate(sm.breakpoints):
             b = b if t0 == 0.0 else f"({b} - t_start)"
-            lines.append(f"  breakpoint_{k + 1}: at (time >= {b}), t0 = false: "
-                         "breakpoint_counter = breakpoint_counter + 1;")
+            lines.append(
+                f"  breakpoint_{k + 1}: at (time >= {b}), t0 = false: breakpoint_counter = breakpoint_counter + 1;"
+            )
     if plines or elines:
         lines.append("  // dosing regimen")
         lines.extend(plines)
@@ -644,7 +772,7 @@ def antimony_to_sbml(text: str, name: str | None = None) -> str:
         import antimony
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "SBML export needs the `antimony` package: pip install -e \".[sbml]\" (or pip install antimony)."
+            'SBML export needs the `antimony` package: pip install -e ".[sbml]" (or pip install antimony).'
         ) from err
     antimony.clearPreviousLoads()
     if antimony.loadAntimonyString(text) < 0:
@@ -656,8 +784,13 @@ def antimony_to_sbml(text: str, name: str | None = None) -> str:
     return sbml
 
 
-def to_sbml(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.AbstractDose | None = None, *,
-            name: str | None = None, t0: float | None = None) -> str:
+def to_sbml(
+    model: ck.AbstractKineticModel,
+    regimen: ck.Regimen | ck.AbstractDose | None = None,
+    *,
+    name: str | None = None,
+    t0: float | None = None,
+) -> str:
     """SBML (Level 3) string of `model` with its parameters and optional `regimen` (see [`to_antimony`][]).
 
     Runs in libroadrunner, COPASI or AMICI. Needs the `antimony` package.
@@ -676,8 +809,14 @@ def to_sbml(model: ck.AbstractKineticModel, regimen: ck.Regimen | ck.AbstractDos
     return antimony_to_sbml(to_antimony(model, regimen, name=sm_name, t0=t0), sm_name)
 
 
-def write_sbml(model: ck.AbstractKineticModel, path, regimen: ck.Regimen | ck.AbstractDose | None = None, *,
-               name: str | None = None, t0: float | None = None) -> None:
+def write_sbml(
+    model: ck.AbstractKineticModel,
+    path,
+    regimen: ck.Regimen | ck.AbstractDose | None = None,
+    *,
+    name: str | None = None,
+    t0: float | None = None,
+) -> None:
     """Write `to_sbml(model, regimen, t0=t0)` to `path` (an `.xml`/`.sbml` file), atomically."""
     from .._core._files import atomic_write_text
 

@@ -62,11 +62,17 @@ def write_tidy_csv(path: str | os.PathLike, solution: ck.Solution, *, extra: Map
         w.writerow(["time", "kind", "name", "value", "unit", *extra])
         for kind, names, labels, arr, units in (
             ("state", cls.state_names(), state_labels, np.asarray(solution.y_array), cls.state_units),
-            ("observable", cls.observable_names(), observable_labels, np.asarray(solution.obs_array),
-             cls.observable_units),
+            (
+                "observable",
+                cls.observable_names(),
+                observable_labels,
+                np.asarray(solution.obs_array),
+                cls.observable_units,
+            ),
         ):
             for j, (name, label) in enumerate(zip(names, labels)):
                 for i in range(ts.shape[0]):
-                    w.writerow([repr(float(ts[i])), kind, label, repr(float(arr[i, j])), units.get(name, ""),
-                                *extra.values()])
+                    w.writerow(
+                        [repr(float(ts[i])), kind, label, repr(float(arr[i, j])), units.get(name, ""), *extra.values()]
+                    )
     return os.fspath(path)

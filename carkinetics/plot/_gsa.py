@@ -75,8 +75,15 @@ def plot_sobol(result: Any, *, ax: Any = None, title: str | None = None, sort: b
     return fig
 
 
-def plot_sobol_timecourse(result: Any, ts: Any, *, total: bool = True, ax: Any = None, title: str | None = None,
-                          names: Sequence[str] | None = None):
+def plot_sobol_timecourse(
+    result: Any,
+    ts: Any,
+    *,
+    total: bool = True,
+    ax: Any = None,
+    title: str | None = None,
+    names: Sequence[str] | None = None,
+):
     """Sobol indices of a time-course output against time (days), one line per factor with a confidence band.
 
     `result` is a [`carkinetics.SobolResult`][] with indices of shape `(d, T)`; `total` picks ST (default) or S1;

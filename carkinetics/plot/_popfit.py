@@ -76,8 +76,9 @@ def plot_gof(fit: Any, table: dict[str, np.ndarray] | None = None):
     return fig
 
 
-def plot_individual_fits(fit: Any, ids: Sequence[str] | None = None, *, max_subjects: int = 12, points: int = 200,
-                         logy: bool = False):
+def plot_individual_fits(
+    fit: Any, ids: Sequence[str] | None = None, *, max_subjects: int = 12, points: int = 200, logy: bool = False
+):
     """Each subject's data with its individual (EBE) and population (typical) predicted curves.
 
     **Arguments:** `ids` (default: the first `max_subjects` subjects), `points` per curve, `logy`.
@@ -104,8 +105,15 @@ def plot_individual_fits(fit: Any, ids: Sequence[str] | None = None, *, max_subj
     curves = []
     for e in (eta[idx], jnp.zeros_like(eta[idx])):
         phi = sub.phi(params, e)
-        sol = ck.simulate_ensemble(sub.models(phi), sub.data.regimen, jnp.asarray(grid), solver=problem.solver,
-                                   rtol=problem.rtol, atol=problem.atol, throw=False)
+        sol = ck.simulate_ensemble(
+            sub.models(phi),
+            sub.data.regimen,
+            jnp.asarray(grid),
+            solver=problem.solver,
+            rtol=problem.rtol,
+            atol=problem.atol,
+            throw=False,
+        )
         curves.append(np.asarray(sol.obs_array))
     scale, unit = _time_unit(fit)
     names = problem.model.observable_names()
@@ -125,25 +133,35 @@ def plot_individual_fits(fit: Any, ids: Sequence[str] | None = None, *, max_subj
             if cens.any():
                 ax.plot(tt[cens], yy[cens], "v", ms=4, mfc="none", color="C3")
             ax.plot(grid * scale, curves[0][k, :, o], color="C0", lw=1.2, label="individual" if k == 0 else None)
-            ax.plot(grid * scale, curves[1][k, :, o], color="C1", lw=1.0, ls="--",
-                    label="population" if k == 0 else None)
+            ax.plot(
+                grid * scale, curves[1][k, :, o], color="C1", lw=1.0, ls="--", label="population" if k == 0 else None
+            )
         ax.set_title(f"ID {data.ids[i]}", fontsize=8)
         if logy:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(idx):]:
+    for ax in list(axes.flat)[len(idx) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.supxlabel(f"time ({unit})", fontsize=9)
-    fig.supylabel(", ".join(names[o] for o in sorted(set(np.asarray(data.obs_index)[np.asarray(data.mask)].tolist()))),
-                  fontsize=9)
+    fig.supylabel(
+        ", ".join(names[o] for o in sorted(set(np.asarray(data.obs_index)[np.asarray(data.mask)].tolist()))), fontsize=9
+    )
     fig.tight_layout()
     return fig
 
 
-def population_vpc(fit: Any, key: Any, *, n_replicates: int = 200, bins: Any = None,
-                   percentiles: Sequence[float] = (5.0, 50.0, 95.0), ci: tuple[float, float] = (5.0, 95.0),
-                   prediction_corrected: bool = False, observable: int | None = None) -> VPCStatistics:
+def population_vpc(
+    fit: Any,
+    key: Any,
+    *,
+    n_replicates: int = 200,
+    bins: Any = None,
+    percentiles: Sequence[float] = (5.0, 50.0, 95.0),
+    ci: tuple[float, float] = (5.0, 95.0),
+    prediction_corrected: bool = False,
+    observable: int | None = None,
+) -> VPCStatistics:
     """Percentile VPC statistics of a population fit: `n_replicates` data sets simulated on the observed design at
     the estimates (random effects from Omega, residual errors from the error model), percentiles per time bin.
 
@@ -171,13 +189,14 @@ def population_vpc(fit: Any, key: Any, *, n_replicates: int = 200, bins: Any = N
         uniq = np.unique(t)
         nb = int(min(8, uniq.size))
         gaps = np.diff(uniq)
-        cut = np.sort(np.argsort(gaps)[::-1][:nb - 1])
+        cut = np.sort(np.argsort(gaps)[::-1][: nb - 1])
         bins = np.concatenate([[uniq[0]], 0.5 * (uniq[cut] + uniq[cut + 1]), [uniq[-1]]])
     bins = np.asarray(bins, float)
     which = np.clip(np.searchsorted(bins, t, side="right") - 1, 0, len(bins) - 2)
     nb = len(bins) - 1
-    sims = np.stack([np.asarray(problem.simulate(jax.random.fold_in(key, r), params)[0].dv)[mask]
-                     for r in range(n_replicates)])
+    sims = np.stack(
+        [np.asarray(problem.simulate(jax.random.fold_in(key, r), params)[0].dv)[mask] for r in range(n_replicates)]
+    )
     if prediction_corrected:
         table = ck.population_diagnostics(fit)
         pred_full = np.full(np.asarray(data.dv).shape, np.nan)
@@ -205,12 +224,20 @@ def population_vpc(fit: Any, key: Any, *, n_replicates: int = 200, bins: Any = N
         rep = np.nanpercentile(sims[:, sel], p, axis=1)  # (P, R)
         sim_med[:, b] = np.median(rep, axis=1)
         lo[:, b], hi[:, b] = np.percentile(rep, ci[0], axis=1), np.percentile(rep, ci[1], axis=1)
-    return VPCStatistics(bin_times=centre, observed=obs, simulated=sim_med, simulated_lo=lo, simulated_hi=hi,
-                         percentiles=p, n_obs=n_obs)
+    return VPCStatistics(
+        bin_times=centre, observed=obs, simulated=sim_med, simulated_lo=lo, simulated_hi=hi, percentiles=p, n_obs=n_obs
+    )
 
 
-def plot_population_vpc(fit: Any, key: Any, *, n_replicates: int = 200, prediction_corrected: bool = False,
-                        logy: bool = False, **kwargs: Any):
+def plot_population_vpc(
+    fit: Any,
+    key: Any,
+    *,
+    n_replicates: int = 200,
+    prediction_corrected: bool = False,
+    logy: bool = False,
+    **kwargs: Any,
+):
     """A percentile VPC of a population fit ([`carkinetics.plot.population_vpc`][] drawn by
     [`carkinetics.plot.plot_vpc_percentiles`][]), with the (prediction-corrected) data.
 
@@ -227,9 +254,13 @@ def plot_population_vpc(fit: Any, key: Any, *, n_replicates: int = 200, predicti
         y = None
     names = fit.problem.model.observable_names()
     obs = sorted(set(np.asarray(data.obs_index)[mask].tolist()))
-    fig = plot_vpc_percentiles(stats, data=None if y is None else (np.asarray(data.time)[mask] * scale, y),
-                               name=("prediction-corrected " if prediction_corrected else "") + names[obs[0]],
-                               unit=fit.problem.model.observable_units.get(names[obs[0]], ""), logy=logy)
+    fig = plot_vpc_percentiles(
+        stats,
+        data=None if y is None else (np.asarray(data.time)[mask] * scale, y),
+        name=("prediction-corrected " if prediction_corrected else "") + names[obs[0]],
+        unit=fit.problem.model.observable_units.get(names[obs[0]], ""),
+        logy=logy,
+    )
     ax = fig.axes[0]
     ax.set_xlabel(f"time ({unit})")
     return fig

@@ -25,8 +25,10 @@ def _plt():
 def _lookup(solution, name: str) -> tuple[np.ndarray, str]:
     cls = solution.model_class
     if name in cls.observable_names():
-        return (np.asarray(solution.obs_array[..., cls.observable_names().index(name)]),
-                cls.observable_units.get(name, ""))
+        return (
+            np.asarray(solution.obs_array[..., cls.observable_names().index(name)]),
+            cls.observable_units.get(name, ""),
+        )
     if name in cls.state_names():
         return np.asarray(solution.y_array[..., cls.state_names().index(name)]), cls.state_units.get(name, "")
     raise ValueError(
@@ -138,8 +140,10 @@ def plot_timecourse(
             if ylim_floor is not None:
                 ax.set_ylim(bottom=ylim_floor)
             elif vals.size:  # show at most `decades` below the maximum (values near 0 would flatten the plot)
-                ax.set_ylim(bottom=max(float(vals.min()), float(vals.max()) * 10.0 ** (-decades)) / 1.5,
-                            top=float(vals.max()) * 1.5)
+                ax.set_ylim(
+                    bottom=max(float(vals.min()), float(vals.max()) * 10.0 ** (-decades)) / 1.5,
+                    top=float(vals.max()) * 1.5,
+                )
         ax.set_title((panel_titles or {}).get(name, name), fontsize=10)
         ax.set_ylabel(f"{name} [{unit}]" if unit else name, fontsize=9)
         ax.set_xlabel(TIME_LABEL, fontsize=9)
@@ -205,16 +209,19 @@ def plot_vpc(
         fig, ax = plt.subplots(figsize=(6, 3.6))
     else:
         fig = ax.figure
-    ax.fill_between(ts, lo, hi, color=color, alpha=0.2, lw=0,
-                    label=f"{int(100 * quantiles[0])}-{int(100 * quantiles[2])}% band")
+    ax.fill_between(
+        ts, lo, hi, color=color, alpha=0.2, lw=0, label=f"{int(100 * quantiles[0])}-{int(100 * quantiles[2])}% band"
+    )
     if inner is not None:
         ilo, ihi = percentile_bands(x, [100.0 * q for q in inner], ok=mask)
-        ax.fill_between(ts, ilo, ihi, color=color, alpha=0.35, lw=0,
-                        label=f"{int(100 * inner[0])}-{int(100 * inner[1])}% band")
+        ax.fill_between(
+            ts, ilo, ihi, color=color, alpha=0.35, lw=0, label=f"{int(100 * inner[0])}-{int(100 * inner[1])}% band"
+        )
     ax.plot(ts, med, color=color, lw=1.8, label=label or "median")
     if data is not None:
-        ax.plot(np.asarray(data[0], float), np.asarray(data[1], float), "o", color="black", mfc="white", ms=4,
-                label="data")
+        ax.plot(
+            np.asarray(data[0], float), np.asarray(data[1], float), "o", color="black", mfc="white", ms=4, label="data"
+        )
     use_log = _auto_log(np.concatenate([lo, hi])) if logy is None else logy
     if use_log:
         ax.set_yscale("log")

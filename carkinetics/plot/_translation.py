@@ -53,26 +53,43 @@ def translation_heatmap(tmap: Any, *, ax: Any = None, annotate: bool = True) -> 
     im = ax.imshow(share, cmap="RdBu_r", vmin=-1.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(k))
     cens = np.asarray(tmap.censored_a, bool) | np.asarray(tmap.censored_b, bool)
-    ax.set_xticklabels([(f"{n}\n[{u}]" if u else n) + (" (>=)" if c else "")
-                        for n, u, c in zip(tmap.metric_names, tmap.metric_units, cens)],
-                       rotation=45, ha="right", fontsize=8)
+    ax.set_xticklabels(
+        [
+            (f"{n}\n[{u}]" if u else n) + (" (>=)" if c else "")
+            for n, u, c in zip(tmap.metric_names, tmap.metric_units, cens)
+        ],
+        rotation=45,
+        ha="right",
+        fontsize=8,
+    )
     ax.set_yticks(range(g))
     ax.set_yticklabels(tmap.group_names, fontsize=8)
     if annotate:
         for i in range(g):
             for j in range(k):
                 txt = f"{100 * share[i, j]:.0f}" + ("*" if flags[i, j] else "") + ("?" if unsure[i, j] else "")
-                ax.text(j, i, txt, ha="center", va="center", fontsize=7,
-                        color="white" if abs(share[i, j]) > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    txt,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if abs(share[i, j]) > 0.6 else "black",
+                )
     a, b = tmap.labels
-    ax.set_title(f"Share of the {a} -> {b} gap by mechanism (%): Shapley value over the metric's summed |Shapley "
-                 "values| (the |shares| of a column add up to 100)\n* rests on A/M-tagged (unverified) parameters, "
-                 "? sign not robust, (>=) censored at the horizon", fontsize=9)
+    ax.set_title(
+        f"Share of the {a} -> {b} gap by mechanism (%): Shapley value over the metric's summed |Shapley "
+        "values| (the |shares| of a column add up to 100)\n* rests on A/M-tagged (unverified) parameters, "
+        "? sign not robust, (>=) censored at the horizon",
+        fontsize=9,
+    )
     from matplotlib.ticker import FuncFormatter
 
     # the colour scale in the unit of the cell labels (percent), the image itself holds the shares (fractions)
-    fig.colorbar(im, ax=ax, label="share of the gap (%)", shrink=0.8,
-                 format=FuncFormatter(lambda v, _: f"{100 * v:.0f}"))
+    fig.colorbar(
+        im, ax=ax, label="share of the gap (%)", shrink=0.8, format=FuncFormatter(lambda v, _: f"{100 * v:.0f}")
+    )
     return fig
 
 
@@ -112,12 +129,21 @@ def attribution_waterfall(tmap: Any, metric: str, *, ax: Any = None) -> Any:
     extents = [0.0, level, float(tmap.value_b[k])]
     for pos, g in enumerate(order, start=1):
         d = float(phi[g])
-        ax.bar(pos, d, bottom=level, color="tab:red" if d >= 0 else "tab:blue", width=0.7,
-               hatch="//" if flags[g] else None, edgecolor="black" if flags[g] else None, linewidth=0.5)
+        ax.bar(
+            pos,
+            d,
+            bottom=level,
+            color="tab:red" if d >= 0 else "tab:blue",
+            width=0.7,
+            hatch="//" if flags[g] else None,
+            edgecolor="black" if flags[g] else None,
+            linewidth=0.5,
+        )
         if tmap.n_samples:
             top = level + d
-            ax.errorbar(pos, top, yerr=[[max(d - lo[g, k], 0.0)], [max(hi[g, k] - d, 0.0)]], color="black",
-                        capsize=2, lw=0.8)
+            ax.errorbar(
+                pos, top, yerr=[[max(d - lo[g, k], 0.0)], [max(hi[g, k] - d, 0.0)]], color="black", capsize=2, lw=0.8
+            )
             extents += [top - max(d - lo[g, k], 0.0), top + max(hi[g, k] - d, 0.0)]
         level += d
         extents.append(level)
@@ -147,7 +173,8 @@ def _waterfall_legend(tmap: Any) -> list:
 
     a_lab, b_lab = tmap.labels
     handles: list[Any] = [
-        Patch(color="0.55", label=f"{a_lab} value"), Patch(color="0.3", label=f"{b_lab} value"),
+        Patch(color="0.55", label=f"{a_lab} value"),
+        Patch(color="0.3", label=f"{b_lab} value"),
         Patch(color="tab:red", label="mechanism raises the metric"),
         Patch(color="tab:blue", label="mechanism lowers the metric"),
         Patch(facecolor="white", edgecolor="black", hatch="//", label="rests on A/M-tagged (unverified) values"),
@@ -155,8 +182,9 @@ def _waterfall_legend(tmap: Any) -> list:
     if tmap.n_samples:
         from matplotlib.lines import Line2D
 
-        handles.append(Line2D([], [], color="black", lw=0.8, marker="_", label=f"{round(100 * tmap.level)} % "
-                              "sample interval"))
+        handles.append(
+            Line2D([], [], color="black", lw=0.8, marker="_", label=f"{round(100 * tmap.level)} % sample interval")
+        )
     return handles
 
 
@@ -167,8 +195,9 @@ def attribution_waterfalls(tmap: Any, *, ncols: int = 3) -> Any:
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
     g = len(tmap.group_names)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * (1.2 + 0.5 * (g + 2)), nrows * 3.4),
-                             constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(ncols * (1.2 + 0.5 * (g + 2)), nrows * 3.4), constrained_layout=True, squeeze=False
+    )
     for i, metric in enumerate(tmap.metric_names):
         attribution_waterfall(tmap, metric, ax=axes[i // ncols][i % ncols])
     for j in range(n, nrows * ncols):

@@ -79,8 +79,9 @@ def vpc_statistics(
     dt = np.asarray(data_times, float)
     dv = np.asarray(data_values, float)
     if dt.ndim != 1 or dt.shape != dv.shape or dt.size == 0:
-        raise ValueError(f"`data_times` and `data_values` must be 1-D of equal non-zero length, got {dt.shape} and "
-                         f"{dv.shape}.")
+        raise ValueError(
+            f"`data_times` and `data_values` must be 1-D of equal non-zero length, got {dt.shape} and {dv.shape}."
+        )
     edges = np.asarray(bins, float)
     if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
         raise ValueError(f"`bins` must be at least two increasing bin edges (days), got {edges.tolist()}.")
@@ -112,8 +113,15 @@ def vpc_statistics(
     return VPCStatistics(times, obs_q, med, lo, hi, q, n_obs)
 
 
-def plot_vpc_percentiles(stats: VPCStatistics, *, data: tuple[Any, Any] | None = None, name: str = "", unit: str = "",
-                         logy: bool = False, ax: Any = None):
+def plot_vpc_percentiles(
+    stats: VPCStatistics,
+    *,
+    data: tuple[Any, Any] | None = None,
+    name: str = "",
+    unit: str = "",
+    logy: bool = False,
+    ax: Any = None,
+):
     """Draw a percentile VPC from [`carkinetics.plot.vpc_statistics`][]: shaded intervals of the simulated
     percentiles, their medians (dashed), the observed percentiles (solid with markers), and optionally the data.
 
@@ -143,14 +151,29 @@ def plot_vpc_percentiles(stats: VPCStatistics, *, data: tuple[Any, Any] | None =
     t = stats.bin_times[good]
     for k, p in enumerate(stats.percentiles):
         color = "C0" if p == 50 else "C1"
-        ax.fill_between(t, stats.simulated_lo[k, good], stats.simulated_hi[k, good], color=color, alpha=0.25, lw=0,
-                        label=f"simulated P{p:g} interval" if k in (0, len(stats.percentiles) // 2) else None)
+        ax.fill_between(
+            t,
+            stats.simulated_lo[k, good],
+            stats.simulated_hi[k, good],
+            color=color,
+            alpha=0.25,
+            lw=0,
+            label=f"simulated P{p:g} interval" if k in (0, len(stats.percentiles) // 2) else None,
+        )
         ax.plot(t, stats.simulated[k, good], color=color, ls="--", lw=1.2)
-        ax.plot(t, stats.observed[k, good], color="black", marker="o", ms=3, lw=1.4,
-                label="observed percentiles" if k == 0 else None)
+        ax.plot(
+            t,
+            stats.observed[k, good],
+            color="black",
+            marker="o",
+            ms=3,
+            lw=1.4,
+            label="observed percentiles" if k == 0 else None,
+        )
     if data is not None:
-        ax.plot(np.asarray(data[0], float), np.asarray(data[1], float), ".", color="grey", ms=3, alpha=0.6,
-                label="data")
+        ax.plot(
+            np.asarray(data[0], float), np.asarray(data[1], float), ".", color="grey", ms=3, alpha=0.6, label="data"
+        )
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("day (relative to CAR-T infusion)")

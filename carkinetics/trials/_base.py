@@ -99,10 +99,12 @@ def initial_state(n_doses: int, start_dose: int = 0) -> TrialState:
     n_doses = check_positive_int("initial_state", "n_doses", n_doses)
     if n_doses < 2:
         raise ValueError(f"initial_state: `n_doses` must be at least 2 (a dose ladder); got {n_doses}.")
-    if (isinstance(start_dose, bool) or not isinstance(start_dose, numbers.Integral)
-            or not 0 <= int(start_dose) < n_doses):
-        raise ValueError(f"initial_state: `start_dose` must be a dose index in [0, {n_doses - 1}]; "
-                         f"got {start_dose!r}.")
+    if (
+        isinstance(start_dose, bool)
+        or not isinstance(start_dose, numbers.Integral)
+        or not 0 <= int(start_dose) < n_doses
+    ):
+        raise ValueError(f"initial_state: `start_dose` must be a dose index in [0, {n_doses - 1}]; got {start_dose!r}.")
     zeros = jnp.zeros(n_doses, dtype=int)
     return TrialState(
         n_patients=zeros,
@@ -170,6 +172,7 @@ def at_or_above(index: Int[Array, ""], n_doses: int) -> Bool[Array, " doses"]:
 
 def action_from_move(next_dose: Int[Array, ""], current: Int[Array, ""], stop: Bool[Array, ""]) -> Action:
     """The action that moves from `current` to `next_dose`, or stop."""
-    move = Action.where(next_dose > current, Action.escalate,
-                        Action.where(next_dose < current, Action.deescalate, Action.stay))
+    move = Action.where(
+        next_dose > current, Action.escalate, Action.where(next_dose < current, Action.deescalate, Action.stay)
+    )
     return Action.where(stop, Action.stop, move)

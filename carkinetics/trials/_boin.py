@@ -36,8 +36,7 @@ def _binomial_cdf(k: Int[Array, "*shape"], m: Int[Array, "*shape"], p: float) ->
 
     def log_pmf(j):
         jf = jnp.asarray(j, dtype=dtype)
-        return (jsp.gammaln(mf + 1) - jsp.gammaln(jf + 1) - jsp.gammaln(mf - jf + 1)
-                + jf * log_p + (mf - jf) * log_q)
+        return jsp.gammaln(mf + 1) - jsp.gammaln(jf + 1) - jsp.gammaln(mf - jf + 1) + jf * log_p + (mf - jf) * log_q
 
     def body(j, acc):
         return jnp.where(j <= k, jnp.logaddexp(acc, log_pmf(j)), acc)
@@ -185,8 +184,16 @@ class BOIN(AbstractDesign):
     offset: float = eqx.field(static=True)
     n_earlystop: int = eqx.field(static=True)
 
-    def __init__(self, target: float, phi1: float | None = None, phi2: float | None = None,
-                 cutoff_eli: float = 0.95, extrasafe: bool = False, offset: float = 0.05, n_earlystop: int = 100):
+    def __init__(
+        self,
+        target: float,
+        phi1: float | None = None,
+        phi2: float | None = None,
+        cutoff_eli: float = 0.95,
+        extrasafe: bool = False,
+        offset: float = 0.05,
+        n_earlystop: int = 100,
+    ):
         target = check_open_probability("BOIN", "target", target)
         phi1 = 0.6 * target if phi1 is None else check_open_probability("BOIN", "phi1", phi1)
         phi2 = 1.4 * target if phi2 is None else check_open_probability("BOIN", "phi2", phi2)
@@ -222,8 +229,9 @@ class BOIN(AbstractDesign):
         del n_doses, cohort_size  # any ladder and cohort size
 
     @eqx.filter_jit
-    def overdose_probability(self, n_patients: Int[ArrayLike, "*doses"],
-                             n_dlt: Int[ArrayLike, "*doses"]) -> Float[Array, "*doses"]:
+    def overdose_probability(
+        self, n_patients: Int[ArrayLike, "*doses"], n_dlt: Int[ArrayLike, "*doses"]
+    ) -> Float[Array, "*doses"]:
         """`P(p > target | data)` under a Beta(1, 1) prior: `1 - I_target(y + 1, n - y + 1)`.
 
         For integer counts this is the binomial probability `P(Binomial(n + 1, target) <= y)`, which is what is
@@ -273,8 +281,12 @@ class BOIN(AbstractDesign):
         deescalate = np.asarray(self._deescalate_at_least(jnp.asarray(n)))
         # as in the package's table: the de-escalation boundary never exceeds the elimination boundary
         deescalate = np.where(eliminate_at_least >= 0, np.minimum(deescalate, eliminate_at_least), deescalate)
-        return BOINBoundaryTable(n_patients=n, escalate_at_most=escalate, deescalate_at_least=deescalate,
-                                 eliminate_at_least=eliminate_at_least)
+        return BOINBoundaryTable(
+            n_patients=n,
+            escalate_at_most=escalate,
+            deescalate_at_least=deescalate,
+            eliminate_at_least=eliminate_at_least,
+        )
 
     @eqx.filter_jit
     def decide(self, state: TrialState) -> Decision:

@@ -115,24 +115,35 @@ class CRM(AbstractDesign):
     _slope_terms: Float[Array, "grid two_doses"] = eqx.field(repr=False)  # their derivatives in beta
     _p: Float[Array, "grid doses"] = eqx.field(repr=False)
 
-    def __init__(self, target: float, skeleton: Float[ArrayLike, " doses"], prior_variance: float = 1.34,
-                 overdose_cutoff: float | None = None, plug_in: bool = True, n_quadrature: int = 2001):
+    def __init__(
+        self,
+        target: float,
+        skeleton: Float[ArrayLike, " doses"],
+        prior_variance: float = 1.34,
+        overdose_cutoff: float | None = None,
+        plug_in: bool = True,
+        n_quadrature: int = 2001,
+    ):
         self.target = check_open_probability("CRM", "target", target)
         try:
             s = np.asarray(skeleton, dtype=float)
         except (TypeError, ValueError):
-            raise ValueError(f"CRM: `skeleton` must be a 1-D array of DLT probabilities; got {skeleton!r}.") \
-                from None
+            raise ValueError(f"CRM: `skeleton` must be a 1-D array of DLT probabilities; got {skeleton!r}.") from None
         if s.ndim != 1 or s.shape[0] < 2:
-            raise ValueError(f"CRM: `skeleton` must be a 1-D array with one probability per dose and at least two "
-                             f"doses; got shape {s.shape}.")
+            raise ValueError(
+                f"CRM: `skeleton` must be a 1-D array with one probability per dose and at least two "
+                f"doses; got shape {s.shape}."
+            )
         if not np.all(np.isfinite(s)) or np.any(s <= 0.0) or np.any(s >= 1.0) or np.any(np.diff(s) <= 0.0):
-            raise ValueError(f"CRM: `skeleton` must be strictly increasing with every entry strictly between 0 and "
-                             f"1; got {s.tolist()}.")
+            raise ValueError(
+                f"CRM: `skeleton` must be strictly increasing with every entry strictly between 0 and "
+                f"1; got {s.tolist()}."
+            )
         self.skeleton = jnp.asarray(s)
         self.prior_variance = check_positive_real("CRM", "prior_variance", prior_variance)
-        self.overdose_cutoff = (None if overdose_cutoff is None
-                                else check_open_probability("CRM", "overdose_cutoff", overdose_cutoff))
+        self.overdose_cutoff = (
+            None if overdose_cutoff is None else check_open_probability("CRM", "overdose_cutoff", overdose_cutoff)
+        )
         if not isinstance(plug_in, bool):
             raise ValueError(f"CRM: `plug_in` must be True or False; got {plug_in!r}.")
         self.plug_in = plug_in
@@ -152,8 +163,10 @@ class CRM(AbstractDesign):
     def check_trial(self, n_doses: int, cohort_size: int) -> None:
         del cohort_size  # any cohort size
         if n_doses != self.skeleton.shape[0]:
-            raise ValueError(f"CRM: the `skeleton` has {self.skeleton.shape[0]} doses but the trial has {n_doses}; "
-                             f"give one prior guess per dose.")
+            raise ValueError(
+                f"CRM: the `skeleton` has {self.skeleton.shape[0]} doses but the trial has {n_doses}; "
+                f"give one prior guess per dose."
+            )
 
     @eqx.filter_jit
     def posterior(self, n_patients: Int[ArrayLike, " doses"], n_dlt: Int[ArrayLike, " doses"]) -> CRMPosterior:
@@ -182,16 +195,24 @@ class CRM(AbstractDesign):
         threshold = jnp.log(jnp.log(jnp.asarray(self.target, dtype=dtype)) / log_s)
         cell = jnp.clip(jnp.floor((threshold - beta[0]) / h).astype(int), 0, beta.shape[0] - 2)
         u = jnp.clip((threshold - beta[cell]) / h, 0.0, 1.0)
-        partial = h * ((u**4 / 2 - u**3 + u) * density[cell] + (-(u**4) / 2 + u**3) * density[cell + 1]
-                       + h * (u**4 / 4 - 2 * u**3 / 3 + u**2 / 2) * slope[cell]
-                       + h * (u**4 / 4 - u**3 / 3) * slope[cell + 1])
+        partial = h * (
+            (u**4 / 2 - u**3 + u) * density[cell]
+            + (-(u**4) / 2 + u**3) * density[cell + 1]
+            + h * (u**4 / 4 - 2 * u**3 / 3 + u**2 / 2) * slope[cell]
+            + h * (u**4 / 4 - u**3 / 3) * slope[cell + 1]
+        )
         overdose = jnp.clip((cumulative[cell] + partial) / cumulative[-1], 0.0, 1.0)
-        return CRMPosterior(beta_mean=beta_mean, beta_variance=beta_variance,
-                            dlt_plug_in=jnp.exp(jnp.exp(beta_mean) * log_s), dlt_mean=dlt_mean,
-                            overdose_probability=overdose)
+        return CRMPosterior(
+            beta_mean=beta_mean,
+            beta_variance=beta_variance,
+            dlt_plug_in=jnp.exp(jnp.exp(beta_mean) * log_s),
+            dlt_mean=dlt_mean,
+            overdose_probability=overdose,
+        )
 
-    def _recommend(self, n: Int[Array, " doses"], y: Int[Array, " doses"],
-                   eliminated: Bool[Array, " doses"]) -> tuple[Int[Array, ""], Bool[Array, " doses"]]:
+    def _recommend(
+        self, n: Int[Array, " doses"], y: Int[Array, " doses"], eliminated: Bool[Array, " doses"]
+    ) -> tuple[Int[Array, ""], Bool[Array, " doses"]]:
         post = self.posterior(n, y)
         if self.overdose_cutoff is not None:
             eliminated = eliminated | (jnp.cumsum(post.overdose_probability > self.overdose_cutoff) > 0)

@@ -100,12 +100,16 @@ class ResampledOutcomes(AbstractOutcomeSource):
             return
         arr = np.asarray(outcomes)
         if arr.ndim != 2 or arr.shape[0] < 2 or arr.shape[1] < 1:
-            raise ValueError(f"ResampledOutcomes: `outcomes` must be a 2-D array of shape (n_doses, n_pool) with at "
-                             f"least two doses and one patient; got shape {arr.shape}.")
+            raise ValueError(
+                f"ResampledOutcomes: `outcomes` must be a 2-D array of shape (n_doses, n_pool) with at "
+                f"least two doses and one patient; got shape {arr.shape}."
+            )
         if arr.dtype != bool:
             if not np.issubdtype(arr.dtype, np.number) or not np.all((arr == 0) | (arr == 1)):
-                raise ValueError("ResampledOutcomes: `outcomes` must be booleans (or 0/1 values): whether each "
-                                 "pool patient has a DLT at each dose.")
+                raise ValueError(
+                    "ResampledOutcomes: `outcomes` must be booleans (or 0/1 values): whether each "
+                    "pool patient has a DLT at each dose."
+                )
             arr = arr.astype(bool)
         self.outcomes = jnp.asarray(arr)
 
@@ -116,4 +120,3 @@ class ResampledOutcomes(AbstractOutcomeSource):
     def sample(self, key: Array, dose: Int[Array, ""], cohort_size: int) -> Bool[Array, " cohort"]:
         patients = jr.randint(key, (cohort_size,), 0, self.outcomes.shape[1])
         return self.outcomes[dose, patients]
-

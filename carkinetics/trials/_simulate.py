@@ -69,21 +69,29 @@ class OperatingCharacteristics(eqx.Module):
 
     def summary(self) -> str:
         """A plain-text table: one row per dose, then the no-MTD and early-stop probabilities and the sample size."""
-        lines = [f"{self.design}: {self.n_trials} simulated trials",
-                 "dose  true DLT  P(select)  mean patients  mean DLTs"]
+        lines = [
+            f"{self.design}: {self.n_trials} simulated trials",
+            "dose  true DLT  P(select)  mean patients  mean DLTs",
+        ]
         for d in range(self.true_dlt.shape[0]):
-            lines.append(f"{d:4d}  {float(self.true_dlt[d]):8.3f}  {float(self.selection_probability[d]):9.3f}  "
-                         f"{float(self.mean_patients[d]):13.2f}  {float(self.mean_dlts[d]):9.2f}")
-        lines.append(f"no MTD selected: {float(self.no_mtd_probability):.3f}; "
-                     f"stopped early: {float(self.early_stop_probability):.3f}; "
-                     f"mean sample size: {float(self.mean_total_patients):.2f}")
+            lines.append(
+                f"{d:4d}  {float(self.true_dlt[d]):8.3f}  {float(self.selection_probability[d]):9.3f}  "
+                f"{float(self.mean_patients[d]):13.2f}  {float(self.mean_dlts[d]):9.2f}"
+            )
+        lines.append(
+            f"no MTD selected: {float(self.no_mtd_probability):.3f}; "
+            f"stopped early: {float(self.early_stop_probability):.3f}; "
+            f"mean sample size: {float(self.mean_total_patients):.2f}"
+        )
         return "\n".join(lines)
 
 
 def _outcome_source(owner: str, true_dlt: Any, outcomes: Any) -> AbstractOutcomeSource:
     if (true_dlt is None) == (outcomes is None):
-        raise ValueError(f"{owner}: give exactly one of `true_dlt` (DLT probabilities per dose) and `outcomes` "
-                         f"(a (n_doses, n_pool) boolean array of simulated patients, or an outcome source).")
+        raise ValueError(
+            f"{owner}: give exactly one of `true_dlt` (DLT probabilities per dose) and `outcomes` "
+            f"(a (n_doses, n_pool) boolean array of simulated patients, or an outcome source)."
+        )
     if true_dlt is not None:
         return BernoulliOutcomes(true_dlt)
     if isinstance(outcomes, AbstractOutcomeSource):
@@ -112,19 +120,28 @@ def _prepare(owner, design, true_dlt, outcomes, n_trials, cohort_size, n_cohorts
     n_doses = source.dlt_probability.shape[0]
     if n_doses < 2:
         raise ValueError(f"{owner}: the dose ladder must have at least two doses; got {n_doses}.")
-    if (isinstance(start_dose, bool) or not isinstance(start_dose, numbers.Integral)
-            or not 0 <= int(start_dose) < n_doses):
+    if (
+        isinstance(start_dose, bool)
+        or not isinstance(start_dose, numbers.Integral)
+        or not 0 <= int(start_dose) < n_doses
+    ):
         raise ValueError(f"{owner}: `start_dose` must be a dose index in [0, {n_doses - 1}]; got {start_dose!r}.")
     design.check_trial(n_doses, cohort_size)
     return source, n_trials, cohort_size, n_cohorts, int(start_dose)
 
 
-def _run(design: AbstractDesign, source: AbstractOutcomeSource, key: Array, n_trials: int, cohort_size: int,
-         n_cohorts: int, start_dose: int) -> SimulatedTrials:
+def _run(
+    design: AbstractDesign,
+    source: AbstractOutcomeSource,
+    key: Array,
+    n_trials: int,
+    cohort_size: int,
+    n_cohorts: int,
+    start_dose: int,
+) -> SimulatedTrials:
     if isinstance(source, BernoulliOutcomes):
         p = source.true_dlt
-        p = eqx.error_if(p, ~jnp.all((p >= 0) & (p <= 1)), "Every entry of `true_dlt` must be a probability in "
-                                                            "[0, 1].")
+        p = eqx.error_if(p, ~jnp.all((p >= 0) & (p <= 1)), "Every entry of `true_dlt` must be a probability in [0, 1].")
         source = BernoulliOutcomes(p)
     n_doses = source.dlt_probability.shape[0]
 
@@ -148,8 +165,13 @@ def _run(design: AbstractDesign, source: AbstractOutcomeSource, key: Array, n_tr
         return state.n_patients, state.n_dlt, selected, treated
 
     n_patients, n_dlt, selected, treated = jax.vmap(one_trial)(jr.split(key, n_trials))
-    return SimulatedTrials(n_patients=n_patients, n_dlt=n_dlt, selected=selected, n_cohorts_treated=treated,
-                           stopped_early=treated < n_cohorts)
+    return SimulatedTrials(
+        n_patients=n_patients,
+        n_dlt=n_dlt,
+        selected=selected,
+        n_cohorts_treated=treated,
+        stopped_early=treated < n_cohorts,
+    )
 
 
 @eqx.filter_jit
@@ -227,8 +249,7 @@ def simulate_trials(
     float((sims.n_patients[:, 1] > 0).mean())     # P(escalate from dose 0) = 0.75^3 (1 + 3 x 0.25 x 0.75^2) = 0.600
     ```
     """
-    args = _prepare("simulate_trials", design, true_dlt, outcomes, n_trials, cohort_size, n_cohorts, key,
-                    start_dose)
+    args = _prepare("simulate_trials", design, true_dlt, outcomes, n_trials, cohort_size, n_cohorts, key, start_dose)
     source, n_trials, cohort_size, n_cohorts, start_dose = args
     return _simulate_jit(design, source, key, n_trials, cohort_size, n_cohorts, start_dose)
 
@@ -266,7 +287,8 @@ def operating_characteristics(
     print(oc.summary())
     ```
     """
-    args = _prepare("operating_characteristics", design, true_dlt, outcomes, n_trials, cohort_size, n_cohorts, key,
-                    start_dose)
+    args = _prepare(
+        "operating_characteristics", design, true_dlt, outcomes, n_trials, cohort_size, n_cohorts, key, start_dose
+    )
     source, n_trials, cohort_size, n_cohorts, start_dose = args
     return _operating_characteristics_jit(design, source, key, n_trials, cohort_size, n_cohorts, start_dose)

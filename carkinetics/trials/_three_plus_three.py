@@ -74,8 +74,10 @@ class ThreePlusThree(AbstractDesign):
     def check_trial(self, n_doses: int, cohort_size: int) -> None:
         del n_doses  # any ladder of two or more doses works
         if cohort_size != 3:
-            raise ValueError(f"ThreePlusThree: `cohort_size` must be 3 (the rule is defined for cohorts of three); "
-                             f"got {cohort_size}.")
+            raise ValueError(
+                f"ThreePlusThree: `cohort_size` must be 3 (the rule is defined for cohorts of three); "
+                f"got {cohort_size}."
+            )
 
     @eqx.filter_jit
     def decide(self, state: TrialState) -> Decision:
@@ -97,9 +99,11 @@ class ThreePlusThree(AbstractDesign):
         escalate = acceptable & ~cannot_escalate
         stop_mtd = acceptable & expanded & cannot_escalate
         stop = stop_toxic | stop_mtd
-        action = Action.where(stop, Action.stop,
-                              Action.where(escalate, Action.escalate,
-                                           Action.where(deescalate, Action.deescalate, Action.stay)))
+        action = Action.where(
+            stop,
+            Action.stop,
+            Action.where(escalate, Action.escalate, Action.where(deescalate, Action.deescalate, Action.stay)),
+        )
         next_dose = d + jnp.where(escalate, 1, 0) - jnp.where(deescalate, 1, 0)
         return Decision(action=action, next_dose=next_dose, eliminated=eliminated)
 

@@ -23,8 +23,12 @@ def check_positive_int(owner: str, name: str, value: object) -> int:
 
 
 def check_positive_real(owner: str, name: str, value: object) -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value))
-            or float(value) <= 0.0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or float(value) <= 0.0
+    ):
         raise ValueError(f"{owner}: `{name}` must be a finite positive number; got {value!r}.")
     return float(value)
 
@@ -34,11 +38,14 @@ def check_dose_probabilities(owner: str, name: str, value: object) -> np.ndarray
     try:
         arr = np.asarray(value, dtype=float)
     except (TypeError, ValueError):
-        raise ValueError(f"{owner}: `{name}` must be a 1-D array of probabilities, one per dose; got {value!r}.") \
-            from None
+        raise ValueError(
+            f"{owner}: `{name}` must be a 1-D array of probabilities, one per dose; got {value!r}."
+        ) from None
     if arr.ndim != 1 or arr.shape[0] < 2:
-        raise ValueError(f"{owner}: `{name}` must be a 1-D array with one probability per dose and at least two "
-                         f"doses; got shape {arr.shape}.")
+        raise ValueError(
+            f"{owner}: `{name}` must be a 1-D array with one probability per dose and at least two "
+            f"doses; got shape {arr.shape}."
+        )
     if not np.all(np.isfinite(arr)) or np.any(arr < 0.0) or np.any(arr > 1.0):
         raise ValueError(f"{owner}: every entry of `{name}` must be a probability in [0, 1]; got {arr.tolist()}.")
     return arr

@@ -19,10 +19,26 @@ from carkinetics.models.sle.lymphodepletion import (
     LymphodepletionParams as LymphodepletionParams,
     TCellParams as TCellParams,
 )
+from carkinetics.models.sle.metrics import (
+    SLE_METRICS as SLE_METRICS,
+    save_times as save_times,
+    sle_metrics as sle_metrics,
+)
 from carkinetics.models.sle.model import (
     CAR_DOSE_STATE as CAR_DOSE_STATE,
     BodyParams as BodyParams,
     SLECarTModel as SLECarTModel,
+)
+from carkinetics.models.sle.presets import (
+    PresetEntry as PresetEntry,
+    dump_preset as dump_preset,
+    fit_path as fit_path,
+    load_preset as load_preset,
+    preset_fit as preset_fit,
+    preset_meta as preset_meta,
+    preset_names as preset_names,
+    preset_parameter_table as preset_parameter_table,
+    preset_records as preset_records,
 )
 from carkinetics.models.sle.products import (
     PRODUCTS as PRODUCTS,
@@ -32,7 +48,6 @@ from carkinetics.models.sle.products import (
     host_of as host_of,
     with_product as with_product,
 )
-from carkinetics.models.sle.rejection import RejectionParams as RejectionParams
 from carkinetics.models.sle.regimens import (
     TBI_STATES as TBI_STATES,
     car_cells as car_cells,
@@ -45,21 +60,11 @@ from carkinetics.models.sle.regimens import (
     no_conditioning_regimen as no_conditioning_regimen,
     tocilizumab as tocilizumab,
 )
-from carkinetics.models.sle.metrics import (
-    SLE_METRICS as SLE_METRICS,
-    save_times as save_times,
-    sle_metrics as sle_metrics,
-)
-from carkinetics.models.sle.presets import (
-    PresetEntry as PresetEntry,
-    dump_preset as dump_preset,
-    fit_path as fit_path,
-    load_preset as load_preset,
-    preset_meta as preset_meta,
-    preset_names as preset_names,
-    preset_fit as preset_fit,
-    preset_parameter_table as preset_parameter_table,
-    preset_records as preset_records,
+from carkinetics.models.sle.rejection import RejectionParams as RejectionParams
+from carkinetics.models.sle.targets import (
+    QUANTITIES as QUANTITIES,
+    load_sle_targets as load_sle_targets,
+    target_file as target_file,
 )
 from carkinetics.models.sle.translation import (
     ArmExperiment as ArmExperiment,
@@ -82,9 +87,4 @@ from carkinetics.models.sle.trials import (
     run_model_trial as run_model_trial,
     simulate_dose_outcomes as simulate_dose_outcomes,
     trial_population as trial_population,
-)
-from carkinetics.models.sle.targets import (
-    QUANTITIES as QUANTITIES,
-    load_sle_targets as load_sle_targets,
-    target_file as target_file,
 )

@@ -54,5 +54,3 @@ def document_params(cls):
     doc = (cls.__doc__ or "").rstrip()
     cls.__doc__ = doc + "\n\n**Parameters** (generated from the fields):\n\n" + param_table_markdown(cls) + "\n"
     return cls
-
-

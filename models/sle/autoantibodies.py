@@ -34,31 +34,68 @@ from carkinetics.models.sle._doc import document_params
 class HumoralParams(eqx.Module):
     """Parameter group `humoral`: IgG clearance, antibody levels and the plasmablast vs LLPC shares of production."""
 
-    k_igg: float = ck.param(math.log(2.0) / 21.0, unit="1/d", description="IgG elimination rate",
-                            source="human IgG t1/2 ~21 d (lay/textbook sources [R]): ln2/21", tag="D")
+    k_igg: float = ck.param(
+        math.log(2.0) / 21.0,
+        unit="1/d",
+        description="IgG elimination rate",
+        source="human IgG t1/2 ~21 d (lay/textbook sources [R]): ln2/21",
+        tag="D",
+    )
     fcrn_sat: float = ck.param(
-        0.3, unit="1", description="FcRn saturation: relative change of IgG clearance per relative change of total IgG",
-        source="concentration-catabolism of IgG (Waldmann TA, Strober W, Prog Allergy 1969;13:1 [M])", tag="M",
-        upper=1.0)
-    anti_dsdna0: float = ck.param(100.0, unit="U/mL", description="anti-dsDNA before treatment",
-                                  source="assumption: high-positive titre of refractory SLE", tag="A")
-    anti_dsdna_cutoff: float = ck.param(15.0, unit="U/mL", description="anti-dsDNA positivity cutoff",
-                                        source="EliA dsDNA: > 15 IU/mL positive, 10-15 equivocal (assay labelling [M])",
-                                        tag="M")
+        0.3,
+        unit="1",
+        description="FcRn saturation: relative change of IgG clearance per relative change of total IgG",
+        source="concentration-catabolism of IgG (Waldmann TA, Strober W, Prog Allergy 1969;13:1 [M])",
+        tag="M",
+        upper=1.0,
+    )
+    anti_dsdna0: float = ck.param(
+        100.0,
+        unit="U/mL",
+        description="anti-dsDNA before treatment",
+        source="assumption: high-positive titre of refractory SLE",
+        tag="A",
+    )
+    anti_dsdna_cutoff: float = ck.param(
+        15.0,
+        unit="U/mL",
+        description="anti-dsDNA positivity cutoff",
+        source="EliA dsDNA: > 15 IU/mL positive, 10-15 equivocal (assay labelling [M])",
+        tag="M",
+    )
     f_ll_dsdna: float = ck.param(
-        0.05, unit="1", description="share of anti-dsDNA made by long-lived plasma cells before treatment",
+        0.05,
+        unit="1",
+        description="share of anti-dsDNA made by long-lived plasma cells before treatment",
         source="assumption: anti-dsDNA negative by ~3 months after CD19 CAR-T (Mackensen 2022 [R]); the RTX floor "
-               "38 % at 6-8 months (Cambridge 2006 [R]) reflects incomplete depletion", tag="A", upper=1.0)
+        "38 % at 6-8 months (Cambridge 2006 [R]) reflects incomplete depletion",
+        tag="A",
+        upper=1.0,
+    )
     f_pb_vaccine: float = ck.param(
-        0.03, unit="1", description="share of vaccine IgG made by plasmablasts (rest: LLPC)",
+        0.03,
+        unit="1",
+        description="share of vaccine IgG made by plasmablasts (rest: LLPC)",
         source="vaccine/measles IgG unchanged after CD19 CAR-T (Hill JA et al., Blood Adv 2019;3:3590 [R]): small",
-        tag="A", upper=1.0)
+        tag="A",
+        upper=1.0,
+    )
     f_pb_igg: float = ck.param(
-        0.2, unit="1", description="share of total IgG made by plasmablasts (rest: LLPC)",
+        0.2,
+        unit="1",
+        description="share of total IgG made by plasmablasts (rest: LLPC)",
         source="total IgG -17.5 % over ~1 y after CD19 CAR-T with LLPC spared (Hill JA et al., Blood Adv "
-               "2019;3:3590 [R]): ~0.2", tag="D", upper=1.0)
-    igg0: float = ck.param(10.0, unit="g/L", description="total IgG before treatment",
-                           source="normal adult serum IgG ~7-16 g/L [M]", tag="M")
+        "2019;3:3590 [R]): ~0.2",
+        tag="D",
+        upper=1.0,
+    )
+    igg0: float = ck.param(
+        10.0,
+        unit="g/L",
+        description="total IgG before treatment",
+        source="normal adult serum IgG ~7-16 g/L [M]",
+        tag="M",
+    )
 
 
 class AbState(NamedTuple):
@@ -74,12 +111,16 @@ def igg_clearance(h: HumoralParams, total_igg):
     return h.k_igg * (1.0 + h.fcrn_sat * (total_igg / h.igg0 - 1.0))
 
 
-def antibody_derivatives(h: HumoralParams, ab: AbState, *, pb_auto_rel, pb_other_rel, pb_rel, llpc_auto_rel,
-                         llpc_other_rel, llpc_rel) -> AbState:
+def antibody_derivatives(
+    h: HumoralParams, ab: AbState, *, pb_auto_rel, pb_other_rel, pb_rel, llpc_auto_rel, llpc_other_rel, llpc_rel
+) -> AbState:
     """Antibody derivatives from the plasmablast and LLPC pools relative to their untreated sizes."""
     k = igg_clearance(h, ab.total_igg)
     prod_ds = h.anti_dsdna0 * ((1.0 - h.f_ll_dsdna) * pb_auto_rel + h.f_ll_dsdna * llpc_auto_rel)
     prod_vac = h.f_pb_vaccine * pb_other_rel + (1.0 - h.f_pb_vaccine) * llpc_other_rel
     prod_tot = h.igg0 * (h.f_pb_igg * pb_rel + (1.0 - h.f_pb_igg) * llpc_rel)
-    return AbState(h.k_igg * prod_ds - k * ab.anti_dsdna, h.k_igg * prod_vac - k * ab.vaccine_igg,
-                   h.k_igg * prod_tot - k * ab.total_igg)
+    return AbState(
+        h.k_igg * prod_ds - k * ab.anti_dsdna,
+        h.k_igg * prod_vac - k * ab.vaccine_igg,
+        h.k_igg * prod_tot - k * ab.total_igg,
+    )

@@ -64,64 +64,180 @@ from carkinetics.models.sle._doc import document_params
 class BCellParams(eqx.Module):
     """Parameter group `bcell`: B-lineage pool sizes, turnover, plasma-cell output and the tolerance loop."""
 
-    b_blood0: float = ck.param(250.0, unit="cells/uL", description="untreated blood CD19+ B-cell count",
-                               source="chosen inside the normal range 100-500/uL (Synnovis/CDLI lab reference ranges "
-                                      "[R]); SLE counts are often lower [M]", tag="A")
+    b_blood0: float = ck.param(
+        250.0,
+        unit="cells/uL",
+        description="untreated blood CD19+ B-cell count",
+        source="chosen inside the normal range 100-500/uL (Synnovis/CDLI lab reference ranges "
+        "[R]); SLE counts are often lower [M]",
+        tag="A",
+    )
     f_blood: float = ck.param(
-        0.026, unit="1", description="fraction of B cells in blood",
+        0.026,
+        unit="1",
+        description="fraction of B cells in blood",
         source="Hosseini I et al., npj Syst Biol Appl 2020 partitions (spleen 333, LN 190, BM 80; volumes 210/400/500 "
-               "mL; PB 5,000 mL): 5000/(5000+69930+76000+40000) = 0.026", tag="D", upper=1.0)
-    d_naive: float = ck.param(0.0046, unit="1/d", description="naive B-cell turnover (loss) rate",
-                              source="Macallan DC et al., Blood 2005;105:3633 (naive B 0.46 %/d)", tag="R")
-    d_mem: float = ck.param(0.0266, unit="1/d", description="memory B-cell turnover rate",
-                            source="Macallan DC et al., Blood 2005;105:3633 (memory B 2.66 %/d)", tag="R")
+        "mL; PB 5,000 mL): 5000/(5000+69930+76000+40000) = 0.026",
+        tag="D",
+        upper=1.0,
+    )
+    d_naive: float = ck.param(
+        0.0046,
+        unit="1/d",
+        description="naive B-cell turnover (loss) rate",
+        source="Macallan DC et al., Blood 2005;105:3633 (naive B 0.46 %/d)",
+        tag="R",
+    )
+    d_mem: float = ck.param(
+        0.0266,
+        unit="1/d",
+        description="memory B-cell turnover rate",
+        source="Macallan DC et al., Blood 2005;105:3633 (memory B 2.66 %/d)",
+        tag="R",
+    )
     mem_self: float = ck.param(
-        0.95, unit="1", description="fraction of memory B turnover replaced by self-renewal",
+        0.95,
+        unit="1",
+        description="fraction of memory B turnover replaced by self-renewal",
         source="assumption: memory B stays low for > 1 y after CAR-T (returning cells naive, Mackensen 2022 [R])",
-        tag="A", upper=1.0)
-    mem_frac0: float = ck.param(0.3, unit="1", description="memory fraction of B cells before treatment",
-                                source="typical adult memory B fraction 20-40 % [M]", tag="M", upper=1.0)
+        tag="A",
+        upper=1.0,
+    )
+    mem_frac0: float = ck.param(
+        0.3,
+        unit="1",
+        description="memory fraction of B cells before treatment",
+        source="typical adult memory B fraction 20-40 % [M]",
+        tag="M",
+        upper=1.0,
+    )
     auto_frac0: float = ck.param(
-        0.05, unit="1", description="autoreactive memory/germinal-centre fraction of B cells before treatment",
-        source="assumption (active SLE)", tag="A", upper=1.0)
-    d_auto: float = ck.param(0.05, unit="1/d", description="turnover rate of autoreactive memory/GC B cells",
-                             source="assumption (activated, GC-cycling cells turn over in weeks)", tag="A")
+        0.05,
+        unit="1",
+        description="autoreactive memory/germinal-centre fraction of B cells before treatment",
+        source="assumption (active SLE)",
+        tag="A",
+        upper=1.0,
+    )
+    d_auto: float = ck.param(
+        0.05,
+        unit="1/d",
+        description="turnover rate of autoreactive memory/GC B cells",
+        source="assumption (activated, GC-cycling cells turn over in weeks)",
+        tag="A",
+    )
     auto_self: float = ck.param(
-        0.5, unit="1", description="fraction of autoreactive B turnover replaced by self-renewal",
-        source="assumption", tag="A", upper=1.0)
+        0.5,
+        unit="1",
+        description="fraction of autoreactive B turnover replaced by self-renewal",
+        source="assumption",
+        tag="A",
+        upper=1.0,
+    )
     auto_breach: float = ck.param(
-        0.01, unit="1",
+        0.01,
+        unit="1",
         description="milieu-independent tolerance breach (relapse risk) relative to the pre-treatment rate",
         source="assumption: remission to 24 months in the Erlangen series (Mueller F et al., N Engl J Med "
-               "2024;390:687 [R])", tag="A", upper=1.0)
-    ic_half: float = ck.param(0.3, unit="1", description="immune-complex level (relative) giving half the breach drive",
-                              source="assumption", tag="A")
-    ic_hill: float = ck.param(3.0, unit="1", description="steepness of the breach drive in the immune-complex level",
-                              source="assumption (cooperative TLR-dependent activation)", tag="A")
-    k_mat: float = ck.param(0.1, unit="1/d", description="exit rate of CD19+ marrow precursors as naive B",
-                            source="CD19+ B-lineage residence in marrow of ~1-2 weeks [M]", tag="M")
-    pb_blood0: float = ck.param(5.0, unit="cells/uL", description="untreated blood plasmablast count (active SLE)",
-                                source="assumption: plasmablasts expanded in active SLE (~2 % of B cells)", tag="A")
-    f_blood_pb: float = ck.param(0.1, unit="1", description="fraction of plasmablasts in blood",
-                                 source="assumption (migratory plasmablasts)", tag="A", upper=1.0)
-    f_auto_pb: float = ck.param(0.3, unit="1", description="autoreactive share of plasmablasts before treatment",
-                                source="assumption (active SLE)", tag="A", upper=1.0)
-    d_pb: float = ck.param(0.25, unit="1/d", description="plasmablast loss rate (lifespan ~3-5 d)",
-                           source="plasmablast lifespan ~3-5 days [M]", tag="M")
-    llpc0: float = ck.param(1e9, unit="cells", description="long-lived plasma cells (body total) before treatment",
-                            source="order of magnitude: plasma cells ~0.1-1 % of marrow cells [M]", tag="M")
-    f_auto_llpc: float = ck.param(0.05, unit="1", description="autoreactive share of long-lived plasma cells",
-                                  source="assumption", tag="A", upper=1.0)
-    d_llpc: float = ck.param(math.log(2.0) / (11.0 * 365.0), unit="1/d", description="LLPC loss rate",
-                             source="tetanus IgG t1/2 11 y taken as LLPC lifespan (Amanna IJ et al., N Engl J Med "
-                                    "2007;357:1903 [R]): ln2/4015 d", tag="D")
-    tumour0: float = ck.param(0.0, unit="cells", description="CD19+ malignant B cells at treatment (0 in SLE)",
-                              source="by definition: SLE has no malignant B cells (set in the oncology-like preset)",
-                              tag="D")
-    r_tumour: float = ck.param(0.03, unit="1/d", description="net growth rate of malignant B cells",
-                               source="assumption (B-ALL blast doubling of weeks)", tag="A")
-    tumour_max: float = ck.param(1e12, unit="cells", description="carrying capacity of malignant B cells",
-                                 source="order of magnitude of the marrow cellularity (~1 kg of cells) [M]", tag="M")
+        "2024;390:687 [R])",
+        tag="A",
+        upper=1.0,
+    )
+    ic_half: float = ck.param(
+        0.3,
+        unit="1",
+        description="immune-complex level (relative) giving half the breach drive",
+        source="assumption",
+        tag="A",
+    )
+    ic_hill: float = ck.param(
+        3.0,
+        unit="1",
+        description="steepness of the breach drive in the immune-complex level",
+        source="assumption (cooperative TLR-dependent activation)",
+        tag="A",
+    )
+    k_mat: float = ck.param(
+        0.1,
+        unit="1/d",
+        description="exit rate of CD19+ marrow precursors as naive B",
+        source="CD19+ B-lineage residence in marrow of ~1-2 weeks [M]",
+        tag="M",
+    )
+    pb_blood0: float = ck.param(
+        5.0,
+        unit="cells/uL",
+        description="untreated blood plasmablast count (active SLE)",
+        source="assumption: plasmablasts expanded in active SLE (~2 % of B cells)",
+        tag="A",
+    )
+    f_blood_pb: float = ck.param(
+        0.1,
+        unit="1",
+        description="fraction of plasmablasts in blood",
+        source="assumption (migratory plasmablasts)",
+        tag="A",
+        upper=1.0,
+    )
+    f_auto_pb: float = ck.param(
+        0.3,
+        unit="1",
+        description="autoreactive share of plasmablasts before treatment",
+        source="assumption (active SLE)",
+        tag="A",
+        upper=1.0,
+    )
+    d_pb: float = ck.param(
+        0.25,
+        unit="1/d",
+        description="plasmablast loss rate (lifespan ~3-5 d)",
+        source="plasmablast lifespan ~3-5 days [M]",
+        tag="M",
+    )
+    llpc0: float = ck.param(
+        1e9,
+        unit="cells",
+        description="long-lived plasma cells (body total) before treatment",
+        source="order of magnitude: plasma cells ~0.1-1 % of marrow cells [M]",
+        tag="M",
+    )
+    f_auto_llpc: float = ck.param(
+        0.05,
+        unit="1",
+        description="autoreactive share of long-lived plasma cells",
+        source="assumption",
+        tag="A",
+        upper=1.0,
+    )
+    d_llpc: float = ck.param(
+        math.log(2.0) / (11.0 * 365.0),
+        unit="1/d",
+        description="LLPC loss rate",
+        source="tetanus IgG t1/2 11 y taken as LLPC lifespan (Amanna IJ et al., N Engl J Med "
+        "2007;357:1903 [R]): ln2/4015 d",
+        tag="D",
+    )
+    tumour0: float = ck.param(
+        0.0,
+        unit="cells",
+        description="CD19+ malignant B cells at treatment (0 in SLE)",
+        source="by definition: SLE has no malignant B cells (set in the oncology-like preset)",
+        tag="D",
+    )
+    r_tumour: float = ck.param(
+        0.03,
+        unit="1/d",
+        description="net growth rate of malignant B cells",
+        source="assumption (B-ALL blast doubling of weeks)",
+        tag="A",
+    )
+    tumour_max: float = ck.param(
+        1e12,
+        unit="cells",
+        description="carrying capacity of malignant B cells",
+        source="order of magnitude of the marrow cellularity (~1 kg of cells) [M]",
+        tag="M",
+    )
 
 
 class BState(NamedTuple):
@@ -163,14 +279,15 @@ def baseline(b: BCellParams, blood_ul) -> BBaseline:
     pba0, pbo0 = b.f_auto_pb * pb0, (1.0 - b.f_auto_pb) * pb0
     lla0, llo0 = b.f_auto_llpc * b.llpc0, (1.0 - b.f_auto_llpc) * b.llpc0
     state = BState(p0, n0, m0, a0, pba0, pbo0, lla0, llo0, b.tumour0)
-    return BBaseline(state, k_nm, k_na, b.d_pb * pbo0 / m0, b.d_pb * pba0 / a0, b.d_llpc * lla0 / pba0,
-                     b.d_llpc * llo0 / pbo0)
+    return BBaseline(
+        state, k_nm, k_na, b.d_pb * pbo0 / m0, b.d_pb * pba0 / a0, b.d_llpc * lla0 / pba0, b.d_llpc * llo0 / pbo0
+    )
 
 
 def breach(b: BCellParams, ic_rel):
     """Tolerance breach F(IC) (1 before treatment): milieu-independent ε plus the immune-complex-driven part."""
     x = jnp.maximum(ic_rel, 1e-12) ** b.ic_hill  # ic_rel >= 0 up to round-off
-    kh = b.ic_half ** b.ic_hill
+    kh = b.ic_half**b.ic_hill
     return b.auto_breach + (1.0 - b.auto_breach) * x * (1.0 + kh) / (kh + x)
 
 
@@ -198,12 +315,10 @@ def bcell_derivatives(b: BCellParams, base: BBaseline, s: BState, *, kill19, kil
         pb_other=base.k_mpb * s.memory - (b.d_pb + l19 + kill_bcma) * s.pb_other,
         llpc_auto=base.k_ll_auto * s.pb_auto - (b.d_llpc + kill_bcma) * s.llpc_auto,
         llpc=base.k_ll * s.pb_other - (b.d_llpc + kill_bcma) * s.llpc,
-        tumour=(b.r_tumour * s.tumour * s.tumour / (s.tumour + 1.0) * (1.0 - s.tumour / b.tumour_max)
-                - l19 * s.tumour),
+        tumour=(b.r_tumour * s.tumour * s.tumour / (s.tumour + 1.0) * (1.0 - s.tumour / b.tumour_max) - l19 * s.tumour),
     )
 
 
 def blood_counts(b: BCellParams, s: BState, blood_ul):
     """Blood B cells (naive + memory + autoreactive) and plasmablasts, per µL."""
-    return (b.f_blood * (s.naive + s.memory + s.auto) / blood_ul,
-            b.f_blood_pb * (s.pb_auto + s.pb_other) / blood_ul)
+    return (b.f_blood * (s.naive + s.memory + s.auto) / blood_ul, b.f_blood_pb * (s.pb_auto + s.pb_other) / blood_ul)

@@ -72,80 +72,175 @@ class CarTParams(eqx.Module):
     """Parameter group `car`: activation, proliferation, contraction, memory, exhaustion, killing, costimulation."""
 
     k_on: float = ck.param(
-        2.0, unit="1/d", description="antigen-triggered activation rate of resting infused CAR-T cells",
-        source="assumption: infused cells meet antigen within about a day", tag="A")
+        2.0,
+        unit="1/d",
+        description="antigen-triggered activation rate of resting infused CAR-T cells",
+        source="assumption: infused cells meet antigen within about a day",
+        tag="A",
+    )
     tau_lag: float = ck.param(
-        1.5, unit="d", description="duration of the activation programme from antigen encounter to first division",
+        1.5,
+        unit="d",
+        description="duration of the activation programme from antigen encounter to first division",
         source="time to first division of stimulated T cells ~30-40 h (Gett AV, Hodgkin PD, Nat Immunol 2000;1:239 "
-               "[M]); lag phase of the liso-cel popCK structure", tag="A")
-    d_rest: float = ck.param(0.1, unit="1/d", description="loss rate of infused CAR-T cells that never meet antigen",
-                             source="assumption", tag="A")
+        "[M]); lag phase of the liso-cel popCK structure",
+        tag="A",
+    )
+    d_rest: float = ck.param(
+        0.1,
+        unit="1/d",
+        description="loss rate of infused CAR-T cells that never meet antigen",
+        source="assumption",
+        tag="A",
+    )
     rho: float = ck.param(
-        1.0, unit="1/d",
+        1.0,
+        unit="1/d",
         description="maximal proliferation rate of effector CAR-T cells (full antigen, baseline cytokines)",
         source="hand-set so that after Flu/Cy the net expansion rate is near Stein's 0.889/d "
-               "(doubling 0.78 d, Stein 2019 [R])", tag="A")
-    k_stim: float = ck.param(1e4, unit="cells/uL",
-                             description="antigen density (lymphoid tissue) giving half-maximal stimulation",
-                             source="assumption", tag="A")
-    b_il7: float = ck.param(1.0, unit="1", description="proliferation support per unit relative IL-7 excess",
-                            source="assumption; IL-7 after Flu/Cy favours CAR-T expansion (Hirayama AV et al., Blood "
-                                   "2019;133:1876 [R qualitative])", tag="A")
-    b_il15: float = ck.param(1.0, unit="1", description="proliferation support per unit relative IL-15 excess",
-                             source="assumption; higher IL-15 with higher CAR-T peak (Kochenderfer JN et al., J Clin "
-                                    "Oncol 2017;35:1803 [R qualitative])", tag="A")
+        "(doubling 0.78 d, Stein 2019 [R])",
+        tag="A",
+    )
+    k_stim: float = ck.param(
+        1e4,
+        unit="cells/uL",
+        description="antigen density (lymphoid tissue) giving half-maximal stimulation",
+        source="assumption",
+        tag="A",
+    )
+    b_il7: float = ck.param(
+        1.0,
+        unit="1",
+        description="proliferation support per unit relative IL-7 excess",
+        source="assumption; IL-7 after Flu/Cy favours CAR-T expansion (Hirayama AV et al., Blood "
+        "2019;133:1876 [R qualitative])",
+        tag="A",
+    )
+    b_il15: float = ck.param(
+        1.0,
+        unit="1",
+        description="proliferation support per unit relative IL-15 excess",
+        source="assumption; higher IL-15 with higher CAR-T peak (Kochenderfer JN et al., J Clin "
+        "Oncol 2017;35:1803 [R qualitative])",
+        tag="A",
+    )
     cap: float = ck.param(
-        1.5, unit="1", description="T-cell niche capacity (endogenous T + CAR-T) as a multiple of the untreated T pool",
+        1.5,
+        unit="1",
+        description="T-cell niche capacity (endogenous T + CAR-T) as a multiple of the untreated T pool",
         source="assumption: CAR-T compete with host T cells for a shared niche (Kimmel GJ et al., Proc R Soc B "
-               "2021;288:20210229 [R qualitative])", tag="A", lower=1.0)
-    alpha: float = ck.param(0.16, unit="1/d", description="effector death rate without antigen (contraction)",
-                            source=_STEIN, tag="R")
-    k_mem: float = ck.param(0.0079 * (0.16 - 0.0032), unit="1/d", description="effector-to-memory conversion rate",
-                            source="F_B (alpha - beta) = 0.0079 x 0.1568 from " + _STEIN, tag="D")
-    beta: float = ck.param(0.0032, unit="1/d", description="memory CAR-T loss rate (persistence phase)",
-                           source=_STEIN, tag="R")
-    k_react: float = ck.param(0.3, unit="1/d", description="antigen-driven re-activation rate of memory CAR-T cells",
-                              source="assumption (memory re-activation of the Kirouac 2023 structure [R]; value not "
-                                     "published)", tag="A")
-    k_exh: float = ck.param(0.05, unit="1/d", description="antigen-driven exhaustion rate of effectors",
-                            source="assumption (Paixao 2022 / Kirouac 2023 structure; value not published)", tag="A")
-    d_exh: float = ck.param(0.2, unit="1/d", description="death rate of exhausted CAR-T cells", source="assumption",
-                            tag="A")
-    k_kill: float = ck.param(0.8, unit="1/d", description="maximal kill rate per target cell",
-                             source="assumption; clinical KKillMax 0.343/d for bb2121 (Singh AP et al., CPT "
-                                    "Pharmacometrics Syst Pharmacol 2021;10:362 [R2])", tag="A")
-    kd_kill: float = ck.param(50.0, unit="cells/uL", description="effector density giving half-maximal killing",
-                              source="assumption", tag="A")
+        "2021;288:20210229 [R qualitative])",
+        tag="A",
+        lower=1.0,
+    )
+    alpha: float = ck.param(
+        0.16, unit="1/d", description="effector death rate without antigen (contraction)", source=_STEIN, tag="R"
+    )
+    k_mem: float = ck.param(
+        0.0079 * (0.16 - 0.0032),
+        unit="1/d",
+        description="effector-to-memory conversion rate",
+        source="F_B (alpha - beta) = 0.0079 x 0.1568 from " + _STEIN,
+        tag="D",
+    )
+    beta: float = ck.param(
+        0.0032, unit="1/d", description="memory CAR-T loss rate (persistence phase)", source=_STEIN, tag="R"
+    )
+    k_react: float = ck.param(
+        0.3,
+        unit="1/d",
+        description="antigen-driven re-activation rate of memory CAR-T cells",
+        source="assumption (memory re-activation of the Kirouac 2023 structure [R]; value not published)",
+        tag="A",
+    )
+    k_exh: float = ck.param(
+        0.05,
+        unit="1/d",
+        description="antigen-driven exhaustion rate of effectors",
+        source="assumption (Paixao 2022 / Kirouac 2023 structure; value not published)",
+        tag="A",
+    )
+    d_exh: float = ck.param(
+        0.2, unit="1/d", description="death rate of exhausted CAR-T cells", source="assumption", tag="A"
+    )
+    k_kill: float = ck.param(
+        0.8,
+        unit="1/d",
+        description="maximal kill rate per target cell",
+        source="assumption; clinical KKillMax 0.343/d for bb2121 (Singh AP et al., CPT "
+        "Pharmacometrics Syst Pharmacol 2021;10:362 [R2])",
+        tag="A",
+    )
+    kd_kill: float = ck.param(
+        50.0, unit="cells/uL", description="effector density giving half-maximal killing", source="assumption", tag="A"
+    )
     q_kill: float = ck.param(
-        2.0, unit="1", description="targets per effector at which killing saturates (serial killing)",
-        source="assumption (a few kills per effector per day [M])", tag="A")
+        2.0,
+        unit="1",
+        description="targets per effector at which killing saturates (serial killing)",
+        source="assumption (a few kills per effector per day [M])",
+        tag="A",
+    )
     f_blood: float = ck.param(
-        0.033, unit="1", description="fraction of CAR-T cells in blood",
+        0.033,
+        unit="1",
+        description="fraction of CAR-T cells in blood",
         source="as endogenous T cells (Hosseini I et al., npj Syst Biol Appl 2020 partitions: 5000/153000 = 0.033)",
-        tag="A", upper=1.0)
+        tag="A",
+        upper=1.0,
+    )
     f_blood_resting: float = ck.param(
-        0.003, unit="1", description="fraction of resting and activating (not yet dividing) CAR-T cells in blood",
+        0.003,
+        unit="1",
+        description="fraction of resting and activating (not yet dividing) CAR-T cells in blood",
         source="assumption: infused cells leave blood for tissues within hours (the distribution phase of the "
-               "four-phase CK of Liu C et al., Clin Pharmacol Ther 2021;109:716 [R qualitative])", tag="A", upper=1.0)
+        "four-phase CK of Liu C et al., Clin Pharmacol Ther 2021;109:716 [R qualitative])",
+        tag="A",
+        upper=1.0,
+    )
     f_toci: float = ck.param(
-        1.2, unit="1", description="multiplier on proliferation under full tocilizumab IL-6R occupancy",
-        source=_STEIN + " (F_toci)", tag="R")
-    f_ster: float = ck.param(1.0, unit="1", description="multiplier on proliferation under full steroid effect",
-                             source=_STEIN + " (F_ster)", tag="R")
+        1.2,
+        unit="1",
+        description="multiplier on proliferation under full tocilizumab IL-6R occupancy",
+        source=_STEIN + " (F_toci)",
+        tag="R",
+    )
+    f_ster: float = ck.param(
+        1.0,
+        unit="1",
+        description="multiplier on proliferation under full steroid effect",
+        source=_STEIN + " (F_ster)",
+        tag="R",
+    )
     cd28_rho_fold: float = ck.param(
-        1.3, unit="1", description="CD28 vs 4-1BB: fold proliferation rate",
+        1.3,
+        unit="1",
+        description="CD28 vs 4-1BB: fold proliferation rate",
         source="assumption; CD28 CARs expand faster and peak earlier (" + _CAPPELL + " [R abstract, qualitative])",
-        tag="A")
+        tag="A",
+    )
     cd28_memory_fold: float = ck.param(
-        0.3, unit="1", description="CD28 vs 4-1BB: fold memory conversion",
+        0.3,
+        unit="1",
+        description="CD28 vs 4-1BB: fold memory conversion",
         source="assumption; 4-1BB favours central-memory differentiation and persistence (Kawalekar OU et al., "
-               "Immunity 2016;44:380 [M]; Majzner RG et al., Cancer Discov 2020;10:702 [R abstract])", tag="A")
+        "Immunity 2016;44:380 [M]; Majzner RG et al., Cancer Discov 2020;10:702 [R abstract])",
+        tag="A",
+    )
     cd28_exhaustion_fold: float = ck.param(
-        2.0, unit="1", description="CD28 vs 4-1BB: fold exhaustion rate",
-        source="assumption; 4-1BB ameliorates exhaustion (Long AH et al., Nat Med 2015;21:581 [M])", tag="A")
+        2.0,
+        unit="1",
+        description="CD28 vs 4-1BB: fold exhaustion rate",
+        source="assumption; 4-1BB ameliorates exhaustion (Long AH et al., Nat Med 2015;21:581 [M])",
+        tag="A",
+    )
     cd28_cytokine_fold: float = ck.param(
-        2.5, unit="1", description="CD28 vs 4-1BB: fold myeloid-activating signal per engaged CAR-T cell",
-        source="assumption; cytokine release greater with CD28 CARs (" + _CAPPELL + " [R abstract])", tag="A")
+        2.5,
+        unit="1",
+        description="CD28 vs 4-1BB: fold myeloid-activating signal per engaged CAR-T cell",
+        source="assumption; cytokine release greater with CD28 CARs (" + _CAPPELL + " [R abstract])",
+        tag="A",
+    )
 
 
 class CarState(NamedTuple):
@@ -177,8 +272,9 @@ def total(s: CarState):
 
 def blood_count(car: CarTParams, s: CarState, blood_ul):
     """CAR-T cells per µL blood."""
-    return (car.f_blood_resting * (s.resting + s.act1 + s.act2)
-            + car.f_blood * (s.effector + s.memory + s.exhausted)) / blood_ul
+    return (
+        car.f_blood_resting * (s.resting + s.act1 + s.act2) + car.f_blood * (s.effector + s.memory + s.exhausted)
+    ) / blood_ul
 
 
 def stimulation(car: CarTParams, antigen_density):
@@ -206,13 +302,21 @@ def costim(cd28, fold):
     return 1.0 + cd28 * (fold - 1.0)
 
 
-def car_derivatives(car: CarTParams, s: CarState, *, sigma, support, niche, cd28, rejection, chemo, toci_occ,
-                    steroid) -> CarState:
+def car_derivatives(
+    car: CarTParams, s: CarState, *, sigma, support, niche, cd28, rejection, chemo, toci_occ, steroid
+) -> CarState:
     """CAR-T derivatives (cells/d); see the module docstring."""
     k_tr = 2.0 / car.tau_lag
     loss = rejection + chemo
-    rho = (car.rho * costim(cd28, car.cd28_rho_fold) * sigma * support * niche
-           * (1.0 + (car.f_toci - 1.0) * toci_occ) * (1.0 + (car.f_ster - 1.0) * steroid))
+    rho = (
+        car.rho
+        * costim(cd28, car.cd28_rho_fold)
+        * sigma
+        * support
+        * niche
+        * (1.0 + (car.f_toci - 1.0) * toci_occ)
+        * (1.0 + (car.f_ster - 1.0) * steroid)
+    )
     k_mem = car.k_mem * costim(cd28, car.cd28_memory_fold)
     k_exh = car.k_exh * costim(cd28, car.cd28_exhaustion_fold)
     trigger = car.k_on * sigma * s.resting
@@ -221,8 +325,11 @@ def car_derivatives(car: CarTParams, s: CarState, *, sigma, support, niche, cd28
         resting=-trigger - (car.d_rest + loss) * s.resting,
         act1=trigger + react - (k_tr + loss) * s.act1,
         act2=k_tr * s.act1 - (k_tr + loss) * s.act2,
-        effector=(k_tr * s.act2 + rho * dividing(s.effector)
-                  - (car.alpha * (1.0 - sigma) + k_mem + k_exh * sigma + loss) * s.effector),
+        effector=(
+            k_tr * s.act2
+            + rho * dividing(s.effector)
+            - (car.alpha * (1.0 - sigma) + k_mem + k_exh * sigma + loss) * s.effector
+        ),
         memory=k_mem * s.effector - react - (car.beta + loss) * s.memory,
         exhausted=k_exh * sigma * s.effector - (car.d_exh + loss) * s.exhausted,
     )

@@ -45,7 +45,7 @@ MAX_SAMPLES = 100_000
 
 _DESCRIPTIONS = {
     "human": "SLE patient (70 kg, 170 cm), the calibrated default (fits/human_sle.json), under the Erlangen regimen: "
-             "Flu/Cy + 1e6 CAR-T cells/kg",
+    "Flu/Cy + 1e6 CAR-T cells/kg",
     "mouse_nzbw": "NZB/W F1 lupus mouse: total-body irradiation + 1e6 CAR-T cells",
     "mouse_mrl_lpr": "MRL/lpr lupus mouse: total-body irradiation + 1e6 CAR-T cells",
 }
@@ -55,9 +55,13 @@ def _preset(name: str) -> Preset:
     """A preset name or file, with the regimen of its species (names starting with "mouse" are mice, as for the
     arms of the translation map)."""
     mouse = os.path.basename(name).startswith("mouse")
-    return Preset(name=name, load=functools.partial(load_preset, name),
-                  regimen=mouse_regimen if mouse else erlangen_regimen, save_times=save_times,
-                  description=_DESCRIPTIONS.get(name, "preset file"))
+    return Preset(
+        name=name,
+        load=functools.partial(load_preset, name),
+        regimen=mouse_regimen if mouse else erlangen_regimen,
+        save_times=save_times,
+        description=_DESCRIPTIONS.get(name, "preset file"),
+    )
 
 
 PRESETS = PresetTable(
@@ -75,30 +79,59 @@ PRESETS = PresetTable(
 class TranslateCommand(Command):
     name = "translate"
     help = "mouse -> human translation map (which mechanisms explain the gap)"
-    description = ("Swap mechanism groups (the presets' gap ids, gap_groups) between the mouse and human presets, "
-                   "solve every coalition with the SLE metric set on the SLE save grid (ArmExperiment) and "
-                   "attribute the difference of each metric to mechanisms (exact Shapley values); then the "
-                   "scenario knobs. Writes translation_heatmap.png, translation_waterfalls.png, "
-                   "translation_map.csv/.md, translation_narrative.md and translation_scenarios.csv/.md (each file "
-                   "written completely or not at all).")
-    outputs = ("translation_heatmap.png", "translation_waterfalls.png", "translation_map.csv", "translation_map.md",
-               "translation_narrative.md", "translation_scenarios.csv", "translation_scenarios.md")
+    description = (
+        "Swap mechanism groups (the presets' gap ids, gap_groups) between the mouse and human presets, "
+        "solve every coalition with the SLE metric set on the SLE save grid (ArmExperiment) and "
+        "attribute the difference of each metric to mechanisms (exact Shapley values); then the "
+        "scenario knobs. Writes translation_heatmap.png, translation_waterfalls.png, "
+        "translation_map.csv/.md, translation_narrative.md and translation_scenarios.csv/.md (each file "
+        "written completely or not at all)."
+    )
+    outputs = (
+        "translation_heatmap.png",
+        "translation_waterfalls.png",
+        "translation_map.csv",
+        "translation_map.md",
+        "translation_narrative.md",
+        "translation_scenarios.csv",
+        "translation_scenarios.md",
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--mouse", default="mouse_nzbw",
-                            help="first (mouse) preset or preset file (default mouse_nzbw)")
+        parser.add_argument(
+            "--mouse", default="mouse_nzbw", help="first (mouse) preset or preset file (default mouse_nzbw)"
+        )
         parser.add_argument("--human", default="human", help="second preset or preset file (default human)")
-        parser.add_argument("--gaps", default=None,
-                            help="comma-separated gap ids used as mechanism groups, e.g. G1,G3,G4,G6 (default: all; "
-                                 "other differing parameters form 'ungrouped'; cost grows as 2^groups simulations)")
-        parser.add_argument("--samples", type=whole_number(0, MAX_SAMPLES), default=0,
-                            help="parameter samples for uncertainty intervals (default 0: point estimate)")
-        parser.add_argument("--seed", type=seed_arg, default=0,
-                            help="seed of the parameter samples, as jax.random.key(seed) (default 0)")
-        parser.add_argument("--t-end", type=finite_number, default=730.0,
-                            help="horizon of the metrics, days, at least 120 (default 730)")
-        parser.add_argument("--batch-size", type=whole_number(1, MAX_MEMBERS), default=256,
-                            help="simulations per compiled chunk (default 256; tens on a CPU, more on a GPU)")
+        parser.add_argument(
+            "--gaps",
+            default=None,
+            help="comma-separated gap ids used as mechanism groups, e.g. G1,G3,G4,G6 (default: all; "
+            "other differing parameters form 'ungrouped'; cost grows as 2^groups simulations)",
+        )
+        parser.add_argument(
+            "--samples",
+            type=whole_number(0, MAX_SAMPLES),
+            default=0,
+            help="parameter samples for uncertainty intervals (default 0: point estimate)",
+        )
+        parser.add_argument(
+            "--seed",
+            type=seed_arg,
+            default=0,
+            help="seed of the parameter samples, as jax.random.key(seed) (default 0)",
+        )
+        parser.add_argument(
+            "--t-end",
+            type=finite_number,
+            default=730.0,
+            help="horizon of the metrics, days, at least 120 (default 730)",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=whole_number(1, MAX_MEMBERS),
+            default=256,
+            help="simulations per compiled chunk (default 256; tens on a CPU, more on a GPU)",
+        )
         add_engine_arg(parser)
         add_checkpoint_arg(parser)
         parser.add_argument("--no-scenarios", action="store_true", help="skip the scenario-knob table")
@@ -119,18 +152,24 @@ class TranslateCommand(Command):
 
         for flag, name in (("--mouse", args.mouse), ("--human", args.human)):
             if not name.endswith(".toml") and name not in preset_names():
-                raise UserError(f"{flag}: unknown preset {name!r}; built-in presets are {list(preset_names())} "
-                                "(or give a .toml path).")
+                raise UserError(
+                    f"{flag}: unknown preset {name!r}; built-in presets are {list(preset_names())} "
+                    "(or give a .toml path)."
+                )
         if preset_label(args.mouse) == preset_label(args.human):
-            raise UserError(f"--mouse {args.mouse!r} and --human {args.human!r} have the same name "
-                            f"{preset_label(args.human)!r}, which would head both value columns of the map; compare "
-                            "two different presets (rename one of the files).")
+            raise UserError(
+                f"--mouse {args.mouse!r} and --human {args.human!r} have the same name "
+                f"{preset_label(args.human)!r}, which would head both value columns of the map; compare "
+                "two different presets (rename one of the files)."
+            )
         if args.t_end < 120.0:
             raise UserError(f"--t-end must be at least 120 days (the metrics read day 90), got {args.t_end}.")
         gaps = None if args.gaps is None else [g.strip() for g in args.gaps.split(",") if g.strip()]
         if gaps is not None and not gaps:
-            raise UserError(f"--gaps {args.gaps!r} names no gap id; give comma-separated ids such as G1,G3 (or leave "
-                            "--gaps out for all of them).")
+            raise UserError(
+                f"--gaps {args.gaps!r} names no gap id; give comma-separated ids such as G1,G3 (or leave "
+                "--gaps out for all of them)."
+            )
         if gaps is not None and len(set(gaps)) != len(gaps):
             raise UserError(f"--gaps {args.gaps!r} names a gap id more than once.")
         try:  # the groups of the map, as sle_translation_map forms them (checks --gaps before any solve)
@@ -155,15 +194,27 @@ class TranslateCommand(Command):
         key = jax.random.key(args.seed)
         solver = type(ck.default_solver(arm_a.model, args.engine)).__name__
         prog = ctx.progress(weights)
-        prog.step(f"translation map {args.mouse} -> {args.human}: {n_groups} mechanism groups, 2^{n_groups} "
-                  f"coalitions x {1 + args.samples} = {2**n_groups * (1 + args.samples)} simulations "
-                  f"({args.engine} engine, {solver})")
+        prog.step(
+            f"translation map {args.mouse} -> {args.human}: {n_groups} mechanism groups, 2^{n_groups} "
+            f"coalitions x {1 + args.samples} = {2**n_groups * (1 + args.samples)} simulations "
+            f"({args.engine} engine, {solver})"
+        )
         try:
             with _staging(out) as stage:  # each file is written there, then renamed into place: never half written
-                paths = write_translation_report(stage, a=args.mouse, b=args.human, key=key, n_samples=args.samples,
-                                                 gaps=gaps, t_end=args.t_end, batch_size=bs, scenarios=False,
-                                                 engine=args.engine, progress=not ctx.quiet,
-                                                 checkpoint=args.checkpoint)
+                paths = write_translation_report(
+                    stage,
+                    a=args.mouse,
+                    b=args.human,
+                    key=key,
+                    n_samples=args.samples,
+                    gaps=gaps,
+                    t_end=args.t_end,
+                    batch_size=bs,
+                    scenarios=False,
+                    engine=args.engine,
+                    progress=not ctx.quiet,
+                    checkpoint=args.checkpoint,
+                )
                 paths = _publish(paths, out)
                 prog.advance()
                 if not args.no_scenarios:
@@ -176,8 +227,10 @@ class TranslateCommand(Command):
         except ck.Interrupted as err:  # resume with the folder given, not the part of it the stopped stage used
             raise ck.Interrupted(err.signum, err.done, err.total, args.checkpoint) from None
         prog.close()
-        print(f"engine: {args.engine} ({solver}); {n_groups} mechanism groups, {args.samples} parameter samples, "
-              f"horizon {args.t_end:g} d")
+        print(
+            f"engine: {args.engine} ({solver}); {n_groups} mechanism groups, {args.samples} parameter samples, "
+            f"horizon {args.t_end:g} d"
+        )
         for path in paths.values():
             print(f"wrote {path}")
         print(f"output folder: {out}")
@@ -210,24 +263,30 @@ def _publish(paths: dict[str, str], out: str) -> dict[str, str]:
 class DemoCommand(Command):
     name = "demo"
     help = "the main job on built-in defaults: figures + self-contained HTML report"
-    description = ("Simulate the human SLE course under the Erlangen regimen and its mouse counterpart, run a small "
-                   "Sobol sensitivity sweep and the mouse-to-human translation map, and write figures (PNG), tidy "
-                   "tables (CSV) and report.html into the output folder. --quick is a smoke run: a 120-day horizon, "
-                   "no Sobol sweep and a translation map over four mechanism groups.")
+    description = (
+        "Simulate the human SLE course under the Erlangen regimen and its mouse counterpart, run a small "
+        "Sobol sensitivity sweep and the mouse-to-human translation map, and write figures (PNG), tidy "
+        "tables (CSV) and report.html into the output folder. --quick is a smoke run: a 120-day horizon, "
+        "no Sobol sweep and a translation map over four mechanism groups."
+    )
     default_out = "carkinetics_output"
     outputs = DEMO_FILES
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--quick", action="store_true",
-                            help="smoke run: 120-day horizon, no Sobol sweep, four mechanism groups in the map")
+        parser.add_argument(
+            "--quick",
+            action="store_true",
+            help="smoke run: 120-day horizon, no Sobol sweep, four mechanism groups in the map",
+        )
         add_engine_arg(parser)
 
     def run(self, args: argparse.Namespace, ctx: Context) -> int:
         from carkinetics.models.sle.demo import run_demo
 
         out = ctx.out_dir()
-        path, skipped, failed = run_demo(out, quick=args.quick, engine=args.engine,
-                                         progress=None if ctx.quiet else ctx.progress)
+        path, skipped, failed = run_demo(
+            out, quick=args.quick, engine=args.engine, progress=None if ctx.quiet else ctx.progress
+        )
         for msg in skipped:
             print(f"note: {msg}")
         for msg in failed:
@@ -254,29 +313,44 @@ def _float_list(flag: str, text: str) -> list[float]:
 class TrialCommand(Command):
     name = "trial"
     help = "model-linked dose-escalation trials (3+3, BOIN, CRM) on virtual SLE patients"
-    description = ("Draw virtual SLE patients (between-patient variability of baseline activity, B-cell, plasmablast "
-                   "and anti-dsDNA burden, eGFR, CAR-T expansion, myeloid responsiveness), simulate each patient "
-                   "once at every dose in one batched solve (Erlangen Flu/Cy, CAR-T on day 0), read out DLT (CRS "
-                   "grade >= 3), month-6 remission, B-cell aplasia and seroconversion, then run the design on "
-                   "patients resampled from that pool. Writes operating_characteristics.csv/.json, "
-                   "dose_outcomes.csv, patients.csv, selected_dose.png and dose_response.png.")
+    description = (
+        "Draw virtual SLE patients (between-patient variability of baseline activity, B-cell, plasmablast "
+        "and anti-dsDNA burden, eGFR, CAR-T expansion, myeloid responsiveness), simulate each patient "
+        "once at every dose in one batched solve (Erlangen Flu/Cy, CAR-T on day 0), read out DLT (CRS "
+        "grade >= 3), month-6 remission, B-cell aplasia and seroconversion, then run the design on "
+        "patients resampled from that pool. Writes operating_characteristics.csv/.json, "
+        "dose_outcomes.csv, patients.csv, selected_dose.png and dose_response.png."
+    )
     default_out = "carkinetics_trial"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--preset", default="human", help="SLE preset or preset file (default human)")
-        parser.add_argument("--product", default=None,
-                            help="CAR-T product name (see carkinetics.models.sle.PRODUCTS; default: the preset's)")
-        parser.add_argument("--doses", default="1e5,3e5,1e6,3e6",
-                            help="strictly increasing CAR-T doses, cells/kg, comma-separated (default 1e5,3e5,1e6,3e6)")
+        parser.add_argument(
+            "--product",
+            default=None,
+            help="CAR-T product name (see carkinetics.models.sle.PRODUCTS; default: the preset's)",
+        )
+        parser.add_argument(
+            "--doses",
+            default="1e5,3e5,1e6,3e6",
+            help="strictly increasing CAR-T doses, cells/kg, comma-separated (default 1e5,3e5,1e6,3e6)",
+        )
         parser.add_argument("--design", choices=("boin", "crm", "3+3"), default="boin", help="design (default boin)")
         parser.add_argument("--target", type=float, default=0.3, help="target DLT rate in (0, 1) (default 0.3)")
-        parser.add_argument("--skeleton", default=None,
-                            help="CRM skeleton: strictly increasing DLT probabilities, one per dose (required for crm)")
+        parser.add_argument(
+            "--skeleton",
+            default=None,
+            help="CRM skeleton: strictly increasing DLT probabilities, one per dose (required for crm)",
+        )
         parser.add_argument("--trials", type=int, default=1000, help="virtual trials (default 1000)")
         parser.add_argument("--cohort-size", type=int, default=3, help="patients per cohort (default 3)")
         parser.add_argument("--cohorts", type=int, default=10, help="maximum cohorts per trial (default 10)")
-        parser.add_argument("--patients-per-dose", type=int, default=100,
-                            help="virtual patients simulated at every dose (the resampled pool; default 100)")
+        parser.add_argument(
+            "--patients-per-dose",
+            type=int,
+            default=100,
+            help="virtual patients simulated at every dose (the resampled pool; default 100)",
+        )
         parser.add_argument("--key", type=int, default=0, help="seed, as jax.random.key(KEY) (default 0)")
         parser.add_argument("--t-end", type=float, default=200.0, help="horizon, days, at least 181 (default 200)")
         add_engine_arg(parser)
@@ -298,8 +372,9 @@ class TrialCommand(Command):
             raise UserError("--design crm needs --skeleton (one prior DLT probability per dose).")
         skeleton = _float_list("--skeleton", args.skeleton)
         if len(skeleton) != n_doses or any(not 0.0 < s < 1.0 for s in skeleton):
-            raise UserError(f"--skeleton must give {n_doses} probabilities strictly between 0 and 1 (one per dose), "
-                            f"got {skeleton}.")
+            raise UserError(
+                f"--skeleton must give {n_doses} probabilities strictly between 0 and 1 (one per dose), got {skeleton}."
+            )
         try:
             return ct.CRM(target=args.target, skeleton=np.asarray(skeleton))
         except ValueError as err:
@@ -323,15 +398,21 @@ class TrialCommand(Command):
             raise UserError(f"--doses must be finite positive cells/kg, got {doses}.")
         if any(b <= a for a, b in itertools.pairwise(doses)):
             raise UserError(f"--doses must increase strictly (a monotone dose ladder, lowest first), got {doses}.")
-        for flag, value in (("--trials", args.trials), ("--cohort-size", args.cohort_size),
-                            ("--cohorts", args.cohorts), ("--patients-per-dose", args.patients_per_dose)):
+        for flag, value in (
+            ("--trials", args.trials),
+            ("--cohort-size", args.cohort_size),
+            ("--cohorts", args.cohorts),
+            ("--patients-per-dose", args.patients_per_dose),
+        ):
             if value < 1:
                 raise UserError(f"{flag} must be a positive integer, got {value}.")
         if not (math.isfinite(args.t_end) and args.t_end >= 181.0):
             raise UserError(f"--t-end must be at least 181 days (the month-6 read-out is day 180), got {args.t_end}.")
         if not args.preset.endswith(".toml") and args.preset not in preset_names():
-            raise UserError(f"--preset: unknown preset {args.preset!r}; built-in presets are {list(preset_names())} "
-                            "(or give a .toml path).")
+            raise UserError(
+                f"--preset: unknown preset {args.preset!r}; built-in presets are {list(preset_names())} "
+                "(or give a .toml path)."
+            )
         if args.product is not None and args.product not in PRODUCTS:
             raise UserError(f"--product: unknown product {args.product!r}; products are {sorted(PRODUCTS)}.")
         design = self._design(args, len(doses))
@@ -342,17 +423,21 @@ class TrialCommand(Command):
         n_sim = args.patients_per_dose * len(doses)
         # ETA weights in simulations; one compilation costs about as much as ~2,000 SLE simulations on a CPU core
         prog = ctx.progress([n_sim + 2000, 200, 50])
-        prog.step(f"simulating {args.patients_per_dose} virtual patients x {len(doses)} doses = {n_sim} courses "
-                  f"({args.engine} engine)")
+        prog.step(
+            f"simulating {args.patients_per_dose} virtual patients x {len(doses)} doses = {n_sim} courses "
+            f"({args.engine} engine)"
+        )
         try:
             model = load_preset(args.preset)
             pop = trial_population(model, k_pop, args.patients_per_dose)
-            pool = simulate_dose_outcomes(model, doses, product=args.product, population=pop, t_end=args.t_end,
-                                          engine=args.engine)
+            pool = simulate_dose_outcomes(
+                model, doses, product=args.product, population=pop, t_end=args.t_end, engine=args.engine
+            )
             prog.advance()
             prog.step(f"{args.trials} virtual {type(design).name} trials on the resampled pool")
-            trial = run_model_trial(pool, design, n_trials=args.trials, key=k_trials, cohort_size=args.cohort_size,
-                                    n_cohorts=args.cohorts)
+            trial = run_model_trial(
+                pool, design, n_trials=args.trials, key=k_trials, cohort_size=args.cohort_size, n_cohorts=args.cohorts
+            )
             prog.advance()
         except ValueError as err:
             raise UserError(str(err)) from None
@@ -363,26 +448,40 @@ class TrialCommand(Command):
         sel = np.asarray(oc.selection_probability)
         with open(paths["oc_csv"], "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["dose_index", "dose_cells_per_kg", "pool_dlt_rate", "p_selected", "mean_patients",
-                        "mean_dlts"])
+            w.writerow(["dose_index", "dose_cells_per_kg", "pool_dlt_rate", "p_selected", "mean_patients", "mean_dlts"])
             for d, dose in enumerate(doses):
-                w.writerow([d, dose, float(oc.true_dlt[d]), float(sel[d]), float(oc.mean_patients[d]),
-                            float(oc.mean_dlts[d])])
+                w.writerow(
+                    [d, dose, float(oc.true_dlt[d]), float(sel[d]), float(oc.mean_patients[d]), float(oc.mean_dlts[d])]
+                )
             w.writerow(["none", "", "", float(sel[-1]), "", ""])
         paths["oc_json"] = os.path.join(out, "operating_characteristics.json")
         with open(paths["oc_json"], "w") as fh:
-            json.dump({"design": oc.design, "target": args.target, "n_trials": oc.n_trials,
-                       "cohort_size": args.cohort_size, "n_cohorts": args.cohorts, "key": args.key,
-                       "preset": args.preset, "product": pool.product, "doses_cells_per_kg": doses,
-                       "patients_per_dose": pool.n_patients, "patients_failed": pool.n_failed,
-                       "resampling": "patients simulated once per dose; each trial resamples them with replacement",
-                       "pool_dlt_rate": np.asarray(oc.true_dlt).tolist(), "selection_probability": sel.tolist(),
-                       "mean_patients": np.asarray(oc.mean_patients).tolist(),
-                       "mean_dlts": np.asarray(oc.mean_dlts).tolist(),
-                       "early_stop_probability": float(oc.early_stop_probability),
-                       "mean_total_patients": float(oc.mean_total_patients),
-                       "remission_at_selected_dose": trial.remission_at_selected,
-                       "pool_rates": {k: v.tolist() for k, v in trial.rates.items()}}, fh, indent=2)
+            json.dump(
+                {
+                    "design": oc.design,
+                    "target": args.target,
+                    "n_trials": oc.n_trials,
+                    "cohort_size": args.cohort_size,
+                    "n_cohorts": args.cohorts,
+                    "key": args.key,
+                    "preset": args.preset,
+                    "product": pool.product,
+                    "doses_cells_per_kg": doses,
+                    "patients_per_dose": pool.n_patients,
+                    "patients_failed": pool.n_failed,
+                    "resampling": "patients simulated once per dose; each trial resamples them with replacement",
+                    "pool_dlt_rate": np.asarray(oc.true_dlt).tolist(),
+                    "selection_probability": sel.tolist(),
+                    "mean_patients": np.asarray(oc.mean_patients).tolist(),
+                    "mean_dlts": np.asarray(oc.mean_dlts).tolist(),
+                    "early_stop_probability": float(oc.early_stop_probability),
+                    "mean_total_patients": float(oc.mean_total_patients),
+                    "remission_at_selected_dose": trial.remission_at_selected,
+                    "pool_rates": {k: v.tolist() for k, v in trial.rates.items()},
+                },
+                fh,
+                indent=2,
+            )
         rows = pool.table()
         paths["doses_csv"] = os.path.join(out, "dose_outcomes.csv")
         with open(paths["doses_csv"], "w", newline="") as fh:
@@ -397,16 +496,25 @@ class TrialCommand(Command):
             w.writerow(["patient", "dose_cells_per_kg", *covs, *ends, "dlt", "remission_m6"])
             for d, dose in enumerate(doses):
                 for i in range(pool.n_patients):
-                    w.writerow([i, dose, *(float(pool.covariates[c][i]) for c in covs),
-                                *(float(pool.endpoints[e][d, i]) for e in ends), int(pool.dlt[d, i]),
-                                int(pool.remission[d, i])])
+                    w.writerow(
+                        [
+                            i,
+                            dose,
+                            *(float(pool.covariates[c][i]) for c in covs),
+                            *(float(pool.endpoints[e][d, i]) for e in ends),
+                            int(pool.dlt[d, i]),
+                            int(pool.remission[d, i]),
+                        ]
+                    )
         paths["selected"] = plot_selected_dose(trial, os.path.join(out, "selected_dose.png"))
         paths["response"] = plot_dose_response(pool, os.path.join(out, "dose_response.png"))
         prog.advance()
         prog.close()
         print(oc.summary())
-        print(f"pool: {pool.n_patients} virtual patients per dose ({pool.n_failed} failed); remission at the "
-              f"selected dose {trial.remission_at_selected:.3f}")
+        print(
+            f"pool: {pool.n_patients} virtual patients per dose ({pool.n_failed} failed); remission at the "
+            f"selected dose {trial.remission_at_selected:.3f}"
+        )
         for path in paths.values():
             print(f"wrote {path}")
         print(f"output folder: {out}")

@@ -60,57 +60,146 @@ class MyeloidParams(eqx.Module):
     steroid."""
 
     il6_0: float = ck.param(3.0, unit="pg/mL", description="baseline plasma IL-6", source="a few pg/mL [M]", tag="M")
-    k_il6: float = ck.param(50.0, unit="1/d", description="IL-6 clearance rate",
-                            source="Hosseini I et al., npj Syst Biol Appl 2020: IL-6 t1/2 20 min (ln2/(20/1440) = "
-                                   "49.9/d)", tag="D")
+    k_il6: float = ck.param(
+        50.0,
+        unit="1/d",
+        description="IL-6 clearance rate",
+        source="Hosseini I et al., npj Syst Biol Appl 2020: IL-6 t1/2 20 min (ln2/(20/1440) = 49.9/d)",
+        tag="D",
+    )
     il6_max: float = ck.param(
-        3e4, unit="pg/mL",
+        3e4,
+        unit="pg/mL",
         description="IL-6 above baseline with the whole myeloid compartment activated (physiological maximum)",
         source="IL-6 peaks of 1e3-1e5 pg/mL in severe CRS (Teachey DT et al., Cancer Discov 2016;6:664 [M])",
-        tag="M")
-    k_my: float = ck.param(1.0, unit="1/d", description="rate of myeloid activation/deactivation",
-                           source="assumption (macrophage activation over ~1 day)", tag="A")
-    k_damp: float = ck.param(3e4, unit="cells/(uL*d)", description="kill flux density giving unit DAMP drive",
-                             source="assumption (Santurio 2025 structure)", tag="A")
-    k_cd40: float = ck.param(3e4, unit="cells/uL", description="activated CAR-T density giving unit contact drive",
-                             source="assumption (Santurio 2025 CD40-CD40L structure)", tag="A")
-    n_my: float = ck.param(2.0, unit="1", description="Hill coefficient of myeloid activation in its drive",
-                           source="assumption (threshold-like activation)", tag="A")
-    f_rec: float = ck.param(0.5, unit="1", description="fraction of IL-6 clearance through the IL-6 receptor",
-                            source="assumption (tocilizumab raises serum IL-6 [M])", tag="A", upper=1.0)
+        tag="M",
+    )
+    k_my: float = ck.param(
+        1.0,
+        unit="1/d",
+        description="rate of myeloid activation/deactivation",
+        source="assumption (macrophage activation over ~1 day)",
+        tag="A",
+    )
+    k_damp: float = ck.param(
+        3e4,
+        unit="cells/(uL*d)",
+        description="kill flux density giving unit DAMP drive",
+        source="assumption (Santurio 2025 structure)",
+        tag="A",
+    )
+    k_cd40: float = ck.param(
+        3e4,
+        unit="cells/uL",
+        description="activated CAR-T density giving unit contact drive",
+        source="assumption (Santurio 2025 CD40-CD40L structure)",
+        tag="A",
+    )
+    n_my: float = ck.param(
+        2.0,
+        unit="1",
+        description="Hill coefficient of myeloid activation in its drive",
+        source="assumption (threshold-like activation)",
+        tag="A",
+    )
+    f_rec: float = ck.param(
+        0.5,
+        unit="1",
+        description="fraction of IL-6 clearance through the IL-6 receptor",
+        source="assumption (tocilizumab raises serum IL-6 [M])",
+        tag="A",
+        upper=1.0,
+    )
     temp_rise_max: float = ck.param(
-        3.0, unit="degC", description="maximal rise of body temperature by pyrogenic cytokines",
-        source="fevers up to ~40 degC in CRS [M]", tag="M")
+        3.0,
+        unit="degC",
+        description="maximal rise of body temperature by pyrogenic cytokines",
+        source="fevers up to ~40 degC in CRS [M]",
+        tag="M",
+    )
     k_fever: float = ck.param(
-        30.0, unit="pg/mL", description="signalling IL-6 giving half the maximal temperature rise",
-        source="assumption (fever at IL-6 of tens of pg/mL)", tag="A")
-    k_endo: float = ck.param(1.0, unit="1/d", description="rate of endothelial activation/recovery",
-                             source="assumption", tag="A")
+        30.0,
+        unit="pg/mL",
+        description="signalling IL-6 giving half the maximal temperature rise",
+        source="assumption (fever at IL-6 of tens of pg/mL)",
+        tag="A",
+    )
+    k_endo: float = ck.param(
+        1.0, unit="1/d", description="rate of endothelial activation/recovery", source="assumption", tag="A"
+    )
     k_vasc: float = ck.param(
-        2000.0, unit="pg/mL", description="signalling IL-6 giving half-maximal endothelial activation",
-        source="assumption (hypotension/hypoxia with IL-6 in the 1e2-1e4 pg/mL range [M])", tag="A")
-    n_vasc: float = ck.param(2.0, unit="1", description="Hill coefficient of endothelial activation",
-                             source="assumption", tag="A")
-    endo_g2: float = ck.param(0.05, unit="1", description="endothelial activation at ASTCT grade 2",
-                              source="assumption (carkinetics mapping)", tag="A", upper=1.0)
-    endo_g3: float = ck.param(0.2, unit="1", description="endothelial activation at ASTCT grade 3",
-                              source="assumption (carkinetics mapping)", tag="A", upper=1.0)
-    endo_g4: float = ck.param(0.5, unit="1", description="endothelial activation at ASTCT grade 4",
-                              source="assumption (carkinetics mapping)", tag="A", upper=1.0)
-    toci_cl: float = ck.param(0.3, unit="L/d", description="tocilizumab linear clearance per 70 kg",
-                              source="tocilizumab label (~12.5 mL/h) [M]", tag="M")
-    toci_v: float = ck.param(6.4, unit="L", description="tocilizumab volume per 70 kg",
-                             source="tocilizumab label (Vss ~6.4 L) [M]", tag="M")
-    toci_ic50: float = ck.param(1.0, unit="mg/L", description="tocilizumab concentration giving 50 % IL-6R occupancy",
-                                source="assumption", tag="A")
+        2000.0,
+        unit="pg/mL",
+        description="signalling IL-6 giving half-maximal endothelial activation",
+        source="assumption (hypotension/hypoxia with IL-6 in the 1e2-1e4 pg/mL range [M])",
+        tag="A",
+    )
+    n_vasc: float = ck.param(
+        2.0, unit="1", description="Hill coefficient of endothelial activation", source="assumption", tag="A"
+    )
+    endo_g2: float = ck.param(
+        0.05,
+        unit="1",
+        description="endothelial activation at ASTCT grade 2",
+        source="assumption (carkinetics mapping)",
+        tag="A",
+        upper=1.0,
+    )
+    endo_g3: float = ck.param(
+        0.2,
+        unit="1",
+        description="endothelial activation at ASTCT grade 3",
+        source="assumption (carkinetics mapping)",
+        tag="A",
+        upper=1.0,
+    )
+    endo_g4: float = ck.param(
+        0.5,
+        unit="1",
+        description="endothelial activation at ASTCT grade 4",
+        source="assumption (carkinetics mapping)",
+        tag="A",
+        upper=1.0,
+    )
+    toci_cl: float = ck.param(
+        0.3,
+        unit="L/d",
+        description="tocilizumab linear clearance per 70 kg",
+        source="tocilizumab label (~12.5 mL/h) [M]",
+        tag="M",
+    )
+    toci_v: float = ck.param(
+        6.4, unit="L", description="tocilizumab volume per 70 kg", source="tocilizumab label (Vss ~6.4 L) [M]", tag="M"
+    )
+    toci_ic50: float = ck.param(
+        1.0,
+        unit="mg/L",
+        description="tocilizumab concentration giving 50 % IL-6R occupancy",
+        source="assumption",
+        tag="A",
+    )
     t_half_dex: float = ck.param(
-        2.0, unit="d", description="half-life of the dexamethasone effect (biological half-life)",
-        source="dexamethasone biological half-life 36-54 h [M]", tag="M")
-    dex_ec50: float = ck.param(10.0, unit="mg", description="dexamethasone in the body giving half the maximal effect",
-                               source="assumption (10 mg dexamethasone is a standard CRS dose [M])", tag="A")
+        2.0,
+        unit="d",
+        description="half-life of the dexamethasone effect (biological half-life)",
+        source="dexamethasone biological half-life 36-54 h [M]",
+        tag="M",
+    )
+    dex_ec50: float = ck.param(
+        10.0,
+        unit="mg",
+        description="dexamethasone in the body giving half the maximal effect",
+        source="assumption (10 mg dexamethasone is a standard CRS dose [M])",
+        tag="A",
+    )
     dex_emax: float = ck.param(
-        0.9, unit="1", description="maximal inhibition of myeloid activation and fever by steroid",
-        source="assumption", tag="A", upper=1.0)
+        0.9,
+        unit="1",
+        description="maximal inhibition of myeloid activation and fever by steroid",
+        source="assumption",
+        tag="A",
+        upper=1.0,
+    )
 
 
 class CytState(NamedTuple):
@@ -165,5 +254,9 @@ def _ramp(x, lo, hi):
 
 def crs_grade(m: MyeloidParams, temp, endothelial):
     """Continuous ASTCT-like CRS index in [0, 4] (module docstring)."""
-    return (_ramp(temp, 37.5, 38.0) + _ramp(endothelial, 0.5 * m.endo_g2, m.endo_g2)
-            + _ramp(endothelial, 0.5 * m.endo_g3, m.endo_g3) + _ramp(endothelial, 0.5 * m.endo_g4, m.endo_g4))
+    return (
+        _ramp(temp, 37.5, 38.0)
+        + _ramp(endothelial, 0.5 * m.endo_g2, m.endo_g2)
+        + _ramp(endothelial, 0.5 * m.endo_g3, m.endo_g3)
+        + _ramp(endothelial, 0.5 * m.endo_g4, m.endo_g4)
+    )

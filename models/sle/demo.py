@@ -29,10 +29,22 @@ from carkinetics.models.sle.regimens import erlangen_regimen
 
 #: Every file the demo writes into its output folder (`carkinetics demo` removes those of an earlier run first).
 DEMO_FILES = (
-    "lymphodepletion_pk.png", "lymphodepletion_fludarabine.csv", "lymphodepletion_cyclophosphamide.csv",
-    "human_erlangen.csv", "human_erlangen.png", "mouse_nzbw.csv", "human_vs_mouse.png", "sensitivity_sobol.png",
-    "sensitivity_sobol.csv", "translation_map.csv", "translation_heatmap.png", "translation_waterfalls.png",
-    "sle_human_erlangen.xml", "sle_human_erlangen.antimony", "parameters_human.csv", "report.html",
+    "lymphodepletion_pk.png",
+    "lymphodepletion_fludarabine.csv",
+    "lymphodepletion_cyclophosphamide.csv",
+    "human_erlangen.csv",
+    "human_erlangen.png",
+    "mouse_nzbw.csv",
+    "human_vs_mouse.png",
+    "sensitivity_sobol.png",
+    "sensitivity_sobol.csv",
+    "translation_map.csv",
+    "translation_heatmap.png",
+    "translation_waterfalls.png",
+    "sle_human_erlangen.xml",
+    "sle_human_erlangen.antimony",
+    "parameters_human.csv",
+    "report.html",
 )
 
 #: Gap ids of the quick run's translation map (the mechanisms behind most of the mouse-to-human gaps of the full map;
@@ -84,8 +96,14 @@ class DemoStep:
 
 def _feature(module: str, name: str, extra: str | None = None) -> tuple[bool, str]:
     """Whether `module` provides `name` (and, if not, why and how to install it)."""
-    how = "" if extra is None else (f"; install it with the [{extra}] extra: pip install \"carkinetics[{extra}]\" "
-                                    f"(from a checkout: pip install -e \".[{extra}]\")")
+    how = (
+        ""
+        if extra is None
+        else (
+            f'; install it with the [{extra}] extra: pip install "carkinetics[{extra}]" '
+            f'(from a checkout: pip install -e ".[{extra}]")'
+        )
+    )
     try:
         mod = importlib.import_module(module)
     except ImportError as err:
@@ -130,9 +148,14 @@ def _step_lymphodepletion(ctx: DemoContext) -> None:
 #: Observables shown in the course figures.
 PANELS = ("car_blood", "b_blood", "anti_dsdna", "il6", "sledai", "lymphocytes")
 #: Their titles in the figures.
-PANEL_TITLES = {"car_blood": "CAR-T cells in blood", "b_blood": "B cells in blood",
-                "anti_dsdna": "anti-dsDNA antibodies", "il6": "IL-6 in plasma",
-                "sledai": "disease activity (SLEDAI-2K-like)", "lymphocytes": "lymphocytes in blood"}
+PANEL_TITLES = {
+    "car_blood": "CAR-T cells in blood",
+    "b_blood": "B cells in blood",
+    "anti_dsdna": "anti-dsDNA antibodies",
+    "il6": "IL-6 in plasma",
+    "sledai": "disease activity (SLEDAI-2K-like)",
+    "lymphocytes": "lymphocytes in blood",
+}
 
 
 def _course(preset: str, t_end: float) -> tuple[Any, ck.Solution]:
@@ -151,8 +174,13 @@ def _step_human(ctx: DemoContext) -> None:
     ts = sol.ts
     ctx.results["human"] = (model, sol)
     cio.write_tidy_csv(ctx.path("human_erlangen.csv"), sol)
-    fig = plot_timecourse(sol, list(PANELS), ncols=3, panel_titles=PANEL_TITLES,
-                          title="Human SLE, Erlangen regimen (Flu/Cy + 1e6 CAR-T/kg)")
+    fig = plot_timecourse(
+        sol,
+        list(PANELS),
+        ncols=3,
+        panel_titles=PANEL_TITLES,
+        title="Human SLE, Erlangen regimen (Flu/Cy + 1e6 CAR-T/kg)",
+    )
     ctx.report.text(
         f"The composed SLE CAR-T model with the human preset, under the Erlangen regimen, on the SLE save grid "
         f"(days {float(ts[0]):g} to {float(ts[-1]):g}; {int(sol.num_steps)} solver steps)."
@@ -163,7 +191,8 @@ def _step_human(ctx: DemoContext) -> None:
         f"Human SLE under the Erlangen regimen (model, days 0 to {ctx.t_end:g}): blood CAR-T cells peak at "
         f"{10 ** m['CAR Cmax']:.3g} cells/µL on day {m['CAR Tmax']:.0f}; B-cell aplasia (below 5 % of baseline) "
         f"lasts {m['B aplasia']:.0f} days; anti-dsDNA is at {m['anti-dsDNA d90']:.0f} % of baseline on day 90; "
-        f"peak CRS index {m['CRS grade']:.2g} (0-4).")
+        f"peak CRS index {m['CRS grade']:.2g} (0-4)."
+    )
 
 
 def _step_mouse(ctx: DemoContext) -> None:
@@ -176,8 +205,9 @@ def _step_mouse(ctx: DemoContext) -> None:
     if "human" in ctx.results:
         sols.insert(0, ctx.results["human"][1])
         labels.insert(0, "human")
-    fig = plot_timecourse(sols, list(PANELS), labels=labels, ncols=3, panel_titles=PANEL_TITLES,
-                          title="Human vs mouse (NZB/W) course")
+    fig = plot_timecourse(
+        sols, list(PANELS), labels=labels, ncols=3, panel_titles=PANEL_TITLES, title="Human vs mouse (NZB/W) course"
+    )
     ctx.report.text("The same model with the NZB/W mouse preset, irradiation conditioning and 1e6 CAR-T cells.")
     ctx.report.figure(save_figure(fig, ctx.path("human_vs_mouse.png")), "Human and mouse courses side by side.")
 
@@ -207,8 +237,9 @@ def _step_sensitivity(ctx: DemoContext) -> None:
     names = list(SOBOL_PARAMETERS)
     bounds = [[0.5 * float(model.get(n)), 2.0 * float(model.get(n))] for n in names]
     problem = {"names": names, "bounds": bounds}
-    fn = ck.model_function(model, erlangen_regimen(model), save_times(ctx.t_end), names, sobol_metrics,
-                           engine=ctx.engine)
+    fn = ck.model_function(
+        model, erlangen_regimen(model), save_times(ctx.t_end), names, sobol_metrics, engine=ctx.engine
+    )
     n = SOBOL_BASE_SAMPLES
     indices, x, res = ck.sobol_analysis(fn, problem, n, key=jax.random.key(0), has_ok=True, progress=ctx.progress)
     fig, axes = plt.subplots(1, len(SOBOL_METRICS), figsize=(4.4 * len(SOBOL_METRICS), 3.4), squeeze=False)
@@ -216,8 +247,16 @@ def _step_sensitivity(ctx: DemoContext) -> None:
     for ax, m in zip(axes[0], SOBOL_METRICS):
         plot_sobol(indices[m], ax=ax, title=f"{m} [{SLE_METRICS[m][0]}]")
         for i, p in enumerate(names):
-            rows.append([m, p, float(indices[m].S1[i]), float(indices[m].S1_conf[i]), float(indices[m].ST[i]),
-                         float(indices[m].ST_conf[i])])
+            rows.append(
+                [
+                    m,
+                    p,
+                    float(indices[m].S1[i]),
+                    float(indices[m].S1_conf[i]),
+                    float(indices[m].ST[i]),
+                    float(indices[m].ST_conf[i]),
+                ]
+            )
     fig.suptitle(f"Sobol indices: {n} base samples, {x.shape[0]} simulations", fontsize=10)
     fig.tight_layout()
     png = save_figure(fig, ctx.path("sensitivity_sobol.png"))
@@ -231,8 +270,12 @@ def _step_sensitivity(ctx: DemoContext) -> None:
         f"the human Erlangen course over {ctx.t_end:g} days, for {len(names)} parameters each varied uniformly from "
         f"half to double its preset value (Saltelli design, {n} base samples, {x.shape[0]} simulations on the "
         f"{res.engine} engine, {int(res.n_failed)} failed)."
-        + (f" {wide} of {len(rows)} total-index intervals are as wide as the index itself: read those indices as "
-           "'not resolved at this sample size'." if wide else "")
+        + (
+            f" {wide} of {len(rows)} total-index intervals are as wide as the index itself: read those indices as "
+            "'not resolved at this sample size'."
+            if wide
+            else ""
+        )
     )
     ctx.report.figure(png, "First-order (S1) and total (ST) Sobol indices with bootstrap 95% intervals.")
     top = []
@@ -242,7 +285,9 @@ def _step_sensitivity(ctx: DemoContext) -> None:
         top.append(f"{m}: {names[i]} (ST {st[i]:.2f} ± {float(indices[m].ST_conf[i]):.2f})")
     ctx.report.key_finding(
         "Most influential parameter (total Sobol index, half to double the preset values) per metric: "
-        + "; ".join(top) + ".")
+        + "; ".join(top)
+        + "."
+    )
     ctx.report.table(["metric", "parameter", "S1", "±", "ST", "±"], rows)
 
 
@@ -257,35 +302,49 @@ def _step_translation(ctx: DemoContext) -> None:
     )
 
     gaps = QUICK_GAPS if ctx.quick else None  # None: every gap id the presets tag, as `carkinetics translate`
-    tm = sle_translation_map("mouse_nzbw", "human", gaps=gaps, t_end=ctx.t_end, key=jax.random.key(0),
-                             engine=ctx.engine)
+    tm = sle_translation_map(
+        "mouse_nzbw", "human", gaps=gaps, t_end=ctx.t_end, key=jax.random.key(0), engine=ctx.engine
+    )
     tm.to_csv(ctx.path("translation_map.csv"))
     heat = save_figure(translation_heatmap(tm), ctx.path("translation_heatmap.png"))
     water = save_figure(attribution_waterfalls(tm, ncols=4), ctx.path("translation_waterfalls.png"))
-    which = (f"The gap mechanisms {', '.join(QUICK_GAPS)} of `carkinetics translate` ({len(tm.group_names)} groups "
-             "with 'ungrouped', which holds the other differing parameters; a smoke run: the full demo and "
-             "`carkinetics translate` use every gap id)" if ctx.quick else
-             f"Every gap mechanism the presets tag ({len(tm.group_names)} groups, the groups of "
-             "`carkinetics translate`)")
+    which = (
+        f"The gap mechanisms {', '.join(QUICK_GAPS)} of `carkinetics translate` ({len(tm.group_names)} groups "
+        "with 'ungrouped', which holds the other differing parameters; a smoke run: the full demo and "
+        "`carkinetics translate` use every gap id)"
+        if ctx.quick
+        else f"Every gap mechanism the presets tag ({len(tm.group_names)} groups, the groups of "
+        "`carkinetics translate`)"
+    )
     ctx.report.text(
         f"Which mechanisms explain the difference between the NZB/W mouse and the human course (days 0 to "
         f"{ctx.t_end:g})? {which} are swapped between the two presets and each metric's gap is attributed exactly "
         f"(Shapley values over all {2 ** len(tm.group_names)} group subsets, solved on the {ctx.engine} engine)."
     )
     ctx.report.figure(heat, "Share of each metric's mouse-to-human gap by mechanism group.")
-    ctx.report.figure(water,
-                      "Attribution waterfalls: from the mouse value, one step per mechanism, to the human value.")
+    ctx.report.figure(
+        water, "Attribution waterfalls: from the mouse value, one step per mechanism, to the human value."
+    )
     _narrative(ctx.report, tm.narrative())
-    k = max(range(len(tm.metric_names)), key=lambda j: abs(float(tm.value_b[j]) - float(tm.value_a[j]))
-            / max(abs(float(tm.value_a[j])), abs(float(tm.value_b[j])), 1e-300))
+    k = max(
+        range(len(tm.metric_names)),
+        key=lambda j: (
+            abs(float(tm.value_b[j]) - float(tm.value_a[j]))
+            / max(abs(float(tm.value_a[j])), abs(float(tm.value_b[j])), 1e-300)
+        ),
+    )
     g = max(range(len(tm.group_names)), key=lambda j: abs(float(tm.shapley[j, k])))
     total, phi = float(tm.total[k]), float(tm.shapley[g, k])
-    share = (f" ({100 * phi / total:.0f} % of the gap)" if total and abs(phi) <= abs(total) else
-             f" ({phi:+.3g}, more than the whole gap of {total:+.3g}: other mechanisms pull the other way)")
+    share = (
+        f" ({100 * phi / total:.0f} % of the gap)"
+        if total and abs(phi) <= abs(total)
+        else f" ({phi:+.3g}, more than the whole gap of {total:+.3g}: other mechanisms pull the other way)"
+    )
     ctx.report.key_finding(
         f"Largest relative mouse-to-human gap: {tm.metric_names[k]}, {float(tm.value_a[k]):.3g} in the NZB/W mouse vs "
         f"{float(tm.value_b[k]):.3g} in the human ({tm.metric_units[k]}); the mechanism with the largest attribution "
-        f"is {tm.group_names[g]}{share}.")
+        f"is {tm.group_names[g]}{share}."
+    )
 
 
 def _narrative(report: Any, text: str) -> None:
@@ -330,18 +389,27 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("Lymphodepletion pharmacokinetics", (), _step_lymphodepletion),
     DemoStep(HUMAN, (), _step_human),
     DemoStep("Mouse counterpart", (), _step_mouse),
-    DemoStep("Sensitivity sweep (Sobol indices)", (), _step_sensitivity,
-             full_only="a Sobol sweep needs its own compiled batch and more samples than a smoke run affords; run "
-                       "`carkinetics demo` without --quick for it"),
+    DemoStep(
+        "Sensitivity sweep (Sobol indices)",
+        (),
+        _step_sensitivity,
+        full_only="a Sobol sweep needs its own compiled batch and more samples than a smoke run affords; run "
+        "`carkinetics demo` without --quick for it",
+    ),
     DemoStep("Translation map: mouse to human", (), _step_translation),
     DemoStep("Export to SBML", (("antimony", "loadAntimonyString"),), _step_sbml, extra="sbml"),
     DemoStep("Parameters of the human preset", (), _step_parameters, depends_on=(HUMAN,)),
 )
 
 
-def run_demo(out: str, *, quick: bool = False, engine: Literal["ensemble", "vmap"] = "ensemble",
-             steps: Sequence[DemoStep] = DEMO_STEPS,
-             progress: Callable[[int, str], Any] | None = None) -> tuple[str, list[str], list[str]]:
+def run_demo(
+    out: str,
+    *,
+    quick: bool = False,
+    engine: Literal["ensemble", "vmap"] = "ensemble",
+    steps: Sequence[DemoStep] = DEMO_STEPS,
+    progress: Callable[[int, str], Any] | None = None,
+) -> tuple[str, list[str], list[str]]:
     """Run the demo steps and write `report.html` into `out`.
 
     **Arguments:**
@@ -359,9 +427,11 @@ def run_demo(out: str, *, quick: bool = False, engine: Literal["ensemble", "vmap
 
     from carkinetics.report import Report
 
-    rep = Report("carkinetics demo: CAR T-cell therapy in SLE",
-                 subtitle=f"carkinetics {ck.__version__}, {'quick' if quick else 'full'} run on "
-                          f"{jax.devices()[0].platform}, float64, {engine} engine")
+    rep = Report(
+        "carkinetics demo: CAR T-cell therapy in SLE",
+        subtitle=f"carkinetics {ck.__version__}, {'quick' if quick else 'full'} run on "
+        f"{jax.devices()[0].platform}, float64, {engine} engine",
+    )
     ctx = DemoContext(out=out, quick=quick, report=rep, engine=engine, progress=progress is not None)
     skipped, failed, done = [], [], []
     prog = None if progress is None else progress(len(steps), "demo")

@@ -46,31 +46,73 @@ DIPSTICK_MG_DL = (10.0, 30.0, 100.0, 300.0, 2000.0)
 class DiseaseParams(eqx.Module):
     """Parameter group `disease`: activity drive, resolution, damage, mortality hazard and read-out scales."""
 
-    sledai0: float = ck.param(16.0, unit="1", description="SLEDAI-2K before treatment",
-                              source="Mackensen A et al., Nat Med 2022;28:2124 (median 16, range 8-16)", tag="R")
+    sledai0: float = ck.param(
+        16.0,
+        unit="1",
+        description="SLEDAI-2K before treatment",
+        source="Mackensen A et al., Nat Med 2022;28:2124 (median 16, range 8-16)",
+        tag="R",
+    )
     phi_b: float = ck.param(
-        0.85, unit="1", description="share of the disease drive from immune complexes (B-cell dependent)",
+        0.85,
+        unit="1",
+        description="share of the disease drive from immune complexes (B-cell dependent)",
         source="assumption (B-cell-dependent share of SLE activity; run over a range in the translation map)",
-        tag="A", upper=1.0)
-    hill: float = ck.param(2.0, unit="1", description="steepness of activity in the drive",
-                           source="assumption (SLEDAI 0-2 at 3 months, Mackensen 2022 [R], with an LLPC-fed floor)",
-                           tag="A")
-    k_act: float = ck.param(0.08, unit="1/d", description="rate at which activity follows its drive",
-                            source="assumption (SLEDAI 16 -> 0-2 within 3 months, Mackensen 2022 [R])", tag="A")
-    k_dmg: float = ck.param(0.5 / 365.0, unit="1/d", description="damage accrual per day at untreated activity (SDI/d)",
-                            source="~0.5 SDI units per year of active disease [M]", tag="M")
-    damage0: float = ck.param(1.0, unit="1", description="damage index (SDI) at treatment",
-                              source="assumption: refractory SLE after years of disease", tag="A")
-    h_dmg: float = ck.param(1e-6, unit="1/d", description="mortality hazard per unit damage at untreated activity",
-                            source="assumption (negligible over the human horizon)", tag="A")
-    up_active: float = ck.param(1.5, unit="g/g", description="urine protein/creatinine at untreated activity",
-                                source="assumption (active lupus nephritis; UPCR > 1 in the CASTLE inclusion criteria)",
-                                tag="A")
-    up_damage: float = ck.param(0.2, unit="g/g", description="urine protein/creatinine per unit damage",
-                                source="assumption", tag="A")
+        tag="A",
+        upper=1.0,
+    )
+    hill: float = ck.param(
+        2.0,
+        unit="1",
+        description="steepness of activity in the drive",
+        source="assumption (SLEDAI 0-2 at 3 months, Mackensen 2022 [R], with an LLPC-fed floor)",
+        tag="A",
+    )
+    k_act: float = ck.param(
+        0.08,
+        unit="1/d",
+        description="rate at which activity follows its drive",
+        source="assumption (SLEDAI 16 -> 0-2 within 3 months, Mackensen 2022 [R])",
+        tag="A",
+    )
+    k_dmg: float = ck.param(
+        0.5 / 365.0,
+        unit="1/d",
+        description="damage accrual per day at untreated activity (SDI/d)",
+        source="~0.5 SDI units per year of active disease [M]",
+        tag="M",
+    )
+    damage0: float = ck.param(
+        1.0,
+        unit="1",
+        description="damage index (SDI) at treatment",
+        source="assumption: refractory SLE after years of disease",
+        tag="A",
+    )
+    h_dmg: float = ck.param(
+        1e-6,
+        unit="1/d",
+        description="mortality hazard per unit damage at untreated activity",
+        source="assumption (negligible over the human horizon)",
+        tag="A",
+    )
+    up_active: float = ck.param(
+        1.5,
+        unit="g/g",
+        description="urine protein/creatinine at untreated activity",
+        source="assumption (active lupus nephritis; UPCR > 1 in the CASTLE inclusion criteria)",
+        tag="A",
+    )
+    up_damage: float = ck.param(
+        0.2, unit="g/g", description="urine protein/creatinine per unit damage", source="assumption", tag="A"
+    )
     creat_urine: float = ck.param(
-        100.0, unit="mg/dL", description="urine creatinine concentration (for the dipstick score)",
-        source="typical adult spot-urine creatinine ~100 mg/dL [M]", tag="M")
+        100.0,
+        unit="mg/dL",
+        description="urine creatinine concentration (for the dipstick score)",
+        source="typical adult spot-urine creatinine ~100 mg/dL [M]",
+        tag="M",
+    )
 
 
 class DiseaseState(NamedTuple):

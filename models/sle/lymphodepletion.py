@@ -64,100 +64,236 @@ class LymphodepletionParams(eqx.Module):
     """Parameter group `ld`: fludarabine/cyclophosphamide PK and the chemotherapy kill."""
 
     flu_cl_nonrenal: float = ck.param(
-        3.24 * 24, unit="L/d", description="fludarabine non-renal clearance per 70 kg (3.24 L/h x 24)",
-        source="Langenhorst JB et al., Clin Pharmacokinet 2019, doi:10.1007/s40262-018-0715-9", tag="D")
+        3.24 * 24,
+        unit="L/d",
+        description="fludarabine non-renal clearance per 70 kg (3.24 L/h x 24)",
+        source="Langenhorst JB et al., Clin Pharmacokinet 2019, doi:10.1007/s40262-018-0715-9",
+        tag="D",
+    )
     flu_renal_gfr_fraction: float = ck.param(
-        0.782, unit="1", description="fludarabine renal clearance as a fraction of eGFR",
-        source="Langenhorst 2019 (CL_renal = eGFR x 0.782; units not checked against the paper)", tag="M")
-    flu_v1: float = ck.param(39.0, unit="L", description="fludarabine central volume per 70 kg",
-                             source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="R")
-    flu_v2: float = ck.param(20.0, unit="L", description="fludarabine first peripheral volume per 70 kg",
-                             source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="R")
-    flu_v3: float = ck.param(50.0, unit="L", description="fludarabine second peripheral volume per 70 kg",
-                             source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="R")
+        0.782,
+        unit="1",
+        description="fludarabine renal clearance as a fraction of eGFR",
+        source="Langenhorst 2019 (CL_renal = eGFR x 0.782; units not checked against the paper)",
+        tag="M",
+    )
+    flu_v1: float = ck.param(
+        39.0,
+        unit="L",
+        description="fludarabine central volume per 70 kg",
+        source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9",
+        tag="R",
+    )
+    flu_v2: float = ck.param(
+        20.0,
+        unit="L",
+        description="fludarabine first peripheral volume per 70 kg",
+        source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9",
+        tag="R",
+    )
+    flu_v3: float = ck.param(
+        50.0,
+        unit="L",
+        description="fludarabine second peripheral volume per 70 kg",
+        source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9",
+        tag="R",
+    )
     flu_q2: float = ck.param(
-        8.6 * 24, unit="L/d", description="fludarabine intercompartmental clearance Q2 (8.6 L/h x 24)",
-        source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="D")
+        8.6 * 24,
+        unit="L/d",
+        description="fludarabine intercompartmental clearance Q2 (8.6 L/h x 24)",
+        source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9",
+        tag="D",
+    )
     flu_q3: float = ck.param(
-        3.8 * 24, unit="L/d", description="fludarabine intercompartmental clearance Q3 (3.8 L/h x 24)",
-        source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9", tag="D")
-    cy_cl: float = ck.param(5.41 * 24, unit="L/d", description="cyclophosphamide clearance per 70 kg (5.41 L/h x 24)",
-                            source="Ahmed JH et al., Front Pharmacol 2020;11:406", tag="D")
+        3.8 * 24,
+        unit="L/d",
+        description="fludarabine intercompartmental clearance Q3 (3.8 L/h x 24)",
+        source="Langenhorst 2019, doi:10.1007/s40262-018-0715-9",
+        tag="D",
+    )
+    cy_cl: float = ck.param(
+        5.41 * 24,
+        unit="L/d",
+        description="cyclophosphamide clearance per 70 kg (5.41 L/h x 24)",
+        source="Ahmed JH et al., Front Pharmacol 2020;11:406",
+        tag="D",
+    )
     cy_v: float = ck.param(
-        46.5, unit="L", description="cyclophosphamide volume per 70 kg (BSA^0.861 scaling replaced by W/70)",
-        source="Ahmed JH et al., Front Pharmacol 2020;11:406", tag="R")
+        46.5,
+        unit="L",
+        description="cyclophosphamide volume per 70 kg (BSA^0.861 scaling replaced by W/70)",
+        source="Ahmed JH et al., Front Pharmacol 2020;11:406",
+        tag="R",
+    )
     k_flu: float = ck.param(
-        1.6, unit="L/(mg*d)", description="lymphocyte kill rate per mg/L of fludarabine",
+        1.6,
+        unit="L/(mg*d)",
+        description="lymphocyte kill rate per mg/L of fludarabine",
         source="hand-set: Erlangen Flu AUC ~0.72 mg*d/L gives log-kill ~1.15 (half of a ~90% lymphocyte nadir [M])",
-        tag="A")
+        tag="A",
+    )
     k_cy: float = ck.param(
-        0.08, unit="L/(mg*d)", description="lymphocyte kill rate per mg/L of cyclophosphamide",
-        source="hand-set: Cy 1,000 mg/m2 AUC ~14 mg*d/L gives log-kill ~1.1 (other half of a ~90% nadir [M])", tag="A")
+        0.08,
+        unit="L/(mg*d)",
+        description="lymphocyte kill rate per mg/L of cyclophosphamide",
+        source="hand-set: Cy 1,000 mg/m2 AUC ~14 mg*d/L gives log-kill ~1.1 (other half of a ~90% nadir [M])",
+        tag="A",
+    )
     k_e0: float = ck.param(
-        0.5, unit="1/d", description="rate of the delayed execution of chemotherapy-induced lymphocyte death",
+        0.5,
+        unit="1/d",
+        description="rate of the delayed execution of chemotherapy-induced lymphocyte death",
         source="hand-set to put the IL-15 peak near day 2 after infusion (Kochenderfer JN et al., J Clin Oncol "
-               "2017;35:1803 [R])", tag="A")
+        "2017;35:1803 [R])",
+        tag="A",
+    )
     sens_b: float = ck.param(
-        1.0, unit="1", description="chemotherapy sensitivity of B-lineage cells relative to T cells",
-        source="assumption (B and T equally sensitive)", tag="A")
-    sens_t: float = ck.param(1.0, unit="1", description="chemotherapy sensitivity of T cells (reference)",
-                             source="reference population (=1 by definition)", tag="A")
-    sens_nk: float = ck.param(1.0, unit="1", description="chemotherapy sensitivity of NK cells relative to T cells",
-                              source="assumption (NK as sensitive as T cells)", tag="A")
+        1.0,
+        unit="1",
+        description="chemotherapy sensitivity of B-lineage cells relative to T cells",
+        source="assumption (B and T equally sensitive)",
+        tag="A",
+    )
+    sens_t: float = ck.param(
+        1.0,
+        unit="1",
+        description="chemotherapy sensitivity of T cells (reference)",
+        source="reference population (=1 by definition)",
+        tag="A",
+    )
+    sens_nk: float = ck.param(
+        1.0,
+        unit="1",
+        description="chemotherapy sensitivity of NK cells relative to T cells",
+        source="assumption (NK as sensitive as T cells)",
+        tag="A",
+    )
 
 
 @document_params
 class TCellParams(eqx.Module):
     """Parameter group `tcell`: endogenous T and NK cells and the homeostatic cytokines IL-7 and IL-15."""
 
-    t_blood0: float = ck.param(1000.0, unit="cells/uL", description="untreated blood CD3+ T-cell count",
-                               source="chosen inside the normal range 700-2,100/uL (Synnovis/CDLI lab reference ranges "
-                                      "[R]); SLE is often lymphopenic [M]", tag="A")
+    t_blood0: float = ck.param(
+        1000.0,
+        unit="cells/uL",
+        description="untreated blood CD3+ T-cell count",
+        source="chosen inside the normal range 700-2,100/uL (Synnovis/CDLI lab reference ranges "
+        "[R]); SLE is often lymphopenic [M]",
+        tag="A",
+    )
     f_blood_t: float = ck.param(
-        0.033, unit="1", description="fraction of T cells in blood",
+        0.033,
+        unit="1",
+        description="fraction of T cells in blood",
         source="Hosseini 2020 partitions (spleen 200, LN 190, BM 60; volumes 210/400/500 mL; PB 5,000 mL): "
-               "5000/(5000+42000+76000+30000) = 0.033", tag="D", upper=1.0)
+        "5000/(5000+42000+76000+30000) = 0.033",
+        tag="D",
+        upper=1.0,
+    )
     d_t: float = ck.param(
-        0.003, unit="1/d", description="T-cell loss rate (mixed naive/memory pool)",
+        0.003,
+        unit="1/d",
+        description="T-cell loss rate (mixed naive/memory pool)",
         source="assumption informed by half naive (t1/2 4-6.5 y) and half memory (0.4-0.7 y) T cells (Vrisekoop 2008, "
-               "den Braber 2012 [R]): 0.5*ln2/(5*365) + 0.5*ln2/(0.55*365) = 0.0019/d, raised to 0.003/d for "
-               "effector turnover", tag="A")
+        "den Braber 2012 [R]): 0.5*ln2/(5*365) + 0.5*ln2/(0.55*365) = 0.0019/d, raised to 0.003/d for "
+        "effector turnover",
+        tag="A",
+    )
     f_thymic: float = ck.param(
-        0.15, unit="1", description="fraction of T-cell production from the thymus (rest: peripheral division)",
+        0.15,
+        unit="1",
+        description="fraction of T-cell production from the thymus (rest: peripheral division)",
         source="den Braber I et al., Immunity 2012;36:288 (thymus 10-20% of naive T production in adults)",
-        tag="R", upper=1.0)
+        tag="R",
+        upper=1.0,
+    )
     g_il7: float = ck.param(
-        5.0, unit="1", description="gain of homeostatic T-cell division on the relative IL-7 excess",
+        5.0,
+        unit="1",
+        description="gain of homeostatic T-cell division on the relative IL-7 excess",
         source="hand-set so blood T cells recover over months after Flu/Cy (Erlangen SLE vs B-NHL, Blood 2025, "
-               "doi:10.1182/blood.2025028375 [R qualitative])",
-        tag="A")
-    nk_blood0: float = ck.param(200.0, unit="cells/uL", description="untreated blood NK-cell count",
-                                source="textbook normal range 90-600/uL", tag="M")
-    f_blood_nk: float = ck.param(0.1, unit="1", description="fraction of NK cells in blood",
-                                 source="assumption", tag="A", upper=1.0)
-    d_nk: float = ck.param(0.07, unit="1/d", description="NK-cell loss rate (lifespan ~2 weeks)",
-                           source="deuterium labelling of human NK cells (~2 week lifespan)", tag="M")
+        "doi:10.1182/blood.2025028375 [R qualitative])",
+        tag="A",
+    )
+    nk_blood0: float = ck.param(
+        200.0,
+        unit="cells/uL",
+        description="untreated blood NK-cell count",
+        source="textbook normal range 90-600/uL",
+        tag="M",
+    )
+    f_blood_nk: float = ck.param(
+        0.1, unit="1", description="fraction of NK cells in blood", source="assumption", tag="A", upper=1.0
+    )
+    d_nk: float = ck.param(
+        0.07,
+        unit="1/d",
+        description="NK-cell loss rate (lifespan ~2 weeks)",
+        source="deuterium labelling of human NK cells (~2 week lifespan)",
+        tag="M",
+    )
     f_nk_marrow: float = ck.param(
-        0.5, unit="1", description="fraction of NK production from marrow (rest: IL-15-driven division)",
-        source="assumption", tag="A", upper=1.0)
-    il7_0: float = ck.param(3.8, unit="pg/mL", description="baseline plasma IL-7",
-                            source="De Bock M et al., PLoS One 2013;8:e55876 (baseline plasma levels)", tag="R")
-    il15_0: float = ck.param(2.4, unit="pg/mL", description="baseline plasma IL-15",
-                             source="De Bock M et al., PLoS One 2013;8:e55876 (baseline plasma levels)", tag="R")
-    k_il7: float = ck.param(2.0, unit="1/d", description="IL-7 total clearance rate at baseline",
-                            source="rhIL-7 terminal t1/2 ~6-9 h", tag="M")
-    k_il15: float = ck.param(10.0, unit="1/d", description="IL-15 total clearance rate at baseline",
-                             source="IL-15 plasma t1/2 ~1-2 h", tag="M")
+        0.5,
+        unit="1",
+        description="fraction of NK production from marrow (rest: IL-15-driven division)",
+        source="assumption",
+        tag="A",
+        upper=1.0,
+    )
+    il7_0: float = ck.param(
+        3.8,
+        unit="pg/mL",
+        description="baseline plasma IL-7",
+        source="De Bock M et al., PLoS One 2013;8:e55876 (baseline plasma levels)",
+        tag="R",
+    )
+    il15_0: float = ck.param(
+        2.4,
+        unit="pg/mL",
+        description="baseline plasma IL-15",
+        source="De Bock M et al., PLoS One 2013;8:e55876 (baseline plasma levels)",
+        tag="R",
+    )
+    k_il7: float = ck.param(
+        2.0,
+        unit="1/d",
+        description="IL-7 total clearance rate at baseline",
+        source="rhIL-7 terminal t1/2 ~6-9 h",
+        tag="M",
+    )
+    k_il15: float = ck.param(
+        10.0,
+        unit="1/d",
+        description="IL-15 total clearance rate at baseline",
+        source="IL-15 plasma t1/2 ~1-2 h",
+        tag="M",
+    )
     c_il7: float = ck.param(
-        0.6, unit="1", description="fraction of IL-7 clearance due to lymphocyte consumption at baseline",
+        0.6,
+        unit="1",
+        description="fraction of IL-7 clearance due to lymphocyte consumption at baseline",
         source="chosen so the maximal surge 1/(1-c) is 2.5x (IL-7 rises ~2-3x after lymphodepletion [M])",
-        tag="A", upper=1.0)
+        tag="A",
+        upper=1.0,
+    )
     c_il15: float = ck.param(
-        0.85, unit="1", description="fraction of IL-15 clearance due to lymphocyte consumption at baseline",
+        0.85,
+        unit="1",
+        description="fraction of IL-15 clearance due to lymphocyte consumption at baseline",
         source="maximal surge 1/(1-c) = 6.7x, above the ~5x after conditioning (De Bock 2013 [R]; 5-10x [M])",
-        tag="D", upper=1.0)
-    w_nk_il15: float = ck.param(0.5, unit="1", description="share of NK cells in the IL-15 sink at baseline",
-                                source="assumption", tag="A", upper=1.0)
+        tag="D",
+        upper=1.0,
+    )
+    w_nk_il15: float = ck.param(
+        0.5,
+        unit="1",
+        description="share of NK cells in the IL-15 sink at baseline",
+        source="assumption",
+        tag="A",
+        upper=1.0,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -219,16 +355,35 @@ def baseline_t_nk(tcell: TCellParams, blood_ul):
     return tcell.t_blood0 * blood_ul / tcell.f_blood_t, tcell.nk_blood0 * blood_ul / tcell.f_blood_nk
 
 
-def homeostasis(tcell: TCellParams, ld: LymphodepletionParams, *, t_cells, nk_cells, il7, il15, car_total, ld_effect,
-                t0_cells, nk0_cells) -> HomeostasisDerivs:
+def homeostasis(
+    tcell: TCellParams,
+    ld: LymphodepletionParams,
+    *,
+    t_cells,
+    nk_cells,
+    il7,
+    il15,
+    car_total,
+    ld_effect,
+    t0_cells,
+    nk0_cells,
+) -> HomeostasisDerivs:
     """T/NK homeostasis with chemotherapy kill, and IL-7/IL-15 production and consumption (see module docstring)."""
     rel7 = il7 / tcell.il7_0
     rel15 = il15 / tcell.il15_0
     h7 = jnp.maximum(1.0 + tcell.g_il7 * (rel7 - 1.0), 0.0)
-    d_t = (tcell.f_thymic * tcell.d_t * t0_cells + (1.0 - tcell.f_thymic) * tcell.d_t * h7 * t_cells
-           - tcell.d_t * t_cells - ld.sens_t * ld_effect * t_cells)
-    d_nk = (tcell.f_nk_marrow * tcell.d_nk * nk0_cells + (1.0 - tcell.f_nk_marrow) * tcell.d_nk * rel15 * nk_cells
-            - tcell.d_nk * nk_cells - ld.sens_nk * ld_effect * nk_cells)
+    d_t = (
+        tcell.f_thymic * tcell.d_t * t0_cells
+        + (1.0 - tcell.f_thymic) * tcell.d_t * h7 * t_cells
+        - tcell.d_t * t_cells
+        - ld.sens_t * ld_effect * t_cells
+    )
+    d_nk = (
+        tcell.f_nk_marrow * tcell.d_nk * nk0_cells
+        + (1.0 - tcell.f_nk_marrow) * tcell.d_nk * rel15 * nk_cells
+        - tcell.d_nk * nk_cells
+        - ld.sens_nk * ld_effect * nk_cells
+    )
     l7 = (t_cells + car_total) / t0_cells
     l15 = tcell.w_nk_il15 * nk_cells / nk0_cells + (1.0 - tcell.w_nk_il15) * l7
     d_il7 = tcell.k_il7 * (tcell.il7_0 - ((1.0 - tcell.c_il7) + tcell.c_il7 * l7) * il7)
@@ -270,8 +425,13 @@ class FludarabinePK(ck.AbstractKineticModel):
 
     ld: LymphodepletionParams = LymphodepletionParams()
     weight_kg: float = ck.param(70.0, unit="kg", description="body weight", source="standard adult", tag="M")
-    egfr_ml_min: float = ck.param(100.0, unit="mL/min", description="estimated glomerular filtration rate",
-                                  source="assumption: normal renal function", tag="A")
+    egfr_ml_min: float = ck.param(
+        100.0,
+        unit="mL/min",
+        description="estimated glomerular filtration rate",
+        source="assumption: normal renal function",
+        tag="A",
+    )
 
     def initial_state(self):
         return self.State(0.0, 0.0, 0.0, 0.0)
@@ -279,8 +439,9 @@ class FludarabinePK(ck.AbstractKineticModel):
     def __call__(self, t, y, args):
         del t, args  # autonomous linear model
         pk = flu_pk(self.ld, self.weight_kg, self.egfr_ml_min, y.flu_central, y.flu_p2, y.flu_p3)
-        return self.State(pk.d_central, pk.d_p2, pk.d_p3,
-                          flu_clearance(self.ld, self.weight_kg, self.egfr_ml_min) * pk.conc)
+        return self.State(
+            pk.d_central, pk.d_p2, pk.d_p3, flu_clearance(self.ld, self.weight_kg, self.egfr_ml_min) * pk.conc
+        )
 
     def observe(self, t, y):
         del t

@@ -45,11 +45,16 @@ SLE_METRICS: dict[str, tuple[str, str]] = {
     "B aplasia": ("d", "days after infusion with blood B cells below 5 % of baseline (total)"),
     "B nadir": ("% of baseline", "lowest blood B-cell count after infusion"),
     "anti-dsDNA d90": ("% of baseline", "anti-dsDNA at day 90"),
-    "anti-dsDNA positive days": ("d", "days after infusion with anti-dsDNA at or above its positivity cutoff "
-                                 "(censored at the horizon)"),
+    "anti-dsDNA positive days": (
+        "d",
+        "days after infusion with anti-dsDNA at or above its positivity cutoff (censored at the horizon)",
+    ),
     "anti-dsDNA floor": ("% of baseline", "lowest anti-dsDNA after infusion (LLPC-fed floor)"),
-    "anti-dsDNA t1/2": ("d", "IgG elimination half-life along the trajectory, days 14-60 (ln 2 over the mean "
-                        "elimination rate constant; FcRn saturation included)"),
+    "anti-dsDNA t1/2": (
+        "d",
+        "IgG elimination half-life along the trajectory, days 14-60 (ln 2 over the mean "
+        "elimination rate constant; FcRn saturation included)",
+    ),
     "vaccine IgG nadir": ("% of baseline", "lowest protective (vaccine) IgG after infusion (LLPC-made)"),
     "CAR Cmax": ("log10 cells/uL", "log10 of the peak blood CAR-T count"),
     "CAR Tmax": ("d", "day of the blood CAR-T peak"),
@@ -58,8 +63,10 @@ SLE_METRICS: dict[str, tuple[str, str]] = {
     "CRS grade": ("0-4", "peak of the continuous ASTCT-like CRS index (integer part = grade)"),
     "SLEDAI d90": ("1", "SLEDAI-2K-like activity index at day 90 (remission depth)"),
     "remission days": ("d", "days after infusion with the activity index below 4 (remission durability)"),
-    "UPCR d180": ("g/g", "urine protein/creatinine at day 180 (renal outcome: active nephritis plus irreversible "
-                  "damage)"),
+    "UPCR d180": (
+        "g/g",
+        "urine protein/creatinine at day 180 (renal outcome: active nephritis plus irreversible damage)",
+    ),
 }
 
 #: Metrics that can be censored at the horizon (they measure how long a state lasts) -> the name of the output of
@@ -133,12 +140,14 @@ def sle_metrics(sol: ck.Solution, *, censoring: bool = False) -> dict[str, Any]:
     }
     if censoring:
         one = jnp.asarray(1.0, ts.dtype)
-        out.update({
-            "B aplasia censored": jnp.where(b[-1] < B_APLASIA_FRACTION, one, 0.0),
-            "anti-dsDNA positive days censored": jnp.where(o.anti_dsdna_index[-1] >= 1.0, one, 0.0),
-            "CAR persistence censored": jnp.where(o.car_blood[-1] >= CAR_DETECTION_PER_UL, one, 0.0),
-            "remission days censored": jnp.where(o.sledai[-1] < REMISSION_SLEDAI, one, 0.0),
-        })
+        out.update(
+            {
+                "B aplasia censored": jnp.where(b[-1] < B_APLASIA_FRACTION, one, 0.0),
+                "anti-dsDNA positive days censored": jnp.where(o.anti_dsdna_index[-1] >= 1.0, one, 0.0),
+                "CAR persistence censored": jnp.where(o.car_blood[-1] >= CAR_DETECTION_PER_UL, one, 0.0),
+                "remission days censored": jnp.where(o.sledai[-1] < REMISSION_SLEDAI, one, 0.0),
+            }
+        )
     return out
 
 

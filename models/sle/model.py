@@ -33,16 +33,22 @@ time). Default tolerances rtol = atol = 1e-6.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 
 import carkinetics as ck
-
-from carkinetics.models.sle import autoantibodies as _ab, bcells as _b, car_t as _car, cytokines as _cyt
-from carkinetics.models.sle import disease as _dis, lymphodepletion as _ld, rejection as _rej
+from carkinetics.models.sle import (
+    autoantibodies as _ab,
+    bcells as _b,
+    car_t as _car,
+    cytokines as _cyt,
+    disease as _dis,
+    lymphodepletion as _ld,
+    rejection as _rej,
+)
 from carkinetics.models.sle._doc import document_params
 from carkinetics.models.sle.autoantibodies import HumoralParams
 from carkinetics.models.sle.bcells import BCellParams
@@ -62,16 +68,27 @@ class BodyParams(eqx.Module):
     """Parameter group `body`: body size, blood and lymphoid tissue volumes, renal function."""
 
     weight_kg: float = ck.param(70.0, unit="kg", description="body weight", source="standard adult [M]", tag="M")
-    height_cm: float = ck.param(170.0, unit="cm", description="height (for body surface area)",
-                                source="standard adult [M]", tag="M")
-    blood_ml_per_kg: float = ck.param(70.0, unit="mL/kg", description="blood volume per kg body weight",
-                                      source="~70 mL/kg (textbook [M])", tag="M")
+    height_cm: float = ck.param(
+        170.0, unit="cm", description="height (for body surface area)", source="standard adult [M]", tag="M"
+    )
+    blood_ml_per_kg: float = ck.param(
+        70.0, unit="mL/kg", description="blood volume per kg body weight", source="~70 mL/kg (textbook [M])", tag="M"
+    )
     lymphoid_ml_per_kg: float = ck.param(
-        1110.0 / 70.0, unit="mL/kg", description="lymphoid tissue volume (spleen + lymph nodes + marrow) per kg",
+        1110.0 / 70.0,
+        unit="mL/kg",
+        description="lymphoid tissue volume (spleen + lymph nodes + marrow) per kg",
         source="Hosseini I et al., npj Syst Biol Appl 2020, human volumes: spleen 210 + LN 400 + BM 500 mL per "
-               "70 kg = 15.9 mL/kg", tag="D")
-    egfr_ml_min: float = ck.param(100.0, unit="mL/min", description="estimated glomerular filtration rate",
-                                  source="assumption: normal renal function", tag="A")
+        "70 kg = 15.9 mL/kg",
+        tag="D",
+    )
+    egfr_ml_min: float = ck.param(
+        100.0,
+        unit="mL/min",
+        description="estimated glomerular filtration rate",
+        source="assumption: normal renal function",
+        tag="A",
+    )
 
 
 class SLECarTModel(ck.AbstractKineticModel):
@@ -98,102 +115,156 @@ class SLECarTModel(ck.AbstractKineticModel):
     default_atol = 1e-6
 
     class State(NamedTuple):
-        flu_central: object
-        flu_p2: object
-        flu_p3: object
-        flu_auc: object
-        cy_central: object
-        cy_auc: object
-        ld_effect: object
-        t_cells: object
-        nk_cells: object
-        il7: object
-        il15: object
-        anti_car: object
-        car_resting: object
-        car_act1: object
-        car_act2: object
-        car_effector: object
-        car_memory: object
-        car_exhausted: object
-        b_marrow: object
-        b_naive: object
-        b_memory: object
-        b_auto: object
-        pb_auto: object
-        pb_other: object
-        llpc_auto: object
-        llpc: object
-        tumour: object
-        anti_dsdna: object
-        vaccine_igg: object
-        total_igg: object
-        myeloid_act: object
-        il6: object
-        endothelial: object
-        toci_central: object
-        dex: object
-        activity: object
-        damage: object
-        cum_hazard: object
+        flu_central: Any
+        flu_p2: Any
+        flu_p3: Any
+        flu_auc: Any
+        cy_central: Any
+        cy_auc: Any
+        ld_effect: Any
+        t_cells: Any
+        nk_cells: Any
+        il7: Any
+        il15: Any
+        anti_car: Any
+        car_resting: Any
+        car_act1: Any
+        car_act2: Any
+        car_effector: Any
+        car_memory: Any
+        car_exhausted: Any
+        b_marrow: Any
+        b_naive: Any
+        b_memory: Any
+        b_auto: Any
+        pb_auto: Any
+        pb_other: Any
+        llpc_auto: Any
+        llpc: Any
+        tumour: Any
+        anti_dsdna: Any
+        vaccine_igg: Any
+        total_igg: Any
+        myeloid_act: Any
+        il6: Any
+        endothelial: Any
+        toci_central: Any
+        dex: Any
+        activity: Any
+        damage: Any
+        cum_hazard: Any
 
     class Observables(NamedTuple):
-        car_blood: object
-        car_total: object
-        car_memory_fraction: object
-        anti_car_blood: object
-        rejection_rate: object
-        b_blood: object
-        t_blood: object
-        nk_blood: object
-        lymphocytes: object
-        plasmablasts: object
-        cd19_total: object
-        llpc_total: object
-        tumour: object
-        anti_dsdna: object
-        anti_dsdna_rel: object
-        anti_dsdna_index: object
-        vaccine_igg: object
-        total_igg: object
-        il6: object
-        il7: object
-        il15: object
-        temperature: object
-        endothelial: object
-        crs_grade: object
-        sledai: object
-        proteinuria: object
-        proteinuria_score: object
-        survival: object
-        damage: object
-        flu_conc: object
-        cy_conc: object
-        flu_auc: object
-        toci_conc: object
-        igg_k_el: object
+        car_blood: Any
+        car_total: Any
+        car_memory_fraction: Any
+        anti_car_blood: Any
+        rejection_rate: Any
+        b_blood: Any
+        t_blood: Any
+        nk_blood: Any
+        lymphocytes: Any
+        plasmablasts: Any
+        cd19_total: Any
+        llpc_total: Any
+        tumour: Any
+        anti_dsdna: Any
+        anti_dsdna_rel: Any
+        anti_dsdna_index: Any
+        vaccine_igg: Any
+        total_igg: Any
+        il6: Any
+        il7: Any
+        il15: Any
+        temperature: Any
+        endothelial: Any
+        crs_grade: Any
+        sledai: Any
+        proteinuria: Any
+        proteinuria_score: Any
+        survival: Any
+        damage: Any
+        flu_conc: Any
+        cy_conc: Any
+        flu_auc: Any
+        toci_conc: Any
+        igg_k_el: Any
 
     state_units = {
-        "flu_central": "mg", "flu_p2": "mg", "flu_p3": "mg", "flu_auc": "mg*d/L", "cy_central": "mg",
-        "cy_auc": "mg*d/L", "ld_effect": "1/d", "t_cells": "cells", "nk_cells": "cells", "il7": "pg/mL",
-        "il15": "pg/mL", "anti_car": "cells", "car_resting": "cells", "car_act1": "cells", "car_act2": "cells",
-        "car_effector": "cells", "car_memory": "cells", "car_exhausted": "cells", "b_marrow": "cells",
-        "b_naive": "cells", "b_memory": "cells", "b_auto": "cells", "pb_auto": "cells", "pb_other": "cells",
-        "llpc_auto": "cells", "llpc": "cells", "tumour": "cells", "anti_dsdna": "U/mL", "vaccine_igg": "1", "total_igg": "g/L",
-        "myeloid_act": "1", "il6": "pg/mL", "endothelial": "1", "toci_central": "mg", "dex": "mg",
-        "activity": "1", "damage": "1", "cum_hazard": "1",
+        "flu_central": "mg",
+        "flu_p2": "mg",
+        "flu_p3": "mg",
+        "flu_auc": "mg*d/L",
+        "cy_central": "mg",
+        "cy_auc": "mg*d/L",
+        "ld_effect": "1/d",
+        "t_cells": "cells",
+        "nk_cells": "cells",
+        "il7": "pg/mL",
+        "il15": "pg/mL",
+        "anti_car": "cells",
+        "car_resting": "cells",
+        "car_act1": "cells",
+        "car_act2": "cells",
+        "car_effector": "cells",
+        "car_memory": "cells",
+        "car_exhausted": "cells",
+        "b_marrow": "cells",
+        "b_naive": "cells",
+        "b_memory": "cells",
+        "b_auto": "cells",
+        "pb_auto": "cells",
+        "pb_other": "cells",
+        "llpc_auto": "cells",
+        "llpc": "cells",
+        "tumour": "cells",
+        "anti_dsdna": "U/mL",
+        "vaccine_igg": "1",
+        "total_igg": "g/L",
+        "myeloid_act": "1",
+        "il6": "pg/mL",
+        "endothelial": "1",
+        "toci_central": "mg",
+        "dex": "mg",
+        "activity": "1",
+        "damage": "1",
+        "cum_hazard": "1",
     }
     observable_units = {
-        "car_blood": "cells/uL", "car_total": "cells", "car_memory_fraction": "1", "anti_car_blood": "cells/uL",
-        "rejection_rate": "1/d", "b_blood": "cells/uL", "t_blood": "cells/uL", "nk_blood": "cells/uL",
-        "lymphocytes": "cells/uL", "plasmablasts": "cells/uL", "cd19_total": "cells", "llpc_total": "cells", "tumour": "cells",
-        "anti_dsdna": "U/mL", "anti_dsdna_rel": "1 (relative to baseline)",
+        "car_blood": "cells/uL",
+        "car_total": "cells",
+        "car_memory_fraction": "1",
+        "anti_car_blood": "cells/uL",
+        "rejection_rate": "1/d",
+        "b_blood": "cells/uL",
+        "t_blood": "cells/uL",
+        "nk_blood": "cells/uL",
+        "lymphocytes": "cells/uL",
+        "plasmablasts": "cells/uL",
+        "cd19_total": "cells",
+        "llpc_total": "cells",
+        "tumour": "cells",
+        "anti_dsdna": "U/mL",
+        "anti_dsdna_rel": "1 (relative to baseline)",
         "anti_dsdna_index": "1 (relative to the positivity cutoff; >= 1 positive)",
-        "vaccine_igg": "1 (relative to baseline)", "total_igg": "g/L", "il6": "pg/mL", "il7": "pg/mL",
-        "il15": "pg/mL", "temperature": "degC", "endothelial": "1 (0-1)", "crs_grade": "1 (0-4, ASTCT-like)",
-        "sledai": "1 (SLEDAI-2K; human-scale bridge in mouse presets)", "proteinuria": "g/g",
-        "proteinuria_score": "1 (dipstick 0-4)", "survival": "1", "damage": "1 (SDI)", "flu_conc": "mg/L",
-        "cy_conc": "mg/L", "flu_auc": "mg*h/L", "toci_conc": "mg/L", "igg_k_el": "1/d",
+        "vaccine_igg": "1 (relative to baseline)",
+        "total_igg": "g/L",
+        "il6": "pg/mL",
+        "il7": "pg/mL",
+        "il15": "pg/mL",
+        "temperature": "degC",
+        "endothelial": "1 (0-1)",
+        "crs_grade": "1 (0-4, ASTCT-like)",
+        "sledai": "1 (SLEDAI-2K; human-scale bridge in mouse presets)",
+        "proteinuria": "g/g",
+        "proteinuria_score": "1 (dipstick 0-4)",
+        "survival": "1",
+        "damage": "1 (SDI)",
+        "flu_conc": "mg/L",
+        "cy_conc": "mg/L",
+        "flu_auc": "mg*h/L",
+        "toci_conc": "mg/L",
+        "igg_k_el": "1/d",
     }
 
     body: BodyParams = BodyParams()
@@ -224,22 +295,53 @@ class SLECarTModel(ck.AbstractKineticModel):
         s0 = self.myeloid.il6_0**self.myeloid.n_vasc
         endo0 = s0 / (self.myeloid.k_vasc**self.myeloid.n_vasc + s0)
         return self.State(
-            flu_central=0.0, flu_p2=0.0, flu_p3=0.0, flu_auc=0.0, cy_central=0.0, cy_auc=0.0, ld_effect=0.0,
-            t_cells=t0, nk_cells=nk0, il7=self.tcell.il7_0, il15=self.tcell.il15_0, anti_car=0.0,
-            car_resting=0.0, car_act1=0.0, car_act2=0.0, car_effector=0.0, car_memory=0.0, car_exhausted=0.0,
-            b_marrow=b.marrow, b_naive=b.naive, b_memory=b.memory, b_auto=b.auto, pb_auto=b.pb_auto,
-            pb_other=b.pb_other, llpc_auto=b.llpc_auto, llpc=b.llpc, tumour=b.tumour,
-            anti_dsdna=self.humoral.anti_dsdna0, vaccine_igg=1.0, total_igg=self.humoral.igg0,
-            myeloid_act=0.0, il6=self.myeloid.il6_0, endothelial=endo0, toci_central=0.0, dex=0.0,
-            activity=1.0, damage=self.disease.damage0, cum_hazard=0.0,
+            flu_central=0.0,
+            flu_p2=0.0,
+            flu_p3=0.0,
+            flu_auc=0.0,
+            cy_central=0.0,
+            cy_auc=0.0,
+            ld_effect=0.0,
+            t_cells=t0,
+            nk_cells=nk0,
+            il7=self.tcell.il7_0,
+            il15=self.tcell.il15_0,
+            anti_car=0.0,
+            car_resting=0.0,
+            car_act1=0.0,
+            car_act2=0.0,
+            car_effector=0.0,
+            car_memory=0.0,
+            car_exhausted=0.0,
+            b_marrow=b.marrow,
+            b_naive=b.naive,
+            b_memory=b.memory,
+            b_auto=b.auto,
+            pb_auto=b.pb_auto,
+            pb_other=b.pb_other,
+            llpc_auto=b.llpc_auto,
+            llpc=b.llpc,
+            tumour=b.tumour,
+            anti_dsdna=self.humoral.anti_dsdna0,
+            vaccine_igg=1.0,
+            total_igg=self.humoral.igg0,
+            myeloid_act=0.0,
+            il6=self.myeloid.il6_0,
+            endothelial=endo0,
+            toci_central=0.0,
+            dex=0.0,
+            activity=1.0,
+            damage=self.disease.damage0,
+            cum_hazard=0.0,
         )
 
     def _car_state(self, y):
         return _car.CarState(y.car_resting, y.car_act1, y.car_act2, y.car_effector, y.car_memory, y.car_exhausted)
 
     def _b_state(self, y):
-        return _b.BState(y.b_marrow, y.b_naive, y.b_memory, y.b_auto, y.pb_auto, y.pb_other, y.llpc_auto, y.llpc,
-                         y.tumour)
+        return _b.BState(
+            y.b_marrow, y.b_naive, y.b_memory, y.b_auto, y.pb_auto, y.pb_other, y.llpc_auto, y.llpc, y.tumour
+        )
 
     def _cyt_state(self, y):
         return _cyt.CytState(y.myeloid_act, y.il6, y.endothelial, y.toci_central, y.dex)
@@ -287,54 +389,115 @@ class SLECarTModel(ck.AbstractKineticModel):
         _, occ = _cyt.toci_conc_occupancy(self.myeloid, y.toci_central, w)
         steroid = _cyt.steroid_effect(self.myeloid, y.dex)
         kappa = self._rejection_rate(y, lymph_ul)
-        dcar = _car.car_derivatives(self.car, cs, sigma=sigma, support=support, niche=niche, cd28=p.cd28,
-                                    rejection=kappa, chemo=self.ld.sens_t * drive, toci_occ=occ, steroid=steroid)
+        dcar = _car.car_derivatives(
+            self.car,
+            cs,
+            sigma=sigma,
+            support=support,
+            niche=niche,
+            cd28=p.cd28,
+            rejection=kappa,
+            chemo=self.ld.sens_t * drive,
+            toci_occ=occ,
+            steroid=steroid,
+        )
 
         # host: T/NK homeostasis, IL-7/IL-15, the anti-CAR response
-        hom = _ld.homeostasis(self.tcell, self.ld, t_cells=y.t_cells, nk_cells=y.nk_cells, il7=y.il7, il15=y.il15,
-                              car_total=car_total, ld_effect=kill_ld, t0_cells=t0, nk0_cells=nk0)
-        f_prec = _rej.precursor_frequency(self.rejection, scfv_foreign=p.scfv_foreign, hla_mismatch=p.hla_mismatch,
-                                          hla_evasion=p.hla_evasion)
+        hom = _ld.homeostasis(
+            self.tcell,
+            self.ld,
+            t_cells=y.t_cells,
+            nk_cells=y.nk_cells,
+            il7=y.il7,
+            il15=y.il15,
+            car_total=car_total,
+            ld_effect=kill_ld,
+            t0_cells=t0,
+            nk0_cells=nk0,
+        )
+        f_prec = _rej.precursor_frequency(
+            self.rejection, scfv_foreign=p.scfv_foreign, hla_mismatch=p.hla_mismatch, hla_evasion=p.hla_evasion
+        )
         d_anti = _rej.anti_car_derivative(
-            self.rejection, anti_car=y.anti_car, t_cells=y.t_cells,
+            self.rejection,
+            anti_car=y.anti_car,
+            t_cells=y.t_cells,
             t_blood=self.tcell.f_blood_t * y.t_cells / blood_ul,
-            car_density=(1.0 - self.car.f_blood) * car_total / lymph_ul, f_prec=f_prec,
-            chemo_kill=self.ld.sens_t * kill_ld)
+            car_density=(1.0 - self.car.f_blood) * car_total / lymph_ul,
+            f_prec=f_prec,
+            chemo_kill=self.ld.sens_t * kill_ld,
+        )
 
         # B lineage, antibodies
         bs = self._b_state(y)
         ic_rel = y.anti_dsdna / self.humoral.anti_dsdna0
-        db = _b.bcell_derivatives(self.bcell, base, bs, kill19=kill19, kill_bcma=kill_bcma,
-                                  chemo=self.ld.sens_b * kill_ld, ic_rel=ic_rel)
+        db = _b.bcell_derivatives(
+            self.bcell, base, bs, kill19=kill19, kill_bcma=kill_bcma, chemo=self.ld.sens_b * kill_ld, ic_rel=ic_rel
+        )
         b0 = base.state
         dab = _ab.antibody_derivatives(
-            self.humoral, _ab.AbState(y.anti_dsdna, y.vaccine_igg, y.total_igg),
-            pb_auto_rel=y.pb_auto / b0.pb_auto, pb_other_rel=y.pb_other / b0.pb_other,
+            self.humoral,
+            _ab.AbState(y.anti_dsdna, y.vaccine_igg, y.total_igg),
+            pb_auto_rel=y.pb_auto / b0.pb_auto,
+            pb_other_rel=y.pb_other / b0.pb_other,
             pb_rel=(y.pb_auto + y.pb_other) / (b0.pb_auto + b0.pb_other),
-            llpc_auto_rel=y.llpc_auto / b0.llpc_auto, llpc_other_rel=y.llpc / b0.llpc,
-            llpc_rel=(y.llpc_auto + y.llpc) / (b0.llpc_auto + b0.llpc))
+            llpc_auto_rel=y.llpc_auto / b0.llpc_auto,
+            llpc_other_rel=y.llpc / b0.llpc,
+            llpc_rel=(y.llpc_auto + y.llpc) / (b0.llpc_auto + b0.llpc),
+        )
 
         # cytokine release: DAMPs of killed cells (burden x E:T) and contact with activated CAR-T cells
         kill_flux = (kill19 * cd19 + kill_bcma * bcma) / lymph_ul
         activated = (1.0 - self.car.f_blood) * (y.car_act1 + y.car_act2 + y.car_effector) / lymph_ul
-        u = (kill_flux / self.myeloid.k_damp
-             + _car.costim(p.cd28, self.car.cd28_cytokine_fold) * sigma * activated / self.myeloid.k_cd40)
+        u = (
+            kill_flux / self.myeloid.k_damp
+            + _car.costim(p.cd28, self.car.cd28_cytokine_fold) * sigma * activated / self.myeloid.k_cd40
+        )
         dcyt = _cyt.cytokine_derivatives(self.myeloid, cyt, drive=u, weight_kg=w)
 
         # disease
-        ddis = _dis.disease_derivatives(self.disease, _dis.DiseaseState(y.activity, y.damage, y.cum_hazard),
-                                        ic_rel=ic_rel, t_rel=y.t_cells / t0)
+        ddis = _dis.disease_derivatives(
+            self.disease, _dis.DiseaseState(y.activity, y.damage, y.cum_hazard), ic_rel=ic_rel, t_rel=y.t_cells / t0
+        )
         return self.State(
-            flu_central=flu.d_central, flu_p2=flu.d_p2, flu_p3=flu.d_p3, flu_auc=flu.conc,
-            cy_central=-cy_cl * cy_conc, cy_auc=cy_conc, ld_effect=self.ld.k_e0 * (drive - y.ld_effect),
-            t_cells=hom.d_t_cells, nk_cells=hom.d_nk_cells, il7=hom.d_il7, il15=hom.d_il15, anti_car=d_anti,
-            car_resting=dcar.resting, car_act1=dcar.act1, car_act2=dcar.act2, car_effector=dcar.effector,
-            car_memory=dcar.memory, car_exhausted=dcar.exhausted,
-            b_marrow=db.marrow, b_naive=db.naive, b_memory=db.memory, b_auto=db.auto, pb_auto=db.pb_auto,
-            pb_other=db.pb_other, llpc_auto=db.llpc_auto, llpc=db.llpc, tumour=db.tumour,
-            anti_dsdna=dab.anti_dsdna, vaccine_igg=dab.vaccine_igg, total_igg=dab.total_igg,
-            myeloid_act=dcyt.myeloid_act, il6=dcyt.il6, endothelial=dcyt.endothelial, toci_central=dcyt.toci,
-            dex=dcyt.dex, activity=ddis.activity, damage=ddis.damage, cum_hazard=ddis.cum_hazard,
+            flu_central=flu.d_central,
+            flu_p2=flu.d_p2,
+            flu_p3=flu.d_p3,
+            flu_auc=flu.conc,
+            cy_central=-cy_cl * cy_conc,
+            cy_auc=cy_conc,
+            ld_effect=self.ld.k_e0 * (drive - y.ld_effect),
+            t_cells=hom.d_t_cells,
+            nk_cells=hom.d_nk_cells,
+            il7=hom.d_il7,
+            il15=hom.d_il15,
+            anti_car=d_anti,
+            car_resting=dcar.resting,
+            car_act1=dcar.act1,
+            car_act2=dcar.act2,
+            car_effector=dcar.effector,
+            car_memory=dcar.memory,
+            car_exhausted=dcar.exhausted,
+            b_marrow=db.marrow,
+            b_naive=db.naive,
+            b_memory=db.memory,
+            b_auto=db.auto,
+            pb_auto=db.pb_auto,
+            pb_other=db.pb_other,
+            llpc_auto=db.llpc_auto,
+            llpc=db.llpc,
+            tumour=db.tumour,
+            anti_dsdna=dab.anti_dsdna,
+            vaccine_igg=dab.vaccine_igg,
+            total_igg=dab.total_igg,
+            myeloid_act=dcyt.myeloid_act,
+            il6=dcyt.il6,
+            endothelial=dcyt.endothelial,
+            toci_central=dcyt.toci,
+            dex=dcyt.dex,
+            activity=ddis.activity,
+            damage=ddis.damage,
+            cum_hazard=ddis.cum_hazard,
         )
 
     def observe(self, t, y):
@@ -355,27 +518,48 @@ class SLECarTModel(ck.AbstractKineticModel):
         upcr = _dis.proteinuria(self.disease, ds)
         _, cy_v = _ld.cy_clearance_volume(self.ld, w)
         return self.Observables(
-            car_blood=car_blood, car_total=car_total,
+            car_blood=car_blood,
+            car_total=car_total,
             # below one cell the fraction is meaningless; the floor also keeps its derivative finite at 0 cells
             car_memory_fraction=y.car_memory / jnp.maximum(car_total, 1.0),
             anti_car_blood=self.tcell.f_blood_t * y.anti_car / blood_ul,
             rejection_rate=self._rejection_rate(y, lymph_ul),
-            b_blood=b_blood, t_blood=t_blood, nk_blood=nk_blood,
-            lymphocytes=b_blood + t_blood + nk_blood + car_blood, plasmablasts=pb_blood,
-            cd19_total=_b.cd19_cells(bs), llpc_total=y.llpc_auto + y.llpc, tumour=y.tumour,
-            anti_dsdna=y.anti_dsdna, anti_dsdna_rel=y.anti_dsdna / self.humoral.anti_dsdna0,
+            b_blood=b_blood,
+            t_blood=t_blood,
+            nk_blood=nk_blood,
+            lymphocytes=b_blood + t_blood + nk_blood + car_blood,
+            plasmablasts=pb_blood,
+            cd19_total=_b.cd19_cells(bs),
+            llpc_total=y.llpc_auto + y.llpc,
+            tumour=y.tumour,
+            anti_dsdna=y.anti_dsdna,
+            anti_dsdna_rel=y.anti_dsdna / self.humoral.anti_dsdna0,
             anti_dsdna_index=y.anti_dsdna / self.humoral.anti_dsdna_cutoff,
-            vaccine_igg=y.vaccine_igg, total_igg=y.total_igg,
-            il6=y.il6, il7=y.il7, il15=y.il15, temperature=temp, endothelial=y.endothelial,
+            vaccine_igg=y.vaccine_igg,
+            total_igg=y.total_igg,
+            il6=y.il6,
+            il7=y.il7,
+            il15=y.il15,
+            temperature=temp,
+            endothelial=y.endothelial,
             crs_grade=_cyt.crs_grade(self.myeloid, temp, y.endothelial),
-            sledai=self.disease.sledai0 * y.activity, proteinuria=upcr,
+            sledai=self.disease.sledai0 * y.activity,
+            proteinuria=upcr,
             proteinuria_score=_dis.dipstick_score(self.disease, upcr),
-            survival=jnp.exp(-y.cum_hazard), damage=y.damage,
-            flu_conc=y.flu_central / self._flu_v1(), cy_conc=y.cy_central / cy_v, flu_auc=y.flu_auc * 24.0,
-            toci_conc=toci_conc, igg_k_el=_ab.igg_clearance(self.humoral, y.total_igg),
+            survival=jnp.exp(-y.cum_hazard),
+            damage=y.damage,
+            flu_conc=y.flu_central / self._flu_v1(),
+            cy_conc=y.cy_central / cy_v,
+            flu_auc=y.flu_auc * 24.0,
+            toci_conc=toci_conc,
+            igg_k_el=_ab.igg_clearance(self.humoral, y.total_igg),
         )
 
     def baseline_counts(self) -> dict:
         """Untreated blood counts (cells/µL) implied by the parameters (B, T, NK, plasmablasts)."""
-        return {"b_blood": float(self.bcell.b_blood0), "t_blood": float(self.tcell.t_blood0),
-                "nk_blood": float(self.tcell.nk_blood0), "plasmablasts": float(self.bcell.pb_blood0)}
+        return {
+            "b_blood": float(self.bcell.b_blood0),
+            "t_blood": float(self.tcell.t_blood0),
+            "nk_blood": float(self.tcell.nk_blood0),
+            "plasmablasts": float(self.bcell.pb_blood0),
+        }

@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 
 import carkinetics as ck
-
 from carkinetics.models.sle.metrics import B_RETURN_PER_UL, DORIS_SLEDAI, REMISSION_SLEDAI
 
 _STEIN = "Stein AM et al., CPT Pharmacometrics Syst Pharmacol 2019;8:285, doi:10.1002/psp4.12388 (Table 1 IIV)"
@@ -51,29 +50,53 @@ class RandomEffect:
 
 #: The inter-individual variability of the SLE virtual population (the only place these numbers live).
 SLE_IIV: tuple[RandomEffect, ...] = (
-    RandomEffect("car.rho", 0.19,
-                 f"{_STEIN}: omega^2 2.4 on log fold expansion; ln foldx = rho*Tmax, so sd(ln rho) = 1.55/ln(3900) "
-                 "= 0.19 at the typical Tmax", "D"),
+    RandomEffect(
+        "car.rho",
+        0.19,
+        f"{_STEIN}: omega^2 2.4 on log fold expansion; ln foldx = rho*Tmax, so sd(ln rho) = 1.55/ln(3900) "
+        "= 0.19 at the typical Tmax",
+        "D",
+    ),
     RandomEffect("car.alpha", 0.95, f"{_STEIN}: alpha omega^2 0.91", "R"),
     RandomEffect("car.k_mem", 0.89, f"{_STEIN}: F_B omega^2 0.80 (F_B = k_mem/(alpha - beta))", "R"),
     RandomEffect("car.beta", 0.93, f"{_STEIN}: beta omega^2 0.86", "R"),
-    RandomEffect("bcell.b_blood0", 0.41,
-                 "normal blood CD19+ B cells 100-500/uL (Synnovis/CDLI laboratory reference ranges [R]) read as a "
-                 "95 % range: ln(500/100)/3.92", "D"),
-    RandomEffect("tcell.t_blood0", 0.28,
-                 "normal blood CD3+ T cells 700-2,100/uL (Synnovis/CDLI laboratory reference ranges [R]) read as a "
-                 "95 % range: ln(2100/700)/3.92", "D"),
-    RandomEffect("rejection.r_exp", 0.25,
-                 "chosen so that the SD of B-cell reappearance in the virtual population is near the published 32 d "
-                 "(Mackensen A et al., Nat Med 2022;28:2124: 110 +/- 32 d, n = 5), by calibration/"
-                 "population_report.py --tune", "F"),
-    RandomEffect("myeloid.k_cd40", 0.3,
-                 "chosen so that the CRS grade distribution of the virtual population is near the published one "
-                 "(Mueller F et al., N Engl J Med 2024;390:687: none 4/15, grade 1 10/15, grade 2 1/15), by "
-                 "calibration/population_report.py --tune", "F"),
-    RandomEffect("bcell.auto_breach", 1.0,
-                 "assumption: the residual tolerance breach (relapse risk) varies between patients by a factor ~e "
-                 "(no between-patient data; remission to 24 months in all 8 SLE patients of Mueller 2024 [R])", "A"),
+    RandomEffect(
+        "bcell.b_blood0",
+        0.41,
+        "normal blood CD19+ B cells 100-500/uL (Synnovis/CDLI laboratory reference ranges [R]) read as a "
+        "95 % range: ln(500/100)/3.92",
+        "D",
+    ),
+    RandomEffect(
+        "tcell.t_blood0",
+        0.28,
+        "normal blood CD3+ T cells 700-2,100/uL (Synnovis/CDLI laboratory reference ranges [R]) read as a "
+        "95 % range: ln(2100/700)/3.92",
+        "D",
+    ),
+    RandomEffect(
+        "rejection.r_exp",
+        0.25,
+        "chosen so that the SD of B-cell reappearance in the virtual population is near the published 32 d "
+        "(Mackensen A et al., Nat Med 2022;28:2124: 110 +/- 32 d, n = 5), by calibration/"
+        "population_report.py --tune",
+        "F",
+    ),
+    RandomEffect(
+        "myeloid.k_cd40",
+        0.3,
+        "chosen so that the CRS grade distribution of the virtual population is near the published one "
+        "(Mueller F et al., N Engl J Med 2024;390:687: none 4/15, grade 1 10/15, grade 2 1/15), by "
+        "calibration/population_report.py --tune",
+        "F",
+    ),
+    RandomEffect(
+        "bcell.auto_breach",
+        1.0,
+        "assumption: the residual tolerance breach (relapse risk) varies between patients by a factor ~e "
+        "(no between-patient data; remission to 24 months in all 8 SLE patients of Mueller 2024 [R])",
+        "A",
+    ),
 )
 
 
@@ -88,8 +111,9 @@ def iiv_omega(iiv: tuple[RandomEffect, ...] = SLE_IIV, **overrides: float) -> di
     return omega
 
 
-def sle_virtual_population(model: Any, key: jax.Array, n: int, *,
-                           omega: dict[str, float] | None = None) -> ck.Population:
+def sle_virtual_population(
+    model: Any, key: jax.Array, n: int, *, omega: dict[str, float] | None = None
+) -> ck.Population:
     """`n` virtual SLE patients around the typical values of `model` with the random effects of `SLE_IIV`.
 
     **Arguments:** `model` (typical values, e.g. `load_preset("human")`); `key` a `jax.random` key; `n` members;
@@ -103,8 +127,10 @@ def sle_virtual_population(model: Any, key: jax.Array, n: int, *,
 #: The per-patient read-outs of `population_metrics`: name -> (unit, definition).
 POPULATION_METRICS: dict[str, tuple[str, str]] = {
     "B depleted": ("1", f"1 if blood B cells fell below {B_RETURN_PER_UL:g}/uL after the infusion"),
-    "B return": ("d", f"first day blood B cells rise above {B_RETURN_PER_UL:g}/uL after their depletion (the horizon "
-                 "if never)"),
+    "B return": (
+        "d",
+        f"first day blood B cells rise above {B_RETURN_PER_UL:g}/uL after their depletion (the horizon if never)",
+    ),
     "B returned": ("1", "1 if B cells were depleted and reappeared before the horizon"),
     "B aplasia": ("d", f"days from day 0 with blood B cells below {B_RETURN_PER_UL:g}/uL"),
     "CRS index": ("0-4", "peak of the continuous ASTCT-like CRS index (integer part = grade)"),
@@ -138,5 +164,13 @@ def population_metrics(sol: ck.Solution) -> dict[str, Any]:
     }
 
 
-__all__ = ["DORIS_SLEDAI", "POPULATION_METRICS", "REMISSION_SLEDAI", "SLE_IIV", "RandomEffect", "iiv_omega",
-           "population_metrics", "sle_virtual_population"]
+__all__ = [
+    "DORIS_SLEDAI",
+    "POPULATION_METRICS",
+    "REMISSION_SLEDAI",
+    "SLE_IIV",
+    "RandomEffect",
+    "iiv_omega",
+    "population_metrics",
+    "sle_virtual_population",
+]

@@ -46,7 +46,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import carkinetics as ck
-
 from carkinetics.models.sle.model import SLECarTModel
 
 _PRESETS = ("human", "human_oncology", "mouse_nzbw", "mouse_mrl_lpr")
@@ -107,31 +106,42 @@ def _fit_records(path: str, declared: Mapping[str, Any]) -> dict[str, PresetEntr
     if doc["model"] != SLECarTModel.__name__:
         raise ValueError(f"Fit file {path!r} was fitted to {doc['model']}, not {SLECarTModel.__name__}.")
     prov = doc.get("provenance", {})
-    data = "; ".join(f"{os.path.basename(d.get('path', ''))} sha256 {str(d.get('sha256', ''))[:12]}"
-                     for d in prov.get("data", []))
+    data = "; ".join(
+        f"{os.path.basename(d.get('path', ''))} sha256 {str(d.get('sha256', ''))[:12]}" for d in prov.get("data", [])
+    )
     where = f"calibration/fits/{os.path.basename(path)}"
     out: dict[str, PresetEntry] = {}
     for pname, entry in doc["parameters"].items():
         if pname not in declared:
-            raise ValueError(f"Fit file {path!r} sets {pname!r}, which is not a parameter of SLECarTModel (a fit of "
-                             "an older model version: refit).")
+            raise ValueError(
+                f"Fit file {path!r} sets {pname!r}, which is not a parameter of SLECarTModel (a fit of "
+                "an older model version: refit)."
+            )
         info = declared[pname].info
         if entry["unit"] != info.unit:
-            raise ValueError(f"Fit file {path!r}: parameter {pname!r} is in {entry['unit']!r} but SLECarTModel "
-                             f"declares {info.unit!r}.")
+            raise ValueError(
+                f"Fit file {path!r}: parameter {pname!r} is in {entry['unit']!r} but SLECarTModel "
+                f"declares {info.unit!r}."
+            )
         value = float(entry["value"])
         if not (info.lower <= value <= info.upper):
-            raise ValueError(f"Fit file {path!r}: parameter {pname!r} = {value!r} lies outside the declared bounds "
-                             f"[{info.lower}, {info.upper}].")
-        source = (f"fitted by carkinetics ({where}, {prov.get('date', 'undated')}; data: {data or 'none recorded'})"
-                  f"; prior: {entry.get('prior_source', info.source)} [{entry.get('prior_tag', info.tag)}]")
+            raise ValueError(
+                f"Fit file {path!r}: parameter {pname!r} = {value!r} lies outside the declared bounds "
+                f"[{info.lower}, {info.upper}]."
+            )
+        source = (
+            f"fitted by carkinetics ({where}, {prov.get('date', 'undated')}; data: {data or 'none recorded'})"
+            f"; prior: {entry.get('prior_source', info.source)} [{entry.get('prior_tag', info.tag)}]"
+        )
         out[pname] = PresetEntry(value, info.unit, source, "F", None, entry.get("description") or info.description)
     return out
 
 
 def _read(name_or_path: str | os.PathLike) -> tuple[str, dict]:
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise ValueError(f"`name` must be a preset name {list(_PRESETS)} or a path to a TOML file, got {name_or_path!r}.")
+        raise ValueError(
+            f"`name` must be a preset name {list(_PRESETS)} or a path to a TOML file, got {name_or_path!r}."
+        )
     if isinstance(name_or_path, str) and name_or_path in _PRESETS:
         res = importlib.resources.files("carkinetics.models.sle").joinpath("presets", f"{name_or_path}.toml")
         label = f"preset {name_or_path!r}"
@@ -139,8 +149,9 @@ def _read(name_or_path: str | os.PathLike) -> tuple[str, dict]:
     else:
         path = os.fspath(name_or_path)
         if not (path.endswith(".toml") or os.sep in path or "/" in path):
-            raise ValueError(f"Unknown preset {path!r}; known presets are {list(_PRESETS)} (or give a path to a "
-                             ".toml file).")
+            raise ValueError(
+                f"Unknown preset {path!r}; known presets are {list(_PRESETS)} (or give a path to a .toml file)."
+            )
         if not os.path.isfile(path):
             raise ValueError(f"Preset file {path!r} does not exist.")
         label = f"preset file {path!r}"
@@ -159,8 +170,10 @@ def _flatten(label: str, data: Mapping[str, Any], groups: set[str]) -> dict[str,
         if group == "meta":
             continue
         if group not in groups:
-            raise ValueError(f"The {label} has an unknown parameter group {group!r}; the groups of SLECarTModel are "
-                             f"{sorted(groups)} (plus an optional [meta] table).")
+            raise ValueError(
+                f"The {label} has an unknown parameter group {group!r}; the groups of SLECarTModel are "
+                f"{sorted(groups)} (plus an optional [meta] table)."
+            )
         if not isinstance(table, Mapping):
             raise ValueError(f"In the {label}, {group!r} must be a table of parameters, got {table!r}.")
         for pname, entry in table.items():
@@ -168,8 +181,9 @@ def _flatten(label: str, data: Mapping[str, Any], groups: set[str]) -> dict[str,
     return flat
 
 
-def preset_records(name: str | os.PathLike, *, complete: bool = False,
-                   calibrated: bool = True) -> dict[str, PresetEntry]:
+def preset_records(
+    name: str | os.PathLike, *, complete: bool = False, calibrated: bool = True
+) -> dict[str, PresetEntry]:
     """The validated entries of a preset (name or TOML path), keyed by dotted parameter name.
 
     With `calibrated=True` (default) the fitted values of the fit file the preset names (`[meta] fit`) come first
@@ -206,8 +220,9 @@ def preset_records(name: str | os.PathLike, *, complete: bool = False,
             raise ValueError(f"The {where} has unknown key(s) {extra}; allowed keys are {list(_REQUIRED + _OPTIONAL)}.")
         for key in _REQUIRED:
             if key not in entry or (isinstance(entry[key], str) and not entry[key].strip()):
-                raise ValueError(f"The {where} has no {key!r}; every listed parameter needs value, unit, source and "
-                                 "tag.")
+                raise ValueError(
+                    f"The {where} has no {key!r}; every listed parameter needs value, unit, source and tag."
+                )
         value = entry["value"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"The {where} must have a finite numeric value, got {value!r}.")
@@ -215,26 +230,35 @@ def preset_records(name: str | os.PathLike, *, complete: bool = False,
             if not isinstance(entry[key], str):
                 raise ValueError(f"The {where} must have a string {key!r}, got {entry[key]!r}.")
         if entry["unit"] != info.unit:
-            raise ValueError(f"The {where} has unit {entry['unit']!r}, but SLECarTModel declares {info.unit!r}; "
-                             "convert the value to the declared unit.")
+            raise ValueError(
+                f"The {where} has unit {entry['unit']!r}, but SLECarTModel declares {info.unit!r}; "
+                "convert the value to the declared unit."
+            )
         if entry["tag"] not in ck.CONFIDENCE_TAGS:
-            raise ValueError(f"The {where} has confidence tag {entry['tag']!r}, which is not one of "
-                             f"{sorted(ck.CONFIDENCE_TAGS)}.")
+            raise ValueError(
+                f"The {where} has confidence tag {entry['tag']!r}, which is not one of {sorted(ck.CONFIDENCE_TAGS)}."
+            )
         if not (info.lower <= float(value) <= info.upper):
-            raise ValueError(f"The {where} has value {value!r} {info.unit}, outside the declared bounds "
-                             f"[{info.lower}, {info.upper}] ({info.description}).")
+            raise ValueError(
+                f"The {where} has value {value!r} {info.unit}, outside the declared bounds "
+                f"[{info.lower}, {info.upper}] ({info.description})."
+            )
         gap = entry.get("gap")
         if gap is not None and (not isinstance(gap, str) or not _GAP.match(gap)):
-            raise ValueError(f"The {where} has gap {gap!r}; use a mechanism label 'G1' ... 'G12' (the translation gap ids).")
-        out[pname] = PresetEntry(float(value), entry["unit"], entry["source"], entry["tag"], gap,
-                                 entry.get("description"))
+            raise ValueError(
+                f"The {where} has gap {gap!r}; use a mechanism label 'G1' ... 'G12' (the translation gap ids)."
+            )
+        out[pname] = PresetEntry(
+            float(value), entry["unit"], entry["source"], entry["tag"], gap, entry.get("description")
+        )
     if fit is not None:
         out = {**_fit_records(fit, declared), **out}
     if complete:
         for pname, p in declared.items():
             if pname not in out:
-                out[pname] = PresetEntry(float(p.value), p.info.unit, p.info.source, p.info.tag, None,
-                                         p.info.description)
+                out[pname] = PresetEntry(
+                    float(p.value), p.info.unit, p.info.source, p.info.tag, None, p.info.description
+                )
     return out
 
 
@@ -284,8 +308,9 @@ def preset_parameter_table(name: str | os.PathLike, *, calibrated: bool = True) 
     for pname, p in declared.items():
         r = records[pname]
         desc = p.info.description + (f" [{r.gap}]" if r.gap else "")
-        info = ck.ParamInfo(unit=r.unit, description=desc, source=r.source, tag=r.tag, lower=p.info.lower,
-                            upper=p.info.upper)
+        info = ck.ParamInfo(
+            unit=r.unit, description=desc, source=r.source, tag=r.tag, lower=p.info.lower, upper=p.info.upper
+        )
         rows.append(ck.Parameter(pname, r.value, info))
     return ck.ParameterTable(rows)
 
@@ -294,8 +319,15 @@ def _toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def dump_preset(model: SLECarTModel, path: str | os.PathLike, *, name: str, description: str,
-                records: Mapping[str, PresetEntry] | None = None, species: str = "") -> None:
+def dump_preset(
+    model: SLECarTModel,
+    path: str | os.PathLike,
+    *,
+    name: str,
+    description: str,
+    records: Mapping[str, PresetEntry] | None = None,
+    species: str = "",
+) -> None:
     """Write the parameters of `model` that differ from the class defaults as a preset TOML file (e.g. after
     calibration).
 
@@ -306,8 +338,13 @@ def dump_preset(model: SLECarTModel, path: str | os.PathLike, *, name: str, desc
         raise ValueError(f"`model` must be an SLECarTModel, got {type(model).__name__}.")
     records = dict(records or {})
     default = ck.parameters(SLECarTModel())
-    lines = ["[meta]", f"name = {_toml_str(name)}", f"species = {_toml_str(species)}",
-             f"description = {_toml_str(description)}", ""]
+    lines = [
+        "[meta]",
+        f"name = {_toml_str(name)}",
+        f"species = {_toml_str(species)}",
+        f"description = {_toml_str(description)}",
+        "",
+    ]
     for p in ck.parameter_table(model):
         if float(p.value) == float(default[p.name].value):
             continue

@@ -55,22 +55,54 @@ _MACKENSEN = "Mackensen A et al., Nat Med 2022;28:2124-2132, doi:10.1038/s41591-
 class ProductParams(eqx.Module):
     """Parameter group `product`: the product facts (set by `with_product`); defaults: MB-CART19.1 in a human."""
 
-    cd19: float = ck.param(1.0, unit="1", description="CD19-directed arm present (1) or absent (0)",
-                           source=f"{_MACKENSEN}: CD19 CAR (MB-CART19.1)", tag="R", upper=1.0)
-    bcma: float = ck.param(0.0, unit="1", description="BCMA-directed arm present (1) or absent (0)",
-                           source=f"{_MACKENSEN}: CD19 only", tag="R", upper=1.0)
-    cd28: float = ck.param(0.0, unit="1", description="costimulatory domain: 0 = 4-1BB, 1 = CD28",
-                           source=f"{_MACKENSEN}: 4-1BB-CD3zeta CAR", tag="R", upper=1.0)
+    cd19: float = ck.param(
+        1.0,
+        unit="1",
+        description="CD19-directed arm present (1) or absent (0)",
+        source=f"{_MACKENSEN}: CD19 CAR (MB-CART19.1)",
+        tag="R",
+        upper=1.0,
+    )
+    bcma: float = ck.param(
+        0.0,
+        unit="1",
+        description="BCMA-directed arm present (1) or absent (0)",
+        source=f"{_MACKENSEN}: CD19 only",
+        tag="R",
+        upper=1.0,
+    )
+    cd28: float = ck.param(
+        0.0,
+        unit="1",
+        description="costimulatory domain: 0 = 4-1BB, 1 = CD28",
+        source=f"{_MACKENSEN}: 4-1BB-CD3zeta CAR",
+        tag="R",
+        upper=1.0,
+    )
     scfv_foreign: float = ck.param(
-        1.0, unit="1",
+        1.0,
+        unit="1",
         description="binder foreign to the host: 1 = xenogeneic scFv (murine in human), 0 = same species",
-        source="MB-CART19.1 binder taken as the murine FMC63 scFv (recalled, not read in Mackensen 2022)", tag="M",
-        upper=1.0)
-    hla_mismatch: float = ck.param(0.0, unit="1", description="HLA mismatch of the product: 0 autologous, 1 allogeneic",
-                                   source=f"{_MACKENSEN}: autologous product", tag="R", upper=1.0)
-    hla_evasion: float = ck.param(0.0, unit="1",
-                                  description="hypoimmune edits (HLA-I/II deleted, CD47 high): 1 present, 0 absent",
-                                  source=f"{_MACKENSEN}: unedited autologous T cells", tag="R", upper=1.0)
+        source="MB-CART19.1 binder taken as the murine FMC63 scFv (recalled, not read in Mackensen 2022)",
+        tag="M",
+        upper=1.0,
+    )
+    hla_mismatch: float = ck.param(
+        0.0,
+        unit="1",
+        description="HLA mismatch of the product: 0 autologous, 1 allogeneic",
+        source=f"{_MACKENSEN}: autologous product",
+        tag="R",
+        upper=1.0,
+    )
+    hla_evasion: float = ck.param(
+        0.0,
+        unit="1",
+        description="hypoimmune edits (HLA-I/II deleted, CD47 high): 1 present, 0 absent",
+        source=f"{_MACKENSEN}: unedited autologous T cells",
+        tag="R",
+        upper=1.0,
+    )
 
 
 _TARGETS = ("CD19", "BCMA")
@@ -108,13 +140,14 @@ class Product:
 
     def __post_init__(self):
         if not self.targets or any(t not in _TARGETS for t in self.targets):
-            raise ValueError(f"Product {self.name!r}: `targets` must be a non-empty subset of {_TARGETS}, "
-                             f"got {self.targets!r}.")
-        for field, allowed in (("costim", _COSTIM), ("scfv", _SCFV), ("origin", _ORIGIN),
-                               ("dose_basis", _BASIS)):
+            raise ValueError(
+                f"Product {self.name!r}: `targets` must be a non-empty subset of {_TARGETS}, got {self.targets!r}."
+            )
+        for field, allowed in (("costim", _COSTIM), ("scfv", _SCFV), ("origin", _ORIGIN), ("dose_basis", _BASIS)):
             if getattr(self, field) not in allowed:
-                raise ValueError(f"Product {self.name!r}: `{field}` must be one of {allowed}, got "
-                                 f"{getattr(self, field)!r}.")
+                raise ValueError(
+                    f"Product {self.name!r}: `{field}` must be one of {allowed}, got {getattr(self, field)!r}."
+                )
         if not (self.dose >= 0.0):
             raise ValueError(f"Product {self.name!r}: `dose` must be non-negative, got {self.dose!r}.")
         if not self.source.strip():
@@ -143,47 +176,143 @@ class Product:
 
 
 #: The named products (see each `source`). Human products first, then the syngeneic mouse constructs.
-PRODUCTS: dict[str, Product] = {p.name: p for p in (
-    Product("MB-CART19.1", ("CD19",), "4-1BB", "murine", "autologous", "per_kg", 1e6,
+PRODUCTS: dict[str, Product] = {
+    p.name: p
+    for p in (
+        Product(
+            "MB-CART19.1",
+            ("CD19",),
+            "4-1BB",
+            "murine",
+            "autologous",
+            "per_kg",
+            1e6,
             f"{_MACKENSEN} (Erlangen SLE; CD19-4-1BB lentiviral, 1e6/kg [R])",
-            "FMC63 murine scFv recalled [M]"),
-    Product("tisa-cel", ("CD19",), "4-1BB", "murine", "autologous", "per_kg", 3.1e6,
+            "FMC63 murine scFv recalled [M]",
+        ),
+        Product(
+            "tisa-cel",
+            ("CD19",),
+            "4-1BB",
+            "murine",
+            "autologous",
+            "per_kg",
+            3.1e6,
             "Maude SL et al., N Engl J Med 2018;378:439-448, doi:10.1056/NEJMoa1709866; dose = median 3.1e6/kg of "
             "Stein AM et al., CPT Pharmacometrics Syst Pharmacol 2019;8:285, doi:10.1002/psp4.12388",
-            "FMC63 murine scFv [M]; the reference product of the Stein 2019 multiphasic CK"),
-    Product("rese-cel", ("CD19",), "4-1BB", "human", "autologous", "per_kg", 1e6,
+            "FMC63 murine scFv [M]; the reference product of the Stein 2019 multiphasic CK",
+        ),
+        Product(
+            "rese-cel",
+            ("CD19",),
+            "4-1BB",
+            "human",
+            "autologous",
+            "per_kg",
+            1e6,
             "Cabaletta Bio RESET-SLE/SSc, EULAR 2025 abstract 2025OP0338 (CABA-201, fully human CD19-4-1BB, "
-            "1e6/kg after Flu/Cy [R])", "kinetic data not retrieved"),
-    Product("KYV-101", ("CD19",), "CD28", "human", "autologous", "per_kg", 1e6,
+            "1e6/kg after Flu/Cy [R])",
+            "kinetic data not retrieved",
+        ),
+        Product(
+            "KYV-101",
+            ("CD19",),
+            "CD28",
+            "human",
+            "autologous",
+            "per_kg",
+            1e6,
             "Brudno JN et al., Nat Med 2020;26:270-280, doi:10.1038/s41591-019-0737-3 (Hu19-CD828Z: fully human "
-            "scFv, CD28 costimulation)", "construct and autoimmune dose recalled [M]"),
-    Product("axi-cel", ("CD19",), "CD28", "murine", "autologous", "per_kg", 2e6,
-            "Neelapu SS et al., N Engl J Med 2017;377:2531-2544, doi:10.1056/NEJMoa1707447 (CD19-CD28-CD3zeta, "
-            "FMC63)", "dose 2e6/kg recalled [M]"),
-    Product("UCART19", ("CD19",), "4-1BB", "murine", "allogeneic", "flat", 8e7,
+            "scFv, CD28 costimulation)",
+            "construct and autoimmune dose recalled [M]",
+        ),
+        Product(
+            "axi-cel",
+            ("CD19",),
+            "CD28",
+            "murine",
+            "autologous",
+            "per_kg",
+            2e6,
+            "Neelapu SS et al., N Engl J Med 2017;377:2531-2544, doi:10.1056/NEJMoa1707447 (CD19-CD28-CD3zeta, FMC63)",
+            "dose 2e6/kg recalled [M]",
+        ),
+        Product(
+            "UCART19",
+            ("CD19",),
+            "4-1BB",
+            "murine",
+            "allogeneic",
+            "flat",
+            8e7,
             "Benjamin R et al., Lancet 2020;396:1885-1894, doi:10.1016/S0140-6736(20)32334-5 (TALEN TRAC/CD52 "
             "knockout donor CAR-T); Depil S et al., Nat Rev Drug Discov 2020;19:185 (allogeneic CAR-T 'may be "
             "rapidly eliminated by the host immune system' [R])",
-            "4G7 murine scFv and flat dose levels 6e6-2.4e8 recalled [M]; HLA-mismatched, not HLA-edited"),
-    Product("HIP-CD19", ("CD19",), "4-1BB", "murine", "hypoimmune", "per_kg", 1e6,
+            "4G7 murine scFv and flat dose levels 6e6-2.4e8 recalled [M]; HLA-mismatched, not HLA-edited",
+        ),
+        Product(
+            "HIP-CD19",
+            ("CD19",),
+            "4-1BB",
+            "murine",
+            "hypoimmune",
+            "per_kg",
+            1e6,
             "Hu X et al., Nat Commun 2023 (hypoimmune anti-CD19 CAR T cells: B2M, CIITA, TRAC disrupted, CD47 "
             "over-expressed; evade allo-rejection in immunocompetent humanised mice [R abstract])",
-            "costimulatory domain, scFv and human dose assumed [A]"),
-    Product("BCMA-CD19 cCAR", ("CD19", "BCMA"), "4-1BB", "murine", "autologous", "per_kg", 3e6,
+            "costimulatory domain, scFv and human dose assumed [A]",
+        ),
+        Product(
+            "BCMA-CD19 cCAR",
+            ("CD19", "BCMA"),
+            "4-1BB",
+            "murine",
+            "autologous",
+            "per_kg",
+            3e6,
             "BCMA-CD19 compound CAR T cells for SLE: phase 1, Ann Rheum Dis 2024;83:1304-1314, "
             "doi:10.1136/ard-2024-225785 (3e6/kg; all autoantibodies incl. LLPC-derived negative at 3 months; B "
-            "cells back in 2-6 months [R])", "costimulatory domain(s) and scFv origin not read [M]"),
-    Product("CD19+BCMA co-infusion", ("CD19", "BCMA"), "4-1BB", "murine", "autologous", "per_kg", 1e6,
+            "cells back in 2-6 months [R])",
+            "costimulatory domain(s) and scFv origin not read [M]",
+        ),
+        Product(
+            "CD19+BCMA co-infusion",
+            ("CD19", "BCMA"),
+            "4-1BB",
+            "murine",
+            "autologous",
+            "per_kg",
+            1e6,
             "Feng J et al., Nat Med 2025;31:3725-3736, doi:10.1038/s41591-025-03937-8 (co-infused CD19 and BCMA "
-            "CAR-T after Flu/Cy; grade 1 CRS 86.7 % [R])", "dose escalation; 1e6/kg per arm and 4-1BB assumed [A]"),
-    Product("mCD19-CD28z (Kansal 2019)", ("CD19",), "CD28", "murine", "syngeneic", "flat", 1e6,
+            "CAR-T after Flu/Cy; grade 1 CRS 86.7 % [R])",
+            "dose escalation; 1e6/kg per arm and 4-1BB assumed [A]",
+        ),
+        Product(
+            "mCD19-CD28z (Kansal 2019)",
+            ("CD19",),
+            "CD28",
+            "murine",
+            "syngeneic",
+            "flat",
+            1e6,
             "Kansal R et al., Sci Transl Med 2019;11:eaav1648, doi:10.1126/scitranslmed.aav1648 (syngeneic CD8+ "
             "anti-mouse-CD19 CAR, murine CD28-CD3zeta; active 1 year [R])",
-            "1D3 binder and 1e6 cells/mouse recalled [M]; the binder is treated as self in the mouse"),
-    Product("mCD19-41BBz (Jin 2021)", ("CD19",), "4-1BB", "murine", "syngeneic", "flat", 1e6,
+            "1D3 binder and 1e6 cells/mouse recalled [M]; the binder is treated as self in the mouse",
+        ),
+        Product(
+            "mCD19-41BBz (Jin 2021)",
+            ("CD19",),
+            "4-1BB",
+            "murine",
+            "syngeneic",
+            "flat",
+            1e6,
             "Jin X et al., Cell Mol Immunol 2021;18:1896-1903, doi:10.1038/s41423-020-0472-1 (murine anti-CD19 "
-            "CAR with 4-1BB, MRL-lpr [R]; DOI recalled [M])", "dose not retrieved; 1e6 cells/mouse assumed [A]"),
-)}
+            "CAR with 4-1BB, MRL-lpr [R]; DOI recalled [M])",
+            "dose not retrieved; 1e6 cells/mouse assumed [A]",
+        ),
+    )
+}
 
 
 def host_of(model: Any) -> str:
@@ -197,8 +326,9 @@ def get_product(name_or_product: str | Product) -> Product:
         return name_or_product
     if isinstance(name_or_product, str) and name_or_product in PRODUCTS:
         return PRODUCTS[name_or_product]
-    raise ValueError(f"Unknown product {name_or_product!r}; registered products are {sorted(PRODUCTS)} (or pass a "
-                     "`Product`).")
+    raise ValueError(
+        f"Unknown product {name_or_product!r}; registered products are {sorted(PRODUCTS)} (or pass a `Product`)."
+    )
 
 
 def with_product(model: Any, name_or_product: str | Product, *, host: str | None = None) -> Any:

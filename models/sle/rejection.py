@@ -44,56 +44,108 @@ class RejectionParams(eqx.Module):
     """Parameter group `rejection`: host anti-CAR T-cell response (precursors, priming, expansion, killing)."""
 
     f_prec_xeno: float = ck.param(
-        1e-5, unit="1", description="anti-CAR precursor frequency among host T cells for a xenogeneic binder",
+        1e-5,
+        unit="1",
+        description="anti-CAR precursor frequency among host T cells for a xenogeneic binder",
         source="assumption; naive precursor frequencies ~1e-6-1e-5 per epitope (Jenkins MK, Moon JJ, J Immunol "
-               "2012;188:4135 [M]) for a murine scFv with several epitopes", tag="A", upper=1.0)
+        "2012;188:4135 [M]) for a murine scFv with several epitopes",
+        tag="A",
+        upper=1.0,
+    )
     f_prec_self: float = ck.param(
-        2e-6, unit="1",
+        2e-6,
+        unit="1",
         description="anti-CAR precursor frequency for a same-species binder (junction and idiotype epitopes)",
         source="assumption; anti-CAR responses also reported with human scFv CARs (Wagner DL et al., Nat Rev Clin "
-               "Oncol 2021;18:379 [R2])", tag="A", upper=1.0)
+        "Oncol 2021;18:379 [R2])",
+        tag="A",
+        upper=1.0,
+    )
     f_prec_allo: float = ck.param(
-        1e-3, unit="1", description="alloreactive precursor frequency among host T cells for HLA-mismatched cells",
+        1e-3,
+        unit="1",
+        description="alloreactive precursor frequency among host T cells for HLA-mismatched cells",
         source="assumption: below the 1-10 % of T cells that are alloreactive in vitro (Suchin EJ et al., J Immunol "
-               "2001;166:973 [M]), for the share that meets donor HLA in vivo", tag="A", upper=1.0)
+        "2001;166:973 [M]), for the share that meets donor HLA in vivo",
+        tag="A",
+        upper=1.0,
+    )
     hip_escape: float = ck.param(
-        0.999, unit="1",
+        0.999,
+        unit="1",
         description="fraction of T-cell recognition evaded by hypoimmune edits (HLA-I/II KO, CD47 high)",
         source="assumption; hypoimmune CD19 CAR-T evade allo-rejection in immunocompetent humanised mice (Hu X et al., "
-               "Nat Commun 2023 [R abstract])", tag="A", upper=1.0)
+        "Nat Commun 2023 [R abstract])",
+        tag="A",
+        upper=1.0,
+    )
     k_prime: float = ck.param(
-        0.1, unit="1/d", description="recruitment rate of precursors into the response (full antigen and help)",
-        source="assumption", tag="A")
+        0.1,
+        unit="1/d",
+        description="recruitment rate of precursors into the response (full antigen and help)",
+        source="assumption",
+        tag="A",
+    )
     r_exp: float = ck.param(
-        0.27, unit="1/d", description="maximal expansion rate of anti-CAR T cells (full antigen and help)",
+        0.27,
+        unit="1/d",
+        description="maximal expansion rate of anti-CAR T cells (full antigen and help)",
         source="assumption; primary human CD8 responses expand ~1e3-1e4-fold over ~2 weeks (Miller JD et al., "
-               "Immunity 2008;28:710 [M])", tag="A")
+        "Immunity 2008;28:710 [M])",
+        tag="A",
+    )
     k_ag: float = ck.param(
-        5.0, unit="cells/uL", description="CAR-T density (lymphoid tissue) giving half-maximal priming",
-        source="assumption", tag="A")
+        5.0,
+        unit="cells/uL",
+        description="CAR-T density (lymphoid tissue) giving half-maximal priming",
+        source="assumption",
+        tag="A",
+    )
     k_help: float = ck.param(
-        600.0, unit="cells/uL", description="host blood T-cell count giving half-maximal help to the anti-CAR response",
+        600.0,
+        unit="cells/uL",
+        description="host blood T-cell count giving half-maximal help to the anti-CAR response",
         source="assumption; B-cell return after CAR-T tracked CD4 recovery (Erlangen SLE vs B-NHL, Blood 2025, "
-               "doi:10.1182/blood.2025028375 [R qualitative])", tag="A")
+        "doi:10.1182/blood.2025028375 [R qualitative])",
+        tag="A",
+    )
     n_help: float = ck.param(
-        2.0, unit="1", description="steepness of the help in the host T-cell count",
+        2.0,
+        unit="1",
+        description="steepness of the help in the host T-cell count",
         source="assumption: CD4 help and antigen-presenting-cell licensing both recover with the host lymphocyte pool",
-        tag="A")
-    d_anti: float = ck.param(0.005, unit="1/d", description="loss rate of anti-CAR T cells without antigen",
-                             source="assumption: the response leaves long-lived memory (re-infused CAR-T failed to "
-                                    "expand with anti-CAR T cells present: Nat Med 2025, "
-                                    "doi:10.1038/s41591-025-03718-3 [R2])", tag="A")
-    kappa_max: float = ck.param(2.0, unit="1/d", description="maximal rejection rate of CAR-T cells",
-                                source="assumption (a few CTL kills per day)", tag="A")
-    k_h: float = ck.param(50.0, unit="cells/uL",
-                          description="anti-CAR T-cell density (lymphoid tissue) giving half-maximal rejection",
-                          source="assumption", tag="A")
+        tag="A",
+    )
+    d_anti: float = ck.param(
+        0.005,
+        unit="1/d",
+        description="loss rate of anti-CAR T cells without antigen",
+        source="assumption: the response leaves long-lived memory (re-infused CAR-T failed to "
+        "expand with anti-CAR T cells present: Nat Med 2025, "
+        "doi:10.1038/s41591-025-03718-3 [R2])",
+        tag="A",
+    )
+    kappa_max: float = ck.param(
+        2.0,
+        unit="1/d",
+        description="maximal rejection rate of CAR-T cells",
+        source="assumption (a few CTL kills per day)",
+        tag="A",
+    )
+    k_h: float = ck.param(
+        50.0,
+        unit="cells/uL",
+        description="anti-CAR T-cell density (lymphoid tissue) giving half-maximal rejection",
+        source="assumption",
+        tag="A",
+    )
 
 
 def precursor_frequency(rej: RejectionParams, *, scfv_foreign, hla_mismatch, hla_evasion):
     """Anti-CAR precursor frequency among host T cells for a product (see the module docstring)."""
-    return ((1.0 - rej.hip_escape * hla_evasion)
-            * (rej.f_prec_self + scfv_foreign * rej.f_prec_xeno + hla_mismatch * rej.f_prec_allo))
+    return (1.0 - rej.hip_escape * hla_evasion) * (
+        rej.f_prec_self + scfv_foreign * rej.f_prec_xeno + hla_mismatch * rej.f_prec_allo
+    )
 
 
 def anti_car_derivative(rej: RejectionParams, *, anti_car, t_cells, t_blood, car_density, f_prec, chemo_kill):

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -59,10 +59,20 @@ from carkinetics.models.sle.regimens import TBI_STATES
 
 #: Short labels of the gap mechanisms of `shared/references/translation.md`.
 GAP_LABELS: dict[str, str] = {
-    "G1": "IgG clearance", "G2": "LLPC reservoir", "G3": "CAR persistence", "G4": "rejection",
-    "G5": "lymphodepletion", "G6": "dose & E:T scaling", "G7": "myeloid CRS", "G8": "T-cell homeostasis",
-    "G9": "B-cell reconstitution", "G10": "disease driver", "G11": "damage & timing", "G12": "mAb comparator",
+    "G1": "IgG clearance",
+    "G2": "LLPC reservoir",
+    "G3": "CAR persistence",
+    "G4": "rejection",
+    "G5": "lymphodepletion",
+    "G6": "dose & E:T scaling",
+    "G7": "myeloid CRS",
+    "G8": "T-cell homeostasis",
+    "G9": "B-cell reconstitution",
+    "G10": "disease driver",
+    "G11": "damage & timing",
+    "G12": "mAb comparator",
 }
+
 
 #: The metrics of the SLE map: name -> (unit, definition).
 class SLEProtocol(eqx.Module):
@@ -77,21 +87,50 @@ class SLEProtocol(eqx.Module):
     **Example:** `SLEProtocol()` is the Erlangen protocol (Flu 25 mg/m² x 3, Cy 1,000 mg/m², 1e6 CAR-T/kg).
     """
 
-    flu_mg_per_m2: float = param(25.0, unit="mg/m^2", description="fludarabine dose per day (days -5, -4, -3)",
-                                 source="Erlangen/RESET regimen; Mackensen 2022 (drugs [R], doses recalled)",
-                                 tag="M")
-    cy_mg_per_m2: float = param(1000.0, unit="mg/m^2", description="cyclophosphamide dose (day -3)",
-                                source="Erlangen/RESET regimen; RESET-SSc EULAR 2025 abstract", tag="R")
-    tbi_fraction: float = param(0.0, unit="1", description="lymphocyte kill fraction of total-body irradiation",
-                                source="none in the human protocol", tag="R", upper=1.0)
-    car_cells_per_kg: float = param(1e6, unit="cells/kg", description="CAR-T dose per kg body weight",
-                                    source="Mackensen A et al., Nat Med 2022;28:2124", tag="R")
+    flu_mg_per_m2: float = param(
+        25.0,
+        unit="mg/m^2",
+        description="fludarabine dose per day (days -5, -4, -3)",
+        source="Erlangen/RESET regimen; Mackensen 2022 (drugs [R], doses recalled)",
+        tag="M",
+    )
+    cy_mg_per_m2: float = param(
+        1000.0,
+        unit="mg/m^2",
+        description="cyclophosphamide dose (day -3)",
+        source="Erlangen/RESET regimen; RESET-SSc EULAR 2025 abstract",
+        tag="R",
+    )
+    tbi_fraction: float = param(
+        0.0,
+        unit="1",
+        description="lymphocyte kill fraction of total-body irradiation",
+        source="none in the human protocol",
+        tag="R",
+        upper=1.0,
+    )
+    car_cells_per_kg: float = param(
+        1e6,
+        unit="cells/kg",
+        description="CAR-T dose per kg body weight",
+        source="Mackensen A et al., Nat Med 2022;28:2124",
+        tag="R",
+    )
     car_cells_per_target: float = param(
-        1e-3, unit="cells/cell", description="CAR-T cells per untreated CD19+ target cell (per-target dosing)",
-        source="assumption: set from a reference arm by `per_target_protocol`", tag="A")
-    per_target_dosing: float = param(0.0, unit="1", description="1: dose per CD19+ target cell; 0: dose per kg",
-                                     source="scenario switch of the translation map (not a biological value)",
-                                     tag="A", upper=1.0)
+        1e-3,
+        unit="cells/cell",
+        description="CAR-T cells per untreated CD19+ target cell (per-target dosing)",
+        source="assumption: set from a reference arm by `per_target_protocol`",
+        tag="A",
+    )
+    per_target_dosing: float = param(
+        0.0,
+        unit="1",
+        description="1: dose per CD19+ target cell; 0: dose per kg",
+        source="scenario switch of the translation map (not a biological value)",
+        tag="A",
+        upper=1.0,
+    )
 
 
 def mouse_protocol(model: Any, *, cells: float = 1e6, tbi_fraction: float = 0.9) -> SLEProtocol:
@@ -104,7 +143,8 @@ def mouse_protocol(model: Any, *, cells: float = 1e6, tbi_fraction: float = 0.9)
     w = float(model.body.weight_kg)
     return eqx.tree_at(
         lambda p: (p.flu_mg_per_m2, p.cy_mg_per_m2, p.tbi_fraction, p.car_cells_per_kg),
-        SLEProtocol(), (0.0, 0.0, float(tbi_fraction), float(cells) / w),
+        SLEProtocol(),
+        (0.0, 0.0, float(tbi_fraction), float(cells) / w),
     )
 
 
@@ -161,8 +201,9 @@ class ArmExperiment(ck.AbstractExperiment):
     max_steps: int = eqx.field(static=True, default=100_000)
     t0: float | None = eqx.field(static=True, default=None)
 
-    def __init__(self, t_end: float = 730.0, *, solver: Any = None, rtol: float | None = None,
-                 atol: float | None = None):
+    def __init__(
+        self, t_end: float = 730.0, *, solver: Any = None, rtol: float | None = None, atol: float | None = None
+    ):
         self.ts = save_times(t_end)
         self.solver, self.rtol, self.atol = solver, rtol, atol
         self.max_steps, self.t0 = 100_000, None
@@ -209,8 +250,9 @@ def fit_scales(name: str) -> dict[str, float]:
         space = ck.ParameterSpace(model, [n])
         v = float(np.asarray(model.get(n)))
         h = 1e-6 * max(abs(v), 1e-12)
-        dz = float(np.asarray(space.to_vector(model.replace({n: v + h})))[0]
-                   - np.asarray(space.to_vector(model))[0]) / h
+        dz = (
+            float(np.asarray(space.to_vector(model.replace({n: v + h})))[0] - np.asarray(space.to_vector(model))[0]) / h
+        )
         out[f"model.{n}"] = abs(dz) * float(sd)
     return out
 
@@ -230,16 +272,30 @@ def load_arm(name: str, *, protocol: SLEProtocol | None = None) -> tuple[SLEArm,
     tags = {f"model.{n}": m["tag"] for n, m in meta.items() if n in known and m["tag"]}
     gaps = {f"model.{n}": m["gap"] for n, m in meta.items() if n in known and m["gap"]}
     if os.path.basename(name).startswith("mouse"):
-        tags.update({"protocol.car_cells_per_kg": "M", "protocol.tbi_fraction": "A",
-                     "protocol.flu_mg_per_m2": "A", "protocol.cy_mg_per_m2": "A"})
-    gaps.update({"protocol.flu_mg_per_m2": "G5", "protocol.cy_mg_per_m2": "G5", "protocol.tbi_fraction": "G5",
-                 "protocol.car_cells_per_kg": "G6", "protocol.car_cells_per_target": "G6",
-                 "protocol.per_target_dosing": "G6"})
+        tags.update(
+            {
+                "protocol.car_cells_per_kg": "M",
+                "protocol.tbi_fraction": "A",
+                "protocol.flu_mg_per_m2": "A",
+                "protocol.cy_mg_per_m2": "A",
+            }
+        )
+    gaps.update(
+        {
+            "protocol.flu_mg_per_m2": "G5",
+            "protocol.cy_mg_per_m2": "G5",
+            "protocol.tbi_fraction": "G5",
+            "protocol.car_cells_per_kg": "G6",
+            "protocol.car_cells_per_target": "G6",
+            "protocol.per_target_dosing": "G6",
+        }
+    )
     return SLEArm(model, protocol), tags, gaps
 
 
-def gap_groups(gaps_a: Mapping[str, str], gaps_b: Mapping[str, str] | None = None,
-               only: Sequence[str] | None = None) -> list[MechanismGroup]:
+def gap_groups(
+    gaps_a: Mapping[str, str], gaps_b: Mapping[str, str] | None = None, only: Sequence[str] | None = None
+) -> list[MechanismGroup]:
     """Mechanism groups from per-parameter gap ids (union of both presets; a conflict raises `ValueError`).
 
     `only`: keep these gap ids (e.g. `("G1", "G3")`); the others' parameters are left out of every group.
@@ -258,16 +314,23 @@ def gap_groups(gaps_a: Mapping[str, str], gaps_b: Mapping[str, str] | None = Non
         if unknown:
             raise ValueError(f"Gap id(s) {unknown} have no parameters; available: {ids}.")
         ids = [g for g in ids if g in only]
-    return [MechanismGroup(f"{g} {GAP_LABELS.get(g, '')}".strip(), tuple(sorted(by_gap[g])),
-                           description=GAP_LABELS.get(g, ""), gap=g) for g in ids]
+    return [
+        MechanismGroup(
+            f"{g} {GAP_LABELS.get(g, '')}".strip(), tuple(sorted(by_gap[g])), description=GAP_LABELS.get(g, ""), gap=g
+        )
+        for g in ids
+    ]
 
 
 def _with_conditioning(arm: SLEArm, conditioning: str, ref_human: SLEProtocol) -> SLEArm:
     p = arm.protocol
     if conditioning == "preset":
         return arm
-    values = {"flu_cy": (ref_human.flu_mg_per_m2, ref_human.cy_mg_per_m2, 0.0),
-              "tbi": (0.0, 0.0, 0.9), "none": (0.0, 0.0, 0.0)}[conditioning]
+    values = {
+        "flu_cy": (ref_human.flu_mg_per_m2, ref_human.cy_mg_per_m2, 0.0),
+        "tbi": (0.0, 0.0, 0.9),
+        "none": (0.0, 0.0, 0.0),
+    }[conditioning]
     p = eqx.tree_at(lambda q: (q.flu_mg_per_m2, q.cy_mg_per_m2, q.tbi_fraction), p, tuple(map(float, values)))
     return SLEArm(arm.model, p)
 
@@ -286,7 +349,7 @@ def sle_translation_map(
     t_end: float = 730.0,
     batch_size: int | None = 256,
     experiment: ArmExperiment | None = None,
-    engine: str | None = None,
+    engine: Literal["ensemble", "vmap"] | None = None,
     progress: bool = False,
     checkpoint: str | None = None,
 ) -> TranslationMap:
@@ -318,16 +381,29 @@ def sle_translation_map(
     """
     arm_a, tags_a, gaps_a = load_arm(a)
     arm_b, tags_b, gaps_b = load_arm(b)
-    arm_a, arm_b = apply_knobs(arm_a, arm_b, dose_basis=dose_basis, conditioning=conditioning, ld_alone=ld_alone,
-                               damage0=damage0)
+    arm_a, arm_b = apply_knobs(
+        arm_a, arm_b, dose_basis=dose_basis, conditioning=conditioning, ld_alone=ld_alone, damage0=damage0
+    )
     groups = gap_groups(gaps_a, gaps_b, only=gaps)
     f = experiment if experiment is not None else ArmExperiment(t_end)
     return ck.translation_map(
-        f, arm_a, arm_b, groups, units={k: u for k, (u, _) in SLE_METRICS.items()},
+        f,
+        arm_a,
+        arm_b,
+        groups,
+        units={k: u for k, (u, _) in SLE_METRICS.items()},
         labels=(preset_label(a), preset_label(b)),
-        n_samples=n_samples, key=key, batch_size=batch_size, tags_a=tags_a, tags_b=tags_b,
-        scales_a=fit_scales(a) if n_samples else None, scales_b=fit_scales(b) if n_samples else None,
-        censored=SLE_CENSORING, engine=engine, progress=progress, checkpoint=checkpoint,
+        n_samples=n_samples,
+        key=key,
+        batch_size=batch_size,
+        tags_a=tags_a,
+        tags_b=tags_b,
+        scales_a=fit_scales(a) if n_samples else None,
+        scales_b=fit_scales(b) if n_samples else None,
+        censored=SLE_CENSORING,
+        engine=engine,
+        progress=progress,
+        checkpoint=checkpoint,
     )
 
 
@@ -336,8 +412,15 @@ def preset_label(name: str) -> str:
     return os.path.basename(name).removesuffix(".toml")
 
 
-def apply_knobs(arm_a: SLEArm, arm_b: SLEArm, *, dose_basis: str = "preset", conditioning: str = "preset",
-                ld_alone: bool = False, damage0: float | None = None) -> tuple[SLEArm, SLEArm]:
+def apply_knobs(
+    arm_a: SLEArm,
+    arm_b: SLEArm,
+    *,
+    dose_basis: str = "preset",
+    conditioning: str = "preset",
+    ld_alone: bool = False,
+    damage0: float | None = None,
+) -> tuple[SLEArm, SLEArm]:
     """Apply the scenario knobs of [`carkinetics.sle_translation_map`][] to a pair of arms (`b` is the reference)."""
     if dose_basis not in ("preset", "per_kg", "per_target"):
         raise ValueError(f"`dose_basis` must be 'preset', 'per_kg' or 'per_target', got {dose_basis!r}.")
@@ -352,10 +435,12 @@ def apply_knobs(arm_a: SLEArm, arm_b: SLEArm, *, dose_basis: str = "preset", con
     ref = arm_b.protocol
     arm_a, arm_b = _with_conditioning(arm_a, conditioning, ref), _with_conditioning(arm_b, conditioning, ref)
     if ld_alone:
-        arm_a = SLEArm(arm_a.model, eqx.tree_at(lambda q: (q.car_cells_per_kg, q.car_cells_per_target),
-                                                arm_a.protocol, (0.0, 0.0)))
-        arm_b = SLEArm(arm_b.model, eqx.tree_at(lambda q: (q.car_cells_per_kg, q.car_cells_per_target),
-                                                arm_b.protocol, (0.0, 0.0)))
+        arm_a = SLEArm(
+            arm_a.model, eqx.tree_at(lambda q: (q.car_cells_per_kg, q.car_cells_per_target), arm_a.protocol, (0.0, 0.0))
+        )
+        arm_b = SLEArm(
+            arm_b.model, eqx.tree_at(lambda q: (q.car_cells_per_kg, q.car_cells_per_target), arm_b.protocol, (0.0, 0.0))
+        )
     if damage0 is not None:
         arm_a = SLEArm(arm_a.model.replace({"disease.damage0": float(damage0)}), arm_a.protocol)
         arm_b = SLEArm(arm_b.model.replace({"disease.damage0": float(damage0)}), arm_b.protocol)
@@ -375,10 +460,16 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 
-def sle_scenarios(a: str = "mouse_nzbw", b: str = "human", *, t_end: float = 730.0,
-                  scenarios: Mapping[str, Mapping[str, Any]] | None = None,
-                  experiment: ArmExperiment | None = None, batch_size: int | None = None,
-                  engine: str | None = None) -> list[dict[str, Any]]:
+def sle_scenarios(
+    a: str = "mouse_nzbw",
+    b: str = "human",
+    *,
+    t_end: float = 730.0,
+    scenarios: Mapping[str, Mapping[str, Any]] | None = None,
+    experiment: ArmExperiment | None = None,
+    batch_size: int | None = None,
+    engine: Literal["ensemble", "vmap"] | None = None,
+) -> list[dict[str, Any]]:
     """The two arms' metrics and their gap under each scenario knob (one vectorised batch of simulations).
 
     `batch_size`: simulations per vectorised call (`None`: all arms of one structure in one call).
@@ -407,8 +498,17 @@ def sle_scenarios(a: str = "mouse_nzbw", b: str = "human", *, t_end: float = 730
         for name, (unit, _) in SLE_METRICS.items():
             flag = SLE_CENSORING.get(name)
             cens = [lab for lab, v in ((la, va), (lb, vb)) if flag is not None and float(v[flag]) > 0.5]
-            rows.append({"scenario": label, "metric": name, "unit": unit, la: float(va[name]), lb: float(vb[name]),
-                         "gap": float(vb[name] - va[name]), "censored": ",".join(cens)})
+            rows.append(
+                {
+                    "scenario": label,
+                    "metric": name,
+                    "unit": unit,
+                    la: float(va[name]),
+                    lb: float(vb[name]),
+                    "gap": float(vb[name] - va[name]),
+                    "censored": ",".join(cens),
+                }
+            )
     return rows
 
 
@@ -440,9 +540,11 @@ def scenarios_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     val = {(r["scenario"], r["metric"]): cell(r) for r in rows}
     head = "| scenario | " + " | ".join(mets) + " |\n" + "|---" * (len(mets) + 1) + "|"
     lines = [head] + [f"| {s} | " + " | ".join(val[(s, m)] for m in mets) + " |" for s in scen]
-    return ("\n".join(lines) + "\n\nGap = second arm minus first arm, per metric (units as in the map). `>= x` / "
-            "`<= x`: the second / first arm's value is censored at the horizon (its state lasted the whole horizon), "
-            "so the gap is a bound.")
+    return (
+        "\n".join(lines) + "\n\nGap = second arm minus first arm, per metric (units as in the map). `>= x` / "
+        "`<= x`: the second / first arm's value is censored at the horizon (its state lasted the whole horizon), "
+        "so the gap is a bound."
+    )
 
 
 def write_scenario_tables(out_dir: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
@@ -453,8 +555,10 @@ def write_scenario_tables(out_dir: str, rows: Sequence[Mapping[str, Any]]) -> di
     import csv
 
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"scenarios_csv": os.path.join(out_dir, "translation_scenarios.csv"),
-             "scenarios_markdown": os.path.join(out_dir, "translation_scenarios.md")}
+    paths = {
+        "scenarios_csv": os.path.join(out_dir, "translation_scenarios.csv"),
+        "scenarios_markdown": os.path.join(out_dir, "translation_scenarios.md"),
+    }
     with open(paths["scenarios_csv"], "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -464,11 +568,21 @@ def write_scenario_tables(out_dir: str, rows: Sequence[Mapping[str, Any]]) -> di
     return paths
 
 
-def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "human", key: Any = None,
-                             n_samples: int = 0, gaps: Sequence[str] | None = None, t_end: float = 730.0,
-                             batch_size: int | None = 256, scenarios: bool = True,
-                             engine: str | None = None, progress: bool = False,
-                             checkpoint: str | None = None) -> dict[str, str]:
+def write_translation_report(
+    out_dir: str,
+    *,
+    a: str = "mouse_nzbw",
+    b: str = "human",
+    key: Any = None,
+    n_samples: int = 0,
+    gaps: Sequence[str] | None = None,
+    t_end: float = 730.0,
+    batch_size: int | None = 256,
+    scenarios: bool = True,
+    engine: Literal["ensemble", "vmap"] | None = None,
+    progress: bool = False,
+    checkpoint: str | None = None,
+) -> dict[str, str]:
     """Compute the SLE translation map and write its figure, tables and narrative into `out_dir`.
 
     Writes `translation_heatmap.png`, `translation_waterfalls.png`, `translation_map.csv`, `translation_map.md`,
@@ -484,11 +598,28 @@ def write_translation_report(out_dir: str, *, a: str = "mouse_nzbw", b: str = "h
     from carkinetics.plot import attribution_waterfalls, translation_heatmap
 
     os.makedirs(out_dir, exist_ok=True)
-    tm = sle_translation_map(a, b, gaps=gaps, n_samples=n_samples, key=key, t_end=t_end, batch_size=batch_size,
-                             engine=engine, progress=progress, checkpoint=checkpoint)
-    paths = {k: os.path.join(out_dir, v) for k, v in {
-        "heatmap": "translation_heatmap.png", "waterfalls": "translation_waterfalls.png",
-        "csv": "translation_map.csv", "markdown": "translation_map.md", "narrative": "translation_narrative.md"}.items()}
+    tm = sle_translation_map(
+        a,
+        b,
+        gaps=gaps,
+        n_samples=n_samples,
+        key=key,
+        t_end=t_end,
+        batch_size=batch_size,
+        engine=engine,
+        progress=progress,
+        checkpoint=checkpoint,
+    )
+    paths = {
+        k: os.path.join(out_dir, v)
+        for k, v in {
+            "heatmap": "translation_heatmap.png",
+            "waterfalls": "translation_waterfalls.png",
+            "csv": "translation_map.csv",
+            "markdown": "translation_map.md",
+            "narrative": "translation_narrative.md",
+        }.items()
+    }
     fig = translation_heatmap(tm)
     fig.savefig(paths["heatmap"], dpi=150)
     fig = attribution_waterfalls(tm, ncols=4)

@@ -63,17 +63,31 @@ LYMPHOPENIA_PER_UL = 500.0
 #: Between-patient variability of the trial population: parameter -> (omega, source and tag). `omega` is the
 #: standard deviation of log(value) (`ck.virtual_population`); typical values are the model's.
 TRIAL_IIV: dict[str, tuple[float, str]] = {
-    "disease.sledai0": (0.25, "SLEDAI-2K at inclusion 8-16 around a median of 16 in Mackensen A et al., Nat Med "
-                              "2022;28:2124 [R]; log-SD 0.25 spans roughly 10-24 (5th-95th percentile) [A]"),
-    "bcell.b_blood0": (0.6, "blood B-cell counts vary several-fold between SLE patients (lymphopenia in active "
-                            "disease) [M]; log-SD 0.6 ~ 2.7-fold 5th-95th span each side [A]"),
-    "bcell.pb_blood0": (0.7, "expanded, variable blood plasmablasts in active SLE (Jacobi AM et al., Arthritis "
-                             "Rheum 2003;48:1332 [M]); spread [A]"),
+    "disease.sledai0": (
+        0.25,
+        "SLEDAI-2K at inclusion 8-16 around a median of 16 in Mackensen A et al., Nat Med "
+        "2022;28:2124 [R]; log-SD 0.25 spans roughly 10-24 (5th-95th percentile) [A]",
+    ),
+    "bcell.b_blood0": (
+        0.6,
+        "blood B-cell counts vary several-fold between SLE patients (lymphopenia in active "
+        "disease) [M]; log-SD 0.6 ~ 2.7-fold 5th-95th span each side [A]",
+    ),
+    "bcell.pb_blood0": (
+        0.7,
+        "expanded, variable blood plasmablasts in active SLE (Jacobi AM et al., Arthritis "
+        "Rheum 2003;48:1332 [M]); spread [A]",
+    ),
     "humoral.anti_dsdna0": (0.8, "anti-dsDNA titres span more than a decade between patients [M]; spread [A]"),
-    "body.egfr_ml_min": (0.3, "renal function varies with lupus nephritis; log-SD 0.3 puts ~10 % of patients below "
-                              "60 mL/min [A]"),
-    "car.rho": (0.15, "between-patient variability of CAR-T expansion (Cmax spread of about a decade, Stein AM et "
-                      "al., CPT Pharmacometrics Syst Pharmacol 2019;8:285 [M]); value [A]"),
+    "body.egfr_ml_min": (
+        0.3,
+        "renal function varies with lupus nephritis; log-SD 0.3 puts ~10 % of patients below 60 mL/min [A]",
+    ),
+    "car.rho": (
+        0.15,
+        "between-patient variability of CAR-T expansion (Cmax spread of about a decade, Stein AM et "
+        "al., CPT Pharmacometrics Syst Pharmacol 2019;8:285 [M]); value [A]",
+    ),
     "myeloid.k_damp": (0.5, "between-patient variability of myeloid (IL-6) responsiveness [A]"),
 }
 
@@ -140,8 +154,9 @@ def _check_dose_ladder(owner: str, doses: object) -> np.ndarray:
     except (TypeError, ValueError):
         raise ValueError(f"{owner}: `doses` must be a 1-D list of CAR-T doses in cells/kg; got {doses!r}.") from None
     if arr.ndim != 1 or arr.shape[0] < 2:
-        raise ValueError(f"{owner}: `doses` must be a 1-D ladder of at least two doses (cells/kg); got shape "
-                         f"{arr.shape}.")
+        raise ValueError(
+            f"{owner}: `doses` must be a 1-D ladder of at least two doses (cells/kg); got shape {arr.shape}."
+        )
     if not np.all(np.isfinite(arr)) or np.any(arr <= 0.0):
         raise ValueError(f"{owner}: every dose must be a finite positive number of cells/kg; got {arr.tolist()}.")
     if np.any(np.diff(arr) <= 0.0):
@@ -150,8 +165,12 @@ def _check_dose_ladder(owner: str, doses: object) -> np.ndarray:
 
 
 def _check_positive_real(owner: str, name: str, value: object) -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value))
-            or float(value) <= 0.0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+        or float(value) <= 0.0
+    ):
         raise ValueError(f"{owner}: `{name}` must be a finite positive number; got {value!r}.")
     return float(value)
 
@@ -159,8 +178,10 @@ def _check_positive_real(owner: str, name: str, value: object) -> float:
 def _check_t_end(owner: str, t_end: object) -> float:
     t = _check_positive_real(owner, "t_end", t_end)
     if t < MONTH_6 + 1.0:
-        raise ValueError(f"{owner}: `t_end` must be at least {MONTH_6 + 1.0:g} days (the month-6 read-out is day "
-                         f"{MONTH_6:g}); got {t_end!r}.")
+        raise ValueError(
+            f"{owner}: `t_end` must be at least {MONTH_6 + 1.0:g} days (the month-6 read-out is day "
+            f"{MONTH_6:g}); got {t_end!r}."
+        )
     return t
 
 
@@ -171,21 +192,24 @@ def _model(owner: str, model: object, product: str | None) -> SLECarTModel:
     if isinstance(model, str):
         model = load_preset(model)
     if not isinstance(model, SLECarTModel):
-        raise ValueError(f"{owner}: `model` must be an SLECarTModel or a preset name such as 'human'; got "
-                         f"{type(model).__name__}.")
+        raise ValueError(
+            f"{owner}: `model` must be an SLECarTModel or a preset name such as 'human'; got {type(model).__name__}."
+        )
     return model if product is None else with_product(model, product)
 
 
-def _population(owner: str, model: SLECarTModel, population: object, n_patients: object,
-                key: Any) -> ck.Population:
+def _population(owner: str, model: SLECarTModel, population: object, n_patients: object, key: Any) -> ck.Population:
     if population is None:
         if n_patients is None or key is None:
-            raise ValueError(f"{owner}: give a `population` (from `trial_population`) or both `n_patients` and "
-                             f"`key` to draw one.")
+            raise ValueError(
+                f"{owner}: give a `population` (from `trial_population`) or both `n_patients` and `key` to draw one."
+            )
         return trial_population(model, key, _check_positive_int(owner, "n_patients", n_patients))
     if not isinstance(population, ck.Population):
-        raise ValueError(f"{owner}: `population` must be a carkinetics Population (from `trial_population`); got "
-                         f"{type(population).__name__}.")
+        raise ValueError(
+            f"{owner}: `population` must be a carkinetics Population (from `trial_population`); got "
+            f"{type(population).__name__}."
+        )
     known = ck.parameters(model)
     unknown = sorted(set(population.samples) - set(known))
     if unknown:
@@ -201,8 +225,9 @@ def _n_members(population: ck.Population) -> int:
 # The virtual population and the experiment
 
 
-def trial_population(model: SLECarTModel | str, key: Array, n: int, *,
-                     omega: Mapping[str, float] | None = None) -> ck.Population:
+def trial_population(
+    model: SLECarTModel | str, key: Array, n: int, *, omega: Mapping[str, float] | None = None
+) -> ck.Population:
     """Virtual trial patients: the model's typical values with log-normal between-patient variability.
 
     **Arguments:**
@@ -257,8 +282,9 @@ class TrialExperiment(ck.AbstractExperiment):
     max_steps: int = eqx.field(static=True, default=100_000)
     t0: float | None = eqx.field(static=True, default=None)
 
-    def __init__(self, t_end: float = 200.0, *, solver: Any = None, rtol: float | None = None,
-                 atol: float | None = None):
+    def __init__(
+        self, t_end: float = 200.0, *, solver: Any = None, rtol: float | None = None, atol: float | None = None
+    ):
         self.ts = save_times(_check_t_end("TrialExperiment", t_end))
         self.solver, self.rtol, self.atol, self.max_steps, self.t0 = solver, rtol, atol, 100_000, None
 
@@ -291,18 +317,30 @@ class TrialExperiment(ck.AbstractExperiment):
             "lymphopenia days": m.time_below(ts, o.lymphocytes, LYMPHOPENIA_PER_UL, t_start=ts[0], t_end=ts[-1]),
             "fludarabine AUC": o.flu_auc[-1],
             "B-cell return": m.first_crossing(ts, b, B_APLASIA_FRACTION, "up", t_start=after_extreme(b, jnp.argmin)),
-            "CAR-T loss": m.first_crossing(ts, o.car_blood, CAR_DETECTION_PER_UL, "down",
-                                           t_start=after_extreme(o.car_blood, jnp.argmax)),
-            "anti-dsDNA re-positivity": m.first_crossing(ts, o.anti_dsdna_index, 1.0, "up",
-                                                         t_start=after_extreme(o.anti_dsdna_index, jnp.argmin)),
-            "clinical relapse": m.first_crossing(ts, o.sledai, REMISSION_SLEDAI, "up",
-                                                 t_start=after_extreme(o.sledai, jnp.argmin)),
+            "CAR-T loss": m.first_crossing(
+                ts, o.car_blood, CAR_DETECTION_PER_UL, "down", t_start=after_extreme(o.car_blood, jnp.argmax)
+            ),
+            "anti-dsDNA re-positivity": m.first_crossing(
+                ts, o.anti_dsdna_index, 1.0, "up", t_start=after_extreme(o.anti_dsdna_index, jnp.argmin)
+            ),
+            "clinical relapse": m.first_crossing(
+                ts, o.sledai, REMISSION_SLEDAI, "up", t_start=after_extreme(o.sledai, jnp.argmin)
+            ),
         }
 
 
-def _solve(owner: str, model: SLECarTModel, population: ck.Population, protocols: Mapping[str, np.ndarray],
-           n_arms: int, t_end: float, engine: Any, devices: Any, rtol: float | None = None,
-           atol: float | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _solve(
+    owner: str,
+    model: SLECarTModel,
+    population: ck.Population,
+    protocols: Mapping[str, np.ndarray],
+    n_arms: int,
+    t_end: float,
+    engine: Any,
+    devices: Any,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One batched solve of every patient under each of `n_arms` protocols: outputs of shape `(n_arms, P)`."""
     n = _n_members(population)
     if n < 1:
@@ -369,10 +407,13 @@ class DoseOutcomes(eqx.Module):
         "lymphopenia d28"}`, each `(D,)`; seroconversion among the patients positive at baseline."""
         positive = self.endpoints["anti-dsDNA index 0"] >= 1.0
         n_pos = np.maximum(positive.sum(axis=1), 1)
-        return {"DLT": self.dlt.mean(axis=1), "remission m6": self.remission.mean(axis=1),
-                "B aplasia d28": self.b_aplasia.mean(axis=1),
-                "seroconversion m6": self.seroconversion.sum(axis=1) / n_pos,
-                "lymphopenia d28": self.lymphopenia.mean(axis=1)}
+        return {
+            "DLT": self.dlt.mean(axis=1),
+            "remission m6": self.remission.mean(axis=1),
+            "B aplasia d28": self.b_aplasia.mean(axis=1),
+            "seroconversion m6": self.seroconversion.sum(axis=1) / n_pos,
+            "lymphopenia d28": self.lymphopenia.mean(axis=1),
+        }
 
     def table(self) -> list[dict[str, float]]:
         """One row per dose: the dose, the pool size, the outcome rates and the median endpoints."""
@@ -381,8 +422,12 @@ class DoseOutcomes(eqx.Module):
         for d, dose in enumerate(self.doses):
             row = {"dose_cells_per_kg": float(dose), "patients": self.n_patients}
             row.update({f"P({k})": float(v[d]) for k, v in rates.items()})
-            row.update({f"median {k}": float(np.nanmedian(self.endpoints[k][d]))
-                        for k in ("CRS grade", "IL-6 peak", "CAR Cmax", "SLEDAI m6")})
+            row.update(
+                {
+                    f"median {k}": float(np.nanmedian(self.endpoints[k][d]))
+                    for k in ("CRS grade", "IL-6 peak", "CAR Cmax", "SLEDAI m6")
+                }
+            )
             rows.append(row)
         return rows
 
@@ -441,20 +486,29 @@ def simulate_dose_outcomes(
     flu = float(flu_mg_per_m2)
     cy = float(cy_mg_per_m2)
     if not (math.isfinite(flu) and flu >= 0 and math.isfinite(cy) and cy >= 0):
-        raise ValueError(f"{owner}: `flu_mg_per_m2` and `cy_mg_per_m2` must be finite and non-negative; got "
-                         f"{flu_mg_per_m2!r} and {cy_mg_per_m2!r}.")
+        raise ValueError(
+            f"{owner}: `flu_mg_per_m2` and `cy_mg_per_m2` must be finite and non-negative; got "
+            f"{flu_mg_per_m2!r} and {cy_mg_per_m2!r}."
+        )
     sle_model = _model(owner, model, product)
     population = _population(owner, sle_model, population, n_patients, key)
     n_doses = ladder.shape[0]
-    protocols = {"car_cells_per_kg": ladder, "flu_mg_per_m2": np.full(n_doses, flu),
-                 "cy_mg_per_m2": np.full(n_doses, cy)}
+    protocols = {
+        "car_cells_per_kg": ladder,
+        "flu_mg_per_m2": np.full(n_doses, flu),
+        "cy_mg_per_m2": np.full(n_doses, cy),
+    }
     out, ok = _solve(owner, sle_model, population, protocols, n_doses, t_end, engine, devices, rtol, atol)
     keep = ok.all(axis=0)
     if not keep.any():
         raise RuntimeError(f"{owner}: every patient's course failed to solve; check the population's parameters.")
-    return DoseOutcomes(doses=ladder, product=product if product is not None else "the model's product",
-                        covariates={k: np.asarray(v)[keep] for k, v in population.samples.items()},
-                        endpoints={k: v[:, keep] for k, v in out.items()}, n_failed=int((~keep).sum()))
+    return DoseOutcomes(
+        doses=ladder,
+        product=product if product is not None else "the model's product",
+        covariates={k: np.asarray(v)[keep] for k, v in population.samples.items()},
+        endpoints={k: v[:, keep] for k, v in out.items()},
+        n_failed=int((~keep).sum()),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -476,8 +530,16 @@ class ModelTrial(eqx.Module):
     remission_at_selected: float
 
 
-def run_model_trial(outcomes: DoseOutcomes, design: ct.AbstractDesign, *, n_trials: int, key: Array,
-                    cohort_size: int = 3, n_cohorts: int = 10, start_dose: int = 0) -> ModelTrial:
+def run_model_trial(
+    outcomes: DoseOutcomes,
+    design: ct.AbstractDesign,
+    *,
+    n_trials: int,
+    key: Array,
+    cohort_size: int = 3,
+    n_cohorts: int = 10,
+    start_dose: int = 0,
+) -> ModelTrial:
     """Run a dose-escalation design on a simulated patient pool: patients are resampled per trial.
 
     Each enrolled patient is a pool member drawn with replacement, with the simulated DLT of that member at the dose
@@ -501,10 +563,19 @@ def run_model_trial(outcomes: DoseOutcomes, design: ct.AbstractDesign, *, n_tria
     ```
     """
     if not isinstance(outcomes, DoseOutcomes):
-        raise ValueError(f"run_model_trial: `outcomes` must be the DoseOutcomes of `simulate_dose_outcomes`; got "
-                         f"{type(outcomes).__name__}.")
-    oc = ct.operating_characteristics(design, outcomes=outcomes.outcome_source(), n_trials=n_trials,
-                                      cohort_size=cohort_size, n_cohorts=n_cohorts, key=key, start_dose=start_dose)
+        raise ValueError(
+            f"run_model_trial: `outcomes` must be the DoseOutcomes of `simulate_dose_outcomes`; got "
+            f"{type(outcomes).__name__}."
+        )
+    oc = ct.operating_characteristics(
+        design,
+        outcomes=outcomes.outcome_source(),
+        n_trials=n_trials,
+        cohort_size=cohort_size,
+        n_cohorts=n_cohorts,
+        key=key,
+        start_dose=start_dose,
+    )
     rates = outcomes.rates()
     sel = np.asarray(oc.selection_probability)[:-1]
     any_sel = float(sel.sum())
@@ -532,8 +603,9 @@ class EligibilityResult(eqx.Module):
     doses: np.ndarray
 
 
-def eligibility_analysis(outcomes: DoseOutcomes, *, covariates: Sequence[str] | None = None,
-                         n_groups: int = 3) -> EligibilityResult:
+def eligibility_analysis(
+    outcomes: DoseOutcomes, *, covariates: Sequence[str] | None = None, n_groups: int = 3
+) -> EligibilityResult:
     """How month-6 remission and DLT risk shift with baseline severity and burden (no new simulation).
 
     The pool's patients are split into `n_groups` equal-count groups of each covariate (baseline SLEDAI, B-cell
@@ -557,8 +629,10 @@ def eligibility_analysis(outcomes: DoseOutcomes, *, covariates: Sequence[str] | 
     covariates = tuple(c for c in COVARIATES if c in outcomes.covariates) if covariates is None else tuple(covariates)
     missing = [c for c in covariates if c not in outcomes.covariates]
     if missing or not covariates:
-        raise ValueError(f"{owner}: `covariates` must be varied parameters of the pool "
-                         f"{sorted(outcomes.covariates)}; got {list(covariates)}.")
+        raise ValueError(
+            f"{owner}: `covariates` must be varied parameters of the pool "
+            f"{sorted(outcomes.covariates)}; got {list(covariates)}."
+        )
     if n_groups > outcomes.n_patients:
         raise ValueError(f"{owner}: `n_groups` ({n_groups}) exceeds the pool's {outcomes.n_patients} patients.")
     rem, dlt = outcomes.remission, outcomes.dlt
@@ -574,8 +648,14 @@ def eligibility_analysis(outcomes: DoseOutcomes, *, covariates: Sequence[str] | 
         counts.append(cnt)
         g_rem.append((onehot[:, None, :] & rem[None]).sum(axis=2) / safe)
         g_dlt.append((onehot[:, None, :] & dlt[None]).sum(axis=2) / safe)
-    return EligibilityResult(covariates=covariates, edges=np.array(edges), n=np.array(counts),
-                             remission=np.array(g_rem), dlt=np.array(g_dlt), doses=outcomes.doses)
+    return EligibilityResult(
+        covariates=covariates,
+        edges=np.array(edges),
+        n=np.array(counts),
+        remission=np.array(g_rem),
+        dlt=np.array(g_dlt),
+        doses=outcomes.doses,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -649,8 +729,10 @@ def conditioning_analysis(
     flu = np.array([float(v[0]) for v in regimens.values()])
     cy = np.array([float(v[1]) for v in regimens.values()])
     if not (np.all(np.isfinite(flu)) and np.all(flu >= 0) and np.all(np.isfinite(cy)) and np.all(cy >= 0)):
-        raise ValueError(f"{owner}: every regimen must be (fludarabine mg/m², cyclophosphamide mg/m²), finite and "
-                         f"non-negative; got {regimens!r}.")
+        raise ValueError(
+            f"{owner}: every regimen must be (fludarabine mg/m², cyclophosphamide mg/m²), finite and "
+            f"non-negative; got {regimens!r}."
+        )
     t_end = _check_t_end(owner, t_end)
     sle_model = _model(owner, model, product)
     population = _population(owner, sle_model, population, n_patients, key)
@@ -658,10 +740,17 @@ def conditioning_analysis(
     protocols = {"car_cells_per_kg": np.full(n_reg, dose), "flu_mg_per_m2": flu, "cy_mg_per_m2": cy}
     out, ok = _solve(owner, sle_model, population, protocols, n_reg, t_end, engine, devices)
     keep = ok.all(axis=0)
-    egfr = population.samples.get("body.egfr_ml_min",
-                                  np.full(_n_members(population), float(sle_model.body.egfr_ml_min)))
-    return ConditioningResult(names=tuple(regimens), flu_mg_per_m2=flu, cy_mg_per_m2=cy, dose=dose,
-                              endpoints={k: v[:, keep] for k, v in out.items()}, egfr=np.asarray(egfr)[keep])
+    egfr = population.samples.get(
+        "body.egfr_ml_min", np.full(_n_members(population), float(sle_model.body.egfr_ml_min))
+    )
+    return ConditioningResult(
+        names=tuple(regimens),
+        flu_mg_per_m2=flu,
+        cy_mg_per_m2=cy,
+        dose=dose,
+        endpoints={k: v[:, keep] for k, v in out.items()},
+        egfr=np.asarray(egfr)[keep],
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -737,8 +826,17 @@ def fisher_exact_reject(n: int, alpha: float) -> np.ndarray:
     k = np.arange(n + 1)
 
     def log_pmf(kk, tt):  # hypergeometric: kk responders of tt in arm 1 (n of 2n)
-        return (gammaln(n + 1) - gammaln(kk + 1) - gammaln(n - kk + 1) + gammaln(n + 1) - gammaln(tt - kk + 1)
-                - gammaln(n - tt + kk + 1) - gammaln(2 * n + 1) + gammaln(tt + 1) + gammaln(2 * n - tt + 1))
+        return (
+            gammaln(n + 1)
+            - gammaln(kk + 1)
+            - gammaln(n - kk + 1)
+            + gammaln(n + 1)
+            - gammaln(tt - kk + 1)
+            - gammaln(n - tt + kk + 1)
+            - gammaln(2 * n + 1)
+            + gammaln(tt + 1)
+            + gammaln(2 * n - tt + 1)
+        )
 
     kk = k[None, None, :]
     tt = total[..., None]
@@ -749,9 +847,16 @@ def fisher_exact_reject(n: int, alpha: float) -> np.ndarray:
     return pval <= alpha
 
 
-def comparator_power(outcomes: DoseOutcomes, *, dose_index: int = -1, soc: StandardOfCare | None = None,
-                     sample_sizes: Sequence[int] = (5, 10, 15, 20, 30), n_trials: int = 2000, alpha: float = 0.05,
-                     key: Array) -> PowerResult:
+def comparator_power(
+    outcomes: DoseOutcomes,
+    *,
+    dose_index: int = -1,
+    soc: StandardOfCare | None = None,
+    sample_sizes: Sequence[int] = (5, 10, 15, 20, 30),
+    n_trials: int = 2000,
+    alpha: float = 0.05,
+    key: Array,
+) -> PowerResult:
     """Power of a 1:1 randomised trial of CAR-T (at one dose of the pool) against standard of care.
 
     Both arms resample the same virtual population: a CAR-T patient is a pool member drawn with replacement with
@@ -774,8 +879,11 @@ def comparator_power(outcomes: DoseOutcomes, *, dose_index: int = -1, soc: Stand
     if not isinstance(outcomes, DoseOutcomes):
         raise ValueError(f"{owner}: `outcomes` must be a DoseOutcomes; got {type(outcomes).__name__}.")
     n_doses = outcomes.doses.shape[0]
-    if isinstance(dose_index, bool) or not isinstance(dose_index, numbers.Integral) or not (
-            -n_doses <= dose_index < n_doses):
+    if (
+        isinstance(dose_index, bool)
+        or not isinstance(dose_index, numbers.Integral)
+        or not (-n_doses <= dose_index < n_doses)
+    ):
         raise ValueError(f"{owner}: `dose_index` must index the pool's {n_doses} doses; got {dose_index!r}.")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < float(alpha) < 1.0:
         raise ValueError(f"{owner}: `alpha` must be a probability strictly between 0 and 1; got {alpha!r}.")
@@ -794,9 +902,15 @@ def comparator_power(outcomes: DoseOutcomes, *, dose_index: int = -1, soc: Stand
         x1 = np.asarray(jnp.asarray(car)[jr.randint(ka, (n_trials, int(n)), 0, car.shape[0])].sum(axis=1))
         x2 = np.asarray(jnp.asarray(soc_rem)[jr.randint(kb, (n_trials, int(n)), 0, soc_rem.shape[0])].sum(axis=1))
         power.append(fisher_exact_reject(int(n), float(alpha))[x1, x2].mean())
-    return PowerResult(sample_sizes=sizes, power=np.asarray(power), p_car=float(car.mean()),
-                       p_soc=float(soc_rem.mean()), alpha=float(alpha), n_trials=n_trials,
-                       dose=float(outcomes.doses[dose_index]))
+    return PowerResult(
+        sample_sizes=sizes,
+        power=np.asarray(power),
+        p_car=float(car.mean()),
+        p_soc=float(soc_rem.mean()),
+        alpha=float(alpha),
+        n_trials=n_trials,
+        dose=float(outcomes.doses[dose_index]),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -873,8 +987,11 @@ def monitoring_analysis(
     t_end = _check_t_end(owner, t_end)
     sle_model = _model(owner, model, product)
     population = _population(owner, sle_model, population, n_patients, key)
-    protocols = {"car_cells_per_kg": np.array([dose]), "flu_mg_per_m2": np.array([25.0]),
-                 "cy_mg_per_m2": np.array([1000.0])}
+    protocols = {
+        "car_cells_per_kg": np.array([dose]),
+        "flu_mg_per_m2": np.array([25.0]),
+        "cy_mg_per_m2": np.array([1000.0]),
+    }
     out, ok = _solve(owner, sle_model, population, protocols, 1, t_end, engine, devices)
     events = tuple(MONITORING_EVENTS)
     times = np.stack([out[e][0][ok[0]] for e in events])  # (E, P)
@@ -883,10 +1000,18 @@ def monitoring_analysis(
     n_has = has.sum(axis=1)
 
     def over_events(f, fill=np.nan):
-        return np.array([[f(delays[e, has[e], k]) if n_has[e] else fill for k in range(ivals.size)]
-                         for e in range(len(events))])
+        return np.array(
+            [[f(delays[e, has[e], k]) if n_has[e] else fill for k in range(ivals.size)] for e in range(len(events))]
+        )
 
-    return MonitoringResult(events=events, intervals=ivals, event_times=times,
-                            mean_delay=over_events(np.mean), p90_delay=over_events(lambda d: np.quantile(d, 0.9)),
-                            p_within=over_events(lambda d: np.mean(d <= max_delay)),
-                            event_fraction=has.mean(axis=1), max_delay=max_delay, dose=dose)
+    return MonitoringResult(
+        events=events,
+        intervals=ivals,
+        event_times=times,
+        mean_delay=over_events(np.mean),
+        p90_delay=over_events(lambda d: np.quantile(d, 0.9)),
+        p_within=over_events(lambda d: np.mean(d <= max_delay)),
+        event_fraction=has.mean(axis=1),
+        max_delay=max_delay,
+        dose=dose,
+    )
