@@ -217,6 +217,7 @@ def test_mismatched_inputs_are_detected_at_start_up():
         assert "ValueError: Process 1 of 2 differs from process 0 in the swept inputs" in err
 
 
+@pytest.mark.slow
 def test_killed_process_is_named_and_the_run_resumes(tmp_path, reference):
     ckpt = str(tmp_path / "ckpt")
     procs = _interrupt_mid_run(ckpt, 1, signal.SIGKILL)

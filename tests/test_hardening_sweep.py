@@ -106,6 +106,7 @@ def _run(path, interrupt_after=None):
     return proc.returncode, lines, err
 
 
+@pytest.mark.slow
 def test_sigint_stops_cleanly_and_the_sweep_resumes_to_the_same_result(tmp_path):
     rc, lines, err = _run(tmp_path / "a", interrupt_after=3)
     assert rc == 130, err

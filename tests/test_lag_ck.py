@@ -156,6 +156,7 @@ def test_gradients_match_central_differences(day):
     assert abs(float(grad_day) - float(fd)) <= 1e-5 * max(1.0, abs(float(fd))), (float(grad_day), float(fd))
 
 
+@pytest.mark.slow
 def test_parameter_recovery_from_synthetic_data():
     # three subjects' sampling days (typical TRANSCEND-like density, jittered), one shared parameter set
     truth = LagPhaseCK()

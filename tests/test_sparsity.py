@@ -202,6 +202,7 @@ def test_block_lu_solver_auto_picks_lapack_for_large_blocks_on_accelerators(monk
     assert len(calls) == lapack_calls and all(c == (13, 13, n) for c in calls)
 
 
+@pytest.mark.slow
 def test_implicit_solver_derivatives_match_the_dense_solve_and_skip_the_factorisation():
     # `implicit_solver` differentiates x = W^-1 b by dx = W^-1 (db - dW x) with the same factors: forward and reverse
     # derivatives with respect to W and b must equal those of dense solves (jnp.linalg.solve per member) to 1e-10, and
@@ -269,6 +270,7 @@ def test_rodas5_block_solver_agrees_with_lapack_on_the_sle_model():
     assert abs(float(g_blk - g_lap)) < 1e-6 * abs(float(g_lap))
 
 
+@pytest.mark.slow
 def test_rodas5_forward_mode_on_the_sle_model_is_finite_and_matches_finite_differences():
     # Forward mode (`diffrax.ForwardMode`, the custom JVP without the member queue) through the block-LU Rodas5 solve
     # of the human SLE model, days -5..200: every sensitivity is finite and matches central differences of tight
