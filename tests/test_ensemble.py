@@ -450,6 +450,7 @@ def test_derivative_chunks_fit_the_cpu_cache():
         assert _autodiff._chunking(10000, ck.EnsembleRodas5(), sle, jnp.float64) == (3, 3334)
 
 
+@pytest.mark.slow
 def test_reverse_mode_gradient_through_a_parameter_dependent_breakpoint():
     # Stein 2019's vector field switches at t = tmax (a parameter, declared as a breakpoint): the segment end moves
     # with tmax, so the steps after it shift. The reverse-mode gradient of a loss on the observables (all six

@@ -184,6 +184,7 @@ def test_bad_arguments_raise():
         cio.to_antimony(OneCompartmentPK(), name="1 bad")
 
 
+@pytest.mark.slow
 def test_sle_model_under_the_erlangen_regimen_matches_roadrunner():
     from carkinetics.models.sle import erlangen_regimen, load_preset
 

@@ -245,6 +245,7 @@ def test_implicit_solver_derivatives_match_the_dense_solve_and_skip_the_factoris
     assert sizes["vectorized"][0] < 0.5 * sizes["vectorized"][1]
 
 
+@pytest.mark.slow
 def test_rodas5_block_solver_agrees_with_lapack_on_the_sle_model():
     # Two members of the human SLE model under the Erlangen regimen over the first 30 days: the block-triangular LU
     # (CPU default) and LAPACK on the full matrix take the same steps and agree to 1e-8 of each state's maximum

@@ -37,7 +37,7 @@ low F: they re-seed autoreactive memory at a small fraction of the pre-treatment
 is naive and the remission is a second, stable state of the same loop. `auto_breach` (ε) is the residual,
 milieu-independent breach rate: the slow, parameterised relapse risk. Below a critical ε the remission is stable;
 above it the loop re-ignites after a delay that grows as ε approaches the critical value, so relapse becomes a
-population-level probability once ε varies between patients (calibration, item 7 of issue 21). At the hand-set
+population-level probability once ε varies between patients (the virtual population). At the hand-set
 defaults (Erlangen regimen, MB-CART19.1) the critical ε lies between 0.003 and 0.01: ε ≤ 0.003 keeps SLEDAI < 1 for
 10 years, the default 0.01 relapses (SLEDAI > 4) after ~4.3 years, 0.02 after ~2.2 years. Flu/Cy alone spares
 enough autoreactive B cells for the loop to re-ignite within a year.
