@@ -174,7 +174,7 @@ def review_analyses(
 
 
 def _dose(d: float) -> str:
-    return f"{d:.2g}"
+    return f"{d:.2g}".replace("e+0", "e").replace("e+", "e")
 
 
 def _unit(endpoint: str) -> str:
@@ -430,6 +430,9 @@ def _analysis_sections(report: Any, pool: DoseOutcomes, res: ReviewAnalyses, fig
     )
     rows = []
     for e, name in enumerate(mon.events):
+        if mon.event_fraction[e] == 0.0:
+            rows.append([name, 0.0, "any", "no event within the horizon", "", ""])
+            continue
         for k, ival in enumerate(mon.intervals):
             rows.append(
                 [
