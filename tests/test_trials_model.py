@@ -448,3 +448,17 @@ def test_cli_report_with_the_review_analyses_under_custom_conditioning(tmp_path,
     with open(out / "operating_characteristics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     np.testing.assert_allclose([float(r["pool_dlt_rate"]) for r in rows[:-1]], ref.rates()["DLT"], atol=1e-12)
+
+
+@pytest.mark.slow
+def test_full_demo_has_a_trial_section_with_its_figures(tmp_path):
+    from carkinetics.models.sle import demo
+
+    step = next(s for s in demo.DEMO_STEPS if s.title == "Virtual dose-escalation trial")
+    path, skipped, failed = demo.run_demo(str(tmp_path), quick=False, steps=(step,), progress=None)
+    assert skipped == [] and failed == []
+    html, text = _report_text(path)
+    assert html.count("data:image/png;base64,") == 2  # selected dose, dose response
+    assert "Virtual trial: BOIN selects" in text and "<h3>Operating characteristics</h3>" in html
+    assert "in the report of `carkinetics trial`" in text
+    assert not list(tmp_path.glob("*.png"))  # embedded only: the demo declares every file it writes

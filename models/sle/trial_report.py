@@ -200,13 +200,16 @@ def add_trial_sections(
     analyses: ReviewAnalyses | None = None,
     settings: Mapping[str, Any] | None = None,
     analyses_note: str | None = None,
+    level: int = 2,
 ) -> dict[str, str]:
     """Append the sections of a model-linked trial to a `carkinetics.report.Report` (key findings included) and
     write their figures into `fig_dir`.
 
     **Arguments:** `pool` and `trial` (from `simulate_dose_outcomes`, `run_model_trial`); `analyses` (from
     `review_analyses`, or `None`: the report says they were not run, with `analyses_note` as the reason); `settings`:
-    `{label: value}` shown as the run's settings (preset, product, conditioning, seed, ...).
+    `{label: value}` shown as the run's settings (preset, product, conditioning, seed, ...); `level`: heading level
+    of the sections (2 for a report of its own, 3 inside a section of another report; the analyses' sections are
+    one level below, at most 3).
 
     **Returns:** `{figure name: path}` of the figures written.
     """
@@ -219,8 +222,8 @@ def add_trial_sections(
     figs: dict[str, str] = {}
 
     report.key_finding(
-        f"{oc.design} selects {_dose(doses[best])} cells/kg as the MTD most often ({100 * sel[best]:.0f} % of "
-        f"{n_trials:,} virtual trials); no MTD in {100 * sel[-1]:.1f} %; mean sample size "
+        f"Virtual trial: {oc.design} selects {_dose(doses[best])} cells/kg as the MTD most often "
+        f"({100 * sel[best]:.0f} % of {n_trials:,} virtual trials); no MTD in {100 * sel[-1]:.1f} %; mean sample size "
         f"{float(oc.mean_total_patients):.1f} patients."
     )
     report.key_finding(
@@ -232,7 +235,7 @@ def add_trial_sections(
         f"{trial.remission_at_selected:.2f}."
     )
 
-    report.heading("Design and virtual patients")
+    report.heading("Design and virtual patients", level)
     rows = [[k, str(v)] for k, v in (settings or {}).items()]
     rows += [
         ["design", oc.design],
@@ -251,7 +254,7 @@ def add_trial_sections(
     )
     report.note(DLT_NOTE)
 
-    report.heading("Operating characteristics")
+    report.heading("Operating characteristics", level)
     se = np.sqrt(sel * (1.0 - sel) / n_trials)
     rows = [
         [
@@ -277,7 +280,7 @@ def add_trial_sections(
     figs["selected_dose"] = trial_plots.plot_selected_dose(trial, os.path.join(fig_dir, "selected_dose.png"))
     report.figure(figs["selected_dose"], "Selected-dose distribution (bars) and the pool's DLT rate per dose (line).")
 
-    report.heading("Outcomes per dose")
+    report.heading("Outcomes per dose", level)
     table = pool.table()
     keys = list(table[0])
     headers = [
@@ -292,15 +295,17 @@ def add_trial_sections(
     figs["dose_response"] = trial_plots.plot_dose_response(pool, os.path.join(fig_dir, "dose_response.png"))
     report.figure(figs["dose_response"], "Outcome rates of the pool against dose.")
 
-    report.heading("Review analyses")
+    report.heading("Review analyses", level)
     if analyses is None:
         report.note(analyses_note or "The review analyses were not run.", kind="skipped")
         return figs
-    figs.update(_analysis_sections(report, pool, analyses, fig_dir))
+    figs.update(_analysis_sections(report, pool, analyses, fig_dir, min(level + 1, 3)))
     return figs
 
 
-def _analysis_sections(report: Any, pool: DoseOutcomes, res: ReviewAnalyses, fig_dir: str) -> dict[str, str]:
+def _analysis_sections(
+    report: Any, pool: DoseOutcomes, res: ReviewAnalyses, fig_dir: str, level: int
+) -> dict[str, str]:
     figs: dict[str, str] = {}
     d = res.dose_index
     dose = _dose(float(pool.doses[d]))
@@ -311,7 +316,7 @@ def _analysis_sections(report: Any, pool: DoseOutcomes, res: ReviewAnalyses, fig
 
     # 1. eligibility
     elig = res.eligibility
-    report.heading("Eligibility by severity and burden", level=3)
+    report.heading("Eligibility by severity and burden", level)
     report.text(
         "The pool split into equal-count groups of each baseline covariate (no new simulation): month-6 remission "
         "and DLT per group show which patients eligibility criteria on severity or burden would let in or keep out. "
@@ -343,7 +348,7 @@ def _analysis_sections(report: Any, pool: DoseOutcomes, res: ReviewAnalyses, fig
 
     # 2. conditioning
     cond = res.conditioning
-    report.heading("Conditioning: Flu/Cy intensity", level=3)
+    report.heading("Conditioning: Flu/Cy intensity", level)
     report.text(
         "Every patient of the population under each conditioning regimen (fludarabine mg/m² on days -5, -4, -3; "
         "cyclophosphamide mg/m² on day -3; Erlangen: Mackensen et al. 2022), in one solve. Conditioning acts through "
@@ -392,7 +397,7 @@ def _analysis_sections(report: Any, pool: DoseOutcomes, res: ReviewAnalyses, fig
 
     # 3. comparator arm
     pw = res.power
-    report.heading("Randomised comparator arm: power for month-6 remission", level=3)
+    report.heading("Randomised comparator arm: power for month-6 remission", level)
     report.text(
         f"A 1:1 randomised trial of CAR-T at {dose} cells/kg against standard of care, analysed with Fisher's exact "
         f"two-sided test at alpha {pw.alpha:g}; {pw.n_trials:,} simulated trials per sample size. CAR-T patients are "
@@ -420,7 +425,7 @@ def _analysis_sections(report: Any, pool: DoseOutcomes, res: ReviewAnalyses, fig
 
     # 4. monitoring
     mon = res.monitoring
-    report.heading("Monitoring schedule", level=3)
+    report.heading("Monitoring schedule", level)
     report.text(
         "Each patient's day of B-cell return (blood B cells back through 5 % of baseline), loss of detectable CAR-T "
         "(< 1 cell/µL), anti-dsDNA re-positivity and clinical relapse (SLEDAI back through 4) come from their "
