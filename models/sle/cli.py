@@ -316,8 +316,8 @@ class TrialCommand(Command):
     description = (
         "Draw virtual SLE patients (between-patient variability of baseline activity, B-cell, plasmablast "
         "and anti-dsDNA burden, eGFR, CAR-T expansion, myeloid responsiveness), simulate each patient "
-        "once at every dose in one batched solve (Erlangen Flu/Cy, CAR-T on day 0), read out DLT (CRS "
-        "grade >= 3), month-6 remission, B-cell aplasia and seroconversion, then run the design on "
+        "once at every dose in one batched solve (Flu/Cy of --flu/--cy, default Erlangen; CAR-T on day 0), "
+        "read out DLT (CRS grade >= 3), month-6 remission, B-cell aplasia and seroconversion, then run the design on "
         "patients resampled from that pool. Then (unless --no-analyses) the four review analyses at the dose the "
         "design selects most often: eligibility by baseline severity and burden, Flu/Cy conditioning intensity, "
         "the power of a randomised comparator arm for month-6 remission, and the monitoring schedule. Writes "
