@@ -619,7 +619,7 @@ class TrialCommand(Command):
         }
         command = ["carkinetics", "trial", "--preset", args.preset]
         command += [] if args.product is None else ["--product", args.product]
-        command += ["--doses", ",".join(f"{d:g}" for d in doses), "--design", args.design]
+        command += ["--doses", args.doses.replace(" ", ""), "--design", args.design]
         command += [] if args.design == "3+3" else ["--target", f"{args.target:g}"]
         command += [] if args.skeleton is None else ["--skeleton", args.skeleton]
         command += ["--flu", f"{args.flu:g}", "--cy", f"{args.cy:g}", "--trials", str(args.trials)]

@@ -414,7 +414,8 @@ def _analysis_sections(
     report.figure(figs["power"], "Power against patients per arm (dashed: 80 %).")
     enough = [int(n) for n, p in zip(pw.sample_sizes, pw.power) if p >= TARGET_POWER]
     reach = (
-        f"{enough[0]} patients per arm give {100 * TARGET_POWER:.0f} % power"
+        f"{enough[0]} patients per arm, the fewest of {pw.sample_sizes.tolist()} that reach "
+        f"{100 * TARGET_POWER:.0f} % power, give {pw.power[pw.sample_sizes.tolist().index(enough[0])]:.2f}"
         if enough
         else f"none of {pw.sample_sizes.tolist()} patients per arm reaches {100 * TARGET_POWER:.0f} % power"
     )
