@@ -92,7 +92,20 @@ class ReviewAnalyses(eqx.Module):
 
 
 def modal_dose_index(trial: ModelTrial) -> int:
-    """The dose the design selects as the MTD most often (index into `trial.doses`)."""
+    """The dose the design selects as the MTD most often (index into `trial.doses`).
+
+    **Example:**
+
+    ```python
+    import jax
+    import carkinetics.trials as ct
+    from carkinetics.models.sle import trials as st
+    from carkinetics.models.sle.trial_report import modal_dose_index
+    pool = st.simulate_dose_outcomes("human", [1e5, 1e6, 3e6, 1e7], n_patients=8, key=jax.random.key(0))
+    trial = st.run_model_trial(pool, ct.BOIN(target=0.3), n_trials=500, key=jax.random.key(1))
+    pool.doses[modal_dose_index(trial)]        # cells/kg
+    ```
+    """
     return int(np.argmax(np.asarray(trial.oc.selection_probability)[:-1]))
 
 
@@ -212,6 +225,24 @@ def add_trial_sections(
     one level below, at most 3).
 
     **Returns:** `{figure name: path}` of the figures written.
+
+    **Example:**
+
+    ```python
+    import os, tempfile
+    import jax
+    import carkinetics.trials as ct
+    from carkinetics.models.sle import trials as st
+    from carkinetics.models.sle.trial_report import add_trial_sections
+    from carkinetics.report import Report
+    pool = st.simulate_dose_outcomes("human", [1e5, 1e6, 3e6, 1e7], n_patients=8, key=jax.random.key(0))
+    trial = st.run_model_trial(pool, ct.BOIN(target=0.3), n_trials=500, key=jax.random.key(1))
+    rep = Report("My analysis")
+    rep.heading("A virtual trial")
+    out = tempfile.mkdtemp()
+    add_trial_sections(rep, pool=pool, trial=trial, fig_dir=out, level=3)
+    rep.write(os.path.join(out, "analysis.html"))
+    ```
     """
     oc = trial.oc
     doses = np.asarray(trial.doses, dtype=float)
@@ -494,6 +525,8 @@ def write_trial_report(
 
     **Returns:** `{"report": the report's absolute path, figure name: figure path, ...}`. Arguments as for
     `add_trial_sections`.
+
+    **Example:** see the module docstring.
     """
     import jax
 
