@@ -360,15 +360,9 @@ def test_mouse_syngeneic_car_t_no_runaway_durable_b_depletion(batch, name):
     assert o["crs_grade"].max() < 2.0
 
 
-_NZBW_GAP = (
-    "known gap of the NZB/W preset: B cells stay below 5 % of the strain's untreated count for ~132 d, "
-    "short of the >= 365 d lower bound (Kansal 2019); the MRL/lpr preset meets it"
-)
-
-
 @pytest.mark.parametrize(
     ("name", "short"),
-    [pytest.param("NZB/W", "nzbw", marks=pytest.mark.xfail(strict=True, reason=_NZBW_GAP)), ("MRL/lpr", "mrl")],
+    [("NZB/W", "nzbw"), ("MRL/lpr", "mrl")],
 )
 def test_mouse_presets_meet_the_published_lower_bounds(batch, name, short):
     """The murine targets are lower bounds (Kansal 2019: CAR-T active >= 1 year and B cells depleted; Kochenderfer
