@@ -113,7 +113,7 @@ def fingerprint(*objs: Any) -> str:
 class Checkpoint:
     """A checkpoint directory: its manifest and chunk files (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike, manifest: dict[str, Any]):
+    def __init__(self, path: str | os.PathLike, manifest: dict[str, Any], meaning: dict[str, str] | None = None):
         self.path = os.fspath(path)
         try:
             os.makedirs(self.path, exist_ok=True)
@@ -137,8 +137,8 @@ class Checkpoint:
                 diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
                 raise ValueError(
                     f"The checkpoint directory {self.path!r} belongs to a different run: it differs in {diff} "
-                    f"({_explain(diff)}). Resuming would mix results; use a new directory or delete this one to "
-                    "start afresh."
+                    f"({_explain(diff, meaning)}). Resuming would mix results; use a new directory or delete this "
+                    "one to start afresh."
                 )
         else:
             atomic_write(mpath, lambda fh: fh.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
@@ -168,6 +168,26 @@ class Checkpoint:
         # numpy's stubs match `**arrays` against `allow_pickle`; every entry is an array.
         atomic_write(self.file(i), lambda fh: np.savez(fh, ok=ok, **arrays))  # pyright: ignore[reportArgumentType]
 
+    def save_state(self, name: str, arrays: dict[str, Any]) -> None:
+        """Write the named arrays as `<name>.npz` (atomically: a reader sees the previous state or this one)."""
+        data = {k: np.asarray(v) for k, v in arrays.items()}
+        atomic_write(os.path.join(self.path, f"{name}.npz"), lambda fh: np.savez(fh, **data))  # pyright: ignore[reportArgumentType]
+
+    def load_state(self, name: str, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """The arrays `keys` of `<name>.npz`, or `None` if it was not written (`ValueError` naming the file to delete
+        when it is truncated, corrupt or lacks one of `keys`)."""
+        path = os.path.join(self.path, f"{name}.npz")
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path, "rb") as fh, np.load(fh) as z:
+                return {k: z[k] for k in keys}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(
+                f"The checkpoint file {path!r} is truncated or corrupt ({type(e).__name__}); delete that file "
+                "and run again to recompute what it held."
+            ) from None
+
 
 _MEANING = {
     "function_sha256": "the member function: model, regimen, save times, tolerances, metrics or other settings",
@@ -181,5 +201,16 @@ _MEANING = {
 }
 
 
-def _explain(keys: Sequence[str]) -> str:
-    return "; ".join(_MEANING.get(k, k) for k in keys)
+def _explain(keys: Sequence[str], meaning: dict[str, str] | None = None) -> str:
+    table = {**_MEANING, **(meaning or {})}
+    return "; ".join(table.get(k, k) for k in keys)
+
+
+def package_version() -> str:
+    """The installed carkinetics version (a checkpoint written by another version is not resumed)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("carkinetics")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
