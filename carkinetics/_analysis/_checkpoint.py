@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from .._core._files import atomic_write
+from ._interrupt import Interrupted, StopRequest
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
@@ -187,6 +188,37 @@ class Checkpoint:
                 f"The checkpoint file {path!r} is truncated or corrupt ({type(e).__name__}); delete that file "
                 "and run again to recompute what it held."
             ) from None
+
+
+class IterationStore:
+    """The state of an iterative fit after its last finished iteration, and a clean stop between iterations.
+
+    `after(k, state if due(k) else None)` writes `state` (a dict of arrays, plus `iteration = k`) to `state.npz` of
+    the checkpoint every `every` iterations and whenever a stop was requested, then raises
+    [`carkinetics.Interrupted`][] if one was (and `k < total`). `load(keys)` returns the last state written, or
+    `None`. Without a checkpoint only the clean stop remains.
+    """
+
+    def __init__(self, checkpoint: Checkpoint | None, stop: StopRequest, total: int, every: int = 1):
+        self.checkpoint, self.stop, self.total, self.every = checkpoint, stop, int(total), max(1, int(every))
+
+    def load(self, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
+        if self.checkpoint is None:
+            return None
+        return self.checkpoint.load_state("state", ["iteration", *keys])
+
+    def due(self, k: int) -> bool:
+        """Whether the state after iteration `k` is to be written (pass it to `after` then)."""
+        return self.checkpoint is not None and (self.stop.signum is not None or k % self.every == 0)
+
+    def after(self, k: int, state: dict[str, Any] | None) -> None:
+        """Write `state` (if given, see `due`) as the state after iteration `k`; raise [`carkinetics.Interrupted`][]
+        if a stop was requested and iterations remain."""
+        if self.checkpoint is not None and state is not None:
+            self.checkpoint.save_state("state", {"iteration": np.asarray(k), **state})
+        if self.stop.signum is not None and k < self.total:
+            path = None if self.checkpoint is None else self.checkpoint.path
+            raise Interrupted(self.stop.signum, k, self.total, path, "iterations")
 
 
 _MEANING = {
