@@ -54,3 +54,42 @@ def test_calibrate_stops_after_a_start_and_resumes_to_the_same_fit(tmp_path, cap
     assert rc == 2
     assert f"--checkpoint {ckpt}: The checkpoint directory '{ckpt}' belongs to a different run" in err
     assert "['starts_sha256'] (the start values)" in err
+
+
+def test_fit_population_stops_after_an_iteration_and_resumes_to_the_same_estimates(tmp_path, capsys, monkeypatch):
+    import json
+
+    import numpy as np
+
+    import carkinetics as ck
+    from carkinetics._inference import _focei
+
+    ckpt = tmp_path / "ck"
+    argv = [
+        "fit-population",
+        *["--data", ck.example_data("theophylline"), "--model", "OneCompartmentOralPK", "--time-unit", "h"],
+        *["--random", "ka=0.6,cl=0.3,v=0.1", "--error", "additive:0.7", "--init", "ka=37.8,cl=65.2,v=31.5"],
+        *["--no-plots", "--no-covariance", "--quiet"],
+    ]
+    _signal_on_call(monkeypatch, _focei, "expansion", 2, signal.SIGINT)
+    rc = cli.main([*argv, "--checkpoint", str(ckpt), "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert rc == 130, err
+    assert err.splitlines()[-1] == (
+        f"carkinetics fit-population: Stopped by SIGINT after 2 of 100 iterations; rerun the same command with the "
+        f"same checkpoint '{ckpt}' to resume."
+    )
+    assert not (tmp_path / "a" / "estimates.json").exists()
+    monkeypatch.undo()
+    assert cli.main([*argv, "--checkpoint", str(ckpt), "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "estimates.json").read_text()) for d in "ab")
+    for k in ("theta", "omega", "sigma"):
+        for name in a[k]:
+            np.testing.assert_allclose(a[k][name], b[k][name], rtol=1e-9, err_msg=f"{k}.{name}")
+    assert a["ofv"] == pytest.approx(b["ofv"], rel=1e-10) and a["iterations"] == b["iterations"]
+    capsys.readouterr()
+    other = [x if x != "ka=37.8,cl=65.2,v=31.5" else "ka=30,cl=65.2,v=31.5" for x in argv]
+    rc = cli.main([*other, "--checkpoint", str(ckpt), "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "belongs to a different run: it differs in ['model_sha256', 'problem_sha256']" in err

@@ -89,3 +89,25 @@ def test_saem_stopped_mid_run_resumes_to_the_same_chains(problem, tmp_path, monk
         ck.fit_population(problem, "saem", key=jax.random.key(4), checkpoint=tmp_path, **SAEM)
     with pytest.raises(ValueError, match=r"differs in \['key_sha256', 'method', 'settings'\]"):
         ck.fit_population(problem, "focei", checkpoint=tmp_path, **FOCEI)
+
+
+@pytest.mark.slow
+def test_nuts_stopped_after_a_chain_resumes_with_the_missing_chains(problem, tmp_path):
+    key = jax.random.key(5)
+    run = dict(num_warmup=30, num_samples=20, chains=2)
+    whole = ck.sample_population_posterior(problem, key, **run)
+    lines = []
+
+    def stop_after_first_chain(line):
+        lines.append(line)
+        if len(lines) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(ck.Interrupted) as info:
+        ck.sample_population_posterior(problem, key, checkpoint=tmp_path, progress=stop_after_first_chain, **run)
+    assert (info.value.done, info.value.total, info.value.unit) == (1, 2, "chains")
+    assert sorted(os.listdir(tmp_path)) == ["chunk_000000.npz", "manifest.json"]
+    resumed = ck.sample_population_posterior(problem, key, checkpoint=tmp_path, **run)
+    np.testing.assert_array_equal(resumed.positions, whole.positions)
+    with pytest.raises(ValueError, match=r"differs in \['settings'\]"):
+        ck.sample_population_posterior(problem, key, checkpoint=tmp_path, **{**run, "num_samples": 21})
