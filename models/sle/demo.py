@@ -381,7 +381,7 @@ def _overlay_published_targets(ctx: DemoContext, fig: Any, sol: ck.Solution) -> 
             "all" if o.kind == "band" else f"{o.t:g}",
             "" if o.kind == "band" or o.t_lo == o.t_hi else f"{o.t_lo:g}-{o.t_hi:g}",
             f"{o.y:.4g}",
-            f"{o.y_lo:.4g}-{o.y_hi:.4g}",
+            "" if o.y_lo == o.y_hi else f"{o.y_lo:.4g}-{o.y_hi:.4g}",
             o.label,
         ]
         for o in overlays
@@ -413,6 +413,7 @@ def _step_population(ctx: DemoContext) -> None:
         plot_population_bands,
         population_bands,
     )
+    from carkinetics.models.sle.population import SLE_IIV
     from carkinetics.models.sle.translation import arm_regimen, load_arm
     from carkinetics.plot import save_figure
 
@@ -432,7 +433,8 @@ def _step_population(ctx: DemoContext) -> None:
                 w.writerow([name, f"{float(t):g}", *(f"{float(v):.6g}" for v in pb.bands[name][:, j])])
     ctx.report.text(
         f"{n} virtual patients around the human preset, with the inter-individual variability of SLE_IIV "
-        "(models/sle/population.py: each random effect with its source and tag), under the Erlangen regimen, "
+        f"(models/sle/population.py: random effects on {', '.join(r.parameter for r in SLE_IIV)}, each with its "
+        "source and tag; an output that none of them reaches has a narrow band), under the Erlangen regimen, "
         f"days {float(ts[0]):g} to {float(ts[-1]):g}"
         + (f"; {pb.n_failed} failed solves are left out" if pb.n_failed else "")
         + ". Bands: 5-95 % and 25-75 % of the patients at each day; the published targets as on the course figure."

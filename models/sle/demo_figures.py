@@ -58,10 +58,16 @@ class TargetOverlay(NamedTuple):
 
 
 def author_year(row: Any) -> str:
-    """'Mackensen 2022' from a target's `source` (first word and first four-digit year); the id if it has none."""
-    year = re.search(r"\b(19|20)\d\d\b", row.source)
-    first = re.split(r"[\s,/]+", row.source.strip(), maxsplit=1)[0] if row.source.strip() else ""
-    return f"{first} {year.group(0)}" if first and year else row.target_id
+    """First author and year of a target: the first 'Name X et al., ... year' of its `source`, else the author and
+    year of an id such as `mackensen2022_...`, else the first 'Name year' of the source, else the id."""
+    m = re.search(r"([A-Z][A-Za-z-]+) [A-Z]{1,3} et al\.,[^;]*?((?:19|20)\d\d)", row.source)
+    if m:
+        return f"{m.group(1)} {m.group(2)}"
+    m = re.match(r"([a-z]+)((?:19|20)\d\d)_", row.target_id)
+    if m:
+        return f"{m.group(1).capitalize()} {m.group(2)}"
+    m = re.search(r"([A-Z][A-Za-z-]+) ((?:19|20)\d\d)\b", row.source)
+    return f"{m.group(1)} {m.group(2)}" if m else row.target_id
 
 
 def _interval(row: Any) -> tuple[float, float]:
@@ -110,7 +116,7 @@ def course_target_overlays(
             TargetOverlay(
                 "car_blood", (p.target_id, tm.target_id), "point", tm.value_in("d"), float(t_lo), float(t_hi),
                 p.value_in(units["car_blood"]), float(lo), float(hi),
-                f"CAR-T peak {author_year(p)} [{p.tag}] at day {author_year(tm)} [{tm.tag}]",
+                f"CAR-T peak {author_year(p)} [{p.tag}], its day {author_year(tm)} [{tm.tag}]",
             )
         )  # fmt: skip
     for r in rows.select(quantity="b_cell_reappearance_time"):
@@ -120,7 +126,8 @@ def course_target_overlays(
             out.append(
                 TargetOverlay(
                     "b_blood", (r.target_id,), "point", r.value_in("d"), t_lo, t_hi, level, level, level,
-                    f"B-cell reappearance {author_year(r)} ({r.measure} ± {r.spread_kind}) [{r.tag}]",
+                    f"B-cell reappearance {author_year(r)} ({r.measure} ± {r.spread_kind}; at "
+                    f"{B_RETURN_PER_UL:g} cells/µL) [{r.tag}]",
                 )
             )  # fmt: skip
     base = float(np.interp(0.0, ts, np.asarray(sol.observables.anti_dsdna)))
@@ -172,8 +179,10 @@ def overlay_targets(axes: dict[str, Any], overlays: Sequence[TargetOverlay]) -> 
             )
         drawn += 1
     for ax in {id(a): a for a in axes.values()}.values():
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="best")
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            unique = dict(zip(labels, handles))  # one entry per source (e.g. two time points of one study)
+            ax.legend(list(unique.values()), list(unique), fontsize=7, loc="best")
     return drawn
 
 
@@ -198,6 +207,11 @@ class PopulationBands(NamedTuple):
     bands: dict[str, np.ndarray]
     n: int
     n_failed: int
+
+
+def band_trajectories(sol: ck.Solution) -> dict[str, Any]:
+    """The `BAND_PANELS` observables of one solution over its save times (the per-member outputs of the sweep)."""
+    return {name: getattr(sol.observables, name) for name in BAND_PANELS}
 
 
 #: Percentiles of the band figure: 5-95 % (outer band), 25-75 % (inner band) and the median.
@@ -251,7 +265,7 @@ def plot_population_bands(
         if typical is not None:
             ax.plot(np.asarray(typical.ts), np.asarray(getattr(typical.observables, name)), "k--", lw=1.0)
         positive = q[4][np.isfinite(q[4]) & (q[4] > 0)]
-        if positive.size and positive.max() / max(np.nanmin(np.where(q[0] > 0, q[0], np.inf)), 1e-300) > 1e3:
+        if positive.size and positive.max() / max(np.nanmin(np.where(q[0] > 0, q[0], np.inf)), 1e-300) > 1e2:
             ax.set_yscale("log")
             ax.set_ylim(bottom=max(float(np.nanmin(q[0][q[0] > 0])), positive.max() * 1e-5) / 1.5)
         ax.set_title(titles.get(name, name), fontsize=10)
