@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -109,7 +109,7 @@ def course_target_overlays(
             )  # fmt: skip
     peaks, tmaxs = rows.select(quantity="car_peak_blood"), rows.select(quantity="car_tmax")
     if peaks and tmaxs:
-        p, tm = peaks[0], tmaxs[0]
+        p, tm = next(iter(peaks)), next(iter(tmaxs))
         lo, hi = (ck.convert_unit(v, p.unit, units["car_blood"]) for v in _interval(p))
         t_lo, t_hi = (ck.convert_unit(v, tm.unit, "d") for v in _interval(tm))
         out.append(
@@ -219,7 +219,7 @@ PERCENTILES = (5.0, 25.0, 50.0, 75.0, 95.0)
 
 
 def population_bands(
-    model: Any, regimen: Any, ts: Any, key: Any, n: int, engine: str = "ensemble"
+    model: Any, regimen: Any, ts: Any, key: Any, n: int, engine: Literal["ensemble", "vmap"] = "ensemble"
 ) -> tuple[PopulationBands, dict[str, np.ndarray]]:
     """`n` virtual patients (`sle_virtual_population` around `model`) under `regimen`, the percentiles of the
     `BAND_PANELS` observables at the save times `ts`; also returns the trajectories `{name: (n, T)}`."""
@@ -256,7 +256,7 @@ def plot_population_bands(
     from matplotlib.patches import Patch
 
     fig, axs = plt.subplots(2, 2, figsize=(10.5, 6.6), squeeze=False)
-    axes = dict(zip(BAND_PANELS, axs.ravel()))
+    axes: dict[str, Any] = dict(zip(BAND_PANELS, axs.ravel()))
     for name, ax in axes.items():
         q = pb.bands[name]
         ax.fill_between(pb.ts, q[0], q[4], color="C0", alpha=0.18, lw=0)
