@@ -26,6 +26,7 @@ def _signal_on_call(monkeypatch, module, name, k, signum):
     return calls
 
 
+@pytest.mark.slow  # three fits through the command line; the library's resume is tested in the default suite
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143)])
 def test_calibrate_stops_after_a_start_and_resumes_to_the_same_fit(tmp_path, capsys, monkeypatch, signum, code):
     p = _petab(tmp_path / "p")
@@ -56,6 +57,7 @@ def test_calibrate_stops_after_a_start_and_resumes_to_the_same_fit(tmp_path, cap
     assert "['starts_sha256'] (the start values)" in err
 
 
+@pytest.mark.slow  # two FOCEi fits through the command line; the library's resume is tested in the default suite
 def test_fit_population_stops_after_an_iteration_and_resumes_to_the_same_estimates(tmp_path, capsys, monkeypatch):
     import json
 
