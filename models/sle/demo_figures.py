@@ -137,7 +137,7 @@ def course_target_overlays(
             out.append(
                 TargetOverlay(
                     "anti_dsdna", (r.target_id,), "point", r.time, r.time, r.time, r.value * base, lo * base,
-                    hi * base, f"{author_year(r)} (fraction of baseline × model baseline) [{r.tag}]",
+                    hi * base, f"{author_year(r)} (B-cell depletion; fraction of baseline × model baseline) [{r.tag}]",
                 )
             )  # fmt: skip
     for r in rows.select(quantity="b_blood", measure="reference_range"):
