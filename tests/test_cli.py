@@ -529,8 +529,10 @@ def test_demo_quick_cli(tmp_path, capsys):
     # the quick run leaves the Sobol sweep out, and says so
     assert "note: Step 'Sensitivity sweep (Sobol indices)' is left out of the quick run" in out
     assert not (tmp_path / "sensitivity_sobol.csv").exists()
-    if not expected:  # figures: PK, human, human vs mouse, translation heatmap and waterfalls
-        assert html.count("data:image/png;base64,") == 5
+    if not expected:  # figures: PK, human, population bands, human vs mouse, translation heatmap and waterfalls
+        assert html.count("data:image/png;base64,") == 6
+        assert "Published targets on the course" in html and "Virtual population: percentile bands" in html
+        assert (tmp_path / "population_bands.png").stat().st_size > 0
         # key findings at the top (human course, translation); the narrative wraps (no <pre> block)
         assert html.index("Key findings") < html.index("Lymphodepletion pharmacokinetics")
         assert html.count("<li>Human SLE under the Erlangen regimen") == 1 and "<pre>" not in html

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from .._core._files import atomic_write
+from ._interrupt import Interrupted, StopRequest
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2
@@ -113,7 +114,7 @@ def fingerprint(*objs: Any) -> str:
 class Checkpoint:
     """A checkpoint directory: its manifest and chunk files (see the module docstring)."""
 
-    def __init__(self, path: str | os.PathLike, manifest: dict[str, Any]):
+    def __init__(self, path: str | os.PathLike, manifest: dict[str, Any], meaning: dict[str, str] | None = None):
         self.path = os.fspath(path)
         try:
             os.makedirs(self.path, exist_ok=True)
@@ -137,8 +138,8 @@ class Checkpoint:
                 diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
                 raise ValueError(
                     f"The checkpoint directory {self.path!r} belongs to a different run: it differs in {diff} "
-                    f"({_explain(diff)}). Resuming would mix results; use a new directory or delete this one to "
-                    "start afresh."
+                    f"({_explain(diff, meaning)}). Resuming would mix results; use a new directory or delete this "
+                    "one to start afresh."
                 )
         else:
             atomic_write(mpath, lambda fh: fh.write(json.dumps(manifest, indent=1, sort_keys=True).encode()))
@@ -168,6 +169,57 @@ class Checkpoint:
         # numpy's stubs match `**arrays` against `allow_pickle`; every entry is an array.
         atomic_write(self.file(i), lambda fh: np.savez(fh, ok=ok, **arrays))  # pyright: ignore[reportArgumentType]
 
+    def save_state(self, name: str, arrays: dict[str, Any]) -> None:
+        """Write the named arrays as `<name>.npz` (atomically: a reader sees the previous state or this one)."""
+        data = {k: np.asarray(v) for k, v in arrays.items()}
+        atomic_write(os.path.join(self.path, f"{name}.npz"), lambda fh: np.savez(fh, **data))  # pyright: ignore[reportArgumentType]
+
+    def load_state(self, name: str, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """The arrays `keys` of `<name>.npz`, or `None` if it was not written (`ValueError` naming the file to delete
+        when it is truncated, corrupt or lacks one of `keys`)."""
+        path = os.path.join(self.path, f"{name}.npz")
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path, "rb") as fh, np.load(fh) as z:
+                return {k: z[k] for k in keys}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(
+                f"The checkpoint file {path!r} is truncated or corrupt ({type(e).__name__}); delete that file "
+                "and run again to recompute what it held."
+            ) from None
+
+
+class IterationStore:
+    """The state of an iterative fit after its last finished iteration, and a clean stop between iterations.
+
+    `after(k, state if due(k) else None)` writes `state` (a dict of arrays, plus `iteration = k`) to `state.npz` of
+    the checkpoint every `every` iterations and whenever a stop was requested, then raises
+    [`carkinetics.Interrupted`][] if one was (and `k < total`). `load(keys)` returns the last state written, or
+    `None`. Without a checkpoint only the clean stop remains.
+    """
+
+    def __init__(self, checkpoint: Checkpoint | None, stop: StopRequest, total: int, every: int = 1):
+        self.checkpoint, self.stop, self.total, self.every = checkpoint, stop, int(total), max(1, int(every))
+
+    def load(self, keys: Sequence[str]) -> dict[str, np.ndarray] | None:
+        if self.checkpoint is None:
+            return None
+        return self.checkpoint.load_state("state", ["iteration", *keys])
+
+    def due(self, k: int) -> bool:
+        """Whether the state after iteration `k` is to be written (pass it to `after` then)."""
+        return self.checkpoint is not None and (self.stop.signum is not None or k % self.every == 0)
+
+    def after(self, k: int, state: dict[str, Any] | None) -> None:
+        """Write `state` (if given, see `due`) as the state after iteration `k`; raise [`carkinetics.Interrupted`][]
+        if a stop was requested and iterations remain."""
+        if self.checkpoint is not None and state is not None:
+            self.checkpoint.save_state("state", {"iteration": np.asarray(k), **state})
+        if self.stop.signum is not None and k < self.total:
+            path = None if self.checkpoint is None else self.checkpoint.path
+            raise Interrupted(self.stop.signum, k, self.total, path, "iterations")
+
 
 _MEANING = {
     "function_sha256": "the member function: model, regimen, save times, tolerances, metrics or other settings",
@@ -181,5 +233,16 @@ _MEANING = {
 }
 
 
-def _explain(keys: Sequence[str]) -> str:
-    return "; ".join(_MEANING.get(k, k) for k in keys)
+def _explain(keys: Sequence[str], meaning: dict[str, str] | None = None) -> str:
+    table = {**_MEANING, **(meaning or {})}
+    return "; ".join(table.get(k, k) for k in keys)
+
+
+def package_version() -> str:
+    """The installed carkinetics version (a checkpoint written by another version is not resumed)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("carkinetics")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0+unknown"

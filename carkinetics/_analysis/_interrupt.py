@@ -19,20 +19,22 @@ class Interrupted(KeyboardInterrupt):
     """A long run stopped cleanly after a signal, between two chunks.
 
     **Attributes:** `signum` (the signal: `signal.SIGINT` or `signal.SIGTERM`), `done` and `total` (chunks finished
-    and planned), `checkpoint` (the checkpoint directory, or `None`). Rerunning the same call with the same
+    and planned), `checkpoint` (the checkpoint directory, or `None`), `unit` (what was counted: `"chunks"`, `"starts"`
+    of a multistart fit, `"iterations"` of an iterative fit). Rerunning the same call with the same
     checkpoint resumes from the finished chunks. The conventional exit code of a command stopped this way is
     `128 + signum` (130 for SIGINT, 143 for SIGTERM).
     """
 
-    def __init__(self, signum: int, done: int, total: int, checkpoint: str | None):
+    def __init__(self, signum: int, done: int, total: int, checkpoint: str | None, unit: str = "chunks"):
         self.signum, self.done, self.total, self.checkpoint = int(signum), int(done), int(total), checkpoint
+        self.unit = unit
         name = signal.Signals(signum).name
         how = (
             f"rerun the same command with the same checkpoint {checkpoint!r} to resume"
             if checkpoint
             else "no checkpoint was given, so a rerun starts afresh (pass a checkpoint directory to resume)"
         )
-        super().__init__(f"Stopped by {name} after {done} of {total} chunks; {how}.")
+        super().__init__(f"Stopped by {name} after {done} of {total} {unit}; {how}.")
 
     @property
     def exit_code(self) -> int:
@@ -47,7 +49,7 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def stop_on_signals(label: str = "run", stream=None) -> Iterator[StopRequest]:
+def stop_on_signals(label: str = "run", stream=None, unit: str = "chunk") -> Iterator[StopRequest]:
     """Within the block, SIGINT/SIGTERM set `request.signum` instead of interrupting; a second SIGINT raises
     `KeyboardInterrupt` at once. Outside the main thread nothing is installed."""
     request = StopRequest()
@@ -63,7 +65,7 @@ def stop_on_signals(label: str = "run", stream=None) -> Iterator[StopRequest]:
             raise KeyboardInterrupt
         request.signum = signum
         out.write(
-            f"\n{label}: {signal.Signals(signum).name} received; stopping after the current chunk "
+            f"\n{label}: {signal.Signals(signum).name} received; stopping after the current {unit} "
             "(press Ctrl-C again to abort at once)\n"
         )
         out.flush()

@@ -19,6 +19,8 @@ The workflow:
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -26,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._analysis._checkpoint import Checkpoint, fingerprint, package_version
+from .._analysis._interrupt import Interrupted, stop_on_signals
 from .._core._custom_types import Array, Float
 from .._core._model import AbstractKineticModel
 from .._core._parameters import parameters
@@ -158,6 +162,86 @@ def _choose_engine(problem: CalibrationProblem, engine: str | None, linesearch: 
     return engine
 
 
+#: What each manifest entry of a fit checkpoint stands for (named when a checkpoint belongs to another fit).
+_FIT_MEANING = {
+    "model_sha256": "the model (its parameter values and structure)",
+    "regimen_sha256": "the regimen",
+    "targets_sha256": "the targets (data, times, error models)",
+    "priors_sha256": "the priors",
+    "bounds_sha256": "the estimated parameters and their bounds",
+    "solver_sha256": "the solver settings (solver, tolerances, max_steps, t0, failure loss)",
+    "optimiser": "the optimiser settings",
+    "starts_sha256": "the start values",
+    "n_starts": "the number of starts",
+    "version": "the carkinetics version",
+}
+
+
+def fit_manifest(problem: CalibrationProblem, starts: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a fit checkpoint: one entry per ingredient of a start's result, so that a checkpoint written
+    by another fit is refused with a message naming what differs."""
+    return {
+        "format": 1,
+        "kind": "multistart fit",
+        "model_sha256": fingerprint(problem.model),
+        "regimen_sha256": fingerprint(problem.regimen),
+        "targets_sha256": fingerprint(problem.targets, problem.ts, problem.obs_index),
+        "priors_sha256": fingerprint(problem.prior_mean, problem.prior_weight),
+        "bounds_sha256": fingerprint(problem.space),
+        "solver_sha256": fingerprint(
+            problem.solver, problem.rtol, problem.atol, problem.max_steps, problem.t0, problem.failure_loss
+        ),
+        "optimiser": settings,
+        "starts_sha256": fingerprint(np.asarray(starts)),
+        "n_starts": int(np.shape(starts)[0]),
+        "version": package_version(),
+    }
+
+
+def _chunked_starts(
+    problem: CalibrationProblem,
+    starts: Any,
+    chunk: int,
+    run_chunk: Callable[[Any], tuple[Any, Any, Any, Any]],
+    checkpoint: str | os.PathLike | None,
+    settings: dict[str, Any],
+) -> tuple[Any, Any, Any, Any]:
+    """Optimise the starts `chunk` at a time (the last chunk padded with its last start, so that one program is
+    compiled), each finished chunk written to `checkpoint`; SIGINT/SIGTERM stop between chunks."""
+    n = int(starts.shape[0])
+    n_chunks = -(-n // chunk)
+    ckpt = None if checkpoint is None else Checkpoint(checkpoint, fit_manifest(problem, starts, settings), _FIT_MEANING)
+    parts: list[list[np.ndarray] | None] = [None] * n_chunks
+    if ckpt is not None:
+        for i in range(n_chunks):
+            loaded = ckpt.load(i, 4)
+            if loaded is not None:
+                lo, hi = i * chunk, min(n, (i + 1) * chunk)
+                if any(len(x) != hi - lo for x in loaded[0]):
+                    raise ValueError(
+                        f"The checkpoint chunk {ckpt.file(i)!r} holds a different number of starts than chunk {i} "
+                        f"has ({hi - lo}); delete that file and run again to recompute it."
+                    )
+                parts[i] = loaded[0]
+    with stop_on_signals("fit", unit="chunk of starts") as stop:
+        for i in range(n_chunks):
+            if parts[i] is not None:
+                continue
+            if stop.signum is not None:
+                done = sum(min(n, (j + 1) * chunk) - j * chunk for j in range(n_chunks) if parts[j] is not None)
+                raise Interrupted(stop.signum, done, n, None if checkpoint is None else os.fspath(checkpoint), "starts")
+            lo, hi = i * chunk, min(n, (i + 1) * chunk)
+            z0s = starts[lo:hi]
+            if hi - lo < chunk:
+                z0s = jnp.concatenate([z0s, jnp.repeat(z0s[-1:], chunk - (hi - lo), axis=0)])
+            out = [np.asarray(x)[: hi - lo] for x in run_chunk(z0s)]
+            parts[i] = out
+            if ckpt is not None:
+                ckpt.save(i, out, np.ones(hi - lo, dtype=bool))
+    assert all(p is not None for p in parts)
+    return tuple(jnp.asarray(np.concatenate([p[k] for p in parts if p is not None])) for k in range(4))  # pyright: ignore[reportReturnType]
+
+
 def fit(
     problem: CalibrationProblem,
     *,
@@ -173,6 +257,8 @@ def fit(
     linesearch: str = "backtracking",
     engine: str | None = None,
     slots: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    chunk_starts: int | None = None,
 ) -> FitResult:
     """Minimise `problem.loss` from several starts at once: Adam (cosine-decayed) then L-BFGS.
 
@@ -200,6 +286,15 @@ def fit(
       or `"zoom"` (strong Wolfe; vmap engine only).
     - `slots`: members integrated at once by the ensemble engine (see `simulate_ensemble`; default: one per start,
       no member queue, the fastest for the reverse-mode gradients the fit takes).
+    - `checkpoint`: a directory; each finished chunk of starts is written there (`chunk_<6 digits>.npz`, atomically)
+      next to a `manifest.json` keyed on everything that determines a start's result: the model, the regimen, the
+      targets (data and error models), the priors, the parameter bounds, the solver settings, the optimiser settings,
+      the start values and the package version. Rerunning the same fit resumes from the finished chunks; a
+      directory written by a different fit is refused with a `ValueError` that names what differs, a corrupt chunk
+      with one that names the file to delete. SIGINT/SIGTERM stop the fit after the chunk in progress with
+      [`carkinetics.Interrupted`][] (a second SIGINT aborts at once).
+    - `chunk_starts`: starts optimised together in one compiled program (default: all of them, or one per chunk with
+      a `checkpoint`). The starts are independent, so the result does not depend on it beyond rounding.
     - `gtol`, `ftol`: convergence criteria: a start has converged when its gradient norm (unconstrained scale) is
       at most `gtol`, or when its loss changed by at most `ftol` (relative) over the last 5 iterations with a
       gradient norm at most `sqrt(ftol) * max(1, |loss|)`; in both cases only from a finite loss below
@@ -235,14 +330,33 @@ def fit(
     starts = jnp.asarray(starts, dtype=problem.z0.dtype)
     if starts.ndim != 2 or starts.shape[1] != problem.z0.shape[0]:
         raise ValueError(f"`starts` must have shape (S, {problem.z0.shape[0]}), got {starts.shape}.")
+    n_starts = int(starts.shape[0])
+    if chunk_starts is None:
+        chunk_starts = 1 if checkpoint is not None else n_starts
+    if isinstance(chunk_starts, bool) or not isinstance(chunk_starts, int) or chunk_starts < 1:
+        raise ValueError(f"`chunk_starts` must be a positive int or None, got {chunk_starts!r}.")
+    chunk_starts = min(chunk_starts, n_starts)
     mask = jnp.ones_like(problem.z0)
     lr = jnp.asarray(learning_rate, problem.z0.dtype)
-    if engine == "ensemble":
-        z_final, losses, gnorms, hist = _run_multistart_ensemble(
-            problem, starts, adam_steps, lbfgs_steps, lr, mask, slots
-        )
+
+    def run_chunk(z0s):
+        if engine == "ensemble":
+            return _run_multistart_ensemble(problem, z0s, adam_steps, lbfgs_steps, lr, mask, slots)
+        return _run_multistart(problem, z0s, adam_steps, lbfgs_steps, lr, mask, linesearch)
+
+    if checkpoint is None and chunk_starts == n_starts:
+        z_final, losses, gnorms, hist = run_chunk(starts)
     else:
-        z_final, losses, gnorms, hist = _run_multistart(problem, starts, adam_steps, lbfgs_steps, lr, mask, linesearch)
+        settings = {
+            "adam_steps": adam_steps,
+            "lbfgs_steps": lbfgs_steps,
+            "learning_rate": float(learning_rate),
+            "linesearch": linesearch,
+            "engine": engine,
+            "slots": slots,
+            "chunk_starts": chunk_starts,
+        }
+        z_final, losses, gnorms, hist = _chunked_starts(problem, starts, chunk_starts, run_chunk, checkpoint, settings)
     start_losses = np.asarray(hist)[:, 0]  # the loss at each start, from the fit's own first evaluation
     if not np.any(np.isfinite(start_losses) & (start_losses < problem.failure_loss)):
         reasons = problem.diagnose(starts[0])

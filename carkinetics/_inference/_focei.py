@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._analysis._checkpoint import IterationStore
 from .._core._custom_types import Array
 from . import _smalllinalg as sl
 from ._population_model import PopulationProblem
@@ -374,6 +375,10 @@ def newton_decrement(g: np.ndarray, b: np.ndarray) -> float:
     return 0.5 * float(z @ z)
 
 
+#: What a FOCEi checkpoint keeps after an outer iteration (besides the iteration number).
+_FOCEI_STATE = ("psi", "eta", "ebe_converged", "ebe_iterations", "solves", "radius", "history")
+
+
 class FOCEiResult(NamedTuple):
     psi: Array
     state: EBEState
@@ -394,16 +399,28 @@ def focei(
     max_iter: int = 100,
     tol: float = 1e-4,
     progress: Callable[[str], None] | None = None,
+    store: IterationStore | None = None,
 ) -> FOCEiResult:
-    """Minimise the FOCEi OFV over the population parameters (see the module docstring)."""
+    """Minimise the FOCEi OFV over the population parameters (see the module docstring). With `store`, the state
+    after each outer iteration is kept (and resumed from), and a requested stop ends the run between iterations."""
     psi = problem.psi0 if psi0 is None else jnp.asarray(psi0)
     n, q = problem.data.n_subjects, len(problem.random)
     eta = jnp.zeros((n, q), dtype=psi.dtype) if eta0 is None else jnp.asarray(eta0)
     t0 = time.perf_counter()
-    state = estimate_eta(problem, psi, eta)
-    solves = state.iterations + 1
-    ofv = state.ofv
-    history = [ofv]
+    radius = 0.5
+    first = 1
+    saved = None if store is None else store.load(_FOCEI_STATE)
+    if saved is not None:  # resume after the last finished iteration: the EBEs there and what was computed at them
+        psi, eta = jnp.asarray(saved["psi"]), jnp.asarray(saved["eta"])
+        pred, jac, ok, cond = _evaluate(problem, psi, eta)
+        state = EBEState(eta, cond, pred, jac, ok, saved["ebe_converged"], int(saved["ebe_iterations"]))
+        solves, radius, first = int(saved["solves"]), float(saved["radius"]), int(saved["iteration"]) + 1
+        history = [float(h) for h in saved["history"]]
+    else:
+        state = estimate_eta(problem, psi, eta)
+        solves = state.iterations + 1
+        history = [state.ofv]
+    ofv = history[-1]
     if not np.isfinite(ofv):
         bad = [problem.data.ids[i] for i in np.flatnonzero(~np.asarray(state.cond.ok))]
         return FOCEiResult(
@@ -418,13 +435,12 @@ def focei(
             np.full(psi.shape * 2, np.nan),
             solves,
         )
-    radius = 0.5
     converged = False
     message = f"stopped after max_iter = {max_iter} iterations without convergence"
     g = np.full(psi.shape, np.nan)
     b = np.full(psi.shape * 2, np.nan)
-    it = 0
-    for it in range(1, max_iter + 1):
+    it = first - 1
+    for it in range(first, max_iter + 1):
         ex = expansion(problem, psi, state)
         solves += 4 * len(problem.names)
         gj = _surrogate_derivatives(problem, psi, ex, state.eta)[1]
@@ -473,6 +489,21 @@ def focei(
             else:
                 message = f"no step decreases the OFV (trust radius {radius:.2g}, Newton decrement {dec:.3g})"
             break
+        if store is not None:
+            store.after(
+                it,
+                {
+                    "psi": psi,
+                    "eta": state.eta,
+                    "ebe_converged": state.converged,
+                    "ebe_iterations": state.iterations,
+                    "solves": solves,
+                    "radius": radius,
+                    "history": np.asarray(history),
+                }
+                if store.due(it)
+                else None,
+            )
     if not state.converged.all():
         bad = [problem.data.ids[i] for i in np.flatnonzero(~state.converged)]
         converged = False

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
+from .._core._files import atomic_text_file
 from ._popdata import TIME_UNITS
 from ._population_model import PopulationProblem
 
@@ -151,10 +152,10 @@ def population_diagnostics(fit: Any, *, npde_key: Any = None, npde_samples: int 
 
 
 def write_table(table: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Write a column table (dict of equal-length arrays) as CSV."""
+    """Write a column table (dict of equal-length arrays) as CSV (atomically: temporary file, then rename)."""
     keys = list(table)
     n = len(next(iter(table.values()))) if table else 0
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_text_file(path, newline="") as fh:
         w = csv.writer(fh)
         w.writerow(keys)
         for r in range(n):

@@ -13,10 +13,12 @@ density of the observed `y`, Jacobian included.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import equinox as eqx
@@ -24,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._analysis._checkpoint import Checkpoint, IterationStore, fingerprint, package_version
+from .._analysis._interrupt import stop_on_signals
 from ._focei import covariance_step, estimate_eta, focei
 from ._population_model import LOG_2PI, PopulationProblem
 
@@ -290,6 +294,46 @@ def _printer(progress: bool | Callable[[str], None]) -> Callable[[str], None] | 
     return None
 
 
+#: What each manifest entry of a population-fit checkpoint stands for (named when it belongs to another fit).
+POPULATION_MEANING = {
+    "method": "the estimation method",
+    "model_sha256": "the model (its parameter values and structure)",
+    "data_sha256": "the data set",
+    "problem_sha256": "the population model (random effects, initial values, error model, covariates, blocks)",
+    "settings": "the estimation settings",
+    "key_sha256": "the random key (--seed)",
+    "version": "the carkinetics version",
+}
+
+
+def population_manifest(problem: PopulationProblem, method: str, settings: dict[str, Any], key: Any) -> dict:
+    """The manifest of a population-fit checkpoint: one entry per ingredient of the fit, so that a checkpoint of
+    another fit is refused with a message naming what differs."""
+    key_data = None if key is None else np.asarray(jax.random.key_data(key))
+    return {
+        "format": 1,
+        "kind": "population fit",
+        "method": method,
+        "model_sha256": fingerprint(problem.model),
+        "data_sha256": fingerprint(problem.data),
+        "problem_sha256": fingerprint(problem),
+        "settings": settings,
+        "key_sha256": fingerprint(key_data),
+        "version": package_version(),
+    }
+
+
+@contextlib.contextmanager
+def iteration_store(
+    checkpoint: str | os.PathLike | None, manifest: dict, total: int, label: str, every: int = 1
+) -> Iterator[IterationStore]:
+    """An [`IterationStore`][] over the checkpoint directory `checkpoint` (or none), with SIGINT/SIGTERM turned
+    into a clean stop between iterations for the duration of the block."""
+    ckpt = None if checkpoint is None else Checkpoint(checkpoint, manifest, POPULATION_MEANING)
+    with stop_on_signals(label, unit="iteration") as stop:
+        yield IterationStore(ckpt, stop, total, every)
+
+
 def fit_population(
     problem: PopulationProblem,
     method: str = "focei",
@@ -302,6 +346,7 @@ def fit_population(
     saem_iterations: tuple[int, int] = (250, 150),
     chains: int | None = None,
     importance_samples: int = 300,
+    checkpoint: str | os.PathLike | None = None,
 ) -> PopulationFit:
     """Estimate the population parameters of `problem` by FOCEi or SAEM.
 
@@ -323,6 +368,14 @@ def fit_population(
     - `saem_iterations`: `(K1, K2)`, the SAEM iterations with step size 1 (exploration) and `1/k` (convergence).
     - `chains`: Markov chains per subject for SAEM (default: enough for 50 chains in all).
     - `importance_samples`: samples per subject for the importance-sampling OFV of SAEM (0 to skip).
+    - `checkpoint`: a directory where the state of the estimation is kept (atomically) after every FOCEi outer
+      iteration, or every 10 SAEM iterations, next to a `manifest.json` keyed on the model, the data, the
+      population model, the settings, the key and the package version. Rerunning the same fit resumes from the
+      last state kept and ends where the uninterrupted fit ends; a directory of another fit is refused with a
+      `ValueError` naming what differs, a corrupt state file with one naming the file to delete. SIGINT/SIGTERM
+      stop the estimation after the iteration in progress with [`carkinetics.Interrupted`][] (the state is kept
+      first); a second SIGINT aborts at once. The covariance step and the importance sampling, which follow the
+      estimation, are recomputed.
 
     **Returns:** a [`carkinetics.PopulationFit`][].
 
@@ -351,7 +404,10 @@ def fit_population(
     say = _printer(progress)
     t0 = time.perf_counter()
     if method == "focei":
-        res = focei(problem, max_iter=100 if max_iter is None else int(max_iter), tol=tol, progress=say)
+        n_iter = 100 if max_iter is None else int(max_iter)
+        manifest = population_manifest(problem, "focei", {"max_iter": n_iter, "tol": float(tol)}, None)
+        with iteration_store(checkpoint, manifest, n_iter, "fit-population") as store:
+            res = focei(problem, max_iter=n_iter, tol=tol, progress=say, store=store)
         times = {"estimation": time.perf_counter() - t0}
         return build_result(
             problem,
@@ -371,7 +427,11 @@ def fit_population(
         raise ValueError("SAEM needs a `key` (jax.random.key(...)) for its Markov chains.")
     from ._saem import fisher_information, importance_sampling_ofv, saem
 
-    res = saem(problem, key, iterations=saem_iterations, chains=chains, progress=say)
+    settings = {"saem_iterations": [int(x) for x in saem_iterations], "chains": chains}
+    manifest = population_manifest(problem, "saem", settings, key)
+    total = sum(int(x) for x in saem_iterations)
+    with iteration_store(checkpoint, manifest, total, "fit-population", every=10) as store:
+        res = saem(problem, key, iterations=saem_iterations, chains=chains, progress=say, store=store)
     state = estimate_eta(problem, res.psi, res.eta_mean)
     given = None
     if covariance in (True, "sa") and res.chains is not None:

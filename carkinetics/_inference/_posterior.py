@@ -21,6 +21,7 @@ counted per chain.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -31,8 +32,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._analysis._checkpoint import Checkpoint, fingerprint
+from .._analysis._interrupt import Interrupted, stop_on_signals
 from .._analysis._population import Population
 from .._core._parameters import parameters
+from ._popfit import POPULATION_MEANING, population_manifest
 from ._population_model import PopulationParameters, PopulationProblem
 from ._problem import PRIOR_SD
 
@@ -307,6 +311,7 @@ def sample_population_posterior(
     centered: bool = True,
     dense_mass: bool = False,
     progress: bool | Callable[[str], None] = False,
+    checkpoint: str | os.PathLike | None = None,
 ) -> PopulationPosterior:
     """Sample the posterior of a population model with NUTS (blackjax) through the ODE.
 
@@ -320,6 +325,11 @@ def sample_population_posterior(
       default the problem's initial values with zero random effects.
     - `target_acceptance`, `max_num_doublings`: NUTS settings.
     - `progress`: print a line per chain.
+    - `checkpoint`: a directory where every finished chain is kept (atomically, `chunk_<chain>.npz`) next to a
+      `manifest.json` keyed on the model, the data, the population model, the sampler settings, `init`, the key
+      and the package version; rerunning the same call resumes with the missing chains. A directory of another
+      run is refused with a `ValueError` naming what differs. SIGINT/SIGTERM stop after the chain in progress with
+      [`carkinetics.Interrupted`][].
 
     **Returns:** a [`carkinetics.PopulationPosterior`][] with R-hat, ESS and divergences.
 
@@ -370,20 +380,42 @@ def sample_population_posterior(
         _, (pos, div, n_steps) = jax.lax.scan(one, state, jax.random.split(k_sample, num_samples))
         return pos, div, n_steps, params["step_size"]
 
-    for c in range(chains):
-        kc = jax.random.fold_in(key, c)
-        start = x0 + 0.05 * jax.random.normal(jax.random.fold_in(kc, 99), x0.shape, dtype=x0.dtype)
-        pos, div, n_steps, eps = run_chain(kc, start)
-        positions.append(np.asarray(pos))
-        divergent.append(int(np.sum(np.asarray(div))))
-        steps.append(float(np.mean(np.asarray(n_steps))))
-        step_sizes.append(float(eps))
-        if say:
-            say(
-                f"nuts: chain {c + 1}/{chains} done ({num_warmup} warm-up + {num_samples} draws, step size "
-                f"{float(eps):.3g}, {steps[-1]:.1f} leapfrog steps per draw, {divergent[-1]} divergences), "
-                f"{time.perf_counter() - t0:.0f}s"
-            )
+    settings = {
+        "num_warmup": num_warmup,
+        "num_samples": num_samples,
+        "chains": chains,
+        "target_acceptance": float(target_acceptance),
+        "max_num_doublings": max_num_doublings,
+        "centered": centered,
+        "dense_mass": dense_mass,
+        "init_sha256": fingerprint(np.asarray(x0)),
+    }
+    manifest = population_manifest(problem, "nuts", settings, key)
+    ckpt = None if checkpoint is None else Checkpoint(checkpoint, manifest, POPULATION_MEANING)
+    with stop_on_signals("nuts", unit="chain") as stop:
+        for c in range(chains):
+            loaded = None if ckpt is None else ckpt.load(c, 3)
+            if loaded is not None:
+                pos, div, n_steps = loaded[0]
+                eps = float(loaded[1][0])
+            else:
+                if stop.signum is not None:
+                    raise Interrupted(stop.signum, c, chains, None if ckpt is None else ckpt.path, "chains")
+                kc = jax.random.fold_in(key, c)
+                start = x0 + 0.05 * jax.random.normal(jax.random.fold_in(kc, 99), x0.shape, dtype=x0.dtype)
+                pos, div, n_steps, eps = (np.asarray(x) for x in run_chain(kc, start))
+                if ckpt is not None:
+                    ckpt.save(c, [pos, div, n_steps], np.asarray([eps]))
+            positions.append(np.asarray(pos))
+            divergent.append(int(np.sum(np.asarray(div))))
+            steps.append(float(np.mean(np.asarray(n_steps))))
+            step_sizes.append(float(eps))
+            if say:
+                say(
+                    f"nuts: chain {c + 1}/{chains} done ({num_warmup} warm-up + {num_samples} draws, step size "
+                    f"{float(eps):.3g}, {steps[-1]:.1f} leapfrog steps per draw, {divergent[-1]} divergences), "
+                    f"{time.perf_counter() - t0:.0f}s"
+                )
     pos = np.stack(positions)  # (C, S, dim)
     unpack = jax.jit(jax.vmap(lambda x: _unpack(problem, lay, x)[:2]))
     flat = jnp.asarray(pos.reshape(-1, pos.shape[-1]))

@@ -39,8 +39,25 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
+from .._analysis._checkpoint import IterationStore
 from . import _smalllinalg as sl
 from ._population_model import PopulationProblem
+
+#: What a SAEM checkpoint keeps after an iteration (besides the iteration number; the key is split again).
+_SAEM_STATE = (
+    "psi",
+    "eta",
+    "m2ll",
+    "pred",
+    "ok",
+    "scale",
+    "scale_c",
+    "s_xphi",
+    "s_2",
+    "trajectory",
+    "acceptance",
+    "history",
+)
 
 
 class SAEMResult(NamedTuple):
@@ -192,8 +209,11 @@ def saem(
     iterations: tuple[int, int] = (250, 150),
     chains: int | None = None,
     progress: Callable[[str], None] | None = None,
+    store: IterationStore | None = None,
 ) -> SAEMResult:
-    """Run SAEM from `problem.psi0` (see the module docstring)."""
+    """Run SAEM from `problem.psi0` (see the module docstring). With `store`, the whole state of the chains and of
+    the stochastic approximation is kept every few iterations (and resumed from: the continued run is the
+    uninterrupted one), and a requested stop ends the run between iterations."""
     missing = [n for n in problem.names if n not in problem.random]
     if missing:
         raise ValueError(
@@ -226,7 +246,20 @@ def saem(
     t0 = time.perf_counter()
     total = k1 + k2
     ok = jnp.zeros(n * c, dtype=bool)
-    for k in range(1, total + 1):
+    first = 1
+    saved = None if store is None else store.load(_SAEM_STATE)
+    if saved is not None:
+        first = int(saved["iteration"]) + 1
+        for _ in range(first - 1):  # the key after that many iterations
+            key, _ = jax.random.split(key)
+        psi, eta, m2ll, pred = (jnp.asarray(saved[x]) for x in ("psi", "eta", "m2ll", "pred"))
+        ok = jnp.asarray(saved["ok"])
+        scale, scale_c = float(saved["scale"]), np.asarray(saved["scale_c"], float)
+        stats = (np.asarray(saved["s_xphi"]), np.asarray(saved["s_2"]))
+        trajectory = list(np.asarray(saved["trajectory"]))
+        acceptance = [float(a) for a in saved["acceptance"]]
+        history = [float(h) for h in saved["history"]]
+    for k in range(first, total + 1):
         key, sub = jax.random.split(key)
         eta, m2ll, pred, ok, rate_j, rate_c, phi_j, omega_j = _mh_steps(
             pc, psi, eta, m2ll, pred, ok, sub, jnp.asarray(scale, dtype=psi.dtype), jnp.asarray(scale_c, psi.dtype)
@@ -282,6 +315,27 @@ def saem(
             progress(
                 f"saem: iteration {k}/{total} ({'exploration' if k <= k1 else 'convergence'}), acceptance "
                 f"{rate:.2f}, -2 log p(y | eta) {history[-1]:.3f}, {time.perf_counter() - t0:.1f}s"
+            )
+        if store is not None:
+            assert stats is not None
+            store.after(
+                k,
+                {
+                    "psi": psi,
+                    "eta": eta,
+                    "m2ll": m2ll,
+                    "pred": pred,
+                    "ok": ok,
+                    "scale": scale,
+                    "scale_c": scale_c,
+                    "s_xphi": stats[0],
+                    "s_2": stats[1],
+                    "trajectory": np.stack(trajectory),
+                    "acceptance": np.asarray(acceptance),
+                    "history": np.asarray(history),
+                }
+                if store.due(k)
+                else None,
             )
     traj = np.stack(trajectory)
     finite = bool(np.all(np.isfinite(traj[-1])) and np.all(np.isfinite(np.asarray(m2ll))))

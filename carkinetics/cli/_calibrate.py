@@ -123,9 +123,11 @@ class CalibrateCommand(Command):
         "convergence.md and fit diagnostics (fit.png: data vs fitted trajectories; fit_obs_vs_pred.png, "
         "fit_residuals.png). The lowerBound/upperBound of parameters.tsv bound the fit. A fit whose best "
         "start did not converge (or ran to a bound) still writes its files, says that it failed and exits "
-        "with code 4."
+        "with code 4. With --checkpoint DIR every finished start is kept in DIR; a rerun of the same command "
+        "resumes from them (SIGINT/SIGTERM stop after the start in progress, exit 130/143)."
     )
     outputs = ("fitted_parameters.csv", "convergence.md", "fit.png", "fit_obs_vs_pred.png", "fit_residuals.png")
+    checkpoint_unit = "starts"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_run_args(parser, times=False)
@@ -138,6 +140,19 @@ class CalibrateCommand(Command):
             help="seed of the multistart points, as jax.random.key(seed) (default 0)",
         )
         add_engine_arg(parser)
+        parser.add_argument(
+            "--checkpoint",
+            metavar="DIR",
+            default=None,
+            help="write each finished start (or chunk of starts, see --chunk-size) to DIR; rerunning the same "
+            "command resumes from them (a DIR written by a different fit is refused, naming what differs)",
+        )
+        parser.add_argument(
+            "--chunk-size",
+            type=whole_number(1, 10_000),
+            default=None,
+            help="starts optimised together in one compiled program (default: all, or 1 with --checkpoint)",
+        )
 
     def run(self, args: argparse.Namespace, ctx: Context) -> int:
         import jax
@@ -187,8 +202,18 @@ class CalibrateCommand(Command):
         prog.advance()
         prog.step(f"multistart fit ({args.starts} starts, compiled once)")
         try:
-            res = ck.fit(cp, key=jax.random.key(args.seed), n_starts=args.starts, engine=args.engine)
-        except ValueError as err:  # every start gives the failure penalty: the data cannot be fitted
+            res = ck.fit(
+                cp,
+                key=jax.random.key(args.seed),
+                n_starts=args.starts,
+                engine=args.engine,
+                checkpoint=args.checkpoint,
+                chunk_starts=args.chunk_size,
+            )
+        except ValueError as err:
+            if args.checkpoint is not None and str(err).startswith("The checkpoint"):  # stale or corrupt
+                raise UserError(f"--checkpoint {args.checkpoint}: {err}") from None
+            # every start gives the failure penalty: the data cannot be fitted
             raise FitFailed(f"it could not start: {err}") from None
         prog.advance()
         prog.step("writing results")

@@ -24,7 +24,8 @@ EPILOG = f"""exit codes: {EXIT_OK} success; {EXIT_USAGE} bad arguments or input 
 (the message says which);
 {EXIT_UNAVAILABLE} feature not available in this installation; {EXIT_NUMERICAL} the solver or the fit failed for these
 inputs; {EXIT_PROCESS_FAILED} a process of a multi-process run failed (rerun with the same --checkpoint to resume);
-130/143 stopped by SIGINT/SIGTERM after the chunk in progress (rerun with the same --checkpoint to resume);
+130/143 stopped by SIGINT/SIGTERM after the chunk, start or iteration in progress (rerun with the same
+--checkpoint to resume);
 {EXIT_INTERNAL} internal error (please report it with the traceback)."""
 
 ENGINES = ("ensemble", "vmap")

@@ -84,6 +84,7 @@ class FitPopulationCommand(Command):
         "individual_fits.png",
         "vpc.png",
     )
+    checkpoint_unit = "iterations"
     description = (
         "Fit a nonlinear mixed-effects model to a NONMEM-style data set (ID, TIME, AMT, DV, EVID, MDV, CMT, "
         "BLQ/LLOQ, covariates): log-normal random effects on the parameters named by --random, a residual "
@@ -91,7 +92,10 @@ class FitPopulationCommand(Command):
         "omega as variances, sigma, ofv, se, shrinkage, converged, n_subjects, n_observations), "
         "summary.txt, diagnostics.csv (PRED, IPRED, IWRES, WRES, CWRES per observation), individual.csv "
         "(EBEs and individual parameters) and goodness-of-fit, individual-fit and VPC plots. Exit code 4 "
-        "when the fit did not converge (the outputs are still written, with converged = false)."
+        "when the fit did not converge (the outputs are still written, with converged = false). With "
+        "--checkpoint DIR the state of the estimation (FOCEi: after every outer iteration; SAEM: every 10 "
+        "iterations; NUTS: every finished chain) is kept in DIR and a rerun of the same command resumes from it; "
+        "SIGINT/SIGTERM stop after the iteration in progress (exit 130/143)."
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -138,12 +142,20 @@ class FitPopulationCommand(Command):
         parser.add_argument("--no-covariance", action="store_true", help="skip the covariance step (no SEs)")
         parser.add_argument("--no-plots", action="store_true", help="write tables only")
         parser.add_argument("--samples", type=int, default=500, help="NUTS draws per chain (default 500)")
+        parser.add_argument(
+            "--checkpoint",
+            metavar="DIR",
+            default=None,
+            help="keep the state of the estimation in DIR (FOCEi/SAEM iterations, NUTS chains); rerunning the same "
+            "command resumes from it (a DIR written by a different fit is refused, naming what differs)",
+        )
 
     def run(self, args: argparse.Namespace, ctx: Context) -> int:
         import jax
         import numpy as np
 
         import carkinetics as ck
+        import carkinetics.io as cio
 
         model = ctx.plugins.model_class(args.model)()
         if args.init:
@@ -192,12 +204,21 @@ class FitPopulationCommand(Command):
         key = jax.random.key(args.seed)
         if args.method == "nuts":
             return self._nuts(problem, key, args, out, say)
-        fit = ck.fit_population(problem, args.method, key=key, covariance=not args.no_covariance, progress=say or False)
+        try:
+            fit = ck.fit_population(
+                problem,
+                args.method,
+                key=key,
+                covariance=not args.no_covariance,
+                progress=say or False,
+                checkpoint=args.checkpoint,
+            )
+        except ValueError as err:
+            _checkpoint_error(args, err)
+            raise
         summary = fit.to_dict()
-        with open(os.path.join(out, "estimates.json"), "w") as fh:
-            json.dump(summary, fh, indent=2, default=_json_default)
-        with open(os.path.join(out, "summary.txt"), "w") as fh:
-            fh.write(fit.summary() + "\n")
+        cio.atomic_write_text(os.path.join(out, "estimates.json"), json.dumps(summary, indent=2, default=_json_default))
+        cio.atomic_write_text(os.path.join(out, "summary.txt"), fit.summary() + "\n")
         table = ck.population_diagnostics(fit)
         ck.write_table(table, os.path.join(out, "diagnostics.csv"))
         individual = {"ID": np.asarray(fit.problem.data.ids)}
@@ -217,18 +238,31 @@ class FitPopulationCommand(Command):
 
     def _nuts(self, problem, key, args, out, say) -> int:
         import carkinetics as ck
+        import carkinetics.io as cio
 
-        post = ck.sample_population_posterior(problem, key, num_samples=args.samples, progress=say or False)
-        with open(os.path.join(out, "estimates.json"), "w") as fh:
-            json.dump(post.to_dict(), fh, indent=2, default=_json_default)
-        with open(os.path.join(out, "summary.txt"), "w") as fh:
-            fh.write(post.summary() + "\n")
+        try:
+            post = ck.sample_population_posterior(
+                problem, key, num_samples=args.samples, progress=say or False, checkpoint=args.checkpoint
+            )
+        except ValueError as err:
+            _checkpoint_error(args, err)
+            raise
+        cio.atomic_write_text(
+            os.path.join(out, "estimates.json"), json.dumps(post.to_dict(), indent=2, default=_json_default)
+        )
+        cio.atomic_write_text(os.path.join(out, "summary.txt"), post.summary() + "\n")
         print(post.summary())
         print(f"wrote {os.path.join(out, 'estimates.json')}")
         if not post.converged:
             print(f"carkinetics fit-population: the sampler did NOT converge: {post.message}", flush=True)
             return EXIT_NUMERICAL
         return EXIT_OK
+
+
+def _checkpoint_error(args: argparse.Namespace, err: ValueError) -> None:
+    """A stale or corrupt checkpoint is a usage error (exit 2) naming the folder; other errors pass on."""
+    if args.checkpoint is not None and str(err).startswith("The checkpoint"):
+        raise UserError(f"--checkpoint {args.checkpoint}: {err}") from None
 
 
 def _plots(fit, out: str, key) -> list[str]:

@@ -75,7 +75,7 @@ def _sigterm_stops():
 def _stopped(cmd: Command, args: argparse.Namespace, signum: int) -> str:
     """The line for a command stopped by `signum` outside a chunked run."""
     how = (
-        f"rerun the same command with --checkpoint {args.checkpoint} to resume from its finished chunks"
+        f"rerun the same command with --checkpoint {args.checkpoint} to resume from its finished {cmd.checkpoint_unit}"
         if getattr(args, "checkpoint", None)
         else "rerun the command to start again"
     )

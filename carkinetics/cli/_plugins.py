@@ -77,8 +77,9 @@ class Command(abc.ABC):
     `carkinetics --help`), `description` (the command's `--help` text), `default_out` (default of `--out`;
     `None`: `carkinetics_<name>`) and `outputs` (the file names or glob patterns the command writes into `--out`:
     `ctx.out_dir()` removes those an earlier run left there, so that a reused folder never mixes two runs; other
-    files are never touched). The core adds `--out` and `--quiet` to every command and checks before `run` that
-    `--out` can be written.
+    files are never touched), `checkpoint_unit` (what a `--checkpoint` of the command keeps: "chunks", "starts",
+    "iterations"; named in the line printed when a signal stops it). The core adds `--out` and `--quiet` to every
+    command and checks before `run` that `--out` can be written.
     """
 
     name: ClassVar[str]
@@ -86,6 +87,7 @@ class Command(abc.ABC):
     description: ClassVar[str] = ""
     default_out: ClassVar[str | None] = None
     outputs: ClassVar[tuple[str, ...]] = ()
+    checkpoint_unit: ClassVar[str] = "chunks"
 
     @abc.abstractmethod
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -36,6 +36,9 @@ DEMO_FILES = (
     "human_erlangen.png",
     "mouse_nzbw.csv",
     "human_vs_mouse.png",
+    "human_targets.csv",
+    "population_bands.png",
+    "population_percentiles.csv",
     "sensitivity_sobol.png",
     "sensitivity_sobol.csv",
     "translation_map.csv",
@@ -181,16 +184,23 @@ def _step_human(ctx: DemoContext) -> None:
         panel_titles=PANEL_TITLES,
         title="Human SLE, Erlangen regimen (Flu/Cy + 1e6 CAR-T/kg)",
     )
+    _overlay_published_targets(ctx, fig, sol)
     ctx.report.text(
         f"The composed SLE CAR-T model with the human preset, under the Erlangen regimen, on the SLE save grid "
         f"(days {float(ts[0]):g} to {float(ts[-1]):g}; {int(sol.num_steps)} solver steps)."
     )
-    ctx.report.figure(save_figure(fig, ctx.path("human_erlangen.png")), "Human SLE course (blood counts per µL).")
-    m = {k: float(v) for k, v in sle_metrics(sol).items()}
+    ctx.report.figure(
+        save_figure(fig, ctx.path("human_erlangen.png")),
+        "Human SLE course (blood counts per µL); black diamonds: published targets with their spread (author, "
+        "year, confidence tag), grey band: healthy reference range.",
+    )
+    m = {k: float(v) for k, v in sle_metrics(sol, censoring=True).items()}
     ctx.report.key_finding(
         f"Human SLE under the Erlangen regimen (model, days 0 to {ctx.t_end:g}): blood CAR-T cells peak at "
         f"{10 ** m['CAR Cmax']:.3g} cells/µL on day {m['CAR Tmax']:.0f}; B-cell aplasia (below 5 % of baseline) "
-        f"lasts {m['B aplasia']:.0f} days; anti-dsDNA is at {m['anti-dsDNA d90']:.0f} % of baseline on day 90; "
+        f"lasts {'≥ ' if m['B aplasia censored'] else ''}{m['B aplasia']:.0f} days"
+        f"{' (still ongoing at the horizon: censored)' if m['B aplasia censored'] else ''}; anti-dsDNA is at "
+        f"{m['anti-dsDNA d90']:.0f} % of baseline on day 90; "
         f"peak CRS index {m['CRS grade']:.2g} (0-4)."
     )
 
@@ -321,7 +331,12 @@ def _step_translation(ctx: DemoContext) -> None:
         f"{ctx.t_end:g})? {which} are swapped between the two presets and each metric's gap is attributed exactly "
         f"(Shapley values over all {2 ** len(tm.group_names)} group subsets, solved on the {ctx.engine} engine)."
     )
-    ctx.report.figure(heat, "Share of each metric's mouse-to-human gap by mechanism group.")
+    ctx.report.figure(
+        heat,
+        "Share of each metric's mouse-to-human gap by mechanism group; (>=): censored at the horizon, *: rests on "
+        "unverified (A/M-tagged) parameters.",
+    )
+    _translation_uncertainty_note(ctx, tm)
     ctx.report.figure(
         water, "Attribution waterfalls: from the mouse value, one step per mechanism, to the human value."
     )
@@ -341,10 +356,119 @@ def _step_translation(ctx: DemoContext) -> None:
         else f" ({phi:+.3g}, more than the whole gap of {total:+.3g}: other mechanisms pull the other way)"
     )
     ctx.report.key_finding(
-        f"Largest relative mouse-to-human gap: {tm.metric_names[k]}, {float(tm.value_a[k]):.3g} in the NZB/W mouse vs "
-        f"{float(tm.value_b[k]):.3g} in the human ({tm.metric_units[k]}); the mechanism with the largest attribution "
+        f"Largest relative mouse-to-human gap: {tm.metric_names[k]}, {tm.value_text(k, 'a')} in the NZB/W mouse vs "
+        f"{tm.value_text(k, 'b')} in the human ({tm.metric_units[k]}); the mechanism with the largest attribution "
         f"is {tm.group_names[g]}{share}."
     )
+    _translation_values_table(ctx, tm)
+
+
+def _overlay_published_targets(ctx: DemoContext, fig: Any, sol: ck.Solution) -> None:
+    """The published SLE targets on the human course figure (points with their spread, labelled with author, year
+    and tag), readable axis units, the overlays as a table and as `human_targets.csv`."""
+    from carkinetics.models.sle.demo_figures import course_target_overlays, overlay_targets, panel_axes, readable_axes
+
+    overlays = course_target_overlays(sol, t_end=ctx.t_end)
+    axes = panel_axes(fig, PANELS)
+    readable_axes(axes)
+    overlay_targets(axes, overlays)
+    ctx.results["target overlays"] = overlays
+    head = ["panel", "target", "day", "day range", "value", "published spread", "label"]
+    rows = [
+        [
+            PANEL_TITLES.get(o.panel, o.panel),
+            " + ".join(o.target_ids),
+            "all" if o.kind == "band" else f"{o.t:g}",
+            "" if o.kind == "band" or o.t_lo == o.t_hi else f"{o.t_lo:g}-{o.t_hi:g}",
+            f"{o.y:.4g}",
+            "" if o.y_lo == o.y_hi else f"{o.y_lo:.4g}-{o.y_hi:.4g}",
+            o.label,
+        ]
+        for o in overlays
+    ]
+    with cio.atomic_text_file(ctx.path("human_targets.csv"), newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["panel", "target_ids", "kind", "t", "t_lo", "t_hi", "value", "lo", "hi", "label"])
+        w.writerows([[o.panel, " ".join(o.target_ids), o.kind, o.t, o.t_lo, o.t_hi, o.y, o.y_lo, o.y_hi, o.label]
+                     for o in overlays])  # fmt: skip
+    ctx.report.text(
+        "Published targets on the course (calibration/data/human_sle_targets.csv, converted to the panel units; "
+        "tags: R read in the source, R2 secondary, D derived, M recalled): the model is not fitted to these points "
+        "here, they show where it stands."
+    )
+    ctx.report.table(head, rows)
+
+
+#: Virtual patients of the population step (quick and full run): enough for 5-95 % bands that read as a spread,
+#: few enough for one small compiled batch.
+POPULATION_SIZE = {"quick": 24, "full": 48}
+
+
+def _step_population(ctx: DemoContext) -> None:
+    import jax
+
+    from carkinetics.models.sle.demo_figures import (
+        BAND_PANELS,
+        PERCENTILES,
+        plot_population_bands,
+        population_bands,
+    )
+    from carkinetics.models.sle.population import SLE_IIV
+    from carkinetics.models.sle.translation import arm_regimen, load_arm
+    from carkinetics.plot import save_figure
+
+    arm, _, _ = load_arm("human")
+    n = POPULATION_SIZE["quick" if ctx.quick else "full"]
+    ts = save_times(ctx.t_end)
+    pb, _ = population_bands(arm.model, arm_regimen(arm), ts, jax.random.key(0), n, engine=ctx.engine)
+    typical = ctx.results["human"][1]
+    overlays = [o for o in ctx.results.get("target overlays", []) if o.panel in BAND_PANELS]
+    fig = plot_population_bands(pb, overlays, PANEL_TITLES, typical)
+    png = save_figure(fig, ctx.path("population_bands.png"))
+    with cio.atomic_text_file(ctx.path("population_percentiles.csv"), newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["observable", "day", *(f"p{q:g}" for q in PERCENTILES)])
+        for name in BAND_PANELS:
+            for j, t in enumerate(pb.ts):
+                w.writerow([name, f"{float(t):g}", *(f"{float(v):.6g}" for v in pb.bands[name][:, j])])
+    ctx.report.text(
+        f"{n} virtual patients around the human preset, with the inter-individual variability of SLE_IIV "
+        f"(models/sle/population.py: random effects on {', '.join(r.parameter for r in SLE_IIV)}, each with its "
+        "source and tag; an output that none of them reaches has a narrow band), under the Erlangen regimen, "
+        f"days {float(ts[0]):g} to {float(ts[-1]):g}"
+        + (f"; {pb.n_failed} failed solves are left out" if pb.n_failed else "")
+        + ". Bands: 5-95 % and 25-75 % of the patients at each day; the published targets as on the course figure."
+    )
+    ctx.report.figure(png, "Percentile bands of B cells, CAR-T cells, IL-6 and anti-dsDNA in the virtual population.")
+
+
+def _translation_uncertainty_note(ctx: DemoContext, tm: Any) -> None:
+    """Say whether the map's shares carry intervals (they do only with parameter samples)."""
+    if tm.n_samples:
+        ctx.report.text(
+            f"Intervals: {tm.n_samples} parameter samples give each Shapley value a {round(100 * tm.level)} % sample "
+            "interval (error bars in the waterfalls; '?' in the heatmap marks a share whose sign is not robust)."
+        )
+    else:
+        ctx.report.text(
+            "Intervals: this map is a point estimate (no parameter samples), so its shares carry no uncertainty "
+            "intervals; `carkinetics translate --samples N` samples the parameters from their priors and adds a "
+            "sample interval to every Shapley value."
+        )
+
+
+def _translation_values_table(ctx: DemoContext, tm: Any) -> None:
+    """The metric values of the two models and their gap, '>=' marking values censored at the horizon."""
+    a, b = tm.labels
+    rows = [
+        [name, unit, tm.value_text(k, "a"), tm.value_text(k, "b"), tm.gap_text(k)]
+        for k, (name, unit) in enumerate(zip(tm.metric_names, tm.metric_units))
+    ]
+    ctx.report.text(
+        f"Metric values of both models over days 0 to {ctx.t_end:g}; '>=' marks a duration still running at the "
+        "horizon (censored: a lower bound), and a gap with a censored side is itself a bound."
+    )
+    ctx.report.table(["metric", "unit", a, b, "gap"], rows)
 
 
 def _narrative(report: Any, text: str) -> None:
@@ -414,10 +538,12 @@ def _step_trial(ctx: DemoContext) -> None:
 
 
 HUMAN = "Human SLE course under the Erlangen regimen"
+POPULATION = "Virtual population: percentile bands"
 
 DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("Lymphodepletion pharmacokinetics", (), _step_lymphodepletion),
     DemoStep(HUMAN, (), _step_human),
+    DemoStep(POPULATION, (), _step_population, depends_on=(HUMAN,)),
     DemoStep("Mouse counterpart", (), _step_mouse),
     DemoStep(
         "Sensitivity sweep (Sobol indices)",
