@@ -1,7 +1,8 @@
 """Multi-process sweeps on jax.distributed: two local CPU processes (gloo collectives, loopback only) against one.
 
-The workers (`tests/distributed_worker.py`) run a seeded Sobol analysis of the two-compartment PK reference model;
-the reference is the same analysis in this process. Each multi-process test bounds its waits with timeouts.
+The workers (`tests/distributed_worker.py`) run a seeded Sobol analysis of the two-compartment PK reference model, a
+seeded virtual population of it, or a seeded SLE trial pool; the reference is the same computation in this process.
+Each multi-process test bounds its waits with timeouts.
 """
 
 import json
@@ -256,3 +257,47 @@ def test_a_signal_to_one_process_stops_both_after_the_chunk(tmp_path, reference)
         assert rc == 128 + signal.SIGTERM, err[-3000:]
         assert "Stopped by SIGTERM" in err
     _assert_resumed(_single(*_ckpt_args(ckpt)), reference(CHUNK))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# virtual populations and trial pools
+
+
+def _outputs(res: dict, prefix: str) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=float) for k, v in res.items() if k.startswith(prefix)}
+
+
+def _assert_same_outputs(res: dict, ref: dict, prefix: str) -> None:
+    got, want = _outputs(res, prefix), _outputs(ref, prefix)
+    assert sorted(got) == sorted(want) and want
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-12, err_msg=k)
+
+
+def test_two_processes_build_the_one_process_virtual_population_and_one_process_resumes_it(tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    runs = _finish(_launch(2, "--analysis", "population", "--checkpoint", ckpt), timeout=150)
+    assert all(rc == 0 for rc, _, _ in runs), [err[-3000:] for _, _, err in runs]
+    ref = distributed_worker.population()  # one process, one device, no checkpoint
+    for r in (_result(out) for _, out, _ in runs):
+        assert r["n_processes"] == 2 and r["n_devices"] == 2 and r["n_failed"] == 0 and r["n_chunks"] == 4
+        # every process returns each member's metrics of the one-process population, to 1e-12
+        _assert_same_outputs(r, ref, "pop_")
+    # one process finds every chunk in the checkpoint process 0 wrote and returns the same population
+    res = _single("--analysis", "population", "--checkpoint", ckpt)
+    assert res["n_processes"] == 1 and res["n_resumed_chunks"] == res["n_chunks"] == 4
+    _assert_same_outputs(res, ref, "pop_")
+
+
+@pytest.mark.slow
+def test_two_processes_simulate_the_one_process_trial_pool(tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    runs = _finish(_launch(2, "--analysis", "trial_pool", "--checkpoint", ckpt), timeout=400)
+    assert all(rc == 0 for rc, _, _ in runs), [err[-3000:] for _, _, err in runs]
+    ref = distributed_worker.trial_pool()  # one process, one device, no checkpoint
+    assert ref["n_failed"] == 0
+    for r in (_result(out) for _, out, _ in runs):
+        assert r["n_failed"] == 0
+        # every course's endpoints (4 patients x 2 doses, 2 chunks) equal the one-process pool's, to 1e-12
+        _assert_same_outputs(r, ref, "pool_")
+    assert sorted(f for f in os.listdir(ckpt) if f.startswith("chunk_")) == ["chunk_000000.npz", "chunk_000001.npz"]

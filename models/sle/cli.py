@@ -28,10 +28,14 @@ from carkinetics.cli import (
     Context,
     Preset,
     PresetTable,
+    StepProgress,
     UserError,
     add_checkpoint_arg,
+    add_devices_arg,
+    add_distributed_args,
     add_engine_arg,
     finite_number,
+    join_processes,
     seed_arg,
     whole_number,
 )
@@ -354,6 +358,19 @@ class TrialCommand(Command):
         parser.add_argument("--key", type=int, default=0, help="seed, as jax.random.key(KEY) (default 0)")
         parser.add_argument("--t-end", type=float, default=200.0, help="horizon, days, at least 181 (default 200)")
         add_engine_arg(parser)
+        parser.add_argument(
+            "--chunk-size",
+            type=whole_number(1, MAX_MEMBERS),
+            default=None,
+            help="courses per compiled chunk, split over the devices; each finished chunk goes to --checkpoint "
+            "(default: every course in one chunk)",
+        )
+        add_devices_arg(parser, what="each chunk of courses")
+        add_checkpoint_arg(parser)
+        add_distributed_args(parser)
+
+    def host_devices(self, args: argparse.Namespace) -> str | int | None:
+        return args.devices
 
     def _design(self, args: argparse.Namespace, n_doses: int) -> Any:
         import numpy as np
@@ -391,6 +408,8 @@ class TrialCommand(Command):
         from carkinetics.models.sle.trial_plots import plot_dose_response, plot_selected_dose
         from carkinetics.models.sle.trials import run_model_trial, simulate_dose_outcomes, trial_population
 
+        # every process of a multi-process run simulates its share of the pool; only process 0 writes
+        setting, devices = join_processes(args, args.devices)
         doses = _float_list("--doses", args.doses)
         if len(doses) < 2:
             raise UserError(f"--doses must give at least two dose levels, got {doses}.")
@@ -417,12 +436,14 @@ class TrialCommand(Command):
             raise UserError(f"--product: unknown product {args.product!r}; products are {sorted(PRODUCTS)}.")
         design = self._design(args, len(doses))
 
-        out = ctx.out_dir()
+        writer = setting.process_id == 0
+        out = ctx.out_dir() if writer else args.out
         key = jax.random.key(args.key)
         k_pop, k_trials = jax.random.split(key)
         n_sim = args.patients_per_dose * len(doses)
         # ETA weights in simulations; one compilation costs about as much as ~2,000 SLE simulations on a CPU core
-        prog = ctx.progress([n_sim + 2000, 200, 50])
+        weights = [n_sim + 2000, 200, 50]
+        prog = ctx.progress(weights) if writer else StepProgress(weights, ctx.command, enabled=False)
         prog.step(
             f"simulating {args.patients_per_dose} virtual patients x {len(doses)} doses = {n_sim} courses "
             f"({args.engine} engine)"
@@ -431,9 +452,19 @@ class TrialCommand(Command):
             model = load_preset(args.preset)
             pop = trial_population(model, k_pop, args.patients_per_dose)
             pool = simulate_dose_outcomes(
-                model, doses, product=args.product, population=pop, t_end=args.t_end, engine=args.engine
+                model,
+                doses,
+                product=args.product,
+                population=pop,
+                t_end=args.t_end,
+                engine=args.engine,
+                devices=devices if devices > 1 else None,
+                chunk_size=args.chunk_size,
+                checkpoint=args.checkpoint,
             )
             prog.advance()
+            if not writer:
+                return EXIT_OK
             prog.step(f"{args.trials} virtual {type(design).name} trials on the resampled pool")
             trial = run_model_trial(
                 pool, design, n_trials=args.trials, key=k_trials, cohort_size=args.cohort_size, n_cohorts=args.cohorts
