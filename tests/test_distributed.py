@@ -310,3 +310,31 @@ def test_two_processes_simulate_the_one_process_trial_pool(tmp_path):
         # XLA compiles the stiff batched solve for each device count, so on one device the courses differ in the
         # last digits (about 1e-10 relative), far inside the solver tolerance (1e-6)
         _assert_same_outputs(r, one, "pool_", rtol=1e-8)
+
+
+@pytest.mark.slow
+def test_trial_command_across_two_processes_writes_the_one_process_files(tmp_path):
+    argv = ["trial", "--doses", "1e5,1e6", "--patients-per-dose", "3", "--trials", "50", "--chunk-size", "3"]
+    cli = [sys.executable, "-m", "carkinetics.cli", *argv, "--quiet", "--devices", "1"]
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [*cli, "--out", str(tmp_path / f"p{i}"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**_env(), "JAX_PROCESS_ID": str(i)},  # the process id from the environment, as on a cluster
+        )
+        for i in range(2)
+    ]
+    runs = _finish(procs, timeout=400)
+    assert all(rc == 0 for rc, _, _ in runs), [err[-3000:] for _, _, err in runs]
+    assert not (tmp_path / "p1").exists()  # only process 0 writes
+    # one process with the same devices (two host devices, split by --devices 2)
+    env = {**_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    one = subprocess.run(
+        [*cli[:-1], "2", "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    for name in ("patients.csv", "dose_outcomes.csv", "operating_characteristics.csv"):
+        assert (tmp_path / "p0" / name).read_text() == (tmp_path / "one" / name).read_text(), name
