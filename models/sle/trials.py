@@ -469,7 +469,7 @@ def simulate_dose_outcomes(
     checkpoint: Any = None,
     progress: bool = False,
 ) -> DoseOutcomes:
-    """Simulate every virtual patient once at every dose of a ladder, in one batched ensemble solve.
+    """Simulate every virtual patient once at every dose of a ladder, in batched ensemble solves (one by default).
 
     Each patient receives Flu/Cy conditioning (fludarabine `flu_mg_per_m2` on days -5, -4, -3, cyclophosphamide
     `cy_mg_per_m2` on day -3, by their body surface area) and the CAR-T dose on day 0.
@@ -530,9 +530,9 @@ def simulate_dose_outcomes(
         devices,
         rtol,
         atol,
-        chunk_size,
-        checkpoint,
-        progress,
+        chunk_size=chunk_size,
+        checkpoint=checkpoint,
+        progress=progress,
     )
     keep = ok.all(axis=0)
     if not keep.any():
