@@ -209,7 +209,7 @@ def add_devices_arg(p: argparse.ArgumentParser, default: str | None = "all", wha
         default=default,
         metavar="all|K",
         help=f"split {what} over K devices: 'all' (default) = every GPU, or on CPU one device per "
-        "available core; 1 = one device (one CPU core). Results depend on it only in the last digits",
+        "available core; 1 = one device (one CPU core). Results depend on it only by round-off",
     )
 
 
