@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
+from carkinetics import cli
 from carkinetics._analysis._distributed import _resolve, _slurm_first_host
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -310,6 +311,23 @@ def test_two_processes_simulate_the_one_process_trial_pool(tmp_path):
         # XLA compiles the stiff batched solve for each device count, so on one device the courses differ in the
         # last digits (about 1e-10 relative), far inside the solver tolerance (1e-6)
         _assert_same_outputs(r, one, "pool_", rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--num-processes", "2", "--process-id", "0"], "no coordinator address"),
+        (["--coordinator", "127.0.0.1:1", "--num-processes", "2"], "this process's id is not given"),
+        (["--coordinator", "127.0.0.1", "--num-processes", "2", "--process-id", "0"], "'HOST:PORT'"),
+    ],
+)
+def test_trial_command_names_a_bad_multi_process_setting(tmp_path, capsys, monkeypatch, argv, match):
+    for name in [k for k in os.environ if k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS"))]:
+        monkeypatch.delenv(name)
+    assert cli.main(["trial", *argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "carkinetics trial: error:" in err and match in err
+    assert not (tmp_path / "out").exists()  # stopped before any work
 
 
 @pytest.mark.slow
