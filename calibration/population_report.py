@@ -15,9 +15,13 @@ What it does (all on the batched engine, `ck.EnsembleRodas5`):
 4. Figures: percentile bands (5-95, 25-75, median) of blood CAR-T, B cells, CRS index, SLEDAI and anti-dsDNA over
    the target data; histograms of B-cell reappearance and CRS grade against the published figures.
 
+5. What sets the tails apart (early B-cell return, CRS grade >= 3, relapse): the mean standardised random effect
+   of the patients in each subgroup; and the typical patient's responses to CAR-T dose and conditioning.
+
 Outputs: `--out-dir` (default `calibration/results/population/`, not committed): `report.md`, `summary.json`,
 `vp_bands.png`, `vp_distributions.png`; and `--summary` (default `calibration/fits/human_sle_report.md`, committed):
-the Markdown summary of the numbers. `--tune` instead prints the B-reappearance SD and the CRS grade distribution
+the Markdown summary of the numbers with its two figures next to it (`human_sle_report_bands.png`,
+`human_sle_report_distributions.png`). `--tune` instead prints the B-reappearance SD and the CRS grade distribution
 over a grid of ω for the two random effects chosen to reproduce them (`rejection.r_exp`, `myeloid.k_cd40`).
 
 Run: `python calibration/population_report.py` (a few minutes of CPU), `--n 256` for a quick look.
@@ -58,6 +62,7 @@ STEIN = {
 def _fit_script():
     spec = importlib.util.spec_from_file_location("_fit_human_sle", os.path.join(HERE, "fit_human_sle.py"))
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the script is being executed
     spec.loader.exec_module(mod)
     return mod
 
@@ -150,11 +155,13 @@ def _metrics_with_bands(sol):
 
 
 def band_index(n_ts: int):
+    import jax
     import numpy as np
 
     from carkinetics.models.sle import save_times
 
-    ts = np.asarray(save_times(T_END))
+    with jax.ensure_compile_time_eval():  # called while the metric function is traced: the grid is a constant
+        ts = np.asarray(save_times(T_END))
     assert n_ts == ts.size
     keep = np.flatnonzero((ts <= 30.0) | (np.abs(ts - np.round(ts / 5.0) * 5.0) < 1e-9))
     return keep
@@ -175,7 +182,73 @@ def run_population(model, key, n, *, omega=None, product=None, bands=True):
     )
     out = {k: np.asarray(v) for k, v in res.outputs.items()}
     out["ok"] = np.asarray(res.ok)
+    out.update({f"param {k}": np.asarray(v) for k, v in pop.samples.items()})
     return out, res.n_failed
+
+
+#: Subgroups of the virtual population whose drivers the report names: label -> predicate on the outputs.
+SUBGROUPS = {
+    "B cells back before day 70": lambda o: (o["B returned"] > 0.5) & (o["B return"] < 70.0),
+    "CRS grade >= 3": lambda o: o["CRS index"] >= 3.0,
+    "relapse (SLEDAI >= 4) between month 3 and 24": lambda o: o["SLEDAI max d91-730"] >= 4.0,
+}
+
+
+def drivers(out):
+    """Which random effects set each subgroup apart: the mean standardised log parameter (z) of the patients in the
+    subgroup, per random effect (0 = typical; |z| > 0.5 marks a driver), and the subgroup's size."""
+    import numpy as np
+
+    ok = np.isfinite(out["B return"]) & np.isfinite(out["CRS index"])
+    names = [k[len("param ") :] for k in out if k.startswith("param ")]
+    z = {}
+    for n in names:
+        x = np.log(out[f"param {n}"][ok])
+        z[n] = (x - x.mean()) / x.std()
+    sub = {key: v[ok] for key, v in out.items() if np.ndim(v) == 1 and v.shape[0] == ok.shape[0]}
+    rows = []
+    for label, pred in SUBGROUPS.items():
+        mask = pred(sub)
+        means = {n: float(z[n][mask].mean()) if mask.any() else float("nan") for n in names}
+        rows.append((label, float(mask.mean()), means))
+    return names, rows
+
+
+#: Typical-patient scenarios of the response table: label -> regimen keywords of `flu_cy_regimen`.
+RESPONSES = {
+    "Flu/Cy + 1e5/kg": {"cells_per_kg": 1e5},
+    "Flu/Cy + 1e6/kg (Erlangen)": {"cells_per_kg": 1e6},
+    "Flu/Cy + 1e7/kg": {"cells_per_kg": 1e7},
+    "Cy 1000 only + 1e6/kg": {"cells_per_kg": 1e6, "flu_mg_per_m2": 0.0},
+    "no conditioning + 1e6/kg": {"cells_per_kg": 1e6, "flu_mg_per_m2": 0.0, "cy_mg_per_m2": 0.0},
+}
+
+
+def typical_responses(model):
+    """The typical patient's responses to dose and conditioning: CAR-T peak, B aplasia, CRS index, SLEDAI."""
+    import numpy as np
+
+    import carkinetics as ck
+    from carkinetics.models.sle import flu_cy_regimen, save_times, sle_metrics
+
+    rows = []
+    ts = save_times(T_END)
+    for label, kw in RESPONSES.items():
+        sol = ck.simulate(model, flu_cy_regimen(model, **kw), ts, solver=ck.EnsembleRodas5())
+        m = {k: float(v) for k, v in sle_metrics(sol).items()}
+        t, s = np.asarray(sol.ts), np.asarray(sol.observables.sledai)
+        rows.append(
+            {
+                "scenario": label,
+                "car_peak": 10 ** m["CAR Cmax"],
+                "b_aplasia": m["B aplasia"],
+                "crs": m["CRS grade"],
+                "il6_peak": m["IL-6 peak"],
+                "sledai_m6": float(np.interp(180.0, t, s)),
+                "sledai_m24": float(np.interp(730.0, t, s)),
+            }
+        )
+    return rows
 
 
 def population_numbers(out):
@@ -331,7 +404,7 @@ def plot_distributions(out, path):
     plt.close(fig)
 
 
-def markdown(typical, not_eval, checks, stein, vp, vp_feng, fit_doc, fit_summary):
+def markdown(typical, not_eval, checks, stein, vp, vp_feng, fit_doc, fit_summary, driver_rows=None, responses=None):
     """The committed summary (Markdown)."""
     lines = [
         '# Human SLE calibration: the shipped default (`load_preset("human")`)',
@@ -449,6 +522,35 @@ def markdown(typical, not_eval, checks, stein, vp, vp_feng, fit_doc, fit_summary
         if v is None:
             continue
         lines.append(f"| {tid} | {k}/{n} | [{lo:.3f}, {hi:.3f}] | {v:.3f} | {'yes' if lo <= v <= hi else 'NO'} |")
+    if driver_rows is not None:
+        names, rows = driver_rows
+        lines += [
+            "",
+            "What sets the tails apart: mean standardised log parameter (z) of the patients in each subgroup, per "
+            "random effect (0 = typical; |z| >= 0.5 in bold marks a driver).",
+            "",
+            "| subgroup | share | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        for label, share, means in rows:
+            cells = [f"**{means[n]:+.2f}**" if abs(means[n]) >= 0.5 else f"{means[n]:+.2f}" for n in names]
+            lines.append(f"| {label} | {share:.3f} | " + " | ".join(cells) + " |")
+    if responses is not None:
+        lines += [
+            "",
+            "## Typical patient: responses to dose and conditioning",
+            "",
+            "Flu 25 mg/m2 on days -5, -4, -3 and Cy 1,000 mg/m2 on day -3 unless stated; CAR-T on day 0.",
+            "",
+            "| scenario | CAR-T peak (cells/uL) | B aplasia (d) | CRS index (0-4) | IL-6 peak (pg/mL) | SLEDAI m6 | "
+            "SLEDAI m24 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in responses:
+            lines.append(
+                f"| {r['scenario']} | {r['car_peak']:.3g} | {r['b_aplasia']:.0f} | {r['crs']:.2f} | "
+                f"{r['il6_peak']:.3g} | {r['sledai_m6']:.2f} | {r['sledai_m24']:.2f} |"
+            )
     lines += [
         "",
         "Random effects (`carkinetics.models.sle.population.SLE_IIV`):",
@@ -498,15 +600,23 @@ def main(argv=None) -> int:
     out_f, _ = run_population(model, key, args.n, product="CD19+BCMA co-infusion", bands=False)
     vp_feng = population_numbers(out_f)
     print(f"co-infusion population: {time.time() - t0:.0f} s: {vp_feng['crs_grade_fractions']}", flush=True)
+    t0 = time.time()
+    responses = typical_responses(model)
+    print(f"typical-patient responses: {time.time() - t0:.0f} s", flush=True)
+    driver_rows = drivers(out)
     plot_bands(out, os.path.join(args.out_dir, "vp_bands.png"))
     plot_distributions(out, os.path.join(args.out_dir, "vp_distributions.png"))
+    if args.summary:  # the committed summary carries its figures next to it
+        stem = os.path.splitext(args.summary)[0]
+        plot_bands(out, f"{stem}_bands.png")
+        plot_distributions(out, f"{stem}_distributions.png")
     fit_doc = ck.read_fit_provenance(fit_path("human_sle.json"))
     summary_path = os.path.join(HERE, "results", "human_sle", "summary.json")
     fit_summary = None
     if os.path.isfile(summary_path):
         with open(summary_path) as fh:
             fit_summary = json.load(fh)
-    md = markdown(typical, not_eval, checks, stein, vp, vp_feng, fit_doc, fit_summary)
+    md = markdown(typical, not_eval, checks, stein, vp, vp_feng, fit_doc, fit_summary, driver_rows, responses)
     with open(os.path.join(args.out_dir, "report.md"), "w") as fh:
         fh.write(md + "\n![bands](vp_bands.png)\n\n![distributions](vp_distributions.png)\n")
     with open(os.path.join(args.out_dir, "summary.json"), "w") as fh:
@@ -532,8 +642,9 @@ def main(argv=None) -> int:
             indent=2,
         )
     if args.summary:
+        stem = os.path.basename(os.path.splitext(args.summary)[0])
         with open(args.summary, "w") as fh:
-            fh.write(md)
+            fh.write(md + f"\n![percentile bands]({stem}_bands.png)\n\n![distributions]({stem}_distributions.png)\n")
         print(f"wrote {args.summary}")
     print(f"wrote {args.out_dir}")
     return 0

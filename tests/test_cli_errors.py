@@ -560,6 +560,7 @@ def test_every_builtin_command_declares_its_outputs():
             "translate",
             "demo",
             "fit-population",
+            "trial",
         ):
             assert cmd.outputs, cmd.name
 

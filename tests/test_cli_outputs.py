@@ -234,7 +234,9 @@ def test_the_quick_demo_leaves_out_the_full_only_steps_and_says_so(tmp_path):
     _, skipped, failed = demo.run_demo(str(tmp_path), quick=False, steps=steps, progress=None)
     assert skipped == [] and failed == ["Step 'Heavy' failed: RuntimeError: ran"]
     sobol = next(s for s in demo.DEMO_STEPS if s.title.startswith("Sensitivity"))
-    assert sobol.full_only and [s.title for s in demo.DEMO_STEPS if s.full_only] == [sobol.title]
+    trial = next(s for s in demo.DEMO_STEPS if s.title.startswith("Virtual dose-escalation trial"))
+    assert sobol.full_only and trial.full_only
+    assert [s.title for s in demo.DEMO_STEPS if s.full_only] == [sobol.title, trial.title]
     assert len(demo.QUICK_GAPS) == 4
 
 

@@ -179,6 +179,81 @@ def test_monitoring_delay_is_the_wait_for_the_next_visit(getkey):
     np.testing.assert_allclose(st.detection_delay(np.array([10.0, 28.0, np.nan]), 14.0), [4.0, 0.0, np.nan])
 
 
+def test_monitoring_follows_the_trial_conditioning(getkey):
+    pop = st.trial_population("human", getkey(), 24)
+    args = dict(population=pop, intervals=(14.0,), t_end=T_END)
+    erlangen = st.monitoring_analysis("human", **args)
+    # the default is the Erlangen regimen: the same courses as naming it
+    again = st.monitoring_analysis("human", flu_mg_per_m2=25.0, cy_mg_per_m2=1000.0, **args)
+    np.testing.assert_array_equal(again.event_times, erlangen.event_times)
+    # without conditioning the B cells are not depleted by chemotherapy and the CAR-T expand less: every
+    # patient's B-cell return moves
+    none = st.monitoring_analysis("human", flu_mg_per_m2=0.0, cy_mg_per_m2=0.0, **args)
+    e = erlangen.events.index("B-cell return")
+    assert not np.allclose(none.event_times[e], erlangen.event_times[e], equal_nan=True)
+    with pytest.raises(ValueError, match="flu_mg_per_m2"):
+        st.monitoring_analysis("human", flu_mg_per_m2=-1.0, **args)
+
+
+def _report_text(path):
+    import re
+    from pathlib import Path
+
+    html = Path(path).read_text(encoding="utf-8")
+    return html, re.sub(r"<[^>]+>", " ", re.sub(r'src="data:image/png;base64,[^"]*"', "", html))
+
+
+def test_report_holds_the_findings_tables_and_figures_of_the_trial_and_the_analyses(pool, tmp_path, getkey):
+    from carkinetics.models.sle.trial_report import ReviewAnalyses, modal_dose_index, write_trial_report
+
+    trial = st.run_model_trial(pool, ct.BOIN(target=0.3), n_trials=N_TRIALS, key=getkey())
+    best = modal_dose_index(trial)
+    sel = np.asarray(trial.oc.selection_probability)
+    assert sel[best] == sel[:-1].max()
+    # the analyses on batches of 24 courses over 200 days (the compiled solve of the pool)
+    pop = st.trial_population("human", getkey(), N_PATIENTS)
+    regimens = {"none": (0.0, 0.0), "Flu 25x3": (25.0, 0.0), "Cy 1000": (0.0, 1000.0), "Erlangen": (25.0, 1000.0)}
+    analyses = ReviewAnalyses(
+        eligibility=st.eligibility_analysis(pool, n_groups=2),
+        conditioning=st.conditioning_analysis(
+            "human", dose=float(DOSES[best]), population=pop, regimens=regimens, t_end=T_END
+        ),
+        power=st.comparator_power(pool, dose_index=best, sample_sizes=(3, 6), n_trials=500, key=getkey()),
+        monitoring=st.monitoring_analysis(
+            "human", dose=float(DOSES[best]), n_patients=24, key=getkey(), t_end=T_END, intervals=(7.0, 28.0, 91.0)
+        ),
+        dose_index=best,
+    )
+    paths = write_trial_report(
+        str(tmp_path / "report.html"), pool=pool, trial=trial, fig_dir=str(tmp_path), analyses=analyses
+    )
+    names = ("selected_dose", "dose_response", "eligibility", "conditioning", "power", "monitoring")
+    assert set(paths) == {"report", *names}
+    for name in names:
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
+    html, text = _report_text(paths["report"])
+    assert html.count("data:image/png;base64,") == len(names) and 'src="http' not in html
+    # key findings first, then the trial, then each analysis in its own section
+    order = [
+        "Key findings",
+        "Operating characteristics",
+        "Outcomes per dose",
+        "Eligibility by severity and burden",
+        "Conditioning: Flu/Cy intensity",
+        "Randomised comparator arm",
+        "Monitoring schedule",
+    ]
+    assert [text.index(h) for h in order] == sorted(text.index(h) for h in order)
+    assert "DLT = CRS grade &gt;= 3" in html and "no ICANS proxy" in html
+    # the numbers are the library's: selection probabilities (4 significant digits) and the modal dose
+    for p in sel:
+        assert f">{p:.4g}<" in html
+    assert f"{100 * sel[best]:.0f} % of {N_TRIALS:,} virtual trials" in text
+    for finding in ("Eligibility:", "Conditioning: median CAR-T peak", "Comparator arm:", "Monitoring:"):
+        assert text.index(finding) < text.index("Operating characteristics"), finding
+    assert "(log10 cells/µL)" in text and "(mg*h/L)" in text and "P(seen within 30 d)" in text
+
+
 # ---- validation ------------------------------------------------------------------------------------------------------
 
 
@@ -233,12 +308,25 @@ def test_bad_inputs_raise_before_any_solve(pool):
         (["--design", "crm", "--skeleton", "0.1,0.2"], "4 probabilities"),
         (["--product", "no-such-CAR"], "unknown product"),
         (["--preset", "no-such-preset"], "unknown preset"),
+        (["--design", "crm", "--skeleton", "0.1,0.3,0.2,0.4"], "--skeleton must increase strictly"),
+        (["--design", "crm", "--skeleton", "0.1,0.2,0.3,1.0"], "--skeleton must give 4 probabilities strictly between"),
+        (["--design", "crm", "--skeleton", "0,0.2,0.3,0.4"], "--skeleton must give 4 probabilities strictly between"),
+        (["--design", "crm", "--skeleton", "low,high"], "--skeleton: expected comma-separated numbers"),
+        (["--skeleton", "0.1,0.2,0.3,0.4"], "--skeleton is used only by --design crm"),
+        (["--flu", "-5"], "--flu must be a non-negative dose in mg/m²"),
+        (["--cy", "-1000"], "--cy must be a non-negative dose in mg/m²"),
+        (["--flu", "nan"], "argument --flu: must be a finite number"),
+        (["--cy", "lots"], "argument --cy: must be a number"),
+        (["--monitoring-days", "120"], "--monitoring-days must be at least 181 days"),
     ],
 )
 def test_cli_bad_input_exits_2(tmp_path, capsys, argv, match):
-    rc = cli.main(["trial", *argv, "--out", str(tmp_path / "out"), "--quiet"])
+    rc = cli.main(["trial", "--doses", "1e5,1e6,3e6,1e7", *argv, "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
     assert rc == cli.EXIT_USAGE
-    assert match in capsys.readouterr().err
+    # one line naming the argument, no traceback, nothing written
+    assert match in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_writes_the_library_results(tmp_path, capsys):
@@ -264,6 +352,7 @@ def test_cli_writes_the_library_results(tmp_path, capsys):
             "7",
             "--t-end",
             str(T_END),
+            "--no-analyses",
             "--out",
             str(out),
             "--quiet",
@@ -278,8 +367,14 @@ def test_cli_writes_the_library_results(tmp_path, capsys):
         "patients.csv",
         "selected_dose.png",
         "dose_response.png",
+        "report.html",
     ):
         assert (out / name).stat().st_size > 0, name
+    assert not (out / "conditioning.png").exists()
+    html = (out / "report.html").read_text(encoding="utf-8")
+    # the trial's two figures, and a note that says the analyses were left out and how the run is reproduced
+    assert html.count("data:image/png;base64,") == 2
+    assert "left out of this run (--no-analyses)" in html and "--product MB-CART19.1" in html
     # the same population and pool as the library's, from the same key
     k_pop, k_trials = jax.random.split(jax.random.key(7))
     ref_pool = st.simulate_dose_outcomes(
@@ -321,3 +416,49 @@ def test_large_pool_dlt_rises_and_boin_escalates_to_the_highest_dose_below_the_t
     # all doses are below the target: BOIN escalates and selects the highest dose most often (more than half)
     assert sel[len(DOSES) - 1] == sel.max() and sel[len(DOSES) - 1] > 0.5, sel
     assert math.isclose(float(sel.sum()), 1.0, abs_tol=1e-12)
+
+
+@pytest.mark.slow
+def test_cli_report_with_the_review_analyses_under_custom_conditioning(tmp_path, capsys):
+    # CRM with a skeleton, Flu 30 mg/m² x 3 + Cy 500 mg/m²: the pool, the monitoring analysis and an extra regimen
+    # of the conditioning analysis use that conditioning
+    out = tmp_path / "out"
+    argv = ["trial", "--doses", "1e5,1e6,3e6,1e7", "--design", "crm", "--skeleton", "0.1,0.15,0.2,0.3"]
+    argv += ["--flu", "30", "--cy", "500", "--patients-per-dose", "6", "--trials", "500", "--key", "3"]
+    rc = cli.main([*argv, "--out", str(out), "--quiet"])
+    assert rc == cli.EXIT_OK, capsys.readouterr().err
+    for name in ("report.html", "eligibility.png", "conditioning.png", "power.png", "monitoring.png"):
+        assert (out / name).stat().st_size > 0, name
+    html, text = _report_text(out / "report.html")
+    assert html.count("data:image/png;base64,") == 6
+    assert "trial: Flu 30x3 + Cy 500" in text and "fludarabine 30 mg/m² on days -5, -4, -3" in text
+    assert "--skeleton 0.1,0.15,0.2,0.3" in text and "CRM" in text
+    summary = json.loads((out / "operating_characteristics.json").read_text())
+    assert summary["flu_mg_per_m2_per_day"] == 30.0 and summary["cy_mg_per_m2"] == 500.0
+    # the pool is the library's under that conditioning
+    k_pop, _ = jax.random.split(jax.random.key(3))
+    ref = st.simulate_dose_outcomes(
+        "human",
+        DOSES,
+        population=st.trial_population("human", k_pop, 6),
+        flu_mg_per_m2=30.0,
+        cy_mg_per_m2=500.0,
+        t_end=T_END,
+    )
+    with open(out / "operating_characteristics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    np.testing.assert_allclose([float(r["pool_dlt_rate"]) for r in rows[:-1]], ref.rates()["DLT"], atol=1e-12)
+
+
+@pytest.mark.slow
+def test_full_demo_has_a_trial_section_with_its_figures(tmp_path):
+    from carkinetics.models.sle import demo
+
+    step = next(s for s in demo.DEMO_STEPS if s.title == "Virtual dose-escalation trial")
+    path, skipped, failed = demo.run_demo(str(tmp_path), quick=False, steps=(step,), progress=None)
+    assert skipped == [] and failed == []
+    html, text = _report_text(path)
+    assert html.count("data:image/png;base64,") == 2  # selected dose, dose response
+    assert "Virtual trial: BOIN selects" in text and "<h3>Operating characteristics</h3>" in html
+    assert "in the report of `carkinetics trial`" in text
+    assert not list(tmp_path.glob("*.png"))  # embedded only: the demo declares every file it writes

@@ -99,7 +99,12 @@ def save_fit(
         f = os.fspath(f)
         if not os.path.isfile(f):
             raise ValueError(f"Data file {f!r} does not exist; cannot record its provenance.")
-        data.append({"path": f, "sha256": _sha256(f)})
+        # relative to the fit file, so the record stays true when the repository moves
+        try:
+            rel = os.path.relpath(os.path.abspath(f), os.path.dirname(os.path.abspath(os.fspath(path))))
+        except ValueError:  # another drive (Windows): keep the absolute path
+            rel = os.path.abspath(f)
+        data.append({"path": rel.replace(os.sep, "/"), "sha256": _sha256(f)})
     doc = {
         "format": FIT_FORMAT,
         "model": type(problem.model).__name__,

@@ -304,11 +304,11 @@ class DemoCommand(Command):
 # carkinetics trial
 
 
-def _float_list(flag: str, text: str) -> list[float]:
+def _float_list(flag: str, text: str, example: str = "1e5,3e5,1e6") -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UserError(f"{flag}: expected comma-separated numbers such as 1e5,3e5,1e6; got {text!r}.") from None
+        raise UserError(f"{flag}: expected comma-separated numbers such as {example}; got {text!r}.") from None
     if not values:
         raise UserError(f"{flag}: expected at least one number; got {text!r}.")
     return values
@@ -320,12 +320,29 @@ class TrialCommand(Command):
     description = (
         "Draw virtual SLE patients (between-patient variability of baseline activity, B-cell, plasmablast "
         "and anti-dsDNA burden, eGFR, CAR-T expansion, myeloid responsiveness), simulate each patient "
-        "once at every dose in one batched solve (Erlangen Flu/Cy, CAR-T on day 0), read out DLT (CRS "
-        "grade >= 3), month-6 remission, B-cell aplasia and seroconversion, then run the design on "
-        "patients resampled from that pool. Writes operating_characteristics.csv/.json, "
-        "dose_outcomes.csv, patients.csv, selected_dose.png and dose_response.png."
+        "once at every dose in one batched solve (Flu/Cy of --flu/--cy, default Erlangen; CAR-T on day 0), "
+        "read out DLT (CRS grade >= 3), month-6 remission, B-cell aplasia and seroconversion, then run the design on "
+        "patients resampled from that pool. Then (unless --no-analyses) the four review analyses at the dose the "
+        "design selects most often: eligibility by baseline severity and burden, Flu/Cy conditioning intensity, "
+        "the power of a randomised comparator arm for month-6 remission, and the monitoring schedule. Writes "
+        "report.html (key findings, tables and figures), operating_characteristics.csv/.json, dose_outcomes.csv, "
+        "patients.csv, selected_dose.png, dose_response.png and, with the analyses, eligibility.png, "
+        "conditioning.png, power.png and monitoring.png."
     )
     default_out = "carkinetics_trial"
+    outputs = (
+        "report.html",
+        "operating_characteristics.csv",
+        "operating_characteristics.json",
+        "dose_outcomes.csv",
+        "patients.csv",
+        "selected_dose.png",
+        "dose_response.png",
+        "eligibility.png",
+        "conditioning.png",
+        "power.png",
+        "monitoring.png",
+    )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--preset", default="human", help="SLE preset or preset file (default human)")
@@ -344,7 +361,22 @@ class TrialCommand(Command):
         parser.add_argument(
             "--skeleton",
             default=None,
-            help="CRM skeleton: strictly increasing DLT probabilities, one per dose (required for crm)",
+            help="CRM skeleton: comma-separated prior DLT probabilities in (0, 1), strictly increasing, one per "
+            "dose (required for crm, e.g. 0.05,0.12,0.25,0.4 for four doses)",
+        )
+        parser.add_argument(
+            "--flu",
+            type=finite_number,
+            default=25.0,
+            metavar="MG_M2_PER_DAY",
+            help="fludarabine of the conditioning, mg/m² per day on days -5, -4, -3 (default 25, Erlangen; 0: none)",
+        )
+        parser.add_argument(
+            "--cy",
+            type=finite_number,
+            default=1000.0,
+            metavar="MG_M2",
+            help="cyclophosphamide of the conditioning, mg/m² on day -3 (default 1000, Erlangen; 0: none)",
         )
         parser.add_argument("--trials", type=int, default=1000, help="virtual trials (default 1000)")
         parser.add_argument("--cohort-size", type=int, default=3, help="patients per cohort (default 3)")
@@ -357,6 +389,19 @@ class TrialCommand(Command):
         )
         parser.add_argument("--key", type=int, default=0, help="seed, as jax.random.key(KEY) (default 0)")
         parser.add_argument("--t-end", type=float, default=200.0, help="horizon, days, at least 181 (default 200)")
+        parser.add_argument(
+            "--analyses",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="run the four review analyses (eligibility, conditioning, comparator arm, monitoring) for the "
+            "report (default: on; --no-analyses for the trial alone)",
+        )
+        parser.add_argument(
+            "--monitoring-days",
+            type=finite_number,
+            default=365.0,
+            help="horizon of the monitoring analysis, days, at least 181 (default 365)",
+        )
         add_engine_arg(parser)
         parser.add_argument(
             "--chunk-size",
@@ -379,6 +424,8 @@ class TrialCommand(Command):
 
         if not (math.isfinite(args.target) and 0.0 < args.target < 1.0):
             raise UserError(f"--target must be a probability strictly between 0 and 1, got {args.target}.")
+        if args.skeleton is not None and args.design != "crm":
+            raise UserError(f"--skeleton is used only by --design crm, got --design {args.design}.")
         if args.design == "3+3":
             if args.cohort_size != 3:
                 raise UserError(f"--design 3+3 needs --cohort-size 3, got {args.cohort_size}.")
@@ -387,10 +434,14 @@ class TrialCommand(Command):
             return ct.BOIN(target=args.target)
         if args.skeleton is None:
             raise UserError("--design crm needs --skeleton (one prior DLT probability per dose).")
-        skeleton = _float_list("--skeleton", args.skeleton)
+        skeleton = _float_list("--skeleton", args.skeleton, "0.05,0.12,0.25,0.4")
         if len(skeleton) != n_doses or any(not 0.0 < s < 1.0 for s in skeleton):
             raise UserError(
                 f"--skeleton must give {n_doses} probabilities strictly between 0 and 1 (one per dose), got {skeleton}."
+            )
+        if any(b <= a for a, b in itertools.pairwise(skeleton)):
+            raise UserError(
+                f"--skeleton must increase strictly (prior DLT probability rises with dose), got {skeleton}."
             )
         try:
             return ct.CRM(target=args.target, skeleton=np.asarray(skeleton))
@@ -405,8 +456,13 @@ class TrialCommand(Command):
         import numpy as np
 
         from carkinetics.models.sle.products import PRODUCTS
-        from carkinetics.models.sle.trial_plots import plot_dose_response, plot_selected_dose
-        from carkinetics.models.sle.trials import run_model_trial, simulate_dose_outcomes, trial_population
+        from carkinetics.models.sle.trial_report import modal_dose_index, review_analyses, write_trial_report
+        from carkinetics.models.sle.trials import (
+            DEFAULT_CONDITIONING,
+            run_model_trial,
+            simulate_dose_outcomes,
+            trial_population,
+        )
 
         # every process of a multi-process run simulates its share of the pool; only process 0 writes
         setting, devices = join_processes(args, args.devices)
@@ -427,6 +483,14 @@ class TrialCommand(Command):
                 raise UserError(f"{flag} must be a positive integer, got {value}.")
         if not (math.isfinite(args.t_end) and args.t_end >= 181.0):
             raise UserError(f"--t-end must be at least 181 days (the month-6 read-out is day 180), got {args.t_end}.")
+        if args.monitoring_days < 181.0:
+            raise UserError(
+                f"--monitoring-days must be at least 181 days (the month-6 read-out is day 180), got "
+                f"{args.monitoring_days}."
+            )
+        for flag, value in (("--flu", args.flu), ("--cy", args.cy)):
+            if value < 0.0:
+                raise UserError(f"{flag} must be a non-negative dose in mg/m² (0: leave the drug out), got {value}.")
         if not args.preset.endswith(".toml") and args.preset not in preset_names():
             raise UserError(
                 f"--preset: unknown preset {args.preset!r}; built-in presets are {list(preset_names())} "
@@ -440,14 +504,20 @@ class TrialCommand(Command):
         out = ctx.out_dir() if writer else args.out
         key = jax.random.key(args.key)
         k_pop, k_trials = jax.random.split(key)
+        k_analyses = jax.random.fold_in(key, 1)  # the pool and trials keep the keys they had without the analyses
         n_sim = args.patients_per_dose * len(doses)
+        n_reg = len(DEFAULT_CONDITIONING) + ((args.flu, args.cy) not in DEFAULT_CONDITIONING.values())
         # ETA weights in simulations; one compilation costs about as much as ~2,000 SLE simulations on a CPU core
-        weights = [n_sim + 2000, 200, 50]
+        weights = [n_sim + 2000, 200]
+        if args.analyses:
+            weights.append(args.patients_per_dose * (n_reg + 2) + 4000)
+        weights.append(50)
         prog = ctx.progress(weights) if writer else StepProgress(weights, ctx.command, enabled=False)
         prog.step(
             f"simulating {args.patients_per_dose} virtual patients x {len(doses)} doses = {n_sim} courses "
-            f"({args.engine} engine)"
+            f"(Flu {args.flu:g} mg/m² x 3, Cy {args.cy:g} mg/m²; {args.engine} engine)"
         )
+        analyses = None
         try:
             model = load_preset(args.preset)
             pop = trial_population(model, k_pop, args.patients_per_dose)
@@ -456,6 +526,8 @@ class TrialCommand(Command):
                 doses,
                 product=args.product,
                 population=pop,
+                flu_mg_per_m2=args.flu,
+                cy_mg_per_m2=args.cy,
                 t_end=args.t_end,
                 engine=args.engine,
                 devices=devices if devices > 1 else None,
@@ -463,15 +535,36 @@ class TrialCommand(Command):
                 checkpoint=args.checkpoint,
             )
             prog.advance()
-            if not writer:
-                return EXIT_OK
             prog.step(f"{args.trials} virtual {type(design).name} trials on the resampled pool")
             trial = run_model_trial(
                 pool, design, n_trials=args.trials, key=k_trials, cohort_size=args.cohort_size, n_cohorts=args.cohorts
             )
             prog.advance()
+            if args.analyses:
+                best = modal_dose_index(trial)
+                prog.step(
+                    f"review analyses at {doses[best]:g} cells/kg: eligibility, conditioning ({n_reg} regimens x "
+                    f"{args.patients_per_dose} patients), comparator arm, monitoring ({args.patients_per_dose} "
+                    f"patients, {args.monitoring_days:g} days)"
+                )
+                analyses = review_analyses(
+                    model,
+                    pool,
+                    pop,
+                    key=k_analyses,
+                    dose_index=best,
+                    product=args.product,
+                    flu_mg_per_m2=args.flu,
+                    cy_mg_per_m2=args.cy,
+                    t_end=args.t_end,
+                    monitoring_t_end=args.monitoring_days,
+                    engine=args.engine,
+                )
+                prog.advance()
         except ValueError as err:
             raise UserError(str(err)) from None
+        if not writer:  # every process ran the sweeps above (their members split over all processes)
+            return EXIT_OK
         prog.step("tables and figures")
         oc = trial.oc
         paths = {}
@@ -507,6 +600,8 @@ class TrialCommand(Command):
                     "mean_dlts": np.asarray(oc.mean_dlts).tolist(),
                     "early_stop_probability": float(oc.early_stop_probability),
                     "mean_total_patients": float(oc.mean_total_patients),
+                    "flu_mg_per_m2_per_day": args.flu,
+                    "cy_mg_per_m2": args.cy,
                     "remission_at_selected_dose": trial.remission_at_selected,
                     "pool_rates": {k: v.tolist() for k, v in trial.rates.items()},
                 },
@@ -537,8 +632,39 @@ class TrialCommand(Command):
                             int(pool.remission[d, i]),
                         ]
                     )
-        paths["selected"] = plot_selected_dose(trial, os.path.join(out, "selected_dose.png"))
-        paths["response"] = plot_dose_response(pool, os.path.join(out, "dose_response.png"))
+        settings = {
+            "preset": args.preset,
+            "product": pool.product,
+            "conditioning": f"fludarabine {args.flu:g} mg/m² on days -5, -4, -3; cyclophosphamide {args.cy:g} mg/m² "
+            "on day -3",
+            "target DLT rate": args.target if args.design != "3+3" else "(3+3 has none)",
+            **({"CRM skeleton": args.skeleton} if args.design == "crm" else {}),
+            "cohorts x cohort size": f"{args.cohorts} x {args.cohort_size}",
+            "horizon (days)": args.t_end,
+            "seed": f"jax.random.key({args.key})",
+        }
+        command = ["carkinetics", "trial", "--preset", args.preset]
+        command += [] if args.product is None else ["--product", args.product]
+        command += ["--doses", args.doses.replace(" ", ""), "--design", args.design]
+        command += [] if args.design == "3+3" else ["--target", f"{args.target:g}"]
+        command += [] if args.skeleton is None else ["--skeleton", args.skeleton]
+        command += ["--flu", f"{args.flu:g}", "--cy", f"{args.cy:g}", "--trials", str(args.trials)]
+        command += ["--cohort-size", str(args.cohort_size), "--cohorts", str(args.cohorts)]
+        command += ["--patients-per-dose", str(args.patients_per_dose), "--key", str(args.key)]
+        command += ["--t-end", f"{args.t_end:g}", "--monitoring-days", f"{args.monitoring_days:g}"]
+        command += [] if args.analyses else ["--no-analyses"]
+        paths.update(
+            write_trial_report(
+                os.path.join(out, "report.html"),
+                pool=pool,
+                trial=trial,
+                fig_dir=out,
+                analyses=analyses,
+                settings=settings,
+                analyses_note="The review analyses were left out of this run (--no-analyses).",
+                command=command,
+            )
+        )
         prog.advance()
         prog.close()
         print(oc.summary())

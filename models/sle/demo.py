@@ -383,6 +383,36 @@ def _step_parameters(ctx: DemoContext) -> None:
     ctx.report.parameter_table(model, "Human preset: every parameter with unit, bounds, confidence tag and source.")
 
 
+def _step_trial(ctx: DemoContext) -> None:
+    import tempfile
+
+    import jax
+
+    import carkinetics.trials as ct
+    from carkinetics.models.sle.trial_report import add_trial_sections
+    from carkinetics.models.sle.trials import run_model_trial, simulate_dose_outcomes
+
+    doses = [1e5, 1e6, 3e6, 1e7]  # CAR-T cells/kg: the ladder of docs/trials.md
+    pool = simulate_dose_outcomes("human", doses, n_patients=25, key=jax.random.key(0), engine=ctx.engine)
+    trial = run_model_trial(pool, ct.BOIN(target=0.3), n_trials=2000, key=jax.random.key(1))
+    ctx.report.text(
+        "A small virtual BOIN trial (target DLT rate 0.3) on the human preset under Erlangen Flu/Cy: 25 virtual "
+        "patients simulated at each of four doses, resampled into 2,000 trials. For operating characteristics use "
+        "100-250 patients per dose with `carkinetics trial`, whose report adds the four review analyses."
+    )
+    with tempfile.TemporaryDirectory() as fig_dir:  # the figures are embedded in the report
+        add_trial_sections(
+            ctx.report,
+            pool=pool,
+            trial=trial,
+            fig_dir=fig_dir,
+            settings={"preset": "human", "conditioning": "Erlangen Flu/Cy", "seed": "jax.random.key(0)"},
+            analyses_note="The review analyses (eligibility, conditioning, comparator arm, monitoring) are in the "
+            "report of `carkinetics trial`.",
+            level=3,
+        )
+
+
 HUMAN = "Human SLE course under the Erlangen regimen"
 
 DEMO_STEPS: tuple[DemoStep, ...] = (
@@ -399,6 +429,13 @@ DEMO_STEPS: tuple[DemoStep, ...] = (
     DemoStep("Translation map: mouse to human", (), _step_translation),
     DemoStep("Export to SBML", (("antimony", "loadAntimonyString"),), _step_sbml, extra="sbml"),
     DemoStep("Parameters of the human preset", (), _step_parameters, depends_on=(HUMAN,)),
+    DemoStep(
+        "Virtual dose-escalation trial",
+        (),
+        _step_trial,
+        full_only="a trial reads month-6 remission, past the quick run's 120-day horizon, and needs its own "
+        "compiled batch; run `carkinetics demo` without --quick or `carkinetics trial` for it",
+    ),
 )
 
 

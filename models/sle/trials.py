@@ -185,6 +185,19 @@ def _check_t_end(owner: str, t_end: object) -> float:
     return t
 
 
+def _check_conditioning(owner: str, flu_mg_per_m2: object, cy_mg_per_m2: object) -> tuple[float, float]:
+    try:
+        flu, cy = float(flu_mg_per_m2), float(cy_mg_per_m2)  # pyright: ignore[reportArgumentType]
+    except (TypeError, ValueError):
+        flu = cy = float("nan")
+    if not (math.isfinite(flu) and flu >= 0 and math.isfinite(cy) and cy >= 0):
+        raise ValueError(
+            f"{owner}: `flu_mg_per_m2` and `cy_mg_per_m2` must be finite and non-negative; got "
+            f"{flu_mg_per_m2!r} and {cy_mg_per_m2!r}."
+        )
+    return flu, cy
+
+
 def _model(owner: str, model: object, product: str | None) -> SLECarTModel:
     from carkinetics.models.sle.presets import load_preset
     from carkinetics.models.sle.products import with_product
@@ -504,13 +517,7 @@ def simulate_dose_outcomes(
     owner = "simulate_dose_outcomes"
     ladder = _check_dose_ladder(owner, doses)
     t_end = _check_t_end(owner, t_end)
-    flu = float(flu_mg_per_m2)
-    cy = float(cy_mg_per_m2)
-    if not (math.isfinite(flu) and flu >= 0 and math.isfinite(cy) and cy >= 0):
-        raise ValueError(
-            f"{owner}: `flu_mg_per_m2` and `cy_mg_per_m2` must be finite and non-negative; got "
-            f"{flu_mg_per_m2!r} and {cy_mg_per_m2!r}."
-        )
+    flu, cy = _check_conditioning(owner, flu_mg_per_m2, cy_mg_per_m2)
     sle_model = _model(owner, model, product)
     population = _population(owner, sle_model, population, n_patients, key)
     n_doses = ladder.shape[0]
@@ -988,6 +995,8 @@ def monitoring_analysis(
     dose: float = 1e6,
     intervals: Sequence[float] = (7.0, 14.0, 28.0, 56.0, 91.0),
     max_delay: float = 30.0,
+    flu_mg_per_m2: float = 25.0,
+    cy_mg_per_m2: float = 1000.0,
     product: str | None = None,
     population: ck.Population | None = None,
     n_patients: int | None = None,
@@ -999,7 +1008,8 @@ def monitoring_analysis(
     """How often to sample B cells, CAR-T, anti-dsDNA and disease activity to detect B-cell return, loss of CAR-T,
     anti-dsDNA re-positivity and clinical relapse within a given delay.
 
-    The population is simulated once (Erlangen conditioning and `dose` cells/kg); each patient's event times come
+    The population is simulated once (Flu/Cy conditioning as in `simulate_dose_outcomes`, default Erlangen, and
+    `dose` cells/kg); each patient's event times come
     from their course (`TRIAL_ENDPOINTS`). With visits every `interval` days from day 0, an event at day `t` is
     seen at the first visit at or after it (the marker stays past its threshold until then), so its delay is
     `detection_delay(t, interval)`.
@@ -1019,13 +1029,14 @@ def monitoring_analysis(
     ivals = np.asarray([_check_positive_real(owner, "intervals", float(i)) for i in intervals])
     if ivals.size == 0:
         raise ValueError(f"{owner}: `intervals` must list at least one sampling interval (days).")
+    flu, cy = _check_conditioning(owner, flu_mg_per_m2, cy_mg_per_m2)
     t_end = _check_t_end(owner, t_end)
     sle_model = _model(owner, model, product)
     population = _population(owner, sle_model, population, n_patients, key)
     protocols = {
         "car_cells_per_kg": np.array([dose]),
-        "flu_mg_per_m2": np.array([25.0]),
-        "cy_mg_per_m2": np.array([1000.0]),
+        "flu_mg_per_m2": np.array([flu]),
+        "cy_mg_per_m2": np.array([cy]),
     }
     out, ok = _solve(owner, sle_model, population, protocols, 1, t_end, engine, devices)
     events = tuple(MONITORING_EVENTS)
