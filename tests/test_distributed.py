@@ -332,7 +332,10 @@ def test_trial_command_names_a_bad_multi_process_setting(tmp_path, capsys, monke
 
 @pytest.mark.slow
 def test_trial_command_across_two_processes_writes_the_one_process_files(tmp_path):
+    # the pool in two chunks, then the review analyses (conditioning and monitoring are sweeps too: every process
+    # must run them, or process 0 would wait for a partner that left)
     argv = ["trial", "--doses", "1e5,1e6", "--patients-per-dose", "3", "--trials", "50", "--chunk-size", "3"]
+    argv += ["--monitoring-days", "200"]  # the monitoring batch (3 courses, 200 days) reuses the pool's compiled chunk
     cli = [sys.executable, "-m", "carkinetics.cli", *argv, "--quiet", "--devices", "1"]
     port = _free_port()
     procs = [
@@ -345,14 +348,15 @@ def test_trial_command_across_two_processes_writes_the_one_process_files(tmp_pat
         )
         for i in range(2)
     ]
-    runs = _finish(procs, timeout=400)
+    runs = _finish(procs, timeout=600)
     assert all(rc == 0 for rc, _, _ in runs), [err[-3000:] for _, _, err in runs]
     assert not (tmp_path / "p1").exists()  # only process 0 writes
     # one process with the same devices (two host devices, split by --devices 2)
     env = {**_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     one = subprocess.run(
-        [*cli[:-1], "2", "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300
+        [*cli[:-1], "2", "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=600
     )
     assert one.returncode == 0, one.stderr[-3000:]
     for name in ("patients.csv", "dose_outcomes.csv", "operating_characteristics.csv"):
         assert (tmp_path / "p0" / name).read_text() == (tmp_path / "one" / name).read_text(), name
+    assert (tmp_path / "p0" / "report.html").is_file()
