@@ -18,8 +18,15 @@ per-chunk overhead of bringing a chunk's outputs back: for two processes the swe
 gather collective (timed on a real chunk's outputs, `--overhead-repeats` times), for one process the device-to-host
 copy. Every configuration's metrics are checked against the first's (max relative difference).
 
+With `--population` the members are a virtual population (`ck.virtual_population`, log-normal random effects with
+the same spreads) swept as a `ck.Population`; `--model sle` sweeps the SLE application's virtual population
+(`sle_virtual_population`, Erlangen regimen, 730 days, `population_metrics`). The time to draw the population is
+reported as `sampling`.
+
     python benchmarks/distributed_sweep.py                      # reference workload, 4096 members, chunk 512
     python benchmarks/distributed_sweep.py --model pk2 --members 65536 --chunk-size 4096
+    python benchmarks/distributed_sweep.py --model reference --population --members 4096 --chunk-size 512
+    python benchmarks/distributed_sweep.py --model sle --members 128 --chunk-size 32
     python benchmarks/distributed_sweep.py --log benchmarks/results/distributed_sweep_cpu_DATE.log
 """
 
@@ -40,25 +47,48 @@ import timeit
 CONFIGS = {"1 proc x 1 dev": (1, 1), "1 proc x 2 dev": (1, 2), "2 proc x 1 dev": (2, 1)}
 
 
-def _workload(name: str, n: int):
-    """(model, regimen, save times, samples, metrics) of `n` members drawn with a fixed seed."""
-    import jax.numpy as jnp
+# log-normal spread (sd of the log) of the swept parameters of each model
+SPREAD = {
+    "reference": {"rho": 0.2, "kk": 0.3, "ppb": 0.3},
+    "pk2": {"cl": 0.3, "v1": 0.2, "q": 0.3, "v2": 0.2},
+}
+
+
+def _workload(name: str, n: int, population: bool):
+    """(model, regimen, save times, samples, metrics) of `n` members drawn with a fixed seed: NumPy log-normal
+    draws, or with `population` a `ck.virtual_population` with the same spreads (the SLE model: its own virtual
+    population, `sle_virtual_population`, under the Erlangen regimen, read out as `population_metrics`)."""
+    import jax
     import numpy as np
 
     import carkinetics as ck
 
     rng = np.random.default_rng(0)
     m = ck.metrics
+    if name == "sle":
+        from carkinetics.models.sle import erlangen_regimen, load_preset, save_times
+        from carkinetics.models.sle.population import population_metrics, sle_virtual_population
+
+        model = load_preset("human")
+        pop = sle_virtual_population(model, jax.random.key(0), n)
+        return model, erlangen_regimen(model), save_times(730.0), pop, population_metrics
+    model, regimen, ts, samples, metrics = _model_workload(name, n, rng, m)
+    if population:
+        samples = ck.virtual_population(model, jax.random.key(0), n, omega=SPREAD[name])
+    return model, regimen, ts, samples, metrics
+
+
+def _model_workload(name: str, n: int, rng, m):
+    import jax.numpy as jnp
+
+    import carkinetics as ck
+
     if name == "reference":
         from carkinetics.models.reference_workload import ReferenceWorkload
 
         model = ReferenceWorkload()
         ts = jnp.linspace(0.0, 365.0, 366)
-        samples = {
-            "rho": model.rho * rng.lognormal(0.0, 0.2, n),
-            "kk": model.kk * rng.lognormal(0.0, 0.3, n),
-            "ppb": model.ppb * rng.lognormal(0.0, 0.3, n),
-        }
+        samples = {k: getattr(model, k) * rng.lognormal(0.0, sd, n) for k, sd in SPREAD[name].items()}
 
         def metrics(sol):
             o = sol.observables
@@ -73,12 +103,7 @@ def _workload(name: str, n: int):
 
     model = TwoCompartmentPK()
     ts = jnp.linspace(0.0, 2.0, 21)
-    samples = {
-        "cl": model.cl * rng.lognormal(0.0, 0.3, n),
-        "v1": model.v1 * rng.lognormal(0.0, 0.2, n),
-        "q": model.q * rng.lognormal(0.0, 0.3, n),
-        "v2": model.v2 * rng.lognormal(0.0, 0.2, n),
-    }
+    samples = {k: getattr(model, k) * rng.lognormal(0.0, sd, n) for k, sd in SPREAD[name].items()}
 
     def metrics(sol):
         c = sol.observables.concentration
@@ -102,9 +127,12 @@ def worker(args) -> dict:
     jax.config.update("jax_enable_x64", True)
     import numpy as np
 
-    model, regimen, ts, samples, metrics = _workload(args.model, args.members)
+    t0 = time.perf_counter()
+    model, regimen, ts, samples, metrics = _workload(args.model, args.members, args.population)
+    sample_s = time.perf_counter() - t0
     kw = dict(metrics=metrics, chunk_size=args.chunk_size, devices="all", progress=False)
-    one = {k: v[: args.chunk_size] for k, v in samples.items()}
+    drawn = samples.samples if isinstance(samples, ck.Population) else samples
+    one = {k: v[: args.chunk_size] for k, v in drawn.items()}
     t0 = time.perf_counter()
     ck.sweep_model(model, regimen, ts, one, **kw)
     first = time.perf_counter() - t0
@@ -124,6 +152,7 @@ def worker(args) -> dict:
         "processes": r.n_processes,
         "devices": r.n_devices,
         "chunks": r.n_chunks,
+        "sample_s": sample_s,
         "compile_s": first - again,
         "sweep_s": best,
         "members_per_s": args.members / best,
@@ -194,6 +223,7 @@ def launch(name: str, args) -> dict:
         "--worker",
         "--model",
         args.model,
+        *(["--population"] if args.population else []),
         "--members",
         str(args.members),
         "--chunk-size",
@@ -238,7 +268,12 @@ def launch(name: str, args) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=["reference", "pk2"], default="reference")
+    ap.add_argument("--model", choices=["reference", "pk2", "sle"], default="reference")
+    ap.add_argument(
+        "--population",
+        action="store_true",
+        help="draw the members with ck.virtual_population and sweep the Population (always for --model sle)",
+    )
     ap.add_argument("--members", type=int, default=4096)
     ap.add_argument("--chunk-size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
@@ -265,7 +300,8 @@ def main(argv=None) -> None:
     import jax
 
     say(
-        f"distributed sweep benchmark, {time.strftime('%Y-%m-%d')}: model {args.model}, {args.members} members, "
+        f"distributed sweep benchmark, {time.strftime('%Y-%m-%d')}: model {args.model}"
+        f"{' (virtual population)' if args.population or args.model == 'sle' else ''}, {args.members} members, "
         f"chunk {args.chunk_size}, float64, ensemble engine (model default), best of {args.repeats}"
     )
     say(
@@ -278,7 +314,8 @@ def main(argv=None) -> None:
         row = launch(name, args)
         rows.append(row)
         say(
-            f"{name}: compile {row['compile_s']:.2f} s, sweep {row['sweep_s']:.3f} s, "
+            f"{name}: sampling {row['sample_s']:.2f} s, compile {row['compile_s']:.2f} s, "
+            f"sweep {row['sweep_s']:.3f} s, "
             f"{row['members_per_s']:.1f} members/s ({row['device_kind']})"
         )
     ref = rows[0]["outputs"]

@@ -170,24 +170,18 @@ def band_index(n_ts: int):
 def run_population(model, key, n, *, omega=None, product=None, bands=True):
     import numpy as np
 
-    import carkinetics as ck
-    from carkinetics.models.sle import erlangen_regimen, save_times, with_product
-    from carkinetics.models.sle.population import population_metrics, sle_virtual_population
+    from carkinetics.models.sle.population import (
+        population_metrics,
+        simulate_sle_population,
+        sle_virtual_population,
+    )
 
     pop = sle_virtual_population(model, key, n, omega=omega)
-    m = model if product is None else with_product(model, product)
-    reg = erlangen_regimen(m, product=product) if product is not None else erlangen_regimen(m)
-    res = ck.sweep_model(
-        m,
-        reg,
-        save_times(T_END),
-        pop.samples,
-        metrics=_metrics_with_bands if bands else population_metrics,
-        chunk_size=min(512, n),
-        progress=False,
+    res = simulate_sle_population(
+        model, pop, product=product, t_end=T_END, metrics=_metrics_with_bands if bands else population_metrics
     )
     out = {k: np.asarray(v) for k, v in res.outputs.items()}
-    out["ok"] = np.asarray(res.ok) if hasattr(res, "ok") else np.isfinite(out["B return"])
+    out["ok"] = np.asarray(res.ok)
     out.update({f"param {k}": np.asarray(v) for k, v in pop.samples.items()})
     return out, res.n_failed
 

@@ -1,7 +1,8 @@
 """Multi-process sweeps on jax.distributed: two local CPU processes (gloo collectives, loopback only) against one.
 
-The workers (`tests/distributed_worker.py`) run a seeded Sobol analysis of the two-compartment PK reference model;
-the reference is the same analysis in this process. Each multi-process test bounds its waits with timeouts.
+The workers (`tests/distributed_worker.py`) run a seeded Sobol analysis of the two-compartment PK reference model, a
+seeded virtual population of it, or a seeded SLE trial pool; the reference is the same computation in this process.
+Each multi-process test bounds its waits with timeouts.
 """
 
 import json
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 import carkinetics as ck
+from carkinetics import cli
 from carkinetics._analysis._distributed import _resolve, _slurm_first_host
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -76,9 +78,13 @@ def _finish(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, st
     return out
 
 
-def _single(*extra: str, timeout: float = 120) -> dict:
-    """The worker as one process (the checkpoint's member function is keyed on its module, `__main__`)."""
-    run = subprocess.run([sys.executable, WORKER, *extra], capture_output=True, text=True, env=_env(), timeout=timeout)
+def _single(*extra: str, timeout: float = 120, devices: int = 1) -> dict:
+    """The worker as one process (the checkpoint's member function is keyed on its module, `__main__`), with
+    `devices` host devices."""
+    env = _env()
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    run = subprocess.run([sys.executable, WORKER, *extra], capture_output=True, text=True, env=env, timeout=timeout)
     assert run.returncode == 0, run.stderr[-3000:]
     return _result(run.stdout)
 
@@ -256,3 +262,101 @@ def test_a_signal_to_one_process_stops_both_after_the_chunk(tmp_path, reference)
         assert rc == 128 + signal.SIGTERM, err[-3000:]
         assert "Stopped by SIGTERM" in err
     _assert_resumed(_single(*_ckpt_args(ckpt)), reference(CHUNK))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# virtual populations and trial pools
+
+
+def _outputs(res: dict, prefix: str) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=float) for k, v in res.items() if k.startswith(prefix)}
+
+
+def _assert_same_outputs(res: dict, ref: dict, prefix: str, rtol: float = 0.0) -> None:
+    got, want = _outputs(res, prefix), _outputs(ref, prefix)
+    assert sorted(got) == sorted(want) and want
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=1e-12, err_msg=k)
+
+
+def test_two_processes_build_the_one_process_virtual_population_and_one_process_resumes_it(tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    runs = _finish(_launch(2, "--analysis", "population", "--checkpoint", ckpt), timeout=150)
+    assert all(rc == 0 for rc, _, _ in runs), [err[-3000:] for _, _, err in runs]
+    ref = distributed_worker.population()  # one process, one device, no checkpoint
+    for r in (_result(out) for _, out, _ in runs):
+        assert r["n_processes"] == 2 and r["n_devices"] == 2 and r["n_failed"] == 0 and r["n_chunks"] == 4
+        # every process returns each member's metrics of the one-process population, to 1e-12
+        _assert_same_outputs(r, ref, "pop_")
+    # one process finds every chunk in the checkpoint process 0 wrote and returns the same population
+    res = _single("--analysis", "population", "--checkpoint", ckpt)
+    assert res["n_processes"] == 1 and res["n_resumed_chunks"] == res["n_chunks"] == 4
+    _assert_same_outputs(res, ref, "pop_")
+
+
+@pytest.mark.slow
+def test_two_processes_simulate_the_one_process_trial_pool(tmp_path):
+    ckpt = str(tmp_path / "ckpt")
+    runs = _finish(_launch(2, "--analysis", "trial_pool", "--checkpoint", ckpt), timeout=400)
+    assert all(rc == 0 for rc, _, _ in runs), [err[-3000:] for _, _, err in runs]
+    assert sorted(f for f in os.listdir(ckpt) if f.startswith("chunk_")) == ["chunk_000000.npz", "chunk_000001.npz"]
+    # one process with the same devices (two host devices, two courses each per chunk), and with one device
+    same = _single("--analysis", "trial_pool", devices=2, timeout=300)
+    one = distributed_worker.trial_pool()
+    assert same["n_failed"] == one["n_failed"] == 0
+    for r in (_result(out) for _, out, _ in runs):
+        assert r["n_failed"] == 0
+        # every course's endpoints (4 patients x 2 doses, 2 chunks) equal the one-process pool's, to 1e-12
+        _assert_same_outputs(r, same, "pool_")
+        # XLA compiles the stiff batched solve for each device count, so on one device the courses differ in the
+        # last digits (about 1e-10 relative), far inside the solver tolerance (1e-6)
+        _assert_same_outputs(r, one, "pool_", rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--num-processes", "2", "--process-id", "0"], "no coordinator address"),
+        (["--coordinator", "127.0.0.1:1", "--num-processes", "2"], "this process's id is not given"),
+        (["--coordinator", "127.0.0.1", "--num-processes", "2", "--process-id", "0"], "'HOST:PORT'"),
+    ],
+)
+def test_trial_command_names_a_bad_multi_process_setting(tmp_path, capsys, monkeypatch, argv, match):
+    for name in [k for k in os.environ if k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS"))]:
+        monkeypatch.delenv(name)
+    assert cli.main(["trial", *argv, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "carkinetics trial: error:" in err and match in err
+    assert not (tmp_path / "out").exists()  # stopped before any work
+
+
+@pytest.mark.slow
+def test_trial_command_across_two_processes_writes_the_one_process_files(tmp_path):
+    # the pool in two chunks, then the review analyses (conditioning and monitoring are sweeps too: every process
+    # must run them, or process 0 would wait for a partner that left)
+    argv = ["trial", "--doses", "1e5,1e6", "--patients-per-dose", "3", "--trials", "50", "--chunk-size", "3"]
+    argv += ["--monitoring-days", "200"]  # the monitoring batch (3 courses, 200 days) reuses the pool's compiled chunk
+    cli = [sys.executable, "-m", "carkinetics.cli", *argv, "--quiet", "--devices", "1"]
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [*cli, "--out", str(tmp_path / f"p{i}"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**_env(), "JAX_PROCESS_ID": str(i)},  # the process id from the environment, as on a cluster
+        )
+        for i in range(2)
+    ]
+    runs = _finish(procs, timeout=600)
+    assert all(rc == 0 for rc, _, _ in runs), [err[-3000:] for _, _, err in runs]
+    assert not (tmp_path / "p1").exists()  # only process 0 writes
+    # one process with the same devices (two host devices, split by --devices 2)
+    env = {**_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    one = subprocess.run(
+        [*cli[:-1], "2", "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    for name in ("patients.csv", "dose_outcomes.csv", "operating_characteristics.csv"):
+        assert (tmp_path / "p0" / name).read_text() == (tmp_path / "one" / name).read_text(), name
+    assert (tmp_path / "p0" / "report.html").is_file()

@@ -113,9 +113,11 @@ def test_population_into_sweep_model_and_bands():
     m = OneCompartmentPK()
     pop = ck.virtual_population(m, jax.random.key(7), 12, omega={"v": 0.3})
     ts = jnp.linspace(0.0, 1.0, 6)
+    # the Population itself is swept (its samples)
     res = ck.sweep_model(
-        m, ck.Bolus(0.0, 100.0, "central"), ts, pop.samples, chunk_size=8, progress=False, keep_trajectories=True
+        m, ck.Bolus(0.0, 100.0, "central"), ts, pop, chunk_size=8, progress=False, keep_trajectories=True
     )
+    assert res.n_members == 12 and res.n_chunks == 2
     np.testing.assert_allclose(res.outputs["concentration_cmax"], 100.0 / pop.samples["v"], rtol=1e-12)
     bands = ck.percentile_bands(res.outputs["observables"][:, :, 0], (5, 50, 95), ok=res.ok)
     assert bands.shape == (3, 6)

@@ -6,7 +6,10 @@ with `eta ~ N(0, Omega)`; for a parameter bounded on both sides (a fraction) it 
 sampled value stays inside its declared bounds. Covariates act on the typical value through power models,
 `theta_typ,i = theta_typ * (cov_i / reference) ** exponent` (e.g. allometric clearance, exponent 0.75).
 
-The result is a [`carkinetics.Population`][] whose `samples` dict feeds [`carkinetics.sweep_model`][].
+The result is a [`carkinetics.Population`][], which [`carkinetics.sweep_model`][] simulates in chunks (the
+`Population` itself or its `samples` dict), with checkpoints and on every device of every process after
+[`carkinetics.distributed_setup`][]. A population is drawn from a key, so every process of a multi-process run
+draws the same members.
 """
 
 from __future__ import annotations
@@ -158,8 +161,8 @@ def virtual_population(
     - `covariates`: `{name: (n,) array}` (e.g. from [`carkinetics.sample_covariates`][]), used by `effects`.
     - `effects`: [`carkinetics.CovariateEffect`][] power models on typical values.
 
-    **Returns:** a [`carkinetics.Population`][]; parameters with a covariate effect but no IIV also appear
-    in `samples`.
+    **Returns:** a [`carkinetics.Population`][] (simulate it with [`carkinetics.sweep_model`][]); parameters with a
+    covariate effect but no IIV also appear in `samples`.
 
     **Raises:** `ValueError` for unknown parameters/covariates, a malformed Omega, or a typical value that
     lies on a bound.

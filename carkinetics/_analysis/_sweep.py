@@ -36,6 +36,7 @@ from .._ensemble import resolve_devices
 from ._checkpoint import FORMAT_VERSION, Checkpoint, fingerprint
 from ._distributed import ProcessFailed, ProcessGroup, gather, versions
 from ._interrupt import Interrupted, stop_on_signals
+from ._population import Population
 from ._progress import Progress
 
 _AXIS = "members"
@@ -572,7 +573,7 @@ def sweep_model(
     model: AbstractKineticModel,
     regimen: Regimen | None,
     ts: Any,
-    samples: Mapping[str, Any] | None = None,
+    samples: Mapping[str, Any] | Population | None = None,
     *,
     regimens: Sequence[Regimen] | None = None,
     metrics: Callable[[Solution], Mapping[str, Any]] | None = observable_metrics,
@@ -598,8 +599,10 @@ def sweep_model(
 
     - `model`, `ts`: the template model and the save times (days).
     - `regimen`: the regimen shared by all members (or `None`), used unless `regimens` is given.
-    - `samples`: `{dotted parameter name: array (N,) or (N, ...)}` in the parameter's unit, e.g. from
-      [`carkinetics.virtual_population`][]. Values are checked against the declared bounds before the sweep.
+    - `samples`: `{dotted parameter name: array (N,) or (N, ...)}` in the parameter's unit, or a virtual population
+      ([`carkinetics.Population`][] from [`carkinetics.virtual_population`][] or
+      [`carkinetics.sample_posterior`][]: its `samples` are swept). Values are checked against the declared bounds
+      before the sweep.
     - `regimens`: optional sequence of N regimens of identical structure (one per member).
     - `metrics`: `metrics(sol) -> dict` of per-member outputs (use [`carkinetics.metrics`][] functions); default
       [`carkinetics.observable_metrics`][]; `None` for none.
@@ -628,6 +631,8 @@ def sweep_model(
         raise ValueError(f"`model` must be a carkinetics AbstractKineticModel, got {type(model).__name__}.")
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"`engine` must be one of {list(ENGINES)}, got {engine!r}.")
+    if isinstance(samples, Population):
+        samples = samples.samples
     samples = {k: np.asarray(v, dtype=float) for k, v in dict(samples or {}).items()}
     n = None
     if samples:

@@ -210,7 +210,7 @@ def add_devices_arg(p: argparse.ArgumentParser, default: str | None = "all", wha
         default=default,
         metavar="all|K",
         help=f"split {what} over K devices: 'all' (default) = every GPU, or on CPU one device per "
-        "available core; 1 = one device (one CPU core). Results do not depend on it",
+        "available core; 1 = one device (one CPU core). Results depend on it only by round-off",
     )
 
 
@@ -226,6 +226,24 @@ def add_distributed_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--num-processes", type=whole_number(1), default=None, metavar="N", help="number of processes")
     g.add_argument("--process-id", type=whole_number(0), default=None, metavar="I", help="this process's id, 0..N-1")
+
+
+def join_processes(args: argparse.Namespace, devices: str | int | None) -> tuple[Any, int]:
+    """Start the run of `add_distributed_args` (`ck.distributed_setup`, a `UserError` for a bad setting) and
+    resolve `--devices`: `(the DistributedSetting, the devices a sweep splits each chunk over)`. Several processes
+    use every device of every process; one process uses `device_count(devices)` (1 for `None`). Call it before any
+    other JAX work; every process computes, and only process 0 (`setting.process_id == 0`) writes files."""
+    import jax
+
+    import carkinetics as ck
+
+    try:
+        setting = ck.distributed_setup(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if setting.num_processes > 1:
+        return setting, len(jax.devices())
+    return setting, 1 if devices is None else device_count(devices)
 
 
 def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:

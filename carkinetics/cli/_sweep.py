@@ -32,8 +32,8 @@ from ._common import (
     add_engine_arg,
     add_run_args,
     check_keys,
-    device_count,
     is_number,
+    join_processes,
     load_toml,
     toml_repr,
     toml_value,
@@ -198,15 +198,11 @@ class SweepCommand(Command):
         import carkinetics as ck
         import carkinetics.io as ckio
 
-        try:
-            setting = ck.distributed_setup(args.coordinator, args.num_processes, args.process_id)
-        except ValueError as err:
-            raise UserError(str(err)) from None
+        setting, devices = join_processes(args, args.devices)
         writer = setting.process_id == 0  # every process computes; only process 0 writes files
         run = resolve_run(args, ctx.plugins)
         samples, wanted = sweep_spec(args.ranges, run.model, args.n)
         out = ctx.out_dir() if writer else args.out
-        devices = device_count(args.devices) if setting.num_processes == 1 else len(jax.devices())
         chunk = 256 * devices if args.chunk_size is None else args.chunk_size
         n_members = len(next(iter(samples.values())))
         try:

@@ -28,10 +28,14 @@ from carkinetics.cli import (
     Context,
     Preset,
     PresetTable,
+    StepProgress,
     UserError,
     add_checkpoint_arg,
+    add_devices_arg,
+    add_distributed_args,
     add_engine_arg,
     finite_number,
+    join_processes,
     seed_arg,
     whole_number,
 )
@@ -399,6 +403,19 @@ class TrialCommand(Command):
             help="horizon of the monitoring analysis, days, at least 181 (default 365)",
         )
         add_engine_arg(parser)
+        parser.add_argument(
+            "--chunk-size",
+            type=whole_number(1, MAX_MEMBERS),
+            default=None,
+            help="courses per compiled chunk, split over the devices; each finished chunk goes to --checkpoint "
+            "(default: every course in one chunk)",
+        )
+        add_devices_arg(parser, what="each chunk of courses")
+        add_checkpoint_arg(parser)
+        add_distributed_args(parser)
+
+    def host_devices(self, args: argparse.Namespace) -> str | int | None:
+        return args.devices
 
     def _design(self, args: argparse.Namespace, n_doses: int) -> Any:
         import numpy as np
@@ -447,6 +464,8 @@ class TrialCommand(Command):
             trial_population,
         )
 
+        # every process of a multi-process run simulates its share of the pool; only process 0 writes
+        setting, devices = join_processes(args, args.devices)
         doses = _float_list("--doses", args.doses)
         if len(doses) < 2:
             raise UserError(f"--doses must give at least two dose levels, got {doses}.")
@@ -481,7 +500,8 @@ class TrialCommand(Command):
             raise UserError(f"--product: unknown product {args.product!r}; products are {sorted(PRODUCTS)}.")
         design = self._design(args, len(doses))
 
-        out = ctx.out_dir()
+        writer = setting.process_id == 0
+        out = ctx.out_dir() if writer else args.out
         key = jax.random.key(args.key)
         k_pop, k_trials = jax.random.split(key)
         k_analyses = jax.random.fold_in(key, 1)  # the pool and trials keep the keys they had without the analyses
@@ -491,7 +511,8 @@ class TrialCommand(Command):
         weights = [n_sim + 2000, 200]
         if args.analyses:
             weights.append(args.patients_per_dose * (n_reg + 2) + 4000)
-        prog = ctx.progress([*weights, 50])
+        weights.append(50)
+        prog = ctx.progress(weights) if writer else StepProgress(weights, ctx.command, enabled=False)
         prog.step(
             f"simulating {args.patients_per_dose} virtual patients x {len(doses)} doses = {n_sim} courses "
             f"(Flu {args.flu:g} mg/m² x 3, Cy {args.cy:g} mg/m²; {args.engine} engine)"
@@ -509,6 +530,9 @@ class TrialCommand(Command):
                 cy_mg_per_m2=args.cy,
                 t_end=args.t_end,
                 engine=args.engine,
+                devices=devices if devices > 1 else None,
+                chunk_size=args.chunk_size,
+                checkpoint=args.checkpoint,
             )
             prog.advance()
             prog.step(f"{args.trials} virtual {type(design).name} trials on the resampled pool")
@@ -539,6 +563,8 @@ class TrialCommand(Command):
                 prog.advance()
         except ValueError as err:
             raise UserError(str(err)) from None
+        if not writer:  # every process ran the sweeps above (their members split over all processes)
+            return EXIT_OK
         prog.step("tables and figures")
         oc = trial.oc
         paths = {}

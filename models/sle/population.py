@@ -27,13 +27,18 @@ pop.samples["rejection.r_exp"].shape      # (100,)
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 import carkinetics as ck
-from carkinetics.models.sle.metrics import B_RETURN_PER_UL, DORIS_SLEDAI, REMISSION_SLEDAI
+from carkinetics.models.sle.metrics import B_RETURN_PER_UL, DORIS_SLEDAI, REMISSION_SLEDAI, save_times
+from carkinetics.models.sle.products import with_product
+from carkinetics.models.sle.regimens import erlangen_regimen
 
 _STEIN = "Stein AM et al., CPT Pharmacometrics Syst Pharmacol 2019;8:285, doi:10.1002/psp4.12388 (Table 1 IIV)"
 
@@ -119,7 +124,8 @@ def sle_virtual_population(
     **Arguments:** `model` (typical values, e.g. `load_preset("human")`); `key` a `jax.random` key; `n` members;
     `omega` to replace the table's ω (e.g. `iiv_omega(rejection__r_exp=0.3)`).
 
-    **Returns:** a [`carkinetics.Population`][] whose `samples` feed [`carkinetics.sweep_model`][].
+    **Returns:** a [`carkinetics.Population`][], simulated by `simulate_sle_population` (or
+    [`carkinetics.sweep_model`][]).
     """
     return ck.virtual_population(model, key, n, omega=omega if omega is not None else iiv_omega())
 
@@ -164,6 +170,74 @@ def population_metrics(sol: ck.Solution) -> dict[str, Any]:
     }
 
 
+def simulate_sle_population(
+    model: Any,
+    population: ck.Population,
+    *,
+    product: str | None = None,
+    t_end: float = 730.0,
+    metrics: Callable[[ck.Solution], Mapping[str, Any]] = population_metrics,
+    chunk_size: int = 512,
+    devices: Any = None,
+    checkpoint: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> ck.SweepResult:
+    """Simulate every virtual patient of `population` under the Erlangen regimen and read out `metrics`.
+
+    One [`carkinetics.sweep_model`][] over the population: chunks of `chunk_size` patients, each integrated with
+    one ensemble call. After [`carkinetics.distributed_setup`][], `devices="all"` splits every chunk over the
+    devices of every process and every process returns the same result; process 0 alone writes the `checkpoint`
+    directory, which a rerun (with any process count) resumes from.
+
+    **Arguments:**
+
+    - `model`: the typical patient the population was drawn around (e.g. `load_preset("human")`).
+    - `population`: from `sle_virtual_population`.
+    - `product`: a product name of `PRODUCTS` (`with_product`) infused instead of the model's own.
+    - `t_end`: horizon (days, at least 730: `population_metrics` reads months 3 to 24); the save grid is
+      `save_times(t_end)`.
+    - `metrics`: per-patient read-outs of a solution (default `population_metrics`).
+    - `chunk_size`, `devices`, `checkpoint`, `progress`: as for [`carkinetics.sweep`][].
+
+    **Returns:** a [`carkinetics.SweepResult`][] whose `outputs` are the metrics, one row per patient (failed
+    patients NaN, `ok` False).
+
+    **Example:**
+
+    ```python
+    import jax
+    from carkinetics.models.sle import load_preset
+    from carkinetics.models.sle.population import simulate_sle_population, sle_virtual_population
+    model = load_preset("human")
+    res = simulate_sle_population(model, sle_virtual_population(model, jax.random.key(0), 4))
+    res.outputs["B return"]                   # day of B-cell reappearance of each patient
+    ```
+    """
+    if not isinstance(population, ck.Population):
+        raise ValueError(
+            "simulate_sle_population: `population` must be a carkinetics Population (from "
+            f"`sle_virtual_population`); got {type(population).__name__}."
+        )
+    if not (isinstance(t_end, (int, float)) and math.isfinite(t_end) and t_end >= 730.0):
+        raise ValueError(
+            f"simulate_sle_population: `t_end` must be at least 730 days (the read-outs span months 3 to 24); "
+            f"got {t_end!r}."
+        )
+    patient = model if product is None else with_product(model, product)
+    regimen = erlangen_regimen(patient) if product is None else erlangen_regimen(patient, product=product)
+    return ck.sweep_model(
+        patient,
+        regimen,
+        save_times(float(t_end)),
+        population,
+        metrics=metrics,
+        chunk_size=chunk_size,
+        devices=devices,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
+
+
 __all__ = [
     "DORIS_SLEDAI",
     "POPULATION_METRICS",
@@ -172,5 +246,6 @@ __all__ = [
     "RandomEffect",
     "iiv_omega",
     "population_metrics",
+    "simulate_sle_population",
     "sle_virtual_population",
 ]

@@ -353,17 +353,31 @@ def _solve(
     devices: Any,
     rtol: float | None = None,
     atol: float | None = None,
+    chunk_size: int | None = None,
+    checkpoint: Any = None,
+    progress: bool = False,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """One batched solve of every patient under each of `n_arms` protocols: outputs of shape `(n_arms, P)`."""
+    """Every patient under each of `n_arms` protocols: outputs of shape `(n_arms, P)`. The courses are swept
+    (`ck.sweep` of a `ck.ParameterBatch`: one ensemble call per chunk, all courses in one chunk by default), so
+    `devices`, `checkpoint` and a multi-process run (`ck.distributed_setup`) act as for any sweep."""
     n = _n_members(population)
     if n < 1:
         raise ValueError(f"{owner}: the population has no varied parameter; draw one with `trial_population`.")
     values = {f"model.{k}": np.tile(np.asarray(v, dtype=float), n_arms) for k, v in population.samples.items()}
     values.update({f"protocol.{k}": np.repeat(np.asarray(v, dtype=float), n) for k, v in protocols.items()})
-    members = ck.batch_models(SLEArm(model, SLEProtocol()), values)
-    out, ok = ck.run_experiment(TrialExperiment(t_end, rtol=rtol, atol=atol), members, engine=engine, devices=devices)
-    out = {k: np.asarray(v).reshape(n_arms, n) for k, v in out.items()}
-    return out, np.asarray(ok).reshape(n_arms, n)
+    experiment = TrialExperiment(t_end, rtol=rtol, atol=atol)
+    courses = ck.ParameterBatch(experiment, SLEArm(model, SLEProtocol()), tuple(values), engine or "ensemble")
+    res = ck.sweep(
+        courses,
+        values,
+        chunk_size=n * n_arms if chunk_size is None else chunk_size,
+        devices=devices,
+        checkpoint=checkpoint,
+        progress=progress,
+        has_ok=True,
+    )
+    out = {k: np.asarray(v).reshape(n_arms, n) for k, v in res.outputs.items()}
+    return out, np.asarray(res.ok).reshape(n_arms, n)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -464,8 +478,11 @@ def simulate_dose_outcomes(
     devices: Any = None,
     rtol: float | None = None,
     atol: float | None = None,
+    chunk_size: int | None = None,
+    checkpoint: Any = None,
+    progress: bool = False,
 ) -> DoseOutcomes:
-    """Simulate every virtual patient once at every dose of a ladder, in one batched ensemble solve.
+    """Simulate every virtual patient once at every dose of a ladder, in batched ensemble solves (one by default).
 
     Each patient receives Flu/Cy conditioning (fludarabine `flu_mg_per_m2` on days -5, -4, -3, cyclophosphamide
     `cy_mg_per_m2` on day -3, by their body surface area) and the CAR-T dose on day 0.
@@ -477,8 +494,12 @@ def simulate_dose_outcomes(
     - `doses`: CAR-T doses in cells/kg, strictly increasing, at least two.
     - `population`: virtual patients (`trial_population`), or `n_patients` and `key` to draw them.
     - `flu_mg_per_m2`, `cy_mg_per_m2`: the conditioning (default Erlangen: 25 mg/m² x 3, 1,000 mg/m²).
-    - `t_end`: horizon (days, at least 181); `engine`, `devices`: as for `ck.run_experiment`; `rtol`, `atol`: solver
+    - `t_end`: horizon (days, at least 181); `engine`: as for `ck.run_experiment`; `rtol`, `atol`: solver
       tolerances (default: the model class's, 1e-6).
+    - `devices`, `chunk_size`, `checkpoint`, `progress`: as for `ck.sweep`, which runs the courses (default: every
+      course in one chunk, no checkpoint). After `ck.distributed_setup`, `devices="all"` splits each chunk over
+      the devices of every process, every process returns the same pool, and process 0 alone writes the
+      checkpoint (a rerun with any process count resumes from it).
 
     **Returns:** a `DoseOutcomes`. Patients whose course fails at any dose are dropped (`n_failed`).
 
@@ -505,7 +526,21 @@ def simulate_dose_outcomes(
         "flu_mg_per_m2": np.full(n_doses, flu),
         "cy_mg_per_m2": np.full(n_doses, cy),
     }
-    out, ok = _solve(owner, sle_model, population, protocols, n_doses, t_end, engine, devices, rtol, atol)
+    out, ok = _solve(
+        owner,
+        sle_model,
+        population,
+        protocols,
+        n_doses,
+        t_end,
+        engine,
+        devices,
+        rtol,
+        atol,
+        chunk_size=chunk_size,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
     keep = ok.all(axis=0)
     if not keep.any():
         raise RuntimeError(f"{owner}: every patient's course failed to solve; check the population's parameters.")
