@@ -27,6 +27,11 @@ def test_plot_sobol_bars_match_indices():
     np.testing.assert_allclose([b.get_width() for b in bars[:3]], res.S1[order], rtol=1e-12)
     np.testing.assert_allclose([b.get_width() for b in bars[3:]], res.ST[order], rtol=1e-12)
     plt.close(fig)
+    # readable labels replace the names they map, in the same order; unmapped factors keep their names
+    fig = plot_sobol(res, labels={"b": "factor b (1/d)"})
+    expected = [{"b": "factor b (1/d)"}.get(PROB["names"][i], PROB["names"][i]) for i in order]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == expected
+    plt.close(fig)
     # Time-course indices: one line per factor with the ST values; a (d, T) result is refused by plot_sobol.
     x = ck.saltelli_sample(PROB, 512, key=jax.random.key(0))  # (512 x 5, 4) outputs: shapes shared with test_gsa
     y = np.stack([x[:, 0], x[:, 0] + x[:, 1], x[:, 1], x[:, 2]], axis=1)

@@ -5,7 +5,7 @@ Every function returns a `matplotlib.figure.Figure` and never calls `show()`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,13 +35,21 @@ def _scalar_result(result: Any, what: str) -> None:
             )
 
 
-def plot_sobol(result: Any, *, ax: Any = None, title: str | None = None, sort: bool = True):
+def plot_sobol(
+    result: Any,
+    *,
+    ax: Any = None,
+    title: str | None = None,
+    sort: bool = True,
+    labels: Mapping[str, str] | None = None,
+):
     """Tornado chart of Sobol indices: first-order (S1) and total (ST) bars per factor with confidence bars.
 
     **Arguments:**
 
     - `result`: a [`carkinetics.SobolResult`][] of a scalar output.
     - `ax`: draw into an existing axis; `title`: axis title; `sort`: order factors by ST (largest on top).
+    - `labels`: readable tick labels per factor name (factors not in it keep their name).
 
     **Returns:** the `Figure`. Bars are drawn as `S1` then `ST`, in the (sorted) factor order.
 
@@ -65,7 +73,8 @@ def plot_sobol(result: Any, *, ax: Any = None, title: str | None = None, sort: b
     h = 0.38
     ax.barh(y + h / 2, s1[order], height=h, xerr=c1[order], color="C0", label="first order S1", capsize=2)
     ax.barh(y - h / 2, st[order], height=h, xerr=ct[order], color="C3", alpha=0.8, label="total ST", capsize=2)
-    ax.set_yticks(y, [names[i] for i in order])
+    labels = dict(labels or {})
+    ax.set_yticks(y, [labels.get(names[i], names[i]) for i in order])
     ax.axvline(0.0, color="black", lw=0.8)
     ax.set_xlabel(f"Sobol index ({round(100 * result.confidence)} % bootstrap interval)")
     ax.set_title(title or f"Sobol indices (n = {result.n_base} base samples)", fontsize=10)

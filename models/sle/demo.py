@@ -228,6 +228,13 @@ SOBOL_BASE_SAMPLES = 32
 
 #: Parameters of the sensitivity step (ranges: half to double the preset value) and the SLE metrics it reads.
 SOBOL_PARAMETERS = ("car.rho", "car.alpha", "car.k_kill", "bcell.d_pb")
+#: Their labels in the figure (the dotted names stay in the tables).
+SOBOL_LABELS = {
+    "car.rho": "CAR-T proliferation\n(car.rho)",
+    "car.alpha": "CAR-T contraction\n(car.alpha)",
+    "car.k_kill": "CAR-T killing\n(car.k_kill)",
+    "bcell.d_pb": "plasmablast death\n(bcell.d_pb)",
+}
 SOBOL_METRICS = ("CAR Cmax", "B aplasia", "anti-dsDNA d90")
 
 
@@ -255,7 +262,7 @@ def _step_sensitivity(ctx: DemoContext) -> None:
     fig, axes = plt.subplots(1, len(SOBOL_METRICS), figsize=(4.4 * len(SOBOL_METRICS), 3.4), squeeze=False)
     rows = []
     for ax, m in zip(axes[0], SOBOL_METRICS):
-        plot_sobol(indices[m], ax=ax, title=f"{m} [{SLE_METRICS[m][0]}]")
+        plot_sobol(indices[m], ax=ax, title=f"{m} [{SLE_METRICS[m][0]}]", labels=SOBOL_LABELS)
         for i, p in enumerate(names):
             rows.append(
                 [
