@@ -103,11 +103,19 @@ def test_the_script_binds_every_published_row():
             assert t.statistic is not None, t.target_id
 
 
-def test_mouse_fits_are_not_shipped():
-    # the mouse data are lower bounds the presets meet (tested); a fit cannot locate values beyond a bound
+def test_mouse_fit_values_live_in_the_preset_with_their_data_hash():
+    # no mouse fit file is shipped: the NZB/W values fitted to the Kansal 2019 bounds are entries of its preset,
+    # tagged F, naming the script and the hash of the target file they were fitted to (which must be the current one)
     assert not [f for f in os.listdir(os.path.join(CAL, "fits")) if f.startswith("mouse")]
-    mouse = _load_script("fit_mouse")
-    assert "No mouse fit is shipped" in mouse.__doc__
+    with open(os.path.join(CAL, "data", "mouse_targets.csv"), "rb") as fh:
+        sha = hashlib.sha256(fh.read()).hexdigest()[:12]
+    rec = sle.preset_records("mouse_nzbw")
+    fitted = {n: r for n, r in rec.items() if r.tag == "F"}
+    assert set(fitted) == {"car.alpha", "bcell.k_mat"}
+    for r in fitted.values():
+        assert "calibration/fit_mouse.py" in r.source and sha in r.source and "not converged" in r.source
+    assert not [n for n, r in sle.preset_records("mouse_mrl_lpr").items() if r.tag == "F"]
+    assert "NZB/W preset carries this script's estimates" in _load_script("fit_mouse").__doc__
 
 
 @pytest.mark.slow

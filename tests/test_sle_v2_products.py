@@ -164,8 +164,9 @@ def test_preset_records_complete_and_table():
     rec = sle.preset_records("mouse_nzbw", complete=True)
     assert len(rec) == len(ck.parameters(sle.SLECarTModel()))
     assert rec["humoral.k_igg"].gap == "G1" and rec["humoral.k_igg"].value == pytest.approx(math.log(2) / 7.0)
-    alpha = ck.parameters(sle.SLECarTModel())["car.alpha"]
-    assert (rec["car.alpha"].source, rec["car.alpha"].gap) == (alpha.info.source, None)  # class provenance
+    beta = ck.parameters(sle.SLECarTModel())["car.beta"]
+    assert (rec["car.beta"].source, rec["car.beta"].gap) == (beta.info.source, None)  # class provenance
+    assert rec["car.alpha"].tag == "F" and rec["car.alpha"].gap == "G3"  # the preset's own (fitted) value
     table = {p.name: p for p in sle.preset_parameter_table("mouse_nzbw")}
     assert "[G1]" in table["humoral.k_igg"].info.description
     assert sle.preset_meta("mouse_nzbw")["product"] == "mCD19-CD28z (Kansal 2019)"
