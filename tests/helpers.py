@@ -43,3 +43,21 @@ class TraceCounter:
 
     def __getitem__(self, name: str) -> int:
         return sum(1 for m in self.records if "Finished tracing" in m and f" {name} " in f" {m} ")
+
+
+def signal_on_call(monkeypatch, module, name, k, signum):
+    """Patch `module.name` so that its k-th call first sends `signum` to this process (a deterministic stand-in
+    for Ctrl-C / `kill` arriving while that call runs); returns the list that counts the calls."""
+    import os
+
+    calls = []
+    real = getattr(module, name)
+
+    def run(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == k:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, run)
+    return calls

@@ -2,28 +2,15 @@
 naming the checkpoint; a rerun resumes to the files of an uninterrupted run; a checkpoint of another fit is refused
 (exit 2) naming what differs."""
 
-import os
 import signal
 
 import pytest
+from helpers import signal_on_call
 from test_cli_errors import _calibrate, _petab
 
 from carkinetics import cli
 from carkinetics._inference import _fit
 
-
-def _signal_on_call(monkeypatch, module, name, k, signum):
-    calls = []
-    real = getattr(module, name)
-
-    def run(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == k:
-            os.kill(os.getpid(), signum)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, run)
-    return calls
 
 
 @pytest.mark.slow  # three fits through the command line; the library's resume is tested in the default suite
@@ -32,7 +19,7 @@ def test_calibrate_stops_after_a_start_and_resumes_to_the_same_fit(tmp_path, cap
     p = _petab(tmp_path / "p")
     ckpt = tmp_path / "ck"
     argv = [a if a != "2" else "3" for a in _calibrate(p)]  # three starts
-    calls = _signal_on_call(monkeypatch, _fit, "_run_multistart_ensemble", 2, signum)
+    calls = signal_on_call(monkeypatch, _fit, "_run_multistart_ensemble", 2, signum)
     rc = cli.main([*argv, "--checkpoint", str(ckpt)])
     err = capsys.readouterr().err
     assert rc == code, err
@@ -43,7 +30,7 @@ def test_calibrate_stops_after_a_start_and_resumes_to_the_same_fit(tmp_path, cap
     assert "Traceback" not in err and not (p / "out" / "fitted_parameters.csv").exists()
     assert len(list(ckpt.glob("chunk_*.npz"))) == 2
     monkeypatch.undo()
-    calls = _signal_on_call(monkeypatch, _fit, "_run_multistart_ensemble", 99, signum)
+    calls = signal_on_call(monkeypatch, _fit, "_run_multistart_ensemble", 99, signum)
     assert cli.main([*argv, "--checkpoint", str(ckpt)]) == 0
     assert len(calls) == 1  # only the missing start
     resumed = (p / "out" / "fitted_parameters.csv").read_text()
@@ -73,7 +60,7 @@ def test_fit_population_stops_after_an_iteration_and_resumes_to_the_same_estimat
         *["--random", "ka=0.6,cl=0.3,v=0.1", "--error", "additive:0.7", "--init", "ka=37.8,cl=65.2,v=31.5"],
         *["--no-plots", "--no-covariance", "--quiet"],
     ]
-    _signal_on_call(monkeypatch, _focei, "expansion", 2, signal.SIGINT)
+    signal_on_call(monkeypatch, _focei, "expansion", 2, signal.SIGINT)
     rc = cli.main([*argv, "--checkpoint", str(ckpt), "--out", str(tmp_path / "a")])
     err = capsys.readouterr().err
     assert rc == 130, err

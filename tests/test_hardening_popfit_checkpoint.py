@@ -9,6 +9,7 @@ import signal
 import jax
 import numpy as np
 import pytest
+from helpers import signal_on_call
 
 import carkinetics as ck
 from carkinetics._inference import _focei, _saem
@@ -23,17 +24,7 @@ def problem():
 
 
 def _signal_on_call(monkeypatch, module, name, k, signum=signal.SIGINT):
-    calls = []
-    real = getattr(module, name)
-
-    def run(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == k:
-            os.kill(os.getpid(), signum)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, run)
-    return calls
+    return signal_on_call(monkeypatch, module, name, k, signum)
 
 
 def _same_fit(a, b):
