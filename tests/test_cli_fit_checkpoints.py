@@ -12,7 +12,6 @@ from carkinetics import cli
 from carkinetics._inference import _fit
 
 
-
 @pytest.mark.slow  # three fits through the command line; the library's resume is tested in the default suite
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143)])
 def test_calibrate_stops_after_a_start_and_resumes_to_the_same_fit(tmp_path, capsys, monkeypatch, signum, code):
