@@ -452,7 +452,8 @@ def main():
         wp_rows = rows[n0:]
         _plot(wp_rows, os.path.join(args.out, f"work_precision_{args.model}{args.tag}.png"), args.model, args.wp_n)
         _matched_accuracy(wp_rows)
-    path = os.path.join(args.out, f"ensemble_vs_peers_{args.model}{'_wp' if args.work_precision else ''}{args.tag}.json")
+    stem = f"ensemble_vs_peers_{args.model}{'_wp' if args.work_precision else ''}{args.tag}"
+    path = os.path.join(args.out, f"{stem}.json")
     with open(path, "w") as fh:
         json.dump(
             dict(
@@ -501,6 +502,12 @@ def _roadrunner_solve(sbml, names, ts_np, t0, rtol, atol, stiff, values=None):
     return out[-len(ts_np) :]
 
 
+def _fastest(best, tools):
+    """The fastest of `best[tool]` (rows or None) over `tools`, or None."""
+    cands = [best[k] for k in tools if best.get(k)]
+    return min(cands, key=lambda r: r["per_solve_s"]) if cands else None
+
+
 def _matched_accuracy(rows):
     """Speed at matched accuracy: for each error target, the fastest run of each tool whose error is at or below it
     with no failed member (over the whole (rtol, atol) grid), its tolerances, and its speed-up over the faster
@@ -517,18 +524,12 @@ def _matched_accuracy(rows):
         best = {}
         for tool in tools:
             ok = [
-                r
-                for r in rows
-                if r["tool"] == tool and r["max_rel_err"] <= target and not r.get("failed_members", 0)
+                r for r in rows if r["tool"] == tool and r["max_rel_err"] <= target and not r.get("failed_members", 0)
             ]
             best[tool] = min(ok, key=lambda r: r["per_solve_s"]) if ok else None
 
-        def fastest(names):
-            cands = [best[k] for k in names if best.get(k)]
-            return min(cands, key=lambda r: r["per_solve_s"]) if cands else None
-
-        cvode = fastest([k for k in tools if k.startswith("roadrunner_cvode")])
-        vmap = fastest(["vmap_diffrax"] if best.get("vmap_diffrax") else ["vmap_tsit5", "vmap_kvaerno5"])
+        cvode = _fastest(best, [k for k in tools if k.startswith("roadrunner_cvode")])
+        vmap = _fastest(best, ["vmap_diffrax"] if best.get("vmap_diffrax") else ["vmap_tsit5", "vmap_kvaerno5"])
         cells = []
         for tool in tools:
             r = best[tool]
