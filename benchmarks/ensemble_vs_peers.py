@@ -80,7 +80,12 @@ def _parse():
         default=0,
         help="with --work-precision: time the matched-accuracy picks again with this many repeats",
     )
-    p.add_argument("--retime-from", default=None, help="with --wp-retime: a saved sweep's JSON instead of a new sweep")
+    p.add_argument(
+        "--retime-from",
+        default=None,
+        help="comma-separated JSON files of saved sweeps instead of a new sweep: merged for the tables, and "
+        "with --wp-retime their picks timed again",
+    )
     p.add_argument(
         "--wp-only",
         action="store_true",
@@ -465,9 +470,10 @@ def main():
     if args.work_precision:
         n0 = len(rows)
         if args.retime_from:
-            with open(args.retime_from) as fh:
-                rows.extend(json.load(fh)["rows"])  # a saved sweep (--wp-only): only its picks are timed again
-            print(f"sweep rows from {args.retime_from}")
+            for src in args.retime_from.split(","):  # saved sweeps (--wp-only): merged; only picks timed again
+                with open(src) as fh:
+                    rows.extend(json.load(fh)["rows"])
+                print(f"sweep rows from {src}")
         else:
             for at_spec in args.wp_atols.split(","):
                 for rt in [float(x) for x in args.wp_rtols.split(",")]:
