@@ -12,7 +12,9 @@ Workloads (`--model`, see `_workloads.py`):
 Tools (`--tools`):
 
 - `lsoda` (reference workload only): scipy `solve_ivp(method="LSODA")` on the NumPy right-hand side;
-- `cvode`: libroadrunner CVODE (BDF) on the project's SBML export (`carkinetics.io.to_sbml`);
+- `cvode`: libroadrunner CVODE on the project's SBML export (`carkinetics.io.to_sbml`) in the modes of `--cvode-modes`
+  (tools `roadrunner_cvode_bdf`: `integrator.stiff = True`, the default; `roadrunner_cvode_adams`: `stiff = False`);
+  a member whose solve raises is a counted failure, never a silent NaN;
 - `vmap_diffrax` (reference workload only): the peer in its fastest idiomatic form,
   `jax.jit(jax.vmap(diffrax.diffeqsolve))` with the right-hand side written directly, Tsit5, `PIDController`,
   `SaveAt(ts=...)`;
@@ -24,16 +26,18 @@ Tools (`--tools`):
 
 For each tool the script compiles first (reported separately), blocks on results, takes the minimum of `--repeats`
 runs and reports seconds per solve = batch time / N, the step count of member 0 and the maximum relative error of
-member 0 against a tight reference (floor: 1e-6 x the state's maximum): scipy LSODA at rtol 1e-10, atol 1e-12
-(reference workload) or libroadrunner CVODE at rtol 1e-10, atol 1e-12 (SLE; diffrax Kvaerno5 at rtol 1e-10 if
-libroadrunner is missing). scipy and libroadrunner solve one patient at a time: the first `--peer-members` members of
-the same perturbed batch (their mean time per solve). `max_steps` (100,000) bounds the steps over the whole horizon
-in every JAX tool; failures are counted (`throw=False`).
+member 0 against a tight reference (floor: 1e-6 x the state's maximum, 1e-6 absolute for a state that is identically
+zero in the reference): scipy LSODA at rtol 1e-10, atol 1e-12 (reference workload) or diffrax Kvaerno5 at rtol 1e-11,
+atol 1e-13 (SLE, `--ref-rtol`; cross-checked against libroadrunner CVODE Adams and BDF at rtol 1e-10, atol 1e-12 when
+libroadrunner is installed, the agreement printed). scipy and libroadrunner solve one patient at a time: the first
+`--peer-members` members of the same perturbed batch (their mean time per solve). `max_steps` (100,000) bounds the
+steps over the whole horizon in every JAX tool; failures are counted (`throw=False`).
 
 `--work-precision` adds a sweep over rtol x atol (N = `--wp-n`, the same grid for every tool), saves a
 work-precision plot (error against seconds per solve) and prints the matched-accuracy table: for each error target
 the fastest (rtol, atol) of each tool that reaches it. Each JAX tool is compiled once with the tolerances as traced
-arguments, so later grid points report a compile time of ~0.
+arguments, so later grid points report a compile time of ~0. `--wp-retime K` times the picks again with K repeats
+(the table takes the minimum over all runs of a setting); `--retime-from` merges saved sweeps instead of sweeping.
 
 Examples:
 
