@@ -28,6 +28,7 @@ def fitted(problem, starts):  # noqa: F811  same call as test_calibrate's fixtur
     return ck.fit(problem, starts=starts, adam_steps=0, lbfgs_steps=60)
 
 
+@pytest.mark.slow  # ~45 s; the engines' agreement per batch path is in test_engine_paths.py
 def test_ensemble_and_vmap_engines_reach_the_same_optimum(problem, starts, fitted, truth):  # noqa: F811
     ref = ck.fit(problem, starts=starts, adam_steps=0, lbfgs_steps=60, engine="vmap")
     assert fitted.engine == "ensemble" and ref.engine == "vmap"

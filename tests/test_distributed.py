@@ -279,6 +279,7 @@ def _assert_same_outputs(res: dict, ref: dict, prefix: str, rtol: float = 0.0) -
         np.testing.assert_allclose(got[k], want[k], rtol=rtol, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.slow  # ~20-45 s; the Sobol analysis across two processes stays in the default suite
 def test_two_processes_build_the_one_process_virtual_population_and_one_process_resumes_it(tmp_path):
     ckpt = str(tmp_path / "ckpt")
     runs = _finish(_launch(2, "--analysis", "population", "--checkpoint", ckpt), timeout=150)

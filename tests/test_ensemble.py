@@ -160,6 +160,7 @@ def test_member_queue_gives_identical_results(method):
         assert rel_err(full.ys.central[i], exact, floor=1e-3) < 1e-5
 
 
+@pytest.mark.slow  # ~17 s of compiles for lane widths
 def test_cpu_lane_counts_avoid_aliasing_widths(monkeypatch):
     # On CPU, lane counts that are multiples of `_CPU_LANE_ALIAS` are moved (fewer slots with a queue, padded members
     # without one). Patched to 4 / 1 here so that small batches take both routes: 8 members without a queue run on
@@ -398,7 +399,13 @@ def test_reverse_mode_gradient(method, slots):
 
 
 @pytest.mark.parametrize(
-    "reverse_slots, keep_max", [(4096, 4096), (3, 4096), (3, 4)], ids=["one-chunk", "chunks-kept", "chunks-recomputed"]
+    "reverse_slots, keep_max",
+    [
+        (4096, 4096),
+        pytest.param(3, 4096, marks=pytest.mark.slow),
+        pytest.param(3, 4, marks=pytest.mark.slow),
+    ],
+    ids=["one-chunk", "chunks-kept", "chunks-recomputed"],
 )
 def test_queued_reverse_mode_matches_forward_mode(monkeypatch, reverse_slots, keep_max):
     # With a member queue (slots=2 for 5 members) reverse mode differentiates a solve without a queue (custom VJP):
