@@ -142,29 +142,28 @@ def stein_numbers():
     return out
 
 
-def _metrics_with_bands(sol):
-    """Population read-outs plus trajectories on a coarse grid (for the percentile bands)."""
+def _metrics_with_bands(idx):
+    """Population read-outs plus trajectories at the save indices `idx` (a coarse grid for the percentile bands)."""
     from carkinetics.models.sle.population import population_metrics
 
-    out = dict(population_metrics(sol))
-    o = sol.observables
-    idx = band_index(sol.ts.shape[0])
-    for name in ("car_blood", "b_blood", "crs_grade", "sledai", "anti_dsdna_index"):
-        out[f"traj {name}"] = getattr(o, name)[idx]
-    return out
+    def metrics(sol):
+        out = dict(population_metrics(sol))
+        o = sol.observables
+        for name in ("car_blood", "b_blood", "crs_grade", "sledai", "anti_dsdna_index"):
+            out[f"traj {name}"] = getattr(o, name)[idx]
+        return out
+
+    return metrics
 
 
-def band_index(n_ts: int):
-    import jax
+def band_index():
+    """Indices of the band grid in the save grid `save_times(T_END)`: every save to day 30, then every 5 days."""
     import numpy as np
 
     from carkinetics.models.sle import save_times
 
-    with jax.ensure_compile_time_eval():  # called while the metric function is traced: the grid is a constant
-        ts = np.asarray(save_times(T_END))
-    assert n_ts == ts.size
-    keep = np.flatnonzero((ts <= 30.0) | (np.abs(ts - np.round(ts / 5.0) * 5.0) < 1e-9))
-    return keep
+    ts = np.asarray(save_times(T_END))
+    return np.flatnonzero((ts <= 30.0) | (np.abs(ts - np.round(ts / 5.0) * 5.0) < 1e-9))
 
 
 def run_population(model, key, n, *, omega=None, product=None, bands=True):
@@ -178,7 +177,11 @@ def run_population(model, key, n, *, omega=None, product=None, bands=True):
 
     pop = sle_virtual_population(model, key, n, omega=omega)
     res = simulate_sle_population(
-        model, pop, product=product, t_end=T_END, metrics=_metrics_with_bands if bands else population_metrics
+        model,
+        pop,
+        product=product,
+        t_end=T_END,
+        metrics=_metrics_with_bands(band_index()) if bands else population_metrics,
     )
     out = {k: np.asarray(v) for k, v in res.outputs.items()}
     out["ok"] = np.asarray(res.ok)
@@ -312,7 +315,7 @@ def plot_bands(out, path):
     from carkinetics.models.sle import save_times
     from carkinetics.models.sle.metrics import B_RETURN_PER_UL
 
-    ts = np.asarray(save_times(T_END))[band_index(np.asarray(save_times(T_END)).size)]
+    ts = np.asarray(save_times(T_END))[band_index()]
     ok = np.isfinite(out["B return"])
     fig, axes = plt.subplots(1, 5, figsize=(24, 4.2))
     spec = [
