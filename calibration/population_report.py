@@ -22,7 +22,7 @@ Outputs: `--out-dir` (default `calibration/results/population/`, not committed):
 `vp_bands.png`, `vp_distributions.png`; and `--summary` (default `calibration/fits/human_sle_report.md`, committed):
 the Markdown summary of the numbers with its two figures next to it (`human_sle_report_bands.png`,
 `human_sle_report_distributions.png`). `--tune` instead prints the B-reappearance SD and the CRS grade distribution
-over a grid of ω for the two random effects chosen to reproduce them (`rejection.r_exp`, `myeloid.k_cd40`).
+over a grid of ω for the two random effects chosen to reproduce them (`rejection.r_exp`, `myeloid.k_damp`).
 
 Run: `python calibration/population_report.py` (a few minutes of CPU), `--n 256` for a quick look.
 """
@@ -288,17 +288,17 @@ def tune(model, key, n):
     """B-reappearance SD and CRS grade distribution over a grid of the two tuned ω."""
     from carkinetics.models.sle.population import iiv_omega
 
-    print("| omega r_exp | omega k_cd40 | B return mean | SD | returned | CRS 0 | 1 | 2 | >=3 |")
+    print("| omega r_exp | omega k_damp | B return mean | SD | returned | CRS 0 | 1 | 2 | >=3 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for w_rej in (0.1, 0.25, 0.4, 0.6):
-        for w_cd40 in (0.0, 0.3, 0.6):
+        for w_damp in (0.3, 0.6, 1.0):
             out, _ = run_population(
-                model, key, n, omega=iiv_omega(rejection__r_exp=w_rej, myeloid__k_cd40=w_cd40), bands=False
+                model, key, n, omega=iiv_omega(rejection__r_exp=w_rej, myeloid__k_damp=w_damp), bands=False
             )
             s = population_numbers(out)
             g = s["crs_grade_fractions"]
             print(
-                f"| {w_rej} | {w_cd40} | {s['b_return_mean']:.0f} | {s['b_return_sd']:.0f} | "
+                f"| {w_rej} | {w_damp} | {s['b_return_mean']:.0f} | {s['b_return_sd']:.0f} | "
                 f"{s['b_returned_fraction']:.2f} | {g[0]:.2f} | {g[1]:.2f} | {g[2]:.2f} | {sum(g[3:]):.2f} |",
                 flush=True,
             )

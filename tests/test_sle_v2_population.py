@@ -82,14 +82,11 @@ def test_crs_grade_distribution(vp):
         assert lo <= v <= hi, (tid, v, (lo, hi))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: 8.6 % of the virtual SLE population reaches CRS grade >= 3 (the "
-    "high-burden tail of the IIV), none in the published SLE series",
-)
 def test_no_severe_crs_in_the_sle_population(vp):
+    # none of the 35 patients of Mackensen 2022, Mueller 2024 and Feng 2025 had grade >= 3 (Clopper-Pearson upper
+    # bound 10 %); pooled SLE series report grade >= 3 as very rare (references/kinetics.md §7): below 2 %
     _, s, _ = vp
-    assert sum(s["crs_grade_fractions"][3:]) < 0.05  # no grade >= 3 in the SLE series
+    assert sum(s["crs_grade_fractions"][3:]) < 0.02, s["crs_grade_fractions"]
 
 
 def test_serology_and_remission(vp):

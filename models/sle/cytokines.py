@@ -82,15 +82,17 @@ class MyeloidParams(eqx.Module):
         tag="A",
     )
     k_damp: float = ck.param(
-        3e5,
+        1.5e6,
         unit="cells/(uL*d)",
         description="kill flux density giving unit DAMP drive (half-maximal myeloid activation)",
-        source="assumption (Santurio 2025 structure): the drive of a typical SLE course (~0.5 % of the myeloid "
-        "compartment activated, IL-6 peak ~1e2 pg/mL) is far below saturation",
-        tag="A",
+        source="chosen so that the virtual SLE population (calibrated default, SLE_IIV) has the published CRS grade "
+        "distribution (Mueller F et al., N Engl J Med 2024;390:687: none 4/15, grade 1 10/15, grade 2 1/15; "
+        "Mackensen 2022 3/5 grade 1; Feng 2025 13/15 grade 1), by calibration/population_report.py --tune; the "
+        "typical SLE course then activates ~0.1 % of the myeloid compartment (IL-6 peak ~40 pg/mL, fever)",
+        tag="F",
     )
     k_cd40: float = ck.param(
-        3e5,
+        1.5e6,
         unit="cells/uL",
         description="activated CAR-T density giving unit contact drive",
         source="assumption (Santurio 2025 CD40-CD40L structure); equal to k_damp",
@@ -134,12 +136,12 @@ class MyeloidParams(eqx.Module):
         1.0, unit="1/d", description="rate of endothelial activation/recovery", source="assumption", tag="A"
     )
     k_vasc: float = ck.param(
-        1e4,
+        5e3,
         unit="pg/mL",
         description="signalling IL-6 giving half-maximal endothelial activation",
         source="assumption: hypotension/hypoxia with IL-6 in the 1e3-1e4 pg/mL range (Teachey DT et al., Cancer "
-        "Discov 2016;6:664 [M]); with the ASTCT thresholds below, grade 2 from ~500, grade 3 from ~2,500 and grade 4 "
-        "from ~1e4 pg/mL of signalling IL-6",
+        "Discov 2016;6:664 [M]); with the ASTCT thresholds below, grade 2 from ~250, grade 3 from ~1,250 and grade 4 "
+        "from ~5,000 pg/mL of signalling IL-6",
         tag="A",
     )
     n_vasc: float = ck.param(

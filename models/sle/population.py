@@ -88,11 +88,12 @@ SLE_IIV: tuple[RandomEffect, ...] = (
         "F",
     ),
     RandomEffect(
-        "myeloid.k_cd40",
-        0.3,
-        "chosen so that the CRS grade distribution of the virtual population is near the published one "
-        "(Mueller F et al., N Engl J Med 2024;390:687: none 4/15, grade 1 10/15, grade 2 1/15), by "
-        "calibration/population_report.py --tune",
+        "myeloid.k_damp",
+        1.0,
+        "myeloid (IL-6) responsiveness to the DAMPs of killed cells, the term that dominates the CRS drive: chosen "
+        "so that the CRS grade distribution of the virtual population is near the published one (Mueller F et al., "
+        "N Engl J Med 2024;390:687: none 4/15, grade 1 10/15, grade 2 1/15), by calibration/population_report.py "
+        "--tune",
         "F",
     ),
     RandomEffect(
