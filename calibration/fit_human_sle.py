@@ -66,8 +66,11 @@ STAGE1_FILE = os.path.join(HERE, "fits", "human_oncology_ck.json")
 #: inherits, and a free k_stim drifted to 1.7e4 cells/uL, where the CD28 product no longer raises the CRS grade and
 #: the MRL/lpr B-cell depletion lasts 283 d instead of >= 1 year (fit of 2026-12-05 09:39, all ten parameters free).
 STAGE1 = ("car.rho", "car.k_kill", "car.k_react", "car.f_blood_resting", "car.tau_lag")
-#: Stage 2 adds the host parameters of SLE: anti-CAR response, CRS drive, disease resolution.
-HOST = ("rejection.r_exp", "rejection.k_help", "myeloid.k_cd40", "disease.k_act")
+#: Stage 2 adds the host parameters of SLE: anti-CAR response, disease resolution. The CRS drive is not estimated
+#: here: the typical patient's grade-1 target leaves `myeloid.k_cd40` and `myeloid.k_damp` unidentified (flat profile
+#: on both sides, Laplace posterior = prior, fit of 2026-12-05 16:48); the between-patient CRS grade distribution
+#: sets `myeloid.k_damp` and its IIV instead (`population_report.py --tune`).
+HOST = ("rejection.r_exp", "rejection.k_help", "disease.k_act")
 ESTIMATE = STAGE1 + HOST
 #: Oncology-like regimen: tisa-cel ALL label, Flu 30 mg/m2 x 4 + Cy 500 mg/m2 x 2 [R2], 3.1e6 CAR-T/kg (Stein 2019
 #: median dose [R]).

@@ -101,9 +101,12 @@ def test_every_parameter_has_provenance():
 
 def test_tag_counts_are_reported():
     counts = collections.Counter(p.info.tag for p in sle.SLECarTModel().parameter_table())
-    # the class defaults are the hand-set priors of the calibration: assumptions dominate, nothing is "F"; the
-    # fitted values live in the fit file that the presets apply (tag F there)
-    assert counts["F"] == 0
+    # the class defaults are the hand-set priors of the calibration: assumptions dominate; the fitted values of the
+    # typical patient live in the fit file that the presets apply (tag F there). A class default tagged F is a
+    # population-level calibration (the virtual population against between-patient data), named in its source.
+    table = sle.SLECarTModel().parameter_table()
+    assert [p.name for p in table if p.info.tag == "F"] == ["myeloid.k_damp"]
+    assert all("population_report.py --tune" in p.info.source for p in table if p.info.tag == "F")
     assert counts["A"] > counts["R"] > 0
     assert set(counts) <= set(ck.CONFIDENCE_TAGS)
     fitted = collections.Counter(p.info.tag for p in sle.preset_parameter_table("human"))

