@@ -15,7 +15,7 @@ What it does (all on the batched engine, `ck.EnsembleRodas5`):
 4. Figures: percentile bands (5-95, 25-75, median) of blood CAR-T, B cells, CRS index, SLEDAI and anti-dsDNA over
    the target data; histograms of B-cell reappearance and CRS grade against the published figures.
 
-5. What sets the tails apart (early B-cell return, CRS grade >= 3, relapse): the mean standardised random effect
+5. What sets the tails apart (early B-cell return, no CRS, CRS grade >= 2, relapse): the mean standardised random effect
    of the patients in each subgroup; and the typical patient's responses to CAR-T dose and conditioning.
 
 Outputs: `--out-dir` (default `calibration/results/population/`, not committed): `report.md`, `summary.json`,
@@ -192,7 +192,8 @@ def run_population(model, key, n, *, omega=None, product=None, bands=True):
 #: Subgroups of the virtual population whose drivers the report names: label -> predicate on the outputs.
 SUBGROUPS = {
     "B cells back before day 70": lambda o: (o["B returned"] > 0.5) & (o["B return"] < 70.0),
-    "CRS grade >= 3": lambda o: o["CRS index"] >= 3.0,
+    "no CRS (grade 0)": lambda o: o["CRS index"] < 1.0,
+    "CRS grade >= 2": lambda o: o["CRS index"] >= 2.0,
     "relapse (SLEDAI >= 4) between month 3 and 24": lambda o: o["SLEDAI max d91-730"] >= 4.0,
 }
 
@@ -536,6 +537,9 @@ def markdown(typical, not_eval, checks, stein, vp, vp_feng, fit_doc, fit_summary
             "|---|---|" + "---|" * len(names),
         ]
         for label, share, means in rows:
+            if share == 0.0:  # an empty subgroup has no drivers
+                lines.append(f"| {label} | 0 | " + " | ".join("no patient" for _ in names) + " |")
+                continue
             cells = [f"**{means[n]:+.2f}**" if abs(means[n]) >= 0.5 else f"{means[n]:+.2f}" for n in names]
             lines.append(f"| {label} | {share:.3f} | " + " | ".join(cells) + " |")
     if responses is not None:

@@ -87,7 +87,12 @@ def test_the_default_is_the_calibrated_model_and_the_fit_file_the_single_source(
         src = table[name].info.source
         assert table[name].info.tag == "F" and "calibration/fits/human_sle.json" in src, (name, src)
         assert "human_sle_targets.csv sha256" in src and "prior:" in src
-    assert sum(p.info.tag == "F" for p in table.values()) == len(fitted)
+    # besides the fit file, only the population-level calibration of the class defaults is tagged F
+    population_level = {
+        n for n, p in table.items() if p.info.tag == "F" and "population_report.py --tune" in p.info.source
+    }
+    assert population_level == {"myeloid.k_damp"}
+    assert sum(p.info.tag == "F" for p in table.values()) == len(fitted) + len(population_level)
 
 
 def test_the_script_binds_every_published_row():
