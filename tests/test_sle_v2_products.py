@@ -3,6 +3,7 @@ conditioning builders, the CRS and dipstick read-outs, and partial presets with 
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -218,3 +219,20 @@ def test_partial_preset_from_path_and_dump_roundtrip(tmp_path):
 def test_unknown_preset_name():
     with pytest.raises(ValueError, match="Unknown preset 'rat'"):
         sle.load_preset("rat")
+
+
+def test_hill_power_is_exact_for_positive_drive_and_has_finite_higher_derivatives_at_zero():
+    import jax
+
+    from carkinetics.models.sle.cytokines import _power
+
+    x = jnp.array([1e-9, 0.3, 2.0, 5e3])
+    for n in (1.0, 2.0, 1.5):
+        np.testing.assert_allclose(_power(x, n), x**n, rtol=1e-14)
+        assert float(_power(0.0, n)) == 0.0
+        # the stiff solvers differentiate the right-hand side's Jacobian: the second derivative at 0 must be finite
+        # (plain 0.0**(n - 2) * n * (n - 1) is NaN at n = 1)
+        d2 = jax.grad(jax.grad(lambda v, n=n: _power(v, n)))(0.0)
+        assert np.isfinite(float(d2)), n
+    # away from zero the first derivative is the analytic n x^(n-1)
+    np.testing.assert_allclose(jax.grad(lambda v: _power(v, 1.0))(0.7), 1.0, rtol=1e-14)
