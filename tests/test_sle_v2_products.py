@@ -224,7 +224,7 @@ def test_unknown_preset_name():
 def test_hill_power_is_exact_for_positive_drive_and_has_finite_higher_derivatives_at_zero():
     import jax
 
-    from carkinetics.models.sle.cytokines import _power
+    from carkinetics.models.sle._math import power as _power
 
     x = jnp.array([1e-9, 0.3, 2.0, 5e3])
     for n in (1.0, 2.0, 1.5):

@@ -52,6 +52,7 @@ import jax.numpy as jnp
 
 import carkinetics as ck
 from carkinetics.models.sle._doc import document_params
+from carkinetics.models.sle._math import power
 
 
 @document_params
@@ -237,20 +238,13 @@ def steroid_effect(m: MyeloidParams, dex):
     return m.dex_emax * dex / (m.dex_ec50 + dex)
 
 
-def _power(x, n):
-    """`x**n` for x >= 0 with finite derivatives of every order at x = 0 (zero there): the stiff solvers
-    differentiate the Jacobian of the right-hand side, and d²/dx² x**n is n(n-1)·0**(n-2) = NaN at n = 1."""
-    pos = x > 0.0
-    return jnp.where(pos, jnp.where(pos, x, 1.0) ** n, 0.0)
-
-
 def cytokine_derivatives(m: MyeloidParams, c: CytState, *, drive, weight_kg) -> CytState:
     """Derivatives of the cytokine states from the myeloid drive `u` (see the module docstring)."""
     _, occ = toci_conc_occupancy(m, c.toci, weight_kg)
     inh = steroid_effect(m, c.dex)
-    un = _power(drive, m.n_my)
+    un = power(drive, m.n_my)
     s = c.il6 * (1.0 - occ)
-    sv = _power(s, m.n_vasc)
+    sv = power(s, m.n_vasc)
     kv = m.k_vasc**m.n_vasc
     w = weight_kg / 70.0
     return CytState(

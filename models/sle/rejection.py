@@ -37,6 +37,7 @@ import equinox as eqx
 
 import carkinetics as ck
 from carkinetics.models.sle._doc import document_params
+from carkinetics.models.sle._math import power
 
 
 @document_params
@@ -151,7 +152,7 @@ def precursor_frequency(rej: RejectionParams, *, scfv_foreign, hla_mismatch, hla
 def anti_car_derivative(rej: RejectionParams, *, anti_car, t_cells, t_blood, car_density, f_prec, chemo_kill):
     """d anti_car/dt (cells/d); `chemo_kill` is `sens_t · ld_effect` (1/d)."""
     pi = car_density / (rej.k_ag + car_density)
-    x = (t_blood / rej.k_help) ** rej.n_help
+    x = power(t_blood / rej.k_help, rej.n_help)
     help_ = x / (1.0 + x)
     expanding = anti_car * anti_car / (anti_car + 1.0)  # no division below ~one cell (see car_t.dividing)
     return (rej.k_prime * f_prec * t_cells + rej.r_exp * expanding) * pi * help_ - (rej.d_anti + chemo_kill) * anti_car
